@@ -1,0 +1,11 @@
+"""Streaming neural audio codec compatible with Kyutai's Mimi (24 kHz mono <-> RVQ codes at 12.5 Hz).
+
+Standalone: nothing here imports ``duplex``.
+"""
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, MimiConfig
+from .model import Mimi
+from .stream import MimiStream
+
+__all__ = ["Mimi", "MimiStream", "MimiConfig", "ConfigError", "CheckpointError"]

@@ -1,0 +1,133 @@
+"""Reading published checkpoints strictly (spec sections 1.9 and 2.10.1).
+
+Both the file form (packed attention ``in_proj_weight`` / ``out_proj.weight``, legacy codebook names, folded or
+unfolded weight norm) and the in-memory module form (``in_projs.{i}.weight``) are normalised to one canonical
+layout, the file form, which is also what the model's ``state_dict()`` produces. Loading is strict: every
+missing, unexpected or mis-shaped key is reported in one error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not match the model it is loaded into."""
+
+
+_LEGACY_CODEBOOK = {"inited": "_initialized", "cluster_size": "cluster_usage",
+                    "embed_avg": "embedding_sum", "embed_sum": "embedding_sum"}
+_MODULE_FORM = re.compile(r"^(?P<prefix>.*)\.(?P<kind>in_projs|out_projs)\.(?P<index>\d+)\.weight(?P<scb>_scb)?$")
+
+
+def read_tensors(path: "str | os.PathLike", containers: Sequence[Sequence[str]] = (("model",),)) -> dict:
+    """All tensors of a ``.safetensors`` file, or of a torch pickle (looked up under one of ``containers``)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path is a directory, expected a file: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # safetensors raises several exception types for truncated/garbled headers
+            raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is neither a safetensors file nor a readable torch checkpoint "
+                              f"({type(e).__name__}: {e})") from None
+    for chain in containers:
+        inner = data
+        for key in chain:
+            inner = inner.get(key) if isinstance(inner, Mapping) else None
+        if isinstance(inner, Mapping):
+            data = inner
+            break
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} does not contain a state dict of tensors")
+    return dict(data)
+
+
+def _fold_weight_norm(tensors: dict) -> dict:
+    """Replace weight-norm pairs (``weight_g``/``weight_v`` or the parametrization names) by ``weight``."""
+    out = dict(tensors)
+    for key in list(tensors):
+        for g_suffix, v_suffix in ((".weight_g", ".weight_v"),
+                                   (".parametrizations.weight.original0", ".parametrizations.weight.original1")):
+            if key.endswith(g_suffix):
+                base = key[: -len(g_suffix)]
+                v_key = base + v_suffix
+                if v_key in tensors:
+                    g, v = tensors[key].float(), tensors[v_key].float()
+                    norm = v.norm(dim=tuple(range(1, v.dim())), keepdim=True)
+                    out[base + ".weight"] = g * v / norm
+                    del out[key], out[v_key]
+    return out
+
+
+def normalize_keys(tensors: Mapping[str, torch.Tensor]) -> dict:
+    """Map any accepted naming to the canonical (file) form."""
+    tensors = _fold_weight_norm(dict(tensors))
+    out: dict = {}
+    packed: dict = {}
+    for key, value in tensors.items():
+        m = _MODULE_FORM.match(key)
+        if m:
+            name = "in_proj_weight" if m["kind"] == "in_projs" else "out_proj.weight"
+            packed.setdefault(f"{m['prefix']}.{name}{m['scb'] or ''}", {})[int(m["index"])] = value
+            continue
+        head, _, last = key.rpartition(".")
+        if head.endswith("._codebook") and last in _LEGACY_CODEBOOK:
+            key = f"{head}.{_LEGACY_CODEBOOK[last]}"
+        elif key.endswith(".self_attn.in_proj.weight"):
+            key = key[: -len("in_proj.weight")] + "in_proj_weight"
+        out[key] = value
+    for key, parts in packed.items():
+        if sorted(parts) != list(range(len(parts))):
+            raise CheckpointError(f"{key}: weight sets {sorted(parts)} are not numbered 0..{len(parts) - 1}")
+        out[key] = torch.cat([parts[i] for i in range(len(parts))], dim=0)
+    return out
+
+
+def _listing(title: str, items: list, limit: int = 25) -> str:
+    shown = "\n    ".join(items[:limit])
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+
+
+def check_and_load(model: nn.Module, tensors: Mapping[str, torch.Tensor], what: str, source: str = "",
+                   dtype: Optional[torch.dtype] = None) -> None:
+    """Strictly load canonical-form ``tensors`` into ``model`` (which may live on the meta device).
+
+    Floating tensors are cast to ``dtype`` (default: the dtype of the parameter they replace) and assigned, so a
+    model built on the meta device never holds two copies of its weights.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mis_shaped = sorted(f"{k}: file {list(tensors[k].shape)}, model {list(expected[k].shape)}"
+                        for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or mis_shaped:
+        where = f" {source}" if source else ""
+        matched = len(set(expected) & set(tensors))
+        if matched < len(expected) // 2:
+            head = (f"checkpoint{where} is not a {what} checkpoint: only {matched} of the {len(expected)} expected "
+                    f"keys are present")
+        else:
+            head = f"checkpoint{where} does not match the {what} model"
+        raise CheckpointError(head
+                              + (_listing("missing keys", missing) if missing else "")
+                              + (_listing("unexpected keys", unexpected) if unexpected else "")
+                              + (_listing("mis-shaped keys", mis_shaped) if mis_shaped else ""))
+    cast = {}
+    for key, value in tensors.items():
+        target = dtype if dtype is not None else expected[key].dtype
+        cast[key] = value.to(target) if value.is_floating_point() and expected[key].is_floating_point() else value
+    model.load_state_dict(cast, strict=True, assign=True)

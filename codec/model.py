@@ -1,0 +1,204 @@
+"""The Mimi codec: offline encode/decode, per-frame streaming steps, checkpoint loading.
+
+Encode: SEANet encoder (24 kHz -> 25 Hz) -> transformer -> learnt downsample (12.5 Hz) -> split RVQ codes.
+Decode: RVQ lookup -> learnt depthwise upsample (25 Hz) -> transformer -> SEANet decoder (24 kHz).
+
+The streaming steps ``encode_step`` / ``decode_step`` are functions of (explicit state, one frame); ``MimiStream``
+(``Mimi.stream``) wraps them with input checks for direct use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .checkpoint import check_and_load, normalize_keys, read_tensors
+from .config import MimiConfig
+from .conv import StreamingConv1d, StreamingConvTranspose1d, _Wrapper
+from .quantizer import SplitResidualVectorQuantizer
+from .rope import rope_frequencies
+from .seanet import SEANetDecoder, SEANetEncoder
+from .state import State
+from .transformer import MimiTransformer
+from .validate import check_codes, check_pcm
+
+ConfigLike = Union[None, MimiConfig, Mapping[str, Any], str, os.PathLike]
+
+
+class Mimi(nn.Module):
+    """Streaming neural audio codec compatible with Kyutai's Mimi checkpoints."""
+
+    def __init__(self, config: ConfigLike = None, num_codebooks: int = 8):
+        super().__init__()
+        cfg = MimiConfig.load(config)
+        self.config = cfg
+        dim = cfg.seanet.dimension
+        self.encoder = SEANetEncoder(cfg.seanet)
+        self.decoder = SEANetDecoder(cfg.seanet)
+        self.encoder_transformer = MimiTransformer(cfg.transformer)
+        self.decoder_transformer = MimiTransformer(cfg.transformer)
+        stride = cfg.resample_stride
+        if stride > 1:
+            self.downsample = _Wrapper()
+            self.downsample.conv = StreamingConv1d(dim, dim, 2 * stride, stride=stride, bias=False, replicate=True)
+            self.upsample = _Wrapper()
+            # Depthwise on purpose: the published weights were trained with this ("channel_wise") layer.
+            self.upsample.convtr = StreamingConvTranspose1d(dim, dim, 2 * stride, stride=stride, groups=dim,
+                                                            bias=False)
+        else:
+            self.downsample = self.upsample = None
+        self.quantizer = SplitResidualVectorQuantizer(cfg.quantizer)
+        self._num_codebooks = 0
+        self.num_codebooks = num_codebooks
+
+    # --------------------------------------------------------------------------------------------- properties
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def frame_size(self) -> int:
+        return self.config.frame_size
+
+    @property
+    def cardinality(self) -> int:
+        """Entries per codebook (2048 for Mimi): codes are in ``[0, cardinality)``."""
+        return self.config.quantizer.bins
+
+    @property
+    def total_codebooks(self) -> int:
+        return self.config.quantizer.n_q
+
+    @property
+    def num_codebooks(self) -> int:
+        """Codebooks produced by ``encode`` (1 semantic + num_codebooks - 1 acoustic)."""
+        return self._num_codebooks
+
+    @num_codebooks.setter
+    def num_codebooks(self, n: int) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.total_codebooks:
+            raise ValueError(f"num_codebooks must be an integer in [1, {self.total_codebooks}], got {n!r}")
+        self._num_codebooks = n
+
+    @property
+    def device(self) -> torch.device:
+        return self.quantizer.rvq_first.input_proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.quantizer.rvq_first.input_proj.weight.dtype
+
+    # ------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike], config: ConfigLike = None, num_codebooks: int = 8,
+                        device: Union[str, torch.device] = "cpu") -> "Mimi":
+        """Load a Kyutai Mimi ``.safetensors`` (or torch pickle with a ``model`` entry) strictly, in float32."""
+        cfg = MimiConfig.load(config)
+        tensors = normalize_keys(read_tensors(path, containers=(("model",),)))
+        with torch.device("meta"):
+            model = cls(cfg, num_codebooks)
+        check_and_load(model, tensors, "Mimi", source=os.fspath(path), dtype=torch.float32)
+        model._rebuild_derived()
+        return model.to(device).eval()
+
+    @classmethod
+    def random(cls, config: ConfigLike = None, num_codebooks: int = 8, seed: int = 0,
+               device: Union[str, torch.device] = "cpu") -> "Mimi":
+        """A randomly initialised codec (deterministic in ``seed``), for tests and timing."""
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            model = cls(config, num_codebooks)
+            with torch.no_grad():
+                for codebook in model.quantizer.rvq_first.codebooks + model.quantizer.rvq_rest.codebooks:
+                    codebook.embedding_sum.normal_()
+                    codebook.cluster_usage.fill_(1.0)
+                    codebook._initialized.fill_(1.0)
+        finally:
+            torch.random.set_rng_state(generator_state)
+        model._rebuild_derived()
+        return model.to(device).eval()
+
+    def _rebuild_derived(self) -> None:
+        """Recompute the non-persistent tables (RoPE frequencies, centroids) from the loaded values."""
+        device = self.device
+        for tr in (self.encoder_transformer, self.decoder_transformer):
+            tr.freqs = rope_frequencies(tr.cfg.head_dim, tr.cfg.max_period, device=device)
+        self.quantizer.refresh()
+
+    # ---------------------------------------------------------------------------------------------- offline
+    @torch.no_grad()
+    def encode_latent(self, pcm: torch.Tensor) -> torch.Tensor:
+        """float [B, 1, T] -> the unquantized latent [B, dimension, ceil(T / frame_size)] (zero right padding)."""
+        pcm = check_pcm(pcm, "encode", device=self.device, dtype=self.dtype)
+        pad = (-pcm.shape[-1]) % self.frame_size
+        if pad:
+            pcm = torch.nn.functional.pad(pcm, (0, pad))
+        x = self.encoder_transformer(self.encoder(pcm))
+        return self.downsample.conv(x) if self.downsample is not None else x
+
+    @torch.no_grad()
+    def encode(self, pcm: torch.Tensor) -> torch.Tensor:
+        """float [B, 1, T] -> int64 codes [B, num_codebooks, ceil(T / frame_size)]."""
+        return self.quantizer.encode(self.encode_latent(pcm), self.num_codebooks)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """int codes [B, K, S] (1 <= K <= total_codebooks) -> float [B, 1, S * frame_size]. Never trims."""
+        codes = check_codes(codes, "decode", self.cardinality, self.total_codebooks, device=self.device)
+        x = self.quantizer.decode(codes)
+        if self.upsample is not None:
+            x = self.upsample.convtr(x)
+        return self.decoder(self.decoder_transformer(x))
+
+    # -------------------------------------------------------------------------------------------- streaming
+    @property
+    def _latent_steps_per_frame(self) -> int:
+        return self.config.resample_stride
+
+    def new_encoder_state(self, batch: int) -> State:
+        d, dt, chunk = self.device, self.dtype, self._latent_steps_per_frame
+        state = {"seanet": self.encoder.new_state(batch, d, dt),
+                 "transformer": self.encoder_transformer.new_state(batch, chunk, d, dt)}
+        if self.downsample is not None:
+            state["downsample"] = self.downsample.conv.new_state(batch, d, dt)
+        return state
+
+    def new_decoder_state(self, batch: int) -> State:
+        d, dt, chunk = self.device, self.dtype, self._latent_steps_per_frame
+        state = {"seanet": self.decoder.new_state(batch, d, dt),
+                 "transformer": self.decoder_transformer.new_state(batch, chunk, d, dt)}
+        if self.upsample is not None:
+            state["upsample"] = self.upsample.convtr.new_state(batch, d, dt)
+        return state
+
+    def encode_step(self, frame: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One frame [B, 1, frame_size] -> codes [B, num_codebooks, 1], advancing ``state`` (no input checks).
+
+        Rows where ``active`` is False are computed but keep their state unchanged.
+        """
+        x = self.encoder.step(frame, state["seanet"], active)
+        x = self.encoder_transformer.step(x, state["transformer"], active)
+        if self.downsample is not None:
+            x = self.downsample.conv.step(x, state["downsample"], active)
+        return self.quantizer.encode(x, self.num_codebooks)
+
+    def decode_step(self, codes: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One code frame [B, K, 1] -> audio [B, 1, frame_size], advancing ``state`` (no input checks)."""
+        x = self.quantizer.decode(codes)
+        if self.upsample is not None:
+            x = self.upsample.convtr.step(x, state["upsample"], active)
+        x = self.decoder_transformer.step(x, state["transformer"], active)
+        return self.decoder.step(x, state["seanet"], active)
+
+    def stream(self, batch_size: int) -> "MimiStream":
+        """A new, independent streaming state with ``batch_size`` slots."""
+        from .stream import MimiStream
+        return MimiStream(self, batch_size)
