@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import fast_linear
 from .state import State, write_state
+
+# Calls with at most this many output steps per batch row read far more weight bytes than they do arithmetic
+# (the deep SEANet layers see 2-16 steps per frame); they run as one matrix product over unfolded windows,
+# which streams the weights faster than the direct convolution kernels on CPU.
+_GEMM_MAX_STEPS = 4
 
 
 class _Wrapper(nn.Module):
@@ -63,6 +69,13 @@ class StreamingConv1d(nn.Module):
 
     def _conv(self, full: torch.Tensor) -> torch.Tensor:
         c = self.conv.conv
+        b, c_in, length = full.shape
+        kernel = c.kernel_size[0]
+        steps = (length - kernel) // self.stride + 1
+        if steps <= _GEMM_MAX_STEPS and c.groups == 1 and c.dilation[0] == 1 and full.device.type == "cpu":
+            windows = full.unfold(-1, kernel, self.stride).transpose(1, 2).reshape(b * steps, c_in * kernel)
+            y = fast_linear(windows, c.weight.view(c.out_channels, c_in * kernel), c.bias)
+            return y.view(b, steps, c.out_channels).transpose(1, 2)
         return F.conv1d(full, c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,8 +119,19 @@ class StreamingConvTranspose1d(nn.Module):
         return {"partial": torch.zeros(batch, self.out_channels, self.overlap, device=device, dtype=dtype)}
 
     def _convtr(self, x: torch.Tensor) -> torch.Tensor:
+        """Full transposed convolution, length ``(T - 1) * stride + K``."""
         c = self.convtr.convtr
-        return F.conv_transpose1d(x, c.weight, c.bias, c.stride, 0, 0, c.groups)
+        if c.groups != 1 or x.device.type != "cpu":
+            return F.conv_transpose1d(x, c.weight, c.bias, c.stride, 0, 0, c.groups)
+        # One matrix product gives every input step's K-sample contribution; ``fold`` overlap-adds them. (PyTorch's
+        # CPU transposed convolution takes a slow reference path: 25 ms for the first decoder layer at batch 1.)
+        b, c_in, steps = x.shape
+        kernel = c.kernel_size[0]
+        w = c.weight.view(c_in, -1).t()  # [C_out * K, C_in], index c_out * K + k
+        z = fast_linear(x.transpose(1, 2).reshape(b * steps, c_in), w).view(b, steps, -1).transpose(1, 2)
+        y = F.fold(z, output_size=(1, (steps - 1) * self.stride + kernel), kernel_size=(1, kernel),
+                   stride=(1, self.stride)).squeeze(2)
+        return y if c.bias is None else y + c.bias[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Offline: full transposed convolution with the trailing ``K - stride`` samples dropped."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import QuantizerConfig
 from .conv import _Wrapper
+from .linear import fast_linear
 
 
 class Codebook(nn.Module):
@@ -25,15 +26,25 @@ class Codebook(nn.Module):
         self.register_buffer("cluster_usage", torch.ones(bins))
         self.register_buffer("embedding_sum", torch.zeros(bins, dim))
         self.register_buffer("centroids", torch.zeros(bins, dim), persistent=False)
+        # [bins, dim + 2] = [e | 1 | |e|^2]: the right operand of the matrix-product form of the distances.
+        self.register_buffer("_distance_table", torch.zeros(bins, dim + 2), persistent=False)
 
     @torch.no_grad()
     def refresh(self) -> None:
         """Recompute the centroid table from the EMA statistics (after loading or updating them)."""
         self.centroids = self.embedding_sum / self.cluster_usage.clamp(min=1e-5)[:, None]
+        e = self.centroids
+        self._distance_table = torch.cat([e, torch.ones_like(e[:, :1]), e.pow(2).sum(-1, keepdim=True)], dim=-1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Nearest centroid of each row of ``x`` [N, dim] (first minimum on ties), as torch.cdist computes it."""
-        return torch.cdist(x[None], self.centroids[None], p=2.0)[0].argmin(dim=-1)
+        """Nearest centroid of each row of ``x`` [N, dim], first minimum on ties.
+
+        Distances are ``sqrt(clamp(|x|^2 + |e|^2 - 2 x.e, 0))`` computed as one matrix product of
+        ``[-2x | |x|^2 | 1]`` with ``[e | 1 | |e|^2]``, which is how torch.cdist computes them for large
+        codebooks (so near-ties resolve the same way).
+        """
+        padded = torch.cat([x * -2, x.pow(2).sum(-1, keepdim=True), torch.ones_like(x[:, :1])], dim=-1)
+        return fast_linear(padded, self._distance_table).clamp_min_(0).sqrt_().argmin(dim=-1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return F.embedding(codes, self.centroids)

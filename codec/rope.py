@@ -17,10 +17,14 @@ def rope_frequencies(head_dim: int, max_period: float, device=None) -> torch.Ten
     return torch.exp(i * (-math.log(max_period) * 2 / head_dim))
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B, H, T, d] at float32 ``positions`` [B, T]."""
-    angles = (positions[..., None] * freqs)[:, None]  # [B, 1, T, d/2]
-    cos, sin = torch.cos(angles), torch.sin(angles)
+def rope_tables(positions: torch.Tensor, freqs: torch.Tensor) -> tuple:
+    """(cos, sin), each float32 [B, 1, T, d/2], for integer or float ``positions`` [B, T]."""
+    angles = (positions.float()[..., None] * freqs)[:, None]
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, H, T, d] by the angles of ``rope_tables``."""
     pairs = x.float().unflatten(-1, (-1, 2))
     real, imag = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)

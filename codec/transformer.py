@@ -8,6 +8,7 @@ a chunk loses its oldest key to the chunk's second key).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -16,11 +17,22 @@ from torch import nn
 
 from .config import TransformerConfig
 from .conv import _Wrapper
-from .rope import apply_rope, rope_frequencies
+from .linear import fast_linear
+from .rope import apply_rope, rope_frequencies, rope_tables
 from .state import State, write_state
 
 # Offline attention is computed in query blocks of this many steps so long files need O(T * context) memory.
 _OFFLINE_QUERY_BLOCK = 512
+
+
+@dataclass
+class StepTables:
+    """What every layer of one streaming step shares (all layers of a row sit at the same position)."""
+
+    cos: torch.Tensor  # [B, 1, T, d/2] RoPE tables of the new positions
+    sin: torch.Tensor
+    write_index: torch.Tensor  # [B, H, T, d] ring slots receiving the new keys/values
+    mask: torch.Tensor  # [B, 1, T, context] which ring slots each new query may attend to
 
 
 class LayerScale(nn.Module):
@@ -45,29 +57,25 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(d, d, bias=False)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def _qkv(self, x: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         b, t, _ = x.shape
-        qkv = F.linear(x, self.in_proj_weight).view(b, t, 3, self.num_heads, self.head_dim)
+        qkv = fast_linear(x, self.in_proj_weight).view(b, t, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
-        return q, k, v
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return fast_linear(y.transpose(1, 2).reshape(b, t, -1), self.out_proj.weight)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Offline: positions 0..T-1, windowed causal mask."""
-        b, t, _ = x.shape
-        positions = torch.arange(t, device=x.device, dtype=torch.float32).expand(b, t)
-        q, k, v = self._qkv(x)
-        q, k = apply_rope(q, positions, freqs), apply_rope(k, positions, freqs)
+        t = x.shape[1]
+        q, k, v = self._qkv(x, cos, sin)
         outputs = []
         for start in range(0, t, _OFFLINE_QUERY_BLOCK):
             stop = min(t, start + _OFFLINE_QUERY_BLOCK)
             k_start = max(0, start - self.context + 1)
-            pq = torch.arange(start, stop, device=x.device)[:, None]
-            pk = torch.arange(k_start, stop, device=x.device)[None, :]
-            delta = pq - pk
+            delta = torch.arange(start, stop, device=x.device)[:, None] - torch.arange(k_start, stop, device=x.device)
             mask = (delta >= 0) & (delta < self.context)
             outputs.append(F.scaled_dot_product_attention(
                 q[:, :, start:stop], k[:, :, k_start:stop], v[:, :, k_start:stop], attn_mask=mask))
@@ -79,33 +87,15 @@ class Attention(nn.Module):
         return {"k": torch.zeros(shape, device=device, dtype=dtype),
                 "v": torch.zeros(shape, device=device, dtype=dtype)}
 
-    def step(self, x: torch.Tensor, state: State, offset: torch.Tensor, freqs: torch.Tensor,
-             active: Optional[torch.Tensor]) -> torch.Tensor:
-        """Streaming: ``x`` [B, T, D] continues each row from its own ``offset`` [B] (int64)."""
-        b, t, _ = x.shape
-        cap = self.context
-        steps = torch.arange(t, device=x.device)
-        positions = offset[:, None] + steps  # [B, T] int64
-        q, k, v = self._qkv(x)
-        q, k = apply_rope(q, positions.float(), freqs), apply_rope(k, positions.float(), freqs)
-
-        slots = positions % cap
-        if active is not None:
-            slots = torch.where(active[:, None], slots, cap + steps)
-        index = slots[:, None, :, None].expand(b, self.num_heads, t, self.head_dim)
+    def step(self, x: torch.Tensor, state: State, tables: StepTables) -> torch.Tensor:
+        """Streaming: write this chunk's keys/values into the ring, then attend over the whole ring."""
+        q, k, v = self._qkv(x, tables.cos, tables.sin)
         ring_k, ring_v = state["k"], state["v"]
-        ring_k.scatter_(2, index, k)
-        ring_v.scatter_(2, index, v)
-
-        # Position held by each ring slot, reconstructed from the newest written position; never-written slots
-        # come out negative and are masked.
-        last = positions[:, -1:]  # [B, 1]
-        delta = torch.arange(cap, device=x.device)[None, :] - last % cap
-        slot_pos = torch.where(delta <= 0, last + delta, last + delta - cap)  # [B, cap]
-        rel = positions[:, :, None] - slot_pos[:, None, :]  # [B, T, cap]
-        mask = (slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < cap)
-        y = F.scaled_dot_product_attention(q, ring_k[:, :, :cap], ring_v[:, :, :cap], attn_mask=mask[:, None])
-        return self._out(y)
+        ring_k.scatter_(2, tables.write_index, k)
+        ring_v.scatter_(2, tables.write_index, v)
+        cap = self.context
+        return self._out(F.scaled_dot_product_attention(q, ring_k[:, :, :cap], ring_v[:, :, :cap],
+                                                        attn_mask=tables.mask))
 
 
 class TransformerLayer(nn.Module):
@@ -123,13 +113,14 @@ class TransformerLayer(nn.Module):
         self.layer_scale_2 = LayerScale(d, cfg.layer_scale)
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
+        hidden = F.gelu(fast_linear(self.norm2(x), self.linear1.weight))
+        return x + self.layer_scale_2(fast_linear(hidden, self.linear2.weight))
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-        return self._ffn(x + self.layer_scale_1(self.self_attn(self.norm1(x), freqs)))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self._ffn(x + self.layer_scale_1(self.self_attn(self.norm1(x), cos, sin)))
 
-    def step(self, x, state, offset, freqs, active):
-        return self._ffn(x + self.layer_scale_1(self.self_attn.step(self.norm1(x), state, offset, freqs, active)))
+    def step(self, x: torch.Tensor, state: State, tables: StepTables) -> torch.Tensor:
+        return self._ffn(x + self.layer_scale_1(self.self_attn.step(self.norm1(x), state, tables)))
 
 
 class MimiTransformer(nn.Module):
@@ -148,8 +139,10 @@ class MimiTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.transpose(1, 2)
+        b, t, _ = h.shape
+        cos, sin = rope_tables(torch.arange(t, device=h.device).expand(b, t), self.freqs)
         for layer in self.layers:
-            h = layer(h, self.freqs)
+            h = layer(h, cos, sin)
         return h.transpose(1, 2)
 
     def new_state(self, batch: int, chunk: int, device=None, dtype=torch.float32) -> State:
@@ -157,10 +150,30 @@ class MimiTransformer(nn.Module):
                 "layers": {str(i): layer.self_attn.new_state(batch, chunk, device, dtype)
                            for i, layer in enumerate(self.layers)}}
 
+    def _step_tables(self, offset: torch.Tensor, t: int, active: Optional[torch.Tensor]) -> StepTables:
+        cfg = self.cfg
+        cap = cfg.context
+        steps = torch.arange(t, device=offset.device)
+        positions = offset[:, None] + steps  # [B, T]
+        cos, sin = rope_tables(positions, self.freqs)
+        slots = positions % cap
+        if active is not None:
+            slots = torch.where(active[:, None], slots, cap + steps)
+        write_index = slots[:, None, :, None].expand(-1, cfg.num_heads, t, cfg.head_dim)
+        # Position held by each ring slot, reconstructed from the newest written position; never-written slots
+        # come out negative and are masked.
+        last = positions[:, -1:]
+        delta = torch.arange(cap, device=offset.device)[None, :] - last % cap
+        slot_pos = torch.where(delta <= 0, last + delta, last + delta - cap)  # [B, cap]
+        rel = positions[:, :, None] - slot_pos[:, None, :]  # [B, T, cap]
+        mask = (slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < cap)
+        return StepTables(cos, sin, write_index, mask[:, None])
+
     def step(self, x: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = x.transpose(1, 2)
         offset = state["offset"]
+        tables = self._step_tables(offset, h.shape[1], active)
         for i, layer in enumerate(self.layers):
-            h = layer.step(h, state["layers"][str(i)], offset, self.freqs, active)
+            h = layer.step(h, state["layers"][str(i)], tables)
         write_state(offset, offset + h.shape[1], active)
         return h.transpose(1, 2)

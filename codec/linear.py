@@ -1,0 +1,35 @@
+"""Matrix products for the streaming hot path on CPU.
+
+At batch 1 the codec reads far more weight bytes than it does arithmetic (~300 MB of fp32 weights per 80 ms
+frame), so what matters is how fast a kernel streams a weight matrix for a handful of input rows. Measured on a
+2-core AMD EPYC (Zen 4) with PyTorch 2.11 (docs/benchmarks.md):
+
+* PyTorch's default ``F.linear`` (MKL) streams weights at 1-6 GB/s for 1-32 rows;
+* oneDNN's inference linear (the op Inductor emits for CPU linears) at ~16-27 GB/s for 1-4 rows;
+* XNNPACK (bundled with PyTorch) reaches ~23-32 GB/s in isolation, but its own thread pool competes with the
+  OpenMP threads of every other op: inside the codec the whole frame became 15x slower (5x slower still with
+  OMP_WAIT_POLICY=PASSIVE). So it is not used.
+
+oneDNN's op has no autograd: anything that needs gradients, and every non-CPU or non-float32 tensor, goes
+through ``F.linear``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+_ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+if not torch.backends.mkldnn.is_available():
+    _ONEDNN_LINEAR = None
+
+
+def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for ``weight`` [out, in] (a transposed view is fine)."""
+    if (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
+        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
