@@ -134,6 +134,13 @@ class Mimi(nn.Module):
         self.quantizer.refresh()
 
     # ---------------------------------------------------------------------------------------------- offline
+    # Offline calls run as chunked steps on a fresh state whose attention ring never drops a visible key, which is
+    # the offline computation in bounded memory (SEANet activations of one chunk, not of the whole file).
+    offline_chunk_frames: int = 64
+
+    def _offline_chunks(self, frames: int) -> int:
+        return max(1, min(frames, self.offline_chunk_frames))
+
     @torch.no_grad()
     def encode_latent(self, pcm: torch.Tensor) -> torch.Tensor:
         """float [B, 1, T] -> the unquantized latent [B, dimension, ceil(T / frame_size)] (zero right padding)."""
@@ -141,8 +148,10 @@ class Mimi(nn.Module):
         pad = (-pcm.shape[-1]) % self.frame_size
         if pad:
             pcm = torch.nn.functional.pad(pcm, (0, pad))
-        x = self.encoder_transformer(self.encoder(pcm))
-        return self.downsample.conv(x) if self.downsample is not None else x
+        chunk = self._offline_chunks(pcm.shape[-1] // self.frame_size)
+        state = self.new_encoder_state(pcm.shape[0], frames_per_call=chunk, offline_window=True)
+        pieces = [self._latent_step(piece, state, None) for piece in pcm.split(chunk * self.frame_size, dim=-1)]
+        return torch.cat(pieces, dim=-1)
 
     @torch.no_grad()
     def encode(self, pcm: torch.Tensor) -> torch.Tensor:
@@ -153,45 +162,52 @@ class Mimi(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """int codes [B, K, S] (1 <= K <= total_codebooks) -> float [B, 1, S * frame_size]. Never trims."""
         codes = check_codes(codes, "decode", self.cardinality, self.total_codebooks, device=self.device)
-        x = self.quantizer.decode(codes)
-        if self.upsample is not None:
-            x = self.upsample.convtr(x)
-        return self.decoder(self.decoder_transformer(x))
+        chunk = self._offline_chunks(codes.shape[-1])
+        state = self.new_decoder_state(codes.shape[0], frames_per_call=chunk, offline_window=True)
+        return torch.cat([self.decode_step(piece, state) for piece in codes.split(chunk, dim=-1)], dim=-1)
 
     # -------------------------------------------------------------------------------------------- streaming
-    @property
-    def _latent_steps_per_frame(self) -> int:
-        return self.config.resample_stride
+    def new_encoder_state(self, batch: int, frames_per_call: int = 1, offline_window: bool = False) -> State:
+        """Fresh encoder state for calls of up to ``frames_per_call`` frames.
 
-    def new_encoder_state(self, batch: int) -> State:
-        d, dt, chunk = self.device, self.dtype, self._latent_steps_per_frame
+        ``offline_window=False`` is the official streaming behaviour (one frame per call reproduces Kyutai's
+        streaming codes exactly); ``True`` makes chunked calls equal to one offline call.
+        """
+        d, dt = self.device, self.dtype
+        steps = frames_per_call * self.config.resample_stride
         state = {"seanet": self.encoder.new_state(batch, d, dt),
-                 "transformer": self.encoder_transformer.new_state(batch, chunk, d, dt)}
+                 "transformer": self.encoder_transformer.new_state(batch, steps, offline_window, d, dt)}
         if self.downsample is not None:
             state["downsample"] = self.downsample.conv.new_state(batch, d, dt)
         return state
 
-    def new_decoder_state(self, batch: int) -> State:
-        d, dt, chunk = self.device, self.dtype, self._latent_steps_per_frame
+    def new_decoder_state(self, batch: int, frames_per_call: int = 1, offline_window: bool = False) -> State:
+        """Fresh decoder state; see ``new_encoder_state``."""
+        d, dt = self.device, self.dtype
+        steps = frames_per_call * self.config.resample_stride
         state = {"seanet": self.decoder.new_state(batch, d, dt),
-                 "transformer": self.decoder_transformer.new_state(batch, chunk, d, dt)}
+                 "transformer": self.decoder_transformer.new_state(batch, steps, offline_window, d, dt)}
         if self.upsample is not None:
             state["upsample"] = self.upsample.convtr.new_state(batch, d, dt)
         return state
 
-    def encode_step(self, frame: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """One frame [B, 1, frame_size] -> codes [B, num_codebooks, 1], advancing ``state`` (no input checks).
-
-        Rows where ``active`` is False are computed but keep their state unchanged.
-        """
-        x = self.encoder.step(frame, state["seanet"], active)
+    def _latent_step(self, pcm: torch.Tensor, state: State, active: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.encoder.step(pcm, state["seanet"], active)
         x = self.encoder_transformer.step(x, state["transformer"], active)
         if self.downsample is not None:
             x = self.downsample.conv.step(x, state["downsample"], active)
-        return self.quantizer.encode(x, self.num_codebooks)
+        return x
+
+    def encode_step(self, pcm: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Whole frames [B, 1, n * frame_size] -> codes [B, num_codebooks, n], advancing ``state``.
+
+        No input checks (callers validate once, outside the hot path). Rows where ``active`` is False are computed
+        but keep their state unchanged.
+        """
+        return self.quantizer.encode(self._latent_step(pcm, state, active), self.num_codebooks)
 
     def decode_step(self, codes: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """One code frame [B, K, 1] -> audio [B, 1, frame_size], advancing ``state`` (no input checks)."""
+        """Code frames [B, K, n] -> audio [B, 1, n * frame_size], advancing ``state`` (no input checks)."""
         x = self.quantizer.decode(codes)
         if self.upsample is not None:
             x = self.upsample.convtr.step(x, state["upsample"], active)

@@ -16,10 +16,11 @@ State = dict  # nested: str -> Tensor | State
 
 
 def leaves(state: State) -> Iterator[torch.Tensor]:
+    """Every tensor of a state (plain Python values, such as a ring's capacity, are fixed settings)."""
     for value in state.values():
         if isinstance(value, dict):
             yield from leaves(value)
-        else:
+        elif isinstance(value, torch.Tensor):
             yield value
 
 
@@ -51,7 +52,8 @@ def write_state(buffer: torch.Tensor, new: torch.Tensor, active: Optional[torch.
 
 
 def clone_state(state: State) -> State:
-    return {k: clone_state(v) if isinstance(v, dict) else v.clone() for k, v in state.items()}
+    return {k: clone_state(v) if isinstance(v, dict) else v.clone() if isinstance(v, torch.Tensor) else v
+            for k, v in state.items()}
 
 
 def as_row_mask(mask: Union[None, torch.Tensor, list, tuple], batch: int, device) -> Optional[torch.Tensor]:

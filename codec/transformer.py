@@ -1,9 +1,11 @@
 """The Mimi encoder/decoder transformer (spec section 1.6) with an explicit ring-buffer KV cache.
 
-Offline, every query at position p sees keys at positions ``p - context < q <= p``. Streaming, each layer keeps a
-ring of exactly ``context`` slots per batch row, written *before* attending; with two latent steps per Mimi frame
-this reproduces the official streaming behaviour, which differs from offline from frame 125 on (the first query of
-a chunk loses its oldest key to the chunk's second key).
+Every query at position p may see keys at positions ``p - context < q <= p``. Streaming, each layer keeps a ring
+of ``capacity`` slots per batch row, written *before* attending. With ``capacity == context`` and two latent steps
+per Mimi frame this reproduces the official streaming behaviour, which differs from offline from frame 125 on
+(the first query of a chunk loses its oldest key to the chunk's second key). With ``capacity >= context + T - 1``
+for chunks of T steps nothing visible is overwritten, so chunked stepping equals the offline computation; the
+offline encode/decode use that to run long files in bounded memory.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class StepTables:
     cos: torch.Tensor  # [B, 1, T, d/2] RoPE tables of the new positions
     sin: torch.Tensor
     write_index: torch.Tensor  # [B, H, T, d] ring slots receiving the new keys/values
-    mask: torch.Tensor  # [B, 1, T, context] which ring slots each new query may attend to
+    mask: torch.Tensor  # [B, 1, T, capacity] which ring slots each new query may attend to
 
 
 class LayerScale(nn.Module):
@@ -81,9 +83,9 @@ class Attention(nn.Module):
                 q[:, :, start:stop], k[:, :, k_start:stop], v[:, :, k_start:stop], attn_mask=mask))
         return self._out(torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0])
 
-    def new_state(self, batch: int, chunk: int, device=None, dtype=torch.float32) -> State:
+    def new_state(self, batch: int, chunk: int, capacity: int, device=None, dtype=torch.float32) -> State:
         # ``chunk`` extra slots past the ring receive the writes of rows that are not executing (never attended).
-        shape = (batch, self.num_heads, self.context + chunk, self.head_dim)
+        shape = (batch, self.num_heads, capacity + chunk, self.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype),
                 "v": torch.zeros(shape, device=device, dtype=dtype)}
 
@@ -93,7 +95,7 @@ class Attention(nn.Module):
         ring_k, ring_v = state["k"], state["v"]
         ring_k.scatter_(2, tables.write_index, k)
         ring_v.scatter_(2, tables.write_index, v)
-        cap = self.context
+        cap = tables.mask.shape[-1]
         return self._out(F.scaled_dot_product_attention(q, ring_k[:, :, :cap], ring_v[:, :, :cap],
                                                         attn_mask=tables.mask))
 
@@ -145,14 +147,20 @@ class MimiTransformer(nn.Module):
             h = layer(h, cos, sin)
         return h.transpose(1, 2)
 
-    def new_state(self, batch: int, chunk: int, device=None, dtype=torch.float32) -> State:
+    def new_state(self, batch: int, chunk: int, offline_window: bool = False, device=None,
+                  dtype=torch.float32) -> State:
+        """State for calls of up to ``chunk`` steps. ``offline_window``: a ring large enough that chunked stepping
+        equals the offline computation, instead of the official streaming ring of ``context`` slots."""
+        capacity = self.cfg.context + (chunk if offline_window else 0)
         return {"offset": torch.zeros(batch, dtype=torch.long, device=device),
-                "layers": {str(i): layer.self_attn.new_state(batch, chunk, device, dtype)
+                "capacity": capacity,  # a plain int: fixed for the life of the state
+                "layers": {str(i): layer.self_attn.new_state(batch, chunk, capacity, device, dtype)
                            for i, layer in enumerate(self.layers)}}
 
-    def _step_tables(self, offset: torch.Tensor, t: int, active: Optional[torch.Tensor]) -> StepTables:
+    def _step_tables(self, offset: torch.Tensor, t: int, capacity: int,
+                     active: Optional[torch.Tensor]) -> StepTables:
         cfg = self.cfg
-        cap = cfg.context
+        cap = capacity
         steps = torch.arange(t, device=offset.device)
         positions = offset[:, None] + steps  # [B, T]
         cos, sin = rope_tables(positions, self.freqs)
@@ -166,13 +174,16 @@ class MimiTransformer(nn.Module):
         delta = torch.arange(cap, device=offset.device)[None, :] - last % cap
         slot_pos = torch.where(delta <= 0, last + delta, last + delta - cap)  # [B, cap]
         rel = positions[:, :, None] - slot_pos[:, None, :]  # [B, T, cap]
-        mask = (slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < cap)
+        mask = (slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < cfg.context)
         return StepTables(cos, sin, write_index, mask[:, None])
 
     def step(self, x: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = x.transpose(1, 2)
-        offset = state["offset"]
-        tables = self._step_tables(offset, h.shape[1], active)
+        offset, capacity = state["offset"], state["capacity"]
+        spare = state["layers"]["0"]["k"].shape[2] - capacity
+        if h.shape[1] > spare:
+            raise ValueError(f"{h.shape[1]} steps in one call, this state was built for at most {spare}")
+        tables = self._step_tables(offset, h.shape[1], capacity, active)
         for i, layer in enumerate(self.layers):
             h = layer.step(h, state["layers"][str(i)], tables)
         write_state(offset, offset + h.shape[1], active)
