@@ -1,0 +1,86 @@
+"""The ``duplex`` command line: ``duplex codec ...``, ``duplex bench ...``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from . import __version__
+
+
+def _add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> None:
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="Mimi checkpoint (.safetensors); default: $DUPLEX_MIMI")
+    p.add_argument("--config", metavar="JSON", help="codec config in the official layout (default: official Mimi)")
+    if codebooks:
+        p.add_argument("--num-codebooks", type=int, default=8, metavar="N", help="codebooks to use, 1-32 (default 8)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--streaming", action="store_true",
+                   help="run frame by frame as a live stream does (equal to offline for the first 124 frames)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="duplex", description="Full-duplex speech dialogue engine (Moshi/Mimi).")
+    parser.add_argument("--version", action="version", version=f"duplex {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    codec = commands.add_parser("codec", help="encode / decode audio with the Mimi codec")
+    codec_commands = codec.add_subparsers(dest="codec_command", required=True, metavar="ACTION")
+    p = codec_commands.add_parser("encode", help="audio file -> codes (.safetensors)")
+    p.add_argument("input", help="audio file (any format and rate soundfile reads; mixed to mono)")
+    p.add_argument("output", help="codes file to write (.safetensors)")
+    _add_codec_options(p)
+    p.set_defaults(func="duplex.commands.codec:run_encode")
+    p = codec_commands.add_parser("decode", help="codes (.safetensors) -> 24 kHz audio file")
+    p.add_argument("input", help="codes file written by 'duplex codec encode'")
+    p.add_argument("output", help="audio file to write (format from the extension: .wav, .flac, .ogg)")
+    _add_codec_options(p, codebooks=False)
+    p.set_defaults(func="duplex.commands.codec:run_decode")
+    p = codec_commands.add_parser("roundtrip", help="audio file -> codes -> 24 kHz audio file")
+    p.add_argument("input", help="audio file (any format and rate; mixed to mono)")
+    p.add_argument("output", help="audio file to write")
+    _add_codec_options(p)
+    p.set_defaults(func="duplex.commands.codec:run_roundtrip")
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    p = bench_commands.add_parser("codec", help="streaming codec encode + decode time per 80 ms frame")
+    p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
+    p.add_argument("--config", metavar="JSON", help="codec config (default: official Mimi)")
+    p.add_argument("--num-codebooks", type=int, default=8, metavar="N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B")
+    p.add_argument("--frames", type=int, default=50, help="timed frames per batch size (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    p.set_defaults(func="duplex.commands.bench:run_bench_codec")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args.func.split(":")
+    import importlib
+
+    from codec import CheckpointError, ConfigError
+    from codec.audio import AudioError
+
+    from .errors import UsageError
+
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(args) or 0)
+    except (UsageError, CheckpointError, ConfigError, AudioError, ValueError, TypeError) as e:
+        if os.environ.get("DUPLEX_DEBUG"):
+            raise
+        print(f"duplex: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Implementations of the ``duplex`` subcommands (argument parsing lives in ``duplex.cli``)."""

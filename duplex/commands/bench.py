@@ -1,0 +1,45 @@
+"""``duplex bench codec``: streaming codec timing, printed as a table and JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from codec.bench import bench_codec
+
+from ..errors import UsageError
+from .codec import pick_device
+
+
+def run_bench_codec(args) -> int:
+    if any(b < 1 for b in args.batch_sizes):
+        raise UsageError("--batch-sizes must be positive integers")
+    if args.frames < 1 or args.warmup < 0:
+        raise UsageError("--frames must be >= 1 and --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+
+    def progress(batch, done, total):
+        if sys.stderr.isatty():
+            print(f"\rbatch {batch}: frame {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+
+    report = bench_codec(config=args.config, checkpoint=args.checkpoint, device=str(device),
+                         batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup,
+                         num_codebooks=args.num_codebooks, progress=progress)
+    print(f"# {report['benchmark']} -- {report['model']}, {report['config']}, {report['hardware']}, "
+          f"torch {report['torch']}", file=sys.stderr)
+    print(f"{'batch':>5} {'encode ms':>10} {'decode ms':>10} {'total ms':>9} {'p99 ms':>8} {'ms/stream':>9} "
+          f"{'RTF':>6}", file=sys.stderr)
+    for r in report["results"]:
+        print(f"{r['batch_size']:>5} {r['encode_ms']['median']:>10.2f} {r['decode_ms']['median']:>10.2f} "
+              f"{r['total_ms']['median']:>9.2f} {r['total_ms']['p99']:>8.2f} {r['ms_per_stream']:>9.2f} "
+              f"{r['real_time_factor']:>6.3f}", file=sys.stderr)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0

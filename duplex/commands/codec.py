@@ -1,0 +1,107 @@
+"""``duplex codec encode | decode | roundtrip``: audio files <-> Mimi codes files."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from codec import Mimi
+from codec.audio import load_audio, save_audio
+
+from ..errors import UsageError
+from ..models import resolve_mimi_checkpoint
+
+CODES_FORMAT = "duplex-codes/1"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def load_codec(args) -> Mimi:
+    path = resolve_mimi_checkpoint(args.checkpoint)
+    return Mimi.from_checkpoint(path, config=args.config, num_codebooks=getattr(args, "num_codebooks", 8),
+                                device=pick_device(args.device))
+
+
+def _encode(mimi: Mimi, pcm: torch.Tensor, streaming: bool) -> torch.Tensor:
+    x = pcm[None]  # [1, 1, T]
+    if not streaming:
+        return mimi.encode(x)
+    pad = (-x.shape[-1]) % mimi.frame_size
+    return mimi.stream(1).encode(torch.nn.functional.pad(x, (0, pad)))
+
+
+def _decode(mimi: Mimi, codes: torch.Tensor, streaming: bool) -> torch.Tensor:
+    return (mimi.stream(1).decode(codes) if streaming else mimi.decode(codes))[0]
+
+
+def save_codes(path: str, codes: torch.Tensor, mimi: Mimi, num_samples: int) -> None:
+    from safetensors.torch import save_file
+
+    # Codes are < 2048 (< 32768 for any codec we load), so int16 storage is exact and 4x smaller than int64.
+    save_file({"codes": codes.to(torch.int16).contiguous().cpu()}, path, metadata={
+        "format": CODES_FORMAT, "sample_rate": str(mimi.sample_rate), "frame_rate": str(mimi.frame_rate),
+        "num_samples": str(num_samples), "num_codebooks": str(codes.shape[1])})
+
+
+def load_codes(path: str):
+    """(codes int64 [1, K, S], number of samples of the original audio or None)."""
+    from safetensors import safe_open
+
+    if not os.path.exists(path):
+        raise UsageError(f"codes file not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            if "codes" not in f.keys():
+                raise UsageError(f"{path} is not a codes file (no 'codes' tensor; has {sorted(f.keys())})")
+            codes = f.get_tensor("codes")
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(f"{path} is not a readable safetensors codes file ({e})") from None
+    if codes.dim() == 2:
+        codes = codes[None]
+    num_samples = int(metadata["num_samples"]) if "num_samples" in metadata else None
+    return codes.long(), num_samples
+
+
+def run_encode(args) -> int:
+    mimi = load_codec(args)
+    pcm = load_audio(args.input, mimi.sample_rate)
+    codes = _encode(mimi, pcm, args.streaming)
+    save_codes(args.output, codes, mimi, pcm.shape[-1])
+    print(f"{args.input}: {pcm.shape[-1] / mimi.sample_rate:.2f} s -> {codes.shape[-1]} frames x "
+          f"{codes.shape[1]} codebooks -> {args.output}")
+    return 0
+
+
+def run_decode(args) -> int:
+    mimi = load_codec(args)
+    codes, num_samples = load_codes(args.input)
+    pcm = _decode(mimi, codes, args.streaming)
+    if num_samples is not None:
+        pcm = pcm[..., :num_samples]
+    save_audio(args.output, pcm, mimi.sample_rate)
+    print(f"{args.input}: {codes.shape[-1]} frames -> {pcm.shape[-1] / mimi.sample_rate:.2f} s -> {args.output}")
+    return 0
+
+
+def run_roundtrip(args) -> int:
+    mimi = load_codec(args)
+    pcm = load_audio(args.input, mimi.sample_rate)
+    codes = _encode(mimi, pcm, args.streaming)
+    out = _decode(mimi, codes, args.streaming)[..., : pcm.shape[-1]]
+    save_audio(args.output, out, mimi.sample_rate)
+    kbps = mimi.frame_rate * codes.shape[1] * (mimi.cardinality - 1).bit_length() / 1000
+    print(f"{args.input}: {pcm.shape[-1] / mimi.sample_rate:.2f} s through {codes.shape[1]} codebooks "
+          f"({kbps:.2f} kbps) -> {args.output}")
+    return 0

@@ -1,0 +1,45 @@
+"""Shared test fixtures. Reference data in tests/fixtures/ was produced by Kyutai's implementation (see README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MIMI_SMALL = FIXTURES / "mimi_small.safetensors"
+MIMI_SMALL_CONFIG = FIXTURES / "mimi_small_config.json"
+
+
+@pytest.fixture(scope="session")
+def small_mimi():
+    """The small random-weight Mimi the reference vectors were made with (official layout, narrower)."""
+    from codec import Mimi
+
+    return Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def mimi_io():
+    from safetensors.torch import load_file
+
+    return load_file(str(FIXTURES / "mimi_small_io.safetensors"))
+
+
+@pytest.fixture
+def speechlike():
+    """Deterministic test audio [B, 1, frames * 1920]: a few harmonics with a moving pitch plus a little noise."""
+
+    def make(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        t = torch.arange(frames * 1920) / 24000
+        rows = []
+        for _ in range(batch):
+            f0 = 100 + 150 * torch.rand(1, generator=g)
+            phase = 2 * torch.pi * torch.cumsum(f0 * (1 + 0.2 * torch.sin(2 * torch.pi * 1.5 * t)), 0) / 24000
+            wave = sum(torch.sin(k * phase) / k for k in range(1, 6))
+            rows.append(0.2 * wave + 0.01 * torch.randn(t.shape, generator=g))
+        return torch.stack(rows)[:, None].float()
+
+    return make

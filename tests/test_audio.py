@@ -1,0 +1,76 @@
+"""Audio files at the edges: any common format, any rate, mixed to mono, resampled to 24 kHz."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec.audio import AudioError, load_audio, read_audio, resample, save_audio, to_mono
+
+
+def _tone(rate, seconds, freq, channels=1):
+    t = np.arange(int(rate * seconds)) / rate
+    wave = 0.5 * np.sin(2 * np.pi * freq * t)
+    return np.stack([wave * (c + 1) / channels for c in range(channels)], axis=1).astype(np.float32)
+
+
+def _peak_frequency(pcm, rate):
+    spectrum = np.abs(np.fft.rfft(pcm))
+    return np.argmax(spectrum) * rate / len(pcm)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
+def test_load_resamples_any_rate_to_24k(tmp_path, rate):
+    path = tmp_path / "tone.wav"
+    sf.write(path, _tone(rate, 1.0, 440.0), rate)
+    pcm = load_audio(path, 24000)
+    assert pcm.shape == (1, 24000)
+    assert pcm.dtype == torch.float32
+    assert abs(_peak_frequency(pcm[0].numpy(), 24000) - 440.0) < 2.0
+
+
+def test_stereo_is_mixed_to_mono(tmp_path):
+    path = tmp_path / "stereo.flac"
+    data = _tone(24000, 0.5, 300.0, channels=2)  # right channel twice the left
+    sf.write(path, data, 24000)
+    pcm = load_audio(path)
+    assert pcm.shape == (1, 12000)
+    np.testing.assert_allclose(pcm[0].numpy(), data.mean(axis=1), atol=1e-4)  # FLAC is 16-bit
+
+
+def test_to_mono_and_resample_helpers():
+    x = torch.stack([torch.ones(10), 3 * torch.ones(10)])
+    assert torch.equal(to_mono(x), 2 * torch.ones(1, 10))
+    assert resample(x, 24000, 24000) is x
+    assert resample(torch.zeros(1, 16000), 16000, 24000).shape == (1, 24000)
+    with pytest.raises(AudioError, match="positive"):
+        resample(x, 0, 24000)
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg"])
+def test_save_and_read_back(tmp_path, ext):
+    pcm = torch.from_numpy(_tone(24000, 0.5, 500.0)[:, 0])
+    path = tmp_path / f"out.{ext}"
+    save_audio(path, pcm * 3.0, 24000)  # clipped to [-1, 1]
+    data, rate = read_audio(path)
+    assert rate == 24000 and data.shape[0] == 1
+    lossy_overshoot = 0.1 if ext == "ogg" else 1e-3  # Vorbis does not reproduce a clipped wave exactly
+    assert abs(data.shape[1] - 12000) <= 1 and float(data.abs().max()) <= 1.0 + lossy_overshoot
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    with pytest.raises(AudioError, match="not found"):
+        load_audio(tmp_path / "missing.wav")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF0000WAVEjunkjunkjunk")
+    with pytest.raises(AudioError, match="cannot read audio file"):
+        load_audio(bad)
+
+
+def test_non_finite_file_is_rejected(tmp_path):
+    data = np.zeros(2400, dtype=np.float32)
+    data[10] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, data, 24000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="non-finite"):
+        load_audio(path)

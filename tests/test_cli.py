@@ -1,0 +1,94 @@
+"""The duplex command line: codec encode / decode / roundtrip and the codec benchmark."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+
+from duplex.cli import main
+from conftest import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG
+
+CODEC = ["--checkpoint", str(MIMI_SMALL), "--config", str(MIMI_SMALL_CONFIG), "--device", "cpu"]
+
+
+@pytest.fixture
+def wav(tmp_path, speechlike):
+    path = tmp_path / "in.wav"
+    pcm = speechlike(1, 3, seed=3)[0, 0].numpy()[:5000]  # not a whole number of frames
+    sf.write(path, pcm, 24000, subtype="FLOAT")
+    return path
+
+
+def test_roundtrip_writes_audio_of_the_input_length(tmp_path, wav, capsys):
+    out = tmp_path / "out.wav"
+    assert main(["codec", "roundtrip", str(wav), str(out), *CODEC]) == 0
+    data, rate = sf.read(out)
+    assert rate == 24000 and data.shape == (5000,)
+    assert "(0.60 kbps)" in capsys.readouterr().out  # 8 codebooks x 6 bits (64 bins) x 12.5 Hz
+
+
+def test_encode_then_decode_equals_roundtrip(tmp_path, wav, small_mimi):
+    codes_path, out, rt = tmp_path / "codes.safetensors", tmp_path / "dec.wav", tmp_path / "rt.wav"
+    assert main(["codec", "encode", str(wav), str(codes_path), "--num-codebooks", "4", *CODEC]) == 0
+    with safe_open(str(codes_path), framework="pt") as f:
+        codes = f.get_tensor("codes")
+        meta = f.metadata()
+    assert codes.shape == (1, 4, 3) and codes.dtype == torch.int16
+    assert meta["num_samples"] == "5000" and meta["sample_rate"] == "24000"
+    assert main(["codec", "decode", str(codes_path), str(out), *CODEC]) == 0
+    assert main(["codec", "roundtrip", str(wav), str(rt), "--num-codebooks", "4", *CODEC]) == 0
+    assert (sf.read(out)[0] == sf.read(rt)[0]).all()
+
+
+def test_streaming_mode(tmp_path, wav):
+    out = tmp_path / "out.wav"
+    assert main(["codec", "roundtrip", str(wav), str(out), "--streaming", *CODEC]) == 0
+    assert sf.read(out)[0].shape == (5000,)
+
+
+def test_without_a_checkpoint_the_message_says_what_to_do(tmp_path, wav, capsys, monkeypatch):
+    monkeypatch.delenv("DUPLEX_MIMI", raising=False)
+    assert main(["codec", "roundtrip", str(wav), str(tmp_path / "o.wav")]) == 2
+    err = capsys.readouterr().err
+    assert "no trained codec is installed yet" in err and "--checkpoint PATH" in err and "DUPLEX_MIMI" in err
+
+
+def test_checkpoint_from_environment(tmp_path, wav, monkeypatch):
+    monkeypatch.setenv("DUPLEX_MIMI", str(MIMI_SMALL))
+    out = tmp_path / "o.wav"
+    assert main(["codec", "roundtrip", str(wav), str(out), "--config", str(MIMI_SMALL_CONFIG)]) == 0
+
+
+@pytest.mark.parametrize("args, words", [
+    (["codec", "roundtrip", "missing.wav", "o.wav", *CODEC], "audio file not found"),
+    (["codec", "decode", str(MIMI_SMALL), "o.wav", *CODEC], "is not a codes file"),
+    (["codec", "roundtrip", "x.wav", "o.wav", "--checkpoint", "nope.safetensors"], "checkpoint not found"),
+    (["codec", "roundtrip", "x.wav", "o.wav", "--checkpoint", str(MIMI_SMALL)], "mis-shaped keys"),
+])
+def test_errors_are_messages_not_tracebacks(tmp_path, wav, capsys, args, words, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.wav").write_bytes(wav.read_bytes())
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_bench_codec_reports_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "codec", "--config", str(MIMI_SMALL_CONFIG), "--frames", "3", "--warmup", "1",
+                 "--batch-sizes", "1", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert [r["batch_size"] for r in report["results"]] == [1, 2]
+    for r in report["results"]:
+        assert 0 < r["total_ms"]["median"] <= r["total_ms"]["p99"]
+        assert r["real_time_factor"] == pytest.approx(r["total_ms"]["median"] / 80.0)
+
+
+def test_console_script_entry_point():
+    result = subprocess.run([sys.executable, "-m", "duplex.cli", "codec", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "roundtrip" in result.stdout
