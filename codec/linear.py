@@ -11,8 +11,8 @@ frame), so what matters is how fast a kernel streams a weight matrix for a handf
   OpenMP threads of every other op: inside the codec the whole frame became 15x slower (5x slower still with
   OMP_WAIT_POLICY=PASSIVE). So it is not used.
 
-oneDNN's op has no autograd: anything that needs gradients, and every non-CPU or non-float32 tensor, goes
-through ``F.linear``.
+oneDNN's op has no autograd: anything that needs gradients, every non-CPU or non-float32 tensor, and code being
+traced by torch.compile (Inductor chooses its own CPU kernels) goes through ``F.linear``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ _ONEDNN_BLOCKED_INNER = 2048
 
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ weight.T + bias`` for ``weight`` [out, in] (a transposed view is fine)."""
-    if (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
+    if (_ONEDNN_LINEAR is not None and not torch.compiler.is_compiling() and x.device.type == "cpu"
+            and x.dtype == torch.float32
             and weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
         rows = x.numel() // x.shape[-1]

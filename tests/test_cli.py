@@ -92,3 +92,16 @@ def test_bench_codec_reports_json(tmp_path, capsys):
 def test_console_script_entry_point():
     result = subprocess.run([sys.executable, "-m", "duplex.cli", "codec", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "roundtrip" in result.stdout
+
+
+def test_demo_stream_script(tmp_path):
+    """demos/stream_codec.py runs end to end on the bundled sample."""
+    from conftest import FIXTURES
+    root = FIXTURES.parent.parent
+    out = tmp_path / "streamed.wav"
+    result = subprocess.run([sys.executable, str(root / "demos" / "stream_codec.py"), str(root / "demos" / "hello.wav"),
+                             str(out), "--checkpoint", str(MIMI_SMALL), "--config", str(MIMI_SMALL_CONFIG)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    data, rate = sf.read(out)
+    assert rate == 24000 and data.shape[0] >= 7 * 24000
