@@ -46,17 +46,41 @@ class LayerScale(nn.Module):
         return self.scale * x
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused, bias-free ``[q | k | v]`` input projection (head-major features)."""
+def ring_step_tables(offset: torch.Tensor, t: int, capacity: int, context: int, num_heads: int, head_dim: int,
+                     freqs: Optional[torch.Tensor], active: Optional[torch.Tensor]) -> StepTables:
+    """The shared tables of one streaming step of ``t`` positions per row, starting at ``offset`` [B] (int64).
 
-    def __init__(self, cfg: TransformerConfig):
+    Rows where ``active`` is False write into the ``t`` spare slots after the ring (never attended) instead.
+    ``freqs`` None: no rotary embedding (cos/sin are None).
+    """
+    steps = torch.arange(t, device=offset.device)
+    positions = offset[:, None] + steps  # [B, T]
+    cos, sin = rope_tables(positions, freqs) if freqs is not None else (None, None)
+    slots = positions % capacity
+    if active is not None:
+        slots = torch.where(active[:, None], slots, capacity + steps)
+    write_index = slots[:, None, :, None].expand(-1, num_heads, t, head_dim)
+    # Position held by each ring slot, reconstructed from the newest written position; never-written slots
+    # come out negative and are masked.
+    last = positions[:, -1:]
+    delta = torch.arange(capacity, device=offset.device)[None, :] - last % capacity
+    slot_pos = torch.where(delta <= 0, last + delta, last + delta - capacity)  # [B, capacity]
+    rel = positions[:, :, None] - slot_pos[:, None, :]  # [B, T, capacity]
+    mask = (slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < context)
+    return StepTables(cos, sin, write_index, mask[:, None])
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused, bias-free ``[q | k | v]`` input projection (head-major features),
+    interleaved RoPE and a windowed causal mask. Shared by Mimi and the Moshi temporal transformer."""
+
+    def __init__(self, dim: int, num_heads: int, context: int):
         super().__init__()
-        d = cfg.d_model
-        self.num_heads = cfg.num_heads
-        self.head_dim = cfg.head_dim
-        self.context = cfg.context
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * d, d))
-        self.out_proj = nn.Linear(d, d, bias=False)
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.context = context
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.out_proj = nn.Linear(dim, dim, bias=False)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -106,7 +130,7 @@ class TransformerLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         d = cfg.d_model
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(d, cfg.num_heads, cfg.context)
         self.norm1 = nn.LayerNorm(d, eps=1e-5)
         self.norm2 = nn.LayerNorm(d, eps=1e-5)
         self.linear1 = nn.Linear(d, cfg.dim_feedforward, bias=False)
@@ -157,33 +181,14 @@ class MimiTransformer(nn.Module):
                 "layers": {str(i): layer.self_attn.new_state(batch, chunk, capacity, device, dtype)
                            for i, layer in enumerate(self.layers)}}
 
-    def _step_tables(self, offset: torch.Tensor, t: int, capacity: int,
-                     active: Optional[torch.Tensor]) -> StepTables:
-        cfg = self.cfg
-        cap = capacity
-        steps = torch.arange(t, device=offset.device)
-        positions = offset[:, None] + steps  # [B, T]
-        cos, sin = rope_tables(positions, self.freqs)
-        slots = positions % cap
-        if active is not None:
-            slots = torch.where(active[:, None], slots, cap + steps)
-        write_index = slots[:, None, :, None].expand(-1, cfg.num_heads, t, cfg.head_dim)
-        # Position held by each ring slot, reconstructed from the newest written position; never-written slots
-        # come out negative and are masked.
-        last = positions[:, -1:]
-        delta = torch.arange(cap, device=offset.device)[None, :] - last % cap
-        slot_pos = torch.where(delta <= 0, last + delta, last + delta - cap)  # [B, cap]
-        rel = positions[:, :, None] - slot_pos[:, None, :]  # [B, T, cap]
-        mask = (slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < cfg.context)
-        return StepTables(cos, sin, write_index, mask[:, None])
-
     def step(self, x: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = x.transpose(1, 2)
         offset, capacity = state["offset"], state["capacity"]
         spare = state["layers"]["0"]["k"].shape[2] - capacity
         if h.shape[1] > spare:
             raise ValueError(f"{h.shape[1]} steps in one call, this state was built for at most {spare}")
-        tables = self._step_tables(offset, h.shape[1], capacity, active)
+        tables = ring_step_tables(offset, h.shape[1], capacity, self.cfg.context, self.cfg.num_heads,
+                                  self.cfg.head_dim, self.freqs, active)
         for i, layer in enumerate(self.layers):
             h = layer.step(h, state["layers"][str(i)], tables)
         write_state(offset, offset + h.shape[1], active)

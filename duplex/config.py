@@ -1,0 +1,189 @@
+"""Moshi language-model configuration in the official keyword layout (spec section 2.1).
+
+``LMConfig.from_dict`` reads the keyword dict Kyutai's loader passes to its ``LMModel`` (``moshi7b_config.json``,
+or a repository's ``config.json``). It is strict: unknown keys are errors. Keys the official loader drops or
+ignores are accepted and handled the same way: ``depformer_causal`` is discarded, ``depformer_context`` and
+``depformer_max_period`` are recorded but unused (the depth transformer has no window and no positional
+encoding), and the non-model keys of a repository ``config.json`` (file names, ``lm_gen_config``...) are kept
+aside in ``repo_extras``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+
+class LMConfigError(ValueError):
+    """A language-model configuration that is malformed or asks for an unsupported feature."""
+
+
+# Keys of a repository config.json that are not LMModel arguments (Kyutai's CheckpointInfo pops them).
+REPO_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
+             "lm_gen_config", "tts_config", "stt_config", "model_id")
+# Accepted for compatibility, dropped as the official loader drops them.
+DROPPED_KEYS = ("depformer_causal",)
+# Options whose default is the only supported value: (key, default).
+FIXED_OPTIONS = {
+    "demux_second_text_stream": False, "demux_second_stream": False, "norm_emb": False, "bias_proj": False,
+    "depformer_weights_per_step_schedule": None, "depformer_low_rank_embeddings": None, "depformer_norm": None,
+    "extra_heads_num_heads": 0, "quantize": False, "conditioners": None, "fuser": None, "lora": False,
+    "cross_attention": False, "kv_repeat": 1,
+}
+FIXED_IGNORED = ("lora_rank", "lora_scaling", "extra_heads_dim")
+
+
+@dataclass
+class LMConfig:
+    dim: int = 4096
+    text_card: int = 32000
+    existing_text_padding_id: int = 3
+    existing_text_end_padding_id: int = 0
+    n_q: int = 16
+    dep_q: int = 8
+    card: int = 2048
+    num_heads: int = 32
+    num_layers: int = 32
+    hidden_scale: float = 4.125
+    causal: bool = True
+    layer_scale: Optional[float] = None
+    context: int = 3000
+    max_period: float = 10000.0
+    gating: str = "silu"
+    norm: str = "rms_norm_f32"
+    positional_embedding: str = "rope"
+    depformer_dim: int = 1024
+    depformer_dim_feedforward: int = 4224
+    depformer_num_heads: int = 16
+    depformer_num_layers: int = 6
+    depformer_layer_scale: Optional[float] = None
+    depformer_multi_linear: bool = True
+    depformer_context: Optional[int] = 8  # ignored, as in the official model (forced to no window)
+    depformer_max_period: float = 10000.0  # unused: no positional encoding in the depth transformer
+    depformer_gating: str = "silu"
+    depformer_pos_emb: str = "none"
+    depformer_weights_per_step: bool = True
+    delays: list = field(default_factory=lambda: [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1])
+    text_card_out: Optional[int] = None
+    repo_extras: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------- derived
+    @property
+    def num_streams(self) -> int:
+        """Token streams per time step: text + n_q audio (17 for Moshi)."""
+        return 1 + self.n_q
+
+    @property
+    def user_codebooks(self) -> int:
+        """Audio streams the generator reads from the user (n_q - dep_q = 8 for Moshi)."""
+        return self.n_q - self.dep_q
+
+    @property
+    def max_delay(self) -> int:
+        return max(self.delays)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def depformer_head_dim(self) -> int:
+        return self.depformer_dim // self.depformer_num_heads
+
+    @staticmethod
+    def gated_hidden(dim: int, dim_feedforward: int) -> int:
+        """Hidden width of the SiLU-gated FFN: 2/3 of dim_feedforward, or 21*dim/8 when dim_feedforward == 4*dim."""
+        return 21 * dim // 8 if dim_feedforward == 4 * dim else 2 * dim_feedforward // 3
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.gated_hidden(self.dim, int(self.hidden_scale * self.dim))
+
+    @property
+    def depformer_hidden_dim(self) -> int:
+        return self.gated_hidden(self.depformer_dim, self.depformer_dim_feedforward)
+
+    @property
+    def text_vocab_out(self) -> int:
+        return self.text_card_out or self.text_card
+
+    # ----------------------------------------------------------------------------------------------- I/O
+    @classmethod
+    def moshi_7b(cls) -> "LMConfig":
+        """Moshiko / Moshika 7B (and same-architecture fine-tunes such as PersonaPlex)."""
+        cfg = cls()
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LMConfig":
+        if not isinstance(data, Mapping):
+            raise LMConfigError(f"LM config: expected a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        extras = {k: data.pop(k) for k in REPO_KEYS if k in data}
+        for key in DROPPED_KEYS + FIXED_IGNORED:
+            data.pop(key, None)
+        for key, default in FIXED_OPTIONS.items():
+            if key in data:
+                value = data.pop(key)
+                if value != default and not (default is None and value in ({}, [])):
+                    raise LMConfigError(f"LM config: {key}={value!r} is not supported (only {default!r})")
+        names = {f.name for f in dataclasses.fields(cls)} - {"repo_extras"}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise LMConfigError(f"LM config: unknown key(s) {unknown}")
+        cfg = cls(**data, repo_extras=extras)
+        cfg.delays = [int(d) for d in cfg.delays]
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, config: "LMConfig | Mapping[str, Any] | str | os.PathLike | None") -> "LMConfig":
+        """``None`` (Moshi 7B), an ``LMConfig``, a dict in the official keyword layout, or a JSON file path."""
+        if config is None:
+            return cls.moshi_7b()
+        if isinstance(config, LMConfig):
+            config.validate()
+            return config
+        if isinstance(config, (str, os.PathLike)):
+            try:
+                with open(config, "r", encoding="utf-8") as f:
+                    data = json.load(f)
+            except FileNotFoundError:
+                raise LMConfigError(f"LM config file not found: {config}") from None
+            except json.JSONDecodeError as e:
+                raise LMConfigError(f"LM config {config} is not valid JSON: {e}") from None
+            return cls.from_dict(data)
+        return cls.from_dict(config)
+
+    def to_dict(self) -> dict:
+        """The official keyword layout (what ``from_dict`` reads)."""
+        data = dataclasses.asdict(self)
+        extras = data.pop("repo_extras")
+        if data["text_card_out"] is None:
+            del data["text_card_out"]
+        return {**data, **extras}
+
+    def validate(self) -> None:
+        def require(cond: bool, message: str) -> None:
+            if not cond:
+                raise LMConfigError(f"LM config: {message}")
+
+        require(self.causal, "causal must be true")
+        require(self.gating == "silu" and self.depformer_gating == "silu", "only 'silu' gating is supported")
+        require(self.norm == "rms_norm_f32", f"norm {self.norm!r} is not supported (only 'rms_norm_f32')")
+        require(self.positional_embedding == "rope", "positional_embedding must be 'rope'")
+        require(self.depformer_pos_emb == "none", "depformer_pos_emb must be 'none'")
+        require(self.layer_scale is None and self.depformer_layer_scale is None, "layer_scale is not supported")
+        require(self.depformer_weights_per_step, "depformer_weights_per_step must be true")
+        require(self.dim % self.num_heads == 0 and self.head_dim % 2 == 0, "dim must split into even heads")
+        require(self.depformer_dim % self.depformer_num_heads == 0, "depformer_dim must split into heads")
+        require(0 < self.dep_q <= self.n_q, "need 0 < dep_q <= n_q")
+        require(len(self.delays) == self.num_streams,
+                f"delays has {len(self.delays)} entries, expected 1 + n_q = {self.num_streams}")
+        require(all(d >= 0 for d in self.delays), "delays must be non-negative")
+        require(self.context > 0, "context must be positive")
+        require(self.text_vocab_out == self.text_card, "text_card_out different from text_card is not supported")
