@@ -119,6 +119,22 @@ class LMConfig:
         return cfg
 
     @classmethod
+    def small(cls) -> "LMConfig":
+        """The shape of duplex's own small default model: temporal 512 x 8 layers, depth 256 x 2, Moshi's
+        vocabularies, streams, delays and 3000-step context (fast enough for real time on 2 CPU cores)."""
+        cfg = cls(dim=512, num_heads=8, num_layers=8, depformer_dim=256, depformer_num_heads=4,
+                  depformer_num_layers=2, depformer_dim_feedforward=int(4.125 * 256))
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def preset(cls, name: str) -> "LMConfig":
+        presets = {"moshi_7b": cls.moshi_7b, "small": cls.small}
+        if name not in presets:
+            raise LMConfigError(f"unknown LM preset {name!r}; presets: {sorted(presets)}")
+        return presets[name]()
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LMConfig":
         if not isinstance(data, Mapping):
             raise LMConfigError(f"LM config: expected a JSON object, got {type(data).__name__}")

@@ -43,3 +43,22 @@ def speechlike():
         return torch.stack(rows)[:, None].float()
 
     return make
+
+
+LM_SMALL = FIXTURES / "lm_small.safetensors"
+LM_SMALL_CONFIG = FIXTURES / "lm_small_config.json"
+
+
+@pytest.fixture(scope="session")
+def small_lm():
+    """The small random-weight Moshi LM the reference vectors were made with (official layout), float32."""
+    from duplex.lm import MoshiLM
+
+    return MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def lm_io():
+    from safetensors.torch import load_file
+
+    return load_file(str(FIXTURES / "lm_small_io.safetensors"))
