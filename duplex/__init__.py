@@ -1,3 +1,8 @@
 """duplex: a full-duplex real-time speech dialogue engine compatible with Kyutai's Moshi and Mimi."""
 
 __version__ = "0.1.0"
+
+from .config import LMConfig, LMConfigError  # noqa: E402
+from .lm import LMOutput, MoshiLM  # noqa: E402
+
+__all__ = ["MoshiLM", "LMOutput", "LMConfig", "LMConfigError", "__version__"]

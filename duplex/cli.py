@@ -1,4 +1,4 @@
-"""The ``duplex`` command line: ``duplex codec ...``, ``duplex bench ...``."""
+"""The ``duplex`` command line: ``duplex codec ...``, ``duplex bench codec|lm``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.set_defaults(func="duplex.commands.bench:run_bench_codec")
+    p = bench_commands.add_parser("lm", help="LM generator step time per 80 ms frame (temporal + depth + sampling)")
+    p.add_argument("--config", default="small",
+                   help="preset (small, moshi_7b) or a JSON config in the official keyword layout (default small)")
+    p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B")
+    p.add_argument("--frames", type=int, default=50, help="timed steps per batch size (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    p.set_defaults(func="duplex.commands.bench:run_bench_lm")
     return parser
 
 
@@ -68,12 +80,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from codec import CheckpointError, ConfigError
     from codec.audio import AudioError
 
+    from .config import LMConfigError
     from .errors import UsageError
+    from .tokenizer import TokenizerError
 
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(args) or 0)
-    except (UsageError, CheckpointError, ConfigError, AudioError, ValueError, TypeError) as e:
+    except (UsageError, CheckpointError, ConfigError, LMConfigError, TokenizerError, AudioError, ValueError,
+            TypeError) as e:
         if os.environ.get("DUPLEX_DEBUG"):
             raise
         print(f"duplex: error: {e}", file=sys.stderr)

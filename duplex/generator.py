@@ -17,13 +17,14 @@ import os
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from codec.linear import fast_linear
 from codec.state import as_row_mask, write_state, zero_rows
 from codec.transformer import ring_step_tables
 
 from .layers import UNGENERATED_TOKEN
-from .sampling import sample
+from .sampling import SamplingSettings, sample, step_key
 from .validate import check_user_codes
 
 
@@ -38,10 +39,19 @@ def new_generator_state(lm, batch: int) -> dict:
     }
 
 
-def generate_step(lm, state: dict, depth_cache: dict, user_codes: torch.Tensor, sampling: dict,
+def new_scratch(lm, batch: int) -> dict:
+    """Per-generator working memory that is not conversation state: the depth transformer's per-step cache and
+    its input projections stacked into one matrix (taken from the weights when the generator is made)."""
+    return {"depth": lm.depformer.new_cache(batch, lm.device, lm.dtype), "depformer_in": lm.depformer_in_all()}
+
+
+def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, sampling: dict,
                   active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Advance every active slot by one frame. user_codes int64 [B, n_q - dep_q]; returns int64 [B, 1 + dep_q]
-    (text token, then the audio codes to decode), UNGENERATED_TOKEN (-2) for slots in their first step."""
+    (text token, then the audio codes to decode), UNGENERATED_TOKEN (-2) for slots in their first step.
+
+    ``scratch``: the depth transformer's per-step cache and the stacked depth input projections
+    (``new_scratch``); ``sampling``: per-slot ``SamplingSettings`` for "text" and "audio", and "seed" [B]."""
     cfg = lm.config
     cache, offset = state["cache"], state["offset"]
     b, k, columns = cache.shape
@@ -60,7 +70,7 @@ def generate_step(lm, state: dict, depth_cache: dict, user_codes: torch.Tensor, 
     tokens = torch.where(in_delay, lm.initial_tokens[None, :], tokens)
 
     # 3. Temporal transformer, one position per slot.
-    x = lm.embed(tokens[:, :, None])
+    x = lm.embed(tokens[:, :, None], zero_token=False)
     tables = ring_step_tables(offset, 1, state["layers"]["0"]["k"].shape[2] - 1, cfg.context, cfg.num_heads,
                               cfg.head_dim, lm.freqs, active)
     for i, layer in enumerate(lm.layers):
@@ -68,16 +78,15 @@ def generate_step(lm, state: dict, depth_cache: dict, user_codes: torch.Tensor, 
     transformer_out, text_logits = lm.heads_input(x)
 
     # 4-5. Text token, then the audio codes one depth position at a time.
-    seed = sampling["seed"]
-    text = sample(text_logits[:, 0], sampling["text_temperature"], sampling["text_top_k"], sampling["text_k_max"],
-                  seed, offset, draw=0)
+    key = step_key(sampling["seed"], offset)
+    text = sample(text_logits[:, 0], sampling["text"], key, draw=0)
     generated = [text]
     previous = text
+    projected = fast_linear(transformer_out, scratch["depformer_in"]).view(b, 1, cfg.dep_q, -1)
     for d in range(cfg.dep_q):
-        h = lm.depformer.step(lm.depformer_input(d, transformer_out, previous[:, None]), d, depth_cache)
-        logits = fast_linear(h[:, 0], lm.linears[d].weight)
-        previous = sample(logits, sampling["temperature"], sampling["top_k"], sampling["k_max"], seed, offset,
-                          draw=1 + d)
+        x = projected[:, :, d] + F.embedding(previous[:, None], lm.depformer_embedding(d).weight)
+        h = lm.depformer.step(x, d, scratch["depth"])
+        previous = sample(fast_linear(h[:, 0], lm.linears[d].weight), sampling["audio"], key, draw=1 + d)
         generated.append(previous)
 
     # 6. Advance and store this step's tokens in the next column.
@@ -118,19 +127,15 @@ class LMGenerator:
             seed = int.from_bytes(os.urandom(6), "little")
         self.seed = int(seed)
 
-        def per_slot(value, dtype):
-            return torch.full((batch_size,), value, dtype=dtype, device=device)
-
         self.sampling = {
-            "temperature": per_slot(0.0 if greedy else temperature, torch.float32),
-            "top_k": per_slot(top_k, torch.long), "k_max": top_k,
-            "text_temperature": per_slot(0.0 if greedy else text_temperature, torch.float32),
-            "text_top_k": per_slot(text_top_k, torch.long), "text_k_max": text_top_k,
+            "text": SamplingSettings(batch_size, 0.0 if greedy else text_temperature, text_top_k, text_top_k,
+                                     device),
+            "audio": SamplingSettings(batch_size, 0.0 if greedy else temperature, top_k, top_k, device),
             # Each slot draws from its own stream: the generator seed combined with the slot index.
             "seed": ((self.seed % (1 << 40)) << 20) + torch.arange(batch_size, dtype=torch.long, device=device),
         }
         self.state = new_generator_state(lm, batch_size)
-        self.depth_cache = lm.depformer.new_cache(batch_size, device, lm.dtype)
+        self.scratch = new_scratch(lm, batch_size)
 
     @torch.no_grad()
     def step(self, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -138,7 +143,7 @@ class LMGenerator:
         decode; -2 in a slot's first step after a reset. ``active`` (bool [B]): other slots do not advance."""
         codes = check_user_codes(user_codes, self.lm.config, self.batch_size).to(self.lm.device)
         active = as_row_mask(active, self.batch_size, self.lm.device)
-        return generate_step(self.lm, self.state, self.depth_cache, codes, self.sampling, active)
+        return generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active)
 
     def reset(self, mask: Optional[torch.Tensor] = None) -> None:
         """Restart the slots where ``mask`` (bool [B]) is True at position 0; all slots when None."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from codec.checkpoint import check_and_load, normalize_keys, read_tensors
@@ -126,13 +127,16 @@ class MoshiLM(nn.Module):
                            text_temperature=text_temperature, text_top_k=text_top_k, seed=seed)
 
     # ---------------------------------------------------------------------------------------------- pieces
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, K, T] -> [B, T, D]: audio embeddings summed in stream order, then the text embedding."""
+    def embed(self, tokens: torch.Tensor, zero_token: bool = True) -> torch.Tensor:
+        """tokens [B, K, T] -> [B, T, D]: audio embeddings summed in stream order, then the text embedding.
+
+        ``zero_token=False`` skips the handling of -1 (generation never feeds it) for fewer operations."""
+        lookup = (lambda emb, ids: emb(ids)) if zero_token else (lambda emb, ids: F.embedding(ids, emb.weight))
         x = None
         for k, emb in enumerate(self.emb):
-            e = emb(tokens[:, k + 1])
+            e = lookup(emb, tokens[:, k + 1])
             x = e if x is None else x + e
-        t = self.text_emb(tokens[:, 0])
+        t = lookup(self.text_emb, tokens[:, 0])
         return t if x is None else x + t
 
     def heads_input(self, x: torch.Tensor) -> tuple:
@@ -140,12 +144,19 @@ class MoshiLM(nn.Module):
         out = self.out_norm(x)
         return out, fast_linear(out, self.text_linear.weight)
 
+    def depformer_embedding(self, k: int) -> ScaledEmbedding:
+        """Embedding of the token that precedes depth position k: the text token for k = 0, else codebook k-1."""
+        return self.depformer_text_emb if k == 0 else self.depformer_emb[k - 1]
+
     def depformer_input(self, k: int, transformer_out: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """Input of depth position k: projection of the temporal output + embedding of the previous token
-        (the text token for k = 0, audio codebook k-1 otherwise)."""
+        """Input of depth position k: projection of the temporal output + embedding of the previous token."""
         proj = self.depformer_in[k if self.config.depformer_multi_linear else 0]
-        emb = self.depformer_text_emb if k == 0 else self.depformer_emb[k - 1]
-        return fast_linear(transformer_out, proj.weight) + emb(previous)
+        return fast_linear(transformer_out, proj.weight) + self.depformer_embedding(k)(previous)
+
+    def depformer_in_all(self) -> torch.Tensor:
+        """The projections of all depth positions stacked, [dep_q * depformer_dim, dim] (one product per step)."""
+        return torch.cat([self.depformer_in[k if self.config.depformer_multi_linear else 0].weight
+                          for k in range(self.config.dep_q)], dim=0)
 
     # ----------------------------------------------------------------------------------------- training view
     def forward_train(self, codes: torch.Tensor) -> LMOutput:

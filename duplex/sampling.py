@@ -12,50 +12,75 @@ captured in a CUDA graph.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 _MASK32 = 0xFFFFFFFF
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer finaliser (xorshift-multiply rounds) on int64 tensors holding values < 2^32.
+    """A 32-bit integer finaliser (two xorshift-multiply rounds) on int64 tensors holding values < 2^32.
 
     Multipliers are below 2^31 so every product fits in int64 without overflow.
     """
-    x = x & _MASK32
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x2C1B3C6D) & _MASK32
-    x = x ^ (x >> 16)
-    x = (x * 0x297A2D39) & _MASK32
-    return x ^ (x >> 15)
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & _MASK32
+    x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & _MASK32
+    return x ^ (x >> 16)
 
 
-def uniform_noise(seed: torch.Tensor, step: torch.Tensor, draw: int, n: int) -> torch.Tensor:
-    """float32 [B, n] uniform in (0, 1), a deterministic function of (seed[b], step[b], draw, column)."""
-    key = _mix32(seed ^ (seed >> 32))
-    key = _mix32(key ^ (step & _MASK32))
-    key = _mix32(key ^ ((draw * 0x61C88647 + 0x9E3779B9) & _MASK32))
-    column = torch.arange(n, device=seed.device, dtype=torch.int64)
-    bits = _mix32(key[:, None] ^ ((column * 0x5BD1E995) & _MASK32)[None, :])
+def step_key(seed: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """int64 [B] < 2^32: the random key of each slot at its current step (computed once per step)."""
+    key = _mix32((seed ^ (seed >> 32)) & _MASK32)
+    return _mix32(key ^ (step & _MASK32))
+
+
+def _draw_key(key: torch.Tensor, draw: int) -> torch.Tensor:
+    return _mix32(key ^ ((draw * 0x61C88647 + 0x9E3779B9) & _MASK32))
+
+
+def uniform_noise(key: torch.Tensor, draw: int, n: int) -> torch.Tensor:
+    """float32 [B, n] uniform in (0, 1), a deterministic function of (key[b], draw, column)."""
+    column = (torch.arange(n, device=key.device, dtype=torch.int64) * 0x5BD1E995) & _MASK32
+    bits = _mix32(_draw_key(key, draw)[:, None] ^ column)
     return ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
-def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, k_max: int,
-           seed: torch.Tensor, step: torch.Tensor, draw: int) -> torch.Tensor:
-    """One token per row of ``logits`` [B, V].
+class SamplingSettings:
+    """Per-slot temperature and top-k, kept as preallocated tensors; ``k_max`` bounds every slot's k and fixes
+    the shape of the top-k step. A temperature of 0 makes a slot greedy."""
 
-    temperature float32 [B] (<= 0: greedy), top_k int64 [B] (1..k_max: rows keep their own k), k_max a fixed
-    bound (a static shape), seed/step int64 [B], draw a per-call constant that separates the draws of one step.
-    """
+    def __init__(self, batch: int, temperature: float, top_k: int, k_max: int, device=None):
+        self.k_max = k_max
+        self.temperature = torch.zeros(batch, device=device)
+        self.top_k = torch.zeros(batch, dtype=torch.long, device=device)
+        self.greedy = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.divisor = torch.ones(batch, 1, device=device)
+        self.keep = torch.zeros(batch, k_max, device=device)
+        self.set(None, temperature, top_k)
+
+    def set(self, slot: Optional[int], temperature: float, top_k: int) -> None:
+        """Change the settings of one slot (all slots when ``slot`` is None), in place."""
+        rows = slice(None) if slot is None else slice(slot, slot + 1)
+        top_k = min(max(int(top_k), 1), self.k_max)
+        self.temperature[rows] = float(temperature)
+        self.top_k[rows] = top_k
+        self.greedy[rows] = temperature <= 0
+        self.divisor[rows] = float(temperature) if temperature > 0 else 1.0
+        self.keep[rows] = (torch.arange(self.k_max, device=self.keep.device) < top_k).float()
+        self.any_sampling = bool((~self.greedy).any())
+        self.all_sampling = bool((~self.greedy).all())
+
+
+def sample(logits: torch.Tensor, settings: SamplingSettings, key: torch.Tensor, draw: int) -> torch.Tensor:
+    """One token per row of ``logits`` [B, V]; ``key`` from ``step_key``; ``draw`` separates the draws of a step."""
     logits = logits.float()
-    greedy = temperature <= 0
-    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
-    probs = torch.softmax(logits / safe_t[:, None], dim=-1)
-    top_p, top_i = probs.topk(k_max, dim=-1)  # sorted, largest first
-    keep = torch.arange(k_max, device=logits.device)[None, :] < top_k[:, None]
-    top_p = torch.where(keep, top_p, torch.zeros_like(top_p))
-    race = top_p / -torch.log(uniform_noise(seed, step, draw, k_max))  # p / q with q ~ Exp(1)
+    if not settings.any_sampling:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / settings.divisor, dim=-1)
+    top_p, top_i = probs.topk(settings.k_max, dim=-1)  # sorted, largest first
+    race = (top_p * settings.keep) / -torch.log(uniform_noise(key, draw, settings.k_max))  # p / q, q ~ Exp(1)
     sampled = top_i.gather(-1, race.argmax(dim=-1, keepdim=True))[:, 0]
-    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+    if settings.all_sampling:
+        return sampled
+    return torch.where(settings.greedy, logits.argmax(dim=-1), sampled)

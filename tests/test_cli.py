@@ -105,3 +105,21 @@ def test_demo_stream_script(tmp_path):
     assert result.returncode == 0, result.stderr
     data, rate = sf.read(out)
     assert rate == 24000 and data.shape[0] >= 7 * 24000
+
+
+def test_bench_lm_reports_json(tmp_path, capsys):
+    from conftest import LM_SMALL_CONFIG
+    out = tmp_path / "bench.json"
+    assert main(["bench", "lm", "--config", str(LM_SMALL_CONFIG), "--frames", "3", "--warmup", "1",
+                 "--batch-sizes", "1", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert [r["batch_size"] for r in report["results"]] == [1, 3]
+    assert report["dtype"] == "float32" and report["parameters"] > 0
+    for r in report["results"]:
+        assert 0 < r["step_ms"]["median"] <= r["step_ms"]["p99"]
+
+
+def test_bench_lm_unknown_preset(capsys):
+    assert main(["bench", "lm", "--config", "huge", "--frames", "1"]) == 2
+    assert "unknown LM preset 'huge'" in capsys.readouterr().err

@@ -71,3 +71,17 @@ def test_inactive_slots_do_not_advance(small_lm, lm_io):
     for s in range(20):
         got.append(gen.step(torch.stack([user[0, :, 20 + s], user[1, :, s]]))[1])
     assert torch.equal(torch.stack(got, -1), lm_io["gen_out"][1, :, :20])
+
+
+def test_bfloat16_generation_runs(lm_io):
+    """The default load dtype (bf16, as the published 7B) generates valid tokens; exactness is an fp32 property."""
+    from duplex.lm import MoshiLM
+    from conftest import LM_SMALL, LM_SMALL_CONFIG
+
+    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG)
+    assert lm.dtype == torch.bfloat16
+    gen = lm.generator(2, seed=1)
+    out = torch.stack([gen.step(lm_io["gen_user_tokens"][:, :, s]) for s in range(20)], -1)
+    assert (out[:, :, 0] == -2).all()
+    assert (out[:, 0, 1:] >= 0).all() and (out[:, 0, 1:] < 100).all()
+    assert (out[:, 1:, 1:] >= 0).all() and (out[:, 1:, 1:] < 64).all()

@@ -2,27 +2,29 @@
 
 import torch
 
-from duplex.sampling import sample, uniform_noise
+from duplex.sampling import SamplingSettings, sample, step_key, uniform_noise
 
 
 def _draws(logits, temperature, top_k, n=4000, draw=0):
-    b = n
-    seed = torch.arange(b, dtype=torch.long)
-    step = torch.zeros(b, dtype=torch.long)
-    return sample(logits.expand(b, -1), torch.full((b,), temperature), torch.full((b,), top_k), logits.shape[-1],
-                  seed, step, draw)
+    settings = SamplingSettings(n, temperature, top_k, logits.shape[-1])
+    key = step_key(torch.arange(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
+    return sample(logits.expand(n, -1), settings, key, draw)
 
 
 def test_uniform_noise_is_uniform_and_deterministic():
-    seed, step = torch.tensor([1, 2, 3]), torch.tensor([0, 5, 10**9])
-    u = uniform_noise(seed, step, 3, 50_000)
+    key = step_key(torch.tensor([1, 2, 3]), torch.tensor([0, 5, 10**9]))
+    u = uniform_noise(key, 3, 50_000)
     assert (u > 0).all() and (u < 1).all()
     assert torch.allclose(u.mean(1), torch.full((3,), 0.5), atol=0.01)
     assert torch.allclose(u.std(1), torch.full((3,), 12 ** -0.5), atol=0.01)
-    assert torch.equal(u, uniform_noise(seed, step, 3, 50_000))
-    assert not torch.equal(u, uniform_noise(seed, step, 4, 50_000))  # another draw, other numbers
-    # a row depends on its own seed and step only
-    assert torch.equal(u[1:2], uniform_noise(seed[1:2], step[1:2], 3, 50_000))
+    assert torch.equal(u, uniform_noise(key, 3, 50_000))
+    assert not torch.equal(u, uniform_noise(key, 4, 50_000))  # another draw, other numbers
+    assert len(set(key.tolist())) == 3
+    # a row depends on its own key only
+    assert torch.equal(u[1:2], uniform_noise(key[1:2], 3, 50_000))
+    # neighbouring seeds and steps give unrelated keys
+    keys = step_key(torch.arange(1000), torch.zeros(1000, dtype=torch.long))
+    assert len(set(keys.tolist())) == 1000
 
 
 def test_frequencies_follow_the_distribution():
@@ -54,11 +56,16 @@ def test_temperature_sharpens_and_zero_is_greedy():
 
 
 def test_per_row_settings():
+    settings = SamplingSettings(3, 1.0, 3, k_max=3)
+    settings.set(0, 0.0, 3)  # greedy
+    settings.set(1, 1.0, 1)  # top-1
+    assert settings.any_sampling and not settings.all_sampling
     logits = torch.tensor([[0.0, 1.0, 0.5]]).expand(3, -1)
-    t = torch.tensor([0.0, 1.0, 1.0])
-    k = torch.tensor([3, 1, 3])
-    out = sample(logits, t, k, 3, torch.arange(3), torch.zeros(3, dtype=torch.long), 0)
-    assert out[0] == 1 and out[1] == 1  # greedy row, and top-1 row
+    for step in range(20):
+        out = sample(logits, settings, step_key(torch.arange(3), torch.full((3,), step)), 0)
+        assert out[0] == 1 and out[1] == 1
+    settings.set(None, 0.0, 5)  # everyone greedy; k is capped at k_max
+    assert not settings.any_sampling and int(settings.top_k.max()) == 3
 
 
 def test_generator_seeds_reproduce_and_differ(small_lm, lm_io):

@@ -13,19 +13,32 @@ from ..errors import UsageError
 from .codec import pick_device
 
 
-def run_bench_codec(args) -> int:
+def _common(args):
+    """Validate the options every benchmark shares; returns (device, progress callback)."""
     if any(b < 1 for b in args.batch_sizes):
         raise UsageError("--batch-sizes must be positive integers")
     if args.frames < 1 or args.warmup < 0:
         raise UsageError("--frames must be >= 1 and --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
 
     def progress(batch, done, total):
         if sys.stderr.isatty():
             print(f"\rbatch {batch}: frame {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
 
+    return pick_device(args.device), progress
+
+
+def _emit(report: dict, path) -> None:
+    text = json.dumps(report, indent=2)
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+def run_bench_codec(args) -> int:
+    device, progress = _common(args)
     report = bench_codec(config=args.config, checkpoint=args.checkpoint, device=str(device),
                          batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup,
                          num_codebooks=args.num_codebooks, progress=progress)
@@ -37,9 +50,24 @@ def run_bench_codec(args) -> int:
         print(f"{r['batch_size']:>5} {r['encode_ms']['median']:>10.2f} {r['decode_ms']['median']:>10.2f} "
               f"{r['total_ms']['median']:>9.2f} {r['total_ms']['p99']:>8.2f} {r['ms_per_stream']:>9.2f} "
               f"{r['real_time_factor']:>6.3f}", file=sys.stderr)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    print(text)
+    _emit(report, args.json)
+    return 0
+
+
+def run_bench_lm(args) -> int:
+    from duplex.bench_lm import bench_lm
+
+    device, progress = _common(args)
+    report = bench_lm(config=args.config, checkpoint=args.checkpoint, device=str(device),
+                      dtype=getattr(torch, args.dtype), batch_sizes=args.batch_sizes, frames=args.frames,
+                      warmup=args.warmup, progress=progress)
+    print(f"# {report['benchmark']} -- {report['model']}, config {report['config']} "
+          f"({report['parameters'] / 1e6:.1f} M parameters), {report['dtype']}, {report['hardware']}, "
+          f"torch {report['torch']}", file=sys.stderr)
+    print(f"{'batch':>5} {'step ms':>8} {'p90 ms':>7} {'p99 ms':>7} {'ms/stream':>9} {'RTF':>6}", file=sys.stderr)
+    for r in report["results"]:
+        s = r["step_ms"]
+        print(f"{r['batch_size']:>5} {s['median']:>8.2f} {s['p90']:>7.2f} {s['p99']:>7.2f} "
+              f"{r['ms_per_stream']:>9.2f} {r['real_time_factor']:>6.3f}", file=sys.stderr)
+    _emit(report, args.json)
     return 0
