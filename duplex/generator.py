@@ -52,6 +52,13 @@ def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, samp
 
     ``scratch``: the depth transformer's per-step cache and the stacked depth input projections
     (``new_scratch``); ``sampling``: per-slot ``SamplingSettings`` for "text" and "audio", and "seed" [B]."""
+    transformer_out, text_logits = temporal_step(lm, state, user_codes, active)
+    return depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active)
+
+
+def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None) -> tuple:
+    """Steps 1-3: store the user's codes, read this step's tokens, run the temporal transformer.
+    Returns (transformer_out [B, 1, dim], text_logits [B, 1, text_card])."""
     cfg = lm.config
     cache, offset = state["cache"], state["offset"]
     b, k, columns = cache.shape
@@ -75,7 +82,17 @@ def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, samp
                               cfg.head_dim, lm.freqs, active)
     for i, layer in enumerate(lm.layers):
         x = layer.step(x, state["layers"][str(i)], tables)
-    transformer_out, text_logits = lm.heads_input(x)
+    return lm.heads_input(x)
+
+
+def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, text_logits: torch.Tensor,
+               sampling: dict, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Steps 4-8: sample the text token and the audio codes, advance, return the frame to decode."""
+    cfg = lm.config
+    cache, offset = state["cache"], state["offset"]
+    b, _, columns = cache.shape
+    delays = lm.delays
+    first_user = 1 + cfg.dep_q
 
     # 4-5. Text token, then the audio codes one depth position at a time.
     key = step_key(sampling["seed"], offset)

@@ -50,8 +50,11 @@ class SamplingSettings:
     """Per-slot temperature and top-k, kept as preallocated tensors; ``k_max`` bounds every slot's k and fixes
     the shape of the top-k step. A temperature of 0 makes a slot greedy."""
 
-    def __init__(self, batch: int, temperature: float, top_k: int, k_max: int, device=None):
+    def __init__(self, batch: int, temperature: float, top_k: int, k_max: int, device=None,
+                 branch_free: bool = False):
         self.k_max = k_max
+        # branch_free: always run the general path, so a captured CUDA graph stays valid whatever the settings.
+        self.branch_free = branch_free
         self.temperature = torch.zeros(batch, device=device)
         self.top_k = torch.zeros(batch, dtype=torch.long, device=device)
         self.greedy = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -68,8 +71,8 @@ class SamplingSettings:
         self.greedy[rows] = temperature <= 0
         self.divisor[rows] = float(temperature) if temperature > 0 else 1.0
         self.keep[rows] = (torch.arange(self.k_max, device=self.keep.device) < top_k).float()
-        self.any_sampling = bool((~self.greedy).any())
-        self.all_sampling = bool((~self.greedy).all())
+        self.any_sampling = self.branch_free or bool((~self.greedy).any())
+        self.all_sampling = not self.branch_free and bool((~self.greedy).all())
 
 
 def sample(logits: torch.Tensor, settings: SamplingSettings, key: torch.Tensor, draw: int) -> torch.Tensor:

@@ -1,0 +1,30 @@
+"""duplex's own small default model, so every command works out of the box without downloading anything.
+
+Until the training pipeline delivers trained weights, the default model is a deterministic random-weight model
+with the shipped architecture: the LM preset ``small`` (temporal 512 x 8 layers, depth 256 x 2, context 3000,
+Moshi's vocabularies and delays) and the official Mimi architecture. It exercises every code path at the real
+cost, but it does not talk sense: its audio is noise-like and there is no tokenizer, so no text is shown.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from codec import Mimi
+
+from .config import LMConfig
+from .lm import MoshiLM
+
+DEFAULT_SEED = 20261124
+
+
+def default_models(device: torch.device, dtype: Optional[torch.dtype] = None) -> Tuple[MoshiLM, Mimi, None]:
+    """(LM, codec, tokenizer) of the default model on ``device``; dtype None: bfloat16 on CUDA, float32 on CPU."""
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    lm = MoshiLM.random(LMConfig.small(), seed=DEFAULT_SEED, device=device, dtype=dtype)
+    mimi = Mimi.random(None, num_codebooks=8, seed=DEFAULT_SEED, device=device)
+    return lm, mimi, None

@@ -1,0 +1,183 @@
+"""The frame-locked engine on the small reference models (the LM and codec share a 64-entry vocabulary)."""
+
+import numpy as np
+import pytest
+import torch
+
+from codec import Mimi
+from duplex.engine import Engine, EngineFull, SamplingOptions
+from duplex.lm import MoshiLM
+from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
+
+
+def make_engine(slots=4, greedy=True, **kwargs):
+    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
+    mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG)
+    return Engine(lm, mimi, slots=slots, sampling=SamplingOptions(greedy=greedy), **kwargs)
+
+
+def frames(seed, n):
+    g = np.random.default_rng(seed)
+    t = np.arange(n * 1920) / 24000
+    wave = 0.3 * np.sin(2 * np.pi * (150 + 50 * g.random()) * t) + 0.02 * g.standard_normal(t.shape)
+    return wave.astype(np.float32).reshape(n, 1920)
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_timeline_first_frame_silent_then_audio():
+    eng = make_engine(slots=2)
+    slot = eng.open()
+    x = frames(0, 4)
+    first = eng.step({slot: x[0]})[slot]
+    assert first[0].shape == (1920,) and first[0].dtype == np.float32
+    assert not first[0].any() and first[1] is None and (eng.last_tokens[slot] == -2).all()
+    for i in range(1, 4):
+        audio, text = eng.step({slot: x[i]})[slot]
+        assert np.abs(audio).max() > 0 and (eng.last_tokens[slot] >= 0).all()
+
+
+def test_slot_isolation_bit_exact():
+    """A session's output in a busy engine (others opening, closing and skipping ticks) equals the same session
+    run alone, even when it skips ticks itself."""
+    steps = 30
+    x = frames(1, steps)
+
+    alone = make_engine(slots=4)
+    for _ in range(3):
+        alone.open()  # occupy slots 0-1 without ever stepping them, so the session lands on the same row
+    alone.close(2)
+    solo_slot = alone.open()
+    assert solo_slot == 2
+    solo_audio, solo_tokens = [], []
+    for i in range(steps):
+        solo_audio.append(alone.step({solo_slot: x[i]})[solo_slot][0])
+        solo_tokens.append(alone.last_tokens[solo_slot].clone())
+
+    busy = make_engine(slots=4)
+    noise = np.random.default_rng(7)
+    others = {busy.open(): 0, busy.open(): 0}
+    slot = busy.open()
+    assert slot == 2
+    got_audio, got_tokens = [], []
+    i = tick = 0
+    while i < steps:
+        tick += 1
+        request = {s: frames(100 + tick, 1)[0] for s in others if noise.random() < 0.7}
+        if tick % 4 != 3:  # the session skips every fourth tick
+            request[slot] = x[i]
+        if tick in (5, 12):  # sessions come and go around it
+            victim = next(iter(others))
+            busy.close(victim)
+            request.pop(victim, None)
+            del others[victim]
+            others[busy.open()] = 0
+        out = busy.step(request)
+        if slot in request:
+            got_audio.append(out[slot][0])
+            got_tokens.append(busy.last_tokens[slot].clone())
+            i += 1
+    for a, b in zip(got_audio, solo_audio):
+        assert np.array_equal(a, b)
+    assert torch.equal(torch.stack(got_tokens), torch.stack(solo_tokens))
+
+
+def test_engine_full_and_slot_errors():
+    eng = make_engine(slots=2)
+    a, b = eng.open(), eng.open()
+    with pytest.raises(EngineFull, match="engine full: all 2 slots are in use"):
+        eng.open()
+    eng.close(a)
+    assert eng.free_slots == 1 and eng.open() == a
+    with pytest.raises(ValueError, match=r"slot must be an integer in \[0, 2\), got 5"):
+        eng.step({5: np.zeros(1920, np.float32)})
+    eng.close(b)
+    with pytest.raises(ValueError, match="slot 1 is not open"):
+        eng.step({b: np.zeros(1920, np.float32)})
+
+
+@pytest.mark.parametrize("frame, words", [
+    (np.zeros(1919, np.float32), "expected one frame of 1920 samples"),
+    (np.zeros((2, 1920), np.float32), "expected one frame of 1920 samples"),
+    (np.full(1920, np.nan, np.float32), "non-finite"),
+    ("not audio", "not numeric"),
+])
+def test_bad_frames_are_refused_and_nothing_is_lost(frame, words):
+    eng, ref = make_engine(slots=2), make_engine(slots=2)
+    a, b = eng.open(), eng.open()
+    ra, rb = ref.open(), ref.open()
+    x = frames(3, 3)
+    eng.step({a: x[0], b: x[0]})
+    ref.step({ra: x[0], rb: x[0]})
+    with pytest.raises(ValueError, match=f"slot {b}: .*{words}"):
+        eng.step({a: x[1], b: frame})
+    # the refused call advanced nobody: both sessions continue exactly like a reference that never saw it
+    out, expected = eng.step({a: x[1], b: x[1]}), ref.step({ra: x[1], rb: x[1]})
+    assert np.array_equal(out[a][0], expected[ra][0]) and np.array_equal(out[b][0], expected[rb][0])
+
+
+def test_sampling_settings_per_session():
+    eng = make_engine(slots=2, greedy=False)
+    with pytest.raises(ValueError, match="temperature"):
+        eng.open(temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        eng.open(top_k=0)
+    a = eng.open(seed=5, temperature=1.0, top_k=10)
+    assert int(eng.sampling["audio"].top_k[a]) == 10
+    b = eng.open(seed=5, temperature=1.0, top_k=10)
+    x = frames(4, 6)
+    outs = [eng.step({a: f, b: f}) for f in x]
+    # same seed, same input, same settings: the two sessions sample the same conversation
+    assert all(np.array_equal(o[a][0], o[b][0]) for o in outs)
+
+
+def test_long_run_past_every_window_without_growing_memory():
+    """300 frames: past the LM's 16-step context and the codec's 250-step attention window."""
+    eng = make_engine(slots=2)
+    slot = eng.open()
+    x = frames(5, 20)
+    pointers = [t.data_ptr() for t in (eng.generator_state["cache"], eng.encoder_state["transformer"]["offset"])]
+    for i in range(100):
+        eng.step({slot: x[i % 20]})
+    before = rss_mb()
+    for i in range(200):
+        audio, _ = eng.step({slot: x[i % 20]})[slot]
+        assert np.isfinite(audio).all()
+    assert rss_mb() - before < 20
+    assert int(eng.generator_state["offset"][slot]) == 300
+    assert [t.data_ptr() for t in (eng.generator_state["cache"], eng.encoder_state["transformer"]["offset"])] \
+        == pointers
+
+
+def test_open_close_1000_times_without_leaking():
+    eng = make_engine(slots=3)
+    keep = eng.open()
+    x = frames(6, 2)
+    for i in range(50):
+        slot = eng.open()
+        eng.step({slot: x[i % 2], keep: x[0]})
+        eng.close(slot)
+    before = rss_mb()
+    for i in range(1000):
+        slot = eng.open()
+        if i % 10 == 0:
+            eng.step({slot: x[i % 2]})
+        eng.close(slot)
+    assert eng.free_slots == 2
+    assert rss_mb() - before < 20
+
+
+def test_default_engine_builds_without_downloads_and_runs():
+    eng = Engine.default(slots=1)
+    assert eng.lm.config.dim == 512 and eng.lm.config.num_layers == 8 and eng.lm.config.depformer_dim == 256
+    assert eng.mimi.total_codebooks == 32 and eng.mimi.num_codebooks == 8
+    slot = eng.open(seed=0)
+    z = np.zeros(1920, np.float32)
+    eng.step({slot: z})
+    audio, text = eng.step({slot: z})[slot]
+    assert audio.shape == (1920,) and np.isfinite(audio).all() and text is None
+    summary = eng.timer.summary()
+    assert set(summary) >= {"encode", "temporal", "depth", "decode", "total"}
