@@ -1,4 +1,4 @@
-"""The ``duplex`` command line: ``duplex codec ...``, ``duplex bench codec|lm``."""
+"""The ``duplex`` command line: ``duplex codec ...``, ``duplex bench codec|lm|latency``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.set_defaults(func="duplex.commands.bench:run_bench_lm")
+    p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
+    p.add_argument("--model", default="default", help="default (shipped small model) or moshi_7b (7B shapes, "
+                   "random weights); or pass --lm and --mimi")
+    p.add_argument("--lm", metavar="PATH", help="Moshi LM checkpoint to time")
+    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint to time")
+    p.add_argument("--lm-config", metavar="JSON", help="config of --lm (default: Moshi 7B)")
+    p.add_argument("--mimi-config", metavar="JSON", help="config of --mimi (default: official Mimi)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8], metavar="B")
+    p.add_argument("--modes", nargs="+", default=["eager", "graphs"], choices=["eager", "graphs"],
+                   help="graphs only on CUDA")
+    p.add_argument("--frames", type=int, default=50, help="timed frames per run (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    p.add_argument("--plot", metavar="PNG", help="draw ms/frame against batch size here")
+    p.set_defaults(func="duplex.commands.bench:run_bench_latency")
     return parser
 
 

@@ -95,22 +95,23 @@ class MoshiLM(nn.Module):
     @classmethod
     def random(cls, config: ConfigLike = None, seed: int = 0, device: Union[str, torch.device] = "cpu",
                dtype: torch.dtype = torch.float32) -> "MoshiLM":
-        """Random weights (deterministic in ``seed``) with output scales that keep activations O(1)."""
+        """Random weights (deterministic in ``seed`` for a device type) with output scales that keep activations
+        O(1), created directly on ``device`` in ``dtype`` (a random 7B never exists in float32 on the host)."""
         cfg = LMConfig.load(config)
-        generator = torch.Generator().manual_seed(seed)
+        device = torch.device(device)
+        generator = torch.Generator(device=device).manual_seed(seed)
         with torch.device("meta"):
             model = cls(cfg)
         state = {}
         for name, t in model.state_dict().items():
             if name.endswith("alpha"):
-                state[name] = torch.ones(t.shape)
-            elif "emb" in name:
-                state[name] = torch.randn(t.shape, generator=generator)
+                state[name] = torch.ones(t.shape, device=device, dtype=dtype)
             else:
-                state[name] = torch.randn(t.shape, generator=generator) / t.shape[-1] ** 0.5
+                w = torch.randn(t.shape, generator=generator, device=device, dtype=dtype)
+                state[name] = w if "emb" in name else w.mul_(t.shape[-1] ** -0.5)
         model.load_state_dict(state, assign=True)
         model._rebuild_buffers()
-        return model.to(device=device, dtype=dtype).eval()
+        return model.eval()
 
     def _rebuild_buffers(self) -> None:
         cfg, device = self.config, self.device

@@ -123,3 +123,24 @@ def test_bench_lm_reports_json(tmp_path, capsys):
 def test_bench_lm_unknown_preset(capsys):
     assert main(["bench", "lm", "--config", "huge", "--frames", "1"]) == 2
     assert "unknown LM preset 'huge'" in capsys.readouterr().err
+
+
+def test_bench_latency_reports_json_and_plot(tmp_path, capsys):
+    from conftest import LM_SMALL, LM_SMALL_CONFIG
+    out, png = tmp_path / "latency.json", tmp_path / "latency.png"
+    assert main(["bench", "latency", "--lm", str(LM_SMALL), "--lm-config", str(LM_SMALL_CONFIG),
+                 "--mimi", str(MIMI_SMALL), "--mimi-config", str(MIMI_SMALL_CONFIG), "--device", "cpu",
+                 "--dtype", "float32", "--batch-sizes", "1", "2", "--frames", "3", "--warmup", "1",
+                 "--json", str(out), "--plot", str(png)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["mode"], r["batch_size"]) for r in report["runs"]] == [("eager", 1), ("eager", 2)]  # no graphs on CPU
+    for r in report["runs"]:
+        assert set(r["stages_ms"]) == {"input", "encode", "temporal", "depth", "decode", "output"}
+        assert r["latency_budget_ms"]["total_p50"] == pytest.approx(160 + r["total_ms"]["p50"])
+    assert report["largest_real_time_batch"]["eager"] in (0, 1, 2)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_latency_needs_both_checkpoints(capsys):
+    assert main(["bench", "latency", "--lm", str(MIMI_SMALL), "--device", "cpu", "--frames", "1"]) == 2
+    assert "pass both --lm and --mimi" in capsys.readouterr().err

@@ -71,3 +71,30 @@ def run_bench_lm(args) -> int:
               f"{r['ms_per_stream']:>9.2f} {r['real_time_factor']:>6.3f}", file=sys.stderr)
     _emit(report, args.json)
     return 0
+
+
+def run_bench_latency(args) -> int:
+    from duplex.bench_latency import bench_latency, plot_latency
+
+    device, progress = _common(args)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    report = bench_latency(model=args.model, device=str(device), dtype=dtype,
+                           batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames, warmup=args.warmup,
+                           lm_path=args.lm, mimi_path=args.mimi, lm_config=args.lm_config,
+                           mimi_config=args.mimi_config, progress=progress)
+    print(f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
+          f"torch {report['torch']}", file=sys.stderr)
+    stages = ["encode", "temporal", "depth", "decode"]
+    print(f"{'mode':>6} {'batch':>5} " + " ".join(f"{s:>8}" for s in stages)
+          + f" {'total':>7} {'p99':>7} {'RTF':>6} {'budget ms':>9}", file=sys.stderr)
+    for r in report["runs"]:
+        print(f"{r['mode']:>6} {r['batch_size']:>5} "
+              + " ".join(f"{r['stages_ms'][s]['p50']:>8.2f}" for s in stages)
+              + f" {r['total_ms']['p50']:>7.2f} {r['total_ms']['p99']:>7.2f} {r['real_time_factor']:>6.3f}"
+              f" {r['latency_budget_ms']['total_p50']:>9.1f}", file=sys.stderr)
+    print(f"largest batch in real time (p99 < 80 ms): {report['largest_real_time_batch']}", file=sys.stderr)
+    if args.plot:
+        plot_latency(report, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    _emit(report, args.json)
+    return 0
