@@ -21,6 +21,18 @@ def _add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> No
                    help="run frame by frame as a live stream does (equal to offline for the first 124 frames)")
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lm", metavar="PATH", help="Moshi LM checkpoint (default: the shipped default model)")
+    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm)")
+    p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece text tokenizer (with --lm)")
+    p.add_argument("--lm-config", metavar="JSON", help="config of --lm (default: Moshi 7B)")
+    p.add_argument("--mimi-config", metavar="JSON", help="config of --mimi (default: official Mimi)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="run the frame step eagerly on CUDA")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duplex", description="Full-duplex speech dialogue engine (Moshi/Mimi).")
     parser.add_argument("--version", action="version", version=f"duplex {__version__}")
@@ -43,6 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="audio file to write")
     _add_codec_options(p)
     p.set_defaults(func="duplex.commands.codec:run_roundtrip")
+
+    p = commands.add_parser("serve", help="the WebSocket voice server (Kyutai's protocol) with a browser page")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8998)
+    p.add_argument("--slots", type=int, default=4, help="concurrent conversations (default 4)")
+    _add_model_options(p)
+    p.add_argument("--token", help="clients must send this (?token=... or Authorization: Bearer ...)")
+    p.add_argument("--ssl-cert", metavar="PEM", help="serve https/wss with this certificate")
+    p.add_argument("--ssl-key", metavar="PEM", help="private key of --ssl-cert")
+    p.add_argument("--origins", nargs="+", metavar="ORIGIN", help="allowed browser origins (default: any)")
+    p.add_argument("--max-message-bytes", type=int, default=1 << 20, help="larger messages close the connection")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for the engine (default: torch's choice; with many sessions on few cores, "
+                        "fewer threads leave a core to networking)")
+    p.add_argument("--max-waiting", type=int, default=0,
+                   help="clients that may wait for a free slot when all are taken (default 0: refuse at once)")
+    p.set_defaults(func="duplex.commands.serve:run_serve")
+
+    p = commands.add_parser("client", help="talk to a server: audio file in, time-synchronous reply file out")
+    p.add_argument("input", help="audio file to send (any format and rate; mixed to mono, resampled)")
+    p.add_argument("output", help="reply audio file to write (same length as the input, 24 kHz)")
+    p.add_argument("--url", default="ws://127.0.0.1:8998", help="server address (default ws://127.0.0.1:8998)")
+    p.add_argument("--token", help="the server's token, if it requires one")
+    p.add_argument("--raw", action="store_true", help="use the raw PCM16 mode instead of Ogg/Opus")
+    p.set_defaults(func="duplex.commands.serve:run_client")
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

@@ -62,3 +62,24 @@ def lm_io():
     from safetensors.torch import load_file
 
     return load_file(str(FIXTURES / "lm_small_io.safetensors"))
+
+
+TOKENIZER_TEXT = """hello there, how are you today?
+the codec turns speech into tokens and back again.
+what time is it? it is half past three in the afternoon.
+can you spell duplex? d u p l e x.
+two plus two is four and three plus five is eight.
+""" * 20
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer_path(tmp_path_factory):
+    """A 50-piece SentencePiece model trained here (ids 0 unk, 1 bos, 2 eos, 3 pad, as Moshi's tokenizer)."""
+    import sentencepiece as spm
+
+    folder = tmp_path_factory.mktemp("spm")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(TOKENIZER_TEXT)
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "tok"), vocab_size=50,
+                                   model_type="unigram", bos_id=1, eos_id=2, unk_id=0, pad_id=3, minloglevel=2)
+    return folder / "tok.model"

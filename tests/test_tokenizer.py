@@ -4,25 +4,9 @@ import pytest
 
 from duplex.tokenizer import TextTokenizer, TokenizerError
 
-TEXT = """hello there, how are you today?
-the codec turns speech into tokens and back again.
-what time is it? it is half past three in the afternoon.
-can you spell duplex? d u p l e x.
-two plus two is four and three plus five is eight.
-""" * 20
-
-
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    import sentencepiece as spm
-
-    folder = tmp_path_factory.mktemp("spm")
-    corpus = folder / "corpus.txt"
-    corpus.write_text(TEXT)
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "tok"), vocab_size=50,
-                                   model_type="unigram", bos_id=1, eos_id=2, unk_id=0, pad_id=3,
-                                   minloglevel=2)
-    return TextTokenizer(folder / "tok.model")
+def tokenizer(small_tokenizer_path):
+    return TextTokenizer(small_tokenizer_path)
 
 
 def test_round_trip(tokenizer):

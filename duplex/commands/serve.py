@@ -1,0 +1,80 @@
+"""``duplex serve`` and ``duplex client``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import torch
+
+from ..errors import UsageError
+from .codec import pick_device
+
+
+def build_engine(args, slots: int):
+    from ..engine import Engine
+
+    device = pick_device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    graphs = not args.no_cuda_graphs
+    if args.lm or args.mimi:
+        if not (args.lm and args.mimi):
+            raise UsageError("pass both --lm and --mimi (and usually --tokenizer) to serve your own checkpoints")
+        return Engine.from_checkpoints(lm=args.lm, mimi=args.mimi, tokenizer=args.tokenizer, slots=slots,
+                                       device=device, dtype=dtype, cuda_graphs=graphs, lm_config=args.lm_config,
+                                       mimi_config=args.mimi_config)
+    return Engine.default(slots=slots, device=device, dtype=dtype, cuda_graphs=graphs)
+
+
+def run_serve(args) -> int:
+    from ..server import ServerOptions, VoiceServer
+
+    if args.slots < 1:
+        raise UsageError("--slots must be at least 1")
+    if bool(args.ssl_cert) != bool(args.ssl_key):
+        raise UsageError("--ssl-cert and --ssl-key go together")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is too much
+    engine = build_engine(args, args.slots)
+    if not (args.lm or args.mimi):
+        logging.getLogger("duplex").info("serving the default model (random weights until trained weights ship)")
+    options = ServerOptions(host=args.host, port=args.port, token=args.token, origins=args.origins,
+                            max_message_bytes=args.max_message_bytes, max_waiting=args.max_waiting,
+                            ssl_cert=args.ssl_cert, ssl_key=args.ssl_key)
+    server = VoiceServer(engine, options)
+    scheme = "https" if args.ssl_cert else "http"
+    print(f"duplex: open {scheme}://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:"
+          f"{args.port}/ in a browser; Kyutai clients connect to /api/chat", file=sys.stderr)
+    try:
+        asyncio.run(server.serve_forever())
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+    return 0
+
+
+def run_client(args) -> int:
+    from codec.audio import load_audio, save_audio
+
+    from ..client import ClientError, converse
+
+    pcm = load_audio(args.input, 24000)[0].numpy()
+
+    def show(piece: str) -> None:
+        print(piece, end="", flush=True)
+
+    try:
+        result = asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=show))
+    except ClientError as e:
+        raise UsageError(f"the server refused the session: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot reach {args.url}: {e}") from None
+    print(file=sys.stderr)
+    save_audio(args.output, torch.from_numpy(result.audio), 24000)
+    print(f"{args.input}: {len(pcm) / 24000:.2f} s sent, {result.audio_messages} audio messages received "
+          f"-> {args.output}", file=sys.stderr)
+    for problem in result.errors:
+        print(f"server said: {problem}", file=sys.stderr)
+    return 0

@@ -1,0 +1,343 @@
+"""The WebSocket voice server: many conversations on one batched engine (``duplex serve``).
+
+``GET /api/chat`` speaks Kyutai's protocol (Ogg/Opus both ways), so Kyutai's own clients work unchanged;
+``/api/chat?format=pcm16`` is the same with raw 16-bit PCM at 24 kHz (any chunk size) for simple clients and the
+browser page at ``/``; ``/api/stats`` reports counters as JSON.
+
+The server is clocked, not input-clocked: every 80 ms one engine step advances every session, with the session's
+next received frame or, when none has arrived (network jitter, a muted client), silence. So each session gets
+exactly one audio message per 80 ms from its handshake on, and browser clients never hit their 10 s inactivity
+timeout. Per-session buffers are bounded both ways: audio arriving faster than real time and messages a client
+does not read fast enough are dropped (oldest first) with a counter and a log line, so a slow or stalled client
+never delays anyone else. Engine calls run on one worker thread, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import hmac
+import http
+import json
+import logging
+import ssl as ssl_module
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Dict, List, Optional
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .engine import Engine, EngineFull
+from .protocol import (AUDIO, CONTROL, HANDSHAKE, KIND_NAMES, PING, SessionOptions, error_message, message,
+                       parse_query, pcm16_bytes, pcm16_samples, text_message)
+
+log = logging.getLogger("duplex.server")
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8998
+    token: Optional[str] = None  # required from clients when set (?token= or "Authorization: Bearer")
+    origins: Optional[List[str]] = None  # allowed Origin headers (None: any)
+    max_message_bytes: int = 1 << 20  # larger incoming messages close the connection (1009)
+    max_waiting: int = 0  # clients that may wait for a free slot (0: refuse at once)
+    input_buffer_frames: int = 25  # 2 s of received audio at most; older frames are dropped
+    output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
+    ssl_cert: Optional[str] = None
+    ssl_key: Optional[str] = None
+
+
+@dataclass
+class SessionStats:
+    frames_in: int = 0
+    steps: int = 0
+    underruns: int = 0  # ticks with no received frame (silence was used)
+    dropped_in: int = 0  # received frames dropped because the client sent faster than real time
+    dropped_out: int = 0  # replies dropped because the client did not read them
+    bad_messages: int = 0
+
+
+class Session:
+    def __init__(self, connection, slot: int, options: SessionOptions, frame_size: int, sample_rate: int,
+                 server_options: ServerOptions):
+        self.connection, self.slot, self.options = connection, slot, options
+        self.frame_size, self.sample_rate = frame_size, sample_rate
+        self.limits = server_options
+        self.stats = SessionStats()
+        self.frames: collections.deque = collections.deque()
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._raw_leftover = b""
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self._reader = self._writer = None
+        if not options.raw:
+            import sphn
+
+            self._reader = sphn.OpusStreamReader(sample_rate)
+            self._writer = sphn.OpusStreamWriter(sample_rate)
+
+    # ------------------------------------------------------------------------------------------------ input
+    def receive(self, data) -> Optional[str]:
+        """Handle one incoming message; returns an error text to send back, or None."""
+        if not isinstance(data, (bytes, bytearray)):
+            self.stats.bad_messages += 1
+            return "text messages are not part of the protocol; send binary messages [kind][payload]"
+        if len(data) == 0:
+            self.stats.bad_messages += 1
+            return "empty message"
+        kind, payload = data[0], bytes(data[1:])
+        if kind == AUDIO:
+            return self._audio(payload)
+        if kind == CONTROL:
+            return None  # Kyutai's start/endTurn/pause controls mean nothing in full duplex: ignored
+        if kind == PING:
+            self._post(message(PING, payload[:64]))  # echoed: the page measures the round trip with it
+            return None
+        self.stats.bad_messages += 1
+        return f"unknown message kind {kind} ({KIND_NAMES.get(kind, 'not in the protocol')}); ignored"
+
+    def _audio(self, payload: bytes) -> Optional[str]:
+        if self.options.raw:
+            data = self._raw_leftover + payload
+            usable = len(data) - len(data) % 2
+            self._raw_leftover = data[usable:]
+            samples = pcm16_samples(data[:usable])
+        else:
+            try:
+                samples = self._reader.append_bytes(payload)
+            except Exception as e:  # malformed Ogg/Opus: drop this stream state and start a new one
+                import sphn
+
+                self._reader = sphn.OpusStreamReader(self.sample_rate)
+                self.stats.bad_messages += 1
+                return f"malformed Ogg/Opus audio ({e}); the audio stream was restarted"
+            if samples is None:
+                return None
+            samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if samples.size and not np.isfinite(samples).all():
+            self.stats.bad_messages += 1
+            return "audio contains non-finite samples; ignored"
+        pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
+        whole = pending.size // self.frame_size
+        for i in range(whole):
+            self.frames.append(pending[i * self.frame_size:(i + 1) * self.frame_size])
+            self.stats.frames_in += 1
+        self._pending = pending[whole * self.frame_size:].copy()
+        excess = len(self.frames) - self.limits.input_buffer_frames
+        if excess > 0:
+            for _ in range(excess):
+                self.frames.popleft()
+            self.stats.dropped_in += excess
+            log.warning("session %d: client sends faster than real time, dropped %d frame(s) (%d so far)",
+                        self.slot, excess, self.stats.dropped_in)
+        return None
+
+    def next_frame(self) -> np.ndarray:
+        self.stats.steps += 1
+        if self.frames:
+            return self.frames.popleft()
+        self.stats.underruns += 1
+        return np.zeros(self.frame_size, dtype=np.float32)
+
+    # ----------------------------------------------------------------------------------------------- output
+    def deliver(self, audio: np.ndarray, text: Optional[str]) -> None:
+        """Queue the replies of one step: audio first, then text (as Kyutai's server)."""
+        if self.options.raw:
+            self._post(message(AUDIO, pcm16_bytes(audio)))
+        else:
+            pages = self._writer.append_pcm(audio)
+            if pages:
+                self._post(message(AUDIO, pages))
+        if text:
+            self._post(text_message(text))
+
+    def _post(self, msg: bytes) -> None:
+        if self.outbox.qsize() >= self.limits.output_queue_messages:
+            self.outbox.get_nowait()
+            self.stats.dropped_out += 1
+            if self.stats.dropped_out in (1, 10, 100) or self.stats.dropped_out % 1000 == 0:
+                log.warning("session %d: client does not read its replies, dropped %d message(s)", self.slot,
+                            self.stats.dropped_out)
+        self.outbox.put_nowait(msg)
+
+    async def send_loop(self) -> None:
+        while True:
+            msg = await self.outbox.get()
+            await self.connection.send(msg)
+
+
+class VoiceServer:
+    def __init__(self, engine: Engine, options: Optional[ServerOptions] = None):
+        self.engine = engine
+        self.options = options or ServerOptions()
+        self.sessions: Dict[int, Session] = {}
+        self.waiting = 0
+        self.ticks = self.misses = self.connections = self.refused = 0
+        self.step_ms: collections.deque = collections.deque(maxlen=1000)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._slot_freed: Optional[asyncio.Condition] = None
+        self._server = None
+        self._ticker: Optional[asyncio.Task] = None
+        self._page = resources.files("duplex").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    async def _engine(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self):
+        from websockets.asyncio.server import serve
+
+        self._slot_freed = asyncio.Condition()
+        ssl_context = None
+        if self.options.ssl_cert:
+            ssl_context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+            ssl_context.load_cert_chain(self.options.ssl_cert, self.options.ssl_key)
+        self._server = await serve(self._handle, self.options.host, self.options.port,
+                                   process_request=self._http, max_size=self.options.max_message_bytes,
+                                   origins=self.options.origins, ssl=ssl_context, compression=None)
+        self._ticker = asyncio.create_task(self._tick_loop())
+        log.info("serving on %s://%s:%d (%d slots)", "https" if ssl_context else "http", self.options.host,
+                 self.port, self.engine.slots)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1] if self._server else self.options.port
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+        self._executor.shutdown(wait=True)
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await self._server.serve_forever()
+        finally:
+            await self.stop()
+
+    # ----------------------------------------------------------------------------------------------- HTTP
+    def _authorized(self, request, options: SessionOptions) -> bool:
+        if not self.options.token:
+            return True
+        offered = options.token or ""
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            offered = header[len("Bearer "):]
+        return hmac.compare_digest(offered.encode(), self.options.token.encode())
+
+    def _http(self, connection, request):
+        path = urlsplit(request.path).path
+        if path in ("/", "/index.html"):
+            response = connection.respond(http.HTTPStatus.OK, self._page)
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "text/html; charset=utf-8"
+            return response
+        if path == "/api/stats":
+            response = connection.respond(http.HTTPStatus.OK, json.dumps(self.stats()))
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "application/json"
+            return response
+        if path == "/api/chat":
+            if not self._authorized(request, parse_query(request.path)):
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid or missing token\n")
+            return None  # go on with the WebSocket handshake
+        return connection.respond(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
+
+    def stats(self) -> dict:
+        return {"slots": self.engine.slots, "sessions": len(self.sessions), "waiting": self.waiting,
+                "connections": self.connections, "refused": self.refused, "ticks": self.ticks,
+                "deadline_misses": self.misses,
+                "step_ms_p50": float(np.median(self.step_ms)) if self.step_ms else None,
+                "per_session": {str(s.slot): dataclasses.asdict(s.stats) for s in list(self.sessions.values())}}
+
+    # ------------------------------------------------------------------------------------------ sessions
+    async def _open_slot(self, connection, options: SessionOptions) -> Optional[int]:
+        opts = {k: v for k, v in (("temperature", options.temperature), ("top_k", options.top_k),
+                                  ("text_temperature", options.text_temperature),
+                                  ("text_top_k", options.text_top_k), ("seed", options.seed)) if v is not None}
+        while True:
+            try:
+                return await self._engine(self.engine.open, **opts)
+            except EngineFull:
+                if self.waiting >= self.options.max_waiting:
+                    self.refused += 1
+                    await connection.send(error_message(
+                        f"server full: all {self.engine.slots} conversation slots are in use; try again later"))
+                    await connection.close(1013, "server full")
+                    return None
+            self.waiting += 1
+            try:
+                async with self._slot_freed:
+                    await self._slot_freed.wait()
+            finally:
+                self.waiting -= 1
+
+    async def _handle(self, connection) -> None:
+        options = parse_query(connection.request.path)
+        self.connections += 1
+        slot = await self._open_slot(connection, options)
+        if slot is None:
+            return
+        session = Session(connection, slot, options, self.engine.frame_size, self.engine.sample_rate, self.options)
+        sender = asyncio.create_task(session.send_loop())
+        log.info("session %d opened (%s)", slot, "pcm16" if options.raw else "ogg/opus")
+        try:
+            await connection.send(message(HANDSHAKE))
+            self.sessions[slot] = session
+            async for data in connection:
+                problem = session.receive(data)
+                if problem:
+                    log.info("session %d: %s", slot, problem)
+                    session._post(error_message(problem))
+        except Exception as e:  # a broken connection ends this session only
+            log.info("session %d: connection ended (%s)", slot, type(e).__name__)
+        finally:
+            self.sessions.pop(slot, None)
+            sender.cancel()
+            await self._engine(self.engine.close, slot)
+            async with self._slot_freed:
+                self._slot_freed.notify()
+            log.info("session %d closed: %s", slot, dataclasses.asdict(session.stats))
+
+    # -------------------------------------------------------------------------------------------- clock
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.engine.frame_size / self.engine.sample_rate
+        next_tick = loop.time()
+        while True:
+            delay = next_tick - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            start = loop.time()
+            sessions = list(self.sessions.values())
+            if sessions:
+                frames = {s.slot: s.next_frame() for s in sessions}
+                t0 = time.perf_counter()
+                try:
+                    outputs = await self._engine(self.engine.step, frames)
+                except Exception:
+                    log.exception("engine step failed; sessions continue with the next tick")
+                    outputs = {}
+                self.step_ms.append((time.perf_counter() - t0) * 1e3)
+                for s in sessions:
+                    if s.slot in outputs and self.sessions.get(s.slot) is s:
+                        audio, text = outputs[s.slot]
+                        s.deliver(audio, text)
+            self.ticks += 1
+            end = loop.time()
+            next_tick = start + period
+            if sessions and end > next_tick:
+                self.misses += 1
+                if self.misses in (1, 10, 100) or self.misses % 1000 == 0:
+                    log.warning("frame step late by %.1f ms (%d deadline misses)", (end - next_tick) * 1e3,
+                                self.misses)
+                next_tick = end  # re-anchor: a late tick never turns into a burst of catch-up steps

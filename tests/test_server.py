@@ -1,0 +1,279 @@
+"""The voice server end to end on loopback, with the small reference models."""
+
+import asyncio
+import json
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from codec import Mimi
+from duplex.client import converse
+from duplex.engine import Engine
+from duplex.lm import MoshiLM
+from duplex.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, TEXT, message
+from duplex.server import ServerOptions, VoiceServer
+from duplex.tokenizer import TextTokenizer
+from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
+
+
+def make_engine(slots, tokenizer=None):
+    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
+    mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG)
+    return Engine(lm, mimi, tokenizer=tokenizer, slots=slots)
+
+
+def serve(test, slots=2, tokenizer=None, **options):
+    """Run ``test(server, url)`` against a fresh server on an ephemeral port."""
+
+    async def main():
+        server = VoiceServer(make_engine(slots, tokenizer), ServerOptions(port=0, **options))
+        await server.start()
+        try:
+            return await test(server, f"ws://127.0.0.1:{server.port}")
+        finally:
+            await server.stop()
+
+    return asyncio.run(main())
+
+
+def speech(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 24000)) / 24000
+    return (0.3 * np.sin(2 * np.pi * 180 * t) + 0.02 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+async def handshake(ws):
+    first = await asyncio.wait_for(ws.recv(), 5)
+    assert first == message(HANDSHAKE)
+
+
+async def collect(ws, seconds):
+    """All messages received during ``seconds``."""
+    got = []
+    end = time.perf_counter() + seconds
+    try:
+        while True:
+            got.append(await asyncio.wait_for(ws.recv(), max(0.01, end - time.perf_counter())))
+    except asyncio.TimeoutError:
+        pass
+    return got
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_opus_and_raw_clients_get_one_reply_frame_per_frame_sent():
+    async def test(server, url):
+        pcm = speech(2.0)
+        opus, raw = await asyncio.gather(converse(url, pcm), converse(url, pcm, raw=True))
+        for result in (opus, raw):
+            assert result.audio.shape == pcm.shape and not result.errors
+            assert result.audio_messages >= 25
+            assert np.abs(result.audio[2 * 1920:]).max() > 0  # audio after the warm-up frame
+        return server.stats()
+
+    stats = serve(test)
+    assert stats["connections"] == 2 and stats["sessions"] == 0
+
+
+def test_text_pieces_are_sent(small_tokenizer_path):
+    async def test(server, url):
+        return await converse(url, speech(3.0), raw=True)
+
+    result = serve(test, tokenizer=TextTokenizer(small_tokenizer_path))
+    assert result.text and all(isinstance(t, str) and t for t in result.text)
+
+
+def test_bad_messages_get_an_error_and_the_session_goes_on():
+    async def test(server, url):
+        async with connect(url + "/api/chat") as ws:
+            await handshake(ws)
+            for bad in (message(9, b"x"), "a text frame", message(AUDIO, b"not an ogg stream" * 20), b""):
+                await ws.send(bad)
+            await ws.send(message(CONTROL, b"\x01"))  # Kyutai's endTurn control: ignored silently
+            got = await collect(ws, 1.0)
+        errors = [m[1:].decode() for m in got if m[:1] == bytes([ERROR])]
+        audio = [m for m in got if m[:1] == bytes([AUDIO])]
+        return errors, audio
+
+    errors, audio = serve(test)
+    assert any("unknown message kind 9" in e for e in errors)
+    assert any("text messages are not part of the protocol" in e for e in errors)
+    assert any("malformed Ogg/Opus audio" in e for e in errors)
+    assert any("empty message" in e for e in errors)
+    assert len(errors) == 4 and len(audio) >= 10  # the stream kept going
+
+
+def test_oversized_message_closes_only_that_connection():
+    async def test(server, url):
+        async with connect(url + "/api/chat") as big, connect(url + "/api/chat?format=pcm16") as normal:
+            await handshake(big)
+            await handshake(normal)
+            await big.send(message(AUDIO, bytes(5000)))
+            with pytest.raises(ConnectionClosed) as closed:
+                for _ in range(100):
+                    await asyncio.wait_for(big.recv(), 2)
+            assert closed.value.rcvd.code == 1009  # message too big
+            got = await collect(normal, 1.0)
+            return len([m for m in got if m[:1] == bytes([AUDIO])])
+
+    assert serve(test, max_message_bytes=4000) >= 10
+
+
+def test_token_is_required_when_set():
+    async def test(server, url):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url + "/api/chat"):
+                pass
+        assert refused.value.response.status_code == 401
+        with pytest.raises(InvalidStatus):
+            async with connect(url + "/api/chat?token=wrong"):
+                pass
+        async with connect(url + "/api/chat?token=s3cret") as ws:
+            await handshake(ws)
+        async with connect(url + "/api/chat", additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+            await handshake(ws)
+
+    serve(test, token="s3cret")
+
+
+def test_a_full_server_says_so_and_closes():
+    async def test(server, url):
+        async with connect(url + "/api/chat") as first:
+            await handshake(first)
+            async with connect(url + "/api/chat") as second:
+                refusal = await asyncio.wait_for(second.recv(), 5)
+                assert refusal[:1] == bytes([ERROR]) and b"server full" in refusal
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(second.recv(), 5)
+                assert closed.value.rcvd.code == 1013
+            got = await collect(first, 0.5)  # the first session is unaffected
+            assert any(m[:1] == bytes([AUDIO]) for m in got)
+        return server.refused
+
+    assert serve(test, slots=1) == 1
+
+
+def test_a_waiting_client_gets_the_next_free_slot():
+    async def test(server, url):
+        first = await connect(url + "/api/chat")
+        await handshake(first)
+        second = await connect(url + "/api/chat")
+        await asyncio.sleep(0.3)
+        assert server.waiting == 1
+        await first.close()
+        await handshake(second)  # the freed slot goes to the waiting client
+        await second.close()
+
+    serve(test, slots=1, max_waiting=1)
+
+
+def test_query_parameters_set_the_session_sampling():
+    async def test(server, url):
+        async with connect(url + "/api/chat?audio_temperature=0.3&audio_topk=100000&text_topk=12"
+                           "&text_temperature=abc&audio_seed=77") as ws:
+            await handshake(ws)
+            slot = next(iter(server.sessions))
+            audio, text = server.engine.sampling["audio"], server.engine.sampling["text"]
+            return (float(audio.temperature[slot]), int(audio.top_k[slot]), int(text.top_k[slot]),
+                    float(text.temperature[slot]), int(server.engine.sampling["seed"][slot]))
+
+    temperature, top_k, text_top_k, text_temperature, seed = serve(test)
+    assert temperature == pytest.approx(0.3) and top_k == 64  # clamped to the vocabulary / engine maximum
+    assert text_top_k == 12 and text_temperature == pytest.approx(0.7)  # unparsable value: the default
+    assert seed == 77
+
+
+def test_a_stalled_client_does_not_delay_others():
+    async def test(server, url):
+        stalled = await connect(url + "/api/chat?format=pcm16")
+        await handshake(stalled)  # ... and never reads again
+        start = time.perf_counter()
+        result = await converse(url, speech(3.0))
+        elapsed = time.perf_counter() - start
+        await stalled.close()
+        return result, elapsed
+
+    result, elapsed = serve(test)
+    assert result.audio_messages >= 37 and not result.errors
+    assert elapsed < 3.0 + 1.5
+
+
+def test_http_routes():
+    async def test(server, url):
+        base = url.replace("ws://", "http://")
+        loop = asyncio.get_running_loop()
+
+        def get(path):
+            try:
+                with urllib.request.urlopen(base + path, timeout=5) as r:
+                    return r.status, r.headers.get("Content-Type"), r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, None, e.read().decode()
+
+        return [await loop.run_in_executor(None, get, p) for p in ("/", "/api/stats", "/missing")]
+
+    page, stats, missing = serve(test)
+    assert page[0] == 200 and page[1].startswith("text/html") and "api/chat" in page[2]
+    assert stats[0] == 200 and json.loads(stats[2])["slots"] == 2
+    assert missing[0] == 404 and "not found" in missing[2]
+
+
+def test_memory_is_flat_over_200_connections():
+    async def test(server, url):
+        frame = message(AUDIO, bytes(3840))
+
+        async def once():
+            async with connect(url + "/api/chat?format=pcm16") as ws:
+                await handshake(ws)
+                await ws.send(frame)
+
+        for _ in range(20):
+            await once()
+        before = rss_mb()
+        for _ in range(200):
+            await once()
+        await asyncio.sleep(0.3)
+        return rss_mb() - before, server.stats()
+
+    growth, stats = serve(test)
+    assert growth < 30 and stats["sessions"] == 0 and stats["connections"] == 220
+
+
+@pytest.mark.slow
+def test_twenty_concurrent_clients_for_thirty_seconds():
+    """20 clients (half Ogg/Opus, half raw) in another process, as real clients would be. The engine runs on one
+    intra-op thread so the second core of a 2-core machine is left to the event loop and the clients
+    (``duplex serve --threads 1``)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    helper = Path(__file__).parent / "clients_process.py"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    async def test(server, url):
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(helper), url, "20", "30",
+                                                    stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+        return json.loads(out), server.stats()
+
+    try:
+        results, stats = serve(test, slots=20)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(results) == 20
+    for r in results:
+        assert "exception" not in r, r
+        assert not r["errors"] and r["samples"] == 30 * 24000
+        assert r["audio_messages"] == 375  # one reply per 80 ms frame sent
+        assert abs(r["steady_rate"] - 12.5) < 0.15, r["steady_rate"]
+    assert stats["sessions"] == 0
