@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="use the raw PCM16 mode instead of Ogg/Opus")
     p.set_defaults(func="duplex.commands.serve:run_client")
 
+    p = commands.add_parser("mic", help="live demo: talk with the engine through your microphone and speakers")
+    _add_model_options(p)
+    p.add_argument("--input-device", help="sound input device (index or name; see --list-devices)")
+    p.add_argument("--output-device", help="sound output device (index or name)")
+    p.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--input-file", metavar="AUDIO", help="headless: read the microphone from this file")
+    p.add_argument("--output-file", metavar="WAV", help="headless: write the replies here (with --input-file)")
+    p.add_argument("--realtime", action="store_true", help="headless: pace the file at 80 ms per frame")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func="duplex.commands.serve:run_mic")
+
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     p = bench_commands.add_parser("codec", help="streaming codec encode + decode time per 80 ms frame")

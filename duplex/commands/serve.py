@@ -78,3 +78,45 @@ def run_client(args) -> int:
     for problem in result.errors:
         print(f"server said: {problem}", file=sys.stderr)
     return 0
+
+
+def _device(value):
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def run_mic(args) -> int:
+    from .. import mic
+
+    if args.list_devices:
+        try:
+            print(mic.import_sounddevice().query_devices())
+        except RuntimeError as e:
+            raise UsageError(str(e)) from None
+        return 0
+    if bool(args.input_file) != bool(args.output_file):
+        raise UsageError("--input-file and --output-file go together")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = build_engine(args, slots=1)
+
+    def show(piece: str) -> None:
+        print(piece, end="", flush=True)
+
+    if args.input_file:
+        from codec.audio import load_audio, save_audio
+
+        pcm = load_audio(args.input_file, engine.sample_rate)[0].numpy()
+        reply = mic.run_files(engine, pcm, realtime=args.realtime, on_text=show)
+        save_audio(args.output_file, torch.from_numpy(reply), engine.sample_rate)
+        print(f"\n{args.input_file}: {len(pcm) / engine.sample_rate:.2f} s -> {args.output_file}", file=sys.stderr)
+        return 0
+    print("duplex: talking (Ctrl-C to stop); the default model has random weights until trained weights ship",
+          file=sys.stderr)
+    try:
+        stats = mic.run_live(engine, seconds=args.seconds, input_device=_device(args.input_device),
+                             output_device=_device(args.output_device))
+    except RuntimeError as e:
+        raise UsageError(str(e)) from None
+    print(f"{stats.frames} frames, {stats.overruns} overruns, {stats.underruns} underruns, "
+          f"{stats.device_xruns} device xruns", file=sys.stderr)
+    return 0

@@ -1,0 +1,103 @@
+"""The live demo without sound hardware: an injected stream, and the headless file mode."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from duplex import mic
+from duplex.cli import main
+from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
+from test_server import make_engine
+
+MODEL = ["--lm", str(LM_SMALL), "--lm-config", str(LM_SMALL_CONFIG), "--mimi", str(MIMI_SMALL),
+         "--mimi-config", str(MIMI_SMALL_CONFIG), "--device", "cpu"]
+
+
+class FakeStream:
+    """A full-duplex stream that calls the callback with 80 ms blocks, like PortAudio, at a chosen pace."""
+
+    def __init__(self, callback, blocks, period, stall_at=None):
+        self.callback, self.blocks, self.period, self.stall_at = callback, blocks, period, stall_at
+        self.played = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        t = np.arange(1920) / 24000
+        for i in range(self.blocks):
+            indata = (0.3 * np.sin(2 * np.pi * 200 * (t + i * 0.08)))[:, None].astype(np.float32)
+            outdata = np.zeros((1920, 1), np.float32)
+            self.callback(indata, outdata, 1920, None, None)
+            self.played.append(outdata[:, 0].copy())
+            time.sleep(self.period)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._thread.join()
+
+
+def test_live_session_with_an_injected_stream():
+    streams = []
+
+    def factory(callback):
+        streams.append(FakeStream(callback, blocks=30, period=0.08))
+        return streams[0]
+
+    stats = mic.run_live(make_engine(1), seconds=3.0, stream_factory=factory, status_every=0)
+    played = np.concatenate(streams[0].played)
+    assert stats.frames >= 25 and np.abs(played).max() > 0  # replies reached the speaker
+    assert stats.overruns == 0
+
+
+def test_a_slow_engine_catches_up_by_dropping_input():
+    engine = make_engine(1)
+    real_step = engine.step
+
+    def slow_step(frames):
+        time.sleep(0.2)  # 2.5x slower than real time
+        return real_step(frames)
+
+    engine.step = slow_step
+    holder = []
+
+    def factory(callback):
+        holder.append(FakeStream(callback, blocks=25, period=0.08))
+        return holder[0]
+
+    stats = mic.run_live(engine, seconds=2.5, stream_factory=factory, status_every=0)
+    assert stats.overruns > 0 and stats.underruns > 0
+    assert stats.frames < 25  # it did not try to process every late frame
+
+
+def test_headless_files(tmp_path, speechlike):
+    source = tmp_path / "in.wav"
+    sf.write(source, speechlike(1, 5, seed=2)[0, 0].numpy()[:9000], 24000)
+    out = tmp_path / "out.wav"
+    assert main(["mic", *MODEL, "--input-file", str(source), "--output-file", str(out)]) == 0
+    data, rate = sf.read(out)
+    assert rate == 24000 and data.shape == (9000,) and np.abs(data[3840:]).max() > 0
+
+
+def test_missing_sounddevice_is_explained(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sounddevice(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise ImportError("no module named sounddevice")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sounddevice)
+    with pytest.raises(RuntimeError, match="pip install sounddevice"):
+        mic.import_sounddevice()
+
+
+def test_file_options_go_together(capsys):
+    assert main(["mic", *MODEL, "--input-file", "x.wav"]) == 2
+    assert "--input-file and --output-file go together" in capsys.readouterr().err
