@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("serve", help="the WebSocket voice server (Kyutai's protocol) with a browser page")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8998)
-    p.add_argument("--slots", type=int, default=4, help="concurrent conversations (default 4)")
+    p.add_argument("--slots", type=int, default=None,
+                   help="concurrent conversations (default: 1 on CPU, 8 on CUDA; every slot costs compute each "
+                        "frame, in use or not)")
     _add_model_options(p)
     p.add_argument("--token", help="clients must send this (?token=... or Authorization: Bearer ...)")
     p.add_argument("--ssl-cert", metavar="PEM", help="serve https/wss with this certificate")
@@ -73,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clients that may wait for a free slot when all are taken (default 0: refuse at once)")
     p.set_defaults(func="duplex.commands.serve:run_serve")
 
-    p = commands.add_parser("client", help="talk to a server: audio file in, time-synchronous reply file out")
-    p.add_argument("input", help="audio file to send (any format and rate; mixed to mono, resampled)")
-    p.add_argument("output", help="reply audio file to write (same length as the input, 24 kHz)")
+    p = commands.add_parser("client", help="talk to a server: audio file in and reply file out, or mic <-> speaker")
+    p.add_argument("input", nargs="?", help="audio file to send (any format and rate; mixed to mono, resampled); "
+                   "omit both files to talk through the microphone and speakers")
+    p.add_argument("output", nargs="?", help="reply audio file to write (same length as the input, 24 kHz)")
+    p.add_argument("--seconds", type=float, help="live mode: stop after this long (default: Ctrl-C)")
+    p.add_argument("--input-device", help="live mode: sound input device (index or name)")
+    p.add_argument("--output-device", help="live mode: sound output device (index or name)")
     p.add_argument("--url", default="ws://127.0.0.1:8998", help="server address (default ws://127.0.0.1:8998)")
     p.add_argument("--token", help="the server's token, if it requires one")
     p.add_argument("--raw", action="store_true", help="use the raw PCM16 mode instead of Ogg/Opus")

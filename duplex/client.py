@@ -119,3 +119,92 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
     result.seconds = time.perf_counter() - start
     result.stream_seconds = time.perf_counter() - t0
     return result
+
+
+@dataclass
+class LiveStats:
+    sent: int = 0
+    received: int = 0
+    underruns: int = 0  # speaker blocks with no reply ready (silence played)
+    text: List[str] = field(default_factory=list)
+
+
+async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds: Optional[float] = None,
+               on_text: Optional[Callable[[str], None]] = None, stream_factory=None, input_device=None,
+               output_device=None, max_playback_frames: int = 6) -> LiveStats:
+    """Microphone <-> speaker through the server, until ``seconds`` pass, the server closes, or Ctrl-C.
+
+    The sound callback only moves 80 ms blocks: captured blocks go to the sender, replies wait in a short
+    playback queue (oldest dropped beyond ``max_playback_frames``; silence when empty)."""
+    import collections
+
+    from websockets.asyncio.client import connect
+
+    loop = asyncio.get_running_loop()
+    stats = LiveStats()
+    captured: asyncio.Queue = asyncio.Queue()
+    playback: collections.deque = collections.deque(maxlen=max_playback_frames)
+
+    def callback(indata, outdata, frames, time_info, status):
+        loop.call_soon_threadsafe(captured.put_nowait, np.array(indata[:, 0], dtype=np.float32))
+        try:
+            outdata[:, 0] = playback.popleft()
+        except IndexError:
+            outdata[:, 0] = 0.0
+            stats.underruns += 1
+
+    if stream_factory is None:
+        from .mic import import_sounddevice
+
+        sd = import_sounddevice()
+
+        def stream_factory(cb):
+            return sd.Stream(samplerate=RATE, blocksize=FRAME, channels=1, dtype="float32",
+                             device=(input_device, output_device), callback=cb)
+
+    reader = writer = None
+    if not raw:
+        import sphn
+
+        reader, writer = sphn.OpusStreamReader(RATE), sphn.OpusStreamWriter(RATE)
+    async with connect(chat_url(url, token=token, raw=raw), max_size=None, compression=None) as ws:
+        first = await asyncio.wait_for(ws.recv(), 30)
+        if isinstance(first, bytes) and first[:1] == bytes([ERROR]):
+            raise ClientError(first[1:].decode("utf-8", "replace"))
+
+        async def send():
+            while True:
+                frame = await captured.get()
+                payload = pcm16_bytes(frame) if raw else writer.append_pcm(frame)
+                if payload:
+                    await ws.send(message(AUDIO, payload))
+                    stats.sent += 1
+
+        async def receive():
+            pending = np.zeros(0, np.float32)
+            async for data in ws:
+                if not isinstance(data, bytes) or not data:
+                    continue
+                if data[0] == AUDIO:
+                    samples = pcm16_samples(data[1:]) if raw else reader.append_bytes(data[1:])
+                    if samples is None:
+                        continue
+                    pending = np.concatenate([pending, np.asarray(samples, np.float32).reshape(-1)])
+                    while len(pending) >= FRAME:
+                        playback.append(pending[:FRAME])
+                        pending = pending[FRAME:]
+                        stats.received += 1
+                elif data[0] == TEXT:
+                    piece = data[1:].decode("utf-8", "replace")
+                    stats.text.append(piece)
+                    if on_text:
+                        on_text(piece)
+
+        with stream_factory(callback):
+            tasks = [asyncio.create_task(send()), asyncio.create_task(receive())]
+            try:
+                await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+    return stats

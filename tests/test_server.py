@@ -277,3 +277,39 @@ def test_twenty_concurrent_clients_for_thirty_seconds():
         assert r["audio_messages"] == 375  # one reply per 80 ms frame sent
         assert abs(r["steady_rate"] - 12.5) < 0.15, r["steady_rate"]
     assert stats["sessions"] == 0
+
+
+def test_live_client_microphone_to_speaker():
+    """duplex client's live mode with an injected sound stream (no hardware)."""
+    import threading
+
+    from duplex.client import talk
+
+    played = []
+
+    class FakeStream:
+        def __init__(self, callback):
+            self.callback = callback
+            self.thread = threading.Thread(target=self.run, daemon=True)
+
+        def run(self):
+            t = np.arange(1920) / 24000
+            for i in range(30):
+                out = np.zeros((1920, 1), np.float32)
+                self.callback((0.3 * np.sin(2 * np.pi * 200 * (t + 0.08 * i)))[:, None], out, 1920, None, None)
+                played.append(out[:, 0].copy())
+                time.sleep(0.08)
+
+        def __enter__(self):
+            self.thread.start()
+            return self
+
+        def __exit__(self, *exc):
+            self.thread.join()
+
+    async def test(server, url):
+        return await talk(url, seconds=2.6, stream_factory=FakeStream)
+
+    stats = serve(test)
+    assert stats.sent >= 25 and stats.received >= 25
+    assert np.abs(np.concatenate(played)).max() > 0  # replies reached the speaker

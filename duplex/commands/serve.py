@@ -30,6 +30,8 @@ def build_engine(args, slots: int):
 def run_serve(args) -> int:
     from ..server import ServerOptions, VoiceServer
 
+    if args.slots is None:
+        args.slots = 8 if pick_device(args.device).type == "cuda" else 1
     if args.slots < 1:
         raise UsageError("--slots must be at least 1")
     if bool(args.ssl_cert) != bool(args.ssl_key):
@@ -58,12 +60,28 @@ def run_serve(args) -> int:
 def run_client(args) -> int:
     from codec.audio import load_audio, save_audio
 
-    from ..client import ClientError, converse
-
-    pcm = load_audio(args.input, 24000)[0].numpy()
+    from ..client import ClientError, converse, talk
 
     def show(piece: str) -> None:
         print(piece, end="", flush=True)
+
+    if bool(args.input) != bool(args.output):
+        raise UsageError("give both an input and an output file, or neither (microphone <-> speaker)")
+    if not args.input:
+        try:
+            stats = asyncio.run(talk(args.url, raw=args.raw, token=args.token, seconds=args.seconds, on_text=show,
+                                     input_device=_device(args.input_device),
+                                     output_device=_device(args.output_device)))
+        except KeyboardInterrupt:
+            return 0
+        except ClientError as e:
+            raise UsageError(f"the server refused the session: {e}") from None
+        except (OSError, RuntimeError) as e:
+            raise UsageError(str(e)) from None
+        print(f"\n{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns",
+              file=sys.stderr)
+        return 0
+    pcm = load_audio(args.input, 24000)[0].numpy()
 
     try:
         result = asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=show))
