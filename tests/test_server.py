@@ -313,3 +313,36 @@ def test_live_client_microphone_to_speaker():
     stats = serve(test)
     assert stats.sent >= 25 and stats.received >= 25
     assert np.abs(np.concatenate(played)).max() > 0  # replies reached the speaker
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs the openssl command")
+def test_tls(tmp_path):
+    """--ssl-cert/--ssl-key serve wss:// (a self-signed certificate made here)."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    client_ssl = ssl.create_default_context(cafile=str(cert))
+    client_ssl.check_hostname = False
+
+    async def test(server, url):
+        async with connect(url.replace("ws://", "wss://") + "/api/chat?format=pcm16", ssl=client_ssl) as ws:
+            await handshake(ws)
+            got = await collect(ws, 0.5)
+        return [m for m in got if m[:1] == bytes([AUDIO])]
+
+    assert len(serve(test, ssl_cert=str(cert), ssl_key=str(key))) >= 4
+
+
+def test_origin_check():
+    async def test(server, url):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url + "/api/chat", origin="https://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403
+        async with connect(url + "/api/chat", origin="https://good.example") as ws:
+            await handshake(ws)
+
+    serve(test, origins=["https://good.example"])
