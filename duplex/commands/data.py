@@ -1,0 +1,47 @@
+"""``duplex data synth``."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from ..errors import UsageError
+
+
+def run_synth(args) -> int:
+    from ..data.espeak import EspeakError
+    from ..data.synth import DEFAULT_SHARES, SynthOptions, synthesize_corpus
+
+    shares = dict(DEFAULT_SHARES)
+    if args.shares:
+        shares = {}
+        for item in args.shares:
+            name, _, value = item.partition("=")
+            try:
+                shares[name] = float(value)
+            except ValueError:
+                raise UsageError(f"--shares expects SCENARIO=NUMBER, got {item!r}") from None
+    options = SynthOptions(shares=shares, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                           heldout_every=args.heldout_every, noise=args.noise,
+                           level_variation=not args.no_level_variation)
+    try:
+        options.validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.hours is not None:
+        mean = (args.min_seconds + args.max_seconds) / 2 + 2.0  # conversations overshoot their target a little
+        conversations = max(1, math.ceil(args.hours * 3600 / mean))
+    else:
+        conversations = args.conversations or 100
+    start = time.time()
+    try:
+        rows = synthesize_corpus(args.out_dir, conversations, seed=args.seed, options=options,
+                                 workers=max(1, args.workers), progress=sys.stderr.isatty())
+    except EspeakError as e:
+        raise UsageError(str(e)) from None
+    hours = sum(r["duration"] for r in rows) / 3600
+    heldout = sum(r["split"] == "heldout" for r in rows)
+    print(f"{len(rows)} conversations ({heldout} held out), {hours:.2f} h of audio in {time.time() - start:.0f} s "
+          f"-> {args.out_dir}", file=sys.stderr)
+    return 0

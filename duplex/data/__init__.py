@@ -1,0 +1,1 @@
+"""Training data: the synthetic two-speaker conversation corpus (``duplex data synth``)."""

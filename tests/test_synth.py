@@ -1,0 +1,162 @@
+"""The synthetic conversation corpus: what it claims is what is in the audio."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from duplex.cli import main
+
+espeak = pytest.importorskip("duplex.data.espeak")
+try:
+    espeak.Synthesizer()
+except espeak.EspeakError:  # pragma: no cover - .ci/run installs espeak-ng
+    pytest.skip("needs espeak-ng (apt install espeak-ng)", allow_module_level=True)
+
+from duplex.data.synth import SynthOptions, make_conversation, synthesize_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return espeak.Synthesizer()
+
+
+def test_word_timestamps(synth):
+    speech = synth.speak("what is seven plus five?", voice="en-us+f3", rate=170, pitch=60)
+    words = [w.text for w in speech.words]
+    assert words == ["what", "is", "seven", "plus", "five"]
+    duration = len(speech.audio) / speech.sample_rate
+    times = [(w.start, w.end) for w in speech.words]
+    assert all(0 <= s < e <= duration for s, e in times)
+    assert all(a[1] <= b[0] + 1e-6 for a, b in zip(times, times[1:]))  # in order, no overlap
+    with pytest.raises(espeak.EspeakError, match="no voice"):
+        synth.speak("hi", voice="xx-nonexistent")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    rows = synthesize_corpus(str(out), 12, seed=3, options=SynthOptions(heldout_every=4, min_seconds=15,
+                                                                          max_seconds=20), progress=False)
+    return out, rows
+
+
+def _load(out, row):
+    audio, rate = sf.read(out / row["wav"], dtype="float32")
+    return audio, rate, json.loads((out / row["json"]).read_text())
+
+
+def test_files_and_timestamps_inside_the_audio(corpus):
+    out, rows = corpus
+    assert len(rows) == 12 and (out / "manifest.jsonl").read_text().count("\n") == 12
+    for row in rows:
+        audio, rate, meta = _load(out, row)
+        assert rate == 24000 and audio.ndim == 2 and audio.shape[1] == 2
+        duration = audio.shape[0] / rate
+        assert abs(meta["duration"] - duration) < 1e-3
+        for turn in meta["turns"]:
+            assert 0 <= turn["start"] <= turn["end"] <= duration
+            assert all(turn["start"] <= w["start"] <= w["end"] <= turn["end"] for w in turn["words"])
+
+
+def _rms(x, rate, start, end):
+    return float(np.sqrt(np.mean(x[int(start * rate):int(end * rate)] ** 2) + 1e-12))
+
+
+def test_channels_hold_the_right_speaker(corpus):
+    out, rows = corpus
+    checked = 0
+    for row in rows:
+        audio, rate, meta = _load(out, row)
+        for turn in meta["turns"]:
+            mine = 0 if turn["channel"] == "assistant" else 1
+            other_busy = any(t["channel"] != turn["channel"] and t["start"] < turn["end"] and turn["start"] < t["end"]
+                             for t in meta["turns"])
+            if other_busy or turn["end"] - turn["start"] < 0.3:
+                continue
+            assert _rms(audio[:, mine], rate, turn["start"], turn["end"]) > \
+                10 * _rms(audio[:, 1 - mine], rate, turn["start"], turn["end"])
+            checked += 1
+    assert checked > 50
+
+
+def test_scenario_timing(corpus):
+    out, rows = corpus
+    seen = set()
+    for row in rows:
+        _, _, meta = _load(out, row)
+        turns = meta["turns"]
+        for s in meta["scenarios"]:
+            seen.add(s["type"])
+            inside = [t for t in turns if s["start"] - 1e-6 <= t["start"] < s["end"]]
+            user = [t for t in inside if t["channel"] == "user"]
+            bot = [t for t in inside if t["channel"] == "assistant"]
+            if s["type"] == "smooth":
+                assert 0.2 - 0.05 <= bot[0]["start"] - user[-1]["end"] <= 0.6 + 0.15
+            elif s["type"] == "pause":
+                gaps = [b["start"] - a["end"] for a, b in zip(user, user[1:])]
+                assert max(gaps) >= 0.5 - 0.05 and bot[-1]["start"] > user[-1]["end"]
+            elif s["type"] == "interrupt":
+                cut = [t for t in bot if t.get("interrupted")]
+                assert cut, s
+                barge = [t for t in user if t["start"] > cut[0]["start"]][0]
+                assert 0 <= cut[0]["end"] - barge["start"] <= 0.25  # stops within ~200 ms of the barge-in
+                assert bot[-1]["start"] > barge["end"]  # and answers the new turn
+            elif s["type"] == "backchannel":
+                assert bot[0]["text"] in ("mhm", "yeah", "okay", "right", "uh huh")
+                assert user[0]["end"] <= bot[0]["start"] and bot[0]["end"] <= user[1]["start"] + 0.5
+            elif s["type"] == "silence":
+                assert not inside
+    assert seen == {"smooth", "pause", "interrupt", "backchannel", "silence"}
+
+
+def test_heldout_split_and_voices(corpus):
+    out, rows = corpus
+    splits = {r["id"]: r["split"] for r in rows}
+    assert [i for i, r in enumerate(rows) if r["split"] == "heldout"] == [0, 4, 8]
+    train_users = set()
+    for row in rows:
+        _, _, meta = _load(out, row)
+        user_base = meta["voices"]["user"]["name"].split("+")[0]
+        if splits[row["id"]] == "heldout":
+            assert user_base == "en-gb-x-gbcwmd"
+        else:
+            train_users.add(user_base)
+        assert (out / row["wav"]).parent.name == row["split"]
+    assert "en-gb-x-gbcwmd" not in train_users
+
+
+def test_shares_are_respected(synth):
+    only = SynthOptions(shares={"interrupt": 1.0}, min_seconds=10, max_seconds=12)
+    _, meta = make_conversation(1, 0, only, synth)
+    assert {s["type"] for s in meta["scenarios"]} == {"interrupt"}
+    opts = SynthOptions(shares={"smooth": 3, "silence": 1}, min_seconds=30, max_seconds=30)
+    kinds = [s["type"] for i in range(12) for s in make_conversation(i, 1, opts, synth)[1]["scenarios"]]
+    assert set(kinds) == {"smooth", "silence"} and 0.55 < kinds.count("smooth") / len(kinds) < 0.92
+    with pytest.raises(ValueError, match="unknown scenario"):
+        SynthOptions(shares={"monologue": 1}).validate()
+
+
+def test_deterministic(synth):
+    a_audio, a_meta = make_conversation(5, 11, SynthOptions(noise=True), synth)
+    b_audio, b_meta = make_conversation(5, 11, SynthOptions(noise=True), synth)
+    c_audio, _ = make_conversation(5, 12, SynthOptions(noise=True), synth)
+    assert np.array_equal(a_audio, b_audio) and a_meta == b_meta
+    assert a_audio.shape != c_audio.shape or not np.array_equal(a_audio, c_audio)
+
+
+def test_answers_depend_on_the_question(synth):
+    _, meta = make_conversation(2, 0, SynthOptions(shares={"smooth": 1}, min_seconds=25, max_seconds=25), synth)
+    turns = meta["turns"]
+    for q, a in zip(turns[::2], turns[1::2]):
+        if q["text"].startswith("what is") and ("plus" in q["text"] or "times" in q["text"]):
+            assert q["text"].split("what is ")[1] in a["text"]
+
+
+def test_cli_with_workers(tmp_path, capsys):
+    assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "4", "--workers", "2",
+                 "--min-seconds", "5", "--max-seconds", "6", "--seed", "9"]) == 0
+    assert "4 conversations (1 held out)" in capsys.readouterr().err
+    assert len(list((tmp_path / "c" / "train").glob("*.wav"))) == 3
+    assert main(["data", "synth", str(tmp_path / "d"), "--shares", "smooth=x"]) == 2
