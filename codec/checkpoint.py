@@ -103,11 +103,12 @@ def _listing(title: str, items: list, limit: int = 25) -> str:
 
 
 def check_and_load(model: nn.Module, tensors: Mapping[str, torch.Tensor], what: str, source: str = "",
-                   dtype: Optional[torch.dtype] = None) -> None:
+                   dtype: Optional[torch.dtype] = None, assign: bool = True) -> None:
     """Strictly load canonical-form ``tensors`` into ``model`` (which may live on the meta device).
 
     Floating tensors are cast to ``dtype`` (default: the dtype of the parameter they replace) and assigned, so a
-    model built on the meta device never holds two copies of its weights.
+    model built on the meta device never holds two copies of its weights. ``assign=False`` copies into the
+    existing tensors instead (an optimizer holding them keeps working: resuming training).
     """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -130,4 +131,4 @@ def check_and_load(model: nn.Module, tensors: Mapping[str, torch.Tensor], what: 
     for key, value in tensors.items():
         target = dtype if dtype is not None else expected[key].dtype
         cast[key] = value.to(target) if value.is_floating_point() and expected[key].is_floating_point() else value
-    model.load_state_dict(cast, strict=True, assign=True)
+    model.load_state_dict(cast, strict=True, assign=assign)

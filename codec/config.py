@@ -171,6 +171,18 @@ class MimiConfig:
         return cfg
 
     @classmethod
+    def small(cls) -> "MimiConfig":
+        """A small configuration of the same modules for codecs trained by duplex itself: the official rates,
+        frame and 2048-entry codebooks (so it pairs with Moshi-vocabulary LMs), narrower everywhere else."""
+        cfg = cls(seanet=SEANetConfig(n_filters=16, dimension=256),
+                  quantizer=QuantizerConfig(dimension=64, n_q=8, bins=2048, input_dimension=256,
+                                            output_dimension=256),
+                  transformer=TransformerConfig(d_model=256, num_heads=4, num_layers=2, dim_feedforward=1024,
+                                                input_dimension=256, output_dimensions=[256]))
+        cfg.validate()
+        return cfg
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MimiConfig":
         top = _strict_fields(cls, data, "mimi config")
         for key in ("seanet", "quantizer", "transformer"):

@@ -1,0 +1,96 @@
+"""Reconstruction quality of a codec: mel distance, SI-SNR, STOI (pystoi) and codebook usage (perplexity)."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def si_snr(estimate: np.ndarray, reference: np.ndarray, eps: float = 1e-8) -> float:
+    """Scale-invariant signal-to-noise ratio in dB."""
+    reference = reference - reference.mean()
+    estimate = estimate - estimate.mean()
+    target = (np.dot(estimate, reference) / (np.dot(reference, reference) + eps)) * reference
+    noise = estimate - target
+    return float(10 * np.log10((np.dot(target, target) + eps) / (np.dot(noise, noise) + eps)))
+
+
+def mel_distance(estimate: np.ndarray, reference: np.ndarray, sample_rate: int = 24000) -> float:
+    """Mean absolute difference of log-mel spectrograms (80 mels, 1024-point FFT, hop 256)."""
+    import torchaudio
+
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=256, n_mels=80, power=1.0)
+    a = torch.log(mel(torch.from_numpy(estimate).float()) + 1e-5)
+    b = torch.log(mel(torch.from_numpy(reference).float()) + 1e-5)
+    return float((a - b).abs().mean())
+
+
+def stoi(estimate: np.ndarray, reference: np.ndarray, sample_rate: int = 24000) -> float:
+    from pystoi import stoi as _stoi
+
+    return float(_stoi(reference, estimate, sample_rate, extended=False))
+
+
+def perplexity(codes: torch.Tensor, bins: int) -> List[float]:
+    """exp(entropy) of each codebook's code distribution; codes [K, N]."""
+    out = []
+    for row in codes:
+        p = torch.bincount(row, minlength=bins).double()
+        p = p / p.sum()
+        nz = p[p > 0]
+        out.append(float(torch.exp(-(nz * nz.log()).sum())))
+    return out
+
+
+@torch.no_grad()
+def evaluate(mimi, clips: Sequence[np.ndarray], num_codebooks: int = 8) -> Dict:
+    """Encode and decode each mono clip (float32, 24 kHz) offline and measure it."""
+    saved = mimi.num_codebooks
+    mimi.num_codebooks = num_codebooks
+    rows, all_codes = [], []
+    try:
+        for clip in clips:
+            pcm = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))[None, None]
+            codes = mimi.encode(pcm.to(mimi.device))
+            recon = mimi.decode(codes)[0, 0, : pcm.shape[-1]].cpu().numpy()
+            all_codes.append(codes[0].cpu())
+            rows.append({"mel_distance": mel_distance(recon, clip, mimi.sample_rate), "si_snr": si_snr(recon, clip),
+                         "stoi": stoi(recon, clip, mimi.sample_rate)})
+    finally:
+        mimi.num_codebooks = saved
+    codes = torch.cat(all_codes, dim=-1)
+    ppl = perplexity(codes, mimi.cardinality)
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    bitrate = num_codebooks * math.log2(mimi.cardinality) * mimi.frame_rate
+    return {"num_codebooks": num_codebooks, "kbps": bitrate / 1000, "clips": len(rows), **mean,
+            "perplexity": ppl, "perplexity_fraction": [p / mimi.cardinality for p in ppl],
+            "min_perplexity_fraction": min(p / mimi.cardinality for p in ppl), "per_clip": rows}
+
+
+def plot_spectrograms(mimi, clip: np.ndarray, path: str, num_codebooks: int = 8, seconds: float = 6.0) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clip = np.ascontiguousarray(clip[: int(seconds * mimi.sample_rate)], dtype=np.float32)
+    saved = mimi.num_codebooks
+    mimi.num_codebooks = num_codebooks
+    try:
+        with torch.no_grad():
+            pcm = torch.from_numpy(clip)[None, None].to(mimi.device)
+            recon = mimi.decode(mimi.encode(pcm))[0, 0, : len(clip)].cpu().numpy()
+    finally:
+        mimi.num_codebooks = saved
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+    for ax, signal, title in ((axes[0], clip, "original"), (axes[1], recon, f"reconstruction, {num_codebooks} codebooks")):
+        ax.specgram(signal, NFFT=512, Fs=mimi.sample_rate, noverlap=384, cmap="magma")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("Hz")
+    axes[1].set_xlabel("s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,207 @@
+"""Training a Mimi-architecture codec: a differentiable forward, losses, EMA codebooks, resumable checkpoints.
+
+The forward runs the same modules as inference (offline paths, causal throughout, so a trained model streams).
+The split residual quantizer is trained the way Mimi's codebooks are stored: straight-through gradients to the
+encoder, a commitment loss pulling encoder outputs towards their codes, and codebooks that are not learnt by
+gradient but as exponential moving averages (``cluster_usage``, ``embedding_sum``), with dead codes replaced by
+recent encoder outputs. Quantizer dropout trains every prefix of 1..max codebooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .model import Mimi
+from .quantizer import Codebook, ResidualVectorQuantizer
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 3e-4
+    betas: Tuple[float, float] = (0.8, 0.99)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    # Codes whose EMA usage falls below this are re-seeded. With 2048 bins and a few hundred vectors per step the
+    # expected usage of a code is ~0.1, so the threshold is low: a code unused for ~300 steps is dead.
+    dead_code_threshold: float = 0.01
+    commitment_weight: float = 1.0
+    mel_weight: float = 1.0
+    waveform_weight: float = 0.1
+    mel_scales: List[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    min_codebooks: int = 1
+    max_codebooks: int = 8
+
+
+# --------------------------------------------------------------------------------------------- quantizer
+@torch.no_grad()
+def _ema_update(codebook: Codebook, inputs: torch.Tensor, codes: torch.Tensor, decay: float,
+                dead_threshold: float, generator: torch.Generator) -> None:
+    """EMA of usage counts and vector sums, then dead codes re-seeded with random current inputs."""
+    bins = codebook.cluster_usage.shape[0]
+    if not bool(codebook._initialized.item()) and inputs.shape[0]:
+        # First batch: start from random encoder outputs rather than all-zero centroids.
+        pick = torch.randint(0, inputs.shape[0], (bins,), generator=generator, device=inputs.device)
+        codebook.embedding_sum.copy_(inputs[pick])
+        codebook.cluster_usage.fill_(1.0)
+        codebook._initialized.fill_(1.0)
+        codebook.refresh()
+        return
+    counts = torch.bincount(codes, minlength=bins).to(inputs.dtype)
+    sums = torch.zeros_like(codebook.embedding_sum).index_add_(0, codes, inputs)
+    codebook.cluster_usage.mul_(decay).add_(counts, alpha=1 - decay)
+    codebook.embedding_sum.mul_(decay).add_(sums, alpha=1 - decay)
+    dead = codebook.cluster_usage < dead_threshold
+    n_dead = int(dead.sum())
+    if n_dead and inputs.shape[0]:
+        pick = torch.randint(0, inputs.shape[0], (n_dead,), generator=generator, device=inputs.device)
+        codebook.embedding_sum[dead] = inputs[pick] * (2 * dead_threshold)
+        codebook.cluster_usage[dead] = 2 * dead_threshold
+    codebook._initialized.fill_(1.0)
+    codebook.refresh()
+
+
+def _quantize_train(rvq: ResidualVectorQuantizer, latent: torch.Tensor, n_q: int, cfg: TrainConfig,
+                    generator: torch.Generator, update: bool):
+    """Straight-through residual quantization of [B, C, T] with ``n_q`` codebooks.
+    Returns (projected-back output [B, C, T], commitment loss, codes [B, n_q, T])."""
+    b, _, t = latent.shape
+    x = F.conv1d(latent, rvq.input_proj.weight).transpose(1, 2).reshape(b * t, -1)
+    residual, quantized, commit, codes = x, torch.zeros_like(x), x.new_zeros(()), []
+    for codebook in rvq.codebooks[:n_q]:
+        with torch.no_grad():
+            c = codebook.encode(residual.detach())
+            q = codebook.decode(c)
+        commit = commit + F.mse_loss(residual, q)
+        if update:
+            _ema_update(codebook, residual.detach(), c, cfg.ema_decay, cfg.dead_code_threshold, generator)
+        quantized = quantized + q
+        residual = residual - q
+        codes.append(c.view(b, t))
+    # Straight-through: the forward value is the sum of code vectors, the gradient reaches x unchanged.
+    quantized = x + (quantized - x).detach()
+    out = F.conv1d(quantized.view(b, t, -1).transpose(1, 2), rvq.output_proj.weight)
+    return out, commit / max(n_q, 1), torch.stack(codes, dim=1)
+
+
+def forward_train(mimi: Mimi, pcm: torch.Tensor, n_q: int, cfg: TrainConfig, generator: torch.Generator,
+                  update_codebooks: bool = True):
+    """pcm [B, 1, T] (T a multiple of the frame) -> (reconstruction [B, 1, T], commitment loss, codes)."""
+    x = mimi.encoder_transformer(mimi.encoder(pcm))
+    if mimi.downsample is not None:
+        x = mimi.downsample.conv(x)
+    q = mimi.quantizer
+    semantic, commit_s, codes_s = _quantize_train(q.rvq_first, x, 1, cfg, generator, update_codebooks)
+    out, commit, codes = semantic, commit_s, codes_s
+    if n_q > 1:
+        acoustic, commit_a, codes_a = _quantize_train(q.rvq_rest, x, n_q - 1, cfg, generator, update_codebooks)
+        out, commit, codes = semantic + acoustic, commit_s + commit_a, torch.cat([codes_s, codes_a], dim=1)
+    if mimi.upsample is not None:
+        out = mimi.upsample.convtr(out)
+    return mimi.decoder(mimi.decoder_transformer(out)), commit, codes
+
+
+# -------------------------------------------------------------------------------------------------- losses
+class MultiScaleMelLoss(torch.nn.Module):
+    """Mean L1 distance of log-mel spectrograms at several resolutions."""
+
+    def __init__(self, sample_rate: int, scales: List[int], n_mels: int = 64):
+        super().__init__()
+        import torchaudio
+
+        self.transforms = torch.nn.ModuleList([
+            torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n, hop_length=n // 4, n_mels=min(n_mels, n // 8),
+                                                 power=1.0, center=True) for n in scales])
+
+    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = estimate.new_zeros(())
+        for mel in self.transforms:
+            loss = loss + F.l1_loss(torch.log(mel(estimate) + 1e-5), torch.log(mel(target) + 1e-5))
+        return loss / len(self.transforms)
+
+
+# ------------------------------------------------------------------------------------------------- trainer
+class CodecTrainer:
+    """One optimiser step per batch; checkpoints hold everything needed to continue exactly."""
+
+    def __init__(self, mimi: Mimi, cfg: Optional[TrainConfig] = None, seed: int = 0):
+        self.mimi = mimi.train()
+        self.cfg = cfg or TrainConfig()
+        self.mel = MultiScaleMelLoss(mimi.sample_rate, self.cfg.mel_scales).to(mimi.device)
+        self.optimizer = torch.optim.AdamW([p for p in mimi.parameters() if p.requires_grad],
+                                           lr=self.cfg.learning_rate, betas=self.cfg.betas,
+                                           weight_decay=self.cfg.weight_decay)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step = 0
+
+    def train_step(self, pcm: torch.Tensor) -> Dict[str, float]:
+        cfg = self.cfg
+        low, high = cfg.min_codebooks, min(cfg.max_codebooks, self.mimi.total_codebooks)
+        n_q = int(torch.randint(low, high + 1, (1,), generator=self.generator))  # quantizer dropout
+        estimate, commit, _ = forward_train(self.mimi, pcm, n_q, cfg, self.generator)
+        mel = self.mel(estimate, pcm)
+        wave = F.l1_loss(estimate, pcm)
+        loss = cfg.mel_weight * mel + cfg.waveform_weight * wave + cfg.commitment_weight * commit
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.mimi.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return {"loss": loss.item(), "mel": mel.item(), "waveform": wave.item(), "commitment": commit.item(),
+                "codebooks": n_q, "grad_norm": float(norm)}
+
+    @torch.no_grad()
+    def evaluate(self, pcm: torch.Tensor, n_q: int = 8) -> Dict[str, float]:
+        self.mimi.eval()
+        try:
+            estimate, commit, _ = forward_train(self.mimi, pcm, n_q, self.cfg, self.generator,
+                                                update_codebooks=False)
+            return {"mel": float(self.mel(estimate, pcm)), "waveform": float(F.l1_loss(estimate, pcm)),
+                    "commitment": float(commit)}
+        finally:
+            self.mimi.train()
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save(self, folder: str, extra: Optional[dict] = None) -> None:
+        """``codec.safetensors`` (official key layout; loads with Mimi.from_checkpoint), ``config.json``,
+        ``trainer.pt`` (optimizer, step, random state) in ``folder``."""
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.mimi.state_dict().items()}
+        save_file(state, os.path.join(folder, "codec.safetensors.tmp"))
+        os.replace(os.path.join(folder, "codec.safetensors.tmp"), os.path.join(folder, "codec.safetensors"))
+        with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(official_layout(self.mimi), f, indent=1)
+        torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step,
+                    "generator": self.generator.get_state(), "train_config": asdict(self.cfg),
+                    "extra": extra or {}}, os.path.join(folder, "trainer.pt"))
+
+    def load(self, folder: str) -> dict:
+        from .checkpoint import check_and_load, read_tensors
+
+        check_and_load(self.mimi, read_tensors(os.path.join(folder, "codec.safetensors")), "Mimi", source=folder,
+                       assign=False)
+        self.mimi._rebuild_derived()
+        state = torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.generator.set_state(state["generator"])
+        return state.get("extra", {})
+
+
+def official_layout(mimi: Mimi) -> dict:
+    """The model's config in the official JSON layout (what Mimi.from_checkpoint(config=...) reads)."""
+    data = mimi.config.to_dict()
+    data["seanet"].pop("activation_params", None)
+    data["seanet"].pop("lstm", None)
+    data["quantizer"].pop("n_q_semantic", None)
+    for key in ("bias_ff", "bias_attn"):
+        data["transformer"].pop(key, None)
+    return data

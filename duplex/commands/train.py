@@ -1,0 +1,81 @@
+"""``duplex train codec``: train a Mimi-architecture codec on the synthetic corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+from ..errors import UsageError
+from .codec import pick_device
+
+
+def _codec_config(name: str):
+    from codec import MimiConfig
+
+    if name == "small":
+        return MimiConfig.small()
+    if name == "official":
+        return MimiConfig.official()
+    return MimiConfig.load(name)
+
+
+def run_train_codec(args) -> int:
+    from codec import Mimi
+    from codec.training import CodecTrainer, TrainConfig
+
+    from ..data.dataset import CorpusAudio
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    frame = 1920
+    samples = max(1, round(args.segment_seconds * 24000 / frame)) * frame
+    try:
+        train = CorpusAudio(args.data, "train")
+        heldout = CorpusAudio(args.data, "heldout") if args.eval_every else None
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    resume = args.resume and os.path.exists(os.path.join(args.out, "trainer.pt"))
+    config = _codec_config(args.config) if not resume else _codec_config(os.path.join(args.out, "config.json"))
+    torch.manual_seed(args.seed)
+    mimi = Mimi(config, num_codebooks=min(8, config.quantizer.n_q)).to(device)
+    mimi._rebuild_derived()
+    cfg = TrainConfig(learning_rate=args.lr, max_codebooks=min(args.max_codebooks, config.quantizer.n_q))
+    trainer = CodecTrainer(mimi, cfg, seed=args.seed)
+    if resume:
+        trainer.load(args.out)
+        print(f"resumed {args.out} at step {trainer.step}", file=sys.stderr)
+    eval_batch = heldout.batch(8, samples, torch.Generator().manual_seed(1234)).to(device) if heldout else None
+    log_path = os.path.join(args.out, "log.jsonl")
+    os.makedirs(args.out, exist_ok=True)
+    print(f"training on {train.seconds / 3600:.2f} h ({len(train.clips)} channels), "
+          f"{sum(p.numel() for p in mimi.parameters()) / 1e6:.2f} M parameters, {device}", file=sys.stderr)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, initial=trainer.step, unit="step")
+    start = time.time()
+    with open(log_path, "a", encoding="utf-8") as log:
+        while trainer.step < args.steps:
+            batch = train.batch(args.batch_size, samples, trainer.generator).to(device)
+            record = {"step": trainer.step + 1, **trainer.train_step(batch)}
+            if eval_batch is not None and trainer.step % args.eval_every == 0:
+                record["heldout"] = trainer.evaluate(eval_batch, n_q=min(8, config.quantizer.n_q))
+            log.write(json.dumps(record) + "\n")
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", mel=f"{record['mel']:.3f}")
+            elif trainer.step % 50 == 0 or trainer.step == args.steps:
+                print(f"step {trainer.step}: loss {record['loss']:.4f} mel {record['mel']:.4f}", file=sys.stderr)
+            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+                trainer.save(args.out)
+    if bar:
+        bar.close()
+    print(f"{args.steps} steps in {time.time() - start:.0f} s -> {args.out}/codec.safetensors "
+          f"(config {args.out}/config.json)", file=sys.stderr)
+    return 0

@@ -1,0 +1,50 @@
+"""Reading the synthetic corpus for training: random crops of single channels, in memory as 16-bit samples."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List
+
+import numpy as np
+import torch
+
+
+class CorpusAudio:
+    """Every channel of every conversation of one split, as mono clips to crop training segments from."""
+
+    def __init__(self, corpus_dir: str, split: str = "train"):
+        import soundfile as sf
+
+        manifest = os.path.join(corpus_dir, "manifest.jsonl")
+        if not os.path.exists(manifest):
+            raise FileNotFoundError(f"{corpus_dir} has no manifest.jsonl; make a corpus with 'duplex data synth'")
+        with open(manifest, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        self.clips: List[np.ndarray] = []
+        for row in rows:
+            if row["split"] != split:
+                continue
+            audio, rate = sf.read(os.path.join(corpus_dir, row["wav"]), dtype="int16", always_2d=True)
+            if rate != 24000:
+                raise ValueError(f"{row['wav']}: expected 24 kHz audio, got {rate} Hz")
+            self.clips.extend(np.ascontiguousarray(audio[:, c]) for c in range(audio.shape[1]))
+        if not self.clips:
+            raise ValueError(f"{corpus_dir} has no '{split}' conversations")
+        self.lengths = np.array([len(c) for c in self.clips], dtype=np.float64)
+
+    @property
+    def seconds(self) -> float:
+        return float(self.lengths.sum()) / 24000
+
+    def batch(self, batch_size: int, samples: int, generator: torch.Generator) -> torch.Tensor:
+        """float32 [batch_size, 1, samples]: crops drawn with ``generator`` (so a resumed run draws the same)."""
+        weights = torch.from_numpy(np.maximum(self.lengths - samples, 1.0))
+        picks = torch.multinomial(weights, batch_size, replacement=True, generator=generator).tolist()
+        out = torch.zeros(batch_size, 1, samples)
+        for row, clip_index in enumerate(picks):
+            clip = self.clips[clip_index]
+            start = int(torch.randint(0, max(1, len(clip) - samples), (1,), generator=generator))
+            piece = torch.from_numpy(clip[start:start + samples].astype(np.float32) / 32768.0)
+            out[row, 0, :len(piece)] = piece
+        return out

@@ -1,0 +1,155 @@
+"""Codec training: losses go down, EMA codebooks, exact resume, trained checkpoints load and stream."""
+
+import json
+
+import pytest
+import torch
+
+from codec import Mimi
+from codec.quantizer import Codebook
+from codec.training import CodecTrainer, TrainConfig, _ema_update
+from conftest import MIMI_SMALL_CONFIG
+
+
+def tiny_codec(seed=0):
+    torch.manual_seed(seed)
+    mimi = Mimi(str(MIMI_SMALL_CONFIG))
+    mimi._rebuild_derived()
+    return mimi
+
+
+def tones(generator, batch=4, samples=3 * 1920):
+    t = torch.arange(samples) / 24000
+    f0 = 120 + 300 * torch.rand(batch, 1, 1, generator=generator)
+    amp = 0.1 + 0.3 * torch.rand(batch, 1, 1, generator=generator)
+    return (amp * torch.sin(2 * torch.pi * f0 * t)).float()
+
+
+def cfg(**kw):
+    base = dict(learning_rate=2e-3, min_codebooks=4, max_codebooks=4, mel_scales=[256, 512])
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_a_few_steps_decrease_the_loss():
+    trainer = CodecTrainer(tiny_codec(), cfg(), seed=0)
+    data = torch.Generator().manual_seed(0)
+    fixed = tones(torch.Generator().manual_seed(99))
+    before = trainer.evaluate(fixed, n_q=4)["mel"]
+    losses = [trainer.train_step(tones(data))["loss"] for _ in range(25)]
+    after = trainer.evaluate(fixed, n_q=4)["mel"]
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert after < before
+
+
+def test_ema_codebook_update_and_dead_code_replacement():
+    book = Codebook(dim=2, bins=4)
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    _ema_update(book, inputs, torch.tensor([0, 0, 1]), 0.5, 0.01, g)  # first call: initialised from inputs
+    assert float(book._initialized) == 1.0 and torch.equal(book.cluster_usage, torch.ones(4))
+    book.embedding_sum.copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0], [5.0, 5.0], [3.0, 3.0]]))
+    book.cluster_usage.copy_(torch.tensor([1.0, 1.0, 1.0, 0.015]))
+    _ema_update(book, inputs, torch.tensor([0, 0, 1]), 0.5, 0.01, g)
+    assert torch.allclose(book.cluster_usage[:3], torch.tensor([0.5 + 1.0, 0.5 + 0.5, 0.5]))
+    assert torch.allclose(book.embedding_sum[0], torch.tensor([0.5 + 1.0, 0.5 + 0.0]))  # 0.5*[1,1] + 0.5*[2,0]
+    # code 3 fell below the threshold (0.0075 < 0.01): re-seeded with one of the inputs
+    assert float(book.cluster_usage[3]) == pytest.approx(0.02)
+    assert any(torch.allclose(book.centroids[3], x) for x in inputs)
+    assert torch.allclose(book.centroids, book.embedding_sum / book.cluster_usage[:, None])
+
+
+def test_resume_is_exact(tmp_path):
+    def batches(g):
+        return [tones(g) for _ in range(6)]
+
+    straight = CodecTrainer(tiny_codec(), cfg(min_codebooks=1, max_codebooks=8), seed=5)
+    data = batches(torch.Generator().manual_seed(1))
+    losses = [straight.train_step(b)["loss"] for b in data]
+
+    first = CodecTrainer(tiny_codec(), cfg(min_codebooks=1, max_codebooks=8), seed=5)
+    head = [first.train_step(b)["loss"] for b in data[:3]]
+    first.save(str(tmp_path / "run"))
+    second = CodecTrainer(tiny_codec(seed=123), cfg(min_codebooks=1, max_codebooks=8), seed=0)
+    second.load(str(tmp_path / "run"))
+    assert second.step == 3
+    tail = [second.train_step(b)["loss"] for b in data[3:]]
+    assert head + tail == losses
+
+
+def test_trained_checkpoint_loads_and_streams(tmp_path):
+    trainer = CodecTrainer(tiny_codec(), cfg(), seed=0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        trainer.train_step(tones(g))
+    trainer.save(str(tmp_path / "run"))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert set(config) == {"sample_rate", "channels", "frame_rate", "seanet", "quantizer", "transformer"}
+    mimi = Mimi.from_checkpoint(tmp_path / "run" / "codec.safetensors", config=str(tmp_path / "run" / "config.json"))
+    pcm = tones(torch.Generator().manual_seed(3), batch=2, samples=10 * 1920)
+    codes = mimi.encode(pcm)
+    stream = mimi.stream(2)
+    assert torch.equal(torch.cat([stream.encode(f) for f in pcm.split(1920, -1)], -1), codes)
+    torch.testing.assert_close(torch.cat([stream.decode(c) for c in codes.split(1, -1)], -1), mimi.decode(codes),
+                               atol=1e-5, rtol=0)
+
+
+def test_train_codec_cli(tmp_path, capsys):
+    pytest.importorskip("duplex.data.espeak")
+    from duplex.cli import main
+    from duplex.data.espeak import EspeakError, Synthesizer
+
+    try:
+        Synthesizer()
+    except EspeakError:
+        pytest.skip("needs espeak-ng")
+    corpus, run = tmp_path / "corpus", tmp_path / "run"
+    assert main(["data", "synth", str(corpus), "--conversations", "3", "--heldout-every", "3",
+                 "--min-seconds", "4", "--max-seconds", "5", "--workers", "1"]) == 0
+    args = ["train", "codec", "--data", str(corpus), "--out", str(run), "--config", str(MIMI_SMALL_CONFIG),
+            "--steps", "4", "--batch-size", "2", "--segment-seconds", "0.5", "--eval-every", "2", "--save-every", "2",
+            "--device", "cpu"]
+    assert main(args) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and "heldout" in log[1]
+    assert main(args[:-8] + ["--steps", "6", "--batch-size", "2", "--segment-seconds", "0.5", "--eval-every", "2",
+                             "--save-every", "2", "--device", "cpu", "--resume"]) == 0
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-2:] == [5, 6]
+    assert (run / "codec.safetensors").exists()
+
+
+def test_quality_metrics():
+    import numpy as np
+
+    from codec.quality import perplexity, si_snr, stoi
+
+    rng = np.random.default_rng(0)
+    t = np.arange(24000 * 2) / 24000
+    clean = (np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    noisy = clean + 0.3 * rng.standard_normal(clean.shape).astype(np.float32)
+    assert si_snr(clean, clean) > 60 and si_snr(2 * clean, clean) > 60  # scale-invariant
+    assert 0 < si_snr(noisy, clean) < 20
+    assert stoi(clean, clean) > 0.99 and stoi(noisy, clean) < stoi(clean, clean)
+    uniform = torch.arange(64).repeat(10)[None]
+    assert perplexity(uniform, 64)[0] == pytest.approx(64.0)
+    assert perplexity(torch.zeros(1, 100, dtype=torch.long), 64)[0] == pytest.approx(1.0)
+
+
+def test_codec_quality_bench_cli(tmp_path, capsys):
+    from duplex.cli import main
+    from duplex.data.espeak import EspeakError, Synthesizer
+
+    try:
+        Synthesizer()
+    except EspeakError:
+        pytest.skip("needs espeak-ng")
+    trainer = CodecTrainer(tiny_codec(), cfg(), seed=0)
+    trainer.save(str(tmp_path / "run"))
+    assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "2", "--heldout-every", "2",
+                 "--min-seconds", "4", "--max-seconds", "5", "--workers", "1"]) == 0
+    out, png = tmp_path / "q.json", tmp_path / "q.png"
+    assert main(["bench", "codec-quality", "--data", str(tmp_path / "c"), "--checkpoint",
+                 str(tmp_path / "run" / "codec.safetensors"), "--json", str(out), "--plot", str(png)]) == 0
+    report = json.loads(out.read_text())
+    assert report["clips"] == 2 and len(report["perplexity"]) == 8 and 0 <= report["stoi"] <= 1
+    assert png.read_bytes()[:4] == b"\x89PNG"
