@@ -29,6 +29,17 @@ def _strict_fields(cls, data: Mapping[str, Any], where: str) -> dict:
     return dict(data)
 
 
+def read_json_config(path, error: type, what: str) -> dict:
+    """The JSON object in ``path``; missing files and bad JSON become ``error`` with a message naming them."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {path} is not valid JSON: {e}") from None
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
@@ -209,14 +220,7 @@ class MimiConfig:
             config.validate()
             return config
         if isinstance(config, (str, os.PathLike)):
-            try:
-                with open(config, "r", encoding="utf-8") as f:
-                    data = json.load(f)
-            except FileNotFoundError:
-                raise ConfigError(f"mimi config file not found: {config}") from None
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"mimi config {config} is not valid JSON: {e}") from None
-            return cls.from_dict(data)
+            return cls.from_dict(read_json_config(config, ConfigError, "mimi config"))
         return cls.from_dict(config)
 
     def to_dict(self) -> dict:

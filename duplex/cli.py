@@ -21,6 +21,14 @@ def _add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> No
                    help="run frame by frame as a live stream does (equal to offline for the first 124 frames)")
 
 
+def _add_bench_options(p: argparse.ArgumentParser, batch_sizes, what: str = "frames") -> None:
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=list(batch_sizes), metavar="B")
+    p.add_argument("--frames", type=int, default=50, help=f"timed {what} per batch size (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help=f"untimed {what} first (default 5)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm", metavar="PATH", help="Moshi LM checkpoint (default: the shipped default model)")
     p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm)")
@@ -143,11 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="JSON", help="codec config (default: official Mimi)")
     p.add_argument("--num-codebooks", type=int, default=8, metavar="N")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B")
-    p.add_argument("--frames", type=int, default=50, help="timed frames per batch size (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    _add_bench_options(p, [1, 8])
     p.set_defaults(func="duplex.commands.bench:run_bench_codec")
     p = bench_commands.add_parser("lm", help="LM generator step time per 80 ms frame (temporal + depth + sampling)")
     p.add_argument("--config", default="small",
@@ -155,29 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B")
-    p.add_argument("--frames", type=int, default=50, help="timed steps per batch size (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    _add_bench_options(p, [1, 8], what="steps")
     p.set_defaults(func="duplex.commands.bench:run_bench_lm")
     p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
     p.add_argument("--model", default="default", help="default (shipped small model) or moshi_7b (7B shapes, "
                    "random weights); or pass --lm and --mimi")
-    p.add_argument("--lm", metavar="PATH", help="Moshi LM checkpoint to time")
-    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint to time")
-    p.add_argument("--lm-config", metavar="JSON", help="config of --lm (default: Moshi 7B)")
-    p.add_argument("--mimi-config", metavar="JSON", help="config of --mimi (default: official Mimi)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8], metavar="B")
+    _add_model_options(p)
+    _add_bench_options(p, [1, 2, 4, 8])
     p.add_argument("--modes", nargs="+", default=["eager", "graphs"], choices=["eager", "graphs"],
                    help="graphs only on CUDA")
-    p.add_argument("--frames", type=int, default=50, help="timed frames per run (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.add_argument("--plot", metavar="PNG", help="draw ms/frame against batch size here")
     p.set_defaults(func="duplex.commands.bench:run_bench_latency")
     p = bench_commands.add_parser("codec-quality", help="reconstruction quality on a corpus split (JSON + PNG)")

@@ -11,10 +11,11 @@ aside in ``repo_extras``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
+
+from codec.config import read_json_config
 
 
 class LMConfigError(ValueError):
@@ -165,14 +166,7 @@ class LMConfig:
             config.validate()
             return config
         if isinstance(config, (str, os.PathLike)):
-            try:
-                with open(config, "r", encoding="utf-8") as f:
-                    data = json.load(f)
-            except FileNotFoundError:
-                raise LMConfigError(f"LM config file not found: {config}") from None
-            except json.JSONDecodeError as e:
-                raise LMConfigError(f"LM config {config} is not valid JSON: {e}") from None
-            return cls.from_dict(data)
+            return cls.from_dict(read_json_config(config, LMConfigError, "LM config"))
         return cls.from_dict(config)
 
     def to_dict(self) -> dict:
