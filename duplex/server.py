@@ -175,7 +175,7 @@ class VoiceServer:
         self.engine = engine
         self.options = options or ServerOptions()
         self.sessions: Dict[int, Session] = {}
-        self.waiting = 0
+        self.queue: List[object] = []  # connections waiting for a slot, first come first served
         self.ticks = self.misses = self.connections = self.refused = 0
         self.step_ms: collections.deque = collections.deque(maxlen=1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -260,26 +260,51 @@ class VoiceServer:
                 "per_session": {str(s.slot): dataclasses.asdict(s.stats) for s in list(self.sessions.values())}}
 
     # ------------------------------------------------------------------------------------------ sessions
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    async def _tell_queue_positions(self) -> None:
+        for position, waiting in enumerate(list(self.queue), start=1):
+            try:
+                await waiting.send(error_message(f"all {self.engine.slots} conversation slots are in use; you are "
+                                                 f"number {position} in the queue"))
+            except Exception:  # a waiting client that left is removed by its own handler
+                pass
+
     async def _open_slot(self, connection, options: SessionOptions) -> Optional[int]:
         opts = {k: v for k, v in (("temperature", options.temperature), ("top_k", options.top_k),
                                   ("text_temperature", options.text_temperature),
                                   ("text_top_k", options.text_top_k), ("seed", options.seed)) if v is not None}
-        while True:
-            try:
-                return await self._engine(self.engine.open, **opts)
-            except EngineFull:
-                if self.waiting >= self.options.max_waiting:
-                    self.refused += 1
-                    await connection.send(error_message(
-                        f"server full: all {self.engine.slots} conversation slots are in use; try again later"))
-                    await connection.close(1013, "server full")
-                    return None
-            self.waiting += 1
-            try:
+        queued = False
+        try:
+            while True:
+                if not self.queue or self.queue[0] is connection:  # first come, first served
+                    try:
+                        slot = await self._engine(self.engine.open, **opts)
+                        if queued:
+                            self.queue.remove(connection)
+                            queued = False
+                            await self._tell_queue_positions()
+                        return slot
+                    except EngineFull:
+                        pass
+                if not queued:
+                    if self.waiting >= self.options.max_waiting:
+                        self.refused += 1
+                        await connection.send(error_message(
+                            f"server full: all {self.engine.slots} conversation slots are in use; try again later"))
+                        await connection.close(1013, "server full")
+                        return None
+                    self.queue.append(connection)
+                    queued = True
+                    await self._tell_queue_positions()
                 async with self._slot_freed:
                     await self._slot_freed.wait()
-            finally:
-                self.waiting -= 1
+        finally:
+            if queued:  # the client left while waiting
+                self.queue.remove(connection)
+                await self._tell_queue_positions()
 
     async def _handle(self, connection) -> None:
         options = parse_query(connection.request.path)
@@ -305,7 +330,7 @@ class VoiceServer:
             sender.cancel()
             await self._engine(self.engine.close, slot)
             async with self._slot_freed:
-                self._slot_freed.notify()
+                self._slot_freed.notify_all()  # the first in the queue takes it
             log.info("session %d closed: %s", slot, dataclasses.asdict(session.stats))
 
     # -------------------------------------------------------------------------------------------- clock

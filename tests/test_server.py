@@ -161,18 +161,30 @@ def test_a_full_server_says_so_and_closes():
     assert serve(test, slots=1) == 1
 
 
-def test_a_waiting_client_gets_the_next_free_slot():
+def test_waiting_clients_learn_their_position_and_are_served_in_order():
     async def test(server, url):
         first = await connect(url + "/api/chat")
         await handshake(first)
         second = await connect(url + "/api/chat")
-        await asyncio.sleep(0.3)
-        assert server.waiting == 1
+        assert b"you are number 1 in the queue" in await asyncio.wait_for(second.recv(), 5)
+        third = await connect(url + "/api/chat")
+        assert b"you are number 2 in the queue" in await asyncio.wait_for(third.recv(), 5)
+        assert server.waiting == 2
         await first.close()
-        await handshake(second)  # the freed slot goes to the waiting client
-        await second.close()
+        # the freed slot goes to the first in line; the other moves up
+        while (msg := await asyncio.wait_for(second.recv(), 5)) != message(HANDSHAKE):
+            assert msg[:1] == bytes([ERROR])
+        got = []
+        while b"number 1 in the queue" not in (got[-1] if got else b""):
+            got.append(await asyncio.wait_for(third.recv(), 5))
+        fourth = await connect(url + "/api/chat")  # the queue is full (max 2 waiting: third + fourth is 2)
+        assert b"number 2 in the queue" in await asyncio.wait_for(fourth.recv(), 5)
+        fifth = await connect(url + "/api/chat")
+        assert b"server full" in await asyncio.wait_for(fifth.recv(), 5)
+        for ws in (second, third, fourth, fifth):
+            await ws.close()
 
-    serve(test, slots=1, max_waiting=1)
+    serve(test, slots=1, max_waiting=2)
 
 
 def test_query_parameters_set_the_session_sampling():
