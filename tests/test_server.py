@@ -52,6 +52,18 @@ async def handshake(ws):
     assert first == message(HANDSHAKE)
 
 
+async def count_audio(ws, wanted, timeout=10.0):
+    """Receive until ``wanted`` audio messages arrived (or ``timeout`` s passed); returns how many arrived."""
+    n, end = 0, time.perf_counter() + timeout
+    while n < wanted and time.perf_counter() < end:
+        try:
+            msg = await asyncio.wait_for(ws.recv(), max(0.01, end - time.perf_counter()))
+        except asyncio.TimeoutError:
+            break
+        n += msg[:1] == bytes([AUDIO])
+    return n
+
+
 async def collect(ws, seconds):
     """All messages received during ``seconds``."""
     got = []
@@ -121,10 +133,9 @@ def test_oversized_message_closes_only_that_connection():
                 for _ in range(100):
                     await asyncio.wait_for(big.recv(), 2)
             assert closed.value.rcvd.code == 1009  # message too big
-            got = await collect(normal, 1.0)
-            return len([m for m in got if m[:1] == bytes([AUDIO])])
+            return await count_audio(normal, 10)  # the other session keeps receiving its stream
 
-    assert serve(test, max_message_bytes=4000) >= 10
+    assert serve(test, max_message_bytes=4000) == 10
 
 
 def test_token_is_required_when_set():
@@ -323,7 +334,8 @@ def test_live_client_microphone_to_speaker():
         return await talk(url, seconds=2.6, stream_factory=FakeStream)
 
     stats = serve(test)
-    assert stats.sent >= 25 and stats.received >= 25
+    # 30 blocks of 80 ms go out; replies come back one per server tick (a few may still be in flight at the end)
+    assert stats.sent == 30 and stats.received >= 20
     assert np.abs(np.concatenate(played)).max() > 0  # replies reached the speaker
 
 
