@@ -108,6 +108,11 @@ def forward_train(mimi: Mimi, pcm: torch.Tensor, n_q: int, cfg: TrainConfig, gen
 
 
 # -------------------------------------------------------------------------------------------------- losses
+# Floor of the log-mel magnitudes (~80 dB below speech at 0.1-0.3 peak): without it, digital silence
+# (log 1e-5) makes any faint output in silent stretches dominate the loss.
+MEL_FLOOR = 1e-2
+
+
 class MultiScaleMelLoss(torch.nn.Module):
     """Mean L1 distance of log-mel spectrograms at several resolutions."""
 
@@ -122,7 +127,7 @@ class MultiScaleMelLoss(torch.nn.Module):
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = estimate.new_zeros(())
         for mel in self.transforms:
-            loss = loss + F.l1_loss(torch.log(mel(estimate) + 1e-5), torch.log(mel(target) + 1e-5))
+            loss = loss + F.l1_loss(torch.log(mel(estimate) + MEL_FLOOR), torch.log(mel(target) + MEL_FLOOR))
         return loss / len(self.transforms)
 
 
