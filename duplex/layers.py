@@ -23,6 +23,9 @@ class RMSNorm(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.alpha.dtype == torch.float32:
+            # Same arithmetic in fewer dispatches (it runs ~33 times per generated frame).
+            return x * (self.alpha * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True).add_(self.eps)))
         x32 = x.float()
         var = self.eps + torch.mean(x32.pow(2), dim=-1, keepdim=True)
         return (x32 * (self.alpha.float() * torch.rsqrt(var))).to(x.dtype)
