@@ -37,6 +37,10 @@ class TrainConfig:
     mel_scales: List[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     min_codebooks: int = 1
     max_codebooks: int = 8
+    # The first steps train a plain autoencoder (the projected latent passes the quantizer unquantized): codebooks
+    # initialised from an uninformative random encoder collapse (the decoder learns to ignore its input, so the
+    # encoder gets no signal). After the warm-up the codebooks start from the then informative latents.
+    warmup_unquantized_steps: int = 300
 
 
 # --------------------------------------------------------------------------------------------- quantizer
@@ -68,11 +72,14 @@ def _ema_update(codebook: Codebook, inputs: torch.Tensor, codes: torch.Tensor, d
 
 
 def _quantize_train(rvq: ResidualVectorQuantizer, latent: torch.Tensor, n_q: int, cfg: TrainConfig,
-                    generator: torch.Generator, update: bool):
-    """Straight-through residual quantization of [B, C, T] with ``n_q`` codebooks.
+                    generator: torch.Generator, update: bool, bypass: bool = False):
+    """Straight-through residual quantization of [B, C, T] with ``n_q`` codebooks (``bypass``: unquantized).
     Returns (projected-back output [B, C, T], commitment loss, codes [B, n_q, T])."""
     b, _, t = latent.shape
     x = F.conv1d(latent, rvq.input_proj.weight).transpose(1, 2).reshape(b * t, -1)
+    if bypass:
+        out = F.conv1d(x.view(b, t, -1).transpose(1, 2), rvq.output_proj.weight)
+        return out, x.new_zeros(()), torch.zeros(b, n_q, t, dtype=torch.long, device=x.device)
     residual, quantized, commit, codes = x, torch.zeros_like(x), x.new_zeros(()), []
     for codebook in rvq.codebooks[:n_q]:
         with torch.no_grad():
@@ -91,16 +98,17 @@ def _quantize_train(rvq: ResidualVectorQuantizer, latent: torch.Tensor, n_q: int
 
 
 def forward_train(mimi: Mimi, pcm: torch.Tensor, n_q: int, cfg: TrainConfig, generator: torch.Generator,
-                  update_codebooks: bool = True):
+                  update_codebooks: bool = True, bypass: bool = False):
     """pcm [B, 1, T] (T a multiple of the frame) -> (reconstruction [B, 1, T], commitment loss, codes)."""
     x = mimi.encoder_transformer(mimi.encoder(pcm))
     if mimi.downsample is not None:
         x = mimi.downsample.conv(x)
     q = mimi.quantizer
-    semantic, commit_s, codes_s = _quantize_train(q.rvq_first, x, 1, cfg, generator, update_codebooks)
+    semantic, commit_s, codes_s = _quantize_train(q.rvq_first, x, 1, cfg, generator, update_codebooks, bypass)
     out, commit, codes = semantic, commit_s, codes_s
     if n_q > 1:
-        acoustic, commit_a, codes_a = _quantize_train(q.rvq_rest, x, n_q - 1, cfg, generator, update_codebooks)
+        acoustic, commit_a, codes_a = _quantize_train(q.rvq_rest, x, n_q - 1, cfg, generator, update_codebooks,
+                                                      bypass)
         out, commit, codes = semantic + acoustic, commit_s + commit_a, torch.cat([codes_s, codes_a], dim=1)
     if mimi.upsample is not None:
         out = mimi.upsample.convtr(out)
@@ -149,7 +157,9 @@ class CodecTrainer:
         cfg = self.cfg
         low, high = cfg.min_codebooks, min(cfg.max_codebooks, self.mimi.total_codebooks)
         n_q = int(torch.randint(low, high + 1, (1,), generator=self.generator))  # quantizer dropout
-        estimate, commit, _ = forward_train(self.mimi, pcm, n_q, cfg, self.generator)
+        warming_up = self.step < cfg.warmup_unquantized_steps
+        estimate, commit, _ = forward_train(self.mimi, pcm, high if warming_up else n_q, cfg, self.generator,
+                                            bypass=warming_up)
         mel = self.mel(estimate, pcm)
         wave = F.l1_loss(estimate, pcm)
         loss = cfg.mel_weight * mel + cfg.waveform_weight * wave + cfg.commitment_weight * commit
@@ -159,7 +169,7 @@ class CodecTrainer:
         self.optimizer.step()
         self.step += 1
         return {"loss": loss.item(), "mel": mel.item(), "waveform": wave.item(), "commitment": commit.item(),
-                "codebooks": n_q, "grad_norm": float(norm)}
+                "codebooks": 0 if warming_up else n_q, "grad_norm": float(norm)}
 
     @torch.no_grad()
     def evaluate(self, pcm: torch.Tensor, n_q: int = 8) -> Dict[str, float]:

@@ -26,7 +26,7 @@ def tones(generator, batch=4, samples=3 * 1920):
 
 
 def cfg(**kw):
-    base = dict(learning_rate=2e-3, min_codebooks=4, max_codebooks=4, mel_scales=[256, 512])
+    base = dict(learning_rate=2e-3, min_codebooks=4, max_codebooks=4, mel_scales=[256, 512], warmup_unquantized_steps=0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -153,3 +153,14 @@ def test_codec_quality_bench_cli(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["clips"] == 2 and len(report["perplexity"]) == 8 and 0 <= report["stoi"] <= 1
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unquantized_warmup_leaves_the_codebooks_alone():
+    trainer = CodecTrainer(tiny_codec(), cfg(warmup_unquantized_steps=2), seed=0)
+    g = torch.Generator().manual_seed(0)
+    books = trainer.mimi.quantizer.rvq_first.codebooks + trainer.mimi.quantizer.rvq_rest.codebooks
+    for _ in range(2):
+        assert trainer.train_step(tones(g))["codebooks"] == 0
+    assert all(float(b._initialized) == 0 for b in books)
+    assert trainer.train_step(tones(g))["codebooks"] == 4  # quantized from here on; codebooks start now
+    assert all(float(b._initialized) == 1 for b in books[:4])
