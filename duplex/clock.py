@@ -7,6 +7,7 @@ stall never turns into a burst of catch-up steps.
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional
@@ -17,7 +18,7 @@ class ClockStats:
     ticks: int = 0
     misses: int = 0
     max_late_ms: float = 0.0
-    work_ms: List[float] = field(default_factory=list)
+    work_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))  # latest ticks
 
 
 class FrameClock:
@@ -53,7 +54,9 @@ class FrameClock:
             self.stats.max_late_ms = max(self.stats.max_late_ms, (end - deadline) * 1e3)
             self._next = end  # re-anchor: no catch-up burst
         else:
-            self._next = deadline
+            # The schedule advances by exactly one period from the previous tick's due time, so wake-up
+            # overshoots do not accumulate into a clock that runs slow.
+            self._next = (self._next if self._next is not None else self._tick_start) + self.period
 
 
 def run_engine(engine, source: Callable[[int], Mapping[int, object]],

@@ -63,7 +63,7 @@ def _number(values: Dict[str, list], name: str, cast, low, high):
         return None
     try:
         value = cast(float(raw)) if cast is int else cast(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "abc", "inf" -> int, "1e400"
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return None

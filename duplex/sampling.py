@@ -43,7 +43,9 @@ def uniform_noise(key: torch.Tensor, draw: int, n: int) -> torch.Tensor:
     """float32 [B, n] uniform in (0, 1), a deterministic function of (key[b], draw, column)."""
     column = (torch.arange(n, device=key.device, dtype=torch.int64) * 0x5BD1E995) & _MASK32
     bits = _mix32(_draw_key(key, draw)[:, None] ^ column)
-    return ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
+    # 23 random bits: (k + 0.5) / 2^23 is exact in float32 and strictly inside (0, 1), so -log(u) > 0 always
+    # (24 bits could round to exactly 1.0, giving 0 / 0 = NaN scores that argmax would pick).
+    return ((bits >> 9).float() + 0.5) * (1.0 / (1 << 23))
 
 
 class SamplingSettings:

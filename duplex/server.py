@@ -46,7 +46,7 @@ class ServerOptions:
     origins: Optional[List[str]] = None  # allowed Origin headers (None: any)
     max_message_bytes: int = 1 << 20  # larger incoming messages close the connection (1009)
     max_waiting: int = 0  # clients that may wait for a free slot (0: refuse at once)
-    input_buffer_frames: int = 25  # 2 s of received audio at most; older frames are dropped
+    input_buffer_frames: int = 10  # 800 ms of received audio at most (network jitter); older frames are dropped
     output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
@@ -272,6 +272,25 @@ class VoiceServer:
             except Exception:  # a waiting client that left is removed by its own handler
                 pass
 
+    async def _wake_queue(self) -> None:
+        async with self._slot_freed:
+            self._slot_freed.notify_all()
+
+    async def _wait_for_slot_or_disconnect(self, connection) -> bool:
+        """Wait until a slot may be free; False if the client went away meanwhile."""
+        async def slot_freed():
+            async with self._slot_freed:
+                await self._slot_freed.wait()
+
+        freed = asyncio.create_task(slot_freed())
+        gone = asyncio.create_task(connection.wait_closed())
+        try:
+            await asyncio.wait({freed, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            freed.cancel()
+            gone.cancel()
+        return not gone.done() or gone.cancelled()
+
     async def _open_slot(self, connection, options: SessionOptions) -> Optional[int]:
         opts = {k: v for k, v in (("temperature", options.temperature), ("top_k", options.top_k),
                                   ("text_temperature", options.text_temperature),
@@ -286,6 +305,7 @@ class VoiceServer:
                             self.queue.remove(connection)
                             queued = False
                             await self._tell_queue_positions()
+                            await self._wake_queue()  # the next in line may find a free slot too
                         return slot
                     except EngineFull:
                         pass
@@ -299,12 +319,13 @@ class VoiceServer:
                     self.queue.append(connection)
                     queued = True
                     await self._tell_queue_positions()
-                async with self._slot_freed:
-                    await self._slot_freed.wait()
+                if not await self._wait_for_slot_or_disconnect(connection):
+                    return None  # the client left while waiting
         finally:
-            if queued:  # the client left while waiting
+            if queued:
                 self.queue.remove(connection)
                 await self._tell_queue_positions()
+                await self._wake_queue()
 
     async def _handle(self, connection) -> None:
         options = parse_query(connection.request.path)
@@ -312,10 +333,12 @@ class VoiceServer:
         slot = await self._open_slot(connection, options)
         if slot is None:
             return
-        session = Session(connection, slot, options, self.engine.frame_size, self.engine.sample_rate, self.options)
-        sender = asyncio.create_task(session.send_loop())
-        log.info("session %d opened (%s)", slot, "pcm16" if options.raw else "ogg/opus")
+        session = sender = None
         try:
+            session = Session(connection, slot, options, self.engine.frame_size, self.engine.sample_rate,
+                              self.options)
+            sender = asyncio.create_task(session.send_loop())
+            log.info("session %d opened (%s)", slot, "pcm16" if options.raw else "ogg/opus")
             await connection.send(message(HANDSHAKE))
             self.sessions[slot] = session
             async for data in connection:
@@ -327,42 +350,48 @@ class VoiceServer:
             log.info("session %d: connection ended (%s)", slot, type(e).__name__)
         finally:
             self.sessions.pop(slot, None)
-            sender.cancel()
+            if sender is not None:
+                sender.cancel()
             await self._engine(self.engine.close, slot)
-            async with self._slot_freed:
-                self._slot_freed.notify_all()  # the first in the queue takes it
-            log.info("session %d closed: %s", slot, dataclasses.asdict(session.stats))
+            await self._wake_queue()  # the first in the queue takes the slot
+            if session is not None:
+                log.info("session %d closed: %s", slot, dataclasses.asdict(session.stats))
 
     # -------------------------------------------------------------------------------------------- clock
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
         period = self.engine.frame_size / self.engine.sample_rate
         next_tick = loop.time()
+        failures = 0
         while True:
             delay = next_tick - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             start = loop.time()
             sessions = list(self.sessions.values())
-            if sessions:
-                frames = {s.slot: s.next_frame() for s in sessions}
-                t0 = time.perf_counter()
-                try:
+            try:
+                if sessions:
+                    frames = {s.slot: s.next_frame() for s in sessions}
+                    t0 = time.perf_counter()
                     outputs = await self._engine(self.engine.step, frames)
-                except Exception:
-                    log.exception("engine step failed; sessions continue with the next tick")
-                    outputs = {}
-                self.step_ms.append((time.perf_counter() - t0) * 1e3)
-                for s in sessions:
-                    if s.slot in outputs and self.sessions.get(s.slot) is s:
-                        audio, text = outputs[s.slot]
-                        s.deliver(audio, text)
+                    self.step_ms.append((time.perf_counter() - t0) * 1e3)
+                    for s in sessions:
+                        if s.slot in outputs and self.sessions.get(s.slot) is s:
+                            audio, text = outputs[s.slot]
+                            s.deliver(audio, text)
+                failures = 0
+            except Exception:  # keep ticking: one bad frame must not stall every session
+                failures += 1
+                if failures in (1, 10, 100) or failures % 1000 == 0:
+                    log.exception("frame step failed (%d in a row); sessions continue with the next tick", failures)
             self.ticks += 1
             end = loop.time()
-            next_tick = start + period
+            next_tick += period  # due times advance by exactly one period: wake-up overshoots do not accumulate
             if sessions and end > next_tick:
                 self.misses += 1
                 if self.misses in (1, 10, 100) or self.misses % 1000 == 0:
                     log.warning("frame step late by %.1f ms (%d deadline misses)", (end - next_tick) * 1e3,
                                 self.misses)
                 next_tick = end  # re-anchor: a late tick never turns into a burst of catch-up steps
+            elif not sessions and end > next_tick + period:
+                next_tick = end  # idle: do not carry a schedule from long ago

@@ -110,9 +110,15 @@ def test_bad_messages_get_an_error_and_the_session_goes_on():
             for bad in (message(9, b"x"), "a text frame", message(AUDIO, b"not an ogg stream" * 20), b""):
                 await ws.send(bad)
             await ws.send(message(CONTROL, b"\x01"))  # Kyutai's endTurn control: ignored silently
-            got = await collect(ws, 1.0)
-        errors = [m[1:].decode() for m in got if m[:1] == bytes([ERROR])]
-        audio = [m for m in got if m[:1] == bytes([AUDIO])]
+            errors, audio = [], 0
+            end = time.perf_counter() + 10
+            while (len(errors) < 4 or audio < 10) and time.perf_counter() < end:
+                m = await asyncio.wait_for(ws.recv(), 10)
+                if m[:1] == bytes([ERROR]):
+                    errors.append(m[1:].decode())
+                audio += m[:1] == bytes([AUDIO])
+            got = await collect(ws, 0.3)  # nothing else (no error for the control message)
+            errors += [m[1:].decode() for m in got if m[:1] == bytes([ERROR])]
         return errors, audio
 
     errors, audio = serve(test)
@@ -120,7 +126,7 @@ def test_bad_messages_get_an_error_and_the_session_goes_on():
     assert any("text messages are not part of the protocol" in e for e in errors)
     assert any("malformed Ogg/Opus audio" in e for e in errors)
     assert any("empty message" in e for e in errors)
-    assert len(errors) == 4 and len(audio) >= 10  # the stream kept going
+    assert len(errors) == 4 and audio >= 10  # the stream kept going
 
 
 def test_oversized_message_closes_only_that_connection():
@@ -370,3 +376,32 @@ def test_origin_check():
             await handshake(ws)
 
     serve(test, origins=["https://good.example"])
+
+
+def test_a_waiting_client_that_leaves_gives_its_place_up():
+    async def test(server, url):
+        first = await connect(url + "/api/chat")
+        await handshake(first)
+        second = await connect(url + "/api/chat")
+        assert b"number 1 in the queue" in await asyncio.wait_for(second.recv(), 5)
+        await second.close()
+        for _ in range(50):
+            if server.waiting == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert server.waiting == 0
+        third = await connect(url + "/api/chat")  # not refused: the queue has room again
+        assert b"number 1 in the queue" in await asyncio.wait_for(third.recv(), 5)
+        await first.close()
+        while await asyncio.wait_for(third.recv(), 5) != message(HANDSHAKE):
+            pass
+        await third.close()
+
+    serve(test, slots=1, max_waiting=1)
+
+
+def test_query_values_that_do_not_parse_are_ignored():
+    from duplex.protocol import parse_query
+
+    q = parse_query("/api/chat?audio_topk=inf&audio_seed=1e400&text_temperature=nan&text_topk=12")
+    assert q.top_k is None and q.seed is None and q.text_temperature is None and q.text_top_k == 12
