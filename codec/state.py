@@ -39,6 +39,12 @@ def zero_rows(state: State, mask: Optional[torch.Tensor] = None) -> None:
             t.masked_fill_(mask.view(-1, *([1] * (t.dim() - 1))), 0)
 
 
+def zero_row(state: State, row: int) -> None:
+    """Reset one slot (touches only that slot's memory, unlike a masked write over every slot)."""
+    for t in leaves(state):
+        t[row].zero_()
+
+
 def keep_inactive(new: torch.Tensor, old: torch.Tensor, active: Optional[torch.Tensor]) -> torch.Tensor:
     """``new`` on the active rows, ``old`` elsewhere: rows that are not executing keep their state."""
     if active is None:

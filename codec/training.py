@@ -51,7 +51,7 @@ def _ema_update(codebook: Codebook, inputs: torch.Tensor, codes: torch.Tensor, d
     bins = codebook.cluster_usage.shape[0]
     if not bool(codebook._initialized.item()) and inputs.shape[0]:
         # First batch: start from random encoder outputs rather than all-zero centroids.
-        pick = torch.randint(0, inputs.shape[0], (bins,), generator=generator, device=inputs.device)
+        pick = torch.randint(0, inputs.shape[0], (bins,), generator=generator).to(inputs.device)
         codebook.embedding_sum.copy_(inputs[pick])
         codebook.cluster_usage.fill_(1.0)
         codebook._initialized.fill_(1.0)
@@ -64,7 +64,8 @@ def _ema_update(codebook: Codebook, inputs: torch.Tensor, codes: torch.Tensor, d
     dead = codebook.cluster_usage < dead_threshold
     n_dead = int(dead.sum())
     if n_dead and inputs.shape[0]:
-        pick = torch.randint(0, inputs.shape[0], (n_dead,), generator=generator, device=inputs.device)
+        # drawn on the (CPU) training generator, then moved: works for models on any device
+        pick = torch.randint(0, inputs.shape[0], (n_dead,), generator=generator).to(inputs.device)
         codebook.embedding_sum[dead] = inputs[pick] * (2 * dead_threshold)
         codebook.cluster_usage[dead] = 2 * dead_threshold
     codebook._initialized.fill_(1.0)
@@ -175,8 +176,10 @@ class CodecTrainer:
     def evaluate(self, pcm: torch.Tensor, n_q: int = 8) -> Dict[str, float]:
         self.mimi.eval()
         try:
+            # During the unquantized warm-up the codebooks are not started yet: measure what is being trained.
             estimate, commit, _ = forward_train(self.mimi, pcm, n_q, self.cfg, self.generator,
-                                                update_codebooks=False)
+                                                update_codebooks=False,
+                                                bypass=self.step < self.cfg.warmup_unquantized_steps)
             return {"mel": float(self.mel(estimate, pcm)), "waveform": float(F.l1_loss(estimate, pcm)),
                     "commitment": float(commit)}
         finally:

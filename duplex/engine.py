@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from codec import Mimi
-from codec.state import write_state, zero_rows
+from codec.state import zero_row
 
 from .generator import depth_step, new_generator_state, new_scratch, temporal_step
 from .lm import MoshiLM
@@ -102,7 +102,8 @@ class Engine:
         self._pcm_host = torch.zeros(slots, 1, self.frame_size, pin_memory=pin)
         self._active_host = torch.zeros(slots, dtype=torch.bool, pin_memory=pin)
         self._in_use = [False] * slots
-        self.timer = StageTimer(STAGES, self.device)
+        with self._device_context():  # CUDA events belong to the engine's GPU
+            self.timer = StageTimer(STAGES, self.device)
         # int64 [slots, 1 + dep_q] on the host: the tokens of the last step (text, then audio codes; -2: none).
         self.last_tokens = torch.full((slots, 1 + cfg.dep_q), -2, dtype=torch.long)
 
@@ -157,10 +158,8 @@ class Engine:
                        top_k=opts.top_k if top_k is None else top_k,
                        text_temperature=opts.text_temperature if text_temperature is None else text_temperature,
                        text_top_k=opts.text_top_k if text_top_k is None else text_top_k, seed=seed)
-        mask = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
-        mask[slot] = True
         for state in (self.encoder_state, self.decoder_state, self.generator_state):
-            zero_rows(state, mask)
+            zero_row(state, slot)  # only this slot's memory (a 7B slot's KV ring alone is ~1.6 GB)
         self._in_use[slot] = True
         return slot
 
@@ -250,6 +249,12 @@ class Engine:
         finally:
             self.active.copy_(saved_active)
 
+    def _device_context(self):
+        """CUDA work (capture streams, events) must happen on the engine's GPU, which may not be the current one."""
+        import contextlib
+
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
     def _run(self, timed: bool) -> tuple:
         if self.cuda_graphs and self._graphs is None:
             try:
@@ -274,6 +279,10 @@ class Engine:
         for slot, frame in frames.items():
             self._check_slot(slot)
             checked[slot] = self._check_frame(slot, frame)
+        with self._device_context():
+            return self._step(checked)
+
+    def _step(self, checked: dict) -> Dict[int, Tuple[np.ndarray, Optional[str]]]:
         self.timer.begin()
         self._active_host.zero_()
         for slot, frame in checked.items():

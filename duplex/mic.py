@@ -51,7 +51,8 @@ class MicSession:
         self.frame_size = engine.frame_size
         self.on_text = on_text
         self.max_input_frames = max_input_frames
-        self.inputs: queue.Queue = queue.Queue()
+        self.inputs: queue.Queue = queue.Queue(maxsize=64)  # bounded even if the worker stops
+        self.error: Optional[BaseException] = None
         self.outputs: collections.deque = collections.deque(maxlen=max_output_frames)
         self.stats = MicStats()
         self._stop = threading.Event()
@@ -61,7 +62,10 @@ class MicSession:
     def callback(self, indata, outdata, frames, time_info, status) -> None:
         if status:
             self.stats.device_xruns += 1
-        self.inputs.put(np.array(indata[:, 0], dtype=np.float32))
+        try:
+            self.inputs.put_nowait(np.array(indata[:, 0], dtype=np.float32))
+        except queue.Full:
+            self.stats.overruns += 1
         try:
             outdata[:, 0] = self.outputs.popleft()
         except IndexError:
@@ -78,7 +82,12 @@ class MicSession:
                 frame = self.inputs.get_nowait()
                 self.stats.overruns += 1
             start = time.perf_counter()
-            audio, text = self.engine.step({self.slot: frame})[self.slot]
+            try:
+                audio, text = self.engine.step({self.slot: frame})[self.slot]
+            except Exception as e:  # e.g. a device delivering blocks of another size: stop and report it
+                self.error = e
+                self._stop.set()
+                return
             self.stats.step_ms = (time.perf_counter() - start) * 1e3
             self.stats.frames += 1
             self.outputs.append(audio)
@@ -92,8 +101,9 @@ class MicSession:
     def stop(self) -> None:
         self._stop.set()
         if self._worker:
-            self._worker.join(timeout=5)
-        self.engine.close(self.slot)
+            self._worker.join(timeout=30)
+        if self._worker is None or not self._worker.is_alive():  # never close a slot the worker still steps
+            self.engine.close(self.slot)
 
 
 def run_live(engine, seconds: Optional[float] = None, input_device=None, output_device=None,
@@ -117,7 +127,7 @@ def run_live(engine, seconds: Optional[float] = None, input_device=None, output_
     last = started
     try:
         with stream:
-            while seconds is None or time.perf_counter() - started < seconds:
+            while (seconds is None or time.perf_counter() - started < seconds) and session.error is None:
                 time.sleep(0.05)
                 if status_every and time.perf_counter() - last >= status_every:
                     last = time.perf_counter()
@@ -132,6 +142,8 @@ def run_live(engine, seconds: Optional[float] = None, input_device=None, output_
     finally:
         session.stop()
         print(file=out)
+    if session.error is not None:
+        raise RuntimeError(f"the engine stopped: {type(session.error).__name__}: {session.error}")
     return session.stats
 
 

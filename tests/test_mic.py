@@ -101,3 +101,20 @@ def test_missing_sounddevice_is_explained(monkeypatch):
 def test_file_options_go_together(capsys):
     assert main(["mic", *MODEL, "--input-file", "x.wav"]) == 2
     assert "--input-file and --output-file go together" in capsys.readouterr().err
+
+
+def test_an_engine_error_is_reported_not_swallowed():
+    engine = make_engine(1)
+
+    def broken(frames):
+        raise ValueError("slot 0: expected one frame of 1920 samples")
+
+    engine.step = broken
+    holder = []
+
+    def factory(callback):
+        holder.append(FakeStream(callback, blocks=5, period=0.02))
+        return holder[0]
+
+    with pytest.raises(RuntimeError, match="the engine stopped: ValueError"):
+        mic.run_live(engine, seconds=5, stream_factory=factory, status_every=0)

@@ -48,7 +48,14 @@ def run_train_codec(args) -> int:
     trainer = CodecTrainer(mimi, cfg, seed=args.seed)
     if resume:
         trainer.load(args.out)
-        print(f"resumed {args.out} at step {trainer.step}", file=sys.stderr)
+        log_file = os.path.join(args.out, "log.jsonl")
+        if os.path.exists(log_file):  # drop what was logged after the checkpoint (a crash): it is redone
+            with open(log_file, encoding="utf-8") as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= trainer.step]
+            with open(log_file, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+        print(f"resumed {args.out} at step {trainer.step} (training options come from this command line)",
+              file=sys.stderr)
     eval_batch = heldout.batch(8, samples, torch.Generator().manual_seed(1234)).to(device) if heldout else None
     log_path = os.path.join(args.out, "log.jsonl")
     os.makedirs(args.out, exist_ok=True)
