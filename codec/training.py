@@ -50,10 +50,14 @@ def _ema_update(codebook: Codebook, inputs: torch.Tensor, codes: torch.Tensor, d
     """EMA of usage counts and vector sums, then dead codes re-seeded with random current inputs."""
     bins = codebook.cluster_usage.shape[0]
     if not bool(codebook._initialized.item()) and inputs.shape[0]:
-        # First batch: start from random encoder outputs rather than all-zero centroids.
+        # First batch: start from random encoder outputs rather than all-zero centroids. A batch has fewer vectors
+        # than bins, so the picks are spread with a little noise (duplicates would never win), and they start at
+        # the re-seeding usage: codes that attract nothing are soon replaced by vectors of later batches.
         pick = torch.randint(0, inputs.shape[0], (bins,), generator=generator).to(inputs.device)
-        codebook.embedding_sum.copy_(inputs[pick])
-        codebook.cluster_usage.fill_(1.0)
+        spread = 0.1 * inputs.std() * torch.randn(bins, inputs.shape[1], generator=generator).to(inputs)
+        usage = 2 * dead_threshold
+        codebook.embedding_sum.copy_((inputs[pick] + spread) * usage)
+        codebook.cluster_usage.fill_(usage)
         codebook._initialized.fill_(1.0)
         codebook.refresh()
         return
