@@ -33,14 +33,17 @@ def describe_device(device: torch.device) -> str:
     return f"{_cpu_name()}, {torch.get_num_threads()} threads"
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (nearest rank); NaN for no values."""
     ordered = sorted(values)
+    if not ordered:
+        return float("nan")
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
 
 
 def _summary(ms: Sequence[float]) -> dict:
-    return {"median": statistics.median(ms), "p90": _percentile(ms, 90), "p99": _percentile(ms, 99),
+    return {"median": statistics.median(ms), "p90": percentile(ms, 90), "p99": percentile(ms, 99),
             "mean": statistics.fmean(ms), "min": min(ms)}
 
 

@@ -24,12 +24,6 @@ def leaves(state: State) -> Iterator[torch.Tensor]:
             yield value
 
 
-def batch_size_of(state: State) -> int:
-    for t in leaves(state):
-        return t.shape[0]
-    raise ValueError("empty streaming state")
-
-
 def zero_rows(state: State, mask: Optional[torch.Tensor] = None) -> None:
     """Reset the slots where ``mask`` is True (all slots when ``mask`` is None) to the fresh state."""
     for t in leaves(state):
@@ -55,11 +49,6 @@ def keep_inactive(new: torch.Tensor, old: torch.Tensor, active: Optional[torch.T
 def write_state(buffer: torch.Tensor, new: torch.Tensor, active: Optional[torch.Tensor]) -> None:
     """In-place update of a state tensor, limited to the active rows."""
     buffer.copy_(keep_inactive(new, buffer, active))
-
-
-def clone_state(state: State) -> State:
-    return {k: clone_state(v) if isinstance(v, dict) else v.clone() if isinstance(v, torch.Tensor) else v
-            for k, v in state.items()}
 
 
 def as_row_mask(mask: Union[None, torch.Tensor, list, tuple], batch: int, device) -> Optional[torch.Tensor]:

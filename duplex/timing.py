@@ -9,12 +9,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+from codec.bench import percentile
 
 
 class StageTimer:
