@@ -6,6 +6,8 @@ Standalone: nothing here imports ``duplex``.
 from .checkpoint import CheckpointError
 from .config import ConfigError, MimiConfig
 from .model import Mimi
+from .shipped import SHIPPED_CODEC, SHIPPED_CONFIG, load_shipped_codec
 from .stream import MimiStream
 
-__all__ = ["Mimi", "MimiStream", "MimiConfig", "ConfigError", "CheckpointError"]
+__all__ = ["Mimi", "MimiStream", "MimiConfig", "ConfigError", "CheckpointError", "SHIPPED_CODEC", "SHIPPED_CONFIG",
+           "load_shipped_codec"]

@@ -48,27 +48,49 @@ def perplexity(codes: torch.Tensor, bins: int) -> List[float]:
     return out
 
 
+# A codec frame counts as speech when the reference's RMS over it is above this (dBFS). Usage is reported over all
+# frames and over speech frames: in conversation channels most frames are silence, which any codec spends on a
+# handful of codes, so the all-frames perplexity mostly measures how much silence the clips hold.
+SPEECH_DBFS = -50.0
+
+
+def speech_frames(clip: np.ndarray, frame_size: int, num_frames: int) -> np.ndarray:
+    """bool [num_frames]: frames of ``clip`` (zero-padded to whole frames) whose RMS is above SPEECH_DBFS."""
+    padded = np.zeros(num_frames * frame_size, dtype=np.float32)
+    n = min(len(clip), len(padded))
+    padded[:n] = clip[:n]
+    rms = np.sqrt((padded.reshape(num_frames, frame_size) ** 2).mean(axis=1))
+    return rms > 10 ** (SPEECH_DBFS / 20)
+
+
 @torch.no_grad()
 def evaluate(mimi, clips: Sequence[np.ndarray], num_codebooks: int = 8) -> Dict:
     """Encode and decode each mono clip (float32, 24 kHz) offline and measure it."""
     saved = mimi.num_codebooks
     mimi.num_codebooks = num_codebooks
-    rows, all_codes = [], []
+    rows, all_codes, speech = [], [], []
     try:
         for clip in clips:
             pcm = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))[None, None]
             codes = mimi.encode(pcm.to(mimi.device))
             recon = mimi.decode(codes)[0, 0, : pcm.shape[-1]].cpu().numpy()
             all_codes.append(codes[0].cpu())
+            speech.append(torch.from_numpy(speech_frames(clip, mimi.frame_size, codes.shape[-1])))
             rows.append({"mel_distance": mel_distance(recon, clip, mimi.sample_rate), "si_snr": si_snr(recon, clip),
                          "stoi": stoi(recon, clip, mimi.sample_rate)})
     finally:
         mimi.num_codebooks = saved
     codes = torch.cat(all_codes, dim=-1)
+    active = torch.cat(speech)
     ppl = perplexity(codes, mimi.cardinality)
+    speech_ppl = perplexity(codes[:, active], mimi.cardinality) if bool(active.any()) else [0.0] * len(ppl)
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     bitrate = num_codebooks * math.log2(mimi.cardinality) * mimi.frame_rate
     return {"num_codebooks": num_codebooks, "kbps": bitrate / 1000, "clips": len(rows), **mean,
+            "speech_frames_fraction": float(active.double().mean()),
+            "speech_perplexity": speech_ppl,
+            "speech_perplexity_fraction": [p / mimi.cardinality for p in speech_ppl],
+            "min_speech_perplexity_fraction": min(p / mimi.cardinality for p in speech_ppl),
             "perplexity": ppl, "perplexity_fraction": [p / mimi.cardinality for p in ppl],
             "min_perplexity_fraction": min(p / mimi.cardinality for p in ppl), "per_clip": rows}
 

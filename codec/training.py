@@ -10,6 +10,7 @@ recent encoder outputs. Quantizer dropout trains every prefix of 1..max codebook
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -33,6 +34,7 @@ class TrainConfig:
     dead_code_threshold: float = 0.01
     commitment_weight: float = 1.0
     mel_weight: float = 1.0
+    linear_mel_weight: float = 0.0
     waveform_weight: float = 0.1
     mel_scales: List[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     min_codebooks: int = 1
@@ -41,6 +43,62 @@ class TrainConfig:
     # initialised from an uninformative random encoder collapse (the decoder learns to ignore its input, so the
     # encoder gets no signal). After the warm-up the codebooks start from the then informative latents.
     warmup_unquantized_steps: int = 300
+    # Learning-rate schedule: "constant", or "cosine" from learning_rate down to final_lr_fraction of it at
+    # total_steps (the step count the run is planned for).
+    lr_schedule: str = "constant"
+    total_steps: int = 0
+    final_lr_fraction: float = 0.1
+
+    def lr_at(self, step: int) -> float:
+        if self.lr_schedule == "constant" or self.total_steps <= 0:
+            return self.learning_rate
+        if self.lr_schedule != "cosine":
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} (constant or cosine)")
+        progress = min(1.0, step / self.total_steps)
+        floor = self.final_lr_fraction
+        return self.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ------------------------------------------------------------------------------------------------ init
+# The activation gain of ELU on unit Gaussian inputs (E[elu(x)^2] ~ 0.65): a variance-preserving weight scale.
+ELU_GAIN = 1.25
+OUTPUT_GAIN = 0.03
+
+
+@torch.no_grad()
+def init_for_training(mimi: Mimi, seed: int = 0) -> None:
+    """Variance-preserving start for training from scratch: convolutions ~ N(0, gain^2 / fan_in), biases 0.
+
+    PyTorch's default initialisation shrinks the signal by ~2x per layer and gives every layer a random bias, so a
+    fresh codec's output does not depend on its input at all (the time-varying part of the latent is ~1e-4 of the
+    output's bias-driven part). The decoder then learns an input-independent average spectrum, the encoder gets
+    no gradient, and training can sit on that plateau for hundreds of steps or for good. With this initialisation
+    the reconstruction depends on the input from the first step."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = [mimi.encoder, mimi.decoder]
+    modules += [m for m in (mimi.downsample, mimi.upsample) if m is not None]
+    for root in modules:
+        for module in root.modules():
+            if isinstance(module, torch.nn.ConvTranspose1d):
+                # each output sample sums in_channels / groups * kernel / stride products
+                fan_in = module.in_channels // module.groups * module.kernel_size[0] / module.stride[0]
+            elif isinstance(module, torch.nn.Conv1d):
+                fan_in = module.in_channels // module.groups * module.kernel_size[0]
+            else:
+                continue
+            std = ELU_GAIN / math.sqrt(fan_in)
+            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+            if module.bias is not None:
+                module.bias.zero_()
+    # The stack above has a gain of ~30 from waveform to waveform: start the output near speech level instead.
+    last = [m for m in mimi.decoder.modules() if isinstance(m, torch.nn.Conv1d)][-1]
+    last.weight.mul_(OUTPUT_GAIN)
+    q = mimi.quantizer
+    for rvq in (q.rvq_first, q.rvq_rest):
+        for proj in (rvq.input_proj, rvq.output_proj):
+            if proj is not None:
+                w = proj.weight
+                w.copy_(torch.randn(w.shape, generator=generator) / math.sqrt(w.shape[1] * w.shape[2]))
 
 
 # --------------------------------------------------------------------------------------------- quantizer
@@ -77,8 +135,10 @@ def _ema_update(codebook: Codebook, inputs: torch.Tensor, codes: torch.Tensor, d
 
 
 def _quantize_train(rvq: ResidualVectorQuantizer, latent: torch.Tensor, n_q: int, cfg: TrainConfig,
-                    generator: torch.Generator, update: bool, bypass: bool = False):
+                    generator: torch.Generator, update: bool, bypass: bool = False, n_update: int = 0):
     """Straight-through residual quantization of [B, C, T] with ``n_q`` codebooks (``bypass``: unquantized).
+    The EMA codebooks of the first ``max(n_q, n_update)`` levels learn from this batch: with quantizer dropout
+    the later codebooks would otherwise learn only from the few batches that happen to use them.
     Returns (projected-back output [B, C, T], commitment loss, codes [B, n_q, T])."""
     b, _, t = latent.shape
     x = F.conv1d(latent, rvq.input_proj.weight).transpose(1, 2).reshape(b * t, -1)
@@ -86,20 +146,23 @@ def _quantize_train(rvq: ResidualVectorQuantizer, latent: torch.Tensor, n_q: int
         out = F.conv1d(x.view(b, t, -1).transpose(1, 2), rvq.output_proj.weight)
         return out, x.new_zeros(()), torch.zeros(b, n_q, t, dtype=torch.long, device=x.device)
     residual, quantized, commit, codes = x, torch.zeros_like(x), x.new_zeros(()), []
-    for codebook in rvq.codebooks[:n_q]:
+    levels = max(n_q, n_update) if update else n_q
+    for level, codebook in enumerate(rvq.codebooks[:levels]):
         with torch.no_grad():
             c = codebook.encode(residual.detach())
             q = codebook.decode(c)
-        commit = commit + F.mse_loss(residual, q)
         if update:
             _ema_update(codebook, residual.detach(), c, cfg.ema_decay, cfg.dead_code_threshold, generator)
-        quantized = quantized + q
+        if level < n_q:
+            commit = commit + F.mse_loss(residual, q)
+            quantized = quantized + q
+            codes.append(c.view(b, t))
         residual = residual - q
-        codes.append(c.view(b, t))
     # Straight-through: the forward value is the sum of code vectors, the gradient reaches x unchanged.
     quantized = x + (quantized - x).detach()
     out = F.conv1d(quantized.view(b, t, -1).transpose(1, 2), rvq.output_proj.weight)
-    return out, commit / max(n_q, 1), torch.stack(codes, dim=1)
+    codes_out = torch.stack(codes, dim=1) if codes else torch.zeros(b, 0, t, dtype=torch.long, device=x.device)
+    return out, commit / max(n_q, 1), codes_out
 
 
 def forward_train(mimi: Mimi, pcm: torch.Tensor, n_q: int, cfg: TrainConfig, generator: torch.Generator,
@@ -111,10 +174,15 @@ def forward_train(mimi: Mimi, pcm: torch.Tensor, n_q: int, cfg: TrainConfig, gen
     q = mimi.quantizer
     semantic, commit_s, codes_s = _quantize_train(q.rvq_first, x, 1, cfg, generator, update_codebooks, bypass)
     out, commit, codes = semantic, commit_s, codes_s
+    rest_levels = min(cfg.max_codebooks, mimi.total_codebooks) - 1
     if n_q > 1:
         acoustic, commit_a, codes_a = _quantize_train(q.rvq_rest, x, n_q - 1, cfg, generator, update_codebooks,
-                                                      bypass)
+                                                      bypass, n_update=rest_levels)
         out, commit, codes = semantic + acoustic, commit_s + commit_a, torch.cat([codes_s, codes_a], dim=1)
+    elif update_codebooks and not bypass and rest_levels > 0:
+        # one codebook in use: the acoustic codebooks still learn from this batch (their output is unused)
+        with torch.no_grad():
+            _quantize_train(q.rvq_rest, x, 0, cfg, generator, True, n_update=rest_levels)
     if mimi.upsample is not None:
         out = mimi.upsample.convtr(out)
     return mimi.decoder(mimi.decoder_transformer(out)), commit, codes
@@ -137,10 +205,15 @@ class MultiScaleMelLoss(torch.nn.Module):
             torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n, hop_length=n // 4, n_mels=min(n_mels, n // 8),
                                                  power=1.0, center=True) for n in scales])
 
-    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, estimate: torch.Tensor, target: torch.Tensor, linear_weight: float = 0.0) -> torch.Tensor:
+        """Mean over scales of L1(log mel) + ``linear_weight`` * L1(mel): the linear term weighs the loud bins (the
+        formants), where a log distance alone is slow to pull up an output that is still too quiet."""
         loss = estimate.new_zeros(())
         for mel in self.transforms:
-            loss = loss + F.l1_loss(torch.log(mel(estimate) + MEL_FLOOR), torch.log(mel(target) + MEL_FLOOR))
+            a, b = mel(estimate), mel(target)
+            loss = loss + F.l1_loss(torch.log(a + MEL_FLOOR), torch.log(b + MEL_FLOOR))
+            if linear_weight:
+                loss = loss + linear_weight * F.l1_loss(a, b)
         return loss / len(self.transforms)
 
 
@@ -165,16 +238,18 @@ class CodecTrainer:
         warming_up = self.step < cfg.warmup_unquantized_steps
         estimate, commit, _ = forward_train(self.mimi, pcm, high if warming_up else n_q, cfg, self.generator,
                                             bypass=warming_up)
-        mel = self.mel(estimate, pcm)
+        mel = self.mel(estimate, pcm, cfg.linear_mel_weight)
         wave = F.l1_loss(estimate, pcm)
         loss = cfg.mel_weight * mel + cfg.waveform_weight * wave + cfg.commitment_weight * commit
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.mimi.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
         return {"loss": loss.item(), "mel": mel.item(), "waveform": wave.item(), "commitment": commit.item(),
-                "codebooks": 0 if warming_up else n_q, "grad_norm": float(norm)}
+                "codebooks": 0 if warming_up else n_q, "grad_norm": float(norm), "lr": cfg.lr_at(self.step - 1)}
 
     @torch.no_grad()
     def evaluate(self, pcm: torch.Tensor, n_q: int = 8) -> Dict[str, float]:

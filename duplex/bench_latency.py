@@ -26,7 +26,9 @@ ACOUSTIC_DELAY_MS = 80.0
 
 def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], lm_path: Optional[str] = None,
                 mimi_path: Optional[str] = None, lm_config=None, mimi_config=None):
-    """'default' (the shipped small model), 'moshi_7b' (7B shapes, random weights) or checkpoint paths."""
+    """'default' (the shipped small model), 'default-official-codec' (its LM with the official Mimi architecture,
+    random weights: the sizes the issue compares with Kyutai's implementation), 'moshi_7b' (7B shapes, random
+    weights) or checkpoint paths."""
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if lm_path or mimi_path:
@@ -36,7 +38,11 @@ def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], 
                 Mimi.from_checkpoint(mimi_path, config=mimi_config, device=device), f"checkpoints {lm_path}")
     if model == "default":
         lm, mimi, _ = default_models(device, dtype)
-        return lm, mimi, "default model (small, random weights)"
+        return lm, mimi, "default model (small LM with random weights, shipped codec)"
+    if model == "default-official-codec":  # the sizes Kyutai's implementation is compared at
+        lm, _, _ = default_models(device, dtype)
+        return (lm, Mimi.random(None, seed=DEFAULT_SEED, device=device),
+                "small LM (random weights) with the official Mimi architecture (random weights)")
     cfg = LMConfig.preset(model)
     return (MoshiLM.random(cfg, seed=DEFAULT_SEED, device=device, dtype=dtype),
             Mimi.random(None, seed=DEFAULT_SEED, device=device), f"{model} shapes, random weights")

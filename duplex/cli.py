@@ -12,8 +12,8 @@ from . import __version__
 
 def _add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> None:
     p.add_argument("--checkpoint", metavar="PATH",
-                   help="Mimi checkpoint (.safetensors); default: $DUPLEX_MIMI")
-    p.add_argument("--config", metavar="JSON", help="codec config in the official layout (default: official Mimi)")
+                   help="Mimi checkpoint (.safetensors); default: $DUPLEX_MIMI, else the codec shipped with duplex")
+    p.add_argument("--config", metavar="JSON", help="config of --checkpoint, official layout (default: official Mimi)")
     if codebooks:
         p.add_argument("--num-codebooks", type=int, default=8, metavar="N", help="codebooks to use, 1-32 (default 8)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--segment-seconds", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine",
+                   help="cosine: decay to 10%% of --lr at --steps (default)")
+    p.add_argument("--linear-mel-weight", type=float, default=0.0,
+                   help="weight of an L1 loss on linear mel magnitudes beside the log-mel loss")
+    p.add_argument("--crops", choices=["speech", "any"], default="speech",
+                   help="speech: every training crop contains speech (default); any: uniform crops")
     p.add_argument("--max-codebooks", type=int, default=8, help="quantizer dropout trains 1..N codebooks")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -162,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_options(p, [1, 8], what="steps")
     p.set_defaults(func="duplex.commands.bench:run_bench_lm")
     p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
-    p.add_argument("--model", default="default", help="default (shipped small model) or moshi_7b (7B shapes, "
-                   "random weights); or pass --lm and --mimi")
+    p.add_argument("--model", default="default", help="default (shipped small model), default-official-codec (its "
+                   "LM with the official Mimi architecture) or moshi_7b (7B shapes, random weights); or pass --lm "
+                   "and --mimi")
     _add_model_options(p)
     _add_bench_options(p, [1, 2, 4, 8])
     p.add_argument("--modes", nargs="+", default=["eager", "graphs"], choices=["eager", "graphs"],
@@ -173,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_commands.add_parser("codec-quality", help="reconstruction quality on a corpus split (JSON + PNG)")
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--split", default="heldout")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="codec .safetensors")
+    p.add_argument("--checkpoint", metavar="PATH", help="codec .safetensors (default: the codec shipped with duplex)")
     p.add_argument("--config", metavar="JSON", help="its config (default: config.json beside it, else official)")
     p.add_argument("--num-codebooks", type=int, default=8)
     p.add_argument("--max-clips", type=int, default=40, help="channels to evaluate at most (default 40)")

@@ -6,24 +6,24 @@ Nothing is ever downloaded.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from .errors import UsageError
 
 MIMI_ENV = "DUPLEX_MIMI"
 
 
-def resolve_mimi_checkpoint(path: Optional[str]) -> str:
-    """The Mimi checkpoint to use: ``path``, else ``$DUPLEX_MIMI``; a clear error when there is none."""
+def resolve_mimi_checkpoint(path: Optional[str], config: Optional[str] = None) -> Tuple[str, Optional[str]]:
+    """(checkpoint, config) of the Mimi to use: ``path``, else ``$DUPLEX_MIMI``, else the codec shipped with duplex
+    (with its own config; ``config`` then must not be given)."""
     path = path or os.environ.get(MIMI_ENV)
     if not path:
-        raise UsageError(
-            "no trained codec is installed yet: duplex does not ship its own codec weights until its training "
-            "pipeline lands, and it never downloads any.\n"
-            "  Pass a Kyutai Mimi checkpoint with --checkpoint PATH (for example "
-            "tokenizer-e351c8d8-checkpoint125.safetensors from the kyutai/moshiko-pytorch-bf16 repository), "
-            f"or set {MIMI_ENV}=PATH.\n"
-            "  A codec with another configuration also needs --config CONFIG.json (official layout).")
+        from codec import SHIPPED_CODEC, SHIPPED_CONFIG
+
+        if config is not None:
+            raise UsageError("--config describes the codec of --checkpoint; the shipped codec brings its own "
+                             "config (pass --checkpoint PATH with it)")
+        return SHIPPED_CODEC, SHIPPED_CONFIG
     if not os.path.exists(path):
         raise UsageError(f"Mimi checkpoint not found: {path}")
-    return path
+    return path, config

@@ -50,11 +50,15 @@ def test_streaming_mode(tmp_path, wav):
     assert sf.read(out)[0].shape == (5000,)
 
 
-def test_without_a_checkpoint_the_message_says_what_to_do(tmp_path, wav, capsys, monkeypatch):
+def test_without_a_checkpoint_the_shipped_codec_is_used(tmp_path, wav, capsys, monkeypatch):
     monkeypatch.delenv("DUPLEX_MIMI", raising=False)
-    assert main(["codec", "roundtrip", str(wav), str(tmp_path / "o.wav")]) == 2
-    err = capsys.readouterr().err
-    assert "no trained codec is installed yet" in err and "--checkpoint PATH" in err and "DUPLEX_MIMI" in err
+    out = tmp_path / "o.wav"
+    assert main(["codec", "roundtrip", str(wav), str(out)]) == 0
+    assert sf.read(out)[0].shape == (5000,)
+    assert "(1.10 kbps)" in capsys.readouterr().out  # 8 codebooks x 11 bits x 12.5 Hz
+    # a config alone would describe some other checkpoint: refused
+    assert main(["codec", "roundtrip", str(wav), str(out), "--config", str(MIMI_SMALL_CONFIG)]) == 2
+    assert "the shipped codec brings its own config" in capsys.readouterr().err
 
 
 def test_checkpoint_from_environment(tmp_path, wav, monkeypatch):

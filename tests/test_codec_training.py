@@ -117,6 +117,8 @@ def test_train_codec_cli(tmp_path, capsys):
                              "--save-every", "2", "--device", "cpu", "--resume"]) == 0
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-2:] == [5, 6]
     assert (run / "codec.safetensors").exists()
+    shipped = Mimi.from_checkpoint(str(run / "codec-fp16.safetensors"), config=str(run / "codec-fp16.json"))
+    assert shipped.config == Mimi.from_checkpoint(str(run / "codec.safetensors"), config=str(run / "config.json")).config
 
 
 def test_quality_metrics():
@@ -153,6 +155,7 @@ def test_codec_quality_bench_cli(tmp_path, capsys):
                  str(tmp_path / "run" / "codec.safetensors"), "--json", str(out), "--plot", str(png)]) == 0
     report = json.loads(out.read_text())
     assert report["clips"] == 2 and len(report["perplexity"]) == 8 and 0 <= report["stoi"] <= 1
+    assert len(report["speech_perplexity"]) == 8 and 0 < report["speech_frames_fraction"] < 1
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -165,3 +168,99 @@ def test_unquantized_warmup_leaves_the_codebooks_alone():
     assert all(float(b._initialized) == 0 for b in books)
     assert trainer.train_step(tones(g))["codebooks"] == 4  # quantized from here on; codebooks start now
     assert all(float(b._initialized) == 1 for b in books[:4])
+
+
+def test_quantizer_dropout_still_trains_every_codebook():
+    from codec.training import forward_train
+
+    mimi = tiny_codec()
+    books = mimi.quantizer.rvq_first.codebooks + mimi.quantizer.rvq_rest.codebooks
+    pcm = tones(torch.Generator().manual_seed(0))
+    _, _, codes = forward_train(mimi, pcm, 1, cfg(min_codebooks=1, max_codebooks=4), torch.Generator().manual_seed(0))
+    assert codes.shape == (4, 1, 3)  # one codebook decoded...
+    assert all(float(b._initialized) == 1 for b in books[:4])  # ...but the first four all learnt from the batch
+    assert all(float(b._initialized) == 0 for b in books[4:])  # beyond max_codebooks: untouched
+    _, _, codes = forward_train(mimi, pcm, 3, cfg(min_codebooks=1, max_codebooks=4), torch.Generator().manual_seed(0))
+    assert codes.shape == (4, 3, 3)
+
+
+def test_cosine_learning_rate_schedule():
+    c = TrainConfig(learning_rate=1e-3, lr_schedule="cosine", total_steps=100, final_lr_fraction=0.1)
+    assert c.lr_at(0) == pytest.approx(1e-3) and c.lr_at(50) == pytest.approx(5.5e-4)
+    assert c.lr_at(100) == pytest.approx(1e-4) and c.lr_at(500) == pytest.approx(1e-4)
+    assert TrainConfig(learning_rate=1e-3).lr_at(10_000) == 1e-3  # constant by default
+    trainer = CodecTrainer(tiny_codec(), cfg(learning_rate=1e-3, lr_schedule="cosine", total_steps=4), seed=0)
+    g = torch.Generator().manual_seed(0)
+    lrs = [trainer.train_step(tones(g))["lr"] for _ in range(3)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[0] > lrs[1] > lrs[2]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lrs[2])
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        TrainConfig(lr_schedule="linear", total_steps=3).lr_at(1)
+
+
+def test_export_for_inference_is_half_precision_and_codes_agree(tmp_path):
+    from safetensors import safe_open
+
+    from codec.shipped import export_for_inference
+
+    trainer = CodecTrainer(tiny_codec(), cfg(), seed=0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        trainer.train_step(tones(g))
+    mimi = trainer.mimi.eval()
+    path = tmp_path / "ship.safetensors"
+    export_for_inference(mimi, str(path))
+    with safe_open(str(path), framework="pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        usage = f.get_tensor("quantizer.rvq_first.vq.layers.0._codebook.cluster_usage")
+    assert dtypes == {torch.float16} and bool((usage == 1).all())
+    assert path.stat().st_size < 0.6 * sum(v.numel() * 4 for v in mimi.state_dict().values())
+    loaded = Mimi.from_checkpoint(str(path), config=str(tmp_path / "ship.json"))
+    original = mimi.quantizer.rvq_first.codebooks[0].centroids
+    assert torch.equal(loaded.quantizer.rvq_first.codebooks[0].centroids, original.half().float())
+    pcm = tones(torch.Generator().manual_seed(5), batch=1)
+    mimi.num_codebooks = loaded.num_codebooks = 4
+    with torch.no_grad():
+        a, b = mimi.encode(pcm), loaded.encode(pcm)
+        assert (a == b).float().mean() > 0.9  # half-precision weights: nearly all codes unchanged
+        ya, yb = mimi.decode(a), loaded.decode(a)
+    assert float((ya - yb).abs().max()) < 1e-2 * max(1.0, float(ya.abs().max()))
+
+
+def test_speech_perplexity_counts_only_speech_frames():
+    import numpy as np
+
+    from codec.quality import speech_frames
+
+    clip = np.zeros(5 * 1920 + 100, dtype=np.float32)
+    clip[1920:3840] = 0.1  # frame 1: speech-level
+    clip[3 * 1920:4 * 1920] = 1e-4  # frame 3: -80 dBFS, silence
+    clip[5 * 1920:] = 0.1  # a partial last frame, zero-padded: 100 samples at 0.1 -> ~-36 dBFS
+    assert speech_frames(clip, 1920, 6).tolist() == [False, True, False, False, False, True]
+
+
+def test_training_init_makes_the_output_depend_on_the_input():
+    """With PyTorch's default initialisation a fresh codec's output ignores its input (training then starts on a
+    plateau); after init_for_training it depends on it, near speech level, and the init is deterministic."""
+    from codec.training import forward_train, init_for_training
+
+    pcm = tones(torch.Generator().manual_seed(3))
+
+    def dependence(mimi):
+        run = dict(n_q=4, cfg=cfg(), generator=torch.Generator(), update_codebooks=False, bypass=True)
+        with torch.no_grad():
+            y = forward_train(mimi, pcm, **run)[0]
+            y0 = forward_train(mimi, torch.zeros_like(pcm), **run)[0]
+        return float((y - y0).pow(2).mean().sqrt()), float(y.pow(2).mean().sqrt())
+
+    changed, _ = dependence(tiny_codec())
+    assert changed < 1e-3 * float(pcm.pow(2).mean().sqrt())  # the default init: practically input-independent
+    a, b = tiny_codec(seed=1), tiny_codec(seed=2)
+    init_for_training(a, seed=5)
+    init_for_training(b, seed=5)
+    for part in ("encoder", "decoder"):  # the convolutions are drawn from the seed alone
+        assert all(torch.equal(x, y) for x, y in zip(getattr(a, part).parameters(), getattr(b, part).parameters()))
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in a.decoder.modules()
+               if isinstance(m, torch.nn.Conv1d) and m.bias is not None)
+    changed, level = dependence(a)
+    assert changed > 0.9 * level and 0.1 < level / float(pcm.pow(2).mean().sqrt()) < 10

@@ -173,7 +173,9 @@ def test_open_close_1000_times_without_leaking():
 def test_default_engine_builds_without_downloads_and_runs():
     eng = Engine.default(slots=1)
     assert eng.lm.config.dim == 512 and eng.lm.config.num_layers == 8 and eng.lm.config.depformer_dim == 256
-    assert eng.mimi.total_codebooks == 32 and eng.mimi.num_codebooks == 8
+    assert eng.mimi.num_codebooks == 8 and eng.mimi.cardinality == eng.lm.config.card == 2048
+    from codec import MimiConfig, SHIPPED_CONFIG
+    assert eng.mimi.config == MimiConfig.load(SHIPPED_CONFIG)  # the codec duplex trained and ships
     slot = eng.open(seed=0)
     z = np.zeros(1920, np.float32)
     eng.step({slot: z})

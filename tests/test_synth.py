@@ -160,3 +160,26 @@ def test_cli_with_workers(tmp_path, capsys):
     assert "4 conversations (1 held out)" in capsys.readouterr().err
     assert len(list((tmp_path / "c" / "train").glob("*.wav"))) == 3
     assert main(["data", "synth", str(tmp_path / "d"), "--shares", "smooth=x"]) == 2
+
+
+def test_speech_crops_hold_speech(corpus):
+    import torch
+
+    from duplex.data.dataset import SPEECH_DBFS, CorpusAudio
+
+    out, _ = corpus
+    audio = CorpusAudio(str(out), "train")
+    assert 0 < audio.speech_seconds < audio.seconds
+    samples = 2 * 24000
+    crops = audio.batch(32, samples, torch.Generator().manual_seed(0), speech=True)
+    again = audio.batch(32, samples, torch.Generator().manual_seed(0), speech=True)
+    assert crops.shape == (32, 1, samples) and torch.equal(crops, again)  # deterministic in the generator
+    frames = crops[:, 0, : samples // 1920 * 1920].reshape(32, -1, 1920)
+    loudest = frames.pow(2).mean(-1).sqrt().amax(-1)
+    assert bool((loudest > 10 ** (SPEECH_DBFS / 20)).all())  # every crop holds a speech frame
+    uniform = audio.batch(200, samples, torch.Generator().manual_seed(0))
+    frames = uniform[:, 0, : samples // 1920 * 1920].reshape(200, -1, 1920)
+    silent = (frames.pow(2).mean(-1).sqrt() <= 10 ** (SPEECH_DBFS / 20)).float().mean()
+    frames = audio.batch(200, samples, torch.Generator().manual_seed(0), speech=True)[:, 0, : samples // 1920 * 1920]
+    silent_speech = (frames.reshape(200, -1, 1920).pow(2).mean(-1).sqrt() <= 10 ** (SPEECH_DBFS / 20)).float().mean()
+    assert silent_speech < silent  # speech crops spend less of the batch on silence

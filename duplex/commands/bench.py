@@ -109,21 +109,25 @@ def run_bench_codec_quality(args) -> int:
     from codec.quality import evaluate, plot_spectrograms
 
     from ..data.dataset import CorpusAudio
+    from ..models import resolve_mimi_checkpoint
 
-    config = args.config
-    if config is None and os.path.exists(os.path.join(os.path.dirname(args.checkpoint) or ".", "config.json")):
-        config = os.path.join(os.path.dirname(args.checkpoint) or ".", "config.json")
-    mimi = Mimi.from_checkpoint(args.checkpoint, config=config, device=pick_device(args.device))
+    checkpoint, config = resolve_mimi_checkpoint(args.checkpoint, args.config)
+    beside = os.path.join(os.path.dirname(checkpoint) or ".", "config.json")
+    if config is None and os.path.exists(beside):  # a training run folder
+        config = beside
+    mimi = Mimi.from_checkpoint(checkpoint, config=config, device=pick_device(args.device))
     try:
         corpus = CorpusAudio(args.data, args.split)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     clips = [c.astype(np.float32) / 32768.0 for c in corpus.clips[: args.max_clips]]
     report = evaluate(mimi, clips, args.num_codebooks)
-    report.update(checkpoint=args.checkpoint, split=args.split)
+    report.update(checkpoint=checkpoint, split=args.split)
     print(f"{report['clips']} clips, {report['num_codebooks']} codebooks ({report['kbps']:.2f} kbps): "
           f"STOI {report['stoi']:.3f}, SI-SNR {report['si_snr']:.2f} dB, mel distance {report['mel_distance']:.3f}, "
-          f"smallest codebook perplexity {report['min_perplexity_fraction']:.1%} of its size", file=sys.stderr)
+          f"smallest codebook perplexity {report['min_speech_perplexity_fraction']:.1%} of its size on speech frames "
+          f"({report['speech_frames_fraction']:.0%} of frames), {report['min_perplexity_fraction']:.1%} on all frames",
+          file=sys.stderr)
     if args.plot:
         plot_spectrograms(mimi, clips[0], args.plot, args.num_codebooks)
     _emit(report, args.json)

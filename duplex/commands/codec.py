@@ -26,8 +26,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_codec(args) -> Mimi:
-    path = resolve_mimi_checkpoint(args.checkpoint)
-    return Mimi.from_checkpoint(path, config=args.config, num_codebooks=getattr(args, "num_codebooks", 8),
+    path, config = resolve_mimi_checkpoint(args.checkpoint, args.config)
+    return Mimi.from_checkpoint(path, config=config, num_codebooks=getattr(args, "num_codebooks", 8),
                                 device=pick_device(args.device))
 
 

@@ -25,7 +25,8 @@ def _codec_config(name: str):
 
 def run_train_codec(args) -> int:
     from codec import Mimi
-    from codec.training import CodecTrainer, TrainConfig
+    from codec.shipped import export_for_inference
+    from codec.training import CodecTrainer, TrainConfig, init_for_training
 
     from ..data.dataset import CorpusAudio
 
@@ -42,9 +43,14 @@ def run_train_codec(args) -> int:
     resume = args.resume and os.path.exists(os.path.join(args.out, "trainer.pt"))
     config = _codec_config(args.config) if not resume else _codec_config(os.path.join(args.out, "config.json"))
     torch.manual_seed(args.seed)
-    mimi = Mimi(config, num_codebooks=min(8, config.quantizer.n_q)).to(device)
+    mimi = Mimi(config, num_codebooks=min(8, config.quantizer.n_q))
+    if not resume:
+        init_for_training(mimi, seed=args.seed)
+    mimi = mimi.to(device)
     mimi._rebuild_derived()
-    cfg = TrainConfig(learning_rate=args.lr, max_codebooks=min(args.max_codebooks, config.quantizer.n_q))
+    cfg = TrainConfig(learning_rate=args.lr, max_codebooks=min(args.max_codebooks, config.quantizer.n_q),
+                      lr_schedule=args.lr_schedule, total_steps=args.steps,
+                      linear_mel_weight=args.linear_mel_weight)
     trainer = CodecTrainer(mimi, cfg, seed=args.seed)
     if resume:
         trainer.load(args.out)
@@ -56,10 +62,12 @@ def run_train_codec(args) -> int:
                 f.writelines(kept)
         print(f"resumed {args.out} at step {trainer.step} (training options come from this command line)",
               file=sys.stderr)
-    eval_batch = heldout.batch(8, samples, torch.Generator().manual_seed(1234)).to(device) if heldout else None
+    eval_batch = (heldout.batch(8, samples, torch.Generator().manual_seed(1234), speech=True).to(device)
+                  if heldout else None)
     log_path = os.path.join(args.out, "log.jsonl")
     os.makedirs(args.out, exist_ok=True)
-    print(f"training on {train.seconds / 3600:.2f} h ({len(train.clips)} channels), "
+    print(f"training on {train.seconds / 3600:.2f} h ({len(train.clips)} channels, "
+          f"{train.speech_seconds / 3600:.2f} h of speech frames), "
           f"{sum(p.numel() for p in mimi.parameters()) / 1e6:.2f} M parameters, {device}", file=sys.stderr)
     bar = None
     if sys.stderr.isatty():
@@ -69,11 +77,12 @@ def run_train_codec(args) -> int:
     start = time.time()
     with open(log_path, "a", encoding="utf-8") as log:
         while trainer.step < args.steps:
-            batch = train.batch(args.batch_size, samples, trainer.generator).to(device)
+            batch = train.batch(args.batch_size, samples, trainer.generator, speech=args.crops == "speech").to(device)
             record = {"step": trainer.step + 1, **trainer.train_step(batch)}
             if eval_batch is not None and trainer.step % args.eval_every == 0:
                 record["heldout"] = trainer.evaluate(eval_batch, n_q=min(8, config.quantizer.n_q))
             log.write(json.dumps(record) + "\n")
+            log.flush()  # followable with tail -f
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", mel=f"{record['mel']:.3f}")
@@ -81,8 +90,11 @@ def run_train_codec(args) -> int:
                 print(f"step {trainer.step}: loss {record['loss']:.4f} mel {record['mel']:.4f}", file=sys.stderr)
             if trainer.step % args.save_every == 0 or trainer.step == args.steps:
                 trainer.save(args.out)
+                # the inference file (float16, what duplex ships): loads with --config codec-fp16.json
+                export_for_inference(trainer.mimi, os.path.join(args.out, "codec-fp16.safetensors"))
     if bar:
         bar.close()
     print(f"{args.steps} steps in {time.time() - start:.0f} s -> {args.out}/codec.safetensors "
-          f"(config {args.out}/config.json)", file=sys.stderr)
+          f"(config {args.out}/config.json); inference file {args.out}/codec-fp16.safetensors "
+          f"(config {args.out}/codec-fp16.json)", file=sys.stderr)
     return 0

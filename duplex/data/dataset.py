@@ -10,6 +10,12 @@ import numpy as np
 import torch
 
 
+# A 1920-sample frame counts as speech when its RMS is above this (dBFS). Conversation channels are mostly
+# silence (the other side is talking); crops centred on speech frames spend the training on what matters.
+SPEECH_DBFS = -50.0
+FRAME = 1920
+
+
 class CorpusAudio:
     """Every channel of every conversation of one split, as mono clips to crop training segments from."""
 
@@ -32,19 +38,47 @@ class CorpusAudio:
         if not self.clips:
             raise ValueError(f"{corpus_dir} has no '{split}' conversations")
         self.lengths = np.array([len(c) for c in self.clips], dtype=np.float64)
+        # (clip, frame) of every speech frame, for speech-centred crops
+        threshold = (10 ** (SPEECH_DBFS / 20) * 32768) ** 2
+        positions = []
+        for index, clip in enumerate(self.clips):
+            n = len(clip) // FRAME
+            power = (clip[: n * FRAME].astype(np.float32).reshape(n, FRAME) ** 2).mean(axis=1)
+            frames = np.nonzero(power > threshold)[0]
+            positions.append(np.stack([np.full_like(frames, index), frames], axis=1))
+        self.speech_frames = np.concatenate(positions) if positions else np.zeros((0, 2), dtype=np.int64)
+
+    @property
+    def speech_seconds(self) -> float:
+        return len(self.speech_frames) * FRAME / 24000
 
     @property
     def seconds(self) -> float:
         return float(self.lengths.sum()) / 24000
 
-    def batch(self, batch_size: int, samples: int, generator: torch.Generator) -> torch.Tensor:
-        """float32 [batch_size, 1, samples]: crops drawn with ``generator`` (so a resumed run draws the same)."""
+    def batch(self, batch_size: int, samples: int, generator: torch.Generator, speech: bool = False) -> torch.Tensor:
+        """float32 [batch_size, 1, samples]: crops drawn with ``generator`` (so a resumed run draws the same).
+        ``speech``: every crop contains a speech frame drawn uniformly from all of them, at a random place."""
+        if speech and len(self.speech_frames):
+            return self._speech_batch(batch_size, samples, generator)
         weights = torch.from_numpy(np.maximum(self.lengths - samples, 1.0))
         picks = torch.multinomial(weights, batch_size, replacement=True, generator=generator).tolist()
         out = torch.zeros(batch_size, 1, samples)
         for row, clip_index in enumerate(picks):
             clip = self.clips[clip_index]
             start = int(torch.randint(0, max(1, len(clip) - samples), (1,), generator=generator))
+            piece = torch.from_numpy(clip[start:start + samples].astype(np.float32) / 32768.0)
+            out[row, 0, :len(piece)] = piece
+        return out
+
+    def _speech_batch(self, batch_size: int, samples: int, generator: torch.Generator) -> torch.Tensor:
+        out = torch.zeros(batch_size, 1, samples)
+        picks = torch.randint(0, len(self.speech_frames), (batch_size,), generator=generator).tolist()
+        offsets = torch.randint(0, max(1, samples - FRAME), (batch_size,), generator=generator).tolist()
+        for row, (pick, offset) in enumerate(zip(picks, offsets)):
+            clip_index, frame = self.speech_frames[pick]
+            clip = self.clips[int(clip_index)]
+            start = min(max(0, int(frame) * FRAME - offset), max(0, len(clip) - samples))
             piece = torch.from_numpy(clip[start:start + samples].astype(np.float32) / 32768.0)
             out[row, 0, :len(piece)] = piece
         return out
