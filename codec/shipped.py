@@ -13,6 +13,7 @@ from typing import Union
 import torch
 
 from .model import Mimi
+from .quantizer import Codebook
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 SHIPPED_CODEC = os.path.join(WEIGHTS_DIR, "duplex-codec-small.safetensors")
@@ -35,9 +36,7 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
 
     from .training import official_layout
 
-    state = {}
-    for key, value in mimi.state_dict().items():
-        state[key] = value.detach().cpu()
+    state = {key: value.detach().cpu() for key, value in mimi.state_dict().items()}
     for prefix, codebook in _codebooks(mimi):
         state[f"{prefix}.embedding_sum"] = codebook.centroids.detach().cpu().clone()
         state[f"{prefix}.cluster_usage"] = torch.ones_like(codebook.cluster_usage).cpu()
@@ -50,6 +49,4 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
 
 
 def _codebooks(mimi: Mimi):
-    for name, module in mimi.named_modules():
-        if hasattr(module, "embedding_sum") and hasattr(module, "cluster_usage"):
-            yield name, module
+    return [(name, module) for name, module in mimi.named_modules() if isinstance(module, Codebook)]

@@ -165,7 +165,8 @@ def test_cli_with_workers(tmp_path, capsys):
 def test_speech_crops_hold_speech(corpus):
     import torch
 
-    from duplex.data.dataset import SPEECH_DBFS, CorpusAudio
+    from codec.quality import SPEECH_DBFS
+    from duplex.data.dataset import CorpusAudio
 
     out, _ = corpus
     audio = CorpusAudio(str(out), "train")

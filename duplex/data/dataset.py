@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 
-# A 1920-sample frame counts as speech when its RMS is above this (dBFS). Conversation channels are mostly
-# silence (the other side is talking); crops centred on speech frames spend the training on what matters.
-SPEECH_DBFS = -50.0
+from codec.quality import speech_frames
+
+# Conversation channels are mostly silence (the other side is talking); crops centred on speech frames (the
+# codec quality bench's definition) spend the training on what matters.
 FRAME = 1920
 
 
@@ -38,13 +39,10 @@ class CorpusAudio:
         if not self.clips:
             raise ValueError(f"{corpus_dir} has no '{split}' conversations")
         self.lengths = np.array([len(c) for c in self.clips], dtype=np.float64)
-        # (clip, frame) of every speech frame, for speech-centred crops
-        threshold = (10 ** (SPEECH_DBFS / 20) * 32768) ** 2
+        # (clip, frame) of every whole speech frame, for speech-centred crops
         positions = []
         for index, clip in enumerate(self.clips):
-            n = len(clip) // FRAME
-            power = (clip[: n * FRAME].astype(np.float32).reshape(n, FRAME) ** 2).mean(axis=1)
-            frames = np.nonzero(power > threshold)[0]
+            frames = np.nonzero(speech_frames(clip.astype(np.float32) / 32768.0, FRAME, len(clip) // FRAME))[0]
             positions.append(np.stack([np.full_like(frames, index), frames], axis=1))
         self.speech_frames = np.concatenate(positions) if positions else np.zeros((0, 2), dtype=np.int64)
 
