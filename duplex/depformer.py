@@ -44,17 +44,17 @@ class DepthAttention(nn.Module):
         w_out = self.out_proj.weight.view(self.steps, d, d)[:s]
         return torch.bmm(y, w_out.transpose(1, 2)).transpose(0, 1)  # [N, s, D]
 
-    def step(self, x: torch.Tensor, k: int, cache: dict, visible: torch.Tensor) -> torch.Tensor:
-        """Position ``k`` of the current time step: x [B, 1, D]; ``cache`` holds positions 0..k-1 of this step;
-        ``visible`` [1, steps] marks slots 0..k."""
+    def step(self, x: torch.Tensor, k: int, cache: dict) -> torch.Tensor:
+        """Position ``k`` of the current time step: x [B, 1, D]; ``cache`` holds positions 0..k-1 of this step."""
         b = x.shape[0]
         qkv = fast_linear(x, self.in_proj(k)).view(b, 1, 3, self.num_heads, self.head_dim)
         q, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, 1, d]
         cache["k"][:, :, k:k + 1] = key
         cache["v"][:, :, k:k + 1] = value
-        # Attend over the whole per-step cache with slots > k masked, as the reference does (slots from the
-        # previous time step are stale but never visible).
-        y = F.scaled_dot_product_attention(q, cache["k"], cache["v"], attn_mask=visible)
+        # Position k sees positions 0..k of this time step; the slots past k hold stale values from the previous
+        # step. The reference masks them out of the whole cache; attending over the visible slots only is the
+        # same softmax without a mask (half the per-call cost of the masked kernel on CPU).
+        y = F.scaled_dot_product_attention(q, cache["k"][:, :, :k + 1], cache["v"][:, :, :k + 1])
         return fast_linear(y.transpose(1, 2).reshape(b, 1, self.dim), self.out_proj_weight(k))
 
 
@@ -71,8 +71,8 @@ class DepthLayer(nn.Module):
         h = self.norm2(x)
         return x + torch.stack([self.gating[k](h[:, k]) for k in range(x.shape[1])], dim=1)
 
-    def step(self, x: torch.Tensor, k: int, cache: dict, visible: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn.step(self.norm1(x), k, cache, visible)
+    def step(self, x: torch.Tensor, k: int, cache: dict) -> torch.Tensor:
+        x = x + self.self_attn.step(self.norm1(x), k, cache)
         return x + self.gating[k](self.norm2(x))
 
 
@@ -88,17 +88,13 @@ class DepthTransformer(nn.Module):
         return x
 
     def new_cache(self, batch: int, device=None, dtype=torch.float32) -> dict:
-        """Per-time-step attention cache (overwritten position by position; never needs a reset), with the
-        visibility mask of every depth position."""
+        """Per-time-step attention cache (overwritten position by position; never needs a reset)."""
         shape = (batch, self.num_heads, self.steps, self.dim // self.num_heads)
-        positions = torch.arange(self.steps, device=device)
         return {"layers": {str(i): {"k": torch.zeros(shape, device=device, dtype=dtype),
                                     "v": torch.zeros(shape, device=device, dtype=dtype)}
-                           for i in range(len(self.layers))},
-                "visible": [(positions <= k)[None, :] for k in range(self.steps)]}
+                           for i in range(len(self.layers))}}
 
     def step(self, x: torch.Tensor, k: int, cache: dict) -> torch.Tensor:
-        visible = cache["visible"][k]
         for i, layer in enumerate(self.layers):
-            x = layer.step(x, k, cache["layers"][str(i)], visible)
+            x = layer.step(x, k, cache["layers"][str(i)])
         return x

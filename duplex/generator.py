@@ -24,7 +24,7 @@ from codec.state import as_row_mask, write_state, zero_rows
 from codec.transformer import ring_step_tables
 
 from .layers import UNGENERATED_TOKEN
-from .sampling import SamplingSettings, sample, step_key
+from .sampling import SamplingSettings, exponential_noise, sample, step_key
 from .validate import check_user_codes
 
 
@@ -41,7 +41,9 @@ def new_generator_state(lm, batch: int) -> dict:
 
 def new_scratch(lm, batch: int) -> dict:
     """Per-generator working memory that is not conversation state: the depth transformer's per-step cache and
-    its input projections stacked into one matrix (taken from the weights when the generator is made)."""
+    its input projections stacked into one matrix (taken from the weights when the generator is made).
+    Also switches the model to its inference weight layout (``MoshiLM.use_inference_layout``)."""
+    lm.use_inference_layout()
     return {"depth": lm.depformer.new_cache(batch, lm.device, lm.dtype), "depformer_in": lm.depformer_in_all()}
 
 
@@ -95,15 +97,18 @@ def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, te
     first_user = 1 + cfg.dep_q
 
     # 4-5. Text token, then the audio codes one depth position at a time.
+    # Draw 0 is the text token, draws 1..dep_q the audio codes; all their random numbers are made up front.
     key = step_key(sampling["seed"], offset)
-    text = sample(text_logits[:, 0], sampling["text"], key, draw=0)
+    text_noise = exponential_noise(key, 0, sampling["text"].k_max, 1)
+    audio_noise = exponential_noise(key, 1, sampling["audio"].k_max, cfg.dep_q)
+    text = sample(text_logits[:, 0], sampling["text"], text_noise[:, 0])
     generated = [text]
     previous = text
     projected = fast_linear(transformer_out, scratch["depformer_in"]).view(b, 1, cfg.dep_q, -1)
     for d in range(cfg.dep_q):
         x = projected[:, :, d] + F.embedding(previous[:, None], lm.depformer_embedding(d).weight)
         h = lm.depformer.step(x, d, scratch["depth"])
-        previous = sample(fast_linear(h[:, 0], lm.linears[d].weight), sampling["audio"], key, draw=1 + d)
+        previous = sample(fast_linear(h[:, 0], lm.linears[d].weight), sampling["audio"], audio_noise[:, d])
         generated.append(previous)
 
     # 6. Advance and store this step's tokens in the next column.

@@ -16,7 +16,7 @@ from torch import nn
 
 from codec.checkpoint import check_and_load, normalize_keys, read_tensors
 from codec.conv import _Wrapper
-from codec.linear import fast_linear
+from codec.linear import fast_linear, use_wide_weight_layout
 from codec.rope import rope_frequencies, rope_tables
 from codec.transformer import ring_step_tables
 
@@ -156,8 +156,23 @@ class MoshiLM(nn.Module):
 
     def depformer_in_all(self) -> torch.Tensor:
         """The projections of all depth positions stacked, [dep_q * depformer_dim, dim] (one product per step)."""
-        return torch.cat([self.depformer_in[k if self.config.depformer_multi_linear else 0].weight
-                          for k in range(self.config.dep_q)], dim=0)
+        stacked = torch.cat([self.depformer_in[k if self.config.depformer_multi_linear else 0].weight
+                             for k in range(self.config.dep_q)], dim=0)
+        use_wide_weight_layout([stacked])
+        return stacked
+
+    def use_inference_layout(self) -> None:
+        """On CPU in float32, store the wide linear weights (text head, fused q/k/v, FFN inputs, audio heads)
+        column-major, which oneDNN streams faster for a few rows (``codec.linear``). Values are unchanged;
+        serialise with ``.contiguous()``. A no-op when training, elsewhere, and when already done."""
+        if self.training:
+            return
+        weights = [self.text_linear.weight] + [head.weight for head in self.linears]
+        for layer in self.layers:
+            weights += [layer.self_attn.in_proj_weight, layer.gating.linear_in.weight]
+        for layer in self.depformer.layers:
+            weights += [ffn.linear_in.weight for ffn in layer.gating]
+        use_wide_weight_layout(weights)
 
     # ----------------------------------------------------------------------------------------- training view
     def forward_train(self, codes: torch.Tensor) -> LMOutput:

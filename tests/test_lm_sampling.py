@@ -2,13 +2,13 @@
 
 import torch
 
-from duplex.sampling import SamplingSettings, sample, step_key, uniform_noise
+from duplex.sampling import SamplingSettings, exponential_noise, sample, step_key, uniform_noise
 
 
 def _draws(logits, temperature, top_k, n=4000, draw=0):
     settings = SamplingSettings(n, temperature, top_k, logits.shape[-1])
     key = step_key(torch.arange(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
-    return sample(logits.expand(n, -1), settings, key, draw)
+    return sample(logits.expand(n, -1), settings, exponential_noise(key, draw, settings.k_max, 1)[:, 0])
 
 
 def test_uniform_noise_is_uniform_and_deterministic():
@@ -22,6 +22,12 @@ def test_uniform_noise_is_uniform_and_deterministic():
     assert len(set(key.tolist())) == 3
     # a row depends on its own key only
     assert torch.equal(u[1:2], uniform_noise(key[1:2], 3, 50_000))
+    # the draws of a step computed at once are the same numbers as one at a time
+    many = uniform_noise(key, 2, 300, count=4)
+    assert many.shape == (3, 4, 300)
+    for i in range(4):
+        assert torch.equal(many[:, i], uniform_noise(key, 2 + i, 300))
+    assert torch.equal(exponential_noise(key, 2, 300, 4), -torch.log(many))
     # neighbouring seeds and steps give unrelated keys
     keys = step_key(torch.arange(1000), torch.zeros(1000, dtype=torch.long))
     assert len(set(keys.tolist())) == 1000
@@ -62,7 +68,8 @@ def test_per_row_settings():
     assert settings.any_sampling and not settings.all_sampling
     logits = torch.tensor([[0.0, 1.0, 0.5]]).expand(3, -1)
     for step in range(20):
-        out = sample(logits, settings, step_key(torch.arange(3), torch.full((3,), step)), 0)
+        noise = exponential_noise(step_key(torch.arange(3), torch.full((3,), step)), 0, 3, 1)[:, 0]
+        out = sample(logits, settings, noise)
         assert out[0] == 1 and out[1] == 1
     settings.set(None, 0.0, 5)  # everyone greedy; k is capped at k_max
     assert not settings.any_sampling and int(settings.top_k.max()) == 3

@@ -1,0 +1,60 @@
+"""The CPU inference weight layout: wide weights re-laid column-major in place, same values, same results."""
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from codec.linear import fast_linear, use_wide_weight_layout
+from duplex.lm import MoshiLM
+from tests.conftest import LM_SMALL, LM_SMALL_CONFIG
+
+
+def _column_major(w: torch.Tensor) -> bool:
+    return w.stride() == (1, w.shape[0])
+
+
+def test_only_wide_float32_weights_are_relaid_in_place():
+    wide, square, narrow = torch.randn(96, 16), torch.randn(16, 16), torch.randn(8, 32)
+    half = torch.randn(64, 16).half()
+    param = torch.nn.Parameter(torch.randn(40, 20))
+    before = [t.clone() for t in (wide, square, narrow, half, param)]
+    assert use_wide_weight_layout([wide, square, narrow, half, param]) == 2
+    assert _column_major(wide) and _column_major(param)
+    assert square.is_contiguous() and narrow.is_contiguous() and half.is_contiguous()
+    for t, b in zip((wide, square, narrow, half, param), before):
+        assert torch.equal(t, b)
+    assert isinstance(param, torch.nn.Parameter)
+    assert use_wide_weight_layout([wide, param]) == 0  # idempotent
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(fast_linear(x, wide), x @ before[0].T)
+
+
+def test_lm_generator_switches_layout_and_results_do_not_change(lm_io, tmp_path):
+    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
+    codes = lm_io["codes"][:, :, :12]
+    reference = lm.forward_train(codes)
+    assert lm.text_linear.weight.is_contiguous()
+
+    lm.train()
+    lm.use_inference_layout()  # training keeps the plain layout
+    assert lm.text_linear.weight.is_contiguous()
+    lm.eval()
+
+    gen = lm.generator(1, greedy=True)
+    relaid = [lm.text_linear.weight, lm.linears[0].weight, lm.layers[0].gating.linear_in.weight,
+              lm.layers[0].self_attn.in_proj_weight]
+    assert [_column_major(w) for w in relaid] == [w.shape[0] >= 2 * w.shape[1] for w in relaid]
+    assert sum(_column_major(w) for w in relaid) >= 2
+    assert lm.emb[0].weight.is_contiguous() and lm.text_emb.weight.is_contiguous()  # tables read by row
+
+    after = lm.forward_train(codes)
+    torch.testing.assert_close(after.logits[after.mask], reference.logits[reference.mask], atol=1e-5, rtol=0)
+    tokens = torch.stack([gen.step(lm_io["gen_user_tokens"][:1, :, s]) for s in range(40)], -1)
+    assert torch.equal(tokens, lm_io["gen_out"][:1])
+
+    # Serialising the re-laid weights: .contiguous() gives back the file's bytes.
+    path = tmp_path / "lm.safetensors"
+    save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(path))
+    original = load_file(str(LM_SMALL))
+    reloaded = load_file(str(path))
+    for name, value in original.items():
+        assert torch.equal(reloaded[name], value), name
