@@ -17,15 +17,15 @@ def rope_frequencies(head_dim: int, max_period: float, device=None) -> torch.Ten
     return torch.exp(i * (-math.log(max_period) * 2 / head_dim))
 
 
-def rope_tables(positions: torch.Tensor, freqs: torch.Tensor) -> tuple:
-    """(cos, sin), each float32 [B, 1, T, d/2], for integer or float ``positions`` [B, T]."""
+def rope_tables(positions: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """complex64 [B, 1, T, d/2]: ``exp(i * theta)`` for integer or float ``positions`` [B, T]."""
     angles = (positions.float()[..., None] * freqs)[:, None]
-    return torch.cos(angles), torch.sin(angles)
+    return torch.complex(torch.cos(angles), torch.sin(angles))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B, H, T, d] by the angles of ``rope_tables``."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    real, imag = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, H, T, d] by ``rope_tables``: each pair ``(x[2i], x[2i+1])`` read as the complex number
+    ``x[2i] + i x[2i+1]`` and multiplied by ``exp(i theta)``, i.e. ``(re cos - im sin, re sin + im cos)``. One
+    complex product instead of a dozen real operations per call (it runs twice per layer and step)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)

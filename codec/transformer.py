@@ -31,8 +31,7 @@ _OFFLINE_QUERY_BLOCK = 512
 class StepTables:
     """What every layer of one streaming step shares (all layers of a row sit at the same position)."""
 
-    cos: torch.Tensor  # [B, 1, T, d/2] RoPE tables of the new positions
-    sin: torch.Tensor
+    rotation: Optional[torch.Tensor]  # complex [B, 1, T, d/2] RoPE rotations of the new positions (None: no RoPE)
     write_index: torch.Tensor  # [B, H, T, d] ring slots receiving the new keys/values
     # [B, 1, T, capacity] which ring slots each new query may attend to: bool on accelerators (for the fused
     # attention kernels), an additive float32 mask (0 / -inf) on CPU (see ``Attention.step``)
@@ -53,11 +52,11 @@ def ring_step_tables(offset: torch.Tensor, t: int, capacity: int, context: int, 
     """The shared tables of one streaming step of ``t`` positions per row, starting at ``offset`` [B] (int64).
 
     Rows where ``active`` is False write into the ``t`` spare slots after the ring (never attended) instead.
-    ``freqs`` None: no rotary embedding (cos/sin are None).
+    ``freqs`` None: no rotary embedding (``rotation`` is None).
     """
     steps = torch.arange(t, device=offset.device)
     positions = offset[:, None] + steps  # [B, T]
-    cos, sin = rope_tables(positions, freqs) if freqs is not None else (None, None)
+    rotation = rope_tables(positions, freqs) if freqs is not None else None
     slots = positions % capacity
     if active is not None:
         slots = torch.where(active[:, None], slots, capacity + steps)
@@ -71,7 +70,7 @@ def ring_step_tables(offset: torch.Tensor, t: int, capacity: int, context: int, 
     mask = ((slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < context))[:, None]
     if offset.device.type == "cpu":
         mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
-    return StepTables(cos, sin, write_index, mask)
+    return StepTables(rotation, write_index, mask)
 
 
 def ring_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -98,20 +97,20 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, rotation: torch.Tensor):
         b, t, _ = x.shape
         qkv = fast_linear(x, self.in_proj_weight).view(b, t, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return apply_rope(q, rotation), apply_rope(k, rotation), v
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = y.shape
         return fast_linear(y.transpose(1, 2).reshape(b, t, -1), self.out_proj.weight)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
         """Offline: positions 0..T-1, windowed causal mask."""
         t = x.shape[1]
-        q, k, v = self._qkv(x, cos, sin)
+        q, k, v = self._qkv(x, rotation)
         outputs = []
         for start in range(0, t, _OFFLINE_QUERY_BLOCK):
             stop = min(t, start + _OFFLINE_QUERY_BLOCK)
@@ -130,7 +129,7 @@ class Attention(nn.Module):
 
     def step(self, x: torch.Tensor, state: State, tables: StepTables) -> torch.Tensor:
         """Streaming: write this chunk's keys/values into the ring, then attend over the whole ring."""
-        q, k, v = self._qkv(x, tables.cos, tables.sin)
+        q, k, v = self._qkv(x, tables.rotation)
         ring_k, ring_v = state["k"], state["v"]
         ring_k.scatter_(2, tables.write_index, k)
         ring_v.scatter_(2, tables.write_index, v)
@@ -159,8 +158,8 @@ class TransformerLayer(nn.Module):
         hidden = F.gelu(fast_linear(self.norm2(x), self.linear1.weight))
         return x + self.layer_scale_2(fast_linear(hidden, self.linear2.weight))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return self._ffn(x + self.layer_scale_1(self.self_attn(self.norm1(x), cos, sin)))
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        return self._ffn(x + self.layer_scale_1(self.self_attn(self.norm1(x), rotation)))
 
     def step(self, x: torch.Tensor, state: State, tables: StepTables) -> torch.Tensor:
         return self._ffn(x + self.layer_scale_1(self.self_attn.step(self.norm1(x), state, tables)))
@@ -183,9 +182,9 @@ class MimiTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.transpose(1, 2)
         b, t, _ = h.shape
-        cos, sin = rope_tables(torch.arange(t, device=h.device).expand(b, t), self.freqs)
+        rotation = rope_tables(torch.arange(t, device=h.device).expand(b, t), self.freqs)
         for layer in self.layers:
-            h = layer(h, cos, sin)
+            h = layer(h, rotation)
         return h.transpose(1, 2)
 
     def new_state(self, batch: int, chunk: int, offline_window: bool = False, device=None,

@@ -62,8 +62,8 @@ class TemporalLayer(nn.Module):
         self.norm2 = RMSNorm(dim)
         self.gating = GatedFFN(dim, hidden)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x), cos, sin)
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), rotation)
         return x + self.gating(self.norm2(x))
 
     def step(self, x: torch.Tensor, state: dict, tables: StepTables) -> torch.Tensor:

@@ -186,9 +186,9 @@ class MoshiLM(nn.Module):
         delayed = torch.stack([_shift_right(codes[:, i], d, initial[:, i]) for i, d in enumerate(cfg.delays)], 1)
         delayed = torch.cat([initial, delayed], dim=2)  # [B, K, T + 1], an all-initial column first
         x = self.embed(delayed[:, :, :-1])
-        cos, sin = rope_tables(torch.arange(t, device=x.device).expand(b, t), self.freqs)
+        rotation = rope_tables(torch.arange(t, device=x.device).expand(b, t), self.freqs)
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = layer(x, rotation)
         transformer_out, text_logits = self.heads_input(x)
 
         # Depth transformer, teacher-forced with the tokens of position t + 1.
