@@ -111,7 +111,8 @@ def plot_spectrograms(mimi, clip: np.ndarray, path: str, num_codebooks: int = 8,
     finally:
         mimi.num_codebooks = saved
     fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
-    for ax, signal, title in ((axes[0], clip, "original"), (axes[1], recon, f"reconstruction, {num_codebooks} codebooks")):
+    panels = ((axes[0], clip, "original"), (axes[1], recon, f"reconstruction, {num_codebooks} codebooks"))
+    for ax, signal, title in panels:
         ax.specgram(signal, NFFT=512, Fs=mimi.sample_rate, noverlap=384, cmap="magma")
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("Hz")

@@ -118,7 +118,8 @@ def test_train_codec_cli(tmp_path, capsys):
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-2:] == [5, 6]
     assert (run / "codec.safetensors").exists()
     shipped = Mimi.from_checkpoint(str(run / "codec-fp16.safetensors"), config=str(run / "codec-fp16.json"))
-    assert shipped.config == Mimi.from_checkpoint(str(run / "codec.safetensors"), config=str(run / "config.json")).config
+    trained = Mimi.from_checkpoint(str(run / "codec.safetensors"), config=str(run / "config.json"))
+    assert shipped.config == trained.config
 
 
 def test_quality_metrics():
