@@ -34,7 +34,7 @@ class StepTables:
     rotation: Optional[torch.Tensor]  # complex [B, 1, T, d/2] RoPE rotations of the new positions (None: no RoPE)
     write_index: torch.Tensor  # [B, H, T, d] ring slots receiving the new keys/values
     # [B, 1, T, capacity] which ring slots each new query may attend to: bool on accelerators (for the fused
-    # attention kernels), an additive float32 mask (0 / -inf) on CPU (see ``Attention.step``)
+    # attention kernels), an additive float32 mask (0 / -inf) on CPU (see ``ring_attention_cpu``)
     mask: torch.Tensor
 
 
@@ -130,11 +130,13 @@ class Attention(nn.Module):
         ring_k, ring_v = state["k"], state["v"]
         ring_k.scatter_(2, tables.write_index, k)
         ring_v.scatter_(2, tables.write_index, v)
-        cap = tables.mask.shape[-1]
-        if tables.mask.dtype == torch.bool:
-            return self._out(F.scaled_dot_product_attention(q, ring_k[:, :, :cap], ring_v[:, :, :cap],
-                                                            attn_mask=tables.mask))
-        return self._out(ring_attention_cpu(q, ring_k[:, :, :cap], ring_v[:, :, :cap], tables.mask))
+        mask = tables.mask
+        cap = mask.shape[-1]
+        if mask.dtype != torch.bool and q.dtype == torch.float32:
+            return self._out(ring_attention_cpu(q, ring_k[:, :, :cap], ring_v[:, :, :cap], mask))
+        # The fused kernel keeps the scores in float32 for half-precision inputs.
+        return self._out(F.scaled_dot_product_attention(q, ring_k[:, :, :cap], ring_v[:, :, :cap],
+                                                        attn_mask=mask if mask.dtype == torch.bool else mask == 0))
 
 
 class TransformerLayer(nn.Module):

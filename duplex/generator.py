@@ -99,16 +99,18 @@ def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, te
     # 4-5. Text token, then the audio codes one depth position at a time.
     # Draw 0 is the text token, draws 1..dep_q the audio codes; all their random numbers are made up front.
     key = step_key(sampling["seed"], offset)
-    text_noise = exponential_noise(key, 0, sampling["text"].k_max, 1)
-    audio_noise = exponential_noise(key, 1, sampling["audio"].k_max, cfg.dep_q)
-    text = sample(text_logits[:, 0], sampling["text"], text_noise[:, 0])
+    text_settings, audio_settings = sampling["text"], sampling["audio"]
+    text_noise = exponential_noise(key, 0, text_settings.k_max, 1)[:, 0] if text_settings.any_sampling else None
+    audio_noise = (exponential_noise(key, 1, audio_settings.k_max, cfg.dep_q).unbind(1)
+                   if audio_settings.any_sampling else [None] * cfg.dep_q)
+    text = sample(text_logits[:, 0], text_settings, text_noise)
     generated = [text]
     previous = text
     projected = fast_linear(transformer_out, scratch["depformer_in"]).view(b, 1, cfg.dep_q, -1)
     for d in range(cfg.dep_q):
         x = projected[:, :, d] + F.embedding(previous[:, None], lm.depformer_embedding(d).weight)
         h = lm.depformer.step(x, d, scratch["depth"])
-        previous = sample(fast_linear(h[:, 0], lm.linears[d].weight), sampling["audio"], audio_noise[:, d])
+        previous = sample(fast_linear(h[:, 0], lm.linears[d].weight), audio_settings, audio_noise[d])
         generated.append(previous)
 
     # 6. Advance and store this step's tokens in the next column.

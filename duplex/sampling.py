@@ -91,9 +91,9 @@ class SamplingSettings:
         self.all_sampling = not self.branch_free and bool((~self.greedy).all())
 
 
-def sample(logits: torch.Tensor, settings: SamplingSettings, noise: torch.Tensor) -> torch.Tensor:
+def sample(logits: torch.Tensor, settings: SamplingSettings, noise: Optional[torch.Tensor]) -> torch.Tensor:
     """One token per row of ``logits`` [B, V]; ``noise`` [B, k_max]: Exp(1) variables from ``exponential_noise``
-    (one draw of this step)."""
+    (one draw of this step; unused, and may be None, when every slot is greedy)."""
     logits = logits.float()
     if not settings.any_sampling:
         return logits.argmax(dim=-1)
