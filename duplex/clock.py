@@ -8,9 +8,21 @@ stall never turns into a burst of catch-up steps.
 from __future__ import annotations
 
 import collections
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional
+
+
+def freeze_startup_objects() -> int:
+    """Move every object alive now (PyTorch, the models, the server) out of the cyclic garbage collector's reach.
+
+    A full collection walks all of them: ~270,000 objects, ~140 ms on a 2-core CPU, longer than a frame, at a
+    moment nobody chooses. Frozen, a later full collection only walks what was created since (microseconds here).
+    Call it once the engine is built, before real-time work starts. Returns the number of frozen objects."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 @dataclass

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from ..clock import freeze_startup_objects
 from ..errors import UsageError
 from .codec import pick_device
 
@@ -47,6 +48,7 @@ def run_serve(args) -> int:
                             max_message_bytes=args.max_message_bytes, max_waiting=args.max_waiting,
                             ssl_cert=args.ssl_cert, ssl_key=args.ssl_key)
     server = VoiceServer(engine, options)
+    freeze_startup_objects()  # no 100+ ms garbage-collector pause in the middle of a frame later
     scheme = "https" if args.ssl_cert else "http"
     print(f"duplex: open {scheme}://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:"
           f"{args.port}/ in a browser; Kyutai clients connect to /api/chat", file=sys.stderr)
@@ -130,6 +132,7 @@ def run_mic(args) -> int:
         return 0
     print("duplex: talking (Ctrl-C to stop); the default model has random weights until trained weights ship",
           file=sys.stderr)
+    freeze_startup_objects()
     try:
         stats = mic.run_live(engine, seconds=args.seconds, input_device=_device(args.input_device),
                              output_device=_device(args.output_device))
