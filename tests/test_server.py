@@ -285,9 +285,14 @@ def test_twenty_concurrent_clients_for_thirty_seconds():
     import sys
     from pathlib import Path
 
+    import gc
+
+    from duplex.clock import freeze_startup_objects
+
     helper = Path(__file__).parent / "clients_process.py"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    freeze_startup_objects()  # as `duplex serve` does: no full garbage collection of pytest's objects mid-test
 
     async def test(server, url):
         proc = await asyncio.create_subprocess_exec(sys.executable, str(helper), url, "20", "30",
@@ -299,6 +304,7 @@ def test_twenty_concurrent_clients_for_thirty_seconds():
         results, stats = serve(test, slots=20)
     finally:
         torch.set_num_threads(threads)
+        gc.unfreeze()
     assert len(results) == 20
     for r in results:
         assert "exception" not in r, r
