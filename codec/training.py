@@ -48,6 +48,14 @@ class TrainConfig:
     lr_schedule: str = "constant"
     total_steps: int = 0
     final_lr_fraction: float = 0.1
+    # Optional adversarial training (codec.discriminator): 0 disables it. Active after the unquantized warm-up.
+    adversarial_weight: float = 0.0
+    feature_matching_weight: float = 0.0
+    discriminator_lr: float = 2e-4
+
+    @property
+    def adversarial(self) -> bool:
+        return self.adversarial_weight > 0 or self.feature_matching_weight > 0
 
     def lr_at(self, step: int) -> float:
         if self.lr_schedule == "constant" or self.total_steps <= 0:
@@ -230,6 +238,13 @@ class CodecTrainer:
                                            weight_decay=self.cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
+        self.discriminator = self.discriminator_optimizer = None
+        if self.cfg.adversarial:
+            from .discriminator import MultiPeriodDiscriminator
+
+            self.discriminator = MultiPeriodDiscriminator().to(mimi.device)
+            self.discriminator_optimizer = torch.optim.AdamW(self.discriminator.parameters(),
+                                                             lr=self.cfg.discriminator_lr, betas=self.cfg.betas)
 
     def train_step(self, pcm: torch.Tensor) -> Dict[str, float]:
         cfg = self.cfg
@@ -241,6 +256,11 @@ class CodecTrainer:
         mel = self.mel(estimate, pcm, cfg.linear_mel_weight)
         wave = F.l1_loss(estimate, pcm)
         loss = cfg.mel_weight * mel + cfg.waveform_weight * wave + cfg.commitment_weight * commit
+        adversarial = self.discriminator is not None and not warming_up
+        if adversarial:
+            gan = self._adversarial_terms(estimate, pcm)
+            loss = loss + cfg.adversarial_weight * gan["adversarial"] + cfg.feature_matching_weight * gan[
+                "feature_matching"]
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -248,8 +268,32 @@ class CodecTrainer:
         norm = torch.nn.utils.clip_grad_norm_(self.mimi.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return {"loss": loss.item(), "mel": mel.item(), "waveform": wave.item(), "commitment": commit.item(),
-                "codebooks": 0 if warming_up else n_q, "grad_norm": float(norm), "lr": cfg.lr_at(self.step - 1)}
+        logged = {"loss": loss.item(), "mel": mel.item(), "waveform": wave.item(), "commitment": commit.item(),
+                  "codebooks": 0 if warming_up else n_q, "grad_norm": float(norm), "lr": cfg.lr_at(self.step - 1)}
+        if adversarial:
+            logged.update({name: float(value) for name, value in gan.items()})
+        return logged
+
+    def _adversarial_terms(self, estimate: torch.Tensor, pcm: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One discriminator update on (real, decoded), then the generator's adversarial and feature-matching
+        terms against the updated discriminator (gradients flow into the codec only through ``estimate``)."""
+        from .discriminator import discriminator_loss, feature_matching_loss, generator_loss
+
+        d = self.discriminator
+        d_loss = discriminator_loss(d(pcm), d(estimate.detach()))
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        torch.nn.utils.clip_grad_norm_(d.parameters(), self.cfg.grad_clip)
+        self.discriminator_optimizer.step()
+        d.requires_grad_(False)  # the generator's terms must not accumulate gradients in the discriminator
+        try:
+            with torch.no_grad():
+                real = d(pcm)
+            fake = d(estimate)
+            return {"adversarial": generator_loss(fake), "feature_matching": feature_matching_loss(real, fake),
+                    "discriminator": d_loss.detach()}
+        finally:
+            d.requires_grad_(True)
 
     @torch.no_grad()
     def evaluate(self, pcm: torch.Tensor, n_q: int = 8) -> Dict[str, float]:
@@ -276,9 +320,12 @@ class CodecTrainer:
         os.replace(os.path.join(folder, "codec.safetensors.tmp"), os.path.join(folder, "codec.safetensors"))
         with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
             json.dump(official_layout(self.mimi), f, indent=1)
-        torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "generator": self.generator.get_state(), "train_config": asdict(self.cfg),
-                    "extra": extra or {}}, os.path.join(folder, "trainer.pt"))
+        trainer = {"optimizer": self.optimizer.state_dict(), "step": self.step,
+                   "generator": self.generator.get_state(), "train_config": asdict(self.cfg), "extra": extra or {}}
+        if self.discriminator is not None:
+            trainer["discriminator"] = self.discriminator.state_dict()
+            trainer["discriminator_optimizer"] = self.discriminator_optimizer.state_dict()
+        torch.save(trainer, os.path.join(folder, "trainer.pt"))
 
     def load(self, folder: str) -> dict:
         from .checkpoint import check_and_load, read_tensors
@@ -290,6 +337,10 @@ class CodecTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.generator.set_state(state["generator"])
+        # A run that adds the discriminator to a checkpoint made without one starts it fresh.
+        if self.discriminator is not None and "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
         return state.get("extra", {})
 
 

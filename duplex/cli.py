@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine: decay to 10%% of --lr at --steps (default)")
     p.add_argument("--linear-mel-weight", type=float, default=0.0,
                    help="weight of an L1 loss on linear mel magnitudes beside the log-mel loss")
+    p.add_argument("--adversarial-weight", type=float, default=0.0,
+                   help="weight of the multi-period discriminator's hinge loss (0: no discriminator)")
+    p.add_argument("--feature-matching-weight", type=float, default=0.0,
+                   help="weight of the discriminator feature-matching loss (0: off)")
     p.add_argument("--crops", choices=["speech", "any"], default="speech",
                    help="speech: every training crop contains speech (default); any: uniform crops")
     p.add_argument("--max-codebooks", type=int, default=8, help="quantizer dropout trains 1..N codebooks")

@@ -265,3 +265,53 @@ def test_training_init_makes_the_output_depend_on_the_input():
                if isinstance(m, torch.nn.Conv1d) and m.bias is not None)
     changed, level = dependence(a)
     assert changed > 0.9 * level and 0.1 < level / float(pcm.pow(2).mean().sqrt()) < 10
+
+
+def test_multi_period_discriminator_shapes_and_losses():
+    from codec.discriminator import (MultiPeriodDiscriminator, discriminator_loss, feature_matching_loss,
+                                     generator_loss)
+
+    torch.manual_seed(0)
+    d = MultiPeriodDiscriminator().requires_grad_(False)
+    real, fake = tones(torch.Generator().manual_seed(1)), tones(torch.Generator().manual_seed(2))
+    out_real, out_fake = d(real), d(fake)
+    assert len(out_real) == 5  # periods 2, 3, 5, 7, 11
+    for (logits, maps), period in zip(out_real, (2, 3, 5, 7, 11)):
+        assert logits.shape[0] == 4 and maps[0].shape[-1] == period  # columns = one phase of the period each
+    assert float(feature_matching_loss(out_real, out_real)) == 0.0
+    assert float(feature_matching_loss(out_real, out_fake)) > 0
+    # hinge values: confident and right costs nothing, confident and wrong costs 2 per side
+    sure = [(torch.full((4, 3), 5.0), [])]
+    assert float(discriminator_loss(sure, [(-s, m) for s, m in sure])) == 0.0
+    assert float(discriminator_loss([(-s, m) for s, m in sure], sure)) == 12.0
+    assert float(generator_loss(sure)) == 0.0 and float(generator_loss([(-s, m) for s, m in sure])) == 6.0
+
+
+def test_adversarial_training_steps_and_exact_resume(tmp_path):
+    adversarial = dict(min_codebooks=1, max_codebooks=8, adversarial_weight=0.1, feature_matching_weight=0.2)
+    data = [tones(torch.Generator().manual_seed(i)) for i in range(4)]
+
+    torch.manual_seed(3)
+    straight = CodecTrainer(tiny_codec(), cfg(**adversarial), seed=5)
+    d_before = [p.detach().clone() for p in straight.discriminator.parameters()]
+    logs = [straight.train_step(b) for b in data]
+    assert all(k in logs[0] for k in ("adversarial", "feature_matching", "discriminator"))
+    assert all(torch.isfinite(torch.tensor(log["loss"])) for log in logs)
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, straight.discriminator.parameters()))
+
+    torch.manual_seed(3)
+    first = CodecTrainer(tiny_codec(), cfg(**adversarial), seed=5)
+    head = [first.train_step(b)["loss"] for b in data[:2]]
+    first.save(str(tmp_path / "run"))
+    second = CodecTrainer(tiny_codec(seed=9), cfg(**adversarial), seed=0)  # another discriminator init too
+    second.load(str(tmp_path / "run"))
+    tail = [second.train_step(b)["loss"] for b in data[2:]]
+    assert head + tail == [log["loss"] for log in logs]
+
+    # A checkpoint made without a discriminator continues with a fresh one.
+    plain = CodecTrainer(tiny_codec(), cfg(min_codebooks=1, max_codebooks=8), seed=5)
+    plain.train_step(data[0])
+    plain.save(str(tmp_path / "plain"))
+    added = CodecTrainer(tiny_codec(), cfg(**adversarial), seed=5)
+    added.load(str(tmp_path / "plain"))
+    assert "adversarial" in added.train_step(data[1])

@@ -50,7 +50,8 @@ def run_train_codec(args) -> int:
     mimi._rebuild_derived()
     cfg = TrainConfig(learning_rate=args.lr, max_codebooks=min(args.max_codebooks, config.quantizer.n_q),
                       lr_schedule=args.lr_schedule, total_steps=args.steps,
-                      linear_mel_weight=args.linear_mel_weight)
+                      linear_mel_weight=args.linear_mel_weight, adversarial_weight=args.adversarial_weight,
+                      feature_matching_weight=args.feature_matching_weight)
     trainer = CodecTrainer(mimi, cfg, seed=args.seed)
     if resume:
         trainer.load(args.out)
