@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine: decay to 10%% of --lr at --steps (default)")
     p.add_argument("--linear-mel-weight", type=float, default=0.0,
                    help="weight of an L1 loss on linear mel magnitudes beside the log-mel loss")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="end this run at STEP (saved; --resume continues), the schedule still planned for --steps")
     p.add_argument("--adversarial-weight", type=float, default=0.0,
                    help="weight of the multi-period discriminator's hinge loss (0: no discriminator)")
     p.add_argument("--feature-matching-weight", type=float, default=0.0,

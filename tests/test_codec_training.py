@@ -113,9 +113,14 @@ def test_train_codec_cli(tmp_path, capsys):
     assert main(args) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and "heldout" in log[1]
-    assert main(args[:-8] + ["--steps", "6", "--batch-size", "2", "--segment-seconds", "0.5", "--eval-every", "2",
-                             "--save-every", "2", "--device", "cpu", "--resume"]) == 0
+    # --stop-at ends a run early with a checkpoint (6 is not a multiple of --save-every); --resume finishes it
+    more = ["--batch-size", "2", "--segment-seconds", "0.5", "--eval-every", "2", "--save-every", "4", "--device", "cpu",
+            "--resume", "--steps", "7"]
+    assert main(args[:-8] + more + ["--stop-at", "6"]) == 0
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-2:] == [5, 6]
+    assert torch.load(run / "trainer.pt", weights_only=False)["step"] == 6
+    assert main(args[:-8] + more) == 0
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-2:] == [6, 7]
     assert (run / "codec.safetensors").exists()
     shipped = Mimi.from_checkpoint(str(run / "codec-fp16.safetensors"), config=str(run / "codec-fp16.json"))
     trained = Mimi.from_checkpoint(str(run / "codec.safetensors"), config=str(run / "config.json"))

@@ -70,14 +70,16 @@ def run_train_codec(args) -> int:
     print(f"training on {train.seconds / 3600:.2f} h ({len(train.clips)} channels, "
           f"{train.speech_seconds / 3600:.2f} h of speech frames), "
           f"{sum(p.numel() for p in mimi.parameters()) / 1e6:.2f} M parameters, {device}", file=sys.stderr)
+    # --stop-at ends this invocation early (a later --resume continues); the schedule still plans for --steps.
+    end = min(args.steps, args.stop_at) if args.stop_at else args.steps
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=args.steps, initial=trainer.step, unit="step")
+        bar = tqdm(total=end, initial=trainer.step, unit="step")
     start = time.time()
     with open(log_path, "a", encoding="utf-8") as log:
-        while trainer.step < args.steps:
+        while trainer.step < end:
             batch = train.batch(args.batch_size, samples, trainer.generator, speech=args.crops == "speech").to(device)
             record = {"step": trainer.step + 1, **trainer.train_step(batch)}
             if eval_batch is not None and trainer.step % args.eval_every == 0:
@@ -87,15 +89,15 @@ def run_train_codec(args) -> int:
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", mel=f"{record['mel']:.3f}")
-            elif trainer.step % 50 == 0 or trainer.step == args.steps:
+            elif trainer.step % 50 == 0 or trainer.step == end:
                 print(f"step {trainer.step}: loss {record['loss']:.4f} mel {record['mel']:.4f}", file=sys.stderr)
-            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+            if trainer.step % args.save_every == 0 or trainer.step == end:
                 trainer.save(args.out)
                 # the inference file (float16, what duplex ships): loads with --config codec-fp16.json
                 export_for_inference(trainer.mimi, os.path.join(args.out, "codec-fp16.safetensors"))
     if bar:
         bar.close()
-    print(f"{args.steps} steps in {time.time() - start:.0f} s -> {args.out}/codec.safetensors "
+    print(f"step {trainer.step} of {args.steps} after {time.time() - start:.0f} s -> {args.out}/codec.safetensors "
           f"(config {args.out}/config.json); inference file {args.out}/codec-fp16.safetensors "
           f"(config {args.out}/codec-fp16.json)", file=sys.stderr)
     return 0
