@@ -271,7 +271,7 @@ class CodecTrainer:
         logged = {"loss": loss.item(), "mel": mel.item(), "waveform": wave.item(), "commitment": commit.item(),
                   "codebooks": 0 if warming_up else n_q, "grad_norm": float(norm), "lr": cfg.lr_at(self.step - 1)}
         if adversarial:
-            logged.update({name: float(value) for name, value in gan.items()})
+            logged.update({name: float(value.detach()) for name, value in gan.items()})
         return logged
 
     def _adversarial_terms(self, estimate: torch.Tensor, pcm: torch.Tensor) -> Dict[str, torch.Tensor]:
