@@ -1,4 +1,5 @@
-"""Reconstruction quality of a codec: mel distance, SI-SNR, STOI (pystoi) and codebook usage (perplexity)."""
+"""Reconstruction quality of a codec: mel distance, SI-SNR, STOI (pystoi), pitch error and codebook usage
+(perplexity)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,53 @@ def perplexity(codes: torch.Tensor, bins: int) -> List[float]:
     return out
 
 
+# Pitch tracking. torchaudio's ``detect_pitch_frequency`` makes no voicing decision, which a pitch error between two
+# signals needs (only frames voiced in both compare), so this is the textbook normalised-autocorrelation tracker.
+PITCH_RANGE_HZ = (60.0, 400.0)
+PITCH_WINDOW = 2048  # samples at 24 kHz: ~85 ms, several periods of the lowest pitch
+PITCH_HOP = 480  # 20 ms
+PITCH_MIN_DBFS = -40.0  # quieter windows are unvoiced
+PITCH_VOICING = 0.3  # autocorrelation peak / energy needed to call a window voiced
+GROSS_PITCH_ERROR = 0.2  # the usual "gross pitch error" threshold: more than 20% off
+
+
+def pitch_track(clip: np.ndarray, sample_rate: int = 24000) -> np.ndarray:
+    """float64 [frames]: the fundamental frequency (Hz) of each 20 ms hop of ``clip``, 0 where unvoiced."""
+    clip = np.asarray(clip, dtype=np.float64)
+    window = int(round(PITCH_WINDOW * sample_rate / 24000))
+    hop = int(round(PITCH_HOP * sample_rate / 24000))
+    if len(clip) < window:
+        return np.zeros(0)
+    frames = np.lib.stride_tricks.sliding_window_view(clip, window)[::hop] * np.hanning(window)
+    spectrum = np.fft.rfft(frames, n=2 * window, axis=1)
+    ac = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, :window]
+    low = int(sample_rate / PITCH_RANGE_HZ[1])
+    high = int(sample_rate / PITCH_RANGE_HZ[0])
+    lag = low + np.argmax(ac[:, low:high], axis=1)
+    peak = ac[np.arange(len(ac)), lag]
+    loud = frames.std(axis=1) > 10 ** (PITCH_MIN_DBFS / 20)
+    voiced = loud & (peak > PITCH_VOICING * np.maximum(ac[:, 0], 1e-12))
+    return np.where(voiced, sample_rate / lag, 0.0)
+
+
+def pitch_ratios(estimate: np.ndarray, reference: np.ndarray, sample_rate: int = 24000) -> np.ndarray:
+    """estimated F0 / reference F0 over the frames voiced in both."""
+    a, b = pitch_track(reference, sample_rate), pitch_track(estimate, sample_rate)
+    n = min(len(a), len(b))
+    both = (a[:n] > 0) & (b[:n] > 0)
+    return b[:n][both] / a[:n][both]
+
+
+def pitch_errors(ratios: np.ndarray) -> Dict[str, float]:
+    """Median relative F0 error and the gross pitch error (share of frames more than 20% off); None without
+    frames voiced in both."""
+    if len(ratios) == 0:
+        return {"pitch_error": None, "gross_pitch_error": None, "voiced_frames": 0}
+    err = np.abs(ratios - 1)
+    return {"pitch_error": float(np.median(err)), "gross_pitch_error": float(np.mean(err > GROSS_PITCH_ERROR)),
+            "voiced_frames": int(len(err))}
+
+
 # A codec frame counts as speech when the reference's RMS over it is above this (dBFS). Usage is reported over all
 # frames and over speech frames: in conversation channels most frames are silence, which any codec spends on a
 # handful of codes, so the all-frames perplexity mostly measures how much silence the clips hold.
@@ -68,7 +116,7 @@ def evaluate(mimi, clips: Sequence[np.ndarray], num_codebooks: int = 8) -> Dict:
     """Encode and decode each mono clip (float32, 24 kHz) offline and measure it."""
     saved = mimi.num_codebooks
     mimi.num_codebooks = num_codebooks
-    rows, all_codes, speech = [], [], []
+    rows, all_codes, speech, ratios = [], [], [], []
     try:
         for clip in clips:
             pcm = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))[None, None]
@@ -76,17 +124,19 @@ def evaluate(mimi, clips: Sequence[np.ndarray], num_codebooks: int = 8) -> Dict:
             recon = mimi.decode(codes)[0, 0, : pcm.shape[-1]].cpu().numpy()
             all_codes.append(codes[0].cpu())
             speech.append(torch.from_numpy(speech_frames(clip, mimi.frame_size, codes.shape[-1])))
+            ratios.append(pitch_ratios(recon, clip, mimi.sample_rate))
             rows.append({"mel_distance": mel_distance(recon, clip, mimi.sample_rate), "si_snr": si_snr(recon, clip),
-                         "stoi": stoi(recon, clip, mimi.sample_rate)})
+                         "stoi": stoi(recon, clip, mimi.sample_rate), **pitch_errors(ratios[-1])})
     finally:
         mimi.num_codebooks = saved
     codes = torch.cat(all_codes, dim=-1)
     active = torch.cat(speech)
     ppl = perplexity(codes, mimi.cardinality)
     speech_ppl = perplexity(codes[:, active], mimi.cardinality) if bool(active.any()) else [0.0] * len(ppl)
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("mel_distance", "si_snr", "stoi")}
+    pitch = pitch_errors(np.concatenate(ratios))  # pooled over the voiced frames of all clips
     bitrate = num_codebooks * math.log2(mimi.cardinality) * mimi.frame_rate
-    return {"num_codebooks": num_codebooks, "kbps": bitrate / 1000, "clips": len(rows), **mean,
+    return {"num_codebooks": num_codebooks, "kbps": bitrate / 1000, "clips": len(rows), **mean, **pitch,
             "speech_frames_fraction": float(active.double().mean()),
             "speech_perplexity": speech_ppl,
             "speech_perplexity_fraction": [p / mimi.cardinality for p in speech_ppl],
@@ -113,7 +163,9 @@ def plot_spectrograms(mimi, clip: np.ndarray, path: str, num_codebooks: int = 8,
     fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
     panels = ((axes[0], clip, "original"), (axes[1], recon, f"reconstruction, {num_codebooks} codebooks"))
     for ax, signal, title in panels:
-        ax.specgram(signal, NFFT=512, Fs=mimi.sample_rate, noverlap=384, cmap="magma")
+        # Digital silence has zero power: plotted at the floor of a fixed scale (-150 dB) instead of a warning.
+        with np.errstate(divide="ignore"):
+            ax.specgram(signal, NFFT=512, Fs=mimi.sample_rate, noverlap=384, cmap="magma", vmin=-150)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("Hz")
     axes[1].set_xlabel("s")

@@ -145,6 +145,34 @@ def test_quality_metrics():
     assert perplexity(torch.zeros(1, 100, dtype=torch.long), 64)[0] == pytest.approx(1.0)
 
 
+def harmonic_tone(f0, seconds=1.5, sample_rate=24000):
+    import numpy as np
+
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 30) if f0 * k < 5000)
+    return (0.1 * x / np.abs(x).max()).astype(np.float32)
+
+
+def test_pitch_tracking_and_pitch_error():
+    import numpy as np
+
+    from codec.quality import pitch_errors, pitch_ratios, pitch_track
+
+    for f0 in (85.0, 130.0, 230.0):
+        track = pitch_track(harmonic_tone(f0))
+        assert len(track) > 50 and np.all(np.abs(track / f0 - 1) < 0.02), (f0, track[:5])
+    assert not pitch_track(np.zeros(24000, dtype=np.float32)).any()  # silence is unvoiced
+    noise = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
+    assert (pitch_track(noise) > 0).mean() < 0.1  # so is white noise
+    # The output an octave-exact 100 Hz grid would give for a 130 Hz voice: 23% too low everywhere.
+    ratios = pitch_ratios(harmonic_tone(100.0), harmonic_tone(130.0))
+    report = pitch_errors(ratios)
+    assert report["pitch_error"] == pytest.approx(0.23, abs=0.02) and report["gross_pitch_error"] == 1.0
+    assert pitch_errors(pitch_ratios(harmonic_tone(130.0), harmonic_tone(130.0)))["gross_pitch_error"] == 0.0
+    assert pitch_errors(pitch_ratios(np.zeros(24000), harmonic_tone(130.0)))["pitch_error"] is None
+    assert len(pitch_track(np.zeros(100))) == 0  # shorter than one window
+
+
 def test_codec_quality_bench_cli(tmp_path, capsys):
     from duplex.cli import main
     from duplex.data.espeak import EspeakError, Synthesizer
@@ -163,6 +191,7 @@ def test_codec_quality_bench_cli(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["clips"] == 2 and len(report["perplexity"]) == 8 and 0 <= report["stoi"] <= 1
     assert len(report["speech_perplexity"]) == 8 and 0 < report["speech_frames_fraction"] < 1
+    assert report["voiced_frames"] > 0 and 0 <= report["gross_pitch_error"] <= 1 and report["pitch_error"] >= 0
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

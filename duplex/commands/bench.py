@@ -100,6 +100,13 @@ def run_bench_latency(args) -> int:
     return 0
 
 
+def _pitch_summary(report: dict) -> str:
+    if report["pitch_error"] is None:
+        return "no voiced frames to compare pitch"
+    return (f"pitch error {report['pitch_error']:.1%} median, {report['gross_pitch_error']:.0%} of "
+            f"{report['voiced_frames']} voiced frames more than 20% off")
+
+
 def run_bench_codec_quality(args) -> int:
     import os
 
@@ -125,6 +132,7 @@ def run_bench_codec_quality(args) -> int:
     report.update(checkpoint=checkpoint, split=args.split)
     print(f"{report['clips']} clips, {report['num_codebooks']} codebooks ({report['kbps']:.2f} kbps): "
           f"STOI {report['stoi']:.3f}, SI-SNR {report['si_snr']:.2f} dB, mel distance {report['mel_distance']:.3f}, "
+          f"{_pitch_summary(report)}, "
           f"smallest codebook perplexity {report['min_speech_perplexity_fraction']:.1%} of its size on speech frames "
           f"({report['speech_frames_fraction']:.0%} of frames), {report['min_perplexity_fraction']:.1%} on all frames",
           file=sys.stderr)
