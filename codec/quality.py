@@ -162,10 +162,11 @@ def plot_spectrograms(mimi, clip: np.ndarray, path: str, num_codebooks: int = 8,
         mimi.num_codebooks = saved
     fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
     panels = ((axes[0], clip, "original"), (axes[1], recon, f"reconstruction, {num_codebooks} codebooks"))
+    # Digital silence has zero power (-inf dB): drawn in the colour of the floor of a fixed scale, not left blank.
+    cmap = plt.get_cmap("magma").with_extremes(bad="black", under="black")
     for ax, signal, title in panels:
-        # Digital silence has zero power: plotted at the floor of a fixed scale (-150 dB) instead of a warning.
         with np.errstate(divide="ignore"):
-            ax.specgram(signal, NFFT=512, Fs=mimi.sample_rate, noverlap=384, cmap="magma", vmin=-150)
+            ax.specgram(signal, NFFT=512, Fs=mimi.sample_rate, noverlap=384, cmap=cmap, vmin=-150)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("Hz")
     axes[1].set_xlabel("s")
