@@ -1,6 +1,7 @@
 """Stream a file through the codec one 80 ms frame at a time, as a live session would.
 
-    python demos/stream_codec.py demos/hello.wav out.wav --checkpoint PATH/TO/mimi.safetensors
+    python demos/stream_codec.py demos/hello.wav out.wav                 # the codec shipped with duplex
+    python demos/stream_codec.py demos/hello.wav out.wav --checkpoint PATH/TO/mimi.safetensors   # Kyutai's Mimi
 
 Prints per-frame encode/decode time; the output is what a listener would hear.
 """
@@ -10,7 +11,7 @@ import time
 
 import torch
 
-from codec import Mimi
+from codec import Mimi, load_shipped_codec
 from codec.audio import load_audio, save_audio
 
 
@@ -18,11 +19,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input")
     parser.add_argument("output")
-    parser.add_argument("--checkpoint", required=True, help="a Kyutai Mimi .safetensors")
-    parser.add_argument("--config", help="codec config JSON (official layout); default: the official Mimi")
+    parser.add_argument("--checkpoint", help="a Mimi .safetensors (default: the codec shipped with duplex)")
+    parser.add_argument("--config", help="config JSON of --checkpoint (official layout); default: the official Mimi")
     args = parser.parse_args()
+    if args.config and not args.checkpoint:
+        parser.error("--config describes --checkpoint; the shipped codec brings its own")
 
-    mimi = Mimi.from_checkpoint(args.checkpoint, config=args.config)
+    mimi = Mimi.from_checkpoint(args.checkpoint, config=args.config) if args.checkpoint else load_shipped_codec()
     pcm = load_audio(args.input, mimi.sample_rate)
     pcm = torch.nn.functional.pad(pcm, (0, (-pcm.shape[-1]) % mimi.frame_size))[None]  # [1, 1, T]
     stream = mimi.stream(batch_size=1)

@@ -43,6 +43,9 @@ def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], 
         lm, _, _ = default_models(device, dtype)
         return (lm, Mimi.random(None, seed=DEFAULT_SEED, device=device),
                 "small LM (random weights) with the official Mimi architecture (random weights)")
+    if model not in LMConfig.PRESETS:
+        raise ValueError(f"unknown --model {model!r}: default, default-official-codec, or an LM preset "
+                         f"({', '.join(sorted(LMConfig.PRESETS))}) with random weights; or pass --lm and --mimi")
     cfg = LMConfig.preset(model)
     return (MoshiLM.random(cfg, seed=DEFAULT_SEED, device=device, dtype=dtype),
             Mimi.random(None, seed=DEFAULT_SEED, device=device), f"{model} shapes, random weights")

@@ -10,12 +10,29 @@ from typing import Optional, Sequence
 from . import __version__
 
 
+def _port(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535; 0 picks a free one)")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
+
+
 def _add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> None:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="Mimi checkpoint (.safetensors); default: $DUPLEX_MIMI, else the codec shipped with duplex")
-    p.add_argument("--config", metavar="JSON", help="config of --checkpoint, official layout (default: official Mimi)")
+    p.add_argument("--config", metavar="JSON", help="config of --checkpoint, official layout "
+                   "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
     if codebooks:
-        p.add_argument("--num-codebooks", type=int, default=8, metavar="N", help="codebooks to use, 1-32 (default 8)")
+        p.add_argument("--num-codebooks", type=int, default=8, metavar="N",
+                       help="codebooks to use, 1 to the codec's count (8 for the shipped codec, up to 32 for "
+                            "Kyutai's Mimi; default 8)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--streaming", action="store_true",
                    help="run frame by frame as a live stream does (equal to offline for the first 124 frames)")
@@ -25,7 +42,7 @@ def _add_bench_options(p: argparse.ArgumentParser, batch_sizes, what: str = "fra
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(batch_sizes), metavar="B")
     p.add_argument("--frames", type=int, default=50, help=f"timed {what} per batch size (default 50)")
     p.add_argument("--warmup", type=int, default=5, help=f"untimed {what} first (default 5)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
 
 
@@ -34,7 +51,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm)")
     p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece text tokenizer (with --lm)")
     p.add_argument("--lm-config", metavar="JSON", help="config of --lm (default: Moshi 7B)")
-    p.add_argument("--mimi-config", metavar="JSON", help="config of --mimi (default: official Mimi)")
+    p.add_argument("--mimi-config", metavar="JSON", help="config of --mimi "
+                   "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)")
@@ -66,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("serve", help="the WebSocket voice server (Kyutai's protocol) with a browser page")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8998)
+    p.add_argument("--port", type=_port, default=8998, help="TCP port (default 8998)")
     p.add_argument("--slots", type=int, default=None,
                    help="concurrent conversations (default: 1 on CPU, 8 on CUDA; every slot costs compute each "
                         "frame, in use or not)")
@@ -76,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssl-key", metavar="PEM", help="private key of --ssl-cert")
     p.add_argument("--origins", nargs="+", metavar="ORIGIN", help="allowed browser origins (default: any)")
     p.add_argument("--max-message-bytes", type=int, default=1 << 20, help="larger messages close the connection")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=_non_negative, default=0,
                    help="CPU threads for the engine (default: torch's choice; with many sessions on few cores, "
                         "fewer threads leave a core to networking)")
-    p.add_argument("--max-waiting", type=int, default=0,
+    p.add_argument("--max-waiting", type=_non_negative, default=0,
                    help="clients that may wait for a free slot when all are taken (default 0: refuse at once)")
     p.set_defaults(func="duplex.commands.serve:run_serve")
 
@@ -104,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-file", metavar="AUDIO", help="headless: read the microphone from this file")
     p.add_argument("--output-file", metavar="WAV", help="headless: write the replies here (with --input-file)")
     p.add_argument("--realtime", action="store_true", help="headless: pace the file at 80 ms per frame")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func="duplex.commands.serve:run_mic")
 
     data = commands.add_parser("data", help="training data")
@@ -153,14 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--eval-every", type=int, default=100, help="held-out losses every N steps (0: never)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=_non_negative, default=0)
     p.set_defaults(func="duplex.commands.train:run_train_codec")
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     p = bench_commands.add_parser("codec", help="streaming codec encode + decode time per 80 ms frame")
     p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
-    p.add_argument("--config", metavar="JSON", help="codec config (default: official Mimi)")
+    p.add_argument("--config", metavar="JSON", help="codec config "
+                   "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
     p.add_argument("--num-codebooks", type=int, default=8, metavar="N")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     _add_bench_options(p, [1, 8])
@@ -187,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--split", default="heldout")
     p.add_argument("--checkpoint", metavar="PATH", help="codec .safetensors (default: the codec shipped with duplex)")
-    p.add_argument("--config", metavar="JSON", help="its config (default: config.json beside it, else official)")
+    p.add_argument("--config", metavar="JSON", help="its config "
+                   "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
     p.add_argument("--num-codebooks", type=int, default=8)
     p.add_argument("--max-clips", type=int, default=40, help="channels to evaluate at most (default 40)")
     p.add_argument("--device", default="cpu")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional, Tuple
 
 from codec.config import read_json_config
 
@@ -39,6 +39,8 @@ FIXED_IGNORED = ("lora_rank", "lora_scaling", "extra_heads_dim")
 
 @dataclass
 class LMConfig:
+    PRESETS: ClassVar[Tuple[str, ...]] = ("moshi_7b", "small")  # classmethods of these names build them
+
     dim: int = 4096
     text_card: int = 32000
     existing_text_padding_id: int = 3
@@ -130,10 +132,10 @@ class LMConfig:
 
     @classmethod
     def preset(cls, name: str) -> "LMConfig":
-        presets = {"moshi_7b": cls.moshi_7b, "small": cls.small}
-        if name not in presets:
-            raise LMConfigError(f"unknown LM preset {name!r}; presets: {sorted(presets)}")
-        return presets[name]()
+        if name not in cls.PRESETS:
+            raise LMConfigError(f"unknown LM preset {name!r}; presets: {', '.join(sorted(cls.PRESETS))} (or a "
+                                f"JSON config file)")
+        return getattr(cls, name)()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LMConfig":
@@ -159,13 +161,19 @@ class LMConfig:
 
     @classmethod
     def load(cls, config: "LMConfig | Mapping[str, Any] | str | os.PathLike | None") -> "LMConfig":
-        """``None`` (Moshi 7B), an ``LMConfig``, a dict in the official keyword layout, or a JSON file path."""
+        """``None`` (Moshi 7B), an ``LMConfig``, a dict in the official keyword layout, a JSON file path, or a
+        preset name (``PRESETS``; a file of that name wins)."""
         if config is None:
             return cls.moshi_7b()
         if isinstance(config, LMConfig):
             config.validate()
             return config
         if isinstance(config, (str, os.PathLike)):
+            if isinstance(config, str) and config in cls.PRESETS and not os.path.exists(config):
+                return cls.preset(config)
+            if not os.path.exists(config) and not os.fspath(config).endswith(".json"):
+                raise LMConfigError(f"LM config {os.fspath(config)!r} is neither a file nor a preset "
+                                    f"({', '.join(cls.PRESETS)})")
             return cls.from_dict(read_json_config(config, LMConfigError, "LM config"))
         return cls.from_dict(config)
 

@@ -26,4 +26,19 @@ def resolve_mimi_checkpoint(path: Optional[str], config: Optional[str] = None) -
         return SHIPPED_CODEC, SHIPPED_CONFIG
     if not os.path.exists(path):
         raise UsageError(f"Mimi checkpoint not found: {path}")
-    return path, config
+    return path, config if config is not None else config_beside(path)
+
+
+def config_beside(checkpoint: str) -> Optional[str]:
+    """The config that travels with a codec file made by duplex: ``NAME.json`` next to ``NAME.safetensors``
+    (the exported inference file, as shipped), else the ``config.json`` of a training run folder (one holding
+    ``trainer.pt``; other folders' ``config.json``, such as a model repository's LM config, are not codec
+    configs). None (the official Mimi architecture) otherwise, as for Kyutai's published file."""
+    stem, _ = os.path.splitext(checkpoint)
+    if os.path.isfile(stem + ".json"):
+        return stem + ".json"
+    folder = os.path.dirname(checkpoint) or "."
+    run_config = os.path.join(folder, "config.json")
+    if os.path.isfile(run_config) and os.path.isfile(os.path.join(folder, "trainer.pt")):
+        return run_config
+    return None

@@ -72,6 +72,13 @@ def test_checkpoint_from_environment(tmp_path, wav, monkeypatch):
     (["codec", "decode", str(MIMI_SMALL), "o.wav", *CODEC], "is not a codes file"),
     (["codec", "roundtrip", "x.wav", "o.wav", "--checkpoint", "nope.safetensors"], "checkpoint not found"),
     (["codec", "roundtrip", "x.wav", "o.wav", "--checkpoint", str(MIMI_SMALL)], "mis-shaped keys"),
+    (["codec", "roundtrip", "x.wav", "o.wav", *CODEC[:-1], "tpu"], "--device 'tpu': not a device name"),
+    (["codec", "roundtrip", "x.wav", "o.wav", *CODEC[:-1], "meta"], "duplex runs on cpu or cuda"),
+    (["codec", "roundtrip", "x.wav", "nodir/o.wav", *CODEC], "does not exist"),
+    (["codec", "roundtrip", "x.wav", ".", *CODEC], "is a folder"),
+    (["codec", "roundtrip", "x.wav", "o.xyz", *CODEC], "unknown audio format 'XYZ'"),
+    (["codec", "decode", "x.wav", "o", *CODEC], "unknown audio format '(no extension)'"),
+    (["codec", "encode", "x.wav", "nodir/c.safetensors", *CODEC], "does not exist"),
 ])
 def test_errors_are_messages_not_tracebacks(tmp_path, wav, capsys, args, words, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -79,6 +86,44 @@ def test_errors_are_messages_not_tracebacks(tmp_path, wav, capsys, args, words, 
     assert main(args) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["serve", "--port", "99999"], "is not a TCP port"),
+    (["serve", "--port", "http"], "is not a TCP port"),
+    (["serve", "--threads", "-1"], "is not an integer >= 0"),
+    (["serve", "--max-waiting", "-3"], "is not an integer >= 0"),
+])
+def test_bad_option_values_are_usage_errors(capsys, args, words):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_codec_file_finds_its_own_config(tmp_path, wav):
+    """NAME.json beside NAME.safetensors (the exported file, as shipped), or config.json in a training-run folder
+    (one with trainer.pt), is used without --config; any other folder's config.json is not."""
+    import shutil
+
+    from duplex.models import config_beside
+
+    exported = tmp_path / "export"
+    exported.mkdir()
+    shutil.copy(MIMI_SMALL, exported / "codec-fp16.safetensors")
+    shutil.copy(MIMI_SMALL_CONFIG, exported / "codec-fp16.json")
+    assert main(["codec", "roundtrip", str(wav), str(tmp_path / "a.wav"), "--checkpoint",
+                 str(exported / "codec-fp16.safetensors")]) == 0
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(MIMI_SMALL, run / "codec.safetensors")
+    shutil.copy(MIMI_SMALL_CONFIG, run / "config.json")
+    assert config_beside(str(run / "codec.safetensors")) is None  # no trainer.pt: not a run folder
+    (run / "trainer.pt").write_bytes(b"")
+    assert config_beside(str(run / "codec.safetensors")) == str(run / "config.json")
+    assert main(["codec", "roundtrip", str(wav), str(tmp_path / "b.wav"), "--checkpoint",
+                 str(run / "codec.safetensors")]) == 0
+    assert (sf.read(tmp_path / "a.wav")[0] == sf.read(tmp_path / "b.wav")[0]).all()
 
 
 def test_bench_codec_reports_json(tmp_path, capsys):
@@ -126,7 +171,9 @@ def test_bench_lm_reports_json(tmp_path, capsys):
 
 def test_bench_lm_unknown_preset(capsys):
     assert main(["bench", "lm", "--config", "huge", "--frames", "1"]) == 2
-    assert "unknown LM preset 'huge'" in capsys.readouterr().err
+    assert "LM config 'huge' is neither a file nor a preset (moshi_7b, small)" in capsys.readouterr().err
+    assert main(["bench", "latency", "--model", "huge", "--frames", "1"]) == 2
+    assert "unknown --model 'huge': default, default-official-codec" in capsys.readouterr().err
 
 
 def test_bench_latency_reports_json_and_plot(tmp_path, capsys):

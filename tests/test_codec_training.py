@@ -111,9 +111,15 @@ def test_train_codec_cli(tmp_path, capsys):
     args = ["train", "codec", "--data", str(corpus), "--out", str(run), "--config", str(MIMI_SMALL_CONFIG),
             "--steps", "4", "--batch-size", "2", "--segment-seconds", "0.5", "--eval-every", "2", "--save-every", "2",
             "--device", "cpu"]
+    assert main(["train", "codec", "--data", str(corpus), "--out", str(run), "--resume"]) == 2  # nothing to resume
+    assert "holds no run to continue" in capsys.readouterr().err
     assert main(args) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and "heldout" in log[1]
+    before = (run / "trainer.pt").read_bytes()
+    assert main(args) == 2  # a finished run is not overwritten without --resume
+    assert "already holds a training run" in capsys.readouterr().err
+    assert (run / "trainer.pt").read_bytes() == before
     # --stop-at ends a run early with a checkpoint (6 is not a multiple of --save-every); --resume finishes it
     more = ["--batch-size", "2", "--segment-seconds", "0.5", "--eval-every", "2", "--save-every", "4", "--device", "cpu",
             "--resume", "--steps", "7"]

@@ -50,6 +50,11 @@ def test_presets_and_config_files(tmp_path):
         LMConfig.preset("huge")
     with pytest.raises(LMConfigError, match="not found"):
         LMConfig.load(str(tmp_path / "missing.json"))
+    assert LMConfig.load("small") == LMConfig.preset("small")  # preset names load too
+    with pytest.raises(LMConfigError, match="neither a file nor a preset"):
+        LMConfig.load("huge")
+    (tmp_path / "small").write_text(json.dumps(LMConfig.preset("small").to_dict() | {"dim": 256}))
+    assert LMConfig.load(str(tmp_path / "small")).dim == 256  # a file wins over a preset of the same name
 
 
 def test_manifest_of_the_published_7b_matches_the_preset():

@@ -76,12 +76,15 @@ def run_bench_lm(args) -> int:
 def run_bench_latency(args) -> int:
     from duplex.bench_latency import bench_latency, plot_latency
 
+    from ..models import config_beside
+
     device, progress = _common(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = bench_latency(model=args.model, device=str(device), dtype=dtype,
                            batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames, warmup=args.warmup,
                            lm_path=args.lm, mimi_path=args.mimi, lm_config=args.lm_config,
-                           mimi_config=args.mimi_config, progress=progress)
+                           mimi_config=args.mimi_config or (config_beside(args.mimi) if args.mimi else None),
+                           progress=progress)
     print(f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
           f"torch {report['torch']}", file=sys.stderr)
     stages = ["encode", "temporal", "depth", "decode"]
@@ -108,8 +111,6 @@ def _pitch_summary(report: dict) -> str:
 
 
 def run_bench_codec_quality(args) -> int:
-    import os
-
     import numpy as np
 
     from codec import Mimi
@@ -119,9 +120,6 @@ def run_bench_codec_quality(args) -> int:
     from ..models import resolve_mimi_checkpoint
 
     checkpoint, config = resolve_mimi_checkpoint(args.checkpoint, args.config)
-    beside = os.path.join(os.path.dirname(checkpoint) or ".", "config.json")
-    if config is None and os.path.exists(beside):  # a training run folder
-        config = beside
     mimi = Mimi.from_checkpoint(checkpoint, config=config, device=pick_device(args.device))
     try:
         corpus = CorpusAudio(args.data, args.split)

@@ -19,9 +19,17 @@ CODES_FORMAT = "duplex-codes/1"
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: not a device name (cpu, cuda, cuda:N or auto)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: duplex runs on cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -74,7 +82,25 @@ def load_codes(path: str):
     return codes.long(), num_samples
 
 
+def check_output_path(path: str, audio: bool) -> None:
+    """Refuse an output path that cannot be written before any work is done: a folder, a missing folder, or
+    (audio) an extension soundfile has no format for."""
+    if os.path.isdir(path):
+        raise UsageError(f"output {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"output folder {folder} does not exist")
+    if audio:
+        import soundfile as sf
+
+        extension = os.path.splitext(path)[1].lstrip(".").upper()
+        if extension not in sf.available_formats():
+            raise UsageError(f"output {path}: unknown audio format {extension or '(no extension)'!r}; use .wav, "
+                             ".flac or .ogg")
+
+
 def run_encode(args) -> int:
+    check_output_path(args.output, audio=False)
     mimi = load_codec(args)
     pcm = load_audio(args.input, mimi.sample_rate)
     codes = _encode(mimi, pcm, args.streaming)
@@ -85,6 +111,7 @@ def run_encode(args) -> int:
 
 
 def run_decode(args) -> int:
+    check_output_path(args.output, audio=True)
     mimi = load_codec(args)
     codes, num_samples = load_codes(args.input)
     pcm = _decode(mimi, codes, args.streaming)
@@ -96,6 +123,7 @@ def run_decode(args) -> int:
 
 
 def run_roundtrip(args) -> int:
+    check_output_path(args.output, audio=True)
     mimi = load_codec(args)
     pcm = load_audio(args.input, mimi.sample_rate)
     codes = _encode(mimi, pcm, args.streaming)

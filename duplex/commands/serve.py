@@ -14,6 +14,7 @@ from .codec import pick_device
 
 
 def build_engine(args, slots: int):
+    from ..models import config_beside
     from ..engine import Engine
 
     device = pick_device(args.device)
@@ -24,7 +25,7 @@ def build_engine(args, slots: int):
             raise UsageError("pass both --lm and --mimi (and usually --tokenizer) to serve your own checkpoints")
         return Engine.from_checkpoints(lm=args.lm, mimi=args.mimi, tokenizer=args.tokenizer, slots=slots,
                                        device=device, dtype=dtype, cuda_graphs=graphs, lm_config=args.lm_config,
-                                       mimi_config=args.mimi_config)
+                                       mimi_config=args.mimi_config or config_beside(args.mimi))
     return Engine.default(slots=slots, device=device, dtype=dtype, cuda_graphs=graphs)
 
 

@@ -40,7 +40,14 @@ def run_train_codec(args) -> int:
         heldout = CorpusAudio(args.data, "heldout") if args.eval_every else None
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
-    resume = args.resume and os.path.exists(os.path.join(args.out, "trainer.pt"))
+    # A run folder is never overwritten by accident (a forgotten --resume would lose hours of training).
+    existing = os.path.exists(os.path.join(args.out, "trainer.pt"))
+    if args.resume and not existing:
+        raise UsageError(f"--resume: {args.out} holds no run to continue (no trainer.pt)")
+    if existing and not args.resume:
+        raise UsageError(f"{args.out} already holds a training run (trainer.pt): --resume continues it, or "
+                         f"choose another --out")
+    resume = args.resume
     config = _codec_config(args.config) if not resume else _codec_config(os.path.join(args.out, "config.json"))
     torch.manual_seed(args.seed)
     mimi = Mimi(config, num_codebooks=min(8, config.quantizer.n_q))
@@ -78,7 +85,8 @@ def run_train_codec(args) -> int:
 
         bar = tqdm(total=end, initial=trainer.step, unit="step")
     start = time.time()
-    with open(log_path, "a", encoding="utf-8") as log:
+    # A fresh run starts its log afresh (a run that crashed before its first checkpoint leaves one behind).
+    with open(log_path, "a" if resume else "w", encoding="utf-8") as log:
         while trainer.step < end:
             batch = train.batch(args.batch_size, samples, trainer.generator, speech=args.crops == "speech").to(device)
             record = {"step": trainer.step + 1, **trainer.train_step(batch)}
