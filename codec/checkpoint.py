@@ -55,6 +55,22 @@ def read_tensors(path: "str | os.PathLike", containers: Sequence[Sequence[str]] 
     return dict(data)
 
 
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: "str | os.PathLike",
+                      metadata: Optional[Mapping[str, str]] = None) -> None:
+    """safetensors' ``save_file`` into a temporary file renamed into place (an interrupted save never leaves half
+    a file), with the permissions of any file the user creates: ``save_file`` itself writes through a private
+    (0600) temporary file."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    temporary = path + ".tmp"
+    save_file(dict(tensors), temporary, metadata=dict(metadata) if metadata else None)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
+
+
 def _fold_weight_norm(tensors: dict) -> dict:
     """Replace weight-norm pairs (``weight_g``/``weight_v`` or the parametrization names) by ``weight``."""
     out = dict(tensors)

@@ -32,8 +32,7 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
     """Write ``mimi`` as an inference file in ``dtype`` (official key layout) plus its config next to it
     (``path`` with ``.json``). The codebooks are stored as their centroids with a usage of 1: the EMA sums and
     counts of training can be tiny numbers that half precision would round, their quotient is not."""
-    from safetensors.torch import save_file
-
+    from .checkpoint import write_safetensors
     from .training import official_layout
 
     state = {key: value.detach().cpu() for key, value in mimi.state_dict().items()}
@@ -42,8 +41,7 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
         state[f"{prefix}.cluster_usage"] = torch.ones_like(codebook.cluster_usage).cpu()
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    write_safetensors(state, path)
     with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as f:
         json.dump(official_layout(mimi), f, indent=1)
 

@@ -312,12 +312,11 @@ class CodecTrainer:
     def save(self, folder: str, extra: Optional[dict] = None) -> None:
         """``codec.safetensors`` (official key layout; loads with Mimi.from_checkpoint), ``config.json``,
         ``trainer.pt`` (optimizer, step, random state) in ``folder``."""
-        from safetensors.torch import save_file
+        from .checkpoint import write_safetensors
 
         os.makedirs(folder, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.mimi.state_dict().items()}
-        save_file(state, os.path.join(folder, "codec.safetensors.tmp"))
-        os.replace(os.path.join(folder, "codec.safetensors.tmp"), os.path.join(folder, "codec.safetensors"))
+        write_safetensors(state, os.path.join(folder, "codec.safetensors"))
         with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
             json.dump(official_layout(self.mimi), f, indent=1)
         trainer = {"optimizer": self.optimizer.state_dict(), "step": self.step,

@@ -1,6 +1,7 @@
 """The duplex command line: codec encode / decode / roundtrip and the codec benchmark."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -39,6 +40,9 @@ def test_encode_then_decode_equals_roundtrip(tmp_path, wav, small_mimi):
         meta = f.metadata()
     assert codes.shape == (1, 4, 3) and codes.dtype == torch.int16
     assert meta["num_samples"] == "5000" and meta["sample_rate"] == "24000"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert codes_path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user creates (not 0600)
     assert main(["codec", "decode", str(codes_path), str(out), *CODEC]) == 0
     assert main(["codec", "roundtrip", str(wav), str(rt), "--num-codebooks", "4", *CODEC]) == 0
     assert (sf.read(out)[0] == sf.read(rt)[0]).all()

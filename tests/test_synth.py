@@ -160,6 +160,12 @@ def test_cli_with_workers(tmp_path, capsys):
     assert "4 conversations (1 held out)" in capsys.readouterr().err
     assert len(list((tmp_path / "c" / "train").glob("*.wav"))) == 3
     assert main(["data", "synth", str(tmp_path / "d"), "--shares", "smooth=x"]) == 2
+    capsys.readouterr()
+    assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "2"]) == 2  # not over a corpus
+    assert "already holds a corpus" in capsys.readouterr().err
+    assert len(list((tmp_path / "c" / "train").glob("*.wav"))) == 3
+    assert main(["data", "synth", str(tmp_path / "e"), "--hours", "0"]) == 2
+    assert "--hours must be more than 0" in capsys.readouterr().err
 
 
 def test_speech_crops_hold_speech(corpus):

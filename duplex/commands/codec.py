@@ -52,10 +52,10 @@ def _decode(mimi: Mimi, codes: torch.Tensor, streaming: bool) -> torch.Tensor:
 
 
 def save_codes(path: str, codes: torch.Tensor, mimi: Mimi, num_samples: int) -> None:
-    from safetensors.torch import save_file
+    from codec.checkpoint import write_safetensors
 
     # Codes are < 2048 (< 32768 for any codec we load), so int16 storage is exact and 4x smaller than int64.
-    save_file({"codes": codes.to(torch.int16).contiguous().cpu()}, path, metadata={
+    write_safetensors({"codes": codes.to(torch.int16).contiguous().cpu()}, path, metadata={
         "format": CODES_FORMAT, "sample_rate": str(mimi.sample_rate), "frame_rate": str(mimi.frame_rate),
         "num_samples": str(num_samples), "num_codebooks": str(codes.shape[1])})
 

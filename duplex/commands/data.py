@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
@@ -29,6 +30,13 @@ def run_synth(args) -> int:
         options.validate()
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.hours is not None and not args.hours > 0:
+        raise UsageError(f"--hours must be more than 0, got {args.hours}")
+    if args.conversations is not None and args.conversations < 1:
+        raise UsageError(f"--conversations must be at least 1, got {args.conversations}")
+    if os.path.exists(os.path.join(args.out_dir, "manifest.jsonl")):
+        # Writing over a corpus would leave the old conversations' files beside the new manifest.
+        raise UsageError(f"{args.out_dir} already holds a corpus (manifest.jsonl); choose another folder")
     if args.hours is not None:
         mean = (args.min_seconds + args.max_seconds) / 2 + 2.0  # conversations overshoot their target a little
         conversations = max(1, math.ceil(args.hours * 3600 / mean))

@@ -10,7 +10,7 @@ import torch
 
 from ..clock import freeze_startup_objects
 from ..errors import UsageError
-from .codec import pick_device
+from .codec import check_output_path, pick_device
 
 
 def build_engine(args, slots: int):
@@ -79,11 +79,14 @@ def run_client(args) -> int:
             return 0
         except ClientError as e:
             raise UsageError(f"the server refused the session: {e}") from None
-        except (OSError, RuntimeError) as e:
+        except OSError as e:
+            raise UsageError(f"cannot reach {args.url}: {e}") from None
+        except RuntimeError as e:  # no microphone, no PortAudio
             raise UsageError(str(e)) from None
         print(f"\n{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns",
               file=sys.stderr)
         return 0
+    check_output_path(args.output, audio=True)
     pcm = load_audio(args.input, 24000)[0].numpy()
 
     try:
@@ -110,9 +113,10 @@ def run_mic(args) -> int:
 
     if args.list_devices:
         try:
-            print(mic.import_sounddevice().query_devices())
+            devices = mic.import_sounddevice().query_devices()
         except RuntimeError as e:
             raise UsageError(str(e)) from None
+        print(devices if len(devices) else "no audio devices found (PortAudio sees none on this machine)")
         return 0
     if bool(args.input_file) != bool(args.output_file):
         raise UsageError("--input-file and --output-file go together")
