@@ -10,6 +10,23 @@ from typing import Optional, Sequence
 from . import __version__
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or not action.option_strings or action.default is None
+                or action.default is False or action.default == argparse.SUPPRESS):
+            return text
+        return f"{text} (default %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _port(text: str) -> int:
     value = int(text) if text.lstrip("-").isdigit() else -1
     if not 0 <= value <= 65535:
@@ -39,7 +56,8 @@ def _add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> No
 
 
 def _add_bench_options(p: argparse.ArgumentParser, batch_sizes, what: str = "frames") -> None:
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=list(batch_sizes), metavar="B")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=list(batch_sizes), metavar="B",
+                   help="batch sizes to time")
     p.add_argument("--frames", type=int, default=50, help=f"timed {what} per batch size (default 50)")
     p.add_argument("--warmup", type=int, default=5, help=f"untimed {what} first (default 5)")
     p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (default: torch's choice)")
@@ -60,7 +78,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="duplex", description="Full-duplex speech dialogue engine (Moshi/Mimi).")
+    parser = _Parser(prog="duplex", description="Full-duplex speech dialogue engine (Moshi/Mimi).")
     parser.add_argument("--version", action="version", version=f"duplex {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -132,12 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--conversations", type=int, help="number of conversations (default 100)")
     size.add_argument("--hours", type=float, help="total audio to synthesize instead")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="same seed, same corpus")
     p.add_argument("--shares", nargs="+", metavar="SCENARIO=SHARE",
-                   help="scenario shares, e.g. smooth=0.35 pause=0.15 interrupt=0.15 backchannel=0.15 silence=0.2")
+                   help="scenario shares (default smooth=0.35 pause=0.15 interrupt=0.15 backchannel=0.15 "
+                        "silence=0.2)")
     p.add_argument("--heldout-every", type=int, default=20, help="hold out every Nth conversation (0: none)")
-    p.add_argument("--min-seconds", type=float, default=20.0)
-    p.add_argument("--max-seconds", type=float, default=40.0)
+    p.add_argument("--min-seconds", type=float, default=20.0, help="shortest conversation")
+    p.add_argument("--max-seconds", type=float, default=40.0, help="longest conversation")
     p.add_argument("--noise", action="store_true", help="add background noise at 20-40 dB SNR")
     p.add_argument("--no-level-variation", action="store_true", help="keep every utterance at espeak's level")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
@@ -149,10 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--out", required=True, help="run folder: codec.safetensors, config.json, trainer.pt, log.jsonl")
     p.add_argument("--config", default="small", help="small (default), official, or a config JSON (official layout)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--segment-seconds", type=float, default=2.0)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps the run is planned for")
+    p.add_argument("--batch-size", type=int, default=8, help="crops per step")
+    p.add_argument("--segment-seconds", type=float, default=2.0, help="length of each crop, rounded to whole 80 ms frames")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of AdamW")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine",
                    help="cosine: decay to 10%% of --lr at --steps (default)")
     p.add_argument("--linear-mel-weight", type=float, default=0.0,
@@ -166,12 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", choices=["speech", "any"], default="speech",
                    help="speech: every training crop contains speech (default); any: uniform crops")
     p.add_argument("--max-codebooks", type=int, default=8, help="quantizer dropout trains 1..N codebooks")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (and at the end)")
     p.add_argument("--eval-every", type=int, default=100, help="held-out losses every N steps (0: never)")
-    p.add_argument("--threads", type=_non_negative, default=0)
+    p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (0: torch's choice)")
     p.set_defaults(func="duplex.commands.train:run_train_codec")
 
     bench = commands.add_parser("bench", help="benchmarks")
@@ -180,16 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
     p.add_argument("--config", metavar="JSON", help="codec config "
                    "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
-    p.add_argument("--num-codebooks", type=int, default=8, metavar="N")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--num-codebooks", type=int, default=8, metavar="N", help="codebooks encoded and decoded")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     _add_bench_options(p, [1, 8])
     p.set_defaults(func="duplex.commands.bench:run_bench_codec")
     p = bench_commands.add_parser("lm", help="LM generator step time per 80 ms frame (temporal + depth + sampling)")
     p.add_argument("--config", default="small",
                    help="preset (small, moshi_7b) or a JSON config in the official keyword layout (default small)")
     p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights and "
+                   "activations")
     _add_bench_options(p, [1, 8], what="steps")
     p.set_defaults(func="duplex.commands.bench:run_bench_lm")
     p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
@@ -204,14 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="duplex.commands.bench:run_bench_latency")
     p = bench_commands.add_parser("codec-quality", help="reconstruction quality on a corpus split (JSON + PNG)")
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
-    p.add_argument("--split", default="heldout")
+    p.add_argument("--split", default="heldout", help="corpus split to measure (heldout or train)")
     p.add_argument("--checkpoint", metavar="PATH", help="codec .safetensors (default: the codec shipped with duplex)")
     p.add_argument("--config", metavar="JSON", help="its config "
                    "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
-    p.add_argument("--num-codebooks", type=int, default=8)
+    p.add_argument("--num-codebooks", type=int, default=8, help="codebooks of the reconstruction")
     p.add_argument("--max-clips", type=int, default=40, help="channels to evaluate at most (default 40)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.add_argument("--plot", metavar="PNG", help="spectrograms of original vs reconstruction")
     p.set_defaults(func="duplex.commands.bench:run_bench_codec_quality")
     return parser

@@ -38,8 +38,11 @@ def _emit(report: dict, path) -> None:
 
 
 def run_bench_codec(args) -> int:
+    from ..models import config_beside
+
     device, progress = _common(args)
-    report = bench_codec(config=args.config, checkpoint=args.checkpoint, device=str(device),
+    config = args.config or (config_beside(args.checkpoint) if args.checkpoint else None)
+    report = bench_codec(config=config, checkpoint=args.checkpoint, device=str(device),
                          batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup,
                          num_codebooks=args.num_codebooks, progress=progress)
     print(f"# {report['benchmark']} -- {report['model']}, {report['config']}, {report['hardware']}, "
