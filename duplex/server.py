@@ -217,8 +217,12 @@ class VoiceServer:
             await self._server.wait_closed()
         self._executor.shutdown(wait=True)
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, on_ready=None) -> None:
+        """Listen and serve until cancelled; ``on_ready(port)`` runs once the socket is bound (a port already
+        in use fails before it)."""
         await self.start()
+        if on_ready is not None:
+            on_ready(self.port)
         try:
             await self._server.serve_forever()
         finally:

@@ -51,10 +51,14 @@ def run_serve(args) -> int:
     server = VoiceServer(engine, options)
     freeze_startup_objects()  # no 100+ ms garbage-collector pause in the middle of a frame later
     scheme = "https" if args.ssl_cert else "http"
-    print(f"duplex: open {scheme}://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:"
-          f"{args.port}/ in a browser; Kyutai clients connect to /api/chat", file=sys.stderr)
+
+    def ready(port: int) -> None:
+        host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
+        print(f"duplex: open {scheme}://{host}:{port}/ in a browser; Kyutai clients connect to /api/chat",
+              file=sys.stderr)
+
     try:
-        asyncio.run(server.serve_forever())
+        asyncio.run(server.serve_forever(on_ready=ready))
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}") from None
     return 0
