@@ -48,6 +48,16 @@ def test_encode_then_decode_equals_roundtrip(tmp_path, wav, small_mimi):
     assert (sf.read(out)[0] == sf.read(rt)[0]).all()
 
 
+def test_the_summary_says_what_loading_converted(tmp_path, capsys):
+    import numpy as np
+
+    stereo = tmp_path / "st16.wav"
+    sf.write(stereo, (0.05 * np.random.default_rng(0).standard_normal((8000, 2))).astype(np.float32), 16000)
+    assert main(["codec", "roundtrip", str(stereo), str(tmp_path / "o.wav"), *CODEC]) == 0
+    assert "(resampled from 16000 Hz, 2 channels mixed to mono)" in capsys.readouterr().out
+    assert sf.read(tmp_path / "o.wav")[0].shape == (12000,)  # 0.5 s at 24 kHz
+
+
 def test_streaming_mode(tmp_path, wav):
     out = tmp_path / "out.wav"
     assert main(["codec", "roundtrip", str(wav), str(out), "--streaming", *CODEC]) == 0

@@ -99,13 +99,31 @@ def check_output_path(path: str, audio: bool) -> None:
                              ".flac or .ogg")
 
 
+def conversion_note(path: str, sample_rate: int) -> str:
+    """What loading did to the file, for the summary line: '' or e.g. ' (resampled from 16000 Hz, 2 channels
+    mixed to mono)'."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except Exception:  # the file was read already; this is only a note
+        return ""
+    notes = []
+    if info.samplerate != sample_rate:
+        notes.append(f"resampled from {info.samplerate} Hz")
+    if info.channels != 1:
+        notes.append(f"{info.channels} channels mixed to mono")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def run_encode(args) -> int:
     check_output_path(args.output, audio=False)
     mimi = load_codec(args)
     pcm = load_audio(args.input, mimi.sample_rate)
     codes = _encode(mimi, pcm, args.streaming)
     save_codes(args.output, codes, mimi, pcm.shape[-1])
-    print(f"{args.input}: {pcm.shape[-1] / mimi.sample_rate:.2f} s -> {codes.shape[-1]} frames x "
+    print(f"{args.input}: {pcm.shape[-1] / mimi.sample_rate:.2f} s{conversion_note(args.input, mimi.sample_rate)} "
+          f"-> {codes.shape[-1]} frames x "
           f"{codes.shape[1]} codebooks -> {args.output}")
     return 0
 
@@ -130,6 +148,7 @@ def run_roundtrip(args) -> int:
     out = _decode(mimi, codes, args.streaming)[..., : pcm.shape[-1]]
     save_audio(args.output, out, mimi.sample_rate)
     kbps = mimi.frame_rate * codes.shape[1] * (mimi.cardinality - 1).bit_length() / 1000
-    print(f"{args.input}: {pcm.shape[-1] / mimi.sample_rate:.2f} s through {codes.shape[1]} codebooks "
+    print(f"{args.input}: {pcm.shape[-1] / mimi.sample_rate:.2f} s{conversion_note(args.input, mimi.sample_rate)} "
+          f"through {codes.shape[1]} codebooks "
           f"({kbps:.2f} kbps) -> {args.output}")
     return 0
