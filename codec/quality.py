@@ -55,27 +55,47 @@ PITCH_RANGE_HZ = (60.0, 400.0)
 PITCH_WINDOW = 2048  # samples at 24 kHz: ~85 ms, several periods of the lowest pitch
 PITCH_HOP = 480  # 20 ms
 PITCH_MIN_DBFS = -40.0  # quieter windows are unvoiced
-PITCH_VOICING = 0.3  # autocorrelation peak / energy needed to call a window voiced
+PITCH_VOICING = 0.5  # normalised autocorrelation needed at the period to call a window voiced
+# Multiples of the period correlate as well as the period itself: the shortest-lag peak within this fraction of
+# the best one is the period (longer lags would halve the pitch, shorter ones double it).
+PITCH_OCTAVE_TOLERANCE = 0.9
 GROSS_PITCH_ERROR = 0.2  # the usual "gross pitch error" threshold: more than 20% off
 
 
 def pitch_track(clip: np.ndarray, sample_rate: int = 24000) -> np.ndarray:
-    """float64 [frames]: the fundamental frequency (Hz) of each 20 ms hop of ``clip``, 0 where unvoiced."""
+    """float64 [frames]: the fundamental frequency (Hz) of each 20 ms hop of a mono ``clip`` ([samples] or
+    [1, samples]), 0 where unvoiced."""
     clip = np.asarray(clip, dtype=np.float64)
+    if clip.ndim == 2 and clip.shape[0] == 1:
+        clip = clip[0]
+    if clip.ndim != 1:
+        raise ValueError(f"pitch_track expects mono audio [samples], got shape {list(clip.shape)}")
     window = int(round(PITCH_WINDOW * sample_rate / 24000))
     hop = int(round(PITCH_HOP * sample_rate / 24000))
     if len(clip) < window:
         return np.zeros(0)
-    frames = np.lib.stride_tricks.sliding_window_view(clip, window)[::hop] * np.hanning(window)
-    spectrum = np.fft.rfft(frames, n=2 * window, axis=1)
-    ac = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, :window]
-    low = int(sample_rate / PITCH_RANGE_HZ[1])
-    high = int(sample_rate / PITCH_RANGE_HZ[0])
-    lag = low + np.argmax(ac[:, low:high], axis=1)
-    peak = ac[np.arange(len(ac)), lag]
+    frames = np.lib.stride_tricks.sliding_window_view(clip, window)[::hop]
     loud = frames.std(axis=1) > 10 ** (PITCH_MIN_DBFS / 20)
-    voiced = loud & (peak > PITCH_VOICING * np.maximum(ac[:, 0], 1e-12))
-    return np.where(voiced, sample_rate / lag, 0.0)
+    taper = np.hanning(window)
+    frames = (frames - frames.mean(axis=1, keepdims=True)) * taper  # a DC offset or hum is no pitch
+
+    def autocorrelation(x: np.ndarray) -> np.ndarray:
+        return np.fft.irfft(np.abs(np.fft.rfft(x, n=2 * window, axis=-1)) ** 2, axis=-1)[..., :window]
+
+    # Dividing by the taper's own autocorrelation removes its bias towards short lags (octave-up errors).
+    ac = autocorrelation(frames) / np.maximum(autocorrelation(taper), 1e-12)
+    r = ac / np.maximum(ac[:, :1], 1e-12)
+    low = int(np.ceil(sample_rate / PITCH_RANGE_HZ[1]))
+    high = int(sample_rate / PITCH_RANGE_HZ[0])
+    lags = np.arange(low, high)
+    inner = r[:, low:high]
+    peak = (inner > r[:, low - 1:high - 1]) & (inner >= r[:, low + 1:high + 1])  # local maxima only
+    scores = np.where(peak, inner, -np.inf)
+    best = scores.max(axis=1)
+    first = np.argmax(scores >= PITCH_OCTAVE_TOLERANCE * best[:, None], axis=1)
+    value = scores[np.arange(len(scores)), first]
+    voiced = loud & np.isfinite(best) & (value > PITCH_VOICING)
+    return np.where(voiced, sample_rate / lags[first], 0.0)
 
 
 def pitch_ratios(estimate: np.ndarray, reference: np.ndarray, sample_rate: int = 24000) -> np.ndarray:

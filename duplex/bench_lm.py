@@ -18,8 +18,7 @@ def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str
              dtype: torch.dtype = torch.float32, batch_sizes: Sequence[int] = (1, 8), frames: int = 50,
              warmup: int = 5, progress=None) -> dict:
     dev = torch.device(device)
-    cfg = LMConfig.preset(config) if isinstance(config, str) and config in LMConfig.PRESETS else \
-        LMConfig.load(config)
+    cfg = LMConfig.load(config)  # a preset name or a JSON file
     if checkpoint:
         lm = MoshiLM.from_checkpoint(checkpoint, cfg, device=dev, dtype=dtype)
     else:

@@ -18,7 +18,9 @@ class _HelpFormatter(argparse.HelpFormatter):
         if ("default" in text.lower() or not action.option_strings or action.default is None
                 or action.default is False or action.default == argparse.SUPPRESS):
             return text
-        return f"{text} (default %(default)s)"
+        default = action.default
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default {shown.replace('%', '%%')})"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -169,7 +169,7 @@ class LMConfig:
             config.validate()
             return config
         if isinstance(config, (str, os.PathLike)):
-            if isinstance(config, str) and config in cls.PRESETS and not os.path.exists(config):
+            if isinstance(config, str) and config in cls.PRESETS and not os.path.isfile(config):
                 return cls.preset(config)
             if not os.path.exists(config) and not os.fspath(config).endswith(".json"):
                 raise LMConfigError(f"LM config {os.fspath(config)!r} is neither a file nor a preset "

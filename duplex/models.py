@@ -5,8 +5,9 @@ Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 from .errors import UsageError
 
@@ -42,3 +43,19 @@ def config_beside(checkpoint: str) -> Optional[str]:
     if os.path.isfile(run_config) and os.path.isfile(os.path.join(folder, "trainer.pt")):
         return run_config
     return None
+
+
+@contextlib.contextmanager
+def config_hint(checkpoint: str, config: Optional[str]) -> Iterator[None]:
+    """Loading ``checkpoint`` as the official architecture failed while a ``config.json`` sits beside it that was
+    not used (a run folder copied without its ``trainer.pt``): say so in the error."""
+    from codec import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as e:
+        beside = os.path.join(os.path.dirname(checkpoint) or ".", "config.json")
+        if config is None and os.path.isfile(beside):
+            raise CheckpointError(f"{e}\n(there is a {beside}: if it describes this codec, pass --config {beside})") \
+                from None
+        raise

@@ -221,9 +221,9 @@ class VoiceServer:
         """Listen and serve until cancelled; ``on_ready(port)`` runs once the socket is bound (a port already
         in use fails before it)."""
         await self.start()
-        if on_ready is not None:
-            on_ready(self.port)
         try:
+            if on_ready is not None:
+                on_ready(self.port)
             await self._server.serve_forever()
         finally:
             await self.stop()

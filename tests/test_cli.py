@@ -140,6 +140,25 @@ def test_a_codec_file_finds_its_own_config(tmp_path, wav):
     assert (sf.read(tmp_path / "a.wav")[0] == sf.read(tmp_path / "b.wav")[0]).all()
 
 
+def test_an_unused_config_beside_the_checkpoint_is_pointed_out(tmp_path, wav, capsys):
+    import shutil
+
+    copied = tmp_path / "copied"  # a run folder copied without its trainer.pt
+    copied.mkdir()
+    shutil.copy(MIMI_SMALL, copied / "codec.safetensors")
+    shutil.copy(MIMI_SMALL_CONFIG, copied / "config.json")
+    assert main(["codec", "roundtrip", str(wav), str(tmp_path / "o.wav"), "--checkpoint",
+                 str(copied / "codec.safetensors")]) == 2
+    assert f"pass --config {copied / 'config.json'}" in capsys.readouterr().err
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "latency", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default eager graphs)" in text and "(default 1 2 4 8)" in text and "(default 50)" in text
+
+
 def test_bench_codec_reports_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "codec", "--config", str(MIMI_SMALL_CONFIG), "--frames", "3", "--warmup", "1",

@@ -168,3 +168,22 @@ def test_unreadable_files(tmp_path):
         Mimi.from_checkpoint(tmp_path / "nope.safetensors")
     with pytest.raises(CheckpointError, match="directory"):
         Mimi.from_checkpoint(tmp_path)
+
+
+def test_write_safetensors_is_atomic_and_keeps_normal_permissions(tmp_path):
+    import os
+
+    from safetensors.torch import load_file
+
+    from codec.checkpoint import _umask, write_safetensors
+
+    path = tmp_path / "t.safetensors"
+    write_safetensors({"a": torch.arange(3)}, path, metadata={"k": "v"})
+    assert torch.equal(load_file(path)["a"], torch.arange(3))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # like any new file, whatever safetensors does
+    os.chmod(path, 0o600)  # a file the user restricted stays restricted
+    write_safetensors({"a": torch.arange(4)}, path)
+    assert path.stat().st_mode & 0o777 == 0o600 and len(load_file(path)["a"]) == 4
+    with pytest.raises(Exception):  # safetensors refuses non-contiguous tensors
+        write_safetensors({"a": torch.zeros(3, 2).t()}, path)
+    assert len(load_file(path)["a"]) == 4 and not (tmp_path / "t.safetensors.tmp").exists()

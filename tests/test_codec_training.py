@@ -151,11 +151,12 @@ def test_quality_metrics():
     assert perplexity(torch.zeros(1, 100, dtype=torch.long), 64)[0] == pytest.approx(1.0)
 
 
-def harmonic_tone(f0, seconds=1.5, sample_rate=24000):
+def harmonic_tone(f0, seconds=1.5, sample_rate=24000, fundamental=1.0):
     import numpy as np
 
     t = np.arange(int(seconds * sample_rate)) / sample_rate
-    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 30) if f0 * k < 5000)
+    x = sum((fundamental if k == 1 else 1.0) * np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 30)
+            if f0 * k < 5000)
     return (0.1 * x / np.abs(x).max()).astype(np.float32)
 
 
@@ -164,12 +165,20 @@ def test_pitch_tracking_and_pitch_error():
 
     from codec.quality import pitch_errors, pitch_ratios, pitch_track
 
-    for f0 in (85.0, 130.0, 230.0):
-        track = pitch_track(harmonic_tone(f0))
-        assert len(track) > 50 and np.all(np.abs(track / f0 - 1) < 0.02), (f0, track[:5])
+    for f0 in (70.0, 85.0, 130.0, 230.0, 380.0):
+        for fundamental in (1.0, 0.1):  # a weak fundamental must not read an octave up
+            track = pitch_track(harmonic_tone(f0, fundamental=fundamental))
+            assert len(track) > 50 and np.all(np.abs(track / f0 - 1) < 0.02), (f0, fundamental, track[:5])
     assert not pitch_track(np.zeros(24000, dtype=np.float32)).any()  # silence is unvoiced
-    noise = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
-    assert (pitch_track(noise) > 0).mean() < 0.1  # so is white noise
+    rng = np.random.default_rng(0)
+    assert (pitch_track(0.1 * rng.standard_normal(24000)) > 0).mean() < 0.1  # so is white noise
+    brown = np.cumsum(rng.standard_normal(48000))
+    assert (pitch_track(0.1 * brown / np.abs(brown).max()) > 0).mean() < 0.1  # and low-frequency noise
+    t = np.arange(48000) / 24000
+    assert not pitch_track(0.05 + 0.05 * np.sin(2 * np.pi * 50 * t)).any()  # a DC offset and mains hum
+    assert np.array_equal(pitch_track(harmonic_tone(130.0)[None]), pitch_track(harmonic_tone(130.0)))  # [1, T]
+    with pytest.raises(ValueError, match="mono"):
+        pitch_track(np.zeros((2, 24000)))
     # The output an octave-exact 100 Hz grid would give for a 130 Hz voice: 23% too low everywhere.
     ratios = pitch_ratios(harmonic_tone(100.0), harmonic_tone(130.0))
     report = pitch_errors(ratios)

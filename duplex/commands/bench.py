@@ -120,10 +120,11 @@ def run_bench_codec_quality(args) -> int:
     from codec.quality import evaluate, plot_spectrograms
 
     from ..data.dataset import CorpusAudio
-    from ..models import resolve_mimi_checkpoint
+    from ..models import config_hint, resolve_mimi_checkpoint
 
     checkpoint, config = resolve_mimi_checkpoint(args.checkpoint, args.config)
-    mimi = Mimi.from_checkpoint(checkpoint, config=config, device=pick_device(args.device))
+    with config_hint(checkpoint, config):
+        mimi = Mimi.from_checkpoint(checkpoint, config=config, device=pick_device(args.device))
     try:
         corpus = CorpusAudio(args.data, args.split)
     except (FileNotFoundError, ValueError) as e:

@@ -11,7 +11,7 @@ from codec import Mimi
 from codec.audio import load_audio, save_audio
 
 from ..errors import UsageError
-from ..models import resolve_mimi_checkpoint
+from ..models import config_hint, resolve_mimi_checkpoint
 
 CODES_FORMAT = "duplex-codes/1"
 
@@ -35,8 +35,9 @@ def pick_device(name: str) -> torch.device:
 
 def load_codec(args) -> Mimi:
     path, config = resolve_mimi_checkpoint(args.checkpoint, args.config)
-    return Mimi.from_checkpoint(path, config=config, num_codebooks=getattr(args, "num_codebooks", 8),
-                                device=pick_device(args.device))
+    with config_hint(path, config):
+        return Mimi.from_checkpoint(path, config=config, num_codebooks=getattr(args, "num_codebooks", 8),
+                                    device=pick_device(args.device))
 
 
 def _encode(mimi: Mimi, pcm: torch.Tensor, streaming: bool) -> torch.Tensor:
@@ -94,7 +95,7 @@ def check_output_path(path: str, audio: bool) -> None:
         import soundfile as sf
 
         extension = os.path.splitext(path)[1].lstrip(".").upper()
-        if extension not in sf.available_formats():
+        if extension not in sf.available_formats() or sf.default_subtype(extension) is None:
             raise UsageError(f"output {path}: unknown audio format {extension or '(no extension)'!r}; use .wav, "
                              ".flac or .ogg")
 
