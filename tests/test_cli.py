@@ -102,6 +102,13 @@ def test_errors_are_messages_not_tracebacks(tmp_path, wav, capsys, args, words, 
     assert words in err and "Traceback" not in err
 
 
+def test_report_paths_are_checked_before_measuring(capsys):
+    assert main(["bench", "lm", "--config", "small", "--json", "nodir/x.json"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "latency", "--plot", "nodir/x.png"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, words", [
     (["serve", "--port", "99999"], "is not a TCP port"),
     (["serve", "--port", "http"], "is not a TCP port"),

@@ -10,7 +10,14 @@ import torch
 from codec.bench import bench_codec
 
 from ..errors import UsageError
-from .codec import pick_device
+from .codec import check_output_path, pick_device
+
+
+def _check_report_paths(args) -> None:
+    """--json and --plot are checked before minutes of measuring, not after."""
+    for path in (getattr(args, "json", None), getattr(args, "plot", None)):
+        if path:
+            check_output_path(path, audio=False)
 
 
 def _common(args):
@@ -19,6 +26,7 @@ def _common(args):
         raise UsageError("--batch-sizes must be positive integers")
     if args.frames < 1 or args.warmup < 0:
         raise UsageError("--frames must be >= 1 and --warmup >= 0")
+    _check_report_paths(args)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -122,6 +130,7 @@ def run_bench_codec_quality(args) -> int:
     from ..data.dataset import CorpusAudio
     from ..models import config_hint, resolve_mimi_checkpoint
 
+    _check_report_paths(args)
     checkpoint, config = resolve_mimi_checkpoint(args.checkpoint, args.config)
     with config_hint(checkpoint, config):
         mimi = Mimi.from_checkpoint(checkpoint, config=config, device=pick_device(args.device))

@@ -124,6 +124,8 @@ def run_mic(args) -> int:
         return 0
     if bool(args.input_file) != bool(args.output_file):
         raise UsageError("--input-file and --output-file go together")
+    if args.output_file:
+        check_output_path(args.output_file, audio=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = build_engine(args, slots=1)
