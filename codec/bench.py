@@ -30,7 +30,8 @@ def _cpu_name() -> str:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_name()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{_cpu_name()}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -201,8 +201,8 @@ class VoiceServer:
                                    process_request=self._http, max_size=self.options.max_message_bytes,
                                    origins=self.options.origins, ssl=ssl_context, compression=None)
         self._ticker = asyncio.create_task(self._tick_loop())
-        log.info("serving on %s://%s:%d (%d slots)", "https" if ssl_context else "http", self.options.host,
-                 self.port, self.engine.slots)
+        log.info("serving on %s://%s:%d (%d slot%s)", "https" if ssl_context else "http", self.options.host,
+                 self.port, self.engine.slots, "" if self.engine.slots == 1 else "s")
         return self
 
     @property
