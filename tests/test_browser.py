@@ -57,7 +57,8 @@ class DevTools:
 def devtools_page_url(profile: Path, timeout=20.0) -> str:
     deadline = time.time() + timeout
     port_file = profile / "DevToolsActivePort"
-    while not port_file.exists():
+    # Chromium creates the file before it has written it: wait for both of its lines (port, browser path).
+    while len(port_file.read_text().split() if port_file.exists() else []) < 2:
         if time.time() > deadline:
             raise RuntimeError("Chromium did not start")
         time.sleep(0.1)
