@@ -29,18 +29,23 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _port(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535; 0 picks a free one)")
-    return value
+def _int_in(low: int, high: Optional[int], what: str):
+    """An argparse type: an integer in [low, high] (no upper bound when high is None), else ``what`` in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
-    return value
+_port = _int_in(0, 65535, "a TCP port (0-65535; 0 picks a free one)")
+_non_negative = _int_in(0, None, "an integer >= 0")
 
 
 def _add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> None:
@@ -172,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="small", help="small (default), official, or a config JSON (official layout)")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps the run is planned for")
     p.add_argument("--batch-size", type=int, default=8, help="crops per step")
-    p.add_argument("--segment-seconds", type=float, default=2.0, help="length of each crop, rounded to whole 80 ms frames")
+    p.add_argument("--segment-seconds", type=float, default=2.0,
+                   help="length of each crop, rounded to whole 80 ms frames")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of AdamW")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine",
                    help="cosine: decay to 10%% of --lr at --steps (default)")

@@ -259,7 +259,8 @@ class Engine:
         if self.cuda_graphs and self._graphs is None:
             try:
                 self._capture()
-                log.info("captured the frame step as CUDA graphs (%d slot%s)", self.slots, "" if self.slots == 1 else "s")
+                log.info("captured the frame step as CUDA graphs (%d slot%s)", self.slots,
+                         "" if self.slots == 1 else "s")
             except Exception as e:  # any capture problem: keep serving, eagerly
                 log.warning("CUDA graph capture failed (%s: %s); running eagerly", type(e).__name__, e)
                 self.cuda_graphs = False

@@ -27,7 +27,15 @@ def resolve_mimi_checkpoint(path: Optional[str], config: Optional[str] = None) -
         return SHIPPED_CODEC, SHIPPED_CONFIG
     if not os.path.exists(path):
         raise UsageError(f"Mimi checkpoint not found: {path}")
-    return path, config if config is not None else config_beside(path)
+    return path, mimi_config_for(path, config)
+
+
+def mimi_config_for(checkpoint: Optional[str], config: Optional[str]) -> Optional[str]:
+    """The config to load ``checkpoint`` with: ``config`` when given, else the one that travels with the file
+    (``config_beside``); None (the official architecture) without either."""
+    if config is not None or not checkpoint:
+        return config
+    return config_beside(checkpoint)
 
 
 def config_beside(checkpoint: str) -> Optional[str]:

@@ -121,7 +121,8 @@ def test_train_codec_cli(tmp_path, capsys):
     assert "already holds a training run" in capsys.readouterr().err
     assert (run / "trainer.pt").read_bytes() == before
     # --stop-at ends a run early with a checkpoint (6 is not a multiple of --save-every); --resume finishes it
-    more = ["--batch-size", "2", "--segment-seconds", "0.5", "--eval-every", "2", "--save-every", "4", "--device", "cpu",
+    more = ["--batch-size", "2", "--segment-seconds", "0.5", "--eval-every", "2", "--save-every", "4",
+            "--device", "cpu",
             "--resume", "--steps", "7"]
     assert main(args[:-8] + more + ["--stop-at", "6"]) == 0
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-2:] == [5, 6]

@@ -46,12 +46,11 @@ def _emit(report: dict, path) -> None:
 
 
 def run_bench_codec(args) -> int:
-    from ..models import config_beside
+    from ..models import mimi_config_for
 
     device, progress = _common(args)
-    config = args.config or (config_beside(args.checkpoint) if args.checkpoint else None)
-    report = bench_codec(config=config, checkpoint=args.checkpoint, device=str(device),
-                         batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup,
+    report = bench_codec(config=mimi_config_for(args.checkpoint, args.config), checkpoint=args.checkpoint,
+                         device=str(device), batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup,
                          num_codebooks=args.num_codebooks, progress=progress)
     print(f"# {report['benchmark']} -- {report['model']}, {report['config']}, {report['hardware']}, "
           f"torch {report['torch']}", file=sys.stderr)
@@ -87,14 +86,14 @@ def run_bench_lm(args) -> int:
 def run_bench_latency(args) -> int:
     from duplex.bench_latency import bench_latency, plot_latency
 
-    from ..models import config_beside
+    from ..models import mimi_config_for
 
     device, progress = _common(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = bench_latency(model=args.model, device=str(device), dtype=dtype,
                            batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames, warmup=args.warmup,
                            lm_path=args.lm, mimi_path=args.mimi, lm_config=args.lm_config,
-                           mimi_config=args.mimi_config or (config_beside(args.mimi) if args.mimi else None),
+                           mimi_config=mimi_config_for(args.mimi, args.mimi_config),
                            progress=progress)
     print(f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
           f"torch {report['torch']}", file=sys.stderr)

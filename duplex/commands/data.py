@@ -50,6 +50,6 @@ def run_synth(args) -> int:
         raise UsageError(str(e)) from None
     hours = sum(r["duration"] for r in rows) / 3600
     heldout = sum(r["split"] == "heldout" for r in rows)
-    print(f"{len(rows)} conversation{'' if len(rows) == 1 else 's'} ({heldout} held out), {hours:.2f} h of audio in {time.time() - start:.0f} s "
-          f"-> {args.out_dir}", file=sys.stderr)
+    print(f"{len(rows)} conversation{'' if len(rows) == 1 else 's'} ({heldout} held out), {hours:.2f} h of audio "
+          f"in {time.time() - start:.0f} s -> {args.out_dir}", file=sys.stderr)
     return 0

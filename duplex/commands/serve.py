@@ -14,8 +14,8 @@ from .codec import check_output_path, pick_device
 
 
 def build_engine(args, slots: int):
-    from ..models import config_beside
     from ..engine import Engine
+    from ..models import mimi_config_for
 
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -25,7 +25,7 @@ def build_engine(args, slots: int):
             raise UsageError("pass both --lm and --mimi (and usually --tokenizer) to serve your own checkpoints")
         return Engine.from_checkpoints(lm=args.lm, mimi=args.mimi, tokenizer=args.tokenizer, slots=slots,
                                        device=device, dtype=dtype, cuda_graphs=graphs, lm_config=args.lm_config,
-                                       mimi_config=args.mimi_config or config_beside(args.mimi))
+                                       mimi_config=mimi_config_for(args.mimi, args.mimi_config))
     return Engine.default(slots=slots, device=device, dtype=dtype, cuda_graphs=graphs)
 
 
