@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_paths import cpu_fast_path
 from .linear import fast_linear
 from .state import State, write_state
 
@@ -72,7 +73,7 @@ class StreamingConv1d(nn.Module):
         b, c_in, length = full.shape
         kernel = c.kernel_size[0]
         steps = (length - kernel) // self.stride + 1
-        if steps <= _GEMM_MAX_STEPS and c.groups == 1 and c.dilation[0] == 1 and full.device.type == "cpu":
+        if steps <= _GEMM_MAX_STEPS and c.groups == 1 and c.dilation[0] == 1 and cpu_fast_path(full):
             windows = full.unfold(-1, kernel, self.stride).transpose(1, 2).reshape(b * steps, c_in * kernel)
             y = fast_linear(windows, c.weight.view(c.out_channels, c_in * kernel), c.bias)
             return y.view(b, steps, c.out_channels).transpose(1, 2)
@@ -121,7 +122,7 @@ class StreamingConvTranspose1d(nn.Module):
     def _convtr(self, x: torch.Tensor) -> torch.Tensor:
         """Full transposed convolution, length ``(T - 1) * stride + K``."""
         c = self.convtr.convtr
-        if c.groups != 1 or x.device.type != "cpu":
+        if c.groups != 1 or not cpu_fast_path(x):
             return F.conv_transpose1d(x, c.weight, c.bias, c.stride, 0, 0, c.groups)
         # One matrix product gives every input step's K-sample contribution; ``fold`` overlap-adds them. (PyTorch's
         # CPU transposed convolution takes a slow reference path: 25 ms for the first decoder layer at batch 1.)

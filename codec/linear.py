@@ -27,6 +27,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .cpu_paths import cpu_fast_path
+
 _ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 if not torch.backends.mkldnn.is_available():
     _ONEDNN_LINEAR = None
@@ -40,7 +42,7 @@ _ONEDNN_BLOCKED_INNER = 2048
 
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ weight.T + bias`` for ``weight`` [out, in] (a transposed view is fine)."""
-    if (_ONEDNN_LINEAR is not None and not torch.compiler.is_compiling() and x.device.type == "cpu"
+    if (_ONEDNN_LINEAR is not None and not torch.compiler.is_compiling() and cpu_fast_path(x)
             and x.dtype == torch.float32
             and weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SEANetConfig
+from .cpu_paths import cpu_fast_path
 from .conv import StreamingConv1d, StreamingConvTranspose1d
 from .state import State
 
@@ -23,7 +24,7 @@ class ELU(nn.Module):
         self.alpha = alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+        if cpu_fast_path(x) and not (torch.is_grad_enabled() and x.requires_grad):
             # PyTorch's CPU ELU evaluates expm1 element by element (~5x slower than exp here); this form is
             # exact for x > 0 and within 1.2e-7 of expm1 below.
             return torch.exp(x.clamp(max=0)).sub_(1).mul_(self.alpha).add_(F.relu(x))

@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import TransformerConfig
 from .conv import _Wrapper
+from .cpu_paths import cpu_fast_path
 from .linear import fast_linear
 from .rope import apply_rope, rope_frequencies, rope_tables
 from .state import State, write_state
@@ -68,7 +69,7 @@ def ring_step_tables(offset: torch.Tensor, t: int, capacity: int, context: int, 
     slot_pos = torch.where(delta <= 0, last + delta, last + delta - capacity)  # [B, capacity]
     rel = positions[:, :, None] - slot_pos[:, None, :]  # [B, T, capacity]
     mask = ((slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < context))[:, None]
-    if offset.device.type == "cpu":
+    if cpu_fast_path(offset):
         mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
     return StepTables(rotation, write_index, mask)
 
