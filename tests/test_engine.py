@@ -85,6 +85,47 @@ def test_slot_isolation_bit_exact():
     assert torch.equal(torch.stack(got_tokens), torch.stack(solo_tokens))
 
 
+def _conversation_state(eng):
+    """Every state tensor of every slot, except the spare ring slots that receive the keys and values of rows
+    that are not executing (written every step, never attended: scratch, not conversation state)."""
+    from codec.state import leaves
+
+    def rings(state, capacity):
+        for name, layer in state["layers"].items():
+            yield from (layer["k"][:, :, :capacity], layer["v"][:, :, :capacity])
+
+    rest = []
+    for state in (eng.encoder_state, eng.decoder_state):
+        rest += [state[key] for key in state if key != "transformer"]
+        rest += [state["transformer"]["offset"], *rings(state["transformer"], state["transformer"]["capacity"])]
+    gen = eng.generator_state
+    rest += [gen["cache"], gen["offset"], *rings(gen, eng.lm.config.context)]
+    return [t.clone() for item in rest for t in (leaves(item) if isinstance(item, dict) else [item])]
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_step_with_no_active_slot_changes_no_state(generic):
+    """CUDA-graph warm-up and capture run the frame step with every slot inactive and rely on it leaving every
+    conversation's state as it was; checked here on both kernel paths (generic = what GPUs run)."""
+    import contextlib
+
+    from codec.cpu_paths import generic_kernels
+
+    eng = make_engine(slots=3, greedy=False)
+    slots = [eng.open(seed=i) for i in range(3)]
+    x = frames(3, 6)
+    for tick in range(6):
+        eng.step({s: x[tick] for s in slots})
+    before = _conversation_state(eng)
+    with generic_kernels() if generic else contextlib.nullcontext(), torch.no_grad():
+        eng.active.zero_()
+        for _ in range(2):
+            eng._run_eager(timed=False)
+    after = _conversation_state(eng)
+    assert len(before) == len(after) > 20
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
 def test_engine_full_and_slot_errors():
     eng = make_engine(slots=2)
     a, b = eng.open(), eng.open()
