@@ -34,6 +34,21 @@ def test_word_timestamps(synth):
         synth.speak("hi", voice="xx-nonexistent")
 
 
+@pytest.mark.parametrize("text, expected", [
+    # espeak points one character early after a sentence-internal period ...
+    ("hello, nice to hear you. how can i help?", ["hello", "nice", "to", "hear", "you", "how", "can", "i", "help"]),
+    ("yes, i am here. go ahead.", ["yes", "i", "am", "here", "go", "ahead"]),
+    # ... gives "o'clock" a length of 1 ...
+    ("it is three o'clock.", ["it", "is", "three", "o'clock"]),
+    # ... and times "there are" as one word (no event for "are")
+    ("there are seven days in a week.", ["there are", "seven", "days", "in", "a", "week"]),
+])
+def test_transcript_keeps_every_word(synth, text, expected):
+    speech = synth.speak(text, voice="en-us")
+    assert [w.text for w in speech.words] == expected
+    assert " ".join(w.text for w in speech.words) == text.replace(",", "").replace(".", "").replace("?", "")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
@@ -58,6 +73,20 @@ def test_files_and_timestamps_inside_the_audio(corpus):
         for turn in meta["turns"]:
             assert 0 <= turn["start"] <= turn["end"] <= duration
             assert all(turn["start"] <= w["start"] <= w["end"] <= turn["end"] for w in turn["words"])
+
+
+def test_no_clipping(corpus):
+    out, rows = corpus
+    for row in rows:
+        audio, _, _ = _load(out, row)
+        assert np.abs(audio).max() < 0.95  # level variation never drives speech into the [-1, 1] clip
+
+
+def test_sentences_get_one_final_mark():
+    from duplex.data.synth import _sentence
+
+    assert [_sentence(t, "?") for t in ("how can i help", "how can i help?", "go ahead.")] == \
+        ["how can i help?", "how can i help?", "go ahead."]
 
 
 def _rms(x, rate, start, end):
@@ -105,7 +134,7 @@ def test_scenario_timing(corpus):
                 assert bot[-1]["start"] > barge["end"]  # and answers the new turn
             elif s["type"] == "backchannel":
                 assert bot[0]["text"] in ("mhm", "yeah", "okay", "right", "uh huh")
-                assert user[0]["end"] <= bot[0]["start"] and bot[0]["end"] <= user[1]["start"] + 0.5
+                assert user[0]["end"] <= bot[0]["start"] and bot[0]["end"] < user[1]["start"]  # inside the pause
             elif s["type"] == "silence":
                 assert not inside
     assert seen == {"smooth", "pause", "interrupt", "backchannel", "silence"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -20,6 +21,7 @@ _EVENT_LIST_TERMINATED, _EVENT_WORD = 0, 1
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
+_PUNCTUATION = " ,.?!;:\""
 
 
 class EspeakError(RuntimeError):
@@ -93,14 +95,28 @@ class Synthesizer:
         return Speech(audio, self.sample_rate, self._words(data, audio))
 
     def _words(self, data: bytes, audio: np.ndarray) -> List[Word]:
+        """One timed word per WORD event. The event's text position is only a pointer into the input (espeak
+        reports it one character early after a sentence-internal period, gives "o'clock" a length of 1, and sends
+        no event at all for some words, e.g. "are" in "there are"), so each event takes the whitespace token that
+        contains or follows its position, and tokens without an event join the timed word before them."""
         rate = self.sample_rate
         loud = np.abs(audio) > 0.01
-        starts = [s for _, _, s in self._events] + [len(audio)]
+        tokens = [(m.end(), m.group().decode("utf-8", "replace").strip(_PUNCTUATION))
+                  for m in re.finditer(rb"\S+", data)]
+        # events in order of audio, each with the index of its token; several events on one token are one word
+        timed = []
+        for position, _, sample in sorted(self._events, key=lambda e: e[2]):
+            index = next((i for i, (end, _) in enumerate(tokens) if end > position - 1), None)
+            if index is None or (timed and index <= timed[-1][0]):
+                continue
+            timed.append((index, sample))
         words = []
-        for i, (position, length, sample) in enumerate(self._events):
-            text = data[position - 1: position - 1 + length].decode("utf-8", "replace").strip(" ,.?!;:")
-            segment = loud[sample:starts[i + 1]]
-            voiced = np.flatnonzero(segment)
+        for n, (index, sample) in enumerate(timed):
+            first = 0 if n == 0 else index  # tokens before the first event belong to the first word
+            last = timed[n + 1][0] if n + 1 < len(timed) else len(tokens)
+            end_sample = timed[n + 1][1] if n + 1 < len(timed) else len(audio)
+            text = " ".join(t for _, t in tokens[first:last] if t)
+            voiced = np.flatnonzero(loud[sample:end_sample])
             if not text or voiced.size == 0:
                 continue
             words.append(Word(text, (sample + voiced[0]) / rate, (sample + voiced[-1] + 1) / rate))

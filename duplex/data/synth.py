@@ -99,7 +99,11 @@ class Conversation:
                     audio[keep - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
             words = [dict(w, end=min(w["end"], cut)) for w in words if w["start"] < cut - 0.05]
         if self.options.level_variation:
-            audio = audio * np.float32(10 ** (self.rng.uniform(-6.0, 3.0) / 20))
+            # Up to +3 dB, but never past a peak of 0.9: espeak's own peaks reach 0.92, and the render's final
+            # clip to [-1, 1] must not cut speech (the headroom leaves room for the optional noise).
+            gain = 10 ** (self.rng.uniform(-6.0, 3.0) / 20)
+            peak = float(np.abs(audio).max()) if len(audio) else 0.0
+            audio = audio * np.float32(min(gain, 0.9 / peak) if peak > 0 else gain)
         self.audio[channel].append((int(round(start * SAMPLE_RATE)), audio.astype(np.float32)))
         if not words:
             return start, start
@@ -114,8 +118,8 @@ class Conversation:
 
     # ------------------------------------------------------------------------------------------ scenarios
     def smooth(self, ex: Exchange) -> None:
-        _, q_end = self.say("user", ex.question + "?", self.t)
-        _, a_end = self.say("assistant", ex.answer + ".", q_end + self.gap())
+        _, q_end = self.say("user", _sentence(ex.question, "?"), self.t)
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
         self.t = a_end + self.rng.uniform(0.4, 1.2)
 
     def pause(self, ex: Exchange) -> None:
@@ -125,12 +129,12 @@ class Conversation:
         if split:
             _, end = self.say("user", " ".join(words[:split]), self.t)
         _, end = self.say("user", self.rng.choice(FILLERS), end + self.rng.uniform(0.1, 0.3))
-        _, q_end = self.say("user", " ".join(words[split:]) + "?", end + self.rng.uniform(0.5, 2.0))
-        _, a_end = self.say("assistant", ex.answer + ".", q_end + self.gap())
+        _, q_end = self.say("user", _sentence(" ".join(words[split:]), "?"), end + self.rng.uniform(0.5, 2.0))
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
         self.t = a_end + self.rng.uniform(0.4, 1.2)
 
     def interrupt(self, ex: Exchange) -> None:
-        _, q_end = self.say("user", ex.question + "?", self.t)
+        _, q_end = self.say("user", _sentence(ex.question, "?"), self.t)
         a_start = q_end + self.gap()
         # The planned answer: long enough to be interrupted in the middle.
         speech = self.synth.speak(ex.answer, voice=self.voices["assistant"].name, rate=self.voices["assistant"].rate,
@@ -138,18 +142,19 @@ class Conversation:
         planned = len(speech.audio) / speech.sample_rate
         barge_in = a_start + planned * self.rng.uniform(0.3, 0.6)
         cut = barge_in + self.rng.uniform(0.1, 0.2)  # the assistant stops within ~200 ms
-        self.say("assistant", ex.answer + ".", a_start, cut=cut)
+        self.say("assistant", _sentence(ex.answer, "."), a_start, cut=cut)
         new = exchange(self.rng)
-        _, q2_end = self.say("user", new.question + "?", barge_in)
-        _, a_end = self.say("assistant", new.answer + ".", max(q2_end, cut) + self.gap())
+        _, q2_end = self.say("user", _sentence(new.question, "?"), barge_in)
+        _, a_end = self.say("assistant", _sentence(new.answer, "."), max(q2_end, cut) + self.gap())
         self.t = a_end + self.rng.uniform(0.4, 1.2)
 
     def backchannel(self, ex: Exchange) -> None:
-        _, c_end = self.say("user", self.rng.choice(CONTEXT) + ".", self.t)
+        _, c_end = self.say("user", _sentence(self.rng.choice(CONTEXT), "."), self.t)
         pause = self.rng.uniform(0.6, 1.2)
-        self.say("assistant", self.rng.choice(BACKCHANNELS), c_end + self.rng.uniform(0.15, 0.3))
-        _, q_end = self.say("user", ex.question + "?", c_end + pause)
-        _, a_end = self.say("assistant", ex.answer + ".", q_end + self.gap())
+        _, bc_end = self.say("assistant", self.rng.choice(BACKCHANNELS), c_end + self.rng.uniform(0.15, 0.3))
+        # The user goes on after the backchannel, never over it: it belongs in the user's pause.
+        _, q_end = self.say("user", _sentence(ex.question, "?"), max(c_end + pause, bc_end + 0.15))
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
         self.t = a_end + self.rng.uniform(0.4, 1.2)
 
     def silence(self, ex: Exchange) -> None:
@@ -176,6 +181,11 @@ class Conversation:
                 noise_rng = np.random.default_rng(self.rng.getrandbits(32))
                 stereo[row] += (level / 10 ** (snr_db / 20) * noise_rng.standard_normal(length)).astype(np.float32)
         return np.clip(stereo, -1.0, 1.0)
+
+
+def _sentence(text: str, mark: str) -> str:
+    """``text`` ended by ``mark`` unless it already ends a sentence (no "help?." or "ahead..")."""
+    return text if text.rstrip()[-1:] in (".", "?", "!") else text + mark
 
 
 def _voice(rng: random.Random, bases: List[str]) -> Voice:
