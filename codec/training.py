@@ -315,24 +315,33 @@ class CodecTrainer:
         from .checkpoint import write_safetensors
 
         os.makedirs(folder, exist_ok=True)
+        # Each file is written whole and renamed into place; the weights carry their step, so ``load`` can tell
+        # a save cut short between two files (weights of one step, optimizer of another) from a complete one.
         state = {k: v.detach().contiguous().cpu() for k, v in self.mimi.state_dict().items()}
-        write_safetensors(state, os.path.join(folder, "codec.safetensors"))
-        with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(official_layout(self.mimi), f, indent=1)
+        write_safetensors(state, os.path.join(folder, "codec.safetensors"), metadata={"step": str(self.step)})
+        _replace_with(os.path.join(folder, "config.json"),
+                      lambda f: f.write(json.dumps(official_layout(self.mimi), indent=1).encode()))
         trainer = {"optimizer": self.optimizer.state_dict(), "step": self.step,
                    "generator": self.generator.get_state(), "train_config": asdict(self.cfg), "extra": extra or {}}
         if self.discriminator is not None:
             trainer["discriminator"] = self.discriminator.state_dict()
             trainer["discriminator_optimizer"] = self.discriminator_optimizer.state_dict()
-        torch.save(trainer, os.path.join(folder, "trainer.pt"))
+        _replace_with(os.path.join(folder, "trainer.pt"), lambda f: torch.save(trainer, f))
 
     def load(self, folder: str) -> dict:
         from .checkpoint import check_and_load, read_tensors
 
-        check_and_load(self.mimi, read_tensors(os.path.join(folder, "codec.safetensors")), "Mimi", source=folder,
-                       assign=False)
-        self.mimi._rebuild_derived()
+        from safetensors import safe_open
+
+        weights = os.path.join(folder, "codec.safetensors")
         state = torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
+        with safe_open(weights, "pt") as f:
+            saved_step = (f.metadata() or {}).get("step")
+        if saved_step is not None and saved_step != str(state["step"]):
+            raise ValueError(f"{folder}: codec.safetensors is from step {saved_step} but trainer.pt from step "
+                             f"{state['step']} (a save was cut short); restore both from a backup")
+        check_and_load(self.mimi, read_tensors(weights), "Mimi", source=folder, assign=False)
+        self.mimi._rebuild_derived()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.generator.set_state(state["generator"])
@@ -341,6 +350,19 @@ class CodecTrainer:
             self.discriminator.load_state_dict(state["discriminator"])
             self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
         return state.get("extra", {})
+
+
+def _replace_with(path: str, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    temporary = path + ".tmp"
+    try:
+        with open(temporary, "wb") as f:
+            write(f)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def official_layout(mimi: Mimi) -> dict:

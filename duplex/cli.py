@@ -44,8 +44,26 @@ def _int_in(low: int, high: Optional[int], what: str):
     return parse
 
 
+def _float_above(low: float, inclusive: bool, what: str):
+    """An argparse type: a finite number above ``low`` (or equal to it when ``inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (value > low or (inclusive and value == low)) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
 _port = _int_in(0, 65535, "a TCP port (0-65535; 0 picks a free one)")
 _non_negative = _int_in(0, None, "an integer >= 0")
+_positive = _int_in(1, None, "an integer >= 1")
+_positive_float = _float_above(0.0, False, "a number > 0")
+_weight = _float_above(0.0, True, "a number >= 0")
 
 
 def _add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> None:
@@ -63,10 +81,10 @@ def _add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> No
 
 
 def _add_bench_options(p: argparse.ArgumentParser, batch_sizes, what: str = "frames") -> None:
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=list(batch_sizes), metavar="B",
+    p.add_argument("--batch-sizes", type=_positive, nargs="+", default=list(batch_sizes), metavar="B",
                    help="batch sizes to time")
-    p.add_argument("--frames", type=int, default=50, help=f"timed {what} per batch size (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help=f"untimed {what} first (default 5)")
+    p.add_argument("--frames", type=_positive, default=50, help=f"timed {what} per batch size (default 50)")
+    p.add_argument("--warmup", type=_non_negative, default=5, help=f"untimed {what} first (default 5)")
     p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
 
@@ -118,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssl-cert", metavar="PEM", help="serve https/wss with this certificate")
     p.add_argument("--ssl-key", metavar="PEM", help="private key of --ssl-cert")
     p.add_argument("--origins", nargs="+", metavar="ORIGIN", help="allowed browser origins (default: any)")
-    p.add_argument("--max-message-bytes", type=int, default=1 << 20, help="larger messages close the connection")
+    p.add_argument("--max-message-bytes", type=_int_in(1024, None, "a size in bytes >= 1024"), default=1 << 20, help="larger messages close the connection")
     p.add_argument("--threads", type=_non_negative, default=0,
                    help="CPU threads for the engine (default: torch's choice; with many sessions on few cores, "
                         "fewer threads leave a core to networking)")
@@ -130,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", help="audio file to send (any format and rate; mixed to mono, resampled); "
                    "omit both files to talk through the microphone and speakers")
     p.add_argument("output", nargs="?", help="reply audio file to write (same length as the input, 24 kHz)")
-    p.add_argument("--seconds", type=float, help="live mode: stop after this long (default: Ctrl-C)")
+    p.add_argument("--seconds", type=_positive_float, help="live mode: stop after this long (default: Ctrl-C)")
     p.add_argument("--input-device", help="live mode: sound input device (index or name)")
     p.add_argument("--output-device", help="live mode: sound output device (index or name)")
     p.add_argument("--url", default="ws://127.0.0.1:8998", help="server address (default ws://127.0.0.1:8998)")
@@ -143,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-device", help="sound input device (index or name; see --list-devices)")
     p.add_argument("--output-device", help="sound output device (index or name)")
     p.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
-    p.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--seconds", type=_positive_float, help="stop after this long (default: Ctrl-C)")
     p.add_argument("--input-file", metavar="AUDIO", help="headless: read the microphone from this file")
     p.add_argument("--output-file", metavar="WAV", help="headless: write the replies here (with --input-file)")
     p.add_argument("--realtime", action="store_true", help="headless: pace the file at 80 ms per frame")
@@ -161,12 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shares", nargs="+", metavar="SCENARIO=SHARE",
                    help="scenario shares (default smooth=0.35 pause=0.15 interrupt=0.15 backchannel=0.15 "
                         "silence=0.2)")
-    p.add_argument("--heldout-every", type=int, default=20, help="hold out every Nth conversation (0: none)")
+    p.add_argument("--heldout-every", type=_non_negative, default=20, help="hold out every Nth conversation (0: none)")
     p.add_argument("--min-seconds", type=float, default=20.0, help="shortest conversation")
     p.add_argument("--max-seconds", type=float, default=40.0, help="longest conversation")
     p.add_argument("--noise", action="store_true", help="add background noise at 20-40 dB SNR")
     p.add_argument("--no-level-variation", action="store_true", help="keep every utterance at espeak's level")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.set_defaults(func="duplex.commands.data:run_synth")
 
     train = commands.add_parser("train", help="train models on the synthetic corpus")
@@ -175,29 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--out", required=True, help="run folder: codec.safetensors, config.json, trainer.pt, log.jsonl")
     p.add_argument("--config", default="small", help="small (default), official, or a config JSON (official layout)")
-    p.add_argument("--steps", type=int, default=2000, help="optimiser steps the run is planned for")
-    p.add_argument("--batch-size", type=int, default=8, help="crops per step")
-    p.add_argument("--segment-seconds", type=float, default=2.0,
+    p.add_argument("--steps", type=_positive, default=2000, help="optimiser steps the run is planned for")
+    p.add_argument("--batch-size", type=_positive, default=8, help="crops per step")
+    p.add_argument("--segment-seconds", type=_positive_float, default=2.0,
                    help="length of each crop, rounded to whole 80 ms frames")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of AdamW")
+    p.add_argument("--lr", type=_positive_float, default=3e-4, help="peak learning rate of AdamW")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine",
                    help="cosine: decay to 10%% of --lr at --steps (default)")
-    p.add_argument("--linear-mel-weight", type=float, default=0.0,
+    p.add_argument("--linear-mel-weight", type=_weight, default=0.0,
                    help="weight of an L1 loss on linear mel magnitudes beside the log-mel loss")
-    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+    p.add_argument("--stop-at", type=_positive, default=None, metavar="STEP",
                    help="end this run at STEP (saved; --resume continues), the schedule still planned for --steps")
-    p.add_argument("--adversarial-weight", type=float, default=0.0,
+    p.add_argument("--adversarial-weight", type=_weight, default=0.0,
                    help="weight of the multi-period discriminator's hinge loss (0: no discriminator)")
-    p.add_argument("--feature-matching-weight", type=float, default=0.0,
+    p.add_argument("--feature-matching-weight", type=_weight, default=0.0,
                    help="weight of the discriminator feature-matching loss (0: off)")
     p.add_argument("--crops", choices=["speech", "any"], default="speech",
                    help="speech: every training crop contains speech (default); any: uniform crops")
-    p.add_argument("--max-codebooks", type=int, default=8, help="quantizer dropout trains 1..N codebooks")
+    p.add_argument("--max-codebooks", type=_positive, default=8, help="quantizer dropout trains 1..N codebooks")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--eval-every", type=int, default=100, help="held-out losses every N steps (0: never)")
+    p.add_argument("--save-every", type=_positive, default=250, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--eval-every", type=_non_negative, default=100, help="held-out losses every N steps (0: never)")
     p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (0: torch's choice)")
     p.set_defaults(func="duplex.commands.train:run_train_codec")
 
@@ -237,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="JSON", help="its config "
                    "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
     p.add_argument("--num-codebooks", type=int, default=8, help="codebooks of the reconstruction")
-    p.add_argument("--max-clips", type=int, default=40, help="channels to evaluate at most (default 40)")
+    p.add_argument("--max-clips", type=_positive, default=40, help="channels to evaluate at most (default 40)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.add_argument("--plot", metavar="PNG", help="spectrograms of original vs reconstruction")

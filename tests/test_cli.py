@@ -114,6 +114,16 @@ def test_report_paths_are_checked_before_measuring(capsys):
     (["serve", "--port", "http"], "is not a TCP port"),
     (["serve", "--threads", "-1"], "is not an integer >= 0"),
     (["serve", "--max-waiting", "-3"], "is not an integer >= 0"),
+    (["serve", "--max-message-bytes", "-1"], "is not a size in bytes >= 1024"),
+    (["train", "codec", "--data", "c", "--out", "r", "--save-every", "0"], "is not an integer >= 1"),
+    (["train", "codec", "--data", "c", "--out", "r", "--max-codebooks", "0"], "is not an integer >= 1"),
+    (["train", "codec", "--data", "c", "--out", "r", "--eval-every", "-5"], "is not an integer >= 0"),
+    (["train", "codec", "--data", "c", "--out", "r", "--lr", "nan"], "is not a number > 0"),
+    (["train", "codec", "--data", "c", "--out", "r", "--adversarial-weight", "-1"], "is not a number >= 0"),
+    (["bench", "codec-quality", "--data", "c", "--max-clips", "0"], "is not an integer >= 1"),
+    (["bench", "lm", "--batch-sizes", "0"], "is not an integer >= 1"),
+    (["data", "synth", "c", "--heldout-every", "-1"], "is not an integer >= 0"),
+    (["client", "a.wav", "b.wav", "--seconds", "-2"], "is not a number > 0"),
 ])
 def test_bad_option_values_are_usage_errors(capsys, args, words):
     with pytest.raises(SystemExit) as exit_info:

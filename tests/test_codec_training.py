@@ -134,6 +134,55 @@ def test_train_codec_cli(tmp_path, capsys):
     trained = Mimi.from_checkpoint(str(run / "codec.safetensors"), config=str(run / "config.json"))
     assert shipped.config == trained.config
 
+    # A crash can cut the log's last line: --resume drops it with what came after the checkpoint.
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 8, "lo')
+    assert main(args[:-8] + more + ["--steps", "8"]) == 0
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-2:] == [7, 8]
+    # Weights and trainer state of different steps (a save cut short between the two files) are refused.
+    import shutil
+
+    shutil.copy(run / "trainer.pt", tmp_path / "trainer8.pt")
+    assert main(args[:-8] + more + ["--steps", "9"]) == 0
+    shutil.copy(tmp_path / "trainer8.pt", run / "trainer.pt")
+    assert main(args[:-8] + more + ["--steps", "10"]) == 2
+    assert "codec.safetensors is from step 9 but trainer.pt from step 8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("truncate", "where the manifest says"),
+    ("garbage", "cannot read this audio file"),
+    ("missing", "cannot read this audio file"),
+    ("manifest", "manifest.jsonl, line 2: not a corpus entry"),
+])
+def test_damaged_corpus_is_named_in_the_error(tmp_path, capsys, damage, words):
+    pytest.importorskip("duplex.data.espeak")
+    from duplex.cli import main
+    from duplex.data.espeak import EspeakError, Synthesizer
+
+    try:
+        Synthesizer()
+    except EspeakError:
+        pytest.skip("needs espeak-ng")
+    corpus = tmp_path / "corpus"
+    assert main(["data", "synth", str(corpus), "--conversations", "2", "--heldout-every", "0",
+                 "--min-seconds", "3", "--max-seconds", "3", "--workers", "1"]) == 0
+    wav = sorted((corpus / "train").glob("*.wav"))[1]
+    if damage == "truncate":
+        wav.write_bytes(wav.read_bytes()[:-24000])
+    elif damage == "garbage":
+        wav.write_bytes(b"not a wav file at all" * 100)
+    elif damage == "missing":
+        wav.unlink()
+    else:
+        manifest = corpus / "manifest.jsonl"
+        lines = manifest.read_text().splitlines()
+        manifest.write_text(lines[0] + "\n" + lines[1][:30] + "\n")
+    assert main(["train", "codec", "--data", str(corpus), "--out", str(tmp_path / "run"), "--eval-every", "0",
+                 "--steps", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
 
 def test_quality_metrics():
     import numpy as np

@@ -23,6 +23,14 @@ def _codec_config(name: str):
     return MimiConfig.load(name)
 
 
+def _logged_step(line: str) -> float:
+    """The step of a log line; infinity for a line that is not a whole record (a crash can cut the last one)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, TypeError, KeyError):
+        return float("inf")
+
+
 def run_train_codec(args) -> int:
     from codec import Mimi
     from codec.shipped import export_for_inference
@@ -61,11 +69,16 @@ def run_train_codec(args) -> int:
                       feature_matching_weight=args.feature_matching_weight)
     trainer = CodecTrainer(mimi, cfg, seed=args.seed)
     if resume:
-        trainer.load(args.out)
+        from codec import CheckpointError
+
+        try:
+            trainer.load(args.out)
+        except (ValueError, CheckpointError) as e:
+            raise UsageError(f"--resume: {e}") from None
         log_file = os.path.join(args.out, "log.jsonl")
         if os.path.exists(log_file):  # drop what was logged after the checkpoint (a crash): it is redone
             with open(log_file, encoding="utf-8") as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= trainer.step]
+                kept = [line for line in f if _logged_step(line) <= trainer.step]
             with open(log_file, "w", encoding="utf-8") as f:
                 f.writelines(kept)
         print(f"resumed {args.out} at step {trainer.step} (training options come from this command line)",

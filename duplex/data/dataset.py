@@ -26,18 +26,37 @@ class CorpusAudio:
         manifest = os.path.join(corpus_dir, "manifest.jsonl")
         if not os.path.exists(manifest):
             raise FileNotFoundError(f"{corpus_dir} has no manifest.jsonl; make a corpus with 'duplex data synth'")
+        rows = []
         with open(manifest, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    row["split"], row["wav"]  # noqa: B018 - the fields every row needs
+                except (json.JSONDecodeError, TypeError, KeyError) as e:
+                    raise ValueError(f"{manifest}, line {number}: not a corpus entry ({type(e).__name__}: {e})") \
+                        from None
+                rows.append(row)
         self.clips: List[np.ndarray] = []
         for row in rows:
             if row["split"] != split:
                 continue
-            audio, rate = sf.read(os.path.join(corpus_dir, row["wav"]), dtype="int16", always_2d=True)
+            path = os.path.join(corpus_dir, row["wav"])
+            try:
+                audio, rate = sf.read(path, dtype="int16", always_2d=True)
+            except (RuntimeError, OSError) as e:  # soundfile's errors for missing, unreadable or corrupt files
+                raise ValueError(f"{path}: cannot read this audio file ({e})") from None
             if rate != 24000:
-                raise ValueError(f"{row['wav']}: expected 24 kHz audio, got {rate} Hz")
+                raise ValueError(f"{path}: expected 24 kHz audio, got {rate} Hz")
+            seconds, expected = len(audio) / rate, row.get("duration")
+            if isinstance(expected, (int, float)) and abs(seconds - expected) > 0.05:
+                raise ValueError(f"{path}: {seconds:.2f} s of audio where the manifest says {expected:.2f} s "
+                                 f"(a truncated or replaced file?)")
             self.clips.extend(np.ascontiguousarray(audio[:, c]) for c in range(audio.shape[1]))
         if not self.clips:
-            raise ValueError(f"{corpus_dir} has no '{split}' conversations")
+            hint = " (made with --heldout-every 0? then train with --eval-every 0)" if split == "heldout" else ""
+            raise ValueError(f"{corpus_dir} has no '{split}' conversations{hint}")
         self.lengths = np.array([len(c) for c in self.clips], dtype=np.float64)
         # (clip, frame) of every whole speech frame, for speech-centred crops
         positions = []
