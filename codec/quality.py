@@ -132,18 +132,28 @@ def speech_frames(clip: np.ndarray, frame_size: int, num_frames: int) -> np.ndar
 
 
 @torch.no_grad()
-def evaluate(mimi, clips: Sequence[np.ndarray], num_codebooks: int = 8) -> Dict:
-    """Encode and decode each mono clip (float32, 24 kHz) offline and measure it."""
+def evaluate(mimi, clips: Sequence[np.ndarray], num_codebooks: int = 8,
+             speech_masks: Optional[Sequence[np.ndarray]] = None) -> Dict:
+    """Encode and decode each mono clip (float32, 24 kHz) offline and measure it. ``speech_masks``: bool per
+    frame of each clip, which frames hold speech (for the speech-frame perplexity); default: frames louder than
+    SPEECH_DBFS."""
     saved = mimi.num_codebooks
     mimi.num_codebooks = num_codebooks
     rows, all_codes, speech, ratios = [], [], [], []
     try:
-        for clip in clips:
+        for index, clip in enumerate(clips):
             pcm = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))[None, None]
             codes = mimi.encode(pcm.to(mimi.device))
             recon = mimi.decode(codes)[0, 0, : pcm.shape[-1]].cpu().numpy()
             all_codes.append(codes[0].cpu())
-            speech.append(torch.from_numpy(speech_frames(clip, mimi.frame_size, codes.shape[-1])))
+            frames = codes.shape[-1]
+            if speech_masks is None:
+                mask = speech_frames(clip, mimi.frame_size, frames)
+            else:
+                mask = np.zeros(frames, dtype=bool)
+                given = np.asarray(speech_masks[index], dtype=bool)[:frames]
+                mask[: len(given)] = given
+            speech.append(torch.from_numpy(mask))
             ratios.append(pitch_ratios(recon, clip, mimi.sample_rate))
             rows.append({"mel_distance": mel_distance(recon, clip, mimi.sample_rate), "si_snr": si_snr(recon, clip),
                          "stoi": stoi(recon, clip, mimi.sample_rate), **pitch_errors(ratios[-1])})

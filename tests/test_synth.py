@@ -219,3 +219,31 @@ def test_speech_crops_hold_speech(corpus):
     frames = audio.batch(200, samples, torch.Generator().manual_seed(0), speech=True)[:, 0, : samples // 1920 * 1920]
     silent_speech = (frames.reshape(200, -1, 1920).pow(2).mean(-1).sqrt() <= 10 ** (SPEECH_DBFS / 20)).float().mean()
     assert silent_speech < silent  # speech crops spend less of the batch on silence
+
+
+def test_word_frames_mark_each_channels_words():
+    from duplex.data.dataset import word_frames
+
+    meta = {"turns": [{"channel": "user", "words": [{"start": 0.05, "end": 0.09}, {"start": 0.2, "end": 0.2}]},
+                      {"channel": "assistant", "words": [{"start": 0.0, "end": 0.5}]}]}
+    assert word_frames(meta, 9600, 1).tolist() == [True, True, True, False, False]  # 80 ms frames of 1920
+    assert word_frames(meta, 9600, 0).tolist() == [True] * 5
+    assert word_frames({}, 100, 0).tolist() == [False]
+
+
+def test_training_speech_frames_follow_the_transcripts(corpus):
+    """Crops are centred on frames holding a word of that channel; on a clean corpus that agrees with the energy
+    threshold the quality bench used to apply (silence between turns is digital zero)."""
+    from codec.quality import speech_frames
+    from duplex.data.dataset import FRAME, CorpusAudio
+
+    out, _ = corpus
+    audio = CorpusAudio(str(out), "train")
+    assert len(audio.speech_masks) == len(audio.clips)
+    agree = total = 0
+    for clip, mask in zip(audio.clips, audio.speech_masks):
+        assert len(mask) == -(-len(clip) // FRAME)
+        energy = speech_frames(clip.astype(np.float32) / 32768.0, FRAME, len(mask))
+        agree += int((energy == mask).sum())
+        total += len(mask)
+    assert agree / total > 0.97

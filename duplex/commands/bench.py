@@ -138,7 +138,7 @@ def run_bench_codec_quality(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     clips = [c.astype(np.float32) / 32768.0 for c in corpus.clips[: args.max_clips]]
-    report = evaluate(mimi, clips, args.num_codebooks)
+    report = evaluate(mimi, clips, args.num_codebooks, speech_masks=corpus.speech_masks[: args.max_clips])
     report.update(checkpoint=checkpoint, split=args.split)
     print(f"{report['clips']} clips, {report['num_codebooks']} codebooks ({report['kbps']:.2f} kbps): "
           f"STOI {report['stoi']:.3f}, SI-SNR {report['si_snr']:.2f} dB, mel distance {report['mel_distance']:.3f}, "

@@ -12,9 +12,25 @@ import torch
 
 from codec.quality import speech_frames
 
-# Conversation channels are mostly silence (the other side is talking); crops centred on speech frames (the
-# codec quality bench's definition) spend the training on what matters.
+# Conversation channels are mostly silence (the other side is talking); crops centred on speech frames spend the
+# training on what matters. A speech frame is one that overlaps a word of that channel's transcript (the corpus
+# knows where every word is, and with --noise an energy threshold would call the noise floor speech); corpora
+# without transcripts fall back to the codec quality bench's energy threshold.
 FRAME = 1920
+CHANNELS = ("assistant", "user")  # channel 0, channel 1
+
+
+def word_frames(meta: dict, samples: int, channel: int, rate: int = 24000) -> np.ndarray:
+    """bool [ceil(samples / FRAME)]: the frames of ``channel`` that overlap one of its transcript's words."""
+    mask = np.zeros(-(-samples // FRAME), dtype=bool)
+    for turn in meta.get("turns", []):
+        if turn.get("channel") != CHANNELS[channel]:
+            continue
+        for word in turn.get("words", []):
+            first = int(word["start"] * rate) // FRAME
+            last = (int(np.ceil(word["end"] * rate)) - 1) // FRAME
+            mask[max(first, 0):max(last + 1, 0)] = True
+    return mask
 
 
 class CorpusAudio:
@@ -39,6 +55,7 @@ class CorpusAudio:
                         from None
                 rows.append(row)
         self.clips: List[np.ndarray] = []
+        self.speech_masks: List[np.ndarray] = []  # per clip, bool per frame (the last frame may be partial)
         for row in rows:
             if row["split"] != split:
                 continue
@@ -53,15 +70,21 @@ class CorpusAudio:
             if isinstance(expected, (int, float)) and abs(seconds - expected) > 0.05:
                 raise ValueError(f"{path}: {seconds:.2f} s of audio where the manifest says {expected:.2f} s "
                                  f"(a truncated or replaced file?)")
-            self.clips.extend(np.ascontiguousarray(audio[:, c]) for c in range(audio.shape[1]))
+            meta = _read_json(os.path.join(corpus_dir, row["json"])) if "json" in row else None
+            for c in range(audio.shape[1]):
+                clip = np.ascontiguousarray(audio[:, c])
+                self.clips.append(clip)
+                self.speech_masks.append(
+                    word_frames(meta, len(clip), c) if meta is not None and c < len(CHANNELS)
+                    else speech_frames(clip.astype(np.float32) / 32768.0, FRAME, -(-len(clip) // FRAME)))
         if not self.clips:
             hint = " (made with --heldout-every 0? then train with --eval-every 0)" if split == "heldout" else ""
             raise ValueError(f"{corpus_dir} has no '{split}' conversations{hint}")
         self.lengths = np.array([len(c) for c in self.clips], dtype=np.float64)
         # (clip, frame) of every whole speech frame, for speech-centred crops
         positions = []
-        for index, clip in enumerate(self.clips):
-            frames = np.nonzero(speech_frames(clip.astype(np.float32) / 32768.0, FRAME, len(clip) // FRAME))[0]
+        for index, (clip, mask) in enumerate(zip(self.clips, self.speech_masks)):
+            frames = np.nonzero(mask[: len(clip) // FRAME])[0]  # whole frames only
             positions.append(np.stack([np.full_like(frames, index), frames], axis=1))
         self.speech_frames = np.concatenate(positions) if positions else np.zeros((0, 2), dtype=np.int64)
 
@@ -99,3 +122,13 @@ class CorpusAudio:
             piece = torch.from_numpy(clip[start:start + samples].astype(np.float32) / 32768.0)
             out[row, 0, :len(piece)] = piece
         return out
+
+
+def _read_json(path: str):
+    """A conversation's metadata, or None when it is missing or unreadable (speech is then found by energy)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
