@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 import numpy as np
+from websockets.protocol import State
 
 from .engine import Engine, EngineFull
 from .protocol import (AUDIO, CONTROL, HANDSHAKE, KIND_NAMES, PING, SessionOptions, error_message, message,
@@ -48,8 +49,50 @@ class ServerOptions:
     max_waiting: int = 0  # clients that may wait for a free slot (0: refuse at once)
     input_buffer_frames: int = 10  # 800 ms of received audio at most (network jitter); older frames are dropped
     output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
+    # How fast one connection's messages are read: past this the server stops reading it for a while, so TCP
+    # pushes back on a client that floods (it would otherwise take the event loop, and the GIL, from everyone).
+    read_messages_per_second: float = 100.0  # Ogg/Opus clients send ~12-50 pages a second
+    read_realtime_factor: float = 4.0  # bytes: 4x raw 16-bit PCM in real time
+    max_throttled_seconds: float = 5.0  # a client over its budget for this long without a break is closed (1008)
+    close_timeout: float = 2.0  # how long a closing handshake may take before the connection is dropped
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
+
+
+def _worth_logging(count: int) -> bool:
+    """Repeated events are logged the 1st, 10th and 100th time, then every 1000th (a flood must not flood the
+    log too)."""
+    return count in (1, 10, 100) or count % 1000 == 0
+
+
+class ReadBudget:
+    """A token bucket per connection: ``spend`` returns how long to pause reading before the next message, and
+    ``throttled_for`` how long the client has been over its budget without a break (a flood, not jitter)."""
+
+    def __init__(self, messages_per_second: float, bytes_per_second: float, burst_bytes: float):
+        self.rates = (messages_per_second, bytes_per_second)
+        self.capacity = (messages_per_second, burst_bytes)  # one second of messages; one largest message
+        self.tokens = list(self.capacity)
+        self.last = time.monotonic()
+        self._throttled_since: Optional[float] = None
+
+    def spend(self, size: int) -> float:
+        now = time.monotonic()
+        elapsed, self.last = now - self.last, now
+        delay = 0.0
+        for i, cost in enumerate((1.0, float(size))):
+            self.tokens[i] = min(self.capacity[i], self.tokens[i] + elapsed * self.rates[i]) - cost
+            if self.tokens[i] < 0:
+                delay = max(delay, -self.tokens[i] / self.rates[i])
+        if delay == 0:
+            self._throttled_since = None
+        elif self._throttled_since is None:
+            self._throttled_since = now
+        return delay
+
+    @property
+    def throttled_for(self) -> float:
+        return 0.0 if self._throttled_since is None else time.monotonic() - self._throttled_since
 
 
 @dataclass
@@ -72,6 +115,7 @@ class Session:
         self.frames: collections.deque = collections.deque()
         self._pending = np.zeros(0, dtype=np.float32)
         self._raw_leftover = b""
+        self._drop_events = 0
         self.outbox: asyncio.Queue = asyncio.Queue()
         self._reader = self._writer = None
         if not options.raw:
@@ -132,8 +176,10 @@ class Session:
             for _ in range(excess):
                 self.frames.popleft()
             self.stats.dropped_in += excess
-            log.warning("session %d: client sends faster than real time, dropped %d frame(s) (%d so far)",
-                        self.slot, excess, self.stats.dropped_in)
+            self._drop_events += 1
+            if _worth_logging(self._drop_events):
+                log.warning("session %d: client sends faster than real time, dropped %d frame(s) (%d so far)",
+                            self.slot, excess, self.stats.dropped_in)
         return None
 
     def next_frame(self) -> np.ndarray:
@@ -159,7 +205,7 @@ class Session:
         if self.outbox.qsize() >= self.limits.output_queue_messages:
             self.outbox.get_nowait()
             self.stats.dropped_out += 1
-            if self.stats.dropped_out in (1, 10, 100) or self.stats.dropped_out % 1000 == 0:
+            if _worth_logging(self.stats.dropped_out):
                 log.warning("session %d: client does not read its replies, dropped %d message(s)", self.slot,
                             self.stats.dropped_out)
         self.outbox.put_nowait(msg)
@@ -180,6 +226,7 @@ class VoiceServer:
         self.step_ms: collections.deque = collections.deque(maxlen=1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._slot_freed: Optional[asyncio.Condition] = None
+        self._frees = 0  # slots freed so far: a waiter compares it with what it saw before trying to open one
         self._server = None
         self._ticker: Optional[asyncio.Task] = None
         self._page = resources.files("duplex").joinpath("web/index.html").read_text(encoding="utf-8")
@@ -199,7 +246,9 @@ class VoiceServer:
             ssl_context.load_cert_chain(self.options.ssl_cert, self.options.ssl_key)
         self._server = await serve(self._handle, self.options.host, self.options.port,
                                    process_request=self._http, max_size=self.options.max_message_bytes,
-                                   origins=self.options.origins, ssl=ssl_context, compression=None)
+                                   # --origins restricts browsers; other clients send no Origin header
+                                   origins=[*self.options.origins, None] if self.options.origins else None,
+                                   ssl=ssl_context, compression=None, close_timeout=self.options.close_timeout)
         self._ticker = asyncio.create_task(self._tick_loop())
         log.info("serving on %s://%s:%d (%d slot%s)", "https" if ssl_context else "http", self.options.host,
                  self.port, self.engine.slots, "" if self.engine.slots == 1 else "s")
@@ -278,13 +327,15 @@ class VoiceServer:
 
     async def _wake_queue(self) -> None:
         async with self._slot_freed:
+            self._frees += 1
             self._slot_freed.notify_all()
 
-    async def _wait_for_slot_or_disconnect(self, connection) -> bool:
-        """Wait until a slot may be free; False if the client went away meanwhile."""
+    async def _wait_for_slot_or_disconnect(self, connection, seen: int) -> bool:
+        """Wait until a slot may have been freed since the free count was ``seen`` (a slot freed while this
+        client was still being queued counts too); False if the client went away meanwhile."""
         async def slot_freed():
             async with self._slot_freed:
-                await self._slot_freed.wait()
+                await self._slot_freed.wait_for(lambda: self._frees != seen)
 
         freed = asyncio.create_task(slot_freed())
         gone = asyncio.create_task(connection.wait_closed())
@@ -302,6 +353,7 @@ class VoiceServer:
         queued = False
         try:
             while True:
+                seen = self._frees
                 if not self.queue or self.queue[0] is connection:  # first come, first served
                     try:
                         slot = await self._engine(self.engine.open, **opts)
@@ -323,7 +375,7 @@ class VoiceServer:
                     self.queue.append(connection)
                     queued = True
                     await self._tell_queue_positions()
-                if not await self._wait_for_slot_or_disconnect(connection):
+                if not await self._wait_for_slot_or_disconnect(connection, seen):
                     return None  # the client left while waiting
         finally:
             if queued:
@@ -345,11 +397,25 @@ class VoiceServer:
             log.info("session %d opened (%s)", slot, "pcm16" if options.raw else "ogg/opus")
             await connection.send(message(HANDSHAKE))
             self.sessions[slot] = session
+            budget = ReadBudget(self.options.read_messages_per_second,
+                                self.options.read_realtime_factor * 2 * self.engine.sample_rate,
+                                self.options.max_message_bytes)
             async for data in connection:
                 problem = session.receive(data)
                 if problem:
-                    log.info("session %d: %s", slot, problem)
+                    if _worth_logging(session.stats.bad_messages):
+                        log.info("session %d: %s (%d bad messages so far)", slot, problem, session.stats.bad_messages)
                     session._post(error_message(problem))
+                pause = budget.spend(len(data))
+                if budget.throttled_for > self.options.max_throttled_seconds:
+                    # A flood, not jitter: reading its backlog at the budget's pace would hold the slot for ages.
+                    log.warning("session %d: closed, the client keeps sending far faster than real time", slot)
+                    await connection.close(1008, "sending too fast")
+                    break
+                if pause > 0:
+                    await asyncio.sleep(pause)  # read nothing meanwhile: TCP slows the client down
+                if connection.state is not State.OPEN:  # closing: what is still buffered is not worth reading
+                    break
         except Exception as e:  # a broken connection ends this session only
             log.info("session %d: connection ended (%s)", slot, type(e).__name__)
         finally:
@@ -386,14 +452,14 @@ class VoiceServer:
                 failures = 0
             except Exception:  # keep ticking: one bad frame must not stall every session
                 failures += 1
-                if failures in (1, 10, 100) or failures % 1000 == 0:
+                if _worth_logging(failures):
                     log.exception("frame step failed (%d in a row); sessions continue with the next tick", failures)
             self.ticks += 1
             end = loop.time()
             next_tick += period  # due times advance by exactly one period: wake-up overshoots do not accumulate
             if sessions and end > next_tick:
                 self.misses += 1
-                if self.misses in (1, 10, 100) or self.misses % 1000 == 0:
+                if _worth_logging(self.misses):
                     log.warning("frame step late by %.1f ms (%d deadline misses)", (end - next_tick) * 1e3,
                                 self.misses)
                 next_tick = end  # re-anchor: a late tick never turns into a burst of catch-up steps

@@ -380,8 +380,61 @@ def test_origin_check():
         assert refused.value.response.status_code == 403
         async with connect(url + "/api/chat", origin="https://good.example") as ws:
             await handshake(ws)
+        async with connect(url + "/api/chat") as ws:  # no Origin header: not a browser (duplex client, Kyutai's)
+            await handshake(ws)
 
     serve(test, origins=["https://good.example"])
+
+
+def test_a_slot_freed_while_a_client_is_being_queued_is_not_missed():
+    """The wake-up of a slot freed between a client's failed open and its wait must still reach it."""
+    async def test(server, url):
+        class Connection:  # a client that never leaves
+            async def wait_closed(self):
+                await asyncio.Event().wait()
+
+        seen = server._frees
+        await server._wake_queue()  # a session closes in the gap
+        assert await asyncio.wait_for(server._wait_for_slot_or_disconnect(Connection(), seen), 2)
+
+    serve(test, slots=1, max_waiting=1)
+
+
+def test_a_flooding_client_is_slowed_then_closed():
+    """Messages past the per-connection budget are not read until it refills (TCP pushes back on the client), so
+    a flood cannot take the server from the other sessions; a client over its budget for seconds on end is
+    closed (1008; it sees 1006 when its own backlog hides the close frame) and its slot freed."""
+    async def test(server, url):
+        async with connect(url + "/api/chat?format=pcm16") as flood:
+            await handshake(flood)
+            start = time.perf_counter()
+            with pytest.raises(ConnectionClosed):
+                while time.perf_counter() - start < 20:
+                    await asyncio.wait_for(flood.send(message(9, b"x")), 15)  # unknown kind: counted, answered
+            elapsed = time.perf_counter() - start
+            assert flood.close_code in (1008, 1006)
+        for _ in range(50):  # the server's side of the close takes up to its close timeout
+            if server.engine.free_slots == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert server.engine.free_slots == 1 and not server.sessions
+        limits = server.options
+        assert elapsed < limits.max_throttled_seconds + limits.close_timeout + 3
+        read = server.stats()
+        return read
+
+    serve(test, slots=1, read_messages_per_second=50.0)
+
+
+def test_read_budget():
+    from duplex.server import ReadBudget
+
+    budget = ReadBudget(messages_per_second=10, bytes_per_second=1000, burst_bytes=2000)
+    assert [budget.spend(1) for _ in range(10)] == [0.0] * 10  # one second of messages at once
+    assert 0.05 < budget.spend(1) <= 0.1 and budget.throttled_for >= 0
+    budget = ReadBudget(messages_per_second=100, bytes_per_second=1000, burst_bytes=2000)
+    assert budget.spend(2000) == 0.0 and 0.4 < budget.spend(500) <= 0.5  # bytes: a burst, then the rate
+    assert budget.throttled_for < 0.1
 
 
 def test_a_waiting_client_that_leaves_gives_its_place_up():
