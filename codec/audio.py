@@ -64,7 +64,8 @@ def load_audio(path: PathLike, sample_rate: int = 24000) -> torch.Tensor:
 
 def save_audio(path: PathLike, pcm: torch.Tensor, sample_rate: int = 24000, subtype: Optional[str] = None) -> None:
     """Write float audio ([samples] or [channels, samples]) clipped to [-1, 1]; the format follows the file
-    extension (WAV and FLAC default to 16-bit PCM, OGG to Vorbis)."""
+    extension (WAV and FLAC default to 16-bit PCM, OGG to Vorbis). The file is written beside ``path`` and
+    renamed into place, so an interrupted write never leaves half a file."""
     import soundfile as sf
 
     pcm = pcm.detach().float().cpu()
@@ -72,7 +73,14 @@ def save_audio(path: PathLike, pcm: torch.Tensor, sample_rate: int = 24000, subt
         pcm = pcm[None]
     if pcm.dim() != 2:
         raise AudioError(f"expected audio of shape [channels, samples], got {list(pcm.shape)}")
+    path = os.fspath(path)
+    base, extension = os.path.splitext(path)
+    temporary = f"{base}.partial-{os.getpid()}{extension}"  # same extension: soundfile picks the format by it
     try:
-        sf.write(os.fspath(path), pcm.clamp(-1.0, 1.0).T.numpy(), int(sample_rate), subtype=subtype)
+        sf.write(temporary, pcm.clamp(-1.0, 1.0).T.numpy(), int(sample_rate), subtype=subtype)
+        os.replace(temporary, path)
     except Exception as e:
-        raise AudioError(f"cannot write audio file {os.fspath(path)}: {e}") from None
+        raise AudioError(f"cannot write audio file {path}: {e}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)

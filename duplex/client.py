@@ -27,13 +27,23 @@ class ClientError(RuntimeError):
 
 @dataclass
 class ClientResult:
-    audio: np.ndarray
+    """What came back. ``converse`` fills it as replies arrive, so a caller holding it keeps what had arrived
+    when the session ended early (the server closed, Ctrl-C): ``finish`` makes ``audio`` of it."""
+
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    chunks: List[np.ndarray] = field(default_factory=list)  # received audio, in order
     text: List[str] = field(default_factory=list)
     audio_messages: int = 0
     errors: List[str] = field(default_factory=list)
     seconds: float = 0.0  # connection to the last reply
     stream_seconds: float = 0.0  # handshake to the last reply
     reply_times: List[float] = field(default_factory=list)  # perf_counter() of each audio message
+
+    def finish(self, samples: int) -> "ClientResult":
+        """``audio``: what was received, cut or padded with silence to ``samples`` (the input's length)."""
+        audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        self.audio = np.pad(audio, (0, max(0, samples - len(audio))))[:samples]
+        return self
 
     def steady_rate(self, skip: int = 10) -> float:
         """Audio messages per second after the first ``skip`` (the sustained rate)."""
@@ -59,27 +69,75 @@ def chat_url(url: str, token: Optional[str] = None, raw: bool = False, **params)
     return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
 
-async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional[str] = None,
-                   on_text: Optional[Callable[[str], None]] = None, realtime: bool = True,
-                   handshake_timeout: float = 30.0) -> ClientResult:
-    """Send ``pcm`` (float32 mono 24 kHz) and collect the replies for the same duration."""
+def _connect(url: str, token: Optional[str], raw: bool):
+    """The WebSocket connection; HTTP refusals (a wrong token: 401, a foreign origin: 403) become ClientError."""
     from websockets.asyncio.client import connect
 
+    return connect(chat_url(url, token=token, raw=raw), max_size=None, compression=None)
+
+
+def _refusal(error: Exception) -> ClientError:
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    if isinstance(error, InvalidStatus):
+        status = error.response.status_code
+        body = error.response.body.decode("utf-8", "replace").strip() if error.response.body else ""
+        return ClientError(f"HTTP {status}" + (f": {body}" if body else ""))
+    if isinstance(error, ConnectionClosed):
+        reason = error.rcvd.reason if error.rcvd is not None and error.rcvd.reason else "no reason given"
+        return ClientError(f"the server closed the connection ({reason})")
+    return ClientError(f"{type(error).__name__}: {error}")
+
+
+async def _await_handshake(ws, timeout: float, on_notice: Optional[Callable[[str], None]]) -> None:
+    """Read until the handshake. Error messages before it are notices (a busy server tells a waiting client its
+    place in the queue); once queued, the wait has no time limit. A close before it is a ClientError."""
+    from websockets.exceptions import ConnectionClosed
+
+    last_notice = None
+    while True:
+        try:
+            data = await (ws.recv() if last_notice else asyncio.wait_for(ws.recv(), timeout))
+        except ConnectionClosed as e:
+            raise ClientError(last_notice or str(_refusal(e))) from None
+        except asyncio.TimeoutError:
+            raise ClientError(f"no handshake from the server within {timeout:g} s") from None
+        if isinstance(data, bytes) and data[:1] == bytes([HANDSHAKE]):
+            return
+        if isinstance(data, bytes) and data[:1] == bytes([ERROR]):
+            last_notice = data[1:].decode("utf-8", "replace")
+            if on_notice:
+                on_notice(last_notice)
+            continue
+        raise ClientError(f"expected the handshake (0x00), got {data[:16]!r}")
+
+
+async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional[str] = None,
+                   on_text: Optional[Callable[[str], None]] = None, realtime: bool = True,
+                   handshake_timeout: float = 30.0, result: Optional[ClientResult] = None,
+                   on_notice: Optional[Callable[[str], None]] = None) -> ClientResult:
+    """Send ``pcm`` (float32 mono 24 kHz) and collect the replies for the same duration.
+
+    Refusals (HTTP errors, a full server) raise ClientError. If the server ends the session part-way, what
+    arrived is returned with the reason in ``errors``. Pass ``result`` to keep what arrived if this coroutine
+    is cancelled (Ctrl-C). ``on_notice``: messages before the handshake, e.g. the place in the queue."""
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
     frames = np.pad(pcm, (0, (-len(pcm)) % FRAME)).reshape(-1, FRAME).astype(np.float32)
-    result = ClientResult(audio=np.zeros(0, np.float32))
-    received: List[np.ndarray] = []
+    result = result if result is not None else ClientResult()
+    received = result.chunks
     reader = writer = None
     if not raw:
         import sphn
 
         reader, writer = sphn.OpusStreamReader(RATE), sphn.OpusStreamWriter(RATE)
     start = time.perf_counter()
-    async with connect(chat_url(url, token=token, raw=raw), max_size=None, compression=None) as ws:
-        first = await asyncio.wait_for(ws.recv(), handshake_timeout)
-        if isinstance(first, bytes) and first[:1] == bytes([ERROR]):
-            raise ClientError(first[1:].decode("utf-8", "replace"))
-        if not (isinstance(first, bytes) and first[:1] == bytes([HANDSHAKE])):
-            raise ClientError(f"expected the handshake (0x00), got {first[:16]!r}")
+    try:
+        ws = await _connect(url, token, raw)
+    except InvalidHandshake as e:
+        raise _refusal(e) from None
+    async with ws:
+        await _await_handshake(ws, handshake_timeout, on_notice)
         t0 = time.perf_counter()
 
         async def send():
@@ -95,7 +153,14 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
         try:
             while sum(len(r) for r in received) < total:
                 timeout = 5.0 if sender.done() else 60.0
-                data = await asyncio.wait_for(ws.recv(), timeout)
+                try:
+                    data = await asyncio.wait_for(ws.recv(), timeout)
+                except ConnectionClosed as e:
+                    result.errors.append(f"the session ended early: {_refusal(e)}")
+                    break
+                except asyncio.TimeoutError:
+                    result.errors.append(f"the server sent nothing for {timeout:g} s; gave up waiting")
+                    break
                 if not isinstance(data, bytes) or not data:
                     continue
                 kind, payload = data[0], data[1:]
@@ -114,8 +179,7 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
                     result.errors.append(payload.decode("utf-8", "replace"))
         finally:
             sender.cancel()
-    audio = np.concatenate(received) if received else np.zeros(0, np.float32)
-    result.audio = np.pad(audio, (0, max(0, len(pcm) - len(audio))))[: len(pcm)]
+    result.finish(len(pcm))
     result.seconds = time.perf_counter() - start
     result.stream_seconds = time.perf_counter() - t0
     return result
@@ -126,27 +190,36 @@ class LiveStats:
     sent: int = 0
     received: int = 0
     underruns: int = 0  # speaker blocks with no reply ready (silence played)
+    dropped: int = 0  # microphone blocks dropped because sending fell behind (> 2 s waiting)
     text: List[str] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)  # what the server said went wrong, and how it ended
 
 
 async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds: Optional[float] = None,
                on_text: Optional[Callable[[str], None]] = None, stream_factory=None, input_device=None,
-               output_device=None, max_playback_frames: int = 6) -> LiveStats:
+               output_device=None, max_playback_frames: int = 6,
+               on_notice: Optional[Callable[[str], None]] = None) -> LiveStats:
     """Microphone <-> speaker through the server, until ``seconds`` pass, the server closes, or Ctrl-C.
 
     The sound callback only moves 80 ms blocks: captured blocks go to the sender, replies wait in a short
     playback queue (oldest dropped beyond ``max_playback_frames``; silence when empty)."""
     import collections
 
-    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
     loop = asyncio.get_running_loop()
     stats = LiveStats()
     captured: asyncio.Queue = asyncio.Queue()
     playback: collections.deque = collections.deque(maxlen=max_playback_frames)
 
+    def capture(block: np.ndarray) -> None:
+        if captured.qsize() >= 25:  # sending fell 2 s behind (a stalled network): keep the newest audio
+            captured.get_nowait()
+            stats.dropped += 1
+        captured.put_nowait(block)
+
     def callback(indata, outdata, frames, time_info, status):
-        loop.call_soon_threadsafe(captured.put_nowait, np.array(indata[:, 0], dtype=np.float32))
+        loop.call_soon_threadsafe(capture, np.array(indata[:, 0], dtype=np.float32))
         try:
             outdata[:, 0] = playback.popleft()
         except IndexError:
@@ -167,10 +240,12 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
         import sphn
 
         reader, writer = sphn.OpusStreamReader(RATE), sphn.OpusStreamWriter(RATE)
-    async with connect(chat_url(url, token=token, raw=raw), max_size=None, compression=None) as ws:
-        first = await asyncio.wait_for(ws.recv(), 30)
-        if isinstance(first, bytes) and first[:1] == bytes([ERROR]):
-            raise ClientError(first[1:].decode("utf-8", "replace"))
+    try:
+        ws = await _connect(url, token, raw)
+    except InvalidHandshake as e:
+        raise _refusal(e) from None
+    async with ws:
+        await _await_handshake(ws, 30.0, on_notice)
 
         async def send():
             while True:
@@ -181,9 +256,18 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
                     stats.sent += 1
 
         async def receive():
+            try:
+                await receive_all()
+            except ConnectionClosed as e:
+                stats.errors.append(f"the session ended: {_refusal(e)}")
+
+        async def receive_all():
             pending = np.zeros(0, np.float32)
             async for data in ws:
                 if not isinstance(data, bytes) or not data:
+                    continue
+                if data[0] == ERROR:
+                    stats.errors.append(data[1:].decode("utf-8", "replace"))
                     continue
                 if data[0] == AUDIO:
                     samples = pcm16_samples(data[1:]) if raw else reader.append_bytes(data[1:])

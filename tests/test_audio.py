@@ -56,6 +56,25 @@ def test_save_and_read_back(tmp_path, ext):
     assert rate == 24000 and data.shape[0] == 1
     lossy_overshoot = 0.1 if ext == "ogg" else 1e-3  # Vorbis does not reproduce a clipped wave exactly
     assert abs(data.shape[1] - 12000) <= 1 and float(data.abs().max()) <= 1.0 + lossy_overshoot
+    assert [p.name for p in tmp_path.iterdir()] == [f"out.{ext}"]  # written beside, renamed: no leftovers
+
+
+def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    path = tmp_path / "out.wav"
+    save_audio(path, torch.zeros(2400), 24000)
+    before = path.read_bytes()
+
+    def broken(file, *args, **kwargs):
+        with open(file, "wb") as f:
+            f.write(b"RIFF half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sf, "write", broken)
+    with pytest.raises(AudioError, match="disk full"):
+        save_audio(path, torch.ones(2400), 24000)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.wav"]
 
 
 def test_unreadable_and_missing_files(tmp_path):

@@ -204,6 +204,41 @@ def test_waiting_clients_learn_their_position_and_are_served_in_order():
     serve(test, slots=1, max_waiting=2)
 
 
+def test_python_client_waits_in_the_queue_then_talks():
+    """``converse`` treats the queue messages before the handshake as notices and is served once a slot frees."""
+    async def test(server, url):
+        notices = []
+        first = asyncio.create_task(converse(url, speech(1.0), raw=True))
+        await asyncio.sleep(0.3)
+        second = await converse(url, speech(1.0), raw=True, on_notice=notices.append)
+        await first
+        return notices, second
+
+    notices, second = serve(test, slots=1, max_waiting=1)
+    assert notices and "number 1 in the queue" in notices[0]
+    assert second.audio_messages >= 12 and not second.errors
+
+
+def test_python_client_errors_and_partial_replies():
+    from duplex.client import ClientError, ClientResult
+
+    async def test(server, url):
+        with pytest.raises(ClientError, match="HTTP 401"):
+            await converse(url, speech(0.5), token="wrong")
+        # the server goes away part-way: what arrived is kept, with the reason
+        result = ClientResult()
+        task = asyncio.create_task(converse(url, speech(4.0), raw=True, token="s3cret", result=result))
+        while result.audio_messages < 5:
+            await asyncio.sleep(0.05)
+        await server.stop()
+        got = await asyncio.wait_for(task, 10)
+        return got
+
+    got = serve(test, token="s3cret")
+    assert got.errors and "ended early" in got.errors[0]
+    assert 5 <= got.audio_messages < 50 and len(got.audio) == 4 * 24000 and np.abs(got.audio).max() > 0
+
+
 def test_query_parameters_set_the_session_sampling():
     async def test(server, url):
         async with connect(url + "/api/chat?audio_temperature=0.3&audio_topk=100000&text_topk=12"

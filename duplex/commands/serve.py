@@ -67,10 +67,13 @@ def run_serve(args) -> int:
 def run_client(args) -> int:
     from codec.audio import load_audio, save_audio
 
-    from ..client import ClientError, converse, talk
+    from ..client import ClientError, ClientResult, converse, talk
 
     def show(piece: str) -> None:
         print(piece, end="", flush=True)
+
+    def notice(text: str) -> None:
+        print(f"server: {text}", file=sys.stderr)
 
     if bool(args.input) != bool(args.output):
         raise UsageError("give both an input and an output file, or neither (microphone <-> speaker)")
@@ -78,33 +81,41 @@ def run_client(args) -> int:
         try:
             stats = asyncio.run(talk(args.url, raw=args.raw, token=args.token, seconds=args.seconds, on_text=show,
                                      input_device=_device(args.input_device),
-                                     output_device=_device(args.output_device)))
+                                     output_device=_device(args.output_device), on_notice=notice))
         except KeyboardInterrupt:
             return 0
         except ClientError as e:
             raise UsageError(f"the server refused the session: {e}") from None
-        except OSError as e:
-            raise UsageError(f"cannot reach {args.url}: {e}") from None
+        except (OSError, asyncio.TimeoutError) as e:
+            raise UsageError(f"cannot reach {args.url}: {e or type(e).__name__}") from None
         except RuntimeError as e:  # no microphone, no PortAudio
             raise UsageError(str(e)) from None
-        print(f"\n{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns",
-              file=sys.stderr)
+        print(f"\n{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns"
+              + (f", {stats.dropped} microphone blocks dropped" if stats.dropped else ""), file=sys.stderr)
+        for problem in stats.errors:
+            print(f"note: {problem}", file=sys.stderr)
         return 0
     check_output_path(args.output, audio=True)
     pcm = load_audio(args.input, 24000)[0].numpy()
 
+    # Whatever arrived is written, also when the server ends the session early or on Ctrl-C.
+    result = ClientResult()
     try:
-        result = asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=show))
+        asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=show, result=result,
+                             on_notice=notice))
+    except KeyboardInterrupt:
+        result.finish(len(pcm))
+        result.errors.append("interrupted (Ctrl-C): the reply is cut there")
     except ClientError as e:
         raise UsageError(f"the server refused the session: {e}") from None
-    except OSError as e:
-        raise UsageError(f"cannot reach {args.url}: {e}") from None
+    except (OSError, asyncio.TimeoutError) as e:
+        raise UsageError(f"cannot reach {args.url}: {e or type(e).__name__}") from None
     print(file=sys.stderr)
     save_audio(args.output, torch.from_numpy(result.audio), 24000)
     print(f"{args.input}: {len(pcm) / 24000:.2f} s sent, {result.audio_messages} audio messages received "
           f"-> {args.output}", file=sys.stderr)
     for problem in result.errors:
-        print(f"server said: {problem}", file=sys.stderr)
+        print(f"note: {problem}", file=sys.stderr)
     return 0
 
 
