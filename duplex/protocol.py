@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -55,6 +55,32 @@ class SessionOptions:
 
 TEMPERATURE_RANGE = (0.0, 2.0)
 TOP_K_RANGE = (1, 500)
+
+
+_OGG_HEADER = 27  # "OggS", version, flags, granule (8), serial (4), sequence (4), CRC (4), segment count
+
+
+def ogg_page_groups(data: bytes, max_pages: int = 16) -> List[bytes]:
+    """``data`` cut at Ogg page boundaries into pieces of at most ``max_pages`` whole pages, for a stream decoder
+    that fails when one call decodes too much (sphn's reader: past ~5 s, i.e. 62 pages of 80 ms). Where ``data``
+    does not start with a whole page (a client may split pages across messages), the rest stays one piece: the
+    decoder keeps partial pages between calls."""
+    pieces, start, position, pages = [], 0, 0, 0
+    while position + _OGG_HEADER <= len(data) and data[position:position + 4] == b"OggS":
+        segments = data[position + 26]
+        table_end = position + _OGG_HEADER + segments
+        if table_end > len(data):
+            break
+        end = table_end + sum(data[position + _OGG_HEADER:table_end])
+        if end > len(data):
+            break
+        position, pages = end, pages + 1
+        if pages == max_pages:
+            pieces.append(data[start:position])
+            start, pages = position, 0
+    if start < len(data):
+        pieces.append(data[start:])
+    return pieces
 
 
 def _number(values: Dict[str, list], name: str, cast, low, high):

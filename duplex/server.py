@@ -34,7 +34,7 @@ from websockets.protocol import State
 
 from .engine import Engine, EngineFull
 from .protocol import (AUDIO, CONTROL, HANDSHAKE, KIND_NAMES, PING, SessionOptions, error_message, message,
-                       parse_query, pcm16_bytes, pcm16_samples, text_message)
+                       ogg_page_groups, parse_query, pcm16_bytes, pcm16_samples, text_message)
 
 log = logging.getLogger("duplex.server")
 
@@ -151,17 +151,26 @@ class Session:
             self._raw_leftover = data[usable:]
             samples = pcm16_samples(data[:usable])
         else:
+            decoded, problem = [], None
             try:
-                samples = self._reader.append_bytes(payload)
+                for piece in ogg_page_groups(payload):  # a message may hold seconds of pages
+                    out = self._reader.append_bytes(piece)
+                    if out is not None:
+                        decoded.append(np.asarray(out, dtype=np.float32).reshape(-1))
             except Exception as e:  # malformed Ogg/Opus: drop this stream state and start a new one
                 import sphn
 
                 self._reader = sphn.OpusStreamReader(self.sample_rate)
                 self.stats.bad_messages += 1
-                return f"malformed Ogg/Opus audio ({e}); the audio stream was restarted"
-            if samples is None:
-                return None
-            samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+                problem = f"malformed Ogg/Opus audio ({e}); the audio stream was restarted"
+            if not decoded:
+                return problem
+            samples = np.concatenate(decoded) if len(decoded) > 1 else decoded[0]
+            if problem:  # what decoded before the damage is kept
+                return self._frames_from(samples) or problem
+        return self._frames_from(samples)
+
+    def _frames_from(self, samples: np.ndarray) -> Optional[str]:
         if samples.size and not np.isfinite(samples).all():
             self.stats.bad_messages += 1
             return "audio contains non-finite samples; ignored"

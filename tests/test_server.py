@@ -16,6 +16,7 @@ from duplex.client import converse
 from duplex.engine import Engine
 from duplex.lm import MoshiLM
 from duplex.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, TEXT, message
+from duplex.protocol import parse_query
 from duplex.server import ServerOptions, VoiceServer
 from duplex.tokenizer import TextTokenizer
 from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
@@ -499,3 +500,22 @@ def test_query_values_that_do_not_parse_are_ignored():
 
     q = parse_query("/api/chat?audio_topk=inf&audio_seed=1e400&text_temperature=nan&text_topk=12")
     assert q.top_k is None and q.seed is None and q.text_temperature is None and q.text_top_k == 12
+
+
+def test_an_opus_message_holding_seconds_of_pages_is_decoded():
+    """sphn's stream reader fails on one call that decodes more than ~5 s; the server feeds a message's pages in
+    groups, so a client that sends 8 s of Ogg pages at once is not told its audio is malformed."""
+    import sphn
+
+    from duplex.protocol import ogg_page_groups
+    from duplex.server import Session
+
+    writer = sphn.OpusStreamWriter(24000)
+    pcm = speech(8.0)
+    pages = b"".join(writer.append_pcm(pcm[i:i + 1920]) for i in range(0, len(pcm), 1920))
+    groups = ogg_page_groups(pages, max_pages=16)
+    assert b"".join(groups) == pages and len(groups) == -(-pages.count(b"OggS") // 16) > 6
+    assert ogg_page_groups(pages[5:]) == [pages[5:]]  # not at a page boundary: left whole for the decoder
+    session = Session(None, 0, parse_query("/api/chat"), 1920, 24000, ServerOptions(input_buffer_frames=1000))
+    assert session.receive(message(AUDIO, pages)) is None
+    assert session.stats.bad_messages == 0 and session.stats.frames_in >= 95
