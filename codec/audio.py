@@ -7,6 +7,7 @@ band-limited sinc resampler converts the rate.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -73,11 +74,15 @@ def save_audio(path: PathLike, pcm: torch.Tensor, sample_rate: int = 24000, subt
         pcm = pcm[None]
     if pcm.dim() != 2:
         raise AudioError(f"expected audio of shape [channels, samples], got {list(pcm.shape)}")
-    path = os.fspath(path)
-    base, extension = os.path.splitext(path)
-    temporary = f"{base}.partial-{os.getpid()}{extension}"  # same extension: soundfile picks the format by it
+    path = os.path.realpath(os.fspath(path))  # through a symlink: replace its target, not the link
+    folder, name = os.path.split(path)
+    base, extension = os.path.splitext(name)
+    # hidden (no "*.wav" glob picks up a leftover) and with the same extension: soundfile picks the format by it
+    temporary = os.path.join(folder, f".{base}.partial-{os.getpid()}{extension}")
     try:
         sf.write(temporary, pcm.clamp(-1.0, 1.0).T.numpy(), int(sample_rate), subtype=subtype)
+        if os.path.exists(path):
+            shutil.copymode(path, temporary)  # a replaced file keeps its permissions
         os.replace(temporary, path)
     except Exception as e:
         raise AudioError(f"cannot write audio file {path}: {e}") from None

@@ -334,13 +334,15 @@ class CodecTrainer:
         from safetensors import safe_open
 
         weights = os.path.join(folder, "codec.safetensors")
+        tensors = read_tensors(weights)  # a missing or broken file is a CheckpointError that names it
         state = torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
         with safe_open(weights, "pt") as f:
             saved_step = (f.metadata() or {}).get("step")
         if saved_step is not None and saved_step != str(state["step"]):
             raise ValueError(f"{folder}: codec.safetensors is from step {saved_step} but trainer.pt from step "
-                             f"{state['step']} (a save was cut short); restore both from a backup")
-        check_and_load(self.mimi, read_tensors(weights), "Mimi", source=folder, assign=False)
+                             f"{state['step']} (a save was cut short): resuming would pair weights with another "
+                             f"step's optimizer; start a new run from codec.safetensors, or restore both files")
+        check_and_load(self.mimi, tensors, "Mimi", source=folder, assign=False)
         self.mimi._rebuild_derived()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]

@@ -35,6 +35,7 @@ class ClientResult:
     text: List[str] = field(default_factory=list)
     audio_messages: int = 0
     errors: List[str] = field(default_factory=list)
+    complete: bool = False  # a reply for the whole input arrived
     seconds: float = 0.0  # connection to the last reply
     stream_seconds: float = 0.0  # handshake to the last reply
     reply_times: List[float] = field(default_factory=list)  # perf_counter() of each audio message
@@ -177,8 +178,10 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
                         on_text(piece)
                 elif kind == ERROR:
                     result.errors.append(payload.decode("utf-8", "replace"))
+            result.complete = sum(len(r) for r in received) >= total
         finally:
             sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)  # a send that failed as the server left
     result.finish(len(pcm))
     result.seconds = time.perf_counter() - start
     result.stream_seconds = time.perf_counter() - t0
@@ -291,4 +294,5 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
             finally:
                 for task in tasks:
                     task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
     return stats

@@ -77,6 +77,20 @@ def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.wav"]
 
 
+def test_save_through_a_symlink_keeps_the_link_and_the_mode(tmp_path):
+    import os
+
+    target = tmp_path / "real" / "target.wav"
+    target.parent.mkdir()
+    save_audio(target, torch.zeros(2400), 24000)
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.wav"
+    link.symlink_to(target)
+    save_audio(link, 0.5 * torch.ones(2400), 24000)
+    assert link.is_symlink() and (os.stat(target).st_mode & 0o777) == 0o640
+    assert float(read_audio(target)[0].abs().max()) > 0.4
+
+
 def test_unreadable_and_missing_files(tmp_path):
     with pytest.raises(AudioError, match="not found"):
         load_audio(tmp_path / "missing.wav")

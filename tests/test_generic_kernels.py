@@ -11,6 +11,33 @@ from codec.cpu_paths import cpu_fast_path, generic_kernels
 from codec.transformer import ring_step_tables
 
 
+def test_switch_routes_every_fast_path_to_the_generic_operators(small_mimi, monkeypatch):
+    import torch.nn.functional as F
+
+    calls = {}
+    for name in ("conv1d", "conv_transpose1d", "elu", "linear", "fold"):
+        original = getattr(F, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(F, name, counted)
+    stream = small_mimi.stream(1)
+    with torch.no_grad():
+        stream.encode(torch.zeros(1, 1, 1920))
+        stream.decode(torch.zeros(1, 8, 1, dtype=torch.long))
+        fast, calls = calls, {}
+        with generic_kernels():
+            stream.encode(torch.zeros(1, 1, 1920))
+            stream.decode(torch.zeros(1, 8, 1, dtype=torch.long))
+    assert "elu" not in fast and "linear" not in fast and "fold" in fast
+    assert calls.get("elu") and calls.get("linear") and "fold" not in calls
+    # the few-step convolutions were matrix products, the transposed ones (but the grouped upsample) fold
+    assert calls["conv1d"] > fast.get("conv1d", 0)
+    assert calls["conv_transpose1d"] > fast.get("conv_transpose1d", 0)
+
+
 def test_switch_is_scoped_and_restores():
     x = torch.zeros(1)
     assert cpu_fast_path(x)

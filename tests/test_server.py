@@ -217,7 +217,7 @@ def test_python_client_waits_in_the_queue_then_talks():
 
     notices, second = serve(test, slots=1, max_waiting=1)
     assert notices and "number 1 in the queue" in notices[0]
-    assert second.audio_messages >= 12 and not second.errors
+    assert second.audio_messages >= 12 and not second.errors and second.complete
 
 
 def test_python_client_errors_and_partial_replies():
@@ -236,7 +236,7 @@ def test_python_client_errors_and_partial_replies():
         return got
 
     got = serve(test, token="s3cret")
-    assert got.errors and "ended early" in got.errors[0]
+    assert got.errors and "ended early" in got.errors[0] and not got.complete
     assert 5 <= got.audio_messages < 50 and len(got.audio) == 4 * 24000 and np.abs(got.audio).max() > 0
 
 

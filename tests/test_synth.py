@@ -247,3 +247,18 @@ def test_training_speech_frames_follow_the_transcripts(corpus):
         agree += int((energy == mask).sum())
         total += len(mask)
     assert agree / total > 0.97
+    # the transcript decides: a channel whose words are removed from its JSON has no speech frames left
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[1])
+    meta_path = out / row["json"]
+    meta = json.loads(meta_path.read_text())
+    original = meta_path.read_text()
+    try:
+        meta["turns"] = [t for t in meta["turns"] if t["channel"] != "user"]
+        meta_path.write_text(json.dumps(meta))
+        changed = CorpusAudio(str(out), row["split"])
+    finally:
+        meta_path.write_text(original)
+    index = [r["id"] for r in (json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines())
+             if r["split"] == row["split"]].index(row["id"])
+    user_clip = changed.clips[2 * index + 1]
+    assert np.abs(user_clip).max() > 1000 and not changed.speech_masks[2 * index + 1].any()

@@ -100,10 +100,12 @@ def run_client(args) -> int:
 
     # Whatever arrived is written, also when the server ends the session early or on Ctrl-C.
     result = ClientResult()
+    interrupted = False
     try:
         asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=show, result=result,
                              on_notice=notice))
     except KeyboardInterrupt:
+        interrupted = True
         result.finish(len(pcm))
         result.errors.append("interrupted (Ctrl-C): the reply is cut there")
     except ClientError as e:
@@ -116,7 +118,8 @@ def run_client(args) -> int:
           f"-> {args.output}", file=sys.stderr)
     for problem in result.errors:
         print(f"note: {problem}", file=sys.stderr)
-    return 0
+    # A cut-off reply is still written, but the exit status tells a script it is not whole.
+    return 130 if interrupted else (0 if result.complete else 1)
 
 
 def _device(value):
