@@ -422,8 +422,11 @@ class VoiceServer:
                     log.warning("session %d: closed, the client keeps sending far faster than real time", slot)
                     await connection.close(1008, "sending too fast")
                     break
-                if pause > 0:
-                    await asyncio.sleep(pause)  # read nothing meanwhile: TCP slows the client down
+                if pause > 0:  # read nothing meanwhile: TCP slows the client down
+                    until = time.monotonic() + pause
+                    while connection.state is State.OPEN and time.monotonic() < until:
+                        await asyncio.sleep(min(0.1, until - time.monotonic()))  # a client that leaves frees
+                        # its slot at once, not after the pause
                 if connection.state is not State.OPEN:  # closing: what is still buffered is not worth reading
                     break
         except Exception as e:  # a broken connection ends this session only
