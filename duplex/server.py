@@ -59,6 +59,9 @@ class ServerOptions:
     ssl_key: Optional[str] = None
 
 
+_OGG_STREAM_START = b"OggS\x00\x02"  # an Ogg page with the beginning-of-stream flag: the stream's headers
+
+
 def _worth_logging(count: int) -> bool:
     """Repeated events are logged the 1st, 10th and 100th time, then every 1000th (a flood must not flood the
     log too)."""
@@ -117,7 +120,10 @@ class Session:
         self._pending = np.zeros(0, dtype=np.float32)
         self._raw_leftover = b""
         self._drop_events = 0
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        # Replies waiting to be sent: (message, droppable). The Ogg/Opus stream's first message (its OpusHead and
+        # OpusTags pages) is never dropped: without it a client's decoder cannot start.
+        self.outbox: collections.deque = collections.deque()
+        self._outbox_ready = asyncio.Event()
         self._reader = self._writer = None
         if not options.raw:
             import sphn
@@ -207,22 +213,28 @@ class Session:
         else:
             pages = self._writer.append_pcm(audio)
             if pages:
-                self._post(message(AUDIO, pages))
+                self._post(message(AUDIO, pages), droppable=not pages.startswith(_OGG_STREAM_START))
         if text:
             self._post(text_message(text))
 
-    def _post(self, msg: bytes) -> None:
-        if self.outbox.qsize() >= self.limits.output_queue_messages:
-            self.outbox.get_nowait()
-            self.stats.dropped_out += 1
-            if _worth_logging(self.stats.dropped_out):
-                log.warning("session %d: client does not read its replies, dropped %d message(s)", self.slot,
-                            self.stats.dropped_out)
-        self.outbox.put_nowait(msg)
+    def _post(self, msg: bytes, droppable: bool = True) -> None:
+        if len(self.outbox) >= self.limits.output_queue_messages:
+            oldest = next((i for i, (_, can_drop) in enumerate(self.outbox) if can_drop), None)
+            if oldest is not None:
+                del self.outbox[oldest]
+                self.stats.dropped_out += 1
+                if _worth_logging(self.stats.dropped_out):
+                    log.warning("session %d: client does not read its replies, dropped %d message(s)", self.slot,
+                                self.stats.dropped_out)
+        self.outbox.append((msg, droppable))
+        self._outbox_ready.set()
 
     async def send_loop(self) -> None:
         while True:
-            msg = await self.outbox.get()
+            while not self.outbox:
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+            msg, _ = self.outbox.popleft()
             await self.connection.send(msg)
 
 

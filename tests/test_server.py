@@ -519,3 +519,22 @@ def test_an_opus_message_holding_seconds_of_pages_is_decoded():
     session = Session(None, 0, parse_query("/api/chat"), 1920, 24000, ServerOptions(input_buffer_frames=1000))
     assert session.receive(message(AUDIO, pages)) is None
     assert session.stats.bad_messages == 0 and session.stats.frames_in >= 95
+
+
+def test_a_client_that_does_not_read_keeps_the_opus_stream_headers():
+    """Replies a client does not read are dropped oldest first, except the Ogg/Opus stream's first message (its
+    OpusHead/OpusTags pages): when the client reads again, its decoder can still start."""
+    import sphn
+
+    from duplex.server import Session
+
+    session = Session(None, 0, parse_query("/api/chat"), 1920, 24000, ServerOptions(output_queue_messages=8))
+    pcm = speech(4.0)
+    for i in range(0, len(pcm), 1920):
+        session.deliver(pcm[i:i + 1920], None)
+    queued = [msg for msg, _ in session.outbox]
+    assert len(queued) == 8 and session.stats.dropped_out > 30
+    assert queued[0][1:].startswith(b"OggS\x00\x02") and b"OpusHead" in queued[0]
+    reader = sphn.OpusStreamReader(24000)
+    decoded = [reader.append_bytes(msg[1:]) for msg in queued]
+    assert sum(0 if d is None else len(d) for d in decoded) > 0
