@@ -7,11 +7,12 @@ band-limited sinc resampler converts the rate.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from .files import write_atomically
 
 PathLike = Union[str, os.PathLike]
 
@@ -74,18 +75,8 @@ def save_audio(path: PathLike, pcm: torch.Tensor, sample_rate: int = 24000, subt
         pcm = pcm[None]
     if pcm.dim() != 2:
         raise AudioError(f"expected audio of shape [channels, samples], got {list(pcm.shape)}")
-    path = os.path.realpath(os.fspath(path))  # through a symlink: replace its target, not the link
-    folder, name = os.path.split(path)
-    base, extension = os.path.splitext(name)
-    # hidden (no "*.wav" glob picks up a leftover) and with the same extension: soundfile picks the format by it
-    temporary = os.path.join(folder, f".{base}.partial-{os.getpid()}{extension}")
+    samples = pcm.clamp(-1.0, 1.0).T.numpy()
     try:
-        sf.write(temporary, pcm.clamp(-1.0, 1.0).T.numpy(), int(sample_rate), subtype=subtype)
-        if os.path.exists(path):
-            shutil.copymode(path, temporary)  # a replaced file keeps its permissions
-        os.replace(temporary, path)
+        write_atomically(path, lambda temporary: sf.write(temporary, samples, int(sample_rate), subtype=subtype))
     except Exception as e:
-        raise AudioError(f"cannot write audio file {path}: {e}") from None
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        raise AudioError(f"cannot write audio file {os.fspath(path)}: {e}") from None

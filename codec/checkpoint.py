@@ -57,37 +57,14 @@ def read_tensors(path: "str | os.PathLike", containers: Sequence[Sequence[str]] 
 
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: "str | os.PathLike",
                       metadata: Optional[Mapping[str, str]] = None) -> None:
-    """safetensors' ``save_file`` into a temporary file renamed into place (an interrupted save never leaves half
-    a file or a stray temporary one). The result has the permissions of the file it replaces, or of any new file
-    the user creates: some safetensors versions write through a private (0600) temporary file."""
+    """safetensors' ``save_file``, written atomically with normal permissions (``files.write_atomically``)."""
     from safetensors.torch import save_file
 
-    path = os.fspath(path)
-    temporary = path + ".tmp"
-    try:
-        save_file(dict(tensors), temporary, metadata=dict(metadata) if metadata else None)
-        mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~_umask()
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    from .files import write_atomically
 
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux tells it (os.umask can only swap it, which is not
-    thread-safe)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    tensors = dict(tensors)
+    write_atomically(path, lambda temporary: save_file(tensors, temporary,
+                                                       metadata=dict(metadata) if metadata else None))
 
 
 def _fold_weight_norm(tensors: dict) -> dict:

@@ -6,7 +6,6 @@ How it was trained and how good it is: README ("Training your own codec") and do
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Union
 
@@ -33,7 +32,7 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
     (``path`` with ``.json``). The codebooks are stored as their centroids with a usage of 1: the EMA sums and
     counts of training can be tiny numbers that half precision would round, their quotient is not."""
     from .checkpoint import write_safetensors
-    from .training import official_layout
+    from .training import official_layout, write_json
 
     state = {key: value.detach().cpu() for key, value in mimi.state_dict().items()}
     for prefix, codebook in _codebooks(mimi):
@@ -42,8 +41,7 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_safetensors(state, path)
-    with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as f:
-        json.dump(official_layout(mimi), f, indent=1)
+    write_json(os.path.splitext(path)[0] + ".json", official_layout(mimi))
 
 
 def _codebooks(mimi: Mimi):

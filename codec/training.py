@@ -313,20 +313,20 @@ class CodecTrainer:
         """``codec.safetensors`` (official key layout; loads with Mimi.from_checkpoint), ``config.json``,
         ``trainer.pt`` (optimizer, step, random state) in ``folder``."""
         from .checkpoint import write_safetensors
+        from .files import write_atomically
 
         os.makedirs(folder, exist_ok=True)
         # Each file is written whole and renamed into place; the weights carry their step, so ``load`` can tell
         # a save cut short between two files (weights of one step, optimizer of another) from a complete one.
         state = {k: v.detach().contiguous().cpu() for k, v in self.mimi.state_dict().items()}
         write_safetensors(state, os.path.join(folder, "codec.safetensors"), metadata={"step": str(self.step)})
-        _replace_with(os.path.join(folder, "config.json"),
-                      lambda f: f.write(json.dumps(official_layout(self.mimi), indent=1).encode()))
+        write_json(os.path.join(folder, "config.json"), official_layout(self.mimi))
         trainer = {"optimizer": self.optimizer.state_dict(), "step": self.step,
                    "generator": self.generator.get_state(), "train_config": asdict(self.cfg), "extra": extra or {}}
         if self.discriminator is not None:
             trainer["discriminator"] = self.discriminator.state_dict()
             trainer["discriminator_optimizer"] = self.discriminator_optimizer.state_dict()
-        _replace_with(os.path.join(folder, "trainer.pt"), lambda f: torch.save(trainer, f))
+        write_atomically(os.path.join(folder, "trainer.pt"), lambda temporary: torch.save(trainer, temporary))
 
     def load(self, folder: str) -> dict:
         from .checkpoint import check_and_load, read_tensors
@@ -354,17 +354,15 @@ class CodecTrainer:
         return state.get("extra", {})
 
 
-def _replace_with(path: str, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    temporary = path + ".tmp"
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+def write_json(path: str, data: dict) -> None:
+    """A config file, written atomically."""
+    from .files import write_atomically
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+
+    write_atomically(path, write)
 
 
 def official_layout(mimi: Mimi) -> dict:

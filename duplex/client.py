@@ -70,11 +70,16 @@ def chat_url(url: str, token: Optional[str] = None, raw: bool = False, **params)
     return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
 
-def _connect(url: str, token: Optional[str], raw: bool):
-    """The WebSocket connection; HTTP refusals (a wrong token: 401, a foreign origin: 403) become ClientError."""
+async def _connect(url: str, token: Optional[str], raw: bool):
+    """The open WebSocket connection; HTTP refusals (a wrong token: 401, a foreign origin: 403) become
+    ClientError."""
     from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake
 
-    return connect(chat_url(url, token=token, raw=raw), max_size=None, compression=None)
+    try:
+        return await connect(chat_url(url, token=token, raw=raw), max_size=None, compression=None)
+    except InvalidHandshake as e:
+        raise _refusal(e) from None
 
 
 def _refusal(error: Exception) -> ClientError:
@@ -122,7 +127,7 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
     Refusals (HTTP errors, a full server) raise ClientError. If the server ends the session part-way, what
     arrived is returned with the reason in ``errors``. Pass ``result`` to keep what arrived if this coroutine
     is cancelled (Ctrl-C). ``on_notice``: messages before the handshake, e.g. the place in the queue."""
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+    from websockets.exceptions import ConnectionClosed
 
     frames = np.pad(pcm, (0, (-len(pcm)) % FRAME)).reshape(-1, FRAME).astype(np.float32)
     result = result if result is not None else ClientResult()
@@ -133,11 +138,7 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
 
         reader, writer = sphn.OpusStreamReader(RATE), sphn.OpusStreamWriter(RATE)
     start = time.perf_counter()
-    try:
-        ws = await _connect(url, token, raw)
-    except InvalidHandshake as e:
-        raise _refusal(e) from None
-    async with ws:
+    async with await _connect(url, token, raw) as ws:
         await _await_handshake(ws, handshake_timeout, on_notice)
         t0 = time.perf_counter()
 
@@ -208,7 +209,7 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
     playback queue (oldest dropped beyond ``max_playback_frames``; silence when empty)."""
     import collections
 
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+    from websockets.exceptions import ConnectionClosed
 
     loop = asyncio.get_running_loop()
     stats = LiveStats()
@@ -243,11 +244,7 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
         import sphn
 
         reader, writer = sphn.OpusStreamReader(RATE), sphn.OpusStreamWriter(RATE)
-    try:
-        ws = await _connect(url, token, raw)
-    except InvalidHandshake as e:
-        raise _refusal(e) from None
-    async with ws:
+    async with await _connect(url, token, raw) as ws:
         await _await_handshake(ws, 30.0, on_notice)
 
         async def send():

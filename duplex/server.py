@@ -462,7 +462,6 @@ class VoiceServer:
             delay = next_tick - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            start = loop.time()
             sessions = list(self.sessions.values())
             try:
                 if sessions:
