@@ -6,6 +6,8 @@ band-limited sinc resampler converts the rate.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import os
 from typing import Optional, Tuple, Union
 
@@ -19,6 +21,33 @@ PathLike = Union[str, os.PathLike]
 
 class AudioError(ValueError):
     """An audio file that cannot be read or written, or audio that is not usable."""
+
+
+class DependencyError(ImportError):
+    """A library the codec needs is missing or does not load (the message says which and how to fix it)."""
+
+
+def import_torchaudio():
+    """The torchaudio module, or a one-line DependencyError naming torch's and torchaudio's versions and the fix.
+
+    torchaudio's compiled library is built against one torch release: a mismatched pair (pip resolving
+    ``torchaudio==2.11.*`` to 2.11.1 beside torch 2.11.0, say) fails at import with an undefined symbol deep in a
+    dynamic loader traceback."""
+    try:
+        return importlib.import_module("torchaudio")
+    except (OSError, ImportError) as e:
+        try:
+            installed = importlib.metadata.version("torchaudio")
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        wanted = torch.__version__.split("+")[0]
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if installed is None:
+            problem = "torchaudio is not installed"
+        else:
+            problem = f"torchaudio {installed} does not load with torch {torch.__version__} ({reason[-160:]})"
+        raise DependencyError(f"{problem}; install the pair built together: "
+                              f"pip install torch=={wanted} torchaudio=={wanted}") from None
 
 
 def read_audio(path: PathLike) -> Tuple[torch.Tensor, int]:
@@ -50,9 +79,7 @@ def resample(pcm: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
         raise AudioError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
     if from_rate == to_rate:
         return pcm
-    import torchaudio.functional as AF
-
-    return AF.resample(pcm, int(from_rate), int(to_rate))
+    return import_torchaudio().functional.resample(pcm, int(from_rate), int(to_rate))
 
 
 def load_audio(path: PathLike, sample_rate: int = 24000) -> torch.Tensor:

@@ -22,10 +22,10 @@ def si_snr(estimate: np.ndarray, reference: np.ndarray, eps: float = 1e-8) -> fl
 def mel_distance(estimate: np.ndarray, reference: np.ndarray, sample_rate: int = 24000) -> float:
     """Mean absolute difference of log-mel magnitudes (80 mels, 1024-point FFT, hop 256; floor 1e-2, ~80 dB below
     speech, so digital silence does not dominate)."""
-    import torchaudio
-
+    from .audio import import_torchaudio
     from .training import MEL_FLOOR
 
+    torchaudio = import_torchaudio()
     mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=256, n_mels=80, power=1.0)
     a = torch.log(mel(torch.from_numpy(estimate).float()) + MEL_FLOOR)
     b = torch.log(mel(torch.from_numpy(reference).float()) + MEL_FLOOR)

@@ -207,8 +207,9 @@ class MultiScaleMelLoss(torch.nn.Module):
 
     def __init__(self, sample_rate: int, scales: List[int], n_mels: int = 64):
         super().__init__()
-        import torchaudio
+        from .audio import import_torchaudio
 
+        torchaudio = import_torchaudio()
         self.transforms = torch.nn.ModuleList([
             torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n, hop_length=n // 4, n_mels=min(n_mels, n // 8),
                                                  power=1.0, center=True) for n in scales])

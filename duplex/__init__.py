@@ -2,9 +2,23 @@
 
 __version__ = "0.1.0"
 
-from .config import LMConfig, LMConfigError  # noqa: E402
-from .engine import Engine, EngineFull, SamplingOptions  # noqa: E402
-from .lm import LMOutput, MoshiLM  # noqa: E402
+# The public names are imported on first use, so that light modules (the client, the protocol) load without torch:
+# a benchmark runs one client process per simulated user.
+_EXPORTS = {"LMConfig": "config", "LMConfigError": "config", "Engine": "engine", "EngineFull": "engine",
+            "SamplingOptions": "engine", "LMOutput": "lm", "MoshiLM": "lm"}
 
-__all__ = ["MoshiLM", "LMOutput", "LMConfig", "LMConfigError", "Engine", "EngineFull", "SamplingOptions",
-           "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'duplex' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -248,6 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="graphs only on CUDA")
     p.add_argument("--plot", metavar="PNG", help="draw ms/frame against batch size here")
     p.set_defaults(func="duplex.commands.bench:run_bench_latency")
+    p = bench_commands.add_parser("serve", help="N time-synchronous clients x S seconds against a voice server: "
+                                  "reply rate, late and lost replies, deadline misses, step time")
+    p.add_argument("--clients", type=_positive, default=4, help="concurrent clients, one process each")
+    p.add_argument("--seconds", type=_positive_float, default=20.0, help="how long every client talks")
+    p.add_argument("--format", dest="formats", choices=["mixed", "opus", "pcm16"], default="mixed",
+                   help="client audio: Ogg/Opus (Kyutai's), raw pcm16, or mixed (every other client)")
+    p.add_argument("--url", help="a running server to load (default: start one here on the model options)")
+    p.add_argument("--token", help="the server's token, if it requires one")
+    p.add_argument("--slots", type=_positive, help="slots of the server started here (default: --clients)")
+    p.add_argument("--threads", type=_non_negative, default=0,
+                   help="CPU threads of the server started here (default: torch's choice)")
+    p.add_argument("--client-nice", type=_int_in(0, 19, "a niceness 0-19"), default=10,
+                   help="niceness of the client processes: real clients run elsewhere, so on the server's machine "
+                        "they yield the CPU to it (0: equal terms)")
+    _add_model_options(p)
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    p.set_defaults(func="duplex.commands.bench:run_bench_serve")
     p = bench_commands.add_parser("codec-quality", help="reconstruction quality on a corpus split (JSON + PNG)")
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--split", default="heldout", help="corpus split to measure (heldout or train)")
@@ -269,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import importlib
 
     from codec import CheckpointError, ConfigError
-    from codec.audio import AudioError
+    from codec.audio import AudioError, DependencyError
 
     from .config import LMConfigError
     from .errors import UsageError
@@ -278,8 +295,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(args) or 0)
-    except (UsageError, CheckpointError, ConfigError, LMConfigError, TokenizerError, AudioError, ValueError,
-            TypeError) as e:
+    except (UsageError, CheckpointError, ConfigError, LMConfigError, TokenizerError, AudioError, DependencyError,
+            ValueError, TypeError) as e:
         if os.environ.get("DUPLEX_DEBUG"):
             raise
         print(f"duplex: error: {e}", file=sys.stderr)

@@ -26,7 +26,7 @@ import ssl as ssl_module
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -72,15 +72,17 @@ class ReadBudget:
     """A token bucket per connection: ``spend`` returns how long to pause reading before the next message, and
     ``throttled_for`` how long the client has been over its budget without a break (a flood, not jitter)."""
 
-    def __init__(self, messages_per_second: float, bytes_per_second: float, burst_bytes: float):
+    def __init__(self, messages_per_second: float, bytes_per_second: float, burst_bytes: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.rates = (messages_per_second, bytes_per_second)
         self.capacity = (messages_per_second, burst_bytes)  # one second of messages; one largest message
         self.tokens = list(self.capacity)
-        self.last = time.monotonic()
+        self.clock = clock
+        self.last = clock()
         self._throttled_since: Optional[float] = None
 
     def spend(self, size: int) -> float:
-        now = time.monotonic()
+        now = self.clock()
         elapsed, self.last = now - self.last, now
         delay = 0.0
         # Every message costs at least 64 bytes, so a stream of tiny ones meets the byte budget too.
@@ -96,7 +98,7 @@ class ReadBudget:
 
     @property
     def throttled_for(self) -> float:
-        return 0.0 if self._throttled_since is None else time.monotonic() - self._throttled_since
+        return 0.0 if self._throttled_since is None else self.clock() - self._throttled_since
 
 
 @dataclass
@@ -107,6 +109,9 @@ class SessionStats:
     dropped_in: int = 0  # received frames dropped because the client sent faster than real time
     dropped_out: int = 0  # replies dropped because the client did not read them
     bad_messages: int = 0
+
+
+SESSION_COUNTERS = [f.name for f in dataclasses.fields(SessionStats)]
 
 
 class Session:
@@ -245,6 +250,7 @@ class VoiceServer:
         self.sessions: Dict[int, Session] = {}
         self.queue: List[object] = []  # connections waiting for a slot, first come first served
         self.ticks = self.misses = self.connections = self.refused = 0
+        self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.step_ms: collections.deque = collections.deque(maxlen=1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._slot_freed: Optional[asyncio.Condition] = None
@@ -328,11 +334,19 @@ class VoiceServer:
         return connection.respond(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
 
     def stats(self) -> dict:
-        return {"slots": self.engine.slots, "sessions": len(self.sessions), "waiting": self.waiting,
+        """Counters since start-up; step times over the last 1000 steps; ``totals`` adds up the per-session
+        counters of every session, ended or not (what a load benchmark reads before and after its run)."""
+        sessions = list(self.sessions.values())
+        totals = {name: getattr(self.closed_totals, name) + sum(getattr(s.stats, name) for s in sessions)
+                  for name in SESSION_COUNTERS}
+        steps = sorted(self.step_ms)
+        return {"slots": self.engine.slots, "sessions": len(sessions), "waiting": self.waiting,
                 "connections": self.connections, "refused": self.refused, "ticks": self.ticks,
                 "deadline_misses": self.misses,
-                "step_ms_p50": float(np.median(self.step_ms)) if self.step_ms else None,
-                "per_session": {str(s.slot): dataclasses.asdict(s.stats) for s in list(self.sessions.values())}}
+                "step_ms_p50": float(np.percentile(steps, 50)) if steps else None,
+                "step_ms_p99": float(np.percentile(steps, 99)) if steps else None,
+                "totals": totals,
+                "per_session": {str(s.slot): dataclasses.asdict(s.stats) for s in sessions}}
 
     # ------------------------------------------------------------------------------------------ sessions
     @property
@@ -445,6 +459,9 @@ class VoiceServer:
             log.info("session %d: connection ended (%s)", slot, type(e).__name__)
         finally:
             self.sessions.pop(slot, None)
+            if session is not None:  # at once: a stats() call during the awaits below must still count it
+                for name in SESSION_COUNTERS:
+                    setattr(self.closed_totals, name, getattr(self.closed_totals, name) + getattr(session.stats, name))
             if sender is not None:
                 sender.cancel()
             await self._engine(self.engine.close, slot)

@@ -107,3 +107,37 @@ def test_non_finite_file_is_rejected(tmp_path):
     sf.write(path, data, 24000, subtype="FLOAT")
     with pytest.raises(AudioError, match="non-finite"):
         load_audio(path)
+
+
+def test_a_torchaudio_that_does_not_load_is_one_clear_line(monkeypatch, tmp_path, capsys):
+    """A torchaudio built for another torch fails at import with an undefined symbol deep in the loader: the
+    error names both versions and the command that installs a matching pair."""
+    import importlib.metadata
+    import sys
+
+    from codec.audio import DependencyError
+    from duplex.cli import main
+
+    class BrokenTorchaudio:  # what the dynamic loader does to a torchaudio built for another torch
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "torchaudio":
+                raise OSError("Could not load this library: libtorchaudio.so: undefined symbol: "
+                              "torch_exception_get_what_without_backtrace")
+            return None
+
+    monkeypatch.delitem(sys.modules, "torchaudio", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [BrokenTorchaudio(), *sys.meta_path])
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "2.11.1" if name == "torchaudio" else real_version(name))
+    with pytest.raises(DependencyError) as failed:
+        resample(torch.zeros(1, 100), 16000, 24000)
+    text = str(failed.value)
+    wanted = torch.__version__.split("+")[0]
+    assert "\n" not in text and "torchaudio 2.11.1 does not load with torch" in text
+    assert "undefined symbol" in text and f"pip install torch=={wanted} torchaudio=={wanted}" in text
+    sf.write(tmp_path / "in.wav", np.zeros(16000, np.float32), 16000)
+    assert main(["codec", "roundtrip", str(tmp_path / "in.wav"), str(tmp_path / "out.wav")]) == 2
+    err = capsys.readouterr().err
+    assert "duplex: error: torchaudio 2.11.1 does not load" in err and "Traceback" not in err

@@ -71,6 +71,7 @@ def devtools_page_url(profile: Path, timeout=20.0) -> str:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_page_connects_plays_replies_and_shows_text(tmp_path, small_tokenizer_path):
     wav = tmp_path / "mic.wav"
     fake_microphone(wav)

@@ -124,6 +124,8 @@ def test_report_paths_are_checked_before_measuring(capsys):
     (["bench", "lm", "--batch-sizes", "0"], "is not an integer >= 1"),
     (["data", "synth", "c", "--heldout-every", "-1"], "is not an integer >= 0"),
     (["client", "a.wav", "b.wav", "--seconds", "-2"], "is not a number > 0"),
+    (["bench", "serve", "--seconds", "0"], "is not a number > 0"),
+    (["bench", "serve", "--client-nice", "20"], "is not a niceness 0-19"),
 ])
 def test_bad_option_values_are_usage_errors(capsys, args, words):
     with pytest.raises(SystemExit) as exit_info:
@@ -193,6 +195,7 @@ def test_console_script_entry_point():
     assert result.returncode == 0 and "roundtrip" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_stream_script(tmp_path):
     """demos/stream_codec.py runs end to end on the bundled sample."""
     from conftest import FIXTURES
@@ -245,3 +248,58 @@ def test_bench_latency_reports_json_and_plot(tmp_path, capsys):
 def test_bench_latency_needs_both_checkpoints(capsys):
     assert main(["bench", "latency", "--lm", str(MIMI_SMALL), "--device", "cpu", "--frames", "1"]) == 2
     assert "pass both --lm and --mimi" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_serve_reports_every_client_and_the_server(tmp_path, capsys):
+    from conftest import LM_SMALL, LM_SMALL_CONFIG
+    out = tmp_path / "serve.json"
+    assert main(["bench", "serve", "--clients", "2", "--seconds", "2", "--lm", str(LM_SMALL), "--lm-config",
+                 str(LM_SMALL_CONFIG), "--mimi", str(MIMI_SMALL), "--mimi-config", str(MIMI_SMALL_CONFIG),
+                 "--device", "cpu", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""  # the table goes to stderr, the JSON to --json only
+    assert "replies/sent" in captured.err and "25/25" in captured.err and "late (step past" in captured.err
+    assert "real time" in captured.err.splitlines()[-1]  # the verdict, one way or the other
+    report = json.loads(out.read_text())
+    assert [c["format"] for c in report["clients"]] == ["opus", "pcm16"]
+    assert all(c["replies"] == c["frames_sent"] == 25 and c["steady_rate"] > 0 for c in report["clients"])
+    server = report["server"]
+    assert server["slots"] == 2 and server["frames_in"] == 50 and server["sessions_after"] == 0
+    assert 0 < server["step_ms"]["p50"] <= server["step_ms"]["p99"]
+    assert report["verdict"] == captured.err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--clients", "3", "--slots", "2"], "--slots 2 is fewer than --clients 3"),
+    (["--url", "ws://127.0.0.1:9", "--slots", "2"], "--url loads a running server"),
+])
+def test_bench_serve_option_errors(capsys, args, words):
+    assert main(["bench", "serve", *args]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_bench_serve_lateness_is_measured_against_the_schedule():
+    from duplex.bench_serve import lateness_ms
+
+    on_time = [10.0 + 0.08 * k for k in range(5)]
+    assert lateness_ms(on_time) == pytest.approx([0.0] * 5, abs=1e-9)
+    late = on_time[:2] + [t + 0.2 for t in on_time[2:]]  # a 200 ms stall from the third reply on
+    assert lateness_ms(late) == pytest.approx([0, 0, 200, 200, 200], abs=1e-6)
+    early_first = [on_time[0] + 0.05] + on_time[1:]  # the anchor is the least delayed reply
+    assert lateness_ms(early_first) == pytest.approx([50, 0, 0, 0, 0], abs=1e-6)
+
+
+def test_bench_serve_verdict_names_what_went_wrong():
+    from duplex.bench_serve import verdict
+
+    client = {"replies": 100, "frames_sent": 100, "lost": 0, "errors": [], "late_replies": 0, "max_lateness_ms": 30}
+    server = {"dropped_in": 0, "dropped_out": 0}
+    assert verdict({"clients": [client], "server": server}).startswith("real time")
+    behind = {**client, "late_replies": 40, "max_lateness_ms": 160.0}
+    assert "40% of a client's replies more than 80 ms late" in verdict({"clients": [client, behind],
+                                                                       "server": server})
+    dropping = verdict({"clients": [client], "server": {"dropped_in": 7, "dropped_out": 0}})
+    assert dropping.startswith("NOT real time") and "7 input frames" in dropping
+    failed = verdict({"clients": [{"format": "opus", "exception": "OSError: refused"}], "server": server})
+    assert failed.startswith("NOT served") and "OSError: refused" in failed

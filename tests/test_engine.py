@@ -175,6 +175,7 @@ def test_sampling_settings_per_session():
     assert all(np.array_equal(o[a][0], o[b][0]) for o in outs)
 
 
+@pytest.mark.slow
 def test_long_run_past_every_window_without_growing_memory():
     """300 frames: past the LM's 16-step context and the codec's 250-step attention window."""
     eng = make_engine(slots=2)

@@ -1,6 +1,7 @@
 """The voice server end to end on loopback, with the small reference models."""
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.request
@@ -82,6 +83,7 @@ def rss_mb():
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
+@pytest.mark.slow
 def test_opus_and_raw_clients_get_one_reply_frame_per_frame_sent():
     async def test(server, url):
         pcm = speech(2.0)
@@ -96,6 +98,7 @@ def test_opus_and_raw_clients_get_one_reply_frame_per_frame_sent():
     assert stats["connections"] == 2 and stats["sessions"] == 0
 
 
+@pytest.mark.slow
 def test_text_pieces_are_sent(small_tokenizer_path):
     async def test(server, url):
         return await converse(url, speech(3.0), raw=True)
@@ -205,6 +208,7 @@ def test_waiting_clients_learn_their_position_and_are_served_in_order():
     serve(test, slots=1, max_waiting=2)
 
 
+@pytest.mark.slow
 def test_python_client_waits_in_the_queue_then_talks():
     """``converse`` treats the queue messages before the handshake as notices and is served once a slot frees."""
     async def test(server, url):
@@ -256,19 +260,20 @@ def test_query_parameters_set_the_session_sampling():
     assert seed == 77
 
 
+@pytest.mark.slow
 def test_a_stalled_client_does_not_delay_others():
+    """Another client gets every reply it is owed while one never reads (each session sends from its own task;
+    the clock never waits for a send). That the unread replies are dropped from a bounded outbox:
+    test_a_client_that_does_not_read_keeps_the_opus_stream_headers."""
     async def test(server, url):
-        stalled = await connect(url + "/api/chat?format=pcm16")
+        stalled = await connect(url + "/api/chat?format=pcm16", max_queue=1)
         await handshake(stalled)  # ... and never reads again
-        start = time.perf_counter()
         result = await converse(url, speech(3.0))
-        elapsed = time.perf_counter() - start
-        await stalled.close()
-        return result, elapsed
+        stalled.transport.abort()
+        return result
 
-    result, elapsed = serve(test)
-    assert result.audio_messages >= 37 and not result.errors
-    assert elapsed < 3.0 + 1.5
+    result = serve(test)
+    assert result.complete and result.audio_messages == 38 and not result.errors  # 3 s: 38 frames of 80 ms
 
 
 def test_http_routes():
@@ -313,43 +318,87 @@ def test_memory_is_flat_over_200_connections():
 
 
 @pytest.mark.slow
-def test_twenty_concurrent_clients_for_thirty_seconds():
-    """20 clients (half Ogg/Opus, half raw) in another process, as real clients would be. The engine runs on one
-    intra-op thread so the second core of a 2-core machine is left to the event loop and the clients
-    (``duplex serve --threads 1``)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import gc
-
-    from duplex.clock import freeze_startup_objects
-
-    helper = Path(__file__).parent / "clients_process.py"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    freeze_startup_objects()  # as `duplex serve` does: no full garbage collection of pytest's objects mid-test
+def test_concurrent_clients_in_their_own_processes_get_every_reply():
+    """What must hold on any machine at a load it easily holds (the small model, 4 clients): every client, in its
+    own process and time-synchronous, gets exactly one reply per frame it sent, with no error; the server drops
+    nothing and ends with no session. (How fast a given machine serves how many clients: duplex bench serve.)"""
+    from duplex.bench_serve import run_clients
 
     async def test(server, url):
-        proc = await asyncio.create_subprocess_exec(sys.executable, str(helper), url, "20", "30",
-                                                    stdout=subprocess.PIPE)
-        out, _ = await proc.communicate()
-        return json.loads(out), server.stats()
+        return await run_clients(url, clients=4, seconds=3.0, formats="mixed")
 
-    try:
-        results, stats = serve(test, slots=20)
-    finally:
-        torch.set_num_threads(threads)
-        gc.unfreeze()
-    assert len(results) == 20
-    for r in results:
-        assert "exception" not in r, r
-        assert not r["errors"] and r["samples"] == 30 * 24000
-        assert r["audio_messages"] == 375  # one reply per 80 ms frame sent
-        assert abs(r["steady_rate"] - 12.5) < 0.15, r["steady_rate"]
-    assert stats["sessions"] == 0
+    report = serve(test, slots=4)
+    clients = report["clients"]
+    assert [c["format"] for c in clients] == ["opus", "pcm16", "opus", "pcm16"]
+    for c in clients:
+        assert "exception" not in c, c
+        assert c["frames_sent"] == 38 and c["replies"] == 38 and c["lost"] == 0 and c["complete"]
+        assert not c["errors"]
+    server = report["server"]
+    assert server["frames_in"] == 4 * 38  # every frame sent was received ...
+    assert server["dropped_in"] == 0 and server["dropped_out"] == 0 and server["bad_messages"] == 0  # ... and kept
+    assert server["sessions_after"] == 0
 
 
+class EchoEngine:
+    """Stands in for the engine: each slot's reply is the frame it was given, so the replies' order is visible."""
+
+    frame_size, sample_rate = 1920, 24000
+
+    def __init__(self, slots):
+        self.slots, self.open_slots = slots, set()
+
+    @property
+    def free_slots(self):
+        return self.slots - len(self.open_slots)
+
+    def open(self, **options):
+        free = sorted(set(range(self.slots)) - self.open_slots)
+        if not free:
+            raise EngineFull("all slots are in use")
+        self.open_slots.add(free[0])
+        return free[0]
+
+    def close(self, slot):
+        self.open_slots.discard(slot)
+
+    def step(self, frames):
+        return {slot: (frame.copy(), None) for slot, frame in frames.items()}
+
+
+@pytest.mark.slow
+def test_replies_come_in_order_one_per_frame():
+    """Frame k of the input carries the level k: the replies carry the same levels in the same order, each
+    once, with silence only where the server had no frame yet (an underrun, which it counts)."""
+    frames = 25
+    levels = (np.arange(1, frames + 1) / 100).astype(np.float32)
+    pcm = np.repeat(levels, 1920)
+
+    async def main():
+        server = VoiceServer(EchoEngine(2), ServerOptions(port=0))
+        await server.start()
+        try:
+            result = await converse(f"ws://127.0.0.1:{server.port}", pcm, raw=True)
+            for _ in range(50):
+                if not server.sessions:
+                    break
+                await asyncio.sleep(0.05)
+            return result, server.stats()
+        finally:
+            await server.stop()
+
+    result, stats = asyncio.run(main())
+    assert result.complete and result.audio_messages == frames and not result.errors
+    replies = np.round(result.audio.reshape(frames, 1920) * 100).astype(int)
+    assert (replies == replies[:, :1]).all()  # each reply is one whole input frame (or silence)
+    order = [int(r[0]) for r in replies if r[0] != 0]
+    assert order == list(range(1, len(order) + 1))  # in order, none twice, none skipped
+    silent = frames - len(order)
+    assert silent <= stats["totals"]["underruns"]  # silence only where the server counted an underrun
+    assert stats["sessions"] == 0 and stats["totals"]["dropped_in"] == 0
+
+
+@pytest.mark.slow
 def test_live_client_microphone_to_speaker():
     """duplex client's live mode with an injected sound stream (no hardware)."""
     import threading
@@ -436,6 +485,7 @@ def test_a_slot_freed_while_a_client_is_being_queued_is_not_missed():
     serve(test, slots=1, max_waiting=1)
 
 
+@pytest.mark.slow
 def test_a_flooding_client_is_slowed_then_closed():
     """Messages past the per-connection budget are not read until it refills (TCP pushes back on the client), so
     a flood cannot take the server from the other sessions; a client over its budget for seconds on end is
@@ -443,21 +493,27 @@ def test_a_flooding_client_is_slowed_then_closed():
     async def test(server, url):
         async with connect(url + "/api/chat?format=pcm16") as flood:
             await handshake(flood)
+
+            async def read_replies():  # so that the server's close frame is not stuck behind unread replies
+                with contextlib.suppress(ConnectionClosed):
+                    async for _ in flood:
+                        pass
+
+            reader = asyncio.create_task(read_replies())
             start = time.perf_counter()
-            with pytest.raises(ConnectionClosed):
-                while time.perf_counter() - start < 20:
-                    await asyncio.wait_for(flood.send(message(9, b"x")), 15)  # unknown kind: counted, answered
-            elapsed = time.perf_counter() - start
-            assert flood.close_code in (1008, 1006)
+            with pytest.raises(ConnectionClosed) as closed:
+                while time.perf_counter() - start < 60:  # it takes ~5 s (max_throttled_seconds)
+                    await asyncio.wait_for(flood.send(message(9, b"x")), 30)  # unknown kind: counted, answered
+            await reader
+        # The server closed it on purpose (a crash or a dropped connection would bring no close frame), even where
+        # the closing handshake could not finish behind the flood still in the socket (the client then says 1006).
+        assert closed.value.rcvd is not None, closed.value
+        assert closed.value.rcvd.code == 1008 and closed.value.rcvd.reason == "sending too fast"
         for _ in range(50):  # the server's side of the close takes up to its close timeout
             if server.engine.free_slots == 1:
                 break
             await asyncio.sleep(0.1)
         assert server.engine.free_slots == 1 and not server.sessions
-        limits = server.options
-        assert elapsed < limits.max_throttled_seconds + limits.close_timeout + 3
-        read = server.stats()
-        return read
 
     serve(test, slots=1, read_messages_per_second=50.0)
 
@@ -465,12 +521,19 @@ def test_a_flooding_client_is_slowed_then_closed():
 def test_read_budget():
     from duplex.server import ReadBudget
 
-    budget = ReadBudget(messages_per_second=10, bytes_per_second=1000, burst_bytes=2000)
+    now = [100.0]
+    budget = ReadBudget(messages_per_second=10, bytes_per_second=1000, burst_bytes=2000, clock=lambda: now[0])
     assert [budget.spend(1) for _ in range(10)] == [0.0] * 10  # one second of messages at once
-    assert 0.05 < budget.spend(1) <= 0.1 and budget.throttled_for >= 0
-    budget = ReadBudget(messages_per_second=100, bytes_per_second=1000, burst_bytes=2000)
-    assert budget.spend(2000) == 0.0 and 0.4 < budget.spend(500) <= 0.5  # bytes: a burst, then the rate
-    assert budget.throttled_for < 0.1
+    assert budget.throttled_for == 0.0
+    assert budget.spend(1) == pytest.approx(0.1)  # the 11th waits for one message's worth of refill
+    now[0] += 0.05
+    assert budget.spend(1) == pytest.approx(0.15)  # still behind: the pause grows
+    now[0] += 2.0
+    assert budget.throttled_for == pytest.approx(2.05)  # over budget, without a break, since the 11th
+    assert budget.spend(1) == 0.0 and budget.throttled_for == 0.0  # refilled: the throttling ends
+    budget = ReadBudget(messages_per_second=100, bytes_per_second=1000, burst_bytes=2000, clock=lambda: now[0])
+    assert budget.spend(2000) == 0.0 and budget.spend(500) == pytest.approx(0.5)  # bytes: a burst, then the rate
+    assert budget.spend(10) == pytest.approx(0.564)  # every message costs at least 64 bytes
 
 
 def test_a_waiting_client_that_leaves_gives_its_place_up():

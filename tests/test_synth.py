@@ -262,3 +262,21 @@ def test_training_speech_frames_follow_the_transcripts(corpus):
              if r["split"] == row["split"]].index(row["id"])
     user_clip = changed.clips[2 * index + 1]
     assert np.abs(user_clip).max() > 1000 and not changed.speech_masks[2 * index + 1].any()
+
+
+def test_in_process_synthesis_leaves_the_thread_count_alone(tmp_path):
+    """workers=1 runs in the caller's process: torch's thread count (which every later computation of the process
+    uses) is the caller's, not the pool workers' single thread."""
+    import torch
+
+    from duplex.data import synth as synth_module
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        synthesize_corpus(str(tmp_path), 1, seed=1, options=SynthOptions(min_seconds=5, max_seconds=6),
+                          progress=False)
+        assert torch.get_num_threads() == 2
+        assert not synth_module._WORKER  # the synthesizer is not kept alive after the call
+    finally:
+        torch.set_num_threads(threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 
@@ -37,12 +38,15 @@ def _common(args):
     return pick_device(args.device), progress
 
 
+def _emit_file(report: dict, path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+
+
 def _emit(report: dict, path) -> None:
-    text = json.dumps(report, indent=2)
     if path:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    print(text)
+        _emit_file(report, path)
+    print(json.dumps(report, indent=2))
 
 
 def run_bench_codec(args) -> int:
@@ -150,3 +154,53 @@ def run_bench_codec_quality(args) -> int:
         plot_spectrograms(mimi, clips[0], args.plot, args.num_codebooks)
     _emit(report, args.json)
     return 0
+
+
+def run_bench_serve(args) -> int:
+    import logging
+
+    from ..bench_serve import format_report
+
+    _check_report_paths(args)
+    server_log = logging.getLogger("duplex.server")
+    level = server_log.level
+    server_log.setLevel(logging.ERROR)  # the report counts what its warnings would say
+    try:
+        report = _bench_serve(args)
+    finally:
+        server_log.setLevel(level)
+    where = args.url or f"a server started here ({report['hardware']}, torch {report['torch']})"
+    print(f"# serve -- {args.clients} x {args.seconds:g} s ({args.formats}) against {where}", file=sys.stderr)
+    print(format_report(report), file=sys.stderr)
+    if args.json:
+        _emit_file(report, args.json)
+    failed = [c for c in report["clients"] if "exception" in c]
+    return 1 if failed else 0
+
+
+def _bench_serve(args) -> dict:
+    from ..bench_serve import bench_serve
+
+    def progress(text: str) -> None:
+        print(f"duplex bench serve: {text}", file=sys.stderr)
+
+    if args.url:
+        if args.lm or args.mimi or args.slots:
+            raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+        return bench_serve(url=args.url, clients=args.clients, seconds=args.seconds, formats=args.formats,
+                           nice=args.client_nice, token=args.token, progress=progress)
+    from ..clock import freeze_startup_objects
+    from .serve import build_engine
+
+    slots = args.slots or args.clients
+    if slots < args.clients:
+        raise UsageError(f"--slots {slots} is fewer than --clients {args.clients}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = build_engine(args, slots)
+    freeze_startup_objects()  # as duplex serve does
+    try:
+        return bench_serve(engine=engine, clients=args.clients, seconds=args.seconds, formats=args.formats,
+                           nice=args.client_nice, token=args.token, progress=progress)
+    finally:
+        gc.unfreeze()  # a caller of main() in the same process keeps its collector as it was

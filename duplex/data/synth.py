@@ -82,13 +82,14 @@ class Conversation:
         """Place ``text`` on ``channel`` from ``start`` (s); ``cut``: stop the audio at that time (interruption).
         Returns (speech onset, speech end) in seconds."""
         import torch
-        import torchaudio.functional as AF
+
+        from codec.audio import resample
 
         v = self.voices[channel]
         speech = self.synth.speak(text, voice=v.name, rate=v.rate, pitch=v.pitch)
         if len(speech.audio) == 0:
             return start, start
-        audio = AF.resample(torch.from_numpy(speech.audio), speech.sample_rate, SAMPLE_RATE).numpy()
+        audio = resample(torch.from_numpy(speech.audio), speech.sample_rate, SAMPLE_RATE).numpy()
         words = [{"word": w.text, "start": float(start + w.start), "end": float(start + w.end)} for w in speech.words]
         if cut is not None:
             keep = max(0, int(round((cut - start) * SAMPLE_RATE)))
@@ -229,13 +230,18 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
 _WORKER: dict = {}
 
 
-def _init_worker(seed: int, options: SynthOptions, out_dir: str) -> None:
+def _set_up(seed: int, options: SynthOptions, out_dir: str) -> None:
     from .espeak import Synthesizer
 
+    _WORKER.update(synth=Synthesizer(), seed=seed, options=options, out_dir=out_dir)
+
+
+def _init_worker(seed: int, options: SynthOptions, out_dir: str) -> None:
+    """A pool process: one thread each, since the pool already has one process per core."""
     import torch
 
     torch.set_num_threads(1)
-    _WORKER.update(synth=Synthesizer(), seed=seed, options=options, out_dir=out_dir)
+    _set_up(seed, options, out_dir)
 
 
 def _write_one(index: int) -> dict:
@@ -267,11 +273,14 @@ def synthesize_corpus(out_dir: str, conversations: int, seed: int = 0, options: 
 
         bar = tqdm(total=conversations, unit="conv", desc="synthesizing")
     rows = []
-    if workers <= 1:
-        _init_worker(seed, options, out_dir)
-        for i in indices:
-            rows.append(_write_one(i))
-            bar and bar.update(1)
+    if workers <= 1:  # in the caller's process: its thread settings are left as they are
+        _set_up(seed, options, out_dir)
+        try:
+            for i in indices:
+                rows.append(_write_one(i))
+                bar and bar.update(1)
+        finally:
+            _WORKER.clear()
     else:
         import multiprocessing
 
