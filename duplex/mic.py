@@ -107,8 +107,10 @@ class MicSession:
 
 
 def run_live(engine, seconds: Optional[float] = None, input_device=None, output_device=None,
-             stream_factory=None, status_every: float = 1.0, out=sys.stderr) -> MicStats:
-    """Talk with the engine through a full-duplex stream until ``seconds`` pass or Ctrl-C."""
+             stream_factory=None, status_every: float = 1.0, out=sys.stderr,
+             stop: Optional[threading.Event] = None) -> MicStats:
+    """Talk with the engine through a full-duplex stream until ``seconds`` pass, ``stop`` is set (by another
+    thread: a stop button, the end of a test stream) or Ctrl-C."""
     session = MicSession(engine, on_text=lambda piece: print(piece, end="", flush=True))
     if stream_factory is None:
         sd = import_sounddevice()
@@ -127,7 +129,8 @@ def run_live(engine, seconds: Optional[float] = None, input_device=None, output_
     last = started
     try:
         with stream:
-            while (seconds is None or time.perf_counter() - started < seconds) and session.error is None:
+            while ((seconds is None or time.perf_counter() - started < seconds) and session.error is None
+                   and not (stop is not None and stop.is_set())):
                 time.sleep(0.05)
                 if status_every and time.perf_counter() - last >= status_every:
                     last = time.perf_counter()

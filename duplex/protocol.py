@@ -58,29 +58,91 @@ TOP_K_RANGE = (1, 500)
 
 
 _OGG_HEADER = 27  # "OggS", version, flags, granule (8), serial (4), sequence (4), CRC (4), segment count
+# Opus frame sizes by the TOC byte's configuration (RFC 6716 section 3.1), in units of 2.5 ms:
+# SILK 10/20/40/60 ms, hybrid 10/20 ms, CELT 2.5/5/10/20 ms.
+_OPUS_FRAME_UNITS = [(4, 8, 16, 24)[c % 4] for c in range(12)] + [(4, 8)[c % 2] for c in range(12, 16)] + \
+    [(1, 2, 4, 8)[c % 4] for c in range(16, 32)]
+_OPUS_MAX_UNITS = 48  # a packet holds at most 120 ms
 
 
-def ogg_page_groups(data: bytes, max_pages: int = 16) -> List[bytes]:
-    """``data`` cut at Ogg page boundaries into pieces of at most ``max_pages`` whole pages, for a stream decoder
-    that fails when one call decodes too much (sphn's reader: past ~5 s, i.e. 62 pages of 80 ms). Where ``data``
-    does not start with a whole page (a client may split pages across messages), the rest stays one piece: the
-    decoder keeps partial pages between calls."""
-    pieces, start, position, pages = [], 0, 0, 0
-    while position + _OGG_HEADER <= len(data) and data[position:position + 4] == b"OggS":
-        segments = data[position + 26]
-        table_end = position + _OGG_HEADER + segments
-        if table_end > len(data):
-            break
-        end = table_end + sum(data[position + _OGG_HEADER:table_end])
-        if end > len(data):
-            break
-        position, pages = end, pages + 1
-        if pages == max_pages:
-            pieces.append(data[start:position])
-            start, pages = position, 0
-    if start < len(data):
-        pieces.append(data[start:])
-    return pieces
+def opus_packet_samples(packet: bytes, sample_rate: int) -> int:
+    """How much audio one Opus packet decodes to, from its TOC byte (and frame count byte): a decoder's output,
+    known before decoding. Header packets (OpusHead, OpusTags) hold none; an empty packet means a lost one,
+    which the decoder conceals with up to 120 ms, so it counts as 120 ms."""
+    if packet[:8] in (b"OpusHead", b"OpusTags"):
+        return 0
+    if not packet:
+        return _OPUS_MAX_UNITS * sample_rate // 400
+    toc = packet[0]
+    code = toc & 3
+    frames = 1 if code == 0 else 2 if code < 3 else (packet[1] & 0x3F if len(packet) > 1 else 0)
+    return min(_OPUS_FRAME_UNITS[toc >> 3] * frames, _OPUS_MAX_UNITS) * sample_rate // 400
+
+
+@dataclass
+class OggPage:
+    data: bytes
+    samples: int  # audio of the Opus packets that start on this page, at the reader's sample rate
+
+    @property
+    def is_stream_start(self) -> bool:
+        return self.data[5] & 2 != 0
+
+
+class OggPageReader:
+    """Cuts a stream of bytes into whole Ogg pages, however the client split it into messages (a page may span
+    several), each with the length of the Opus audio it holds. What a message would decode to is thus known before
+    anything is decoded: a server decodes only what it can use, and charges the rest to the client."""
+
+    def __init__(self, sample_rate: int, max_pages: int = 256, max_packets: int = 1024):
+        self.sample_rate, self.max_pages, self.max_packets = sample_rate, max_pages, max_packets
+        self._partial = b""
+
+    def feed(self, data: bytes) -> "tuple[List[OggPage], Optional[str]]":
+        """The whole pages ``data`` completes, and a problem (bytes that are not Ogg, too many pages or packets in
+        one message: those are dropped) or None. An incomplete page at the end is kept for the next call."""
+        buffer = self._partial + data if self._partial else data
+        self._partial = b""
+        spans, position, packets, problem = [], 0, 0, None
+        while position < len(buffer):
+            if buffer[position:position + 4] != b"OggS":
+                if len(buffer) - position < 4 and b"OggS".startswith(buffer[position:]):
+                    break  # perhaps the start of a page cut short
+                problem = "malformed Ogg/Opus audio: bytes that are not an Ogg page were skipped"
+                found = buffer.find(b"OggS", position + 1)
+                position = len(buffer) if found < 0 else found
+                continue
+            if len(buffer) - position < _OGG_HEADER:
+                break
+            segments = buffer[position + 26]
+            table_end = position + _OGG_HEADER + segments
+            if table_end > len(buffer):
+                break
+            lacing = buffer[position + _OGG_HEADER:table_end]
+            end = table_end + sum(lacing)
+            if end > len(buffer):
+                break
+            packets += segments - lacing.count(255) + (lacing[-1:] == b"\xff")
+            if len(spans) == self.max_pages or packets > self.max_packets:
+                return [], (f"one message holds more than {self.max_pages} Ogg pages or {self.max_packets} Opus "
+                            "packets (send audio as it is recorded); the message was dropped")
+            spans.append((position, table_end, end))
+            position = end
+        self._partial = buffer[position:]  # an incomplete page: shorter than the largest page (65,307 bytes)
+        return [OggPage(buffer[p:e], self._samples(buffer, p, t, e)) for p, t, e in spans], problem
+
+    def _samples(self, buffer: bytes, position: int, table_end: int, end: int) -> int:
+        continued = buffer[position + 5] & 1  # the first packet began on an earlier page
+        samples, start, length = 0, table_end, 0
+        for value in buffer[position + _OGG_HEADER:table_end]:
+            length += value
+            if value < 255:
+                if not continued:
+                    samples += opus_packet_samples(buffer[start:start + min(length, 8)], self.sample_rate)
+                continued, start, length = False, start + length, 0
+        if length and not continued:  # a packet that goes on on the next page is counted where it starts
+            samples += opus_packet_samples(buffer[start:start + min(length, 8)], self.sample_rate)
+        return samples
 
 
 def _number(values: Dict[str, list], name: str, cast, low, high):

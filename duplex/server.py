@@ -33,8 +33,8 @@ import numpy as np
 from websockets.protocol import State
 
 from .engine import Engine, EngineFull
-from .protocol import (AUDIO, CONTROL, HANDSHAKE, KIND_NAMES, PING, SessionOptions, error_message, message,
-                       ogg_page_groups, parse_query, pcm16_bytes, pcm16_samples, text_message)
+from .protocol import (AUDIO, CONTROL, HANDSHAKE, KIND_NAMES, PING, OggPage, OggPageReader, SessionOptions,
+                       error_message, message, parse_query, pcm16_bytes, pcm16_samples, text_message)
 
 log = logging.getLogger("duplex.server")
 
@@ -53,7 +53,9 @@ class ServerOptions:
     # pushes back on a client that floods (it would otherwise take the event loop, and the GIL, from everyone).
     read_messages_per_second: float = 1000.0  # Opus clients send ~12-50 pages a second, PCM ones any chunk size
     read_realtime_factor: float = 4.0  # bytes: 4x raw 16-bit PCM in real time
-    max_throttled_seconds: float = 5.0  # a client over its budget for this long without a break is closed (1008)
+    max_throttled_seconds: float = 5.0  # a client this far over its budget is closed (1008)
+    max_ogg_pages: int = 256  # per Ogg/Opus message (~10 s of a usual stream); a message with more is dropped
+    max_opus_packets: int = 1024
     close_timeout: float = 2.0  # how long a closing handshake may take before the connection is dropped
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
@@ -130,9 +132,11 @@ class Session:
         self.outbox: collections.deque = collections.deque()
         self._outbox_ready = asyncio.Event()
         self._reader = self._writer = None
+        self.last_audio_samples = 0  # audio in the last message received (what it costs the read budget)
         if not options.raw:
             import sphn
 
+            self._pages = OggPageReader(sample_rate, server_options.max_ogg_pages, server_options.max_opus_packets)
             self._reader = sphn.OpusStreamReader(sample_rate)
             self._writer = sphn.OpusStreamWriter(sample_rate)
 
@@ -146,6 +150,7 @@ class Session:
             self.stats.bad_messages += 1
             return "empty message"
         kind, payload = data[0], bytes(data[1:])
+        self.last_audio_samples = 0
         if kind == AUDIO:
             return self._audio(payload)
         if kind == CONTROL:
@@ -162,26 +167,44 @@ class Session:
             usable = len(data) - len(data) % 2
             self._raw_leftover = data[usable:]
             samples = pcm16_samples(data[:usable])
-        else:
-            decoded, problem = [], None
-            try:
-                for piece in ogg_page_groups(payload):  # a message may hold seconds of pages
-                    out = self._reader.append_bytes(piece)
-                    if out is not None:
-                        decoded.append(np.asarray(out, dtype=np.float32).reshape(-1))
-            except Exception as e:  # malformed Ogg/Opus: drop this stream state and start a new one
-                import sphn
+            self.last_audio_samples = samples.size
+            return self._frames_from(samples)
+        pages, problem = self._pages.feed(payload)
+        if problem:
+            self.stats.bad_messages += 1
+        self.last_audio_samples = sum(page.samples for page in pages)
+        pages = self._usable(pages)
+        decoded = []
+        try:
+            for i in range(0, len(pages), 16):  # sphn's reader fails on one call that decodes more than ~5 s
+                out = self._reader.append_bytes(b"".join(page.data for page in pages[i:i + 16]))
+                if out is not None:
+                    decoded.append(np.asarray(out, dtype=np.float32).reshape(-1))
+        except Exception as e:  # malformed Opus: drop this stream state and start a new one
+            import sphn
 
-                self._reader = sphn.OpusStreamReader(self.sample_rate)
-                self.stats.bad_messages += 1
-                problem = f"malformed Ogg/Opus audio ({e}); the audio stream was restarted"
-            if not decoded:
-                return problem
-            samples = np.concatenate(decoded) if len(decoded) > 1 else decoded[0]
-            if problem:  # what decoded before the damage is kept
-                return self._frames_from(samples) or problem
-        return self._frames_from(samples)
+            self._reader = sphn.OpusStreamReader(self.sample_rate)
+            self.stats.bad_messages += 1
+            problem = f"malformed Ogg/Opus audio ({e}); the audio stream was restarted"
+        if not decoded:
+            return problem
+        samples = np.concatenate(decoded) if len(decoded) > 1 else decoded[0]
+        return self._frames_from(samples) or problem  # what decoded before any damage is kept
 
+    def _usable(self, pages: List[OggPage]) -> List[OggPage]:
+        """The pages worth decoding: the newest that fit in the input buffer (older audio would be dropped from
+        it right away), and every page without audio (the stream's headers). Audio is counted before it is
+        decoded, so a message claiming hours of audio (a 2-byte Opus packet conceals 120 ms) costs no more to
+        decode than the buffer holds."""
+        room, first = self.limits.input_buffer_frames * self.frame_size, len(pages)
+        while first > 0 and pages[first - 1].samples <= room:
+            first -= 1
+            room -= pages[first].samples
+        skipped = sum(page.samples for page in pages[:first]) // self.frame_size
+        if skipped:
+            self.stats.frames_in += skipped
+            self._count_dropped(skipped)
+        return [page for page in pages[:first] if page.samples == 0] + pages[first:]
     def _frames_from(self, samples: np.ndarray) -> Optional[str]:
         if samples.size and not np.isfinite(samples).all():
             self.stats.bad_messages += 1
@@ -193,15 +216,18 @@ class Session:
             self.stats.frames_in += 1
         self._pending = pending[whole * self.frame_size:].copy()
         excess = len(self.frames) - self.limits.input_buffer_frames
+        for _ in range(max(0, excess)):
+            self.frames.popleft()
         if excess > 0:
-            for _ in range(excess):
-                self.frames.popleft()
-            self.stats.dropped_in += excess
-            self._drop_events += 1
-            if _worth_logging(self._drop_events):
-                log.warning("session %d: client sends faster than real time, dropped %d frame(s) (%d so far)",
-                            self.slot, excess, self.stats.dropped_in)
+            self._count_dropped(excess)
         return None
+
+    def _count_dropped(self, frames: int) -> None:
+        self.stats.dropped_in += frames
+        self._drop_events += 1
+        if _worth_logging(self._drop_events):
+            log.warning("session %d: client sends faster than real time, dropped %d frame(s) (%d so far)",
+                        self.slot, frames, self.stats.dropped_in)
 
     def next_frame(self) -> np.ndarray:
         self.stats.steps += 1
@@ -442,8 +468,9 @@ class VoiceServer:
                     if _worth_logging(session.stats.bad_messages):
                         log.info("session %d: %s (%d bad messages so far)", slot, problem, session.stats.bad_messages)
                     session._post(error_message(problem))
-                pause = budget.spend(len(data))
-                if budget.throttled_for > self.options.max_throttled_seconds:
+                # Audio costs what it decodes to (2 bytes a sample, as PCM16), whatever its compressed size.
+                pause = budget.spend(max(len(data), 2 * session.last_audio_samples))
+                if budget.throttled_for + pause > self.options.max_throttled_seconds:
                     # A flood, not jitter: reading its backlog at the budget's pace would hold the slot for ages.
                     log.warning("session %d: closed, the client keeps sending far faster than real time", slot)
                     await connection.close(1008, "sending too fast")

@@ -44,9 +44,9 @@ class FakeStream:
 @pytest.mark.slow
 def test_live_session_with_an_injected_stream():
     """Every block the device captured is stepped or counted as dropped, and replies reach the speaker. The
-    stream ends the session as a person does (Ctrl-C) once the engine has taken its last block, so nothing
-    depends on how fast this machine steps."""
-    import _thread
+    stream ends the session once the engine has taken its last block, so nothing depends on how fast this
+    machine steps."""
+    done = threading.Event()
 
     class EndingStream(FakeStream):
         def _run(self):
@@ -56,7 +56,7 @@ def test_live_session_with_an_injected_stream():
                 if stats.frames + stats.overruns >= self.blocks:
                     break
                 time.sleep(0.1)
-            _thread.interrupt_main()
+            done.set()
 
     streams = []
 
@@ -64,7 +64,7 @@ def test_live_session_with_an_injected_stream():
         streams.append(EndingStream(callback, blocks=30, period=0.08))
         return streams[0]
 
-    stats = mic.run_live(make_engine(1), seconds=None, stream_factory=factory, status_every=0)
+    stats = mic.run_live(make_engine(1), stream_factory=factory, status_every=0, stop=done)
     played = np.concatenate(streams[0].played)
     assert stats.frames + stats.overruns == 30  # no block lost without a count
     assert stats.frames > 0 and np.abs(played).max() > 0  # replies reached the speaker

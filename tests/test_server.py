@@ -567,21 +567,25 @@ def test_query_values_that_do_not_parse_are_ignored():
 
 def test_an_opus_message_holding_seconds_of_pages_is_decoded():
     """sphn's stream reader fails on one call that decodes more than ~5 s; the server feeds a message's pages in
-    groups, so a client that sends 8 s of Ogg pages at once is not told its audio is malformed."""
+    groups, so a client that sends 8 s of Ogg pages at once is not told its audio is malformed. How much audio
+    each page holds is known before decoding (from the Opus packets' TOC bytes)."""
     import sphn
 
-    from duplex.protocol import ogg_page_groups
+    from duplex.protocol import OggPageReader
     from duplex.server import Session
 
     writer = sphn.OpusStreamWriter(24000)
     pcm = speech(8.0)
     pages = b"".join(writer.append_pcm(pcm[i:i + 1920]) for i in range(0, len(pcm), 1920))
-    groups = ogg_page_groups(pages, max_pages=16)
-    assert b"".join(groups) == pages and len(groups) == -(-pages.count(b"OggS") // 16) > 6
-    assert ogg_page_groups(pages[5:]) == [pages[5:]]  # not at a page boundary: left whole for the decoder
+    reader = OggPageReader(24000)
+    split = [reader.feed(pages[i:i + 1000]) for i in range(0, len(pages), 1000)]  # pages across messages
+    assert all(problem is None for _, problem in split)
+    whole = [page for found, _ in split for page in found]
+    assert b"".join(page.data for page in whole) == pages and sum(page.samples for page in whole) == len(pcm)
     session = Session(None, 0, parse_query("/api/chat"), 1920, 24000, ServerOptions(input_buffer_frames=1000))
     assert session.receive(message(AUDIO, pages)) is None
     assert session.stats.bad_messages == 0 and session.stats.frames_in >= 95
+    assert session.last_audio_samples == len(pcm)
 
 
 def test_a_client_that_does_not_read_keeps_the_opus_stream_headers():
@@ -601,3 +605,64 @@ def test_a_client_that_does_not_read_keeps_the_opus_stream_headers():
     reader = sphn.OpusStreamReader(24000)
     decoded = [reader.append_bytes(msg[1:]) for msg in queued]
     assert sum(0 if d is None else len(d) for d in decoded) > 0
+
+
+class CountingReader:
+    """Wraps a session's Opus stream reader to count what it decodes."""
+
+    def __init__(self, reader):
+        self.reader, self.samples = reader, 0
+
+    def append_bytes(self, data):
+        out = self.reader.append_bytes(data)
+        self.samples += 0 if out is None else len(out)
+        return out
+
+
+def test_an_opus_bomb_decodes_no_more_than_the_input_buffer_holds():
+    """2-byte Opus packets that a decoder conceals with 120 ms each: 200 pages claim 48 s of audio from 6 KB.
+    The session decodes only the newest 800 ms it can buffer; the rest is counted as dropped, and the message
+    costs the read budget all 48 s."""
+    from hostile import opus_bomb, opus_headers
+
+    from duplex.server import Session
+
+    session = Session(None, 0, parse_query("/api/chat"), 1920, 24000, ServerOptions())
+    session._reader = counting = CountingReader(session._reader)
+    assert session.receive(message(AUDIO, opus_headers() + opus_bomb(200))) is None
+    assert session.last_audio_samples == 48 * 24000  # charged in full
+    assert counting.samples <= 10 * 1920  # the buffer's 10 frames, not 48 s
+    assert len(session.frames) <= 10 and session.stats.dropped_in >= 48 * 12.5 - 10
+    huge = opus_bomb(31575, first_sequence=202)  # the 1 MB message of the report: 7,578 s of audio
+    assert len(huge) < ServerOptions().max_message_bytes
+    problem = session.receive(message(AUDIO, huge))
+    assert "more than 256 Ogg pages" in problem and counting.samples <= 10 * 1920  # refused, nothing decoded
+
+
+@pytest.mark.slow
+def test_opus_bombs_are_closed_and_the_other_sessions_keep_real_time():
+    from hostile import opus_bomb, opus_headers
+
+    async def test(server, url):
+        async def bomber():
+            async with connect(url + "/api/chat") as ws:
+                await handshake(ws)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.send(message(AUDIO, opus_headers() + opus_bomb(250)))  # 60 s of audio
+                    for _ in range(100):
+                        await asyncio.wait_for(ws.recv(), 10)
+                return closed.value.rcvd
+
+        honest = asyncio.create_task(converse(url, speech(3.0), raw=True))
+        closes = await asyncio.gather(*[bomber() for _ in range(3)])
+        result = await honest
+        for _ in range(50):
+            if not server.sessions:
+                break
+            await asyncio.sleep(0.1)
+        return closes, result, server.stats()
+
+    closes, result, stats = serve(test, slots=4)
+    assert all(c is not None and c.code == 1008 for c in closes), closes  # 60 s sent at once: over budget
+    assert result.complete and result.audio_messages == 38 and not result.errors
+    assert stats["sessions"] == 0
