@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import math
 import os
 from typing import Optional, Tuple, Union
 
@@ -73,13 +74,50 @@ def to_mono(pcm: torch.Tensor) -> torch.Tensor:
     return pcm if pcm.shape[0] == 1 else pcm.mean(dim=0, keepdim=True)
 
 
+# torchaudio's resampler builds one sinc kernel of (to / g) x (from / g + taps) entries, g = gcd(from, to): small
+# for the usual rates (44.1 kHz -> 24 kHz: 80 x 160), gigabytes for rates that share no factor with 24 kHz (16001 Hz:
+# 24000 x 16014). Past this size the same filter is evaluated per output sample instead.
+_KERNEL_LIMIT = 1 << 20
+_FILTER_WIDTH, _ROLLOFF = 6, 0.99  # torchaudio's defaults (Hann-windowed sinc)
+
+
 def resample(pcm: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
-    """Resample along the last axis (torchaudio's windowed-sinc resampler)."""
+    """Resample along the last axis with a band-limited (Hann-windowed sinc) filter, torchaudio's by default;
+    time and memory grow with the length of the audio, never with how little the two rates have in common."""
     if from_rate <= 0 or to_rate <= 0:
         raise AudioError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    from_rate, to_rate = int(from_rate), int(to_rate)
     if from_rate == to_rate:
         return pcm
-    return import_torchaudio().functional.resample(pcm, int(from_rate), int(to_rate))
+    g = math.gcd(from_rate, to_rate)
+    if (to_rate // g) * (from_rate // g) <= _KERNEL_LIMIT:
+        return import_torchaudio().functional.resample(pcm, from_rate, to_rate, lowpass_filter_width=_FILTER_WIDTH,
+                                                       rolloff=_ROLLOFF)
+    return resample_any_ratio(pcm, from_rate, to_rate)
+
+
+def resample_any_ratio(pcm: torch.Tensor, from_rate: int, to_rate: int, chunk: int = 8192) -> torch.Tensor:
+    """torchaudio's filter (the same windowed sinc, width and roll-off, the same output length) evaluated at each
+    output sample's position in the input: O(taps) per output sample for any pair of rates."""
+    x = pcm.reshape(-1, pcm.shape[-1])
+    length = x.shape[-1]
+    out_length = -(-to_rate * length // from_rate)
+    cutoff = min(from_rate, to_rate) * _ROLLOFF
+    reach = math.ceil(_FILTER_WIDTH * from_rate / cutoff)  # input samples on each side with a nonzero weight
+    padded = torch.nn.functional.pad(x, (reach + 1, reach + 2))
+    offsets = torch.arange(-reach, reach + 2, dtype=torch.long)
+    out = x.new_empty(x.shape[0], out_length)
+    for start in range(0, out_length, chunk):
+        n = torch.arange(start, min(start + chunk, out_length), dtype=torch.float64)
+        position = n * from_rate / to_rate  # where output sample n falls in the input
+        taps = position.floor().long()[:, None] + offsets
+        u = ((taps - position[:, None]) * (cutoff / from_rate)).clamp(-_FILTER_WIDTH, _FILTER_WIDTH)
+        window = torch.cos(u * (math.pi / (2 * _FILTER_WIDTH))) ** 2
+        pu = torch.where(u == 0, torch.ones_like(u), math.pi * u)
+        sinc = torch.where(u == 0, torch.ones_like(u), torch.sin(pu) / pu)
+        weights = (sinc * window * (cutoff / from_rate)).to(x.dtype)
+        out[:, start:start + len(n)] = (padded[:, taps + reach + 1] * weights).sum(-1)
+    return out.reshape(*pcm.shape[:-1], out_length)
 
 
 def load_audio(path: PathLike, sample_rate: int = 24000) -> torch.Tensor:

@@ -108,7 +108,7 @@ def normalize_keys(tensors: Mapping[str, torch.Tensor]) -> dict:
     return out
 
 
-def _listing(title: str, items: list, limit: int = 25) -> str:
+def _listing(title: str, items: list, limit: int) -> str:
     shown = "\n    ".join(items[:limit])
     more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
     return f"\n  {title} ({len(items)}):\n    {shown}{more}"
@@ -135,10 +135,16 @@ def check_and_load(model: nn.Module, tensors: Mapping[str, torch.Tensor], what: 
                     f"keys are present")
         else:
             head = f"checkpoint{where} does not match the {what} model"
+        limit = 5 if matched < len(expected) // 2 else 10  # another model's file: a few names say enough
         raise CheckpointError(head
-                              + (_listing("missing keys", missing) if missing else "")
-                              + (_listing("unexpected keys", unexpected) if unexpected else "")
-                              + (_listing("mis-shaped keys", mis_shaped) if mis_shaped else ""))
+                              + (_listing("missing keys", missing, limit) if missing else "")
+                              + (_listing("unexpected keys", unexpected, limit) if unexpected else "")
+                              + (_listing("mis-shaped keys", mis_shaped, limit) if mis_shaped else ""))
+    broken = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if broken:  # a diverged training run, a damaged file: it would only ever produce NaN audio or tokens
+        where = f" {source}" if source else ""
+        raise CheckpointError(f"checkpoint{where} holds non-finite values (NaN or inf) in {len(broken)} of "
+                              f"{len(tensors)} tensors, e.g. {', '.join(broken[:3])}")
     cast = {}
     for key, value in tensors.items():
         target = dtype if dtype is not None else expected[key].dtype

@@ -276,6 +276,8 @@ class Engine:
     def step(self, frames: Mapping[int, object]) -> Dict[int, Tuple[np.ndarray, Optional[str]]]:
         """Advance the sessions in ``frames`` ({slot: float32 [1920]}) by one frame; returns {slot: (float32
         [1920] model audio, text piece or None)}. Sessions without a frame this tick do not advance."""
+        if not isinstance(frames, Mapping):
+            raise TypeError(f"Engine.step takes a mapping {{slot: frame}}, got {type(frames).__name__}")
         checked = {}
         for slot, frame in frames.items():
             self._check_slot(slot)
@@ -307,17 +309,24 @@ class Engine:
         return self.tokenizer.piece(token)
 
     def _check_frame(self, slot: int, frame) -> torch.Tensor:
+        """One mono frame of float PCM ([frame_size], or with leading axes of size 1), as a CPU float32 tensor."""
         if isinstance(frame, torch.Tensor):
-            frame = frame.detach().to("cpu", torch.float32)
+            kind = "f" if frame.dtype.is_floating_point else "i"
         else:
-            try:
-                frame = torch.from_numpy(np.asarray(frame, dtype=np.float32))
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"slot {slot}: audio frame is not numeric ({e})") from None
-        frame = frame.reshape(-1) if frame.dim() > 1 and frame.numel() == self.frame_size else frame
+            frame = np.asarray(frame)
+            kind = frame.dtype.kind
+            if kind not in "biuf":
+                raise ValueError(f"slot {slot}: audio frame is not numeric (got {frame.dtype} values)")
+        if kind != "f":
+            raise ValueError(f"slot {slot}: audio frames are float PCM in [-1, 1], got {str(frame.dtype)} (16-bit PCM: "
+                             "divide by 32768)")
+        frame = frame.detach().to("cpu", torch.float32) if isinstance(frame, torch.Tensor) else \
+            torch.from_numpy(frame.astype(np.float32, copy=False))
+        while frame.dim() > 1 and frame.shape[0] == 1:  # [1, 1920] and the like: still one mono frame
+            frame = frame[0]
         if frame.dim() != 1 or frame.shape[0] != self.frame_size:
-            raise ValueError(f"slot {slot}: expected one frame of {self.frame_size} samples at {self.sample_rate} "
-                             f"Hz, got shape {list(frame.shape)}")
+            raise ValueError(f"slot {slot}: expected one mono frame of {self.frame_size} samples at "
+                             f"{self.sample_rate} Hz, got shape {list(frame.shape)}")
         if not bool(torch.isfinite(frame).all()):
             raise ValueError(f"slot {slot}: audio frame contains non-finite samples (NaN or inf)")
         return frame

@@ -35,6 +35,12 @@ class LMOutput:
     text_mask: torch.Tensor  # [B, 1, T]
 
 
+def _check_dtype(dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch dtype (torch.float32, torch.bfloat16, torch.float16), "
+                        f"got {dtype!r}")
+
+
 class MoshiLM(nn.Module):
     def __init__(self, config: ConfigLike = None):
         super().__init__()
@@ -83,6 +89,7 @@ class MoshiLM(nn.Module):
                         device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.bfloat16) -> "MoshiLM":
         """Load a Moshi checkpoint strictly: built on the meta device, tensors cast to ``dtype`` and assigned,
         so a 7B load never holds two copies of the weights."""
+        _check_dtype(dtype)
         cfg = LMConfig.load(config)
         tensors = normalize_keys(read_tensors(path, containers=(("fsdp_best_state", "model"), ("model",))))
         with torch.device("meta"):
@@ -97,6 +104,7 @@ class MoshiLM(nn.Module):
                dtype: torch.dtype = torch.float32) -> "MoshiLM":
         """Random weights (deterministic in ``seed`` for a device type) with output scales that keep activations
         O(1), created directly on ``device`` in ``dtype`` (a random 7B never exists in float32 on the host)."""
+        _check_dtype(dtype)
         cfg = LMConfig.load(config)
         device = torch.device(device)
         generator = torch.Generator(device=device).manual_seed(seed)

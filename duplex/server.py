@@ -57,6 +57,7 @@ class ServerOptions:
     max_ogg_pages: int = 256  # per Ogg/Opus message (~10 s of a usual stream); a message with more is dropped
     max_opus_packets: int = 1024
     close_timeout: float = 2.0  # how long a closing handshake may take before the connection is dropped
+    notice_timeout: float = 5.0  # a refused or queued client that does not take a notice within this is dropped
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
 
@@ -68,6 +69,22 @@ def _worth_logging(count: int) -> bool:
     """Repeated events are logged the 1st, 10th and 100th time, then every 1000th (a flood must not flood the
     log too)."""
     return count in (1, 10, 100) or count % 1000 == 0
+
+
+def tls_context(cert: str, key: Optional[str]) -> ssl_module.SSLContext:
+    """The server's TLS context, or a ValueError that names the file at fault."""
+    import os
+
+    for flag, path in (("--ssl-cert", cert), ("--ssl-key", key)):
+        if not path or not os.path.isfile(path):
+            raise ValueError(f"{flag} {path}: no such file")
+    context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl_module.SSLError, OSError) as e:
+        raise ValueError(f"--ssl-cert {cert} with --ssl-key {key}: not a PEM certificate and its private key "
+                         f"({e.reason if getattr(e, 'reason', None) else e})") from None
+    return context
 
 
 class ReadBudget:
@@ -269,12 +286,49 @@ class Session:
             await self.connection.send(msg)
 
 
+class _Waiter:
+    """A client waiting for a slot. Its queue notices go out from its own task, newest only: if the client does
+    not read them (a send that does not complete within ``timeout``), its connection is dropped, and nobody
+    else waits for it."""
+
+    def __init__(self, connection, timeout: float):
+        self.connection, self.timeout = connection, timeout
+        self.position: Optional[int] = None
+        self._notice: Optional[bytes] = None
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self._send_notices())
+
+    def tell(self, notice: bytes) -> None:
+        self._notice = notice
+        self._ready.set()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    async def _send_notices(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            notice, self._notice = self._notice, None
+            try:
+                await asyncio.wait_for(self.connection.send(notice), self.timeout)
+            except asyncio.TimeoutError:
+                log.info("a waiting client does not read its queue notices; dropped")
+                self.connection.transport.abort()
+                return
+            except Exception:  # the client left (ConnectionClosed): its handler removes it from the queue
+                return
+
+
 class VoiceServer:
     def __init__(self, engine: Engine, options: Optional[ServerOptions] = None):
         self.engine = engine
         self.options = options or ServerOptions()
+        if self.options.token is not None and not self.options.token.strip():
+            raise ValueError("the token is empty, which would let anyone in; give a secret or no token")
         self.sessions: Dict[int, Session] = {}
         self.queue: List[object] = []  # connections waiting for a slot, first come first served
+        self._waiters: Dict[object, _Waiter] = {}
         self.ticks = self.misses = self.connections = self.refused = 0
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.step_ms: collections.deque = collections.deque(maxlen=1000)
@@ -294,10 +348,7 @@ class VoiceServer:
         from websockets.asyncio.server import serve
 
         self._slot_freed = asyncio.Condition()
-        ssl_context = None
-        if self.options.ssl_cert:
-            ssl_context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
-            ssl_context.load_cert_chain(self.options.ssl_cert, self.options.ssl_key)
+        ssl_context = tls_context(self.options.ssl_cert, self.options.ssl_key) if self.options.ssl_cert else None
         self._server = await serve(self._handle, self.options.host, self.options.port,
                                    process_request=self._http, max_size=self.options.max_message_bytes,
                                    # --origins restricts browsers; other clients send no Origin header
@@ -332,13 +383,14 @@ class VoiceServer:
             await self.stop()
 
     # ----------------------------------------------------------------------------------------------- HTTP
-    def _authorized(self, request, options: SessionOptions) -> bool:
-        if not self.options.token:
+    def _authorized(self, request) -> bool:
+        """With a token set: ``?token=`` or ``Authorization: Bearer`` (the scheme in any case, RFC 7235)."""
+        if self.options.token is None:
             return True
-        offered = options.token or ""
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            offered = header[len("Bearer "):]
+        offered = parse_query(request.path).token or ""
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            offered = value.strip()
         return hmac.compare_digest(offered.encode(), self.options.token.encode())
 
     def _http(self, connection, request):
@@ -348,14 +400,14 @@ class VoiceServer:
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "text/html; charset=utf-8"
             return response
+        if path in ("/api/stats", "/api/chat") and not self._authorized(request):
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid or missing token\n")
         if path == "/api/stats":
             response = connection.respond(http.HTTPStatus.OK, json.dumps(self.stats()))
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
             return response
         if path == "/api/chat":
-            if not self._authorized(request, parse_query(request.path)):
-                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid or missing token\n")
             return None  # go on with the WebSocket handshake
         return connection.respond(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
 
@@ -379,13 +431,15 @@ class VoiceServer:
     def waiting(self) -> int:
         return len(self.queue)
 
-    async def _tell_queue_positions(self) -> None:
-        for position, waiting in enumerate(list(self.queue), start=1):
-            try:
-                await waiting.send(error_message(f"all {self.engine.slots} conversation slots are in use; you are "
-                                                 f"number {position} in the queue"))
-            except Exception:  # a waiting client that left is removed by its own handler
-                pass
+    def _tell_queue_positions(self) -> None:
+        """Tell every waiting client whose place changed where it stands. Nothing here waits: each waiter's
+        notices go out from its own task (a waiter that does not read them holds up no one but itself)."""
+        for position, connection in enumerate(self.queue, start=1):
+            waiter = self._waiters.get(connection)
+            if waiter is not None and waiter.position != position:
+                waiter.position = position
+                waiter.tell(error_message(f"all {self.engine.slots} conversation slots are in use; you are "
+                                          f"number {position} in the queue"))
 
     async def _wake_queue(self) -> None:
         async with self._slot_freed:
@@ -412,38 +466,52 @@ class VoiceServer:
         opts = {k: v for k, v in (("temperature", options.temperature), ("top_k", options.top_k),
                                   ("text_temperature", options.text_temperature),
                                   ("text_top_k", options.text_top_k), ("seed", options.seed)) if v is not None}
-        queued = False
+        waiter: Optional[_Waiter] = None
         try:
             while True:
                 seen = self._frees
                 if not self.queue or self.queue[0] is connection:  # first come, first served
                     try:
                         slot = await self._engine(self.engine.open, **opts)
-                        if queued:
-                            self.queue.remove(connection)
-                            queued = False
-                            await self._tell_queue_positions()
+                        if waiter is not None:
+                            self._leave_queue(connection, waiter)
+                            waiter = None
                             await self._wake_queue()  # the next in line may find a free slot too
                         return slot
                     except EngineFull:
                         pass
-                if not queued:
+                if waiter is None:
                     if self.waiting >= self.options.max_waiting:
                         self.refused += 1
-                        await connection.send(error_message(
-                            f"server full: all {self.engine.slots} conversation slots are in use; try again later"))
-                        await connection.close(1013, "server full")
+                        await self._refuse(connection, f"server full: all {self.engine.slots} conversation slots "
+                                                       "are in use; try again later")
                         return None
+                    waiter = self._waiters[connection] = _Waiter(connection, self.options.notice_timeout)
                     self.queue.append(connection)
-                    queued = True
-                    await self._tell_queue_positions()
+                    self._tell_queue_positions()
                 if not await self._wait_for_slot_or_disconnect(connection, seen):
                     return None  # the client left while waiting
         finally:
-            if queued:
-                self.queue.remove(connection)
-                await self._tell_queue_positions()
+            if waiter is not None:
+                self._leave_queue(connection, waiter)
                 await self._wake_queue()
+
+    def _leave_queue(self, connection, waiter: "_Waiter") -> None:
+        self.queue.remove(connection)
+        del self._waiters[connection]
+        waiter.stop()
+        self._tell_queue_positions()
+
+    async def _refuse(self, connection, reason: str) -> None:
+        """Say why, then close with 1013 (try again later); a client that already left is no error, and one that
+        does not read cannot hold this up for longer than the notice timeout."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await asyncio.wait_for(connection.send(error_message(reason)), self.options.notice_timeout)
+            await connection.close(1013, "server full")
+        except (ConnectionClosed, asyncio.TimeoutError):
+            connection.transport.abort()
 
     async def _handle(self, connection) -> None:
         options = parse_query(connection.request.path)
@@ -491,6 +559,9 @@ class VoiceServer:
                     setattr(self.closed_totals, name, getattr(self.closed_totals, name) + getattr(session.stats, name))
             if sender is not None:
                 sender.cancel()
+                # collected, so that a send loop that had already failed (the client left) logs no
+                # "exception never retrieved"
+                await asyncio.gather(sender, return_exceptions=True)
             await self._engine(self.engine.close, slot)
             await self._wake_queue()  # the first in the queue takes the slot
             if session is not None:

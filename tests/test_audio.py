@@ -29,6 +29,38 @@ def test_load_resamples_any_rate_to_24k(tmp_path, rate):
     assert abs(_peak_frequency(pcm[0].numpy(), 24000) - 440.0) < 2.0
 
 
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 96000])
+def test_the_any_ratio_resampler_is_torchaudios_filter(rate):
+    """Evaluated per output sample, the filter gives torchaudio's output (same length, same values) for the
+    rates where torchaudio's precomputed kernel is small."""
+    from codec.audio import import_torchaudio, resample_any_ratio
+
+    x = torch.randn(2, rate, generator=torch.Generator().manual_seed(rate)) * 0.3
+    expected = import_torchaudio().functional.resample(x, rate, 24000)
+    got = resample_any_ratio(x, rate, 24000)
+    assert got.shape == expected.shape and (got - expected).abs().max() < 5e-5
+
+
+@pytest.mark.parametrize("rate", [16001, 22051, 30001, 44101])
+def test_rates_that_share_no_factor_with_24k_resample_in_bounded_memory(tmp_path, monkeypatch, rate):
+    """torchaudio's kernel for 16001 Hz -> 24 kHz has 24000 x 16014 entries (gigabytes); such rates take the
+    per-sample filter instead, whose cost does not depend on the rates' common factors."""
+    import codec.audio as audio
+
+    torchaudio = audio.import_torchaudio()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torchaudio's kernel would not fit in memory")
+
+    monkeypatch.setattr(torchaudio.functional, "resample", refuse)
+    path = tmp_path / "odd.wav"
+    sf.write(path, _tone(rate, 1.0, 440.0), rate)
+    pcm = load_audio(path, 24000)
+    assert pcm.shape == (1, 24000)
+    t = np.arange(24000) / 24000
+    np.testing.assert_allclose(pcm[0, 200:-200].numpy(), 0.5 * np.sin(2 * np.pi * 440 * t[200:-200]), atol=2e-3)
+
+
 def test_stereo_is_mixed_to_mono(tmp_path):
     path = tmp_path / "stereo.flac"
     data = _tone(24000, 0.5, 300.0, channels=2)  # right channel twice the left

@@ -303,3 +303,31 @@ def test_bench_serve_verdict_names_what_went_wrong():
     assert dropping.startswith("NOT real time") and "7 input frames" in dropping
     failed = verdict({"clients": [{"format": "opus", "exception": "OSError: refused"}], "server": server})
     assert failed.startswith("NOT served") and "OSError: refused" in failed
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"num_samples": "-100000"}, "metadata num_samples=-100000 does not fit 3 frames"),
+    ({"num_samples": "0"}, "metadata num_samples=0 does not fit 3 frames"),
+    ({"num_samples": "99999"}, "does not fit 3 frames (audio of 3841 to 5760 samples)"),
+    ({"num_samples": "abc"}, "metadata num_samples='abc' is not a valid value"),
+    ({"sample_rate": "16000"}, "encoded at sample_rate=16000, but this codec has 24000"),
+    ({"codec": "0123456789abcdef"}, "was encoded by a codec of another configuration"),
+    ({"format": "something-else"}, "metadata format='something-else'"),
+    ({"dtype": torch.float32}, "codes must be integers, got float32"),
+    ({"batch": 2}, "(a batch: one file holds one item)"),
+])
+def test_codes_files_are_checked_against_their_metadata_and_the_codec(tmp_path, wav, capsys, change, words):
+    from safetensors.torch import save_file
+
+    good = tmp_path / "codes.safetensors"
+    assert main(["codec", "encode", str(wav), str(good), *CODEC]) == 0
+    with safe_open(str(good), framework="pt") as f:
+        codes, meta = f.get_tensor("codes"), dict(f.metadata())
+    codes = codes.to(change.pop("dtype", codes.dtype)).repeat(change.pop("batch", 1), 1, 1)
+    bad = tmp_path / "bad.safetensors"
+    save_file({"codes": codes.contiguous()}, str(bad), metadata={**meta, **change})
+    capsys.readouterr()
+    assert main(["codec", "decode", str(bad), str(tmp_path / "out.wav"), *CODEC]) == 2
+    err = capsys.readouterr().err
+    assert words in err and str(bad) in err and "Traceback" not in err
+    assert not (tmp_path / "out.wav").exists()

@@ -155,6 +155,27 @@ def test_a_non_mimi_checkpoint_is_named_as_such(tmp_path):
         Mimi.from_checkpoint(tmp_path / "lm.safetensors")
 
 
+def test_another_models_file_is_named_in_a_few_lines(tmp_path):
+    """An LM file given as the codec: the first line says so, then a few names of each kind and the counts."""
+    from conftest import LM_SMALL
+
+    with pytest.raises(CheckpointError) as e:
+        Mimi.from_checkpoint(LM_SMALL, config=str(MIMI_SMALL_CONFIG))
+    lines = str(e.value).splitlines()
+    assert "is not a Mimi checkpoint" in lines[0] and len(lines) <= 16
+    assert any(line.strip().startswith("... and") and "more" in line for line in lines)
+
+
+def test_non_finite_weights_are_refused(tmp_path, reference_tensors):
+    tensors = dict(reference_tensors)
+    tensors["decoder.model.14.conv.conv.bias"] = torch.full_like(tensors["decoder.model.14.conv.conv.bias"],
+                                                                 float("nan"))
+    save_file(tensors, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(CheckpointError, match=r"holds non-finite values \(NaN or inf\) in 1 of .* tensors, e.g. "
+                                              r"decoder.model.14.conv.conv.bias"):
+        Mimi.from_checkpoint(tmp_path / "nan.safetensors", config=str(MIMI_SMALL_CONFIG))
+
+
 def test_unreadable_files(tmp_path):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(MIMI_SMALL.read_bytes()[:5000])

@@ -141,10 +141,14 @@ def test_engine_full_and_slot_errors():
 
 
 @pytest.mark.parametrize("frame, words", [
-    (np.zeros(1919, np.float32), "expected one frame of 1920 samples"),
-    (np.zeros((2, 1920), np.float32), "expected one frame of 1920 samples"),
+    (np.zeros(1919, np.float32), "expected one mono frame of 1920 samples"),
+    (np.zeros((2, 1920), np.float32), "expected one mono frame of 1920 samples"),
+    (np.zeros((2, 960), np.float32), r"expected one mono frame of 1920 samples .*got shape \[2, 960\]"),
     (np.full(1920, np.nan, np.float32), "non-finite"),
     ("not audio", "not numeric"),
+    (None, "not numeric"),
+    (np.zeros(1920, np.int16), "float PCM in \\[-1, 1\\], got int16"),
+    (torch.zeros(1920, dtype=torch.int16), "float PCM in \\[-1, 1\\], got torch.int16"),
 ])
 def test_bad_frames_are_refused_and_nothing_is_lost(frame, words):
     eng, ref = make_engine(slots=2), make_engine(slots=2)
@@ -158,6 +162,16 @@ def test_bad_frames_are_refused_and_nothing_is_lost(frame, words):
     # the refused call advanced nobody: both sessions continue exactly like a reference that never saw it
     out, expected = eng.step({a: x[1], b: x[1]}), ref.step({ra: x[1], rb: x[1]})
     assert np.array_equal(out[a][0], expected[ra][0]) and np.array_equal(out[b][0], expected[rb][0])
+
+
+def test_step_takes_a_mapping_and_accepts_a_channel_first_frame():
+    eng = make_engine(slots=1)
+    slot = eng.open()
+    for bad in (None, [np.zeros(1920, np.float32)]):
+        with pytest.raises(TypeError, match=r"Engine.step takes a mapping \{slot: frame\}"):
+            eng.step(bad)
+    assert eng.step({slot: np.zeros((1, 1920), np.float32)})[slot][0].shape == (1920,)
+    assert eng.step({slot: [0.0] * 1920})[slot][0].shape == (1920,)
 
 
 def test_sampling_settings_per_session():

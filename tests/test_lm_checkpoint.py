@@ -130,3 +130,11 @@ def test_another_architecture_is_refused():
         MoshiLM.from_checkpoint(MIMI_SMALL, config=LM_SMALL_CONFIG)
     with pytest.raises(CheckpointError, match="mis-shaped keys"):
         MoshiLM.from_checkpoint(LM_SMALL)  # the 7B config against the small file
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.long, "bfloat16"])
+def test_dtype_must_be_floating_point(dtype):
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch dtype"):
+        MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=dtype)
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch dtype"):
+        MoshiLM.random(LM_SMALL_CONFIG, dtype=dtype)

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import urllib.request
 
@@ -14,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from codec import Mimi
 from duplex.client import converse
-from duplex.engine import Engine
+from duplex.engine import Engine, EngineFull
 from duplex.lm import MoshiLM
 from duplex.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, TEXT, message
 from duplex.protocol import parse_query
@@ -161,8 +162,33 @@ def test_token_is_required_when_set():
             await handshake(ws)
         async with connect(url + "/api/chat", additional_headers={"Authorization": "Bearer s3cret"}) as ws:
             await handshake(ws)
+        async with connect(url + "/api/chat", additional_headers={"Authorization": "bearer s3cret"}) as ws:
+            await handshake(ws)  # the scheme is case-insensitive (RFC 7235)
+        loop = asyncio.get_running_loop()
+        base = url.replace("ws://", "http://")
 
-    serve(test, token="s3cret")
+        def stats(suffix="", headers=None):
+            request = urllib.request.Request(base + "/api/stats" + suffix, headers=headers or {})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        return [await loop.run_in_executor(None, stats, *args) for args in
+                [(), ("?token=wrong",), ("?token=s3cret",), ("", {"Authorization": "Bearer s3cret"})]]
+
+    assert serve(test, token="s3cret") == [401, 401, 200, 200]  # the per-session counters need the token too
+
+
+@pytest.mark.parametrize("token", ["", "  "])
+def test_an_empty_token_is_refused_at_start_up(token, capsys):
+    with pytest.raises(ValueError, match="token is empty"):
+        VoiceServer(EchoEngine(1), ServerOptions(token=token))
+    from duplex.cli import main
+
+    assert main(["serve", "--token", token, "--port", "0"]) == 2
+    assert "--token is empty" in capsys.readouterr().err
 
 
 def test_a_full_server_says_so_and_closes():
@@ -457,6 +483,24 @@ def test_tls(tmp_path):
     assert len(serve(test, ssl_cert=str(cert), ssl_key=str(key))) >= 4
 
 
+def test_tls_files_that_do_not_work_are_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import duplex.commands.serve as serve_command
+    from duplex.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the TLS files were checked")
+
+    monkeypatch.setattr(serve_command, "build_engine", no_model)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a certificate")
+    for cert, key, words in [(tmp_path / "missing.pem", text, f"--ssl-cert {tmp_path / 'missing.pem'}: no such file"),
+                             (text, tmp_path / "nokey.pem", f"--ssl-key {tmp_path / 'nokey.pem'}: no such file"),
+                             (text, text, f"--ssl-cert {text} with --ssl-key {text}: not a PEM certificate")]:
+        assert main(["serve", "--ssl-cert", str(cert), "--ssl-key", str(key), "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_origin_check():
     async def test(server, url):
         with pytest.raises(InvalidStatus) as refused:
@@ -666,3 +710,84 @@ def test_opus_bombs_are_closed_and_the_other_sessions_keep_real_time():
     assert all(c is not None and c.code == 1008 for c in closes), closes  # 60 s sent at once: over budget
     assert result.complete and result.audio_messages == 38 and not result.errors
     assert stats["sessions"] == 0
+
+
+class FakeConnection:
+    """Stands in for a WebSocket connection in the admission code: records what is sent; ``stalled`` ones never
+    finish a send (a client that does not read, its buffers full); ``transport.abort()`` closes it."""
+
+    def __init__(self, stalled=False):
+        self.stalled, self.sent, self.closed = stalled, [], asyncio.Event()
+        self.transport = self
+
+    async def send(self, data):
+        if self.stalled:
+            await asyncio.Event().wait()
+        self.sent.append(data)
+
+    def abort(self):
+        self.closed.set()
+
+    async def wait_closed(self):
+        await self.closed.wait()
+
+    async def close(self, code=1000, reason=""):
+        self.closed.set()
+
+
+def test_a_waiting_client_that_never_reads_jams_nobody():
+    """Queue notices go out from each waiter's own task: one that never completes a send holds up no other
+    client's notice, is dropped after the notice timeout and gives its place up; the queue moves on."""
+    from duplex.protocol import SessionOptions
+
+    async def main():
+        server = VoiceServer(EchoEngine(1), ServerOptions(port=0, max_waiting=2, notice_timeout=0.5))
+        await server.start()
+        try:
+            server.engine.open()  # the one slot is taken
+            stalled, patient = FakeConnection(stalled=True), FakeConnection()
+            first = asyncio.create_task(server._open_slot(stalled, SessionOptions()))
+            await asyncio.sleep(0.05)
+            second = asyncio.create_task(server._open_slot(patient, SessionOptions()))
+            for _ in range(20):  # its notice does not wait for the stalled one's
+                if patient.sent:
+                    break
+                await asyncio.sleep(0.01)
+            told_at_once = list(patient.sent)
+            assert await asyncio.wait_for(first, 5) is None  # dropped after the notice timeout: left the queue
+            for _ in range(50):
+                if len(patient.sent) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            waiting = server.waiting
+            server.engine.close(0)
+            await server._wake_queue()
+            slot = await asyncio.wait_for(second, 5)
+            return told_at_once, patient.sent, waiting, slot, server.waiting
+        finally:
+            await server.stop()
+
+    told_at_once, told, waiting, slot, waiting_after = asyncio.run(main())
+    assert len(told_at_once) == 1 and b"number 2 in the queue" in told_at_once[0]
+    assert b"number 1 in the queue" in told[1]  # moved up when the stalled client was dropped
+    assert waiting == 1 and slot == 0 and waiting_after == 0
+
+
+def test_a_refused_client_that_already_left_is_not_an_error(caplog):
+    """The 'server full' notice to a client that closed right after the upgrade is no traceback in the log."""
+    async def test(server, url):
+        async with connect(url + "/api/chat") as holder:
+            await handshake(holder)
+            for i in range(20):
+                ws = await connect(url + "/api/chat")
+                if i % 2:
+                    await ws.close()  # gone before the server says it is full: closed properly ...
+                else:
+                    ws.transport.abort()  # ... or dropped
+            await asyncio.sleep(0.5)
+        return server.refused
+
+    with caplog.at_level(logging.INFO):
+        refused = serve(test, slots=1)
+    assert refused == 20
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]

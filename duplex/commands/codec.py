@@ -52,17 +52,27 @@ def _decode(mimi: Mimi, codes: torch.Tensor, streaming: bool) -> torch.Tensor:
     return (mimi.stream(1).decode(codes) if streaming else mimi.decode(codes))[0]
 
 
+def codec_fingerprint(mimi: Mimi) -> str:
+    """Names the codec's configuration (not its weights): codes from a codec of another shape are refused."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(mimi.config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def save_codes(path: str, codes: torch.Tensor, mimi: Mimi, num_samples: int) -> None:
     from codec.checkpoint import write_safetensors
 
     # Codes are < 2048 (< 32768 for any codec we load), so int16 storage is exact and 4x smaller than int64.
     write_safetensors({"codes": codes.to(torch.int16).contiguous().cpu()}, path, metadata={
         "format": CODES_FORMAT, "sample_rate": str(mimi.sample_rate), "frame_rate": str(mimi.frame_rate),
-        "num_samples": str(num_samples), "num_codebooks": str(codes.shape[1])})
+        "num_samples": str(num_samples), "num_codebooks": str(codes.shape[1]), "codec": codec_fingerprint(mimi)})
 
 
-def load_codes(path: str):
-    """(codes int64 [1, K, S], number of samples of the original audio or None)."""
+def load_codes(path: str, mimi: Mimi):
+    """(codes int64 [1, K, S], number of samples of the original audio or None), checked against ``mimi``, the
+    codec that is to decode them: an integer tensor of one item, and metadata (written by ``save_codes``) that
+    matches the codes and the codec."""
     from safetensors import safe_open
 
     if not os.path.exists(path):
@@ -77,9 +87,38 @@ def load_codes(path: str):
         raise
     except Exception as e:
         raise UsageError(f"{path} is not a readable safetensors codes file ({e})") from None
+    if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+        raise UsageError(f"{path}: codes must be integers, got {str(codes.dtype).replace('torch.', '')}")
     if codes.dim() == 2:
         codes = codes[None]
-    num_samples = int(metadata["num_samples"]) if "num_samples" in metadata else None
+    if codes.dim() != 3 or codes.shape[0] != 1:
+        raise UsageError(f"{path}: codes must be [codebooks, frames] or [1, codebooks, frames], got "
+                         f"{list(codes.shape)}" + (" (a batch: one file holds one item)" if codes.dim() == 3 else ""))
+
+    def field(name: str, cast=str):
+        if name not in metadata:
+            return None
+        try:
+            return cast(metadata[name])
+        except ValueError:
+            raise UsageError(f"{path}: metadata {name}={metadata[name]!r} is not a valid value") from None
+
+    if field("format") not in (None, CODES_FORMAT):
+        raise UsageError(f"{path}: metadata format={metadata['format']!r}, expected {CODES_FORMAT!r}")
+    for name, expected in (("sample_rate", mimi.sample_rate), ("frame_rate", mimi.frame_rate)):
+        value = field(name, float)
+        if value is not None and value != expected:
+            raise UsageError(f"{path}: encoded at {name}={metadata[name]}, but this codec has {expected:g}: decode "
+                             "it with the codec that encoded it")
+    fingerprint = field("codec")
+    if fingerprint is not None and fingerprint != codec_fingerprint(mimi):
+        raise UsageError(f"{path} was encoded by a codec of another configuration: decode it with the codec "
+                         "that encoded it (--checkpoint, --config)")
+    frames = codes.shape[-1]
+    num_samples = field("num_samples", int)
+    if num_samples is not None and not (frames - 1) * mimi.frame_size < num_samples <= frames * mimi.frame_size:
+        raise UsageError(f"{path}: metadata num_samples={num_samples} does not fit {frames} frames (audio of "
+                         f"{(frames - 1) * mimi.frame_size + 1} to {frames * mimi.frame_size} samples)")
     return codes.long(), num_samples
 
 
@@ -132,7 +171,7 @@ def run_encode(args) -> int:
 def run_decode(args) -> int:
     check_output_path(args.output, audio=True)
     mimi = load_codec(args)
-    codes, num_samples = load_codes(args.input)
+    codes, num_samples = load_codes(args.input, mimi)
     pcm = _decode(mimi, codes, args.streaming)
     if num_samples is not None:
         pcm = pcm[..., :num_samples]

@@ -38,6 +38,16 @@ def run_serve(args) -> int:
         raise UsageError("--slots must be at least 1")
     if bool(args.ssl_cert) != bool(args.ssl_key):
         raise UsageError("--ssl-cert and --ssl-key go together")
+    if args.token is not None and not args.token.strip():
+        raise UsageError("--token is empty (an unset variable?), which would let anyone in; give a secret, or "
+                         "leave --token out")
+    if args.ssl_cert:  # before minutes of model loading, not after
+        from ..server import tls_context
+
+        try:
+            tls_context(args.ssl_cert, args.ssl_key)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
