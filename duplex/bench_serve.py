@@ -160,6 +160,18 @@ def bench_serve(engine=None, url: Optional[str] = None, clients: int = 4, second
         report["verdict"] = verdict(report)
         return report
 
+    if engine.slots < clients:
+        raise ValueError(f"{clients} clients need {clients} slots; the engine has {engine.slots}")
+    report.update(serve_here(engine, lambda url: run_clients(url, clients, seconds, formats, nice, token, progress),
+                             server_options, token=token))
+    report["verdict"] = verdict(report)
+    return report
+
+
+def serve_here(engine, work, server_options=None, token: Optional[str] = None, **options) -> dict:
+    """Run ``work(url)`` (a coroutine function) against a VoiceServer on ``engine`` started on a free loopback
+    port (``server_options`` and ``options`` as ServerOptions, host and port replaced); returns its result with
+    the server's hardware and torch version."""
     import dataclasses
 
     import torch
@@ -168,22 +180,19 @@ def bench_serve(engine=None, url: Optional[str] = None, clients: int = 4, second
 
     from .server import ServerOptions, VoiceServer
 
-    if engine.slots < clients:
-        raise ValueError(f"{clients} clients need {clients} slots; the engine has {engine.slots}")
-    options = dataclasses.replace(server_options or ServerOptions(), host="127.0.0.1", port=0, token=token)
+    settings = dataclasses.replace(server_options or ServerOptions(), host="127.0.0.1", port=0, token=token,
+                                   **options)
 
     async def main():
-        server = VoiceServer(engine, options)
+        server = VoiceServer(engine, settings)
         await server.start()
         try:
-            return await run_clients(f"ws://127.0.0.1:{server.port}", clients, seconds, formats, nice, token,
-                                     progress)
+            return await work(f"ws://127.0.0.1:{server.port}")
         finally:
             await server.stop()
 
-    report.update(url=None, hardware=describe_device(engine.device), torch=torch.__version__, **asyncio.run(main()))
-    report["verdict"] = verdict(report)
-    return report
+    return {"url": None, "hardware": describe_device(engine.device), "torch": torch.__version__,
+            **asyncio.run(main())}
 
 
 def verdict(report: dict) -> str:

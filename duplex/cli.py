@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-nice", type=_int_in(0, 19, "a niceness 0-19"), default=10,
                    help="niceness of the client processes: real clients run elsewhere, so on the server's machine "
                         "they yield the CPU to it (0: equal terms)")
+    p.add_argument("--fuzz", type=_positive, metavar="N",
+                   help="instead of the load: N hostile messages in families (malformed, oversized, Opus bombs, "
+                        "floods, connection churn, a jammed queue, HTTP garbage), a health check after each")
+    p.add_argument("--seed", type=int, default=0, help="with --fuzz: the same seed sends the same messages")
     _add_model_options(p)
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.set_defaults(func="duplex.commands.bench:run_bench_serve")

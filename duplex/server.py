@@ -46,6 +46,7 @@ class ServerOptions:
     token: Optional[str] = None  # required from clients when set (?token= or "Authorization: Bearer")
     origins: Optional[List[str]] = None  # allowed Origin headers (None: any)
     max_message_bytes: int = 1 << 20  # larger incoming messages close the connection (1009)
+    read_queue_messages: int = 4  # received, not yet handled (a paused reader): then TCP pushes back
     max_waiting: int = 0  # clients that may wait for a free slot (0: refuse at once)
     input_buffer_frames: int = 10  # 800 ms of received audio at most (network jitter); older frames are dropped
     output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
@@ -89,7 +90,8 @@ def tls_context(cert: str, key: Optional[str]) -> ssl_module.SSLContext:
 
 class ReadBudget:
     """A token bucket per connection: ``spend`` returns how long to pause reading before the next message, and
-    ``throttled_for`` how long the client has been over its budget without a break (a flood, not jitter)."""
+    ``throttled_for`` how long the client has been at or over its budget without the budget refilling to half
+    (a flood, not jitter)."""
 
     def __init__(self, messages_per_second: float, bytes_per_second: float, burst_bytes: float,
                  clock: Callable[[], float] = time.monotonic):
@@ -109,9 +111,11 @@ class ReadBudget:
             self.tokens[i] = min(self.capacity[i], self.tokens[i] + elapsed * self.rates[i]) - cost
             if self.tokens[i] < 0:
                 delay = max(delay, -self.tokens[i] / self.rates[i])
-        if delay == 0:
+        # Throttling ends when the budget has refilled to half, not when one message happens to fit: a flood
+        # paced just at the budget's rate (each message fitting after the pause before it) stays a flood.
+        if delay == 0 and all(t >= c / 2 for t, c in zip(self.tokens, self.capacity)):
             self._throttled_since = None
-        elif self._throttled_since is None:
+        elif delay > 0 and self._throttled_since is None:
             self._throttled_since = now
         return delay
 
@@ -353,7 +357,8 @@ class VoiceServer:
                                    process_request=self._http, max_size=self.options.max_message_bytes,
                                    # --origins restricts browsers; other clients send no Origin header
                                    origins=[*self.options.origins, None] if self.options.origins else None,
-                                   ssl=ssl_context, compression=None, close_timeout=self.options.close_timeout)
+                                   ssl=ssl_context, compression=None, close_timeout=self.options.close_timeout,
+                                   max_queue=self.options.read_queue_messages)
         self._ticker = asyncio.create_task(self._tick_loop())
         log.info("serving on %s://%s:%d (%d slot%s)", "https" if ssl_context else "http", self.options.host,
                  self.port, self.engine.slots, "" if self.engine.slots == 1 else "s")

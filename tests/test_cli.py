@@ -331,3 +331,16 @@ def test_codes_files_are_checked_against_their_metadata_and_the_codec(tmp_path, 
     err = capsys.readouterr().err
     assert words in err and str(bad) in err and "Traceback" not in err
     assert not (tmp_path / "out.wav").exists()
+
+
+@pytest.mark.slow
+def test_bench_serve_fuzz_reports_each_family_healthy(tmp_path, capsys):
+    from conftest import LM_SMALL, LM_SMALL_CONFIG
+    out = tmp_path / "fuzz.json"
+    assert main(["bench", "serve", "--fuzz", "140", "--seed", "2", "--lm", str(LM_SMALL), "--lm-config",
+                 str(LM_SMALL_CONFIG), "--mimi", str(MIMI_SMALL), "--mimi-config", str(MIMI_SMALL_CONFIG),
+                 "--device", "cpu", "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "healthy after every family"
+    report = json.loads(out.read_text())
+    assert report["healthy"] and report["seed"] == 2 and len(report["families"]) == 7

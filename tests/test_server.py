@@ -575,6 +575,16 @@ def test_read_budget():
     now[0] += 2.0
     assert budget.throttled_for == pytest.approx(2.05)  # over budget, without a break, since the 11th
     assert budget.spend(1) == 0.0 and budget.throttled_for == 0.0  # refilled: the throttling ends
+    for _ in range(60):  # a client at the budget's rate that never used its burst ...
+        now[0] += budget.spend(1) + 0.1
+    assert budget.spend(1) == 0.0 and budget.throttled_for == 0.0  # ... is never throttled
+    budget = ReadBudget(messages_per_second=10, bytes_per_second=1000, burst_bytes=2000, clock=lambda: now[0])
+    start = now[0]
+    for _ in range(10):
+        budget.spend(1)  # the burst, all at once
+    for _ in range(60):  # then one message every 0.1 s, each fitting just after its pause: a flood all along
+        now[0] += max(budget.spend(1), 0.1)
+    assert budget.throttled_for == pytest.approx(now[0] - start, abs=0.11)
     budget = ReadBudget(messages_per_second=100, bytes_per_second=1000, burst_bytes=2000, clock=lambda: now[0])
     assert budget.spend(2000) == 0.0 and budget.spend(500) == pytest.approx(0.5)  # bytes: a burst, then the rate
     assert budget.spend(10) == pytest.approx(0.564)  # every message costs at least 64 bytes
@@ -667,7 +677,7 @@ def test_an_opus_bomb_decodes_no_more_than_the_input_buffer_holds():
     """2-byte Opus packets that a decoder conceals with 120 ms each: 200 pages claim 48 s of audio from 6 KB.
     The session decodes only the newest 800 ms it can buffer; the rest is counted as dropped, and the message
     costs the read budget all 48 s."""
-    from hostile import opus_bomb, opus_headers
+    from duplex.bench_fuzz import opus_bomb, opus_headers
 
     from duplex.server import Session
 
@@ -685,7 +695,7 @@ def test_an_opus_bomb_decodes_no_more_than_the_input_buffer_holds():
 
 @pytest.mark.slow
 def test_opus_bombs_are_closed_and_the_other_sessions_keep_real_time():
-    from hostile import opus_bomb, opus_headers
+    from duplex.bench_fuzz import opus_bomb, opus_headers
 
     async def test(server, url):
         async def bomber():

@@ -159,6 +159,7 @@ def run_bench_codec_quality(args) -> int:
 def run_bench_serve(args) -> int:
     import logging
 
+    from ..bench_fuzz import format_fuzz_report
     from ..bench_serve import format_report
 
     _check_report_paths(args)
@@ -170,15 +171,37 @@ def run_bench_serve(args) -> int:
     finally:
         server_log.setLevel(level)
     where = args.url or f"a server started here ({report['hardware']}, torch {report['torch']})"
-    print(f"# serve -- {args.clients} x {args.seconds:g} s ({args.formats}) against {where}", file=sys.stderr)
-    print(format_report(report), file=sys.stderr)
+    if args.fuzz:
+        print(f"# serve --fuzz {args.fuzz} (seed {args.seed}) against {where}", file=sys.stderr)
+        print(format_fuzz_report(report), file=sys.stderr)
+        if "resident_mb" in report:
+            memory = report["resident_mb"]
+            print(f"resident memory of this process (server and fuzzer): {memory['before']:.0f} MB before, "
+                  f"{memory['after']:.0f} MB after", file=sys.stderr)
+    else:
+        print(f"# serve -- {args.clients} x {args.seconds:g} s ({args.formats}) against {where}", file=sys.stderr)
+        print(format_report(report), file=sys.stderr)
     if args.json:
         _emit_file(report, args.json)
-    failed = [c for c in report["clients"] if "exception" in c]
-    return 1 if failed else 0
+    if args.fuzz:
+        return 0 if report["healthy"] else 1
+    return 1 if any("exception" in c for c in report["clients"]) else 0
+
+
+def _resident_mb() -> float:
+    import resource
+
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * resource.getpagesize() / 2**20, 1)
+    except OSError:  # not Linux
+        return float("nan")
 
 
 def _bench_serve(args) -> dict:
+    import asyncio
+
+    from ..bench_fuzz import LogWatcher, fuzz
     from ..bench_serve import bench_serve
 
     def progress(text: str) -> None:
@@ -187,19 +210,33 @@ def _bench_serve(args) -> dict:
     if args.url:
         if args.lm or args.mimi or args.slots:
             raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+        if args.fuzz:  # what the server logs cannot be watched from here: the health checks only
+            return {"url": args.url, **asyncio.run(fuzz(args.url, messages=args.fuzz, seed=args.seed,
+                                                        token=args.token, progress=progress))}
         return bench_serve(url=args.url, clients=args.clients, seconds=args.seconds, formats=args.formats,
                            nice=args.client_nice, token=args.token, progress=progress)
     from ..clock import freeze_startup_objects
     from .serve import build_engine
 
-    slots = args.slots or args.clients
-    if slots < args.clients:
-        raise UsageError(f"--slots {slots} is fewer than --clients {args.clients}")
+    slots = args.slots or (2 if args.fuzz else args.clients)
+    if slots < (2 if args.fuzz else args.clients):
+        raise UsageError(f"--slots {slots} is fewer than --clients {args.clients}" if not args.fuzz else
+                         "--fuzz needs --slots 2 or more (a hostile client and the health check's)")
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = build_engine(args, slots)
     freeze_startup_objects()  # as duplex serve does
     try:
+        if args.fuzz:
+            from ..bench_serve import serve_here
+
+            before = _resident_mb()
+            with LogWatcher() as watcher:
+                report = serve_here(engine, lambda url: fuzz(url, messages=args.fuzz, seed=args.seed,
+                                                             log_problems=watcher.take, progress=progress),
+                                    max_waiting=1)
+            report["resident_mb"] = {"before": before, "after": _resident_mb()}  # server and fuzzer together
+            return report
         return bench_serve(engine=engine, clients=args.clients, seconds=args.seconds, formats=args.formats,
                            nice=args.client_nice, token=args.token, progress=progress)
     finally:
