@@ -3,7 +3,7 @@
 Standalone: nothing here imports ``duplex``.
 """
 
-from .checkpoint import CheckpointError
+from .io.checkpoint import CheckpointError
 from .config import ConfigError, MimiConfig
 from .model import Mimi
 from .shipped import SHIPPED_CODEC, SHIPPED_CONFIG, load_shipped_codec

@@ -15,15 +15,15 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .checkpoint import check_and_load, normalize_keys, read_tensors
+from .io.checkpoint import check_and_load, normalize_keys, read_tensors
 from .config import MimiConfig
-from .conv import StreamingConv1d, StreamingConvTranspose1d, _Wrapper
-from .quantizer import SplitResidualVectorQuantizer
-from .rope import rope_frequencies
-from .seanet import SEANetDecoder, SEANetEncoder
-from .state import State
-from .transformer import MimiTransformer
-from .validate import check_codes, check_pcm
+from .modules.conv import StreamingConv1d, StreamingConvTranspose1d, _Wrapper
+from .modules.quantizer import SplitResidualVectorQuantizer
+from .modules.rope import rope_frequencies
+from .modules.seanet import SEANetDecoder, SEANetEncoder
+from .modules.state import State
+from .modules.transformer import MimiTransformer
+from .checks import check_codes, check_pcm
 
 ConfigLike = Union[None, MimiConfig, Mapping[str, Any], str, os.PathLike]
 

@@ -12,7 +12,7 @@ from typing import Union
 import torch
 
 from .model import Mimi
-from .quantizer import Codebook
+from .modules.quantizer import Codebook
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 SHIPPED_CODEC = os.path.join(WEIGHTS_DIR, "duplex-codec-small.safetensors")
@@ -31,8 +31,8 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
     """Write ``mimi`` as an inference file in ``dtype`` (official key layout) plus its config next to it
     (``path`` with ``.json``). The codebooks are stored as their centroids with a usage of 1: the EMA sums and
     counts of training can be tiny numbers that half precision would round, their quotient is not."""
-    from .checkpoint import write_safetensors
-    from .training import official_layout, write_json
+    from .io.checkpoint import write_safetensors
+    from .train.trainer import official_layout, write_json
 
     state = {key: value.detach().cpu() for key, value in mimi.state_dict().items()}
     for prefix, codebook in _codebooks(mimi):

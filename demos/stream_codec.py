@@ -12,7 +12,7 @@ import time
 import torch
 
 from codec import Mimi, load_shipped_codec
-from codec.audio import load_audio, save_audio
+from codec.io.audio import load_audio, save_audio
 
 
 def main() -> None:

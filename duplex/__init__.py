@@ -4,8 +4,9 @@ __version__ = "0.1.0"
 
 # The public names are imported on first use, so that light modules (the client, the protocol) load without torch:
 # a benchmark runs one client process per simulated user.
-_EXPORTS = {"LMConfig": "config", "LMConfigError": "config", "Engine": "engine", "EngineFull": "engine",
-            "SamplingOptions": "engine", "LMOutput": "lm", "MoshiLM": "lm"}
+_EXPORTS = {"LMConfig": "model.config", "LMConfigError": "model.config", "Engine": "runtime.engine",
+            "EngineFull": "runtime.engine", "SamplingOptions": "runtime.engine", "LMOutput": "model.lm",
+            "MoshiLM": "model.lm"}
 
 __all__ = [*_EXPORTS, "__version__"]
 

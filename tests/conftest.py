@@ -52,7 +52,7 @@ LM_SMALL_CONFIG = FIXTURES / "lm_small_config.json"
 @pytest.fixture(scope="session")
 def small_lm():
     """The small random-weight Moshi LM the reference vectors were made with (official layout), float32."""
-    from duplex.lm import MoshiLM
+    from duplex.model.lm import MoshiLM
 
     return MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
 

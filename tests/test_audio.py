@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec.audio import AudioError, load_audio, read_audio, resample, save_audio, to_mono
+from codec.io.audio import AudioError, load_audio, read_audio, resample, save_audio, to_mono
 
 
 def _tone(rate, seconds, freq, channels=1):
@@ -33,7 +33,7 @@ def test_load_resamples_any_rate_to_24k(tmp_path, rate):
 def test_the_any_ratio_resampler_is_torchaudios_filter(rate):
     """Evaluated per output sample, the filter gives torchaudio's output (same length, same values) for the
     rates where torchaudio's precomputed kernel is small."""
-    from codec.audio import import_torchaudio, resample_any_ratio
+    from codec.io.audio import import_torchaudio, resample_any_ratio
 
     x = torch.randn(2, rate, generator=torch.Generator().manual_seed(rate)) * 0.3
     expected = import_torchaudio().functional.resample(x, rate, 24000)
@@ -45,7 +45,7 @@ def test_the_any_ratio_resampler_is_torchaudios_filter(rate):
 def test_rates_that_share_no_factor_with_24k_resample_in_bounded_memory(tmp_path, monkeypatch, rate):
     """torchaudio's kernel for 16001 Hz -> 24 kHz has 24000 x 16014 entries (gigabytes); such rates take the
     per-sample filter instead, whose cost does not depend on the rates' common factors."""
-    import codec.audio as audio
+    import codec.io.audio as audio
 
     torchaudio = audio.import_torchaudio()
 
@@ -147,7 +147,7 @@ def test_a_torchaudio_that_does_not_load_is_one_clear_line(monkeypatch, tmp_path
     import importlib.metadata
     import sys
 
-    from codec.audio import DependencyError
+    from codec.io.audio import DependencyError
     from duplex.cli import main
 
     class BrokenTorchaudio:  # what the dynamic loader does to a torchaudio built for another torch

@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
-from duplex.server import ServerOptions, VoiceServer
-from duplex.tokenizer import TextTokenizer
+from duplex.serving.server import ServerOptions, VoiceServer
+from duplex.model.tokenizer import TextTokenizer
 from test_server import make_engine
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -138,7 +138,7 @@ def test_a_codec_file_finds_its_own_config(tmp_path, wav):
     (one with trainer.pt), is used without --config; any other folder's config.json is not."""
     import shutil
 
-    from duplex.models import config_beside
+    from duplex.cli.model_paths import config_beside
 
     exported = tmp_path / "export"
     exported.mkdir()
@@ -191,8 +191,11 @@ def test_bench_codec_reports_json(tmp_path, capsys):
 
 
 def test_console_script_entry_point():
-    result = subprocess.run([sys.executable, "-m", "duplex.cli", "codec", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "roundtrip" in result.stdout
+    import shutil
+
+    for command in ([sys.executable, "-m", "duplex"], [shutil.which("duplex") or "duplex"]):
+        result = subprocess.run([*command, "codec", "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "roundtrip" in result.stdout, command
 
 
 @pytest.mark.slow
@@ -280,7 +283,7 @@ def test_bench_serve_option_errors(capsys, args, words):
 
 
 def test_bench_serve_lateness_is_measured_against_the_schedule():
-    from duplex.bench_serve import lateness_ms
+    from duplex.bench.serve import lateness_ms
 
     on_time = [10.0 + 0.08 * k for k in range(5)]
     assert lateness_ms(on_time) == pytest.approx([0.0] * 5, abs=1e-9)
@@ -291,7 +294,7 @@ def test_bench_serve_lateness_is_measured_against_the_schedule():
 
 
 def test_bench_serve_verdict_names_what_went_wrong():
-    from duplex.bench_serve import verdict
+    from duplex.bench.serve import verdict
 
     client = {"replies": 100, "frames_sent": 100, "lost": 0, "errors": [], "late_replies": 0, "max_lateness_ms": 30}
     server = {"dropped_in": 0, "dropped_out": 0}
@@ -341,6 +344,7 @@ def test_bench_serve_fuzz_reports_each_family_healthy(tmp_path, capsys):
                  str(LM_SMALL_CONFIG), "--mimi", str(MIMI_SMALL), "--mimi-config", str(MIMI_SMALL_CONFIG),
                  "--device", "cpu", "--json", str(out)]) == 0
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == "healthy after every family"
+    lines = err.strip().splitlines()
+    assert lines[-2] == "healthy after every family" and lines[-1].startswith("resident memory of this process")
     report = json.loads(out.read_text())
     assert report["healthy"] and report["seed"] == 2 and len(report["families"]) == 7

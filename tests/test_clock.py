@@ -1,6 +1,6 @@
 """The frame clock on a fake time source: deadlines, misses, no pile-up."""
 
-from duplex.clock import FrameClock, freeze_startup_objects, run_engine
+from duplex.runtime.clock import FrameClock, freeze_startup_objects, run_engine
 
 
 class FakeTime:

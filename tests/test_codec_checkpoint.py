@@ -196,8 +196,8 @@ def test_write_safetensors_is_atomic_and_keeps_normal_permissions(tmp_path):
 
     from safetensors.torch import load_file
 
-    from codec.checkpoint import write_safetensors
-    from codec.files import umask as _umask
+    from codec.io.checkpoint import write_safetensors
+    from codec.io.files import umask as _umask
 
     path = tmp_path / "t.safetensors"
     write_safetensors({"a": torch.arange(3)}, path, metadata={"k": "v"})

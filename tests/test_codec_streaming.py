@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from codec import Mimi, MimiConfig
-from codec.transformer import MimiTransformer
+from codec.modules.transformer import MimiTransformer
 
 from conftest import MIMI_SMALL_CONFIG
 
@@ -129,7 +129,7 @@ def test_inactive_rows_skip_frames(model, speechlike):
 
 def test_state_is_preallocated_and_reset_in_place(model):
     stream = model.stream(2)
-    from codec.state import leaves
+    from codec.modules.state import leaves
 
     before = [t.data_ptr() for t in leaves(stream.encoder_state)]
     stream.encode(torch.zeros(2, 1, 1920))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from codec import Mimi
-from codec.quantizer import Codebook
-from codec.training import CodecTrainer, TrainConfig, _ema_update
+from codec.modules.quantizer import Codebook
+from codec.train.trainer import CodecTrainer, TrainConfig, _ema_update
 from conftest import MIMI_SMALL_CONFIG
 
 
@@ -97,9 +97,9 @@ def test_trained_checkpoint_loads_and_streams(tmp_path):
 
 
 def test_train_codec_cli(tmp_path, capsys):
-    pytest.importorskip("duplex.data.espeak")
+    pytest.importorskip("duplex.data.synth.espeak")
     from duplex.cli import main
-    from duplex.data.espeak import EspeakError, Synthesizer
+    from duplex.data.synth.espeak import EspeakError, Synthesizer
 
     try:
         Synthesizer()
@@ -156,9 +156,9 @@ def test_train_codec_cli(tmp_path, capsys):
     ("manifest", "manifest.jsonl, line 2: not a corpus entry"),
 ])
 def test_damaged_corpus_is_named_in_the_error(tmp_path, capsys, damage, words):
-    pytest.importorskip("duplex.data.espeak")
+    pytest.importorskip("duplex.data.synth.espeak")
     from duplex.cli import main
-    from duplex.data.espeak import EspeakError, Synthesizer
+    from duplex.data.synth.espeak import EspeakError, Synthesizer
 
     try:
         Synthesizer()
@@ -187,7 +187,7 @@ def test_damaged_corpus_is_named_in_the_error(tmp_path, capsys, damage, words):
 def test_quality_metrics():
     import numpy as np
 
-    from codec.quality import perplexity, si_snr, stoi
+    from codec.eval.quality import perplexity, si_snr, stoi
 
     rng = np.random.default_rng(0)
     t = np.arange(24000 * 2) / 24000
@@ -213,7 +213,7 @@ def harmonic_tone(f0, seconds=1.5, sample_rate=24000, fundamental=1.0):
 def test_pitch_tracking_and_pitch_error():
     import numpy as np
 
-    from codec.quality import pitch_errors, pitch_ratios, pitch_track
+    from codec.eval.quality import pitch_errors, pitch_ratios, pitch_track
 
     for f0 in (70.0, 85.0, 130.0, 230.0, 380.0):
         for fundamental in (1.0, 0.1):  # a weak fundamental must not read an octave up
@@ -240,7 +240,7 @@ def test_pitch_tracking_and_pitch_error():
 
 def test_codec_quality_bench_cli(tmp_path, capsys):
     from duplex.cli import main
-    from duplex.data.espeak import EspeakError, Synthesizer
+    from duplex.data.synth.espeak import EspeakError, Synthesizer
 
     try:
         Synthesizer()
@@ -272,7 +272,7 @@ def test_unquantized_warmup_leaves_the_codebooks_alone():
 
 
 def test_quantizer_dropout_still_trains_every_codebook():
-    from codec.training import forward_train
+    from codec.train.trainer import forward_train
 
     mimi = tiny_codec()
     books = mimi.quantizer.rvq_first.codebooks + mimi.quantizer.rvq_rest.codebooks
@@ -331,7 +331,7 @@ def test_export_for_inference_is_half_precision_and_codes_agree(tmp_path):
 def test_speech_perplexity_counts_only_speech_frames():
     import numpy as np
 
-    from codec.quality import speech_frames
+    from codec.eval.quality import speech_frames
 
     clip = np.zeros(5 * 1920 + 100, dtype=np.float32)
     clip[1920:3840] = 0.1  # frame 1: speech-level
@@ -343,7 +343,7 @@ def test_speech_perplexity_counts_only_speech_frames():
 def test_training_init_makes_the_output_depend_on_the_input():
     """With PyTorch's default initialisation a fresh codec's output ignores its input (training then starts on a
     plateau); after init_for_training it depends on it, near speech level, and the init is deterministic."""
-    from codec.training import forward_train, init_for_training
+    from codec.train.trainer import forward_train, init_for_training
 
     pcm = tones(torch.Generator().manual_seed(3))
 
@@ -368,7 +368,7 @@ def test_training_init_makes_the_output_depend_on_the_input():
 
 
 def test_multi_period_discriminator_shapes_and_losses():
-    from codec.discriminator import (MultiPeriodDiscriminator, discriminator_loss, feature_matching_loss,
+    from codec.train.discriminator import (MultiPeriodDiscriminator, discriminator_loss, feature_matching_loss,
                                      generator_loss)
 
     torch.manual_seed(0)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from codec import Mimi
-from duplex.engine import Engine, EngineFull, SamplingOptions
-from duplex.lm import MoshiLM
+from duplex.runtime.engine import Engine, EngineFull, SamplingOptions
+from duplex.model.lm import MoshiLM
 from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
 
 
@@ -88,7 +88,7 @@ def test_slot_isolation_bit_exact():
 def _conversation_state(eng):
     """Every state tensor of every slot, except the spare ring slots that receive the keys and values of rows
     that are not executing (written every step, never attended: scratch, not conversation state)."""
-    from codec.state import leaves
+    from codec.modules.state import leaves
 
     def rings(state, capacity):
         for name, layer in state["layers"].items():
@@ -109,7 +109,7 @@ def test_step_with_no_active_slot_changes_no_state(generic):
     conversation's state as it was; checked here on both kernel paths (generic = what GPUs run)."""
     import contextlib
 
-    from codec.cpu_paths import generic_kernels
+    from codec.modules.cpu_paths import generic_kernels
 
     eng = make_engine(slots=3, greedy=False)
     slots = [eng.open(seed=i) for i in range(3)]

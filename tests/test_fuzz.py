@@ -2,7 +2,7 @@
 
 import pytest
 
-from duplex.bench_fuzz import FAMILIES, LogWatcher, fuzz
+from duplex.bench.fuzz import FAMILIES, LogWatcher, fuzz
 from test_server import serve
 
 
@@ -32,11 +32,11 @@ def test_the_log_watcher_catches_tracebacks_and_errors():
     import logging
 
     with LogWatcher() as watcher:
-        logging.getLogger("duplex.server").info("fine")
+        logging.getLogger("duplex.serving.server").info("fine")
         try:
             raise RuntimeError("boom")
         except RuntimeError:
             logging.getLogger("websockets.server").exception("connection handler failed")
-        logging.getLogger("duplex.server").error("frame step failed")
+        logging.getLogger("duplex.serving.server").error("frame step failed")
     found = watcher.take()
     assert len(found) == 2 and "(RuntimeError)" in found[0] and "frame step failed" in found[1]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from codec.cpu_paths import cpu_fast_path, generic_kernels
-from codec.transformer import ring_step_tables
+from codec.modules.cpu_paths import cpu_fast_path, generic_kernels
+from codec.modules.transformer import ring_step_tables
 
 
 def test_switch_routes_every_fast_path_to_the_generic_operators(small_mimi, monkeypatch):
@@ -77,7 +77,7 @@ def test_lm_forward_and_greedy_generation_match_reference(small_lm, lm_io):
 def test_engine_generic_equals_fast_paths(small_lm, small_mimi, greedy):
     """The whole frame step (as the GPU engine runs it, minus capture) gives the CPU engine's tokens, with slots
     skipping ticks; audio agrees to float rounding."""
-    from duplex.engine import Engine, SamplingOptions
+    from duplex.runtime.engine import Engine, SamplingOptions
 
     engines = [Engine(small_lm, small_mimi, slots=4, sampling=SamplingOptions(greedy=greedy)) for _ in range(2)]
     slots = [[engine.open(seed=i) for i in range(3)] for engine in engines]

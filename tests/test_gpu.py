@@ -32,7 +32,7 @@ def test_cuda_offline_and_streaming_match_reference(mimi_io, no_tf32):
 
 
 def test_cuda_lm_forward_and_greedy_generation_match_reference(lm_io, no_tf32):
-    from duplex.lm import MoshiLM
+    from duplex.model.lm import MoshiLM
 
     lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, device="cuda", dtype=torch.float32)
     out = lm.forward_train(lm_io["codes"][:, :, :12].cuda())
@@ -46,7 +46,7 @@ def test_cuda_lm_forward_and_greedy_generation_match_reference(lm_io, no_tf32):
 
 def test_cuda_sampling_matches_cpu_sampling(small_lm, lm_io):
     """The counter-based random source gives the same draws on any device."""
-    from duplex.sampling import step_key, uniform_noise
+    from duplex.model.sampling import step_key, uniform_noise
 
     seed, step = torch.arange(4), torch.tensor([0, 3, 10, 1000])
     cpu = uniform_noise(step_key(seed, step), 2, 250)
@@ -56,8 +56,8 @@ def test_cuda_sampling_matches_cpu_sampling(small_lm, lm_io):
 
 def _engine(cuda_graphs, greedy):
     from codec import Mimi as _Mimi
-    from duplex.engine import Engine, SamplingOptions
-    from duplex.lm import MoshiLM
+    from duplex.runtime.engine import Engine, SamplingOptions
+    from duplex.model.lm import MoshiLM
 
     lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, device="cuda", dtype=torch.float32)
     mimi = _Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG, device="cuda")

@@ -3,8 +3,8 @@
 import torch
 from safetensors.torch import load_file, save_file
 
-from codec.linear import fast_linear, use_wide_weight_layout
-from duplex.lm import MoshiLM
+from codec.modules.linear import fast_linear, use_wide_weight_layout
+from duplex.model.lm import MoshiLM
 from tests.conftest import LM_SMALL, LM_SMALL_CONFIG
 
 

@@ -16,7 +16,7 @@ kyutai_client = pytest.importorskip("moshi.client")
 pytest.importorskip("aiohttp")
 
 from test_server import make_engine  # noqa: E402
-from duplex.server import ServerOptions, VoiceServer  # noqa: E402
+from duplex.serving.server import ServerOptions, VoiceServer  # noqa: E402
 
 
 class _FakeStream:

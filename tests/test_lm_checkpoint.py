@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from codec import CheckpointError
-from duplex.config import LMConfig, LMConfigError
-from duplex.lm import MoshiLM
+from duplex.model.config import LMConfig, LMConfigError
+from duplex.model.lm import MoshiLM
 from conftest import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL
 
 
@@ -94,7 +94,7 @@ def test_module_form_loads(tmp_path, small_lm, lm_io):
 
 
 def test_load_assigns_the_file_tensors_and_casts(monkeypatch):
-    import duplex.lm as lm_module
+    import duplex.model.lm as lm_module
 
     seen = {}
     original = lm_module.read_tensors

@@ -2,7 +2,7 @@
 
 import torch
 
-from duplex.sampling import SamplingSettings, exponential_noise, sample, step_key, uniform_noise
+from duplex.model.sampling import SamplingSettings, exponential_noise, sample, step_key, uniform_noise
 
 
 def _draws(logits, temperature, top_k, n=4000, draw=0):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from duplex import mic
+from duplex.serving import mic
 from duplex.cli import main
 from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
 from test_server import make_engine

@@ -14,13 +14,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from codec import Mimi
-from duplex.client import converse
-from duplex.engine import Engine, EngineFull
-from duplex.lm import MoshiLM
-from duplex.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, TEXT, message
-from duplex.protocol import parse_query
-from duplex.server import ServerOptions, VoiceServer
-from duplex.tokenizer import TextTokenizer
+from duplex.serving.client import converse
+from duplex.runtime.engine import Engine, EngineFull
+from duplex.model.lm import MoshiLM
+from duplex.serving.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, TEXT, message
+from duplex.serving.protocol import parse_query
+from duplex.serving.server import ServerOptions, VoiceServer
+from duplex.model.tokenizer import TextTokenizer
 from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
 
 
@@ -251,7 +251,7 @@ def test_python_client_waits_in_the_queue_then_talks():
 
 
 def test_python_client_errors_and_partial_replies():
-    from duplex.client import ClientError, ClientResult
+    from duplex.serving.client import ClientError, ClientResult
 
     async def test(server, url):
         with pytest.raises(ClientError, match="HTTP 401"):
@@ -348,7 +348,7 @@ def test_concurrent_clients_in_their_own_processes_get_every_reply():
     """What must hold on any machine at a load it easily holds (the small model, 4 clients): every client, in its
     own process and time-synchronous, gets exactly one reply per frame it sent, with no error; the server drops
     nothing and ends with no session. (How fast a given machine serves how many clients: duplex bench serve.)"""
-    from duplex.bench_serve import run_clients
+    from duplex.bench.serve import run_clients
 
     async def test(server, url):
         return await run_clients(url, clients=4, seconds=3.0, formats="mixed")
@@ -429,7 +429,7 @@ def test_live_client_microphone_to_speaker():
     """duplex client's live mode with an injected sound stream (no hardware)."""
     import threading
 
-    from duplex.client import talk
+    from duplex.serving.client import talk
 
     played = []
 
@@ -484,7 +484,7 @@ def test_tls(tmp_path):
 
 
 def test_tls_files_that_do_not_work_are_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    import duplex.commands.serve as serve_command
+    import duplex.cli.serve as serve_command
     from duplex.cli import main
 
     def no_model(*args, **kwargs):
@@ -563,7 +563,7 @@ def test_a_flooding_client_is_slowed_then_closed():
 
 
 def test_read_budget():
-    from duplex.server import ReadBudget
+    from duplex.serving.server import ReadBudget
 
     now = [100.0]
     budget = ReadBudget(messages_per_second=10, bytes_per_second=1000, burst_bytes=2000, clock=lambda: now[0])
@@ -613,7 +613,7 @@ def test_a_waiting_client_that_leaves_gives_its_place_up():
 
 
 def test_query_values_that_do_not_parse_are_ignored():
-    from duplex.protocol import parse_query
+    from duplex.serving.protocol import parse_query
 
     q = parse_query("/api/chat?audio_topk=inf&audio_seed=1e400&text_temperature=nan&text_topk=12")
     assert q.top_k is None and q.seed is None and q.text_temperature is None and q.text_top_k == 12
@@ -625,8 +625,8 @@ def test_an_opus_message_holding_seconds_of_pages_is_decoded():
     each page holds is known before decoding (from the Opus packets' TOC bytes)."""
     import sphn
 
-    from duplex.protocol import OggPageReader
-    from duplex.server import Session
+    from duplex.serving.protocol import OggPageReader
+    from duplex.serving.server import Session
 
     writer = sphn.OpusStreamWriter(24000)
     pcm = speech(8.0)
@@ -647,7 +647,7 @@ def test_a_client_that_does_not_read_keeps_the_opus_stream_headers():
     OpusHead/OpusTags pages): when the client reads again, its decoder can still start."""
     import sphn
 
-    from duplex.server import Session
+    from duplex.serving.server import Session
 
     session = Session(None, 0, parse_query("/api/chat"), 1920, 24000, ServerOptions(output_queue_messages=8))
     pcm = speech(4.0)
@@ -677,9 +677,9 @@ def test_an_opus_bomb_decodes_no_more_than_the_input_buffer_holds():
     """2-byte Opus packets that a decoder conceals with 120 ms each: 200 pages claim 48 s of audio from 6 KB.
     The session decodes only the newest 800 ms it can buffer; the rest is counted as dropped, and the message
     costs the read budget all 48 s."""
-    from duplex.bench_fuzz import opus_bomb, opus_headers
+    from duplex.bench.fuzz import opus_bomb, opus_headers
 
-    from duplex.server import Session
+    from duplex.serving.server import Session
 
     session = Session(None, 0, parse_query("/api/chat"), 1920, 24000, ServerOptions())
     session._reader = counting = CountingReader(session._reader)
@@ -695,7 +695,7 @@ def test_an_opus_bomb_decodes_no_more_than_the_input_buffer_holds():
 
 @pytest.mark.slow
 def test_opus_bombs_are_closed_and_the_other_sessions_keep_real_time():
-    from duplex.bench_fuzz import opus_bomb, opus_headers
+    from duplex.bench.fuzz import opus_bomb, opus_headers
 
     async def test(server, url):
         async def bomber():
@@ -748,7 +748,7 @@ class FakeConnection:
 def test_a_waiting_client_that_never_reads_jams_nobody():
     """Queue notices go out from each waiter's own task: one that never completes a send holds up no other
     client's notice, is dropped after the notice timeout and gives its place up; the queue moves on."""
-    from duplex.protocol import SessionOptions
+    from duplex.serving.protocol import SessionOptions
 
     async def main():
         server = VoiceServer(EchoEngine(1), ServerOptions(port=0, max_waiting=2, notice_timeout=0.5))

@@ -36,15 +36,15 @@ def test_streams_equal_to_offline(shipped, speechlike):
 
 def test_codes_espeak_speech(shipped):
     """A trained codec, not random weights: espeak speech comes back with its spectral envelope."""
-    from codec.quality import mel_distance, stoi
+    from codec.eval.quality import mel_distance, stoi
 
-    espeak = pytest.importorskip("duplex.data.espeak")
+    espeak = pytest.importorskip("duplex.data.synth.espeak")
     try:
         synth = espeak.Synthesizer()
     except espeak.EspeakError:  # pragma: no cover - .ci/run installs espeak-ng
         pytest.skip("needs espeak-ng")
     speech = synth.speak("what is seven plus five? it is twelve.", voice="en-us+m3", rate=160, pitch=50)
-    from codec.audio import resample
+    from codec.io.audio import resample
 
     pcm = resample(torch.from_numpy(np.asarray(speech.audio, dtype=np.float32))[None], speech.sample_rate, 24000)[0]
     pcm = 0.5 * pcm / pcm.abs().max()

@@ -8,13 +8,13 @@ import soundfile as sf
 
 from duplex.cli import main
 
-espeak = pytest.importorskip("duplex.data.espeak")
+espeak = pytest.importorskip("duplex.data.synth.espeak")
 try:
     espeak.Synthesizer()
 except espeak.EspeakError:  # pragma: no cover - .ci/run installs espeak-ng
     pytest.skip("needs espeak-ng (apt install espeak-ng)", allow_module_level=True)
 
-from duplex.data.synth import SynthOptions, make_conversation, synthesize_corpus  # noqa: E402
+from duplex.data.synth.conversation import SynthOptions, make_conversation, synthesize_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_no_clipping(corpus):
 
 
 def test_sentences_get_one_final_mark():
-    from duplex.data.synth import _sentence
+    from duplex.data.synth.conversation import _sentence
 
     assert [_sentence(t, "?") for t in ("how can i help", "how can i help?", "go ahead.")] == \
         ["how can i help?", "how can i help?", "go ahead."]
@@ -200,8 +200,8 @@ def test_cli_with_workers(tmp_path, capsys):
 def test_speech_crops_hold_speech(corpus):
     import torch
 
-    from codec.quality import SPEECH_DBFS
-    from duplex.data.dataset import CorpusAudio
+    from codec.eval.quality import SPEECH_DBFS
+    from duplex.data.codec_crops import CorpusAudio
 
     out, _ = corpus
     audio = CorpusAudio(str(out), "train")
@@ -222,7 +222,7 @@ def test_speech_crops_hold_speech(corpus):
 
 
 def test_word_frames_mark_each_channels_words():
-    from duplex.data.dataset import word_frames
+    from duplex.data.codec_crops import word_frames
 
     meta = {"turns": [{"channel": "user", "words": [{"start": 0.05, "end": 0.09}, {"start": 0.2, "end": 0.2}]},
                       {"channel": "assistant", "words": [{"start": 0.0, "end": 0.5}]}]}
@@ -234,8 +234,8 @@ def test_word_frames_mark_each_channels_words():
 def test_training_speech_frames_follow_the_transcripts(corpus):
     """Crops are centred on frames holding a word of that channel; on a clean corpus that agrees with the energy
     threshold the quality bench used to apply (silence between turns is digital zero)."""
-    from codec.quality import speech_frames
-    from duplex.data.dataset import FRAME, CorpusAudio
+    from codec.eval.quality import speech_frames
+    from duplex.data.codec_crops import FRAME, CorpusAudio
 
     out, _ = corpus
     audio = CorpusAudio(str(out), "train")
@@ -269,7 +269,7 @@ def test_in_process_synthesis_leaves_the_thread_count_alone(tmp_path):
     uses) is the caller's, not the pool workers' single thread."""
     import torch
 
-    from duplex.data import synth as synth_module
+    from duplex.data.synth import conversation as synth_module
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

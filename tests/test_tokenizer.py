@@ -2,7 +2,7 @@
 
 import pytest
 
-from duplex.tokenizer import TextTokenizer, TokenizerError
+from duplex.model.tokenizer import TextTokenizer, TokenizerError
 
 @pytest.fixture(scope="module")
 def tokenizer(small_tokenizer_path):

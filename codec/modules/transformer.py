@@ -1,0 +1,211 @@
+"""The Mimi encoder/decoder transformer (spec section 1.6) with an explicit ring-buffer KV cache.
+
+Every query at position p may see keys at positions ``p - context < q <= p``. Streaming, each layer keeps a ring
+of ``capacity`` slots per batch row, written *before* attending. With ``capacity == context`` and two latent steps
+per Mimi frame this reproduces the official streaming behaviour, which differs from offline from frame 125 on
+(the first query of a chunk loses its oldest key to the chunk's second key). With ``capacity >= context + T - 1``
+for chunks of T steps nothing visible is overwritten, so chunked stepping equals the offline computation; the
+offline encode/decode use that to run long files in bounded memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TransformerConfig
+from .conv import _Wrapper
+from .cpu_paths import cpu_fast_path
+from .linear import fast_linear
+from .rope import apply_rope, rope_frequencies, rope_tables
+from .state import State, write_state
+
+# Offline attention is computed in query blocks of this many steps so long files need O(T * context) memory.
+_OFFLINE_QUERY_BLOCK = 512
+
+
+@dataclass
+class StepTables:
+    """What every layer of one streaming step shares (all layers of a row sit at the same position)."""
+
+    rotation: Optional[torch.Tensor]  # complex [B, 1, T, d/2] RoPE rotations of the new positions (None: no RoPE)
+    write_index: torch.Tensor  # [B, H, T, d] ring slots receiving the new keys/values
+    # [B, 1, T, capacity] which ring slots each new query may attend to: bool on accelerators (for the fused
+    # attention kernels), an additive float32 mask (0 / -inf) on CPU (see ``ring_attention_cpu``)
+    mask: torch.Tensor
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x
+
+
+def ring_step_tables(offset: torch.Tensor, t: int, capacity: int, context: int, num_heads: int, head_dim: int,
+                     freqs: Optional[torch.Tensor], active: Optional[torch.Tensor]) -> StepTables:
+    """The shared tables of one streaming step of ``t`` positions per row, starting at ``offset`` [B] (int64).
+
+    Rows where ``active`` is False write into the ``t`` spare slots after the ring (never attended) instead.
+    ``freqs`` None: no rotary embedding (``rotation`` is None).
+    """
+    steps = torch.arange(t, device=offset.device)
+    positions = offset[:, None] + steps  # [B, T]
+    rotation = rope_tables(positions, freqs) if freqs is not None else None
+    slots = positions % capacity
+    if active is not None:
+        slots = torch.where(active[:, None], slots, capacity + steps)
+    write_index = slots[:, None, :, None].expand(-1, num_heads, t, head_dim)
+    # Position held by each ring slot, reconstructed from the newest written position; never-written slots
+    # come out negative and are masked.
+    last = positions[:, -1:]
+    delta = torch.arange(capacity, device=offset.device)[None, :] - last % capacity
+    slot_pos = torch.where(delta <= 0, last + delta, last + delta - capacity)  # [B, capacity]
+    rel = positions[:, :, None] - slot_pos[:, None, :]  # [B, T, capacity]
+    mask = ((slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < context))[:, None]
+    if cpu_fast_path(offset):
+        mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return StepTables(rotation, write_index, mask)
+
+
+def ring_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v`` as two batched products. For a few queries against a long ring this
+    is 7-25% faster on CPU than PyTorch's fused attention, which converts a boolean mask on every call and walks
+    the keys in small blocks (docs/benchmarks.md)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).add_(additive_mask)
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused, bias-free ``[q | k | v]`` input projection (head-major features),
+    interleaved RoPE and a windowed causal mask. Shared by Mimi and the Moshi temporal transformer."""
+
+    def __init__(self, dim: int, num_heads: int, context: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.context = context
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def _qkv(self, x: torch.Tensor, rotation: torch.Tensor):
+        b, t, _ = x.shape
+        qkv = fast_linear(x, self.in_proj_weight).view(b, t, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
+        return apply_rope(q, rotation), apply_rope(k, rotation), v
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = y.shape
+        return fast_linear(y.transpose(1, 2).reshape(b, t, -1), self.out_proj.weight)
+
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        """Offline: positions 0..T-1, windowed causal mask."""
+        t = x.shape[1]
+        q, k, v = self._qkv(x, rotation)
+        outputs = []
+        for start in range(0, t, _OFFLINE_QUERY_BLOCK):
+            stop = min(t, start + _OFFLINE_QUERY_BLOCK)
+            k_start = max(0, start - self.context + 1)
+            delta = torch.arange(start, stop, device=x.device)[:, None] - torch.arange(k_start, stop, device=x.device)
+            mask = (delta >= 0) & (delta < self.context)
+            outputs.append(F.scaled_dot_product_attention(
+                q[:, :, start:stop], k[:, :, k_start:stop], v[:, :, k_start:stop], attn_mask=mask))
+        return self._out(torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0])
+
+    def new_state(self, batch: int, chunk: int, capacity: int, device=None, dtype=torch.float32) -> State:
+        # ``chunk`` extra slots past the ring receive the writes of rows that are not executing (never attended).
+        shape = (batch, self.num_heads, capacity + chunk, self.head_dim)
+        return {"k": torch.zeros(shape, device=device, dtype=dtype),
+                "v": torch.zeros(shape, device=device, dtype=dtype)}
+
+    def step(self, x: torch.Tensor, state: State, tables: StepTables) -> torch.Tensor:
+        """Streaming: write this chunk's keys/values into the ring, then attend over the whole ring."""
+        q, k, v = self._qkv(x, tables.rotation)
+        ring_k, ring_v = state["k"], state["v"]
+        ring_k.scatter_(2, tables.write_index, k)
+        ring_v.scatter_(2, tables.write_index, v)
+        mask = tables.mask
+        cap = mask.shape[-1]
+        if mask.dtype != torch.bool and q.dtype == torch.float32:
+            return self._out(ring_attention_cpu(q, ring_k[:, :, :cap], ring_v[:, :, :cap], mask))
+        # The fused kernel keeps the scores in float32 for half-precision inputs.
+        return self._out(F.scaled_dot_product_attention(q, ring_k[:, :, :cap], ring_v[:, :, :cap],
+                                                        attn_mask=mask if mask.dtype == torch.bool else mask == 0))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm layer: ``x + ls1 * attn(ln1(x))`` then ``x + ls2 * ffn(ln2(x))``, exact GELU, no biases."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.self_attn = Attention(d, cfg.num_heads, cfg.context)
+        self.norm1 = nn.LayerNorm(d, eps=1e-5)
+        self.norm2 = nn.LayerNorm(d, eps=1e-5)
+        self.linear1 = nn.Linear(d, cfg.dim_feedforward, bias=False)
+        self.linear2 = nn.Linear(cfg.dim_feedforward, d, bias=False)
+        self.layer_scale_1 = LayerScale(d, cfg.layer_scale)
+        self.layer_scale_2 = LayerScale(d, cfg.layer_scale)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(fast_linear(self.norm2(x), self.linear1.weight))
+        return x + self.layer_scale_2(fast_linear(hidden, self.linear2.weight))
+
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        return self._ffn(x + self.layer_scale_1(self.self_attn(self.norm1(x), rotation)))
+
+    def step(self, x: torch.Tensor, state: State, tables: StepTables) -> torch.Tensor:
+        return self._ffn(x + self.layer_scale_1(self.self_attn.step(self.norm1(x), state, tables)))
+
+
+class MimiTransformer(nn.Module):
+    """Conv-layout wrapper: [B, C, T] in and out. Parameters live under ``transformer.layers.N``."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = _Wrapper()
+        self.transformer.layers = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.num_layers)])
+        self.register_buffer("freqs", rope_frequencies(cfg.head_dim, cfg.max_period), persistent=False)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.transformer.layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.transpose(1, 2)
+        b, t, _ = h.shape
+        rotation = rope_tables(torch.arange(t, device=h.device).expand(b, t), self.freqs)
+        for layer in self.layers:
+            h = layer(h, rotation)
+        return h.transpose(1, 2)
+
+    def new_state(self, batch: int, chunk: int, offline_window: bool = False, device=None,
+                  dtype=torch.float32) -> State:
+        """State for calls of up to ``chunk`` steps. ``offline_window``: a ring large enough that chunked stepping
+        equals the offline computation, instead of the official streaming ring of ``context`` slots."""
+        capacity = self.cfg.context + (chunk if offline_window else 0)
+        return {"offset": torch.zeros(batch, dtype=torch.long, device=device),
+                "capacity": capacity,  # a plain int: fixed for the life of the state
+                "layers": {str(i): layer.self_attn.new_state(batch, chunk, capacity, device, dtype)
+                           for i, layer in enumerate(self.layers)}}
+
+    def step(self, x: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = x.transpose(1, 2)
+        offset, capacity = state["offset"], state["capacity"]
+        spare = state["layers"]["0"]["k"].shape[2] - capacity
+        if h.shape[1] > spare:
+            raise ValueError(f"{h.shape[1]} steps in one call, this state was built for at most {spare}")
+        tables = ring_step_tables(offset, h.shape[1], capacity, self.cfg.context, self.cfg.num_heads,
+                                  self.cfg.head_dim, self.freqs, active)
+        for i, layer in enumerate(self.layers):
+            h = layer.step(h, state["layers"][str(i)], tables)
+        write_state(offset, offset + h.shape[1], active)
+        return h.transpose(1, 2)

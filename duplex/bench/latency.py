@@ -1,0 +1,136 @@
+"""Latency benchmark of the whole engine: per-stage and total milliseconds per 80 ms frame, by batch size and
+execution mode (eager / CUDA graphs), the largest batch that stays real time, and the latency budget.
+
+Every slot of an engine of ``batch`` slots is active every frame (the worst case). Inputs are low-level noise.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from codec import Mimi
+from codec.eval.bench import describe_device
+
+from ..model.config import LMConfig
+from ..runtime.defaults import DEFAULT_SEED, default_models
+from ..runtime.engine import STAGES, Engine, SamplingOptions
+from ..model.lm import MoshiLM
+
+FRAME_MS = 80.0
+ACOUSTIC_DELAY_MS = 80.0
+
+
+def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], lm_path: Optional[str] = None,
+                mimi_path: Optional[str] = None, lm_config=None, mimi_config=None):
+    """'default' (the shipped small model), 'default-official-codec' (its LM with the official Mimi architecture,
+    random weights: the sizes the issue compares with Kyutai's implementation), 'moshi_7b' (7B shapes, random
+    weights) or checkpoint paths."""
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if lm_path or mimi_path:
+        if not (lm_path and mimi_path):
+            raise ValueError("pass both --lm and --mimi to time your own checkpoints")
+        return (MoshiLM.from_checkpoint(lm_path, config=lm_config, device=device, dtype=dtype),
+                Mimi.from_checkpoint(mimi_path, config=mimi_config, device=device), f"checkpoints {lm_path}")
+    if model == "default":
+        lm, mimi, _ = default_models(device, dtype)
+        return lm, mimi, "default model (small LM with random weights, shipped codec)"
+    if model == "default-official-codec":  # the sizes Kyutai's implementation is compared at
+        lm, _, _ = default_models(device, dtype)
+        return (lm, Mimi.random(None, seed=DEFAULT_SEED, device=device),
+                "small LM (random weights) with the official Mimi architecture (random weights)")
+    if model not in LMConfig.PRESETS:
+        raise ValueError(f"unknown --model {model!r}: default, default-official-codec, or an LM preset "
+                         f"({', '.join(sorted(LMConfig.PRESETS))}) with random weights; or pass --lm and --mimi")
+    cfg = LMConfig.preset(model)
+    return (MoshiLM.random(cfg, seed=DEFAULT_SEED, device=device, dtype=dtype),
+            Mimi.random(None, seed=DEFAULT_SEED, device=device), f"{model} shapes, random weights")
+
+
+def _frames_ms(engine: Engine, frames: int, warmup: int, progress=None, label="") -> dict:
+    slots = [engine.open(seed=i) for i in range(engine.slots)]
+    rng = np.random.default_rng(0)
+    pcm = (0.05 * rng.standard_normal((8, engine.slots, engine.frame_size))).astype(np.float32)
+    engine.timer.clear()
+    for i in range(warmup + frames):
+        if i == warmup:
+            engine.timer.clear()
+        engine.step({s: pcm[i % 8, s] for s in slots})
+        if progress is not None:
+            progress(label, i + 1, warmup + frames)
+    return engine.timer.summary()
+
+
+def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[torch.dtype] = None,
+                  batch_sizes: Sequence[int] = (1, 2, 4, 8), modes: Sequence[str] = ("eager", "graphs"),
+                  frames: int = 50, warmup: int = 5, lm_path: Optional[str] = None, mimi_path: Optional[str] = None,
+                  lm_config=None, mimi_config=None, progress=None) -> dict:
+    dev = torch.device(device)
+    lm, mimi, description = load_models(model, dev, dtype, lm_path, mimi_path, lm_config, mimi_config)
+    if dev.type != "cuda":
+        modes = [m for m in modes if m == "eager"] or ["eager"]
+    runs = []
+    for mode in modes:
+        for batch in batch_sizes:
+            engine = Engine(lm, mimi, slots=batch, cuda_graphs=(mode == "graphs"), sampling=SamplingOptions())
+            summary = _frames_ms(engine, frames, warmup, progress, f"{mode} batch {batch}")
+            if mode == "graphs" and not engine.cuda_graphs:
+                summary["note"] = "graph capture failed; these are eager timings"
+            total = summary["total"]
+            runs.append({
+                "mode": mode, "batch_size": batch, "stages_ms": {k: summary[k] for k in STAGES}, "total_ms": total,
+                "ms_per_stream": total["p50"] / batch, "real_time_factor": total["p50"] / FRAME_MS,
+                "real_time": total["p99"] < FRAME_MS,
+                "latency_budget_ms": {"frame": FRAME_MS, "acoustic_delay": ACOUSTIC_DELAY_MS,
+                                      "compute_p50": total["p50"], "total_p50": FRAME_MS + ACOUSTIC_DELAY_MS
+                                      + total["p50"], "total_p99": FRAME_MS + ACOUSTIC_DELAY_MS + total["p99"]},
+                **({"note": summary["note"]} if "note" in summary else {}),
+            })
+            del engine
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    largest = {}
+    for mode in modes:
+        ok = [r["batch_size"] for r in runs if r["mode"] == mode and r["real_time"]]
+        largest[mode] = max(ok) if ok else 0
+    return {
+        "benchmark": "engine frame step (codec encode + LM temporal + depth with sampling + codec decode)",
+        "model": description,
+        "lm_parameters": sum(p.numel() for p in lm.parameters()),
+        "dtype": str(lm.dtype).replace("torch.", ""),
+        "device": str(dev), "hardware": describe_device(dev), "torch": torch.__version__,
+        "frames": frames, "warmup": warmup, "date": time.strftime("%Y-%m-%d"),
+        "largest_real_time_batch": largest,
+        "runs": runs,
+    }
+
+
+def plot_latency(report: dict, path: str) -> None:
+    """ms per frame (median, with the p99 as a whisker) against batch size, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode in sorted({r["mode"] for r in report["runs"]}):
+        runs = [r for r in report["runs"] if r["mode"] == mode]
+        b = [r["batch_size"] for r in runs]
+        p50 = [r["total_ms"]["p50"] for r in runs]
+        p99 = [r["total_ms"]["p99"] for r in runs]
+        ax.errorbar(b, p50, yerr=[[0] * len(b), [hi - lo for lo, hi in zip(p50, p99)]], marker="o", capsize=3,
+                    label=f"{mode} (median, whisker p99)")
+    ax.axhline(FRAME_MS, color="red", linestyle="--", linewidth=1, label="80 ms frame (real time)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent sessions (batch size)")
+    ax.set_ylabel("ms per frame")
+    ax.set_title(f"{report['model']}\n{report['hardware']}, {report['dtype']}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,238 @@
+"""``duplex bench serve``: N clients x S seconds against a voice server, each client time-synchronous (one 80 ms
+frame per 80 ms, as a person talking) in its own process.
+
+Per client it reports the replies against the frames sent (lost = no reply came), the sustained reply rate, and
+the replies that came more than one frame late against the client's own schedule; for the server, the ticks it
+missed its deadline on, its step time, and what its sessions dropped (input frames from a client sending faster
+than real time, replies a client did not read) or filled with silence (underruns). Against a server it starts,
+or ``url`` of a running one. Numbers depend on the machine: this is a benchmark, not a test.
+
+Client processes are imported without torch (``duplex.serving.client`` is numpy, websockets and sphn), so 20 of them
+start in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import platform
+import queue as queue_module
+import time
+import urllib.request
+from typing import Callable, List, Optional
+
+import numpy as np
+
+FRAME, RATE = 1920, 24000
+PERIOD = FRAME / RATE
+FORMATS = ("mixed", "opus", "pcm16")
+COUNTERS = ("frames_in", "steps", "underruns", "dropped_in", "dropped_out", "bad_messages")
+
+
+def client_signal(index: int, seconds: float) -> np.ndarray:
+    """Speech-like test input: a voiced tone with a moving pitch, in syllable-long bursts, one voice per client."""
+    t = np.arange(int(round(seconds * RATE))) / RATE
+    f0 = 110 + 17 * (index % 9)
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 5))
+    syllables = np.clip(np.sin(2 * np.pi * 3.1 * t + index), 0, None)
+    return (0.25 * voiced * syllables).astype(np.float32)
+
+
+def lateness_ms(reply_times: List[float]) -> np.ndarray:
+    """How far behind schedule each reply came: reply k is due one period after reply k-1, the schedule anchored
+    on the earliest reply (the one with the least delay)."""
+    if not reply_times:
+        return np.zeros(0)
+    t = np.asarray(reply_times) - PERIOD * np.arange(len(reply_times))
+    return (t - t.min()) * 1e3
+
+
+def _client_report(result, frames: int, raw: bool) -> dict:
+    late = lateness_ms(result.reply_times)
+    return {"format": "pcm16" if raw else "opus", "frames_sent": frames, "replies": result.audio_messages,
+            "lost": max(0, frames - result.audio_messages), "steady_rate": round(result.steady_rate(), 3),
+            "late_replies": int((late > PERIOD * 1e3).sum()),
+            "max_lateness_ms": round(float(late.max()), 1) if late.size else None,
+            "errors": list(result.errors), "complete": result.complete}
+
+
+def _client_main(url: str, index: int, raw: bool, seconds: float, nice: int, token: Optional[str],
+                 ready, go, results) -> None:
+    """One simulated user, in its own process: wait for the common start, then talk for ``seconds``."""
+    try:
+        if nice:
+            os.nice(nice)
+        from ..serving.client import converse
+
+        pcm = client_signal(index, seconds)
+        ready.put(index)
+        if not go.wait(300):
+            raise TimeoutError("the benchmark never gave the start signal")
+        result = asyncio.run(converse(url, pcm, raw=raw, token=token))
+        results.put((index, _client_report(result, math.ceil(len(pcm) / FRAME), raw)))
+    except BaseException as e:  # reported, not raised: the other clients go on
+        results.put((index, {"format": "pcm16" if raw else "opus", "exception": f"{type(e).__name__}: {e}"}))
+
+
+def fetch_stats(url: str, token: Optional[str] = None, timeout: float = 10.0) -> dict:
+    """The server's /api/stats (``url`` is its ws://, http:// or bare host:port address)."""
+    from ..serving.client import chat_url
+
+    http = chat_url(url).replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    http = http.split("?", 1)[0].rsplit("/api/chat", 1)[0] + "/api/stats"
+    request = urllib.request.Request(http, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _server_report(before: dict, after: dict) -> dict:
+    totals = {name: after["totals"][name] - before["totals"][name] for name in COUNTERS}
+    return {"slots": after["slots"], "ticks": after["ticks"] - before["ticks"],
+            "late_ticks": after["deadline_misses"] - before["deadline_misses"],
+            "step_ms": {"p50": after["step_ms_p50"], "p99": after["step_ms_p99"]},
+            "sessions_after": after["sessions"], **totals}
+
+
+async def run_clients(url: str, clients: int, seconds: float, formats: str = "mixed", nice: int = 10,
+                      token: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Start ``clients`` client processes, let them all talk for ``seconds`` at once, and report."""
+    if formats not in FORMATS:
+        raise ValueError(f"formats must be one of {', '.join(FORMATS)}, got {formats!r}")
+    loop = asyncio.get_running_loop()
+    context = multiprocessing.get_context("spawn")
+    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    raw = [formats == "pcm16" or (formats == "mixed" and i % 2 == 1) for i in range(clients)]
+    processes = [context.Process(target=_client_main, args=(url, i, raw[i], seconds, nice, token, ready, go, results),
+                                 daemon=True, name=f"bench-client-{i}") for i in range(clients)]
+    reports: List[Optional[dict]] = [None] * clients
+    try:
+        for p in processes:
+            p.start()
+        for _ in range(clients):  # every process has imported what it needs before anyone starts talking
+            await loop.run_in_executor(None, ready.get, True, 120)
+        before = await loop.run_in_executor(None, fetch_stats, url, token)
+        progress and progress(f"{clients} client{'s' if clients != 1 else ''} talking for {seconds:g} s")
+        start = time.perf_counter()
+        go.set()
+        deadline = seconds + 90  # the handshake, the last replies, a slow machine
+        for _ in range(clients):
+            remaining = max(1.0, deadline - (time.perf_counter() - start))
+            try:
+                index, report = await loop.run_in_executor(None, results.get, True, remaining)
+            except queue_module.Empty:
+                break
+            reports[index] = report
+        after = await loop.run_in_executor(None, fetch_stats, url, token)
+        for _ in range(50):  # sessions close a moment after their clients leave
+            if after["sessions"] == 0:
+                break
+            await asyncio.sleep(0.1)
+            after = await loop.run_in_executor(None, fetch_stats, url, token)
+    finally:
+        go.set()
+        for p in processes:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+    for i, report in enumerate(reports):
+        if report is None:
+            reports[i] = {"format": "pcm16" if raw[i] else "opus", "exception": "no report: the process hung"}
+    return {"clients": [{"client": i, **r} for i, r in enumerate(reports)], "server": _server_report(before, after)}
+
+
+def bench_serve(engine=None, url: Optional[str] = None, clients: int = 4, seconds: float = 10.0,
+                formats: str = "mixed", nice: int = 10, token: Optional[str] = None, server_options=None,
+                progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Run the load against ``url``, or against a VoiceServer on ``engine`` started here on a free loopback port
+    (``server_options``: a ServerOptions, its host and port replaced)."""
+    if (engine is None) == (url is None):
+        raise ValueError("give an engine to serve or the url of a running server, not both")
+    if clients < 1 or not seconds > 0:
+        raise ValueError("clients must be >= 1 and seconds > 0")
+    report = {"benchmark": "serve", "clients_count": clients, "seconds": seconds, "formats": formats,
+              "client_nice": nice, "client_host": f"{platform.node()}, {os.cpu_count()} cores"}
+    if url is not None:
+        report.update(url=url, **asyncio.run(run_clients(url, clients, seconds, formats, nice, token, progress)))
+        report["verdict"] = verdict(report)
+        return report
+
+    if engine.slots < clients:
+        raise ValueError(f"{clients} clients need {clients} slots; the engine has {engine.slots}")
+    report.update(serve_here(engine, lambda url: run_clients(url, clients, seconds, formats, nice, token, progress),
+                             server_options, token=token))
+    report["verdict"] = verdict(report)
+    return report
+
+
+def serve_here(engine, work, server_options=None, token: Optional[str] = None, **options) -> dict:
+    """Run ``work(url)`` (a coroutine function) against a VoiceServer on ``engine`` started on a free loopback
+    port (``server_options`` and ``options`` as ServerOptions, host and port replaced); returns its result with
+    the server's hardware and torch version."""
+    import dataclasses
+
+    import torch
+
+    from codec.eval.bench import describe_device
+
+    from ..serving.server import ServerOptions, VoiceServer
+
+    settings = dataclasses.replace(server_options or ServerOptions(), host="127.0.0.1", port=0, token=token,
+                                   **options)
+
+    async def main():
+        server = VoiceServer(engine, settings)
+        await server.start()
+        try:
+            return await work(f"ws://127.0.0.1:{server.port}")
+        finally:
+            await server.stop()
+
+    return {"url": None, "hardware": describe_device(engine.device), "torch": torch.__version__,
+            **asyncio.run(main())}
+
+
+def verdict(report: dict) -> str:
+    """One line: whether every client was served in real time, and if not, what went wrong first."""
+    clients, server = report["clients"], report["server"]
+    failed = [c for c in clients if "exception" in c]
+    if failed:
+        return f"NOT served: {len(failed)} client(s) failed ({failed[0]['exception']})"
+    problems = []
+    if any(c["lost"] or c["errors"] for c in clients):
+        problems.append(f"{sum(c['lost'] for c in clients)} replies lost, "
+                        f"{sum(len(c['errors']) for c in clients)} errors")
+    if server["dropped_in"] or server["dropped_out"]:
+        problems.append(f"{server['dropped_in']} input frames and {server['dropped_out']} replies dropped")
+    late = max(c["late_replies"] / max(1, c["replies"]) for c in clients)
+    if late > 0.01:
+        problems.append(f"up to {late:.0%} of a client's replies more than 80 ms late "
+                        f"(latency grew by up to {max(c['max_lateness_ms'] or 0 for c in clients):.0f} ms)")
+    return "real time: every reply, on schedule, nothing dropped" if not problems else \
+        "NOT real time: " + "; ".join(problems)
+
+
+def format_report(report: dict) -> str:
+    """The table ``duplex bench serve`` prints."""
+    rows = [f"{'client':>6} {'format':>6} {'replies/sent':>12} {'lost':>5} {'msg/s':>6} {'late':>5} "
+            f"{'max late ms':>11}  errors"]
+    for c in report["clients"]:
+        if "exception" in c:
+            rows.append(f"{c['client']:>6} {c['format']:>6}  failed: {c['exception']}")
+            continue
+        replies = f"{c['replies']}/{c['frames_sent']}"
+        late = "-" if c["max_lateness_ms"] is None else f"{c['max_lateness_ms']:.1f}"
+        rows.append(f"{c['client']:>6} {c['format']:>6} {replies:>12} {c['lost']:>5} {c['steady_rate']:>6.2f} "
+                    f"{c['late_replies']:>5} {late:>11}  {'; '.join(c['errors']) or '-'}")
+    s = report["server"]
+    step = s["step_ms"]
+    step_text = "no steps" if step["p50"] is None else f"step p50 {step['p50']:.1f} ms, p99 {step['p99']:.1f} ms"
+    rows.append(f"server: {s['ticks']} ticks, {s['late_ticks']} late (step past its 80 ms deadline), {step_text}; "
+                f"dropped {s['dropped_in']} input frames (a client too fast) and {s['dropped_out']} replies "
+                f"(a client too slow); {s['underruns']} underruns (no input in time: silence used); "
+                f"{s['sessions_after']} sessions left open")
+    rows.append(verdict(report))
+    return "\n".join(rows)

@@ -1,0 +1,243 @@
+"""``duplex bench codec``: streaming codec timing, printed as a table and JSON."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+
+import torch
+
+from codec.eval.bench import bench_codec
+
+from ..errors import UsageError
+from .codec import check_output_path, pick_device
+
+
+def _check_report_paths(args) -> None:
+    """--json and --plot are checked before minutes of measuring, not after."""
+    for path in (getattr(args, "json", None), getattr(args, "plot", None)):
+        if path:
+            check_output_path(path, audio=False)
+
+
+def _common(args):
+    """Validate the options every benchmark shares; returns (device, progress callback)."""
+    if any(b < 1 for b in args.batch_sizes):
+        raise UsageError("--batch-sizes must be positive integers")
+    if args.frames < 1 or args.warmup < 0:
+        raise UsageError("--frames must be >= 1 and --warmup >= 0")
+    _check_report_paths(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def progress(batch, done, total):
+        if sys.stderr.isatty():
+            print(f"\rbatch {batch}: frame {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+
+    return pick_device(args.device), progress
+
+
+def _emit_file(report: dict, path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+
+
+def _emit(report: dict, path) -> None:
+    if path:
+        _emit_file(report, path)
+    print(json.dumps(report, indent=2))
+
+
+def run_bench_codec(args) -> int:
+    from .model_paths import mimi_config_for
+
+    device, progress = _common(args)
+    report = bench_codec(config=mimi_config_for(args.checkpoint, args.config), checkpoint=args.checkpoint,
+                         device=str(device), batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup,
+                         num_codebooks=args.num_codebooks, progress=progress)
+    print(f"# {report['benchmark']} -- {report['model']}, {report['config']}, {report['hardware']}, "
+          f"torch {report['torch']}", file=sys.stderr)
+    print(f"{'batch':>5} {'encode ms':>10} {'decode ms':>10} {'total ms':>9} {'p99 ms':>8} {'ms/stream':>9} "
+          f"{'RTF':>6}", file=sys.stderr)
+    for r in report["results"]:
+        print(f"{r['batch_size']:>5} {r['encode_ms']['median']:>10.2f} {r['decode_ms']['median']:>10.2f} "
+              f"{r['total_ms']['median']:>9.2f} {r['total_ms']['p99']:>8.2f} {r['ms_per_stream']:>9.2f} "
+              f"{r['real_time_factor']:>6.3f}", file=sys.stderr)
+    _emit(report, args.json)
+    return 0
+
+
+def run_bench_lm(args) -> int:
+    from duplex.bench.lm import bench_lm
+
+    device, progress = _common(args)
+    report = bench_lm(config=args.config, checkpoint=args.checkpoint, device=str(device),
+                      dtype=getattr(torch, args.dtype), batch_sizes=args.batch_sizes, frames=args.frames,
+                      warmup=args.warmup, progress=progress)
+    print(f"# {report['benchmark']} -- {report['model']}, config {report['config']} "
+          f"({report['parameters'] / 1e6:.1f} M parameters), {report['dtype']}, {report['hardware']}, "
+          f"torch {report['torch']}", file=sys.stderr)
+    print(f"{'batch':>5} {'step ms':>8} {'p90 ms':>7} {'p99 ms':>7} {'ms/stream':>9} {'RTF':>6}", file=sys.stderr)
+    for r in report["results"]:
+        s = r["step_ms"]
+        print(f"{r['batch_size']:>5} {s['median']:>8.2f} {s['p90']:>7.2f} {s['p99']:>7.2f} "
+              f"{r['ms_per_stream']:>9.2f} {r['real_time_factor']:>6.3f}", file=sys.stderr)
+    _emit(report, args.json)
+    return 0
+
+
+def run_bench_latency(args) -> int:
+    from duplex.bench.latency import bench_latency, plot_latency
+
+    from .model_paths import mimi_config_for
+
+    device, progress = _common(args)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    report = bench_latency(model=args.model, device=str(device), dtype=dtype,
+                           batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames, warmup=args.warmup,
+                           lm_path=args.lm, mimi_path=args.mimi, lm_config=args.lm_config,
+                           mimi_config=mimi_config_for(args.mimi, args.mimi_config),
+                           progress=progress)
+    print(f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
+          f"torch {report['torch']}", file=sys.stderr)
+    stages = ["encode", "temporal", "depth", "decode"]
+    print(f"{'mode':>6} {'batch':>5} " + " ".join(f"{s:>8}" for s in stages)
+          + f" {'total':>7} {'p99':>7} {'RTF':>6} {'budget ms':>9}", file=sys.stderr)
+    for r in report["runs"]:
+        print(f"{r['mode']:>6} {r['batch_size']:>5} "
+              + " ".join(f"{r['stages_ms'][s]['p50']:>8.2f}" for s in stages)
+              + f" {r['total_ms']['p50']:>7.2f} {r['total_ms']['p99']:>7.2f} {r['real_time_factor']:>6.3f}"
+              f" {r['latency_budget_ms']['total_p50']:>9.1f}", file=sys.stderr)
+    print(f"largest batch in real time (p99 < 80 ms): {report['largest_real_time_batch']}", file=sys.stderr)
+    if args.plot:
+        plot_latency(report, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    _emit(report, args.json)
+    return 0
+
+
+def _pitch_summary(report: dict) -> str:
+    if report["pitch_error"] is None:
+        return "no voiced frames to compare pitch"
+    return (f"pitch error {report['pitch_error']:.1%} median, {report['gross_pitch_error']:.0%} of "
+            f"{report['voiced_frames']} voiced frames more than 20% off")
+
+
+def run_bench_codec_quality(args) -> int:
+    import numpy as np
+
+    from codec import Mimi
+    from codec.eval.quality import evaluate, plot_spectrograms
+
+    from ..data.codec_crops import CorpusAudio
+    from .model_paths import config_hint, resolve_mimi_checkpoint
+
+    _check_report_paths(args)
+    checkpoint, config = resolve_mimi_checkpoint(args.checkpoint, args.config)
+    with config_hint(checkpoint, config):
+        mimi = Mimi.from_checkpoint(checkpoint, config=config, device=pick_device(args.device))
+    try:
+        corpus = CorpusAudio(args.data, args.split)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    clips = [c.astype(np.float32) / 32768.0 for c in corpus.clips[: args.max_clips]]
+    report = evaluate(mimi, clips, args.num_codebooks, speech_masks=corpus.speech_masks[: args.max_clips])
+    report.update(checkpoint=checkpoint, split=args.split)
+    print(f"{report['clips']} clips, {report['num_codebooks']} codebooks ({report['kbps']:.2f} kbps): "
+          f"STOI {report['stoi']:.3f}, SI-SNR {report['si_snr']:.2f} dB, mel distance {report['mel_distance']:.3f}, "
+          f"{_pitch_summary(report)}, "
+          f"smallest codebook perplexity {report['min_speech_perplexity_fraction']:.1%} of its size on speech frames "
+          f"({report['speech_frames_fraction']:.0%} of frames), {report['min_perplexity_fraction']:.1%} on all frames",
+          file=sys.stderr)
+    if args.plot:
+        plot_spectrograms(mimi, clips[0], args.plot, args.num_codebooks)
+    _emit(report, args.json)
+    return 0
+
+
+def run_bench_serve(args) -> int:
+    import logging
+
+    from ..bench.fuzz import format_fuzz_report
+    from ..bench.serve import format_report
+
+    _check_report_paths(args)
+    server_log = logging.getLogger("duplex.serving.server")
+    level = server_log.level
+    server_log.setLevel(logging.ERROR)  # the report counts what its warnings would say
+    try:
+        report = _bench_serve(args)
+    finally:
+        server_log.setLevel(level)
+    where = args.url or f"a server started here ({report['hardware']}, torch {report['torch']})"
+    if args.fuzz:
+        print(f"# serve --fuzz {args.fuzz} (seed {args.seed}) against {where}", file=sys.stderr)
+        print(format_fuzz_report(report), file=sys.stderr)
+        if "resident_mb" in report:
+            memory = report["resident_mb"]
+            print(f"resident memory of this process (server and fuzzer): {memory['before']:.0f} MB before, "
+                  f"{memory['after']:.0f} MB after", file=sys.stderr)
+    else:
+        print(f"# serve -- {args.clients} x {args.seconds:g} s ({args.formats}) against {where}", file=sys.stderr)
+        print(format_report(report), file=sys.stderr)
+    if args.json:
+        _emit_file(report, args.json)
+    if args.fuzz:
+        return 0 if report["healthy"] else 1
+    return 1 if any("exception" in c for c in report["clients"]) else 0
+
+
+def _resident_mb() -> float:
+    import resource
+
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * resource.getpagesize() / 2**20, 1)
+    except OSError:  # not Linux
+        return float("nan")
+
+
+def _bench_serve(args) -> dict:
+    import asyncio
+
+    from ..bench.fuzz import LogWatcher, fuzz
+    from ..bench.serve import bench_serve
+
+    def progress(text: str) -> None:
+        print(f"duplex bench serve: {text}", file=sys.stderr)
+
+    if args.url:
+        if args.lm or args.mimi or args.slots:
+            raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+        if args.fuzz:  # what the server logs cannot be watched from here: the health checks only
+            return {"url": args.url, **asyncio.run(fuzz(args.url, messages=args.fuzz, seed=args.seed,
+                                                        token=args.token, progress=progress))}
+        return bench_serve(url=args.url, clients=args.clients, seconds=args.seconds, formats=args.formats,
+                           nice=args.client_nice, token=args.token, progress=progress)
+    from ..runtime.clock import freeze_startup_objects
+    from .serve import build_engine
+
+    slots = args.slots or (2 if args.fuzz else args.clients)
+    if slots < (2 if args.fuzz else args.clients):
+        raise UsageError(f"--slots {slots} is fewer than --clients {args.clients}" if not args.fuzz else
+                         "--fuzz needs --slots 2 or more (a hostile client and the health check's)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = build_engine(args, slots)
+    freeze_startup_objects()  # as duplex serve does
+    try:
+        if args.fuzz:
+            from ..bench.serve import serve_here
+
+            before = _resident_mb()
+            with LogWatcher() as watcher:
+                report = serve_here(engine, lambda url: fuzz(url, messages=args.fuzz, seed=args.seed,
+                                                             log_problems=watcher.take, progress=progress),
+                                    max_waiting=1)
+            report["resident_mb"] = {"before": before, "after": _resident_mb()}  # server and fuzzer together
+            return report
+        return bench_serve(engine=engine, clients=args.clients, seconds=args.seconds, formats=args.formats,
+                           nice=args.client_nice, token=args.token, progress=progress)
+    finally:
+        gc.unfreeze()  # a caller of main() in the same process keeps its collector as it was

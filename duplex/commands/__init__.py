@@ -1,1 +1,0 @@
-"""Implementations of the ``duplex`` subcommands (argument parsing lives in ``duplex.cli``)."""

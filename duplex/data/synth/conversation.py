@@ -1,0 +1,296 @@
+"""``duplex data synth``: a synthetic two-speaker conversation corpus made with espeak-ng, no downloads.
+
+Each conversation is a 24 kHz stereo WAV (channel 0 the assistant, channel 1 the user) and a JSON file with the
+turns, their transcripts and word-level timestamps per channel, the scenario of every exchange and the voices.
+Scenarios (shares configurable):
+
+* ``smooth``: the user asks and stops; the assistant answers after a natural gap of 200-600 ms.
+* ``pause``: the user hesitates inside the turn (a filler, then 0.5-2 s of silence) and the assistant waits for
+  the end of the turn before answering.
+* ``interrupt``: the user barges in while the assistant speaks; the assistant stops within ~100-200 ms and
+  answers the new question.
+* ``backchannel``: in a long user turn the assistant says "mhm", "yeah"... in the user's pause, then answers.
+* ``silence``: nobody speaks for 1.5-4 s.
+
+Content comes from ``duplex.data.synth.grammar`` (answers depend on the question; follow-up questions depend on the
+previous answer). Every conversation is a deterministic function of (seed, index); every twentieth conversation
+(by default) is held out, with a user voice the training split never hears.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .grammar import BACKCHANNELS, FILLERS, Exchange, exchange
+
+SAMPLE_RATE = 24000
+SCENARIOS = ("smooth", "pause", "interrupt", "backchannel", "silence")
+DEFAULT_SHARES = {"smooth": 0.35, "pause": 0.15, "interrupt": 0.15, "backchannel": 0.15, "silence": 0.2}
+TRAIN_VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"]
+HELDOUT_USER_VOICES = ["en-gb-x-gbcwmd"]
+VARIANTS = ["", "+m1", "+m2", "+m3", "+m4", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt"]
+CONTEXT = ["i have a quick question", "i was doing my homework", "my friend asked me something",
+           "i am trying to remember something", "this is for a quiz", "okay so listen"]
+
+
+@dataclass
+class SynthOptions:
+    shares: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
+    min_seconds: float = 20.0
+    max_seconds: float = 40.0
+    heldout_every: int = 20  # conversation i is held out when i % heldout_every == 0 (0: none)
+    noise: bool = False
+    level_variation: bool = True
+    follow_up_probability: float = 0.3
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.shares) - set(SCENARIOS))
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {unknown}; scenarios are {list(SCENARIOS)}")
+        if any(v < 0 for v in self.shares.values()) or sum(self.shares.values()) <= 0:
+            raise ValueError("scenario shares must be >= 0 and not all zero")
+        if not 0 < self.min_seconds <= self.max_seconds:
+            raise ValueError("need 0 < min_seconds <= max_seconds")
+
+
+@dataclass
+class Voice:
+    name: str
+    rate: int
+    pitch: int
+
+
+class Conversation:
+    """A two-channel timeline of utterances, built exchange by exchange."""
+
+    def __init__(self, rng: random.Random, synth, assistant: Voice, user: Voice, options: SynthOptions):
+        self.rng, self.synth, self.options = rng, synth, options
+        self.voices = {"assistant": assistant, "user": user}
+        self.turns: List[dict] = []
+        self.audio: Dict[str, List[Tuple[int, np.ndarray]]] = {"assistant": [], "user": []}
+        self.scenarios: List[dict] = []
+        self.t = rng.uniform(0.3, 1.0)
+
+    def say(self, channel: str, text: str, start: float, cut: Optional[float] = None) -> Tuple[float, float]:
+        """Place ``text`` on ``channel`` from ``start`` (s); ``cut``: stop the audio at that time (interruption).
+        Returns (speech onset, speech end) in seconds."""
+        import torch
+
+        from codec.io.audio import resample
+
+        v = self.voices[channel]
+        speech = self.synth.speak(text, voice=v.name, rate=v.rate, pitch=v.pitch)
+        if len(speech.audio) == 0:
+            return start, start
+        audio = resample(torch.from_numpy(speech.audio), speech.sample_rate, SAMPLE_RATE).numpy()
+        words = [{"word": w.text, "start": float(start + w.start), "end": float(start + w.end)} for w in speech.words]
+        if cut is not None:
+            keep = max(0, int(round((cut - start) * SAMPLE_RATE)))
+            if keep < len(audio):
+                fade = min(keep, int(0.02 * SAMPLE_RATE))
+                audio = audio[:keep].copy()
+                if fade:
+                    audio[keep - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+            words = [dict(w, end=min(w["end"], cut)) for w in words if w["start"] < cut - 0.05]
+        if self.options.level_variation:
+            # Up to +3 dB, but never past a peak of 0.9: espeak's own peaks reach 0.92, and the render's final
+            # clip to [-1, 1] must not cut speech (the headroom leaves room for the optional noise).
+            gain = 10 ** (self.rng.uniform(-6.0, 3.0) / 20)
+            peak = float(np.abs(audio).max()) if len(audio) else 0.0
+            audio = audio * np.float32(min(gain, 0.9 / peak) if peak > 0 else gain)
+        self.audio[channel].append((int(round(start * SAMPLE_RATE)), audio.astype(np.float32)))
+        if not words:
+            return start, start
+        self.turns.append({"channel": channel, "start": words[0]["start"], "end": words[-1]["end"],
+                           "text": " ".join(w["word"] for w in words), "words": words,
+                           **({"interrupted": True} if cut is not None and cut < start + len(speech.audio)
+                              / speech.sample_rate else {})})
+        return words[0]["start"], words[-1]["end"]
+
+    def gap(self) -> float:
+        return self.rng.uniform(0.2, 0.6)
+
+    # ------------------------------------------------------------------------------------------ scenarios
+    def smooth(self, ex: Exchange) -> None:
+        _, q_end = self.say("user", _sentence(ex.question, "?"), self.t)
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        self.t = a_end + self.rng.uniform(0.4, 1.2)
+
+    def pause(self, ex: Exchange) -> None:
+        words = ex.question.split()
+        split = len(words) // 2  # a one-word question: the hesitation comes first
+        end = self.t
+        if split:
+            _, end = self.say("user", " ".join(words[:split]), self.t)
+        _, end = self.say("user", self.rng.choice(FILLERS), end + self.rng.uniform(0.1, 0.3))
+        _, q_end = self.say("user", _sentence(" ".join(words[split:]), "?"), end + self.rng.uniform(0.5, 2.0))
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        self.t = a_end + self.rng.uniform(0.4, 1.2)
+
+    def interrupt(self, ex: Exchange) -> None:
+        _, q_end = self.say("user", _sentence(ex.question, "?"), self.t)
+        a_start = q_end + self.gap()
+        # The planned answer: long enough to be interrupted in the middle.
+        speech = self.synth.speak(ex.answer, voice=self.voices["assistant"].name, rate=self.voices["assistant"].rate,
+                                  pitch=self.voices["assistant"].pitch)
+        planned = len(speech.audio) / speech.sample_rate
+        barge_in = a_start + planned * self.rng.uniform(0.3, 0.6)
+        cut = barge_in + self.rng.uniform(0.1, 0.2)  # the assistant stops within ~200 ms
+        self.say("assistant", _sentence(ex.answer, "."), a_start, cut=cut)
+        new = exchange(self.rng)
+        _, q2_end = self.say("user", _sentence(new.question, "?"), barge_in)
+        _, a_end = self.say("assistant", _sentence(new.answer, "."), max(q2_end, cut) + self.gap())
+        self.t = a_end + self.rng.uniform(0.4, 1.2)
+
+    def backchannel(self, ex: Exchange) -> None:
+        _, c_end = self.say("user", _sentence(self.rng.choice(CONTEXT), "."), self.t)
+        pause = self.rng.uniform(0.6, 1.2)
+        _, bc_end = self.say("assistant", self.rng.choice(BACKCHANNELS), c_end + self.rng.uniform(0.15, 0.3))
+        # The user goes on after the backchannel, never over it: it belongs in the user's pause.
+        _, q_end = self.say("user", _sentence(ex.question, "?"), max(c_end + pause, bc_end + 0.15))
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        self.t = a_end + self.rng.uniform(0.4, 1.2)
+
+    def silence(self, ex: Exchange) -> None:
+        self.t += self.rng.uniform(1.5, 4.0)
+
+    def add(self, kind: str, ex: Exchange) -> None:
+        start = self.t
+        getattr(self, kind)(ex)
+        self.scenarios.append({"type": kind, "topic": ex.topic, "start": float(start), "end": float(self.t)})
+
+    # ---------------------------------------------------------------------------------------------- output
+    def render(self, noise: bool) -> np.ndarray:
+        length = int(math.ceil(self.t * SAMPLE_RATE))
+        for channel in self.audio.values():
+            for offset, audio in channel:
+                length = max(length, offset + len(audio))
+        stereo = np.zeros((2, length), np.float32)
+        for row, channel in enumerate(("assistant", "user")):
+            for offset, audio in self.audio[channel]:
+                stereo[row, offset:offset + len(audio)] += audio
+            if noise:
+                level = np.sqrt(np.mean(stereo[row] ** 2) + 1e-12)
+                snr_db = self.rng.uniform(20.0, 40.0)
+                noise_rng = np.random.default_rng(self.rng.getrandbits(32))
+                stereo[row] += (level / 10 ** (snr_db / 20) * noise_rng.standard_normal(length)).astype(np.float32)
+        return np.clip(stereo, -1.0, 1.0)
+
+
+def _sentence(text: str, mark: str) -> str:
+    """``text`` ended by ``mark`` unless it already ends a sentence (no "help?." or "ahead..")."""
+    return text if text.rstrip()[-1:] in (".", "?", "!") else text + mark
+
+
+def _voice(rng: random.Random, bases: List[str]) -> Voice:
+    return Voice(rng.choice(bases) + rng.choice(VARIANTS), rate=rng.randint(140, 200), pitch=rng.randint(25, 75))
+
+
+def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tuple[np.ndarray, dict]:
+    """Conversation ``index`` of the corpus ``seed``: (stereo float32 [2, T], metadata)."""
+    rng = random.Random(f"duplex-corpus-{seed}-{index}")
+    heldout = options.heldout_every > 0 and index % options.heldout_every == 0
+    assistant = _voice(rng, TRAIN_VOICES)
+    user = _voice(rng, HELDOUT_USER_VOICES if heldout else TRAIN_VOICES)
+    while user.name == assistant.name:
+        user = _voice(rng, TRAIN_VOICES)
+    conv = Conversation(rng, synth, assistant, user, options)
+    target = rng.uniform(options.min_seconds, options.max_seconds)
+    kinds = [k for k in SCENARIOS if options.shares.get(k, 0) > 0]
+    weights = [options.shares[k] for k in kinds]
+    follow_up = None
+    while conv.t < target:
+        kind = rng.choices(kinds, weights)[0]
+        if follow_up is not None and kind in ("smooth", "pause", "backchannel"):
+            ex, follow_up = follow_up(rng), None
+        else:
+            ex = exchange(rng)
+            follow_up = ex.follow_up if ex.follow_up and rng.random() < options.follow_up_probability else None
+        conv.add(kind, ex)
+    stereo = conv.render(options.noise)
+    meta = {
+        "id": f"c{index:06d}", "split": "heldout" if heldout else "train", "sample_rate": SAMPLE_RATE,
+        "duration": round(stereo.shape[1] / SAMPLE_RATE, 3), "channels": ["assistant", "user"],
+        "voices": {k: asdict(v) for k, v in conv.voices.items()}, "scenarios": conv.scenarios,
+        "turns": sorted(conv.turns, key=lambda t: t["start"]),
+        "text": {ch: " ".join(t["text"] for t in sorted(conv.turns, key=lambda t: t["start"]) if t["channel"] == ch)
+                 for ch in ("assistant", "user")},
+    }
+    return stereo, meta
+
+
+# ------------------------------------------------------------------------------------------- the corpus
+_WORKER: dict = {}
+
+
+def _set_up(seed: int, options: SynthOptions, out_dir: str) -> None:
+    from .espeak import Synthesizer
+
+    _WORKER.update(synth=Synthesizer(), seed=seed, options=options, out_dir=out_dir)
+
+
+def _init_worker(seed: int, options: SynthOptions, out_dir: str) -> None:
+    """A pool process: one thread each, since the pool already has one process per core."""
+    import torch
+
+    torch.set_num_threads(1)
+    _set_up(seed, options, out_dir)
+
+
+def _write_one(index: int) -> dict:
+    import soundfile as sf
+
+    stereo, meta = make_conversation(index, _WORKER["seed"], _WORKER["options"], _WORKER["synth"])
+    folder = os.path.join(_WORKER["out_dir"], meta["split"])
+    os.makedirs(folder, exist_ok=True)
+    wav = os.path.join(folder, meta["id"] + ".wav")
+    sf.write(wav, stereo.T, SAMPLE_RATE, subtype="PCM_16")
+    with open(os.path.join(folder, meta["id"] + ".json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    return {"id": meta["id"], "split": meta["split"], "duration": meta["duration"],
+            "wav": os.path.relpath(wav, _WORKER["out_dir"]),
+            "json": os.path.relpath(wav[:-4] + ".json", _WORKER["out_dir"]),
+            "scenarios": [s["type"] for s in meta["scenarios"]]}
+
+
+def synthesize_corpus(out_dir: str, conversations: int, seed: int = 0, options: Optional[SynthOptions] = None,
+                      workers: int = 1, progress: bool = True) -> List[dict]:
+    """Write ``conversations`` conversations and ``manifest.jsonl``; returns the manifest rows."""
+    options = options or SynthOptions()
+    options.validate()
+    os.makedirs(out_dir, exist_ok=True)
+    indices = range(conversations)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=conversations, unit="conv", desc="synthesizing")
+    rows = []
+    if workers <= 1:  # in the caller's process: its thread settings are left as they are
+        _set_up(seed, options, out_dir)
+        try:
+            for i in indices:
+                rows.append(_write_one(i))
+                bar and bar.update(1)
+        finally:
+            _WORKER.clear()
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (seed, options, out_dir)) as pool:
+            for row in pool.imap(_write_one, indices, chunksize=2):
+                rows.append(row)
+                bar and bar.update(1)
+    if bar:
+        bar.close()
+    with open(os.path.join(out_dir, "manifest.jsonl"), "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return rows

@@ -1,0 +1,100 @@
+"""The depth transformer ("depformer", spec section 2.6).
+
+Within one time step it runs over depth positions k = 0..dep_q-1 (one per generated codebook). Every position has
+its own attention and feed-forward weights (norms are shared), there is no positional encoding and no window, and
+nothing is carried from one time step to the next. The packed attention weights of the published files are kept
+packed: rows ``[k * 3D, (k + 1) * 3D)`` of ``in_proj_weight`` and ``[k * D, (k + 1) * D)`` of ``out_proj.weight``
+belong to position k.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codec.modules.linear import fast_linear
+
+from .layers import GatedFFN, RMSNorm
+
+
+class DepthAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, steps: int):
+        super().__init__()
+        self.dim, self.num_heads, self.steps = dim, num_heads, steps
+        self.head_dim = dim // num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(steps * 3 * dim, dim))
+        self.out_proj = nn.Linear(dim, steps * dim, bias=False)  # [steps * D, D]: per-step [D, D] blocks
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def in_proj(self, k: int) -> torch.Tensor:
+        return self.in_proj_weight[k * 3 * self.dim:(k + 1) * 3 * self.dim]
+
+    def out_proj_weight(self, k: int) -> torch.Tensor:
+        return self.out_proj.weight[k * self.dim:(k + 1) * self.dim]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced: x [N, steps, D], position k uses weight set k; causal attention over the positions."""
+        n, s, d = x.shape
+        w_in = self.in_proj_weight.view(self.steps, 3 * d, d)[:s]
+        qkv = torch.bmm(x.transpose(0, 1), w_in.transpose(1, 2))  # [s, N, 3D]
+        q, k, v = qkv.view(s, n, 3, self.num_heads, self.head_dim).permute(2, 1, 3, 0, 4).unbind(0)  # [N,H,s,d]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [N, H, s, d]
+        y = y.permute(2, 0, 1, 3).reshape(s, n, d)
+        w_out = self.out_proj.weight.view(self.steps, d, d)[:s]
+        return torch.bmm(y, w_out.transpose(1, 2)).transpose(0, 1)  # [N, s, D]
+
+    def step(self, x: torch.Tensor, k: int, cache: dict) -> torch.Tensor:
+        """Position ``k`` of the current time step: x [B, 1, D]; ``cache`` holds positions 0..k-1 of this step."""
+        b = x.shape[0]
+        qkv = fast_linear(x, self.in_proj(k)).view(b, 1, 3, self.num_heads, self.head_dim)
+        q, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, 1, d]
+        cache["k"][:, :, k:k + 1] = key
+        cache["v"][:, :, k:k + 1] = value
+        # Position k sees positions 0..k of this time step; the slots past k hold stale values from the previous
+        # step. The reference masks them out of the whole cache; attending over the visible slots only is the
+        # same softmax without a mask (half the per-call cost of the masked kernel on CPU).
+        y = F.scaled_dot_product_attention(q, cache["k"][:, :, :k + 1], cache["v"][:, :, :k + 1])
+        return fast_linear(y.transpose(1, 2).reshape(b, 1, self.dim), self.out_proj_weight(k))
+
+
+class DepthLayer(nn.Module):
+    def __init__(self, dim: int, num_heads: int, steps: int, hidden: int):
+        super().__init__()
+        self.self_attn = DepthAttention(dim, num_heads, steps)
+        self.norm1 = RMSNorm(dim)
+        self.norm2 = RMSNorm(dim)
+        self.gating = nn.ModuleList([GatedFFN(dim, hidden) for _ in range(steps)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x))
+        h = self.norm2(x)
+        return x + torch.stack([self.gating[k](h[:, k]) for k in range(x.shape[1])], dim=1)
+
+    def step(self, x: torch.Tensor, k: int, cache: dict) -> torch.Tensor:
+        x = x + self.self_attn.step(self.norm1(x), k, cache)
+        return x + self.gating[k](self.norm2(x))
+
+
+class DepthTransformer(nn.Module):
+    def __init__(self, dim: int, num_heads: int, num_layers: int, steps: int, hidden: int):
+        super().__init__()
+        self.dim, self.num_heads, self.steps = dim, num_heads, steps
+        self.layers = nn.ModuleList([DepthLayer(dim, num_heads, steps, hidden) for _ in range(num_layers)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def new_cache(self, batch: int, device=None, dtype=torch.float32) -> dict:
+        """Per-time-step attention cache (overwritten position by position; never needs a reset)."""
+        shape = (batch, self.num_heads, self.steps, self.dim // self.num_heads)
+        return {"layers": {str(i): {"k": torch.zeros(shape, device=device, dtype=dtype),
+                                    "v": torch.zeros(shape, device=device, dtype=dtype)}
+                           for i in range(len(self.layers))}}
+
+    def step(self, x: torch.Tensor, k: int, cache: dict) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer.step(x, k, cache["layers"][str(i)])
+        return x

@@ -1,0 +1,234 @@
+"""The Moshi language model (spec section 2): temporal transformer over 17 token streams + depth transformer.
+
+Stream layout (K = 1 + n_q): row 0 text, rows 1..dep_q the model's audio codebooks, the rest the user's audio.
+Parameter names are those of the published checkpoints (file form), so a Moshi 7B file loads without renaming.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codec.io.checkpoint import check_and_load, normalize_keys, read_tensors
+from codec.modules.conv import _Wrapper
+from codec.modules.linear import fast_linear, use_wide_weight_layout
+from codec.modules.rope import rope_frequencies, rope_tables
+from codec.modules.transformer import ring_step_tables
+
+from .config import LMConfig
+from .depformer import DepthTransformer
+from .layers import ZERO_TOKEN, RMSNorm, ScaledEmbedding, TemporalLayer
+
+ConfigLike = Union[None, LMConfig, dict, str, os.PathLike]
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor  # [B, dep_q, T, card] float32, NaN where mask is False
+    mask: torch.Tensor  # [B, dep_q, T] bool: positions with a valid target
+    text_logits: torch.Tensor  # [B, 1, T, text_card]
+    text_mask: torch.Tensor  # [B, 1, T]
+
+
+def _check_dtype(dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch dtype (torch.float32, torch.bfloat16, torch.float16), "
+                        f"got {dtype!r}")
+
+
+class MoshiLM(nn.Module):
+    def __init__(self, config: ConfigLike = None):
+        super().__init__()
+        cfg = LMConfig.load(config)
+        self.config = cfg
+        d, dd = cfg.dim, cfg.depformer_dim
+        self.text_emb = ScaledEmbedding(cfg.text_card + 1, d)
+        self.emb = nn.ModuleList([ScaledEmbedding(cfg.card + 1, d) for _ in range(cfg.n_q)])
+        self.transformer = _Wrapper()
+        self.transformer.layers = nn.ModuleList([
+            TemporalLayer(d, cfg.num_heads, cfg.context, cfg.hidden_dim) for _ in range(cfg.num_layers)])
+        self.out_norm = RMSNorm(d)
+        self.text_linear = nn.Linear(d, cfg.text_card, bias=False)
+        self.depformer_in = nn.ModuleList([nn.Linear(d, dd, bias=False)
+                                           for _ in range(cfg.dep_q if cfg.depformer_multi_linear else 1)])
+        self.depformer_text_emb = ScaledEmbedding(cfg.text_card + 1, dd)
+        self.depformer_emb = nn.ModuleList([ScaledEmbedding(cfg.card + 1, dd) for _ in range(cfg.dep_q - 1)])
+        self.depformer = DepthTransformer(dd, cfg.depformer_num_heads, cfg.depformer_num_layers, cfg.dep_q,
+                                          cfg.depformer_hidden_dim)
+        self.linears = nn.ModuleList([nn.Linear(dd, cfg.card, bias=False) for _ in range(cfg.dep_q)])
+        self.register_buffer("freqs", rope_frequencies(cfg.head_dim, cfg.max_period), persistent=False)
+        self.register_buffer("initial_tokens", self._initial_tokens(), persistent=False)
+        self.register_buffer("delays", torch.tensor(cfg.delays, dtype=torch.long), persistent=False)
+
+    def _initial_tokens(self) -> torch.Tensor:
+        """[K]: text_card for the text stream, card for the audio streams (learnt embedding rows, never output)."""
+        cfg = self.config
+        return torch.tensor([cfg.text_card] + [cfg.card] * cfg.n_q, dtype=torch.long)
+
+    # ------------------------------------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.text_linear.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_linear.weight.dtype
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.transformer.layers
+
+    # ----------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike], config: ConfigLike = None,
+                        device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.bfloat16) -> "MoshiLM":
+        """Load a Moshi checkpoint strictly: built on the meta device, tensors cast to ``dtype`` and assigned,
+        so a 7B load never holds two copies of the weights."""
+        _check_dtype(dtype)
+        cfg = LMConfig.load(config)
+        tensors = normalize_keys(read_tensors(path, containers=(("fsdp_best_state", "model"), ("model",))))
+        with torch.device("meta"):
+            model = cls(cfg)
+        check_and_load(model, tensors, "Moshi LM", source=os.fspath(path), dtype=dtype)
+        del tensors
+        model._rebuild_buffers()
+        return model.to(device).eval()
+
+    @classmethod
+    def random(cls, config: ConfigLike = None, seed: int = 0, device: Union[str, torch.device] = "cpu",
+               dtype: torch.dtype = torch.float32) -> "MoshiLM":
+        """Random weights (deterministic in ``seed`` for a device type) with output scales that keep activations
+        O(1), created directly on ``device`` in ``dtype`` (a random 7B never exists in float32 on the host)."""
+        _check_dtype(dtype)
+        cfg = LMConfig.load(config)
+        device = torch.device(device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        with torch.device("meta"):
+            model = cls(cfg)
+        state = {}
+        for name, t in model.state_dict().items():
+            if name.endswith("alpha"):
+                state[name] = torch.ones(t.shape, device=device, dtype=dtype)
+            else:
+                w = torch.randn(t.shape, generator=generator, device=device, dtype=dtype)
+                state[name] = w if "emb" in name else w.mul_(t.shape[-1] ** -0.5)
+        model.load_state_dict(state, assign=True)
+        model._rebuild_buffers()
+        return model.eval()
+
+    def _rebuild_buffers(self) -> None:
+        cfg, device = self.config, self.device
+        self.freqs = rope_frequencies(cfg.head_dim, cfg.max_period, device=device)
+        self.initial_tokens = self._initial_tokens().to(device)
+        self.delays = torch.tensor(cfg.delays, dtype=torch.long, device=device)
+
+    def generator(self, batch_size: int, greedy: bool = False, temperature: float = 0.8, top_k: int = 250,
+                  text_temperature: float = 0.7, text_top_k: int = 25, seed: Optional[int] = None):
+        """A streaming generator with ``batch_size`` independent slots (see ``duplex.model.generator``)."""
+        from .generator import LMGenerator
+
+        return LMGenerator(self, batch_size, greedy=greedy, temperature=temperature, top_k=top_k,
+                           text_temperature=text_temperature, text_top_k=text_top_k, seed=seed)
+
+    # ---------------------------------------------------------------------------------------------- pieces
+    def embed(self, tokens: torch.Tensor, zero_token: bool = True) -> torch.Tensor:
+        """tokens [B, K, T] -> [B, T, D]: audio embeddings summed in stream order, then the text embedding.
+
+        ``zero_token=False`` skips the handling of -1 (generation never feeds it) for fewer operations."""
+        lookup = (lambda emb, ids: emb(ids)) if zero_token else (lambda emb, ids: F.embedding(ids, emb.weight))
+        x = None
+        for k, emb in enumerate(self.emb):
+            e = lookup(emb, tokens[:, k + 1])
+            x = e if x is None else x + e
+        t = lookup(self.text_emb, tokens[:, 0])
+        return t if x is None else x + t
+
+    def heads_input(self, x: torch.Tensor) -> tuple:
+        """Temporal output -> (normalised output feeding both heads, text logits [B, T, text_card])."""
+        out = self.out_norm(x)
+        return out, fast_linear(out, self.text_linear.weight)
+
+    def depformer_embedding(self, k: int) -> ScaledEmbedding:
+        """Embedding of the token that precedes depth position k: the text token for k = 0, else codebook k-1."""
+        return self.depformer_text_emb if k == 0 else self.depformer_emb[k - 1]
+
+    def depformer_input(self, k: int, transformer_out: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Input of depth position k: projection of the temporal output + embedding of the previous token."""
+        proj = self.depformer_in[k if self.config.depformer_multi_linear else 0]
+        return fast_linear(transformer_out, proj.weight) + self.depformer_embedding(k)(previous)
+
+    def depformer_in_all(self) -> torch.Tensor:
+        """The projections of all depth positions stacked, [dep_q * depformer_dim, dim] (one product per step)."""
+        stacked = torch.cat([self.depformer_in[k if self.config.depformer_multi_linear else 0].weight
+                             for k in range(self.config.dep_q)], dim=0)
+        use_wide_weight_layout([stacked])
+        return stacked
+
+    def use_inference_layout(self) -> None:
+        """On CPU in float32, store the wide linear weights (text head, fused q/k/v, FFN inputs, audio heads)
+        column-major, which oneDNN streams faster for a few rows (``codec.modules.linear``). Values are unchanged;
+        serialise with ``.contiguous()``. A no-op when training, elsewhere, and when already done."""
+        if self.training:
+            return
+        weights = [self.text_linear.weight] + [head.weight for head in self.linears]
+        for layer in self.layers:
+            weights += [layer.self_attn.in_proj_weight, layer.gating.linear_in.weight]
+        for layer in self.depformer.layers:
+            weights += [ffn.linear_in.weight for ffn in layer.gating]
+        use_wide_weight_layout(weights)
+
+    # ----------------------------------------------------------------------------------------- training view
+    def forward_train(self, codes: torch.Tensor) -> LMOutput:
+        """Teacher-forced forward on codes [B, K, T] (delays applied inside; spec 2.7, "training-time view")."""
+        from .checks import check_lm_codes
+
+        codes = check_lm_codes(codes, self.config, "forward_train", allow_zero_token=True).to(self.device)
+        cfg = self.config
+        b, k, t = codes.shape
+        initial = self.initial_tokens.view(1, k, 1).expand(b, k, 1)
+        delayed = torch.stack([_shift_right(codes[:, i], d, initial[:, i]) for i, d in enumerate(cfg.delays)], 1)
+        delayed = torch.cat([initial, delayed], dim=2)  # [B, K, T + 1], an all-initial column first
+        x = self.embed(delayed[:, :, :-1])
+        rotation = rope_tables(torch.arange(t, device=x.device).expand(b, t), self.freqs)
+        for layer in self.layers:
+            x = layer(x, rotation)
+        transformer_out, text_logits = self.heads_input(x)
+
+        # Depth transformer, teacher-forced with the tokens of position t + 1.
+        target = delayed[:, :, 1:]
+        inputs = [self.depformer_input(i, transformer_out, target[:, 0] if i == 0 else target[:, i])
+                  for i in range(cfg.dep_q)]
+        dep = self.depformer(torch.stack(inputs, dim=2).view(b * t, cfg.dep_q, -1))
+        logits = torch.stack([fast_linear(dep[:, i], self.linears[i].weight).view(b, t, -1)
+                              for i in range(cfg.dep_q)], dim=1)
+
+        logits, mask = _undelay(logits.float(), cfg.delays[1:1 + cfg.dep_q])
+        mask &= codes[:, 1:1 + cfg.dep_q] != ZERO_TOKEN
+        text_logits, text_mask = _undelay(text_logits.float()[:, None], cfg.delays[:1])
+        text_mask &= codes[:, :1] != ZERO_TOKEN
+        return LMOutput(logits, mask, text_logits, text_mask)
+
+
+def _shift_right(stream: torch.Tensor, delay: int, fill: torch.Tensor) -> torch.Tensor:
+    """[B, T] shifted right by ``delay`` steps, the vacated first steps set to ``fill`` [B, 1]."""
+    if delay == 0:
+        return stream
+    return torch.cat([fill.expand(-1, min(delay, stream.shape[1])), stream[:, :-delay]], dim=1)[:, :stream.shape[1]]
+
+
+def _undelay(logits: torch.Tensor, delays) -> tuple:
+    """[B, S, T, V] -> shifted back by each stream's delay; the last ``delay`` steps are NaN and masked."""
+    b, s, t, _ = logits.shape
+    out, mask = [], torch.ones(b, s, t, dtype=torch.bool, device=logits.device)
+    for i, d in enumerate(delays):
+        line = logits[:, i].roll(-d, dims=1)
+        if d > 0:
+            line[:, -d:] = float("nan")
+            mask[:, i, -d:] = False
+        out.append(line)
+    return torch.stack(out, dim=1), mask

@@ -1,0 +1,332 @@
+"""The frame-locked duplex engine: codec + LM for many sessions as one batched step per 80 ms frame.
+
+Every session owns one row ("slot") of preallocated state: Mimi encoder and decoder states, the LM generator
+state, sampling settings and seed. A tick gathers the frames of the sessions that sent one into fixed input
+buffers, runs one static-shape step over all rows with an active-row mask (rows without input compute but keep
+their state), and scatters the outputs. Nothing in the step allocates host memory, branches on tensor values or
+synchronises with the host until the outputs are copied out, so on a GPU each stage is captured once as a CUDA
+graph and replayed (``cuda_graphs=True``, off with ``DUPLEX_NO_CUDA_GRAPHS=1``); any capture failure falls back
+to eager execution with a warning.
+
+Session timeline (as Kyutai's server): the first frame after ``open`` primes the LM (all its inputs are initial
+tokens) and returns silence; from the second frame on every frame returns 80 ms of model audio and at most one
+text piece. Like Kyutai's server, the codec encoder treats a session's first frame as "in the past": it is not
+encoded, and the second frame is encoded from a fresh state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from codec import Mimi
+from codec.modules.state import zero_row
+
+from ..model.generator import depth_step, new_generator_state, new_scratch, temporal_step
+from ..model.lm import MoshiLM
+from ..model.sampling import SamplingSettings
+from .profiling import StageTimer
+from ..model.tokenizer import TextTokenizer
+
+log = logging.getLogger("duplex.runtime.engine")
+
+STAGES = ("input", "encode", "temporal", "depth", "decode", "output")
+GRAPH_ENV = "DUPLEX_NO_CUDA_GRAPHS"
+
+
+class EngineFull(RuntimeError):
+    """Every slot is taken."""
+
+
+@dataclass
+class SamplingOptions:
+    """Defaults for new sessions (Kyutai's: text 0.7 / 25, audio 0.8 / 250). ``*_top_k_max`` bound what any session
+    may ask for later (they fix the shape of the top-k step)."""
+
+    temperature: float = 0.8
+    top_k: int = 250
+    text_temperature: float = 0.7
+    text_top_k: int = 25
+    top_k_max: int = 500
+    text_top_k_max: int = 100
+    greedy: bool = False
+
+
+def _graphs_disabled_by_env() -> bool:
+    return any(os.environ.get(name, "").strip().lower() not in ("", "0", "no", "n", "false")
+               for name in (GRAPH_ENV, "NO_CUDA_GRAPH"))
+
+
+class Engine:
+    def __init__(self, lm: MoshiLM, mimi: Mimi, tokenizer: Optional[TextTokenizer] = None, slots: int = 8,
+                 cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None):
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+            raise ValueError(f"slots must be a positive integer, got {slots!r}")
+        cfg = lm.config
+        if lm.device != mimi.device:
+            raise ValueError(f"the LM is on {lm.device} but the codec is on {mimi.device}")
+        needed = max(cfg.dep_q, cfg.user_codebooks)
+        if needed > mimi.total_codebooks or mimi.cardinality != cfg.card:
+            raise ValueError(f"the LM needs a codec with >= {needed} codebooks of {cfg.card} entries; this codec "
+                             f"has {mimi.total_codebooks} of {mimi.cardinality}")
+        mimi.num_codebooks = needed  # as Kyutai's loader: max(dep_q, n_q - dep_q)
+        self.lm, self.mimi, self.tokenizer = lm, mimi, tokenizer
+        self.slots = slots
+        self.device = lm.device
+        self.frame_size = mimi.frame_size
+        self.sample_rate = mimi.sample_rate
+        self.options = sampling or SamplingOptions()
+        opts = self.options
+
+        # Conversation state, one row per slot.
+        self.encoder_state = mimi.new_encoder_state(slots)
+        self.decoder_state = mimi.new_decoder_state(slots)
+        self.generator_state = new_generator_state(lm, slots)
+        self.scratch = new_scratch(lm, slots)
+        self.sampling = {
+            "text": SamplingSettings(slots, 0.0 if opts.greedy else opts.text_temperature, opts.text_top_k,
+                                     min(opts.text_top_k_max, cfg.text_card), self.device, branch_free=True),
+            "audio": SamplingSettings(slots, 0.0 if opts.greedy else opts.temperature, opts.top_k,
+                                      min(opts.top_k_max, cfg.card), self.device, branch_free=True),
+            "seed": torch.zeros(slots, dtype=torch.long, device=self.device),
+        }
+        # Fixed input buffers (device) and their host staging copies (pinned on CUDA for async copies).
+        pin = self.device.type == "cuda"
+        self.pcm_in = torch.zeros(slots, 1, self.frame_size, device=self.device)
+        self.active = torch.zeros(slots, dtype=torch.bool, device=self.device)
+        self._pcm_host = torch.zeros(slots, 1, self.frame_size, pin_memory=pin)
+        self._active_host = torch.zeros(slots, dtype=torch.bool, pin_memory=pin)
+        self._in_use = [False] * slots
+        with self._device_context():  # CUDA events belong to the engine's GPU
+            self.timer = StageTimer(STAGES, self.device)
+        # int64 [slots, 1 + dep_q] on the host: the tokens of the last step (text, then audio codes; -2: none).
+        self.last_tokens = torch.full((slots, 1 + cfg.dep_q), -2, dtype=torch.long)
+
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda" and not _graphs_disabled_by_env()
+        self._graphs: Optional[dict] = None
+        self._outputs: Optional[tuple] = None
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoints(cls, lm: Union[str, os.PathLike, MoshiLM], mimi: Union[str, os.PathLike, Mimi],
+                         tokenizer: Union[None, str, os.PathLike, TextTokenizer] = None, slots: int = 8,
+                         device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
+                         cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None,
+                         lm_config=None, mimi_config=None) -> "Engine":
+        """Paths (or loaded models). dtype None: bfloat16 on CUDA, float32 on CPU (the codec is always float32)."""
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if not isinstance(lm, MoshiLM):
+            lm = MoshiLM.from_checkpoint(lm, config=lm_config, device=device, dtype=dtype)
+        if not isinstance(mimi, Mimi):
+            mimi = Mimi.from_checkpoint(mimi, config=mimi_config, device=device)
+        if tokenizer is not None and not isinstance(tokenizer, TextTokenizer):
+            tokenizer = TextTokenizer(tokenizer)
+        return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling)
+
+    @classmethod
+    def default(cls, slots: int = 8, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
+                cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None) -> "Engine":
+        """The engine on duplex's own small default model (see ``duplex.runtime.defaults``); nothing is downloaded."""
+        from .defaults import default_models
+
+        device = torch.device(device)
+        lm, mimi, tokenizer = default_models(device, dtype)
+        return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling)
+
+    # ----------------------------------------------------------------------------------------------- slots
+    @property
+    def free_slots(self) -> int:
+        return self._in_use.count(False)
+
+    def open(self, temperature: Optional[float] = None, top_k: Optional[int] = None,
+             text_temperature: Optional[float] = None, text_top_k: Optional[int] = None,
+             seed: Optional[int] = None) -> int:
+        """Claim a free slot with a fresh state; sampling settings default to the engine's options."""
+        try:
+            slot = self._in_use.index(False)
+        except ValueError:
+            raise EngineFull(f"engine full: all {self.slots} slots are in use") from None
+        opts = self.options
+        self.configure(slot, temperature=opts.temperature if temperature is None else temperature,
+                       top_k=opts.top_k if top_k is None else top_k,
+                       text_temperature=opts.text_temperature if text_temperature is None else text_temperature,
+                       text_top_k=opts.text_top_k if text_top_k is None else text_top_k, seed=seed)
+        for state in (self.encoder_state, self.decoder_state, self.generator_state):
+            zero_row(state, slot)  # only this slot's memory (a 7B slot's KV ring alone is ~1.6 GB)
+        self._in_use[slot] = True
+        return slot
+
+    def configure(self, slot: int, temperature: float, top_k: int, text_temperature: float, text_top_k: int,
+                  seed: Optional[int] = None) -> None:
+        """Set one slot's sampling (temperature 0 = greedy; top-k capped by the engine's ``*_top_k_max``)."""
+        for name, value in (("temperature", temperature), ("text_temperature", text_temperature)):
+            if not (isinstance(value, (int, float)) and value == value and 0 <= value < float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name, value in (("top_k", top_k), ("text_top_k", text_top_k)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        greedy = self.options.greedy
+        self.sampling["audio"].set(slot, 0.0 if greedy else temperature, top_k)
+        self.sampling["text"].set(slot, 0.0 if greedy else text_temperature, text_top_k)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(6), "little")
+        self.sampling["seed"][slot] = int(seed) % (1 << 62)
+
+    def close(self, slot: int) -> None:
+        self._check_slot(slot)
+        self._in_use[slot] = False
+
+    def _check_slot(self, slot) -> None:
+        if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < self.slots:
+            raise ValueError(f"slot must be an integer in [0, {self.slots}), got {slot!r}")
+        if not self._in_use[slot]:
+            raise ValueError(f"slot {slot} is not open")
+
+    # ------------------------------------------------------------------------------------------ the frame
+    def _stage_encode(self) -> torch.Tensor:
+        # A session's first frame is not encoded (Kyutai's server resets the encoder after it): its codes are
+        # never read by the LM, which starts from initial tokens.
+        encode = self.active & (self.generator_state["offset"] != 0)
+        return self.mimi.encode_step(self.pcm_in, self.encoder_state, encode)[..., 0]
+
+    def _stage_temporal(self, user_codes: torch.Tensor) -> tuple:
+        return temporal_step(self.lm, self.generator_state, user_codes, self.active)
+
+    def _stage_depth(self, transformer_out: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
+        return depth_step(self.lm, self.generator_state, self.scratch, transformer_out, text_logits, self.sampling,
+                          self.active)
+
+    def _stage_decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        produced = self.active & (tokens[:, 1] >= 0)
+        audio = self.mimi.decode_step(tokens[:, 1:, None].clamp(min=0), self.decoder_state, produced)
+        return torch.where(produced[:, None, None], audio, torch.zeros((), device=audio.device))
+
+    def _run_eager(self, timed: bool) -> tuple:
+        codes = self._stage_encode()
+        timed and self.timer.mark()
+        transformer_out, text_logits = self._stage_temporal(codes)
+        timed and self.timer.mark()
+        tokens = self._stage_depth(transformer_out, text_logits)
+        timed and self.timer.mark()
+        audio = self._stage_decode(tokens)
+        timed and self.timer.mark()
+        return audio, tokens
+
+    def _capture(self) -> None:
+        """Capture each stage as a CUDA graph over the fixed buffers. Warm-up and capture run with every slot
+        inactive, which leaves all conversation state unchanged."""
+        saved_active = self.active.clone()
+        self.active.zero_()
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._run_eager(timed=False)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graphs = {}
+            g = graphs["encode"] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                codes = self._stage_encode()
+            pool = g.pool()
+            g = graphs["temporal"] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                transformer_out, text_logits = self._stage_temporal(codes)
+            g = graphs["depth"] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                tokens = self._stage_depth(transformer_out, text_logits)
+            g = graphs["decode"] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                audio = self._stage_decode(tokens)
+            self._graphs, self._outputs = graphs, (audio, tokens)
+        finally:
+            self.active.copy_(saved_active)
+
+    def _device_context(self):
+        """CUDA work (capture streams, events) must happen on the engine's GPU, which may not be the current one."""
+        import contextlib
+
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def _run(self, timed: bool) -> tuple:
+        if self.cuda_graphs and self._graphs is None:
+            try:
+                self._capture()
+                log.info("captured the frame step as CUDA graphs (%d slot%s)", self.slots,
+                         "" if self.slots == 1 else "s")
+            except Exception as e:  # any capture problem: keep serving, eagerly
+                log.warning("CUDA graph capture failed (%s: %s); running eagerly", type(e).__name__, e)
+                self.cuda_graphs = False
+                self._graphs = None
+        if self._graphs is None:
+            return self._run_eager(timed)
+        for name in ("encode", "temporal", "depth", "decode"):
+            self._graphs[name].replay()
+            timed and self.timer.mark()
+        return self._outputs
+
+    @torch.no_grad()
+    def step(self, frames: Mapping[int, object]) -> Dict[int, Tuple[np.ndarray, Optional[str]]]:
+        """Advance the sessions in ``frames`` ({slot: float32 [1920]}) by one frame; returns {slot: (float32
+        [1920] model audio, text piece or None)}. Sessions without a frame this tick do not advance."""
+        if not isinstance(frames, Mapping):
+            raise TypeError(f"Engine.step takes a mapping {{slot: frame}}, got {type(frames).__name__}")
+        checked = {}
+        for slot, frame in frames.items():
+            self._check_slot(slot)
+            checked[slot] = self._check_frame(slot, frame)
+        with self._device_context():
+            return self._step(checked)
+
+    def _step(self, checked: dict) -> Dict[int, Tuple[np.ndarray, Optional[str]]]:
+        self.timer.begin()
+        self._active_host.zero_()
+        for slot, frame in checked.items():
+            self._pcm_host[slot, 0] = frame
+            self._active_host[slot] = True
+        self.pcm_in.copy_(self._pcm_host, non_blocking=True)
+        self.active.copy_(self._active_host, non_blocking=True)
+        self.timer.mark()
+        audio, tokens = self._run(timed=True)
+        audio_host = audio.to("cpu")
+        self.last_tokens = tokens.to("cpu")
+        self.timer.mark()
+        self.timer.finish()
+        return {slot: (audio_host[slot, 0].numpy().copy(), self.text_piece(int(self.last_tokens[slot, 0])))
+                for slot in checked}
+
+    def text_piece(self, token: int) -> Optional[str]:
+        """What to display for a text token: the tokenizer's piece, or None (nothing, or no tokenizer)."""
+        if token < 0 or self.tokenizer is None:
+            return None
+        return self.tokenizer.piece(token)
+
+    def _check_frame(self, slot: int, frame) -> torch.Tensor:
+        """One mono frame of float PCM ([frame_size], or with leading axes of size 1), as a CPU float32 tensor."""
+        if isinstance(frame, torch.Tensor):
+            kind = "f" if frame.dtype.is_floating_point else "i"
+        else:
+            frame = np.asarray(frame)
+            kind = frame.dtype.kind
+            if kind not in "biuf":
+                raise ValueError(f"slot {slot}: audio frame is not numeric (got {frame.dtype} values)")
+        if kind != "f":
+            raise ValueError(f"slot {slot}: audio frames are float PCM in [-1, 1], got {str(frame.dtype)} (16-bit PCM: "
+                             "divide by 32768)")
+        frame = frame.detach().to("cpu", torch.float32) if isinstance(frame, torch.Tensor) else \
+            torch.from_numpy(frame.astype(np.float32, copy=False))
+        while frame.dim() > 1 and frame.shape[0] == 1:  # [1, 1920] and the like: still one mono frame
+            frame = frame[0]
+        if frame.dim() != 1 or frame.shape[0] != self.frame_size:
+            raise ValueError(f"slot {slot}: expected one mono frame of {self.frame_size} samples at "
+                             f"{self.sample_rate} Hz, got shape {list(frame.shape)}")
+        if not bool(torch.isfinite(frame).all()):
+            raise ValueError(f"slot {slot}: audio frame contains non-finite samples (NaN or inf)")
+        return frame
