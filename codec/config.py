@@ -226,6 +226,17 @@ class MimiConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_official_dict(self) -> dict:
+        """The config in the official JSON layout (what ``Mimi.from_checkpoint(config=...)`` and Kyutai's loader
+        read): the fields of this implementation that the official layout does not have are left out."""
+        data = self.to_dict()
+        data["seanet"].pop("activation_params", None)
+        data["seanet"].pop("lstm", None)
+        data["quantizer"].pop("n_q_semantic", None)
+        for key in ("bias_ff", "bias_attn"):
+            data["transformer"].pop(key, None)
+        return data
+
     def validate(self) -> None:
         _require(self.channels == 1, "only mono codecs are supported (channels must be 1)")
         self.seanet.validate()

@@ -17,7 +17,8 @@ from torch import nn
 
 from .io.checkpoint import check_and_load, normalize_keys, read_tensors
 from .config import MimiConfig
-from .modules.conv import StreamingConv1d, StreamingConvTranspose1d, _Wrapper
+from .modules.conv import StreamingConv1d, StreamingConvTranspose1d
+from .modules.nest import Nest
 from .modules.quantizer import SplitResidualVectorQuantizer
 from .modules.rope import rope_frequencies
 from .modules.seanet import SEANetDecoder, SEANetEncoder
@@ -42,9 +43,9 @@ class Mimi(nn.Module):
         self.decoder_transformer = MimiTransformer(cfg.transformer)
         stride = cfg.resample_stride
         if stride > 1:
-            self.downsample = _Wrapper()
+            self.downsample = Nest()
             self.downsample.conv = StreamingConv1d(dim, dim, 2 * stride, stride=stride, bias=False, replicate=True)
-            self.upsample = _Wrapper()
+            self.upsample = Nest()
             # Depthwise on purpose: the published weights were trained with this ("channel_wise") layer.
             self.upsample.convtr = StreamingConvTranspose1d(dim, dim, 2 * stride, stride=stride, groups=dim,
                                                             bias=False)

@@ -32,7 +32,7 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
     (``path`` with ``.json``). The codebooks are stored as their centroids with a usage of 1: the EMA sums and
     counts of training can be tiny numbers that half precision would round, their quotient is not."""
     from .io.checkpoint import write_safetensors
-    from .train.trainer import official_layout, write_json
+    from .io.files import write_json
 
     state = {key: value.detach().cpu() for key, value in mimi.state_dict().items()}
     for prefix, codebook in _codebooks(mimi):
@@ -41,7 +41,7 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_safetensors(state, path)
-    write_json(os.path.splitext(path)[0] + ".json", official_layout(mimi))
+    write_json(os.path.splitext(path)[0] + ".json", mimi.config.to_official_dict())
 
 
 def _codebooks(mimi: Mimi):

@@ -7,7 +7,6 @@ Skipped when Debian's chromium is not installed (.ci/run installs it).
 import asyncio
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import tempfile

@@ -201,7 +201,6 @@ def test_console_script_entry_point():
 @pytest.mark.slow
 def test_demo_stream_script(tmp_path):
     """demos/stream_codec.py runs end to end on the bundled sample."""
-    from conftest import FIXTURES
     root = FIXTURES.parent.parent
     out = tmp_path / "streamed.wav"
     result = subprocess.run([sys.executable, str(root / "demos" / "stream_codec.py"), str(root / "demos" / "hello.wav"),

@@ -331,7 +331,7 @@ def test_export_for_inference_is_half_precision_and_codes_agree(tmp_path):
 def test_speech_perplexity_counts_only_speech_frames():
     import numpy as np
 
-    from codec.eval.quality import speech_frames
+    from codec.io.audio import speech_frames
 
     clip = np.zeros(5 * 1920 + 100, dtype=np.float32)
     clip[1920:3840] = 0.1  # frame 1: speech-level

@@ -17,7 +17,7 @@ from codec import Mimi
 from duplex.serving.client import converse
 from duplex.runtime.engine import Engine, EngineFull
 from duplex.model.lm import MoshiLM
-from duplex.serving.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, TEXT, message
+from duplex.serving.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, message
 from duplex.serving.protocol import parse_query
 from duplex.serving.server import ServerOptions, VoiceServer
 from duplex.model.tokenizer import TextTokenizer

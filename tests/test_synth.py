@@ -200,7 +200,7 @@ def test_cli_with_workers(tmp_path, capsys):
 def test_speech_crops_hold_speech(corpus):
     import torch
 
-    from codec.eval.quality import SPEECH_DBFS
+    from codec.io.audio import SPEECH_DBFS
     from duplex.data.codec_crops import CorpusAudio
 
     out, _ = corpus
@@ -234,7 +234,7 @@ def test_word_frames_mark_each_channels_words():
 def test_training_speech_frames_follow_the_transcripts(corpus):
     """Crops are centred on frames holding a word of that channel; on a clean corpus that agrees with the energy
     threshold the quality bench used to apply (silence between turns is digital zero)."""
-    from codec.eval.quality import speech_frames
+    from codec.io.audio import speech_frames
     from duplex.data.codec_crops import FRAME, CorpusAudio
 
     out, _ = corpus

@@ -6,46 +6,13 @@ real weights. Inputs are low-level noise so no activation saturates or turns den
 
 from __future__ import annotations
 
-import platform
-import statistics
 import time
 from typing import Optional, Sequence
 
 import torch
 
 from ..model import ConfigLike, Mimi
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"{_cpu_name()}, {threads} thread{'' if threads == 1 else 's'}"
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (nearest rank); NaN for no values."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def _summary(ms: Sequence[float]) -> dict:
-    return {"median": statistics.median(ms), "p90": percentile(ms, 90), "p99": percentile(ms, 99),
-            "mean": statistics.fmean(ms), "min": min(ms)}
+from ..utils.stats import describe_device, summary
 
 
 @torch.no_grad()
@@ -86,11 +53,11 @@ def bench_codec(config: ConfigLike = None, checkpoint: Optional[str] = None, dev
                 total_ms.append((t2 - t0) * 1e3)
             if progress is not None:
                 progress(batch, i + 1, warmup + frames)
-        total = _summary(total_ms)
+        total = summary(total_ms)
         results.append({
             "batch_size": batch,
-            "encode_ms": _summary(enc_ms),
-            "decode_ms": _summary(dec_ms),
+            "encode_ms": summary(enc_ms),
+            "decode_ms": summary(dec_ms),
             "total_ms": total,
             "ms_per_stream": total["median"] / batch,
             "real_time_factor": total["median"] / frame_ms,

@@ -9,6 +9,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..io.audio import speech_frames
+
 
 def si_snr(estimate: np.ndarray, reference: np.ndarray, eps: float = 1e-8) -> float:
     """Scale-invariant signal-to-noise ratio in dB."""
@@ -23,7 +25,7 @@ def mel_distance(estimate: np.ndarray, reference: np.ndarray, sample_rate: int =
     """Mean absolute difference of log-mel magnitudes (80 mels, 1024-point FFT, hop 256; floor 1e-2, ~80 dB below
     speech, so digital silence does not dominate)."""
     from ..io.audio import import_torchaudio
-    from ..train.trainer import MEL_FLOOR
+    from ..train.losses import MEL_FLOOR
 
     torchaudio = import_torchaudio()
     mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=256, n_mels=80, power=1.0)
@@ -114,21 +116,6 @@ def pitch_errors(ratios: np.ndarray) -> Dict[str, float]:
     err = np.abs(ratios - 1)
     return {"pitch_error": float(np.median(err)), "gross_pitch_error": float(np.mean(err > GROSS_PITCH_ERROR)),
             "voiced_frames": int(len(err))}
-
-
-# A codec frame counts as speech when the reference's RMS over it is above this (dBFS). Usage is reported over all
-# frames and over speech frames: in conversation channels most frames are silence, which any codec spends on a
-# handful of codes, so the all-frames perplexity mostly measures how much silence the clips hold.
-SPEECH_DBFS = -50.0
-
-
-def speech_frames(clip: np.ndarray, frame_size: int, num_frames: int) -> np.ndarray:
-    """bool [num_frames]: frames of ``clip`` (zero-padded to whole frames) whose RMS is above SPEECH_DBFS."""
-    padded = np.zeros(num_frames * frame_size, dtype=np.float32)
-    n = min(len(clip), len(padded))
-    padded[:n] = clip[:n]
-    rms = np.sqrt((padded.reshape(num_frames, frame_size) ** 2).mean(axis=1))
-    return rms > 10 ** (SPEECH_DBFS / 20)
 
 
 @torch.no_grad()

@@ -145,3 +145,18 @@ def save_audio(path: PathLike, pcm: torch.Tensor, sample_rate: int = 24000, subt
         write_atomically(path, lambda temporary: sf.write(temporary, samples, int(sample_rate), subtype=subtype))
     except Exception as e:
         raise AudioError(f"cannot write audio file {os.fspath(path)}: {e}") from None
+
+
+# A codec frame counts as speech when the reference's RMS over it is above this (dBFS). Usage is reported over all
+# frames and over speech frames: in conversation channels most frames are silence, which any codec spends on a
+# handful of codes, so the all-frames perplexity mostly measures how much silence the clips hold.
+SPEECH_DBFS = -50.0
+
+
+def speech_frames(clip: np.ndarray, frame_size: int, num_frames: int) -> np.ndarray:
+    """bool [num_frames]: frames of ``clip`` (zero-padded to whole frames) whose RMS is above SPEECH_DBFS."""
+    padded = np.zeros(num_frames * frame_size, dtype=np.float32)
+    n = min(len(clip), len(padded))
+    padded[:n] = clip[:n]
+    rms = np.sqrt((padded.reshape(num_frames, frame_size) ** 2).mean(axis=1))
+    return rms > 10 ** (SPEECH_DBFS / 20)

@@ -42,3 +42,14 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def write_json(path: str, data: dict) -> None:
+    """A JSON file (a config), written atomically."""
+    import json
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=1)
+
+    write_atomically(path, write)

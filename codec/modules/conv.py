@@ -15,16 +15,13 @@ from torch import nn
 
 from .cpu_paths import cpu_fast_path
 from .linear import fast_linear
+from .nest import Nest
 from .state import State, write_state
 
 # Calls with at most this many output steps per batch row read far more weight bytes than they do arithmetic
 # (the deep SEANet layers see 2-16 steps per frame); they run as one matrix product over unfolded windows,
 # which streams the weights faster than the direct convolution kernels on CPU.
 _GEMM_MAX_STEPS = 4
-
-
-class _Wrapper(nn.Module):
-    """An empty level of nesting that exists only so parameter names match the published files."""
 
 
 class StreamingConv1d(nn.Module):
@@ -37,7 +34,7 @@ class StreamingConv1d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  dilation: int = 1, groups: int = 1, bias: bool = True, replicate: bool = False):
         super().__init__()
-        self.conv = _Wrapper()
+        self.conv = Nest()
         self.conv.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation,
                                    groups=groups, bias=bias)
         self.in_channels = in_channels
@@ -103,7 +100,7 @@ class StreamingConvTranspose1d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
                  bias: bool = True):
         super().__init__()
-        self.convtr = _Wrapper()
+        self.convtr = Nest()
         self.convtr.convtr = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride=stride,
                                                 groups=groups, bias=bias)
         self.out_channels = out_channels

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantizerConfig
-from .conv import _Wrapper
+from .nest import Nest
 from .linear import fast_linear
 
 
@@ -63,7 +63,7 @@ class ResidualVectorQuantizer(nn.Module):
         super().__init__()
         self.input_proj = nn.Conv1d(cfg.input_dimension, cfg.dimension, 1, bias=False)
         self.output_proj = nn.Conv1d(cfg.dimension, cfg.output_dimension, 1, bias=False)
-        self.vq = _Wrapper()
+        self.vq = Nest()
         self.vq.layers = nn.ModuleList([_QuantizerLayer(cfg.dimension, cfg.bins) for _ in range(n_q)])
 
     @property

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TransformerConfig
-from .conv import _Wrapper
+from .nest import Nest
 from .cpu_paths import cpu_fast_path
 from .linear import fast_linear
 from .rope import apply_rope, rope_frequencies, rope_tables
@@ -171,7 +171,7 @@ class MimiTransformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
-        self.transformer = _Wrapper()
+        self.transformer = Nest()
         self.transformer.layers = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.num_layers)])
         self.register_buffer("freqs", rope_frequencies(cfg.head_dim, cfg.max_period), persistent=False)
 

@@ -9,7 +9,6 @@ recent encoder outputs. Quantizer dropout trains every prefix of 1..max codebook
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..model import Mimi
+from ..io.files import write_json
 from ..modules.quantizer import Codebook, ResidualVectorQuantizer
+from .losses import MultiScaleMelLoss
 
 
 @dataclass
@@ -197,36 +198,6 @@ def forward_train(mimi: Mimi, pcm: torch.Tensor, n_q: int, cfg: TrainConfig, gen
 
 
 # -------------------------------------------------------------------------------------------------- losses
-# Floor of the log-mel magnitudes (~80 dB below speech at 0.1-0.3 peak): without it, digital silence
-# (log 1e-5) makes any faint output in silent stretches dominate the loss.
-MEL_FLOOR = 1e-2
-
-
-class MultiScaleMelLoss(torch.nn.Module):
-    """Mean L1 distance of log-mel spectrograms at several resolutions."""
-
-    def __init__(self, sample_rate: int, scales: List[int], n_mels: int = 64):
-        super().__init__()
-        from ..io.audio import import_torchaudio
-
-        torchaudio = import_torchaudio()
-        self.transforms = torch.nn.ModuleList([
-            torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n, hop_length=n // 4, n_mels=min(n_mels, n // 8),
-                                                 power=1.0, center=True) for n in scales])
-
-    def forward(self, estimate: torch.Tensor, target: torch.Tensor, linear_weight: float = 0.0) -> torch.Tensor:
-        """Mean over scales of L1(log mel) + ``linear_weight`` * L1(mel): the linear term weighs the loud bins (the
-        formants), where a log distance alone is slow to pull up an output that is still too quiet."""
-        loss = estimate.new_zeros(())
-        for mel in self.transforms:
-            a, b = mel(estimate), mel(target)
-            loss = loss + F.l1_loss(torch.log(a + MEL_FLOOR), torch.log(b + MEL_FLOOR))
-            if linear_weight:
-                loss = loss + linear_weight * F.l1_loss(a, b)
-        return loss / len(self.transforms)
-
-
-# ------------------------------------------------------------------------------------------------- trainer
 class CodecTrainer:
     """One optimiser step per batch; checkpoints hold everything needed to continue exactly."""
 
@@ -321,7 +292,7 @@ class CodecTrainer:
         # a save cut short between two files (weights of one step, optimizer of another) from a complete one.
         state = {k: v.detach().contiguous().cpu() for k, v in self.mimi.state_dict().items()}
         write_safetensors(state, os.path.join(folder, "codec.safetensors"), metadata={"step": str(self.step)})
-        write_json(os.path.join(folder, "config.json"), official_layout(self.mimi))
+        write_json(os.path.join(folder, "config.json"), self.mimi.config.to_official_dict())
         trainer = {"optimizer": self.optimizer.state_dict(), "step": self.step,
                    "generator": self.generator.get_state(), "train_config": asdict(self.cfg), "extra": extra or {}}
         if self.discriminator is not None:
@@ -353,25 +324,3 @@ class CodecTrainer:
             self.discriminator.load_state_dict(state["discriminator"])
             self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
         return state.get("extra", {})
-
-
-def write_json(path: str, data: dict) -> None:
-    """A config file, written atomically."""
-    from ..io.files import write_atomically
-
-    def write(temporary: str) -> None:
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-
-    write_atomically(path, write)
-
-
-def official_layout(mimi: Mimi) -> dict:
-    """The model's config in the official JSON layout (what Mimi.from_checkpoint(config=...) reads)."""
-    data = mimi.config.to_dict()
-    data["seanet"].pop("activation_params", None)
-    data["seanet"].pop("lstm", None)
-    data["quantizer"].pop("n_q_semantic", None)
-    for key in ("bias_ff", "bias_attn"):
-        data["transformer"].pop(key, None)
-    return data

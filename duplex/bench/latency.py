@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from codec import Mimi
-from codec.eval.bench import describe_device
+from codec.utils.stats import describe_device
 
 from ..model.config import LMConfig
 from ..runtime.defaults import DEFAULT_SEED, default_models

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from codec.eval.bench import _summary, describe_device
+from codec.utils.stats import describe_device, summary
 
 from ..model.config import LMConfig
 from ..model.lm import MoshiLM
@@ -44,9 +44,9 @@ def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str
                 step_ms.append((time.perf_counter() - t0) * 1e3)
             if progress is not None:
                 progress(batch, i + 1, warmup + frames)
-        summary = _summary(step_ms)
-        results.append({"batch_size": batch, "step_ms": summary, "ms_per_stream": summary["median"] / batch,
-                        "real_time_factor": summary["median"] / 80.0, "real_time": summary["p99"] < 80.0})
+        step = summary(step_ms)
+        results.append({"batch_size": batch, "step_ms": step, "ms_per_stream": step["median"] / batch,
+                        "real_time_factor": step["median"] / 80.0, "real_time": step["p99"] < 80.0})
     return {
         "benchmark": "LM generator step per frame (temporal + depth, sampling included)",
         "model": f"checkpoint {checkpoint}" if checkpoint else "random weights",

@@ -176,7 +176,7 @@ def serve_here(engine, work, server_options=None, token: Optional[str] = None, *
 
     import torch
 
-    from codec.eval.bench import describe_device
+    from codec.utils.stats import describe_device
 
     from ..serving.server import ServerOptions, VoiceServer
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 
-from codec.eval.quality import speech_frames
+from codec.io.audio import speech_frames
 
 # Conversation channels are mostly silence (the other side is talking); crops centred on speech frames spend the
 # training on what matters. A speech frame is one that overlaps a word of that channel's transcript (the corpus

@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from codec.io.checkpoint import check_and_load, normalize_keys, read_tensors
-from codec.modules.conv import _Wrapper
+from codec.modules.nest import Nest
 from codec.modules.linear import fast_linear, use_wide_weight_layout
 from codec.modules.rope import rope_frequencies, rope_tables
-from codec.modules.transformer import ring_step_tables
 
 from .config import LMConfig
 from .depformer import DepthTransformer
@@ -49,7 +48,7 @@ class MoshiLM(nn.Module):
         d, dd = cfg.dim, cfg.depformer_dim
         self.text_emb = ScaledEmbedding(cfg.text_card + 1, d)
         self.emb = nn.ModuleList([ScaledEmbedding(cfg.card + 1, d) for _ in range(cfg.n_q)])
-        self.transformer = _Wrapper()
+        self.transformer = Nest()
         self.transformer.layers = nn.ModuleList([
             TemporalLayer(d, cfg.num_heads, cfg.context, cfg.hidden_dim) for _ in range(cfg.num_layers)])
         self.out_norm = RMSNorm(d)

@@ -11,7 +11,7 @@ import collections
 import gc
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 
 def freeze_startup_objects() -> int:

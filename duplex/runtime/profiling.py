@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from codec.eval.bench import percentile
+from codec.utils.stats import percentile
 
 
 class StageTimer:
