@@ -347,3 +347,16 @@ def test_bench_serve_fuzz_reports_each_family_healthy(tmp_path, capsys):
     assert lines[-2] == "healthy after every family" and lines[-1].startswith("resident memory of this process")
     report = json.loads(out.read_text())
     assert report["healthy"] and report["seed"] == 2 and len(report["families"]) == 7
+
+
+def test_a_programming_error_shows_its_traceback(monkeypatch):
+    """Only the project's own error classes become one-line messages; a bug (here a TypeError inside a command)
+    is not disguised as a usage error."""
+    import duplex.cli.codec as codec_command
+
+    def broken(args):
+        raise TypeError("unsupported operand type(s) for *: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(codec_command, "run_roundtrip", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["codec", "roundtrip", "a.wav", "b.wav"])

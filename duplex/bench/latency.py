@@ -24,6 +24,10 @@ FRAME_MS = 80.0
 ACOUSTIC_DELAY_MS = 80.0
 
 
+# The models this benchmark builds by name (the LM presets with random weights), besides checkpoint paths.
+MODELS = ("default", "default-official-codec", *sorted(LMConfig.PRESETS))
+
+
 def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], lm_path: Optional[str] = None,
                 mimi_path: Optional[str] = None, lm_config=None, mimi_config=None):
     """'default' (the shipped small model), 'default-official-codec' (its LM with the official Mimi architecture,
@@ -33,7 +37,7 @@ def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if lm_path or mimi_path:
         if not (lm_path and mimi_path):
-            raise ValueError("pass both --lm and --mimi to time your own checkpoints")
+            raise ValueError("give both lm_path and mimi_path to time your own checkpoints")
         return (MoshiLM.from_checkpoint(lm_path, config=lm_config, device=device, dtype=dtype),
                 Mimi.from_checkpoint(mimi_path, config=mimi_config, device=device), f"checkpoints {lm_path}")
     if model == "default":
@@ -43,9 +47,8 @@ def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], 
         lm, _, _ = default_models(device, dtype)
         return (lm, Mimi.random(None, seed=DEFAULT_SEED, device=device),
                 "small LM (random weights) with the official Mimi architecture (random weights)")
-    if model not in LMConfig.PRESETS:
-        raise ValueError(f"unknown --model {model!r}: default, default-official-codec, or an LM preset "
-                         f"({', '.join(sorted(LMConfig.PRESETS))}) with random weights; or pass --lm and --mimi")
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}: {', '.join(MODELS)}")
     cfg = LMConfig.preset(model)
     return (MoshiLM.random(cfg, seed=DEFAULT_SEED, device=device, dtype=dtype),
             Mimi.random(None, seed=DEFAULT_SEED, device=device), f"{model} shapes, random weights")

@@ -1,4 +1,4 @@
-"""``duplex bench codec``: streaming codec timing, printed as a table and JSON."""
+"""``duplex bench codec | lm | latency | serve | codec-quality``: the benchmarks, each printed as a table (and JSON)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from codec.eval.bench import bench_codec
 
 from ..errors import UsageError
-from .codec import check_output_path, pick_device
+from .common import (add_bench_options, add_model_options, check_output_path, int_in, non_negative, pick_device,
+                     positive, positive_float)
 
 
 def _check_report_paths(args) -> None:
@@ -88,10 +89,15 @@ def run_bench_lm(args) -> int:
 
 
 def run_bench_latency(args) -> int:
-    from duplex.bench.latency import bench_latency, plot_latency
+    from duplex.bench.latency import MODELS, bench_latency, plot_latency
 
+    from .common import check_model_paths
     from .model_paths import mimi_config_for
 
+    check_model_paths(args)
+    if not args.lm and args.model not in MODELS:
+        raise UsageError(f"unknown --model {args.model!r}: {', '.join(MODELS)} (the LM presets with random "
+                         "weights); or pass --lm and --mimi")
     device, progress = _common(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = bench_latency(model=args.model, device=str(device), dtype=dtype,
@@ -216,7 +222,7 @@ def _bench_serve(args) -> dict:
         return bench_serve(url=args.url, clients=args.clients, seconds=args.seconds, formats=args.formats,
                            nice=args.client_nice, token=args.token, progress=progress)
     from ..runtime.clock import freeze_startup_objects
-    from .serve import build_engine
+    from .common import build_engine
 
     slots = args.slots or (2 if args.fuzz else args.clients)
     if slots < (2 if args.fuzz else args.clients):
@@ -241,3 +247,69 @@ def _bench_serve(args) -> dict:
                            nice=args.client_nice, token=args.token, progress=progress)
     finally:
         gc.unfreeze()  # a caller of main() in the same process keeps its collector as it was
+
+
+def register(commands) -> None:
+    """``duplex bench codec | lm | latency | serve | codec-quality``."""
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    p = bench_commands.add_parser("codec", help="streaming codec encode + decode time per 80 ms frame")
+    p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
+    p.add_argument("--config", metavar="JSON", help="codec config "
+                   "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
+    p.add_argument("--num-codebooks", type=int, default=8, metavar="N", help="codebooks encoded and decoded")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_bench_options(p, [1, 8])
+    p.set_defaults(run=run_bench_codec)
+    p = bench_commands.add_parser("lm", help="LM generator step time per 80 ms frame (temporal + depth + sampling)")
+    p.add_argument("--config", default="small",
+                   help="preset (small, moshi_7b) or a JSON config in the official keyword layout (default small)")
+    p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights and "
+                   "activations")
+    add_bench_options(p, [1, 8], what="steps")
+    p.set_defaults(run=run_bench_lm)
+    p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
+    p.add_argument("--model", default="default", help="default (shipped small model), default-official-codec (its "
+                   "LM with the official Mimi architecture) or moshi_7b (7B shapes, random weights); or pass --lm "
+                   "and --mimi")
+    add_model_options(p)
+    add_bench_options(p, [1, 2, 4, 8])
+    p.add_argument("--modes", nargs="+", default=["eager", "graphs"], choices=["eager", "graphs"],
+                   help="graphs only on CUDA")
+    p.add_argument("--plot", metavar="PNG", help="draw ms/frame against batch size here")
+    p.set_defaults(run=run_bench_latency)
+    p = bench_commands.add_parser("serve", help="N time-synchronous clients x S seconds against a voice server: "
+                                  "reply rate, late and lost replies, deadline misses, step time")
+    p.add_argument("--clients", type=positive, default=4, help="concurrent clients, one process each")
+    p.add_argument("--seconds", type=positive_float, default=20.0, help="how long every client talks")
+    p.add_argument("--format", dest="formats", choices=["mixed", "opus", "pcm16"], default="mixed",
+                   help="client audio: Ogg/Opus (Kyutai's), raw pcm16, or mixed (every other client)")
+    p.add_argument("--url", help="a running server to load (default: start one here on the model options)")
+    p.add_argument("--token", help="the server's token, if it requires one")
+    p.add_argument("--slots", type=positive, help="slots of the server started here (default: --clients)")
+    p.add_argument("--threads", type=non_negative, default=0,
+                   help="CPU threads of the server started here (default: torch's choice)")
+    p.add_argument("--client-nice", type=int_in(0, 19, "a niceness 0-19"), default=10,
+                   help="niceness of the client processes: real clients run elsewhere, so on the server's machine "
+                        "they yield the CPU to it (0: equal terms)")
+    p.add_argument("--fuzz", type=positive, metavar="N",
+                   help="instead of the load: N hostile messages in families (malformed, oversized, Opus bombs, "
+                        "floods, connection churn, a jammed queue, HTTP garbage), a health check after each")
+    p.add_argument("--seed", type=int, default=0, help="with --fuzz: the same seed sends the same messages")
+    add_model_options(p)
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    p.set_defaults(run=run_bench_serve)
+    p = bench_commands.add_parser("codec-quality", help="reconstruction quality on a corpus split (JSON + PNG)")
+    p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
+    p.add_argument("--split", default="heldout", help="corpus split to measure (heldout or train)")
+    p.add_argument("--checkpoint", metavar="PATH", help="codec .safetensors (default: the codec shipped with duplex)")
+    p.add_argument("--config", metavar="JSON", help="its config "
+                   "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
+    p.add_argument("--num-codebooks", type=int, default=8, help="codebooks of the reconstruction")
+    p.add_argument("--max-clips", type=positive, default=40, help="channels to evaluate at most (default 40)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    p.add_argument("--plot", metavar="PNG", help="spectrograms of original vs reconstruction")
+    p.set_defaults(run=run_bench_codec_quality)

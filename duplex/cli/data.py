@@ -1,4 +1,4 @@
-"""``duplex data synth``."""
+"""``duplex data synth``: the synthetic two-speaker conversation corpus."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..errors import UsageError
+from .common import non_negative, positive
 
 
 def run_synth(args) -> int:
@@ -53,3 +54,26 @@ def run_synth(args) -> int:
     print(f"{len(rows)} conversation{'' if len(rows) == 1 else 's'} ({heldout} held out), {hours:.2f} h of audio "
           f"in {time.time() - start:.0f} s -> {args.out_dir}", file=sys.stderr)
     return 0
+
+
+def register(commands) -> None:
+    """``duplex data synth``."""
+    data = commands.add_parser("data", help="training data")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_commands.add_parser("synth", help="synthesize a two-speaker conversation corpus with espeak-ng")
+    p.add_argument("out_dir", help="folder to write train/, heldout/ and manifest.jsonl into")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--conversations", type=int, help="number of conversations (default 100)")
+    size.add_argument("--hours", type=float, help="total audio to synthesize instead")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same corpus")
+    p.add_argument("--shares", nargs="+", metavar="SCENARIO=SHARE",
+                   help="scenario shares (default smooth=0.35 pause=0.15 interrupt=0.15 backchannel=0.15 "
+                        "silence=0.2)")
+    p.add_argument("--heldout-every", type=non_negative, default=20, help="hold out every Nth conversation (0: none)")
+    p.add_argument("--min-seconds", type=float, default=20.0, help="shortest conversation")
+    p.add_argument("--max-seconds", type=float, default=40.0, help="longest conversation")
+    p.add_argument("--noise", action="store_true", help="add background noise at 20-40 dB SNR")
+    p.add_argument("--no-level-variation", action="store_true", help="keep every utterance at espeak's level")
+    p.add_argument("--workers", type=positive, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.set_defaults(run=run_synth)
+

@@ -1,4 +1,4 @@
-"""``duplex serve`` and ``duplex client``."""
+"""``duplex serve``: the WebSocket voice server on the model options."""
 
 from __future__ import annotations
 
@@ -8,25 +8,9 @@ import sys
 
 import torch
 
-from ..runtime.clock import freeze_startup_objects
 from ..errors import UsageError
-from .codec import check_output_path, pick_device
-
-
-def build_engine(args, slots: int):
-    from ..runtime.engine import Engine
-    from .model_paths import mimi_config_for
-
-    device = pick_device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    graphs = not args.no_cuda_graphs
-    if args.lm or args.mimi:
-        if not (args.lm and args.mimi):
-            raise UsageError("pass both --lm and --mimi (and usually --tokenizer) to serve your own checkpoints")
-        return Engine.from_checkpoints(lm=args.lm, mimi=args.mimi, tokenizer=args.tokenizer, slots=slots,
-                                       device=device, dtype=dtype, cuda_graphs=graphs, lm_config=args.lm_config,
-                                       mimi_config=mimi_config_for(args.mimi, args.mimi_config))
-    return Engine.default(slots=slots, device=device, dtype=dtype, cuda_graphs=graphs)
+from ..runtime.clock import freeze_startup_objects
+from .common import add_model_options, build_engine, int_in, non_negative, pick_device, port
 
 
 def run_serve(args) -> int:
@@ -74,105 +58,24 @@ def run_serve(args) -> int:
     return 0
 
 
-def run_client(args) -> int:
-    from codec.io.audio import load_audio, save_audio
+def register(commands) -> None:
+    """``duplex serve``."""
+    p = commands.add_parser("serve", help="the WebSocket voice server (Kyutai's protocol) with a browser page")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=port, default=8998, help="TCP port (default 8998)")
+    p.add_argument("--slots", type=int, default=None,
+                   help="concurrent conversations (default: 1 on CPU, 8 on CUDA; every slot costs compute each "
+                        "frame, in use or not)")
+    add_model_options(p)
+    p.add_argument("--token", help="clients must send this (?token=... or Authorization: Bearer ...)")
+    p.add_argument("--ssl-cert", metavar="PEM", help="serve https/wss with this certificate")
+    p.add_argument("--ssl-key", metavar="PEM", help="private key of --ssl-cert")
+    p.add_argument("--origins", nargs="+", metavar="ORIGIN", help="allowed browser origins (default: any)")
+    p.add_argument("--max-message-bytes", type=int_in(1024, None, "a size in bytes >= 1024"), default=1 << 20, help="larger messages close the connection")
+    p.add_argument("--threads", type=non_negative, default=0,
+                   help="CPU threads for the engine (default: torch's choice; with many sessions on few cores, "
+                        "fewer threads leave a core to networking)")
+    p.add_argument("--max-waiting", type=non_negative, default=0,
+                   help="clients that may wait for a free slot when all are taken (default 0: refuse at once)")
+    p.set_defaults(run=run_serve)
 
-    from ..serving.client import ClientError, ClientResult, converse, talk
-
-    def show(piece: str) -> None:
-        print(piece, end="", flush=True)
-
-    def notice(text: str) -> None:
-        print(f"server: {text}", file=sys.stderr)
-
-    if bool(args.input) != bool(args.output):
-        raise UsageError("give both an input and an output file, or neither (microphone <-> speaker)")
-    if not args.input:
-        try:
-            stats = asyncio.run(talk(args.url, raw=args.raw, token=args.token, seconds=args.seconds, on_text=show,
-                                     input_device=_device(args.input_device),
-                                     output_device=_device(args.output_device), on_notice=notice))
-        except KeyboardInterrupt:
-            return 0
-        except ClientError as e:
-            raise UsageError(f"the server refused the session: {e}") from None
-        except (OSError, asyncio.TimeoutError) as e:
-            raise UsageError(f"cannot reach {args.url}: {e or type(e).__name__}") from None
-        except RuntimeError as e:  # no microphone, no PortAudio
-            raise UsageError(str(e)) from None
-        print(f"\n{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns"
-              + (f", {stats.dropped} microphone blocks dropped" if stats.dropped else ""), file=sys.stderr)
-        for problem in stats.errors:
-            print(f"note: {problem}", file=sys.stderr)
-        return 0
-    check_output_path(args.output, audio=True)
-    pcm = load_audio(args.input, 24000)[0].numpy()
-
-    # Whatever arrived is written, also when the server ends the session early or on Ctrl-C.
-    result = ClientResult()
-    interrupted = False
-    try:
-        asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=show, result=result,
-                             on_notice=notice))
-    except KeyboardInterrupt:
-        interrupted = True
-        result.finish(len(pcm))
-        result.errors.append("interrupted (Ctrl-C): the reply is cut there")
-    except ClientError as e:
-        raise UsageError(f"the server refused the session: {e}") from None
-    except (OSError, asyncio.TimeoutError) as e:
-        raise UsageError(f"cannot reach {args.url}: {e or type(e).__name__}") from None
-    print(file=sys.stderr)
-    save_audio(args.output, torch.from_numpy(result.audio), 24000)
-    print(f"{args.input}: {len(pcm) / 24000:.2f} s sent, {result.audio_messages} audio messages received "
-          f"-> {args.output}", file=sys.stderr)
-    for problem in result.errors:
-        print(f"note: {problem}", file=sys.stderr)
-    # A cut-off reply is still written, but the exit status tells a script it is not whole.
-    return 130 if interrupted else (0 if result.complete else 1)
-
-
-def _device(value):
-    return int(value) if value is not None and value.isdigit() else value
-
-
-def run_mic(args) -> int:
-    from ..serving import mic
-
-    if args.list_devices:
-        try:
-            devices = mic.import_sounddevice().query_devices()
-        except RuntimeError as e:
-            raise UsageError(str(e)) from None
-        print(devices if len(devices) else "no audio devices found (PortAudio sees none on this machine)")
-        return 0
-    if bool(args.input_file) != bool(args.output_file):
-        raise UsageError("--input-file and --output-file go together")
-    if args.output_file:
-        check_output_path(args.output_file, audio=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    engine = build_engine(args, slots=1)
-
-    def show(piece: str) -> None:
-        print(piece, end="", flush=True)
-
-    if args.input_file:
-        from codec.io.audio import load_audio, save_audio
-
-        pcm = load_audio(args.input_file, engine.sample_rate)[0].numpy()
-        reply = mic.run_files(engine, pcm, realtime=args.realtime, on_text=show)
-        save_audio(args.output_file, torch.from_numpy(reply), engine.sample_rate)
-        print(f"\n{args.input_file}: {len(pcm) / engine.sample_rate:.2f} s -> {args.output_file}", file=sys.stderr)
-        return 0
-    print("duplex: talking (Ctrl-C to stop); the default model has random weights until trained weights ship",
-          file=sys.stderr)
-    freeze_startup_objects()
-    try:
-        stats = mic.run_live(engine, seconds=args.seconds, input_device=_device(args.input_device),
-                             output_device=_device(args.output_device))
-    except RuntimeError as e:
-        raise UsageError(str(e)) from None
-    print(f"{stats.frames} frames, {stats.overruns} overruns, {stats.underruns} underruns, "
-          f"{stats.device_xruns} device xruns", file=sys.stderr)
-    return 0

@@ -1,0 +1,86 @@
+"""Codes files: a codec's codes as safetensors (an int16 ``codes`` tensor ``[1, K, S]``) with metadata (format,
+sample and frame rates, the original length, a fingerprint of the codec's configuration), checked when read."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..model import Mimi
+
+CODES_FORMAT = "duplex-codes/1"
+
+
+class CodesFileError(ValueError):
+    """A codes file that is missing, unreadable, or does not fit its metadata or the codec that is to decode it."""
+
+
+def codec_fingerprint(mimi: Mimi) -> str:
+    """Names the codec's configuration (not its weights): codes from a codec of another shape are refused."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(mimi.config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_codes(path: str, codes: torch.Tensor, mimi: Mimi, num_samples: int) -> None:
+    from .checkpoint import write_safetensors
+
+    # Codes are < 2048 (< 32768 for any codec we load), so int16 storage is exact and 4x smaller than int64.
+    write_safetensors({"codes": codes.to(torch.int16).contiguous().cpu()}, path, metadata={
+        "format": CODES_FORMAT, "sample_rate": str(mimi.sample_rate), "frame_rate": str(mimi.frame_rate),
+        "num_samples": str(num_samples), "num_codebooks": str(codes.shape[1]), "codec": codec_fingerprint(mimi)})
+
+
+def load_codes(path: str, mimi: Mimi):
+    """(codes int64 [1, K, S], number of samples of the original audio or None), checked against ``mimi``, the
+    codec that is to decode them: an integer tensor of one item, and metadata (written by ``save_codes``) that
+    matches the codes and the codec."""
+    from safetensors import safe_open
+
+    if not os.path.exists(path):
+        raise CodesFileError(f"codes file not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            if "codes" not in f.keys():
+                raise CodesFileError(f"{path} is not a codes file (no 'codes' tensor; has {sorted(f.keys())})")
+            codes = f.get_tensor("codes")
+    except CodesFileError:
+        raise
+    except Exception as e:
+        raise CodesFileError(f"{path} is not a readable safetensors codes file ({e})") from None
+    if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+        raise CodesFileError(f"{path}: codes must be integers, got {str(codes.dtype).replace('torch.', '')}")
+    if codes.dim() == 2:
+        codes = codes[None]
+    if codes.dim() != 3 or codes.shape[0] != 1:
+        raise CodesFileError(f"{path}: codes must be [codebooks, frames] or [1, codebooks, frames], got "
+                         f"{list(codes.shape)}" + (" (a batch: one file holds one item)" if codes.dim() == 3 else ""))
+
+    def field(name: str, cast=str):
+        if name not in metadata:
+            return None
+        try:
+            return cast(metadata[name])
+        except ValueError:
+            raise CodesFileError(f"{path}: metadata {name}={metadata[name]!r} is not a valid value") from None
+
+    if field("format") not in (None, CODES_FORMAT):
+        raise CodesFileError(f"{path}: metadata format={metadata['format']!r}, expected {CODES_FORMAT!r}")
+    for name, expected in (("sample_rate", mimi.sample_rate), ("frame_rate", mimi.frame_rate)):
+        value = field(name, float)
+        if value is not None and value != expected:
+            raise CodesFileError(f"{path}: encoded at {name}={metadata[name]}, but this codec has {expected:g}: decode "
+                             "it with the codec that encoded it")
+    fingerprint = field("codec")
+    if fingerprint is not None and fingerprint != codec_fingerprint(mimi):
+        raise CodesFileError(f"{path} was encoded by a codec of another configuration: decode it with the codec "
+                         "that encoded it (--checkpoint, --config)")
+    frames = codes.shape[-1]
+    num_samples = field("num_samples", int)
+    if num_samples is not None and not (frames - 1) * mimi.frame_size < num_samples <= frames * mimi.frame_size:
+        raise CodesFileError(f"{path}: metadata num_samples={num_samples} does not fit {frames} frames (audio of "
+                         f"{(frames - 1) * mimi.frame_size + 1} to {frames * mimi.frame_size} samples)")
+    return codes.long(), num_samples

@@ -1,0 +1,85 @@
+"""``duplex client``: talk to a voice server, an audio file in and a reply file out, or microphone and speaker."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import torch
+
+from ..errors import UsageError
+from .common import check_output_path, positive_float, sound_device
+
+
+def run_client(args) -> int:
+    from codec.io.audio import load_audio, save_audio
+
+    from ..serving.client import ClientError, ClientResult, converse, talk
+
+    def show(piece: str) -> None:
+        print(piece, end="", flush=True)
+
+    def notice(text: str) -> None:
+        print(f"server: {text}", file=sys.stderr)
+
+    if bool(args.input) != bool(args.output):
+        raise UsageError("give both an input and an output file, or neither (microphone <-> speaker)")
+    if not args.input:
+        try:
+            stats = asyncio.run(talk(args.url, raw=args.raw, token=args.token, seconds=args.seconds, on_text=show,
+                                     input_device=sound_device(args.input_device),
+                                     output_device=sound_device(args.output_device), on_notice=notice))
+        except KeyboardInterrupt:
+            return 0
+        except ClientError as e:
+            raise UsageError(f"the server refused the session: {e}") from None
+        except (OSError, asyncio.TimeoutError) as e:
+            raise UsageError(f"cannot reach {args.url}: {e or type(e).__name__}") from None
+        except RuntimeError as e:  # no microphone, no PortAudio
+            raise UsageError(str(e)) from None
+        print(f"\n{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns"
+              + (f", {stats.dropped} microphone blocks dropped" if stats.dropped else ""), file=sys.stderr)
+        for problem in stats.errors:
+            print(f"note: {problem}", file=sys.stderr)
+        return 0
+    check_output_path(args.output, audio=True)
+    pcm = load_audio(args.input, 24000)[0].numpy()
+
+    # Whatever arrived is written, also when the server ends the session early or on Ctrl-C.
+    result = ClientResult()
+    interrupted = False
+    try:
+        asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=show, result=result,
+                             on_notice=notice))
+    except KeyboardInterrupt:
+        interrupted = True
+        result.finish(len(pcm))
+        result.errors.append("interrupted (Ctrl-C): the reply is cut there")
+    except ClientError as e:
+        raise UsageError(f"the server refused the session: {e}") from None
+    except (OSError, asyncio.TimeoutError) as e:
+        raise UsageError(f"cannot reach {args.url}: {e or type(e).__name__}") from None
+    print(file=sys.stderr)
+    save_audio(args.output, torch.from_numpy(result.audio), 24000)
+    print(f"{args.input}: {len(pcm) / 24000:.2f} s sent, {result.audio_messages} audio messages received "
+          f"-> {args.output}", file=sys.stderr)
+    for problem in result.errors:
+        print(f"note: {problem}", file=sys.stderr)
+    # A cut-off reply is still written, but the exit status tells a script it is not whole.
+    return 130 if interrupted else (0 if result.complete else 1)
+
+
+def register(commands) -> None:
+    """``duplex client``."""
+    p = commands.add_parser("client", help="talk to a server: audio file in and reply file out, or mic <-> speaker")
+    p.add_argument("input", nargs="?", help="audio file to send (any format and rate; mixed to mono, resampled); "
+                   "omit both files to talk through the microphone and speakers")
+    p.add_argument("output", nargs="?", help="reply audio file to write (same length as the input, 24 kHz)")
+    p.add_argument("--seconds", type=positive_float, help="live mode: stop after this long (default: Ctrl-C)")
+    p.add_argument("--input-device", help="live mode: sound input device (index or name)")
+    p.add_argument("--output-device", help="live mode: sound output device (index or name)")
+    p.add_argument("--url", default="ws://127.0.0.1:8998", help="server address (default ws://127.0.0.1:8998)")
+    p.add_argument("--token", help="the server's token, if it requires one")
+    p.add_argument("--raw", action="store_true", help="use the raw PCM16 mode instead of Ogg/Opus")
+    p.set_defaults(run=run_client)
+

@@ -1,0 +1,164 @@
+"""What every ``duplex`` command shares: the argument parser's look, argument types, the option groups of the
+model and benchmark commands, device choice, output-path checks and the engine built from model options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+import torch
+
+from ..errors import UsageError
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or not action.option_strings or action.default is None
+                or action.default is False or action.default == argparse.SUPPRESS):
+            return text
+        default = action.default
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default {shown.replace('%', '%%')})"
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def int_in(low: int, high: Optional[int], what: str):
+    """An argparse type: an integer in [low, high] (no upper bound when high is None), else ``what`` in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+def float_above(low: float, inclusive: bool, what: str):
+    """An argparse type: a finite number above ``low`` (or equal to it when ``inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (value > low or (inclusive and value == low)) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+port = int_in(0, 65535, "a TCP port (0-65535; 0 picks a free one)")
+non_negative = int_in(0, None, "an integer >= 0")
+positive = int_in(1, None, "an integer >= 1")
+positive_float = float_above(0.0, False, "a number > 0")
+weight = float_above(0.0, True, "a number >= 0")
+
+
+def add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> None:
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="Mimi checkpoint (.safetensors); default: $DUPLEX_MIMI, else the codec shipped with duplex")
+    p.add_argument("--config", metavar="JSON", help="config of --checkpoint, official layout "
+                   "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
+    if codebooks:
+        p.add_argument("--num-codebooks", type=int, default=8, metavar="N",
+                       help="codebooks to use, 1 to the codec's count (8 for the shipped codec, up to 32 for "
+                            "Kyutai's Mimi; default 8)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--streaming", action="store_true",
+                   help="run frame by frame as a live stream does (equal to offline for the first 124 frames)")
+
+
+def add_bench_options(p: argparse.ArgumentParser, batch_sizes, what: str = "frames") -> None:
+    p.add_argument("--batch-sizes", type=positive, nargs="+", default=list(batch_sizes), metavar="B",
+                   help="batch sizes to time")
+    p.add_argument("--frames", type=positive, default=50, help=f"timed {what} per batch size (default 50)")
+    p.add_argument("--warmup", type=non_negative, default=5, help=f"untimed {what} first (default 5)")
+    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lm", metavar="PATH", help="Moshi LM checkpoint (default: the shipped default model)")
+    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm)")
+    p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece text tokenizer (with --lm)")
+    p.add_argument("--lm-config", metavar="JSON", help="config of --lm (default: Moshi 7B)")
+    p.add_argument("--mimi-config", metavar="JSON", help="config of --mimi "
+                   "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="run the frame step eagerly on CUDA")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: not a device name (cpu, cuda, cuda:N or auto)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: duplex runs on cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_output_path(path: str, audio: bool) -> None:
+    """Refuse an output path that cannot be written before any work is done: a folder, a missing folder, or
+    (audio) an extension soundfile has no format for."""
+    if os.path.isdir(path):
+        raise UsageError(f"output {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"output folder {folder} does not exist")
+    if audio:
+        import soundfile as sf
+
+        extension = os.path.splitext(path)[1].lstrip(".").upper()
+        if extension not in sf.available_formats() or sf.default_subtype(extension) is None:
+            raise UsageError(f"output {path}: unknown audio format {extension or '(no extension)'!r}; use .wav, "
+                             ".flac or .ogg")
+
+
+def check_model_paths(args) -> None:
+    """--lm and --mimi go together (a checkpoint pair replaces the default model)."""
+    if bool(args.lm) != bool(args.mimi):
+        raise UsageError("pass both --lm and --mimi (and usually --tokenizer) to run your own checkpoints")
+
+
+def build_engine(args, slots: int):
+    from ..runtime.engine import Engine
+    from .model_paths import mimi_config_for
+
+    device = pick_device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    graphs = not args.no_cuda_graphs
+    check_model_paths(args)
+    if args.lm or args.mimi:
+        return Engine.from_checkpoints(lm=args.lm, mimi=args.mimi, tokenizer=args.tokenizer, slots=slots,
+                                       device=device, dtype=dtype, cuda_graphs=graphs, lm_config=args.lm_config,
+                                       mimi_config=mimi_config_for(args.mimi, args.mimi_config))
+    return Engine.default(slots=slots, device=device, dtype=dtype, cuda_graphs=graphs)
+
+
+def sound_device(value):
+    """A sound device option: an index (digits) or a name."""
+    return int(value) if value is not None and value.isdigit() else value

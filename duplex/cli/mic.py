@@ -1,0 +1,69 @@
+"""``duplex mic``: the live demo, the engine in this process between the microphone and the speakers (or files)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..errors import UsageError
+from ..runtime.clock import freeze_startup_objects
+from .common import add_model_options, build_engine, check_output_path, non_negative, positive_float, sound_device
+
+
+def run_mic(args) -> int:
+    from ..serving import mic
+
+    if args.list_devices:
+        try:
+            devices = mic.import_sounddevice().query_devices()
+        except RuntimeError as e:
+            raise UsageError(str(e)) from None
+        print(devices if len(devices) else "no audio devices found (PortAudio sees none on this machine)")
+        return 0
+    if bool(args.input_file) != bool(args.output_file):
+        raise UsageError("--input-file and --output-file go together")
+    if args.output_file:
+        check_output_path(args.output_file, audio=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = build_engine(args, slots=1)
+
+    def show(piece: str) -> None:
+        print(piece, end="", flush=True)
+
+    if args.input_file:
+        from codec.io.audio import load_audio, save_audio
+
+        pcm = load_audio(args.input_file, engine.sample_rate)[0].numpy()
+        reply = mic.run_files(engine, pcm, realtime=args.realtime, on_text=show)
+        save_audio(args.output_file, torch.from_numpy(reply), engine.sample_rate)
+        print(f"\n{args.input_file}: {len(pcm) / engine.sample_rate:.2f} s -> {args.output_file}", file=sys.stderr)
+        return 0
+    print("duplex: talking (Ctrl-C to stop); the default model has random weights until trained weights ship",
+          file=sys.stderr)
+    freeze_startup_objects()
+    try:
+        stats = mic.run_live(engine, seconds=args.seconds, input_device=sound_device(args.input_device),
+                             output_device=sound_device(args.output_device))
+    except RuntimeError as e:
+        raise UsageError(str(e)) from None
+    print(f"{stats.frames} frames, {stats.overruns} overruns, {stats.underruns} underruns, "
+          f"{stats.device_xruns} device xruns", file=sys.stderr)
+    return 0
+
+
+def register(commands) -> None:
+    """``duplex mic``."""
+    p = commands.add_parser("mic", help="live demo: talk with the engine through your microphone and speakers")
+    add_model_options(p)
+    p.add_argument("--input-device", help="sound input device (index or name; see --list-devices)")
+    p.add_argument("--output-device", help="sound output device (index or name)")
+    p.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
+    p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--input-file", metavar="AUDIO", help="headless: read the microphone from this file")
+    p.add_argument("--output-file", metavar="WAV", help="headless: write the replies here (with --input-file)")
+    p.add_argument("--realtime", action="store_true", help="headless: pace the file at 80 ms per frame")
+    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(run=run_mic)
+
