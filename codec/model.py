@@ -106,7 +106,7 @@ class Mimi(nn.Module):
         with torch.device("meta"):
             model = cls(cfg, num_codebooks)
         check_and_load(model, tensors, "Mimi", source=os.fspath(path), dtype=torch.float32)
-        model._rebuild_derived()
+        model.refresh_derived()
         return model.to(device).eval()
 
     @classmethod
@@ -124,10 +124,10 @@ class Mimi(nn.Module):
                     codebook._initialized.fill_(1.0)
         finally:
             torch.random.set_rng_state(generator_state)
-        model._rebuild_derived()
+        model.refresh_derived()
         return model.to(device).eval()
 
-    def _rebuild_derived(self) -> None:
+    def refresh_derived(self) -> None:
         """Recompute the non-persistent tables (RoPE frequencies, centroids) from the loaded values."""
         device = self.device
         for tr in (self.encoder_transformer, self.decoder_transformer):

@@ -15,7 +15,7 @@ from conftest import MIMI_SMALL_CONFIG
 def tiny_codec(seed=0):
     torch.manual_seed(seed)
     mimi = Mimi(str(MIMI_SMALL_CONFIG))
-    mimi._rebuild_derived()
+    mimi.refresh_derived()
     return mimi
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -315,7 +315,7 @@ class CodecTrainer:
                              f"{state['step']} (a save was cut short): resuming would pair weights with another "
                              f"step's optimizer; start a new run from codec.safetensors, or restore both files")
         check_and_load(self.mimi, tensors, "Mimi", source=folder, assign=False)
-        self.mimi._rebuild_derived()
+        self.mimi.refresh_derived()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.generator.set_state(state["generator"])
@@ -324,3 +324,24 @@ class CodecTrainer:
             self.discriminator.load_state_dict(state["discriminator"])
             self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
         return state.get("extra", {})
+
+
+def fit(trainer: CodecTrainer, next_batch: Callable[[], torch.Tensor], end: int, save: Callable[[], None],
+        save_every: int, log: Callable[[dict], None] = lambda record: None,
+        eval_batch: Optional[torch.Tensor] = None, eval_every: int = 0,
+        stop_requested: Callable[[], bool] = lambda: False) -> None:
+    """Train until ``trainer.step`` reaches ``end``: one optimiser step per ``next_batch()``, held-out losses on
+    ``eval_batch`` every ``eval_every`` steps (at the codebook count inference uses, at most what is trained), one
+    ``log(record)`` per step, ``save()`` every ``save_every`` steps, at the end, and when ``stop_requested()``
+    says so between two steps (Ctrl-C: what is saved is always a whole step)."""
+    n_q_eval = min(trainer.mimi.num_codebooks, trainer.cfg.max_codebooks)
+    while trainer.step < end:
+        record = {"step": trainer.step + 1, **trainer.train_step(next_batch())}
+        if eval_batch is not None and eval_every and trainer.step % eval_every == 0:
+            record["heldout"] = trainer.evaluate(eval_batch, n_q=n_q_eval)
+        log(record)
+        stopping = stop_requested()
+        if trainer.step % save_every == 0 or trainer.step == end or stopping:
+            save()
+        if stopping:
+            return

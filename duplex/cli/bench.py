@@ -1,4 +1,4 @@
-"""``duplex bench codec | lm | latency | serve | codec-quality``: the benchmarks, each printed as a table (and JSON)."""
+"""``duplex bench codec | lm | latency | serve | codec-quality``: the benchmarks, each printed as a table."""
 
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ def register(commands) -> None:
     p.add_argument("--ssl-cert", metavar="PEM", help="serve https/wss with this certificate")
     p.add_argument("--ssl-key", metavar="PEM", help="private key of --ssl-cert")
     p.add_argument("--origins", nargs="+", metavar="ORIGIN", help="allowed browser origins (default: any)")
-    p.add_argument("--max-message-bytes", type=int_in(1024, None, "a size in bytes >= 1024"), default=1 << 20, help="larger messages close the connection")
+    p.add_argument("--max-message-bytes", type=int_in(1024, None, "a size in bytes >= 1024"), default=1 << 20,
+                   help="larger messages close the connection")
     p.add_argument("--threads", type=non_negative, default=0,
                    help="CPU threads for the engine (default: torch's choice; with many sessions on few cores, "
                         "fewer threads leave a core to networking)")

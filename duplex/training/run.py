@@ -1,0 +1,116 @@
+"""A training run's folder: what every trainer (the codec's now, the LM's next) needs around its loop.
+
+* It is never overwritten by accident: a folder that holds a run is refused unless the run is resumed, and
+  resuming insists there is one (a forgotten ``--resume`` would lose hours of training).
+* ``log.jsonl`` gets one JSON record per step, flushed (followable with ``tail -f``); on resume, what was logged
+  after the last checkpoint (the steps a crash lost) is dropped, since they are redone.
+* Progress: a bar on a terminal, a line every so often otherwise.
+* Ctrl-C ends the run at the next step boundary, so what is saved is a whole step; a second Ctrl-C stops at once.
+* Checkpoints are written by the trainer, file by file atomically (``codec.io.files.write_atomically``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from ..errors import UsageError
+
+LOG = "log.jsonl"
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; infinity for a line that is not a whole record (a crash can cut the last one)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, TypeError, KeyError):
+        return float("inf")
+
+
+class RunFolder:
+    """``marker``: the file that says the folder holds a run (the trainer's state, written at each checkpoint)."""
+
+    def __init__(self, path: str, resume: bool, marker: str = "trainer.pt"):
+        self.path, self.resume, self.marker = path, resume, marker
+        existing = os.path.exists(self.file(marker))
+        if resume and not existing:
+            raise UsageError(f"--resume: {path} holds no run to continue (no {marker})")
+        if existing and not resume:
+            raise UsageError(f"{path} already holds a training run ({marker}): --resume continues it, or choose "
+                             "another --out")
+        self._log = None
+        self._stop = threading.Event()
+        self._previous_handler = None
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    # ------------------------------------------------------------------------------------------------- log
+    def open_log(self, step: int) -> None:
+        """Start logging after ``step`` (0 for a new run: the log starts afresh, also over one a run that crashed
+        before its first checkpoint left behind)."""
+        os.makedirs(self.path, exist_ok=True)
+        path = self.file(LOG)
+        if self.resume and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                kept = [line for line in f if _logged_step(line) <= step]
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+        self._log = open(path, "a" if self.resume else "w", encoding="utf-8")
+
+    def log(self, record: dict) -> None:
+        self._log.write(json.dumps(record) + "\n")
+        self._log.flush()
+
+    # -------------------------------------------------------------------------------------------- progress
+    def progress(self, total: int, initial: int, every: int = 50):
+        """A callable ``update(step, **figures)``: a tqdm bar on a terminal, else a line every ``every`` steps and
+        at ``total``."""
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=initial, unit="step")
+
+            def update(step: int, **figures) -> None:
+                bar.update(step - bar.n)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in figures.items()})
+                if step >= total:
+                    bar.close()
+        else:
+            def update(step: int, **figures) -> None:
+                if step % every == 0 or step >= total:
+                    shown = " ".join(f"{k} {v:.4f}" for k, v in figures.items())
+                    print(f"step {step}: {shown}", file=sys.stderr)
+        return update
+
+    # ---------------------------------------------------------------------------------------------- Ctrl-C
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def __enter__(self) -> "RunFolder":
+        """Ctrl-C (SIGINT) asks the loop to stop at the next step boundary; a second one stops at once."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                if self._stop.is_set():
+                    raise KeyboardInterrupt
+                self._stop.set()
+                print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+            signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def request_stop(self) -> None:
+        """What Ctrl-C does (for callers that stop a run themselves)."""
+        self._stop.set()

@@ -1,0 +1,58 @@
+"""The run folder every trainer uses, and the codec's training loop: refuse or resume, log trimming, Ctrl-C."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from duplex.errors import UsageError
+from duplex.training.run import RunFolder
+
+
+def test_a_run_folder_is_refused_or_resumed_never_overwritten(tmp_path):
+    with pytest.raises(UsageError, match="holds no run to continue"):
+        RunFolder(str(tmp_path / "new"), resume=True)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "trainer.pt").write_bytes(b"x")
+    with pytest.raises(UsageError, match="already holds a training run"):
+        RunFolder(str(tmp_path / "old"), resume=False)
+    RunFolder(str(tmp_path / "old"), resume=True)
+
+
+def test_resuming_drops_what_was_logged_after_the_checkpoint(tmp_path):
+    (tmp_path / "trainer.pt").write_bytes(b"x")
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(1, 8)] + ['{"step": 8, "lo']  # cut by a crash
+    (tmp_path / "log.jsonl").write_text("\n".join(lines))
+    with RunFolder(str(tmp_path), resume=True) as run:
+        run.open_log(5)
+        run.log({"step": 6, "loss": 0.5})
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_ctrl_c_stops_at_the_next_step_and_the_handler_is_restored(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    with RunFolder(str(tmp_path / "run"), resume=False) as run:
+        assert not run.stop_requested()
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: a request, not an exception
+        assert run.stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_fit_saves_a_whole_step_when_asked_to_stop(small_mimi):
+    from codec import Mimi
+    from codec.train.trainer import CodecTrainer, TrainConfig, fit, init_for_training
+
+    mimi = Mimi.random(small_mimi.config, num_codebooks=4)
+    init_for_training(mimi, seed=0)
+    trainer = CodecTrainer(mimi, TrainConfig(total_steps=100, max_codebooks=4), seed=0)
+    saved, logged = [], []
+    batch = torch.randn(2, 1, 1920 * 4) * 0.1
+    fit(trainer, lambda: batch, end=100, save=lambda: saved.append(trainer.step), save_every=2,
+        log=logged.append, eval_batch=batch, eval_every=2, stop_requested=lambda: trainer.step == 3)
+    assert trainer.step == 3 and saved == [2, 3]  # every 2 steps, then the step it stopped at
+    assert [r["step"] for r in logged] == [1, 2, 3] and "heldout" in logged[1] and "heldout" not in logged[0]
