@@ -112,18 +112,17 @@ class Mimi(nn.Module):
     @classmethod
     def random(cls, config: ConfigLike = None, num_codebooks: int = 8, seed: int = 0,
                device: Union[str, torch.device] = "cpu") -> "Mimi":
-        """A randomly initialised codec (deterministic in ``seed``), for tests and timing."""
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
+        """A randomly initialised codec (deterministic in ``seed``), for tests and timing. The modules' default
+        initialisation draws from torch's global generator, so it runs inside ``fork_rng``: the caller's random
+        state is the same afterwards."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             model = cls(config, num_codebooks)
             with torch.no_grad():
                 for codebook in model.quantizer.rvq_first.codebooks + model.quantizer.rvq_rest.codebooks:
                     codebook.embedding_sum.normal_()
                     codebook.cluster_usage.fill_(1.0)
                     codebook._initialized.fill_(1.0)
-        finally:
-            torch.random.set_rng_state(generator_state)
         model.refresh_derived()
         return model.to(device).eval()
 
@@ -155,9 +154,18 @@ class Mimi(nn.Module):
         return torch.cat(pieces, dim=-1)
 
     @torch.no_grad()
-    def encode(self, pcm: torch.Tensor) -> torch.Tensor:
-        """float [B, 1, T] -> int64 codes [B, num_codebooks, ceil(T / frame_size)]."""
-        return self.quantizer.encode(self.encode_latent(pcm), self.num_codebooks)
+    def encode(self, pcm: torch.Tensor, num_codebooks: Optional[int] = None) -> torch.Tensor:
+        """float [B, 1, T] -> int64 codes [B, num_codebooks, ceil(T / frame_size)] (``num_codebooks``: this call's
+        count, default the model's)."""
+        n = self._codebooks(num_codebooks)
+        return self.quantizer.encode(self.encode_latent(pcm), n)
+
+    def _codebooks(self, n: Optional[int]) -> int:
+        if n is None:
+            return self.num_codebooks
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.total_codebooks:
+            raise ValueError(f"num_codebooks must be an integer in [1, {self.total_codebooks}], got {n!r}")
+        return n
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -199,13 +207,15 @@ class Mimi(nn.Module):
             x = self.downsample.conv.step(x, state["downsample"], active)
         return x
 
-    def encode_step(self, pcm: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def encode_step(self, pcm: torch.Tensor, state: State, active: Optional[torch.Tensor] = None,
+                    num_codebooks: Optional[int] = None) -> torch.Tensor:
         """Whole frames [B, 1, n * frame_size] -> codes [B, num_codebooks, n], advancing ``state``.
 
         No input checks (callers validate once, outside the hot path). Rows where ``active`` is False are computed
-        but keep their state unchanged.
+        but keep their state unchanged. ``num_codebooks``: this call's count (default the model's).
         """
-        return self.quantizer.encode(self._latent_step(pcm, state, active), self.num_codebooks)
+        n = self.num_codebooks if num_codebooks is None else num_codebooks
+        return self.quantizer.encode(self._latent_step(pcm, state, active), n)
 
     def decode_step(self, codes: torch.Tensor, state: State, active: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Code frames [B, K, n] -> audio [B, 1, n * frame_size], advancing ``state`` (no input checks)."""
@@ -215,7 +225,8 @@ class Mimi(nn.Module):
         x = self.decoder_transformer.step(x, state["transformer"], active)
         return self.decoder.step(x, state["seanet"], active)
 
-    def stream(self, batch_size: int) -> "MimiStream":
-        """A new, independent streaming state with ``batch_size`` slots."""
+    def stream(self, batch_size: int, num_codebooks: Optional[int] = None) -> "MimiStream":  # noqa: F821
+        """A new, independent streaming state with ``batch_size`` slots, encoding ``num_codebooks`` codebooks
+        (default: the model's count when the stream is made)."""
         from .stream import MimiStream
-        return MimiStream(self, batch_size)
+        return MimiStream(self, batch_size, self._codebooks(num_codebooks))

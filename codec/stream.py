@@ -1,6 +1,7 @@
 """``MimiStream``: one explicit, preallocated streaming state (one row per slot) of a ``Mimi`` model.
 
-Several streams of one model are independent: all state lives here, none in the model.
+Several streams of one model are independent: all state lives here, including how many codebooks the stream
+encodes, none in the model.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from .checks import check_codes, check_pcm
 
 
 class MimiStream:
-    def __init__(self, mimi, batch_size: int):
+    def __init__(self, mimi, batch_size: int, num_codebooks: Optional[int] = None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.mimi = mimi
         self.batch_size = batch_size
+        self.num_codebooks = mimi.num_codebooks if num_codebooks is None else num_codebooks
         self.encoder_state: State = mimi.new_encoder_state(batch_size)
         self.decoder_state: State = mimi.new_decoder_state(batch_size)
 
@@ -36,7 +38,7 @@ class MimiStream:
                         batch=self.batch_size)
         active = self._active(active)
         frames = pcm.split(m.frame_size, dim=-1)
-        codes = [m.encode_step(frame, self.encoder_state, active) for frame in frames]
+        codes = [m.encode_step(frame, self.encoder_state, active, self.num_codebooks) for frame in frames]
         return codes[0] if len(codes) == 1 else torch.cat(codes, dim=-1)
 
     @torch.no_grad()

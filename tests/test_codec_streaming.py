@@ -170,3 +170,23 @@ def test_official_ring_semantics_past_the_window():
     wide = tr.new_state(1, 2, offline_window=True)
     streamed_wide = torch.cat([tr.step(c, wide) for c in x.split(2, dim=-1)], dim=-1)
     torch.testing.assert_close(streamed_wide, offline, atol=1e-5, rtol=0)
+
+
+def test_the_codebook_count_is_the_calls_or_the_streams_never_a_change_to_the_model(small_mimi, speechlike):
+    x = speechlike(2, 3)
+    before = small_mimi.num_codebooks
+    assert small_mimi.encode(x, 3).shape[1] == 3 and small_mimi.num_codebooks == before
+    stream = small_mimi.stream(2, num_codebooks=2)
+    assert stream.encode(x).shape == (2, 2, 3) and small_mimi.num_codebooks == before
+    assert small_mimi.stream(2).encode(x).shape[1] == before  # a stream's own count, taken when it is made
+    assert torch.equal(small_mimi.encode(x, 2), small_mimi.encode(x)[:, :2])  # the first codebooks are the same
+    with pytest.raises(ValueError, match="num_codebooks must be an integer in"):
+        small_mimi.encode(x, 0)
+
+
+def test_a_random_codec_leaves_the_global_random_state_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    Mimi.random(MIMI_SMALL_CONFIG, seed=1)
+    assert torch.equal(torch.rand(3), expected)

@@ -5,7 +5,7 @@ from safetensors.torch import load_file, save_file
 
 from codec.modules.linear import fast_linear, use_wide_weight_layout
 from duplex.model.lm import MoshiLM
-from tests.conftest import LM_SMALL, LM_SMALL_CONFIG
+from conftest import LM_SMALL, LM_SMALL_CONFIG
 
 
 def _column_major(w: torch.Tensor) -> bool:
@@ -35,7 +35,7 @@ def test_lm_generator_switches_layout_and_results_do_not_change(lm_io, tmp_path)
     assert lm.text_linear.weight.is_contiguous()
 
     lm.train()
-    lm.use_inference_layout()  # training keeps the plain layout
+    lm.prepare_for_inference()  # training keeps the plain layout
     assert lm.text_linear.weight.is_contiguous()
     lm.eval()
 
@@ -51,10 +51,28 @@ def test_lm_generator_switches_layout_and_results_do_not_change(lm_io, tmp_path)
     tokens = torch.stack([gen.step(lm_io["gen_user_tokens"][:1, :, s]) for s in range(40)], -1)
     assert torch.equal(tokens, lm_io["gen_out"][:1])
 
-    # Serialising the re-laid weights: .contiguous() gives back the file's bytes.
+    # state_dict() gives the re-laid weights back contiguous: it saves as it is, with the file's bytes, and the
+    # live weights keep their inference layout.
     path = tmp_path / "lm.safetensors"
-    save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(path))
+    save_file(lm.state_dict(), str(path))
+    assert sum(_column_major(w) for w in relaid) >= 2
     original = load_file(str(LM_SMALL))
     reloaded = load_file(str(path))
     for name, value in original.items():
         assert torch.equal(reloaded[name], value), name
+
+
+def test_an_engine_leaves_the_lm_saveable_and_the_codec_as_it_was(tmp_path):
+    """Building an engine prepares the LM for inference (documented) but leaves state_dict() saveable, and it
+    does not change the caller's codec (its codebook count is the engine's own)."""
+    from codec import Mimi
+    from duplex.runtime.engine import Engine
+    from conftest import MIMI_SMALL, MIMI_SMALL_CONFIG
+
+    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
+    mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG, num_codebooks=3)
+    engine = Engine(lm, mimi, slots=1)
+    assert mimi.num_codebooks == 3 and engine.num_codebooks == max(lm.config.dep_q, lm.config.user_codebooks)
+    save_file(lm.state_dict(), str(tmp_path / "lm.safetensors"))  # raised "non contiguous tensor" before
+    slot = engine.open()
+    assert engine.step({slot: torch.zeros(1920).numpy()})[slot][0].shape == (1920,)

@@ -124,28 +124,23 @@ def evaluate(mimi, clips: Sequence[np.ndarray], num_codebooks: int = 8,
     """Encode and decode each mono clip (float32, 24 kHz) offline and measure it. ``speech_masks``: bool per
     frame of each clip, which frames hold speech (for the speech-frame perplexity); default: frames louder than
     SPEECH_DBFS."""
-    saved = mimi.num_codebooks
-    mimi.num_codebooks = num_codebooks
     rows, all_codes, speech, ratios = [], [], [], []
-    try:
-        for index, clip in enumerate(clips):
-            pcm = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))[None, None]
-            codes = mimi.encode(pcm.to(mimi.device))
-            recon = mimi.decode(codes)[0, 0, : pcm.shape[-1]].cpu().numpy()
-            all_codes.append(codes[0].cpu())
-            frames = codes.shape[-1]
-            if speech_masks is None:
-                mask = speech_frames(clip, mimi.frame_size, frames)
-            else:
-                mask = np.zeros(frames, dtype=bool)
-                given = np.asarray(speech_masks[index], dtype=bool)[:frames]
-                mask[: len(given)] = given
-            speech.append(torch.from_numpy(mask))
-            ratios.append(pitch_ratios(recon, clip, mimi.sample_rate))
-            rows.append({"mel_distance": mel_distance(recon, clip, mimi.sample_rate), "si_snr": si_snr(recon, clip),
-                         "stoi": stoi(recon, clip, mimi.sample_rate), **pitch_errors(ratios[-1])})
-    finally:
-        mimi.num_codebooks = saved
+    for index, clip in enumerate(clips):
+        pcm = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))[None, None]
+        codes = mimi.encode(pcm.to(mimi.device), num_codebooks)
+        recon = mimi.decode(codes)[0, 0, : pcm.shape[-1]].cpu().numpy()
+        all_codes.append(codes[0].cpu())
+        frames = codes.shape[-1]
+        if speech_masks is None:
+            mask = speech_frames(clip, mimi.frame_size, frames)
+        else:
+            mask = np.zeros(frames, dtype=bool)
+            given = np.asarray(speech_masks[index], dtype=bool)[:frames]
+            mask[: len(given)] = given
+        speech.append(torch.from_numpy(mask))
+        ratios.append(pitch_ratios(recon, clip, mimi.sample_rate))
+        rows.append({"mel_distance": mel_distance(recon, clip, mimi.sample_rate), "si_snr": si_snr(recon, clip),
+                     "stoi": stoi(recon, clip, mimi.sample_rate), **pitch_errors(ratios[-1])})
     codes = torch.cat(all_codes, dim=-1)
     active = torch.cat(speech)
     ppl = perplexity(codes, mimi.cardinality)
@@ -169,14 +164,9 @@ def plot_spectrograms(mimi, clip: np.ndarray, path: str, num_codebooks: int = 8,
     import matplotlib.pyplot as plt
 
     clip = np.ascontiguousarray(clip[: int(seconds * mimi.sample_rate)], dtype=np.float32)
-    saved = mimi.num_codebooks
-    mimi.num_codebooks = num_codebooks
-    try:
-        with torch.no_grad():
-            pcm = torch.from_numpy(clip)[None, None].to(mimi.device)
-            recon = mimi.decode(mimi.encode(pcm))[0, 0, : len(clip)].cpu().numpy()
-    finally:
-        mimi.num_codebooks = saved
+    with torch.no_grad():
+        pcm = torch.from_numpy(clip)[None, None].to(mimi.device)
+        recon = mimi.decode(mimi.encode(pcm, num_codebooks))[0, 0, : len(clip)].cpu().numpy()
     fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
     panels = ((axes[0], clip, "original"), (axes[1], recon, f"reconstruction, {num_codebooks} codebooks"))
     # Digital silence has zero power (-inf dB): drawn in the colour of the floor of a fixed scale, not left blank.

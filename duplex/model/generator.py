@@ -41,9 +41,7 @@ def new_generator_state(lm, batch: int) -> dict:
 
 def new_scratch(lm, batch: int) -> dict:
     """Per-generator working memory that is not conversation state: the depth transformer's per-step cache and
-    its input projections stacked into one matrix (taken from the weights when the generator is made).
-    Also switches the model to its inference weight layout (``MoshiLM.use_inference_layout``)."""
-    lm.use_inference_layout()
+    its input projections stacked into one matrix (taken from the weights when the generator is made)."""
     return {"depth": lm.depformer.new_cache(batch, lm.device, lm.dtype), "depformer_in": lm.depformer_in_all()}
 
 

@@ -34,6 +34,15 @@ class LMOutput:
     text_mask: torch.Tensor  # [B, 1, T]
 
 
+def _contiguous_state(module, state_dict, prefix, local_metadata):
+    """A state_dict hook: tensors re-laid for inference (``prepare_for_inference``) are given back contiguous,
+    as loaded; the others are returned as they are (no copy)."""
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state_dict[key] = value.contiguous()
+    return state_dict
+
+
 def _check_dtype(dtype) -> None:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch dtype (torch.float32, torch.bfloat16, torch.float16), "
@@ -45,6 +54,7 @@ class MoshiLM(nn.Module):
         super().__init__()
         cfg = LMConfig.load(config)
         self.config = cfg
+        self._register_state_dict_hook(_contiguous_state)  # the inference layout never leaks into saved files
         d, dd = cfg.dim, cfg.depformer_dim
         self.text_emb = ScaledEmbedding(cfg.text_card + 1, d)
         self.emb = nn.ModuleList([ScaledEmbedding(cfg.card + 1, d) for _ in range(cfg.n_q)])
@@ -131,6 +141,7 @@ class MoshiLM(nn.Module):
         """A streaming generator with ``batch_size`` independent slots (see ``duplex.model.generator``)."""
         from .generator import LMGenerator
 
+        self.prepare_for_inference()
         return LMGenerator(self, batch_size, greedy=greedy, temperature=temperature, top_k=top_k,
                            text_temperature=text_temperature, text_top_k=text_top_k, seed=seed)
 
@@ -168,10 +179,12 @@ class MoshiLM(nn.Module):
         use_wide_weight_layout([stacked])
         return stacked
 
-    def use_inference_layout(self) -> None:
-        """On CPU in float32, store the wide linear weights (text head, fused q/k/v, FFN inputs, audio heads)
-        column-major, which oneDNN streams faster for a few rows (``codec.modules.linear``). Values are unchanged;
-        serialise with ``.contiguous()``. A no-op when training, elsewhere, and when already done."""
+    def prepare_for_inference(self) -> None:
+        """The explicit inference step: on CPU in float32, store the wide linear weights (text head, fused q/k/v,
+        FFN inputs, audio heads) column-major, which oneDNN streams faster for a few rows
+        (``codec.modules.linear``). Values, shapes and Parameter objects are unchanged, and ``state_dict()`` still
+        gives contiguous tensors (safetensors saves it as it is). ``generator()`` and ``Engine`` call this. A
+        no-op when training, on other devices and dtypes, and when already done."""
         if self.training:
             return
         weights = [self.text_linear.weight] + [head.weight for head in self.linears]

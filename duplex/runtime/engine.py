@@ -74,7 +74,7 @@ class Engine:
         if needed > mimi.total_codebooks or mimi.cardinality != cfg.card:
             raise ValueError(f"the LM needs a codec with >= {needed} codebooks of {cfg.card} entries; this codec "
                              f"has {mimi.total_codebooks} of {mimi.cardinality}")
-        mimi.num_codebooks = needed  # as Kyutai's loader: max(dep_q, n_q - dep_q)
+        self.num_codebooks = needed  # as Kyutai's loader: max(dep_q, n_q - dep_q); the caller's codec is untouched
         self.lm, self.mimi, self.tokenizer = lm, mimi, tokenizer
         self.slots = slots
         self.device = lm.device
@@ -87,6 +87,7 @@ class Engine:
         self.encoder_state = mimi.new_encoder_state(slots)
         self.decoder_state = mimi.new_decoder_state(slots)
         self.generator_state = new_generator_state(lm, slots)
+        lm.prepare_for_inference()  # documented on the class: the CPU weight layout (values unchanged)
         self.scratch = new_scratch(lm, slots)
         self.sampling = {
             "text": SamplingSettings(slots, 0.0 if opts.greedy else opts.text_temperature, opts.text_top_k,
@@ -194,7 +195,7 @@ class Engine:
         # A session's first frame is not encoded (Kyutai's server resets the encoder after it): its codes are
         # never read by the LM, which starts from initial tokens.
         encode = self.active & (self.generator_state["offset"] != 0)
-        return self.mimi.encode_step(self.pcm_in, self.encoder_state, encode)[..., 0]
+        return self.mimi.encode_step(self.pcm_in, self.encoder_state, encode, self.num_codebooks)[..., 0]
 
     def _stage_temporal(self, user_codes: torch.Tensor) -> tuple:
         return temporal_step(self.lm, self.generator_state, user_codes, self.active)
