@@ -178,10 +178,18 @@ def test_sampling_settings_per_session():
     eng = make_engine(slots=2, greedy=False)
     with pytest.raises(ValueError, match="temperature"):
         eng.open(temperature=-1.0)
-    with pytest.raises(ValueError, match="top_k"):
-        eng.open(top_k=0)
+    with pytest.raises(ValueError, match=r"top_k must be an integer >= 0 \(0: no truncation\)"):
+        eng.open(top_k=-1)
+    assert eng.free_slots == 2  # a refused open takes no slot
+    whole = eng.open(top_k=0)  # as the generator (and Kyutai's sampler): 0 keeps the whole vocabulary
+    assert int(eng.sampling.audio.top_k[whole]) == eng.sampling.audio.k_max
+    eng.close(whole)
+    for slot in (-1, 2, whole):  # out of range, or not open: refused, nothing half-applied
+        with pytest.raises(ValueError, match="slot"):
+            eng.configure(slot, temperature=1.5, top_k=5, text_temperature=0.5, text_top_k=5, seed=999)
+    assert int(eng.sampling.seed[-1]) != 999 and float(eng.sampling.audio.temperature[-1]) != 1.5
     a = eng.open(seed=5, temperature=1.0, top_k=10)
-    assert int(eng.sampling["audio"].top_k[a]) == 10
+    assert int(eng.sampling.audio.top_k[a]) == 10
     b = eng.open(seed=5, temperature=1.0, top_k=10)
     x = frames(4, 6)
     outs = [eng.step({a: f, b: f}) for f in x]

@@ -276,9 +276,9 @@ def test_query_parameters_set_the_session_sampling():
                            "&text_temperature=abc&audio_seed=77") as ws:
             await handshake(ws)
             slot = next(iter(server.sessions))
-            audio, text = server.engine.sampling["audio"], server.engine.sampling["text"]
+            audio, text = server.engine.sampling.audio, server.engine.sampling.text
             return (float(audio.temperature[slot]), int(audio.top_k[slot]), int(text.top_k[slot]),
-                    float(text.temperature[slot]), int(server.engine.sampling["seed"][slot]))
+                    float(text.temperature[slot]), int(server.engine.sampling.seed[slot]))
 
     temperature, top_k, text_top_k, text_temperature, seed = serve(test)
     assert temperature == pytest.approx(0.3) and top_k == 64  # clamped to the vocabulary / engine maximum

@@ -18,7 +18,7 @@ from codec.utils.stats import describe_device
 from ..model.config import LMConfig
 from ..runtime.defaults import DEFAULT_SEED, default_models
 from ..runtime.engine import STAGES, Engine, SamplingOptions
-from ..model.lm import MoshiLM
+from ..model.lm import MoshiLM, default_dtype
 
 FRAME_MS = 80.0
 ACOUSTIC_DELAY_MS = 80.0
@@ -34,7 +34,7 @@ def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], 
     random weights: the sizes the issue compares with Kyutai's implementation), 'moshi_7b' (7B shapes, random
     weights) or checkpoint paths."""
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = default_dtype(device)
     if lm_path or mimi_path:
         if not (lm_path and mimi_path):
             raise ValueError("give both lm_path and mimi_path to time your own checkpoints")

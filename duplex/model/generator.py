@@ -24,7 +24,7 @@ from codec.modules.state import as_row_mask, write_state, zero_rows
 from codec.modules.transformer import ring_step_tables
 
 from .layers import UNGENERATED_TOKEN
-from .sampling import SamplingSettings, exponential_noise, sample, step_key
+from .sampling import Sampling, check_sampling, exponential_noise, sample, step_key
 from .checks import check_user_codes
 
 
@@ -45,13 +45,13 @@ def new_scratch(lm, batch: int) -> dict:
     return {"depth": lm.depformer.new_cache(batch, lm.device, lm.dtype), "depformer_in": lm.depformer_in_all()}
 
 
-def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, sampling: dict,
+def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, sampling: Sampling,
                   active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Advance every active slot by one frame. user_codes int64 [B, n_q - dep_q]; returns int64 [B, 1 + dep_q]
     (text token, then the audio codes to decode), UNGENERATED_TOKEN (-2) for slots in their first step.
 
     ``scratch``: the depth transformer's per-step cache and the stacked depth input projections
-    (``new_scratch``); ``sampling``: per-slot ``SamplingSettings`` for "text" and "audio", and "seed" [B]."""
+    (``new_scratch``); ``sampling``: every slot's settings and seed (``Sampling``)."""
     transformer_out, text_logits = temporal_step(lm, state, user_codes, active)
     return depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active)
 
@@ -86,7 +86,7 @@ def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[to
 
 
 def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, text_logits: torch.Tensor,
-               sampling: dict, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+               sampling: Sampling, active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Steps 4-8: sample the text token and the audio codes, advance, return the frame to decode."""
     cfg = lm.config
     cache, offset = state["cache"], state["offset"]
@@ -96,8 +96,8 @@ def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, te
 
     # 4-5. Text token, then the audio codes one depth position at a time.
     # Draw 0 is the text token, draws 1..dep_q the audio codes; all their random numbers are made up front.
-    key = step_key(sampling["seed"], offset)
-    text_settings, audio_settings = sampling["text"], sampling["audio"]
+    key = step_key(sampling.seed, offset)
+    text_settings, audio_settings = sampling.text, sampling.audio
     text_noise = exponential_noise(key, 0, text_settings.k_max, 1)[:, 0] if text_settings.any_sampling else None
     audio_noise = (exponential_noise(key, 1, audio_settings.k_max, cfg.dep_q).unbind(1)
                    if audio_settings.any_sampling else [None] * cfg.dep_q)
@@ -133,29 +133,18 @@ class LMGenerator:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         cfg = lm.config
-        for name, value in (("top_k", top_k), ("text_top_k", text_top_k)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0 (0: no truncation), got {value!r}")
-        # As in the reference, k is capped by the vocabulary, and 0 keeps the whole vocabulary.
-        top_k = min(top_k, cfg.card) if top_k > 0 else cfg.card
-        text_top_k = min(text_top_k, cfg.text_card) if text_top_k > 0 else cfg.text_card
-        for name, value in (("temperature", temperature), ("text_temperature", text_temperature)):
-            if not (value >= 0 and value == value and value != float("inf")):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_sampling(temperature, top_k, text_temperature, text_top_k)
         self.lm = lm
         self.batch_size = batch_size
-        device = lm.device
         if seed is None:
             seed = int.from_bytes(os.urandom(6), "little")
         self.seed = int(seed)
-
-        self.sampling = {
-            "text": SamplingSettings(batch_size, 0.0 if greedy else text_temperature, text_top_k, text_top_k,
-                                     device),
-            "audio": SamplingSettings(batch_size, 0.0 if greedy else temperature, top_k, top_k, device),
-            # Each slot draws from its own stream: the generator seed combined with the slot index.
-            "seed": ((self.seed % (1 << 40)) << 20) + torch.arange(batch_size, dtype=torch.long, device=device),
-        }
+        # As in the reference, k is capped by the vocabulary, and 0 keeps the whole vocabulary.
+        top_k = min(top_k, cfg.card) if top_k > 0 else cfg.card
+        text_top_k = min(text_top_k, cfg.text_card) if text_top_k > 0 else cfg.text_card
+        self.sampling = Sampling(batch_size, text_top_k, top_k, lm.device, greedy=greedy)
+        # Each slot draws from its own stream: the generator seed combined with the slot index.
+        self.sampling.set(None, temperature, top_k, text_temperature, text_top_k, (self.seed % (1 << 40)) << 20)
         self.state = new_generator_state(lm, batch_size)
         self.scratch = new_scratch(lm, batch_size)
 

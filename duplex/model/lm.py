@@ -34,6 +34,11 @@ class LMOutput:
     text_mask: torch.Tensor  # [B, 1, T]
 
 
+def default_dtype(device: Union[str, torch.device]) -> torch.dtype:
+    """The LM's dtype when none is asked for: bfloat16 on CUDA (as Kyutai runs it), float32 on CPU."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def _contiguous_state(module, state_dict, prefix, local_metadata):
     """A state_dict hook: tensors re-laid for inference (``prepare_for_inference``) are given back contiguous,
     as loaded; the others are returned as they are (no copy)."""

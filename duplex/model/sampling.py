@@ -91,6 +91,42 @@ class SamplingSettings:
         self.all_sampling = not self.branch_free and bool((~self.greedy).all())
 
 
+def check_sampling(temperature, top_k, text_temperature, text_top_k) -> None:
+    """The one validation of sampling settings (the generator's and the engine's): temperatures are finite
+    numbers >= 0 (0: greedy), top-k integers >= 0 (0: no truncation, the whole vocabulary)."""
+    for name, value in (("temperature", temperature), ("text_temperature", text_temperature)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+                and 0 <= value < float("inf")):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    for name, value in (("top_k", top_k), ("text_top_k", text_top_k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0 (0: no truncation), got {value!r}")
+
+
+class Sampling:
+    """How every slot samples: text and audio ``SamplingSettings`` and a random seed per slot. ``k_max`` of each
+    bounds what a slot may ask for (it fixes the shape of the top-k step); ``greedy`` overrides every slot."""
+
+    def __init__(self, batch: int, text_k_max: int, audio_k_max: int, device=None, greedy: bool = False,
+                 branch_free: bool = False):
+        self.batch, self.greedy = batch, greedy
+        self.text = SamplingSettings(batch, 0.0, text_k_max, text_k_max, device, branch_free=branch_free)
+        self.audio = SamplingSettings(batch, 0.0, audio_k_max, audio_k_max, device, branch_free=branch_free)
+        self.seed = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def set(self, slot: Optional[int], temperature: float, top_k: int, text_temperature: float, text_top_k: int,
+            seed: int) -> None:
+        """One slot's settings (every slot's when ``slot`` is None, each then seeded ``seed`` + its index)."""
+        check_sampling(temperature, top_k, text_temperature, text_top_k)
+        self.audio.set(slot, 0.0 if self.greedy else temperature, top_k or self.audio.k_max)
+        self.text.set(slot, 0.0 if self.greedy else text_temperature, text_top_k or self.text.k_max)
+        seed = int(seed) % (1 << 62)
+        if slot is None:
+            self.seed.copy_(seed + torch.arange(self.batch, dtype=torch.long))
+        else:
+            self.seed[slot] = seed
+
+
 def sample(logits: torch.Tensor, settings: SamplingSettings, noise: Optional[torch.Tensor]) -> torch.Tensor:
     """One token per row of ``logits`` [B, V]; ``noise`` [B, k_max]: Exp(1) variables from ``exponential_noise``
     (one draw of this step; unused, and may be None, when every slot is greedy)."""

@@ -16,7 +16,7 @@ import torch
 from codec import Mimi, load_shipped_codec
 
 from ..model.config import LMConfig
-from ..model.lm import MoshiLM
+from ..model.lm import MoshiLM, default_dtype
 
 DEFAULT_SEED = 20261124
 
@@ -25,7 +25,7 @@ def default_models(device: torch.device, dtype: Optional[torch.dtype] = None) ->
     """(LM, codec, tokenizer) of the default model on ``device``; dtype None: bfloat16 on CUDA, float32 on CPU."""
     device = torch.device(device)
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = default_dtype(device)
     lm = MoshiLM.random(LMConfig.small(), seed=DEFAULT_SEED, device=device, dtype=dtype)
     mimi = load_shipped_codec(num_codebooks=8, device=device)
     return lm, mimi, None

@@ -28,8 +28,8 @@ from codec import Mimi
 from codec.modules.state import zero_row
 
 from ..model.generator import depth_step, new_generator_state, new_scratch, temporal_step
-from ..model.lm import MoshiLM
-from ..model.sampling import SamplingSettings
+from ..model.lm import MoshiLM, default_dtype
+from ..model.sampling import Sampling
 from .profiling import StageTimer
 from ..model.tokenizer import TextTokenizer
 
@@ -89,13 +89,8 @@ class Engine:
         self.generator_state = new_generator_state(lm, slots)
         lm.prepare_for_inference()  # documented on the class: the CPU weight layout (values unchanged)
         self.scratch = new_scratch(lm, slots)
-        self.sampling = {
-            "text": SamplingSettings(slots, 0.0 if opts.greedy else opts.text_temperature, opts.text_top_k,
-                                     min(opts.text_top_k_max, cfg.text_card), self.device, branch_free=True),
-            "audio": SamplingSettings(slots, 0.0 if opts.greedy else opts.temperature, opts.top_k,
-                                      min(opts.top_k_max, cfg.card), self.device, branch_free=True),
-            "seed": torch.zeros(slots, dtype=torch.long, device=self.device),
-        }
+        self.sampling = Sampling(slots, min(opts.text_top_k_max, cfg.text_card), min(opts.top_k_max, cfg.card),
+                                 self.device, greedy=opts.greedy, branch_free=True)
         # Fixed input buffers (device) and their host staging copies (pinned on CUDA for async copies).
         pin = self.device.type == "cuda"
         self.pcm_in = torch.zeros(slots, 1, self.frame_size, device=self.device)
@@ -122,7 +117,7 @@ class Engine:
         """Paths (or loaded models). dtype None: bfloat16 on CUDA, float32 on CPU (the codec is always float32)."""
         device = torch.device(device)
         if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+            dtype = default_dtype(device)
         if not isinstance(lm, MoshiLM):
             lm = MoshiLM.from_checkpoint(lm, config=lm_config, device=device, dtype=dtype)
         if not isinstance(mimi, Mimi):
@@ -155,30 +150,27 @@ class Engine:
         except ValueError:
             raise EngineFull(f"engine full: all {self.slots} slots are in use") from None
         opts = self.options
-        self.configure(slot, temperature=opts.temperature if temperature is None else temperature,
-                       top_k=opts.top_k if top_k is None else top_k,
-                       text_temperature=opts.text_temperature if text_temperature is None else text_temperature,
-                       text_top_k=opts.text_top_k if text_top_k is None else text_top_k, seed=seed)
+        self._in_use[slot] = True
+        try:
+            self.configure(slot, temperature=opts.temperature if temperature is None else temperature,
+                           top_k=opts.top_k if top_k is None else top_k,
+                           text_temperature=opts.text_temperature if text_temperature is None else text_temperature,
+                           text_top_k=opts.text_top_k if text_top_k is None else text_top_k, seed=seed)
+        except ValueError:
+            self._in_use[slot] = False
+            raise
         for state in (self.encoder_state, self.decoder_state, self.generator_state):
             zero_row(state, slot)  # only this slot's memory (a 7B slot's KV ring alone is ~1.6 GB)
-        self._in_use[slot] = True
         return slot
 
     def configure(self, slot: int, temperature: float, top_k: int, text_temperature: float, text_top_k: int,
                   seed: Optional[int] = None) -> None:
-        """Set one slot's sampling (temperature 0 = greedy; top-k capped by the engine's ``*_top_k_max``)."""
-        for name, value in (("temperature", temperature), ("text_temperature", text_temperature)):
-            if not (isinstance(value, (int, float)) and value == value and 0 <= value < float("inf")):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name, value in (("top_k", top_k), ("text_top_k", text_top_k)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        greedy = self.options.greedy
-        self.sampling["audio"].set(slot, 0.0 if greedy else temperature, top_k)
-        self.sampling["text"].set(slot, 0.0 if greedy else text_temperature, text_top_k)
+        """Set an open slot's sampling (temperature 0: greedy; top-k 0: no truncation; top-k capped by the
+        engine's ``*_top_k_max``; seed None: a random one)."""
+        self._check_slot(slot)
         if seed is None:
             seed = int.from_bytes(os.urandom(6), "little")
-        self.sampling["seed"][slot] = int(seed) % (1 << 62)
+        self.sampling.set(slot, temperature, top_k, text_temperature, text_top_k, seed)
 
     def close(self, slot: int) -> None:
         self._check_slot(slot)
