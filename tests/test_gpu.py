@@ -44,7 +44,7 @@ def test_cuda_lm_forward_and_greedy_generation_match_reference(lm_io, no_tf32):
     assert torch.equal(tokens, lm_io["gen_out"])
 
 
-def test_cuda_sampling_matches_cpu_sampling(small_lm, lm_io):
+def test_cuda_sampling_matches_cpu_sampling():
     """The counter-based random source gives the same draws on any device."""
     from duplex.model.sampling import step_key, uniform_noise
 

@@ -1,0 +1,1 @@
+"""Evaluating a codec: reconstruction quality (``quality``) and streaming speed (``bench``)."""

@@ -1,0 +1,1 @@
+"""Files at the codec's edges: checkpoints, audio files, codes files, and atomic writes."""

@@ -1,4 +1,4 @@
-"""Reading published checkpoints strictly (spec sections 1.9 and 2.10.1).
+"""Reading published checkpoints strictly (docs/kyutai-compat.md §1.9 and §2.10.1).
 
 Both the file form (packed attention ``in_proj_weight`` / ``out_proj.weight``, legacy codebook names, folded or
 unfolded weight norm) and the in-memory module form (``in_projs.{i}.weight``) are normalised to one canonical

@@ -1,4 +1,4 @@
-"""Causal streaming convolutions (spec section 1.5).
+"""Causal streaming convolutions (docs/kyutai-compat.md §1.5).
 
 A streaming call on a fresh state and the offline call are the same computation, so ``forward`` (offline) is the
 step on a fresh state. Parameter names mirror the published checkpoints (``conv.conv.weight``,

@@ -1,20 +1,12 @@
 """Matrix products for the streaming hot path on CPU.
 
-At batch 1 the codec reads far more weight bytes than it does arithmetic (~300 MB of fp32 weights per 80 ms
-frame), so what matters is how fast a kernel streams a weight matrix for a handful of input rows. Measured on a
-2-core AMD EPYC (Zen 4) with PyTorch 2.11 (docs/benchmarks.md):
-
-* PyTorch's default ``F.linear`` (MKL) streams weights at 1-6 GB/s for 1-32 rows;
-* oneDNN's inference linear (the op Inductor emits for CPU linears) at ~16-27 GB/s for 1-8 rows; past 8 rows it
-  drops 3-5x for inner dimensions <= 2048, where blocks of 8 rows are 2-4x faster than one call;
-* XNNPACK (bundled with PyTorch) reaches ~23-32 GB/s in isolation, but its own thread pool competes with the
-  OpenMP threads of every other op: inside the codec the whole frame became 15x slower (5x slower still with
-  OMP_WAIT_POLICY=PASSIVE). So it is not used.
-
-The layout of the weight matters too: for matrices at least twice as wide (out) as deep (in), oneDNN streams a
-column-major copy (``weight.t()`` of a contiguous [in, out] tensor) up to 1.8x faster for one row (Moshi's text
-head: 2.2 ms instead of 4.0 ms), and equally fast or faster past 16 rows; for square or narrow matrices the
-row-major layout is faster. ``use_wide_weight_layout`` re-lays such weights in place (same values and shape).
+At batch 1 the codec and the LM read far more weight bytes than they do arithmetic, so what matters is how fast a
+kernel streams a weight matrix for a handful of input rows. On CPU, oneDNN's inference linear (the op Inductor
+emits for CPU linears) streams weights several times faster than PyTorch's default ``F.linear`` for 1-8 rows, and
+in blocks of 8 rows past that; XNNPACK is faster still in isolation, but its own thread pool competes with the
+OpenMP threads of every other op, so it is not used. For matrices at least twice as wide (out) as deep (in), a
+column-major copy streams faster for a few rows; ``use_wide_weight_layout`` re-lays such weights in place (same
+values and shape). The measurements: docs/benchmarks.md ("Where the time goes").
 
 oneDNN's op has no autograd: anything that needs gradients, every non-CPU or non-float32 tensor, and code being
 traced by torch.compile (Inductor chooses its own CPU kernels) goes through ``F.linear``.

@@ -1,7 +1,7 @@
-"""Split residual vector quantizer (spec section 1.8).
+"""Split residual vector quantizer (docs/kyutai-compat.md §1.8).
 
 One semantic codebook (``rvq_first``) and up to 31 acoustic codebooks (``rvq_rest``). Both quantizers project
-the *same* 512-d latent with their own 1x1 convolution; the acoustic one runs a plain residual loop. Centroids are
+the *same* latent (512-d in Mimi, ``quantizer.input_dimension``) with their own 1x1 convolution; the acoustic one runs a plain residual loop. Centroids are
 ``embedding_sum / clamp(cluster_usage, 1e-5)``, derived once from the stored EMA statistics.
 """
 

@@ -1,4 +1,5 @@
-"""Interleaved rotary position embedding (spec section 2.4.3), shared by Mimi and the Moshi temporal transformer.
+"""Interleaved rotary position embedding (docs/kyutai-compat.md §2.4.3), shared by Mimi and the Moshi temporal
+transformer.
 
 Pairs ``(x[2i], x[2i+1])`` of each head vector are rotated by ``theta = position * max_period^(-2i/d)``; the angle
 and the rotation are computed in float32 and the result is cast back to the input dtype.

@@ -1,4 +1,4 @@
-"""SEANet encoder and decoder (spec sections 1.3 and 1.4).
+"""SEANet encoder and decoder (docs/kyutai-compat.md §1.3 and §1.4).
 
 Both are flat layer lists whose indices are the state-dict indices of the published checkpoint
 (``encoder.model.3.conv.conv.weight``): convolutions, residual blocks and ELU activations in order.

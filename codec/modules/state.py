@@ -1,7 +1,8 @@
 """Explicit streaming state: nested dicts of preallocated tensors whose first axis is the batch slot.
 
-Every streaming module builds its state with ``new_state(batch, device)`` and advances it in ``step(x, state,
-active)``. All state tensors start at zero (flags are stored so that "fresh" is False/0), which makes a reset of
+Every streaming module builds its state with a ``new_state(batch, ...)`` (the transformer's also takes the chunk
+length and whether the window is offline) and advances it in a ``step(x, state, ...)`` whose rows where an
+``active`` mask is False do not advance (attention takes precomputed ring tables instead). All state tensors start at zero (flags are stored so that "fresh" is False/0), which makes a reset of
 some slots one masked write of zeros over every leaf: no reallocation, no branching on tensor values, and the
 same memory addresses before and after (so a captured CUDA graph stays valid).
 """

@@ -1,4 +1,4 @@
-"""The Mimi encoder/decoder transformer (spec section 1.6) with an explicit ring-buffer KV cache.
+"""The Mimi encoder/decoder transformer (docs/kyutai-compat.md §1.6) with an explicit ring-buffer KV cache.
 
 Every query at position p may see keys at positions ``p - context < q <= p``. Streaming, each layer keeps a ring
 of ``capacity`` slots per batch row, written *before* attending. With ``capacity == context`` and two latent steps

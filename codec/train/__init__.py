@@ -1,0 +1,2 @@
+"""Training a Mimi-architecture codec: ``trainer`` (the differentiable forward, EMA codebooks, checkpoints,
+``fit``), ``losses`` and the optional ``discriminator``. Inference never imports this package."""

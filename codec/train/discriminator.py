@@ -2,8 +2,8 @@
 
 Why: a decoder trained on spectrogram distances alone does not learn pitch. The shipped codec's harmonics sit on
 the 25 Hz grid of its latent frames (a decoder fed the same latent frame after frame can only output a waveform
-that repeats every 960 samples), so its pitch is on that grid (mostly exactly 100 or 200 Hz) in 75% of voiced
-frames whatever the speaker's (docs/benchmarks.md, codec training); magnitude losses neither make the codes
+that repeats every 960 samples), so its pitch is on that grid whatever the speaker's (docs/benchmarks.md, codec
+training, measures how often); magnitude losses neither make the codes
 carry the voice's phase nor give a harmonic one grid step away any useful gradient. A discriminator that looks
 at the waveform folded by several periods (HiFi-GAN's multi-period design, Kong et al. 2020) judges exactly
 that periodic structure. It is used only in training; inference and streaming

@@ -1,0 +1,1 @@
+"""Small helpers shared across the codec and its users: measurement summaries (``stats``)."""

@@ -31,7 +31,7 @@ MODELS = ("default", "default-official-codec", *sorted(LMConfig.PRESETS))
 def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], lm_path: Optional[str] = None,
                 mimi_path: Optional[str] = None, lm_config=None, mimi_config=None):
     """'default' (the shipped small model), 'default-official-codec' (its LM with the official Mimi architecture,
-    random weights: the sizes the issue compares with Kyutai's implementation), 'moshi_7b' (7B shapes, random
+    random weights: the sizes docs/benchmarks.md compares with Kyutai's implementation), 'moshi_7b' (7B shapes, random
     weights) or checkpoint paths."""
     if dtype is None:
         dtype = default_dtype(device)

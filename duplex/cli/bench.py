@@ -24,10 +24,6 @@ def _check_report_paths(args) -> None:
 
 def _common(args):
     """Validate the options every benchmark shares; returns (device, progress callback)."""
-    if any(b < 1 for b in args.batch_sizes):
-        raise UsageError("--batch-sizes must be positive integers")
-    if args.frames < 1 or args.warmup < 0:
-        raise UsageError("--frames must be >= 1 and --warmup >= 0")
     _check_report_paths(args)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -46,7 +46,7 @@ def run_synth(args) -> int:
     start = time.time()
     try:
         rows = synthesize_corpus(args.out_dir, conversations, seed=args.seed, options=options,
-                                 workers=max(1, args.workers), progress=sys.stderr.isatty())
+                                 workers=args.workers, progress=sys.stderr.isatty())
     except EspeakError as e:
         raise UsageError(str(e)) from None
     hours = sum(r["duration"] for r in rows) / 3600

@@ -1,4 +1,4 @@
-"""Moshi language-model configuration in the official keyword layout (spec section 2.1).
+"""Moshi language-model configuration in the official keyword layout (docs/kyutai-compat.md §2.1).
 
 ``LMConfig.from_dict`` reads the keyword dict Kyutai's loader passes to its ``LMModel`` (``moshi7b_config.json``,
 or a repository's ``config.json``). It is strict: unknown keys are errors. Keys the official loader drops or
@@ -91,10 +91,6 @@ class LMConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
-
-    @property
-    def depformer_head_dim(self) -> int:
-        return self.depformer_dim // self.depformer_num_heads
 
     @staticmethod
     def gated_hidden(dim: int, dim_feedforward: int) -> int:

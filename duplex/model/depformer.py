@@ -1,4 +1,4 @@
-"""The depth transformer ("depformer", spec section 2.6).
+"""The depth transformer ("depformer", docs/kyutai-compat.md §2.6).
 
 Within one time step it runs over depth positions k = 0..dep_q-1 (one per generated codebook). Every position has
 its own attention and feed-forward weights (norms are shared), there is no positional encoding and no window, and

@@ -1,4 +1,4 @@
-"""Streaming generation (spec section 2.7): one call per 80 ms frame, every slot at its own position.
+"""Streaming generation (docs/kyutai-compat.md §2.7): one call per 80 ms frame, every slot at its own position.
 
 State per slot (all preallocated, batch-slot axis first, zero = fresh): a token cache of ``max_delay + 2`` columns
 for the 17 streams, the slot's step counter, and the temporal transformer's KV rings. The depth transformer's
@@ -150,8 +150,9 @@ class LMGenerator:
 
     @torch.no_grad()
     def step(self, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The user's codes for this frame, int [B, 8] -> int64 [B, 9]: text token then the 8 audio codes to
-        decode; -2 in a slot's first step after a reset. ``active`` (bool [B]): other slots do not advance."""
+        """The user's codes for this frame, int [B, user_codebooks] -> int64 [B, 1 + dep_q] (8 and 9 for Moshi):
+        the text token, then the dep_q audio codes to decode; -2 in a slot's first step after a reset.
+        ``active`` (bool [B]): other slots do not advance."""
         codes = check_user_codes(user_codes, self.lm.config, self.batch_size).to(self.lm.device)
         active = as_row_mask(active, self.batch_size, self.lm.device)
         return generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active)

@@ -1,5 +1,5 @@
-"""Building blocks of the Moshi LM (spec sections 2.3, 2.4): float32 RMSNorm, embeddings with the zero token,
-the SiLU-gated feed-forward, and the temporal transformer layer."""
+"""Building blocks of the Moshi LM (docs/kyutai-compat.md §2.3, §2.4): float32 RMSNorm, embeddings with the zero
+token, the SiLU-gated feed-forward, and the temporal transformer layer."""
 
 from __future__ import annotations
 

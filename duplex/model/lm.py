@@ -1,4 +1,4 @@
-"""The Moshi language model (spec section 2): temporal transformer over 17 token streams + depth transformer.
+"""The Moshi language model (docs/kyutai-compat.md §2): temporal transformer over 17 token streams + depth transformer.
 
 Stream layout (K = 1 + n_q): row 0 text, rows 1..dep_q the model's audio codebooks, the rest the user's audio.
 Parameter names are those of the published checkpoints (file form), so a Moshi 7B file loads without renaming.
@@ -218,7 +218,7 @@ class MoshiLM(nn.Module):
 
         # Depth transformer, teacher-forced with the tokens of position t + 1.
         target = delayed[:, :, 1:]
-        inputs = [self.depformer_input(i, transformer_out, target[:, 0] if i == 0 else target[:, i])
+        inputs = [self.depformer_input(i, transformer_out, target[:, i])
                   for i in range(cfg.dep_q)]
         dep = self.depformer(torch.stack(inputs, dim=2).view(b * t, cfg.dep_q, -1))
         logits = torch.stack([fast_linear(dep[:, i], self.linears[i].weight).view(b, t, -1)

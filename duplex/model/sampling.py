@@ -1,4 +1,4 @@
-"""Token sampling (spec section 2.8) with per-slot settings and a counter-based random source.
+"""Token sampling (docs/kyutai-compat.md §2.8) with per-slot settings and a counter-based random source.
 
 The sampler is Kyutai's: ``p = softmax(logits / T)`` in float32, keep the top k, pick ``argmax(p / q)`` with
 ``q ~ Exp(1)`` (the "exponential race", an exact draw from the renormalised top-k distribution); temperature <= 0

@@ -1,6 +1,6 @@
 """The text tokenizer: a SentencePiece model given by path (Kyutai's ``tokenizer_spm_32k_3.model`` for Moshi).
 
-Display rules (spec section 2.11): ids 0 (end of padding) and 3 (padding) are never shown, ids outside the
+Display rules (docs/kyutai-compat.md §2.11): ids 0 (end of padding) and 3 (padding) are never shown, ids outside the
 vocabulary (such as the initial token 32000) neither, and "▁" (U+2581) marks a word start, shown as a space.
 """
 

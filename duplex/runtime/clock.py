@@ -17,8 +17,8 @@ from typing import Callable, Dict, Mapping, Optional
 def freeze_startup_objects() -> int:
     """Move every object alive now (PyTorch, the models, the server) out of the cyclic garbage collector's reach.
 
-    A full collection walks all of them: ~270,000 objects, ~140 ms on a 2-core CPU, longer than a frame, at a
-    moment nobody chooses. Frozen, a later full collection only walks what was created since (microseconds here).
+    A full collection walks all of them, which can take longer than a frame (docs/benchmarks.md, "Garbage
+    collection"), at a moment nobody chooses. Frozen, a later full collection only walks what was created since.
     Call it once the engine is built, before real-time work starts. Returns the number of frozen objects."""
     gc.collect()
     gc.freeze()

@@ -203,13 +203,17 @@ class Engine:
 
     def _run_eager(self, timed: bool) -> tuple:
         codes = self._stage_encode()
-        timed and self.timer.mark()
+        if timed:
+            self.timer.mark()
         transformer_out, text_logits = self._stage_temporal(codes)
-        timed and self.timer.mark()
+        if timed:
+            self.timer.mark()
         tokens = self._stage_depth(transformer_out, text_logits)
-        timed and self.timer.mark()
+        if timed:
+            self.timer.mark()
         audio = self._stage_decode(tokens)
-        timed and self.timer.mark()
+        if timed:
+            self.timer.mark()
         return audio, tokens
 
     def _capture(self) -> None:
@@ -262,7 +266,8 @@ class Engine:
             return self._run_eager(timed)
         for name in ("encode", "temporal", "depth", "decode"):
             self._graphs[name].replay()
-            timed and self.timer.mark()
+            if timed:
+                self.timer.mark()
         return self._outputs
 
     @torch.no_grad()

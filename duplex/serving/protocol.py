@@ -1,4 +1,4 @@
-"""Kyutai's WebSocket protocol (spec section 4.2) and the raw PCM variant.
+"""Kyutai's WebSocket protocol (docs/kyutai-compat.md §4.2) and the raw PCM variant.
 
 Every binary message is ``[kind: u8][payload]``. The server sends 0x00 once when the session starts, then 0x01
 audio and 0x02 text (UTF-8 piece); 0x05 carries an error message. Audio is Ogg/Opus 24 kHz mono in Kyutai's mode,

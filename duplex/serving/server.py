@@ -177,7 +177,7 @@ class Session:
         if kind == CONTROL:
             return None  # Kyutai's start/endTurn/pause controls mean nothing in full duplex: ignored
         if kind == PING:
-            self._post(message(PING, payload[:64]))  # echoed: the page measures the round trip with it
+            self.post(message(PING, payload[:64]))  # echoed: the page measures the round trip with it
             return None
         self.stats.bad_messages += 1
         return f"unknown message kind {kind} ({KIND_NAMES.get(kind, 'not in the protocol')}); ignored"
@@ -261,15 +261,15 @@ class Session:
     def deliver(self, audio: np.ndarray, text: Optional[str]) -> None:
         """Queue the replies of one step: audio first, then text (as Kyutai's server)."""
         if self.options.raw:
-            self._post(message(AUDIO, pcm16_bytes(audio)))
+            self.post(message(AUDIO, pcm16_bytes(audio)))
         else:
             pages = self._writer.append_pcm(audio)
             if pages:
-                self._post(message(AUDIO, pages), droppable=not pages.startswith(_OGG_STREAM_START))
+                self.post(message(AUDIO, pages), droppable=not pages.startswith(_OGG_STREAM_START))
         if text:
-            self._post(text_message(text))
+            self.post(text_message(text))
 
-    def _post(self, msg: bytes, droppable: bool = True) -> None:
+    def post(self, msg: bytes, droppable: bool = True) -> None:
         if len(self.outbox) >= self.limits.output_queue_messages:
             oldest = next((i for i, (_, can_drop) in enumerate(self.outbox) if can_drop), None)
             if oldest is not None:
@@ -540,7 +540,7 @@ class VoiceServer:
                 if problem:
                     if _worth_logging(session.stats.bad_messages):
                         log.info("session %d: %s (%d bad messages so far)", slot, problem, session.stats.bad_messages)
-                    session._post(error_message(problem))
+                    session.post(error_message(problem))
                 # Audio costs what it decodes to (2 bytes a sample, as PCM16), whatever its compressed size.
                 pause = budget.spend(max(len(data), 2 * session.last_audio_samples))
                 if budget.throttled_for + pause > self.options.max_throttled_seconds:
