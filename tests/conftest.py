@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-FIXTURES = Path(__file__).parent / "fixtures"
-MIMI_SMALL = FIXTURES / "mimi_small.safetensors"
-MIMI_SMALL_CONFIG = FIXTURES / "mimi_small_config.json"
+from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +41,6 @@ def speechlike():
     return make
 
 
-LM_SMALL = FIXTURES / "lm_small.safetensors"
-LM_SMALL_CONFIG = FIXTURES / "lm_small_config.json"
 
 
 @pytest.fixture(scope="session")

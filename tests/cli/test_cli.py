@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from duplex.cli import main
-from conftest import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG
+from helpers import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG
 
 CODEC = ["--checkpoint", str(MIMI_SMALL), "--config", str(MIMI_SMALL_CONFIG), "--device", "cpu"]
 
@@ -212,7 +212,7 @@ def test_demo_stream_script(tmp_path):
 
 
 def test_bench_lm_reports_json(tmp_path, capsys):
-    from conftest import LM_SMALL_CONFIG
+    from helpers import LM_SMALL_CONFIG
     out = tmp_path / "bench.json"
     assert main(["bench", "lm", "--config", str(LM_SMALL_CONFIG), "--frames", "3", "--warmup", "1",
                  "--batch-sizes", "1", "3", "--json", str(out)]) == 0
@@ -232,7 +232,7 @@ def test_bench_lm_unknown_preset(capsys):
 
 
 def test_bench_latency_reports_json_and_plot(tmp_path, capsys):
-    from conftest import LM_SMALL, LM_SMALL_CONFIG
+    from helpers import LM_SMALL, LM_SMALL_CONFIG
     out, png = tmp_path / "latency.json", tmp_path / "latency.png"
     assert main(["bench", "latency", "--lm", str(LM_SMALL), "--lm-config", str(LM_SMALL_CONFIG),
                  "--mimi", str(MIMI_SMALL), "--mimi-config", str(MIMI_SMALL_CONFIG), "--device", "cpu",
@@ -254,7 +254,7 @@ def test_bench_latency_needs_both_checkpoints(capsys):
 
 @pytest.mark.slow
 def test_bench_serve_reports_every_client_and_the_server(tmp_path, capsys):
-    from conftest import LM_SMALL, LM_SMALL_CONFIG
+    from helpers import LM_SMALL, LM_SMALL_CONFIG
     out = tmp_path / "serve.json"
     assert main(["bench", "serve", "--clients", "2", "--seconds", "2", "--lm", str(LM_SMALL), "--lm-config",
                  str(LM_SMALL_CONFIG), "--mimi", str(MIMI_SMALL), "--mimi-config", str(MIMI_SMALL_CONFIG),
@@ -337,7 +337,7 @@ def test_codes_files_are_checked_against_their_metadata_and_the_codec(tmp_path, 
 
 @pytest.mark.slow
 def test_bench_serve_fuzz_reports_each_family_healthy(tmp_path, capsys):
-    from conftest import LM_SMALL, LM_SMALL_CONFIG
+    from helpers import LM_SMALL, LM_SMALL_CONFIG
     out = tmp_path / "fuzz.json"
     assert main(["bench", "serve", "--fuzz", "140", "--seed", "2", "--lm", str(LM_SMALL), "--lm-config",
                  str(LM_SMALL_CONFIG), "--mimi", str(MIMI_SMALL), "--mimi-config", str(MIMI_SMALL_CONFIG),

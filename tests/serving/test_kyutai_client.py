@@ -15,7 +15,7 @@ import pytest
 kyutai_client = pytest.importorskip("moshi.client")
 pytest.importorskip("aiohttp")
 
-from test_server import make_engine  # noqa: E402
+from helpers import make_engine  # noqa: E402
 from duplex.serving.server import ServerOptions, VoiceServer  # noqa: E402
 
 

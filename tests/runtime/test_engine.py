@@ -4,16 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from codec import Mimi
-from duplex.runtime.engine import Engine, EngineFull, SamplingOptions
-from duplex.model.lm import MoshiLM
-from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
+from duplex.runtime.engine import Engine, EngineFull
+import helpers
 
 
 def make_engine(slots=4, greedy=True, **kwargs):
-    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
-    mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG)
-    return Engine(lm, mimi, slots=slots, sampling=SamplingOptions(greedy=greedy), **kwargs)
+    return helpers.make_engine(slots, greedy=greedy, **kwargs)
 
 
 def frames(seed, n):

@@ -8,7 +8,7 @@ import torch
 from codec import Mimi, MimiConfig
 from codec.modules.transformer import MimiTransformer
 
-from conftest import MIMI_SMALL_CONFIG
+from helpers import MIMI_SMALL_CONFIG
 
 
 @pytest.fixture(scope="module")

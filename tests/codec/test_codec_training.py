@@ -9,7 +9,7 @@ import torch
 from codec import Mimi
 from codec.modules.quantizer import Codebook
 from codec.train.trainer import CodecTrainer, TrainConfig, _ema_update
-from conftest import MIMI_SMALL_CONFIG
+from helpers import MIMI_SMALL_CONFIG
 
 
 def tiny_codec(seed=0):

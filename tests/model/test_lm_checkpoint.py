@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from codec import CheckpointError
 from duplex.model.config import LMConfig, LMConfigError
 from duplex.model.lm import MoshiLM
-from conftest import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL
+from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL
 
 
 def test_7b_preset_is_the_published_config():

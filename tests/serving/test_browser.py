@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from duplex.serving.server import ServerOptions, VoiceServer
 from duplex.model.tokenizer import TextTokenizer
-from test_server import make_engine
+from helpers import make_engine
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt install chromium)")

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from codec import CheckpointError, ConfigError, Mimi, MimiConfig
-from conftest import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG
+from helpers import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -157,7 +157,7 @@ def test_a_non_mimi_checkpoint_is_named_as_such(tmp_path):
 
 def test_another_models_file_is_named_in_a_few_lines(tmp_path):
     """An LM file given as the codec: the first line says so, then a few names of each kind and the counts."""
-    from conftest import LM_SMALL
+    from helpers import LM_SMALL
 
     with pytest.raises(CheckpointError) as e:
         Mimi.from_checkpoint(LM_SMALL, config=str(MIMI_SMALL_CONFIG))

@@ -3,7 +3,7 @@
 import pytest
 
 from duplex.bench.fuzz import FAMILIES, LogWatcher, fuzz
-from test_server import serve
+from helpers import serve
 
 
 @pytest.mark.slow

@@ -9,45 +9,16 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from codec import Mimi
 from duplex.serving.client import converse
-from duplex.runtime.engine import Engine, EngineFull
-from duplex.model.lm import MoshiLM
+from duplex.runtime.engine import EngineFull
 from duplex.serving.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, message
 from duplex.serving.protocol import parse_query
 from duplex.serving.server import ServerOptions, VoiceServer
 from duplex.model.tokenizer import TextTokenizer
-from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
-
-
-def make_engine(slots, tokenizer=None):
-    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
-    mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG)
-    return Engine(lm, mimi, tokenizer=tokenizer, slots=slots)
-
-
-def serve(test, slots=2, tokenizer=None, **options):
-    """Run ``test(server, url)`` against a fresh server on an ephemeral port."""
-
-    async def main():
-        server = VoiceServer(make_engine(slots, tokenizer), ServerOptions(port=0, **options))
-        await server.start()
-        try:
-            return await test(server, f"ws://127.0.0.1:{server.port}")
-        finally:
-            await server.stop()
-
-    return asyncio.run(main())
-
-
-def speech(seconds, seed=0):
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 24000)) / 24000
-    return (0.3 * np.sin(2 * np.pi * 180 * t) + 0.02 * rng.standard_normal(t.shape)).astype(np.float32)
+from helpers import serve, speech
 
 
 async def handshake(ws):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from codec import Mimi
-from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
+from helpers import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -55,13 +55,9 @@ def test_cuda_sampling_matches_cpu_sampling():
 
 
 def _engine(cuda_graphs, greedy):
-    from codec import Mimi as _Mimi
-    from duplex.runtime.engine import Engine, SamplingOptions
-    from duplex.model.lm import MoshiLM
+    from helpers import make_engine
 
-    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, device="cuda", dtype=torch.float32)
-    mimi = _Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG, device="cuda")
-    return Engine(lm, mimi, slots=4, cuda_graphs=cuda_graphs, sampling=SamplingOptions(greedy=greedy))
+    return make_engine(4, greedy=greedy, device="cuda", cuda_graphs=cuda_graphs)
 
 
 @pytest.mark.parametrize("greedy", [True, False])

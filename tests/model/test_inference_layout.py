@@ -5,7 +5,7 @@ from safetensors.torch import load_file, save_file
 
 from codec.modules.linear import fast_linear, use_wide_weight_layout
 from duplex.model.lm import MoshiLM
-from conftest import LM_SMALL, LM_SMALL_CONFIG
+from helpers import LM_SMALL, LM_SMALL_CONFIG
 
 
 def _column_major(w: torch.Tensor) -> bool:
@@ -67,7 +67,7 @@ def test_an_engine_leaves_the_lm_saveable_and_the_codec_as_it_was(tmp_path):
     does not change the caller's codec (its codebook count is the engine's own)."""
     from codec import Mimi
     from duplex.runtime.engine import Engine
-    from conftest import MIMI_SMALL, MIMI_SMALL_CONFIG
+    from helpers import MIMI_SMALL, MIMI_SMALL_CONFIG
 
     lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
     mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG, num_codebooks=3)

@@ -9,11 +9,9 @@ import soundfile as sf
 
 from duplex.serving import mic
 from duplex.cli import main
-from conftest import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
-from test_server import make_engine
+from helpers import SMALL_MODEL_ARGS, make_engine
 
-MODEL = ["--lm", str(LM_SMALL), "--lm-config", str(LM_SMALL_CONFIG), "--mimi", str(MIMI_SMALL),
-         "--mimi-config", str(MIMI_SMALL_CONFIG), "--device", "cpu"]
+MODEL = SMALL_MODEL_ARGS
 
 
 class FakeStream:

@@ -1,0 +1,53 @@
+"""What several test modules share: the reference fixtures' paths, the small-model engine, test audio, and a voice
+server on an ephemeral port. (pytest fixtures live in conftest.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MIMI_SMALL = FIXTURES / "mimi_small.safetensors"
+MIMI_SMALL_CONFIG = FIXTURES / "mimi_small_config.json"
+LM_SMALL = FIXTURES / "lm_small.safetensors"
+LM_SMALL_CONFIG = FIXTURES / "lm_small_config.json"
+# The model options of a command (duplex serve, mic, bench ...) for the small reference models on the CPU.
+SMALL_MODEL_ARGS = ["--lm", str(LM_SMALL), "--lm-config", str(LM_SMALL_CONFIG), "--mimi", str(MIMI_SMALL),
+                    "--mimi-config", str(MIMI_SMALL_CONFIG), "--device", "cpu"]
+
+
+def make_engine(slots: int = 2, tokenizer=None, greedy: bool = False, device: str = "cpu", **kwargs):
+    """An engine on the small reference models (the LM and codec share a 64-entry vocabulary), float32."""
+    from codec import Mimi
+    from duplex.model.lm import MoshiLM
+    from duplex.runtime.engine import Engine, SamplingOptions
+
+    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, device=device, dtype=torch.float32)
+    mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG, device=device)
+    return Engine(lm, mimi, tokenizer=tokenizer, slots=slots, sampling=SamplingOptions(greedy=greedy), **kwargs)
+
+
+def speech(seconds: float, seed: int = 0) -> np.ndarray:
+    """A voiced-ish test signal: a 180 Hz tone with a little noise, float32 mono at 24 kHz."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 24000)) / 24000
+    return (0.3 * np.sin(2 * np.pi * 180 * t) + 0.02 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+def serve(test, slots: int = 2, tokenizer=None, engine=None, **options):
+    """Run ``test(server, url)`` against a fresh voice server on an ephemeral port (the small-model engine, or
+    ``engine``); ``options`` are ServerOptions fields."""
+    from duplex.serving.server import ServerOptions, VoiceServer
+
+    async def main():
+        server = VoiceServer(engine or make_engine(slots, tokenizer), ServerOptions(port=0, **options))
+        await server.start()
+        try:
+            return await test(server, f"ws://127.0.0.1:{server.port}")
+        finally:
+            await server.stop()
+
+    return asyncio.run(main())
