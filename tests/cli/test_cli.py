@@ -360,3 +360,21 @@ def test_a_programming_error_shows_its_traceback(monkeypatch):
     monkeypatch.setattr(codec_command, "run_roundtrip", broken)
     with pytest.raises(TypeError, match="unsupported operand"):
         main(["codec", "roundtrip", "a.wav", "b.wav"])
+
+
+@pytest.mark.parametrize("old, new, name", [
+    ("duplex.tokenizer", "duplex.model.tokenizer", "TextTokenizer"),
+    ("duplex.clock", "duplex.runtime.clock", "run_engine"),
+    ("duplex.engine", "duplex.runtime.engine", "Engine"),
+    ("duplex.lm", "duplex.model.lm", "MoshiLM"),
+    ("codec.cpu_paths", "codec.modules.cpu_paths", "generic_kernels"),
+    ("codec.training", "codec.train.trainer", "init_for_training"),
+])
+def test_the_import_paths_the_readme_documented_before_the_restructure_still_work_for_now(old, new, name):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+        module = importlib.import_module(old)
+    assert getattr(module, name) is getattr(importlib.import_module(new), name)
