@@ -22,306 +22,24 @@ import hmac
 import http
 import json
 import logging
-import ssl as ssl_module
 import time
-from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 import numpy as np
 from websockets.protocol import State
 
 from ..runtime.engine import Engine, EngineFull
-from .protocol import (AUDIO, CONTROL, HANDSHAKE, KIND_NAMES, PING, OggPage, OggPageReader, SessionOptions,
-                       error_message, message, parse_query, pcm16_bytes, pcm16_samples, text_message)
+from .admission import Waiter
+from .limits import ReadBudget
+from .options import ServerOptions, tls_context
+from .protocol import HANDSHAKE, SessionOptions, error_message, message, parse_query
+from .session import SESSION_COUNTERS, Session, SessionStats, worth_logging
+
+__all__ = ["VoiceServer", "ServerOptions", "ReadBudget", "Session", "SessionStats", "tls_context"]
 
 log = logging.getLogger("duplex.serving.server")
-
-
-@dataclass
-class ServerOptions:
-    host: str = "127.0.0.1"
-    port: int = 8998
-    token: Optional[str] = None  # required from clients when set (?token= or "Authorization: Bearer")
-    origins: Optional[List[str]] = None  # allowed Origin headers (None: any)
-    max_message_bytes: int = 1 << 20  # larger incoming messages close the connection (1009)
-    read_queue_messages: int = 4  # received, not yet handled (a paused reader): then TCP pushes back
-    max_waiting: int = 0  # clients that may wait for a free slot (0: refuse at once)
-    input_buffer_frames: int = 10  # 800 ms of received audio at most (network jitter); older frames are dropped
-    output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
-    # How fast one connection's messages are read: past this the server stops reading it for a while, so TCP
-    # pushes back on a client that floods (it would otherwise take the event loop, and the GIL, from everyone).
-    read_messages_per_second: float = 1000.0  # Opus clients send ~12-50 pages a second, PCM ones any chunk size
-    read_realtime_factor: float = 4.0  # bytes: 4x raw 16-bit PCM in real time
-    max_throttled_seconds: float = 5.0  # a client this far over its budget is closed (1008)
-    max_ogg_pages: int = 256  # per Ogg/Opus message (~10 s of a usual stream); a message with more is dropped
-    max_opus_packets: int = 1024
-    close_timeout: float = 2.0  # how long a closing handshake may take before the connection is dropped
-    notice_timeout: float = 5.0  # a refused or queued client that does not take a notice within this is dropped
-    ssl_cert: Optional[str] = None
-    ssl_key: Optional[str] = None
-
-
-_OGG_STREAM_START = b"OggS\x00\x02"  # an Ogg page with the beginning-of-stream flag: the stream's headers
-
-
-def _worth_logging(count: int) -> bool:
-    """Repeated events are logged the 1st, 10th and 100th time, then every 1000th (a flood must not flood the
-    log too)."""
-    return count in (1, 10, 100) or count % 1000 == 0
-
-
-def tls_context(cert: str, key: Optional[str]) -> ssl_module.SSLContext:
-    """The server's TLS context, or a ValueError that names the file at fault."""
-    import os
-
-    for flag, path in (("--ssl-cert", cert), ("--ssl-key", key)):
-        if not path or not os.path.isfile(path):
-            raise ValueError(f"{flag} {path}: no such file")
-    context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert, key)
-    except (ssl_module.SSLError, OSError) as e:
-        raise ValueError(f"--ssl-cert {cert} with --ssl-key {key}: not a PEM certificate and its private key "
-                         f"({e.reason if getattr(e, 'reason', None) else e})") from None
-    return context
-
-
-class ReadBudget:
-    """A token bucket per connection: ``spend`` returns how long to pause reading before the next message, and
-    ``throttled_for`` how long the client has been at or over its budget without the budget refilling to half
-    (a flood, not jitter)."""
-
-    def __init__(self, messages_per_second: float, bytes_per_second: float, burst_bytes: float,
-                 clock: Callable[[], float] = time.monotonic):
-        self.rates = (messages_per_second, bytes_per_second)
-        self.capacity = (messages_per_second, burst_bytes)  # one second of messages; one largest message
-        self.tokens = list(self.capacity)
-        self.clock = clock
-        self.last = clock()
-        self._throttled_since: Optional[float] = None
-
-    def spend(self, size: int) -> float:
-        now = self.clock()
-        elapsed, self.last = now - self.last, now
-        delay = 0.0
-        # Every message costs at least 64 bytes, so a stream of tiny ones meets the byte budget too.
-        for i, cost in enumerate((1.0, float(max(size, 64)))):
-            self.tokens[i] = min(self.capacity[i], self.tokens[i] + elapsed * self.rates[i]) - cost
-            if self.tokens[i] < 0:
-                delay = max(delay, -self.tokens[i] / self.rates[i])
-        # Throttling ends when the budget has refilled to half, not when one message happens to fit: a flood
-        # paced just at the budget's rate (each message fitting after the pause before it) stays a flood.
-        if delay == 0 and all(t >= c / 2 for t, c in zip(self.tokens, self.capacity)):
-            self._throttled_since = None
-        elif delay > 0 and self._throttled_since is None:
-            self._throttled_since = now
-        return delay
-
-    @property
-    def throttled_for(self) -> float:
-        return 0.0 if self._throttled_since is None else self.clock() - self._throttled_since
-
-
-@dataclass
-class SessionStats:
-    frames_in: int = 0
-    steps: int = 0
-    underruns: int = 0  # ticks with no received frame (silence was used)
-    dropped_in: int = 0  # received frames dropped because the client sent faster than real time
-    dropped_out: int = 0  # replies dropped because the client did not read them
-    bad_messages: int = 0
-
-
-SESSION_COUNTERS = [f.name for f in dataclasses.fields(SessionStats)]
-
-
-class Session:
-    def __init__(self, connection, slot: int, options: SessionOptions, frame_size: int, sample_rate: int,
-                 server_options: ServerOptions):
-        self.connection, self.slot, self.options = connection, slot, options
-        self.frame_size, self.sample_rate = frame_size, sample_rate
-        self.limits = server_options
-        self.stats = SessionStats()
-        self.frames: collections.deque = collections.deque()
-        self._pending = np.zeros(0, dtype=np.float32)
-        self._raw_leftover = b""
-        self._drop_events = 0
-        # Replies waiting to be sent: (message, droppable). The Ogg/Opus stream's first message (its OpusHead and
-        # OpusTags pages) is never dropped: without it a client's decoder cannot start.
-        self.outbox: collections.deque = collections.deque()
-        self._outbox_ready = asyncio.Event()
-        self._reader = self._writer = None
-        self.last_audio_samples = 0  # audio in the last message received (what it costs the read budget)
-        if not options.raw:
-            import sphn
-
-            self._pages = OggPageReader(sample_rate, server_options.max_ogg_pages, server_options.max_opus_packets)
-            self._reader = sphn.OpusStreamReader(sample_rate)
-            self._writer = sphn.OpusStreamWriter(sample_rate)
-
-    # ------------------------------------------------------------------------------------------------ input
-    def receive(self, data) -> Optional[str]:
-        """Handle one incoming message; returns an error text to send back, or None."""
-        if not isinstance(data, (bytes, bytearray)):
-            self.stats.bad_messages += 1
-            return "text messages are not part of the protocol; send binary messages [kind][payload]"
-        if len(data) == 0:
-            self.stats.bad_messages += 1
-            return "empty message"
-        kind, payload = data[0], bytes(data[1:])
-        self.last_audio_samples = 0
-        if kind == AUDIO:
-            return self._audio(payload)
-        if kind == CONTROL:
-            return None  # Kyutai's start/endTurn/pause controls mean nothing in full duplex: ignored
-        if kind == PING:
-            self.post(message(PING, payload[:64]))  # echoed: the page measures the round trip with it
-            return None
-        self.stats.bad_messages += 1
-        return f"unknown message kind {kind} ({KIND_NAMES.get(kind, 'not in the protocol')}); ignored"
-
-    def _audio(self, payload: bytes) -> Optional[str]:
-        if self.options.raw:
-            data = self._raw_leftover + payload
-            usable = len(data) - len(data) % 2
-            self._raw_leftover = data[usable:]
-            samples = pcm16_samples(data[:usable])
-            self.last_audio_samples = samples.size
-            return self._frames_from(samples)
-        pages, problem = self._pages.feed(payload)
-        if problem:
-            self.stats.bad_messages += 1
-        self.last_audio_samples = sum(page.samples for page in pages)
-        pages = self._usable(pages)
-        decoded = []
-        try:
-            for i in range(0, len(pages), 16):  # sphn's reader fails on one call that decodes more than ~5 s
-                out = self._reader.append_bytes(b"".join(page.data for page in pages[i:i + 16]))
-                if out is not None:
-                    decoded.append(np.asarray(out, dtype=np.float32).reshape(-1))
-        except Exception as e:  # malformed Opus: drop this stream state and start a new one
-            import sphn
-
-            self._reader = sphn.OpusStreamReader(self.sample_rate)
-            self.stats.bad_messages += 1
-            problem = f"malformed Ogg/Opus audio ({e}); the audio stream was restarted"
-        if not decoded:
-            return problem
-        samples = np.concatenate(decoded) if len(decoded) > 1 else decoded[0]
-        return self._frames_from(samples) or problem  # what decoded before any damage is kept
-
-    def _usable(self, pages: List[OggPage]) -> List[OggPage]:
-        """The pages worth decoding: the newest that fit in the input buffer (older audio would be dropped from
-        it right away), and every page without audio (the stream's headers). Audio is counted before it is
-        decoded, so a message claiming hours of audio (a 2-byte Opus packet conceals 120 ms) costs no more to
-        decode than the buffer holds."""
-        room, first = self.limits.input_buffer_frames * self.frame_size, len(pages)
-        while first > 0 and pages[first - 1].samples <= room:
-            first -= 1
-            room -= pages[first].samples
-        skipped = sum(page.samples for page in pages[:first]) // self.frame_size
-        if skipped:
-            self.stats.frames_in += skipped
-            self._count_dropped(skipped)
-        return [page for page in pages[:first] if page.samples == 0] + pages[first:]
-    def _frames_from(self, samples: np.ndarray) -> Optional[str]:
-        if samples.size and not np.isfinite(samples).all():
-            self.stats.bad_messages += 1
-            return "audio contains non-finite samples; ignored"
-        pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
-        whole = pending.size // self.frame_size
-        for i in range(whole):
-            self.frames.append(pending[i * self.frame_size:(i + 1) * self.frame_size])
-            self.stats.frames_in += 1
-        self._pending = pending[whole * self.frame_size:].copy()
-        excess = len(self.frames) - self.limits.input_buffer_frames
-        for _ in range(max(0, excess)):
-            self.frames.popleft()
-        if excess > 0:
-            self._count_dropped(excess)
-        return None
-
-    def _count_dropped(self, frames: int) -> None:
-        self.stats.dropped_in += frames
-        self._drop_events += 1
-        if _worth_logging(self._drop_events):
-            log.warning("session %d: client sends faster than real time, dropped %d frame(s) (%d so far)",
-                        self.slot, frames, self.stats.dropped_in)
-
-    def next_frame(self) -> np.ndarray:
-        self.stats.steps += 1
-        if self.frames:
-            return self.frames.popleft()
-        self.stats.underruns += 1
-        return np.zeros(self.frame_size, dtype=np.float32)
-
-    # ----------------------------------------------------------------------------------------------- output
-    def deliver(self, audio: np.ndarray, text: Optional[str]) -> None:
-        """Queue the replies of one step: audio first, then text (as Kyutai's server)."""
-        if self.options.raw:
-            self.post(message(AUDIO, pcm16_bytes(audio)))
-        else:
-            pages = self._writer.append_pcm(audio)
-            if pages:
-                self.post(message(AUDIO, pages), droppable=not pages.startswith(_OGG_STREAM_START))
-        if text:
-            self.post(text_message(text))
-
-    def post(self, msg: bytes, droppable: bool = True) -> None:
-        if len(self.outbox) >= self.limits.output_queue_messages:
-            oldest = next((i for i, (_, can_drop) in enumerate(self.outbox) if can_drop), None)
-            if oldest is not None:
-                del self.outbox[oldest]
-                self.stats.dropped_out += 1
-                if _worth_logging(self.stats.dropped_out):
-                    log.warning("session %d: client does not read its replies, dropped %d message(s)", self.slot,
-                                self.stats.dropped_out)
-        self.outbox.append((msg, droppable))
-        self._outbox_ready.set()
-
-    async def send_loop(self) -> None:
-        while True:
-            while not self.outbox:
-                self._outbox_ready.clear()
-                await self._outbox_ready.wait()
-            msg, _ = self.outbox.popleft()
-            await self.connection.send(msg)
-
-
-class _Waiter:
-    """A client waiting for a slot. Its queue notices go out from its own task, newest only: if the client does
-    not read them (a send that does not complete within ``timeout``), its connection is dropped, and nobody
-    else waits for it."""
-
-    def __init__(self, connection, timeout: float):
-        self.connection, self.timeout = connection, timeout
-        self.position: Optional[int] = None
-        self._notice: Optional[bytes] = None
-        self._ready = asyncio.Event()
-        self._task = asyncio.create_task(self._send_notices())
-
-    def tell(self, notice: bytes) -> None:
-        self._notice = notice
-        self._ready.set()
-
-    def stop(self) -> None:
-        self._task.cancel()
-
-    async def _send_notices(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            notice, self._notice = self._notice, None
-            try:
-                await asyncio.wait_for(self.connection.send(notice), self.timeout)
-            except asyncio.TimeoutError:
-                log.info("a waiting client does not read its queue notices; dropped")
-                self.connection.transport.abort()
-                return
-            except Exception:  # the client left (ConnectionClosed): its handler removes it from the queue
-                return
 
 
 class VoiceServer:
@@ -332,7 +50,7 @@ class VoiceServer:
             raise ValueError("the token is empty, which would let anyone in; give a secret or no token")
         self.sessions: Dict[int, Session] = {}
         self.queue: List[object] = []  # connections waiting for a slot, first come first served
-        self._waiters: Dict[object, _Waiter] = {}
+        self._waiters: Dict[object, Waiter] = {}
         self.ticks = self.misses = self.connections = self.refused = 0
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.step_ms: collections.deque = collections.deque(maxlen=1000)
@@ -471,7 +189,7 @@ class VoiceServer:
         opts = {k: v for k, v in (("temperature", options.temperature), ("top_k", options.top_k),
                                   ("text_temperature", options.text_temperature),
                                   ("text_top_k", options.text_top_k), ("seed", options.seed)) if v is not None}
-        waiter: Optional[_Waiter] = None
+        waiter: Optional[Waiter] = None
         try:
             while True:
                 seen = self._frees
@@ -491,7 +209,7 @@ class VoiceServer:
                         await self._refuse(connection, f"server full: all {self.engine.slots} conversation slots "
                                                        "are in use; try again later")
                         return None
-                    waiter = self._waiters[connection] = _Waiter(connection, self.options.notice_timeout)
+                    waiter = self._waiters[connection] = Waiter(connection, self.options.notice_timeout)
                     self.queue.append(connection)
                     self._tell_queue_positions()
                 if not await self._wait_for_slot_or_disconnect(connection, seen):
@@ -501,7 +219,7 @@ class VoiceServer:
                 self._leave_queue(connection, waiter)
                 await self._wake_queue()
 
-    def _leave_queue(self, connection, waiter: "_Waiter") -> None:
+    def _leave_queue(self, connection, waiter: "Waiter") -> None:
         self.queue.remove(connection)
         del self._waiters[connection]
         waiter.stop()
@@ -538,7 +256,7 @@ class VoiceServer:
             async for data in connection:
                 problem = session.receive(data)
                 if problem:
-                    if _worth_logging(session.stats.bad_messages):
+                    if worth_logging(session.stats.bad_messages):
                         log.info("session %d: %s (%d bad messages so far)", slot, problem, session.stats.bad_messages)
                     session.post(error_message(problem))
                 # Audio costs what it decodes to (2 bytes a sample, as PCM16), whatever its compressed size.
@@ -596,14 +314,14 @@ class VoiceServer:
                 failures = 0
             except Exception:  # keep ticking: one bad frame must not stall every session
                 failures += 1
-                if _worth_logging(failures):
+                if worth_logging(failures):
                     log.exception("frame step failed (%d in a row); sessions continue with the next tick", failures)
             self.ticks += 1
             end = loop.time()
             next_tick += period  # due times advance by exactly one period: wake-up overshoots do not accumulate
             if sessions and end > next_tick:
                 self.misses += 1
-                if _worth_logging(self.misses):
+                if worth_logging(self.misses):
                     log.warning("frame step late by %.1f ms (%d deadline misses)", (end - next_tick) * 1e3,
                                 self.misses)
                 next_tick = end  # re-anchor: a late tick never turns into a burst of catch-up steps

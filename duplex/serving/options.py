@@ -1,0 +1,47 @@
+"""``ServerOptions``: what an operator sets (address, token, origins, TLS, the per-connection limits), and the
+TLS context, checked with errors that name the file at fault."""
+
+from __future__ import annotations
+
+import os
+import ssl as ssl_module
+from dataclasses import dataclass
+from typing import List, Optional
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8998
+    token: Optional[str] = None  # required from clients when set (?token= or "Authorization: Bearer")
+    origins: Optional[List[str]] = None  # allowed Origin headers (None: any)
+    max_message_bytes: int = 1 << 20  # larger incoming messages close the connection (1009)
+    read_queue_messages: int = 4  # received, not yet handled (a paused reader): then TCP pushes back
+    max_waiting: int = 0  # clients that may wait for a free slot (0: refuse at once)
+    input_buffer_frames: int = 10  # 800 ms of received audio at most (network jitter); older frames are dropped
+    output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
+    # How fast one connection's messages are read: past this the server stops reading it for a while, so TCP
+    # pushes back on a client that floods (it would otherwise take the event loop, and the GIL, from everyone).
+    read_messages_per_second: float = 1000.0  # Opus clients send ~12-50 pages a second, PCM ones any chunk size
+    read_realtime_factor: float = 4.0  # bytes: 4x raw 16-bit PCM in real time
+    max_throttled_seconds: float = 5.0  # a client this far over its budget is closed (1008)
+    max_ogg_pages: int = 256  # per Ogg/Opus message (~10 s of a usual stream); a message with more is dropped
+    max_opus_packets: int = 1024
+    close_timeout: float = 2.0  # how long a closing handshake may take before the connection is dropped
+    notice_timeout: float = 5.0  # a refused or queued client that does not take a notice within this is dropped
+    ssl_cert: Optional[str] = None
+    ssl_key: Optional[str] = None
+
+
+def tls_context(cert: str, key: Optional[str]) -> ssl_module.SSLContext:
+    """The server's TLS context, or a ValueError that names the file at fault."""
+    for flag, path in (("--ssl-cert", cert), ("--ssl-key", key)):
+        if not path or not os.path.isfile(path):
+            raise ValueError(f"{flag} {path}: no such file")
+    context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl_module.SSLError, OSError) as e:
+        raise ValueError(f"--ssl-cert {cert} with --ssl-key {key}: not a PEM certificate and its private key "
+                         f"({e.reason if getattr(e, 'reason', None) else e})") from None
+    return context
