@@ -150,3 +150,37 @@ def check_and_load(model: nn.Module, tensors: Mapping[str, torch.Tensor], what: 
         target = dtype if dtype is not None else expected[key].dtype
         cast[key] = value.to(target) if value.is_floating_point() and expected[key].is_floating_point() else value
     model.load_state_dict(cast, strict=True, assign=assign)
+
+
+def write_checkpoint_set(folder: str, weights_name: str, weights: Mapping[str, torch.Tensor], state: dict,
+                         step: int, state_name: str = "trainer.pt") -> None:
+    """A training checkpoint: the weights (safetensors, stamped with ``step``) and the trainer's state (a torch
+    file holding ``step``), each written whole and renamed into place. The stamps let ``read_checkpoint_set``
+    tell a save cut short between the two files (weights of one step, optimizer of another) from a whole one."""
+    from .files import write_atomically
+
+    os.makedirs(folder, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+    write_safetensors(tensors, os.path.join(folder, weights_name), metadata={"step": str(step)})
+    write_atomically(os.path.join(folder, state_name),
+                     lambda temporary: torch.save({**state, "step": step}, temporary))
+
+
+def read_checkpoint_set(folder: str, weights_name: str, state_name: str = "trainer.pt") -> "tuple[dict, dict]":
+    """(weights, state) of a checkpoint written by ``write_checkpoint_set``; a CheckpointError names a missing or
+    broken file, and a pair from two different steps."""
+    from safetensors import safe_open
+
+    weights_path, state_path = os.path.join(folder, weights_name), os.path.join(folder, state_name)
+    tensors = read_tensors(weights_path)
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    except Exception as e:  # missing, truncated, not a torch file
+        raise CheckpointError(f"{state_path}: cannot read the trainer state ({type(e).__name__}: {e})") from None
+    with safe_open(weights_path, "pt") as f:
+        saved_step = (f.metadata() or {}).get("step")
+    if saved_step is not None and saved_step != str(state.get("step")):
+        raise CheckpointError(f"{folder}: {weights_name} is from step {saved_step} but {state_name} from step "
+                              f"{state.get('step')} (a save was cut short): resuming would pair weights with another "
+                              f"step's optimizer; start a new run from {weights_name}, or restore both files")
+    return tensors, state

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import Mimi
+from ..io.checkpoint import check_and_load, read_checkpoint_set, write_checkpoint_set
 from ..io.files import write_json
 from ..modules.quantizer import Codebook, ResidualVectorQuantizer
 from .losses import MultiScaleMelLoss
@@ -283,37 +284,18 @@ class CodecTrainer:
     # ------------------------------------------------------------------------------------------ checkpoints
     def save(self, folder: str, extra: Optional[dict] = None) -> None:
         """``codec.safetensors`` (official key layout; loads with Mimi.from_checkpoint), ``config.json``,
-        ``trainer.pt`` (optimizer, step, random state) in ``folder``."""
-        from ..io.checkpoint import write_safetensors
-        from ..io.files import write_atomically
-
-        os.makedirs(folder, exist_ok=True)
-        # Each file is written whole and renamed into place; the weights carry their step, so ``load`` can tell
-        # a save cut short between two files (weights of one step, optimizer of another) from a complete one.
-        state = {k: v.detach().contiguous().cpu() for k, v in self.mimi.state_dict().items()}
-        write_safetensors(state, os.path.join(folder, "codec.safetensors"), metadata={"step": str(self.step)})
-        write_json(os.path.join(folder, "config.json"), self.mimi.config.to_official_dict())
-        trainer = {"optimizer": self.optimizer.state_dict(), "step": self.step,
-                   "generator": self.generator.get_state(), "train_config": asdict(self.cfg), "extra": extra or {}}
+        ``trainer.pt`` (optimizer, step, random state) in ``folder``: a checkpoint set (``write_checkpoint_set``)."""
+        state = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                 "train_config": asdict(self.cfg), "extra": extra or {}}
         if self.discriminator is not None:
-            trainer["discriminator"] = self.discriminator.state_dict()
-            trainer["discriminator_optimizer"] = self.discriminator_optimizer.state_dict()
-        write_atomically(os.path.join(folder, "trainer.pt"), lambda temporary: torch.save(trainer, temporary))
+            state["discriminator"] = self.discriminator.state_dict()
+            state["discriminator_optimizer"] = self.discriminator_optimizer.state_dict()
+        os.makedirs(folder, exist_ok=True)
+        write_json(os.path.join(folder, "config.json"), self.mimi.config.to_official_dict())
+        write_checkpoint_set(folder, "codec.safetensors", self.mimi.state_dict(), state, self.step)
 
     def load(self, folder: str) -> dict:
-        from ..io.checkpoint import check_and_load, read_tensors
-
-        from safetensors import safe_open
-
-        weights = os.path.join(folder, "codec.safetensors")
-        tensors = read_tensors(weights)  # a missing or broken file is a CheckpointError that names it
-        state = torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
-        with safe_open(weights, "pt") as f:
-            saved_step = (f.metadata() or {}).get("step")
-        if saved_step is not None and saved_step != str(state["step"]):
-            raise ValueError(f"{folder}: codec.safetensors is from step {saved_step} but trainer.pt from step "
-                             f"{state['step']} (a save was cut short): resuming would pair weights with another "
-                             f"step's optimizer; start a new run from codec.safetensors, or restore both files")
+        tensors, state = read_checkpoint_set(folder, "codec.safetensors")
         check_and_load(self.mimi, tensors, "Mimi", source=folder, assign=False)
         self.mimi.refresh_derived()
         self.optimizer.load_state_dict(state["optimizer"])

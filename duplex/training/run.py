@@ -6,7 +6,9 @@
   after the last checkpoint (the steps a crash lost) is dropped, since they are redone.
 * Progress: a bar on a terminal, a line every so often otherwise.
 * Ctrl-C ends the run at the next step boundary, so what is saved is a whole step; a second Ctrl-C stops at once.
-* Checkpoints are written by the trainer, file by file atomically (``codec.io.files.write_atomically``).
+* Checkpoints are sets of two files, weights (safetensors) and the trainer's state, each written whole and renamed
+  into place and both stamped with their step, so a save cut short between them is told apart on resume
+  (``save_checkpoint`` / ``load_checkpoint``; the codec trainer writes the same sets itself).
 """
 
 from __future__ import annotations
@@ -63,6 +65,18 @@ class RunFolder:
     def log(self, record: dict) -> None:
         self._log.write(json.dumps(record) + "\n")
         self._log.flush()
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, weights_name: str, weights, state: dict, step: int) -> None:
+        from codec.io.checkpoint import write_checkpoint_set
+
+        write_checkpoint_set(self.path, weights_name, weights, state, step, state_name=self.marker)
+
+    def load_checkpoint(self, weights_name: str) -> "tuple[dict, dict]":
+        """(weights, state); a CheckpointError names a missing or broken file or a pair from two steps."""
+        from codec.io.checkpoint import read_checkpoint_set
+
+        return read_checkpoint_set(self.path, weights_name, state_name=self.marker)
 
     # -------------------------------------------------------------------------------------------- progress
     def progress(self, total: int, initial: int, every: int = 50):

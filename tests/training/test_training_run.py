@@ -56,3 +56,18 @@ def test_fit_saves_a_whole_step_when_asked_to_stop(small_mimi):
         log=logged.append, eval_batch=batch, eval_every=2, stop_requested=lambda: trainer.step == 3)
     assert trainer.step == 3 and saved == [2, 3]  # every 2 steps, then the step it stopped at
     assert [r["step"] for r in logged] == [1, 2, 3] and "heldout" in logged[1] and "heldout" not in logged[0]
+
+
+def test_a_checkpoint_set_is_saved_whole_and_a_save_cut_short_is_named(tmp_path):
+    from codec import CheckpointError
+    from safetensors.torch import save_file
+
+    run = RunFolder(str(tmp_path), resume=False)
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    run.save_checkpoint("model.safetensors", weights, {"optimizer": {"lr": 0.1}}, step=7)
+    loaded, state = RunFolder(str(tmp_path), resume=True).load_checkpoint("model.safetensors")
+    assert torch.equal(loaded["w"], weights["w"]) and state["step"] == 7 and state["optimizer"] == {"lr": 0.1}
+    # the weights of step 8 were written, then the process died before the trainer's state of step 8
+    save_file({"w": torch.zeros(2, 3)}, str(tmp_path / "model.safetensors"), metadata={"step": "8"})
+    with pytest.raises(CheckpointError, match="model.safetensors is from step 8 but trainer.pt from step 7"):
+        RunFolder(str(tmp_path), resume=True).load_checkpoint("model.safetensors")
