@@ -4,7 +4,7 @@ On CPU a few operations run through hand-picked kernels that stream weights fast
 as matrix products, transposed convolutions through ``fold``, an ``exp``-based ELU, ring attention as two batched
 products with an additive mask). On every other device the same computations run through the generic PyTorch
 operators. ``generic_kernels()`` makes CPU take the generic operators too, so the arithmetic that GPUs run can be
-checked against the reference vectors on a machine without one (tests/test_generic_kernels.py).
+checked against the reference vectors on a machine without one (tests/codec/test_generic_kernels.py).
 
 The switch is per thread (it must not change what other threads of the process compute): code that steps a model
 on another thread, as the voice server does on its engine thread, must enter ``generic_kernels()`` there.
