@@ -378,3 +378,29 @@ def test_the_import_paths_the_readme_documented_before_the_restructure_still_wor
     with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
         module = importlib.import_module(old)
     assert getattr(module, name) is getattr(importlib.import_module(new), name)
+
+
+def test_the_layout_keeps_its_seams():
+    """codec never imports duplex; inference (the codec, the engine, the server, the client) never imports
+    training code; the client loads without torch (one process per simulated user in the load benchmark)."""
+    import pkgutil
+
+    import codec
+
+    codec_modules = [m.name for m in pkgutil.walk_packages(codec.__path__, "codec.") if ".train" not in m.name]
+    script = f"""
+import importlib, sys
+for name in {codec_modules!r}:
+    importlib.import_module(name)
+assert not [m for m in sys.modules if m.split('.')[0] == 'duplex'], 'codec imported duplex'
+assert 'codec.train' not in sys.modules, 'codec inference imported codec.train'
+for name in ('duplex.runtime.engine', 'duplex.runtime.defaults', 'duplex.serving.server', 'duplex.cli'):
+    importlib.import_module(name)
+training = [m for m in sys.modules if m.startswith(('codec.train', 'duplex.training'))]
+assert not training, training
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    light = subprocess.run([sys.executable, "-c", "import sys, duplex.serving.client, duplex.bench.serve; "
+                            "assert 'torch' not in sys.modules"], capture_output=True, text=True)
+    assert light.returncode == 0, light.stderr
