@@ -14,8 +14,9 @@ def project_errors() -> tuple:
     from codec.io.audio import AudioError, DependencyError
     from codec.io.codes import CodesFileError
 
+    from .bench.turntaking.fdb import FDBError
     from .model.config import LMConfigError
     from .model.tokenizer import TokenizerError
 
     return (UsageError, CheckpointError, ConfigError, AudioError, DependencyError, CodesFileError, LMConfigError,
-            TokenizerError)
+            TokenizerError, FDBError)

@@ -245,6 +245,23 @@ def _bench_serve(args) -> dict:
         gc.unfreeze()  # a caller of main() in the same process keeps its collector as it was
 
 
+def run_turns_score(args) -> int:
+    from ..bench.turntaking.score import format_table, score_dir
+
+    _check_report_paths(args)
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rscored {done}/{total} samples", end="" if done < total else "\n", file=sys.stderr)
+
+    report = score_dir(args.dir, backchannel_truth=args.backchannel_gt, rule=args.backchannel_rule,
+                       vad=not args.no_vad, progress=progress)
+    print(format_table(report))
+    if args.json:
+        _emit_file(report, args.json)
+    return 0
+
+
 def register(commands) -> None:
     """``duplex bench codec | lm | latency | serve | codec-quality``."""
     bench = commands.add_parser("bench", help="benchmarks")
@@ -297,6 +314,18 @@ def register(commands) -> None:
     add_model_options(p)
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.set_defaults(run=run_bench_serve)
+    turns = bench_commands.add_parser("turns", help="the turn-taking benchmark (Full-Duplex-Bench compatible)")
+    turns_commands = turns.add_subparsers(dest="turns_command", required=True, metavar="ACTION")
+    p = turns_commands.add_parser("score", help="FDB v1 figures (TOR, latency, backchannel) and v1.5 VAD timing of "
+                                  "sample folders holding output.json and/or output.wav")
+    p.add_argument("dir", help="a folder of FDB sample folders (each with input.wav and its annotation)")
+    p.add_argument("--json", metavar="PATH", help="also write the report (tasks, folders, samples) here")
+    p.add_argument("--backchannel-gt", metavar="JSON", help="FDB's icc_gt_distribution.json (for the JSD)")
+    p.add_argument("--backchannel-rule", choices=["current", "published"], default="current",
+                   help="which short segments count for frequency and JSD: FDB's code since 2026-02 (current) or "
+                        "the code of its published Moshi figures")
+    p.add_argument("--no-vad", action="store_true", help="words only: no backchannel or v1.5 timing figures")
+    p.set_defaults(run=run_turns_score)
     p = bench_commands.add_parser("codec-quality", help="reconstruction quality on a corpus split (JSON + PNG)")
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--split", default="heldout", help="corpus split to measure (heldout or train)")

@@ -1,0 +1,117 @@
+"""``duplex bench turns score DIR``: Full-Duplex-Bench v1 figures (and v1.5 VAD timing) of the sample folders under
+DIR that hold a model's ``output.wav`` and/or ``output.json``, per sample, per folder and per task.
+
+Per-sample figures: ``tor``; ``latency`` (turn-taking and interruption, takeovers only); backchannel ``freq`` and,
+with the human distributions, ``jsd``; and from the VAD of input.wav and output.wav, ``stop_latency`` (the mean
+length of the stretches where the model speaks over the user) and ``response_latency`` (the mean time from the end
+of a user segment to the model's next start). Aggregates are means, as FDB reports them, with medians beside.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from . import metrics
+from .fdb import BACKCHANNEL, INTERRUPTION, PAUSE, TASKS, TURN, FDBError, annotation_time, find_samples, read_chunks, \
+    task_of
+
+FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency")
+
+
+def _mean(values) -> Optional[float]:
+    return None if not values else sum(values) / len(values)
+
+
+def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: str = "current",
+                 vad: bool = True) -> dict:
+    """The figures of one sample folder (its output.json and/or output.wav)."""
+    from . import vad as speech
+
+    row: Dict[str, object] = {"task": task}
+    words = read_chunks(folder / "output.json") if (folder / "output.json").is_file() else None
+    has_audio = (folder / "output.wav").is_file()
+    if words is None and not has_audio:
+        raise FDBError(f"{folder}: neither output.json nor output.wav to score")
+    if task in (PAUSE, TURN, INTERRUPTION) and words is not None:
+        reference = annotation_time(folder, task)
+        if task == INTERRUPTION:
+            words = metrics.words_after(words, reference)
+        row["tor"] = metrics.takeover(words)
+        if task != PAUSE:
+            row["latency"] = metrics.latency(words, reference)
+    if has_audio and vad:
+        output, rate = speech.read_mono(folder / "output.wav")
+        if task == BACKCHANNEL:
+            segments = speech.speech_segments(output, rate, rounded=True)
+            sample_truth = truth.get(folder.name) if truth is not None else None
+            row.update(metrics.backchannel_sample(segments, words or [], len(output) / rate, sample_truth, rule))
+        if (folder / "input.wav").is_file():
+            user_audio, user_rate = speech.read_mono(folder / "input.wav")
+            user = metrics.merge(speech.speech_segments(user_audio, user_rate), metrics.USER_GAP)
+            model = metrics.merge(speech.speech_segments(output, rate), metrics.MODEL_GAP)
+            row["stop_latency"] = _mean([e - s for s, e in metrics.stop_intervals(user, model)])
+            row["response_latency"] = _mean([e - s for s, e in metrics.response_intervals(user, model)])
+    return row
+
+
+def aggregate(rows: List[dict]) -> dict:
+    """Means (FDB's figures) and medians of the samples' figures; latencies only over the samples that have one
+    (takeovers)."""
+    out: Dict[str, object] = {"samples": len(rows)}
+    for name in FIGURES:
+        values = [r[name] for r in rows if r.get(name) is not None]
+        if not any(name in r for r in rows):
+            continue
+        stats = metrics.summary(values)
+        out[name] = stats["mean"]
+        if name not in ("tor",):
+            out[f"{name}_median"] = stats["median"]
+    return out
+
+
+def score_dir(root: Path, backchannel_truth: Optional[Path] = None, rule: str = "current", vad: bool = True,
+              progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """``{"tasks": {task: figures}, "folders": {relative folder: figures}, "samples": [figures + path]}``."""
+    root = Path(root)
+    truth = None
+    if backchannel_truth is not None:
+        try:
+            truth = json.loads(Path(backchannel_truth).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise FDBError(f"{backchannel_truth}: cannot read the backchannel distributions ({e})") from None
+    folders = [f for f in find_samples(root) if (f / "output.json").is_file() or (f / "output.wav").is_file()]
+    samples = []
+    for i, folder in enumerate(folders):
+        task = task_of(folder, root)
+        if task is None:
+            continue
+        row = score_sample(folder, task, truth, rule, vad)
+        samples.append({"path": str(folder.relative_to(root)), **row})
+        if progress:
+            progress(i + 1, len(folders))
+    if not samples:
+        raise FDBError(f"{root}: no FDB sample folder with an output.json or output.wav (and an annotation, or "
+                       "under a *backchannel* folder)")
+    by_folder: Dict[str, List[dict]] = {}
+    for s in samples:
+        by_folder.setdefault(str(Path(s["path"]).parent), []).append(s)
+    return {"tasks": {t: aggregate([s for s in samples if s["task"] == t]) for t in TASKS
+                      if any(s["task"] == t for s in samples)},
+            "folders": {name: aggregate(rows) for name, rows in sorted(by_folder.items())},
+            "samples": samples}
+
+
+def format_table(report: dict) -> str:
+    """One row per task: FDB v1's published columns (TOR, latency; backchannel frequency and JSD) and v1.5's."""
+    def show(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    rows = [f"{'task':<20} {'samples':>7} {'TOR':>6} {'latency s':>9} {'freq':>6} {'JSD':>6} {'stop s':>7} "
+            f"{'response s':>10}"]
+    for task, t in report["tasks"].items():
+        rows.append(f"{task:<20} {t['samples']:>7} {show(t.get('tor')):>6} {show(t.get('latency')):>9} "
+                    f"{show(t.get('freq')):>6} {show(t.get('jsd')):>6} {show(t.get('stop_latency')):>7} "
+                    f"{show(t.get('response_latency')):>10}")
+    return "\n".join(rows)

@@ -1,0 +1,164 @@
+"""The turn-taking scorer against answers known by construction: FDB v1's rules and edge cases, v1.5's intervals,
+and a folder of hand-made samples scored end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from duplex.bench.turntaking import metrics
+from duplex.bench.turntaking.fdb import Chunk, FDBError, read_chunks, task_of, write_chunks
+from duplex.bench.turntaking.score import score_dir
+from duplex.cli import main
+
+
+def words(*spans):
+    return [Chunk(f"w{i}", s, e) for i, (s, e) in enumerate(spans)]
+
+
+def test_takeover_rule_and_its_edges():
+    assert metrics.takeover([]) == 0  # a model that never speaks
+    assert metrics.takeover(words((1.0, 1.2), (1.3, 1.5), (1.6, 1.9))) == 0  # under 1 s, 3 words: a backchannel
+    assert metrics.takeover(words((1.0, 1.1), (1.2, 1.3), (1.4, 1.5), (1.6, 1.7))) == 1  # 4 words
+    assert metrics.takeover(words((1.0, 1.5), (1.6, 2.0))) == 1  # exactly 1 s: not "under 1 s"
+    assert metrics.takeover(words((1.0, 1.2), (1.95, None))) == 0  # a missing last end counts as its start
+    assert metrics.takeover(words((1.0, 1.2), (2.1, None))) == 1
+
+
+def test_latency_is_clipped_at_zero_and_only_for_takeovers():
+    answer = words((3.5, 3.8), (3.9, 4.3), (4.4, 4.9))
+    assert metrics.latency(answer, 3.0) == pytest.approx(0.5)  # answers 0.5 s after the turn's end
+    assert metrics.latency(words((2.0, 2.5), (2.6, 3.5)), 3.0) == 0.0  # spoke before the turn ended: clipped
+    assert metrics.latency(words((3.5, 3.6)), 3.0) is None  # no takeover, no latency
+    assert metrics.summary([0.5, None, 1.5, 0.1]) == {"mean": pytest.approx(0.7), "median": 0.5}
+    assert metrics.summary([None]) == {"mean": None, "median": None}
+    assert metrics.words_after(answer, 3.9) == answer[1:]
+
+
+def test_backchannel_rules_current_and_published():
+    said = words((1.0, 1.3), (5.0, 5.2), (5.3, 5.5), (5.6, 5.8), (5.9, 6.1))
+    short, talk = (1.0, 1.4), (4.9, 6.2)  # "mhm" (one word, 0.4 s); four words in 1.3 s: a takeover
+    current = metrics.backchannel_sample([short, talk], said, seconds=10.0)
+    assert current == {"tor": 1, "freq": pytest.approx(0.2)}  # the last short segment's verdict; both counted
+    published = metrics.backchannel_sample([short, talk], said, seconds=10.0, rule="published")
+    assert published == {"tor": 1, "freq": 0.0}  # a takeover empties what was counted
+    only_short = metrics.backchannel_sample([short], said, seconds=10.0, rule="published")
+    assert only_short["tor"] == 0 and only_short["freq"] == pytest.approx(0.1)
+    long = metrics.backchannel_sample([(0.0, 3.5), short], said, seconds=10.0)
+    assert long["tor"] == 1 and long["freq"] == 0.0  # a segment over 3 s stops the count
+    silent = metrics.backchannel_sample([(2.0, 3.0)], [], seconds=10.0)  # 1-3 s of sound and no words: 1
+    assert silent["tor"] == 1
+    assert metrics.backchannel_sample([], said, seconds=10.0, truth=[1.0])["jsd"] == 1.0  # nothing counted
+
+
+def test_js_distance_is_scipys_definition():
+    assert metrics.js_distance([0.5, 0.5], [0.5, 0.5]) == pytest.approx(0.0)
+    assert metrics.js_distance([1.0, 0.0], [0.0, 1.0]) == pytest.approx(math.sqrt(math.log(2)))
+    p, q = np.array([0.1, 0.4, 0.5]), np.array([0.3, 0.3, 0.4])
+    m = (p + q) / 2
+    expected = math.sqrt((np.sum(p * np.log(p / m)) + np.sum(q * np.log(q / m))) / 2)
+    assert metrics.js_distance(p * 3, q) == pytest.approx(expected)  # inputs renormalised
+    truth = np.full(51, 1 / 51)  # 10 s of 0.2 s bins
+    d = metrics.backchannel_jsd([(2.0, 2.4)], 10.0, truth)
+    assert 0 < d < math.sqrt(math.log(2))
+
+
+def test_v15_intervals():
+    user = metrics.merge([(0.0, 1.0), (1.5, 3.0), (5.0, 6.0)], metrics.USER_GAP)
+    assert user == [(0.0, 3.0), (5.0, 6.0)]  # the 0.5 s gap is within the user's 0.6 s
+    model = metrics.merge([(2.5, 3.6), (6.2, 7.0)], metrics.MODEL_GAP)
+    assert metrics.stop_intervals(user, model) == [(2.5, 3.0)]  # the model spoke over the user for 0.5 s
+    # one interval per model start: of the two user segments the model's 6.2 s start follows, the later counts
+    assert metrics.response_intervals(user, model) == [(6.0, 6.2)]
+    assert metrics.response_intervals(user, [(3.4, 4.0), (6.2, 7.0)]) == [(3.0, 3.4), (6.0, 6.2)]
+
+
+def _sample(root, task_folder, name, annotation=None, output_words=None, seconds=6.0):
+    folder = root / task_folder / name
+    folder.mkdir(parents=True)
+    sf.write(folder / "input.wav", np.zeros(int(seconds * 16000), np.float32), 16000)
+    if annotation is not None:
+        file, content = annotation
+        (folder / file).write_text(json.dumps(content))
+    if output_words is not None:
+        write_chunks(folder / "output.json", output_words)
+    return folder
+
+
+def test_a_folder_of_samples_scored_end_to_end(tmp_path, capsys):
+    turn = {"text": "[TURN-TAKING]", "timestamp": [3.0, 3.5]}
+    # smooth turn-taking: one answers 0.5 s after the turn, one 1.5 s after, one never
+    _sample(tmp_path, "candor_turn_taking", "1", ("turn_taking.json", [turn]), words((3.5, 4.0), (4.1, 4.8)))
+    _sample(tmp_path, "candor_turn_taking", "2", ("turn_taking.json", [turn]), words((4.5, 5.0), (5.1, 5.8)))
+    _sample(tmp_path, "candor_turn_taking", "3", ("turn_taking.json", [turn]), [])
+    # pause handling: one sits through the pause, one talks over it
+    pause = {"text": "[PAUSE]", "timestamp": [2.0, 3.5]}
+    _sample(tmp_path, "synthetic_pause_handling", "1", ("pause.json", [pause]), [])
+    _sample(tmp_path, "synthetic_pause_handling", "2", ("pause.json", [pause]), words((2.2, 2.6), (2.7, 3.4)))
+    # user interruption: words before the interruption's end do not count
+    interrupt = {"context": "tell me a story", "interrupt": "wait, stop", "timestamp": [2.0, 2.8]}
+    _sample(tmp_path, "synthetic_user_interruption", "1", ("interrupt.json", [interrupt]),
+            words((1.0, 1.5), (1.6, 2.5), (3.1, 3.5), (3.6, 4.2)))
+    _sample(tmp_path, "not_a_task", "1", None, words((1.0, 2.0)))  # no annotation, not under *backchannel*
+    report = score_dir(tmp_path, vad=False)
+    tasks = report["tasks"]
+    assert set(tasks) == {"smooth_turn_taking", "pause_handling", "user_interruption"}
+    assert tasks["smooth_turn_taking"]["samples"] == 3 and tasks["smooth_turn_taking"]["tor"] == pytest.approx(2 / 3)
+    assert tasks["smooth_turn_taking"]["latency"] == pytest.approx(1.0)  # mean of 0.5 and 1.5, takeovers only
+    assert tasks["smooth_turn_taking"]["latency_median"] == pytest.approx(1.0)
+    assert tasks["pause_handling"]["tor"] == 0.5 and "latency" not in tasks["pause_handling"]
+    assert tasks["user_interruption"]["tor"] == 1 and tasks["user_interruption"]["latency"] == pytest.approx(0.3)
+    assert report["folders"]["candor_turn_taking"]["samples"] == 3
+    assert [s["path"] for s in report["samples"]][:3] == ["candor_turn_taking/1", "candor_turn_taking/2",
+                                                          "candor_turn_taking/3"]
+    out = tmp_path / "report.json"
+    assert main(["bench", "turns", "score", str(tmp_path), "--no-vad", "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    table = capsys.readouterr().out
+    assert "smooth_turn_taking" in table and "0.667" in table and "1.000" in table
+
+
+def test_task_detection_and_bad_files(tmp_path, capsys):
+    folder = _sample(tmp_path, "icc_backchannel", "7")
+    assert task_of(folder, tmp_path) == "backchannel"
+    (folder / "output.json").write_text('{"chunks": [{"text": "hi"}]}')
+    with pytest.raises(FDBError, match="chunk 0 has no \\[start, end\\] timestamp"):
+        read_chunks(folder / "output.json")
+    assert main(["bench", "turns", "score", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["bench", "turns", "score", str(empty)]) == 2
+    assert "no FDB sample folder" in capsys.readouterr().err
+
+
+def test_vad_timing_on_speech(tmp_path):
+    """v1.5 timing on real speech (espeak-ng): the model answers 0.7 s after the user's turn ends."""
+    espeak = pytest.importorskip("duplex.data.synth.espeak")
+    try:
+        synth = espeak.Synthesizer()
+    except espeak.EspeakError:
+        pytest.skip("needs espeak-ng")
+    from codec.io.audio import resample
+    import torch
+
+    def say(text):
+        s = synth.speak(text, voice="en-us")
+        return resample(torch.from_numpy(s.audio)[None], s.sample_rate, 16000)[0].numpy()
+
+    question, answer = say("what time is it in tokyo right now?"), say("it is three in the afternoon there.")
+    total = len(question) + len(answer) + 3 * 16000
+    user, model = np.zeros(total, np.float32), np.zeros(total, np.float32)
+    user[8000:8000 + len(question)] = question
+    start = 8000 + len(question) + int(0.7 * 16000)
+    model[start:start + len(answer)] = answer
+    folder = tmp_path / "turn" / "1"
+    folder.mkdir(parents=True)
+    (folder / "turn_taking.json").write_text(json.dumps([{"text": "[TURN-TAKING]", "timestamp": [1.0, 2.0]}]))
+    sf.write(folder / "input.wav", user, 16000)
+    sf.write(folder / "output.wav", model, 16000)
+    row = score_dir(tmp_path)["samples"][0]
+    assert row["stop_latency"] is None  # never over the user
+    assert row["response_latency"] == pytest.approx(0.7, abs=0.25)  # VAD edges are ~0.1 s coarse
