@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -262,6 +263,58 @@ def run_turns_score(args) -> int:
     return 0
 
 
+def run_turns_run(args) -> int:
+    from ..bench.turntaking.runner import run_samples
+    from ..bench.turntaking.score import format_table, score_dir
+    from ..runtime.clock import freeze_startup_objects
+    from .common import build_engine
+
+    _check_report_paths(args)
+    source, out = Path(args.dir), Path(args.out)
+    if not source.is_dir():
+        raise UsageError(f"{source}: not a folder")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty: give a new folder for the outputs")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = build_engine(args, args.slots)
+    freeze_startup_objects()
+    bar = None
+
+    def progress(done: int, total: int, audio: float, audio_total: float, wall: float) -> None:
+        nonlocal bar
+        speed = audio / wall if wall > 0 else 0.0
+        eta = (audio_total - audio) / speed if speed > 0 else float("nan")
+        if sys.stderr.isatty():
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, unit="sample")
+            bar.update(done - bar.n)
+            bar.set_postfix_str(f"{speed:.2f}x real time, ETA {eta:.0f} s")
+        elif done == total or done % 10 == 0:
+            print(f"{done}/{total} samples, {speed:.2f}x real time, ETA {eta:.0f} s", file=sys.stderr)
+
+    try:
+        ran = run_samples(engine, source, out, seed=args.seed, progress=progress)
+    finally:
+        gc.unfreeze()
+        if bar is not None:
+            bar.close()
+    if not ran["samples"]:
+        raise UsageError(f"{source}: no FDB sample folder (input.wav with an annotation, or under a *backchannel* "
+                         "folder)")
+    print(f"{ran['samples']} samples, {ran['audio_seconds']:.1f} s of audio in {ran['wall_seconds']:.1f} s "
+          f"({ran['audio_seconds'] / max(ran['wall_seconds'], 1e-9):.2f}x real time, {args.slots} slots) -> {out}",
+          file=sys.stderr)
+    report = score_dir(out, backchannel_truth=args.backchannel_gt, rule=args.backchannel_rule)
+    report["run"] = {**ran, "slots": args.slots, "seed": args.seed}
+    print(format_table(report))
+    if args.json:
+        _emit_file(report, args.json)
+    return 0
+
+
 def register(commands) -> None:
     """``duplex bench codec | lm | latency | serve | codec-quality``."""
     bench = commands.add_parser("bench", help="benchmarks")
@@ -316,6 +369,19 @@ def register(commands) -> None:
     p.set_defaults(run=run_bench_serve)
     turns = bench_commands.add_parser("turns", help="the turn-taking benchmark (Full-Duplex-Bench compatible)")
     turns_commands = turns.add_subparsers(dest="turns_command", required=True, metavar="ACTION")
+    p = turns_commands.add_parser("run", help="run the model over FDB sample folders (many at once, offline), "
+                                  "write output.wav and output.json in the same layout, then score them")
+    p.add_argument("dir", help="a folder of FDB sample folders (each with input.wav and its annotation)")
+    p.add_argument("out", help="a new folder for the outputs (DIR's layout)")
+    add_model_options(p)
+    p.add_argument("--slots", type=positive, default=4, help="samples run at once")
+    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (sample i uses seed + i): same seed, same run")
+    p.add_argument("--json", metavar="PATH", help="also write the report here")
+    p.add_argument("--backchannel-gt", metavar="JSON", help="FDB's icc_gt_distribution.json (for the JSD)")
+    p.add_argument("--backchannel-rule", choices=["current", "published"], default="current",
+                   help="as for score")
+    p.set_defaults(run=run_turns_run)
     p = turns_commands.add_parser("score", help="FDB v1 figures (TOR, latency, backchannel) and v1.5 VAD timing of "
                                   "sample folders holding output.json and/or output.wav")
     p.add_argument("dir", help="a folder of FDB sample folders (each with input.wav and its annotation)")

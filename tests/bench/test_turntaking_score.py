@@ -162,3 +162,58 @@ def test_vad_timing_on_speech(tmp_path):
     row = score_dir(tmp_path)["samples"][0]
     assert row["stop_latency"] is None  # never over the user
     assert row["response_latency"] == pytest.approx(0.7, abs=0.25)  # VAD edges are ~0.1 s coarse
+
+
+def test_words_from_the_text_stream_are_timed_by_their_frames():
+    from duplex.bench.turntaking.runner import words_from_pieces
+
+    pieces = [(3, " hel"), (4, "lo"), (6, " there"), (7, " "), (9, "!")]
+    got = words_from_pieces(pieces, 0.08)
+    assert [(w.text, w.start, w.end) for w in got] == [("hello", 0.24, 0.4), ("there!", 0.48, 0.8)]
+
+
+def _fdb_set(root, seconds=(2.0, 3.1, 1.5)):
+    rng = np.random.default_rng(0)
+    turn = {"text": "[TURN-TAKING]", "timestamp": [0.8, 1.2]}
+    interrupt = {"context": "a story", "interrupt": "stop", "timestamp": [0.4, 1.0]}
+    for i, (task, annotation) in enumerate([("candor_turn_taking", ("turn_taking.json", [turn])),
+                                            ("synthetic_user_interruption", ("interrupt.json", [interrupt])),
+                                            ("candor_turn_taking", ("turn_taking.json", [turn]))]):
+        folder = root / task / str(i)
+        folder.mkdir(parents=True)
+        rate = 16000 if i != 1 else 48000  # any rate: resampled to the engine's
+        sf.write(folder / "input.wav", (0.1 * rng.standard_normal(int(seconds[i] * rate))).astype(np.float32), rate)
+        (folder / annotation[0]).write_text(json.dumps(annotation[1]))
+
+
+@pytest.mark.slow
+def test_run_writes_fdb_outputs_and_scores_them(tmp_path, capsys, small_tokenizer_path):
+    from helpers import SMALL_MODEL_ARGS
+
+    source = tmp_path / "fdb"
+    _fdb_set(source)
+    args = ["bench", "turns", "run", str(source), None, *SMALL_MODEL_ARGS, "--tokenizer", str(small_tokenizer_path),
+            "--slots", "2", "--seed", "3", "--json", None]
+    outs = []
+    for name in ("a", "b"):
+        args[4], args[-1] = str(tmp_path / name), str(tmp_path / f"{name}.json")
+        assert main(args) == 0
+        outs.append(tmp_path / name)
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["run"]["samples"] == 3 and report["tasks"]["smooth_turn_taking"]["samples"] == 2
+    for i, (task, seconds) in enumerate([("candor_turn_taking", 2.0), ("synthetic_user_interruption", 3.1),
+                                         ("candor_turn_taking", 1.5)]):
+        folder = outs[0] / task / str(i)
+        audio, rate = sf.read(folder / "output.wav")
+        assert rate == 16000 and len(audio) == round(seconds * 16000)  # time-synchronous, exactly as long
+        assert (folder / "input.wav").is_file() and any(folder.glob("*.json"))
+        read_chunks(folder / "output.json")
+        again, _ = sf.read(outs[1] / task / str(i) / "output.wav")
+        assert np.array_equal(audio, again)  # the same seed, the same run (slots independent)
+        assert (folder / "output.json").read_text() == (outs[1] / task / str(i) / "output.json").read_text()
+    interruption = read_chunks(outs[0] / "synthetic_user_interruption" / "1" / "output.json")
+    assert all(w.start >= 1.0 for w in interruption)  # only words after the interruption's end
+    rescored = score_dir(outs[0])
+    assert rescored["tasks"] == report["tasks"] and rescored["samples"] == report["samples"]  # round trip
+    assert "smooth_turn_taking" in capsys.readouterr().out
+    assert main(args) == 2  # the output folder is not empty now
