@@ -305,13 +305,28 @@ def run_turns_run(args) -> int:
         raise UsageError(f"{source}: no FDB sample folder (input.wav with an annotation, or under a *backchannel* "
                          "folder)")
     print(f"{ran['samples']} samples, {ran['audio_seconds']:.1f} s of audio in {ran['wall_seconds']:.1f} s "
-          f"({ran['audio_seconds'] / max(ran['wall_seconds'], 1e-9):.2f}x real time, {args.slots} slots) -> {out}",
+          f"({ran['audio_seconds'] / max(ran['wall_seconds'], 1e-9):.2f}x real time, {args.slots} slot"
+          f"{'' if args.slots == 1 else 's'}) -> {out}",
           file=sys.stderr)
     report = score_dir(out, backchannel_truth=args.backchannel_gt, rule=args.backchannel_rule)
     report["run"] = {**ran, "slots": args.slots, "seed": args.seed}
     print(format_table(report))
     if args.json:
         _emit_file(report, args.json)
+    return 0
+
+
+def run_turns_make_set(args) -> int:
+    from ..bench.turntaking.make_set import make_set
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty: give a new folder for the set")
+    try:
+        counts = make_set(Path(args.corpus), out, split=args.split, per_task=args.per_task, reference=args.reference)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    print(", ".join(f"{task}: {n}" for task, n in counts.items()) + f" samples -> {out}", file=sys.stderr)
     return 0
 
 
@@ -382,6 +397,16 @@ def register(commands) -> None:
     p.add_argument("--backchannel-rule", choices=["current", "published"], default="current",
                    help="as for score")
     p.set_defaults(run=run_turns_run)
+    p = turns_commands.add_parser("make-set", help="FDB-layout sample folders cut from a synthetic corpus, one task "
+                                  "folder per scenario, with the expected answers")
+    p.add_argument("corpus", help="a corpus made by 'duplex data synth'")
+    p.add_argument("out", help="a new folder for the set")
+    p.add_argument("--split", default="heldout", help="which conversations (heldout or train)")
+    p.add_argument("--per-task", type=positive, default=20, help="samples per task at most")
+    p.add_argument("--reference", action="store_true",
+                   help="also write the corpus's own assistant channel as output.wav/output.json (scoring it gives "
+                        "the timings the corpus was made with)")
+    p.set_defaults(run=run_turns_make_set)
     p = turns_commands.add_parser("score", help="FDB v1 figures (TOR, latency, backchannel) and v1.5 VAD timing of "
                                   "sample folders holding output.json and/or output.wav")
     p.add_argument("dir", help="a folder of FDB sample folders (each with input.wav and its annotation)")

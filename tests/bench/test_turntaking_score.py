@@ -192,6 +192,7 @@ def test_run_writes_fdb_outputs_and_scores_them(tmp_path, capsys, small_tokenize
 
     source = tmp_path / "fdb"
     _fdb_set(source)
+    (source / "candor_turn_taking" / "notes.txt").write_text("a file of the set, outside the samples")
     args = ["bench", "turns", "run", str(source), None, *SMALL_MODEL_ARGS, "--tokenizer", str(small_tokenizer_path),
             "--slots", "2", "--seed", "3", "--json", None]
     outs = []
@@ -211,9 +212,51 @@ def test_run_writes_fdb_outputs_and_scores_them(tmp_path, capsys, small_tokenize
         again, _ = sf.read(outs[1] / task / str(i) / "output.wav")
         assert np.array_equal(audio, again)  # the same seed, the same run (slots independent)
         assert (folder / "output.json").read_text() == (outs[1] / task / str(i) / "output.json").read_text()
+    assert (outs[0] / "candor_turn_taking" / "notes.txt").is_file()  # the set's own files come along
     interruption = read_chunks(outs[0] / "synthetic_user_interruption" / "1" / "output.json")
     assert all(w.start >= 1.0 for w in interruption)  # only words after the interruption's end
     rescored = score_dir(outs[0])
     assert rescored["tasks"] == report["tasks"] and rescored["samples"] == report["samples"]  # round trip
     assert "smooth_turn_taking" in capsys.readouterr().out
     assert main(args) == 2  # the output folder is not empty now
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    espeak = pytest.importorskip("duplex.data.synth.espeak")
+    try:
+        espeak.Synthesizer()
+    except espeak.EspeakError:
+        pytest.skip("needs espeak-ng")
+    from duplex.data.synth.conversation import SynthOptions, synthesize_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    shares = {"smooth": 0.3, "pause": 0.25, "interrupt": 0.25, "backchannel": 0.2}
+    synthesize_corpus(str(out), 6, seed=11, options=SynthOptions(heldout_every=1, min_seconds=20, max_seconds=25,
+                                                                 shares=shares), progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_the_corpus_scored_as_a_model_gives_the_timings_it_was_made_with(corpus, tmp_path, capsys):
+    out = tmp_path / "set"
+    assert main(["bench", "turns", "make-set", str(corpus), str(out), "--reference", "--per-task", "8"]) == 0
+    report = score_dir(out)
+    for row in report["samples"]:
+        folder = out / row["path"]
+        if row["task"] == "smooth_turn_taking":
+            event = json.loads((folder / "turn_taking.json").read_text())[0]
+            if row["tor"]:  # the reply starts at the annotated time: the latency is the corpus's gap
+                assert row["latency"] == pytest.approx(event["timestamp"][1] - event["timestamp"][0], abs=2e-3)
+                assert 0.2 - 2e-3 <= row["latency"] <= 0.6 + 2e-3
+            if "answer_words" in event and row["tor"]:
+                assert row["answer_correct"] == 1  # the corpus's reply carries its own answer
+        if row["task"] == "pause_handling":
+            assert row["tor"] == 0  # the corpus's assistant waits through the pause
+        if row["task"] == "user_interruption":
+            assert row["tor"] == 1 and 0.2 - 2e-3 <= row["latency"] <= 0.6 + 2e-3  # it answers the barge-in
+    tasks = report["tasks"]
+    assert set(tasks) == {"smooth_turn_taking", "pause_handling", "user_interruption", "backchannel"}
+    assert tasks["backchannel"]["jsd"] is not None and tasks["backchannel"]["tor"] == 0
+    assert main(["bench", "turns", "make-set", str(corpus), str(out)]) == 2  # not over an existing set
+    assert "is not empty" in capsys.readouterr().err

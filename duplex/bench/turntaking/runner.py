@@ -5,8 +5,9 @@ slot takes the next sample when its current one ends), writing OUT in DIR's layo
 the frames that emitted them (frame k spans [0.08 k, 0.08 (k + 1)) s). For user-interruption samples only the
 words that start after the interruption's end are kept, as FDB's ASR step transcribes only that audio.
 
-A slot's samples depend only on the sample and its seed (``seed`` + the sample's index), never on which slot it
-ran in or what ran beside it: the engine's slots are bit-for-bit independent.
+With the same ``seed`` and slot count a run is repeated exactly (sample i samples with ``seed`` + i; the engine's
+slots are independent of what runs beside them). Another slot count batches the arithmetic differently, so the
+sampled outputs can differ in detail.
 """
 
 from __future__ import annotations
@@ -115,4 +116,20 @@ def run_samples(engine, root: Path, out: Path, seed: int = 0,
                 audio_done += job.input_seconds
                 if progress:
                     progress(done, total, audio_done, total_seconds, time.perf_counter() - start)
+    _copy_set_files(root, out)
     return {"samples": total, "audio_seconds": audio_done, "wall_seconds": time.perf_counter() - start}
+
+
+def _copy_set_files(root: Path, out: Path) -> None:
+    """Files of the set outside the sample folders (FDB's icc_gt_distribution.json beside the backchannel
+    samples, READMEs) go to the same place in OUT, so that OUT scores as DIR would."""
+    import os
+
+    for folder, _, files in os.walk(root):
+        folder = Path(folder)
+        if "input.wav" in files:
+            continue
+        for name in files:
+            target = out / folder.relative_to(root)
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / name, target / name)

@@ -10,18 +10,40 @@ of a user segment to the model's next start). Aggregates are means, as FDB repor
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import metrics
-from .fdb import BACKCHANNEL, INTERRUPTION, PAUSE, TASKS, TURN, FDBError, annotation_time, find_samples, read_chunks, \
-    task_of
+from .fdb import (ANNOTATIONS, BACKCHANNEL, INTERRUPTION, PAUSE, TASKS, TURN, FDBError, annotation_time, find_samples,
+                  read_chunks, task_of)
 
-FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency")
+FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency", "answer_correct")
 
 
 def _mean(values) -> Optional[float]:
     return None if not values else sum(values) / len(values)
+
+
+def expected_answer(folder: Path, task: str) -> Optional[List[str]]:
+    """The words a right reply must contain, where the annotation says (``"answer_words"``: sets made by
+    ``make-set``; FDB's own annotations have none)."""
+    try:
+        entry = json.loads((folder / ANNOTATIONS[task]).read_text(encoding="utf-8"))[0]
+    except (KeyError, OSError, ValueError, IndexError, TypeError):
+        return None
+    words = entry.get("answer_words") if isinstance(entry, dict) else None
+    return [str(w).lower() for w in words] if isinstance(words, list) and words else None
+
+
+def _truth_beside(folder: Path) -> Optional[dict]:
+    path = folder.parent / "icc_gt_distribution.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FDBError(f"{path}: cannot read the backchannel distributions ({e})") from None
 
 
 def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: str = "current",
@@ -41,10 +63,16 @@ def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: st
         row["tor"] = metrics.takeover(words)
         if task != PAUSE:
             row["latency"] = metrics.latency(words, reference)
+        expected = expected_answer(folder, task)
+        if expected is not None and row["tor"]:
+            said = {w for chunk in words for w in re.findall(r"[a-z0-9']+", chunk.text.lower())}
+            row["answer_correct"] = int(all(w in said for w in expected))
     if has_audio and vad:
         output, rate = speech.read_mono(folder / "output.wav")
         if task == BACKCHANNEL:
             segments = speech.speech_segments(output, rate, rounded=True)
+            if truth is None:  # a set made by make-set keeps its distributions beside the samples
+                truth = _truth_beside(folder)
             sample_truth = truth.get(folder.name) if truth is not None else None
             row.update(metrics.backchannel_sample(segments, words or [], len(output) / rate, sample_truth, rule))
         if (folder / "input.wav").is_file():
@@ -65,8 +93,11 @@ def aggregate(rows: List[dict]) -> dict:
         if not any(name in r for r in rows):
             continue
         stats = metrics.summary(values)
+        if name == "answer_correct":  # the share of takeovers that carry the expected answer
+            out["answer_accuracy"] = stats["mean"]
+            continue
         out[name] = stats["mean"]
-        if name not in ("tor",):
+        if name != "tor":
             out[f"{name}_median"] = stats["median"]
     return out
 
@@ -109,9 +140,9 @@ def format_table(report: dict) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     rows = [f"{'task':<20} {'samples':>7} {'TOR':>6} {'latency s':>9} {'freq':>6} {'JSD':>6} {'stop s':>7} "
-            f"{'response s':>10}"]
+            f"{'response s':>10} {'answers':>7}"]
     for task, t in report["tasks"].items():
         rows.append(f"{task:<20} {t['samples']:>7} {show(t.get('tor')):>6} {show(t.get('latency')):>9} "
                     f"{show(t.get('freq')):>6} {show(t.get('jsd')):>6} {show(t.get('stop_latency')):>7} "
-                    f"{show(t.get('response_latency')):>10}")
+                    f"{show(t.get('response_latency')):>10} {show(t.get('answer_accuracy'), 2):>7}")
     return "\n".join(rows)
