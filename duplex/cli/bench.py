@@ -260,6 +260,11 @@ def run_turns_score(args) -> int:
     print(format_table(report))
     if args.json:
         _emit_file(report, args.json)
+    if args.plots:
+        from ..bench.turntaking.plots import plot_report
+
+        written = plot_report(Path(args.dir), report, Path(args.plots))
+        print(f"{len(written)} figures -> {args.plots} (overview.png and one timeline per sample)", file=sys.stderr)
     return 0
 
 
@@ -416,6 +421,7 @@ def register(commands) -> None:
                    help="which short segments count for frequency and JSD: FDB's code since 2026-02 (current) or "
                         "the code of its published Moshi figures")
     p.add_argument("--no-vad", action="store_true", help="words only: no backchannel or v1.5 timing figures")
+    p.add_argument("--plots", metavar="DIR", help="write a timeline PNG per sample and overview.png here")
     p.set_defaults(run=run_turns_score)
     p = bench_commands.add_parser("codec-quality", help="reconstruction quality on a corpus split (JSON + PNG)")
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")

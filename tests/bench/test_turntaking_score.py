@@ -108,7 +108,9 @@ def test_a_folder_of_samples_scored_end_to_end(tmp_path, capsys):
     assert tasks["smooth_turn_taking"]["samples"] == 3 and tasks["smooth_turn_taking"]["tor"] == pytest.approx(2 / 3)
     assert tasks["smooth_turn_taking"]["latency"] == pytest.approx(1.0)  # mean of 0.5 and 1.5, takeovers only
     assert tasks["smooth_turn_taking"]["latency_median"] == pytest.approx(1.0)
-    assert tasks["pause_handling"]["tor"] == 0.5 and "latency" not in tasks["pause_handling"]
+    assert tasks["pause_handling"]["tor"] == 0.5 and tasks["pause_handling"]["latency"] is None  # FDB has none
+    assert all({"samples", "tor", "latency", "stop_latency", "response_latency"} <= set(t) for t in tasks.values())
+    assert all({"path", "task", "tor", "latency"} <= set(s) for s in report["samples"])
     assert tasks["user_interruption"]["tor"] == 1 and tasks["user_interruption"]["latency"] == pytest.approx(0.3)
     assert report["folders"]["candor_turn_taking"]["samples"] == 3
     assert [s["path"] for s in report["samples"]][:3] == ["candor_turn_taking/1", "candor_turn_taking/2",
@@ -260,3 +262,14 @@ def test_the_corpus_scored_as_a_model_gives_the_timings_it_was_made_with(corpus,
     assert tasks["backchannel"]["jsd"] is not None and tasks["backchannel"]["tor"] == 0
     assert main(["bench", "turns", "make-set", str(corpus), str(out)]) == 2  # not over an existing set
     assert "is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_plots_of_a_scored_set(corpus, tmp_path, capsys):
+    out = tmp_path / "set"
+    assert main(["bench", "turns", "make-set", str(corpus), str(out), "--reference", "--per-task", "2"]) == 0
+    plots = tmp_path / "plots"
+    assert main(["bench", "turns", "score", str(out), "--plots", str(plots)]) == 0
+    pngs = sorted(p.name for p in plots.glob("*.png"))
+    assert "overview.png" in pngs and "smooth_turn_taking_0.png" in pngs and len(pngs) == 9
+    assert all((plots / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

@@ -19,6 +19,7 @@ from .fdb import (ANNOTATIONS, BACKCHANNEL, INTERRUPTION, PAUSE, TASKS, TURN, FD
                   read_chunks, task_of)
 
 FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency", "answer_correct")
+ALWAYS = ("tor", "latency", "stop_latency", "response_latency")  # in every task's and sample's figures (or null)
 
 
 def _mean(values) -> Optional[float]:
@@ -81,6 +82,8 @@ def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: st
             model = metrics.merge(speech.speech_segments(output, rate), metrics.MODEL_GAP)
             row["stop_latency"] = _mean([e - s for s, e in metrics.stop_intervals(user, model)])
             row["response_latency"] = _mean([e - s for s, e in metrics.response_intervals(user, model)])
+    for name in ALWAYS:
+        row.setdefault(name, None)
     return row
 
 
@@ -90,7 +93,7 @@ def aggregate(rows: List[dict]) -> dict:
     out: Dict[str, object] = {"samples": len(rows)}
     for name in FIGURES:
         values = [r[name] for r in rows if r.get(name) is not None]
-        if not any(name in r for r in rows):
+        if not any(name in r for r in rows) and name not in ALWAYS:
             continue
         stats = metrics.summary(values)
         if name == "answer_correct":  # the share of takeovers that carry the expected answer
