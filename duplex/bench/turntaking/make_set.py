@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .fdb import BACKCHANNEL, INTERRUPTION, PAUSE, TURN, Chunk, write_chunks
-from .metrics import BACKCHANNEL_WINDOW
+from .metrics import segment_histogram
 
 RATE = 16000
 KNOWN_ANSWERS = ("arithmetic", "dates", "time", "spelling", "facts")
@@ -105,12 +105,9 @@ def _sample(kind: str, meta: dict, scenario: dict) -> Optional[dict]:
 
 
 def _histogram(turns: List[dict], start: float, seconds: float) -> List[float]:
-    """The corpus's backchannels as FDB's ground truth: a normalised 0.2 s histogram, smoothed by 1e-13."""
-    bins = int(seconds / BACKCHANNEL_WINDOW) + 1
-    counts = np.full(bins, 1e-13)
-    for t in turns:
-        first, last = int((t["start"] - start) / BACKCHANNEL_WINDOW), int((t["end"] - start) / BACKCHANNEL_WINDOW)
-        counts[first:min(last, bins - 1) + 1] += 1
+    """The corpus's backchannels as FDB's ground truth: the normalised 0.2 s histogram, smoothed by 1e-13 as FDB's
+    file is."""
+    counts = segment_histogram([(t["start"] - start, t["end"] - start) for t in turns], seconds) + 1e-13
     return (counts / counts.sum()).tolist()
 
 

@@ -107,15 +107,23 @@ def backchannel_jsd(counted: Sequence[Segment], seconds: float, truth: Sequence[
     normalised, against the human distribution interpolated to the same number of bins; 1 with no segment."""
     if not counted:
         return 1.0
-    bins = int(seconds / BACKCHANNEL_WINDOW) + 1
-    histogram = np.zeros(bins)
-    for start, end in counted:
-        first, last = int(start / BACKCHANNEL_WINDOW), int(end / BACKCHANNEL_WINDOW)
-        histogram[first:min(last, bins - 1) + 1] += 1
+    histogram = segment_histogram(counted, seconds)
+    bins = len(histogram)
     p = (histogram + BACKCHANNEL_EPS) / (histogram + BACKCHANNEL_EPS).sum()
     truth = np.asarray(truth, dtype=np.float64)
     q = np.interp(np.linspace(0, 1, bins), np.linspace(0, 1, len(truth)), truth)
     return js_distance(p, q)
+
+
+def segment_histogram(segments: Sequence[Segment], seconds: float) -> np.ndarray:
+    """Counts per 0.2 s bin over ``seconds`` (int(seconds / 0.2) + 1 bins): each segment adds 1 to every bin it
+    touches, as FDB bins backchannels."""
+    bins = int(seconds / BACKCHANNEL_WINDOW) + 1
+    histogram = np.zeros(bins)
+    for start, end in segments:
+        first, last = int(start / BACKCHANNEL_WINDOW), int(end / BACKCHANNEL_WINDOW)
+        histogram[first:min(last, bins - 1) + 1] += 1
+    return histogram
 
 
 def js_distance(p: Sequence[float], q: Sequence[float]) -> float:
