@@ -122,7 +122,7 @@ def test_scenario_timing(corpus):
             user = [t for t in inside if t["channel"] == "user"]
             bot = [t for t in inside if t["channel"] == "assistant"]
             if s["type"] == "smooth":
-                assert 0.2 - 0.05 <= bot[0]["start"] - user[-1]["end"] <= 0.6 + 0.15
+                assert 0.08 - 0.05 <= bot[0]["start"] - user[-1]["end"] <= 0.45 + 0.15  # around 200 ms
             elif s["type"] == "pause":
                 gaps = [b["start"] - a["end"] for a, b in zip(user, user[1:])]
                 assert max(gaps) >= 0.5 - 0.05 and bot[-1]["start"] > user[-1]["end"]
@@ -280,3 +280,38 @@ def test_in_process_synthesis_leaves_the_thread_count_alone(tmp_path):
         assert not synth_module._WORKER  # the synthesizer is not kept alive after the call
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_corpus_is_also_in_kyutais_fine_tuning_layout(corpus):
+    """train.jsonl / heldout.jsonl of {"path", "duration"}; beside each stereo WAV (channel 0 the assistant) a JSON
+    whose "alignments" are the assistant's words as [word, [start, end], "SPEAKER_MAIN"], sorted by start."""
+    out, rows = corpus
+    listed = {}
+    for split in ("train", "heldout"):
+        for line in (out / f"{split}.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            assert set(entry) == {"path", "duration"}
+            listed[entry["path"]] = (split, entry["duration"])
+    assert {r["wav"]: (r["split"], r["duration"]) for r in rows} == listed
+    for row in rows:
+        audio, rate, meta = _load(out, row)
+        alignments = meta["alignments"]
+        assistant = [w for t in meta["turns"] if t["channel"] == "assistant" for w in t["words"]]
+        assert len(alignments) == len([w for w in assistant if w["end"] > w["start"]])
+        assert all(label == "SPEAKER_MAIN" and s < e for _, (s, e), label in alignments)
+        assert [a[1][0] for a in alignments] == sorted(a[1][0] for a in alignments)
+        assert {a[0] for a in alignments} <= set(meta["text"]["assistant"].split())
+
+
+def test_reply_gaps_are_like_peoples(corpus):
+    out, rows = corpus
+    gaps = []
+    for row in rows:
+        _, _, meta = _load(out, row)
+        for s in meta["scenarios"]:
+            if s["type"] == "smooth":
+                inside = [t for t in meta["turns"] if s["start"] - 1e-6 <= t["start"] < s["end"]]
+                user = [t for t in inside if t["channel"] == "user"]
+                bot = [t for t in inside if t["channel"] == "assistant"]
+                gaps.append(bot[0]["start"] - user[-1]["end"])
+    assert len(gaps) >= 10 and 0.12 <= float(np.median(gaps)) <= 0.3  # around 200 ms

@@ -4,7 +4,8 @@ Each conversation is a 24 kHz stereo WAV (channel 0 the assistant, channel 1 the
 turns, their transcripts and word-level timestamps per channel, the scenario of every exchange and the voices.
 Scenarios (shares configurable):
 
-* ``smooth``: the user asks and stops; the assistant answers after a natural gap of 200-600 ms.
+* ``smooth``: the user asks and stops; the assistant answers after a gap like people's (around 200 ms, normally
+  distributed with a 60 ms spread, kept within 80-450 ms).
 * ``pause``: the user hesitates inside the turn (a filler, then 0.5-2 s of silence) and the assistant waits for
   the end of the turn before answering.
 * ``interrupt``: the user barges in while the assistant speaks; the assistant stops within ~100-200 ms and
@@ -115,7 +116,8 @@ class Conversation:
         return words[0]["start"], words[-1]["end"]
 
     def gap(self) -> float:
-        return self.rng.uniform(0.2, 0.6)
+        """A reply gap like people's in conversation: around 200 ms, rarely under 100 ms or over 400 ms."""
+        return min(max(self.rng.gauss(REPLY_GAP_MEAN, REPLY_GAP_SD), REPLY_GAP_RANGE[0]), REPLY_GAP_RANGE[1])
 
     # ------------------------------------------------------------------------------------------ scenarios
     def smooth(self, ex: Exchange) -> None:
@@ -226,6 +228,17 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
     return stereo, meta
 
 
+REPLY_GAP_MEAN, REPLY_GAP_SD, REPLY_GAP_RANGE = 0.2, 0.06, (0.08, 0.45)
+
+
+def kyutai_alignments(meta: dict) -> list:
+    """The assistant's words as Kyutai's fine-tuning code reads them: [[word, [start, end], "SPEAKER_MAIN"], ...],
+    sorted by start (the user channel carries no text in Moshi's training)."""
+    words = [w for t in meta["turns"] if t["channel"] == "assistant" for w in t["words"] if w["end"] > w["start"]]
+    return [[w["word"], [round(w["start"], 3), round(w["end"], 3)], "SPEAKER_MAIN"]
+            for w in sorted(words, key=lambda w: w["start"])]
+
+
 # ------------------------------------------------------------------------------------------- the corpus
 _WORKER: dict = {}
 
@@ -252,8 +265,9 @@ def _write_one(index: int) -> dict:
     os.makedirs(folder, exist_ok=True)
     wav = os.path.join(folder, meta["id"] + ".wav")
     sf.write(wav, stereo.T, SAMPLE_RATE, subtype="PCM_16")
+    # One file serves both readers: ours (turns, scenarios) and Kyutai's fine-tuning code ("alignments").
     with open(os.path.join(folder, meta["id"] + ".json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
+        json.dump({**meta, "alignments": kyutai_alignments(meta)}, f, indent=1)
     return {"id": meta["id"], "split": meta["split"], "duration": meta["duration"],
             "wav": os.path.relpath(wav, _WORKER["out_dir"]),
             "json": os.path.relpath(wav[:-4] + ".json", _WORKER["out_dir"]),
@@ -293,4 +307,10 @@ def synthesize_corpus(out_dir: str, conversations: int, seed: int = 0, options: 
     with open(os.path.join(out_dir, "manifest.jsonl"), "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    # Kyutai's fine-tuning layout: one JSONL manifest of {"path", "duration"} per split (paths relative to it).
+    for split in ("train", "heldout"):
+        with open(os.path.join(out_dir, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+            for row in rows:
+                if row["split"] == split:
+                    f.write(json.dumps({"path": row["wav"], "duration": row["duration"]}) + "\n")
     return rows
