@@ -68,7 +68,7 @@ positive_float = float_above(0.0, False, "a number > 0")
 weight = float_above(0.0, True, "a number >= 0")
 
 
-def add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> None:
+def add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True, streaming: bool = True) -> None:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="Mimi checkpoint (.safetensors); default: $DUPLEX_MIMI, else the codec shipped with duplex")
     p.add_argument("--config", metavar="JSON", help="config of --checkpoint, official layout "
@@ -78,8 +78,9 @@ def add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True) -> Non
                        help="codebooks to use, 1 to the codec's count (8 for the shipped codec, up to 32 for "
                             "Kyutai's Mimi; default 8)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--streaming", action="store_true",
-                   help="run frame by frame as a live stream does (equal to offline for the first 124 frames)")
+    if streaming:
+        p.add_argument("--streaming", action="store_true",
+                       help="run frame by frame as a live stream does (equal to offline for the first 124 frames)")
 
 
 def add_bench_options(p: argparse.ArgumentParser, batch_sizes, what: str = "frames") -> None:

@@ -1,4 +1,4 @@
-"""``duplex data synth``: the synthetic two-speaker conversation corpus."""
+"""``duplex data synth | encode``: the synthetic two-speaker conversation corpus, and its codes for LM training."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 
 from ..errors import UsageError
-from .common import non_negative, positive
+from .common import add_codec_options, non_negative, positive
 
 
 def run_synth(args) -> int:
@@ -56,8 +56,40 @@ def run_synth(args) -> int:
     return 0
 
 
+def run_encode(args) -> int:
+    from pathlib import Path
+
+    from ..data.encode import EncodeError, encode_corpus
+    from .codec import load_codec
+
+    mimi = load_codec(args)
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if sys.stderr.isatty():
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, unit="file", desc="encoding")
+            bar.update(done - bar.n)
+
+    start = time.time()
+    try:
+        encoded, skipped = encode_corpus(Path(args.corpus), mimi, progress=progress)
+    except EncodeError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{encoded} file{'s' if encoded != 1 else ''} encoded in {time.time() - start:.0f} s, {skipped} already "
+          f"encoded with this codec ({mimi.num_codebooks} codebooks) -> NAME{'.codes.safetensors'} beside each WAV",
+          file=sys.stderr)
+    return 0
+
+
 def register(commands) -> None:
-    """``duplex data synth``."""
+    """``duplex data synth | encode``."""
     data = commands.add_parser("data", help="training data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_commands.add_parser("synth", help="synthesize a two-speaker conversation corpus with espeak-ng")
@@ -76,4 +108,9 @@ def register(commands) -> None:
     p.add_argument("--no-level-variation", action="store_true", help="keep every utterance at espeak's level")
     p.add_argument("--workers", type=positive, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.set_defaults(run=run_synth)
-
+    p = data_commands.add_parser("encode", help="cache the codec's codes of both channels of every conversation "
+                                 "(resumable), for LM training")
+    p.add_argument("corpus", help="a corpus made by 'duplex data synth', or any folder in Kyutai's fine-tuning "
+                   "layout (*.jsonl manifests of {\"path\", \"duration\"}, stereo WAVs)")
+    add_codec_options(p, streaming=False)
+    p.set_defaults(run=run_encode)

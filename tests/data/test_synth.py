@@ -315,3 +315,30 @@ def test_reply_gaps_are_like_peoples(corpus):
                 bot = [t for t in inside if t["channel"] == "assistant"]
                 gaps.append(bot[0]["start"] - user[-1]["end"])
     assert len(gaps) >= 10 and 0.12 <= float(np.median(gaps)) <= 0.3  # around 200 ms
+
+
+def test_encode_caches_both_channels_and_resumes(corpus, capsys):
+    from helpers import MIMI_SMALL, MIMI_SMALL_CONFIG
+
+    import torch
+
+    from codec import Mimi
+    from duplex.data.encode import codes_path, load_stereo_codes
+
+    out, rows = corpus
+    codec = ["--checkpoint", str(MIMI_SMALL), "--config", str(MIMI_SMALL_CONFIG), "--device", "cpu"]
+    assert main(["data", "encode", str(out), *codec]) == 0
+    assert f"{len(rows)} files encoded" in capsys.readouterr().err
+    mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG)
+    first = out / rows[0]["wav"]
+    codes, meta = load_stereo_codes(codes_path(first))
+    audio, rate = sf.read(first, dtype="float32")
+    expected = mimi.encode(torch.from_numpy(audio.T.copy())[:, None])  # the model's channel, then the user's
+    assert codes.shape == (2, 8, -(-audio.shape[0] // 1920)) and torch.equal(codes, expected)
+    assert meta["channels"] == "model,user" and int(meta["num_samples"]) == audio.shape[0]
+    codes_path(out / rows[1]["wav"]).write_bytes(b"cut short")  # a run interrupted while writing
+    assert main(["data", "encode", str(out), *codec]) == 0
+    err = capsys.readouterr().err
+    assert "1 file encoded" in err and f"{len(rows) - 1} already encoded" in err  # only what was missing
+    assert main(["data", "encode", str(out.parent), *codec]) == 2
+    assert "no manifest of" in capsys.readouterr().err
