@@ -1,4 +1,5 @@
-"""``duplex train codec``: train a Mimi-architecture codec on the synthetic corpus."""
+"""``duplex train codec | tokenizer``: train a Mimi-architecture codec, or the text tokenizer, on the synthetic
+corpus."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ def run_train_codec(args) -> int:
         torch.set_num_threads(args.threads)
     fields = CodecTrainingOptions.__dataclass_fields__
     train_codec(CodecTrainingOptions(**{name: getattr(args, name) for name in fields}), pick_device(args.device))
+    return 0
+
+
+def run_train_tokenizer(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from ..model.tokenizer import TextTokenizer
+    from ..training.tokenizer import train_tokenizer
+
+    path = train_tokenizer(Path(args.data), Path(args.out), vocab_size=args.vocab_size)
+    tokenizer = TextTokenizer(path)
+    print(f"{tokenizer.vocab_size} pieces (0 EPAD/unknown, 1 BOS, 2 EOS, 3 PAD) -> {path}", file=sys.stderr)
     return 0
 
 
@@ -50,4 +64,10 @@ def register(commands) -> None:
     p.add_argument("--eval-every", type=non_negative, default=100, help="held-out losses every N steps (0: never)")
     p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (0: torch's choice)")
     p.set_defaults(run=run_train_codec)
-
+    p = train_commands.add_parser("tokenizer", help="a SentencePiece text tokenizer on the corpus transcripts, with "
+                                  "Moshi's special ids")
+    p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
+    p.add_argument("--out", required=True, metavar="PATH.model", help="the SentencePiece model to write")
+    p.add_argument("--vocab-size", type=positive, default=256,
+                   help="pieces at most (a small corpus may give fewer)")
+    p.set_defaults(run=run_train_tokenizer)

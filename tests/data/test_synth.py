@@ -167,12 +167,19 @@ def test_shares_are_respected(synth):
         SynthOptions(shares={"monologue": 1}).validate()
 
 
-def test_deterministic(synth):
-    a_audio, a_meta = make_conversation(5, 11, SynthOptions(noise=True), synth)
-    b_audio, b_meta = make_conversation(5, 11, SynthOptions(noise=True), synth)
-    c_audio, _ = make_conversation(5, 12, SynthOptions(noise=True), synth)
-    assert np.array_equal(a_audio, b_audio) and a_meta == b_meta
-    assert a_audio.shape != c_audio.shape or not np.array_equal(a_audio, c_audio)
+def test_deterministic(tmp_path, synth):
+    """The same seed makes the same corpus, file for file, whatever the number of processes and whatever this
+    process synthesized before (espeak-ng's output depends on its history: each conversation is made from the
+    same untouched espeak state)."""
+    synth.speak("something said before, which must not matter", voice="en-us+m3")
+    options = SynthOptions(noise=True, min_seconds=8, max_seconds=10, heldout_every=2)
+    made = []
+    for name, seed, workers in (("a", 11, 1), ("b", 11, 2), ("c", 12, 1)):
+        synthesize_corpus(str(tmp_path / name), 3, seed=seed, options=options, workers=workers, progress=False)
+        made.append({p.relative_to(tmp_path / name): p.read_bytes()
+                     for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
+    assert made[0] == made[1]  # byte for byte
+    assert made[0].keys() == made[2].keys() and made[0] != made[2]  # another seed, another corpus
 
 
 def test_answers_depend_on_the_question(synth):
@@ -265,8 +272,8 @@ def test_training_speech_frames_follow_the_transcripts(corpus):
 
 
 def test_in_process_synthesis_leaves_the_thread_count_alone(tmp_path):
-    """workers=1 runs in the caller's process: torch's thread count (which every later computation of the process
-    uses) is the caller's, not the pool workers' single thread."""
+    """Synthesis runs in pool processes (one for workers=1): torch's thread count in the caller's process (which
+    every later computation of it uses) stays the caller's, and nothing is left in the module's globals."""
     import torch
 
     from duplex.data.synth import conversation as synth_module
@@ -342,3 +349,39 @@ def test_encode_caches_both_channels_and_resumes(corpus, capsys):
     assert "1 file encoded" in err and f"{len(rows) - 1} already encoded" in err  # only what was missing
     assert main(["data", "encode", str(out.parent), *codec]) == 2
     assert "no manifest of" in capsys.readouterr().err
+
+
+def test_train_tokenizer_on_the_transcripts(corpus, tmp_path, capsys):
+    from duplex.model.tokenizer import TextTokenizer
+
+    out, rows = corpus
+    path = tmp_path / "tok" / "duplex.model"
+    assert main(["train", "tokenizer", "--data", str(out), "--out", str(path), "--vocab-size", "120"]) == 0
+    assert "-> " in capsys.readouterr().err
+    tokenizer = TextTokenizer(path)
+    sp = tokenizer.sp
+    assert [sp.IdToPiece(i) for i in range(4)] == ["<unk>", "<s>", "</s>", "<pad>"]  # Moshi's ids: 0 and 3 hidden
+    assert not tokenizer.is_shown(0) and not tokenizer.is_shown(3)
+    _, _, meta = _load(out, rows[0])
+    sentence = meta["turns"][0]["text"]
+    assert tokenizer.decode(tokenizer.encode(sentence)) == sentence  # the corpus's words round-trip
+    assert main(["train", "tokenizer", "--data", str(out), "--out", str(tmp_path / "x.bin")]) == 2
+    assert "ends in .model" in capsys.readouterr().err
+
+
+def test_a_synthesizer_speaks_after_another_one_was_freed():
+    """libespeak-ng's callback is process-wide: a freed synthesizer's must not be the one libespeak calls (this
+    crashed the process once an in-process corpus run released its synthesizer)."""
+    import gc
+
+    first = espeak.Synthesizer()
+    second = espeak.Synthesizer()
+    second.speak("hello")
+    del second
+    gc.collect()
+    assert len(first.speak("still here").words) == 2
+    third = espeak.Synthesizer()
+    third.speak("one")
+    del third
+    gc.collect()
+    assert first.speak("and again").words

@@ -240,24 +240,24 @@ def kyutai_alignments(meta: dict) -> list:
 
 
 # ------------------------------------------------------------------------------------------- the corpus
+# espeak-ng's output depends on what the process synthesized before (its wave generator and voice data keep state
+# between calls, even across espeak_Initialize), so a conversation is made reproducible by making it from the same
+# state every time: each pool process initialises espeak and never speaks itself; every conversation is made in a
+# child forked from that untouched state.
 _WORKER: dict = {}
 
 
-def _set_up(seed: int, options: SynthOptions, out_dir: str) -> None:
+def _init_worker(seed: int, options: SynthOptions, out_dir: str) -> None:
+    """A pool process: one thread each (the pool already has one process per core), espeak initialised, silent."""
+    import torch
+
     from .espeak import Synthesizer
 
+    torch.set_num_threads(1)
     _WORKER.update(synth=Synthesizer(), seed=seed, options=options, out_dir=out_dir)
 
 
-def _init_worker(seed: int, options: SynthOptions, out_dir: str) -> None:
-    """A pool process: one thread each, since the pool already has one process per core."""
-    import torch
-
-    torch.set_num_threads(1)
-    _set_up(seed, options, out_dir)
-
-
-def _write_one(index: int) -> dict:
+def _write_files(index: int) -> dict:
     import soundfile as sf
 
     stereo, meta = make_conversation(index, _WORKER["seed"], _WORKER["options"], _WORKER["synth"])
@@ -274,6 +274,33 @@ def _write_one(index: int) -> dict:
             "scenarios": [s["type"] for s in meta["scenarios"]]}
 
 
+def _write_one(index: int) -> dict:
+    """Conversation ``index`` made in a child forked from the pool process's untouched espeak state (where fork
+    exists; elsewhere in the pool process itself, reproducible only for the same order of work)."""
+    if not hasattr(os, "fork"):
+        return _write_files(index)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: make, write, report, leave without running the parent's clean-up
+        status = 1
+        try:
+            os.close(read)
+            os.write(write, json.dumps(_write_files(index)).encode("utf-8"))
+            status = 0
+        except BaseException as e:
+            os.write(write, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode("utf-8"))
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        reply = f.read()
+    os.waitpid(pid, 0)
+    row = json.loads(reply) if reply else {"error": "the synthesis process died"}
+    if "error" in row:
+        raise RuntimeError(f"conversation {index}: {row['error']}")
+    return row
+
+
 def synthesize_corpus(out_dir: str, conversations: int, seed: int = 0, options: Optional[SynthOptions] = None,
                       workers: int = 1, progress: bool = True) -> List[dict]:
     """Write ``conversations`` conversations and ``manifest.jsonl``; returns the manifest rows."""
@@ -287,21 +314,13 @@ def synthesize_corpus(out_dir: str, conversations: int, seed: int = 0, options: 
 
         bar = tqdm(total=conversations, unit="conv", desc="synthesizing")
     rows = []
-    if workers <= 1:  # in the caller's process: its thread settings are left as they are
-        _set_up(seed, options, out_dir)
-        try:
-            for i in indices:
-                rows.append(_write_one(i))
-                bar and bar.update(1)
-        finally:
-            _WORKER.clear()
-    else:
-        import multiprocessing
+    import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (seed, options, out_dir)) as pool:
-            for row in pool.imap(_write_one, indices, chunksize=2):
-                rows.append(row)
-                bar and bar.update(1)
+    # Always in pool processes (one for workers=1): the caller's process, its threads and its espeak are untouched.
+    with multiprocessing.get_context("spawn").Pool(max(1, workers), _init_worker, (seed, options, out_dir)) as pool:
+        for row in pool.imap(_write_one, indices, chunksize=2):
+            rows.append(row)
+            bar and bar.update(1)
     if bar:
         bar.close()
     with open(os.path.join(out_dir, "manifest.jsonl"), "w", encoding="utf-8") as f:

@@ -51,6 +51,19 @@ class Speech:
     words: List[Word]
 
 
+# libespeak-ng has one synthesis callback for the whole process. Each synthesizer registers its own before it
+# speaks, and the one registered is kept alive here: a synthesizer that is garbage-collected (a finished corpus
+# run's) must not leave libespeak calling freed memory when another synthesizer speaks (a segmentation fault).
+_REGISTERED = None
+
+
+def _register(lib, callback) -> None:
+    global _REGISTERED
+    if _REGISTERED is not callback:
+        lib.espeak_SetSynthCallback(callback)
+        _REGISTERED = callback
+
+
 class Synthesizer:
     def __init__(self):
         path = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
@@ -63,8 +76,7 @@ class Synthesizer:
             raise EspeakError("espeak-ng failed to initialise (is espeak-ng-data installed?)")
         self._chunks: List[np.ndarray] = []
         self._events: List[tuple] = []
-        self._callback = _CALLBACK(self._receive)  # kept alive as long as the synthesizer
-        self._lib.espeak_SetSynthCallback(self._callback)
+        self._callback = _CALLBACK(self._receive)
 
     def _receive(self, wav, count, events) -> int:
         if count > 0:
@@ -87,6 +99,7 @@ class Synthesizer:
         if pitch_range is not None:
             self._lib.espeak_SetParameter(_RANGE, int(pitch_range), 0)
         self._chunks, self._events = [], []
+        _register(self._lib, self._callback)
         data = text.encode("utf-8")
         if self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None) != 0:
             raise EspeakError(f"espeak-ng could not synthesize {text!r}")
