@@ -190,6 +190,7 @@ def test_bench_codec_reports_json(tmp_path, capsys):
         assert r["real_time_factor"] == pytest.approx(r["total_ms"]["median"] / 80.0)
 
 
+@pytest.mark.slow
 def test_console_script_entry_point():
     import shutil
 

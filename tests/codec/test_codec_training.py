@@ -96,6 +96,7 @@ def test_trained_checkpoint_loads_and_streams(tmp_path):
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_train_codec_cli(tmp_path, capsys):
     pytest.importorskip("duplex.data.synth.espeak")
     from duplex.cli import main
@@ -238,6 +239,7 @@ def test_pitch_tracking_and_pitch_error():
     assert len(pitch_track(np.zeros(100))) == 0  # shorter than one window
 
 
+@pytest.mark.slow
 def test_codec_quality_bench_cli(tmp_path, capsys):
     from duplex.cli import main
     from duplex.data.synth.espeak import EspeakError, Synthesizer

@@ -167,6 +167,7 @@ def test_shares_are_respected(synth):
         SynthOptions(shares={"monologue": 1}).validate()
 
 
+@pytest.mark.slow
 def test_deterministic(tmp_path, synth):
     """The same seed makes the same corpus, file for file, whatever the number of processes and whatever this
     process synthesized before (espeak-ng's output depends on its history: each conversation is made from the
@@ -324,6 +325,7 @@ def test_reply_gaps_are_like_peoples(corpus):
     assert len(gaps) >= 10 and 0.12 <= float(np.median(gaps)) <= 0.3  # around 200 ms
 
 
+@pytest.mark.slow
 def test_encode_caches_both_channels_and_resumes(corpus, capsys):
     from helpers import MIMI_SMALL, MIMI_SMALL_CONFIG
 

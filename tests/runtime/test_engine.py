@@ -212,6 +212,7 @@ def test_long_run_past_every_window_without_growing_memory():
         == pointers
 
 
+@pytest.mark.slow
 def test_open_close_1000_times_without_leaking():
     eng = make_engine(slots=3)
     keep = eng.open()
