@@ -83,7 +83,7 @@ def run_encode(args) -> int:
         if bar is not None:
             bar.close()
     print(f"{encoded} file{'s' if encoded != 1 else ''} encoded in {time.time() - start:.0f} s, {skipped} already "
-          f"encoded with this codec ({mimi.num_codebooks} codebooks) -> NAME{'.codes.safetensors'} beside each WAV",
+          f"encoded with this codec ({mimi.num_codebooks} codebooks) -> NAME.codes.safetensors beside each WAV",
           file=sys.stderr)
     return 0
 

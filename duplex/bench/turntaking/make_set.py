@@ -97,10 +97,9 @@ def _sample(kind: str, meta: dict, scenario: dict) -> Optional[dict]:
     if kind == "backchannel":
         if len(user) < 2:
             return None
-        statement, question = user[0], user[1]
+        question = user[1]  # the statement, the pause with the backchannel, up to the question
         return {"window": (start, question["start"]), "file": None, "annotation": None,
-                "reference": [t for t in assistant if t["start"] < question["start"]],
-                "statement": statement}
+                "reference": [t for t in assistant if t["start"] < question["start"]]}
     return None
 
 

@@ -41,11 +41,11 @@ def speech_segments(pcm: np.ndarray, sample_rate: int, rounded: bool = False) ->
 
 
 def read_mono(path) -> Tuple[np.ndarray, int]:
-    """(float32 mono samples, rate) of an audio file."""
-    import soundfile as sf
+    """(float32 mono samples, rate) of an audio file (the codec's reader: any format, channels averaged)."""
+    from codec.io.audio import read_audio, to_mono
 
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    return data.mean(axis=1), int(rate)
+    pcm, rate = read_audio(path)
+    return to_mono(pcm)[0].numpy(), rate
 
 
 def seconds_of(path) -> Optional[float]:
