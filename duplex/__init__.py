@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # a benchmark runs one client process per simulated user.
 _EXPORTS = {"LMConfig": "model.config", "LMConfigError": "model.config", "Engine": "runtime.engine",
             "EngineFull": "runtime.engine", "SamplingOptions": "runtime.engine", "LMOutput": "model.lm",
-            "MoshiLM": "model.lm"}
+            "MoshiLM": "model.lm", "default_model_paths": "runtime.defaults"}
 
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -25,7 +25,7 @@ ACOUSTIC_DELAY_MS = 80.0
 
 
 # The models this benchmark builds by name (the LM presets with random weights), besides checkpoint paths.
-MODELS = ("default", "default-official-codec", *sorted(LMConfig.PRESETS))
+MODELS = ("default", "default-official-codec", *sorted(set(LMConfig.PRESETS) - {"default"}))
 
 
 def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], lm_path: Optional[str] = None,
@@ -42,11 +42,11 @@ def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], 
                 Mimi.from_checkpoint(mimi_path, config=mimi_config, device=device), f"checkpoints {lm_path}")
     if model == "default":
         lm, mimi, _ = default_models(device, dtype)
-        return lm, mimi, "default model (small LM with random weights, shipped codec)"
+        return lm, mimi, "default model (shipped LM and codec)"
     if model == "default-official-codec":  # the sizes Kyutai's implementation is compared at
         lm, _, _ = default_models(device, dtype)
         return (lm, Mimi.random(None, seed=DEFAULT_SEED, device=device),
-                "small LM (random weights) with the official Mimi architecture (random weights)")
+                "the shipped LM with the official Mimi architecture (random weights)")
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}: {', '.join(MODELS)}")
     cfg = LMConfig.preset(model)
@@ -113,27 +113,39 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
 
 
 def plot_latency(report: dict, path: str) -> None:
-    """ms per frame (median, with the p99 as a whisker) against batch size, one line per mode."""
+    """ms per frame against batch size: per-stage stacked bars of the medians (one group per mode), the p99 as a
+    black tick above each bar, and the 80 ms deadline. Batch sizes are categories (evenly spaced, labelled with
+    their values); the y axis starts at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for mode in sorted({r["mode"] for r in report["runs"]}):
-        runs = [r for r in report["runs"] if r["mode"] == mode]
-        b = [r["batch_size"] for r in runs]
-        p50 = [r["total_ms"]["p50"] for r in runs]
-        p99 = [r["total_ms"]["p99"] for r in runs]
-        ax.errorbar(b, p50, yerr=[[0] * len(b), [hi - lo for lo, hi in zip(p50, p99)]], marker="o", capsize=3,
-                    label=f"{mode} (median, whisker p99)")
+    stages = ["input", "encode", "temporal", "depth", "decode", "output"]
+    modes = sorted({r["mode"] for r in report["runs"]})
+    batches = sorted({r["batch_size"] for r in report["runs"]})
+    width = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = {stage: f"C{i}" for i, stage in enumerate(stages)}
+    for m, mode in enumerate(modes):
+        runs = {r["batch_size"]: r for r in report["runs"] if r["mode"] == mode}
+        x = [batches.index(b) + (m - (len(modes) - 1) / 2) * width for b in runs]
+        bottom = [0.0] * len(runs)
+        for stage in stages:
+            heights = [runs[b]["stages_ms"].get(stage, {}).get("p50", 0.0) for b in runs]
+            ax.bar(x, heights, width * 0.9, bottom=bottom, color=colors[stage],
+                   label=stage if m == 0 else None, hatch="//" if mode == "graphs" else None)
+            bottom = [lo + h for lo, h in zip(bottom, heights)]
+        ax.scatter(x, [runs[b]["total_ms"]["p99"] for b in runs], marker="_", s=200, color="black",
+                   label="p99 (whole step)" if m == 0 else None, zorder=3)
     ax.axhline(FRAME_MS, color="red", linestyle="--", linewidth=1, label="80 ms frame (real time)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent sessions (batch size)")
-    ax.set_ylabel("ms per frame")
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("concurrent sessions (batch size)" + ("; hatched: CUDA graphs" if "graphs" in modes else ""))
+    ax.set_ylabel("ms per frame (stage medians, stacked)")
     ax.set_title(f"{report['model']}\n{report['hardware']}, {report['dtype']}", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -231,8 +231,8 @@ def format_report(report: dict) -> str:
     step = s["step_ms"]
     step_text = "no steps" if step["p50"] is None else f"step p50 {step['p50']:.1f} ms, p99 {step['p99']:.1f} ms"
     rows.append(f"server: {s['ticks']} ticks, {s['late_ticks']} late (step past its 80 ms deadline), {step_text}; "
-                f"dropped {s['dropped_in']} input frames (a client too fast) and {s['dropped_out']} replies "
-                f"(a client too slow); {s['underruns']} underruns (no input in time: silence used); "
-                f"{s['sessions_after']} sessions left open")
+                f"dropped {s['dropped_in']} input frames (a client too fast, or the server behind) and "
+                f"{s['dropped_out']} replies (a client too slow); {s['underruns']} underruns (no input in time: "
+                f"silence used); {s['sessions_after']} sessions left open")
     rows.append(verdict(report))
     return "\n".join(rows)

@@ -5,6 +5,7 @@ builds the parser from them and maps the project's own errors to one-line messag
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Optional, Sequence
 
@@ -24,8 +25,24 @@ def build_parser() -> Parser:
     return parser
 
 
+START_HERE = """
+start here:
+  duplex serve                      the voice server on the default model: open http://localhost:8998/
+  duplex mic                        talk to the default model through this machine's microphone and speakers
+  duplex client demos/hello.wav     send a file to a running server, write its reply
+  duplex COMMAND --help             the options of one command
+"""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        parser.print_help()
+        print(START_HERE)
+        return 0
+    args = parser.parse_args(argv)
+    args.command_line = shlex.join(["duplex", *argv])  # recorded in benchmark reports
     from ..errors import project_errors
 
     try:

@@ -36,87 +36,137 @@ def _common(args):
     return pick_device(args.device), progress
 
 
-def _emit_file(report: dict, path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+def _emit_file(report: dict, args) -> None:
+    """Write the report to ``--json``, with the command line that made it."""
+    report.setdefault("command", getattr(args, "command_line", None))
+    with open(args.json, "w", encoding="utf-8") as f:
         f.write(json.dumps(report, indent=2) + "\n")
 
 
-def _emit(report: dict, path) -> None:
-    if path:
-        _emit_file(report, path)
-    print(json.dumps(report, indent=2))
+RTF_NOTE = "RTF (real-time factor): compute time per 80 ms frame / 80 ms; below 1 keeps up with real time"
+
+
+def _warn_about_figures(frames: int, rows) -> None:
+    """Say when the figures cannot mean what they seem: too few frames for a p99, or a spread that says another
+    process was using the machine. ``rows``: (label, p50, p90) per line of the table."""
+    if frames < 100:
+        print(f"note: with {frames} timed frames, p99 is about the largest one (use --frames 100 or more)",
+              file=sys.stderr)
+    for label, p50, p90 in rows:
+        if p50 > 0 and p90 > 1.5 * p50:
+            print(f"warning: {label}: p90 {p90:.1f} ms against p50 {p50:.1f} ms; the machine was probably busy "
+                  "with something else (rerun, or compare side by side in one run)", file=sys.stderr)
+
+
+def _emit(report: dict, args) -> None:
+    """The report goes to ``--json`` only: the table on stdout is what a person reads."""
+    if args.json:
+        _emit_file(report, args)
 
 
 def run_bench_codec(args) -> int:
+    from codec import SHIPPED_CODEC, SHIPPED_CONFIG
+
     from .model_paths import mimi_config_for
 
     device, progress = _common(args)
-    report = bench_codec(config=mimi_config_for(args.checkpoint, args.config), checkpoint=args.checkpoint,
+    if args.checkpoint:
+        checkpoint, config = args.checkpoint, mimi_config_for(args.checkpoint, args.config)
+    elif args.config == "official":  # Kyutai's Mimi shape, random weights (the timing does not depend on them)
+        checkpoint, config = None, None
+    elif args.config:
+        checkpoint, config = None, args.config
+    else:  # the codec duplex serve runs by default
+        checkpoint, config = SHIPPED_CODEC, SHIPPED_CONFIG
+    report = bench_codec(config=config, checkpoint=checkpoint,
                          device=str(device), batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup,
                          num_codebooks=args.num_codebooks, progress=progress)
     print(f"# {report['benchmark']} -- {report['model']}, {report['config']}, {report['hardware']}, "
-          f"torch {report['torch']}", file=sys.stderr)
+          f"torch {report['torch']}")
     print(f"{'batch':>5} {'encode ms':>10} {'decode ms':>10} {'total ms':>9} {'p99 ms':>8} {'ms/stream':>9} "
-          f"{'RTF':>6}", file=sys.stderr)
+          f"{'RTF':>6}")
     for r in report["results"]:
         print(f"{r['batch_size']:>5} {r['encode_ms']['median']:>10.2f} {r['decode_ms']['median']:>10.2f} "
               f"{r['total_ms']['median']:>9.2f} {r['total_ms']['p99']:>8.2f} {r['ms_per_stream']:>9.2f} "
-              f"{r['real_time_factor']:>6.3f}", file=sys.stderr)
-    _emit(report, args.json)
+              f"{r['real_time_factor']:>6.3f}")
+    print(RTF_NOTE)
+    _warn_about_figures(args.frames, [(f"batch {r['batch_size']}", r["total_ms"]["median"], r["total_ms"]["p90"])
+                                      for r in report["results"]])
+    _emit(report, args)
     return 0
 
 
 def run_bench_lm(args) -> int:
     from duplex.bench.lm import bench_lm
 
+    from ..model.config import lm_config_beside
+    from ..runtime.defaults import SHIPPED_LM, SHIPPED_LM_CONFIG
+
     device, progress = _common(args)
-    report = bench_lm(config=args.config, checkpoint=args.checkpoint, device=str(device),
+    checkpoint, config = args.checkpoint, args.config
+    if checkpoint is None and config is None:
+        checkpoint, config = SHIPPED_LM, SHIPPED_LM_CONFIG
+    elif checkpoint is not None and config is None:
+        config = lm_config_beside(checkpoint)
+    report = bench_lm(config=config, checkpoint=checkpoint, device=str(device),
                       dtype=getattr(torch, args.dtype), batch_sizes=args.batch_sizes, frames=args.frames,
                       warmup=args.warmup, progress=progress)
     print(f"# {report['benchmark']} -- {report['model']}, config {report['config']} "
           f"({report['parameters'] / 1e6:.1f} M parameters), {report['dtype']}, {report['hardware']}, "
-          f"torch {report['torch']}", file=sys.stderr)
-    print(f"{'batch':>5} {'step ms':>8} {'p90 ms':>7} {'p99 ms':>7} {'ms/stream':>9} {'RTF':>6}", file=sys.stderr)
+          f"torch {report['torch']}")
+    print(f"{'batch':>5} {'step ms':>8} {'p90 ms':>7} {'p99 ms':>7} {'ms/stream':>9} {'RTF':>6}")
     for r in report["results"]:
         s = r["step_ms"]
         print(f"{r['batch_size']:>5} {s['median']:>8.2f} {s['p90']:>7.2f} {s['p99']:>7.2f} "
-              f"{r['ms_per_stream']:>9.2f} {r['real_time_factor']:>6.3f}", file=sys.stderr)
-    _emit(report, args.json)
+              f"{r['ms_per_stream']:>9.2f} {r['real_time_factor']:>6.3f}")
+    print(RTF_NOTE)
+    _warn_about_figures(args.frames, [(f"batch {r['batch_size']}", r["step_ms"]["median"], r["step_ms"]["p90"])
+                                      for r in report["results"]])
+    _emit(report, args)
     return 0
 
 
 def run_bench_latency(args) -> int:
     from duplex.bench.latency import MODELS, bench_latency, plot_latency
 
-    from .common import check_model_paths
-    from .model_paths import mimi_config_for
+    from .common import check_model_paths, lm_config
+    from .hf_repo import apply_hf_repo
+    from .model_paths import resolve_mimi_checkpoint
 
+    apply_hf_repo(args)
     check_model_paths(args)
+    mimi, mimi_config = resolve_mimi_checkpoint(args.mimi, args.mimi_config) if args.lm else (None, None)
     if not args.lm and args.model not in MODELS:
         raise UsageError(f"unknown --model {args.model!r}: {', '.join(MODELS)} (the LM presets with random "
-                         "weights); or pass --lm and --mimi")
+                         "weights); or pass --lm")
     device, progress = _common(args)
+    if device.type != "cuda" and "graphs" in args.modes:
+        print("note: CUDA graphs exist only on CUDA; on the CPU the step runs eagerly (timed once, as eager)",
+              file=sys.stderr)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = bench_latency(model=args.model, device=str(device), dtype=dtype,
                            batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames, warmup=args.warmup,
-                           lm_path=args.lm, mimi_path=args.mimi, lm_config=args.lm_config,
-                           mimi_config=mimi_config_for(args.mimi, args.mimi_config),
+                           lm_path=args.lm, mimi_path=mimi, lm_config=lm_config(args) if args.lm else None,
+                           mimi_config=mimi_config,
                            progress=progress)
     print(f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
-          f"torch {report['torch']}", file=sys.stderr)
+          f"torch {report['torch']}")
     stages = ["encode", "temporal", "depth", "decode"]
     print(f"{'mode':>6} {'batch':>5} " + " ".join(f"{s:>8}" for s in stages)
-          + f" {'total':>7} {'p99':>7} {'RTF':>6} {'budget ms':>9}", file=sys.stderr)
+          + f" {'total':>7} {'p99':>7} {'RTF':>6} {'budget ms':>9}")
     for r in report["runs"]:
         print(f"{r['mode']:>6} {r['batch_size']:>5} "
               + " ".join(f"{r['stages_ms'][s]['p50']:>8.2f}" for s in stages)
               + f" {r['total_ms']['p50']:>7.2f} {r['total_ms']['p99']:>7.2f} {r['real_time_factor']:>6.3f}"
-              f" {r['latency_budget_ms']['total_p50']:>9.1f}", file=sys.stderr)
-    print(f"largest batch in real time (p99 < 80 ms): {report['largest_real_time_batch']}", file=sys.stderr)
+              f" {r['latency_budget_ms']['total_p50']:>9.1f}")
+    print(f"largest batch in real time (p99 < 80 ms): {report['largest_real_time_batch']}")
+    print(RTF_NOTE + "; budget: 80 ms frame + 80 ms acoustic delay + median compute")
+    _warn_about_figures(args.frames, [(f"{r['mode']} batch {r['batch_size']}", r["total_ms"]["p50"],
+                                       r["total_ms"]["p90"]) for r in report["runs"]])
     if args.plot:
         plot_latency(report, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
-    _emit(report, args.json)
+    _emit(report, args)
     return 0
 
 
@@ -151,11 +201,10 @@ def run_bench_codec_quality(args) -> int:
           f"STOI {report['stoi']:.3f}, SI-SNR {report['si_snr']:.2f} dB, mel distance {report['mel_distance']:.3f}, "
           f"{_pitch_summary(report)}, "
           f"smallest codebook perplexity {report['min_speech_perplexity_fraction']:.1%} of its size on speech frames "
-          f"({report['speech_frames_fraction']:.0%} of frames), {report['min_perplexity_fraction']:.1%} on all frames",
-          file=sys.stderr)
+          f"({report['speech_frames_fraction']:.0%} of frames), {report['min_perplexity_fraction']:.1%} on all frames")
     if args.plot:
         plot_spectrograms(mimi, clips[0], args.plot, args.num_codebooks)
-    _emit(report, args.json)
+    _emit(report, args)
     return 0
 
 
@@ -175,17 +224,17 @@ def run_bench_serve(args) -> int:
         server_log.setLevel(level)
     where = args.url or f"a server started here ({report['hardware']}, torch {report['torch']})"
     if args.fuzz:
-        print(f"# serve --fuzz {args.fuzz} (seed {args.seed}) against {where}", file=sys.stderr)
-        print(format_fuzz_report(report), file=sys.stderr)
+        print(f"# serve --fuzz {args.fuzz} (seed {args.seed}) against {where}")
+        print(format_fuzz_report(report))
         if "resident_mb" in report:
             memory = report["resident_mb"]
             print(f"resident memory of this process (server and fuzzer): {memory['before']:.0f} MB before, "
-                  f"{memory['after']:.0f} MB after", file=sys.stderr)
+                  f"{memory['after']:.0f} MB after")
     else:
-        print(f"# serve -- {args.clients} x {args.seconds:g} s ({args.formats}) against {where}", file=sys.stderr)
-        print(format_report(report), file=sys.stderr)
+        print(f"# serve -- {args.clients} x {args.seconds:g} s ({args.formats}) against {where}")
+        print(format_report(report))
     if args.json:
-        _emit_file(report, args.json)
+        _emit_file(report, args)
     if args.fuzz:
         return 0 if report["healthy"] else 1
     return 1 if any("exception" in c for c in report["clients"]) else 0
@@ -259,7 +308,7 @@ def run_turns_score(args) -> int:
                        vad=not args.no_vad, progress=progress)
     print(format_table(report))
     if args.json:
-        _emit_file(report, args.json)
+        _emit_file(report, args)
     if args.plots:
         from ..bench.turntaking.plots import plot_report
 
@@ -317,7 +366,7 @@ def run_turns_run(args) -> int:
     report["run"] = {**ran, "slots": args.slots, "seed": args.seed}
     print(format_table(report))
     if args.json:
-        _emit_file(report, args.json)
+        _emit_file(report, args)
     return 0
 
 
@@ -340,16 +389,19 @@ def register(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     p = bench_commands.add_parser("codec", help="streaming codec encode + decode time per 80 ms frame")
-    p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
-    p.add_argument("--config", metavar="JSON", help="codec config "
-                   "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
+    p.add_argument("--checkpoint", metavar="PATH", help="time this codec file (default: the shipped codec, the one "
+                   "duplex serve runs)")
+    p.add_argument("--config", metavar="JSON", help="'official' times Kyutai's Mimi shape (random weights); a "
+                   "config JSON times that shape; with --checkpoint, its config (default: NAME.json beside it, or "
+                   "its training run's config.json, else official Mimi)")
     p.add_argument("--num-codebooks", type=int, default=8, metavar="N", help="codebooks encoded and decoded")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_bench_options(p, [1, 8])
     p.set_defaults(run=run_bench_codec)
     p = bench_commands.add_parser("lm", help="LM generator step time per 80 ms frame (temporal + depth + sampling)")
-    p.add_argument("--config", default="small",
-                   help="preset (small, moshi_7b) or a JSON config in the official keyword layout (default small)")
+    p.add_argument("--config", default=None,
+                   help="preset (default, small, moshi_7b: random weights of that shape) or a JSON config in the "
+                   "official keyword layout (default: the shipped LM; with --checkpoint, the config beside it)")
     p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights and "
@@ -359,7 +411,7 @@ def register(commands) -> None:
     p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
     p.add_argument("--model", default="default", help="default (shipped small model), default-official-codec (its "
                    "LM with the official Mimi architecture) or moshi_7b (7B shapes, random weights); or pass --lm "
-                   "and --mimi")
+                   "(and --mimi)")
     add_model_options(p)
     add_bench_options(p, [1, 2, 4, 8])
     p.add_argument("--modes", nargs="+", default=["eager", "graphs"], choices=["eager", "graphs"],

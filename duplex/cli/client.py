@@ -8,7 +8,7 @@ import sys
 import torch
 
 from ..errors import UsageError
-from .common import check_output_path, positive_float, sound_device
+from .common import check_output_path, list_sound_devices, positive_float, sound_device
 
 
 def run_client(args) -> int:
@@ -22,6 +22,8 @@ def run_client(args) -> int:
     def notice(text: str) -> None:
         print(f"server: {text}", file=sys.stderr)
 
+    if args.list_devices:
+        return list_sound_devices()
     if bool(args.input) != bool(args.output):
         raise UsageError("give both an input and an output file, or neither (microphone <-> speaker)")
     if not args.input:
@@ -44,13 +46,20 @@ def run_client(args) -> int:
         return 0
     check_output_path(args.output, audio=True)
     pcm = load_audio(args.input, 24000)[0].numpy()
+    length = len(pcm) / 24000
+
+    def progress(seconds: float) -> None:
+        if seconds == 0.0:
+            print(f"connected to {args.url}: sending {args.input} ({length:.1f} s) in real time", file=sys.stderr)
+        elif sys.stderr.isatty():
+            print(f"\r[{seconds:.0f} / {length:.0f} s of reply]", end="", file=sys.stderr, flush=True)
 
     # Whatever arrived is written, also when the server ends the session early or on Ctrl-C.
     result = ClientResult()
     interrupted = False
     try:
         asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=show, result=result,
-                             on_notice=notice))
+                             on_notice=notice, on_progress=progress))
     except KeyboardInterrupt:
         interrupted = True
         result.finish(len(pcm))
@@ -61,8 +70,10 @@ def run_client(args) -> int:
         raise UsageError(f"cannot reach {args.url}: {e or type(e).__name__}") from None
     print(file=sys.stderr)
     save_audio(args.output, torch.from_numpy(result.audio), 24000)
-    print(f"{args.input}: {len(pcm) / 24000:.2f} s sent, {result.audio_messages} audio messages received "
-          f"-> {args.output}", file=sys.stderr)
+    late, worst = result.late_replies()
+    print(f"{args.input}: {len(pcm) / 24000:.2f} s sent, {result.audio_messages} audio messages received"
+          + (f", {late} late by more than 80 ms (at most {1000 * worst:.0f} ms)" if late else "")
+          + f" -> {args.output}", file=sys.stderr)
     for problem in result.errors:
         print(f"note: {problem}", file=sys.stderr)
     # A cut-off reply is still written, but the exit status tells a script it is not whole.
@@ -78,6 +89,7 @@ def register(commands) -> None:
     p.add_argument("--seconds", type=positive_float, help="live mode: stop after this long (default: Ctrl-C)")
     p.add_argument("--input-device", help="live mode: sound input device (index or name)")
     p.add_argument("--output-device", help="live mode: sound output device (index or name)")
+    p.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
     p.add_argument("--url", default="ws://127.0.0.1:8998", help="server address (default ws://127.0.0.1:8998)")
     p.add_argument("--token", help="the server's token, if it requires one")
     p.add_argument("--raw", action="store_true", help="use the raw PCM16 mode instead of Ogg/Opus")

@@ -93,10 +93,14 @@ def add_bench_options(p: argparse.ArgumentParser, batch_sizes, what: str = "fram
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hf-repo", metavar="REPO", help="a published model from the local Hugging Face cache (never "
+                   "downloaded): kyutai/moshiko-pytorch-bf16, kyutai/moshika-pytorch-bf16, nvidia/personaplex-7b-v1")
     p.add_argument("--lm", metavar="PATH", help="Moshi LM checkpoint (default: the shipped default model)")
-    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm)")
-    p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece text tokenizer (with --lm)")
-    p.add_argument("--lm-config", metavar="JSON", help="config of --lm (default: Moshi 7B)")
+    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm; default: the shipped codec)")
+    p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece text tokenizer (with --lm; default: "
+                   "tokenizer.model beside it)")
+    p.add_argument("--lm-config", metavar="JSON", help="config of --lm (default: NAME.json or config.json beside "
+                   "it, else Moshi 7B)")
     p.add_argument("--mimi-config", metavar="JSON", help="config of --mimi "
                    "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -140,26 +144,60 @@ def check_output_path(path: str, audio: bool) -> None:
 
 
 def check_model_paths(args) -> None:
-    """--lm and --mimi go together (a checkpoint pair replaces the default model)."""
-    if bool(args.lm) != bool(args.mimi):
-        raise UsageError("pass both --lm and --mimi (and usually --tokenizer) to run your own checkpoints")
+    """--mimi only comes with --lm (the shipped LM is trained on the shipped codec's codes)."""
+    if args.mimi and not args.lm:
+        raise UsageError("--mimi needs --lm: the default LM only works with the codec it was trained with (pass "
+                         "--lm, and usually --tokenizer, to run your own checkpoints)")
+
+
+def lm_config(args):
+    """--lm-config, else the config beside --lm (``NAME.json``, or the folder's ``config.json``), else None (Moshi
+    7B)."""
+    from ..model.config import lm_config_beside
+
+    return args.lm_config or lm_config_beside(args.lm)
+
+
+def lm_tokenizer(args):
+    """--tokenizer, else the ``tokenizer.model`` beside --lm (a ``duplex train lm`` run folder), else None."""
+    if args.tokenizer:
+        return args.tokenizer
+    beside = os.path.join(os.path.dirname(args.lm) or ".", "tokenizer.model")
+    return beside if os.path.isfile(beside) else None
 
 
 def build_engine(args, slots: int):
     from ..runtime.engine import Engine
-    from .model_paths import mimi_config_for
 
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     graphs = not args.no_cuda_graphs
+    from .hf_repo import apply_hf_repo
+
+    apply_hf_repo(args)
     check_model_paths(args)
-    if args.lm or args.mimi:
-        return Engine.from_checkpoints(lm=args.lm, mimi=args.mimi, tokenizer=args.tokenizer, slots=slots,
-                                       device=device, dtype=dtype, cuda_graphs=graphs, lm_config=args.lm_config,
-                                       mimi_config=mimi_config_for(args.mimi, args.mimi_config))
+    if args.lm:
+        from .model_paths import resolve_mimi_checkpoint
+
+        mimi, mimi_config = resolve_mimi_checkpoint(args.mimi, args.mimi_config)
+        return Engine.from_checkpoints(lm=args.lm, mimi=mimi, tokenizer=lm_tokenizer(args), slots=slots,
+                                       device=device, dtype=dtype, cuda_graphs=graphs, lm_config=lm_config(args),
+                                       mimi_config=mimi_config)
     return Engine.default(slots=slots, device=device, dtype=dtype, cuda_graphs=graphs)
 
 
 def sound_device(value):
     """A sound device option: an index (digits) or a name."""
     return int(value) if value is not None and value.isdigit() else value
+
+
+def list_sound_devices() -> int:
+    """``--list-devices`` of ``duplex mic`` and ``duplex client``."""
+    from ..serving.mic import import_sounddevice
+
+    try:
+        devices = import_sounddevice().query_devices()
+    except RuntimeError as e:
+        raise UsageError(str(e)) from None
+    print(devices if len(devices) else "no audio devices found (PortAudio sees none on this machine)")
+    return 0

@@ -8,19 +8,15 @@ import torch
 
 from ..errors import UsageError
 from ..runtime.clock import freeze_startup_objects
-from .common import add_model_options, build_engine, check_output_path, non_negative, positive_float, sound_device
+from .common import (add_model_options, build_engine, check_output_path, list_sound_devices, non_negative,
+                     positive_float, sound_device)
 
 
 def run_mic(args) -> int:
     from ..serving import mic
 
     if args.list_devices:
-        try:
-            devices = mic.import_sounddevice().query_devices()
-        except RuntimeError as e:
-            raise UsageError(str(e)) from None
-        print(devices if len(devices) else "no audio devices found (PortAudio sees none on this machine)")
-        return 0
+        return list_sound_devices()
     if bool(args.input_file) != bool(args.output_file):
         raise UsageError("--input-file and --output-file go together")
     if args.output_file:
@@ -36,12 +32,23 @@ def run_mic(args) -> int:
         from codec.io.audio import load_audio, save_audio
 
         pcm = load_audio(args.input_file, engine.sample_rate)[0].numpy()
-        reply = mic.run_files(engine, pcm, realtime=args.realtime, on_text=show)
+        seconds = len(pcm) / engine.sample_rate
+        print(f"{args.input_file} ({seconds:.1f} s) through the engine "
+              f"{'in real time' if args.realtime else 'as fast as it goes'}", file=sys.stderr)
+
+        def frame_done(done: int, total: int) -> None:
+            if sys.stderr.isatty() and (done % 12 == 0 or done == total):
+                print(f"\r[{done * 0.08:.1f} / {total * 0.08:.1f} s]", end="", file=sys.stderr, flush=True)
+
+        clock = []
+        reply = mic.run_files(engine, pcm, realtime=args.realtime, on_text=show, on_frame=frame_done, stats=clock)
         save_audio(args.output_file, torch.from_numpy(reply), engine.sample_rate)
-        print(f"\n{args.input_file}: {len(pcm) / engine.sample_rate:.2f} s -> {args.output_file}", file=sys.stderr)
+        late = (f", {clock[0].misses} of {clock[0].ticks} frames late (max {clock[0].max_late_ms:.0f} ms)"
+                if args.realtime and clock else "")
+        print(f"\n{args.input_file}: {seconds:.2f} s -> {args.output_file}{late}", file=sys.stderr)
         return 0
-    print("duplex: talking (Ctrl-C to stop); the default model has random weights until trained weights ship",
-          file=sys.stderr)
+    print("duplex: talking (Ctrl-C to stop)" + ("; the default model is small and knows only its synthetic "
+          "conversations (README, \"The default model\")" if not args.lm else ""), file=sys.stderr)
     freeze_startup_objects()
     try:
         stats = mic.run_live(engine, seconds=args.seconds, input_device=sound_device(args.input_device),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import urllib.parse
 
 import torch
 
@@ -38,24 +39,42 @@ def run_serve(args) -> int:
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is too much
     engine = build_engine(args, args.slots)
     if not (args.lm or args.mimi):
-        logging.getLogger("duplex").info("serving the default model (random weights until trained weights ship)")
+        logging.getLogger("duplex").info("serving the default model (duplex's own small model, trained on synthetic "
+                                         "espeak conversations: see README, \"The default model\")")
     options = ServerOptions(host=args.host, port=args.port, token=args.token, origins=args.origins,
                             max_message_bytes=args.max_message_bytes, max_waiting=args.max_waiting,
-                            ssl_cert=args.ssl_cert, ssl_key=args.ssl_key)
+                            ssl_cert=args.ssl_cert, ssl_key=args.ssl_key, model_name=model_name(args))
     server = VoiceServer(engine, options)
     freeze_startup_objects()  # no 100+ ms garbage-collector pause in the middle of a frame later
     scheme = "https" if args.ssl_cert else "http"
 
     def ready(port: int) -> None:
-        host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
-        print(f"duplex: open {scheme}://{host}:{port}/ in a browser; Kyutai clients connect to /api/chat",
-              file=sys.stderr)
+        print(f"duplex: open {browser_url(scheme, args.host, port, args.token)} in a browser; Kyutai clients "
+              "connect to /api/chat" + (" (with the same token)" if args.token else ""), file=sys.stderr)
 
     try:
         asyncio.run(server.serve_forever(on_ready=ready))
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}") from None
     return 0
+
+
+def model_name(args) -> str:
+    """What the page shows as the model: the --hf-repo, the --lm file, or the default model."""
+    import os
+
+    if getattr(args, "hf_repo", None):
+        return args.hf_repo
+    if args.lm:
+        return os.path.basename(os.path.dirname(os.path.abspath(args.lm))) + "/" + os.path.basename(args.lm)
+    return "duplex default (small, synthetic conversations)"
+
+
+def browser_url(scheme: str, host: str, port: int, token=None) -> str:
+    """The page's address as the startup line prints it, with the token the page passes on to the WebSocket."""
+    host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    query = "?token=" + urllib.parse.quote(token, safe="") if token else ""
+    return f"{scheme}://{host}:{port}/{query}"
 
 
 def register(commands) -> None:

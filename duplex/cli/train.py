@@ -1,5 +1,5 @@
-"""``duplex train codec | tokenizer``: train a Mimi-architecture codec, or the text tokenizer, on the synthetic
-corpus."""
+"""``duplex train codec | tokenizer | lm``: train a Mimi-architecture codec, the text tokenizer, or a
+Moshi-architecture LM (from scratch or fine-tuning a checkpoint)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,18 @@ def run_train_tokenizer(args) -> int:
     return 0
 
 
+def run_train_lm(args) -> int:
+    from ..training.lm import LMTrainingOptions, train_lm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = LMTrainingOptions.__dataclass_fields__
+    train_lm(LMTrainingOptions(**{name: getattr(args, name) for name in fields}), pick_device(args.device))
+    return 0
+
+
 def register(commands) -> None:
-    """``duplex train codec``."""
+    """``duplex train codec | tokenizer | lm``."""
     train = commands.add_parser("train", help="train models on the synthetic corpus")
     train_commands = train.add_subparsers(dest="train_command", required=True, metavar="WHAT")
     p = train_commands.add_parser("codec", help="train a Mimi-architecture codec")
@@ -71,3 +81,37 @@ def register(commands) -> None:
     p.add_argument("--vocab-size", type=positive, default=256,
                    help="pieces at most (a small corpus may give fewer)")
     p.set_defaults(run=run_train_tokenizer)
+    p = train_commands.add_parser("lm", help="train a Moshi-architecture LM on a dataset in Kyutai's fine-tuning "
+                                  "layout (from scratch, or fine-tuning --init)")
+    p.add_argument("--data", required=True, help="dataset folder: train.jsonl (+ heldout.jsonl), stereo WAVs with "
+                   "their alignments JSON and codes ('duplex data encode')")
+    p.add_argument("--out", required=True, help="run folder: model.safetensors, config.json, tokenizer.model, "
+                   "lm.safetensors + trainer.pt (checkpoint), log.jsonl, loss.png")
+    p.add_argument("--tokenizer", default=None, help="SentencePiece model (default: DATA/tokenizer.model)")
+    p.add_argument("--config", default=None, help="preset (default, small, moshi_7b) or a config JSON in Kyutai's "
+                   "keyword layout (default: 'default', or the config beside --init)")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT", help="start from this LM checkpoint (fine-tune): "
+                   "a Moshi 7B file, or a model.safetensors this command made")
+    p.add_argument("--steps", type=positive, default=2000, help="optimiser steps the run is planned for")
+    p.add_argument("--stop-at", type=positive, default=None, metavar="STEP",
+                   help="end this run at STEP (saved; --resume continues), the schedule still planned for --steps")
+    p.add_argument("--batch-size", type=positive, default=8, help="segments per step")
+    p.add_argument("--segment-seconds", type=positive_float, default=10.0, help="segment length (whole frames)")
+    p.add_argument("--segments", choices=["random", "consecutive"], default="random",
+                   help="random: crops of the segment length inside each file (default); consecutive: Kyutai's cut "
+                   "from each file's start, the last one padded")
+    p.add_argument("--lr", type=positive_float, default=5e-4, help="peak learning rate (Kyutai fine-tunes 7B at 2e-6)")
+    p.add_argument("--weight-decay", type=weight, default=0.1, help="AdamW weight decay")
+    p.add_argument("--warmup", type=weight, default=0.05, help="share of --steps spent warming up")
+    p.add_argument("--grad-clip", type=positive_float, default=1.0, help="gradient norm clip")
+    p.add_argument("--semantic-weight", type=weight, default=100.0, help="loss weight of the semantic codebook")
+    p.add_argument("--text-padding-weight", type=weight, default=0.5, help="loss weight of text PAD/EPAD targets")
+    p.add_argument("--export-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                   help="dtype of the exported model.safetensors")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--save-every", type=positive, default=250, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--eval-every", type=non_negative, default=100, help="held-out losses every N steps (0: never)")
+    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (0: torch's choice)")
+    p.set_defaults(run=run_train_lm)

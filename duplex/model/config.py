@@ -39,7 +39,7 @@ FIXED_IGNORED = ("lora_rank", "lora_scaling", "extra_heads_dim")
 
 @dataclass
 class LMConfig:
-    PRESETS: ClassVar[Tuple[str, ...]] = ("moshi_7b", "small")  # classmethods of these names build them
+    PRESETS: ClassVar[Tuple[str, ...]] = ("moshi_7b", "small", "default")  # classmethods of these names build them
 
     dim: int = 4096
     text_card: int = 32000
@@ -127,6 +127,16 @@ class LMConfig:
         return cfg
 
     @classmethod
+    def default(cls) -> "LMConfig":
+        """The shape of the model duplex trains and ships (docs/training.md, "Choosing the default model"):
+        temporal 256 x 6 layers with an 8 s attention window, depth 128 x 1, Moshi's streams and delays. The text
+        vocabulary is a placeholder: ``duplex train lm`` sizes it to the tokenizer it trains with."""
+        cfg = cls(dim=256, num_heads=4, num_layers=6, context=100, text_card=256, depformer_dim=128,
+                  depformer_num_heads=2, depformer_num_layers=1, depformer_dim_feedforward=int(4.125 * 128))
+        cfg.validate()
+        return cfg
+
+    @classmethod
     def preset(cls, name: str) -> "LMConfig":
         if name not in cls.PRESETS:
             raise LMConfigError(f"unknown LM preset {name!r}; presets: {', '.join(sorted(cls.PRESETS))} (or a "
@@ -201,3 +211,15 @@ class LMConfig:
         require(all(d >= 0 for d in self.delays), "delays must be non-negative")
         require(self.context > 0, "context must be positive")
         require(self.text_vocab_out == self.text_card, "text_card_out different from text_card is not supported")
+
+
+def lm_config_beside(checkpoint: "str | os.PathLike") -> Optional[str]:
+    """The config that travels with an LM file: ``NAME.json`` beside ``NAME.safetensors`` (as duplex ships its
+    model), else the folder's ``config.json`` (a training run of ``duplex train lm``, or a model repository);
+    None when there is neither."""
+    checkpoint = os.fspath(checkpoint)
+    stem, _ = os.path.splitext(checkpoint)
+    for candidate in (stem + ".json", os.path.join(os.path.dirname(checkpoint) or ".", "config.json")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None

@@ -221,12 +221,11 @@ class MoshiLM(nn.Module):
         inputs = [self.depformer_input(i, transformer_out, target[:, i])
                   for i in range(cfg.dep_q)]
         dep = self.depformer(torch.stack(inputs, dim=2).view(b * t, cfg.dep_q, -1))
-        logits = torch.stack([fast_linear(dep[:, i], self.linears[i].weight).view(b, t, -1)
-                              for i in range(cfg.dep_q)], dim=1)
+        logits = [fast_linear(dep[:, i], self.linears[i].weight).view(b, t, -1).float() for i in range(cfg.dep_q)]
 
-        logits, mask = _undelay(logits.float(), cfg.delays[1:1 + cfg.dep_q])
+        logits, mask = _undelay(logits, cfg.delays[1:1 + cfg.dep_q])
         mask &= codes[:, 1:1 + cfg.dep_q] != ZERO_TOKEN
-        text_logits, text_mask = _undelay(text_logits.float()[:, None], cfg.delays[:1])
+        text_logits, text_mask = _undelay([text_logits.float()], cfg.delays[:1])
         text_mask &= codes[:, :1] != ZERO_TOKEN
         return LMOutput(logits, mask, text_logits, text_mask)
 
@@ -238,12 +237,14 @@ def _shift_right(stream: torch.Tensor, delay: int, fill: torch.Tensor) -> torch.
     return torch.cat([fill.expand(-1, min(delay, stream.shape[1])), stream[:, :-delay]], dim=1)[:, :stream.shape[1]]
 
 
-def _undelay(logits: torch.Tensor, delays) -> tuple:
-    """[B, S, T, V] -> shifted back by each stream's delay; the last ``delay`` steps are NaN and masked."""
-    b, s, t, _ = logits.shape
-    out, mask = [], torch.ones(b, s, t, dtype=torch.bool, device=logits.device)
-    for i, d in enumerate(delays):
-        line = logits[:, i].roll(-d, dims=1)
+def _undelay(lines, delays) -> tuple:
+    """Streams' logits [B, T, V] each -> [B, S, T, V] shifted back by each stream's delay; the last ``delay`` steps
+    are NaN and masked. (Shifted one by one before stacking: slicing a stacked tensor per stream would cost the
+    backward pass a zero-filled copy of the whole stack per stream.)"""
+    b, t, _ = lines[0].shape
+    out, mask = [], torch.ones(b, len(lines), t, dtype=torch.bool, device=lines[0].device)
+    for i, (line, d) in enumerate(zip(lines, delays)):
+        line = line.roll(-d, dims=1)
         if d > 0:
             line[:, -d:] = float("nan")
             mask[:, i, -d:] = False

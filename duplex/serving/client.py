@@ -46,6 +46,14 @@ class ClientResult:
         self.audio = np.pad(audio, (0, max(0, samples - len(audio))))[:samples]
         return self
 
+    def late_replies(self, tolerance: float = 0.08) -> "tuple[int, float]":
+        """(replies later than ``tolerance`` s behind the pace the first reply set, the largest lateness in s):
+        a reply per 80 ms frame is due 80 ms after the one before."""
+        t = self.reply_times
+        behind = [t[k] - (t[0] + k * FRAME / RATE) for k in range(len(t))]
+        late = [b for b in behind if b > tolerance]
+        return len(late), max(behind, default=0.0)
+
     def steady_rate(self, skip: int = 10) -> float:
         """Audio messages per second after the first ``skip`` (the sustained rate)."""
         t = self.reply_times
@@ -121,8 +129,11 @@ async def _await_handshake(ws, timeout: float, on_notice: Optional[Callable[[str
 async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional[str] = None,
                    on_text: Optional[Callable[[str], None]] = None, realtime: bool = True,
                    handshake_timeout: float = 30.0, result: Optional[ClientResult] = None,
-                   on_notice: Optional[Callable[[str], None]] = None) -> ClientResult:
+                   on_notice: Optional[Callable[[str], None]] = None,
+                   on_progress: Optional[Callable[[float], None]] = None) -> ClientResult:
     """Send ``pcm`` (float32 mono 24 kHz) and collect the replies for the same duration.
+
+    ``on_progress(seconds)``: once when the session starts (0.0), then after every second of reply audio.
 
     Refusals (HTTP errors, a full server) raise ClientError. If the server ends the session part-way, what
     arrived is returned with the reason in ``errors``. Pass ``result`` to keep what arrived if this coroutine
@@ -141,6 +152,9 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
     async with await _connect(url, token, raw) as ws:
         await _await_handshake(ws, handshake_timeout, on_notice)
         t0 = time.perf_counter()
+        if on_progress:
+            on_progress(0.0)
+        reported = 0
 
         async def send():
             for i, frame in enumerate(frames):
@@ -172,6 +186,10 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
                         received.append(np.asarray(samples, np.float32).reshape(-1))
                     result.audio_messages += 1
                     result.reply_times.append(time.perf_counter())
+                    seconds = sum(len(r) for r in received) // RATE
+                    if on_progress and seconds > reported:
+                        reported = seconds
+                        on_progress(float(seconds))
                 elif kind == TEXT:
                     piece = payload.decode("utf-8", "replace")
                     result.text.append(piece)
@@ -239,6 +257,11 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
             return sd.Stream(samplerate=RATE, blocksize=FRAME, channels=1, dtype="float32",
                              device=(input_device, output_device), callback=cb)
 
+    try:  # the device is opened before connecting: a missing one must not take a server slot
+        stream = stream_factory(callback)
+    except Exception as e:  # PortAudio's errors (no device, unsupported rate) are not RuntimeErrors
+        raise RuntimeError(f"cannot open the sound device at {RATE} Hz mono ({e}); pick devices with "
+                           "--input-device/--output-device (see duplex client --list-devices)") from None
     reader = writer = None
     if not raw:
         import sphn
@@ -284,7 +307,7 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
                     if on_text:
                         on_text(piece)
 
-        with stream_factory(callback):
+        with stream:
             tasks = [asyncio.create_task(send()), asyncio.create_task(receive())]
             try:
                 await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)

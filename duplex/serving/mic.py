@@ -151,8 +151,12 @@ def run_live(engine, seconds: Optional[float] = None, input_device=None, output_
 
 
 def run_files(engine, pcm: np.ndarray, realtime: bool = False,
-              on_text: Optional[Callable[[str], None]] = None) -> np.ndarray:
-    """Headless: the input file through the engine frame by frame; a reply of the same length."""
+              on_text: Optional[Callable[[str], None]] = None,
+              on_frame: Optional[Callable[[int, int], None]] = None, stats: Optional[list] = None) -> np.ndarray:
+    """Headless: the input file through the engine frame by frame; a reply of the same length.
+
+    ``on_frame(done, total)`` after every frame; ``stats``, a list, receives the clock's ClockStats (late
+    frames when ``realtime``)."""
     from ..runtime.clock import FrameClock, run_engine
 
     frame = engine.frame_size
@@ -165,10 +169,14 @@ def run_files(engine, pcm: np.ndarray, realtime: bool = False,
         replies.append(audio)
         if text and on_text:
             on_text(text)
+        if on_frame:
+            on_frame(tick + 1, len(frames))
 
     try:
-        run_engine(engine, source=lambda tick: {slot: frames[tick]}, sink=sink, ticks=len(frames),
-                   clock=FrameClock(frame / engine.sample_rate, realtime=realtime))
+        clock_stats = run_engine(engine, source=lambda tick: {slot: frames[tick]}, sink=sink, ticks=len(frames),
+                                 clock=FrameClock(frame / engine.sample_rate, realtime=realtime))
+        if stats is not None:
+            stats.append(clock_stats)
     finally:
         engine.close(slot)
     return np.concatenate(replies)[: len(pcm)]

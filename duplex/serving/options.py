@@ -31,6 +31,7 @@ class ServerOptions:
     notice_timeout: float = 5.0  # a refused or queued client that does not take a notice within this is dropped
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
+    model_name: str = ""  # what the page and /api/stats say is being served
 
 
 def tls_context(cert: str, key: Optional[str]) -> ssl_module.SSLContext:

@@ -141,7 +141,8 @@ class VoiceServer:
         totals = {name: getattr(self.closed_totals, name) + sum(getattr(s.stats, name) for s in sessions)
                   for name in SESSION_COUNTERS}
         steps = sorted(self.step_ms)
-        return {"slots": self.engine.slots, "sessions": len(sessions), "waiting": self.waiting,
+        return {"model": self.options.model_name, "slots": self.engine.slots, "sessions": len(sessions),
+                "free_slots": self.engine.free_slots, "waiting": self.waiting,
                 "connections": self.connections, "refused": self.refused, "ticks": self.ticks,
                 "deadline_misses": self.misses,
                 "step_ms_p50": float(np.percentile(steps, 50)) if steps else None,

@@ -7,6 +7,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -32,7 +33,7 @@ class SessionStats:
     frames_in: int = 0
     steps: int = 0
     underruns: int = 0  # ticks with no received frame (silence was used)
-    dropped_in: int = 0  # received frames dropped because the client sent faster than real time
+    dropped_in: int = 0  # received frames dropped: the client sent faster than real time, or the server fell behind
     dropped_out: int = 0  # replies dropped because the client did not read them
     bad_messages: int = 0
 
@@ -51,6 +52,7 @@ class Session:
         self._pending = np.zeros(0, dtype=np.float32)
         self._raw_leftover = b""
         self._drop_events = 0
+        self._opened = time.monotonic()  # to tell a client sending too fast from a server stepping too slowly
         # Replies waiting to be sent: (message, droppable). The Ogg/Opus stream's first message (its OpusHead and
         # OpusTags pages) is never dropped: without it a client's decoder cannot start.
         self.outbox: collections.deque = collections.deque()
@@ -150,8 +152,16 @@ class Session:
         self.stats.dropped_in += frames
         self._drop_events += 1
         if worth_logging(self._drop_events):
-            log.warning("session %d: client sends faster than real time, dropped %d frame(s) (%d so far)",
-                        self.slot, frames, self.stats.dropped_in)
+            # Frames the client sent beyond what real time allows since the session opened: more than the buffer
+            # holds, and it is the client; fewer, and the buffer overflowed because the server steps too slowly.
+            ahead = self.stats.frames_in - (time.monotonic() - self._opened) * self.sample_rate / self.frame_size
+            if ahead > self.limits.input_buffer_frames:
+                log.warning("session %d: the client sends faster than real time (%.0f frames ahead), dropped %d "
+                            "input frame(s) (%d so far)", self.slot, ahead, frames, self.stats.dropped_in)
+            else:
+                log.warning("session %d: the server steps slower than real time (late ticks), so its input buffer "
+                            "overflowed: dropped %d input frame(s) (%d so far)", self.slot, frames,
+                            self.stats.dropped_in)
 
     def next_frame(self) -> np.ndarray:
         self.stats.steps += 1

@@ -1,4 +1,4 @@
-"""A training run's folder: what every trainer (the codec's now, the LM's next) needs around its loop.
+"""A training run's folder: what every trainer (the codec's and the LM's) needs around its loop.
 
 * It is never overwritten by accident: a folder that holds a run is refused unless the run is resumed, and
   resuming insists there is one (a forgotten ``--resume`` would lose hours of training).
@@ -93,10 +93,17 @@ class RunFolder:
                 if step >= total:
                     bar.close()
         else:
+            import time
+
+            started = time.monotonic()
+
             def update(step: int, **figures) -> None:
                 if step % every == 0 or step >= total:
                     shown = " ".join(f"{k} {v:.4f}" for k, v in figures.items())
-                    print(f"step {step}: {shown}", file=sys.stderr)
+                    done = step - initial
+                    eta = (time.monotonic() - started) / done * (total - step) if done > 0 else 0.0
+                    print(f"step {step}/{total}: {shown} (ETA {int(eta // 60)} min {int(eta % 60)} s)",
+                          file=sys.stderr)
         return update
 
     # ---------------------------------------------------------------------------------------------- Ctrl-C

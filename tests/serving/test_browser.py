@@ -70,56 +70,170 @@ def devtools_page_url(profile: Path, timeout=20.0) -> str:
         time.sleep(0.1)
 
 
+class Page:
+    """Headless Chromium on a URL, with the fake microphone playing ``wav``; ``tools`` drives it."""
+
+    def __init__(self, url: str, wav: Path, downloads: Path):
+        self.url, self.wav, self.downloads = url, wav, downloads
+
+    async def __aenter__(self):
+        self.profile = Path(tempfile.mkdtemp(prefix="duplex-chromium-"))
+        self.browser = subprocess.Popen(
+            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={self.profile}", "--remote-debugging-port=0", "--use-fake-ui-for-media-stream",
+             "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={self.wav}",
+             "--autoplay-policy=no-user-gesture-required", "--window-size=1000,900", self.url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        loop = asyncio.get_running_loop()
+        page = await loop.run_in_executor(None, devtools_page_url, self.profile)
+        self._ws = await connect(page, max_size=None).__aenter__()
+        self.tools = DevTools(self._ws)
+        for _ in range(200):  # wait for our page (the tab starts on about:blank, also "complete")
+            if await self.tools.evaluate("location.protocol === 'http:' && document.readyState === 'complete'"
+                                         " && !!document.getElementById('toggle')"):
+                break
+            await asyncio.sleep(0.1)
+        await self.tools.call("Page.setDownloadBehavior", behavior="allow", downloadPath=str(self.downloads))
+        return self
+
+    async def __aexit__(self, *exc):
+        await self._ws.__aexit__(*exc)
+        self.browser.terminate()
+        self.browser.wait(10)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+    async def text(self, element_id: str) -> str:
+        return await self.tools.evaluate(f"document.getElementById('{element_id}').textContent")
+
+    async def screenshot(self, path: Path) -> bytes:
+        import base64
+
+        data = base64.b64decode((await self.tools.call("Page.captureScreenshot", format="png"))["data"])
+        path.write_bytes(data)
+        return data
+
+
+STATE = ("({status: document.getElementById('status').textContent,"
+         " received: +document.getElementById('received').textContent,"
+         " text: document.getElementById('transcript').textContent,"
+         " rtt: document.getElementById('rtt').textContent, felt: document.getElementById('felt').textContent,"
+         " inDb: document.getElementById('in-db').textContent, outDb: document.getElementById('out-db').textContent,"
+         " inWidth: document.getElementById('in-fill').style.width,"
+         " model: document.getElementById('model').textContent,"
+         " free: document.getElementById('free').textContent, health: document.getElementById('health').textContent,"
+         " recordable: !document.getElementById('record').disabled})")
+
+
 @pytest.mark.slow
-def test_page_connects_plays_replies_and_shows_text(tmp_path, small_tokenizer_path):
+def test_page_shows_the_conversation_and_downloads_it(tmp_path, small_tokenizer_path):
+    wav = tmp_path / "mic.wav"
+    fake_microphone(wav)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+
+    async def main():
+        engine = make_engine(2, tokenizer=TextTokenizer(small_tokenizer_path))
+        server = VoiceServer(engine, ServerOptions(port=0, model_name="test model"))
+        await server.start()
+        try:
+            async with Page(f"http://127.0.0.1:{server.port}/?audio_topk=50&seed=3", wav, downloads) as page:
+                for _ in range(50):  # the page asks the server for its model and free slots before Start
+                    if await page.text("model") == "test model":
+                        break
+                    await asyncio.sleep(0.1)
+                before = await page.tools.evaluate(STATE)
+                assert await page.tools.evaluate("document.getElementById('audio_topk').value") == "50"
+                await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
+                shots, state = [], {}
+                for i in range(150):
+                    await asyncio.sleep(0.2)
+                    state = await page.tools.evaluate(STATE)
+                    if i in (8, 16):
+                        shots.append(await page.screenshot(tmp_path / f"page{i}.png"))
+                    if (i > 16 and state["received"] >= 25 and state["text"] and state["rtt"] != "-"
+                            and state["felt"] != "-" and "on time" in state["health"] or "late" in state["health"]):
+                        break
+                await page.tools.evaluate("document.getElementById('record').click()", gesture=True)
+                for _ in range(50):
+                    if len(list(downloads.glob("*.wav"))) == 1 and len(list(downloads.glob("*.txt"))) == 1 \
+                            and not list(downloads.glob("*.crdownload")):
+                        break
+                    await asyncio.sleep(0.1)
+                await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
+                await asyncio.sleep(0.3)
+                after_stop = await page.tools.evaluate(STATE)
+                # Start again: the counters and the transcript start afresh (read in the same turn as the click,
+                # before new replies can arrive)
+                restarted = await page.tools.evaluate("document.getElementById('toggle').click(), " + STATE,
+                                                      gesture=True)
+                return before, state, shots, after_stop, restarted, server.stats()
+        finally:
+            await server.stop()
+
+    before, state, shots, after_stop, restarted, stats = asyncio.run(main())
+    assert before["model"] == "test model" and before["free"] == "2 of 2", before
+    assert state["status"].startswith("connected"), state
+    assert state["received"] >= 25, state  # replies came back, one per 80 ms
+    assert state["text"], state  # words appear in the transcript
+    assert state["inDb"] != "-∞" and state["inWidth"] not in ("", "0%"), state  # the input meter moves
+    assert state["outDb"] != "", state
+    assert state["rtt"] != "-" and int(state["rtt"]) < 1000, state  # the page measured the round trip
+    # the latency a person feels: the 80 ms frame and the 80 ms acoustic delay at least, plus the measured rest
+    assert int(state["felt"]) >= 160, state
+    assert state["free"] == "1 of 2" and ("on time" in state["health"] or "late" in state["health"]), state
+    assert shots[0] != shots[1]  # the screenshots differ: meters and the timeline moved
+    recording, = downloads.glob("*.wav")
+    data, rate = sf.read(recording)
+    assert rate == 24000 and data.ndim == 2 and data.shape[1] == 2 and data.shape[0] >= 20 * 1920
+    assert np.abs(data[:, 0]).max() > 0.05  # channel 0: you (the fake microphone's tone)
+    transcript, = downloads.glob("*.txt")
+    assert transcript.read_text().startswith("# seconds")
+    assert after_stop["status"] == "stopped" and after_stop["recordable"], after_stop
+    assert restarted["received"] == 0 and restarted["text"] == "" and restarted["felt"] == "-", restarted
+    assert stats["connections"] >= 1
+
+
+@pytest.mark.slow
+def test_page_says_what_is_wrong(tmp_path, small_tokenizer_path):
+    """A missing token, and a server that goes away mid-conversation, each get a plain message."""
     wav = tmp_path / "mic.wav"
     fake_microphone(wav)
 
     async def main():
-        engine = make_engine(2, tokenizer=TextTokenizer(small_tokenizer_path))
-        server = VoiceServer(engine, ServerOptions(port=0))
+        engine = make_engine(1, tokenizer=TextTokenizer(small_tokenizer_path))
+        server = VoiceServer(engine, ServerOptions(port=0, token="s3cret"))
         await server.start()
-        profile = Path(tempfile.mkdtemp(prefix="duplex-chromium-"))
-        browser = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--remote-debugging-port=0", "--use-fake-ui-for-media-stream",
-             "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
-             "--autoplay-policy=no-user-gesture-required", f"http://127.0.0.1:{server.port}/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stopped = False
         try:
-            loop = asyncio.get_running_loop()
-            page = await loop.run_in_executor(None, devtools_page_url, profile)
-            async with connect(page, max_size=None) as ws:
-                tools = DevTools(ws)
-                for _ in range(200):  # wait for our page (the tab starts on about:blank, also "complete")
-                    if await tools.evaluate("location.protocol === 'http:' && document.readyState === 'complete'"
-                                            " && !!document.getElementById('toggle')"):
+            async with Page(f"http://127.0.0.1:{server.port}/", wav, tmp_path) as page:
+                for _ in range(50):
+                    if "needs a token" in await page.text("warning"):
                         break
                     await asyncio.sleep(0.1)
-                await tools.evaluate("document.getElementById('toggle').click()", gesture=True)
-                state = {}
-                for _ in range(150):
-                    await asyncio.sleep(0.2)
-                    state = await tools.evaluate(
-                        "({status: document.getElementById('status').textContent,"
-                        " received: +document.getElementById('received').textContent,"
-                        " text: document.getElementById('transcript').textContent,"
-                        " rtt: document.getElementById('rtt').textContent})")
-                    if state["received"] >= 25 and state["text"] and state["rtt"] != "-":
+                no_token = await page.text("warning")
+                await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
+                await asyncio.sleep(0.5)
+                refused = await page.text("status")
+            async with Page(f"http://127.0.0.1:{server.port}/?token=s3cret", wav, tmp_path) as page:
+                await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
+                for _ in range(100):
+                    if (await page.text("status")).startswith("connected"):
                         break
-                return state, server.stats()
+                    await asyncio.sleep(0.1)
+                await server.stop()
+                stopped = True
+                for _ in range(50):
+                    if "went away" in await page.text("status"):
+                        break
+                    await asyncio.sleep(0.1)
+                gone = await page.text("status")
+            return no_token, refused, gone
         finally:
-            browser.terminate()
-            browser.wait(10)
-            shutil.rmtree(profile, ignore_errors=True)
-            await server.stop()
+            if not stopped:
+                await server.stop()
 
-    state, stats = asyncio.run(main())
-    assert state["status"].startswith("connected"), state
-    assert state["received"] >= 25, state  # replies came back, one per 80 ms
-    assert state["text"], state  # the transcript shows text pieces
-    assert state["rtt"] != "-" and int(state["rtt"]) < 1000, state  # the page measured the round trip
-    assert stats["connections"] == 1
-    frames_in = sum(s["frames_in"] for s in stats["per_session"].values()) if stats["per_session"] else None
-    assert frames_in is None or frames_in > 0
+    no_token, refused, gone = asyncio.run(main())
+    assert "needs a token" in no_token and "?token=" in no_token, no_token
+    assert "needs a token" in refused, refused
+    assert "the server went away" in gone, gone

@@ -772,3 +772,37 @@ def test_a_refused_client_that_already_left_is_not_an_error(caplog):
         refused = serve(test, slots=1)
     assert refused == 20
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+def test_dropped_input_blames_the_side_that_is_late(caplog, monkeypatch):
+    """A full input buffer is the client's doing when it sent more than real time allows, and the server's when
+    the client kept to real time but the server did not step."""
+    from duplex.serving import session as session_module
+    from duplex.serving.protocol import pcm16_bytes
+    from duplex.serving.server import Session
+
+    now = [1000.0]
+    monkeypatch.setattr(session_module.time, "monotonic", lambda: now[0])
+    frame = message(AUDIO, pcm16_bytes(np.zeros(1920, np.float32)))
+    flood = Session(None, 0, parse_query("/api/chat?format=pcm16"), 1920, 24000, ServerOptions(input_buffer_frames=4))
+    with caplog.at_level("WARNING", logger="duplex.serving.session"):
+        for _ in range(10):  # 10 frames at once: 800 ms of audio in no time
+            flood.receive(frame)
+    assert "the client sends faster than real time" in caplog.text
+    caplog.clear()
+    slow = Session(None, 1, parse_query("/api/chat?format=pcm16"), 1920, 24000, ServerOptions(input_buffer_frames=4))
+    with caplog.at_level("WARNING", logger="duplex.serving.session"):
+        for _ in range(10):  # one frame per 80 ms, and nobody takes them: the server is not stepping
+            now[0] += 0.08
+            slow.receive(frame)
+    assert slow.stats.dropped_in == 6 and "the server steps slower than real time" in caplog.text
+    assert "client sends faster" not in caplog.text
+
+
+def test_the_client_counts_replies_behind_the_pace_of_one_per_frame():
+    from duplex.serving.client import ClientResult
+
+    result = ClientResult(reply_times=[10.0, 10.08, 10.16, 10.40, 10.48])
+    late, worst = result.late_replies()
+    assert late == 2 and worst == pytest.approx(0.16)
+    assert ClientResult().late_replies() == (0, 0.0)

@@ -1,0 +1,193 @@
+"""LM training data: segments of conversations in Kyutai's fine-tuning layout, as [1 + 2 * Q, T] token grids.
+
+A dataset folder holds JSONL manifests of ``{"path", "duration"}`` (``train.jsonl``, ``heldout.jsonl``; relative
+paths resolve against the manifest's folder); beside each stereo WAV (channel 0 the model, channel 1 the user) an
+``{"alignments": [[word, [start, end], "SPEAKER_MAIN"], ...]}`` JSON and the codes ``duplex data encode`` cached
+(``NAME.codes.safetensors``). Rows of a segment: the text stream (``text_stream``), the model's Q codebooks, the
+user's Q; frames past a file's end are -1 (the zero token: zero embedding, no loss), as in Kyutai's code.
+
+Segments, per epoch (the order is a function of the seed and the epoch, so a resumed run sees the same data):
+``consecutive`` cuts each file from its start into segments of T frames and one shorter last one (Kyutai's cut);
+``random`` takes as many crops of T frames as that would give, at uniformly drawn places inside the file, so no
+frame is padding (a file shorter than T is one padded segment either way).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from .encode import codes_path, load_stereo_codes
+from .text_stream import Word, text_stream
+
+SEGMENTS = ("random", "consecutive")
+
+
+class DatasetError(ValueError):
+    """A training dataset that cannot be read as given (the message names the file and the problem)."""
+
+
+@dataclass
+class Conversation:
+    path: Path  # the WAV
+    codes: torch.Tensor  # int16 [2, Q, S]: model, user
+    words: List[Word]  # the model's words, sorted by start
+
+    @property
+    def frames(self) -> int:
+        return self.codes.shape[-1]
+
+
+def read_manifest(path: Path) -> List[Tuple[Path, float]]:
+    """(WAV path, duration) per line of a Kyutai-layout manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: manifest not found")
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            wav, duration = entry["path"], float(entry["duration"])
+        except (ValueError, TypeError, KeyError):
+            raise DatasetError(f"{path}, line {number}: expected {{\"path\": ..., \"duration\": seconds}}") from None
+        if not math.isfinite(duration) or duration <= 0:
+            raise DatasetError(f"{path}, line {number}: duration must be a positive number of seconds")
+        entries.append((path.parent / wav, duration))
+    if not entries:
+        raise DatasetError(f"{path}: the manifest lists no files")
+    return entries
+
+
+def read_alignments(path: Path) -> List[Word]:
+    """The model's words (``SPEAKER_MAIN``) of an alignments JSON, sorted by start; words with start >= end are
+    dropped, as Kyutai's reader drops them."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no alignments file beside the WAV (the model's words with their times)") \
+            from None
+    except ValueError as e:
+        raise DatasetError(f"{path}: not JSON ({e})") from None
+    entries = data.get("alignments") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path}: expected {{\"alignments\": [[word, [start, end], speaker], ...]}}")
+    words = []
+    for i, entry in enumerate(entries):
+        try:
+            word, (start, end), speaker = entry
+            start, end = float(start), float(end)
+        except (ValueError, TypeError):
+            raise DatasetError(f"{path}: alignment {i} is not [word, [start, end], speaker]: {entry!r:.80}") from None
+        if not isinstance(word, str) or not (math.isfinite(start) and math.isfinite(end)):
+            raise DatasetError(f"{path}: alignment {i} has a non-text word or a non-finite time")
+        if speaker == "SPEAKER_MAIN" and start < end:
+            words.append((word, start, end))
+    return sorted(words, key=lambda w: w[1])
+
+
+def load_conversations(manifest: Path, codebooks: int, frame_rate: float,
+                       progress: Optional[Callable[[int, int], None]] = None) -> List[Conversation]:
+    """Every file of ``manifest`` with its cached codes (the first ``codebooks`` of each channel) and words."""
+    entries = read_manifest(manifest)
+    conversations = []
+    for i, (wav, duration) in enumerate(entries):
+        try:
+            codes, meta = load_stereo_codes(codes_path(wav))
+        except Exception as e:
+            raise DatasetError(f"{codes_path(wav)}: {e}; run 'duplex data encode {manifest.parent}'") from None
+        if codes.dim() != 3 or codes.shape[0] != 2:
+            raise DatasetError(f"{codes_path(wav)}: codes of shape {list(codes.shape)}, expected [2, Q, S]")
+        if codes.shape[1] < codebooks:
+            raise DatasetError(f"{codes_path(wav)}: {codes.shape[1]} codebooks per channel, the LM needs "
+                               f"{codebooks}; encode with a codec of at least {codebooks}")
+        if float(meta.get("frame_rate", frame_rate)) != frame_rate:
+            raise DatasetError(f"{codes_path(wav)}: codes at {meta['frame_rate']} Hz, the LM runs at {frame_rate} Hz")
+        # The manifest's duration decides the length, as in Kyutai's reader (never past the codes).
+        frames = min(codes.shape[-1], math.ceil(duration * frame_rate))
+        conversations.append(Conversation(wav, codes[:, :codebooks, :frames].to(torch.int16).contiguous(),
+                                          read_alignments(wav.with_suffix(".json"))))
+        if progress:
+            progress(i + 1, len(entries))
+    return conversations
+
+
+class SegmentSource:
+    """Batches of segments [B, 1 + 2Q, T] from ``conversations``, in an order fixed by ``seed``.
+
+    ``position`` (epoch, index within the epoch) is all the state there is: a run saves it and resumes there."""
+
+    def __init__(self, conversations: Sequence[Conversation], tokenize: Callable[[str], Sequence[int]],
+                 segment_frames: int, frame_rate: float, segments: str = "random", seed: int = 0):
+        if segments not in SEGMENTS:
+            raise ValueError(f"segments must be one of {SEGMENTS}, got {segments!r}")
+        if not conversations:
+            raise DatasetError("the dataset has no conversations")
+        self.conversations, self.tokenize = list(conversations), tokenize
+        self.segment_frames, self.frame_rate, self.segments, self.seed = segment_frames, frame_rate, segments, seed
+        self.position = (0, 0)
+        self._epoch_cache: Tuple[int, List[Tuple[int, int]]] = (-1, [])
+        self._tokens = {}
+
+    def epoch(self, epoch: int) -> List[Tuple[int, int]]:
+        """(conversation, first frame) of every segment of ``epoch``, shuffled."""
+        if self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        t = self.segment_frames
+        items = []
+        for i, conv in enumerate(self.conversations):
+            count = max(1, math.ceil(conv.frames / t))
+            if self.segments == "consecutive" or conv.frames <= t:
+                items += [(i, j * t) for j in range(count)]
+            else:
+                starts = torch.randint(0, conv.frames - t + 1, (count,), generator=g)
+                items += [(i, int(s)) for s in starts]
+        order = torch.randperm(len(items), generator=g).tolist()
+        self._epoch_cache = (epoch, [items[k] for k in order])
+        return self._epoch_cache[1]
+
+    def segment(self, index: int, start: int) -> torch.Tensor:
+        """[1 + 2Q, T] int64 of conversation ``index`` from frame ``start``; -1 past its end."""
+        conv, t = self.conversations[index], self.segment_frames
+        q = conv.codes.shape[1]
+        out = torch.full((1 + 2 * q, t), -1, dtype=torch.long)
+        length = max(0, min(t, conv.frames - start))
+        offset = start / self.frame_rate
+        words = [(w, s - offset, e - offset) for w, s, e in conv.words]
+        out[0, :length] = torch.tensor(text_stream(words, length, self._tokenize), dtype=torch.long)
+        out[1:1 + q, :length] = conv.codes[0, :, start:start + length]
+        out[1 + q:, :length] = conv.codes[1, :, start:start + length]
+        return out
+
+    def _tokenize(self, word: str) -> Sequence[int]:
+        if word not in self._tokens:
+            self._tokens[word] = list(self.tokenize(word))
+        return self._tokens[word]
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        epoch, index = self.position
+        rows = []
+        while len(rows) < batch_size:
+            items = self.epoch(epoch)
+            if index >= len(items):
+                epoch, index = epoch + 1, 0
+                continue
+            rows.append(self.segment(*items[index]))
+            index += 1
+        self.position = (epoch, index)
+        return torch.stack(rows)
+
+    def all_segments(self, batch_size: int):
+        """Every segment of the first epoch's cut, in file order, in batches (held-out evaluation)."""
+        t = self.segment_frames
+        items = [(i, j * t) for i, conv in enumerate(self.conversations)
+                 for j in range(max(1, math.ceil(conv.frames / t)))]
+        for k in range(0, len(items), batch_size):
+            yield torch.stack([self.segment(*item) for item in items[k:k + batch_size]])

@@ -1,0 +1,76 @@
+"""--hf-repo: published models found in a (fake) local Hugging Face cache, never downloaded."""
+
+import json
+
+import pytest
+
+from duplex.cli import main
+from duplex.errors import UsageError
+
+pytest.importorskip("huggingface_hub")
+
+
+def fake_repo(cache, repo, files, revision="0123456789abcdef0123456789abcdef01234567"):
+    """The cache layout huggingface_hub reads: models--owner--name/refs/main and snapshots/REV/FILE."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+    snapshot = folder / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for name, content in files.items():
+        (snapshot / name).write_bytes(content)
+    return snapshot
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def resolve(repo, cache):
+    from duplex.cli.hf_repo import resolve_hf_repo
+
+    return resolve_hf_repo(repo, cache_dir=str(cache))
+
+
+def test_a_legacy_repository_without_config_is_moshi_7b_with_kyutais_file_names(cache):
+    snap = fake_repo(cache, "kyutai/moshiko-pytorch-bf16", {"model.safetensors": b"lm", "tokenizer_spm_32k_3.model":
+                     b"spm", "tokenizer-e351c8d8-checkpoint125.safetensors": b"mimi"})
+    paths = resolve("kyutai/moshiko-pytorch-bf16", cache)
+    assert paths == {"lm": str(snap / "model.safetensors"), "mimi": str(snap /
+                     "tokenizer-e351c8d8-checkpoint125.safetensors"), "tokenizer": str(snap /
+                     "tokenizer_spm_32k_3.model"), "lm_config": None}
+
+
+def test_config_json_names_the_files_also_in_other_repositories(cache):
+    config = {"moshi_name": "model.q8.safetensors", "mimi_name": "hf://kyutai/moshiko-pytorch-bf16/mimi.safetensors",
+              "tokenizer_name": "tok.model", "dim": 4096}
+    snap = fake_repo(cache, "someone/q8", {"config.json": json.dumps(config).encode(), "model.q8.safetensors": b"x",
+                                           "tok.model": b"t"})
+    other = fake_repo(cache, "kyutai/moshiko-pytorch-bf16", {"mimi.safetensors": b"m"})
+    paths = resolve("someone/q8", cache)
+    assert paths["lm"] == str(snap / "model.q8.safetensors") and paths["mimi"] == str(other / "mimi.safetensors")
+    assert paths["lm_config"] == str(snap / "config.json")
+
+
+def test_missing_files_are_named_with_the_download_command(cache):
+    fake_repo(cache, "nvidia/personaplex-7b-v1", {"model.safetensors": b"lm"})
+    with pytest.raises(UsageError) as e:
+        resolve("nvidia/personaplex-7b-v1", cache)
+    message = str(e.value)
+    assert "nvidia/personaplex-7b-v1/tokenizer_spm_32k_3.model" in message
+    assert ("huggingface-cli download nvidia/personaplex-7b-v1 tokenizer-e351c8d8-checkpoint125.safetensors "
+            "tokenizer_spm_32k_3.model config.json") in message
+    with pytest.raises(UsageError, match="expected owner/name"):
+        resolve("moshiko", cache)
+
+
+def test_the_commands_take_hf_repo_and_refuse_it_with_explicit_files(cache, capsys):
+    assert main(["bench", "latency", "--hf-repo", "kyutai/moshika-pytorch-bf16", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "not in the Hugging Face cache" in err and "huggingface-cli download kyutai/moshika-pytorch-bf16" in err
+    assert main(["serve", "--hf-repo", "kyutai/moshika-pytorch-bf16", "--lm", "x.safetensors"]) == 2
+    assert "leave out --lm" in capsys.readouterr().err

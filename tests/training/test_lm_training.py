@@ -1,0 +1,210 @@
+"""``duplex train lm`` on a tiny dataset in Kyutai's layout: the data reader, the loss, the schedule, exact resume,
+fine-tuning with --init, and an export Kyutai's loader reads."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from duplex.cli import main
+from duplex.data.encode import STEREO_CODES_FORMAT, codes_path
+from duplex.data.lm_dataset import DatasetError, SegmentSource, load_conversations, read_alignments
+from duplex.errors import UsageError
+from duplex.model.config import LMConfig
+from duplex.model.lm import LMOutput, MoshiLM
+from duplex.training.lm import LMTrainingOptions, one_cycle_lr, train_lm
+from duplex.training.lm_loss import LossWeights, lm_loss
+
+TINY = {"dim": 32, "num_heads": 2, "num_layers": 2, "context": 40, "text_card": 64, "card": 32,
+        "depformer_dim": 32, "depformer_num_heads": 2, "depformer_num_layers": 1, "depformer_dim_feedforward": 64}
+WORDS = ["hello", "there", "how", "are", "you", "today", "two", "plus", "is", "four"]
+
+
+def write_dataset(folder, tokenizer_path, files=3, seconds=6.0, codebooks=8, card=32, seed=0):
+    """A dataset in Kyutai's fine-tuning layout with codes already cached: the model's words every 0.5 s and
+    codes that follow them (the model's semantic code is the word's index), so there is something to learn."""
+    g = torch.Generator().manual_seed(seed)
+    (folder / "audio").mkdir(parents=True, exist_ok=True)
+    frames = round(seconds * 12.5)
+    for split, count in (("train", files), ("heldout", 1)):
+        lines = []
+        for i in range(count):
+            wav = folder / "audio" / f"{split}{i}.wav"
+            words = [[WORDS[(i + k) % len(WORDS)], [0.5 * k + 0.1, 0.5 * k + 0.4], "SPEAKER_MAIN"]
+                     for k in range(int(seconds / 0.5))]
+            words.append(["ignored", [0.2, 0.3], "SPEAKER_OTHER"])
+            wav.with_suffix(".json").write_text(json.dumps({"alignments": words}))
+            codes = torch.randint(0, card, (2, codebooks, frames), generator=g)
+            for k in range(frames):
+                codes[0, 0, k] = (i + int(k / 6.25)) % card
+            from codec.io.checkpoint import write_safetensors
+
+            write_safetensors({"codes": codes.to(torch.int16)}, codes_path(wav), metadata={
+                "format": STEREO_CODES_FORMAT, "codec": "test", "frame_rate": "12.5"})
+            lines.append(json.dumps({"path": f"audio/{wav.name}", "duration": seconds}))
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    shutil.copyfile(tokenizer_path, folder / "tokenizer.model")
+    (folder / "tiny.json").write_text(json.dumps(TINY))
+    return folder
+
+
+@pytest.fixture
+def dataset(tmp_path, small_tokenizer_path):
+    return write_dataset(tmp_path / "data", small_tokenizer_path)
+
+
+def options(dataset, out, **kw):
+    base = dict(data=str(dataset), out=str(out), config=str(dataset / "tiny.json"), steps=8, batch_size=2,
+                segment_seconds=2.0, lr=3e-3, eval_every=4, save_every=4)
+    return LMTrainingOptions(**{**base, **kw})
+
+
+def test_the_reader_keeps_the_model_words_and_cuts_segments(dataset, small_tokenizer_path):
+    words = read_alignments(dataset / "audio" / "train0.json")
+    assert [w for w, _, _ in words][:3] == ["hello", "there", "how"] and "ignored" not in [w for w, _, _ in words]
+    convs = load_conversations(dataset / "train.jsonl", 8, 12.5)
+    assert len(convs) == 3 and convs[0].codes.shape == (2, 8, 75)
+    from duplex.model.tokenizer import TextTokenizer
+
+    tok = TextTokenizer(small_tokenizer_path)
+    source = SegmentSource(convs, tok.encode, 50, 12.5, "consecutive")
+    assert [start for i, start in sorted(source.epoch(0))] == [0, 50] * 3
+    last = source.segment(0, 50)
+    assert last.shape == (17, 50) and (last[:, 25:] == -1).all() and (last[:, :25] >= 0).all()
+    first = source.segment(0, 0)
+    assert first[0, 0].item() == 0 and first[0, 1].item() == tok.encode("hello")[0]  # EPAD, then the word (0.1 s)
+    assert torch.equal(first[1:9], convs[0].codes[0, :, :50].long())
+    assert torch.equal(first[9:], convs[0].codes[1, :, :50].long())
+
+
+def test_random_segments_lie_inside_the_file_and_repeat_with_the_seed(dataset):
+    convs = load_conversations(dataset / "train.jsonl", 8, 12.5)
+    a = SegmentSource(convs, lambda w: [5], 25, 12.5, "random", seed=3)
+    b = SegmentSource(convs, lambda w: [5], 25, 12.5, "random", seed=3)
+    assert a.epoch(1) == b.epoch(1) and a.epoch(0) != a.epoch(1)
+    assert all(0 <= start <= 75 - 25 for _, start in a.epoch(0)) and len(a.epoch(0)) == 9
+    assert torch.equal(a.next_batch(4), b.next_batch(4)) and a.position == (0, 4)
+
+
+def test_damaged_datasets_are_named(tmp_path, dataset):
+    (tmp_path / "bad.jsonl").write_text('{"path": "x.wav"}\n')
+    with pytest.raises(DatasetError, match="line 1"):
+        load_conversations(tmp_path / "bad.jsonl", 8, 12.5)
+    (dataset / "audio" / "train1.json").write_text('{"alignments": [["w", 1.0, "SPEAKER_MAIN"]]}')
+    with pytest.raises(DatasetError, match="train1.json: alignment 0"):
+        load_conversations(dataset / "train.jsonl", 8, 12.5)
+    codes_path(dataset / "audio" / "train2.wav").unlink()
+    (dataset / "audio" / "train1.json").write_text('{"alignments": []}')
+    with pytest.raises(DatasetError, match="train2.codes.safetensors.*duplex data encode"):
+        load_conversations(dataset / "train.jsonl", 8, 12.5)
+
+
+def test_loss_weights_semantic_and_text_padding():
+    # Two positions, a text PAD target and a word target; the semantic codebook counts 100x.
+    text_logits = torch.zeros(1, 1, 2, 8)
+    text_logits[0, 0, 1, 5] = 2.0  # the word target (5) is likelier than uniform at position 1
+    logits = torch.zeros(1, 2, 2, 4)
+    logits[0, 0, :, 1] = 3.0  # semantic: right; acoustic: uniform
+    out = LMOutput(logits, torch.ones(1, 2, 2, dtype=torch.bool), text_logits, torch.ones(1, 1, 2, dtype=torch.bool))
+    codes = torch.tensor([[[3, 5], [1, 1], [0, 0]]])
+    losses = lm_loss(out, codes, LossWeights())
+    ce_uniform8, ce_word = math.log(8), -math.log(math.exp(2) / (math.exp(2) + 7))
+    assert losses["text"].item() == pytest.approx((0.5 * ce_uniform8 + ce_word) / 1.5, rel=1e-5)
+    ce_sem, ce_uniform4 = -math.log(math.exp(3) / (math.exp(3) + 3)), math.log(4)
+    assert losses["audio"].item() == pytest.approx((200 * ce_sem + 2 * ce_uniform4) / 202, rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(losses["text"].item() + losses["audio"].item())
+
+
+def test_the_schedule_is_one_cycle_cosine():
+    lrs = [one_cycle_lr(s, 100, 1e-3) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-3 / 25) and max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 4
+    assert lrs[-1] == pytest.approx(1e-3 / 25 / 1e4) and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3), 1e-3, total_steps=100, pct_start=0.05,
+        cycle_momentum=False)
+    reference = []
+    for _ in range(100):
+        reference.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx(reference, rel=1e-9)
+
+
+def test_loss_decreases_and_resume_is_exact(dataset, tmp_path):
+    train_lm(options(dataset, tmp_path / "straight", steps=24, eval_every=8, save_every=8), torch.device("cpu"))
+    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 24 and sum(r["loss"] for r in log[-4:]) < sum(r["loss"] for r in log[:4])
+    held = [r["heldout"]["loss"] for r in log if "heldout" in r]
+    assert len(held) == 3 and held[-1] < held[0]
+    for name in ("model.safetensors", "config.json", "tokenizer.model", "loss.png", "lm.safetensors", "trainer.pt",
+                 "best/model.safetensors", "best/config.json", "best/tokenizer.model"):
+        assert (tmp_path / "straight" / name).is_file(), name
+    best = json.loads((tmp_path / "straight" / "best" / "step.json").read_text())
+    assert best["heldout"]["loss"] == min(held) and best["step"] == 8 * (held.index(min(held)) + 1)
+
+    train_lm(options(dataset, tmp_path / "split", steps=24, stop_at=10, eval_every=8, save_every=8),
+             torch.device("cpu"))
+    with pytest.raises(UsageError, match="already holds a training run"):
+        train_lm(options(dataset, tmp_path / "split", steps=24), torch.device("cpu"))
+    train_lm(options(dataset, tmp_path / "split", steps=24, eval_every=8, save_every=8, resume=True),
+             torch.device("cpu"))
+    resumed = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == list(range(1, 25))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in log]
+    a = MoshiLM.from_checkpoint(tmp_path / "straight" / "lm.safetensors", tmp_path / "straight" / "config.json",
+                                dtype=torch.float32).state_dict()
+    b = MoshiLM.from_checkpoint(tmp_path / "split" / "lm.safetensors", tmp_path / "split" / "config.json",
+                                dtype=torch.float32).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_loads_a_checkpoint_and_continues(dataset, tmp_path):
+    train_lm(options(dataset, tmp_path / "first", steps=16), torch.device("cpu"))
+    first = [json.loads(line) for line in (tmp_path / "first" / "log.jsonl").read_text().splitlines()]
+    # fine-tune the export (config.json found beside it), as one would a Moshi 7B file
+    code = main(["train", "lm", "--data", str(dataset), "--out", str(tmp_path / "tuned"), "--init",
+                 str(tmp_path / "first" / "model.safetensors"), "--steps", "4", "--batch-size", "2",
+                 "--segment-seconds", "2", "--lr", "1e-4", "--eval-every", "0", "--device", "cpu"])
+    assert code == 0
+    tuned = [json.loads(line) for line in (tmp_path / "tuned" / "log.jsonl").read_text().splitlines()]
+    fresh = [json.loads(line) for line in (tmp_path / "first" / "log.jsonl").read_text().splitlines()][:4]
+    assert tuned[0]["loss"] < fresh[0]["loss"]  # it starts where the first run ended, not from scratch
+    assert tuned[0]["loss"] < first[0]["loss"]
+    assert LMConfig.load(str(tmp_path / "tuned" / "config.json")) == LMConfig.load(str(tmp_path / "first" /
+                                                                                          "config.json"))
+
+
+def test_a_preset_is_sized_to_the_tokenizer_and_a_fixed_config_must_hold_it(dataset, tmp_path):
+    from duplex.model.tokenizer import TextTokenizer
+
+    pieces = TextTokenizer(dataset / "tokenizer.model").vocab_size
+    small = dict(TINY, text_card=pieces - 1)
+    (dataset / "narrow.json").write_text(json.dumps(small))
+    with pytest.raises(UsageError, match=f"tokenizer has {pieces} pieces"):
+        train_lm(options(dataset, tmp_path / "narrow", config=str(dataset / "narrow.json")), torch.device("cpu"))
+    assert LMConfig.default().validate() is None
+
+
+def test_the_export_loads_strictly_in_kyutais_implementation_with_the_same_greedy_tokens(dataset, tmp_path):
+    loaders = pytest.importorskip("moshi.models.loaders")
+    from moshi.models.lm import LMGen
+
+    train_lm(options(dataset, tmp_path / "run", steps=4, eval_every=0), torch.device("cpu"))
+    folder = tmp_path / "run"
+    config = json.loads((folder / "config.json").read_text())
+    theirs = loaders.get_moshi_lm(str(folder / "model.safetensors"), lm_kwargs=config, device="cpu",
+                                  dtype=torch.float32)
+    ours = MoshiLM.from_checkpoint(folder / "model.safetensors", folder / "config.json", dtype=torch.float32)
+    user = torch.randint(0, TINY["card"], (1, 8, 20), generator=torch.Generator().manual_seed(0))
+    reference = LMGen(theirs, use_sampling=False)
+    expected = []
+    with reference.streaming(1), torch.no_grad():
+        for s in range(20):
+            out = reference.step(user[:, :, s:s + 1])
+            if out is not None:
+                expected.append(out[0, :, 0])
+    gen = ours.generator(1, greedy=True)
+    got = [gen.step(user[:, :, s])[0] for s in range(20)][1:]
+    assert torch.equal(torch.stack(got), torch.stack(expected))
