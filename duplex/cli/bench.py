@@ -129,13 +129,12 @@ def run_bench_lm(args) -> int:
 def run_bench_latency(args) -> int:
     from duplex.bench.latency import MODELS, bench_latency, plot_latency
 
-    from .common import check_model_paths, lm_config
+    from .common import check_model_paths, lm_codec, lm_config
     from .hf_repo import apply_hf_repo
-    from .model_paths import resolve_mimi_checkpoint
 
     apply_hf_repo(args)
     check_model_paths(args)
-    mimi, mimi_config = resolve_mimi_checkpoint(args.mimi, args.mimi_config) if args.lm else (None, None)
+    mimi, mimi_config = lm_codec(args) if args.lm else (None, None)
     if not args.lm and args.model not in MODELS:
         raise UsageError(f"unknown --model {args.model!r}: {', '.join(MODELS)} (the LM presets with random "
                          "weights); or pass --lm")

@@ -96,7 +96,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-repo", metavar="REPO", help="a published model from the local Hugging Face cache (never "
                    "downloaded): kyutai/moshiko-pytorch-bf16, kyutai/moshika-pytorch-bf16, nvidia/personaplex-7b-v1")
     p.add_argument("--lm", metavar="PATH", help="Moshi LM checkpoint (default: the shipped default model)")
-    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm; default: the shipped codec)")
+    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm; default: the shipped codec, for "
+                   "models trained on it)")
     p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece text tokenizer (with --lm; default: "
                    "tokenizer.model beside it)")
     p.add_argument("--lm-config", metavar="JSON", help="config of --lm (default: NAME.json or config.json beside "
@@ -158,6 +159,22 @@ def lm_config(args):
     return args.lm_config or lm_config_beside(args.lm)
 
 
+def lm_codec(args):
+    """(checkpoint, config) of the codec that goes with --lm: --mimi, else the shipped codec, which only a model
+    trained on its codes can use (a duplex-trained LM, whose config is beside it); a Moshi 7B (Kyutai's, or an LM
+    without a config, which loads as one) needs Kyutai's Mimi given with --mimi."""
+    from ..model.config import LMConfig
+    from .model_paths import resolve_mimi_checkpoint
+
+    if not args.mimi:
+        config = lm_config(args)
+        if config is None or LMConfig.load(config).dim >= 1024:
+            raise UsageError(f"--lm {args.lm}: a Moshi 7B needs Kyutai's Mimi: pass --mimi "
+                             "tokenizer-e351c8d8-checkpoint125.safetensors (or use --hf-repo); the shipped codec "
+                             "only suits models trained on its codes")
+    return resolve_mimi_checkpoint(args.mimi, args.mimi_config)
+
+
 def lm_tokenizer(args):
     """--tokenizer, else the ``tokenizer.model`` beside --lm (a ``duplex train lm`` run folder), else None."""
     if args.tokenizer:
@@ -177,9 +194,7 @@ def build_engine(args, slots: int):
     apply_hf_repo(args)
     check_model_paths(args)
     if args.lm:
-        from .model_paths import resolve_mimi_checkpoint
-
-        mimi, mimi_config = resolve_mimi_checkpoint(args.mimi, args.mimi_config)
+        mimi, mimi_config = lm_codec(args)
         return Engine.from_checkpoints(lm=args.lm, mimi=mimi, tokenizer=lm_tokenizer(args), slots=slots,
                                        device=device, dtype=dtype, cuda_graphs=graphs, lm_config=lm_config(args),
                                        mimi_config=mimi_config)

@@ -448,3 +448,12 @@ def test_the_startup_line_gives_the_page_url_with_its_token():
 
     assert browser_url("http", "0.0.0.0", 8998) == "http://localhost:8998/"
     assert browser_url("https", "example.org", 443, "a b&c") == "https://example.org:443/?token=a%20b%26c"
+
+
+def test_a_moshi_lm_without_its_codec_is_refused(tmp_path, capsys):
+    """--lm alone takes the shipped codec, which only suits models trained on it: a Moshi 7B (no config, or a 7B
+    config beside it) must name Kyutai's Mimi."""
+    lm = tmp_path / "model.safetensors"
+    lm.write_bytes(b"")
+    assert main(["bench", "latency", "--lm", str(lm), "--device", "cpu", "--frames", "1"]) == 2
+    assert "a Moshi 7B needs Kyutai's Mimi: pass --mimi" in capsys.readouterr().err
