@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 
 import torch
 
@@ -21,16 +22,46 @@ def load_codec(args) -> Mimi:
                                     device=pick_device(args.device))
 
 
+CHUNK_FRAMES = 250  # streaming runs report progress every 20 s of audio
+LONG_SECONDS = 60.0  # an offline pass over more audio than this says it has started
+
+
+def _progress(what: str, done: int, total: int, frame_rate: float) -> None:
+    """Progress of a long run on a terminal: seconds of audio done out of the total."""
+    if sys.stderr.isatty() and total > CHUNK_FRAMES:
+        print(f"\r[{what} {done / frame_rate:.0f} / {total / frame_rate:.0f} s]", end="" if done < total else "\n",
+              file=sys.stderr, flush=True)
+
+
 def _encode(mimi: Mimi, pcm: torch.Tensor, streaming: bool) -> torch.Tensor:
     x = pcm[None]  # [1, 1, T]
     if not streaming:
+        if x.shape[-1] > LONG_SECONDS * mimi.sample_rate:
+            print(f"encoding {x.shape[-1] / mimi.sample_rate / 60:.1f} min of audio in one pass...", file=sys.stderr)
         return mimi.encode(x)
-    pad = (-x.shape[-1]) % mimi.frame_size
-    return mimi.stream(1).encode(torch.nn.functional.pad(x, (0, pad)))
+    x = torch.nn.functional.pad(x, (0, (-x.shape[-1]) % mimi.frame_size))
+    stream, total = mimi.stream(1), x.shape[-1] // mimi.frame_size
+    codes = []
+    for start in range(0, total, CHUNK_FRAMES):  # the stream carries its state from chunk to chunk
+        end = min(total, start + CHUNK_FRAMES)
+        codes.append(stream.encode(x[..., start * mimi.frame_size:end * mimi.frame_size]))
+        _progress("encoded", end, total, mimi.frame_rate)
+    return torch.cat(codes, dim=-1)
 
 
 def _decode(mimi: Mimi, codes: torch.Tensor, streaming: bool) -> torch.Tensor:
-    return (mimi.stream(1).decode(codes) if streaming else mimi.decode(codes))[0]
+    if not streaming:
+        if codes.shape[-1] > LONG_SECONDS * mimi.frame_rate:
+            print(f"decoding {codes.shape[-1] / mimi.frame_rate / 60:.1f} min of audio in one pass...",
+                  file=sys.stderr)
+        return mimi.decode(codes)[0]
+    stream, total = mimi.stream(1), codes.shape[-1]
+    pcm = []
+    for start in range(0, total, CHUNK_FRAMES):
+        end = min(total, start + CHUNK_FRAMES)
+        pcm.append(stream.decode(codes[..., start:end]))
+        _progress("decoded", end, total, mimi.frame_rate)
+    return torch.cat(pcm, dim=-1)[0]
 
 
 def conversion_note(path: str, sample_rate: int) -> str:
