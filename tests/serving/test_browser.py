@@ -196,7 +196,7 @@ def test_page_shows_the_conversation_and_downloads_it(tmp_path, small_tokenizer_
 
 @pytest.mark.slow
 def test_page_says_what_is_wrong(tmp_path, small_tokenizer_path):
-    """A missing token, and a server that goes away mid-conversation, each get a plain message."""
+    """A missing token, a server that goes away mid-conversation and a full server each get a plain message."""
     wav = tmp_path / "mic.wav"
     fake_microphone(wav)
 
@@ -228,12 +228,29 @@ def test_page_says_what_is_wrong(tmp_path, small_tokenizer_path):
                         break
                     await asyncio.sleep(0.1)
                 gone = await page.text("status")
-            return no_token, refused, gone
+            # a full server: its only slot taken by another client
+            server2 = VoiceServer(make_engine(1, tokenizer=TextTokenizer(small_tokenizer_path)),
+                                  ServerOptions(port=0))
+            await server2.start()
+            try:
+                async with connect(f"ws://127.0.0.1:{server2.port}/api/chat?format=pcm16") as other:
+                    await other.recv()  # its handshake: the slot is taken
+                    async with Page(f"http://127.0.0.1:{server2.port}/", wav, tmp_path) as page:
+                        await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
+                        for _ in range(50):
+                            if "full" in await page.text("status"):
+                                break
+                            await asyncio.sleep(0.1)
+                        full = await page.text("status")
+            finally:
+                await server2.stop()
+            return no_token, refused, gone, full
         finally:
             if not stopped:
                 await server.stop()
 
-    no_token, refused, gone = asyncio.run(main())
+    no_token, refused, gone, full = asyncio.run(main())
     assert "needs a token" in no_token and "?token=" in no_token, no_token
     assert "needs a token" in refused, refused
     assert "the server went away" in gone, gone
+    assert "the server is full" in full, full

@@ -89,13 +89,15 @@ def test_a_slow_engine_catches_up_by_dropping_input():
     assert stats.frames < 25  # it did not try to process every late frame
 
 
-def test_headless_files(tmp_path, speechlike):
+def test_headless_files(tmp_path, speechlike, capsys):
     source = tmp_path / "in.wav"
     sf.write(source, speechlike(1, 5, seed=2)[0, 0].numpy()[:9000], 24000)
     out = tmp_path / "out.wav"
     assert main(["mic", *MODEL, "--input-file", str(source), "--output-file", str(out)]) == 0
     data, rate = sf.read(out)
     assert rate == 24000 and data.shape == (9000,) and np.abs(data[3840:]).max() > 0
+    err = capsys.readouterr().err  # it says what it runs, then what it wrote
+    assert "(0.4 s) through the engine as fast as it goes" in err and f"0.38 s -> {out}" in err
 
 
 def test_missing_sounddevice_is_explained(monkeypatch):
