@@ -8,14 +8,20 @@ import torch
 from .common import non_negative, pick_device, positive, positive_float, weight
 
 
+def _train(options_class, train, args) -> int:
+    """Run ``train(options, device)`` with the options dataclass filled from the parsed arguments of the same
+    names (--threads, if given, is the one process-wide setting a command may make: the user asked for it)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = options_class(**{name: getattr(args, name) for name in options_class.__dataclass_fields__})
+    train(options, pick_device(args.device))
+    return 0
+
+
 def run_train_codec(args) -> int:
     from ..training.codec import CodecTrainingOptions, train_codec
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    fields = CodecTrainingOptions.__dataclass_fields__
-    train_codec(CodecTrainingOptions(**{name: getattr(args, name) for name in fields}), pick_device(args.device))
-    return 0
+    return _train(CodecTrainingOptions, train_codec, args)
 
 
 def run_train_tokenizer(args) -> int:
@@ -34,11 +40,7 @@ def run_train_tokenizer(args) -> int:
 def run_train_lm(args) -> int:
     from ..training.lm import LMTrainingOptions, train_lm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    fields = LMTrainingOptions.__dataclass_fields__
-    train_lm(LMTrainingOptions(**{name: getattr(args, name) for name in fields}), pick_device(args.device))
-    return 0
+    return _train(LMTrainingOptions, train_lm, args)
 
 
 def register(commands) -> None:
