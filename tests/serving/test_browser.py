@@ -118,6 +118,7 @@ STATE = ("({status: document.getElementById('status').textContent,"
          " received: +document.getElementById('received').textContent,"
          " text: document.getElementById('transcript').textContent,"
          " rtt: document.getElementById('rtt').textContent, felt: document.getElementById('felt').textContent,"
+         " feltParts: document.getElementById('felt-parts').textContent,"
          " inDb: document.getElementById('in-db').textContent, outDb: document.getElementById('out-db').textContent,"
          " inWidth: document.getElementById('in-fill').style.width,"
          " model: document.getElementById('model').textContent,"
@@ -179,8 +180,9 @@ def test_page_shows_the_conversation_and_downloads_it(tmp_path, small_tokenizer_
     assert state["inDb"] != "-∞" and state["inWidth"] not in ("", "0%"), state  # the input meter moves
     assert state["outDb"] != "", state
     assert state["rtt"] != "-" and int(state["rtt"]) < 1000, state  # the page measured the round trip
-    # the latency a person feels: the 80 ms frame and the 80 ms acoustic delay at least, plus the measured rest
-    assert int(state["felt"]) >= 160, state
+    # the latency a person feels: the 80 ms frame, half a tick's wait and the 80 ms acoustic delay at least, plus
+    # the measured network, engine step and playback
+    assert int(state["felt"]) >= 200 and "step" in state["feltParts"], state
     assert state["free"] == "1 of 2" and ("on time" in state["health"] or "late" in state["health"]), state
     assert shots[0] != shots[1]  # the screenshots differ: meters and the timeline moved
     recording, = downloads.glob("*.wav")
