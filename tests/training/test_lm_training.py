@@ -132,6 +132,7 @@ def test_the_schedule_is_one_cycle_cosine():
     assert lrs == pytest.approx(reference, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_resume_is_exact(dataset, tmp_path):
     train_lm(options(dataset, tmp_path / "straight", steps=24, eval_every=8, save_every=8), torch.device("cpu"))
     log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
@@ -187,6 +188,7 @@ def test_a_preset_is_sized_to_the_tokenizer_and_a_fixed_config_must_hold_it(data
     assert LMConfig.default().validate() is None
 
 
+@pytest.mark.slow
 def test_the_export_loads_strictly_in_kyutais_implementation_with_the_same_greedy_tokens(dataset, tmp_path):
     loaders = pytest.importorskip("moshi.models.loaders")
     from moshi.models.lm import LMGen
