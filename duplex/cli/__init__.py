@@ -29,7 +29,8 @@ START_HERE = """
 start here:
   duplex serve                      the voice server on the default model: open http://localhost:8998/
   duplex mic                        talk to the default model through this machine's microphone and speakers
-  duplex client demos/hello.wav     send a file to a running server, write its reply
+  duplex client demos/hello.wav reply.wav
+                                    send a file to a running server, write its reply
   duplex COMMAND --help             the options of one command
 """
 
