@@ -159,18 +159,17 @@ def evaluate(mimi, clips: Sequence[np.ndarray], num_codebooks: int = 8,
 
 def plot_spectrograms(mimi, clip: np.ndarray, path: str, num_codebooks: int = 8, seconds: float = 6.0) -> None:
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend is left alone
 
     clip = np.ascontiguousarray(clip[: int(seconds * mimi.sample_rate)], dtype=np.float32)
     with torch.no_grad():
         pcm = torch.from_numpy(clip)[None, None].to(mimi.device)
         recon = mimi.decode(mimi.encode(pcm, num_codebooks))[0, 0, : len(clip)].cpu().numpy()
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+    fig = Figure(figsize=(9, 5))
+    axes = fig.subplots(2, 1, sharex=True)
     panels = ((axes[0], clip, "original"), (axes[1], recon, f"reconstruction, {num_codebooks} codebooks"))
     # Digital silence has zero power (-inf dB): drawn in the colour of the floor of a fixed scale, not left blank.
-    cmap = plt.get_cmap("magma").with_extremes(bad="black", under="black")
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="black", under="black")
     for ax, signal, title in panels:
         with np.errstate(divide="ignore"):
             ax.specgram(signal, NFFT=512, Fs=mimi.sample_rate, noverlap=384, cmap=cmap, vmin=-150)
@@ -179,4 +178,3 @@ def plot_spectrograms(mimi, clip: np.ndarray, path: str, num_codebooks: int = 8,
     axes[1].set_xlabel("s")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

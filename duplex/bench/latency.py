@@ -116,16 +116,14 @@ def plot_latency(report: dict, path: str) -> None:
     """ms per frame against batch size: per-stage stacked bars of the medians (one group per mode), the p99 as a
     black tick above each bar, and the 80 ms deadline. Batch sizes are categories (evenly spaced, labelled with
     their values); the y axis starts at 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend is left alone
 
     stages = ["input", "encode", "temporal", "depth", "decode", "output"]
     modes = sorted({r["mode"] for r in report["runs"]})
     batches = sorted({r["batch_size"] for r in report["runs"]})
     width = 0.8 / len(modes)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
     colors = {stage: f"C{i}" for i, stage in enumerate(stages)}
     for m, mode in enumerate(modes):
         runs = {r["batch_size"]: r for r in report["runs"] if r["mode"] == mode}
@@ -148,4 +146,3 @@ def plot_latency(report: dict, path: str) -> None:
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

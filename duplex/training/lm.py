@@ -125,10 +125,7 @@ def plot_losses(log_path: str, png: str) -> None:
     """Training and held-out losses against steps (text and audio separately)."""
     import json
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend is left alone
 
     records = []
     with open(log_path, encoding="utf-8") as f:
@@ -139,7 +136,8 @@ def plot_losses(log_path: str, png: str) -> None:
                 pass
     if not records:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("text", "audio")):
         steps = [r["step"] for r in records]
         values = [r[key] for r in records]
@@ -158,7 +156,6 @@ def plot_losses(log_path: str, png: str) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=90)
-    plt.close(fig)
 
 
 def train_lm(options: LMTrainingOptions, device: torch.device) -> int:

@@ -25,12 +25,10 @@ def plot_sample(folder: Path, row: dict, path: Path) -> None:
     """One sample's timeline."""
     import json
 
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 2.6))
+    fig = Figure(figsize=(10, 2.6))
+    ax = fig.subplots()
     for lane, (name, segments, color) in enumerate((("user", _segments(folder / "input.wav"), "tab:blue"),
                                                     ("model", _segments(folder / "output.wav"), "tab:orange"))):
         ax.broken_barh([(s, e - s) for s, e in segments], (1 - lane - 0.35, 0.7), color=color, label=f"{name} speech")
@@ -51,18 +49,15 @@ def plot_sample(folder: Path, row: dict, path: Path) -> None:
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_overview(report: dict, path: Path) -> None:
     """TOR per task, and the latency distributions of the tasks that have one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     tasks = list(report["tasks"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8))
+    left, right = fig.subplots(1, 2)
     tor = [report["tasks"][t].get("tor") or 0.0 for t in tasks]
     left.bar(range(len(tasks)), tor, color="tab:purple")
     left.set_xticks(range(len(tasks)), [t.replace("_", "\n") for t in tasks], fontsize=8)
@@ -83,7 +78,6 @@ def plot_overview(report: dict, path: Path) -> None:
     right.set_title("latencies per sample", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_report(root: Path, report: dict, out: Path) -> List[Path]:
