@@ -43,6 +43,18 @@ def run_train_lm(args) -> int:
     return _train(LMTrainingOptions, train_lm, args)
 
 
+def add_run_options(p) -> None:
+    """The options every trainer's run folder takes (``duplex.training.run``): length, seed, resume, cadence."""
+    p.add_argument("--steps", type=positive, default=2000, help="optimiser steps the run is planned for")
+    p.add_argument("--stop-at", type=positive, default=None, metavar="STEP",
+                   help="end this run at STEP (saved; --resume continues), the schedule still planned for --steps")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--save-every", type=positive, default=250, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--eval-every", type=non_negative, default=100, help="held-out losses every N steps (0: never)")
+    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (0: torch's choice)")
+
+
 def register(commands) -> None:
     """``duplex train codec | tokenizer | lm``."""
     train = commands.add_parser("train", help="train models on the synthetic corpus")
@@ -51,7 +63,6 @@ def register(commands) -> None:
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--out", required=True, help="run folder: codec.safetensors, config.json, trainer.pt, log.jsonl")
     p.add_argument("--config", default="small", help="small (default), official, or a config JSON (official layout)")
-    p.add_argument("--steps", type=positive, default=2000, help="optimiser steps the run is planned for")
     p.add_argument("--batch-size", type=positive, default=8, help="crops per step")
     p.add_argument("--segment-seconds", type=positive_float, default=2.0,
                    help="length of each crop, rounded to whole 80 ms frames")
@@ -60,8 +71,6 @@ def register(commands) -> None:
                    help="cosine: decay to 10%% of --lr at --steps (default)")
     p.add_argument("--linear-mel-weight", type=weight, default=0.0,
                    help="weight of an L1 loss on linear mel magnitudes beside the log-mel loss")
-    p.add_argument("--stop-at", type=positive, default=None, metavar="STEP",
-                   help="end this run at STEP (saved; --resume continues), the schedule still planned for --steps")
     p.add_argument("--adversarial-weight", type=weight, default=0.0,
                    help="weight of the multi-period discriminator's hinge loss (0: no discriminator)")
     p.add_argument("--feature-matching-weight", type=weight, default=0.0,
@@ -70,11 +79,7 @@ def register(commands) -> None:
                    help="speech: every training crop contains speech (default); any: uniform crops")
     p.add_argument("--max-codebooks", type=positive, default=8, help="quantizer dropout trains 1..N codebooks")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--save-every", type=positive, default=250, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--eval-every", type=non_negative, default=100, help="held-out losses every N steps (0: never)")
-    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (0: torch's choice)")
+    add_run_options(p)
     p.set_defaults(run=run_train_codec)
     p = train_commands.add_parser("tokenizer", help="a SentencePiece text tokenizer on the corpus transcripts, with "
                                   "Moshi's special ids")
@@ -94,9 +99,6 @@ def register(commands) -> None:
                    "keyword layout (default: 'default', or the config beside --init)")
     p.add_argument("--init", default=None, metavar="CHECKPOINT", help="start from this LM checkpoint (fine-tune): "
                    "a Moshi 7B file, or a model.safetensors this command made")
-    p.add_argument("--steps", type=positive, default=2000, help="optimiser steps the run is planned for")
-    p.add_argument("--stop-at", type=positive, default=None, metavar="STEP",
-                   help="end this run at STEP (saved; --resume continues), the schedule still planned for --steps")
     p.add_argument("--batch-size", type=positive, default=8, help="segments per step")
     p.add_argument("--segment-seconds", type=positive_float, default=10.0, help="segment length (whole frames)")
     p.add_argument("--segments", choices=["random", "consecutive"], default="random",
@@ -111,9 +113,5 @@ def register(commands) -> None:
     p.add_argument("--export-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                    help="dtype of the exported model.safetensors")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--save-every", type=positive, default=250, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--eval-every", type=non_negative, default=100, help="held-out losses every N steps (0: never)")
-    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (0: torch's choice)")
+    add_run_options(p)
     p.set_defaults(run=run_train_lm)

@@ -162,6 +162,7 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     """Train (or resume) the run in ``options.out``; returns the step reached."""
     from codec import CheckpointError
     from codec.io.checkpoint import check_and_load, normalize_keys
+    from codec.io.files import write_json
 
     from ..data.lm_dataset import DatasetError, SegmentSource, load_conversations
     from ..model.lm import MoshiLM
@@ -279,8 +280,6 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
                     best[0] = record["heldout"]["loss"]
                     os.makedirs(run.file(BEST), exist_ok=True)
                     export_model(model, run.file(BEST), tokenizer_path, export_dtype)
-                    from codec.io.files import write_json
-
                     write_json(os.path.join(run.file(BEST), "step.json"), {"step": step, "heldout": record["heldout"]})
             run.log(record)
             progress(step, loss=record["loss"], text=record["text"], audio=record["audio"])

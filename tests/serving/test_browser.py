@@ -106,6 +106,15 @@ class Page:
     async def text(self, element_id: str) -> str:
         return await self.tools.evaluate(f"document.getElementById('{element_id}').textContent")
 
+    async def wait_for_text(self, element_id: str, needle: str, seconds: float = 20.0) -> str:
+        """The element's text once it contains ``needle`` (or whatever it holds after ``seconds``)."""
+        for _ in range(int(seconds / 0.1)):
+            text = await self.text(element_id)
+            if needle in text:
+                return text
+            await asyncio.sleep(0.1)
+        return await self.text(element_id)
+
     async def screenshot(self, path: Path) -> bytes:
         import base64
 
@@ -139,10 +148,7 @@ def test_page_shows_the_conversation_and_downloads_it(tmp_path, small_tokenizer_
         await server.start()
         try:
             async with Page(f"http://127.0.0.1:{server.port}/?audio_topk=50&seed=3", wav, downloads) as page:
-                for _ in range(200):  # the page asks the server for its model and free slots before Start
-                    if await page.text("model") == "test model":
-                        break
-                    await asyncio.sleep(0.1)
+                await page.wait_for_text("model", "test model")  # asked of the server before Start
                 before = await page.tools.evaluate(STATE)
                 assert await page.tools.evaluate("document.getElementById('audio_topk').value") == "50"
                 await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
@@ -209,29 +215,17 @@ def test_page_says_what_is_wrong(tmp_path, small_tokenizer_path):
         stopped = False
         try:
             async with Page(f"http://127.0.0.1:{server.port}/", wav, tmp_path) as page:
-                for _ in range(200):
-                    if "needs a token" in await page.text("warning"):
-                        break
-                    await asyncio.sleep(0.1)
+                await page.wait_for_text("warning", "needs a token")
                 no_token = await page.text("warning")
                 await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
-                for _ in range(200):
-                    if "token" in await page.text("status"):
-                        break
-                    await asyncio.sleep(0.1)
+                await page.wait_for_text("status", "token")
                 refused = await page.text("status")
             async with Page(f"http://127.0.0.1:{server.port}/?token=s3cret", wav, tmp_path) as page:
                 await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
-                for _ in range(200):
-                    if (await page.text("status")).startswith("connected"):
-                        break
-                    await asyncio.sleep(0.1)
+                await page.wait_for_text("status", "connected")
                 await server.stop()
                 stopped = True
-                for _ in range(200):
-                    if "went away" in await page.text("status"):
-                        break
-                    await asyncio.sleep(0.1)
+                await page.wait_for_text("status", "went away")
                 gone = await page.text("status")
             # a full server: its only slot taken by another client
             server2 = VoiceServer(make_engine(1, tokenizer=TextTokenizer(small_tokenizer_path)),
@@ -242,10 +236,7 @@ def test_page_says_what_is_wrong(tmp_path, small_tokenizer_path):
                     await other.recv()  # its handshake: the slot is taken
                     async with Page(f"http://127.0.0.1:{server2.port}/", wav, tmp_path) as page:
                         await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
-                        for _ in range(200):
-                            if "full" in await page.text("status"):
-                                break
-                            await asyncio.sleep(0.1)
+                        await page.wait_for_text("status", "full")
                         full = await page.text("status")
             finally:
                 await server2.stop()
@@ -292,10 +283,7 @@ def test_page_opened_over_plain_http_from_another_machine_says_the_microphone_ne
         try:
             async with Page(f"http://{address}:{server.port}/", wav, tmp_path) as page:
                 await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
-                for _ in range(200):
-                    if "https" in await page.text("status"):
-                        break
-                    await asyncio.sleep(0.1)
+                await page.wait_for_text("status", "https")
                 return await page.text("status"), await page.tools.evaluate("window.isSecureContext")
         finally:
             await server.stop()
