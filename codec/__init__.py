@@ -3,11 +3,12 @@
 Standalone: nothing here imports ``duplex``.
 """
 
-from .io.checkpoint import CheckpointError
-from .config import ConfigError, MimiConfig
+from .config import MimiConfig
+from .errors import AudioError, CheckpointError, CodecError, CodesFileError, ConfigError, DependencyError
 from .model import Mimi
 from .shipped import SHIPPED_CODEC, SHIPPED_CONFIG, load_shipped_codec
 from .stream import MimiStream
 
-__all__ = ["Mimi", "MimiStream", "MimiConfig", "ConfigError", "CheckpointError", "SHIPPED_CODEC", "SHIPPED_CONFIG",
+__all__ = ["Mimi", "MimiStream", "MimiConfig", "CodecError", "ConfigError", "CheckpointError", "AudioError",
+           "CodesFileError", "DependencyError", "SHIPPED_CODEC", "SHIPPED_CONFIG",
            "load_shipped_codec"]

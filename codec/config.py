@@ -14,9 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-
-class ConfigError(ValueError):
-    """A codec configuration that is malformed or asks for something this implementation does not support."""
+from .errors import ConfigError
 
 
 def _strict_fields(cls, data: Mapping[str, Any], where: str) -> dict:

@@ -15,8 +15,9 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .io.checkpoint import check_and_load, normalize_keys, read_tensors
+from .checks import check_codes, check_pcm
 from .config import MimiConfig
+from .io.checkpoint import check_and_load, normalize_keys, read_tensors
 from .modules.conv import StreamingConv1d, StreamingConvTranspose1d
 from .modules.nest import Nest
 from .modules.quantizer import SplitResidualVectorQuantizer
@@ -24,7 +25,6 @@ from .modules.rope import rope_frequencies
 from .modules.seanet import SEANetDecoder, SEANetEncoder
 from .modules.state import State
 from .modules.transformer import MimiTransformer
-from .checks import check_codes, check_pcm
 
 ConfigLike = Union[None, MimiConfig, Mapping[str, Any], str, os.PathLike]
 

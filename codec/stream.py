@@ -10,8 +10,8 @@ from typing import Optional
 
 import torch
 
-from .modules.state import State, as_row_mask, zero_rows
 from .checks import check_codes, check_pcm
+from .modules.state import State, as_row_mask, zero_rows
 
 
 class MimiStream:

@@ -1,22 +1,54 @@
-"""The project's own error classes: what the command line reports as one line (exit status 2). Anything else is a
-programming error and shows its traceback."""
+"""duplex's own error classes, all under one base, ``DuplexError`` (the codec's are under ``codec.CodecError``):
+what the command line reports as one line (exit status 2), because the input, the files or the environment are
+wrong, not the code. Anything else is a programming error and shows its traceback.
+
+This module imports nothing: every package raises these without importing upward, and the torch-free client can
+import it. The classes keep their ``ValueError`` / ``RuntimeError`` parents so that callers catching those still
+work.
+"""
 
 from __future__ import annotations
 
 
-class UsageError(ValueError):
+class DuplexError(Exception):
+    """Base of every error duplex raises on purpose."""
+
+
+class UsageError(DuplexError, ValueError):
     """The user asked for something that cannot be done as asked (missing model file, bad option value)."""
 
 
-def project_errors() -> tuple:
-    """Every error class that means "the input or the request is wrong", not "the code is wrong"."""
-    from codec import CheckpointError, ConfigError
-    from codec.io.audio import AudioError, DependencyError
-    from codec.io.codes import CodesFileError
+class ModelFilesError(UsageError):
+    """The files of a model cannot be found or do not go together (a missing LM, config, codec or tokenizer)."""
 
-    from .bench.turntaking.fdb import FDBError
-    from .model.config import LMConfigError
-    from .model.tokenizer import TokenizerError
 
-    return (UsageError, CheckpointError, ConfigError, AudioError, DependencyError, CodesFileError, LMConfigError,
-            TokenizerError, FDBError)
+class LMConfigError(DuplexError, ValueError):
+    """A language-model configuration that is malformed or asks for an unsupported feature."""
+
+
+class TokenizerError(DuplexError, ValueError):
+    """A tokenizer file that cannot be loaded."""
+
+
+class EngineFull(DuplexError, RuntimeError):
+    """Every slot of an engine is taken."""
+
+
+class DatasetError(DuplexError, ValueError):
+    """A training dataset that cannot be read as given (the message names the file and the problem)."""
+
+
+class EncodeError(DuplexError, ValueError):
+    """A manifest or an audio file that cannot be encoded (the message names it)."""
+
+
+class EspeakError(DuplexError, RuntimeError):
+    """espeak-ng is missing or refused a request."""
+
+
+class ClientError(DuplexError, RuntimeError):
+    """The server refused or ended the session (its message is included)."""
+
+
+class FDBError(DuplexError, ValueError):
+    """A sample folder or file that does not follow Full-Duplex-Bench's layout (the message names the file)."""

@@ -15,17 +15,12 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import AudioError, DependencyError
 from .files import write_atomically
 
 PathLike = Union[str, os.PathLike]
 
 
-class AudioError(ValueError):
-    """An audio file that cannot be read or written, or audio that is not usable."""
-
-
-class DependencyError(ImportError):
-    """A library the codec needs is missing or does not load (the message says which and how to fix it)."""
 
 
 def import_torchaudio():

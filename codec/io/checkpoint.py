@@ -15,10 +15,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or does not match the model it is loaded into."""
-
+from ..errors import CheckpointError
 
 _LEGACY_CODEBOOK = {"inited": "_initialized", "cluster_size": "cluster_usage",
                     "embed_avg": "embedding_sum", "embed_sum": "embedding_sum"}

@@ -7,13 +7,11 @@ import os
 
 import torch
 
+from ..errors import CodesFileError
 from ..model import Mimi
 
 CODES_FORMAT = "duplex-codes/1"
 
-
-class CodesFileError(ValueError):
-    """A codes file that is missing, unreadable, or does not fit its metadata or the codec that is to decode it."""
 
 
 def codec_fingerprint(mimi: Mimi) -> str:

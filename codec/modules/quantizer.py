@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantizerConfig
-from .nest import Nest
 from .linear import fast_linear
+from .nest import Nest
 
 
 class Codebook(nn.Module):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import SEANetConfig
-from .cpu_paths import cpu_fast_path
 from .conv import StreamingConv1d, StreamingConvTranspose1d
+from .cpu_paths import cpu_fast_path
 from .state import State
 
 

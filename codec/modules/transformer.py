@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TransformerConfig
-from .nest import Nest
 from .cpu_paths import cpu_fast_path
 from .linear import fast_linear
+from .nest import Nest
 from .rope import apply_rope, rope_frequencies, rope_tables
 from .state import State, write_state
 

@@ -7,7 +7,6 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-
 # Floor of the log-mel magnitudes (~80 dB below speech at 0.1-0.3 peak): without it, digital silence
 # (log 1e-5) makes any faint output in silent stretches dominate the loss.
 MEL_FLOOR = 1e-2

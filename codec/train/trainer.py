@@ -17,9 +17,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..model import Mimi
 from ..io.checkpoint import check_and_load, read_checkpoint_set, write_checkpoint_set
 from ..io.files import write_json
+from ..model import Mimi
 from ..modules.quantizer import Codebook, ResidualVectorQuantizer
 from .losses import MultiScaleMelLoss
 

@@ -262,8 +262,8 @@ async def health_check(url: str, token: Optional[str] = None, seconds: float = 1
     """What must hold after any traffic: /api/stats answers, no session or waiting client is left within 10 s,
     then a well-behaved client gets one reply per frame it sent, and leaves no session behind. Returns the
     problems found (none: healthy)."""
-    from .serve import client_signal, fetch_stats
     from ..serving.client import converse
+    from .serve import client_signal, fetch_stats
 
     loop = asyncio.get_running_loop()
 

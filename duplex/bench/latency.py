@@ -16,9 +16,9 @@ from codec import Mimi
 from codec.utils.stats import describe_device
 
 from ..model.config import LMConfig
+from ..model.lm import MoshiLM, default_dtype
 from ..runtime.defaults import DEFAULT_SEED, default_models
 from ..runtime.engine import STAGES, Engine, SamplingOptions
-from ..model.lm import MoshiLM, default_dtype
 
 FRAME_MS = 80.0
 ACOUSTIC_DELAY_MS = 80.0

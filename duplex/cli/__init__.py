@@ -9,7 +9,10 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
+from codec.errors import CodecError
+
 from .. import __version__
+from ..errors import DuplexError
 from . import bench, client, codec, data, mic, serve, train
 from .common import Parser
 
@@ -44,11 +47,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["duplex", *argv])  # recorded in benchmark reports
-    from ..errors import project_errors
-
     try:
         return int(args.run(args) or 0)
-    except project_errors() as e:  # a programming error is not one of these: it shows its traceback
+    except (CodecError, DuplexError) as e:  # a programming error is not one of these: it shows its traceback
         if os.environ.get("DUPLEX_DEBUG"):
             raise
         print(f"duplex: error: {e}", file=sys.stderr)

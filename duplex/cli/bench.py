@@ -12,8 +12,16 @@ import torch
 from codec.eval.bench import bench_codec
 
 from ..errors import UsageError
-from .common import (add_bench_options, add_model_options, check_output_path, int_in, non_negative, pick_device,
-                     positive, positive_float)
+from .common import (
+    add_bench_options,
+    add_model_options,
+    check_output_path,
+    int_in,
+    non_negative,
+    pick_device,
+    positive,
+    positive_float,
+)
 
 
 def _check_report_paths(args) -> None:

@@ -8,7 +8,6 @@ import torch
 
 from codec import Mimi
 from codec.io.audio import load_audio, save_audio
-
 from codec.io.codes import load_codes, save_codes
 
 from .common import add_codec_options, check_output_path, pick_device

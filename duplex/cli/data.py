@@ -12,8 +12,8 @@ from .common import add_codec_options, non_negative, positive
 
 
 def run_synth(args) -> int:
-    from ..data.synth.espeak import EspeakError
     from ..data.synth.conversation import DEFAULT_SHARES, SynthOptions, synthesize_corpus
+    from ..data.synth.espeak import EspeakError
 
     shares = dict(DEFAULT_SHARES)
     if args.shares:

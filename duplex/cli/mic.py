@@ -8,8 +8,15 @@ import torch
 
 from ..errors import UsageError
 from ..runtime.clock import freeze_startup_objects
-from .common import (add_model_options, build_engine, check_output_path, list_sound_devices, non_negative,
-                     positive_float, sound_device)
+from .common import (
+    add_model_options,
+    build_engine,
+    check_output_path,
+    list_sound_devices,
+    non_negative,
+    positive_float,
+    sound_device,
+)
 
 
 def run_mic(args) -> int:

@@ -9,7 +9,6 @@ from typing import List
 import numpy as np
 import torch
 
-
 from codec.io.audio import speech_frames
 
 # Conversation channels are mostly silence (the other side is talking); crops centred on speech frames spend the

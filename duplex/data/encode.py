@@ -17,12 +17,11 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
+from ..errors import EncodeError
+
 STEREO_CODES_FORMAT = "duplex-stereo-codes/1"
 SUFFIX = ".codes.safetensors"
 
-
-class EncodeError(ValueError):
-    """A manifest or an audio file that cannot be encoded (the message names it)."""
 
 
 def manifest_entries(folder: Path) -> Iterator[Tuple[Path, float]]:

@@ -22,14 +22,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import DatasetError
 from .encode import codes_path, load_stereo_codes
 from .text_stream import Word, text_stream
 
 SEGMENTS = ("random", "consecutive")
 
-
-class DatasetError(ValueError):
-    """A training dataset that cannot be read as given (the message names the file and the problem)."""
 
 
 @dataclass

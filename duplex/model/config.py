@@ -17,10 +17,7 @@ from typing import Any, ClassVar, Mapping, Optional, Tuple
 
 from codec.config import read_json_config
 
-
-class LMConfigError(ValueError):
-    """A language-model configuration that is malformed or asks for an unsupported feature."""
-
+from ..errors import LMConfigError
 
 # Keys of a repository config.json that are not LMModel arguments (Kyutai's CheckpointInfo pops them).
 REPO_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",

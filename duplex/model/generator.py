@@ -23,9 +23,9 @@ from codec.modules.linear import fast_linear
 from codec.modules.state import as_row_mask, write_state, zero_rows
 from codec.modules.transformer import ring_step_tables
 
+from .checks import check_user_codes
 from .layers import UNGENERATED_TOKEN
 from .sampling import Sampling, check_sampling, exponential_noise, sample, step_key
-from .checks import check_user_codes
 
 
 def new_generator_state(lm, batch: int) -> dict:

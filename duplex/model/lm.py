@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from codec.io.checkpoint import check_and_load, normalize_keys, read_tensors
-from codec.modules.nest import Nest
 from codec.modules.linear import fast_linear, use_wide_weight_layout
+from codec.modules.nest import Nest
 from codec.modules.rope import rope_frequencies, rope_tables
 
 from .config import LMConfig

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 from typing import Iterable, List, Optional, Union
 
+from ..errors import TokenizerError
+
 PAD_ID = 3
 END_OF_PAD_ID = 0
 _WORD_START = "\u2581"
 
-
-class TokenizerError(ValueError):
-    """A tokenizer file that cannot be loaded."""
 
 
 class TextTokenizer:

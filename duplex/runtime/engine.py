@@ -27,20 +27,18 @@ import torch
 from codec import Mimi
 from codec.modules.state import zero_row
 
+from ..errors import EngineFull
 from ..model.generator import depth_step, new_generator_state, new_scratch, temporal_step
 from ..model.lm import MoshiLM, default_dtype
 from ..model.sampling import Sampling
-from .profiling import StageTimer
 from ..model.tokenizer import TextTokenizer
+from .profiling import StageTimer
 
 log = logging.getLogger("duplex.runtime.engine")
 
 STAGES = ("input", "encode", "temporal", "depth", "decode", "output")
 GRAPH_ENV = "DUPLEX_NO_CUDA_GRAPHS"
 
-
-class EngineFull(RuntimeError):
-    """Every slot is taken."""
 
 
 @dataclass

@@ -12,17 +12,15 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
-from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
+from ..errors import ClientError
 from .protocol import AUDIO, ERROR, HANDSHAKE, TEXT, message, pcm16_bytes, pcm16_samples
 
 FRAME, RATE = 1920, 24000
 
-
-class ClientError(RuntimeError):
-    """The server refused or ended the session (its message is included)."""
 
 
 @dataclass

@@ -14,8 +14,19 @@ from typing import List, Optional
 import numpy as np
 
 from .options import ServerOptions
-from .protocol import (AUDIO, CONTROL, KIND_NAMES, PING, OggPage, OggPageReader, SessionOptions, message,
-                       pcm16_bytes, pcm16_samples, text_message)
+from .protocol import (
+    AUDIO,
+    CONTROL,
+    KIND_NAMES,
+    PING,
+    OggPage,
+    OggPageReader,
+    SessionOptions,
+    message,
+    pcm16_bytes,
+    pcm16_samples,
+    text_message,
+)
 
 log = logging.getLogger("duplex.serving.server")
 

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+
 from ..errors import UsageError
 
 LOG = "log.jsonl"

@@ -145,8 +145,9 @@ def test_vad_timing_on_speech(tmp_path):
         synth = espeak.Synthesizer()
     except espeak.EspeakError:
         pytest.skip("needs espeak-ng")
-    from codec.io.audio import resample
     import torch
+
+    from codec.io.audio import resample
 
     def say(text):
         s = synth.speak(text, voice="en-us")

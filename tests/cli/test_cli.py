@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG
 from safetensors import safe_open
 
 from duplex.cli import main
-from helpers import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG
 
 CODEC = ["--checkpoint", str(MIMI_SMALL), "--config", str(MIMI_SMALL_CONFIG), "--device", "cpu"]
 

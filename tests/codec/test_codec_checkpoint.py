@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from helpers import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG
 from safetensors.torch import load_file, save_file
 
 from codec import CheckpointError, ConfigError, Mimi, MimiConfig
-from helpers import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG
 
 
 # ------------------------------------------------------------------------------------------------- config

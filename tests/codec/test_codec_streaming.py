@@ -4,11 +4,10 @@ import copy
 
 import pytest
 import torch
+from helpers import MIMI_SMALL_CONFIG
 
 from codec import Mimi, MimiConfig
 from codec.modules.transformer import MimiTransformer
-
-from helpers import MIMI_SMALL_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import warnings
 
 import pytest
 import torch
+from helpers import MIMI_SMALL_CONFIG
 
 from codec import Mimi
 from codec.modules.quantizer import Codebook
 from codec.train.trainer import CodecTrainer, TrainConfig, _ema_update
-from helpers import MIMI_SMALL_CONFIG
 
 
 def tiny_codec(seed=0):
@@ -370,8 +370,12 @@ def test_training_init_makes_the_output_depend_on_the_input():
 
 
 def test_multi_period_discriminator_shapes_and_losses():
-    from codec.train.discriminator import (MultiPeriodDiscriminator, discriminator_loss, feature_matching_loss,
-                                     generator_loss)
+    from codec.train.discriminator import (
+        MultiPeriodDiscriminator,
+        discriminator_loss,
+        feature_matching_loss,
+        generator_loss,
+    )
 
     torch.manual_seed(0)
     d = MultiPeriodDiscriminator().requires_grad_(False)

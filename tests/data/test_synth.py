@@ -327,9 +327,8 @@ def test_reply_gaps_are_like_peoples(corpus):
 
 @pytest.mark.slow
 def test_encode_caches_both_channels_and_resumes(corpus, capsys):
-    from helpers import MIMI_SMALL, MIMI_SMALL_CONFIG
-
     import torch
+    from helpers import MIMI_SMALL, MIMI_SMALL_CONFIG
 
     from codec import Mimi
     from duplex.data.encode import codes_path, load_stereo_codes

@@ -1,11 +1,11 @@
 """The CPU inference weight layout: wide weights re-laid column-major in place, same values, same results."""
 
 import torch
+from helpers import LM_SMALL, LM_SMALL_CONFIG
 from safetensors.torch import load_file, save_file
 
 from codec.modules.linear import fast_linear, use_wide_weight_layout
 from duplex.model.lm import MoshiLM
-from helpers import LM_SMALL, LM_SMALL_CONFIG
 
 
 def _column_major(w: torch.Tensor) -> bool:
@@ -65,9 +65,10 @@ def test_lm_generator_switches_layout_and_results_do_not_change(lm_io, tmp_path)
 def test_an_engine_leaves_the_lm_saveable_and_the_codec_as_it_was(tmp_path):
     """Building an engine prepares the LM for inference (documented) but leaves state_dict() saveable, and it
     does not change the caller's codec (its codebook count is the engine's own)."""
+    from helpers import MIMI_SMALL, MIMI_SMALL_CONFIG
+
     from codec import Mimi
     from duplex.runtime.engine import Engine
-    from helpers import MIMI_SMALL, MIMI_SMALL_CONFIG
 
     lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
     mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG, num_codebooks=3)

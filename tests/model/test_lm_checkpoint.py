@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL
 from safetensors.torch import load_file, save_file
 
 from codec import CheckpointError
 from duplex.model.config import LMConfig, LMConfigError
 from duplex.model.lm import MoshiLM
-from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL
 
 
 def test_7b_preset_is_the_published_config():

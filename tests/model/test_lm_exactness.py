@@ -75,8 +75,9 @@ def test_inactive_slots_do_not_advance(small_lm, lm_io):
 
 def test_bfloat16_generation_runs(lm_io):
     """The default load dtype (bf16, as the published 7B) generates valid tokens; exactness is an fp32 property."""
-    from duplex.model.lm import MoshiLM
     from helpers import LM_SMALL, LM_SMALL_CONFIG
+
+    from duplex.model.lm import MoshiLM
 
     lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG)
     assert lm.dtype == torch.bfloat16

@@ -4,6 +4,7 @@ import pytest
 
 from duplex.model.tokenizer import TextTokenizer, TokenizerError
 
+
 @pytest.fixture(scope="module")
 def tokenizer(small_tokenizer_path):
     return TextTokenizer(small_tokenizer_path)

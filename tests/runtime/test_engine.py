@@ -1,11 +1,11 @@
 """The frame-locked engine on the small reference models (the LM and codec share a 64-entry vocabulary)."""
 
+import helpers
 import numpy as np
 import pytest
 import torch
 
 from duplex.runtime.engine import Engine, EngineFull
-import helpers
 
 
 def make_engine(slots=4, greedy=True, **kwargs):
@@ -237,7 +237,7 @@ def test_default_engine_builds_without_downloads_and_runs():
     assert (cfg.dim, cfg.num_layers, cfg.depformer_dim, cfg.context) == (256, 6, 128, 100)
     assert cfg.text_card == eng.tokenizer.vocab_size
     assert eng.mimi.num_codebooks == 8 and eng.mimi.cardinality == eng.lm.config.card == 2048
-    from codec import MimiConfig, SHIPPED_CONFIG
+    from codec import SHIPPED_CONFIG, MimiConfig
     assert eng.mimi.config == MimiConfig.load(SHIPPED_CONFIG)  # the codec duplex trained and ships
     slot = eng.open(seed=0)
     z = np.zeros(1920, np.float32)

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import make_engine
 from websockets.asyncio.client import connect
 
-from duplex.serving.server import ServerOptions, VoiceServer
 from duplex.model.tokenizer import TextTokenizer
-from helpers import make_engine
+from duplex.serving.server import ServerOptions, VoiceServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt install chromium)")

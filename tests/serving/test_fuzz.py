@@ -1,9 +1,9 @@
 """Seeded, bounded hostile traffic against the server, with a health check after each family of messages."""
 
 import pytest
+from helpers import serve
 
 from duplex.bench.fuzz import FAMILIES, LogWatcher, fuzz
-from helpers import serve
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ kyutai_client = pytest.importorskip("moshi.client")
 pytest.importorskip("aiohttp")
 
 from helpers import make_engine  # noqa: E402
+
 from duplex.serving.server import ServerOptions, VoiceServer  # noqa: E402
 
 

@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-
-from duplex.serving import mic
-from duplex.cli import main
 from helpers import SMALL_MODEL_ARGS, make_engine
+
+from duplex.cli import main
+from duplex.serving import mic
 
 MODEL = SMALL_MODEL_ARGS
 

@@ -9,16 +9,15 @@ import urllib.request
 
 import numpy as np
 import pytest
+from helpers import serve, speech
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from duplex.serving.client import converse
-from duplex.runtime.engine import EngineFull
-from duplex.serving.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, message
-from duplex.serving.protocol import parse_query
-from duplex.serving.server import ServerOptions, VoiceServer
 from duplex.model.tokenizer import TextTokenizer
-from helpers import serve, speech
+from duplex.runtime.engine import EngineFull
+from duplex.serving.client import converse
+from duplex.serving.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, message, parse_query
+from duplex.serving.server import ServerOptions, VoiceServer
 
 
 async def handshake(ws):
@@ -649,7 +648,6 @@ def test_an_opus_bomb_decodes_no_more_than_the_input_buffer_holds():
     The session decodes only the newest 800 ms it can buffer; the rest is counted as dropped, and the message
     costs the read budget all 48 s."""
     from duplex.bench.fuzz import opus_bomb, opus_headers
-
     from duplex.serving.server import Session
 
     session = Session(None, 0, parse_query("/api/chat"), 1920, 24000, ServerOptions())

@@ -59,8 +59,9 @@ def test_fit_saves_a_whole_step_when_asked_to_stop(small_mimi):
 
 
 def test_a_checkpoint_set_is_saved_whole_and_a_save_cut_short_is_named(tmp_path):
-    from codec import CheckpointError
     from safetensors.torch import save_file
+
+    from codec import CheckpointError
 
     run = RunFolder(str(tmp_path), resume=False)
     weights = {"w": torch.arange(6.0).reshape(2, 3)}

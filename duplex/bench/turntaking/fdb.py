@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional
 
+from ...errors import FDBError
+
 PAUSE, TURN, INTERRUPTION, BACKCHANNEL = "pause_handling", "smooth_turn_taking", "user_interruption", "backchannel"
 TASKS = (PAUSE, TURN, INTERRUPTION, BACKCHANNEL)
 ANNOTATIONS = {PAUSE: "pause.json", TURN: "turn_taking.json", INTERRUPTION: "interrupt.json"}
 
-
-class FDBError(ValueError):
-    """A sample folder or file that does not follow FDB's layout (the message names the file)."""
 
 
 @dataclass(frozen=True)

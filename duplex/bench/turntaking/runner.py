@@ -59,9 +59,9 @@ def run_samples(engine, root: Path, out: Path, seed: int = 0,
                 progress: Optional[Callable[[int, int, float, float], None]] = None) -> dict:
     """Run every sample under ``root`` into ``out``; returns {"samples", "audio_seconds", "wall_seconds"}.
     ``progress(done, total, audio_seconds_done, audio_seconds_total, wall_seconds)``."""
-    from codec.io.audio import load_audio, resample, save_audio
-
     import torch
+
+    from codec.io.audio import load_audio, resample, save_audio
 
     from .vad import seconds_of
 

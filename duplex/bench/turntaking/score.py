@@ -15,8 +15,19 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import metrics
-from .fdb import (ANNOTATIONS, BACKCHANNEL, INTERRUPTION, PAUSE, TASKS, TURN, FDBError, annotation_time, find_samples,
-                  read_chunks, task_of)
+from .fdb import (
+    ANNOTATIONS,
+    BACKCHANNEL,
+    INTERRUPTION,
+    PAUSE,
+    TASKS,
+    TURN,
+    FDBError,
+    annotation_time,
+    find_samples,
+    read_chunks,
+    task_of,
+)
 
 FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency", "answer_correct")
 ALWAYS = ("tor", "latency", "stop_latency", "response_latency")  # in every task's and sample's figures (or null)

@@ -16,6 +16,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from ...errors import EspeakError
+
 _OUTPUT_SYNCHRONOUS = 2
 _EVENT_LIST_TERMINATED, _EVENT_WORD = 0, 1
 _POS_CHARACTER = 1
@@ -23,9 +25,6 @@ _CHARS_UTF8 = 1
 _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
 _PUNCTUATION = " ,.?!;:\""
 
-
-class EspeakError(RuntimeError):
-    """espeak-ng is missing or refused a request."""
 
 
 class _Event(ctypes.Structure):
