@@ -25,6 +25,7 @@ from .modules.rope import rope_frequencies
 from .modules.seanet import SEANetDecoder, SEANetEncoder
 from .modules.state import State
 from .modules.transformer import MimiTransformer
+from .stream import MimiStream
 
 ConfigLike = Union[None, MimiConfig, Mapping[str, Any], str, os.PathLike]
 
@@ -228,5 +229,4 @@ class Mimi(nn.Module):
     def stream(self, batch_size: int, num_codebooks: Optional[int] = None) -> "MimiStream":  # noqa: F821
         """A new, independent streaming state with ``batch_size`` slots, encoding ``num_codebooks`` codebooks
         (default: the model's count when the stream is made)."""
-        from .stream import MimiStream
         return MimiStream(self, batch_size, self._codebooks(num_codebooks))

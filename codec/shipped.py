@@ -11,6 +11,8 @@ from typing import Union
 
 import torch
 
+from .io.checkpoint import write_safetensors
+from .io.files import write_json
 from .model import Mimi
 from .modules.quantizer import Codebook
 
@@ -31,9 +33,6 @@ def export_for_inference(mimi: Mimi, path: str, dtype: torch.dtype = torch.float
     """Write ``mimi`` as an inference file in ``dtype`` (official key layout) plus its config next to it
     (``path`` with ``.json``). The codebooks are stored as their centroids with a usage of 1: the EMA sums and
     counts of training can be tiny numbers that half precision would round, their quotient is not."""
-    from .io.checkpoint import write_safetensors
-    from .io.files import write_json
-
     state = {key: value.detach().cpu() for key, value in mimi.state_dict().items()}
     for prefix, codebook in _codebooks(mimi):
         state[f"{prefix}.embedding_sum"] = codebook.centroids.detach().cpu().clone()

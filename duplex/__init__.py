@@ -1,5 +1,7 @@
 """duplex: a full-duplex real-time speech dialogue engine compatible with Kyutai's Moshi and Mimi."""
 
+import importlib
+
 __version__ = "0.1.0"
 
 # The public names are imported on first use, so that light modules (the client, the protocol) load without torch:
@@ -13,8 +15,6 @@ __all__ = [*_EXPORTS, "__version__"]
 
 def __getattr__(name):
     if name in _EXPORTS:
-        import importlib
-
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value

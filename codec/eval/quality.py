@@ -7,9 +7,14 @@ import math
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import pystoi
 import torch
 
-from ..io.audio import speech_frames
+from ..io.audio import import_torchaudio, speech_frames
+
+# Floor of the log-mel magnitudes (~80 dB below speech at 0.1-0.3 peak): without it, digital silence (log 1e-5)
+# makes any faint output in silent stretches dominate a mel distance (this measure and the training loss).
+MEL_FLOOR = 1e-2
 
 
 def si_snr(estimate: np.ndarray, reference: np.ndarray, eps: float = 1e-8) -> float:
@@ -24,9 +29,6 @@ def si_snr(estimate: np.ndarray, reference: np.ndarray, eps: float = 1e-8) -> fl
 def mel_distance(estimate: np.ndarray, reference: np.ndarray, sample_rate: int = 24000) -> float:
     """Mean absolute difference of log-mel magnitudes (80 mels, 1024-point FFT, hop 256; floor 1e-2, ~80 dB below
     speech, so digital silence does not dominate)."""
-    from ..io.audio import import_torchaudio
-    from ..train.losses import MEL_FLOOR
-
     torchaudio = import_torchaudio()
     mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=256, n_mels=80, power=1.0)
     a = torch.log(mel(torch.from_numpy(estimate).float()) + MEL_FLOOR)
@@ -35,9 +37,7 @@ def mel_distance(estimate: np.ndarray, reference: np.ndarray, sample_rate: int =
 
 
 def stoi(estimate: np.ndarray, reference: np.ndarray, sample_rate: int = 24000) -> float:
-    from pystoi import stoi as _stoi
-
-    return float(_stoi(reference, estimate, sample_rate, extended=False))
+    return float(pystoi.stoi(reference, estimate, sample_rate, extended=False))
 
 
 def perplexity(codes: torch.Tensor, bins: int) -> List[float]:
@@ -158,8 +158,8 @@ def evaluate(mimi, clips: Sequence[np.ndarray], num_codebooks: int = 8,
 
 
 def plot_spectrograms(mimi, clip: np.ndarray, path: str, num_codebooks: int = 8, seconds: float = 6.0) -> None:
-    import matplotlib
-    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend is left alone
+    import matplotlib  # noqa: PLC0415  (slow to import; only the plot needs it)
+    from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: the process's backend is left alone)
 
     clip = np.ascontiguousarray(clip[: int(seconds * mimi.sample_rate)], dtype=np.float32)
     with torch.no_grad():

@@ -13,6 +13,7 @@ import os
 from typing import Optional, Tuple, Union
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from ..errors import AudioError, DependencyError
@@ -48,8 +49,6 @@ def import_torchaudio():
 
 def read_audio(path: PathLike) -> Tuple[torch.Tensor, int]:
     """(float32 [channels, samples] in [-1, 1], sample rate) of any file libsndfile reads."""
-    import soundfile as sf
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AudioError(f"audio file not found: {path}")
@@ -128,8 +127,6 @@ def save_audio(path: PathLike, pcm: torch.Tensor, sample_rate: int = 24000, subt
     """Write float audio ([samples] or [channels, samples]) clipped to [-1, 1]; the format follows the file
     extension (WAV and FLAC default to 16-bit PCM, OGG to Vorbis). The file is written beside ``path`` and
     renamed into place, so an interrupted write never leaves half a file."""
-    import soundfile as sf
-
     pcm = pcm.detach().float().cpu()
     if pcm.dim() == 1:
         pcm = pcm[None]

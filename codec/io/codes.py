@@ -3,40 +3,40 @@ sample and frame rates, the original length, a fingerprint of the codec's config
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import torch
+from safetensors import safe_open
 
+from ..config import MimiConfig
 from ..errors import CodesFileError
-from ..model import Mimi
+from .checkpoint import write_safetensors
 
 CODES_FORMAT = "duplex-codes/1"
 
 
-
-def codec_fingerprint(mimi: Mimi) -> str:
+def codec_fingerprint(config: MimiConfig) -> str:
     """Names the codec's configuration (not its weights): codes from a codec of another shape are refused."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(mimi.config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_codes(path: str, codes: torch.Tensor, mimi: Mimi, num_samples: int) -> None:
-    from .checkpoint import write_safetensors
+def save_codes(path: str, codes: torch.Tensor, config: MimiConfig, num_samples: int) -> None:
+    """Write ``codes`` [1, K, S] made by a codec of ``config`` from ``num_samples`` samples of audio.
 
+    Only the codec's configuration is needed (its rates and fingerprint), not the model: the I/O layer stays below
+    the model."""
     # Codes are < 2048 (< 32768 for any codec we load), so int16 storage is exact and 4x smaller than int64.
     write_safetensors({"codes": codes.to(torch.int16).contiguous().cpu()}, path, metadata={
-        "format": CODES_FORMAT, "sample_rate": str(mimi.sample_rate), "frame_rate": str(mimi.frame_rate),
-        "num_samples": str(num_samples), "num_codebooks": str(codes.shape[1]), "codec": codec_fingerprint(mimi)})
+        "format": CODES_FORMAT, "sample_rate": str(config.sample_rate), "frame_rate": str(config.frame_rate),
+        "num_samples": str(num_samples), "num_codebooks": str(codes.shape[1]), "codec": codec_fingerprint(config)})
 
 
-def load_codes(path: str, mimi: Mimi):
-    """(codes int64 [1, K, S], number of samples of the original audio or None), checked against ``mimi``, the
-    codec that is to decode them: an integer tensor of one item, and metadata (written by ``save_codes``) that
-    matches the codes and the codec."""
-    from safetensors import safe_open
-
+def load_codes(path: str, config: MimiConfig):
+    """(codes int64 [1, K, S], number of samples of the original audio or None), checked against ``config``, the
+    configuration of the codec that is to decode them: an integer tensor of one item, and metadata (written by
+    ``save_codes``) that matches the codes and the codec."""
     if not os.path.exists(path):
         raise CodesFileError(f"codes file not found: {path}")
     try:
@@ -67,18 +67,18 @@ def load_codes(path: str, mimi: Mimi):
 
     if field("format") not in (None, CODES_FORMAT):
         raise CodesFileError(f"{path}: metadata format={metadata['format']!r}, expected {CODES_FORMAT!r}")
-    for name, expected in (("sample_rate", mimi.sample_rate), ("frame_rate", mimi.frame_rate)):
+    for name, expected in (("sample_rate", config.sample_rate), ("frame_rate", config.frame_rate)):
         value = field(name, float)
         if value is not None and value != expected:
             raise CodesFileError(f"{path}: encoded at {name}={metadata[name]}, but this codec has {expected:g}: decode "
                              "it with the codec that encoded it")
     fingerprint = field("codec")
-    if fingerprint is not None and fingerprint != codec_fingerprint(mimi):
+    if fingerprint is not None and fingerprint != codec_fingerprint(config):
         raise CodesFileError(f"{path} was encoded by a codec of another configuration: decode it with the codec "
-                         "that encoded it (--checkpoint, --config)")
+                         "that encoded it (its checkpoint and config)")
     frames = codes.shape[-1]
     num_samples = field("num_samples", int)
-    if num_samples is not None and not (frames - 1) * mimi.frame_size < num_samples <= frames * mimi.frame_size:
+    if num_samples is not None and not (frames - 1) * config.frame_size < num_samples <= frames * config.frame_size:
         raise CodesFileError(f"{path}: metadata num_samples={num_samples} does not fit {frames} frames (audio of "
-                         f"{(frames - 1) * mimi.frame_size + 1} to {frames * mimi.frame_size} samples)")
+                         f"{(frames - 1) * config.frame_size + 1} to {frames * config.frame_size} samples)")
     return codes.long(), num_samples

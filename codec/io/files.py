@@ -3,6 +3,7 @@ file beside the target, which is then renamed over it (a rename within one folde
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Union
 
@@ -46,8 +47,6 @@ def umask() -> int:
 
 def write_json(path: str, data: dict) -> None:
     """A JSON file (a config), written atomically."""
-    import json
-
     def write(temporary: str) -> None:
         with open(temporary, "w", encoding="utf-8") as out:
             json.dump(data, out, indent=1)

@@ -7,9 +7,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-# Floor of the log-mel magnitudes (~80 dB below speech at 0.1-0.3 peak): without it, digital silence
-# (log 1e-5) makes any faint output in silent stretches dominate the loss.
-MEL_FLOOR = 1e-2
+from ..eval.quality import MEL_FLOOR
+from ..io.audio import import_torchaudio
 
 
 class MultiScaleMelLoss(torch.nn.Module):
@@ -17,8 +16,6 @@ class MultiScaleMelLoss(torch.nn.Module):
 
     def __init__(self, sample_rate: int, scales: List[int], n_mels: int = 64):
         super().__init__()
-        from ..io.audio import import_torchaudio
-
         torchaudio = import_torchaudio()
         self.transforms = torch.nn.ModuleList([
             torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n, hop_length=n // 4, n_mels=min(n_mels, n // 8),

@@ -21,6 +21,7 @@ from ..io.checkpoint import check_and_load, read_checkpoint_set, write_checkpoin
 from ..io.files import write_json
 from ..model import Mimi
 from ..modules.quantizer import Codebook, ResidualVectorQuantizer
+from .discriminator import MultiPeriodDiscriminator, discriminator_loss, feature_matching_loss, generator_loss
 from .losses import MultiScaleMelLoss
 
 
@@ -213,8 +214,6 @@ class CodecTrainer:
         self.step = 0
         self.discriminator = self.discriminator_optimizer = None
         if self.cfg.adversarial:
-            from .discriminator import MultiPeriodDiscriminator
-
             self.discriminator = MultiPeriodDiscriminator().to(mimi.device)
             self.discriminator_optimizer = torch.optim.AdamW(self.discriminator.parameters(),
                                                              lr=self.cfg.discriminator_lr, betas=self.cfg.betas)
@@ -250,8 +249,6 @@ class CodecTrainer:
     def _adversarial_terms(self, estimate: torch.Tensor, pcm: torch.Tensor) -> Dict[str, torch.Tensor]:
         """One discriminator update on (real, decoded), then the generator's adversarial and feature-matching
         terms against the updated discriminator (gradients flow into the codec only through ``estimate``)."""
-        from .discriminator import discriminator_loss, feature_matching_loss, generator_loss
-
         d = self.discriminator
         d_loss = discriminator_loss(d(pcm), d(estimate.detach()))
         self.discriminator_optimizer.zero_grad(set_to_none=True)

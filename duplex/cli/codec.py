@@ -85,7 +85,7 @@ def run_encode(args) -> int:
     mimi = load_codec(args)
     pcm = load_audio(args.input, mimi.sample_rate)
     codes = _encode(mimi, pcm, args.streaming)
-    save_codes(args.output, codes, mimi, pcm.shape[-1])
+    save_codes(args.output, codes, mimi.config, pcm.shape[-1])
     print(f"{args.input}: {pcm.shape[-1] / mimi.sample_rate:.2f} s{conversion_note(args.input, mimi.sample_rate)} "
           f"-> {codes.shape[-1]} frames x "
           f"{codes.shape[1]} codebooks -> {args.output}")
@@ -95,7 +95,7 @@ def run_encode(args) -> int:
 def run_decode(args) -> int:
     check_output_path(args.output, audio=True)
     mimi = load_codec(args)
-    codes, num_samples = load_codes(args.input, mimi)
+    codes, num_samples = load_codes(args.input, mimi.config)
     pcm = _decode(mimi, codes, args.streaming)
     if num_samples is not None:
         pcm = pcm[..., :num_samples]

@@ -93,7 +93,7 @@ def encode_corpus(folder: Path, mimi, progress: Optional[Callable[[int, int], No
     """Encode what is not encoded yet; returns (encoded now, already there)."""
     from codec.io.codes import codec_fingerprint
 
-    fingerprint = codec_fingerprint(mimi)
+    fingerprint = codec_fingerprint(mimi.config)
     wavs: List[Path] = [wav for wav, _ in manifest_entries(Path(folder))]
     encoded = skipped = 0
     for i, wav in enumerate(wavs):

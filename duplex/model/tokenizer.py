@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Iterable, List, Optional, Union
 
+import sentencepiece
+
 from ..errors import TokenizerError
 
 PAD_ID = 3
@@ -19,8 +21,6 @@ _WORD_START = "\u2581"
 
 class TextTokenizer:
     def __init__(self, path: Union[str, os.PathLike], hidden_ids: Iterable[int] = (END_OF_PAD_ID, PAD_ID)):
-        import sentencepiece
-
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise TokenizerError(f"tokenizer model not found: {path}")

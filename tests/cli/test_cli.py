@@ -380,24 +380,6 @@ def test_a_programming_error_shows_its_traceback(monkeypatch):
         main(["codec", "roundtrip", "a.wav", "b.wav"])
 
 
-@pytest.mark.parametrize("old, new, name", [
-    ("duplex.tokenizer", "duplex.model.tokenizer", "TextTokenizer"),
-    ("duplex.clock", "duplex.runtime.clock", "run_engine"),
-    ("duplex.engine", "duplex.runtime.engine", "Engine"),
-    ("duplex.lm", "duplex.model.lm", "MoshiLM"),
-    ("codec.cpu_paths", "codec.modules.cpu_paths", "generic_kernels"),
-    ("codec.training", "codec.train.trainer", "init_for_training"),
-])
-def test_the_import_paths_the_readme_documented_before_the_restructure_still_work_for_now(old, new, name):
-    import importlib
-    import sys
-
-    sys.modules.pop(old, None)
-    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
-        module = importlib.import_module(old)
-    assert getattr(module, name) is getattr(importlib.import_module(new), name)
-
-
 def test_the_layout_keeps_its_seams():
     """codec never imports duplex; inference (the codec, the engine, the server, the client) never imports
     training code; the client loads without torch (one process per simulated user in the load benchmark)."""
