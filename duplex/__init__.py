@@ -2,7 +2,7 @@
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The public names are imported on first use, so that light modules (the client, the protocol) load without torch:
 # a benchmark runs one client process per simulated user.
