@@ -1,7 +1,7 @@
 """Mimi codec configuration: dataclasses mirroring the official JSON layout.
 
 The official layout is ``{"sample_rate", "channels", "frame_rate", "seanet": {...}, "quantizer": {...},
-"transformer": {...}}`` (see the spec, section 1.1). ``MimiConfig.from_dict`` reads it strictly: unknown keys and
+"transformer": {...}}`` (docs/kyutai-compat.md §1.1). ``MimiConfig.from_dict`` reads it strictly: unknown keys and
 values this implementation does not support are errors that name the key, so a config for another model is never
 silently half-understood.
 """
