@@ -13,9 +13,12 @@ import re
 from typing import Mapping, Optional, Sequence
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
+from .files import write_atomically
 
 _LEGACY_CODEBOOK = {"inited": "_initialized", "cluster_size": "cluster_usage",
                     "embed_avg": "embedding_sum", "embed_sum": "embedding_sum"}
@@ -29,17 +32,20 @@ def read_tensors(path: "str | os.PathLike", containers: Sequence[Sequence[str]] 
         raise CheckpointError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint path is a directory, expected a file: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    kind = checkpoint_format(path)
+    if kind == "safetensors":
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises several exception types for truncated/garbled headers
             raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if kind is None:  # torch.load would unpickle text into errors such as "IndexError: pop from empty list"
+        raise CheckpointError(f"{path} is neither a safetensors file nor a readable torch checkpoint")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # the first line only: torch appends paragraphs of advice about weights_only
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{path} is neither a safetensors file nor a readable torch checkpoint "
-                              f"({type(e).__name__}: {e})") from None
+                              f"({type(e).__name__}: {reason})") from None
     for chain in containers:
         inner = data
         for key in chain:
@@ -52,13 +58,21 @@ def read_tensors(path: "str | os.PathLike", containers: Sequence[Sequence[str]] 
     return dict(data)
 
 
+def checkpoint_format(path: "str | os.PathLike") -> Optional[str]:
+    """What a file holds by its first bytes, whatever its name: ``"safetensors"`` (an 8-byte header length, then
+    the JSON header's ``{``), ``"torch"`` (a zip archive, or a legacy pickle's protocol byte) or None."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    return None
+
+
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: "str | os.PathLike",
                       metadata: Optional[Mapping[str, str]] = None) -> None:
     """safetensors' ``save_file``, written atomically with normal permissions (``files.write_atomically``)."""
-    from safetensors.torch import save_file
-
-    from .files import write_atomically
-
     tensors = dict(tensors)
     write_atomically(path, lambda temporary: save_file(tensors, temporary,
                                                        metadata=dict(metadata) if metadata else None))
@@ -154,8 +168,6 @@ def write_checkpoint_set(folder: str, weights_name: str, weights: Mapping[str, t
     """A training checkpoint: the weights (safetensors, stamped with ``step``) and the trainer's state (a torch
     file holding ``step``), each written whole and renamed into place. The stamps let ``read_checkpoint_set``
     tell a save cut short between the two files (weights of one step, optimizer of another) from a whole one."""
-    from .files import write_atomically
-
     os.makedirs(folder, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     write_safetensors(tensors, os.path.join(folder, weights_name), metadata={"step": str(step)})
@@ -166,8 +178,6 @@ def write_checkpoint_set(folder: str, weights_name: str, weights: Mapping[str, t
 def read_checkpoint_set(folder: str, weights_name: str, state_name: str = "trainer.pt") -> "tuple[dict, dict]":
     """(weights, state) of a checkpoint written by ``write_checkpoint_set``; a CheckpointError names a missing or
     broken file, and a pair from two different steps."""
-    from safetensors import safe_open
-
     weights_path, state_path = os.path.join(folder, weights_name), os.path.join(folder, state_name)
     tensors = read_tensors(weights_path)
     try:
