@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
@@ -71,8 +71,8 @@ class ModelFiles:
     """The files of one model, as paths. Build it with ``default``, ``for_lm`` or ``from_hf_cache`` (or directly,
     every file named); ``load`` reads it.
 
-    ``lm_config`` is a JSON file in Kyutai's keyword layout or a preset name (``LMConfig.PRESETS``: ``"moshi_7b"``
-    for Kyutai's published 7B); ``mimi_config`` None is the official Mimi architecture (Kyutai's file);
+    ``lm_config`` is a JSON file in Kyutai's keyword layout, a preset name (``LMConfig.PRESETS``: ``"moshi_7b"``
+    for Kyutai's published 7B) or an ``LMConfig``; ``mimi_config`` None is the official Mimi architecture (Kyutai's file);
     ``tokenizer`` None: the engine writes no text pieces. ``source`` says where the files came from, for people.
 
     The last three fields hold the room later capabilities need (voice prompts, LoRA adapters, quantized LM
@@ -80,7 +80,7 @@ class ModelFiles:
     """
 
     lm: str
-    lm_config: str
+    lm_config: Union[str, LMConfig]
     mimi: str
     mimi_config: Optional[str] = None
     tokenizer: Optional[str] = None
@@ -102,7 +102,8 @@ class ModelFiles:
 
     @classmethod
     def for_lm(cls, lm: PathLike, mimi: Optional[PathLike] = None, tokenizer: Optional[PathLike] = None,
-               lm_config: Optional[PathLike] = None, mimi_config: Optional[PathLike] = None) -> "ModelFiles":
+               lm_config: Union[None, PathLike, LMConfig, Mapping] = None, mimi_config: Optional[PathLike] = None
+               ) -> "ModelFiles":
         """An LM file and what goes with it: each file not given is the one found beside the LM (module
         docstring). Raises ModelFilesError when a file is missing or cannot be told."""
         lm = _existing(lm, "LM checkpoint")
@@ -121,7 +122,7 @@ class ModelFiles:
             tokenizer = lm_tokenizer(lm, cfg)
         else:
             tokenizer = _existing(tokenizer, "tokenizer")
-        return cls(lm=lm, lm_config=os.fspath(config), mimi=mimi, mimi_config=mimi_config, tokenizer=tokenizer,
+        return cls(lm=lm, lm_config=config, mimi=mimi, mimi_config=mimi_config, tokenizer=tokenizer,
                    source=lm)
 
     @classmethod
@@ -165,10 +166,10 @@ class ModelFiles:
                    tokenizer=found["tokenizer"], source=repo)
 
     # ----------------------------------------------------------------------------------------------- loading
-    def paths(self) -> Dict[str, Optional[str]]:
-        """``lm``, ``lm_config``, ``mimi``, ``mimi_config``, ``tokenizer`` (the fields that are files or presets)."""
-        fields = asdict(self)
-        return {key: fields[key] for key in ("lm", "lm_config", "mimi", "mimi_config", "tokenizer")}
+    def paths(self) -> Dict[str, Union[None, str, LMConfig]]:
+        """``lm``, ``lm_config``, ``mimi``, ``mimi_config``, ``tokenizer``: the files (``lm_config`` may be a preset
+        name or an ``LMConfig``)."""
+        return {key: getattr(self, key) for key in ("lm", "lm_config", "mimi", "mimi_config", "tokenizer")}
 
     def load_lm(self, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None) -> MoshiLM:
         """The LM on ``device``; dtype None: bfloat16 on CUDA, float32 on CPU."""
@@ -201,9 +202,13 @@ class ModelFiles:
 
 
 # ---------------------------------------------------------------------------------------------- LM files
-def lm_config_for(lm: PathLike, lm_config: Optional[PathLike] = None) -> str:
-    """The config to load the LM file ``lm`` with: ``lm_config`` when given (a file or a preset name), else the one
-    beside the file, else ``"moshi_7b"`` when its tensors have Moshi 7B's shapes; else ModelFilesError."""
+def lm_config_for(lm: PathLike, lm_config: Union[None, PathLike, LMConfig, Mapping] = None
+                  ) -> Union[str, LMConfig]:
+    """The config to load the LM file ``lm`` with: ``lm_config`` when given (a file, a preset name, an ``LMConfig``
+    or its keyword dict), else the one beside the file, else ``"moshi_7b"`` when its tensors have Moshi 7B's
+    shapes; else ModelFilesError."""
+    if isinstance(lm_config, (LMConfig, Mapping)):
+        return LMConfig.load(lm_config)
     if lm_config is not None:
         lm_config = os.fspath(lm_config)
         return lm_config if lm_config in LMConfig.PRESETS else _existing(lm_config, "LM config")
