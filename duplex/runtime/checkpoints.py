@@ -72,8 +72,9 @@ class ModelFiles:
     every file named); ``load`` reads it.
 
     ``lm_config`` is a JSON file in Kyutai's keyword layout, a preset name (``LMConfig.PRESETS``: ``"moshi_7b"``
-    for Kyutai's published 7B) or an ``LMConfig``; ``mimi_config`` None is the official Mimi architecture (Kyutai's file);
-    ``tokenizer`` None: the engine writes no text pieces. ``source`` says where the files came from, for people.
+    for Kyutai's published 7B) or an ``LMConfig``; ``mimi_config`` None is the official Mimi architecture
+    (Kyutai's file); ``tokenizer`` None: the engine writes no text pieces. ``source`` says where the files came
+    from, for people.
 
     The last three fields hold the room later capabilities need (voice prompts, LoRA adapters, quantized LM
     weights); none is implemented yet, and ``load`` refuses files that set them.
@@ -137,7 +138,8 @@ class ModelFiles:
         cache = os.fspath(cache_dir) if cache_dir is not None else hub.constants.HF_HUB_CACHE
         if not os.path.isdir(os.path.join(cache, "models--" + repo.replace("/", "--"))):
             raise ModelFilesError(f"no files of {repo} in the Hugging Face cache at {cache}: check the name; known "
-                                  f"repositories: {', '.join(KNOWN_REPOS)} (fetch one with: hf download {repo})")
+                                  f"repositories: {', '.join(KNOWN_REPOS)} (if the name is right, fetch it with: "
+                                  f"hf download {repo})")
         config_path = _cached(hub, repo, "config.json", cache)
         names = dict(KYUTAI_NAMES)
         if config_path:
@@ -358,6 +360,7 @@ def _existing(path: PathLike, what: str) -> str:
 def _hub():
     try:
         import huggingface_hub  # noqa: PLC0415  (optional: only reading the Hugging Face cache needs it)
+        import huggingface_hub.constants  # noqa: PLC0415  (a submodule the package does not import itself)
     except ImportError:
         raise ModelFilesError("reading the Hugging Face cache needs the 'huggingface_hub' package: "
                               "pip install huggingface_hub") from None

@@ -2,7 +2,10 @@
 beside it, a repository in a (fake) Hugging Face cache, and the engine built from them."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -180,3 +183,14 @@ def test_a_repository_in_the_hugging_face_cache(tmp_path):
                                source="kyutai/moshiko-pytorch-bf16")
     with pytest.raises(ModelFilesError, match="no files of kyutai/moshika-pytorch-bf16 in the Hugging Face cache"):
         ModelFiles.from_hf_cache("kyutai/moshika-pytorch-bf16", cache_dir=tmp_path)
+
+
+def test_the_cache_is_found_in_a_fresh_process(tmp_path):
+    """huggingface_hub does not import its ``constants`` submodule by itself (the other tests import it)."""
+    pytest.importorskip("huggingface_hub")
+    script = ("from duplex.runtime.checkpoints import ModelFiles\n"
+              "try:\n    ModelFiles.from_hf_cache('kyutai/moshiko-pytorch-bf16')\n"
+              "except Exception as e:\n    print(type(e).__name__, e)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_CACHE": str(tmp_path)})
+    assert result.stdout.startswith("ModelFilesError no files of kyutai/moshiko-pytorch-bf16"), result
