@@ -115,7 +115,7 @@ def plot_latency(report: dict, path: str) -> None:
     """ms per frame against batch size: per-stage stacked bars of the medians (one group per mode), the p99 as a
     black tick above each bar, and the 80 ms deadline. Batch sizes are categories (evenly spaced, labelled with
     their values); the y axis starts at 0."""
-    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend is left alone
+    from matplotlib.figure import Figure  # noqa: PLC0415  optional, slow to import; no pyplot: backend left alone
 
     stages = ["input", "encode", "temporal", "depth", "decode", "output"]
     modes = sorted({r["mode"] for r in report["runs"]})
