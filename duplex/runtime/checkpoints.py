@@ -24,6 +24,7 @@ Nothing is ever downloaded: a missing file is named with the command that fetche
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -294,10 +295,14 @@ def moshi_7b_shapes(shapes: Mapping[str, Tuple[int, ...]]) -> bool:
     """Whether ``shapes`` (tensor name -> shape, as a checkpoint names them) are Moshi 7B's, in any naming the
     loader accepts."""
     meta = normalize_keys({key: torch.empty(tuple(shape), device="meta") for key, shape in shapes.items()})
-    with torch.device("meta"):
+    return {key: tuple(value.shape) for key, value in meta.items()} == _moshi_7b_shapes()
+
+
+@functools.lru_cache(maxsize=1)
+def _moshi_7b_shapes() -> Dict[str, Tuple[int, ...]]:
+    with torch.device("meta"):  # the modules' shapes, no memory
         model = MoshiLM(LMConfig.moshi_7b())
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    return {key: tuple(value.shape) for key, value in meta.items()} == expected
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------- codec files

@@ -4,6 +4,7 @@ beside it, a repository in a (fake) Hugging Face cache, and the engine built fro
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -120,6 +121,35 @@ def test_kyutais_7b_file_is_told_by_its_tensor_shapes():
     assert not has_moshi_7b_shapes(LM_SMALL)
     with safe_open(str(LM_SMALL), framework="pt") as f:
         assert not moshi_7b_shapes({k: f.get_slice(k).get_shape() for k in f.keys()})
+
+
+def kyutais_published_folder(folder):
+    """What ``hf download kyutai/moshiko-pytorch-bf16 --local-dir FOLDER`` leaves, the LM as a sparse file with the
+    real file's header (names, shapes, bfloat16) and no data: 15 GB long, a few kB on disk."""
+    manifest = json.loads((FIXTURES / "manifest_moshi7b_official.json").read_text())
+    header, offset = {}, 0
+    for key, (shape, _) in manifest.items():
+        size = 2 * int(np.prod(shape))
+        header[key] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    lm = folder / "model.safetensors"
+    with open(lm, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.truncate(8 + len(text) + offset)
+    (folder / KYUTAI_MIMI).write_bytes(b"mimi")
+    (folder / "tokenizer_spm_32k_3.model").write_bytes(b"spm")
+    return lm
+
+
+def test_kyutais_published_files_need_no_config(tmp_path):
+    """As the README gives them (--lm model.safetensors, no config): the file's shapes say Moshi 7B, and its codec
+    and tokenizer are the ones beside it."""
+    lm = kyutais_published_folder(tmp_path)
+    files = ModelFiles.for_lm(lm)
+    assert (files.lm_config, files.mimi, files.mimi_config) == ("moshi_7b", str(tmp_path / KYUTAI_MIMI), None)
+    assert files.tokenizer == str(tmp_path / "tokenizer_spm_32k_3.model")
 
 
 def test_files_later_issues_add_are_refused_until_then():
