@@ -8,7 +8,8 @@ __version__ = "0.2.0"
 # a benchmark runs one client process per simulated user.
 _EXPORTS = {"LMConfig": "model.config", "LMConfigError": "model.config", "Engine": "runtime.engine",
             "EngineFull": "runtime.engine", "SamplingOptions": "runtime.engine", "LMOutput": "model.lm",
-            "MoshiLM": "model.lm", "default_model_paths": "runtime.defaults"}
+            "MoshiLM": "model.lm", "ModelFiles": "runtime.checkpoints", "ModelFilesError": "errors",
+            "default_model_paths": "runtime.checkpoints"}
 
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -32,16 +32,20 @@ def read_tensors(path: "str | os.PathLike", containers: Sequence[Sequence[str]] 
         raise CheckpointError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint path is a directory, expected a file: {path}")
-    if path.endswith(".safetensors"):
+    kind = checkpoint_format(path)
+    if kind == "safetensors":
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises several exception types for truncated/garbled headers
             raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if kind is None:  # torch.load would unpickle text into errors such as "IndexError: pop from empty list"
+        raise CheckpointError(f"{path} is neither a safetensors file nor a readable torch checkpoint")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # the first line only: torch appends paragraphs of advice about weights_only
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{path} is neither a safetensors file nor a readable torch checkpoint "
-                              f"({type(e).__name__}: {e})") from None
+                              f"({type(e).__name__}: {reason})") from None
     for chain in containers:
         inner = data
         for key in chain:
@@ -52,6 +56,18 @@ def read_tensors(path: "str | os.PathLike", containers: Sequence[Sequence[str]] 
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointError(f"{path} does not contain a state dict of tensors")
     return dict(data)
+
+
+def checkpoint_format(path: "str | os.PathLike") -> Optional[str]:
+    """What a file holds by its first bytes, whatever its name: ``"safetensors"`` (an 8-byte header length, then
+    the JSON header's ``{``), ``"torch"`` (a zip archive, or a legacy pickle's protocol byte) or None."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    return None
 
 
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: "str | os.PathLike",

@@ -7,7 +7,7 @@ Every slot of an engine of ``batch`` slots is active every frame (the worst case
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,34 +17,34 @@ from codec.utils.stats import describe_device
 
 from ..model.config import LMConfig
 from ..model.lm import MoshiLM, default_dtype
-from ..runtime.defaults import DEFAULT_SEED, default_models
+from ..runtime.checkpoints import ModelFiles
 from ..runtime.engine import STAGES, Engine, SamplingOptions
 
 FRAME_MS = 80.0
 ACOUSTIC_DELAY_MS = 80.0
 
 
-# The models this benchmark builds by name (the LM presets with random weights), besides checkpoint paths.
+DEFAULT_SEED = 20261124  # the random weights of the shapes this benchmark times by name
+# The models this benchmark builds by name (the LM presets with random weights), besides model files.
 MODELS = ("default", "default-official-codec", *sorted(set(LMConfig.PRESETS) - {"default"}))
 
 
-def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype], lm_path: Optional[str] = None,
-                mimi_path: Optional[str] = None, lm_config=None, mimi_config=None):
-    """'default' (the shipped small model), 'default-official-codec' (its LM with the official Mimi architecture,
-    random weights: the sizes docs/benchmarks.md compares with Kyutai's implementation), 'moshi_7b' (7B shapes, random
-    weights) or checkpoint paths."""
+def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype],
+                files: Optional[ModelFiles] = None) -> Tuple[MoshiLM, Mimi, str]:
+    """(LM, codec, description) of ``files`` when given, else of a model named in ``MODELS``: 'default' (the shipped
+    small model), 'default-official-codec' (its LM with the official Mimi architecture, random weights: the sizes
+    docs/benchmarks.md compares with Kyutai's implementation), or an LM preset such as 'moshi_7b' (its shapes,
+    random weights)."""
     if dtype is None:
         dtype = default_dtype(device)
-    if lm_path or mimi_path:
-        if not (lm_path and mimi_path):
-            raise ValueError("give both lm_path and mimi_path to time your own checkpoints")
-        return (MoshiLM.from_checkpoint(lm_path, config=lm_config, device=device, dtype=dtype),
-                Mimi.from_checkpoint(mimi_path, config=mimi_config, device=device), f"checkpoints {lm_path}")
+    if files is not None:
+        lm, mimi, _ = files.load(device, dtype)
+        return lm, mimi, f"model files {files.source or files.lm}"
     if model == "default":
-        lm, mimi, _ = default_models(device, dtype)
+        lm, mimi, _ = ModelFiles.default().load(device, dtype)
         return lm, mimi, "default model (shipped LM and codec)"
     if model == "default-official-codec":  # the sizes Kyutai's implementation is compared at
-        lm, _, _ = default_models(device, dtype)
+        lm = ModelFiles.default().load_lm(device, dtype)
         return (lm, Mimi.random(None, seed=DEFAULT_SEED, device=device),
                 "the shipped LM with the official Mimi architecture (random weights)")
     if model not in MODELS:
@@ -70,10 +70,9 @@ def _frames_ms(engine: Engine, frames: int, warmup: int, progress=None, label=""
 
 def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[torch.dtype] = None,
                   batch_sizes: Sequence[int] = (1, 2, 4, 8), modes: Sequence[str] = ("eager", "graphs"),
-                  frames: int = 50, warmup: int = 5, lm_path: Optional[str] = None, mimi_path: Optional[str] = None,
-                  lm_config=None, mimi_config=None, progress=None) -> dict:
+                  frames: int = 50, warmup: int = 5, files: Optional[ModelFiles] = None, progress=None) -> dict:
     dev = torch.device(device)
-    lm, mimi, description = load_models(model, dev, dtype, lm_path, mimi_path, lm_config, mimi_config)
+    lm, mimi, description = load_models(model, dev, dtype, files)
     if dev.type != "cuda":
         modes = [m for m in modes if m == "eager"] or ["eager"]
     runs = []
@@ -116,7 +115,7 @@ def plot_latency(report: dict, path: str) -> None:
     """ms per frame against batch size: per-stage stacked bars of the medians (one group per mode), the p99 as a
     black tick above each bar, and the 80 ms deadline. Batch sizes are categories (evenly spaced, labelled with
     their values); the y axis starts at 0."""
-    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend is left alone
+    from matplotlib.figure import Figure  # noqa: PLC0415  optional, slow to import; no pyplot: backend left alone
 
     stages = ["input", "encode", "temporal", "depth", "decode", "output"]
     modes = sorted({r["mode"] for r in report["runs"]})

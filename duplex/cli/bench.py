@@ -75,11 +75,11 @@ def _emit(report: dict, args) -> None:
 def run_bench_codec(args) -> int:
     from codec import SHIPPED_CODEC, SHIPPED_CONFIG
 
-    from .model_paths import mimi_config_for
+    from ..runtime.checkpoints import codec_config_for
 
     device, progress = _common(args)
     if args.checkpoint:
-        checkpoint, config = args.checkpoint, mimi_config_for(args.checkpoint, args.config)
+        checkpoint, config = args.checkpoint, codec_config_for(args.checkpoint, args.config)
     elif args.config == "official":  # Kyutai's Mimi shape, random weights (the timing does not depend on them)
         checkpoint, config = None, None
     elif args.config:
@@ -107,15 +107,14 @@ def run_bench_codec(args) -> int:
 def run_bench_lm(args) -> int:
     from duplex.bench.lm import bench_lm
 
-    from ..model.config import lm_config_beside
-    from ..runtime.defaults import SHIPPED_LM, SHIPPED_LM_CONFIG
+    from ..runtime.checkpoints import SHIPPED_LM, SHIPPED_LM_CONFIG, lm_config_for
 
     device, progress = _common(args)
     checkpoint, config = args.checkpoint, args.config
     if checkpoint is None and config is None:
         checkpoint, config = SHIPPED_LM, SHIPPED_LM_CONFIG
     elif checkpoint is not None and config is None:
-        config = lm_config_beside(checkpoint)
+        config = lm_config_for(checkpoint)  # beside it, or Moshi 7B's shapes, or a ModelFilesError
     report = bench_lm(config=config, checkpoint=checkpoint, device=str(device),
                       dtype=getattr(torch, args.dtype), batch_sizes=args.batch_sizes, frames=args.frames,
                       warmup=args.warmup, progress=progress)
@@ -137,13 +136,12 @@ def run_bench_lm(args) -> int:
 def run_bench_latency(args) -> int:
     from duplex.bench.latency import MODELS, bench_latency, plot_latency
 
-    from .common import check_model_paths, lm_codec, lm_config
-    from .hf_repo import apply_hf_repo
+    from .common import model_files
 
-    apply_hf_repo(args)
-    check_model_paths(args)
-    mimi, mimi_config = lm_codec(args) if args.lm else (None, None)
-    if not args.lm and args.model not in MODELS:
+    files = model_files(args)  # --hf-repo or --lm (refuses file options without --lm)
+    if not (args.lm or args.hf_repo):
+        files = None  # --model names what to time
+    if not files and args.model not in MODELS:
         raise UsageError(f"unknown --model {args.model!r}: {', '.join(MODELS)} (the LM presets with random "
                          "weights); or pass --lm")
     device, progress = _common(args)
@@ -153,9 +151,7 @@ def run_bench_latency(args) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = bench_latency(model=args.model, device=str(device), dtype=dtype,
                            batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames, warmup=args.warmup,
-                           lm_path=args.lm, mimi_path=mimi, lm_config=lm_config(args) if args.lm else None,
-                           mimi_config=mimi_config,
-                           progress=progress)
+                           files=files, progress=progress)
     print(f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
           f"torch {report['torch']}")
     stages = ["encode", "temporal", "depth", "decode"]
@@ -191,10 +187,11 @@ def run_bench_codec_quality(args) -> int:
     from codec.eval.quality import evaluate, plot_spectrograms
 
     from ..data.codec_crops import CorpusAudio
-    from .model_paths import config_hint, resolve_mimi_checkpoint
+    from ..runtime.checkpoints import codec_files
+    from .codec import config_hint
 
     _check_report_paths(args)
-    checkpoint, config = resolve_mimi_checkpoint(args.checkpoint, args.config)
+    checkpoint, config = codec_files(args.checkpoint, args.config)
     with config_hint(checkpoint, config):
         mimi = Mimi.from_checkpoint(checkpoint, config=config, device=pick_device(args.device))
     try:

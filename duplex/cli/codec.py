@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from typing import Iterator, Optional
 
 import torch
 
-from codec import Mimi
+from codec import CheckpointError, Mimi
 from codec.io.audio import load_audio, save_audio
 from codec.io.codes import load_codes, save_codes
 
+from ..runtime.checkpoints import codec_files, unused_codec_config
 from .common import add_codec_options, check_output_path, pick_device
-from .model_paths import config_hint, resolve_mimi_checkpoint
 
 
 def load_codec(args) -> Mimi:
-    path, config = resolve_mimi_checkpoint(args.checkpoint, args.config)
+    """The codec of --checkpoint / --config (default: $DUPLEX_MIMI, else the shipped codec)."""
+    path, config = codec_files(args.checkpoint, args.config)
     with config_hint(path, config):
         return Mimi.from_checkpoint(path, config=config, num_codebooks=getattr(args, "num_codebooks", 8),
                                     device=pick_device(args.device))
+
+
+@contextlib.contextmanager
+def config_hint(checkpoint: str, config: Optional[str]) -> Iterator[None]:
+    """Loading ``checkpoint`` as the official architecture failed while a ``config.json`` it did not use sits
+    beside it (a run folder copied without its ``trainer.pt``): name it with the option that uses it."""
+    try:
+        yield
+    except CheckpointError as e:
+        beside = unused_codec_config(checkpoint, config)
+        if beside is None:
+            raise
+        raise CheckpointError(f"{e}\n(there is a {beside}: if it describes this codec, pass --config {beside})") \
+            from None
 
 
 CHUNK_FRAMES = 250  # streaming runs report progress every 20 s of audio

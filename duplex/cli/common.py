@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 
 from ..errors import UsageError
+from ..runtime.checkpoints import ModelFiles
+from ..runtime.engine import Engine
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -96,12 +98,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-repo", metavar="REPO", help="a published model from the local Hugging Face cache (never "
                    "downloaded): kyutai/moshiko-pytorch-bf16, kyutai/moshika-pytorch-bf16, nvidia/personaplex-7b-v1")
     p.add_argument("--lm", metavar="PATH", help="Moshi LM checkpoint (default: the shipped default model)")
-    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm; default: the shipped codec, for "
-                   "models trained on it)")
+    p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm; default: the codec the LM's files "
+                   "name: Kyutai's Mimi beside a Moshi 7B, else the shipped codec, for models trained on it)")
     p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece text tokenizer (with --lm; default: "
-                   "tokenizer.model beside it)")
-    p.add_argument("--lm-config", metavar="JSON", help="config of --lm (default: NAME.json or config.json beside "
-                   "it, else Moshi 7B)")
+                   "tokenizer.model beside it, or the one its repository names)")
+    p.add_argument("--lm-config", metavar="JSON", help="config of --lm, a JSON file or a preset (default: NAME.json "
+                   "or config.json beside it, else moshi_7b for a file with Moshi 7B's tensors)")
     p.add_argument("--mimi-config", metavar="JSON", help="config of --mimi "
                    "(default: NAME.json beside it, or its training run's config.json, else official Mimi)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -144,61 +146,31 @@ def check_output_path(path: str, audio: bool) -> None:
                              ".flac or .ogg")
 
 
-def check_model_paths(args) -> None:
-    """--mimi only comes with --lm (the shipped LM is trained on the shipped codec's codes)."""
-    if args.mimi and not args.lm:
-        raise UsageError("--mimi needs --lm: the default LM only works with the codec it was trained with (pass "
-                         "--lm, and usually --tokenizer, to run your own checkpoints)")
+MODEL_FILE_OPTIONS = (("--lm", "lm"), ("--mimi", "mimi"), ("--tokenizer", "tokenizer"), ("--lm-config", "lm_config"),
+                      ("--mimi-config", "mimi_config"))
 
 
-def lm_config(args):
-    """--lm-config, else the config beside --lm (``NAME.json``, or the folder's ``config.json``), else None (Moshi
-    7B)."""
-    from ..model.config import lm_config_beside
-
-    return args.lm_config or lm_config_beside(args.lm)
-
-
-def lm_codec(args):
-    """(checkpoint, config) of the codec that goes with --lm: --mimi, else the shipped codec, which only a model
-    trained on its codes can use (a duplex-trained LM, whose config is beside it); a Moshi 7B (Kyutai's, or an LM
-    without a config, which loads as one) needs Kyutai's Mimi given with --mimi."""
-    from ..model.config import LMConfig
-    from .model_paths import resolve_mimi_checkpoint
-
-    if not args.mimi:
-        config = lm_config(args)
-        if config is None or LMConfig.load(config).dim >= 1024:
-            raise UsageError(f"--lm {args.lm}: a Moshi 7B needs Kyutai's Mimi: pass --mimi "
-                             "tokenizer-e351c8d8-checkpoint125.safetensors (or use --hf-repo); the shipped codec "
-                             "only suits models trained on its codes")
-    return resolve_mimi_checkpoint(args.mimi, args.mimi_config)
-
-
-def lm_tokenizer(args):
-    """--tokenizer, else the ``tokenizer.model`` beside --lm (a ``duplex train lm`` run folder), else None."""
-    if args.tokenizer:
-        return args.tokenizer
-    beside = os.path.join(os.path.dirname(args.lm) or ".", "tokenizer.model")
-    return beside if os.path.isfile(beside) else None
-
-
-def build_engine(args, slots: int):
-    from ..runtime.engine import Engine
-
-    device = pick_device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    graphs = not args.no_cuda_graphs
-    from .hf_repo import apply_hf_repo
-
-    apply_hf_repo(args)
-    check_model_paths(args)
+def model_files(args) -> ModelFiles:
+    """The model the options name: --hf-repo (which excludes the file options), --lm with what it does not give
+    found beside it, or the shipped default model."""
+    given = [flag for flag, attr in MODEL_FILE_OPTIONS if getattr(args, attr, None)]
+    if getattr(args, "hf_repo", None):
+        if given:
+            raise UsageError(f"--hf-repo gives the model files; leave out {', '.join(given)}")
+        return ModelFiles.from_hf_cache(args.hf_repo)
     if args.lm:
-        mimi, mimi_config = lm_codec(args)
-        return Engine.from_checkpoints(lm=args.lm, mimi=mimi, tokenizer=lm_tokenizer(args), slots=slots,
-                                       device=device, dtype=dtype, cuda_graphs=graphs, lm_config=lm_config(args),
-                                       mimi_config=mimi_config)
-    return Engine.default(slots=slots, device=device, dtype=dtype, cuda_graphs=graphs)
+        return ModelFiles.for_lm(args.lm, mimi=args.mimi, tokenizer=args.tokenizer, lm_config=args.lm_config,
+                                 mimi_config=args.mimi_config)
+    if given:  # the shipped LM is trained on the shipped codec's codes, with its own tokenizer
+        raise UsageError(f"{given[0]} needs --lm: the default model comes with its own files (pass --lm, and "
+                         "usually --tokenizer, to run your own checkpoints)")
+    return ModelFiles.default()
+
+
+def build_engine(args, slots: int) -> Engine:
+    return Engine.from_files(model_files(args), slots=slots, device=pick_device(args.device),
+                             dtype=getattr(torch, args.dtype) if args.dtype else None,
+                             cuda_graphs=not args.no_cuda_graphs)
 
 
 def sound_device(value):

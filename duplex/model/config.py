@@ -164,8 +164,10 @@ class LMConfig:
 
     @classmethod
     def load(cls, config: "LMConfig | Mapping[str, Any] | str | os.PathLike | None") -> "LMConfig":
-        """``None`` (Moshi 7B), an ``LMConfig``, a dict in the official keyword layout, a JSON file path, or a
-        preset name (``PRESETS``; a file of that name wins)."""
+        """``None`` (Moshi 7B, the keywords Kyutai's ``LMModel`` defaults to), an ``LMConfig``, a dict in the
+        official keyword layout, a JSON file path, or a preset name (``PRESETS``; a file of that name wins). Which
+        config an LM *file* goes with (the one beside it, never an assumed 7B) is ``ModelFiles``' business
+        (duplex/runtime/checkpoints.py)."""
         if config is None:
             return cls.moshi_7b()
         if isinstance(config, LMConfig):

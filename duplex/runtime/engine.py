@@ -16,6 +16,7 @@ encoded, and the second frame is encoded from a fresh state.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -27,14 +28,16 @@ import torch
 from codec import Mimi
 from codec.modules.state import zero_row
 
-from ..errors import EngineFull
+from ..errors import EngineFull, ModelFilesError
+from ..model.config import LMConfig
 from ..model.generator import depth_step, new_generator_state, new_scratch, temporal_step
 from ..model.lm import MoshiLM, default_dtype
 from ..model.sampling import Sampling
 from ..model.tokenizer import TextTokenizer
+from .checkpoints import ModelFiles, codec_config_for, lm_codec, lm_config_for, lm_tokenizer
 from .profiling import StageTimer
 
-log = logging.getLogger("duplex.runtime.engine")
+log = logging.getLogger(__name__)
 
 STAGES = ("input", "encode", "temporal", "depth", "decode", "output")
 GRAPH_ENV = "DUPLEX_NO_CUDA_GRAPHS"
@@ -107,19 +110,43 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
-    def from_checkpoints(cls, lm: Union[str, os.PathLike, MoshiLM], mimi: Union[str, os.PathLike, Mimi],
+    def from_files(cls, files: ModelFiles, slots: int = 8, device: Union[str, torch.device] = "cpu",
+                   dtype: Optional[torch.dtype] = None, cuda_graphs: bool = True,
+                   sampling: Optional[SamplingOptions] = None) -> "Engine":
+        """The engine on the model ``files`` name (``ModelFiles.default()``, ``.for_lm(path)``,
+        ``.from_hf_cache(repo)``). dtype None: bfloat16 on CUDA, float32 on CPU (the codec is always float32)."""
+        lm, mimi, tokenizer = files.load(device, dtype)
+        return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling)
+
+    @classmethod
+    def from_checkpoints(cls, lm: Union[str, os.PathLike, MoshiLM], mimi: Union[None, str, os.PathLike, Mimi] = None,
                          tokenizer: Union[None, str, os.PathLike, TextTokenizer] = None, slots: int = 8,
                          device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
                          cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None,
                          lm_config=None, mimi_config=None) -> "Engine":
-        """Paths (or loaded models). dtype None: bfloat16 on CUDA, float32 on CPU (the codec is always float32)."""
+        """Paths (or loaded models). A path's companions not given are found beside it as ``ModelFiles.for_lm``
+        finds them: the LM's config (never assumed: Kyutai's Moshi 7B file without one is told by its shapes, or
+        give ``lm_config="moshi_7b"``), its codec and its tokenizer. dtype None: bfloat16 on CUDA, float32 on CPU
+        (the codec is always float32)."""
+        if not isinstance(lm, MoshiLM) and not isinstance(mimi, Mimi) and not isinstance(tokenizer, TextTokenizer):
+            files = ModelFiles.for_lm(lm, mimi=mimi, tokenizer=tokenizer, lm_config=lm_config,
+                                      mimi_config=mimi_config)
+            return cls.from_files(files, slots=slots, device=device, dtype=dtype, cuda_graphs=cuda_graphs,
+                                  sampling=sampling)
         device = torch.device(device)
-        if dtype is None:
-            dtype = default_dtype(device)
-        if not isinstance(lm, MoshiLM):
-            lm = MoshiLM.from_checkpoint(lm, config=lm_config, device=device, dtype=dtype)
+        if isinstance(lm, MoshiLM):
+            if mimi is None:
+                raise ModelFilesError("a loaded LM needs its codec: give the codec too")
+        else:
+            config = LMConfig.load(lm_config_for(lm, lm_config))
+            if mimi is None:
+                mimi, mimi_config = lm_codec(lm, config)
+            if tokenizer is None:
+                tokenizer = lm_tokenizer(lm, config)
+            lm = MoshiLM.from_checkpoint(lm, config=config, device=device,
+                                         dtype=default_dtype(device) if dtype is None else dtype)
         if not isinstance(mimi, Mimi):
-            mimi = Mimi.from_checkpoint(mimi, config=mimi_config, device=device)
+            mimi = Mimi.from_checkpoint(mimi, config=codec_config_for(mimi, mimi_config), device=device)
         if tokenizer is not None and not isinstance(tokenizer, TextTokenizer):
             tokenizer = TextTokenizer(tokenizer)
         return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling)
@@ -127,12 +154,9 @@ class Engine:
     @classmethod
     def default(cls, slots: int = 8, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
                 cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None) -> "Engine":
-        """The engine on duplex's own small default model (see ``duplex.runtime.defaults``); nothing is downloaded."""
-        from .defaults import default_models
-
-        device = torch.device(device)
-        lm, mimi, tokenizer = default_models(device, dtype)
-        return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling)
+        """The engine on duplex's own small default model (``ModelFiles.default()``); nothing is downloaded."""
+        return cls.from_files(ModelFiles.default(), slots=slots, device=device, dtype=dtype,
+                              cuda_graphs=cuda_graphs, sampling=sampling)
 
     # ----------------------------------------------------------------------------------------------- slots
     @property
@@ -246,8 +270,6 @@ class Engine:
 
     def _device_context(self):
         """CUDA work (capture streams, events) must happen on the engine's GPU, which may not be the current one."""
-        import contextlib
-
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def _run(self, timed: bool) -> tuple:

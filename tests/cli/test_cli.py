@@ -155,7 +155,7 @@ def test_a_codec_file_finds_its_own_config(tmp_path, wav):
     (one with trainer.pt), is used without --config; any other folder's config.json is not."""
     import shutil
 
-    from duplex.cli.model_paths import config_beside
+    from duplex.runtime.checkpoints import codec_config_beside as config_beside
 
     exported = tmp_path / "export"
     exported.mkdir()
@@ -394,7 +394,7 @@ for name in {codec_modules!r}:
     importlib.import_module(name)
 assert not [m for m in sys.modules if m.split('.')[0] == 'duplex'], 'codec imported duplex'
 assert 'codec.train' not in sys.modules, 'codec inference imported codec.train'
-for name in ('duplex.runtime.engine', 'duplex.runtime.defaults', 'duplex.serving.server', 'duplex.cli'):
+for name in ('duplex.runtime.engine', 'duplex.runtime.checkpoints', 'duplex.serving.server', 'duplex.cli'):
     importlib.import_module(name)
 training = [m for m in sys.modules if m.startswith(('codec.train', 'duplex.training'))]
 assert not training, training
@@ -450,12 +450,15 @@ def test_the_startup_line_gives_the_page_url_with_its_token():
 
 
 def test_a_moshi_lm_without_its_codec_is_refused(tmp_path, capsys):
-    """--lm alone takes the shipped codec, which only suits models trained on it: a Moshi 7B (no config, or a 7B
-    config beside it) must name Kyutai's Mimi."""
+    """--lm alone takes the codec its files name: the shipped codec only suits models trained on it, so a Moshi 7B
+    (a 7B config beside it) without Kyutai's Mimi beside it must be given its codec."""
+    from safetensors.torch import save_file
+
     lm = tmp_path / "model.safetensors"
-    lm.write_bytes(b"")
+    save_file({"x": torch.zeros(1)}, str(lm))
+    (tmp_path / "config.json").write_text((FIXTURES / "moshi7b_config.json").read_text())
     assert main(["bench", "latency", "--lm", str(lm), "--device", "cpu", "--frames", "1"]) == 2
-    assert "a Moshi 7B needs Kyutai's Mimi: pass --mimi" in capsys.readouterr().err
+    assert "is a Moshi 7B: it needs Kyutai's Mimi" in capsys.readouterr().err
 
 
 def test_benchmark_figures_come_with_their_caveats(capsys):

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from duplex.cli import main
-from duplex.errors import UsageError
+from duplex.errors import ModelFilesError
+from duplex.runtime.checkpoints import ModelFiles
 
 pytest.importorskip("huggingface_hub")
 
@@ -31,9 +32,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def resolve(repo, cache):
-    from duplex.cli.hf_repo import resolve_hf_repo
-
-    return resolve_hf_repo(repo, cache_dir=str(cache))
+    return ModelFiles.from_hf_cache(repo, cache_dir=str(cache)).paths()
 
 
 def test_a_legacy_repository_without_config_is_moshi_7b_with_kyutais_file_names(cache):
@@ -42,7 +41,7 @@ def test_a_legacy_repository_without_config_is_moshi_7b_with_kyutais_file_names(
     paths = resolve("kyutai/moshiko-pytorch-bf16", cache)
     assert paths == {"lm": str(snap / "model.safetensors"), "mimi": str(snap /
                      "tokenizer-e351c8d8-checkpoint125.safetensors"), "tokenizer": str(snap /
-                     "tokenizer_spm_32k_3.model"), "lm_config": None}
+                     "tokenizer_spm_32k_3.model"), "lm_config": "moshi_7b", "mimi_config": None}
 
 
 def test_config_json_names_the_files_also_in_other_repositories(cache):
@@ -58,19 +57,40 @@ def test_config_json_names_the_files_also_in_other_repositories(cache):
 
 def test_missing_files_are_named_with_the_download_command(cache):
     fake_repo(cache, "nvidia/personaplex-7b-v1", {"model.safetensors": b"lm"})
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(ModelFilesError) as e:
         resolve("nvidia/personaplex-7b-v1", cache)
     message = str(e.value)
     assert "nvidia/personaplex-7b-v1/tokenizer_spm_32k_3.model" in message
-    assert ("huggingface-cli download nvidia/personaplex-7b-v1 tokenizer-e351c8d8-checkpoint125.safetensors "
+    assert ("hf download nvidia/personaplex-7b-v1 tokenizer-e351c8d8-checkpoint125.safetensors "
             "tokenizer_spm_32k_3.model config.json") in message
-    with pytest.raises(UsageError, match="expected owner/name"):
+    with pytest.raises(ModelFilesError, match="expected owner/name"):
         resolve("moshiko", cache)
 
 
-def test_the_commands_take_hf_repo_and_refuse_it_with_explicit_files(cache, capsys):
+def test_the_fetch_command_is_the_current_hugging_face_cli(cache, capsys):
+    """huggingface_hub no longer installs ``huggingface-cli``: the command printed is ``hf download``."""
+    fake_repo(cache, "kyutai/moshika-pytorch-bf16", {"model.safetensors": b"lm"})
     assert main(["bench", "latency", "--hf-repo", "kyutai/moshika-pytorch-bf16", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "not in the Hugging Face cache" in err and "huggingface-cli download kyutai/moshika-pytorch-bf16" in err
+    assert err.count("\n") == 1 and "not in the Hugging Face cache" in err
+    assert ("fetch with: hf download kyutai/moshika-pytorch-bf16 tokenizer-e351c8d8-checkpoint125.safetensors "
+            "tokenizer_spm_32k_3.model config.json") in err and "huggingface-cli" not in err
+
+
+def test_a_misspelt_repository_is_told_apart_from_missing_files(cache, capsys):
+    """Nothing of the repository in the cache at all: check the name (the known ones are listed), rather than a
+    list of files to download from a repository that may not exist."""
+    fake_repo(cache, "kyutai/moshiko-pytorch-bf16", {"model.safetensors": b"lm"})
+    assert main(["serve", "--hf-repo", "kyutai/moshico-pytorch-bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"no files of kyutai/moshico-pytorch-bf16 in the Hugging Face cache at {cache}: check the name" in err
+    assert "known repositories: kyutai/moshiko-pytorch-bf16, kyutai/moshika-pytorch-bf16" in err
+
+
+def test_the_commands_take_hf_repo_and_refuse_it_with_explicit_files(cache, capsys):
+    fake_repo(cache, "kyutai/moshika-pytorch-bf16", {"model.safetensors": b"lm"})
     assert main(["serve", "--hf-repo", "kyutai/moshika-pytorch-bf16", "--lm", "x.safetensors"]) == 2
     assert "leave out --lm" in capsys.readouterr().err
+    assert main(["bench", "latency", "--hf-repo", "kyutai/moshika-pytorch-bf16", "--device", "cpu"]) == 2
+    assert "kyutai/moshika-pytorch-bf16/tokenizer_spm_32k_3.model" in capsys.readouterr().err

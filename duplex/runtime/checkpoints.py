@@ -1,0 +1,393 @@
+"""Which files make a model: the LM, its config, the codec (Mimi) and its config, the text tokenizer.
+
+A library question, not a command-line one: ``Engine.from_checkpoints("run/model.safetensors")`` must find the
+config a training run wrote beside the file just as ``duplex serve --lm`` does, and a published repository in the
+Hugging Face cache is read the same way by every command. So the rules live here, once, in the manner of Kyutai's
+``CheckpointInfo`` (moshi/models/loaders.py: ``from_hf_repo``, then ``get_mimi`` / ``get_moshi`` /
+``get_text_tokenizer``): a ``ModelFiles`` names the files, its constructors find them, its ``load`` reads them.
+
+Nothing is ever downloaded: a missing file is named with the command that fetches it. The rules:
+
+* the shipped default model (``ModelFiles.default()``): files inside the package;
+* an LM file (``ModelFiles.for_lm``): its config beside it (``NAME.json``, else the folder's ``config.json``: a
+  ``duplex train lm`` run, or a model repository), else its tensors are checked against Moshi 7B's shapes (Kyutai's
+  published ``model.safetensors`` comes without a config, docs/kyutai-compat.md §2.1), else an error: an LM is never
+  silently taken for a 7B. Its codec is the one its files name: a repository ``config.json``'s ``mimi_name``;
+  Kyutai's Mimi beside a Moshi 7B (it was trained on that codec's codes); else the shipped codec (the codec of the
+  models duplex trains; ``$DUPLEX_MIMI`` overrides it). Its tokenizer is ``tokenizer.model`` beside it (a run),
+  else the one a repository names;
+* a repository in the local Hugging Face cache (``ModelFiles.from_hf_cache``): its ``config.json`` names the files
+  as Kyutai's ``CheckpointInfo`` reads them, and a repository without one is Moshi 7B with Kyutai's file names;
+* a codec alone (``codec_files``, the ``duplex codec`` commands): a path, ``$DUPLEX_MIMI``, or the shipped codec,
+  with the config that travels with the file (``codec_config_beside``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from safetensors import safe_open
+
+from codec import SHIPPED_CODEC, SHIPPED_CONFIG, CheckpointError, Mimi
+from codec.io.checkpoint import checkpoint_format, normalize_keys
+
+from ..errors import ModelFilesError
+from ..model.config import LMConfig, lm_config_beside
+from ..model.lm import MoshiLM, default_dtype
+from ..model.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+# duplex's own default model (README, "The default model"; how it was trained: docs/training.md): the LM in
+# bfloat16 in Kyutai's key layout with its keyword config, its tokenizer, and the codec duplex ships.
+SHIPPED_LM = os.path.join(WEIGHTS_DIR, "duplex-lm.safetensors")
+SHIPPED_LM_CONFIG = os.path.join(WEIGHTS_DIR, "duplex-lm.json")
+SHIPPED_TOKENIZER = os.path.join(WEIGHTS_DIR, "duplex-tokenizer.model")
+MIMI_ENV = "DUPLEX_MIMI"  # the codec to use instead of the shipped one where none is given
+
+# The file names of a repository without config.json, as Kyutai's loader defaults them (docs/kyutai-compat.md §2.1).
+KYUTAI_NAMES = {"moshi_name": "model.safetensors", "mimi_name": "tokenizer-e351c8d8-checkpoint125.safetensors",
+                "tokenizer_name": "tokenizer_spm_32k_3.model"}
+KYUTAI_MIMI = KYUTAI_NAMES["mimi_name"]
+# The repositories the README lists, and what they are.
+KNOWN_REPOS = {
+    "kyutai/moshiko-pytorch-bf16": "Moshiko 7B (male voice), bfloat16",
+    "kyutai/moshika-pytorch-bf16": "Moshika 7B (female voice), bfloat16",
+    "nvidia/personaplex-7b-v1": "PersonaPlex 7B (NVIDIA's Moshi fine-tune)",
+}
+RUN_TOKENIZER = "tokenizer.model"  # what ``duplex train lm`` writes beside its model
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files of one model, as paths. Build it with ``default``, ``for_lm`` or ``from_hf_cache`` (or directly,
+    every file named); ``load`` reads it.
+
+    ``lm_config`` is a JSON file in Kyutai's keyword layout, a preset name (``LMConfig.PRESETS``: ``"moshi_7b"``
+    for Kyutai's published 7B) or an ``LMConfig``; ``mimi_config`` None is the official Mimi architecture
+    (Kyutai's file); ``tokenizer`` None: the engine writes no text pieces. ``source`` says where the files came
+    from, for people.
+
+    The last three fields hold the room later capabilities need (voice prompts, LoRA adapters, quantized LM
+    weights); none is implemented yet, and ``load`` refuses files that set them.
+    """
+
+    lm: str
+    lm_config: Union[str, LMConfig]
+    mimi: str
+    mimi_config: Optional[str] = None
+    tokenizer: Optional[str] = None
+    source: str = ""
+    voice_prompts: Tuple[str, ...] = ()
+    lora_adapters: Tuple[str, ...] = ()
+    quantization: Optional[str] = None
+
+    # ------------------------------------------------------------------------------------------ constructors
+    @classmethod
+    def default(cls) -> "ModelFiles":
+        """duplex's own small model, shipped with the package (every command works out of the box, offline)."""
+        files = cls(lm=SHIPPED_LM, lm_config=SHIPPED_LM_CONFIG, mimi=SHIPPED_CODEC, mimi_config=SHIPPED_CONFIG,
+                    tokenizer=SHIPPED_TOKENIZER, source="the default model")
+        missing = [path for path in files.paths().values() if not os.path.isfile(path)]
+        if missing:
+            raise ModelFilesError(f"the default model is missing from this installation: {', '.join(missing)}")
+        return files
+
+    @classmethod
+    def for_lm(cls, lm: PathLike, mimi: Optional[PathLike] = None, tokenizer: Optional[PathLike] = None,
+               lm_config: Union[None, PathLike, LMConfig, Mapping] = None, mimi_config: Optional[PathLike] = None
+               ) -> "ModelFiles":
+        """An LM file and what goes with it: each file not given is the one found beside the LM (module
+        docstring). Raises ModelFilesError when a file is missing or cannot be told."""
+        lm = _existing(lm, "LM checkpoint")
+        if checkpoint_format(lm) is None:
+            raise ModelFilesError(f"LM checkpoint {lm} is neither a safetensors file nor a torch checkpoint")
+        config = lm_config_for(lm, lm_config)
+        cfg = LMConfig.load(config)
+        if mimi is None:
+            if mimi_config is not None:
+                raise ModelFilesError("a codec config goes with a codec file: give the LM's codec with it")
+            mimi, mimi_config = lm_codec(lm, cfg)
+        else:
+            mimi = _existing(mimi, "Mimi checkpoint")
+            mimi_config = codec_config_for(mimi, mimi_config)
+        if tokenizer is None:
+            tokenizer = lm_tokenizer(lm, cfg)
+        else:
+            tokenizer = _existing(tokenizer, "tokenizer")
+        return cls(lm=lm, lm_config=config, mimi=mimi, mimi_config=mimi_config, tokenizer=tokenizer,
+                   source=lm)
+
+    @classmethod
+    def from_hf_cache(cls, repo: str, cache_dir: Optional[PathLike] = None) -> "ModelFiles":
+        """A published model (Kyutai's Moshiko / Moshika, NVIDIA's PersonaPlex...) in the local Hugging Face
+        cache (``cache_dir``, default huggingface_hub's: ``$HF_HUB_CACHE``). Never downloads: a missing file is
+        named with the ``hf download`` command that fetches it. Needs the ``huggingface_hub`` package."""
+        if repo.count("/") != 1 or repo.startswith("/") or repo.endswith("/"):
+            raise ModelFilesError(f"Hugging Face repository {repo!r}: expected owner/name, e.g. "
+                                  "kyutai/moshiko-pytorch-bf16")
+        hub = _hub()
+        cache = os.fspath(cache_dir) if cache_dir is not None else hub.constants.HF_HUB_CACHE
+        if not os.path.isdir(os.path.join(cache, "models--" + repo.replace("/", "--"))):
+            raise ModelFilesError(f"no files of {repo} in the Hugging Face cache at {cache}: check the name; known "
+                                  f"repositories: {', '.join(KNOWN_REPOS)} (if the name is right, fetch it with: "
+                                  f"hf download {repo})")
+        config_path = _cached(hub, repo, "config.json", cache)
+        names = dict(KYUTAI_NAMES)
+        if config_path:
+            try:
+                with open(config_path, encoding="utf-8") as f:
+                    config = json.load(f)
+            except ValueError as e:
+                raise ModelFilesError(f"{config_path}: not JSON ({e})") from None
+            if isinstance(config, dict):
+                names.update({k: config[k] for k in KYUTAI_NAMES if isinstance(config.get(k), str)})
+        wanted = {key: _split_reference(repo, names[name]) for key, name in
+                  (("lm", "moshi_name"), ("mimi", "mimi_name"), ("tokenizer", "tokenizer_name"))}
+        found = {key: _cached(hub, where, name, cache) for key, (where, name) in wanted.items()}
+        missing = [(where, name) for key, (where, name) in wanted.items() if found[key] is None]
+        if missing:
+            commands = []
+            for where in dict.fromkeys(w for w, _ in missing):
+                files = " ".join(name for w, name in missing if w == where)
+                extra = " config.json" if where == repo and config_path is None else ""
+                commands.append(f"hf download {where} {files}{extra}")
+            raise ModelFilesError(f"{repo}: not in the Hugging Face cache ({cache}): "
+                                  + ", ".join(f"{w}/{n}" for w, n in missing) + "; fetch with: "
+                                  + " && ".join(commands))
+        # A repository without config.json is Moshi 7B (Kyutai's loader uses its built-in 7B keywords then).
+        return cls(lm=found["lm"], lm_config=config_path or "moshi_7b", mimi=found["mimi"], mimi_config=None,
+                   tokenizer=found["tokenizer"], source=repo)
+
+    # ----------------------------------------------------------------------------------------------- loading
+    def paths(self) -> Dict[str, Union[None, str, LMConfig]]:
+        """``lm``, ``lm_config``, ``mimi``, ``mimi_config``, ``tokenizer``: the files (``lm_config`` may be a preset
+        name or an ``LMConfig``)."""
+        return {key: getattr(self, key) for key in ("lm", "lm_config", "mimi", "mimi_config", "tokenizer")}
+
+    def load_lm(self, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None) -> MoshiLM:
+        """The LM on ``device``; dtype None: bfloat16 on CUDA, float32 on CPU."""
+        self._check_supported()
+        device = torch.device(device)
+        return MoshiLM.from_checkpoint(self.lm, config=self.lm_config, device=device,
+                                       dtype=default_dtype(device) if dtype is None else dtype)
+
+    def load_mimi(self, num_codebooks: int = 8, device: Union[str, torch.device] = "cpu") -> Mimi:
+        """The codec in float32 on ``device``, quantizing with ``num_codebooks`` codebooks."""
+        return Mimi.from_checkpoint(self.mimi, config=self.mimi_config, num_codebooks=num_codebooks,
+                                    device=torch.device(device))
+
+    def load_tokenizer(self) -> Optional[TextTokenizer]:
+        return TextTokenizer(self.tokenizer) if self.tokenizer is not None else None
+
+    def load(self, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None
+             ) -> Tuple[MoshiLM, Mimi, Optional[TextTokenizer]]:
+        """(LM, codec, tokenizer) on ``device``; the codec with the codebooks the LM reads and writes (as Kyutai's
+        loader: max(dep_q, n_q - dep_q))."""
+        lm = self.load_lm(device, dtype)
+        mimi = self.load_mimi(max(lm.config.dep_q, lm.config.user_codebooks), device)
+        return lm, mimi, self.load_tokenizer()
+
+    def _check_supported(self) -> None:
+        named = [name for name, value in (("voice prompts", self.voice_prompts), ("LoRA adapters",
+                 self.lora_adapters), ("quantized weights", self.quantization)) if value]
+        if named:
+            raise ModelFilesError(f"{' and '.join(named)}: not supported yet")
+
+
+# ---------------------------------------------------------------------------------------------- LM files
+def lm_config_for(lm: PathLike, lm_config: Union[None, PathLike, LMConfig, Mapping] = None
+                  ) -> Union[str, LMConfig]:
+    """The config to load the LM file ``lm`` with: ``lm_config`` when given (a file, a preset name, an ``LMConfig``
+    or its keyword dict), else the one beside the file, else ``"moshi_7b"`` when its tensors have Moshi 7B's
+    shapes; else ModelFilesError."""
+    if isinstance(lm_config, (LMConfig, Mapping)):
+        return LMConfig.load(lm_config)
+    if lm_config is not None:
+        lm_config = os.fspath(lm_config)
+        return lm_config if lm_config in LMConfig.PRESETS else _existing(lm_config, "LM config")
+    beside = lm_config_beside(lm)
+    if beside is not None:
+        return beside
+    if has_moshi_7b_shapes(lm):
+        return "moshi_7b"
+    stem = os.path.splitext(os.fspath(lm))[0]
+    raise ModelFilesError(f"{os.fspath(lm)}: no config beside it ({os.path.basename(stem)}.json or config.json) and "
+                          f"its tensors are not Moshi 7B's: give the LM's config (a JSON file, or a preset: "
+                          f"{', '.join(LMConfig.PRESETS)})")
+
+
+def lm_codec(lm: PathLike, cfg: LMConfig) -> Tuple[str, Optional[str]]:
+    """(codec, codec config) of the LM file ``lm`` of config ``cfg``, when no codec is given: the codec its files
+    name (module docstring). A Moshi 7B was trained on Kyutai's Mimi and needs it; the shipped codec only suits
+    models trained on its codes."""
+    lm = os.fspath(lm)
+    folder = os.path.dirname(lm) or "."
+    named = cfg.repo_extras.get("mimi_name")
+    if isinstance(named, str):  # a model repository's config.json names its codec, as Kyutai's loader reads it
+        if named.startswith("hf://"):
+            raise ModelFilesError(f"{lm}: its config names its codec in another repository ({named}): load the "
+                                  "repository from the Hugging Face cache, or give the LM's codec")
+        path = os.path.join(folder, named[len("file://"):] if named.startswith("file://") else named)
+        if not os.path.isfile(path):
+            raise ModelFilesError(f"{lm}: its config names its codec {named}, which is not beside it: give the LM's "
+                                  "codec")
+        return path, None
+    if is_moshi_7b(cfg):
+        path = os.path.join(folder, KYUTAI_MIMI)
+        if os.path.isfile(path):
+            return path, None
+        raise ModelFilesError(f"{lm} is a Moshi 7B: it needs Kyutai's Mimi ({KYUTAI_MIMI}), which is not beside "
+                              "it; give the LM's codec (the shipped codec only suits models trained on its codes)")
+    return codec_files()
+
+
+def lm_tokenizer(lm: PathLike, cfg: LMConfig) -> Optional[str]:
+    """The tokenizer of the LM file ``lm`` of config ``cfg`` when none is given: ``tokenizer.model`` beside it (a
+    ``duplex train lm`` run), else the one its repository config names, or Kyutai's for a Moshi 7B, when beside
+    it; else None."""
+    folder = os.path.dirname(os.fspath(lm)) or "."
+    candidates = [RUN_TOKENIZER]
+    if isinstance(cfg.repo_extras.get("tokenizer_name"), str):
+        candidates.append(cfg.repo_extras["tokenizer_name"])
+    elif is_moshi_7b(cfg):
+        candidates.append(KYUTAI_NAMES["tokenizer_name"])
+    for name in candidates:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def is_moshi_7b(config: LMConfig) -> bool:
+    """Whether ``config`` is Moshi 7B's architecture (Kyutai's Moshiko / Moshika and same-architecture
+    fine-tunes); the file names a repository config carries do not count."""
+    ours = config.to_dict()
+    for key in config.repo_extras:
+        ours.pop(key, None)
+    return ours == LMConfig.moshi_7b().to_dict()
+
+
+def has_moshi_7b_shapes(lm: PathLike) -> bool:
+    """Whether the LM file ``lm`` holds exactly Moshi 7B's tensors (names and shapes), read from the safetensors
+    header alone (no weights are loaded). False for torch pickles (they cannot be read without loading them)."""
+    if checkpoint_format(lm) != "safetensors":
+        return False
+    try:
+        with safe_open(os.fspath(lm), framework="pt") as f:
+            shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+    except Exception as e:  # safetensors raises several exception types for truncated/garbled headers
+        raise CheckpointError(f"{os.fspath(lm)} is not a readable safetensors file ({type(e).__name__}: {e})") \
+            from None
+    return moshi_7b_shapes(shapes)
+
+
+def moshi_7b_shapes(shapes: Mapping[str, Tuple[int, ...]]) -> bool:
+    """Whether ``shapes`` (tensor name -> shape, as a checkpoint names them) are Moshi 7B's, in any naming the
+    loader accepts."""
+    meta = normalize_keys({key: torch.empty(tuple(shape), device="meta") for key, shape in shapes.items()})
+    return {key: tuple(value.shape) for key, value in meta.items()} == _moshi_7b_shapes()
+
+
+@functools.lru_cache(maxsize=1)
+def _moshi_7b_shapes() -> Dict[str, Tuple[int, ...]]:
+    with torch.device("meta"):  # the modules' shapes, no memory
+        model = MoshiLM(LMConfig.moshi_7b())
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------- codec files
+def codec_files(checkpoint: Optional[PathLike] = None, config: Optional[PathLike] = None
+                ) -> Tuple[str, Optional[str]]:
+    """(checkpoint, config) of a codec used on its own: ``checkpoint``, else ``$DUPLEX_MIMI``, else the codec
+    shipped with duplex (with its own config; ``config`` then must not be given). The config defaults to the one
+    that travels with the file (``codec_config_for``)."""
+    checkpoint = checkpoint or os.environ.get(MIMI_ENV)
+    if not checkpoint:
+        if config is not None:
+            raise ModelFilesError("a codec config describes a codec file; the shipped codec brings its own config "
+                                  "(give the codec file with it)")
+        return SHIPPED_CODEC, SHIPPED_CONFIG
+    checkpoint = _existing(checkpoint, "Mimi checkpoint")
+    return checkpoint, codec_config_for(checkpoint, config)
+
+
+def codec_config_for(checkpoint: Optional[PathLike], config: Optional[PathLike]) -> Optional[str]:
+    """The config to load the codec file ``checkpoint`` with: ``config`` when given, else the one that travels with
+    the file (``codec_config_beside``); None (the official architecture) without either."""
+    if config is not None or not checkpoint:
+        return os.fspath(config) if config is not None else None
+    return codec_config_beside(checkpoint)
+
+
+def codec_config_beside(checkpoint: PathLike) -> Optional[str]:
+    """The config that travels with a codec file made by duplex: ``NAME.json`` next to ``NAME.safetensors``
+    (the exported inference file, as shipped), else the ``config.json`` of a training run folder (one holding
+    ``trainer.pt``; other folders' ``config.json``, such as a model repository's LM config, are not codec
+    configs). None (the official Mimi architecture) otherwise, as for Kyutai's published file."""
+    checkpoint = os.fspath(checkpoint)
+    stem, _ = os.path.splitext(checkpoint)
+    if os.path.isfile(stem + ".json"):
+        return stem + ".json"
+    folder = os.path.dirname(checkpoint) or "."
+    run_config = os.path.join(folder, "config.json")
+    if os.path.isfile(run_config) and os.path.isfile(os.path.join(folder, "trainer.pt")):
+        return run_config
+    return None
+
+
+def unused_codec_config(checkpoint: PathLike, config: Optional[PathLike]) -> Optional[str]:
+    """A ``config.json`` beside the codec file ``checkpoint`` that loading it did not use (``config`` None: a run
+    folder copied without its ``trainer.pt``), worth naming when loading it as the official architecture failed."""
+    beside = os.path.join(os.path.dirname(os.fspath(checkpoint)) or ".", "config.json")
+    return beside if config is None and os.path.isfile(beside) else None
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _existing(path: PathLike, what: str) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFilesError(f"{what} not found: {path}")
+    if os.path.isdir(path):
+        raise ModelFilesError(f"{what} {path} is a folder, expected a file")
+    return path
+
+
+def _hub():
+    try:
+        import huggingface_hub  # noqa: PLC0415  (optional: only reading the Hugging Face cache needs it)
+        import huggingface_hub.constants  # noqa: PLC0415  (a submodule the package does not import itself)
+    except ImportError:
+        raise ModelFilesError("reading the Hugging Face cache needs the 'huggingface_hub' package: "
+                              "pip install huggingface_hub") from None
+    return huggingface_hub
+
+
+def _split_reference(repo: str, name: str) -> Tuple[str, str]:
+    """(repository, file) of a file name in a config: ``hf://owner/repo/path`` points into another repository."""
+    if name.startswith("hf://"):
+        parts = name[len("hf://"):].split("/", 2)
+        if len(parts) != 3:
+            raise ModelFilesError(f"{repo}: config.json names {name!r}, expected hf://owner/repo/path")
+        return f"{parts[0]}/{parts[1]}", parts[2]
+    return repo, name
+
+
+def _cached(hub, repo: str, filename: str, cache_dir: str) -> Optional[str]:
+    found = hub.try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
+    return found if isinstance(found, str) and os.path.isfile(found) else None
+
+
+def default_model_paths() -> Dict[str, Optional[str]]:
+    """Absolute paths of the shipped default model's files: ``lm``, ``lm_config``, ``mimi``, ``mimi_config``,
+    ``tokenizer`` (``ModelFiles.default().paths()``)."""
+    return ModelFiles.default().paths()
