@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+from safetensors import safe_open
+
+from codec import MimiConfig
 
 from ..errors import DatasetError
 from .encode import codes_path, load_stereo_codes
@@ -88,6 +91,18 @@ def read_alignments(path: Path) -> List[Word]:
         if speaker == "SPEAKER_MAIN" and start < end:
             words.append((word, start, end))
     return sorted(words, key=lambda w: w[1])
+
+
+def codes_frame_rate(manifest: Path) -> float:
+    """The frame rate of a dataset's codes: the codec's, as ``duplex data encode`` recorded it in the codes file of
+    the manifest's first entry; the default codec config's when that file does not say (or is not there yet:
+    ``load_conversations`` names what is missing)."""
+    try:
+        wav, _ = read_manifest(manifest)[0]
+        with safe_open(str(codes_path(wav)), framework="pt") as f:
+            return float((f.metadata() or {})["frame_rate"])
+    except Exception:  # missing, unreadable or silent: the default, which load_conversations checks every file by
+        return MimiConfig().frame_rate
 
 
 def load_conversations(manifest: Path, codebooks: int, frame_rate: float,
