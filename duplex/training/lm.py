@@ -26,7 +26,7 @@ from codec.io.checkpoint import check_and_load, normalize_keys
 from codec.io.files import write_json
 
 from ..data.lm_dataset import SegmentSource, codes_frame_rate, load_conversations
-from ..errors import DatasetError, UsageError
+from ..errors import DatasetError, TokenizerError, UsageError
 from ..model.config import LMConfig, lm_config_beside
 from ..model.lm import MoshiLM
 from ..model.tokenizer import TextTokenizer
@@ -297,7 +297,7 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     run = RunFolder(options.out, options.resume)
     tokenizer_path = run.file(EXPORT_TOKENIZER) if options.resume else options.tokenizer or str(data / EXPORT_TOKENIZER)
     if not os.path.isfile(tokenizer_path):
-        raise UsageError(f"tokenizer not found: {tokenizer_path} (train one on the dataset's transcripts with "
+        raise TokenizerError(f"tokenizer not found: {tokenizer_path} (train one on the dataset's transcripts with "
                          "'duplex train tokenizer')")
     tokenizer = TextTokenizer(tokenizer_path)
     config, resizable = _resolve_config(options, run)
@@ -314,8 +314,11 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
           f"{sum(c.frames for c in train) / frame_rate / 3600:.2f} h ({len(train)} files, {len(heldout)} held out), "
           f"segments of {source.segment_frames} frames, {device}", file=sys.stderr)
 
+    def export(folder: str) -> None:
+        export_model(model, folder, tokenizer_path, dtype)
+
     def save() -> None:
-        export_model(model, options.out, tokenizer_path, dtype)
+        export(options.out)
         trainer.save(run, {"data_position": list(source.position), "options": asdict(options)})
         plot_losses(run.file("log.jsonl"), run.file("loss.png"))
 
@@ -324,11 +327,10 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     with run:
         run.open_log(trainer.step)
         if trainer.step == 0:
-            export_model(model, options.out, tokenizer_path, dtype)  # the config is there from the start
+            export(options.out)  # the config is there from the start
         fit(trainer, run, lambda: source.next_batch(options.batch_size), end, save, options.save_every,
             heldout=(lambda: held.all_segments(options.batch_size)) if held else None, eval_every=options.eval_every,
-            on_heldout=lambda step, losses: best.offer(step, losses, lambda f: export_model(model, f, tokenizer_path,
-                                                                                             dtype)))
+            on_heldout=lambda step, losses: best.offer(step, losses, export))
     print(f"step {trainer.step} of {options.steps} after {time.time() - started:.0f} s -> {run.file(EXPORT)} "
           f"(config {run.file(EXPORT_CONFIG)}, tokenizer {run.file(EXPORT_TOKENIZER)}, losses {run.file('loss.png')})",
           file=sys.stderr)
