@@ -25,7 +25,7 @@ from safetensors import safe_open
 
 from codec import MimiConfig
 
-from ..errors import DatasetError
+from ..errors import DatasetError, UsageError
 from .encode import codes_path, load_stereo_codes
 from .text_stream import Word, text_stream
 
@@ -139,7 +139,7 @@ class SegmentSource:
     def __init__(self, conversations: Sequence[Conversation], tokenize: Callable[[str], Sequence[int]],
                  segment_frames: int, frame_rate: float, segments: str = "random", seed: int = 0):
         if segments not in SEGMENTS:
-            raise ValueError(f"segments must be one of {SEGMENTS}, got {segments!r}")
+            raise UsageError(f"segments must be one of {SEGMENTS}, got {segments!r}")
         if not conversations:
             raise DatasetError("the dataset has no conversations")
         self.conversations, self.tokenize = list(conversations), tokenize

@@ -313,7 +313,8 @@ def _write_one(index: int) -> dict:
             os.write(write, json.dumps(_write_files(index)).encode("utf-8"))
             status = 0
         except BaseException as e:
-            os.write(write, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode("utf-8"))
+            os.write(write, json.dumps({"error": f"{type(e).__name__}: {e}",
+                                        "espeak": isinstance(e, EspeakError)}).encode("utf-8"))
         finally:
             os._exit(status)
     _WORKER["child"] = pid
@@ -323,6 +324,8 @@ def _write_one(index: int) -> dict:
     os.waitpid(pid, 0)
     _WORKER["child"] = None
     row = json.loads(reply) if reply else {"error": "the synthesis process died"}
+    if row.get("espeak"):  # e.g. a voice this espeak-ng lacks: the user's to fix, said in one line
+        raise EspeakError(f"conversation {index}: {row['error']}")
     if "error" in row:
         raise RuntimeError(f"conversation {index}: {row['error']}")
     return row
