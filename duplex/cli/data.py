@@ -1,4 +1,7 @@
-"""``duplex data synth | encode``: the synthetic two-speaker conversation corpus, and its codes for LM training."""
+"""``duplex data synth | encode``: the synthetic two-speaker conversation corpus, and its codes for LM training.
+
+The synthesis options' defaults are the library's (``SynthOptions``, ``synthesize_corpus``), read when the
+command runs (``cli/options.py``)."""
 
 from __future__ import annotations
 
@@ -8,47 +11,42 @@ import sys
 import time
 
 from ..errors import UsageError
-from .common import add_codec_options, non_negative, positive
+from .common import add_codec_options, non_negative, positive, positive_float
+from .options import OptionsParser, dataclass_defaults, signature_defaults
+
+
+def _shares(items) -> dict:
+    shares = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            shares[name] = float(value)
+        except ValueError:
+            raise UsageError(f"--shares expects SCENARIO=NUMBER, got {item!r}") from None
+    return shares
 
 
 def run_synth(args) -> int:
-    from ..data.synth.conversation import DEFAULT_SHARES, SynthOptions, synthesize_corpus
-    from ..data.synth.espeak import EspeakError
+    from ..data.synth.conversation import SynthOptions, synthesize_corpus
 
-    shares = dict(DEFAULT_SHARES)
-    if args.shares:
-        shares = {}
-        for item in args.shares:
-            name, _, value = item.partition("=")
-            try:
-                shares[name] = float(value)
-            except ValueError:
-                raise UsageError(f"--shares expects SCENARIO=NUMBER, got {item!r}") from None
-    options = SynthOptions(shares=shares, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+    options = SynthOptions(min_seconds=args.min_seconds, max_seconds=args.max_seconds,
                            heldout_every=args.heldout_every, noise=args.noise,
                            level_variation=not args.no_level_variation)
-    try:
-        options.validate()
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if args.hours is not None and not args.hours > 0:
-        raise UsageError(f"--hours must be more than 0, got {args.hours}")
-    if args.conversations is not None and args.conversations < 1:
-        raise UsageError(f"--conversations must be at least 1, got {args.conversations}")
-    if os.path.exists(os.path.join(args.out_dir, "manifest.jsonl")):
-        # Writing over a corpus would leave the old conversations' files beside the new manifest.
-        raise UsageError(f"{args.out_dir} already holds a corpus (manifest.jsonl); choose another folder")
+    if args.shares:
+        options.shares = _shares(args.shares)
     if args.hours is not None:
         mean = (args.min_seconds + args.max_seconds) / 2 + 2.0  # conversations overshoot their target a little
         conversations = max(1, math.ceil(args.hours * 3600 / mean))
     else:
-        conversations = args.conversations or 100
+        conversations = args.conversations
     start = time.time()
     try:
         rows = synthesize_corpus(args.out_dir, conversations, seed=args.seed, options=options,
                                  workers=args.workers, progress=sys.stderr.isatty())
-    except EspeakError as e:
-        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the conversations made so far were removed ({args.out_dir} holds nothing of this run)",
+              file=sys.stderr)
+        raise
     hours = sum(r["duration"] for r in rows) / 3600
     heldout = sum(r["split"] == "heldout" for r in rows)
     print(f"{len(rows)} conversation{'' if len(rows) == 1 else 's'} ({heldout} held out), {hours:.2f} h of audio "
@@ -59,7 +57,9 @@ def run_synth(args) -> int:
 def run_encode(args) -> int:
     from pathlib import Path
 
-    from ..data.encode import EncodeError, encode_corpus
+    from tqdm import tqdm
+
+    from ..data.encode import encode_corpus
     from .codec import load_codec
 
     mimi = load_codec(args)
@@ -69,16 +69,12 @@ def run_encode(args) -> int:
         nonlocal bar
         if sys.stderr.isatty():
             if bar is None:
-                from tqdm import tqdm
-
                 bar = tqdm(total=total, unit="file", desc="encoding")
             bar.update(done - bar.n)
 
     start = time.time()
     try:
         encoded, skipped = encode_corpus(Path(args.corpus), mimi, progress=progress)
-    except EncodeError as e:
-        raise UsageError(str(e)) from None
     finally:
         if bar is not None:
             bar.close()
@@ -88,22 +84,32 @@ def run_encode(args) -> int:
     return 0
 
 
+def _synth_defaults() -> dict:
+    from ..data.synth.conversation import SynthOptions, synthesize_corpus
+
+    defaults = {**signature_defaults(synthesize_corpus), **dataclass_defaults(SynthOptions)}
+    defaults["shares"] = [f"{name}={share}" for name, share in defaults["shares"].items()]
+    del defaults["workers"]  # the command's default is every core, the library's one process
+    return defaults
+
+
 def register(commands) -> None:
     """``duplex data synth | encode``."""
     data = commands.add_parser("data", help="training data")
-    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    p = data_commands.add_parser("synth", help="synthesize a two-speaker conversation corpus with espeak-ng")
-    p.add_argument("out_dir", help="folder to write train/, heldout/ and manifest.jsonl into")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION",
+                                        parser_class=OptionsParser)
+    p = data_commands.add_parser("synth", help="synthesize a two-speaker conversation corpus with espeak-ng",
+                                 defaults=_synth_defaults)
+    p.add_argument("out_dir", help="folder to write train/, heldout/ and manifest.jsonl into (new, or holding no "
+                   "corpus; on failure or Ctrl-C what was written is removed)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--conversations", type=int, help="number of conversations (default 100)")
-    size.add_argument("--hours", type=float, help="total audio to synthesize instead")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same corpus")
-    p.add_argument("--shares", nargs="+", metavar="SCENARIO=SHARE",
-                   help="scenario shares (default smooth=0.35 pause=0.15 interrupt=0.15 backchannel=0.15 "
-                        "silence=0.2)")
-    p.add_argument("--heldout-every", type=non_negative, default=20, help="hold out every Nth conversation (0: none)")
-    p.add_argument("--min-seconds", type=float, default=20.0, help="shortest conversation")
-    p.add_argument("--max-seconds", type=float, default=40.0, help="longest conversation")
+    size.add_argument("--conversations", type=positive, default=100, help="number of conversations")
+    size.add_argument("--hours", type=positive_float, help="total audio to synthesize instead")
+    p.add_argument("--seed", type=int, help="same seed, same corpus")
+    p.add_argument("--shares", nargs="+", metavar="SCENARIO=SHARE", help="scenario shares")
+    p.add_argument("--heldout-every", type=non_negative, help="hold out every Nth conversation (0: none)")
+    p.add_argument("--min-seconds", type=float, help="shortest conversation")
+    p.add_argument("--max-seconds", type=float, help="longest conversation")
     p.add_argument("--noise", action="store_true", help="add background noise at 20-40 dB SNR")
     p.add_argument("--no-level-variation", action="store_true", help="keep every utterance at espeak's level")
     p.add_argument("--workers", type=positive, default=os.cpu_count() or 1, help="processes (default: all cores)")

@@ -1,11 +1,17 @@
 """``duplex train codec | tokenizer | lm``: train a Mimi-architecture codec, the text tokenizer, or a
-Moshi-architecture LM (from scratch or fine-tuning a checkpoint)."""
+Moshi-architecture LM (from scratch or fine-tuning a checkpoint).
+
+The options' defaults are the library's (``CodecTrainingOptions``, ``train_tokenizer``, ``LMTrainingOptions``),
+read when the command runs (``cli/options.py``)."""
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
 from .common import non_negative, pick_device, positive, positive_float, weight
+from .options import OptionsParser, dataclass_defaults, options_from_args, signature_defaults
 
 
 def _train(options_class, train, args) -> int:
@@ -13,8 +19,7 @@ def _train(options_class, train, args) -> int:
     names (--threads, if given, is the one process-wide setting a command may make: the user asked for it)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = options_class(**{name: getattr(args, name) for name in options_class.__dataclass_fields__})
-    train(options, pick_device(args.device))
+    train(options_from_args(options_class, args), pick_device(args.device))
     return 0
 
 
@@ -25,7 +30,6 @@ def run_train_codec(args) -> int:
 
 
 def run_train_tokenizer(args) -> int:
-    import sys
     from pathlib import Path
 
     from ..model.tokenizer import TextTokenizer
@@ -43,74 +47,90 @@ def run_train_lm(args) -> int:
     return _train(LMTrainingOptions, train_lm, args)
 
 
+def _codec_defaults() -> dict:
+    from ..training.codec import CodecTrainingOptions
+
+    return dataclass_defaults(CodecTrainingOptions)
+
+
+def _tokenizer_defaults() -> dict:
+    from ..training.tokenizer import train_tokenizer
+
+    return signature_defaults(train_tokenizer)
+
+
+def _lm_defaults() -> dict:
+    from ..training.lm import LMTrainingOptions
+
+    return dataclass_defaults(LMTrainingOptions)
+
+
 def add_run_options(p) -> None:
     """The options every trainer's run folder takes (``duplex.training.run``): length, seed, resume, cadence."""
-    p.add_argument("--steps", type=positive, default=2000, help="optimiser steps the run is planned for")
-    p.add_argument("--stop-at", type=positive, default=None, metavar="STEP",
+    p.add_argument("--steps", type=positive, help="optimiser steps the run is planned for")
+    p.add_argument("--stop-at", type=positive, metavar="STEP",
                    help="end this run at STEP (saved; --resume continues), the schedule still planned for --steps")
-    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
+    p.add_argument("--seed", type=int, help="initialisation and data order")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--save-every", type=positive, default=250, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--eval-every", type=non_negative, default=100, help="held-out losses every N steps (0: never)")
+    p.add_argument("--save-every", type=positive, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--eval-every", type=non_negative, help="held-out losses every N steps (0: never)")
     p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (0: torch's choice)")
 
 
 def register(commands) -> None:
     """``duplex train codec | tokenizer | lm``."""
     train = commands.add_parser("train", help="train models on the synthetic corpus")
-    train_commands = train.add_subparsers(dest="train_command", required=True, metavar="WHAT")
-    p = train_commands.add_parser("codec", help="train a Mimi-architecture codec")
+    train_commands = train.add_subparsers(dest="train_command", required=True, metavar="WHAT",
+                                          parser_class=OptionsParser)
+    p = train_commands.add_parser("codec", help="train a Mimi-architecture codec", defaults=_codec_defaults)
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--out", required=True, help="run folder: codec.safetensors, config.json, trainer.pt, log.jsonl")
-    p.add_argument("--config", default="small", help="small (default), official, or a config JSON (official layout)")
-    p.add_argument("--batch-size", type=positive, default=8, help="crops per step")
-    p.add_argument("--segment-seconds", type=positive_float, default=2.0,
-                   help="length of each crop, rounded to whole 80 ms frames")
-    p.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate of AdamW")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine",
-                   help="cosine: decay to 10%% of --lr at --steps (default)")
-    p.add_argument("--linear-mel-weight", type=weight, default=0.0,
+    p.add_argument("--config", help="small, official, or a config JSON (official layout)")
+    p.add_argument("--batch-size", type=positive, help="crops per step")
+    p.add_argument("--segment-seconds", type=positive_float, help="length of each crop, rounded to whole 80 ms frames")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate of AdamW")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], help="cosine: decay to 10%% of --lr at --steps")
+    p.add_argument("--linear-mel-weight", type=weight,
                    help="weight of an L1 loss on linear mel magnitudes beside the log-mel loss")
-    p.add_argument("--adversarial-weight", type=weight, default=0.0,
+    p.add_argument("--adversarial-weight", type=weight,
                    help="weight of the multi-period discriminator's hinge loss (0: no discriminator)")
-    p.add_argument("--feature-matching-weight", type=weight, default=0.0,
+    p.add_argument("--feature-matching-weight", type=weight,
                    help="weight of the discriminator feature-matching loss (0: off)")
-    p.add_argument("--crops", choices=["speech", "any"], default="speech",
-                   help="speech: every training crop contains speech (default); any: uniform crops")
-    p.add_argument("--max-codebooks", type=positive, default=8, help="quantizer dropout trains 1..N codebooks")
+    p.add_argument("--crops", choices=["speech", "any"],
+                   help="speech: every training crop contains speech; any: uniform crops")
+    p.add_argument("--max-codebooks", type=positive, help="quantizer dropout trains 1..N codebooks")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_run_options(p)
     p.set_defaults(run=run_train_codec)
     p = train_commands.add_parser("tokenizer", help="a SentencePiece text tokenizer on the corpus transcripts, with "
-                                  "Moshi's special ids")
+                                  "Moshi's special ids", defaults=_tokenizer_defaults)
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--out", required=True, metavar="PATH.model", help="the SentencePiece model to write")
-    p.add_argument("--vocab-size", type=positive, default=256,
-                   help="pieces at most (a small corpus may give fewer)")
+    p.add_argument("--vocab-size", type=positive, help="pieces at most (a small corpus may give fewer)")
     p.set_defaults(run=run_train_tokenizer)
     p = train_commands.add_parser("lm", help="train a Moshi-architecture LM on a dataset in Kyutai's fine-tuning "
-                                  "layout (from scratch, or fine-tuning --init)")
+                                  "layout (from scratch, or fine-tuning --init)", defaults=_lm_defaults)
     p.add_argument("--data", required=True, help="dataset folder: train.jsonl (+ heldout.jsonl), stereo WAVs with "
                    "their alignments JSON and codes ('duplex data encode')")
     p.add_argument("--out", required=True, help="run folder: model.safetensors, config.json, tokenizer.model, "
                    "lm.safetensors + trainer.pt (checkpoint), log.jsonl, loss.png")
-    p.add_argument("--tokenizer", default=None, help="SentencePiece model (default: DATA/tokenizer.model)")
-    p.add_argument("--config", default=None, help="preset (default, small, moshi_7b) or a config JSON in Kyutai's "
-                   "keyword layout (default: 'default', or the config beside --init)")
-    p.add_argument("--init", default=None, metavar="CHECKPOINT", help="start from this LM checkpoint (fine-tune): "
-                   "a Moshi 7B file, or a model.safetensors this command made")
-    p.add_argument("--batch-size", type=positive, default=8, help="segments per step")
-    p.add_argument("--segment-seconds", type=positive_float, default=10.0, help="segment length (whole frames)")
-    p.add_argument("--segments", choices=["random", "consecutive"], default="random",
-                   help="random: crops of the segment length inside each file (default); consecutive: Kyutai's cut "
-                   "from each file's start, the last one padded")
-    p.add_argument("--lr", type=positive_float, default=5e-4, help="peak learning rate (Kyutai fine-tunes 7B at 2e-6)")
-    p.add_argument("--weight-decay", type=weight, default=0.1, help="AdamW weight decay")
-    p.add_argument("--warmup", type=weight, default=0.05, help="share of --steps spent warming up")
-    p.add_argument("--grad-clip", type=positive_float, default=1.0, help="gradient norm clip")
-    p.add_argument("--semantic-weight", type=weight, default=100.0, help="loss weight of the semantic codebook")
-    p.add_argument("--text-padding-weight", type=weight, default=0.5, help="loss weight of text PAD/EPAD targets")
-    p.add_argument("--export-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+    p.add_argument("--tokenizer", help="SentencePiece model (default: DATA/tokenizer.model)")
+    p.add_argument("--config", help="preset (default, small, moshi_7b) or a config JSON in Kyutai's keyword layout "
+                   "(default: 'default', or the config beside --init)")
+    p.add_argument("--init", metavar="CHECKPOINT", help="start from this LM checkpoint (fine-tune): a Moshi 7B file, "
+                   "or a model.safetensors this command made")
+    p.add_argument("--batch-size", type=positive, help="segments per step")
+    p.add_argument("--segment-seconds", type=positive_float, help="segment length (whole frames)")
+    p.add_argument("--segments", choices=["random", "consecutive"],
+                   help="random: crops of the segment length inside each file; consecutive: Kyutai's cut from each "
+                   "file's start, the last one padded")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (Kyutai fine-tunes 7B at 2e-6)")
+    p.add_argument("--weight-decay", type=weight, help="AdamW weight decay")
+    p.add_argument("--warmup", type=weight, help="share of --steps spent warming up")
+    p.add_argument("--grad-clip", type=positive_float, help="gradient norm clip")
+    p.add_argument("--semantic-weight", type=weight, help="loss weight of the semantic codebook")
+    p.add_argument("--text-padding-weight", type=weight, help="loss weight of text PAD/EPAD targets")
+    p.add_argument("--export-dtype", choices=["bfloat16", "float16", "float32"],
                    help="dtype of the exported model.safetensors")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
     add_run_options(p)

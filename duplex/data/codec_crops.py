@@ -7,19 +7,25 @@ import os
 from typing import List
 
 import numpy as np
+import soundfile as sf
 import torch
 
+from codec import MimiConfig
 from codec.io.audio import speech_frames
+
+from ..errors import DatasetError
 
 # Conversation channels are mostly silence (the other side is talking); crops centred on speech frames spend the
 # training on what matters. A speech frame is one that overlaps a word of that channel's transcript (the corpus
 # knows where every word is, and with --noise an energy threshold would call the noise floor speech); corpora
 # without transcripts fall back to the codec quality bench's energy threshold.
-FRAME = 1920
+# The corpus is made at the codec's rate, in its frames (Mimi's: 24 kHz, 80 ms frames of 1920 samples).
+SAMPLE_RATE = MimiConfig().sample_rate
+FRAME = MimiConfig().frame_size
 CHANNELS = ("assistant", "user")  # channel 0, channel 1
 
 
-def word_frames(meta: dict, samples: int, channel: int, rate: int = 24000) -> np.ndarray:
+def word_frames(meta: dict, samples: int, channel: int, rate: int = SAMPLE_RATE) -> np.ndarray:
     """bool [ceil(samples / FRAME)]: the frames of ``channel`` that overlap one of its transcript's words."""
     mask = np.zeros(-(-samples // FRAME), dtype=bool)
     for turn in meta.get("turns", []):
@@ -36,11 +42,9 @@ class CorpusAudio:
     """Every channel of every conversation of one split, as mono clips to crop training segments from."""
 
     def __init__(self, corpus_dir: str, split: str = "train"):
-        import soundfile as sf
-
         manifest = os.path.join(corpus_dir, "manifest.jsonl")
         if not os.path.exists(manifest):
-            raise FileNotFoundError(f"{corpus_dir} has no manifest.jsonl; make a corpus with 'duplex data synth'")
+            raise DatasetError(f"{corpus_dir} has no manifest.jsonl; make a corpus with 'duplex data synth'")
         rows = []
         with open(manifest, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
@@ -50,7 +54,7 @@ class CorpusAudio:
                     row = json.loads(line)
                     row["split"], row["wav"]  # noqa: B018 - the fields every row needs
                 except (json.JSONDecodeError, TypeError, KeyError) as e:
-                    raise ValueError(f"{manifest}, line {number}: not a corpus entry ({type(e).__name__}: {e})") \
+                    raise DatasetError(f"{manifest}, line {number}: not a corpus entry ({type(e).__name__}: {e})") \
                         from None
                 rows.append(row)
         self.clips: List[np.ndarray] = []
@@ -62,12 +66,12 @@ class CorpusAudio:
             try:
                 audio, rate = sf.read(path, dtype="int16", always_2d=True)
             except (RuntimeError, OSError) as e:  # soundfile's errors for missing, unreadable or corrupt files
-                raise ValueError(f"{path}: cannot read this audio file ({e})") from None
-            if rate != 24000:
-                raise ValueError(f"{path}: expected 24 kHz audio, got {rate} Hz")
+                raise DatasetError(f"{path}: cannot read this audio file ({e})") from None
+            if rate != SAMPLE_RATE:
+                raise DatasetError(f"{path}: expected {SAMPLE_RATE} Hz audio, got {rate} Hz")
             seconds, expected = len(audio) / rate, row.get("duration")
             if isinstance(expected, (int, float)) and abs(seconds - expected) > 0.05:
-                raise ValueError(f"{path}: {seconds:.2f} s of audio where the manifest says {expected:.2f} s "
+                raise DatasetError(f"{path}: {seconds:.2f} s of audio where the manifest says {expected:.2f} s "
                                  f"(a truncated or replaced file?)")
             meta = _read_json(os.path.join(corpus_dir, row["json"])) if "json" in row else None
             for c in range(audio.shape[1]):
@@ -77,8 +81,9 @@ class CorpusAudio:
                     word_frames(meta, len(clip), c) if meta is not None and c < len(CHANNELS)
                     else speech_frames(clip.astype(np.float32) / 32768.0, FRAME, -(-len(clip) // FRAME)))
         if not self.clips:
-            hint = " (made with --heldout-every 0? then train with --eval-every 0)" if split == "heldout" else ""
-            raise ValueError(f"{corpus_dir} has no '{split}' conversations{hint}")
+            hint = " (a corpus made without held-out conversations: train without held-out losses)" \
+                if split == "heldout" else ""
+            raise DatasetError(f"{corpus_dir} has no '{split}' conversations{hint}")
         self.lengths = np.array([len(c) for c in self.clips], dtype=np.float64)
         # (clip, frame) of every whole speech frame, for speech-centred crops
         positions = []
@@ -89,11 +94,11 @@ class CorpusAudio:
 
     @property
     def speech_seconds(self) -> float:
-        return len(self.speech_frames) * FRAME / 24000
+        return len(self.speech_frames) * FRAME / SAMPLE_RATE
 
     @property
     def seconds(self) -> float:
-        return float(self.lengths.sum()) / 24000
+        return float(self.lengths.sum()) / SAMPLE_RATE
 
     def batch(self, batch_size: int, samples: int, generator: torch.Generator, speech: bool = False) -> torch.Tensor:
         """float32 [batch_size, 1, samples]: crops drawn with ``generator`` (so a resumed run draws the same).

@@ -15,7 +15,13 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
+import soundfile as sf
 import torch
+from safetensors import safe_open
+
+from codec.io.audio import resample
+from codec.io.checkpoint import write_safetensors
+from codec.io.codes import codec_fingerprint
 
 from ..errors import EncodeError
 
@@ -55,8 +61,6 @@ def codes_path(wav: Path) -> Path:
 
 
 def _done(path: Path, fingerprint: str) -> bool:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -67,11 +71,6 @@ def _done(path: Path, fingerprint: str) -> bool:
 
 
 def encode_file(mimi, wav: Path, out: Path, fingerprint: str) -> None:
-    import soundfile as sf
-
-    from codec.io.audio import resample
-    from codec.io.checkpoint import write_safetensors
-
     try:
         data, rate = sf.read(str(wav), dtype="float32", always_2d=True)
     except Exception as e:
@@ -91,8 +90,6 @@ def encode_file(mimi, wav: Path, out: Path, fingerprint: str) -> None:
 
 def encode_corpus(folder: Path, mimi, progress: Optional[Callable[[int, int], None]] = None) -> Tuple[int, int]:
     """Encode what is not encoded yet; returns (encoded now, already there)."""
-    from codec.io.codes import codec_fingerprint
-
     fingerprint = codec_fingerprint(mimi.config)
     wavs: List[Path] = [wav for wav, _ in manifest_entries(Path(folder))]
     encoded = skipped = 0
@@ -112,8 +109,6 @@ def encode_corpus(folder: Path, mimi, progress: Optional[Callable[[int, int], No
 
 def load_stereo_codes(path: Path) -> Tuple[torch.Tensor, dict]:
     """(int64 codes [2, K, S], metadata) of a codes file written by ``encode_corpus``."""
-    from safetensors import safe_open
-
     if not os.path.exists(path):
         raise EncodeError(f"{path}: no codes file; run 'duplex data encode' on its corpus")
     with safe_open(str(path), framework="pt") as f:

@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+from safetensors import safe_open
 
-from ..errors import DatasetError
+from codec import MimiConfig
+
+from ..errors import DatasetError, UsageError
 from .encode import codes_path, load_stereo_codes
 from .text_stream import Word, text_stream
 
@@ -90,6 +93,18 @@ def read_alignments(path: Path) -> List[Word]:
     return sorted(words, key=lambda w: w[1])
 
 
+def codes_frame_rate(manifest: Path) -> float:
+    """The frame rate of a dataset's codes: the codec's, as ``duplex data encode`` recorded it in the codes file of
+    the manifest's first entry; the default codec config's when that file does not say (or is not there yet:
+    ``load_conversations`` names what is missing)."""
+    try:
+        wav, _ = read_manifest(manifest)[0]
+        with safe_open(str(codes_path(wav)), framework="pt") as f:
+            return float((f.metadata() or {})["frame_rate"])
+    except Exception:  # missing, unreadable or silent: the default, which load_conversations checks every file by
+        return MimiConfig().frame_rate
+
+
 def load_conversations(manifest: Path, codebooks: int, frame_rate: float,
                        progress: Optional[Callable[[int, int], None]] = None) -> List[Conversation]:
     """Every file of ``manifest`` with its cached codes (the first ``codebooks`` of each channel) and words."""
@@ -124,7 +139,7 @@ class SegmentSource:
     def __init__(self, conversations: Sequence[Conversation], tokenize: Callable[[str], Sequence[int]],
                  segment_frames: int, frame_rate: float, segments: str = "random", seed: int = 0):
         if segments not in SEGMENTS:
-            raise ValueError(f"segments must be one of {SEGMENTS}, got {segments!r}")
+            raise UsageError(f"segments must be one of {SEGMENTS}, got {segments!r}")
         if not conversations:
             raise DatasetError("the dataset has no conversations")
         self.conversations, self.tokenize = list(conversations), tokenize

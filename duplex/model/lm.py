@@ -14,13 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codec.io.checkpoint import check_and_load, normalize_keys, read_tensors
+from codec.io.checkpoint import check_and_load, normalize_keys, read_tensors, write_safetensors
+from codec.io.files import write_json
 from codec.modules.linear import fast_linear, use_wide_weight_layout
 from codec.modules.nest import Nest
 from codec.modules.rope import rope_frequencies, rope_tables
 
+from .checks import check_lm_codes
 from .config import LMConfig
 from .depformer import DepthTransformer
+from .generator import LMGenerator
 from .layers import ZERO_TOKEN, RMSNorm, ScaledEmbedding, TemporalLayer
 
 ConfigLike = Union[None, LMConfig, dict, str, os.PathLike]
@@ -135,6 +138,23 @@ class MoshiLM(nn.Module):
         model._rebuild_buffers()
         return model.eval()
 
+    def save(self, folder_or_path: Union[str, os.PathLike], dtype: Optional[torch.dtype] = None) -> str:
+        """Write the model as Kyutai's code reads it: the weights (safetensors, Kyutai's key layout, ``dtype`` or
+        the model's own) and ``config.json`` beside them in Kyutai's keyword layout (what ``from_checkpoint`` and
+        ``lm_config_beside`` read back). ``folder_or_path``: a folder (``model.safetensors`` is written in it) or
+        the ``.safetensors`` path itself. Returns the weights' path."""
+        path = os.fspath(folder_or_path)
+        if not path.endswith(".safetensors"):
+            path = os.path.join(path, "model.safetensors")
+        if dtype is not None:
+            _check_dtype(dtype)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
+        write_safetensors(state, path, metadata={"format": "pt"})
+        write_json(os.path.join(folder, "config.json"), self.config.to_dict())
+        return path
+
     def _rebuild_buffers(self) -> None:
         cfg, device = self.config, self.device
         self.freqs = rope_frequencies(cfg.head_dim, cfg.max_period, device=device)
@@ -144,8 +164,6 @@ class MoshiLM(nn.Module):
     def generator(self, batch_size: int, greedy: bool = False, temperature: float = 0.8, top_k: int = 250,
                   text_temperature: float = 0.7, text_top_k: int = 25, seed: Optional[int] = None):
         """A streaming generator with ``batch_size`` independent slots (see ``duplex.model.generator``)."""
-        from .generator import LMGenerator
-
         self.prepare_for_inference()
         return LMGenerator(self, batch_size, greedy=greedy, temperature=temperature, top_k=top_k,
                            text_temperature=text_temperature, text_top_k=text_top_k, seed=seed)
@@ -202,8 +220,6 @@ class MoshiLM(nn.Module):
     # ----------------------------------------------------------------------------------------- training view
     def forward_train(self, codes: torch.Tensor) -> LMOutput:
         """Teacher-forced forward on codes [B, K, T] (delays applied inside; spec 2.7, "training-time view")."""
-        from .checks import check_lm_codes
-
         codes = check_lm_codes(codes, self.config, "forward_train", allow_zero_token=True).to(self.device)
         cfg = self.config
         b, k, t = codes.shape

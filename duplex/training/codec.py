@@ -11,7 +11,11 @@ from typing import Optional
 
 import torch
 
-from ..errors import UsageError
+from codec import Mimi, MimiConfig
+from codec.shipped import export_for_inference
+from codec.train.trainer import CodecTrainer, TrainConfig, fit, init_for_training
+
+from ..data.codec_crops import CorpusAudio
 from .run import RunFolder
 
 
@@ -37,9 +41,7 @@ class CodecTrainingOptions:
     eval_every: int = 100
 
 
-def _codec_config(name: str):
-    from codec import MimiConfig
-
+def _codec_config(name: str) -> MimiConfig:
     if name == "small":
         return MimiConfig.small()
     if name == "official":
@@ -48,19 +50,11 @@ def _codec_config(name: str):
 
 
 def train_codec(options: CodecTrainingOptions, device: torch.device) -> int:
-    """Train (or resume) the run in ``options.out``; returns the step reached."""
-    from codec import CheckpointError, Mimi
-    from codec.shipped import export_for_inference
-    from codec.train.trainer import CodecTrainer, TrainConfig, fit, init_for_training
-
-    from ..data.codec_crops import CorpusAudio
-
+    """Train (or resume) the run in ``options.out``; returns the step reached. After Ctrl-C the run stops at a
+    step boundary, saves it, and raises KeyboardInterrupt."""
     run = RunFolder(options.out, options.resume)
-    try:
-        train = CorpusAudio(options.data, "train")
-        heldout = CorpusAudio(options.data, "heldout") if options.eval_every else None
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
+    train = CorpusAudio(options.data, "train")
+    heldout = CorpusAudio(options.data, "heldout") if options.eval_every else None
     config = _codec_config(run.file("config.json") if options.resume else options.config)
     frame = config.frame_size
     samples = max(1, round(options.segment_seconds * config.sample_rate / frame)) * frame
@@ -77,11 +71,8 @@ def train_codec(options: CodecTrainingOptions, device: torch.device) -> int:
                       feature_matching_weight=options.feature_matching_weight)
     trainer = CodecTrainer(mimi, cfg, seed=options.seed)
     if options.resume:
-        try:
-            trainer.load(options.out)
-        except (ValueError, CheckpointError) as e:
-            raise UsageError(f"--resume: {e}") from None
-        print(f"resumed {options.out} at step {trainer.step} (training options come from this command line)",
+        trainer.load(options.out)
+        print(f"resumed {options.out} at step {trainer.step} (training options come from this call)",
               file=sys.stderr)
     eval_batch = (heldout.batch(8, samples, torch.Generator().manual_seed(1234), speech=True).to(device)
                   if heldout else None)
@@ -96,7 +87,7 @@ def train_codec(options: CodecTrainingOptions, device: torch.device) -> int:
 
         def log(record: dict) -> None:
             run.log(record)
-            progress(record["step"], loss=record["loss"], mel=record["mel"])
+            progress(record["step"], heldout=record.get("heldout"), loss=record["loss"], mel=record["mel"])
 
         def save() -> None:
             trainer.save(options.out)
@@ -110,4 +101,5 @@ def train_codec(options: CodecTrainingOptions, device: torch.device) -> int:
     print(f"step {trainer.step} of {options.steps} after {time.time() - start:.0f} s -> "
           f"{os.path.join(options.out, 'codec.safetensors')} (config {run.file('config.json')}); inference file "
           f"{run.file('codec-fp16.safetensors')} (config {run.file('codec-fp16.json')})", file=sys.stderr)
+    run.raise_if_interrupted(trainer.step)
     return trainer.step

@@ -1,6 +1,7 @@
 """``duplex train lm``: train (or fine-tune) a Moshi-architecture LM on a dataset in Kyutai's fine-tuning layout.
 
-One readable loop: teacher-forced ``forward_train`` on segments [B, 17, T], ``lm_loss`` (Kyutai's weights), AdamW
+``LMTrainer`` has the shape of the codec's ``CodecTrainer`` (``train_step`` / ``evaluate`` / ``save`` / ``load``
+through the run folder); ``fit`` is the loop and ``train_lm`` the wiring. What a step does: teacher-forced ``forward_train`` on segments [B, 17, T], ``lm_loss`` (Kyutai's weights), AdamW
 with Kyutai's defaults, a one-cycle cosine schedule, gradient clipping; held-out losses every N steps; a run folder
 that resumes exactly (the data position is part of the saved state, the rest of the loop is deterministic); the
 exported model (``model.safetensors`` in Kyutai's key layout, ``config.json`` in its keyword layout, and the
@@ -9,6 +10,7 @@ tokenizer) rewritten at every checkpoint, so a stopped run always leaves a usabl
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -16,11 +18,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
-from ..errors import UsageError
+from codec.io.checkpoint import check_and_load, normalize_keys
+from codec.io.files import write_json
+
+from ..data.lm_dataset import SegmentSource, codes_frame_rate, load_conversations
+from ..errors import DatasetError, TokenizerError, UsageError
+from ..model.config import LMConfig, lm_config_beside
+from ..model.lm import MoshiLM
+from ..model.tokenizer import TextTokenizer
+from .lm_loss import LossWeights, lm_loss
 from .run import RunFolder
 
 WEIGHTS = "lm.safetensors"  # the float32 training weights of the checkpoint set
@@ -70,9 +80,8 @@ def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.05) -> fl
     return high + (low - high) * (math.cos(math.pi * min(pct, 1.0)) + 1) / 2
 
 
-def _resolve_config(options: LMTrainingOptions, run: RunFolder):
-    from ..model.config import LMConfig, lm_config_beside
-
+def _resolve_config(options: LMTrainingOptions, run: RunFolder) -> "tuple[LMConfig, bool]":
+    """(the LM's config, whether it is a preset that may be sized to the tokenizer)."""
     if options.resume:
         return LMConfig.load(run.file(EXPORT_CONFIG)), False
     if options.config is not None:
@@ -80,40 +89,121 @@ def _resolve_config(options: LMTrainingOptions, run: RunFolder):
     if options.init is not None:
         beside = lm_config_beside(options.init)
         if beside is None:
-            raise UsageError(f"--init {options.init}: no config.json beside it; pass --config (a preset such as "
-                             f"moshi_7b, or the JSON the model was made with)")
+            raise UsageError(f"{options.init}: no config.json beside it; name the config it was made with (a preset "
+                             "such as moshi_7b, or its JSON)")
         return LMConfig.load(beside), False
     return LMConfig.load("default"), True
 
 
-def _fit_vocabulary(config, tokenizer, resizable: bool, where: str):
+def _fit_vocabulary(config: LMConfig, tokenizer: TextTokenizer, resizable: bool) -> LMConfig:
     """The text vocabulary must hold the tokenizer's ids; a preset is sized to the tokenizer exactly."""
     if resizable and config.text_card != tokenizer.vocab_size:
         config.text_card = tokenizer.vocab_size
         config.validate()
     elif tokenizer.vocab_size > config.text_card:
-        raise UsageError(f"{where}: the tokenizer has {tokenizer.vocab_size} pieces but the LM's text vocabulary "
+        raise UsageError(f"the tokenizer has {tokenizer.vocab_size} pieces but the LM's text vocabulary "
                          f"(text_card) only {config.text_card}")
+    if config.n_q != 2 * config.dep_q:
+        raise UsageError(f"n_q must be 2 x dep_q (the model's and the user's codebooks), got n_q {config.n_q}, "
+                         f"dep_q {config.dep_q}")
     return config
 
 
-def export_model(model, folder: str, tokenizer_path: str, dtype: torch.dtype) -> None:
-    """``model.safetensors`` (Kyutai's key layout), ``config.json`` (its keyword layout) and the tokenizer."""
-    from codec.io.checkpoint import write_safetensors
-    from codec.io.files import write_json
-
-    state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()}
-    write_safetensors(state, os.path.join(folder, EXPORT), metadata={"format": "pt"})
-    config = model.config.to_dict()
-    write_json(os.path.join(folder, EXPORT_CONFIG), config)
+def export_model(model: MoshiLM, folder: str, tokenizer_path: str, dtype: torch.dtype) -> None:
+    """The usable model: ``MoshiLM.save`` (Kyutai's layout) and the tokenizer beside it."""
+    model.save(folder, dtype)
     target = os.path.join(folder, EXPORT_TOKENIZER)
     if os.path.abspath(tokenizer_path) != os.path.abspath(target):
         shutil.copyfile(tokenizer_path, target)
 
 
-def _best_heldout(folder: str) -> float:
-    import json
+class LMTrainer:
+    """One optimiser step per batch (AdamW with Kyutai's betas, the one-cycle schedule, gradient clipping), held-out
+    losses, and checkpoints in a run folder that hold everything needed to continue exactly (the data position
+    travels in ``save``'s ``extra``)."""
 
+    def __init__(self, model: MoshiLM, options: LMTrainingOptions):
+        self.model, self.options = model.train(), options
+        self.weights = LossWeights(semantic=options.semantic_weight, text_padding=options.text_padding_weight)
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]  # the norms' gains: decaying them only hurts
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=options.lr, betas=(0.9, 0.95), eps=1e-8)
+        self.step = 0
+
+    def _autocast(self):
+        """bfloat16 autocast on CUDA (as Kyutai trains), plain float32 elsewhere."""
+        if self.model.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _losses(self, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
+        with self._autocast():
+            return lm_loss(self.model.forward_train(batch.to(self.model.device)), batch, self.weights)
+
+    def train_step(self, batch: torch.Tensor) -> Dict[str, float]:
+        """One optimiser step on segments [B, K, T]: the learning rate, the gradient norm and the losses."""
+        o = self.options
+        lr = one_cycle_lr(self.step, o.steps, o.lr, o.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        losses = self._losses(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        if not bool(torch.isfinite(norm)):
+            raise UsageError(f"the gradient became non-finite at step {self.step + 1} (lower the learning rate)")
+        self.optimizer.step()
+        self.step += 1
+        return {"lr": lr, "grad_norm": float(norm), **{k: float(v.detach()) for k, v in losses.items()}}
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[torch.Tensor]) -> Dict[str, float]:
+        """The mean losses per segment over ``batches``."""
+        self.model.eval()
+        try:
+            totals, count = {}, 0
+            for batch in batches:
+                for k, v in self._losses(batch).items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * batch.shape[0]
+                count += batch.shape[0]
+            return {k: v / count for k, v in totals.items()}
+        finally:
+            self.model.train()
+
+    def save(self, run: RunFolder, extra: Optional[dict] = None) -> None:
+        """The checkpoint set ``lm.safetensors`` (float32) + ``trainer.pt`` (step, optimizer, ``extra``)."""
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), **(extra or {})}
+        weights = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        run.save_checkpoint(WEIGHTS, weights, state, self.step)
+
+    def load(self, run: RunFolder) -> dict:
+        """Continue from the run's checkpoint; returns its whole state (``extra`` included)."""
+        weights, state = run.load_checkpoint(WEIGHTS)
+        check_and_load(self.model, normalize_keys(weights), "LM", source=run.file(WEIGHTS), assign=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        return state
+
+
+class BestModel:
+    """The export at the lowest held-out loss so far, in its own folder with ``step.json`` (a run that overfits
+    keeps its best model)."""
+
+    def __init__(self, folder: str, resume: bool):
+        self.folder = folder
+        self.loss = _best_heldout(folder) if resume else float("inf")
+
+    def offer(self, step: int, heldout: dict, export: Callable[[str], None]) -> None:
+        if heldout["loss"] < self.loss:
+            self.loss = heldout["loss"]
+            os.makedirs(self.folder, exist_ok=True)
+            export(self.folder)
+            write_json(os.path.join(self.folder, "step.json"), {"step": step, "heldout": heldout})
+
+
+def _best_heldout(folder: str) -> float:
     try:
         with open(os.path.join(folder, "step.json"), encoding="utf-8") as f:
             return float(json.load(f)["heldout"]["loss"])
@@ -121,11 +211,51 @@ def _best_heldout(folder: str) -> float:
         return float("inf")
 
 
+def fit(trainer: LMTrainer, run: RunFolder, next_batch: Callable[[], torch.Tensor], end: int,
+        save: Callable[[], None], save_every: int, heldout: Optional[Callable[[], Iterable[torch.Tensor]]] = None,
+        eval_every: int = 0, on_heldout: Callable[[int, dict], None] = lambda step, losses: None) -> None:
+    """Train until ``trainer.step`` reaches ``end``, as ``codec.train.fit`` does: one logged record per step,
+    held-out losses on ``heldout()`` every ``eval_every`` steps (shown, and given to ``on_heldout``), ``save()``
+    every ``save_every`` steps, at the end, and when Ctrl-C asked the run to stop (always a whole step)."""
+    progress = run.progress(end, trainer.step)
+    while trainer.step < end:
+        record = {"step": trainer.step + 1, **trainer.train_step(next_batch())}
+        if heldout is not None and eval_every and trainer.step % eval_every == 0:
+            record["heldout"] = trainer.evaluate(heldout())
+            on_heldout(trainer.step, record["heldout"])
+        run.log(record)
+        progress(trainer.step, heldout=record.get("heldout"), loss=record["loss"], text=record["text"],
+                 audio=record["audio"])
+        stopping = run.stop_requested()
+        if trainer.step % save_every == 0 or trainer.step == end or stopping:
+            save()
+        if stopping:
+            return
+
+
+def _data(options: LMTrainingOptions, config: LMConfig, tokenizer: TextTokenizer, frame_rate: float):
+    """(training files, held-out files, their segment sources); the held-out source is None without files."""
+    data, frames = Path(options.data), max(1, round(options.segment_seconds * frame_rate))
+    train = load_conversations(data / "train.jsonl", config.dep_q, frame_rate)
+    heldout = (load_conversations(data / "heldout.jsonl", config.dep_q, frame_rate)
+               if options.eval_every and (data / "heldout.jsonl").is_file() else [])
+    source = SegmentSource(train, tokenizer.encode, frames, frame_rate, options.segments, options.seed)
+    held = SegmentSource(heldout, tokenizer.encode, frames, frame_rate, "consecutive") if heldout else None
+    return train, heldout, source, held
+
+
+def _model(options: LMTrainingOptions, config: LMConfig, device: torch.device) -> "tuple[MoshiLM, str]":
+    if options.init and not options.resume:
+        return (MoshiLM.from_checkpoint(options.init, config, device=device, dtype=torch.float32),
+                f"from {options.init}")
+    model = MoshiLM.random(config, seed=options.seed, device=device, dtype=torch.float32)
+    return model, "" if options.resume else "from random weights"
+
+
 def plot_losses(log_path: str, png: str) -> None:
     """Training and held-out losses against steps (text and audio separately)."""
-    import json
-
-    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend is left alone
+    # no pyplot: the process's matplotlib backend is left alone
+    from matplotlib.figure import Figure  # noqa: PLC0415 - slow to import, and only the plot needs it
 
     records = []
     with open(log_path, encoding="utf-8") as f:
@@ -159,136 +289,50 @@ def plot_losses(log_path: str, png: str) -> None:
 
 
 def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
-    """Train (or resume) the run in ``options.out``; returns the step reached."""
-    from codec import CheckpointError
-    from codec.io.checkpoint import check_and_load, normalize_keys
-    from codec.io.files import write_json
-
-    from ..data.lm_dataset import DatasetError, SegmentSource, load_conversations
-    from ..model.lm import MoshiLM
-    from ..model.tokenizer import TextTokenizer
-    from .lm_loss import LossWeights, lm_loss
-
-    run = RunFolder(options.out, options.resume)
+    """Train (or resume) the run in ``options.out``; returns the step reached. After Ctrl-C the run stops at a
+    step boundary, saves it, and raises KeyboardInterrupt."""
     data = Path(options.data)
-    tokenizer_path = (run.file(EXPORT_TOKENIZER) if options.resume
-                      else options.tokenizer or str(data / "tokenizer.model"))
+    if not data.is_dir():  # before the tokenizer, which would otherwise be the first thing found missing
+        raise DatasetError(f"{data}: no such dataset folder")
+    run = RunFolder(options.out, options.resume)
+    tokenizer_path = run.file(EXPORT_TOKENIZER) if options.resume else options.tokenizer or str(data / EXPORT_TOKENIZER)
     if not os.path.isfile(tokenizer_path):
-        raise UsageError(f"tokenizer not found: {tokenizer_path} (make one with 'duplex train tokenizer --data "
-                         f"{data} --out {data / 'tokenizer.model'}', or pass --tokenizer)")
+        raise TokenizerError(f"tokenizer not found: {tokenizer_path} (train one on the dataset's transcripts with "
+                         "'duplex train tokenizer')")
     tokenizer = TextTokenizer(tokenizer_path)
     config, resizable = _resolve_config(options, run)
-    config = _fit_vocabulary(config, tokenizer, resizable and options.init is None, "train lm")
-    frame_rate = 12.5
-    segment_frames = max(1, round(options.segment_seconds * frame_rate))
-    if config.n_q != 2 * config.dep_q:
-        raise UsageError(f"train lm: n_q must be 2 x dep_q (the model's and the user's codebooks), got n_q "
-                         f"{config.n_q}, dep_q {config.dep_q}")
-    try:
-        train = load_conversations(data / "train.jsonl", config.dep_q, frame_rate)
-        heldout = (load_conversations(data / "heldout.jsonl", config.dep_q, frame_rate)
-                   if options.eval_every and (data / "heldout.jsonl").is_file() else [])
-    except DatasetError as e:
-        raise UsageError(str(e)) from None
-    source = SegmentSource(train, tokenizer.encode, segment_frames, frame_rate, options.segments, options.seed)
-    held_source = (SegmentSource(heldout, tokenizer.encode, segment_frames, frame_rate, "consecutive")
-                   if heldout else None)
-
-    if options.init and not options.resume:
-        try:
-            model = MoshiLM.from_checkpoint(options.init, config, device=device, dtype=torch.float32)
-        except (CheckpointError, ValueError) as e:
-            raise UsageError(f"--init {options.init}: {e}") from None
-        what = f"from {options.init}"
-    else:
-        model = MoshiLM.random(config, seed=options.seed, device=device, dtype=torch.float32)
-        what = "from random weights" if not options.resume else ""
-    model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]  # the norms' gains: decaying them only hurts
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=options.lr, betas=(0.9, 0.95), eps=1e-8)
-    step = 0
+    config = _fit_vocabulary(config, tokenizer, resizable and options.init is None)
+    frame_rate = codes_frame_rate(data / "train.jsonl")
+    train, heldout, source, held = _data(options, config, tokenizer, frame_rate)
+    model, what = _model(options, config, device)
+    trainer, best = LMTrainer(model, options), BestModel(run.file(BEST), options.resume)
     if options.resume:
-        try:
-            weights, state = run.load_checkpoint(WEIGHTS)
-        except CheckpointError as e:
-            raise UsageError(f"--resume: {e}") from None
-        check_and_load(model, normalize_keys(weights), "LM", source=run.file(WEIGHTS), assign=False)
-        optimizer.load_state_dict(state["optimizer"])
-        step, source.position = state["step"], tuple(state["data_position"])
-        print(f"resumed {options.out} at step {step} (training options come from this command line)",
-              file=sys.stderr)
-    weights_cfg = LossWeights(semantic=options.semantic_weight, text_padding=options.text_padding_weight)
-    export_dtype = EXPORT_DTYPES[options.export_dtype]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
-    params = sum(p.numel() for p in model.parameters())
-    frames = sum(c.frames for c in train)
-    print(f"training {params / 1e6:.1f} M parameters {what} on {frames / frame_rate / 3600:.2f} h "
-          f"({len(train)} files, {len(heldout)} held out), segments of {segment_frames} frames, {device}",
-          file=sys.stderr)
+        source.position = tuple(trainer.load(run)["data_position"])
+        print(f"resumed {options.out} at step {trainer.step} (training options come from this call)", file=sys.stderr)
+    dtype = EXPORT_DTYPES[options.export_dtype]
+    print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters {what} on "
+          f"{sum(c.frames for c in train) / frame_rate / 3600:.2f} h ({len(train)} files, {len(heldout)} held out), "
+          f"segments of {source.segment_frames} frames, {device}", file=sys.stderr)
 
-    def evaluate() -> dict:
-        model.eval()
-        totals, count = {}, 0
-        with torch.no_grad(), autocast:
-            for batch in held_source.all_segments(options.batch_size):
-                losses = lm_loss(model.forward_train(batch.to(device)), batch, weights_cfg)
-                for k, v in losses.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) * batch.shape[0]
-                count += batch.shape[0]
-        model.train()
-        return {k: v / count for k, v in totals.items()}
+    def export(folder: str) -> None:
+        export_model(model, folder, tokenizer_path, dtype)
 
     def save() -> None:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "data_position": list(source.position),
-                 "options": asdict(options)}
-        export_model(model, options.out, tokenizer_path, export_dtype)
-        run.save_checkpoint(WEIGHTS, {k: v.detach().contiguous() for k, v in model.state_dict().items()}, state,
-                            step)
+        export(options.out)
+        trainer.save(run, {"data_position": list(source.position), "options": asdict(options)})
         plot_losses(run.file("log.jsonl"), run.file("loss.png"))
 
     end = min(options.steps, options.stop_at) if options.stop_at else options.steps
-    best = [_best_heldout(run.file(BEST)) if options.resume else float("inf")]
     started = time.time()
     with run:
-        run.open_log(step)
-        progress = run.progress(end, step)
-        if step == 0:
-            export_model(model, options.out, tokenizer_path, export_dtype)  # the config is there from the start
-        while step < end:
-            lr = one_cycle_lr(step, options.steps, options.lr, options.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = source.next_batch(options.batch_size)
-            with autocast:
-                losses = lm_loss(model.forward_train(batch.to(device)), batch, weights_cfg)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-            if not bool(torch.isfinite(norm)):
-                raise UsageError(f"train lm: the gradient became non-finite at step {step + 1} (lower --lr)")
-            optimizer.step()
-            step += 1
-            record = {"step": step, "lr": lr, "grad_norm": float(norm),
-                      **{k: float(v.detach()) for k, v in losses.items()}}
-            if held_source is not None and options.eval_every and step % options.eval_every == 0:
-                record["heldout"] = evaluate()
-                if record["heldout"]["loss"] < best[0]:  # the model at its best held-out loss, kept aside
-                    best[0] = record["heldout"]["loss"]
-                    os.makedirs(run.file(BEST), exist_ok=True)
-                    export_model(model, run.file(BEST), tokenizer_path, export_dtype)
-                    write_json(os.path.join(run.file(BEST), "step.json"), {"step": step, "heldout": record["heldout"]})
-            run.log(record)
-            progress(step, loss=record["loss"], text=record["text"], audio=record["audio"])
-            stopping = run.stop_requested()
-            if step % options.save_every == 0 or step == end or stopping:
-                save()
-            if stopping:
-                break
-    print(f"step {step} of {options.steps} after {time.time() - started:.0f} s -> {run.file(EXPORT)} "
+        run.open_log(trainer.step)
+        if trainer.step == 0:
+            export(options.out)  # the config is there from the start
+        fit(trainer, run, lambda: source.next_batch(options.batch_size), end, save, options.save_every,
+            heldout=(lambda: held.all_segments(options.batch_size)) if held else None, eval_every=options.eval_every,
+            on_heldout=lambda step, losses: best.offer(step, losses, export))
+    print(f"step {trainer.step} of {options.steps} after {time.time() - started:.0f} s -> {run.file(EXPORT)} "
           f"(config {run.file(EXPORT_CONFIG)}, tokenizer {run.file(EXPORT_TOKENIZER)}, losses {run.file('loss.png')})",
           file=sys.stderr)
-    return step
+    run.raise_if_interrupted(trainer.step)
+    return trainer.step

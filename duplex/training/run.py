@@ -18,6 +18,11 @@ import os
 import signal
 import sys
 import threading
+import time
+
+from tqdm import tqdm
+
+from codec.io.checkpoint import read_checkpoint_set, write_checkpoint_set
 
 from ..errors import UsageError
 
@@ -32,6 +37,10 @@ def _logged_step(line: str) -> float:
         return float("inf")
 
 
+def _heldout_line(step: int, figures: dict) -> str:
+    return f"step {step} held-out: " + " ".join(f"{k} {v:.4f}" for k, v in figures.items())
+
+
 class RunFolder:
     """``marker``: the file that says the folder holds a run (the trainer's state, written at each checkpoint)."""
 
@@ -39,12 +48,13 @@ class RunFolder:
         self.path, self.resume, self.marker = path, resume, marker
         existing = os.path.exists(self.file(marker))
         if resume and not existing:
-            raise UsageError(f"--resume: {path} holds no run to continue (no {marker})")
+            raise UsageError(f"{path} holds no run to continue (no {marker})")
         if existing and not resume:
-            raise UsageError(f"{path} already holds a training run ({marker}): --resume continues it, or choose "
-                             "another --out")
+            raise UsageError(f"{path} already holds a training run ({marker}): resume it, or train into another "
+                             "folder")
         self._log = None
         self._stop = threading.Event()
+        self._interrupted = False  # the stop came from Ctrl-C (not from request_stop)
         self._previous_handler = None
 
     def file(self, name: str) -> str:
@@ -69,42 +79,39 @@ class RunFolder:
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, weights_name: str, weights, state: dict, step: int) -> None:
-        from codec.io.checkpoint import write_checkpoint_set
-
         write_checkpoint_set(self.path, weights_name, weights, state, step, state_name=self.marker)
 
     def load_checkpoint(self, weights_name: str) -> "tuple[dict, dict]":
         """(weights, state); a CheckpointError names a missing or broken file or a pair from two steps."""
-        from codec.io.checkpoint import read_checkpoint_set
-
         return read_checkpoint_set(self.path, weights_name, state_name=self.marker)
 
     # -------------------------------------------------------------------------------------------- progress
     def progress(self, total: int, initial: int, every: int = 50):
-        """A callable ``update(step, **figures)``: a tqdm bar on a terminal, else a line every ``every`` steps and
-        at ``total``."""
+        """A callable ``update(step, heldout=None, **figures)``: a tqdm bar on a terminal, else a line every
+        ``every`` steps and at ``total``; held-out figures, when a step has them, get a line of their own."""
         if sys.stderr.isatty():
-            from tqdm import tqdm
-
             bar = tqdm(total=total, initial=initial, unit="step")
 
-            def update(step: int, **figures) -> None:
+            def update(step: int, heldout: "dict | None" = None, **figures) -> None:
+                if heldout:
+                    bar.write(_heldout_line(step, heldout), file=sys.stderr)
                 bar.update(step - bar.n)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in figures.items()})
                 if step >= total:
                     bar.close()
         else:
-            import time
-
             started = time.monotonic()
 
-            def update(step: int, **figures) -> None:
+            def update(step: int, heldout: "dict | None" = None, **figures) -> None:
                 if step % every == 0 or step >= total:
                     shown = " ".join(f"{k} {v:.4f}" for k, v in figures.items())
                     done = step - initial
-                    eta = (time.monotonic() - started) / done * (total - step) if done > 0 else 0.0
+                    # never negative: a step past the planned total (or a clock step back) has nothing left
+                    eta = max(0.0, (time.monotonic() - started) / done * (total - step)) if done > 0 else 0.0
                     print(f"step {step}/{total}: {shown} (ETA {int(eta // 60)} min {int(eta % 60)} s)",
                           file=sys.stderr)
+                if heldout:
+                    print(_heldout_line(step, heldout), file=sys.stderr)
         return update
 
     # ---------------------------------------------------------------------------------------------- Ctrl-C
@@ -120,6 +127,7 @@ class RunFolder:
                 if self._stop.is_set():
                     raise KeyboardInterrupt
                 self._stop.set()
+                self._interrupted = True
                 print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
 
             signal.signal(signal.SIGINT, handler)
@@ -132,6 +140,14 @@ class RunFolder:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def raise_if_interrupted(self, step: int) -> None:
+        """After a loop that Ctrl-C stopped (and that saved its last step): say what was kept, then let the
+        interrupt go on (the command line exits 130)."""
+        if self._interrupted:
+            print(f"interrupted: stopped at step {step}, saved in {self.path} (resuming continues from there)",
+                  file=sys.stderr)
+            raise KeyboardInterrupt
 
     def request_stop(self) -> None:
         """What Ctrl-C does (for callers that stop a run themselves)."""

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Iterator, List
 
+import sentencepiece as spm
+
 from ..errors import UsageError
 from ..model.tokenizer import END_OF_PAD_ID, PAD_ID
 
@@ -32,8 +34,6 @@ def transcripts(corpus: Path) -> List[str]:
 
 def train_tokenizer(corpus: Path, model_path: Path, vocab_size: int = 256) -> Path:
     """Train and write ``model_path`` (``.model``; the ``.vocab`` beside it); returns the model's path."""
-    import sentencepiece as spm
-
     model_path = Path(model_path)
     if model_path.suffix != ".model":
         raise UsageError(f"{model_path}: a SentencePiece model file ends in .model")

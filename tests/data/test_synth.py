@@ -201,8 +201,9 @@ def test_cli_with_workers(tmp_path, capsys):
     assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "2"]) == 2  # not over a corpus
     assert "already holds a corpus" in capsys.readouterr().err
     assert len(list((tmp_path / "c" / "train").glob("*.wav"))) == 3
-    assert main(["data", "synth", str(tmp_path / "e"), "--hours", "0"]) == 2
-    assert "--hours must be more than 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "synth", str(tmp_path / "e"), "--hours", "0"])
+    assert "--hours: '0' is not a number > 0" in capsys.readouterr().err
 
 
 def test_speech_crops_hold_speech(corpus):

@@ -3,7 +3,9 @@ fine-tuning with --init, and an export Kyutai's loader reads."""
 
 import json
 import math
+import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -210,3 +212,56 @@ def test_the_export_loads_strictly_in_kyutais_implementation_with_the_same_greed
     gen = ours.generator(1, greedy=True)
     got = [gen.step(user[:, :, s])[0] for s in range(20)][1:]
     assert torch.equal(torch.stack(got), torch.stack(expected))
+
+
+def test_a_missing_data_folder_is_named_before_the_tokenizer(tmp_path, capsys):
+    code = main(["train", "lm", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nowhere: no such dataset folder" in err and "tokenizer" not in err
+
+
+def test_held_out_losses_are_shown_when_evaluated(dataset, tmp_path, capsys):
+    train_lm(options(dataset, tmp_path / "run", steps=4, eval_every=2, save_every=4), torch.device("cpu"))
+    err = capsys.readouterr().err
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    for step in (2, 4):
+        held = log[step - 1]["heldout"]
+        assert f"step {step} held-out: loss {held['loss']:.4f} text {held['text']:.4f}" in err
+    assert "step 1 held-out" not in err
+
+
+def test_ctrl_c_saves_the_step_and_exits_130(dataset, tmp_path, capsys, monkeypatch):
+    """The first Ctrl-C stops the run at the next step boundary; the step is saved (resume continues from it)
+    and the command exits 130, saying so."""
+    next_batch, calls = SegmentSource.next_batch, []
+
+    def ctrl_c_in_step_3(self, batch_size):
+        calls.append(batch_size)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return next_batch(self, batch_size)
+
+    monkeypatch.setattr(SegmentSource, "next_batch", ctrl_c_in_step_3)
+    code = main(["train", "lm", "--data", str(dataset), "--out", str(tmp_path / "run"), "--config",
+                 str(dataset / "tiny.json"), "--steps", "8", "--batch-size", "2", "--segment-seconds", "2",
+                 "--eval-every", "0", "--save-every", "4", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted: stopped at step 3, saved in" in err
+    assert torch.load(tmp_path / "run" / "trainer.pt", weights_only=False)["step"] == 3
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_moshi_lm_save_writes_kyutais_layout_into_a_folder_or_a_file(tmp_path):
+    from duplex.model.config import lm_config_beside
+
+    model = MoshiLM.random(LMConfig.load(TINY), seed=1)
+    path = model.save(tmp_path / "run", torch.bfloat16)
+    assert path == str(tmp_path / "run" / "model.safetensors")
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == model.config.to_dict()
+    back = MoshiLM.from_checkpoint(path, lm_config_beside(path), dtype=torch.float32).state_dict()
+    ours = model.state_dict()
+    assert all(torch.equal(back[k], ours[k].to(torch.bfloat16).float()) for k in ours)
+    named = model.save(tmp_path / "other" / "tiny.safetensors")  # the model's own dtype
+    back = MoshiLM.from_checkpoint(named, tmp_path / "other" / "config.json", dtype=torch.float32).state_dict()
+    assert all(torch.equal(back[k], ours[k]) for k in ours)

@@ -72,3 +72,9 @@ def test_a_checkpoint_set_is_saved_whole_and_a_save_cut_short_is_named(tmp_path)
     save_file({"w": torch.zeros(2, 3)}, str(tmp_path / "model.safetensors"), metadata={"step": "8"})
     with pytest.raises(CheckpointError, match="model.safetensors is from step 8 but trainer.pt from step 7"):
         RunFolder(str(tmp_path), resume=True).load_checkpoint("model.safetensors")
+
+
+def test_the_progress_line_never_shows_a_negative_eta(tmp_path, capsys):
+    update = RunFolder(str(tmp_path), resume=False).progress(total=2, initial=0, every=1)
+    update(3, loss=1.0)  # a step past the planned total
+    assert "(ETA 0 min 0 s)" in capsys.readouterr().err

@@ -22,16 +22,27 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import random
+import shutil
+import signal
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
 
+from codec import MimiConfig
+from codec.io.audio import resample
+
+from ...errors import DatasetError, EspeakError, UsageError
+from .espeak import Synthesizer
 from .grammar import BACKCHANNELS, FILLERS, Exchange, exchange
 
-SAMPLE_RATE = 24000
+SAMPLE_RATE = MimiConfig().sample_rate  # the codec's rate: what it encodes and the LM is trained on
 SCENARIOS = ("smooth", "pause", "interrupt", "backchannel", "silence")
 DEFAULT_SHARES = {"smooth": 0.35, "pause": 0.15, "interrupt": 0.15, "backchannel": 0.15, "silence": 0.2}
 TRAIN_VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"]
@@ -54,11 +65,11 @@ class SynthOptions:
     def validate(self) -> None:
         unknown = sorted(set(self.shares) - set(SCENARIOS))
         if unknown:
-            raise ValueError(f"unknown scenario(s) {unknown}; scenarios are {list(SCENARIOS)}")
+            raise UsageError(f"unknown scenario(s) {unknown}; scenarios are {list(SCENARIOS)}")
         if any(v < 0 for v in self.shares.values()) or sum(self.shares.values()) <= 0:
-            raise ValueError("scenario shares must be >= 0 and not all zero")
+            raise UsageError("scenario shares must be >= 0 and not all zero")
         if not 0 < self.min_seconds <= self.max_seconds:
-            raise ValueError("need 0 < min_seconds <= max_seconds")
+            raise UsageError("need 0 < min_seconds <= max_seconds")
 
 
 @dataclass
@@ -82,10 +93,6 @@ class Conversation:
     def say(self, channel: str, text: str, start: float, cut: Optional[float] = None) -> Tuple[float, float]:
         """Place ``text`` on ``channel`` from ``start`` (s); ``cut``: stop the audio at that time (interruption).
         Returns (speech onset, speech end) in seconds."""
-        import torch
-
-        from codec.io.audio import resample
-
         v = self.voices[channel]
         speech = self.synth.speak(text, voice=v.name, rate=v.rate, pitch=v.pitch)
         if len(speech.audio) == 0:
@@ -248,18 +255,34 @@ _WORKER: dict = {}
 
 
 def _init_worker(seed: int, options: SynthOptions, out_dir: str) -> None:
-    """A pool process: one thread each (the pool already has one process per core), espeak initialised, silent."""
-    import torch
+    """A pool process: one thread each (the pool already has one process per core), espeak initialised, silent.
 
-    from .espeak import Synthesizer
-
+    It never raises: a pool whose initializer fails starts a new process in its place, forever (without
+    libespeak-ng, at 100% CPU). The error goes with the first conversation instead, which ends the run.
+    Ctrl-C is the parent's to handle (it ends the pool, each worker its child, and removes the partial corpus)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminate)
     torch.set_num_threads(1)
-    _WORKER.update(synth=Synthesizer(), seed=seed, options=options, out_dir=out_dir)
+    try:
+        synth = Synthesizer()
+    except EspeakError as e:
+        synth = e
+    _WORKER.update(synth=synth, seed=seed, options=options, out_dir=out_dir, child=None)
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM (the pool being ended): the child making a conversation goes too, so nothing writes afterwards."""
+    child = _WORKER.get("child")
+    if child:
+        try:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+        except OSError:
+            pass
+    os._exit(1)
 
 
 def _write_files(index: int) -> dict:
-    import soundfile as sf
-
     stereo, meta = make_conversation(index, _WORKER["seed"], _WORKER["options"], _WORKER["synth"])
     folder = os.path.join(_WORKER["out_dir"], meta["split"])
     os.makedirs(folder, exist_ok=True)
@@ -277,6 +300,8 @@ def _write_files(index: int) -> dict:
 def _write_one(index: int) -> dict:
     """Conversation ``index`` made in a child forked from the pool process's untouched espeak state (where fork
     exists; elsewhere in the pool process itself, reproducible only for the same order of work)."""
+    if isinstance(_WORKER["synth"], Exception):  # espeak could not start in this process (_init_worker)
+        raise _WORKER["synth"]
     if not hasattr(os, "fork"):
         return _write_files(index)
     read, write = os.pipe()
@@ -288,41 +313,73 @@ def _write_one(index: int) -> dict:
             os.write(write, json.dumps(_write_files(index)).encode("utf-8"))
             status = 0
         except BaseException as e:
-            os.write(write, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode("utf-8"))
+            os.write(write, json.dumps({"error": f"{type(e).__name__}: {e}",
+                                        "espeak": isinstance(e, EspeakError)}).encode("utf-8"))
         finally:
             os._exit(status)
+    _WORKER["child"] = pid
     os.close(write)
     with os.fdopen(read, "rb") as f:
         reply = f.read()
     os.waitpid(pid, 0)
+    _WORKER["child"] = None
     row = json.loads(reply) if reply else {"error": "the synthesis process died"}
+    if row.get("espeak"):  # e.g. a voice this espeak-ng lacks: the user's to fix, said in one line
+        raise EspeakError(f"conversation {index}: {row['error']}")
     if "error" in row:
         raise RuntimeError(f"conversation {index}: {row['error']}")
     return row
 
 
+# What a corpus folder holds; a folder holding any of them is not written into (two runs' files would mix).
+CORPUS_FILES = ("manifest.jsonl", "train.jsonl", "heldout.jsonl", "train", "heldout")
+
+
 def synthesize_corpus(out_dir: str, conversations: int, seed: int = 0, options: Optional[SynthOptions] = None,
                       workers: int = 1, progress: bool = True) -> List[dict]:
-    """Write ``conversations`` conversations and ``manifest.jsonl``; returns the manifest rows."""
+    """Write ``conversations`` conversations and ``manifest.jsonl``; returns the manifest rows.
+
+    A corpus is written whole or not at all: a folder that holds a corpus or part of one is refused, and when the
+    run fails or is interrupted (Ctrl-C) what it wrote is removed before the error goes on."""
     options = options or SynthOptions()
     options.validate()
+    found = [name for name in CORPUS_FILES if os.path.exists(os.path.join(out_dir, name))]
+    if "manifest.jsonl" in found:
+        raise DatasetError(f"{out_dir} already holds a corpus (manifest.jsonl); choose another folder")
+    if found:
+        raise DatasetError(f"{out_dir} already holds part of a corpus ({', '.join(found)}, no manifest.jsonl: a run "
+                           "that was stopped?); remove it or choose another folder")
+    created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    indices = range(conversations)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    try:
+        rows = _synthesize(out_dir, conversations, seed, options, workers, progress)
+        _write_manifests(out_dir, rows)
+    except BaseException:
+        _remove_partial(out_dir, created)
+        raise
+    return rows
 
-        bar = tqdm(total=conversations, unit="conv", desc="synthesizing")
+
+def _synthesize(out_dir: str, conversations: int, seed: int, options: SynthOptions, workers: int,
+                progress: bool) -> List[dict]:
     rows = []
-    import multiprocessing
+    bar = tqdm(total=conversations, unit="conv", desc="synthesizing") if progress else None
+    try:
+        # Always in pool processes (one for workers=1): the caller's process, its threads and its espeak are
+        # untouched. Leaving the block (an error, Ctrl-C) terminates the pool.
+        with multiprocessing.get_context("spawn").Pool(max(1, workers), _init_worker,
+                                                       (seed, options, out_dir)) as pool:
+            for row in pool.imap(_write_one, range(conversations), chunksize=2):
+                rows.append(row)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows
 
-    # Always in pool processes (one for workers=1): the caller's process, its threads and its espeak are untouched.
-    with multiprocessing.get_context("spawn").Pool(max(1, workers), _init_worker, (seed, options, out_dir)) as pool:
-        for row in pool.imap(_write_one, indices, chunksize=2):
-            rows.append(row)
-            bar and bar.update(1)
-    if bar:
-        bar.close()
+
+def _write_manifests(out_dir: str, rows: List[dict]) -> None:
     with open(os.path.join(out_dir, "manifest.jsonl"), "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -332,4 +389,18 @@ def synthesize_corpus(out_dir: str, conversations: int, seed: int = 0, options: 
             for row in rows:
                 if row["split"] == split:
                     f.write(json.dumps({"path": row["wav"], "duration": row["duration"]}) + "\n")
-    return rows
+
+
+def _remove_partial(out_dir: str, created: bool) -> None:
+    """What an unfinished run wrote (the folder held none of it before: ``synthesize_corpus`` checked)."""
+    for name in CORPUS_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+    if created:
+        try:
+            os.rmdir(out_dir)
+        except OSError:  # something else was put there meanwhile: left alone
+            pass
