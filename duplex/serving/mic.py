@@ -12,7 +12,6 @@ Tests and headless runs inject a stream object or run a file through the engine 
 from __future__ import annotations
 
 import collections
-import logging
 import queue
 import threading
 import time
@@ -24,8 +23,6 @@ import numpy as np
 from ..errors import SoundDeviceError
 from ..runtime.clock import ClockStats, FrameClock, run_engine
 from .terminal import LiveText
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
