@@ -244,3 +244,32 @@ def test_ctrl_c_keeps_the_reply_so_far(tmp_path, monkeypatch, capsys):
     data, rate = sf.read(out)
     assert rate == 24000 and data.shape == (5 * 1920,)  # the five frames done
     assert "interrupted after 0.40 s of 1.60 s: the reply so far is in" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_keeps_the_reply_so_far(tmp_path):
+    """The real thing: SIGINT to ``duplex mic --input-file --realtime`` a second into a 20 s file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    source, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(source, 0.1 * np.ones(20 * 24000, np.float32), 24000)
+    process = subprocess.Popen([sys.executable, "-m", "duplex", "mic", *MODEL, "--input-file", str(source),
+                                "--output-file", str(out), "--realtime"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in process.stderr:  # once the engine is built and the file is under way
+            if "through the engine in real time" in line:
+                break
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        err = process.communicate(timeout=30)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    data, rate = sf.read(out)
+    assert rate == 24000 and 0 < len(data) < 20 * 24000 and len(data) % 1920 == 0, len(data)
+    assert "interrupted after" in err and f"the reply so far is in {out}" in err, err
