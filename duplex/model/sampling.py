@@ -16,6 +16,7 @@ captured in a CUDA graph.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Optional
 
@@ -123,8 +124,10 @@ class SlotSampling:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise UsageError(f"{name} must be an integer >= 0 (0: no truncation), got {value!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise UsageError(f"seed must be an integer or None (random), got {self.seed!r}")
+        if self.seed is not None:
+            if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool):
+                raise UsageError(f"seed must be an integer or None (random), got {self.seed!r}")
+            object.__setattr__(self, "seed", int(self.seed))  # a NumPy integer seeds as the same int
 
     def replace(self, **changes) -> "SlotSampling":
         """A copy with some fields changed (checked again); unknown names are refused."""

@@ -204,6 +204,7 @@ def test_slot_sampling_is_one_checked_value_passed_whole():
     with pytest.raises(UsageError, match="unknown sampling setting temprature"):
         SlotSampling().replace(temprature=0.5)
     assert SlotSampling() == SlotSampling(0.8, 250, 0.7, 25, None)  # Kyutai's defaults
+    assert type(SlotSampling(seed=np.int64(3)).seed) is int
     eng = make_engine(slots=3, greedy=False)
     assert eng.options.default == SamplingOptions().default == SlotSampling()
     eng.options.default = SlotSampling(top_k=7, seed=11)  # what new sessions get from now on
