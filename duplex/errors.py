@@ -52,3 +52,7 @@ class ClientError(DuplexError, RuntimeError):
 
 class FDBError(DuplexError, ValueError):
     """A sample folder or file that does not follow Full-Duplex-Bench's layout (the message names the file)."""
+
+
+class SoundDeviceError(DuplexError, RuntimeError):
+    """No sound device to use: sounddevice or PortAudio missing, or a device that refuses 24 kHz mono."""

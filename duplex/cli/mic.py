@@ -20,7 +20,10 @@ from .common import (
 
 
 def run_mic(args) -> int:
+    from codec.io.audio import load_audio, save_audio
+
     from ..serving import mic
+    from ..serving.terminal import LiveText
 
     if args.list_devices:
         return list_sound_devices()
@@ -31,37 +34,37 @@ def run_mic(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = build_engine(args, slots=1)
-
-    def show(piece: str) -> None:
-        print(piece, end="", flush=True)
+    display = LiveText()  # the model's words and the progress line, neither erasing the other
 
     if args.input_file:
-        from codec.io.audio import load_audio, save_audio
-
         pcm = load_audio(args.input_file, engine.sample_rate)[0].numpy()
         seconds = len(pcm) / engine.sample_rate
         print(f"{args.input_file} ({seconds:.1f} s) through the engine "
               f"{'in real time' if args.realtime else 'as fast as it goes'}", file=sys.stderr)
 
         def frame_done(done: int, total: int) -> None:
-            if sys.stderr.isatty() and (done % 12 == 0 or done == total):
-                print(f"\r[{done * 0.08:.1f} / {total * 0.08:.1f} s]", end="", file=sys.stderr, flush=True)
+            if done % 12 == 0 or done == total:
+                display.status(f"[{done * 0.08:.1f} / {total * 0.08:.1f} s]")
 
-        clock = []
-        reply = mic.run_files(engine, pcm, realtime=args.realtime, on_text=show, on_frame=frame_done, stats=clock)
-        save_audio(args.output_file, torch.from_numpy(reply), engine.sample_rate)
-        late = (f", {clock[0].misses} of {clock[0].ticks} frames late (max {clock[0].max_late_ms:.0f} ms)"
-                if args.realtime and clock else "")
-        print(f"\n{args.input_file}: {seconds:.2f} s -> {args.output_file}{late}", file=sys.stderr)
+        try:
+            run = mic.run_files(engine, pcm, realtime=args.realtime, on_text=display.write, on_frame=frame_done)
+        finally:
+            display.close()
+        save_audio(args.output_file, torch.from_numpy(run.reply), engine.sample_rate)
+        done = len(run.reply) / engine.sample_rate
+        if run.interrupted:
+            print(f"interrupted after {done:.2f} s of {seconds:.2f} s: the reply so far is in {args.output_file}",
+                  file=sys.stderr)
+            return 130
+        late = (f", {run.clock.misses} of {run.clock.ticks} frames late (max {run.clock.max_late_ms:.0f} ms)"
+                if args.realtime else "")
+        print(f"{args.input_file}: {seconds:.2f} s -> {args.output_file}{late}", file=sys.stderr)
         return 0
     print("duplex: talking (Ctrl-C to stop)" + ("; the default model is small and knows only its synthetic "
           "conversations (README, \"The default model\")" if not args.lm else ""), file=sys.stderr)
     freeze_startup_objects()
-    try:
-        stats = mic.run_live(engine, seconds=args.seconds, input_device=sound_device(args.input_device),
-                             output_device=sound_device(args.output_device))
-    except RuntimeError as e:
-        raise UsageError(str(e)) from None
+    stats = mic.run_live(engine, seconds=args.seconds, input_device=sound_device(args.input_device),
+                         output_device=sound_device(args.output_device), display=display)
     print(f"{stats.frames} frames, {stats.overruns} overruns, {stats.underruns} underruns, "
           f"{stats.device_xruns} device xruns", file=sys.stderr)
     return 0

@@ -25,7 +25,7 @@ from codec.modules.transformer import ring_step_tables
 
 from .checks import check_user_codes
 from .layers import UNGENERATED_TOKEN
-from .sampling import Sampling, check_sampling, exponential_noise, sample, step_key
+from .sampling import Sampling, SlotSampling, exponential_noise, sample, step_key
 
 
 def new_generator_state(lm, batch: int) -> dict:
@@ -133,7 +133,7 @@ class LMGenerator:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         cfg = lm.config
-        check_sampling(temperature, top_k, text_temperature, text_top_k)
+        requested = SlotSampling(temperature, top_k, text_temperature, text_top_k)  # checked here, before any work
         self.lm = lm
         self.batch_size = batch_size
         if seed is None:
@@ -144,7 +144,8 @@ class LMGenerator:
         text_top_k = min(text_top_k, cfg.text_card) if text_top_k > 0 else cfg.text_card
         self.sampling = Sampling(batch_size, text_top_k, top_k, lm.device, greedy=greedy)
         # Each slot draws from its own stream: the generator seed combined with the slot index.
-        self.sampling.set(None, temperature, top_k, text_temperature, text_top_k, (self.seed % (1 << 40)) << 20)
+        self.sampling.set(None, requested.replace(top_k=top_k, text_top_k=text_top_k,
+                                                  seed=(self.seed % (1 << 40)) << 20))
         self.state = new_generator_state(lm, batch_size)
         self.scratch = new_scratch(lm, batch_size)
 

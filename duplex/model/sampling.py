@@ -1,5 +1,8 @@
 """Token sampling (docs/kyutai-compat.md §2.8) with per-slot settings and a counter-based random source.
 
+A slot's settings are one frozen ``SlotSampling`` value, validated when it is made: the server's query, the
+engine's defaults and the generator all produce one, and ``Sampling.set`` stores it into the per-slot tensors.
+
 The sampler is Kyutai's: ``p = softmax(logits / T)`` in float32, keep the top k, pick ``argmax(p / q)`` with
 ``q ~ Exp(1)`` (the "exponential race", an exact draw from the renormalised top-k distribution); temperature <= 0
 is greedy ``argmax(logits)``.
@@ -12,9 +15,14 @@ captured in a CUDA graph.
 
 from __future__ import annotations
 
+import math
+import numbers
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import torch
+
+from ..errors import UsageError
 
 _MASK32 = 0xFFFFFFFF
 
@@ -91,16 +99,44 @@ class SamplingSettings:
         self.all_sampling = not self.branch_free and bool((~self.greedy).all())
 
 
-def check_sampling(temperature, top_k, text_temperature, text_top_k) -> None:
-    """The one validation of sampling settings (the generator's and the engine's): temperatures are finite
-    numbers >= 0 (0: greedy), top-k integers >= 0 (0: no truncation, the whole vocabulary)."""
-    for name, value in (("temperature", temperature), ("text_temperature", text_temperature)):
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-                and 0 <= value < float("inf")):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    for name, value in (("top_k", top_k), ("text_top_k", text_top_k)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0 (0: no truncation), got {value!r}")
+@dataclass(frozen=True)
+class SlotSampling:
+    """How one slot samples: one value, checked once when made, passed whole from the query or the caller to
+    ``Sampling.set`` (as whisper's ``DecodingOptions``). The defaults are Kyutai's (text 0.7 / 25, audio 0.8 / 250).
+
+    Temperatures are finite numbers >= 0 (0: greedy); top-k integers >= 0 (0: no truncation, the whole
+    vocabulary; larger values are capped by the engine's ``*_top_k_max``); ``seed`` an integer, or None for a
+    random one chosen when the slot opens. A new setting (CFG, a repetition penalty) is one more field here."""
+
+    temperature: float = 0.8
+    top_k: int = 250
+    text_temperature: float = 0.7
+    text_top_k: int = 25
+    seed: Optional[int] = None
+
+    def __post_init__(self):
+        for name in ("temperature", "text_temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and value >= 0):
+                raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("top_k", "text_top_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UsageError(f"{name} must be an integer >= 0 (0: no truncation), got {value!r}")
+        if self.seed is not None:
+            if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool):
+                raise UsageError(f"seed must be an integer or None (random), got {self.seed!r}")
+            object.__setattr__(self, "seed", int(self.seed))  # a NumPy integer seeds as the same int
+
+    def replace(self, **changes) -> "SlotSampling":
+        """A copy with some fields changed (checked again); unknown names are refused."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise UsageError(f"unknown sampling setting{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(sorted(unknown))}; the settings are "
+                             f"{', '.join(f.name for f in fields(self))}")
+        return replace(self, **changes)
 
 
 class Sampling:
@@ -114,13 +150,15 @@ class Sampling:
         self.audio = SamplingSettings(batch, 0.0, audio_k_max, audio_k_max, device, branch_free=branch_free)
         self.seed = torch.zeros(batch, dtype=torch.long, device=device)
 
-    def set(self, slot: Optional[int], temperature: float, top_k: int, text_temperature: float, text_top_k: int,
-            seed: int) -> None:
-        """One slot's settings (every slot's when ``slot`` is None, each then seeded ``seed`` + its index)."""
-        check_sampling(temperature, top_k, text_temperature, text_top_k)
-        self.audio.set(slot, 0.0 if self.greedy else temperature, top_k or self.audio.k_max)
-        self.text.set(slot, 0.0 if self.greedy else text_temperature, text_top_k or self.text.k_max)
-        seed = int(seed) % (1 << 62)
+    def set(self, slot: Optional[int], sampling: SlotSampling) -> None:
+        """One slot's settings (every slot's when ``slot`` is None, each then seeded ``sampling.seed`` + its
+        index). The seed must be chosen by now (the engine picks a random one for None)."""
+        if sampling.seed is None:
+            raise ValueError("Sampling.set needs a seed (SlotSampling.seed is None)")
+        self.audio.set(slot, 0.0 if self.greedy else sampling.temperature, sampling.top_k or self.audio.k_max)
+        self.text.set(slot, 0.0 if self.greedy else sampling.text_temperature,
+                      sampling.text_top_k or self.text.k_max)
+        seed = sampling.seed % (1 << 62)
         if slot is None:
             self.seed.copy_(seed + torch.arange(self.batch, dtype=torch.long))
         else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -32,7 +32,7 @@ from ..errors import EngineFull, ModelFilesError
 from ..model.config import LMConfig
 from ..model.generator import depth_step, new_generator_state, new_scratch, temporal_step
 from ..model.lm import MoshiLM, default_dtype
-from ..model.sampling import Sampling
+from ..model.sampling import Sampling, SlotSampling
 from ..model.tokenizer import TextTokenizer
 from .checkpoints import ModelFiles, codec_config_for, lm_codec, lm_config_for, lm_tokenizer
 from .profiling import StageTimer
@@ -46,16 +46,19 @@ GRAPH_ENV = "DUPLEX_NO_CUDA_GRAPHS"
 
 @dataclass
 class SamplingOptions:
-    """Defaults for new sessions (Kyutai's: text 0.7 / 25, audio 0.8 / 250). ``*_top_k_max`` bound what any session
-    may ask for later (they fix the shape of the top-k step)."""
+    """The engine's sampling: ``default``, what a session gets unless it asks otherwise (``SlotSampling``'s
+    defaults are Kyutai's: text 0.7 / 25, audio 0.8 / 250); ``*_top_k_max`` bound what any session may ask for
+    (they fix the shape of the top-k step); ``greedy`` makes every slot greedy whatever it asks."""
 
-    temperature: float = 0.8
-    top_k: int = 250
-    text_temperature: float = 0.7
-    text_top_k: int = 25
+    default: SlotSampling = field(default_factory=SlotSampling)
     top_k_max: int = 500
     text_top_k_max: int = 100
     greedy: bool = False
+
+
+def _check_sampling_type(sampling) -> None:
+    if not isinstance(sampling, SlotSampling):
+        raise TypeError(f"a slot's sampling is a SlotSampling, got {type(sampling).__name__}")
 
 
 def _graphs_disabled_by_env() -> bool:
@@ -163,36 +166,30 @@ class Engine:
     def free_slots(self) -> int:
         return self._in_use.count(False)
 
-    def open(self, temperature: Optional[float] = None, top_k: Optional[int] = None,
-             text_temperature: Optional[float] = None, text_top_k: Optional[int] = None,
-             seed: Optional[int] = None) -> int:
-        """Claim a free slot with a fresh state; sampling settings default to the engine's options."""
+    def open(self, sampling: Optional[SlotSampling] = None, **changes) -> int:
+        """Claim a free slot with a fresh state. ``sampling`` defaults to the engine's ``options.default``;
+        keyword arguments change single fields of it (``engine.open(temperature=0.6, seed=7)``)."""
+        sampling = self.options.default if sampling is None else sampling
+        _check_sampling_type(sampling)
+        if changes:
+            sampling = sampling.replace(**changes)  # checked here, before a slot is claimed
         try:
             slot = self._in_use.index(False)
         except ValueError:
             raise EngineFull(f"engine full: all {self.slots} slots are in use") from None
-        opts = self.options
         self._in_use[slot] = True
-        try:
-            self.configure(slot, temperature=opts.temperature if temperature is None else temperature,
-                           top_k=opts.top_k if top_k is None else top_k,
-                           text_temperature=opts.text_temperature if text_temperature is None else text_temperature,
-                           text_top_k=opts.text_top_k if text_top_k is None else text_top_k, seed=seed)
-        except ValueError:
-            self._in_use[slot] = False
-            raise
+        self.configure(slot, sampling)
         for state in (self.encoder_state, self.decoder_state, self.generator_state):
             zero_row(state, slot)  # only this slot's memory (a 7B slot's KV ring alone is ~1.6 GB)
         return slot
 
-    def configure(self, slot: int, temperature: float, top_k: int, text_temperature: float, text_top_k: int,
-                  seed: Optional[int] = None) -> None:
-        """Set an open slot's sampling (temperature 0: greedy; top-k 0: no truncation; top-k capped by the
-        engine's ``*_top_k_max``; seed None: a random one)."""
+    def configure(self, slot: int, sampling: SlotSampling) -> None:
+        """Set an open slot's sampling (top-k capped by the engine's ``*_top_k_max``; seed None: a random one)."""
         self._check_slot(slot)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(6), "little")
-        self.sampling.set(slot, temperature, top_k, text_temperature, text_top_k, seed)
+        _check_sampling_type(sampling)
+        if sampling.seed is None:
+            sampling = sampling.replace(seed=int.from_bytes(os.urandom(6), "little"))
+        self.sampling.set(slot, sampling)
 
     def close(self, slot: int) -> None:
         self._check_slot(slot)

@@ -6,20 +6,23 @@ conversation catches up with real time instead of lagging ever more (an "overrun
 the speaker, silence is played (an "underrun"). Both are counted and shown.
 
 sounddevice (PortAudio) is imported only when a real stream is opened, with a clear message when it is missing.
-Tests and headless runs inject a stream object or use ``--input-file/--output-file``.
+Tests and headless runs inject a stream object or run a file through the engine (``run_files``).
 """
 
 from __future__ import annotations
 
 import collections
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, TextIO
 
 import numpy as np
+
+from ..errors import SoundDeviceError
+from ..runtime.clock import ClockStats, FrameClock, run_engine
+from .terminal import LiveText
 
 
 @dataclass
@@ -33,11 +36,12 @@ class MicStats:
 
 def import_sounddevice():
     try:
-        import sounddevice
+        import sounddevice  # noqa: PLC0415  optional: only live sound needs it (and PortAudio)
     except OSError as e:  # the module is there but PortAudio is not
-        raise RuntimeError(f"PortAudio is not available ({e}); on Debian/Ubuntu: apt install libportaudio2") from None
+        raise SoundDeviceError(f"PortAudio is not available ({e}); on Debian/Ubuntu: apt install libportaudio2") \
+            from None
     except ImportError:
-        raise RuntimeError("the live demo needs the 'sounddevice' package: pip install sounddevice") from None
+        raise SoundDeviceError("live sound needs the 'sounddevice' package: pip install sounddevice") from None
     return sounddevice
 
 
@@ -107,11 +111,13 @@ class MicSession:
 
 
 def run_live(engine, seconds: Optional[float] = None, input_device=None, output_device=None,
-             stream_factory=None, status_every: float = 1.0, out=sys.stderr,
-             stop: Optional[threading.Event] = None) -> MicStats:
+             stream_factory=None, status_every: float = 1.0, out: Optional[TextIO] = None,
+             stop: Optional[threading.Event] = None, display: Optional[LiveText] = None) -> MicStats:
     """Talk with the engine through a full-duplex stream until ``seconds`` pass, ``stop`` is set (by another
-    thread: a stop button, the end of a test stream) or Ctrl-C."""
-    session = MicSession(engine, on_text=lambda piece: print(piece, end="", flush=True))
+    thread: a stop button, the end of a test stream) or Ctrl-C. The model's words and a status line every
+    ``status_every`` seconds go to ``display`` (default: words on stdout, status on ``out`` or stderr)."""
+    display = display or LiveText(status_out=out)
+    session = MicSession(engine, on_text=display.write)
     if stream_factory is None:
         sd = import_sounddevice()
 
@@ -120,10 +126,10 @@ def run_live(engine, seconds: Optional[float] = None, input_device=None, output_
                              dtype="float32", device=(input_device, output_device), callback=callback)
     try:
         stream = stream_factory(session.callback)
-    except Exception as e:
+    except Exception as e:  # PortAudio's errors (no device, unsupported rate) have no common class
         session.stop()
-        raise RuntimeError(f"cannot open the sound device at {engine.sample_rate} Hz mono ({e}); pick devices "
-                           "with --input-device/--output-device (see --list-devices)") from None
+        raise SoundDeviceError(f"cannot open the sound device at {engine.sample_rate} Hz mono ({e}); pick other "
+                               "input/output devices") from None
     session.start()
     started = time.perf_counter()
     last = started
@@ -138,27 +144,38 @@ def run_live(engine, seconds: Optional[float] = None, input_device=None, output_
                     # mic -> speaker: the block being captured, up to 2 queued inputs, the step, the reply queue,
                     # plus the model's own 80 ms acoustic delay
                     latency = 80 * (1 + session.inputs.qsize() + len(session.outputs)) + s.step_ms + 80
-                    print(f"\r[latency ~{latency:.0f} ms | step {s.step_ms:.0f} ms | overruns {s.overruns} | "
-                          f"underruns {s.underruns}]", end="", file=out, flush=True)
+                    display.status(f"[latency ~{latency:.0f} ms | step {s.step_ms:.0f} ms | overruns {s.overruns} "
+                                   f"| underruns {s.underruns}]")
     except KeyboardInterrupt:
-        pass
+        pass  # the way to end a live conversation
     finally:
         session.stop()
-        print(file=out)
+        display.close()
     if session.error is not None:
-        raise RuntimeError(f"the engine stopped: {type(session.error).__name__}: {session.error}")
+        raise RuntimeError(f"the engine stopped: {type(session.error).__name__}: {session.error}") \
+            from session.error
     return session.stats
+
+
+@dataclass
+class FileRun:
+    """What ``run_files`` produced: ``reply``, the model's audio for the ``frames`` frames done (of ``total``;
+    as long as the input when complete); ``interrupted`` when Ctrl-C stopped it early; ``clock``: late frames."""
+
+    reply: np.ndarray
+    frames: int
+    total: int
+    interrupted: bool
+    clock: ClockStats
 
 
 def run_files(engine, pcm: np.ndarray, realtime: bool = False,
               on_text: Optional[Callable[[str], None]] = None,
-              on_frame: Optional[Callable[[int, int], None]] = None, stats: Optional[list] = None) -> np.ndarray:
+              on_frame: Optional[Callable[[int, int], None]] = None) -> FileRun:
     """Headless: the input file through the engine frame by frame; a reply of the same length.
 
-    ``on_frame(done, total)`` after every frame; ``stats``, a list, receives the clock's ClockStats (late
-    frames when ``realtime``)."""
-    from ..runtime.clock import FrameClock, run_engine
-
+    ``on_frame(done, total)`` after every frame. Ctrl-C (KeyboardInterrupt) stops it between two frames and
+    returns what was done, marked ``interrupted``, so the caller can keep it."""
     frame = engine.frame_size
     frames = np.pad(pcm, (0, (-len(pcm)) % frame)).reshape(-1, frame).astype(np.float32)
     slot = engine.open()
@@ -172,11 +189,13 @@ def run_files(engine, pcm: np.ndarray, realtime: bool = False,
         if on_frame:
             on_frame(tick + 1, len(frames))
 
+    clock = FrameClock(frame / engine.sample_rate, realtime=realtime)
+    interrupted = False
     try:
-        clock_stats = run_engine(engine, source=lambda tick: {slot: frames[tick]}, sink=sink, ticks=len(frames),
-                                 clock=FrameClock(frame / engine.sample_rate, realtime=realtime))
-        if stats is not None:
-            stats.append(clock_stats)
+        run_engine(engine, source=lambda tick: {slot: frames[tick]}, sink=sink, ticks=len(frames), clock=clock)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         engine.close(slot)
-    return np.concatenate(replies)[: len(pcm)]
+    reply = np.concatenate(replies)[: len(pcm)] if replies else np.zeros(0, np.float32)
+    return FileRun(reply, len(replies), len(frames), interrupted, clock.stats)

@@ -8,8 +8,8 @@ and 16-bit little-endian PCM at 24 kHz (any chunk size) in the raw mode (``/api/
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -41,20 +41,28 @@ def pcm16_samples(data: bytes) -> np.ndarray:
 
 @dataclass
 class SessionOptions:
-    """What a client may ask for in the query string (Kyutai's web client names). Out-of-range values are
+    """What a client asked for in the query string (Kyutai's web client names). ``sampling``: the sampling
+    settings it set, by ``SlotSampling``'s field names (the engine's defaults fill in the rest; this module stays
+    torch-free for the client, so it names the fields rather than importing the class). Out-of-range values are
     clamped to sane ranges, unparsable ones ignored."""
 
     raw: bool = False
-    temperature: Optional[float] = None
-    top_k: Optional[int] = None
-    text_temperature: Optional[float] = None
-    text_top_k: Optional[int] = None
-    seed: Optional[int] = None
+    sampling: Dict[str, Union[int, float]] = field(default_factory=dict)
     token: Optional[str] = None
 
 
 TEMPERATURE_RANGE = (0.0, 2.0)
 TOP_K_RANGE = (1, 500)
+SEED_RANGE = (0, 2**62)
+# query name -> (SlotSampling field, type, allowed range); a new sampling setting is one more line here.
+SAMPLING_QUERY = {
+    "audio_temperature": ("temperature", float, TEMPERATURE_RANGE),
+    "audio_topk": ("top_k", int, TOP_K_RANGE),
+    "text_temperature": ("text_temperature", float, TEMPERATURE_RANGE),
+    "text_topk": ("text_top_k", int, TOP_K_RANGE),
+    "seed": ("seed", int, SEED_RANGE),
+    "audio_seed": ("seed", int, SEED_RANGE),  # Kyutai's name; wins over seed (later in this table)
+}
 
 
 _OGG_HEADER = 27  # "OggS", version, flags, granule (8), serial (4), sequence (4), CRC (4), segment count
@@ -160,15 +168,13 @@ def _number(values: Dict[str, list], name: str, cast, low, high):
 
 def parse_query(path: str) -> SessionOptions:
     values = parse_qs(urlsplit(path).query)
-    seed = _number(values, "audio_seed", int, 0, 2**62) if "audio_seed" in values else \
-        _number(values, "seed", int, 0, 2**62)
+    sampling = {}
+    for name, (setting, cast, (low, high)) in SAMPLING_QUERY.items():
+        if name in values:
+            sampling.pop(setting, None)  # audio_seed given but unparsable: no seed, as Kyutai's server
+            value = _number(values, name, cast, low, high)
+            if value is not None:
+                sampling[setting] = value
     fmt = values.get("format", [""])[-1].lower()
-    return SessionOptions(
-        raw=fmt in ("pcm16", "raw", "pcm"),
-        temperature=_number(values, "audio_temperature", float, *TEMPERATURE_RANGE),
-        top_k=_number(values, "audio_topk", int, *TOP_K_RANGE),
-        text_temperature=_number(values, "text_temperature", float, *TEMPERATURE_RANGE),
-        text_top_k=_number(values, "text_topk", int, *TOP_K_RANGE),
-        seed=seed,
-        token=values.get("token", [None])[-1],
-    )
+    return SessionOptions(raw=fmt in ("pcm16", "raw", "pcm"), sampling=sampling,
+                          token=values.get("token", [None])[-1])

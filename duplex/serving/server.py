@@ -187,16 +187,13 @@ class VoiceServer:
         return not gone.done() or gone.cancelled()
 
     async def _open_slot(self, connection, options: SessionOptions) -> Optional[int]:
-        opts = {k: v for k, v in (("temperature", options.temperature), ("top_k", options.top_k),
-                                  ("text_temperature", options.text_temperature),
-                                  ("text_top_k", options.text_top_k), ("seed", options.seed)) if v is not None}
         waiter: Optional[Waiter] = None
         try:
             while True:
                 seen = self._frees
                 if not self.queue or self.queue[0] is connection:  # first come, first served
                     try:
-                        slot = await self._engine(self.engine.open, **opts)
+                        slot = await self._engine(self.engine.open, **options.sampling)
                         if waiter is not None:
                             self._leave_queue(connection, waiter)
                             waiter = None

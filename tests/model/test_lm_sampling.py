@@ -94,3 +94,17 @@ def test_top_k_one_is_greedy(small_lm, lm_io):
     gen = small_lm.generator(2, temperature=5.0, top_k=1, text_temperature=5.0, text_top_k=1, seed=9)
     out = torch.stack([gen.step(user[:, :, s]) for s in range(20)], -1)
     assert torch.equal(out, lm_io["gen_out"][:, :, :20])
+
+
+def test_slot_sampling_fields_are_what_the_query_sets():
+    """A slot's sampling is named once: the server's query table maps onto SlotSampling's fields, nothing else."""
+    from dataclasses import fields
+
+    from duplex.model.sampling import SlotSampling
+    from duplex.serving.protocol import SAMPLING_QUERY, parse_query
+
+    assert {setting for setting, _, _ in SAMPLING_QUERY.values()} == {f.name for f in fields(SlotSampling)}
+    q = parse_query("/api/chat?audio_temperature=0.5&audio_topk=40&text_temperature=0.1&text_topk=7&seed=3"
+                    "&audio_seed=9")
+    assert SlotSampling().replace(**q.sampling) == SlotSampling(0.5, 40, 0.1, 7, 9)  # audio_seed wins
+    assert parse_query("/api/chat?seed=3&audio_seed=x").sampling == {}  # as Kyutai's: a bad audio_seed, no seed

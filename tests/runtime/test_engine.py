@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from duplex.runtime.engine import Engine, EngineFull
+from duplex.errors import UsageError
+from duplex.model.sampling import SlotSampling
+from duplex.runtime.engine import Engine, EngineFull, SamplingOptions
 
 
 def make_engine(slots=4, greedy=True, **kwargs):
@@ -182,7 +184,7 @@ def test_sampling_settings_per_session():
     eng.close(whole)
     for slot in (-1, 2, whole):  # out of range, or not open: refused, nothing half-applied
         with pytest.raises(ValueError, match="slot"):
-            eng.configure(slot, temperature=1.5, top_k=5, text_temperature=0.5, text_top_k=5, seed=999)
+            eng.configure(slot, SlotSampling(temperature=1.5, top_k=5, text_temperature=0.5, text_top_k=5, seed=999))
     assert int(eng.sampling.seed[-1]) != 999 and float(eng.sampling.audio.temperature[-1]) != 1.5
     a = eng.open(seed=5, temperature=1.0, top_k=10)
     assert int(eng.sampling.audio.top_k[a]) == 10
@@ -191,6 +193,33 @@ def test_sampling_settings_per_session():
     outs = [eng.step({a: f, b: f}) for f in x]
     # same seed, same input, same settings: the two sessions sample the same conversation
     assert all(np.array_equal(o[a][0], o[b][0]) for o in outs)
+
+
+def test_slot_sampling_is_one_checked_value_passed_whole():
+    """One frozen value per slot: checked when made, defaulted by the engine's options, applied whole."""
+    with pytest.raises(UsageError, match="text_temperature must be a finite number >= 0"):
+        SlotSampling(text_temperature=float("nan"))
+    with pytest.raises(UsageError, match="seed must be an integer"):
+        SlotSampling(seed=1.5)
+    with pytest.raises(UsageError, match="unknown sampling setting temprature"):
+        SlotSampling().replace(temprature=0.5)
+    assert SlotSampling() == SlotSampling(0.8, 250, 0.7, 25, None)  # Kyutai's defaults
+    assert type(SlotSampling(seed=np.int64(3)).seed) is int
+    eng = make_engine(slots=3, greedy=False)
+    assert eng.options.default == SamplingOptions().default == SlotSampling()
+    eng.options.default = SlotSampling(top_k=7, seed=11)  # what new sessions get from now on
+    a = eng.open()  # the engine's default
+    b = eng.open(SlotSampling(temperature=0.5, top_k=3, text_temperature=0.2, text_top_k=2, seed=4))
+    c = eng.open(top_k=9)  # one field changed, the rest from the default
+    audio, text = eng.sampling.audio, eng.sampling.text
+    assert (int(audio.top_k[a]), int(eng.sampling.seed[a])) == (7, 11)
+    assert (float(audio.temperature[b]), int(audio.top_k[b]), float(text.temperature[b]), int(text.top_k[b]),
+            int(eng.sampling.seed[b])) == (0.5, 3, pytest.approx(0.2), 2, 4)
+    assert (int(audio.top_k[c]), int(eng.sampling.seed[c])) == (9, 11)
+    eng.configure(a, SlotSampling(temperature=0.0, seed=None))  # seed None: a random one
+    assert bool(audio.greedy[a]) and int(eng.sampling.seed[a]) != 11
+    with pytest.raises(TypeError, match="SlotSampling"):
+        eng.configure(a, {"temperature": 0.5})
 
 
 @pytest.mark.slow

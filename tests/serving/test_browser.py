@@ -125,7 +125,8 @@ class Page:
 
 STATE = ("({status: document.getElementById('status').textContent,"
          " received: +document.getElementById('received').textContent,"
-         " text: document.getElementById('transcript').textContent,"
+         " text: [...document.querySelectorAll('#transcript .turn.model .words')].map((e) => e.textContent).join(' '),"
+         " transcript: document.getElementById('transcript').textContent,"
          " rtt: document.getElementById('rtt').textContent, felt: document.getElementById('felt').textContent,"
          " feltParts: document.getElementById('felt-parts').textContent,"
          " inDb: document.getElementById('in-db').textContent, outDb: document.getElementById('out-db').textContent,"
@@ -170,19 +171,25 @@ def test_page_shows_the_conversation_and_downloads_it(tmp_path, small_tokenizer_
                     await asyncio.sleep(0.1)
                 after_stop = await page.tools.evaluate("document.getElementById('toggle').click(), " + STATE,
                                                        gesture=True)  # Stop is synchronous
-                # Start again: the counters and the transcript start afresh (read in the same turn as the click,
-                # before new replies can arrive)
-                restarted = await page.tools.evaluate("document.getElementById('toggle').click(), " + STATE,
-                                                      gesture=True)
-                return before, state, shots, after_stop, restarted, server.stats()
+                # Start again: the last conversation stays until the new one connects (read in the same turn as
+                # the click), then the counters and the transcript start afresh
+                await page.tools.evaluate("document.getElementById('transcript').appendChild("
+                                          "Object.assign(document.createElement('p'), {id: 'last-one'}))")
+                restarting = await page.tools.evaluate("document.getElementById('toggle').click(), " + STATE,
+                                                       gesture=True)
+                await page.wait_for_text("status", "connected")
+                restarted = await page.tools.evaluate(
+                    "({last: !!document.getElementById('last-one'), ...%s})" % STATE)
+                return before, state, shots, after_stop, (restarting, restarted), server.stats()
         finally:
             await server.stop()
 
-    before, state, shots, after_stop, restarted, stats = asyncio.run(main())
+    before, state, shots, after_stop, (restarting, restarted), stats = asyncio.run(main())
     assert before["model"] == "test model" and before["free"] == "2 of 2", before
     assert state["status"].startswith("connected"), state
     assert state["received"] >= 25, state  # replies came back, one per 80 ms
-    assert state["text"], state  # words appear in the transcript
+    assert state["text"], state  # the model's words appear in the transcript
+    assert "(speaking…)" in state["transcript"] or "(you spoke" in state["transcript"], state  # and your turns
     assert state["inDb"] != "-∞" and state["inWidth"] not in ("", "0%"), state  # the input meter moves
     assert state["outDb"] != "", state
     assert state["rtt"] != "-" and int(state["rtt"]) < 1000, state  # the page measured the round trip
@@ -198,7 +205,8 @@ def test_page_shows_the_conversation_and_downloads_it(tmp_path, small_tokenizer_
     transcript, = downloads.glob("*.txt")
     assert transcript.read_text().startswith("# seconds")
     assert after_stop["status"] == "stopped" and after_stop["recordable"], after_stop
-    assert restarted["received"] == 0 and restarted["text"] == "" and restarted["felt"] == "-", restarted
+    assert restarting["transcript"] == after_stop["transcript"] and restarting["received"] == after_stop["received"]
+    assert not restarted["last"] and restarted["received"] < after_stop["received"], restarted
     assert stats["connections"] >= 1
 
 
@@ -291,3 +299,99 @@ def test_page_opened_over_plain_http_from_another_machine_says_the_microphone_ne
     status, secure = asyncio.run(main())
     assert secure is False
     assert "the microphone needs https or localhost" in status and "TypeError" not in status, status
+
+
+LAYOUT = ("(() => { const r = (id) => { const b = document.getElementById(id).getBoundingClientRect();"
+          " return [b.top, b.height]; }; return [r('timeline'), r('transcript'), r('figures'), r('toggle')]; })()")
+
+
+@pytest.mark.slow
+def test_page_keeps_its_layout_and_the_last_conversation(tmp_path, small_tokenizer_path):
+    """The falling-behind banner moves nothing and goes with Stop; Start with the server down keeps the last
+    conversation on the page (its transcript and its recording)."""
+    wav = tmp_path / "mic.wav"
+    fake_microphone(wav)
+
+    async def main():
+        engine = make_engine(1, tokenizer=TextTokenizer(small_tokenizer_path))
+        server = VoiceServer(engine, ServerOptions(port=0))
+        await server.start()
+        stopped = False
+        try:
+            async with Page(f"http://127.0.0.1:{server.port}/", wav, tmp_path) as page:
+                await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
+                await page.wait_for_text("status", "connected")
+                await page.wait_for_text("transcript", "(", seconds=10)  # your first turn, from the fake microphone
+                # the server's figures as they are when it falls behind (40 late steps since Start), the layout
+                # measured just before and after, in one turn of the page's event loop
+                banner = await page.tools.evaluate(
+                    "(() => { const before = " + LAYOUT + "; if (conv.missesAtStart === null) conv.missesAtStart = 0;"
+                    " showServer({model: 'm', free_slots: 0, slots: 1, deadline_misses: conv.missesAtStart + 40,"
+                    " step_ms_p50: 120, step_ms_p99: 200});"
+                    " return [document.getElementById('warning').textContent, before, " + LAYOUT + "]; })()")
+                stop = "document.getElementById('toggle').click(), getComputedStyle(document.getElementById('warning')).display"
+                after_stop = await page.tools.evaluate(stop, gesture=True)
+                await asyncio.sleep(2.5)  # the page asks the server for its figures again
+                later = await page.tools.evaluate("getComputedStyle(document.getElementById('warning')).display")
+                last = await page.text("transcript")
+                await server.stop()
+                stopped = True
+                await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
+                refused = await page.wait_for_text("status", "cannot reach")
+                kept = await page.tools.evaluate("[document.getElementById('transcript').textContent,"
+                                                 " document.getElementById('record').disabled]")
+                return banner, after_stop, later, last, refused, kept
+        finally:
+            if not stopped:
+                await server.stop()
+
+    (warning, before, during), after_stop, later, last, refused, kept = asyncio.run(main())
+    assert "falling behind" in warning, warning
+    assert during == before  # the banner overlays the page: nothing moved
+    assert after_stop == "none" and later == "none"  # Stop ends the conversation's warnings
+    assert "cannot reach the server" in refused, refused
+    assert last and kept == [last, False], (last, kept)  # the last transcript, and its recording, are still there
+
+
+@pytest.mark.slow
+def test_page_shows_turns_and_places_word_labels_apart(tmp_path, small_tokenizer_path):
+    """The transcript is a paragraph per turn (yours from the level meter, the model's words); the timeline's
+    word labels never overlap."""
+    wav = tmp_path / "mic.wav"
+    fake_microphone(wav)
+    turns_script = """(() => {
+      conv = newConversation(); conv.connected = true;
+      const you = (level, frames) => { for (let i = 0; i < frames; i++) userFrame(level); };
+      const model = (pieces) => { for (const p of pieces) { conv.received++; receiveText(p); } };
+      you(0.0001, 5); you(0.3, 8); you(0.0001, 12);  // you speak for 0.64 s, then pause
+      model([" Hello", " there", "."]);
+      you(0.3, 6);  // you again, while the model goes on
+      model([" Sure", "ly"]);
+      return [...document.querySelectorAll('#transcript .turn')].map((p) => [p.className, p.textContent]);
+    })()"""
+    labels_script = """(() => {
+      const g = document.getElementById('timeline').getContext('2d'); g.font = '13px system-ui';
+      const words = [];
+      for (let f = 0; f < 120; f++) words.push({text: f % 3 ? 'a' : 'conversation', frame: f});
+      return layoutWords(words, 0, 6, (t) => g.measureText(t).width);
+    })()"""
+
+    async def main():
+        server = VoiceServer(make_engine(1, tokenizer=TextTokenizer(small_tokenizer_path)), ServerOptions(port=0))
+        await server.start()
+        try:
+            async with Page(f"http://127.0.0.1:{server.port}/", wav, tmp_path) as page:
+                return await page.tools.evaluate(turns_script), await page.tools.evaluate(labels_script)
+        finally:
+            await server.stop()
+
+    turns, labels = asyncio.run(main())
+    assert turns == [["turn you", "you(you spoke, 0.6 s)"], ["turn model", "modelHello there."],
+                     ["turn you", "you(speaking…)"], ["turn model", "modelSurely"]], turns
+    assert len(labels) > 20 and {label["row"] for label in labels} == {0, 1, 2}
+    for row in range(3):
+        placed = sorted((label["x"], label["x"] + label["width"]) for label in labels if label["row"] == row)
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(placed, placed[1:])), placed
+    for label in labels:  # each label at its own word's time
+        frame = (label["x"] - 50) / 6
+        assert frame == int(frame) and label["text"] == ("a" if int(frame) % 3 else "conversation"), label

@@ -1,5 +1,6 @@
 """The live demo without sound hardware: an injected stream, and the headless file mode."""
 
+import re
 import threading
 import time
 
@@ -9,6 +10,7 @@ import soundfile as sf
 from helpers import SMALL_MODEL_ARGS, make_engine
 
 from duplex.cli import main
+from duplex.errors import SoundDeviceError
 from duplex.serving import mic
 
 MODEL = SMALL_MODEL_ARGS
@@ -111,7 +113,7 @@ def test_missing_sounddevice_is_explained(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_sounddevice)
-    with pytest.raises(RuntimeError, match="pip install sounddevice"):
+    with pytest.raises(SoundDeviceError, match="pip install sounddevice"):  # a DuplexError: one line from the CLI
         mic.import_sounddevice()
 
 
@@ -135,3 +137,139 @@ def test_an_engine_error_is_reported_not_swallowed():
 
     with pytest.raises(RuntimeError, match="the engine stopped: ValueError"):
         mic.run_live(engine, seconds=5, stream_factory=factory, status_every=0)
+
+
+class Screen:
+    """A terminal of ``width`` columns that both stdout and stderr write to: it keeps what a person would see
+    (carriage return, newline, erase line, cursor up, wrapping at the edge), and ``isatty()`` is true."""
+
+    def __init__(self, width=40):
+        self.width, self.rows, self.row, self.col = width, [[]], 0, 0
+        self.snapshots = []
+
+    def isatty(self):
+        return True
+
+    def flush(self):
+        self.snapshots.append(self.text())
+
+    def write(self, data):
+        i = 0
+        while i < len(data):
+            if data.startswith("\x1b[K", i):
+                del self.rows[self.row][self.col:]
+                i += 3
+                continue
+            if data.startswith("\x1b[1A", i):
+                self.row = max(0, self.row - 1)
+                i += 4
+                continue
+            ch = data[i]
+            i += 1
+            if ch == "\r":
+                self.col = 0
+            elif ch == "\n":
+                self.row, self.col = self.row + 1, 0
+            else:
+                if self.col == self.width:
+                    self.row, self.col = self.row + 1, 0
+                while len(self.rows) <= self.row:
+                    self.rows.append([])
+                line = self.rows[self.row]
+                line.extend(" " * (self.col - len(line)))
+                if self.col < len(line):
+                    line[self.col] = ch
+                else:
+                    line.append(ch)
+                self.col += 1
+            while len(self.rows) <= self.row:
+                self.rows.append([])
+        return len(data)
+
+    def text(self):
+        return "\n".join("".join(row) for row in self.rows)
+
+
+def test_words_and_progress_share_a_terminal_without_erasing_each_other(tmp_path, monkeypatch):
+    """On a terminal (stdout and stderr the same screen) the progress line never writes over the model's words."""
+    from duplex.runtime.engine import Engine
+
+    words = iter(f" w{i}" for i in range(1000))
+    monkeypatch.setattr(Engine, "text_piece", lambda self, token: next(words))  # a word every frame
+    screen = Screen(width=40)
+    monkeypatch.setattr("sys.stdout", screen)
+    monkeypatch.setattr("sys.stderr", screen)
+    monkeypatch.setenv("COLUMNS", "40")
+    source = tmp_path / "in.wav"
+    sf.write(source, np.zeros(30 * 1920, np.float32), 24000)  # 30 frames: progress at 12, 24 and 30
+    assert main(["mic", *MODEL, "--input-file", str(source), "--output-file", str(tmp_path / "out.wav")]) == 0
+    seen = " ".join(screen.text().split())
+    assert " ".join(f"w{i}" for i in range(30)) in seen, screen.text()  # every word, in order
+    assert any("[1.0 / 2.4 s]" in shot and "w11" in shot for shot in screen.snapshots)  # progress shown with them
+    assert "[2.4 / 2.4 s]" not in screen.text()  # the progress line goes at the end, the words stay
+    word_rows = ["".join(row) for row in screen.rows if re.fullmatch(r" ?(w\d+ ?)+", "".join(row))]
+    assert len(word_rows) >= 3 and all(len(row) < 40 for row in word_rows)  # broken into lines, none wrapped
+
+
+def test_live_text_off_a_terminal_writes_words_only():
+    import io
+
+    from duplex.serving.terminal import LiveText
+
+    words, status = io.StringIO(), io.StringIO()
+    display = LiveText(words, status)
+    display.write(" hello")
+    display.status("[1.0 s]")  # a file is no place for a line that rewrites itself
+    display.write(" there")
+    display.close()
+    assert words.getvalue() == " hello there\n" and status.getvalue() == ""
+
+
+def test_ctrl_c_keeps_the_reply_so_far(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the middle of a file: the reply to the frames done is written, the command says so, exits 130."""
+    from duplex.runtime.engine import Engine
+
+    real_step, calls = Engine.step, []
+
+    def step(self, frames):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_step(self, frames)
+
+    monkeypatch.setattr(Engine, "step", step)
+    source, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(source, 0.1 * np.ones(20 * 1920, np.float32), 24000)
+    assert main(["mic", *MODEL, "--input-file", str(source), "--output-file", str(out), "--realtime"]) == 130
+    data, rate = sf.read(out)
+    assert rate == 24000 and data.shape == (5 * 1920,)  # the five frames done
+    assert "interrupted after 0.40 s of 1.60 s: the reply so far is in" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_keeps_the_reply_so_far(tmp_path):
+    """The real thing: SIGINT to ``duplex mic --input-file --realtime`` a second into a 20 s file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    source, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(source, 0.1 * np.ones(20 * 24000, np.float32), 24000)
+    process = subprocess.Popen([sys.executable, "-m", "duplex", "mic", *MODEL, "--input-file", str(source),
+                                "--output-file", str(out), "--realtime"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in process.stderr:  # once the engine is built and the file is under way
+            if "through the engine in real time" in line:
+                break
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        err = process.communicate(timeout=30)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    data, rate = sf.read(out)
+    assert rate == 24000 and 0 < len(data) < 20 * 24000 and len(data) % 1920 == 0, len(data)
+    assert "interrupted after" in err and f"the reply so far is in {out}" in err, err
