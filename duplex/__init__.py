@@ -9,7 +9,7 @@ __version__ = "0.2.0"
 _EXPORTS = {"LMConfig": "model.config", "LMConfigError": "model.config", "Engine": "runtime.engine",
             "EngineFull": "runtime.engine", "SamplingOptions": "runtime.engine", "LMOutput": "model.lm",
             "MoshiLM": "model.lm", "ModelFiles": "runtime.checkpoints", "ModelFilesError": "errors",
-            "default_model_paths": "runtime.checkpoints"}
+            "SlotSampling": "model.sampling", "DuplexError": "errors", "default_model_paths": "runtime.checkpoints"}
 
 __all__ = [*_EXPORTS, "__version__"]
 
