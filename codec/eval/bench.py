@@ -7,18 +7,24 @@ real weights. Inputs are low-level noise so no activation saturates or turns den
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
 from ..model import ConfigLike, Mimi
 from ..utils.stats import describe_device, summary
 
+BATCH_SIZES = (1, 8)  # the defaults of the codec benchmark
+FRAMES = 50  # timed frames per batch size
+WARMUP = 5  # untimed frames first
+NUM_CODEBOOKS = 8
+RTF_NOTE = "RTF (real-time factor): compute time per 80 ms frame / 80 ms; below 1 keeps up with real time"
+
 
 @torch.no_grad()
 def bench_codec(config: ConfigLike = None, checkpoint: Optional[str] = None, device: str = "cpu",
-                batch_sizes: Sequence[int] = (1, 8), frames: int = 50, warmup: int = 5,
-                num_codebooks: int = 8, progress=None) -> dict:
+                batch_sizes: Sequence[int] = BATCH_SIZES, frames: int = FRAMES, warmup: int = WARMUP,
+                num_codebooks: int = NUM_CODEBOOKS, progress=None) -> dict:
     """Time ``frames`` streaming frames (after ``warmup``) for each batch size; returns a JSON-ready dict."""
     dev = torch.device(device)
     if checkpoint:
@@ -77,3 +83,37 @@ def bench_codec(config: ConfigLike = None, checkpoint: Optional[str] = None, dev
         "date": time.strftime("%Y-%m-%d"),
         "results": results,
     }
+
+
+def caveats(frames: int, rows) -> List[str]:
+    """What the figures cannot mean although they seem to: too few frames for a p99, or a spread that says another
+    process was using the machine. ``rows``: (label, p50, p90) per line of the table. Shared by the benchmarks that
+    time frames (codec, LM, engine)."""
+    notes = []
+    if frames < 100:
+        notes.append(f"note: with {frames} timed frames, p99 is about the largest one (use 100 frames or more)")
+    for label, p50, p90 in rows:
+        if p50 > 0 and p90 > 1.5 * p50:
+            notes.append(f"warning: {label}: p90 {p90:.1f} ms against p50 {p50:.1f} ms; the machine was probably "
+                         "busy with something else (rerun, or compare side by side in one run)")
+    return notes
+
+
+def format_table(report: dict) -> str:
+    """The report of ``bench_codec`` as a person reads it: a header line, one row per batch size, what RTF means."""
+    rows = [f"# {report['benchmark']} -- {report['model']}, {report['config']}, {report['hardware']}, "
+            f"torch {report['torch']}",
+            f"{'batch':>5} {'encode ms':>10} {'decode ms':>10} {'total ms':>9} {'p99 ms':>8} {'ms/stream':>9} "
+            f"{'RTF':>6}"]
+    for r in report["results"]:
+        rows.append(f"{r['batch_size']:>5} {r['encode_ms']['median']:>10.2f} {r['decode_ms']['median']:>10.2f} "
+                    f"{r['total_ms']['median']:>9.2f} {r['total_ms']['p99']:>8.2f} {r['ms_per_stream']:>9.2f} "
+                    f"{r['real_time_factor']:>6.3f}")
+    rows.append(RTF_NOTE)
+    return "\n".join(rows)
+
+
+def report_caveats(report: dict) -> List[str]:
+    """``caveats`` of a ``bench_codec`` report."""
+    return caveats(report["frames"], [(f"batch {r['batch_size']}", r["total_ms"]["median"], r["total_ms"]["p90"])
+                                      for r in report["results"]])

@@ -7,12 +7,13 @@ Every slot of an engine of ``batch`` slots is active every frame (the worst case
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from codec import Mimi
+from codec.eval.bench import FRAMES, RTF_NOTE, WARMUP, caveats
 from codec.utils.stats import describe_device
 
 from ..model.config import LMConfig
@@ -22,6 +23,9 @@ from ..runtime.engine import STAGES, Engine, SamplingOptions
 
 FRAME_MS = 80.0
 ACOUSTIC_DELAY_MS = 80.0
+BATCH_SIZES = (1, 2, 4, 8)
+MODES = ("eager", "graphs")
+TABLE_STAGES = ("encode", "temporal", "depth", "decode")  # the table's columns (the JSON and plot have all STAGES)
 
 
 DEFAULT_SEED = 20261124  # the random weights of the shapes this benchmark times by name
@@ -69,8 +73,9 @@ def _frames_ms(engine: Engine, frames: int, warmup: int, progress=None, label=""
 
 
 def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[torch.dtype] = None,
-                  batch_sizes: Sequence[int] = (1, 2, 4, 8), modes: Sequence[str] = ("eager", "graphs"),
-                  frames: int = 50, warmup: int = 5, files: Optional[ModelFiles] = None, progress=None) -> dict:
+                  batch_sizes: Sequence[int] = BATCH_SIZES, modes: Sequence[str] = MODES,
+                  frames: int = FRAMES, warmup: int = WARMUP, files: Optional[ModelFiles] = None,
+                  progress=None) -> dict:
     dev = torch.device(device)
     lm, mimi, description = load_models(model, dev, dtype, files)
     if dev.type != "cuda":
@@ -109,6 +114,32 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
         "largest_real_time_batch": largest,
         "runs": runs,
     }
+
+
+def format_table(report: dict) -> str:
+    """The report of ``bench_latency`` as a person reads it: a header line, one row per mode and batch size (stage
+    medians, total median and p99, RTF, latency budget), the largest real-time batch per mode, what the columns
+    mean."""
+    rows = [f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
+            f"torch {report['torch']}",
+            f"{'mode':>6} {'batch':>5} " + " ".join(f"{s:>8}" for s in TABLE_STAGES)
+            + f" {'total':>7} {'p99':>7} {'RTF':>6} {'budget ms':>9}"]
+    for r in report["runs"]:
+        rows.append(f"{r['mode']:>6} {r['batch_size']:>5} "
+                    + " ".join(f"{r['stages_ms'][s]['p50']:>8.2f}" for s in TABLE_STAGES)
+                    + f" {r['total_ms']['p50']:>7.2f} {r['total_ms']['p99']:>7.2f} {r['real_time_factor']:>6.3f}"
+                    f" {r['latency_budget_ms']['total_p50']:>9.1f}")
+    largest = ", ".join(f"{mode} {batch}" for mode, batch in report["largest_real_time_batch"].items())
+    rows.append(f"largest batch in real time (p99 < {FRAME_MS:.0f} ms): {largest}")
+    rows.append(f"ms: medians per frame; {RTF_NOTE}; budget: {FRAME_MS:.0f} ms frame + {ACOUSTIC_DELAY_MS:.0f} ms "
+                "acoustic delay + median compute")
+    return "\n".join(rows)
+
+
+def report_caveats(report: dict) -> List[str]:
+    """What the figures of a ``bench_latency`` report cannot mean (``codec.eval.bench.caveats``)."""
+    return caveats(report["frames"], [(f"{r['mode']} batch {r['batch_size']}", r["total_ms"]["p50"],
+                                       r["total_ms"]["p90"]) for r in report["runs"]])
 
 
 def plot_latency(report: dict, path: str) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
+from codec.eval.bench import BATCH_SIZES, FRAMES, RTF_NOTE, WARMUP, caveats
 from codec.utils.stats import describe_device, summary
 
 from ..model.config import LMConfig
@@ -15,8 +16,8 @@ from ..model.lm import MoshiLM
 
 @torch.no_grad()
 def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str] = None, device: str = "cpu",
-             dtype: torch.dtype = torch.float32, batch_sizes: Sequence[int] = (1, 8), frames: int = 50,
-             warmup: int = 5, progress=None) -> dict:
+             dtype: torch.dtype = torch.float32, batch_sizes: Sequence[int] = BATCH_SIZES, frames: int = FRAMES,
+             warmup: int = WARMUP, progress=None) -> dict:
     dev = torch.device(device)
     cfg = LMConfig.load(config)  # a preset name or a JSON file
     if checkpoint:
@@ -60,3 +61,23 @@ def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str
         "date": time.strftime("%Y-%m-%d"),
         "results": results,
     }
+
+
+def format_table(report: dict) -> str:
+    """The report of ``bench_lm`` as a person reads it: a header line, one row per batch size, what RTF means."""
+    rows = [f"# {report['benchmark']} -- {report['model']}, config {report['config']} "
+            f"({report['parameters'] / 1e6:.1f} M parameters), {report['dtype']}, {report['hardware']}, "
+            f"torch {report['torch']}",
+            f"{'batch':>5} {'step ms':>8} {'p90 ms':>7} {'p99 ms':>7} {'ms/stream':>9} {'RTF':>6}"]
+    for r in report["results"]:
+        s = r["step_ms"]
+        rows.append(f"{r['batch_size']:>5} {s['median']:>8.2f} {s['p90']:>7.2f} {s['p99']:>7.2f} "
+                    f"{r['ms_per_stream']:>9.2f} {r['real_time_factor']:>6.3f}")
+    rows.append(RTF_NOTE)
+    return "\n".join(rows)
+
+
+def report_caveats(report: dict) -> List[str]:
+    """What the figures of a ``bench_lm`` report cannot mean (``codec.eval.bench.caveats``)."""
+    return caveats(report["frames"], [(f"batch {r['batch_size']}", r["step_ms"]["median"], r["step_ms"]["p90"])
+                                      for r in report["results"]])

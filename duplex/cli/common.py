@@ -85,15 +85,6 @@ def add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True, stream
                        help="run frame by frame as a live stream does (equal to offline for the first 124 frames)")
 
 
-def add_bench_options(p: argparse.ArgumentParser, batch_sizes, what: str = "frames") -> None:
-    p.add_argument("--batch-sizes", type=positive, nargs="+", default=list(batch_sizes), metavar="B",
-                   help="batch sizes to time")
-    p.add_argument("--frames", type=positive, default=50, help=f"timed {what} per batch size (default 50)")
-    p.add_argument("--warmup", type=non_negative, default=5, help=f"untimed {what} first (default 5)")
-    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
-
-
 def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-repo", metavar="REPO", help="a published model from the local Hugging Face cache (never "
                    "downloaded): kyutai/moshiko-pytorch-bf16, kyutai/moshika-pytorch-bf16, nvidia/personaplex-7b-v1")

@@ -26,11 +26,17 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+import soundfile as sf
+import torch
 
+from codec.io.audio import resample
+
+from ...errors import DatasetError, UsageError
 from .fdb import BACKCHANNEL, INTERRUPTION, PAUSE, TURN, Chunk, write_chunks
 from .metrics import segment_histogram
 
 RATE = 16000
+SPLIT, PER_TASK = "heldout", 20  # the conversations a set is cut from, and its samples per task at most
 KNOWN_ANSWERS = ("arithmetic", "dates", "time", "spelling", "facts")
 FOLDERS = {"smooth": TURN, "pause": PAUSE, "interrupt": INTERRUPTION, "backchannel": BACKCHANNEL}
 
@@ -49,10 +55,6 @@ def _turns_in(meta: dict, start: float, end: float, channel: str) -> List[dict]:
 
 
 def _cut(channel: np.ndarray, rate: int, start: float, end: float) -> np.ndarray:
-    import torch
-
-    from codec.io.audio import resample
-
     piece = channel[int(round(start * rate)):int(round(end * rate))]
     return resample(torch.from_numpy(np.ascontiguousarray(piece))[None], rate, RATE)[0].numpy()
 
@@ -110,18 +112,18 @@ def _histogram(turns: List[dict], start: float, seconds: float) -> List[float]:
     return (counts / counts.sum()).tolist()
 
 
-def make_set(corpus: Path, out: Path, split: str = "heldout", per_task: int = 20, reference: bool = False) -> Dict:
+def make_set(corpus: Path, out: Path, split: str = SPLIT, per_task: int = PER_TASK, reference: bool = False) -> Dict:
     """Write up to ``per_task`` samples per task; returns {task: samples written}."""
-    import soundfile as sf
-
     corpus, out = Path(corpus), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} is not empty: give a new folder for the set")
     manifest = corpus / "manifest.jsonl"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{corpus} has no manifest.jsonl; make a corpus with 'duplex data synth'")
+        raise DatasetError(f"{corpus} has no manifest.jsonl (not a corpus made by duplex's synthesizer)")
     rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if r.get("split") == split]
     if not rows:
-        raise ValueError(f"{corpus} has no '{split}' conversations")
+        raise DatasetError(f"{corpus} has no '{split}' conversations")
     counts = {task: 0 for task in FOLDERS.values()}
     truth: Dict[str, List[float]] = {}
     for row in rows:

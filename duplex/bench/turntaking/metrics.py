@@ -28,13 +28,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .fdb import Chunk
+from .fdb import Chunk, FDBError
 
 Segment = Tuple[float, float]
 
 TURN_SECONDS, TURN_WORDS = 1.0, 3  # FDB's turn_duration_threshold and turn_num_words_threshold
 BACKCHANNEL_LONG, BACKCHANNEL_WINDOW, BACKCHANNEL_EPS = 3.0, 0.2, 1e-10
 USER_GAP, MODEL_GAP = 0.6, 0.5  # v1.5: segments closer than this are one
+RULES = ("current", "published")  # which short segments count as backchannels (the module's docstring)
 
 
 def _end(chunk: Chunk) -> float:
@@ -79,10 +80,10 @@ def _segment_words(words: Sequence[Chunk], start: float, end: float) -> List[Chu
 
 
 def backchannel_sample(segments: Sequence[Segment], words: Sequence[Chunk], seconds: float,
-                       truth: Optional[Sequence[float]] = None, rule: str = "current") -> dict:
+                       truth: Optional[Sequence[float]] = None, rule: str = RULES[0]) -> dict:
     """TOR, frequency and (with ``truth``, the sample's human distribution) JSD of one backchannel sample."""
-    if rule not in ("current", "published"):
-        raise ValueError(f"rule must be 'current' or 'published', got {rule!r}")
+    if rule not in RULES:
+        raise FDBError(f"the backchannel rule is one of {', '.join(RULES)}, not {rule!r}")
     tor, counted = 0, []
     for start, end in segments:
         if end - start > BACKCHANNEL_LONG:

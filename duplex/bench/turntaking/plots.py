@@ -3,9 +3,11 @@ model's speech, the model's words, the annotated event) and one overview (TOR an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List
 
+from . import vad
 from .fdb import ANNOTATIONS, INTERRUPTION, PAUSE, TURN, read_chunks
 
 _EVENT = {PAUSE: "pause", TURN: "end of turn", INTERRUPTION: "interruption"}
@@ -13,8 +15,6 @@ _SHORT = {PAUSE: "pause", TURN: "turn-taking", INTERRUPTION: "interruption"}
 
 
 def _segments(path: Path):
-    from . import vad
-
     if not path.is_file():
         return []
     pcm, rate = vad.read_mono(path)
@@ -23,9 +23,7 @@ def _segments(path: Path):
 
 def plot_sample(folder: Path, row: dict, path: Path) -> None:
     """One sample's timeline."""
-    import json
-
-    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend is left alone
+    from matplotlib.figure import Figure  # noqa: PLC0415  optional, slow to import; no pyplot: the backend is left alone
 
     fig = Figure(figsize=(10, 2.6))
     ax = fig.subplots()
@@ -53,7 +51,7 @@ def plot_sample(folder: Path, row: dict, path: Path) -> None:
 
 def plot_overview(report: dict, path: Path) -> None:
     """TOR per task, and the latency distributions of the tasks that have one."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415  optional, slow to import
 
     tasks = list(report["tasks"])
     fig = Figure(figsize=(11, 3.8))

@@ -8,21 +8,106 @@ words that start after the interruption's end are kept, as FDB's ASR step transc
 With the same ``seed`` and slot count a run is repeated exactly (sample i samples with ``seed`` + i; the engine's
 slots are independent of what runs beside them). Another slot count batches the arithmetic differently, so the
 sampled outputs can differ in detail.
+
+A run of hours can be stopped (Ctrl-C) and taken up again: while a run is unfinished OUT holds ``MARK`` (which set,
+seed and slot count made it); a sample is finished once its ``output.json`` exists (written last, in one rename).
+Interrupted, the finished samples stay and ``RunInterrupted`` says how many; the same run again (same set, seed
+and slots) skips them. Any other non-empty OUT is refused, so that outputs of two runs never mix. The mark goes
+when the run is complete.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from codec.io.audio import load_audio, resample, save_audio
+
+from ...errors import FDBError, UsageError
 from .fdb import INTERRUPTION, Chunk, annotation_time, find_samples, task_of, write_chunks
+from .vad import seconds_of
 
 OUTPUT_RATE = 16000
+SLOTS = 4  # samples run at once, unless the caller says
+SEED = 0  # sample i samples with SEED + i
+MARK = ".duplex-turns-run.json"  # in OUT while its run is unfinished
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the message says what was kept and how to go on."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands: samples and seconds of input audio done (of this invocation's ``total``), and
+    ``skipped``, the samples an earlier, interrupted run had finished."""
+
+    done: int
+    total: int
+    audio_seconds: float
+    audio_total: float
+    wall_seconds: float
+    skipped: int = 0
+
+    @property
+    def speed(self) -> float:
+        """Seconds of input audio per second of wall time."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def eta(self) -> float:
+        """Seconds left at the speed so far: never negative (the headers' lengths can differ from the decoded
+        audio's by a sample), 0 once every sample is done, NaN before the first."""
+        if self.done >= self.total:
+            return 0.0
+        if self.speed <= 0:
+            return math.nan
+        return max(0.0, (self.audio_total - self.audio_seconds) / self.speed)
+
+    def __str__(self) -> str:
+        eta = "?" if math.isnan(self.eta) else f"{self.eta:.0f}"
+        return f"{self.done}/{self.total} samples, {self.speed:.2f}x real time, ETA {eta} s"
+
+
+class ConsoleProgress:
+    """A ``progress`` callback for a person: a bar on a terminal, else a line every ``every`` samples; says first
+    when an earlier run's samples are skipped. ``close()`` ends the bar."""
+
+    def __init__(self, stream=None, every: int = 10):
+        self.stream = stream if stream is not None else sys.stderr
+        self.every = every
+        self.bar = None
+
+    def __call__(self, p: Progress) -> None:
+        if p.done == 0:
+            if p.skipped:
+                one = p.skipped == 1
+                print(f"resuming: {p.skipped} sample{'' if one else 's'} finished by the interrupted run "
+                      f"{'is' if one else 'are'} kept, {p.total} to go", file=self.stream)
+            return
+        if self.stream.isatty():
+            if self.bar is None:
+                self.bar = tqdm(total=p.total, unit="sample", file=self.stream)
+            self.bar.update(p.done - self.bar.n)
+            self.bar.set_postfix_str(str(p).split(", ", 1)[1])
+        elif p.done == p.total or p.done % self.every == 0:
+            print(p, file=self.stream)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @dataclass
@@ -55,24 +140,58 @@ def words_from_pieces(pieces: List[tuple], frame_seconds: float) -> List[Chunk]:
             for text, first, last in words]
 
 
-def run_samples(engine, root: Path, out: Path, seed: int = 0,
-                progress: Optional[Callable[[int, int, float, float], None]] = None) -> dict:
-    """Run every sample under ``root`` into ``out``; returns {"samples", "audio_seconds", "wall_seconds"}.
-    ``progress(done, total, audio_seconds_done, audio_seconds_total, wall_seconds)``."""
-    import torch
+def _mark(root: Path, seed: int, slots: int) -> dict:
+    return {"source": str(root.resolve()), "seed": seed, "slots": slots}
 
-    from codec.io.audio import load_audio, resample, save_audio
 
-    from .vad import seconds_of
-
-    root, out = Path(root), Path(out)
+def sample_folders(root: Path) -> List[Path]:
+    """The sample folders under ``root`` that the run takes (those with a task), in order."""
+    root = Path(root)
     folders = [f for f in find_samples(root) if task_of(f, root) is not None]
+    if not folders:
+        raise FDBError(f"{root}: no FDB sample folder (input.wav with an annotation, or under a *backchannel* "
+                       "folder)")
+    return folders
+
+
+def check_output(root: Path, out: Path, seed: int, slots: int) -> None:
+    """Refuse ``out`` unless it is new, empty, or an unfinished run of the same set, seed and slot count (the
+    checks of ``run_samples``, to make before minutes of loading a model)."""
+    root, out = Path(root), Path(out)
+    sample_folders(root)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is not a folder")
+    if not out.is_dir() or not any(p.name != MARK for p in out.iterdir()):
+        return  # new, empty, or a run stopped before its first sample: nothing to mix with
+    if not (out / MARK).is_file():
+        raise UsageError(f"{out} is not empty: give a new folder for the outputs")
+    try:
+        earlier = json.loads((out / MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{out / MARK}: cannot read it ({e}); give a new folder for the outputs") from None
+    if earlier != _mark(root, seed, slots):
+        raise UsageError(f"{out} holds an unfinished run of {earlier.get('source')} with seed {earlier.get('seed')} "
+                         f"and {earlier.get('slots')} slots: run that again to finish it, or give a new folder")
+
+
+def run_samples(engine, root: Path, out: Path, seed: int = SEED,
+                progress: Optional[Callable[[Progress], None]] = None) -> dict:
+    """Run every sample under ``root`` into ``out`` (resuming an interrupted run there); returns {"samples",
+    "skipped", "audio_seconds", "wall_seconds"} (``skipped``: finished by the earlier run). ``progress`` is called
+    with a ``Progress`` once before the first sample and after each. Ctrl-C raises ``RunInterrupted``."""
+    root, out = Path(root), Path(out)
+    folders = sample_folders(root)
+    check_output(root, out, seed, engine.slots)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARK).write_text(json.dumps(_mark(root, seed, engine.slots)) + "\n", encoding="utf-8")
+    todo = [(i, f) for i, f in enumerate(folders) if not (out / f.relative_to(root) / "output.json").is_file()]
     frame = engine.frame_size
-    total, done, audio_done = len(folders), 0, 0.0
-    queue, running = list(enumerate(folders)), {}
     frame_seconds = frame / engine.sample_rate
+    state = Progress(0, len(todo), 0.0, sum(seconds_of(f / "input.wav") or 0.0 for _, f in todo), 0.0,
+                     skipped=len(folders) - len(todo))
     start = time.perf_counter()
-    total_seconds = sum(seconds_of(f / "input.wav") or 0.0 for f in folders)
+    if progress:
+        progress(state)
 
     def load(index: int, folder: Path) -> _Job:  # when a slot takes it: only the running samples are in memory
         pcm = load_audio(folder / "input.wav", engine.sample_rate)[0].numpy()
@@ -94,37 +213,54 @@ def run_samples(engine, root: Path, out: Path, seed: int = 0,
         if job.task == INTERRUPTION:
             end = annotation_time(job.folder, INTERRUPTION)
             words = [w for w in words if w.start >= end]
-        write_chunks(target / "output.json", words)
+        partial = target / "output.json.partial"  # the sample counts as finished once output.json exists
+        write_chunks(partial, words)
+        os.replace(partial, target / "output.json")
 
-    while queue or running:
-        while queue and engine.free_slots > 0:
-            job = load(*queue.pop(0))
-            job.slot = engine.open(seed=seed + job.index)
-            running[job.slot] = job
-        outputs = engine.step({slot: job.frames[job.position] for slot, job in running.items()})
-        for slot, job in list(running.items()):
-            audio, text = outputs[slot]
-            job.audio.append(audio)
-            if text:
-                job.pieces.append((job.position, text))
-            job.position += 1
-            if job.position == len(job.frames):
-                engine.close(slot)
-                del running[slot]
-                finish(job)
-                done += 1
-                audio_done += job.input_seconds
-                if progress:
-                    progress(done, total, audio_done, total_seconds, time.perf_counter() - start)
+    queue, running = list(todo), {}
+    try:
+        while queue or running:
+            while queue and engine.free_slots > 0:
+                job = load(*queue.pop(0))
+                job.slot = engine.open(seed=seed + job.index)
+                running[job.slot] = job
+            outputs = engine.step({slot: job.frames[job.position] for slot, job in running.items()})
+            for slot, job in list(running.items()):
+                audio, text = outputs[slot]
+                job.audio.append(audio)
+                if text:
+                    job.pieces.append((job.position, text))
+                job.position += 1
+                if job.position == len(job.frames):
+                    engine.close(slot)
+                    del running[slot]
+                    finish(job)
+                    state.done += 1
+                    state.audio_seconds += job.input_seconds
+                    state.wall_seconds = time.perf_counter() - start
+                    if progress:
+                        progress(state)
+    except KeyboardInterrupt:
+        kept = state.skipped + state.done
+        raise RunInterrupted(f"interrupted: {kept} of {len(folders)} samples finished are kept in {out}; the same "
+                             "command again runs the rest") from None
     _copy_set_files(root, out)
-    return {"samples": total, "audio_seconds": audio_done, "wall_seconds": time.perf_counter() - start}
+    (out / MARK).unlink()
+    return {"samples": len(folders), "skipped": state.skipped, "audio_seconds": state.audio_seconds,
+            "wall_seconds": time.perf_counter() - start}
+
+
+def format_run(ran: dict, slots: int, out: Path) -> str:
+    """One line: what a run did, how fast, and where."""
+    speed = ran["audio_seconds"] / max(ran["wall_seconds"], 1e-9)
+    skipped = f" ({ran['skipped']} finished earlier)" if ran.get("skipped") else ""
+    return (f"{ran['samples']} samples{skipped}, {ran['audio_seconds']:.1f} s of audio in {ran['wall_seconds']:.1f} s "
+            f"({speed:.2f}x real time, {slots} slot{'' if slots == 1 else 's'}) -> {out}")
 
 
 def _copy_set_files(root: Path, out: Path) -> None:
     """Files of the set outside the sample folders (FDB's icc_gt_distribution.json beside the backchannel
     samples, READMEs) go to the same place in OUT, so that OUT scores as DIR would."""
-    import os
-
     for folder, _, files in os.walk(root):
         folder = Path(folder)
         if "input.wav" in files:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import metrics
+from . import vad as speech
 from .fdb import (
     ANNOTATIONS,
     BACKCHANNEL,
@@ -58,11 +59,9 @@ def _truth_beside(folder: Path) -> Optional[dict]:
         raise FDBError(f"{path}: cannot read the backchannel distributions ({e})") from None
 
 
-def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: str = "current",
+def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: str = metrics.RULES[0],
                  vad: bool = True) -> dict:
     """The figures of one sample folder (its output.json and/or output.wav)."""
-    from . import vad as speech
-
     row: Dict[str, object] = {"task": task}
     words = read_chunks(folder / "output.json") if (folder / "output.json").is_file() else None
     has_audio = (folder / "output.wav").is_file()
@@ -116,7 +115,7 @@ def aggregate(rows: List[dict]) -> dict:
     return out
 
 
-def score_dir(root: Path, backchannel_truth: Optional[Path] = None, rule: str = "current", vad: bool = True,
+def score_dir(root: Path, backchannel_truth: Optional[Path] = None, rule: str = metrics.RULES[0], vad: bool = True,
               progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """``{"tasks": {task: figures}, "folders": {relative folder: figures}, "samples": [figures + path]}``."""
     root = Path(root)
@@ -148,8 +147,21 @@ def score_dir(root: Path, backchannel_truth: Optional[Path] = None, rule: str = 
             "samples": samples}
 
 
-def format_table(report: dict) -> str:
-    """One row per task: FDB v1's published columns (TOR, latency; backchannel frequency and JSD) and v1.5's."""
+LEGEND = """\
+TOR         take-over rate: share of samples where the model took the turn (4+ words, or 1 s+ of talk); FDB wants
+            it high for smooth turn-taking and user interruption, low for pause handling and backchannels
+latency s   seconds from the end of the user's turn (or interruption) to the model's first word, takeovers only
+freq        backchannels (short "mhm"s) per second of audio; JSD: Jensen-Shannon distance of their timing from
+            the human distribution (0 = same; needs the distributions)
+stop s      v1.5, from the VAD: mean length of the model talking over the user (how fast it stops)
+response s  v1.5, from the VAD: mean time from the end of a user segment to the model's next start
+answers     share of takeovers whose reply holds the expected answer (sets made by make-set)
+means over the samples; '-': no sample has that figure"""
+
+
+def format_table(report: dict, legend: bool = True) -> str:
+    """One row per task: FDB v1's published columns (TOR, latency; backchannel frequency and JSD) and v1.5's, and
+    (``legend``) what each column means."""
     def show(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
 
@@ -159,4 +171,6 @@ def format_table(report: dict) -> str:
         rows.append(f"{task:<20} {t['samples']:>7} {show(t.get('tor')):>6} {show(t.get('latency')):>9} "
                     f"{show(t.get('freq')):>6} {show(t.get('jsd')):>6} {show(t.get('stop_latency')):>7} "
                     f"{show(t.get('response_latency')):>10} {show(t.get('answer_accuracy'), 2):>7}")
+    if legend:
+        rows += ["", LEGEND]
     return "\n".join(rows)

@@ -1,0 +1,142 @@
+"""``bench turns run`` as a long job: Ctrl-C keeps the finished samples and says so, the same run again resumes
+(skipping them), a folder it did not make is refused, the ETA is never negative; and scoring in the same process
+leaves torch's thread count alone (same-seed runs repeat exactly). A stand-in engine keeps these fast."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from duplex.bench.turntaking import runner
+from duplex.cli import main
+from duplex.errors import UsageError
+
+
+class FakeEngine:
+    """The engine's offline interface (open / step / close, slots): audio and text that depend only on the
+    slot's seed and frame, as the real engine's do."""
+
+    frame_size, sample_rate = 1920, 24000
+
+    def __init__(self, slots=2, interrupt_at_step=None):
+        self.slots, self.interrupt_at_step = slots, interrupt_at_step
+        self.seeds, self.opened, self.steps = {}, [], 0
+
+    @property
+    def free_slots(self):
+        return self.slots - len(self.seeds)
+
+    def open(self, seed):
+        slot = min(set(range(self.slots)) - set(self.seeds))
+        self.seeds[slot] = [seed, 0]
+        self.opened.append(seed)
+        return slot
+
+    def step(self, frames):
+        self.steps += 1
+        if self.steps == self.interrupt_at_step:
+            raise KeyboardInterrupt
+        out = {}
+        for slot in frames:
+            seed, frame = self.seeds[slot]
+            self.seeds[slot][1] += 1
+            audio = np.full(self.frame_size, 0.001 * (seed % 7), np.float32)
+            out[slot] = (audio, f" w{seed}" if frame % 5 == 1 else None)
+        return out
+
+    def close(self, slot):
+        del self.seeds[slot]
+
+
+def _fdb_set(root, seconds=(1.0, 1.6, 0.8)):
+    turn = {"text": "[TURN-TAKING]", "timestamp": [0.3, 0.5]}
+    for i, length in enumerate(seconds):
+        folder = root / "candor_turn_taking" / str(i)
+        folder.mkdir(parents=True)
+        sf.write(folder / "input.wav", np.zeros(int(length * 16000), np.float32), 16000)
+        (folder / "turn_taking.json").write_text(json.dumps([turn]))
+    return root
+
+
+def _outputs(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("output.*"))}
+
+
+def test_an_interrupted_run_keeps_its_samples_and_the_same_run_resumes(tmp_path):
+    source = _fdb_set(tmp_path / "set")
+    whole = tmp_path / "whole"
+    runner.run_samples(FakeEngine(), source, whole, seed=5)
+
+    out = tmp_path / "out"
+    with pytest.raises(runner.RunInterrupted, match=r"interrupted: 1 of 3 samples finished are kept in .*out"):
+        runner.run_samples(FakeEngine(interrupt_at_step=17), source, out, seed=5)  # sample 0 ends at frame 13
+    assert (out / runner.MARK).is_file() and len(list(out.rglob("output.json"))) == 1
+
+    seen = []
+    engine = FakeEngine()
+    ran = runner.run_samples(engine, source, out, seed=5, progress=seen.append)
+    assert ran["samples"] == 3 and ran["skipped"] == 1
+    assert seen[0].skipped == 1 and seen[0].total == 2  # said before the first sample
+    assert sorted(engine.opened) == [6, 7]  # the finished sample 0 (seed 5 + 0) is not run again
+    assert _outputs(out) == _outputs(whole)  # as if never interrupted
+    assert not (out / runner.MARK).exists()  # complete: a third run is refused
+    with pytest.raises(UsageError, match="is not empty"):
+        runner.check_output(source, out, 5, 2)
+
+
+def test_a_folder_the_run_did_not_make_is_refused(tmp_path):
+    source = _fdb_set(tmp_path / "set")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("someone else's")
+    with pytest.raises(UsageError, match="is not empty"):
+        runner.run_samples(FakeEngine(), source, other)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]  # nothing mixed in
+    out = tmp_path / "out"
+    with pytest.raises(runner.RunInterrupted):
+        runner.run_samples(FakeEngine(interrupt_at_step=17), source, out, seed=1)
+    with pytest.raises(UsageError, match="unfinished run of .* with seed 1 and 2 slots"):
+        runner.run_samples(FakeEngine(), source, out, seed=2)  # another seed would mix two runs
+
+
+def test_ctrl_c_exits_130_and_says_what_was_kept(tmp_path, capsys, monkeypatch):
+    source = _fdb_set(tmp_path / "set")
+    out = tmp_path / "out"
+    engines = iter([FakeEngine(interrupt_at_step=17), FakeEngine()])
+    monkeypatch.setattr("duplex.cli.turns.build_engine", lambda args, slots: next(engines))
+    args = ["bench", "turns", "run", str(source), str(out), "--slots", "2", "--seed", "4"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 1 of 3 samples finished are kept" in err and "the same command again runs the rest" in err
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "resuming: 1 sample finished by the interrupted run is kept, 2 to go" in captured.err
+    assert "3 samples (1 finished earlier)" in captured.err and "smooth_turn_taking" in captured.out
+    assert main(args) == 2  # complete now: not a folder to run into again
+    assert "is not empty" in capsys.readouterr().err
+
+
+def test_the_eta_is_never_negative():
+    # the headers' lengths can fall a sample short of the decoded audio's
+    assert str(runner.Progress(2, 3, 5.0001, 5.0, 2.0)).endswith("ETA 0 s")
+    assert str(runner.Progress(3, 3, 6.0, 6.0, 2.0)).endswith("ETA 0 s")
+    assert str(runner.Progress(1, 3, 2.0, 6.0, 1.0)).endswith("ETA 2 s")
+    assert "ETA ? s" in str(runner.Progress(0, 3, 0.0, 6.0, 0.0))
+
+
+def test_scoring_leaves_torchs_thread_count_alone():
+    """silero_vad sets torch to one thread when imported: a run after a scoring in the same process then summed
+    in another order (a same-seed rerun differed by one 16-bit step)."""
+    code = ("import numpy as np, torch\n"
+            "torch.set_num_threads(3)\n"
+            "from duplex.bench.turntaking import vad\n"
+            "vad.speech_segments(np.zeros(16000, np.float32), 16000)\n"
+            "print(torch.get_num_threads())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "3"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3"
