@@ -222,11 +222,14 @@ def run_bench_serve(args) -> int:
     from ..bench.serve import format_report
 
     _check_report_paths(args)
-    server_log = logging.getLogger("duplex.serving.server")
+    server_log = logging.getLogger("duplex.serving")
     level = server_log.level
     server_log.setLevel(logging.ERROR)  # the report counts what its warnings would say
     try:
         report = _bench_serve(args)
+    except KeyboardInterrupt:  # the clients and the server are stopped by then
+        print("duplex bench serve: interrupted (Ctrl-C): no report", file=sys.stderr)
+        return 130
     finally:
         server_log.setLevel(level)
     where = args.url or f"a server started here ({report['hardware']}, torch {report['torch']})"
@@ -274,7 +277,7 @@ def _bench_serve(args) -> dict:
                                                         token=args.token, progress=progress))}
         return bench_serve(url=args.url, clients=args.clients, seconds=args.seconds, formats=args.formats,
                            nice=args.client_nice, token=args.token, progress=progress)
-    from ..runtime.clock import freeze_startup_objects
+    from ..runtime.realtime import freeze_startup_objects
     from .common import build_engine
 
     slots = args.slots or (2 if args.fuzz else args.clients)
@@ -327,7 +330,7 @@ def run_turns_score(args) -> int:
 def run_turns_run(args) -> int:
     from ..bench.turntaking.runner import run_samples
     from ..bench.turntaking.score import format_table, score_dir
-    from ..runtime.clock import freeze_startup_objects
+    from ..runtime.realtime import freeze_startup_objects
     from .common import build_engine
 
     _check_report_paths(args)

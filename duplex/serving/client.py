@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -111,8 +112,10 @@ async def _connect(url: str, token: Optional[str], raw: bool):
 
 
 def _reason(error: BaseException) -> str:
-    """An OS error's words without its errno prefix; the class name when it has none (a bare reset)."""
-    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+    """An OS error in the system's words ("Connection refused"), else its message, else its class name (a bare
+    reset)."""
+    number = getattr(error, "errno", None)
+    return (os.strerror(number) if number else None) or str(error) or type(error).__name__
 
 
 def tls_failure(address: str, error: BaseException) -> str:
