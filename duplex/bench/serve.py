@@ -32,16 +32,15 @@ import numpy as np
 from ..serving.client import chat_url, converse
 from ..serving.protocol import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
 
-FRAME, RATE, PERIOD = FRAME_SIZE, SAMPLE_RATE, FRAME_SECONDS
 FORMATS = ("mixed", "opus", "pcm16")
 COUNTERS = ("frames_in", "steps", "underruns", "dropped_in", "dropped_out", "bad_messages")
 
 
 def client_signal(index: int, seconds: float) -> np.ndarray:
     """Speech-like test input: a voiced tone with a moving pitch, in syllable-long bursts, one voice per client."""
-    t = np.arange(int(round(seconds * RATE))) / RATE
+    t = np.arange(int(round(seconds * SAMPLE_RATE))) / SAMPLE_RATE
     f0 = 110 + 17 * (index % 9)
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / RATE
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / SAMPLE_RATE
     voiced = sum(np.sin(k * phase) / k for k in range(1, 5))
     syllables = np.clip(np.sin(2 * np.pi * 3.1 * t + index), 0, None)
     return (0.25 * voiced * syllables).astype(np.float32)
@@ -52,7 +51,7 @@ def lateness_ms(reply_times: List[float]) -> np.ndarray:
     on the earliest reply (the one with the least delay)."""
     if not reply_times:
         return np.zeros(0)
-    t = np.asarray(reply_times) - PERIOD * np.arange(len(reply_times))
+    t = np.asarray(reply_times) - FRAME_SECONDS * np.arange(len(reply_times))
     return (t - t.min()) * 1e3
 
 
@@ -60,7 +59,7 @@ def _client_report(result, frames: int, raw: bool) -> dict:
     late = lateness_ms(result.reply_times)
     return {"format": "pcm16" if raw else "opus", "frames_sent": frames, "replies": result.audio_messages,
             "lost": max(0, frames - result.audio_messages), "steady_rate": round(result.steady_rate(), 3),
-            "late_replies": int((late > PERIOD * 1e3).sum()),
+            "late_replies": int((late > FRAME_SECONDS * 1e3).sum()),
             "max_lateness_ms": round(float(late.max()), 1) if late.size else None,
             "errors": list(result.errors), "complete": result.complete}
 
@@ -76,7 +75,7 @@ def _client_main(url: str, index: int, raw: bool, seconds: float, nice: int, tok
         if not go.wait(300):
             raise TimeoutError("the benchmark never gave the start signal")
         result = asyncio.run(converse(url, pcm, raw=raw, token=token))
-        results.put((index, _client_report(result, math.ceil(len(pcm) / FRAME), raw)))
+        results.put((index, _client_report(result, math.ceil(len(pcm) / FRAME_SIZE), raw)))
     except BaseException as e:  # reported, not raised: the other clients go on
         results.put((index, {"format": "pcm16" if raw else "opus", "exception": f"{type(e).__name__}: {e}"}))
 

@@ -216,22 +216,15 @@ def run_bench_codec_quality(args) -> int:
 
 
 def run_bench_serve(args) -> int:
-    import logging
-
     from ..bench.fuzz import format_fuzz_report
     from ..bench.serve import format_report
 
     _check_report_paths(args)
-    server_log = logging.getLogger("duplex.serving")
-    level = server_log.level
-    server_log.setLevel(logging.ERROR)  # the report counts what its warnings would say
-    try:
+    try:  # a server started here logs errors only meanwhile (bench.serve.serve_here)
         report = _bench_serve(args)
     except KeyboardInterrupt:  # the clients and the server are stopped by then
         print("duplex bench serve: interrupted (Ctrl-C): no report", file=sys.stderr)
         return 130
-    finally:
-        server_log.setLevel(level)
     where = args.url or f"a server started here ({report['hardware']}, torch {report['torch']})"
     if args.fuzz:
         print(f"# serve --fuzz {args.fuzz} (seed {args.seed}) against {where}")
