@@ -52,3 +52,7 @@ class ClientError(DuplexError, RuntimeError):
 
 class FDBError(DuplexError, ValueError):
     """A sample folder or file that does not follow Full-Duplex-Bench's layout (the message names the file)."""
+
+
+class SoundDeviceError(DuplexError, RuntimeError):
+    """A sound device that cannot be opened as asked (no such device, an unsupported rate, no PortAudio)."""

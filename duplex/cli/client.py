@@ -9,7 +9,7 @@ import torch
 
 from codec.io.audio import load_audio, save_audio
 
-from ..errors import UsageError
+from ..errors import SoundDeviceError, UsageError
 from ..serving.client import ClientError, ClientResult, converse, talk
 from ..serving.protocol import SAMPLE_RATE
 from .common import check_output_path, list_sound_devices, positive_float, sound_device
@@ -34,9 +34,12 @@ def run_client(args) -> int:
         except KeyboardInterrupt:
             screen.close()
             return 0
+        except SoundDeviceError as e:
+            raise SoundDeviceError(f"{e}; pick devices with --input-device/--output-device (see duplex client "
+                                   "--list-devices)") from None
         except ClientError:
             raise
-        except RuntimeError as e:  # no microphone, no PortAudio
+        except RuntimeError as e:  # no PortAudio: serving.mic.import_sounddevice's RuntimeError
             raise UsageError(str(e)) from None
         screen.close()
         print(f"{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns"

@@ -21,7 +21,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from ..errors import ClientError
+from ..errors import ClientError, SoundDeviceError
 from .protocol import (
     AUDIO,
     ERROR,
@@ -289,8 +289,7 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
     try:  # the device is opened before connecting: a missing one must not take a server slot
         stream = stream_factory(callback)
     except Exception as e:  # PortAudio's errors (no device, unsupported rate) are not RuntimeErrors
-        raise RuntimeError(f"cannot open the sound device at {SAMPLE_RATE} Hz mono ({e}); pick devices with "
-                           "--input-device/--output-device (see duplex client --list-devices)") from None
+        raise SoundDeviceError(f"cannot open the sound device at {SAMPLE_RATE} Hz mono ({e})") from None
     reader = writer = None
     if not raw:
         import sphn  # noqa: PLC0415 - Opus only (sphn's native library): the pcm16 mode works without it
