@@ -55,4 +55,5 @@ class FDBError(DuplexError, ValueError):
 
 
 class SoundDeviceError(DuplexError, RuntimeError):
-    """No sound device to use: sounddevice or PortAudio missing, or a device that refuses 24 kHz mono."""
+    """A sound device that cannot be opened as asked: sounddevice or PortAudio missing, no such device, or a
+    device that refuses 24 kHz mono."""

@@ -16,12 +16,17 @@ import collections
 import contextlib
 import logging
 import random
+import struct
 from typing import Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
 import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from ..serving.protocol import AUDIO, CONTROL, HANDSHAKE, METADATA, PING, message
+from ..serving.client import converse
+from ..serving.protocol import AUDIO, CONTROL, FRAME_SIZE, HANDSHAKE, METADATA, PING, SAMPLE_RATE, message
+from .serve import client_signal, fetch_stats
 
 FAMILIES = ("malformed", "oversized", "bomb", "flood", "churn", "queue", "http")
 
@@ -49,8 +54,6 @@ def ogg_crc(data: bytes) -> int:
 
 def ogg_page(packets: List[bytes], serial: int, sequence: int, granule: int = 0, flags: int = 0) -> bytes:
     """One Ogg page of whole ``packets`` (each under 255 bytes), with a valid checksum."""
-    import struct
-
     if any(len(p) >= 255 for p in packets):
         raise ValueError("ogg_page takes packets of fewer than 255 bytes")
     lacing = bytes(len(p) for p in packets)
@@ -61,9 +64,7 @@ def ogg_page(packets: List[bytes], serial: int, sequence: int, granule: int = 0,
 
 def opus_headers(serial: int = 7) -> bytes:
     """An Ogg Opus stream's first two pages: OpusHead (beginning of stream) and OpusTags."""
-    import struct
-
-    head = b"OpusHead" + struct.pack("<BBHIhB", 1, 1, 312, 24000, 0, 0)
+    head = b"OpusHead" + struct.pack("<BBHIhB", 1, 1, 312, SAMPLE_RATE, 0, 0)
     tags = b"OpusTags" + struct.pack("<I", 4) + b"fuzz" + struct.pack("<I", 0)
     return ogg_page([head], serial, 0, flags=2) + ogg_page([tags], serial, 1)
 
@@ -110,8 +111,6 @@ class Refused(Exception):
 
 
 async def _chat(url: str, raw: bool):
-    from websockets.asyncio.client import connect
-
     ws = await connect(url + ("/api/chat?format=pcm16" if raw else "/api/chat"), max_size=None,
                        open_timeout=10, close_timeout=2)
     while (first := await asyncio.wait_for(ws.recv(), 30)) != message(HANDSHAKE):
@@ -126,8 +125,6 @@ async def _chat(url: str, raw: bool):
 
 async def _drain(ws) -> Optional[int]:
     """Read until the connection closes; its close code (the server's), or None if it never sent one."""
-    from websockets.exceptions import ConnectionClosed
-
     try:
         async for _ in ws:
             pass
@@ -151,8 +148,6 @@ async def _family(name: str, url: str, rng: random.Random, budget: int, max_mess
             closes["refused"] += 1
             return
         reader = asyncio.create_task(_drain(ws))
-        from websockets.exceptions import ConnectionClosed
-
         try:
             for m in messages:
                 await asyncio.wait_for(ws.send(m), 30)
@@ -183,8 +178,6 @@ async def _family(name: str, url: str, rng: random.Random, budget: int, max_mess
         await session(True, [message(PING, b"x") if rng.random() < 0.5 else message(CONTROL, b"\x01")
                              for _ in range(budget)])
     elif name == "churn":
-        from websockets.asyncio.client import connect
-
         for i in range(budget // 10):
             kind = i % 4
             if kind == 0:  # in and out
@@ -212,10 +205,6 @@ async def _family(name: str, url: str, rng: random.Random, budget: int, max_mess
                 await ws.close()
                 closes["left early"] += 1
     elif name == "queue":  # every slot taken, a waiter that never reads, others joining and leaving
-        from websockets.asyncio.client import connect
-
-        from .serve import fetch_stats
-
         stats = await asyncio.get_running_loop().run_in_executor(None, fetch_stats, url)
         holders = [await _chat(url, True) for _ in range(stats["slots"] - stats["sessions"])]
         connections += len(holders)
@@ -262,9 +251,6 @@ async def health_check(url: str, token: Optional[str] = None, seconds: float = 1
     """What must hold after any traffic: /api/stats answers, no session or waiting client is left within 10 s,
     then a well-behaved client gets one reply per frame it sent, and leaves no session behind. Returns the
     problems found (none: healthy)."""
-    from ..serving.client import converse
-    from .serve import client_signal, fetch_stats
-
     loop = asyncio.get_running_loop()
 
     async def settled() -> List[str]:
@@ -283,7 +269,7 @@ async def health_check(url: str, token: Optional[str] = None, seconds: float = 1
     if problems:
         return problems
     pcm = client_signal(0, seconds)
-    frames = -(-len(pcm) // 1920)
+    frames = -(-len(pcm) // FRAME_SIZE)
     try:
         result = await asyncio.wait_for(converse(url, pcm, raw=True, token=token), seconds + 30)
         if result.audio_messages != frames or not result.complete or result.errors:

@@ -14,7 +14,10 @@ start in seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -26,17 +29,18 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-FRAME, RATE = 1920, 24000
-PERIOD = FRAME / RATE
+from ..serving.client import chat_url, converse
+from ..serving.protocol import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
+
 FORMATS = ("mixed", "opus", "pcm16")
 COUNTERS = ("frames_in", "steps", "underruns", "dropped_in", "dropped_out", "bad_messages")
 
 
 def client_signal(index: int, seconds: float) -> np.ndarray:
     """Speech-like test input: a voiced tone with a moving pitch, in syllable-long bursts, one voice per client."""
-    t = np.arange(int(round(seconds * RATE))) / RATE
+    t = np.arange(int(round(seconds * SAMPLE_RATE))) / SAMPLE_RATE
     f0 = 110 + 17 * (index % 9)
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / RATE
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / SAMPLE_RATE
     voiced = sum(np.sin(k * phase) / k for k in range(1, 5))
     syllables = np.clip(np.sin(2 * np.pi * 3.1 * t + index), 0, None)
     return (0.25 * voiced * syllables).astype(np.float32)
@@ -47,7 +51,7 @@ def lateness_ms(reply_times: List[float]) -> np.ndarray:
     on the earliest reply (the one with the least delay)."""
     if not reply_times:
         return np.zeros(0)
-    t = np.asarray(reply_times) - PERIOD * np.arange(len(reply_times))
+    t = np.asarray(reply_times) - FRAME_SECONDS * np.arange(len(reply_times))
     return (t - t.min()) * 1e3
 
 
@@ -55,7 +59,7 @@ def _client_report(result, frames: int, raw: bool) -> dict:
     late = lateness_ms(result.reply_times)
     return {"format": "pcm16" if raw else "opus", "frames_sent": frames, "replies": result.audio_messages,
             "lost": max(0, frames - result.audio_messages), "steady_rate": round(result.steady_rate(), 3),
-            "late_replies": int((late > PERIOD * 1e3).sum()),
+            "late_replies": int((late > FRAME_SECONDS * 1e3).sum()),
             "max_lateness_ms": round(float(late.max()), 1) if late.size else None,
             "errors": list(result.errors), "complete": result.complete}
 
@@ -66,22 +70,18 @@ def _client_main(url: str, index: int, raw: bool, seconds: float, nice: int, tok
     try:
         if nice:
             os.nice(nice)
-        from ..serving.client import converse
-
         pcm = client_signal(index, seconds)
         ready.put(index)
         if not go.wait(300):
             raise TimeoutError("the benchmark never gave the start signal")
         result = asyncio.run(converse(url, pcm, raw=raw, token=token))
-        results.put((index, _client_report(result, math.ceil(len(pcm) / FRAME), raw)))
+        results.put((index, _client_report(result, math.ceil(len(pcm) / FRAME_SIZE), raw)))
     except BaseException as e:  # reported, not raised: the other clients go on
         results.put((index, {"format": "pcm16" if raw else "opus", "exception": f"{type(e).__name__}: {e}"}))
 
 
 def fetch_stats(url: str, token: Optional[str] = None, timeout: float = 10.0) -> dict:
     """The server's /api/stats (``url`` is its ws://, http:// or bare host:port address)."""
-    from ..serving.client import chat_url
-
     http = chat_url(url).replace("ws://", "http://", 1).replace("wss://", "https://", 1)
     http = http.split("?", 1)[0].rsplit("/api/chat", 1)[0] + "/api/stats"
     request = urllib.request.Request(http, headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -97,6 +97,20 @@ def _server_report(before: dict, after: dict) -> dict:
             "sessions_after": after["sessions"], **totals}
 
 
+async def _get(q, timeout: float):
+    """``q.get()`` within ``timeout`` seconds, polled from the event loop: no thread blocks on the queue, so a
+    Ctrl-C (which cancels the waiting task) ends the run at once instead of waiting for a thread that cannot be
+    interrupted (asyncio.run joins its executor's threads before it returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return q.get_nowait()
+        except queue_module.Empty:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 async def run_clients(url: str, clients: int, seconds: float, formats: str = "mixed", nice: int = 10,
                       token: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> dict:
     """Start ``clients`` client processes, let them all talk for ``seconds`` at once, and report."""
@@ -109,11 +123,12 @@ async def run_clients(url: str, clients: int, seconds: float, formats: str = "mi
     processes = [context.Process(target=_client_main, args=(url, i, raw[i], seconds, nice, token, ready, go, results),
                                  daemon=True, name=f"bench-client-{i}") for i in range(clients)]
     reports: List[Optional[dict]] = [None] * clients
+    finished = False
     try:
         for p in processes:
             p.start()
         for _ in range(clients):  # every process has imported what it needs before anyone starts talking
-            await loop.run_in_executor(None, ready.get, True, 120)
+            await _get(ready, 120)
         before = await loop.run_in_executor(None, fetch_stats, url, token)
         progress and progress(f"{clients} client{'s' if clients != 1 else ''} talking for {seconds:g} s")
         start = time.perf_counter()
@@ -122,7 +137,7 @@ async def run_clients(url: str, clients: int, seconds: float, formats: str = "mi
         for _ in range(clients):
             remaining = max(1.0, deadline - (time.perf_counter() - start))
             try:
-                index, report = await loop.run_in_executor(None, results.get, True, remaining)
+                index, report = await _get(results, remaining)
             except queue_module.Empty:
                 break
             reports[index] = report
@@ -132,12 +147,16 @@ async def run_clients(url: str, clients: int, seconds: float, formats: str = "mi
                 break
             await asyncio.sleep(0.1)
             after = await loop.run_in_executor(None, fetch_stats, url, token)
+        finished = True
     finally:
         go.set()
+        # Finished, the clients are leaving on their own; interrupted (Ctrl-C), they are stopped at once.
+        deadline = time.monotonic() + (5.0 if finished else 0.0)
         for p in processes:
-            p.join(5)
+            p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.kill()
+                p.join(1.0)
     for i, report in enumerate(reports):
         if report is None:
             reports[i] = {"format": "pcm16" if raw[i] else "opus", "exception": "no report: the process hung"}
@@ -171,14 +190,14 @@ def bench_serve(engine=None, url: Optional[str] = None, clients: int = 4, second
 def serve_here(engine, work, server_options=None, token: Optional[str] = None, **options) -> dict:
     """Run ``work(url)`` (a coroutine function) against a VoiceServer on ``engine`` started on a free loopback
     port (``server_options`` and ``options`` as ServerOptions, host and port replaced); returns its result with
-    the server's hardware and torch version."""
-    import dataclasses
+    the server's hardware and torch version. The server's own log lines below errors are silenced meanwhile:
+    the report counts what its warnings (late ticks, dropped frames) would say."""
+    # Here, not at the top: client processes import this module and must not load torch (seconds each).
+    import torch  # noqa: PLC0415 - keeps the client processes torch-free
 
-    import torch
+    from codec.utils.stats import describe_device  # noqa: PLC0415 - imports torch
 
-    from codec.utils.stats import describe_device
-
-    from ..serving.server import ServerOptions, VoiceServer
+    from ..serving.server import ServerOptions, VoiceServer  # noqa: PLC0415 - imports torch
 
     settings = dataclasses.replace(server_options or ServerOptions(), host="127.0.0.1", port=0, token=token,
                                    **options)
@@ -191,8 +210,21 @@ def serve_here(engine, work, server_options=None, token: Optional[str] = None, *
         finally:
             await server.stop()
 
-    return {"url": None, "hardware": describe_device(engine.device), "torch": torch.__version__,
-            **asyncio.run(main())}
+    with quiet("duplex.serving"):
+        result = asyncio.run(main())
+    return {"url": None, "hardware": describe_device(engine.device), "torch": torch.__version__, **result}
+
+
+@contextlib.contextmanager
+def quiet(logger: str, level: int = logging.ERROR):
+    """Only ``level`` and above from ``logger`` (and the loggers under it) while inside."""
+    log = logging.getLogger(logger)
+    before = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 def verdict(report: dict) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import resource
 import sys
 
@@ -19,7 +18,7 @@ from ..bench.fuzz import LogWatcher, format_fuzz_report, fuzz
 from ..bench.serve import bench_serve, format_report, serve_here
 from ..errors import UsageError
 from ..runtime.checkpoints import SHIPPED_LM, SHIPPED_LM_CONFIG, codec_config_for, codec_files, lm_config_for
-from ..runtime.clock import freeze_startup_objects
+from ..runtime.realtime import freeze_startup_objects
 from . import turns
 from .codec import config_hint
 from .common import (
@@ -122,13 +121,11 @@ def run_bench_codec_quality(args) -> int:
 
 def run_bench_serve(args) -> int:
     check_report_paths(args)
-    server_log = logging.getLogger("duplex.serving.server")
-    level = server_log.level
-    server_log.setLevel(logging.ERROR)  # the report counts what its warnings would say
-    try:
+    try:  # a server started here logs errors only meanwhile (bench.serve.serve_here)
         report = _bench_serve(args)
-    finally:
-        server_log.setLevel(level)
+    except KeyboardInterrupt:  # the clients and the server are stopped by then
+        print("duplex bench serve: interrupted (Ctrl-C): no report", file=sys.stderr)
+        return 130
     where = args.url or f"a server started here ({report['hardware']}, torch {report['torch']})"
     if args.fuzz:
         print(f"# serve --fuzz {args.fuzz} (seed {args.seed}) against {where}")

@@ -7,72 +7,72 @@ import sys
 
 import torch
 
-from ..errors import UsageError
+from codec.io.audio import load_audio, save_audio
+
+from ..errors import SoundDeviceError, UsageError
+from ..serving.client import ClientError, ClientResult, converse, talk
+from ..serving.protocol import SAMPLE_RATE
 from .common import check_output_path, list_sound_devices, positive_float, sound_device
+from .terminal import LiveText
 
 
 def run_client(args) -> int:
-    from codec.io.audio import load_audio, save_audio
-
-    from ..serving.client import ClientError, ClientResult, converse, talk
-
-    def show(piece: str) -> None:
-        print(piece, end="", flush=True)
-
-    def notice(text: str) -> None:
-        print(f"server: {text}", file=sys.stderr)
-
     if args.list_devices:
         return list_sound_devices()
     if bool(args.input) != bool(args.output):
         raise UsageError("give both an input and an output file, or neither (microphone <-> speaker)")
+    screen = LiveText()
+
+    def notice(text: str) -> None:
+        screen.message(f"server: {text}")
+
     if not args.input:
         try:
-            stats = asyncio.run(talk(args.url, raw=args.raw, token=args.token, seconds=args.seconds, on_text=show,
-                                     input_device=sound_device(args.input_device),
+            stats = asyncio.run(talk(args.url, raw=args.raw, token=args.token, seconds=args.seconds,
+                                     on_text=screen.words, input_device=sound_device(args.input_device),
                                      output_device=sound_device(args.output_device), on_notice=notice))
         except KeyboardInterrupt:
+            screen.close()
             return 0
-        except ClientError as e:
-            raise UsageError(f"the server refused the session: {e}") from None
-        except (OSError, asyncio.TimeoutError) as e:
-            raise UsageError(f"cannot reach {args.url}: {e or type(e).__name__}") from None
-        except RuntimeError as e:  # no microphone, no PortAudio
+        except SoundDeviceError as e:
+            raise SoundDeviceError(f"{e}; pick devices with --input-device/--output-device (see duplex client "
+                                   "--list-devices)") from None
+        except ClientError:
+            raise
+        except RuntimeError as e:  # no PortAudio: serving.mic.import_sounddevice's RuntimeError
             raise UsageError(str(e)) from None
-        print(f"\n{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns"
+        screen.close()
+        print(f"{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns"
               + (f", {stats.dropped} microphone blocks dropped" if stats.dropped else ""), file=sys.stderr)
         for problem in stats.errors:
             print(f"note: {problem}", file=sys.stderr)
         return 0
     check_output_path(args.output, audio=True)
-    pcm = load_audio(args.input, 24000)[0].numpy()
-    length = len(pcm) / 24000
+    pcm = load_audio(args.input, SAMPLE_RATE)[0].numpy()
+    length = len(pcm) / SAMPLE_RATE
 
     def progress(seconds: float) -> None:
         if seconds == 0.0:
-            print(f"connected to {args.url}: sending {args.input} ({length:.1f} s) in real time", file=sys.stderr)
-        elif sys.stderr.isatty():
-            print(f"\r[{seconds:.0f} / {length:.0f} s of reply]", end="", file=sys.stderr, flush=True)
+            screen.message(f"connected to {args.url}: sending {args.input} ({length:.1f} s) in real time")
+        else:
+            screen.progress(f"[{seconds:.0f} / {length:.0f} s of reply]")
 
     # Whatever arrived is written, also when the server ends the session early or on Ctrl-C.
     result = ClientResult()
     interrupted = False
     try:
-        asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=show, result=result,
+        asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=screen.words, result=result,
                              on_notice=notice, on_progress=progress))
     except KeyboardInterrupt:
         interrupted = True
         result.finish(len(pcm))
         result.errors.append("interrupted (Ctrl-C): the reply is cut there")
-    except ClientError as e:
-        raise UsageError(f"the server refused the session: {e}") from None
-    except (OSError, asyncio.TimeoutError) as e:
-        raise UsageError(f"cannot reach {args.url}: {e or type(e).__name__}") from None
-    print(file=sys.stderr)
-    save_audio(args.output, torch.from_numpy(result.audio), 24000)
+    finally:
+        screen.close()
+    save_audio(args.output, torch.from_numpy(result.audio), SAMPLE_RATE)
     late, worst = result.late_replies()
-    print(f"{args.input}: {len(pcm) / 24000:.2f} s sent, {result.audio_messages} audio messages received"
-          + (f", {late} late by more than 80 ms (at most {1000 * worst:.0f} ms)" if late else "")
+    print(f"{args.input}: {result.sent_seconds:.2f} of {length:.2f} s sent, {result.audio_messages} audio messages "
+          "received" + (f", {late} late by more than 80 ms (at most {1000 * worst:.0f} ms)" if late else "")
           + f" -> {args.output}", file=sys.stderr)
     for problem in result.errors:
         print(f"note: {problem}", file=sys.stderr)

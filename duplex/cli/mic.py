@@ -7,7 +7,7 @@ import sys
 import torch
 
 from ..errors import UsageError
-from ..runtime.clock import freeze_startup_objects
+from ..runtime.realtime import freeze_startup_objects
 from .common import (
     add_model_options,
     build_engine,

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import socket
 import sys
 import urllib.parse
 
 import torch
 
 from ..errors import UsageError
-from ..runtime.clock import freeze_startup_objects
+from ..runtime.realtime import freeze_startup_objects
+from ..serving.options import default_slots, tls_context, usable_cpu_cores
+from ..serving.server import ServerOptions, VoiceServer
 from .common import add_model_options, build_engine, int_in, non_negative, pick_device, port
 
 
 def run_serve(args) -> int:
-    from ..serving.server import ServerOptions, VoiceServer
-
-    if args.slots is None:
-        args.slots = 8 if pick_device(args.device).type == "cuda" else 1
-    if args.slots < 1:
+    if args.slots is not None and args.slots < 1:
         raise UsageError("--slots must be at least 1")
     if bool(args.ssl_cert) != bool(args.ssl_key):
         raise UsageError("--ssl-cert and --ssl-key go together")
@@ -27,12 +28,12 @@ def run_serve(args) -> int:
         raise UsageError("--token is empty (an unset variable?), which would let anyone in; give a secret, or "
                          "leave --token out")
     if args.ssl_cert:  # before minutes of model loading, not after
-        from ..serving.server import tls_context
-
-        try:
-            tls_context(args.ssl_cert, args.ssl_key)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        tls_context(args.ssl_cert, args.ssl_key)
+    check_port_free(args.host, args.port)  # likewise
+    if args.slots is None:
+        args.slots = default_slots(pick_device(args.device).type, usable_cpu_cores())
+        print(f"duplex: {args.slots} slot{'s' if args.slots != 1 else ''} (default for this machine; --slots to "
+              "change)", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -55,14 +56,42 @@ def run_serve(args) -> int:
     try:
         asyncio.run(server.serve_forever(on_ready=ready))
     except OSError as e:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+        raise UsageError(listen_error(args.host, args.port, e)) from None
+    except KeyboardInterrupt:
+        print("duplex serve: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
     return 0
+
+
+def listen_error(host: str, port: int, error: OSError) -> str:
+    """One line on why the server cannot listen, with the option that fixes the common case."""
+    if error.errno == errno.EADDRINUSE:
+        return f"cannot listen on {host}:{port}: the port is already in use (another server?); pick another with --port"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A port another program listens on is refused here, before the model loads, not minutes later. (The
+    server binds as asyncio does, with SO_REUSEADDR, so a port in TIME_WAIT is no obstacle.)"""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio binds it: IPv6 only, the IPv4 address is checked apart
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                raise UsageError(listen_error(host, port, e)) from None
 
 
 def model_name(args) -> str:
     """What the page shows as the model: the --hf-repo, the --lm file, or the default model."""
-    import os
-
     if getattr(args, "hf_repo", None):
         return args.hf_repo
     if args.lm:
@@ -83,8 +112,8 @@ def register(commands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=port, default=8998, help="TCP port (default 8998)")
     p.add_argument("--slots", type=int, default=None,
-                   help="concurrent conversations (default: 1 on CPU, 8 on CUDA; every slot costs compute each "
-                        "frame, in use or not)")
+                   help="concurrent conversations (default: on CUDA 8; on the CPU 2 per core, 1 to 8; every slot "
+                        "costs compute each frame, in use or not)")
     add_model_options(p)
     p.add_argument("--token", help="clients must send this (?token=... or Authorization: Bearer ...)")
     p.add_argument("--ssl-cert", metavar="PEM", help="serve https/wss with this certificate")

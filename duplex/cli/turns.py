@@ -12,7 +12,7 @@ import torch
 from ..bench.turntaking import make_set, metrics, runner
 from ..bench.turntaking.plots import plot_report
 from ..bench.turntaking.score import format_table, score_dir
-from ..runtime.clock import freeze_startup_objects
+from ..runtime.realtime import freeze_startup_objects
 from .common import add_model_options, build_engine, non_negative, positive
 from .reports import check_report_paths, write_json
 

@@ -1,74 +1,125 @@
 """The frame clock: run the engine once per 80 ms in real time (or as fast as possible offline).
 
-A tick whose work ends after its deadline counts as a miss, and the schedule is re-anchored at the moment the
-late work ended: the next tick starts at once, but the ticks after it are spaced by the frame period again, so a
-stall never turns into a burst of catch-up steps.
+The real-time rule lives here once, as ``FrameSchedule``, a pure object that never sleeps: told when a tick's
+work ended, it says when the next tick is due and how late this one was. The offline/microphone loop
+(``FrameClock``, with ``time.sleep``) and the server's tick loop (``VoiceServer._tick_loop``, with
+``asyncio.sleep``) only wait for what it says, and count in ``ClockStats``.
+
+The rule: tick k is due one period after tick k-1 was due, and its work must end one period after it was due. A
+tick whose work ends after that deadline is a miss, and what to do then is one policy, ``FrameSchedule.behind``:
+today the schedule is re-anchored at the moment the late work ended, so the next tick starts at once but the
+ticks after it are spaced by the period again, and a stall never turns into a burst of catch-up steps. While idle
+(no one is owed a reply) a late tick is no miss, but a schedule more than a period old is dropped, so the first
+tick after an idle stretch does not start behind.
 """
 
 from __future__ import annotations
 
 import collections
-import gc
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional
 
+import numpy as np
 
-def freeze_startup_objects() -> int:
-    """Move every object alive now (PyTorch, the models, the server) out of the cyclic garbage collector's reach.
 
-    A full collection walks all of them, which can take longer than a frame (docs/benchmarks.md, "Garbage
-    collection"), at a moment nobody chooses. Frozen, a later full collection only walks what was created since.
-    Call it once the engine is built, before real-time work starts. Returns the number of frozen objects."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
+@dataclass
+class FrameSchedule:
+    """When the next tick is due, on any clock (seconds, as ``time.perf_counter`` or ``loop.time()`` give)."""
+
+    period: float
+    due: Optional[float] = None  # the next tick's due time; None until the first ``wait``
+
+    def __post_init__(self):
+        if not self.period > 0:
+            raise ValueError(f"the frame period must be positive, got {self.period}")
+
+    def wait(self, now: float) -> float:
+        """Seconds to wait from ``now`` until the next tick is due (0: due already). The first call starts the
+        schedule at ``now``."""
+        if self.due is None:
+            self.due = now
+        return max(0.0, self.due - now)
+
+    def done(self, end: float, idle: bool = False) -> float:
+        """The tick due at ``due`` ended its work at ``end``: schedule the next one and return how late the work
+        ended past its deadline, in seconds (0.0: on time). ``idle``: nobody was owed this tick's reply, so it
+        is never late."""
+        if self.due is None:
+            raise RuntimeError("done() before wait(): the schedule has not started")
+        deadline = self.due + self.period
+        if end <= deadline:
+            # Exactly one period after the last due time, not after the wake-up: sleep overshoots do not add up
+            # into a clock that runs slow.
+            self.due = deadline
+            return 0.0
+        if idle:
+            self.due = deadline if end - deadline <= self.period else end  # no schedule from long ago
+            return 0.0
+        self.due = self.behind(end, deadline)
+        return end - deadline
+
+    def behind(self, end: float, deadline: float) -> float:
+        """The catch-up policy: when the next tick is due after one that ended at ``end``, past its ``deadline``.
+        Re-anchor at ``end``: the next tick at once, then the period again (no burst of catch-up steps)."""
+        return end
 
 
 @dataclass
 class ClockStats:
+    """What a frame loop counts: ticks, misses (ticks late past their deadline, see FrameSchedule), the worst
+    lateness, and the work time of the latest ``window`` ticks that did work."""
+
     ticks: int = 0
     misses: int = 0
     max_late_ms: float = 0.0
-    work_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))  # latest ticks
+    window: int = 10_000
+    work_ms: collections.deque = field(init=False)
+
+    def __post_init__(self):
+        self.work_ms = collections.deque(maxlen=self.window)
+
+    def record(self, late_s: float, work_ms: Optional[float] = None) -> None:
+        """One tick: ``late_s`` as FrameSchedule.done returned it; ``work_ms`` if it did work."""
+        self.ticks += 1
+        if work_ms is not None:
+            self.work_ms.append(work_ms)
+        if late_s > 0:
+            self.misses += 1
+            self.max_late_ms = max(self.max_late_ms, late_s * 1e3)
+
+    def work_percentile(self, q: float) -> Optional[float]:
+        """The ``q``-th percentile of the recorded work times in ms (None before any)."""
+        return float(np.percentile(self.work_ms, q)) if self.work_ms else None
 
 
 class FrameClock:
+    """A FrameSchedule with a blocking sleep: ``wait()`` before a tick's work, ``done()`` after it. Offline
+    (``realtime=False``) it never sleeps and nothing is late."""
+
     def __init__(self, period_s: float = 0.08, realtime: bool = True, now: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] = time.sleep):
-        if period_s <= 0:
-            raise ValueError("period_s must be positive")
+        self.schedule = FrameSchedule(period_s)
         self.period = period_s
         self.realtime = realtime
         self._now, self._sleep = now, sleep
-        self._next: Optional[float] = None
         self._tick_start = 0.0
         self.stats = ClockStats()
 
     def wait(self) -> None:
         """Block until the next tick is due (never, offline)."""
         now = self._now()
-        if self._next is None:
-            self._next = now
-        if self.realtime and self._next > now:
-            self._sleep(self._next - now)
+        delay = self.schedule.wait(now)
+        if self.realtime and delay > 0:
+            self._sleep(delay)
             now = self._now()
-        self._tick_start = max(now, self._next) if self.realtime else now
+        self._tick_start = now
 
     def done(self) -> None:
         """Record the end of this tick's work and schedule the next tick."""
         end = self._now()
-        deadline = self._tick_start + self.period
-        self.stats.ticks += 1
-        self.stats.work_ms.append((end - self._tick_start) * 1e3)
-        if self.realtime and end > deadline:
-            self.stats.misses += 1
-            self.stats.max_late_ms = max(self.stats.max_late_ms, (end - deadline) * 1e3)
-            self._next = end  # re-anchor: no catch-up burst
-        else:
-            # The schedule advances by exactly one period from the previous tick's due time, so wake-up
-            # overshoots do not accumulate into a clock that runs slow.
-            self._next = (self._next if self._next is not None else self._tick_start) + self.period
+        late = self.schedule.done(end, idle=not self.realtime)
+        self.stats.record(late, work_ms=(end - self._tick_start) * 1e3)
 
 
 def run_engine(engine, source: Callable[[int], Mapping[int, object]],

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Optional
 
-log = logging.getLogger("duplex.serving.server")
+log = logging.getLogger(__name__)
 
 
 class Waiter:

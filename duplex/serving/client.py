@@ -9,18 +9,31 @@ Kyutai's Ogg/Opus mode by default, raw PCM16 with ``raw=True``.
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from ..errors import ClientError
-from .protocol import AUDIO, ERROR, HANDSHAKE, TEXT, message, pcm16_bytes, pcm16_samples
-
-FRAME, RATE = 1920, 24000
-
+from ..errors import ClientError, SoundDeviceError
+from .protocol import (
+    AUDIO,
+    ERROR,
+    FRAME_SECONDS,
+    FRAME_SIZE,
+    HANDSHAKE,
+    SAMPLE_RATE,
+    TEXT,
+    message,
+    pcm16_bytes,
+    pcm16_samples,
+)
 
 
 @dataclass
@@ -37,6 +50,11 @@ class ClientResult:
     seconds: float = 0.0  # connection to the last reply
     stream_seconds: float = 0.0  # handshake to the last reply
     reply_times: List[float] = field(default_factory=list)  # perf_counter() of each audio message
+    sent_samples: int = 0  # of the input, handed to the connection so far (all of it unless cut short)
+
+    @property
+    def sent_seconds(self) -> float:
+        return self.sent_samples / SAMPLE_RATE
 
     def finish(self, samples: int) -> "ClientResult":
         """``audio``: what was received, cut or padded with silence to ``samples`` (the input's length)."""
@@ -44,11 +62,11 @@ class ClientResult:
         self.audio = np.pad(audio, (0, max(0, samples - len(audio))))[:samples]
         return self
 
-    def late_replies(self, tolerance: float = 0.08) -> "tuple[int, float]":
+    def late_replies(self, tolerance: float = FRAME_SECONDS) -> "tuple[int, float]":
         """(replies later than ``tolerance`` s behind the pace the first reply set, the largest lateness in s):
         a reply per 80 ms frame is due 80 ms after the one before."""
         t = self.reply_times
-        behind = [t[k] - (t[0] + k * FRAME / RATE) for k in range(len(t))]
+        behind = [t[k] - (t[0] + k * FRAME_SECONDS) for k in range(len(t))]
         late = [b for b in behind if b > tolerance]
         return len(late), max(behind, default=0.0)
 
@@ -77,20 +95,40 @@ def chat_url(url: str, token: Optional[str] = None, raw: bool = False, **params)
 
 
 async def _connect(url: str, token: Optional[str], raw: bool):
-    """The open WebSocket connection; HTTP refusals (a wrong token: 401, a foreign origin: 403) become
-    ClientError."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidHandshake
-
+    """The open WebSocket connection. Every way it can fail is a ClientError that says what happened: an HTTP
+    refusal (a wrong token: 401, a foreign origin: 403), a TLS handshake that fails (a ``wss://`` address of a
+    server without TLS), no server at all."""
+    address = chat_url(url, token=token, raw=raw)
     try:
-        return await connect(chat_url(url, token=token, raw=raw), max_size=None, compression=None)
+        return await connect(address, max_size=None, compression=None)
     except InvalidHandshake as e:
-        raise _refusal(e) from None
+        raise ClientError(f"the server refused the session: {_refusal(e)}") from None
+    except (ssl.SSLError, ConnectionResetError, EOFError) as e:
+        if urlsplit(address).scheme == "wss":
+            raise ClientError(tls_failure(address, e)) from None
+        raise ClientError(f"cannot reach {url}: {_reason(e)}") from None
+    except (OSError, asyncio.TimeoutError) as e:
+        raise ClientError(f"cannot reach {url}: {_reason(e)}") from None
+
+
+def _reason(error: BaseException) -> str:
+    """An OS error in the system's words ("Connection refused"), else its message, else its class name (a bare
+    reset)."""
+    number = getattr(error, "errno", None)
+    return (os.strerror(number) if number else None) or str(error) or type(error).__name__
+
+
+def tls_failure(address: str, error: BaseException) -> str:
+    """Why a ``wss://`` connection failed in its TLS handshake, and the likely fix. A server without TLS answers
+    the TLS greeting with an HTTP error and closes, which reaches the client as a reset with no reason at all."""
+    parts = urlsplit(address)
+    plain = urlunsplit(("ws", parts.netloc, "", "", ""))
+    detail = getattr(error, "reason", None) or str(error) or "the server closed the connection"
+    return (f"TLS handshake with {parts.netloc} failed ({detail}): is the server running without TLS (no "
+            f"certificate)? try {plain}")
 
 
 def _refusal(error: Exception) -> ClientError:
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
-
     if isinstance(error, InvalidStatus):
         status = error.response.status_code
         body = error.response.body.decode("utf-8", "replace").strip() if error.response.body else ""
@@ -104,14 +142,12 @@ def _refusal(error: Exception) -> ClientError:
 async def _await_handshake(ws, timeout: float, on_notice: Optional[Callable[[str], None]]) -> None:
     """Read until the handshake. Error messages before it are notices (a busy server tells a waiting client its
     place in the queue); once queued, the wait has no time limit. A close before it is a ClientError."""
-    from websockets.exceptions import ConnectionClosed
-
     last_notice = None
     while True:
         try:
             data = await (ws.recv() if last_notice else asyncio.wait_for(ws.recv(), timeout))
         except ConnectionClosed as e:
-            raise ClientError(last_notice or str(_refusal(e))) from None
+            raise ClientError(f"the server refused the session: {last_notice or _refusal(e)}") from None
         except asyncio.TimeoutError:
             raise ClientError(f"no handshake from the server within {timeout:g} s") from None
         if isinstance(data, bytes) and data[:1] == bytes([HANDSHAKE]):
@@ -121,7 +157,7 @@ async def _await_handshake(ws, timeout: float, on_notice: Optional[Callable[[str
             if on_notice:
                 on_notice(last_notice)
             continue
-        raise ClientError(f"expected the handshake (0x00), got {data[:16]!r}")
+        raise ClientError(f"not a voice server: expected the handshake (0x00), got {data[:16]!r}")
 
 
 async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional[str] = None,
@@ -136,16 +172,14 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
     Refusals (HTTP errors, a full server) raise ClientError. If the server ends the session part-way, what
     arrived is returned with the reason in ``errors``. Pass ``result`` to keep what arrived if this coroutine
     is cancelled (Ctrl-C). ``on_notice``: messages before the handshake, e.g. the place in the queue."""
-    from websockets.exceptions import ConnectionClosed
-
-    frames = np.pad(pcm, (0, (-len(pcm)) % FRAME)).reshape(-1, FRAME).astype(np.float32)
+    frames = np.pad(pcm, (0, (-len(pcm)) % FRAME_SIZE)).reshape(-1, FRAME_SIZE).astype(np.float32)
     result = result if result is not None else ClientResult()
     received = result.chunks
     reader = writer = None
     if not raw:
-        import sphn
+        import sphn  # noqa: PLC0415 - Opus only (sphn's native library): the pcm16 mode works without it
 
-        reader, writer = sphn.OpusStreamReader(RATE), sphn.OpusStreamWriter(RATE)
+        reader, writer = sphn.OpusStreamReader(SAMPLE_RATE), sphn.OpusStreamWriter(SAMPLE_RATE)
     start = time.perf_counter()
     async with await _connect(url, token, raw) as ws:
         await _await_handshake(ws, handshake_timeout, on_notice)
@@ -159,11 +193,12 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
                 payload = pcm16_bytes(frame) if raw else writer.append_pcm(frame)
                 if payload:
                     await ws.send(message(AUDIO, payload))
+                result.sent_samples = min(len(pcm), (i + 1) * FRAME_SIZE)
                 if realtime:
-                    await asyncio.sleep(max(0.0, t0 + (i + 1) * FRAME / RATE - time.perf_counter()))
+                    await asyncio.sleep(max(0.0, t0 + (i + 1) * FRAME_SIZE / SAMPLE_RATE - time.perf_counter()))
 
         sender = asyncio.create_task(send())
-        total = len(frames) * FRAME
+        total = len(frames) * FRAME_SIZE
         try:
             while sum(len(r) for r in received) < total:
                 timeout = 5.0 if sender.done() else 60.0
@@ -184,7 +219,7 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
                         received.append(np.asarray(samples, np.float32).reshape(-1))
                     result.audio_messages += 1
                     result.reply_times.append(time.perf_counter())
-                    seconds = sum(len(r) for r in received) // RATE
+                    seconds = sum(len(r) for r in received) // SAMPLE_RATE
                     if on_progress and seconds > reported:
                         reported = seconds
                         on_progress(float(seconds))
@@ -223,10 +258,6 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
 
     The sound callback only moves 80 ms blocks: captured blocks go to the sender, replies wait in a short
     playback queue (oldest dropped beyond ``max_playback_frames``; silence when empty)."""
-    import collections
-
-    from websockets.exceptions import ConnectionClosed
-
     loop = asyncio.get_running_loop()
     stats = LiveStats()
     captured: asyncio.Queue = asyncio.Queue()
@@ -247,24 +278,23 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
             stats.underruns += 1
 
     if stream_factory is None:
-        from .mic import import_sounddevice
+        from .mic import import_sounddevice  # noqa: PLC0415 - live mode only; sounddevice (PortAudio) is optional
 
         sd = import_sounddevice()
 
         def stream_factory(cb):
-            return sd.Stream(samplerate=RATE, blocksize=FRAME, channels=1, dtype="float32",
+            return sd.Stream(samplerate=SAMPLE_RATE, blocksize=FRAME_SIZE, channels=1, dtype="float32",
                              device=(input_device, output_device), callback=cb)
 
     try:  # the device is opened before connecting: a missing one must not take a server slot
         stream = stream_factory(callback)
     except Exception as e:  # PortAudio's errors (no device, unsupported rate) are not RuntimeErrors
-        raise RuntimeError(f"cannot open the sound device at {RATE} Hz mono ({e}); pick devices with "
-                           "--input-device/--output-device (see duplex client --list-devices)") from None
+        raise SoundDeviceError(f"cannot open the sound device at {SAMPLE_RATE} Hz mono ({e})") from None
     reader = writer = None
     if not raw:
-        import sphn
+        import sphn  # noqa: PLC0415 - Opus only (sphn's native library): the pcm16 mode works without it
 
-        reader, writer = sphn.OpusStreamReader(RATE), sphn.OpusStreamWriter(RATE)
+        reader, writer = sphn.OpusStreamReader(SAMPLE_RATE), sphn.OpusStreamWriter(SAMPLE_RATE)
     async with await _connect(url, token, raw) as ws:
         await _await_handshake(ws, 30.0, on_notice)
 
@@ -295,9 +325,9 @@ async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds
                     if samples is None:
                         continue
                     pending = np.concatenate([pending, np.asarray(samples, np.float32).reshape(-1)])
-                    while len(pending) >= FRAME:
-                        playback.append(pending[:FRAME])
-                        pending = pending[FRAME:]
+                    while len(pending) >= FRAME_SIZE:
+                        playback.append(pending[:FRAME_SIZE])
+                        pending = pending[FRAME_SIZE:]
                         stats.received += 1
                 elif data[0] == TEXT:
                     piece = data[1:].decode("utf-8", "replace")

@@ -8,6 +8,8 @@ import ssl as ssl_module
 from dataclasses import dataclass
 from typing import List, Optional
 
+from ..errors import UsageError
+
 
 @dataclass
 class ServerOptions:
@@ -35,14 +37,36 @@ class ServerOptions:
 
 
 def tls_context(cert: str, key: Optional[str]) -> ssl_module.SSLContext:
-    """The server's TLS context, or a ValueError that names the file at fault."""
-    for flag, path in (("--ssl-cert", cert), ("--ssl-key", key)):
+    """The server's TLS context, or a UsageError that names the file at fault."""
+    for what, path in (("TLS certificate", cert), ("TLS private key", key)):
         if not path or not os.path.isfile(path):
-            raise ValueError(f"{flag} {path}: no such file")
+            raise UsageError(f"{what} {path}: no such file")
     context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(cert, key)
     except (ssl_module.SSLError, OSError) as e:
-        raise ValueError(f"--ssl-cert {cert} with --ssl-key {key}: not a PEM certificate and its private key "
+        raise UsageError(f"TLS certificate {cert} with private key {key}: not a PEM certificate and its private key "
                          f"({e.reason if getattr(e, 'reason', None) else e})") from None
     return context
+
+
+# About two conversations per CPU core run in real time with the default model (docs/serving.md, "How many
+# slots"); more slots than that make every session late, since every slot costs compute each frame, in use or
+# not. On a GPU a step costs about the same for 1 or 8 slots.
+SESSIONS_PER_CPU_CORE = 2
+MAX_DEFAULT_SLOTS = 8
+
+
+def default_slots(device_type: str, cpu_cores: Optional[int]) -> int:
+    """The slot count ``duplex serve`` uses when none is given: 8 on CUDA; on the CPU two per core, 1 to 8."""
+    if device_type == "cuda":
+        return MAX_DEFAULT_SLOTS
+    return max(1, min(MAX_DEFAULT_SLOTS, SESSIONS_PER_CPU_CORE * (cpu_cores or 1)))
+
+
+def usable_cpu_cores() -> int:
+    """The cores this process may run on (its affinity, where the system says; else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

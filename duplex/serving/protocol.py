@@ -14,6 +14,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+# The audio the protocol carries, and the frame clock behind it (Mimi's 24 kHz and 12.5 frames a second), here
+# without torch so that clients and benchmarks use the same numbers as the engine.
+SAMPLE_RATE = 24000  # Hz, mono, both ways
+FRAME_SIZE = 1920  # samples in one frame: the server takes one and replies with one per tick
+FRAME_RATE = SAMPLE_RATE / FRAME_SIZE  # 12.5 frames (ticks) a second
+FRAME_SECONDS = FRAME_SIZE / SAMPLE_RATE  # 0.08 s
+
 HANDSHAKE, AUDIO, TEXT, CONTROL, METADATA, ERROR, PING, COLORED_TEXT = range(8)
 KIND_NAMES = {HANDSHAKE: "handshake", AUDIO: "audio", TEXT: "text", CONTROL: "control", METADATA: "metadata",
               ERROR: "error", PING: "ping", COLORED_TEXT: "colored text"}

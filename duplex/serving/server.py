@@ -15,7 +15,6 @@ never delays anyone else. Engine calls run on one worker thread, in order.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import dataclasses
 import hmac
@@ -27,9 +26,12 @@ from importlib import resources
 from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
-import numpy as np
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from ..errors import UsageError
+from ..runtime.clock import ClockStats, FrameSchedule
 from ..runtime.engine import Engine, EngineFull
 from .admission import Waiter
 from .limits import ReadBudget
@@ -39,7 +41,7 @@ from .session import SESSION_COUNTERS, Session, SessionStats, worth_logging
 
 __all__ = ["VoiceServer", "ServerOptions", "ReadBudget", "Session", "SessionStats", "tls_context"]
 
-log = logging.getLogger("duplex.serving.server")
+log = logging.getLogger(__name__)
 
 
 class VoiceServer:
@@ -47,13 +49,13 @@ class VoiceServer:
         self.engine = engine
         self.options = options or ServerOptions()
         if self.options.token is not None and not self.options.token.strip():
-            raise ValueError("the token is empty, which would let anyone in; give a secret or no token")
+            raise UsageError("the token is empty, which would let anyone in; give a secret or no token")
         self.sessions: Dict[int, Session] = {}
         self.queue: List[object] = []  # connections waiting for a slot, first come first served
         self._waiters: Dict[object, Waiter] = {}
-        self.ticks = self.misses = self.connections = self.refused = 0
+        self.connections = self.refused = 0
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
-        self.step_ms: collections.deque = collections.deque(maxlen=1000)
+        self.clock = ClockStats(window=1000)  # ticks, deadline misses, engine step times (the last 1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._slot_freed: Optional[asyncio.Condition] = None
         self._frees = 0  # slots freed so far: a waiter compares it with what it saw before trying to open one
@@ -67,8 +69,6 @@ class VoiceServer:
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self):
-        from websockets.asyncio.server import serve
-
         self._slot_freed = asyncio.Condition()
         ssl_context = tls_context(self.options.ssl_cert, self.options.ssl_key) if self.options.ssl_cert else None
         self._server = await serve(self._handle, self.options.host, self.options.port,
@@ -140,13 +140,11 @@ class VoiceServer:
         sessions = list(self.sessions.values())
         totals = {name: getattr(self.closed_totals, name) + sum(getattr(s.stats, name) for s in sessions)
                   for name in SESSION_COUNTERS}
-        steps = sorted(self.step_ms)
         return {"model": self.options.model_name, "slots": self.engine.slots, "sessions": len(sessions),
                 "free_slots": self.engine.free_slots, "waiting": self.waiting,
-                "connections": self.connections, "refused": self.refused, "ticks": self.ticks,
-                "deadline_misses": self.misses,
-                "step_ms_p50": float(np.percentile(steps, 50)) if steps else None,
-                "step_ms_p99": float(np.percentile(steps, 99)) if steps else None,
+                "connections": self.connections, "refused": self.refused, "ticks": self.clock.ticks,
+                "deadline_misses": self.clock.misses,
+                "step_ms_p50": self.clock.work_percentile(50), "step_ms_p99": self.clock.work_percentile(99),
                 "totals": totals,
                 "per_session": {str(s.slot): dataclasses.asdict(s.stats) for s in sessions}}
 
@@ -226,8 +224,6 @@ class VoiceServer:
     async def _refuse(self, connection, reason: str) -> None:
         """Say why, then close with 1013 (try again later); a client that already left is no error, and one that
         does not read cannot hold this up for longer than the notice timeout."""
-        from websockets.exceptions import ConnectionClosed
-
         try:
             await asyncio.wait_for(connection.send(error_message(reason)), self.options.notice_timeout)
             await connection.close(1013, "server full")
@@ -290,21 +286,22 @@ class VoiceServer:
 
     # -------------------------------------------------------------------------------------------- clock
     async def _tick_loop(self) -> None:
+        """One engine step per frame period for every session, on the schedule of runtime/clock.py."""
         loop = asyncio.get_running_loop()
-        period = self.engine.frame_size / self.engine.sample_rate
-        next_tick = loop.time()
+        schedule = FrameSchedule(self.engine.frame_size / self.engine.sample_rate)
         failures = 0
         while True:
-            delay = next_tick - loop.time()
+            delay = schedule.wait(loop.time())
             if delay > 0:
                 await asyncio.sleep(delay)
             sessions = list(self.sessions.values())
+            step_ms = None
             try:
                 if sessions:
                     frames = {s.slot: s.next_frame() for s in sessions}
                     t0 = time.perf_counter()
                     outputs = await self._engine(self.engine.step, frames)
-                    self.step_ms.append((time.perf_counter() - t0) * 1e3)
+                    step_ms = (time.perf_counter() - t0) * 1e3
                     for s in sessions:
                         if s.slot in outputs and self.sessions.get(s.slot) is s:
                             audio, text = outputs[s.slot]
@@ -314,14 +311,7 @@ class VoiceServer:
                 failures += 1
                 if worth_logging(failures):
                     log.exception("frame step failed (%d in a row); sessions continue with the next tick", failures)
-            self.ticks += 1
-            end = loop.time()
-            next_tick += period  # due times advance by exactly one period: wake-up overshoots do not accumulate
-            if sessions and end > next_tick:
-                self.misses += 1
-                if worth_logging(self.misses):
-                    log.warning("frame step late by %.1f ms (%d deadline misses)", (end - next_tick) * 1e3,
-                                self.misses)
-                next_tick = end  # re-anchor: a late tick never turns into a burst of catch-up steps
-            elif not sessions and end > next_tick + period:
-                next_tick = end  # idle: do not carry a schedule from long ago
+            late = schedule.done(loop.time(), idle=not sessions)
+            self.clock.record(late, work_ms=step_ms)
+            if late and worth_logging(self.clock.misses):
+                log.warning("frame step late by %.1f ms (%d deadline misses)", late * 1e3, self.clock.misses)

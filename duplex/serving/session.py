@@ -28,7 +28,7 @@ from .protocol import (
     text_message,
 )
 
-log = logging.getLogger("duplex.serving.server")
+log = logging.getLogger(__name__)
 
 _OGG_STREAM_START = b"OggS\x00\x02"  # an Ogg page with the beginning-of-stream flag: the stream's headers
 
@@ -71,7 +71,7 @@ class Session:
         self._reader = self._writer = None
         self.last_audio_samples = 0  # audio in the last message received (what it costs the read budget)
         if not options.raw:
-            import sphn
+            import sphn  # noqa: PLC0415 - Opus sessions only (sphn's native library): pcm16 ones work without it
 
             self._pages = OggPageReader(sample_rate, server_options.max_ogg_pages, server_options.max_opus_packets)
             self._reader = sphn.OpusStreamReader(sample_rate)
@@ -118,7 +118,7 @@ class Session:
                 if out is not None:
                     decoded.append(np.asarray(out, dtype=np.float32).reshape(-1))
         except Exception as e:  # malformed Opus: drop this stream state and start a new one
-            import sphn
+            import sphn  # noqa: PLC0415 - as in __init__: only Opus sessions get here
 
             self._reader = sphn.OpusStreamReader(self.sample_rate)
             self.stats.bad_messages += 1

@@ -1,6 +1,69 @@
-"""The frame clock on a fake time source: deadlines, misses, no pile-up."""
+"""The frame schedule (the real-time rule, written once) and the clocks on it, on a fake time source: deadlines,
+misses, no pile-up, the idle rule."""
 
-from duplex.runtime.clock import FrameClock, freeze_startup_objects, run_engine
+import gc
+
+import pytest
+
+from duplex.runtime.clock import ClockStats, FrameClock, FrameSchedule, run_engine
+from duplex.runtime.realtime import freeze_startup_objects
+
+
+def run_schedule(work, idle=False, period=0.08):
+    """Tick a FrameSchedule on a fake clock that waits exactly as told: (start times, lateness of each tick)."""
+    schedule, t, starts, lateness = FrameSchedule(period), 0.0, [], []
+    for w in work:
+        t += schedule.wait(t)
+        starts.append(round(t, 6))
+        t += w
+        lateness.append(round(schedule.done(t, idle=idle), 6))
+    return starts, lateness
+
+
+def test_the_schedule_spaces_on_time_ticks_by_exactly_one_period():
+    starts, lateness = run_schedule([0.03, 0.079, 0.0, 0.08])  # ending exactly on the deadline is on time
+    assert starts == [0.0, 0.08, 0.16, 0.24] and lateness == [0.0] * 4
+
+
+def test_a_late_wake_up_does_not_shift_the_schedule():
+    """Due times advance from the last due time, not from when the sleep returned: overshoots do not add up."""
+    schedule = FrameSchedule(0.08)
+    assert schedule.wait(10.0) == 0.0  # the first tick starts the schedule
+    assert schedule.done(10.01) == 0.0
+    assert schedule.wait(10.01) == pytest.approx(0.07)
+    # the sleep overshot by 5 ms: the next tick is still due at 10.16
+    assert schedule.done(10.085 + 0.03) == 0.0 and schedule.due == pytest.approx(10.16)
+
+
+def test_a_late_tick_reports_its_lateness_and_re_anchors():
+    """The catch-up policy (FrameSchedule.behind): the next tick at once, then the period again, no burst."""
+    starts, lateness = run_schedule([0.03, 0.5, 0.03, 0.03])
+    assert lateness == [0.0, 0.42, 0.0, 0.0]  # tick 1 was due at 0.08 with its deadline at 0.16, ended at 0.58
+    assert starts == [0.0, 0.08, 0.58, 0.66]
+
+
+def test_idle_ticks_are_never_late_and_drop_a_schedule_from_long_ago():
+    starts, lateness = run_schedule([0.03, 0.12, 0.03, 0.5, 0.03], idle=True)
+    assert lateness == [0.0] * 5
+    # up to a period behind, the schedule holds: tick 1 (due 0.08) ended at 0.2, tick 2 was due at 0.16 and starts
+    # at once, tick 3 is due at 0.24; further behind it is dropped: tick 3 ended at 0.74, tick 4 starts then
+    assert starts == [0.0, 0.08, 0.2, 0.24, 0.74]
+
+
+def test_the_schedule_refuses_a_period_that_is_not_positive_and_done_before_wait():
+    with pytest.raises(ValueError):
+        FrameSchedule(0.0)
+    with pytest.raises(RuntimeError):
+        FrameSchedule(0.08).done(1.0)
+
+
+def test_clock_stats_count_ticks_misses_and_keep_a_window_of_work_times():
+    stats = ClockStats(window=3)
+    assert stats.work_percentile(50) is None
+    for late, work in [(0.0, 10.0), (0.02, 90.0), (0.0, None), (0.005, 85.0), (0.0, 20.0)]:
+        stats.record(late, work_ms=work)
+    assert stats.ticks == 5 and stats.misses == 2 and stats.max_late_ms == pytest.approx(20.0)
+    assert list(stats.work_ms) == [90.0, 85.0, 20.0] and stats.work_percentile(50) == 85.0
 
 
 class FakeTime:
@@ -80,8 +143,6 @@ def test_run_engine_feeds_and_collects():
 def test_startup_objects_are_frozen_out_of_the_garbage_collector():
     """What exists when real-time work starts is never walked by a later collection (a ~140 ms pause with the
     default model loaded); what is created afterwards still is."""
-    import gc
-
     startup = [[i] for i in range(1000)]
     try:
         assert freeze_startup_objects() >= 1000

@@ -463,9 +463,9 @@ def test_tls_files_that_do_not_work_are_named_before_the_model_loads(tmp_path, c
     monkeypatch.setattr(serve_command, "build_engine", no_model)
     text = tmp_path / "notes.txt"
     text.write_text("not a certificate")
-    for cert, key, words in [(tmp_path / "missing.pem", text, f"--ssl-cert {tmp_path / 'missing.pem'}: no such file"),
-                             (text, tmp_path / "nokey.pem", f"--ssl-key {tmp_path / 'nokey.pem'}: no such file"),
-                             (text, text, f"--ssl-cert {text} with --ssl-key {text}: not a PEM certificate")]:
+    for cert, key, words in [(tmp_path / "missing.pem", text, f"TLS certificate {tmp_path / 'missing.pem'}: no such file"),
+                             (text, tmp_path / "nokey.pem", f"TLS private key {tmp_path / 'nokey.pem'}: no such file"),
+                             (text, text, f"TLS certificate {text} with private key {text}: not a PEM certificate")]:
         assert main(["serve", "--ssl-cert", str(cert), "--ssl-key", str(key), "--port", "0"]) == 2
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

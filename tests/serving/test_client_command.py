@@ -1,0 +1,206 @@
+"""``duplex client`` as a new user meets it: the words and the progress counter on one terminal, the "s sent"
+figure after Ctrl-C, and what it says for a wss:// address of a server without TLS."""
+
+import asyncio
+import io
+import re
+import socket
+import threading
+
+import numpy as np
+import pytest
+import soundfile
+from helpers import serve, speech
+
+import duplex.cli.client as client_command
+import duplex.serving.client as client_module
+from duplex.cli import main
+from duplex.errors import ClientError
+from duplex.serving.client import converse
+
+WORDS = ("Hello there, how are you doing today? I was thinking about the weather and whether it will rain on "
+         "the weekend, because we wanted to go for a long walk by the river with the dog.").split(" ")
+
+
+class Screen:
+    """What a terminal shows for what is written to it: ``\\r`` returns to the start of the line, and what is
+    written then overwrites what was there (no wrapping: the writer keeps to its width)."""
+
+    def __init__(self):
+        self.lines, self.column = [[]], 0
+
+    def write(self, text: str) -> None:
+        for ch in text:
+            if ch == "\n":
+                self.lines.append([])
+                self.column = 0
+            elif ch == "\r":
+                self.column = 0
+            else:
+                line = self.lines[-1]
+                if self.column < len(line):
+                    line[self.column] = ch
+                else:
+                    line.append(ch)
+                self.column += 1
+
+    def text(self) -> str:
+        return "\n".join("".join(line).rstrip() for line in self.lines)
+
+
+class Tty(io.TextIOBase):
+    """A stream that says it is a terminal and writes to a Screen (stdout and stderr share one)."""
+
+    def __init__(self, screen: Screen):
+        self.screen = screen
+
+    def isatty(self):
+        return True
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        self.screen.write(text)
+        return len(text)
+
+
+def fake_converse(seconds_sent=None, interrupt=False):
+    """Stands in for the network: the words arrive between progress updates, as from a server."""
+
+    async def run(url, pcm, on_text=None, on_progress=None, result=None, **kwargs):
+        on_progress(0.0)
+        for i, word in enumerate(WORDS):
+            on_text(word if i == 0 else " " + word)
+            if i % 3 == 2:
+                on_progress(float(i // 3 + 1))
+        result.chunks.append(np.zeros(len(pcm) // 4, np.float32))
+        result.audio_messages = 3
+        result.sent_samples = int((seconds_sent if seconds_sent is not None else len(pcm) / 24000) * 24000)
+        if interrupt:
+            raise KeyboardInterrupt
+        result.complete = True
+        return result.finish(len(pcm))
+
+    return run
+
+
+@pytest.fixture
+def audio_in(tmp_path):
+    path = tmp_path / "in.wav"
+    soundfile.write(path, speech(3.0), 24000)
+    return path
+
+
+def use_converse(monkeypatch, fake):
+    monkeypatch.setattr(client_module, "converse", fake)
+    monkeypatch.setattr(client_command, "converse", fake, raising=False)
+
+
+def test_on_a_terminal_the_progress_line_never_overwrites_the_words(tmp_path, audio_in, monkeypatch):
+    screen = Screen()
+    monkeypatch.setattr("sys.stdout", Tty(screen))
+    monkeypatch.setattr("sys.stderr", Tty(screen))
+    monkeypatch.setenv("COLUMNS", "50")
+    use_converse(monkeypatch, fake_converse())
+    assert main(["client", str(audio_in), str(tmp_path / "out.wav")]) == 0
+    shown = screen.text()
+    assert " ".join(WORDS) in " ".join(shown.split()), shown  # every word, in order, none overwritten
+    assert "of reply]" not in shown  # the counter is gone at the end
+    assert all(len(line) <= 50 for line in shown.splitlines() if WORDS[-1] in line or WORDS[0] in line), shown
+
+
+def test_live_text_keeps_the_counter_below_the_words_while_they_arrive():
+    from duplex.cli.terminal import LiveText
+
+    screen = Screen()
+    live = LiveText(Tty(screen), Tty(screen), width=31)
+    live.progress("[1 / 9 s]")
+    for word in WORDS[:12]:
+        live.words(word + " ")
+    live.progress("[2 / 9 s]")
+    lines = screen.text().splitlines()
+    assert lines[-1].startswith("[2 / 9 s] ")  # the bottom line: the counter, then the words being spoken
+    assert " ".join(WORDS[:12]) == " ".join(" ".join(lines[:-1] + [lines[-1][len("[2 / 9 s] "):]]).split())
+    live.close()
+    assert " ".join(WORDS[:12]) == " ".join(screen.text().split())
+
+
+def test_words_piped_to_a_file_are_written_as_they_came_and_the_counter_stays_on_the_terminal():
+    from duplex.cli.terminal import LiveText
+
+    out, screen = io.StringIO(), Screen()
+    live = LiveText(out, Tty(screen), width=40)
+    for word in WORDS[:5]:
+        live.words(word + " ")
+        live.progress("[1 / 9 s]")
+    live.close()
+    assert out.getvalue() == " ".join(WORDS[:5]) + " " and screen.text().strip() == ""
+
+
+def test_after_ctrl_c_the_client_says_how_much_audio_it_actually_sent(tmp_path, audio_in, monkeypatch, capsys):
+    use_converse(monkeypatch, fake_converse(seconds_sent=1.0, interrupt=True))
+    assert main(["client", str(audio_in), str(tmp_path / "out.wav")]) == 130
+    err = capsys.readouterr().err
+    sent = re.search(r"([0-9.]+)(?: of [0-9.]+)? s sent", err)
+    assert sent and float(sent.group(1)) == pytest.approx(1.0), err
+    assert "interrupted (Ctrl-C)" in err
+
+
+def test_the_client_counts_the_audio_it_sends():
+    pcm = speech(0.5)
+
+    async def test(server, url):
+        return await converse(url, pcm, raw=True)
+
+    result = serve(test)
+    assert result.complete and result.sent_samples == len(pcm) and result.sent_seconds == pytest.approx(0.5)
+
+
+@pytest.fixture
+def plain_server():
+    """A TCP server that answers anything with an HTTP error and hangs up (what a server without TLS does with
+    a TLS greeting)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def answer():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            with connection:
+                connection.settimeout(2)
+                try:
+                    connection.recv(4096)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(2)
+    listener.close()
+
+
+def test_wss_against_a_server_without_tls_says_so(plain_server, tmp_path, audio_in, capsys):
+    with pytest.raises(ClientError, match=r"TLS handshake .* failed .*try ws://127\.0\.0\.1"):
+        asyncio.run(converse(f"wss://127.0.0.1:{plain_server}", speech(0.2), raw=True))
+    assert main(["client", str(audio_in), str(tmp_path / "out.wav"), "--url", f"wss://127.0.0.1:{plain_server}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "TLS handshake" in err and f"try ws://127.0.0.1:{plain_server}" in err
+
+
+def test_no_server_at_the_address_is_one_line(tmp_path, audio_in, capsys):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["client", str(audio_in), str(tmp_path / "out.wav"), "--url", f"ws://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot reach ws://127.0.0.1:{port}" in err and "refused" in err
