@@ -51,3 +51,54 @@ def serve(test, slots: int = 2, tokenizer=None, engine=None, **options):
             await server.stop()
 
     return asyncio.run(main())
+
+
+class Screen:
+    """A terminal of ``width`` columns that both stdout and stderr write to: it keeps what a person would see
+    (carriage return, newline, erase line, cursor up, wrapping at the edge), and ``isatty()`` is true."""
+
+    def __init__(self, width=40):
+        self.width, self.rows, self.row, self.col = width, [[]], 0, 0
+        self.snapshots = []
+
+    def isatty(self):
+        return True
+
+    def flush(self):
+        self.snapshots.append(self.text())
+
+    def write(self, data):
+        i = 0
+        while i < len(data):
+            if data.startswith("\x1b[K", i):
+                del self.rows[self.row][self.col:]
+                i += 3
+                continue
+            if data.startswith("\x1b[1A", i):
+                self.row = max(0, self.row - 1)
+                i += 4
+                continue
+            ch = data[i]
+            i += 1
+            if ch == "\r":
+                self.col = 0
+            elif ch == "\n":
+                self.row, self.col = self.row + 1, 0
+            else:
+                if self.col == self.width:
+                    self.row, self.col = self.row + 1, 0
+                while len(self.rows) <= self.row:
+                    self.rows.append([])
+                line = self.rows[self.row]
+                line.extend(" " * (self.col - len(line)))
+                if self.col < len(line):
+                    line[self.col] = ch
+                else:
+                    line.append(ch)
+                self.col += 1
+            while len(self.rows) <= self.row:
+                self.rows.append([])
+        return len(data)
+
+    def text(self):
+        return "\n".join("".join(row) for row in self.rows)

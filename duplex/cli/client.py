@@ -10,10 +10,10 @@ import torch
 from codec.io.audio import load_audio, save_audio
 
 from ..errors import SoundDeviceError, UsageError
-from ..serving.client import ClientError, ClientResult, converse, talk
+from ..serving.client import ClientResult, converse, talk
 from ..serving.protocol import SAMPLE_RATE
+from ..serving.terminal import LiveText
 from .common import check_output_path, list_sound_devices, positive_float, sound_device
-from .terminal import LiveText
 
 
 def run_client(args) -> int:
@@ -29,7 +29,7 @@ def run_client(args) -> int:
     if not args.input:
         try:
             stats = asyncio.run(talk(args.url, raw=args.raw, token=args.token, seconds=args.seconds,
-                                     on_text=screen.words, input_device=sound_device(args.input_device),
+                                     on_text=screen.write, input_device=sound_device(args.input_device),
                                      output_device=sound_device(args.output_device), on_notice=notice))
         except KeyboardInterrupt:
             screen.close()
@@ -37,10 +37,6 @@ def run_client(args) -> int:
         except SoundDeviceError as e:
             raise SoundDeviceError(f"{e}; pick devices with --input-device/--output-device (see duplex client "
                                    "--list-devices)") from None
-        except ClientError:
-            raise
-        except RuntimeError as e:  # no PortAudio: serving.mic.import_sounddevice's RuntimeError
-            raise UsageError(str(e)) from None
         screen.close()
         print(f"{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns"
               + (f", {stats.dropped} microphone blocks dropped" if stats.dropped else ""), file=sys.stderr)
@@ -55,13 +51,13 @@ def run_client(args) -> int:
         if seconds == 0.0:
             screen.message(f"connected to {args.url}: sending {args.input} ({length:.1f} s) in real time")
         else:
-            screen.progress(f"[{seconds:.0f} / {length:.0f} s of reply]")
+            screen.status(f"[{seconds:.0f} / {length:.0f} s of reply]")
 
     # Whatever arrived is written, also when the server ends the session early or on Ctrl-C.
     result = ClientResult()
     interrupted = False
     try:
-        asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=screen.words, result=result,
+        asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=screen.write, result=result,
                              on_notice=notice, on_progress=progress))
     except KeyboardInterrupt:
         interrupted = True

@@ -173,9 +173,6 @@ def list_sound_devices() -> int:
     """``--list-devices`` of ``duplex mic`` and ``duplex client``."""
     from ..serving.mic import import_sounddevice
 
-    try:
-        devices = import_sounddevice().query_devices()
-    except RuntimeError as e:
-        raise UsageError(str(e)) from None
+    devices = import_sounddevice().query_devices()  # a SoundDeviceError says what is missing
     print(devices if len(devices) else "no audio devices found (PortAudio sees none on this machine)")
     return 0

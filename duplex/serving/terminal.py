@@ -28,8 +28,8 @@ def _is_terminal(stream) -> bool:
 
 
 class LiveText:
-    """``write(piece)`` for the model's words, ``status(line)`` for the line that keeps changing, ``close()`` at
-    the end (the words stay, the status goes). ``out``: the words (default stdout); ``status_out``: the status
+    """``write(piece)`` for the model's words, ``status(line)`` for the line that keeps changing, ``message(line)``
+    for a notice of its own, ``close()`` at the end (the words stay, the status goes). ``out``: the words (default stdout); ``status_out``: the status
     (default stderr). ``width``: the terminal's columns (default: asked of the terminal when drawing)."""
 
     def __init__(self, out: Optional[TextIO] = None, status_out: Optional[TextIO] = None,
@@ -73,7 +73,20 @@ class LiveText:
             self._status = line[: self.width]
             self._redraw([])
         elif self.status_only:
+            self._status = line
             self.status_out.write(CLEAR_LINE + line)
+            self.status_out.flush()
+
+    def message(self, line: str) -> None:
+        """A line of its own (a server's notice) on the status stream, above the words in progress and the status,
+        which are drawn again below it."""
+        if self.shared:
+            self._redraw([line])
+        elif self.status_only:
+            self.status_out.write(CLEAR_LINE + line + "\n" + self._status)
+            self.status_out.flush()
+        else:
+            self.status_out.write(line + "\n")
             self.status_out.flush()
 
     def close(self) -> None:

@@ -414,9 +414,10 @@ def test_no_arguments_prints_the_help_with_where_to_start(capsys):
 
 def test_client_lists_sound_devices_or_says_why_not(capsys, monkeypatch):
     import duplex.serving.mic as mic
+    from duplex.errors import SoundDeviceError
 
     def missing():
-        raise RuntimeError("PortAudio is not available (test); on Debian/Ubuntu: apt install libportaudio2")
+        raise SoundDeviceError("PortAudio is not available (test); on Debian/Ubuntu: apt install libportaudio2")
 
     monkeypatch.setattr(mic, "import_sounddevice", missing)
     assert main(["client", "--list-devices"]) == 2

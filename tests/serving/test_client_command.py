@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 import soundfile
-from helpers import serve, speech
+from helpers import Screen, serve, speech
 
 import duplex.cli.client as client_command
 import duplex.serving.client as client_module
@@ -20,49 +20,6 @@ from duplex.serving.client import converse
 
 WORDS = ("Hello there, how are you doing today? I was thinking about the weather and whether it will rain on "
          "the weekend, because we wanted to go for a long walk by the river with the dog.").split(" ")
-
-
-class Screen:
-    """What a terminal shows for what is written to it: ``\\r`` returns to the start of the line, and what is
-    written then overwrites what was there (no wrapping: the writer keeps to its width)."""
-
-    def __init__(self):
-        self.lines, self.column = [[]], 0
-
-    def write(self, text: str) -> None:
-        for ch in text:
-            if ch == "\n":
-                self.lines.append([])
-                self.column = 0
-            elif ch == "\r":
-                self.column = 0
-            else:
-                line = self.lines[-1]
-                if self.column < len(line):
-                    line[self.column] = ch
-                else:
-                    line.append(ch)
-                self.column += 1
-
-    def text(self) -> str:
-        return "\n".join("".join(line).rstrip() for line in self.lines)
-
-
-class Tty(io.TextIOBase):
-    """A stream that says it is a terminal and writes to a Screen (stdout and stderr share one)."""
-
-    def __init__(self, screen: Screen):
-        self.screen = screen
-
-    def isatty(self):
-        return True
-
-    def writable(self):
-        return True
-
-    def write(self, text):
-        self.screen.write(text)
-        return len(text)
 
 
 def fake_converse(seconds_sent=None, interrupt=False):
@@ -98,9 +55,9 @@ def use_converse(monkeypatch, fake):
 
 
 def test_on_a_terminal_the_progress_line_never_overwrites_the_words(tmp_path, audio_in, monkeypatch):
-    screen = Screen()
-    monkeypatch.setattr("sys.stdout", Tty(screen))
-    monkeypatch.setattr("sys.stderr", Tty(screen))
+    screen = Screen(width=50)
+    monkeypatch.setattr("sys.stdout", screen)
+    monkeypatch.setattr("sys.stderr", screen)
     monkeypatch.setenv("COLUMNS", "50")
     use_converse(monkeypatch, fake_converse())
     assert main(["client", str(audio_in), str(tmp_path / "out.wav")]) == 0
@@ -111,31 +68,35 @@ def test_on_a_terminal_the_progress_line_never_overwrites_the_words(tmp_path, au
 
 
 def test_live_text_keeps_the_counter_below_the_words_while_they_arrive():
-    from duplex.cli.terminal import LiveText
+    from duplex.serving.terminal import LiveText
 
-    screen = Screen()
-    live = LiveText(Tty(screen), Tty(screen), width=31)
-    live.progress("[1 / 9 s]")
+    screen = Screen(width=32)
+    live = LiveText(screen, screen, width=32)
+    live.status("[1 / 9 s]")
     for word in WORDS[:12]:
-        live.words(word + " ")
-    live.progress("[2 / 9 s]")
+        live.write(word + " ")
+    live.message("server: a notice")
+    live.status("[2 / 9 s]")
     lines = screen.text().splitlines()
-    assert lines[-1].startswith("[2 / 9 s] ")  # the bottom line: the counter, then the words being spoken
-    assert " ".join(WORDS[:12]) == " ".join(" ".join(lines[:-1] + [lines[-1][len("[2 / 9 s] "):]]).split())
+    assert lines[-1] == "[2 / 9 s]"  # the bottom line: the counter, below the words being spoken
+    assert "server: a notice" in lines
+    words = [line for line in lines[:-1] if line != "server: a notice"]
+    assert " ".join(WORDS[:12]) == " ".join(" ".join(words).split())
     live.close()
-    assert " ".join(WORDS[:12]) == " ".join(screen.text().split())
+    assert " ".join(WORDS[:12]) == " ".join(screen.text().replace("server: a notice", "").split())
+    assert "[2 / 9 s]" not in screen.text()
 
 
 def test_words_piped_to_a_file_are_written_as_they_came_and_the_counter_stays_on_the_terminal():
-    from duplex.cli.terminal import LiveText
+    from duplex.serving.terminal import LiveText
 
-    out, screen = io.StringIO(), Screen()
-    live = LiveText(out, Tty(screen), width=40)
+    out, screen = io.StringIO(), Screen(width=40)
+    live = LiveText(out, screen, width=40)
     for word in WORDS[:5]:
-        live.words(word + " ")
-        live.progress("[1 / 9 s]")
+        live.write(word + " ")
+        live.status("[1 / 9 s]")
     live.close()
-    assert out.getvalue() == " ".join(WORDS[:5]) + " " and screen.text().strip() == ""
+    assert out.getvalue() == " ".join(WORDS[:5]) + " \n" and screen.text().strip() == ""
 
 
 def test_after_ctrl_c_the_client_says_how_much_audio_it_actually_sent(tmp_path, audio_in, monkeypatch, capsys):
