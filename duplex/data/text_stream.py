@@ -18,7 +18,7 @@ Word = Tuple[str, float, float]  # (text, start s, end s)
 
 
 def text_stream(words: Iterable[Word], num_frames: int, tokenize: Callable[[str], Sequence[int]],
-                frame_rate: float = 12.5, pad_id: int = PAD_ID, end_of_pad_id: int = END_OF_PAD_ID) -> List[int]:
+                frame_rate: float, pad_id: int = PAD_ID, end_of_pad_id: int = END_OF_PAD_ID) -> List[int]:
     """The ``num_frames`` text tokens of a segment whose words are ``words`` (times relative to the segment's
     start; words starting outside ``[0, num_frames / frame_rate)`` and words with start >= end are left out)."""
     kept = sorted(((w, s, e) for w, s, e in words if s < e and 0 <= s and math.floor(s * frame_rate) < num_frames),

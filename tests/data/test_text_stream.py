@@ -7,7 +7,7 @@ PIECES = {"hi": [10], "there": [11, 12], "everybody": [13, 14, 15, 16], "a": [17
 
 
 def stream(words, frames=12):
-    return text_stream(words, frames, PIECES.__getitem__)
+    return text_stream(words, frames, PIECES.__getitem__, 12.5)  # Moshi's frame rate
 
 
 def test_tokens_go_one_per_frame_from_the_start_frame_with_epad_before_and_pad_between():
