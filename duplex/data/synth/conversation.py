@@ -20,6 +20,7 @@ previous answer). Every conversation is a deterministic function of (seed, index
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import multiprocessing
@@ -259,27 +260,29 @@ def _init_worker(seed: int, options: SynthOptions, out_dir: str) -> None:
 
     It never raises: a pool whose initializer fails starts a new process in its place, forever (without
     libespeak-ng, at 100% CPU). The error goes with the first conversation instead, which ends the run.
-    Ctrl-C is the parent's to handle (it ends the pool, each worker its child, and removes the partial corpus)."""
+    Ctrl-C is the parent's to handle: it ends the pool (SIGTERM, whose default action ends a worker at once), each
+    worker's child dies with it (``_die_with_parent``), and the parent removes the partial corpus. A Python handler
+    for SIGTERM would not do: a worker blocked on the pool's task-queue lock may never run it, when the kernel hands
+    the signal to another of its threads, and the pool's terminate() then waits for it forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _terminate)
     torch.set_num_threads(1)
     try:
         synth = Synthesizer()
     except EspeakError as e:
         synth = e
-    _WORKER.update(synth=synth, seed=seed, options=options, out_dir=out_dir, child=None)
+    _WORKER.update(synth=synth, seed=seed, options=options, out_dir=out_dir)
 
 
-def _terminate(signum, frame) -> None:
-    """SIGTERM (the pool being ended): the child making a conversation goes too, so nothing writes afterwards."""
-    child = _WORKER.get("child")
-    if child:
-        try:
-            os.kill(child, signal.SIGKILL)
-            os.waitpid(child, 0)
-        except OSError:
-            pass
-    os._exit(1)
+def _die_with_parent(parent: int) -> None:
+    """In a child forked to make one conversation: be killed when the pool process that forked it ends (Linux's
+    PR_SET_PDEATHSIG), so that nothing writes into a corpus folder after an interrupted run has removed it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child finishes its one conversation
+        return
+    if os.getppid() != parent:  # the pool process ended before prctl took effect
+        os._exit(1)
 
 
 def _write_files(index: int) -> dict:
@@ -305,10 +308,12 @@ def _write_one(index: int) -> dict:
     if not hasattr(os, "fork"):
         return _write_files(index)
     read, write = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: make, write, report, leave without running the parent's clean-up
         status = 1
         try:
+            _die_with_parent(parent)
             os.close(read)
             os.write(write, json.dumps(_write_files(index)).encode("utf-8"))
             status = 0
@@ -317,12 +322,10 @@ def _write_one(index: int) -> dict:
                                         "espeak": isinstance(e, EspeakError)}).encode("utf-8"))
         finally:
             os._exit(status)
-    _WORKER["child"] = pid
     os.close(write)
     with os.fdopen(read, "rb") as f:
         reply = f.read()
     os.waitpid(pid, 0)
-    _WORKER["child"] = None
     row = json.loads(reply) if reply else {"error": "the synthesis process died"}
     if row.get("espeak"):  # e.g. a voice this espeak-ng lacks: the user's to fix, said in one line
         raise EspeakError(f"conversation {index}: {row['error']}")
