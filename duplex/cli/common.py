@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from codec.io.audio import check_writable_format
+
 from ..errors import UsageError
 from ..runtime.checkpoints import ModelFiles
 from ..runtime.engine import Engine
@@ -129,12 +131,7 @@ def check_output_path(path: str, audio: bool) -> None:
     if not os.path.isdir(folder):
         raise UsageError(f"output folder {folder} does not exist")
     if audio:
-        import soundfile as sf
-
-        extension = os.path.splitext(path)[1].lstrip(".").upper()
-        if extension not in sf.available_formats() or sf.default_subtype(extension) is None:
-            raise UsageError(f"output {path}: unknown audio format {extension or '(no extension)'!r}; use .wav, "
-                             ".flac or .ogg")
+        check_writable_format(path)
 
 
 MODEL_FILE_OPTIONS = (("--lm", "lm"), ("--mimi", "mimi"), ("--tokenizer", "tokenizer"), ("--lm-config", "lm_config"),
