@@ -425,13 +425,6 @@ def test_client_live_mode_without_a_sound_device_is_one_line(capsys, monkeypatch
     assert "cannot open the sound device" in err and "--list-devices" in err and "Traceback" not in err
 
 
-def test_the_startup_line_gives_the_page_url_with_its_token():
-    from duplex.cli.serve import browser_url
-
-    assert browser_url("http", "0.0.0.0", 8998) == "http://localhost:8998/"
-    assert browser_url("https", "example.org", 443, "a b&c") == "https://example.org:443/?token=a%20b%26c"
-
-
 def test_a_moshi_lm_without_its_codec_is_refused(tmp_path, capsys):
     """--lm alone takes the codec its files name: the shipped codec only suits models trained on it, so a Moshi 7B
     (a 7B config beside it) without Kyutai's Mimi beside it must be given its codec."""

@@ -71,6 +71,25 @@ def test_a_port_taken_between_the_check_and_the_listen_names_the_option_too():
     assert "--port" not in serve_command.listen_error("example.org", 80, OSError(errno.EACCES, "Permission denied"))
 
 
+def test_the_startup_line_gives_the_page_url_with_its_token():
+    from duplex.serving.options import page_url
+
+    assert page_url("http", "0.0.0.0", 8998) == "http://localhost:8998/"
+    assert page_url("https", "example.org", 443, "a b&c") == "https://example.org:443/?token=a%20b%26c"
+
+
+def test_a_port_in_use_is_the_error_listening_would_raise():
+    from duplex.serving.options import check_port_free
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(OSError) as refused:
+            check_port_free("127.0.0.1", busy.getsockname()[1])
+    assert refused.value.errno == errno.EADDRINUSE
+    check_port_free("127.0.0.1", 0)  # any free port
+
+
 def start(command):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "duplex", *command, *SMALL_MODEL_ARGS], cwd=ROOT, env=env,
