@@ -161,9 +161,9 @@ def build_engine(args, slots: int) -> Engine:
                              cuda_graphs=not args.no_cuda_graphs)
 
 
-def sound_device(value):
-    """A sound device option: an index (digits) or a name."""
-    return int(value) if value is not None and value.isdigit() else value
+def sound_device(value: str):
+    """An argparse type: a sound device, by index (digits) or name."""
+    return int(value) if value.isdigit() else value
 
 
 def list_sound_devices() -> int:
