@@ -14,6 +14,7 @@ from codec.io.audio import check_writable_format
 from ..errors import UsageError
 from ..runtime.checkpoints import ModelFiles
 from ..runtime.engine import Engine
+from ..serving.mic import describe_sound_devices
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -168,8 +169,5 @@ def sound_device(value: str):
 
 def list_sound_devices() -> int:
     """``--list-devices`` of ``duplex mic`` and ``duplex client``."""
-    from ..serving.mic import import_sounddevice
-
-    devices = import_sounddevice().query_devices()  # a SoundDeviceError says what is missing
-    print(devices if len(devices) else "no audio devices found (PortAudio sees none on this machine)")
+    print(describe_sound_devices())
     return 0
