@@ -12,6 +12,7 @@ import torch
 from codec.io.audio import check_writable_format
 
 from ..errors import UsageError
+from ..runtime import devices as runtime_devices
 from ..runtime.checkpoints import ModelFiles
 from ..runtime.engine import Engine
 from ..serving.mic import describe_sound_devices
@@ -107,20 +108,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device of a --device option."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r}: not a device name (cpu, cuda, cuda:N or auto)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name!r}: duplex runs on cpu or cuda")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+        return runtime_devices.pick_device(name)
+    except UsageError as e:
+        raise UsageError(f"--{e}") from None  # "device 'tpu': ..." becomes "--device 'tpu': ..."
 
 
 def check_output_path(path: str, audio: bool) -> None:
