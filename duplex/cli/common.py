@@ -148,8 +148,9 @@ def model_files(args) -> ModelFiles:
     return ModelFiles.default()
 
 
-def build_engine(args, slots: int) -> Engine:
-    return Engine.from_files(model_files(args), slots=slots, device=pick_device(args.device),
+def build_engine(args, slots: int, files: Optional[ModelFiles] = None) -> Engine:
+    """The engine on the model options' files (``files``, when the caller has resolved them already)."""
+    return Engine.from_files(files or model_files(args), slots=slots, device=pick_device(args.device),
                              dtype=getattr(torch, args.dtype) if args.dtype else None,
                              cuda_graphs=not args.no_cuda_graphs)
 

@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..runtime.realtime import freeze_startup_objects
 from ..serving.options import ServerOptions, check_port_free, default_slots, tls_context, usable_cpu_cores
 from ..serving.server import VoiceServer
-from .common import add_model_options, build_engine, int_in, non_negative, pick_device, port
+from .common import add_model_options, build_engine, int_in, model_files, non_negative, pick_device, port
 from .options import options_from_args
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def run_serve(args) -> int:
         check_port_free(args.host, args.port)  # likewise
     except OSError as e:
         raise UsageError(listen_error(args.host, args.port, e)) from None
+    files = model_files(args)  # a misspelt file or repository: one line, before anything else is said
     if args.slots is None:
         args.slots = default_slots(pick_device(args.device).type, usable_cpu_cores())
         print(f"duplex: {args.slots} slot{'s' if args.slots != 1 else ''} (default for this machine; --slots to "
@@ -41,7 +42,7 @@ def run_serve(args) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is too much
-    engine = build_engine(args, args.slots)
+    engine = build_engine(args, args.slots, files)
     if engine.files.is_default:
         log.info("serving the default model (duplex's own small model, trained on synthetic espeak conversations: "
                  "see README, \"The default model\")")

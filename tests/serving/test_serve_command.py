@@ -35,7 +35,7 @@ def test_the_default_slot_count_comes_from_the_machine(device, cores, slots):
 def test_serve_says_how_many_slots_it_chose_and_how_to_change_it(monkeypatch, capsys):
     chosen = []
 
-    def build_engine(args, slots):
+    def build_engine(args, slots, files=None):
         chosen.append(slots)
         raise ModelLoaded
 
@@ -52,7 +52,7 @@ def test_serve_says_how_many_slots_it_chose_and_how_to_change_it(monkeypatch, ca
 
 
 def test_a_busy_port_is_one_line_naming_the_option_before_the_model_loads(monkeypatch, capsys):
-    def build_engine(args, slots):
+    def build_engine(args, slots, files=None):
         raise AssertionError("the model was loaded before the port was checked")
 
     monkeypatch.setattr(serve_command, "build_engine", build_engine)
