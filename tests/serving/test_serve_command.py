@@ -2,6 +2,7 @@
 at start-up; a busy port named with its option before the model loads; Ctrl-C ends both at once, exit 130."""
 
 import errno
+import logging
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from helpers import SMALL_MODEL_ARGS
 
 import duplex.cli.serve as serve_command
 from duplex.cli import main
+from duplex.runtime.checkpoints import ModelFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +51,33 @@ def test_serve_says_how_many_slots_it_chose_and_how_to_change_it(monkeypatch, ca
     with pytest.raises(ModelLoaded):
         main(["serve", "--port", "0", "--device", "cpu", "--slots", "3"])
     assert chosen[-1] == 3 and "default for this machine" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("files, default", [(ModelFiles.default(), True),
+                                            (ModelFiles(lm="/hub/model.safetensors", lm_config="moshi_7b",
+                                                        mimi="/hub/mimi.safetensors",
+                                                        source="kyutai/moshiko-pytorch-bf16"), False)])
+def test_only_the_default_model_is_announced_as_the_default_model(monkeypatch, caplog, files, default):
+    """A published model from --hf-repo used to be announced as "the default model" at start-up."""
+    class Engine:
+        pass
+
+    def build_engine(args, slots, files=None):
+        engine = Engine()
+        engine.files = files
+        return engine
+
+    def server(engine, options):
+        assert options.model_name == files.name
+        raise ModelLoaded
+
+    monkeypatch.setattr(serve_command, "model_files", lambda args: files)
+    monkeypatch.setattr(serve_command, "build_engine", build_engine)
+    monkeypatch.setattr(serve_command, "VoiceServer", server)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ModelLoaded):
+        main(["serve", "--port", "0", "--slots", "1", "--hf-repo", "kyutai/moshiko-pytorch-bf16"])
+    assert ("serving the default model" in caplog.text) == default
 
 
 def test_a_busy_port_is_one_line_naming_the_option_before_the_model_loads(monkeypatch, capsys):
