@@ -10,7 +10,7 @@ import importlib
 import importlib.metadata
 import math
 import os
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import soundfile as sf
@@ -20,8 +20,6 @@ from ..errors import AudioError, DependencyError
 from .files import write_atomically
 
 PathLike = Union[str, os.PathLike]
-
-
 
 
 def import_torchaudio():
@@ -121,6 +119,29 @@ def load_audio(path: PathLike, sample_rate: int = 24000) -> torch.Tensor:
     if not bool(torch.isfinite(pcm).all()):
         raise AudioError(f"audio file {os.fspath(path)} contains non-finite samples (NaN or inf)")
     return pcm
+
+
+def audio_conversions(path: PathLike, sample_rate: int) -> List[str]:
+    """What ``load_audio(path, sample_rate)`` does to the file, for people: e.g. ``["resampled from 16000 Hz",
+    "2 channels mixed to mono"]``; empty when nothing (or when the file cannot be read: this is only a note)."""
+    try:
+        info = sf.info(os.fspath(path))
+    except Exception:
+        return []
+    notes = []
+    if info.samplerate != sample_rate:
+        notes.append(f"resampled from {info.samplerate} Hz")
+    if info.channels != 1:
+        notes.append(f"{info.channels} channels mixed to mono")
+    return notes
+
+
+def check_writable_format(path: PathLike) -> None:
+    """Refuse, before any work, an output file name whose extension names no format soundfile writes."""
+    extension = os.path.splitext(os.fspath(path))[1].lstrip(".").upper()
+    if extension not in sf.available_formats() or sf.default_subtype(extension) is None:
+        raise AudioError(f"output {os.fspath(path)}: unknown audio format {extension or '(no extension)'!r}; use "
+                         ".wav, .flac or .ogg")
 
 
 def save_audio(path: PathLike, pcm: torch.Tensor, sample_rate: int = 24000, subtype: Optional[str] = None) -> None:

@@ -10,7 +10,7 @@ import torch
 from codec.io.audio import load_audio, save_audio
 
 from ..errors import SoundDeviceError, UsageError
-from ..serving.client import ClientResult, converse, talk
+from ..serving.client import run_conversation, talk
 from ..serving.protocol import SAMPLE_RATE
 from ..serving.terminal import LiveText
 from .common import check_output_path, list_sound_devices, positive_float, sound_device
@@ -29,17 +29,16 @@ def run_client(args) -> int:
     if not args.input:
         try:
             stats = asyncio.run(talk(args.url, raw=args.raw, token=args.token, seconds=args.seconds,
-                                     on_text=screen.write, input_device=sound_device(args.input_device),
-                                     output_device=sound_device(args.output_device), on_notice=notice))
+                                     on_text=screen.write, input_device=args.input_device,
+                                     output_device=args.output_device, on_notice=notice))
         except KeyboardInterrupt:
-            screen.close()
             return 0
         except SoundDeviceError as e:
             raise SoundDeviceError(f"{e}; pick devices with --input-device/--output-device (see duplex client "
                                    "--list-devices)") from None
-        screen.close()
-        print(f"{stats.sent} frames sent, {stats.received} received, {stats.underruns} underruns"
-              + (f", {stats.dropped} microphone blocks dropped" if stats.dropped else ""), file=sys.stderr)
+        finally:
+            screen.close()
+        print(stats.summary(), file=sys.stderr)
         for problem in stats.errors:
             print(f"note: {problem}", file=sys.stderr)
         return 0
@@ -53,27 +52,17 @@ def run_client(args) -> int:
         else:
             screen.status(f"[{seconds:.0f} / {length:.0f} s of reply]")
 
-    # Whatever arrived is written, also when the server ends the session early or on Ctrl-C.
-    result = ClientResult()
-    interrupted = False
-    try:
-        asyncio.run(converse(args.url, pcm, raw=args.raw, token=args.token, on_text=screen.write, result=result,
-                             on_notice=notice, on_progress=progress))
-    except KeyboardInterrupt:
-        interrupted = True
-        result.finish(len(pcm))
-        result.errors.append("interrupted (Ctrl-C): the reply is cut there")
+    try:  # whatever arrived is kept, also when the server ends the session early or on Ctrl-C
+        result = run_conversation(args.url, pcm, raw=args.raw, token=args.token, on_text=screen.write,
+                                  on_notice=notice, on_progress=progress)
     finally:
         screen.close()
     save_audio(args.output, torch.from_numpy(result.audio), SAMPLE_RATE)
-    late, worst = result.late_replies()
-    print(f"{args.input}: {result.sent_seconds:.2f} of {length:.2f} s sent, {result.audio_messages} audio messages "
-          "received" + (f", {late} late by more than 80 ms (at most {1000 * worst:.0f} ms)" if late else "")
-          + f" -> {args.output}", file=sys.stderr)
+    print(f"{args.input}: {result.summary()} -> {args.output}", file=sys.stderr)
     for problem in result.errors:
         print(f"note: {problem}", file=sys.stderr)
     # A cut-off reply is still written, but the exit status tells a script it is not whole.
-    return 130 if interrupted else (0 if result.complete else 1)
+    return 130 if result.interrupted else (0 if result.complete else 1)
 
 
 def register(commands) -> None:
@@ -83,8 +72,8 @@ def register(commands) -> None:
                    "omit both files to talk through the microphone and speakers")
     p.add_argument("output", nargs="?", help="reply audio file to write (same length as the input, 24 kHz)")
     p.add_argument("--seconds", type=positive_float, help="live mode: stop after this long (default: Ctrl-C)")
-    p.add_argument("--input-device", help="live mode: sound input device (index or name)")
-    p.add_argument("--output-device", help="live mode: sound output device (index or name)")
+    p.add_argument("--input-device", type=sound_device, help="live mode: sound input device (index or name)")
+    p.add_argument("--output-device", type=sound_device, help="live mode: sound output device (index or name)")
     p.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
     p.add_argument("--url", default="ws://127.0.0.1:8998", help="server address (default ws://127.0.0.1:8998)")
     p.add_argument("--token", help="the server's token, if it requires one")

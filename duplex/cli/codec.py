@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Iterator, Optional
 
-import torch
-
 from codec import CheckpointError, Mimi
-from codec.io.audio import load_audio, save_audio
-from codec.io.codes import load_codes, save_codes
+from codec.transcode import FileResult, TerminalProgress, decode_file, encode_file, roundtrip_file
 
 from ..runtime.checkpoints import codec_files, unused_codec_config
 from .common import add_codec_options, check_output_path, pick_device
@@ -38,100 +34,36 @@ def config_hint(checkpoint: str, config: Optional[str]) -> Iterator[None]:
             from None
 
 
-CHUNK_FRAMES = 250  # streaming runs report progress every 20 s of audio
-LONG_SECONDS = 60.0  # an offline pass over more audio than this says it has started
-
-
-def _progress(what: str, done: int, total: int, frame_rate: float) -> None:
-    """Progress of a long run on a terminal: seconds of audio done out of the total."""
-    if sys.stderr.isatty() and total > CHUNK_FRAMES:
-        print(f"\r[{what} {done / frame_rate:.0f} / {total / frame_rate:.0f} s]", end="" if done < total else "\n",
-              file=sys.stderr, flush=True)
-
-
-def _encode(mimi: Mimi, pcm: torch.Tensor, streaming: bool) -> torch.Tensor:
-    x = pcm[None]  # [1, 1, T]
-    if not streaming:
-        if x.shape[-1] > LONG_SECONDS * mimi.sample_rate:
-            print(f"encoding {x.shape[-1] / mimi.sample_rate / 60:.1f} min of audio in one pass...", file=sys.stderr)
-        return mimi.encode(x)
-    x = torch.nn.functional.pad(x, (0, (-x.shape[-1]) % mimi.frame_size))
-    stream, total = mimi.stream(1), x.shape[-1] // mimi.frame_size
-    codes = []
-    for start in range(0, total, CHUNK_FRAMES):  # the stream carries its state from chunk to chunk
-        end = min(total, start + CHUNK_FRAMES)
-        codes.append(stream.encode(x[..., start * mimi.frame_size:end * mimi.frame_size]))
-        _progress("encoded", end, total, mimi.frame_rate)
-    return torch.cat(codes, dim=-1)
-
-
-def _decode(mimi: Mimi, codes: torch.Tensor, streaming: bool) -> torch.Tensor:
-    if not streaming:
-        if codes.shape[-1] > LONG_SECONDS * mimi.frame_rate:
-            print(f"decoding {codes.shape[-1] / mimi.frame_rate / 60:.1f} min of audio in one pass...",
-                  file=sys.stderr)
-        return mimi.decode(codes)[0]
-    stream, total = mimi.stream(1), codes.shape[-1]
-    pcm = []
-    for start in range(0, total, CHUNK_FRAMES):
-        end = min(total, start + CHUNK_FRAMES)
-        pcm.append(stream.decode(codes[..., start:end]))
-        _progress("decoded", end, total, mimi.frame_rate)
-    return torch.cat(pcm, dim=-1)[0]
-
-
-def conversion_note(path: str, sample_rate: int) -> str:
-    """What loading did to the file, for the summary line: '' or e.g. ' (resampled from 16000 Hz, 2 channels
-    mixed to mono)'."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(path)
-    except Exception:  # the file was read already; this is only a note
-        return ""
-    notes = []
-    if info.samplerate != sample_rate:
-        notes.append(f"resampled from {info.samplerate} Hz")
-    if info.channels != 1:
-        notes.append(f"{info.channels} channels mixed to mono")
-    return f" ({', '.join(notes)})" if notes else ""
+def summary(args, result: FileResult) -> str:
+    """The input's length and what loading did to it, e.g. 'in.wav: 3.00 s (resampled from 16000 Hz)'."""
+    conversions = f" ({', '.join(result.conversions)})" if result.conversions else ""
+    return f"{args.input}: {result.seconds:.2f} s{conversions}"
 
 
 def run_encode(args) -> int:
     check_output_path(args.output, audio=False)
     mimi = load_codec(args)
-    pcm = load_audio(args.input, mimi.sample_rate)
-    codes = _encode(mimi, pcm, args.streaming)
-    save_codes(args.output, codes, mimi.config, pcm.shape[-1])
-    print(f"{args.input}: {pcm.shape[-1] / mimi.sample_rate:.2f} s{conversion_note(args.input, mimi.sample_rate)} "
-          f"-> {codes.shape[-1]} frames x "
-          f"{codes.shape[1]} codebooks -> {args.output}")
+    result = encode_file(mimi, args.input, args.output, args.streaming,
+                         TerminalProgress(args.streaming, mimi.frame_rate))
+    print(f"{summary(args, result)} -> {result.frames} frames x {result.codebooks} codebooks -> {args.output}")
     return 0
 
 
 def run_decode(args) -> int:
     check_output_path(args.output, audio=True)
     mimi = load_codec(args)
-    codes, num_samples = load_codes(args.input, mimi.config)
-    pcm = _decode(mimi, codes, args.streaming)
-    if num_samples is not None:
-        pcm = pcm[..., :num_samples]
-    save_audio(args.output, pcm, mimi.sample_rate)
-    print(f"{args.input}: {codes.shape[-1]} frames -> {pcm.shape[-1] / mimi.sample_rate:.2f} s -> {args.output}")
+    result = decode_file(mimi, args.input, args.output, args.streaming,
+                         TerminalProgress(args.streaming, mimi.frame_rate))
+    print(f"{args.input}: {result.frames} frames -> {result.seconds:.2f} s -> {args.output}")
     return 0
 
 
 def run_roundtrip(args) -> int:
     check_output_path(args.output, audio=True)
     mimi = load_codec(args)
-    pcm = load_audio(args.input, mimi.sample_rate)
-    codes = _encode(mimi, pcm, args.streaming)
-    out = _decode(mimi, codes, args.streaming)[..., : pcm.shape[-1]]
-    save_audio(args.output, out, mimi.sample_rate)
-    kbps = mimi.frame_rate * codes.shape[1] * (mimi.cardinality - 1).bit_length() / 1000
-    print(f"{args.input}: {pcm.shape[-1] / mimi.sample_rate:.2f} s{conversion_note(args.input, mimi.sample_rate)} "
-          f"through {codes.shape[1]} codebooks "
-          f"({kbps:.2f} kbps) -> {args.output}")
+    result = roundtrip_file(mimi, args.input, args.output, args.streaming,
+                            TerminalProgress(args.streaming, mimi.frame_rate))
+    print(f"{summary(args, result)} through {result.codebooks} codebooks ({result.kbps:.2f} kbps) -> {args.output}")
     return 0
 
 

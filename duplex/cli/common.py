@@ -9,9 +9,13 @@ from typing import Optional
 
 import torch
 
+from codec.io.audio import check_writable_format
+
 from ..errors import UsageError
+from ..runtime import devices as runtime_devices
 from ..runtime.checkpoints import ModelFiles
 from ..runtime.engine import Engine
+from ..serving.mic import describe_sound_devices
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -104,20 +108,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device of a --device option."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r}: not a device name (cpu, cuda, cuda:N or auto)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name!r}: duplex runs on cpu or cuda")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+        return runtime_devices.pick_device(name)
+    except UsageError as e:
+        raise UsageError(f"--{e}") from None  # "device 'tpu': ..." becomes "--device 'tpu': ..."
 
 
 def check_output_path(path: str, audio: bool) -> None:
@@ -129,12 +124,7 @@ def check_output_path(path: str, audio: bool) -> None:
     if not os.path.isdir(folder):
         raise UsageError(f"output folder {folder} does not exist")
     if audio:
-        import soundfile as sf
-
-        extension = os.path.splitext(path)[1].lstrip(".").upper()
-        if extension not in sf.available_formats() or sf.default_subtype(extension) is None:
-            raise UsageError(f"output {path}: unknown audio format {extension or '(no extension)'!r}; use .wav, "
-                             ".flac or .ogg")
+        check_writable_format(path)
 
 
 MODEL_FILE_OPTIONS = (("--lm", "lm"), ("--mimi", "mimi"), ("--tokenizer", "tokenizer"), ("--lm-config", "lm_config"),
@@ -158,21 +148,19 @@ def model_files(args) -> ModelFiles:
     return ModelFiles.default()
 
 
-def build_engine(args, slots: int) -> Engine:
-    return Engine.from_files(model_files(args), slots=slots, device=pick_device(args.device),
+def build_engine(args, slots: int, files: Optional[ModelFiles] = None) -> Engine:
+    """The engine on the model options' files (``files``, when the caller has resolved them already)."""
+    return Engine.from_files(files or model_files(args), slots=slots, device=pick_device(args.device),
                              dtype=getattr(torch, args.dtype) if args.dtype else None,
                              cuda_graphs=not args.no_cuda_graphs)
 
 
-def sound_device(value):
-    """A sound device option: an index (digits) or a name."""
-    return int(value) if value is not None and value.isdigit() else value
+def sound_device(value: str):
+    """An argparse type: a sound device, by index (digits) or name."""
+    return int(value) if value.isdigit() else value
 
 
 def list_sound_devices() -> int:
     """``--list-devices`` of ``duplex mic`` and ``duplex client``."""
-    from ..serving.mic import import_sounddevice
-
-    devices = import_sounddevice().query_devices()  # a SoundDeviceError says what is missing
-    print(devices if len(devices) else "no audio devices found (PortAudio sees none on this machine)")
+    print(describe_sound_devices())
     return 0

@@ -6,8 +6,12 @@ import sys
 
 import torch
 
+from codec.io.audio import load_audio, save_audio
+
 from ..errors import UsageError
 from ..runtime.realtime import freeze_startup_objects
+from ..serving import mic
+from ..serving.terminal import LiveText
 from .common import (
     add_model_options,
     build_engine,
@@ -20,11 +24,6 @@ from .common import (
 
 
 def run_mic(args) -> int:
-    from codec.io.audio import load_audio, save_audio
-
-    from ..serving import mic
-    from ..serving.terminal import LiveText
-
     if args.list_devices:
         return list_sound_devices()
     if bool(args.input_file) != bool(args.output_file):
@@ -35,38 +34,25 @@ def run_mic(args) -> int:
         torch.set_num_threads(args.threads)
     engine = build_engine(args, slots=1)
     display = LiveText()  # the model's words and the progress line, neither erasing the other
-
     if args.input_file:
         pcm = load_audio(args.input_file, engine.sample_rate)[0].numpy()
-        seconds = len(pcm) / engine.sample_rate
-        print(f"{args.input_file} ({seconds:.1f} s) through the engine "
+        print(f"{args.input_file} ({len(pcm) / engine.sample_rate:.1f} s) through the engine "
               f"{'in real time' if args.realtime else 'as fast as it goes'}", file=sys.stderr)
-
-        def frame_done(done: int, total: int) -> None:
-            if done % 12 == 0 or done == total:
-                display.status(f"[{done * 0.08:.1f} / {total * 0.08:.1f} s]")
-
-        try:
-            run = mic.run_files(engine, pcm, realtime=args.realtime, on_text=display.write, on_frame=frame_done)
-        finally:
-            display.close()
+        run = mic.run_files(engine, pcm, realtime=args.realtime, display=display)
         save_audio(args.output_file, torch.from_numpy(run.reply), engine.sample_rate)
-        done = len(run.reply) / engine.sample_rate
         if run.interrupted:
-            print(f"interrupted after {done:.2f} s of {seconds:.2f} s: the reply so far is in {args.output_file}",
-                  file=sys.stderr)
+            print(f"interrupted after {run.reply_seconds:.2f} s of {run.seconds:.2f} s: the reply so far is in "
+                  f"{args.output_file}", file=sys.stderr)
             return 130
-        late = (f", {run.clock.misses} of {run.clock.ticks} frames late (max {run.clock.max_late_ms:.0f} ms)"
-                if args.realtime else "")
-        print(f"{args.input_file}: {seconds:.2f} s -> {args.output_file}{late}", file=sys.stderr)
+        late = f", {run.clock.lateness()}" if args.realtime else ""
+        print(f"{args.input_file}: {run.seconds:.2f} s -> {args.output_file}{late}", file=sys.stderr)
         return 0
     print("duplex: talking (Ctrl-C to stop)" + ("; the default model is small and knows only its synthetic "
-          "conversations (README, \"The default model\")" if not args.lm else ""), file=sys.stderr)
+          "conversations (README, \"The default model\")" if engine.files.is_default else ""), file=sys.stderr)
     freeze_startup_objects()
-    stats = mic.run_live(engine, seconds=args.seconds, input_device=sound_device(args.input_device),
-                         output_device=sound_device(args.output_device), display=display)
-    print(f"{stats.frames} frames, {stats.overruns} overruns, {stats.underruns} underruns, "
-          f"{stats.device_xruns} device xruns", file=sys.stderr)
+    stats = mic.run_live(engine, seconds=args.seconds, input_device=args.input_device,
+                         output_device=args.output_device, display=display)
+    print(stats.summary(), file=sys.stderr)
     return 0
 
 
@@ -74,8 +60,8 @@ def register(commands) -> None:
     """``duplex mic``."""
     p = commands.add_parser("mic", help="live demo: talk with the engine through your microphone and speakers")
     add_model_options(p)
-    p.add_argument("--input-device", help="sound input device (index or name; see --list-devices)")
-    p.add_argument("--output-device", help="sound output device (index or name)")
+    p.add_argument("--input-device", type=sound_device, help="sound input device (index or name; see --list-devices)")
+    p.add_argument("--output-device", type=sound_device, help="sound output device (index or name)")
     p.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
     p.add_argument("--seconds", type=positive_float, help="stop after this long (default: Ctrl-C)")
     p.add_argument("--input-file", metavar="AUDIO", help="headless: read the microphone from this file")

@@ -62,6 +62,7 @@ KNOWN_REPOS = {
     "kyutai/moshika-pytorch-bf16": "Moshika 7B (female voice), bfloat16",
     "nvidia/personaplex-7b-v1": "PersonaPlex 7B (NVIDIA's Moshi fine-tune)",
 }
+DEFAULT_SOURCE = "the default model"  # ModelFiles.source of the shipped default model
 RUN_TOKENIZER = "tokenizer.model"  # what ``duplex train lm`` writes beside its model
 
 PathLike = Union[str, os.PathLike]
@@ -96,7 +97,7 @@ class ModelFiles:
     def default(cls) -> "ModelFiles":
         """duplex's own small model, shipped with the package (every command works out of the box, offline)."""
         files = cls(lm=SHIPPED_LM, lm_config=SHIPPED_LM_CONFIG, mimi=SHIPPED_CODEC, mimi_config=SHIPPED_CONFIG,
-                    tokenizer=SHIPPED_TOKENIZER, source="the default model")
+                    tokenizer=SHIPPED_TOKENIZER, source=DEFAULT_SOURCE)
         missing = [path for path in files.paths().values() if not os.path.isfile(path)]
         if missing:
             raise ModelFilesError(f"the default model is missing from this installation: {', '.join(missing)}")
@@ -167,6 +168,21 @@ class ModelFiles:
         # A repository without config.json is Moshi 7B (Kyutai's loader uses its built-in 7B keywords then).
         return cls(lm=found["lm"], lm_config=config_path or "moshi_7b", mimi=found["mimi"], mimi_config=None,
                    tokenizer=found["tokenizer"], source=repo)
+
+    @property
+    def is_default(self) -> bool:
+        """Whether these are the files of the shipped default model (``ModelFiles.default()``)."""
+        return self.source == DEFAULT_SOURCE
+
+    @property
+    def name(self) -> str:
+        """A short name of the model for people (what the server's page shows): the repository, the LM file with
+        its folder, or the default model."""
+        if self.is_default:
+            return "duplex default (small, synthetic conversations)"
+        if self.source and self.source != self.lm:
+            return self.source
+        return os.path.basename(os.path.dirname(os.path.abspath(self.lm))) + "/" + os.path.basename(self.lm)
 
     # ----------------------------------------------------------------------------------------------- loading
     def paths(self) -> Dict[str, Union[None, str, LMConfig]]:

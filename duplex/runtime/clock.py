@@ -88,6 +88,10 @@ class ClockStats:
             self.misses += 1
             self.max_late_ms = max(self.max_late_ms, late_s * 1e3)
 
+    def lateness(self) -> str:
+        """One phrase, e.g. '3 of 250 frames late (max 95 ms)'."""
+        return f"{self.misses} of {self.ticks} frames late (max {self.max_late_ms:.0f} ms)"
+
     def work_percentile(self, q: float) -> Optional[float]:
         """The ``q``-th percentile of the recorded work times in ms (None before any)."""
         return float(np.percentile(self.work_ms, q)) if self.work_ms else None

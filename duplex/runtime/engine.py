@@ -80,6 +80,7 @@ class Engine:
                              f"has {mimi.total_codebooks} of {mimi.cardinality}")
         self.num_codebooks = needed  # as Kyutai's loader: max(dep_q, n_q - dep_q); the caller's codec is untouched
         self.lm, self.mimi, self.tokenizer = lm, mimi, tokenizer
+        self.files: Optional[ModelFiles] = None  # the files it was loaded from (``from_files``), if any
         self.slots = slots
         self.device = lm.device
         self.frame_size = mimi.frame_size
@@ -119,7 +120,9 @@ class Engine:
         """The engine on the model ``files`` name (``ModelFiles.default()``, ``.for_lm(path)``,
         ``.from_hf_cache(repo)``). dtype None: bfloat16 on CUDA, float32 on CPU (the codec is always float32)."""
         lm, mimi, tokenizer = files.load(device, dtype)
-        return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling)
+        engine = cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling)
+        engine.files = files
+        return engine
 
     @classmethod
     def from_checkpoints(cls, lm: Union[str, os.PathLike, MoshiLM], mimi: Union[None, str, os.PathLike, Mimi] = None,

@@ -51,6 +51,7 @@ class ClientResult:
     stream_seconds: float = 0.0  # handshake to the last reply
     reply_times: List[float] = field(default_factory=list)  # perf_counter() of each audio message
     sent_samples: int = 0  # of the input, handed to the connection so far (all of it unless cut short)
+    interrupted: bool = False  # Ctrl-C stopped it (``run_conversation``): the reply is cut there
 
     @property
     def sent_seconds(self) -> float:
@@ -69,6 +70,14 @@ class ClientResult:
         behind = [t[k] - (t[0] + k * FRAME_SECONDS) for k in range(len(t))]
         late = [b for b in behind if b > tolerance]
         return len(late), max(behind, default=0.0)
+
+    def summary(self) -> str:
+        """One line on what was sent and received, e.g. '2.40 of 3.00 s sent, 30 audio messages received, 2 late
+        by more than 80 ms (at most 95 ms)' (after ``finish``: the input's length is the reply's)."""
+        late, worst = self.late_replies()
+        return (f"{self.sent_seconds:.2f} of {len(self.audio) / SAMPLE_RATE:.2f} s sent, {self.audio_messages} audio "
+                "messages received" + (f", {late} late by more than 80 ms (at most {1000 * worst:.0f} ms)" if late
+                                       else ""))
 
     def steady_rate(self, skip: int = 10) -> float:
         """Audio messages per second after the first ``skip`` (the sustained rate)."""
@@ -240,6 +249,20 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
     return result
 
 
+def run_conversation(url: str, pcm: np.ndarray, **options) -> ClientResult:
+    """``converse`` to the end, or until Ctrl-C: then what had arrived, as long as the input, marked
+    ``interrupted`` with the reason in ``errors``, so the caller can still write it (blocking; ``options`` are
+    ``converse``'s)."""
+    result = options.pop("result", None) or ClientResult()
+    try:
+        asyncio.run(converse(url, pcm, result=result, **options))
+    except KeyboardInterrupt:
+        result.interrupted = True
+        result.finish(len(pcm))
+        result.errors.append("interrupted (Ctrl-C): the reply is cut there")
+    return result
+
+
 @dataclass
 class LiveStats:
     sent: int = 0
@@ -248,6 +271,11 @@ class LiveStats:
     dropped: int = 0  # microphone blocks dropped because sending fell behind (> 2 s waiting)
     text: List[str] = field(default_factory=list)
     errors: List[str] = field(default_factory=list)  # what the server said went wrong, and how it ended
+
+    def summary(self) -> str:
+        """One line, e.g. '120 frames sent, 118 received, 3 underruns'."""
+        return (f"{self.sent} frames sent, {self.received} received, {self.underruns} underruns"
+                + (f", {self.dropped} microphone blocks dropped" if self.dropped else ""))
 
 
 async def talk(url: str, raw: bool = False, token: Optional[str] = None, seconds: Optional[float] = None,

@@ -33,6 +33,11 @@ class MicStats:
     device_xruns: int = 0  # over/underflows reported by the sound device
     step_ms: float = 0.0  # last engine step
 
+    def summary(self) -> str:
+        """One line, e.g. '250 frames, 0 overruns, 2 underruns, 0 device xruns'."""
+        return (f"{self.frames} frames, {self.overruns} overruns, {self.underruns} underruns, {self.device_xruns} "
+                "device xruns")
+
 
 def import_sounddevice():
     try:
@@ -43,6 +48,13 @@ def import_sounddevice():
     except ImportError:
         raise SoundDeviceError("live sound needs the 'sounddevice' package: pip install sounddevice") from None
     return sounddevice
+
+
+def describe_sound_devices() -> str:
+    """What PortAudio sees (sounddevice's table of devices), or a line saying it sees none; a SoundDeviceError
+    says what is missing."""
+    devices = import_sounddevice().query_devices()
+    return str(devices) if len(devices) else "no audio devices found (PortAudio sees none on this machine)"
 
 
 class MicSession:
@@ -160,23 +172,32 @@ def run_live(engine, seconds: Optional[float] = None, input_device=None, output_
 @dataclass
 class FileRun:
     """What ``run_files`` produced: ``reply``, the model's audio for the ``frames`` frames done (of ``total``;
-    as long as the input when complete); ``interrupted`` when Ctrl-C stopped it early; ``clock``: late frames."""
+    as long as the input when complete); ``interrupted`` when Ctrl-C stopped it early; ``clock``: late frames;
+    ``seconds`` of input and ``reply_seconds`` of reply."""
 
     reply: np.ndarray
     frames: int
     total: int
     interrupted: bool
     clock: ClockStats
+    seconds: float = 0.0
+    reply_seconds: float = 0.0
+
+
+STATUS_EVERY_FRAMES = 12  # the progress line of run_files: about once a second of audio
 
 
 def run_files(engine, pcm: np.ndarray, realtime: bool = False,
               on_text: Optional[Callable[[str], None]] = None,
-              on_frame: Optional[Callable[[int, int], None]] = None) -> FileRun:
+              on_frame: Optional[Callable[[int, int], None]] = None, display: Optional[LiveText] = None) -> FileRun:
     """Headless: the input file through the engine frame by frame; a reply of the same length.
 
-    ``on_frame(done, total)`` after every frame. Ctrl-C (KeyboardInterrupt) stops it between two frames and
-    returns what was done, marked ``interrupted``, so the caller can keep it."""
+    ``on_text(piece)`` for the model's words, ``on_frame(done, total)`` after every frame; ``display``, when
+    given, shows the words and a progress line ("[1.0 / 2.4 s]", about every second) and is closed at the end.
+    Ctrl-C (KeyboardInterrupt) stops it between two frames and returns what was done, marked ``interrupted``,
+    so the caller can keep it."""
     frame = engine.frame_size
+    frame_seconds = frame / engine.sample_rate
     frames = np.pad(pcm, (0, (-len(pcm)) % frame)).reshape(-1, frame).astype(np.float32)
     slot = engine.open()
     replies = []
@@ -184,10 +205,15 @@ def run_files(engine, pcm: np.ndarray, realtime: bool = False,
     def sink(tick, outputs):
         audio, text = outputs[slot]
         replies.append(audio)
+        done = tick + 1
         if text and on_text:
             on_text(text)
+        if text and display:
+            display.write(text)
+        if display and (done % STATUS_EVERY_FRAMES == 0 or done == len(frames)):
+            display.status(f"[{done * frame_seconds:.1f} / {len(frames) * frame_seconds:.1f} s]")
         if on_frame:
-            on_frame(tick + 1, len(frames))
+            on_frame(done, len(frames))
 
     clock = FrameClock(frame / engine.sample_rate, realtime=realtime)
     interrupted = False
@@ -197,5 +223,8 @@ def run_files(engine, pcm: np.ndarray, realtime: bool = False,
         interrupted = True
     finally:
         engine.close(slot)
+        if display:
+            display.close()
     reply = np.concatenate(replies)[: len(pcm)] if replies else np.zeros(0, np.float32)
-    return FileRun(reply, len(replies), len(frames), interrupted, clock.stats)
+    return FileRun(reply, len(replies), len(frames), interrupted, clock.stats, len(pcm) / engine.sample_rate,
+                   len(reply) / engine.sample_rate)

@@ -1,10 +1,13 @@
-"""``ServerOptions``: what an operator sets (address, token, origins, TLS, the per-connection limits), and the
-TLS context, checked with errors that name the file at fault."""
+"""``ServerOptions``: what an operator sets (address, token, origins, TLS, the per-connection limits); the TLS
+context and the listening port, checked before the model loads (minutes) rather than after; the slot count a
+machine runs in real time; the page's address."""
 
 from __future__ import annotations
 
 import os
+import socket
 import ssl as ssl_module
+import urllib.parse
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -70,3 +73,27 @@ def usable_cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise the OSError that listening on ``host``:``port`` would raise (the port in use, an address not of this
+    machine, a name that does not resolve: ``socket.gaierror``), so that it comes before the model loads, not
+    minutes later. Binds as asyncio does, with SO_REUSEADDR, so a port in TIME_WAIT is no obstacle; port 0 (any
+    free port) always passes."""
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio binds it: IPv6 only, the IPv4 address is checked apart
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
+
+
+def page_url(scheme: str, host: str, port: int, token: Optional[str] = None) -> str:
+    """The browser page's address, with the token the page passes on to the WebSocket (a server listening on all
+    addresses, or on the loopback one, is ``localhost`` to a browser on the same machine)."""
+    host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    query = "?token=" + urllib.parse.quote(token, safe="") if token else ""
+    return f"{scheme}://{host}:{port}/{query}"

@@ -35,7 +35,7 @@ from ..runtime.clock import ClockStats, FrameSchedule
 from ..runtime.engine import Engine, EngineFull
 from .admission import Waiter
 from .limits import ReadBudget
-from .options import ServerOptions, tls_context
+from .options import ServerOptions, page_url, tls_context
 from .protocol import HANDSHAKE, SessionOptions, error_message, message, parse_query
 from .session import SESSION_COUNTERS, Session, SessionStats, worth_logging
 
@@ -85,6 +85,11 @@ class VoiceServer:
     @property
     def port(self) -> int:
         return self._server.sockets[0].getsockname()[1] if self._server else self.options.port
+
+    @property
+    def page_url(self) -> str:
+        """The browser page's address (with the token, if one is required)."""
+        return page_url("https" if self.options.ssl_cert else "http", self.options.host, self.port, self.options.token)
 
     async def stop(self) -> None:
         if self._ticker:

@@ -50,8 +50,6 @@ def test_encode_then_decode_equals_roundtrip(tmp_path, wav, small_mimi):
 
 
 def test_the_summary_says_what_loading_converted(tmp_path, capsys):
-    import numpy as np
-
     stereo = tmp_path / "st16.wav"
     sf.write(stereo, (0.05 * np.random.default_rng(0).standard_normal((8000, 2))).astype(np.float32), 16000)
     assert main(["codec", "roundtrip", str(stereo), str(tmp_path / "o.wav"), *CODEC]) == 0
@@ -63,22 +61,6 @@ def test_streaming_mode(tmp_path, wav):
     out = tmp_path / "out.wav"
     assert main(["codec", "roundtrip", str(wav), str(out), "--streaming", *CODEC]) == 0
     assert sf.read(out)[0].shape == (5000,)
-
-
-def test_streaming_in_chunks_equals_offline(tmp_path, monkeypatch):
-    """Long streaming runs go chunk by chunk (to report progress), the stream's state carried across chunks: the
-    codes equal the offline ones."""
-    import duplex.cli.codec as codec_command
-
-    monkeypatch.setattr(codec_command, "CHUNK_FRAMES", 3)
-    audio = tmp_path / "long.wav"
-    sf.write(audio, (0.1 * np.sin(np.arange(10 * 1920) / 9.0)).astype(np.float32), 24000)
-    for mode in ([], ["--streaming"]):
-        assert main(["codec", "encode", str(audio), str(tmp_path / f"codes{len(mode)}.safetensors"), *mode,
-                     *CODEC]) == 0
-    with safe_open(str(tmp_path / "codes0.safetensors"), "pt") as a, \
-            safe_open(str(tmp_path / "codes1.safetensors"), "pt") as b:
-        assert torch.equal(a.get_tensor("codes"), b.get_tensor("codes"))
 
 
 def test_without_a_checkpoint_the_shipped_codec_is_used(tmp_path, wav, capsys, monkeypatch):
@@ -441,13 +423,6 @@ def test_client_live_mode_without_a_sound_device_is_one_line(capsys, monkeypatch
     assert main(["client", "--url", "ws://127.0.0.1:9", "--seconds", "1"]) == 2
     err = capsys.readouterr().err
     assert "cannot open the sound device" in err and "--list-devices" in err and "Traceback" not in err
-
-
-def test_the_startup_line_gives_the_page_url_with_its_token():
-    from duplex.cli.serve import browser_url
-
-    assert browser_url("http", "0.0.0.0", 8998) == "http://localhost:8998/"
-    assert browser_url("https", "example.org", 443, "a b&c") == "https://example.org:443/?token=a%20b%26c"
 
 
 def test_a_moshi_lm_without_its_codec_is_refused(tmp_path, capsys):

@@ -56,6 +56,18 @@ def test_the_default_model_is_the_shipped_files():
     assert files.voice_prompts == () and files.lora_adapters == () and files.quantization is None
 
 
+def test_the_name_people_see(run):
+    """What the server's page shows as the model: the default model, the LM file with its folder, the repository
+    (a Hugging Face one used to be announced as the default model at start-up)."""
+    assert ModelFiles.default().is_default
+    assert ModelFiles.default().name == "duplex default (small, synthetic conversations)"
+    files = ModelFiles.for_lm(run / "model.safetensors")
+    assert not files.is_default and files.name == f"{run.name}/model.safetensors"
+    repo = ModelFiles(lm="/cache/x/model.safetensors", lm_config="moshi_7b", mimi="/cache/x/mimi.safetensors",
+                      source="kyutai/moshiko-pytorch-bf16")
+    assert repo.name == "kyutai/moshiko-pytorch-bf16" and not repo.is_default
+
+
 def test_an_lm_file_finds_its_config_and_tokenizer_beside_it(run):
     shutil.copy(MIMI_SMALL, run / "codec.safetensors")
     shutil.copy(MIMI_SMALL_CONFIG, run / "codec.json")
@@ -89,6 +101,7 @@ def test_engine_from_checkpoints_uses_the_config_beside_the_lm(run):
 def test_engine_from_files_runs(run):
     files = ModelFiles.for_lm(run / "model.safetensors", mimi=MIMI_SMALL, mimi_config=MIMI_SMALL_CONFIG)
     engine = Engine.from_files(files, slots=2, device="cpu", dtype=torch.float32)
+    assert engine.files == files  # what it was loaded from, for the server's page
     reference = Engine.from_checkpoints(MoshiLM.from_checkpoint(LM_SMALL, LM_SMALL_CONFIG, dtype=torch.float32),
                                         MIMI_SMALL, mimi_config=MIMI_SMALL_CONFIG, slots=2)
     outputs = []

@@ -165,3 +165,24 @@ def test_no_server_at_the_address_is_one_line(tmp_path, audio_in, capsys):
     assert main(["client", str(audio_in), str(tmp_path / "out.wav"), "--url", f"ws://127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"cannot reach ws://127.0.0.1:{port}" in err and "refused" in err
+
+
+def test_run_conversation_keeps_what_arrived_on_ctrl_c(monkeypatch):
+    monkeypatch.setattr(client_module, "converse", fake_converse(seconds_sent=1.0, interrupt=True))
+    pcm = speech(3.0)
+    result = client_module.run_conversation("ws://unused", pcm, on_text=lambda piece: None,
+                                            on_progress=lambda seconds: None)
+    assert result.interrupted and not result.complete and len(result.audio) == len(pcm)
+    assert result.errors == ["interrupted (Ctrl-C): the reply is cut there"]
+    assert result.summary() == "1.00 of 3.00 s sent, 3 audio messages received"
+
+
+def test_the_summaries_count_what_went_and_came():
+    result = client_module.ClientResult(sent_samples=48000, audio_messages=4,
+                                        reply_times=[0.0, 0.08, 0.30, 0.33]).finish(72000)
+    assert result.summary() == ("2.00 of 3.00 s sent, 4 audio messages received, 2 late by more than 80 ms (at "
+                                "most 140 ms)")
+    live = client_module.LiveStats(sent=10, received=9, underruns=1)
+    assert live.summary() == "10 frames sent, 9 received, 1 underruns"
+    live.dropped = 2
+    assert live.summary().endswith(", 2 microphone blocks dropped")

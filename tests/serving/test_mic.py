@@ -222,3 +222,33 @@ def test_ctrl_c_on_the_command_keeps_the_reply_so_far(tmp_path):
     data, rate = sf.read(out)
     assert rate == 24000 and 0 < len(data) < 20 * 24000 and len(data) % 1920 == 0, len(data)
     assert "interrupted after" in err and f"the reply so far is in {out}" in err, err
+
+
+def test_run_files_shows_progress_about_every_second_and_says_what_it_did():
+    import io
+
+    from duplex.runtime.clock import ClockStats
+    from duplex.serving.terminal import LiveText
+
+    class Status(io.StringIO):
+        def isatty(self):
+            return True
+
+    status = Status()
+    run = mic.run_files(make_engine(1), np.zeros(30 * 1920, np.float32), display=LiveText(io.StringIO(), status))
+    assert (run.frames, run.total, run.interrupted, run.seconds, run.reply_seconds) == (30, 30, False, 2.4, 2.4)
+    shown = re.findall(r"\[[0-9.]+ / 2\.4 s\]", status.getvalue())
+    assert shown == ["[1.0 / 2.4 s]", "[1.9 / 2.4 s]", "[2.4 / 2.4 s]"]  # frames 12, 24 and the last
+    assert status.getvalue().endswith("\r\x1b[K")  # closed: the progress line is gone
+    assert ClockStats(ticks=250, misses=3, max_late_ms=95.2).lateness() == "3 of 250 frames late (max 95 ms)"
+    assert mic.MicStats(frames=250, underruns=2).summary() == "250 frames, 0 overruns, 2 underruns, 0 device xruns"
+
+
+def test_listing_sound_devices_says_when_there_are_none(monkeypatch):
+    class NoDevices:
+        @staticmethod
+        def query_devices():
+            return []
+
+    monkeypatch.setattr(mic, "import_sounddevice", lambda: NoDevices)
+    assert mic.describe_sound_devices() == "no audio devices found (PortAudio sees none on this machine)"

@@ -2,6 +2,7 @@
 at start-up; a busy port named with its option before the model loads; Ctrl-C ends both at once, exit 130."""
 
 import errno
+import logging
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from helpers import SMALL_MODEL_ARGS
 
 import duplex.cli.serve as serve_command
 from duplex.cli import main
+from duplex.runtime.checkpoints import ModelFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +37,7 @@ def test_the_default_slot_count_comes_from_the_machine(device, cores, slots):
 def test_serve_says_how_many_slots_it_chose_and_how_to_change_it(monkeypatch, capsys):
     chosen = []
 
-    def build_engine(args, slots):
+    def build_engine(args, slots, files=None):
         chosen.append(slots)
         raise ModelLoaded
 
@@ -51,8 +53,35 @@ def test_serve_says_how_many_slots_it_chose_and_how_to_change_it(monkeypatch, ca
     assert chosen[-1] == 3 and "default for this machine" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("files, default", [(ModelFiles.default(), True),
+                                            (ModelFiles(lm="/hub/model.safetensors", lm_config="moshi_7b",
+                                                        mimi="/hub/mimi.safetensors",
+                                                        source="kyutai/moshiko-pytorch-bf16"), False)])
+def test_only_the_default_model_is_announced_as_the_default_model(monkeypatch, caplog, files, default):
+    """A published model from --hf-repo used to be announced as "the default model" at start-up."""
+    class Engine:
+        pass
+
+    def build_engine(args, slots, files=None):
+        engine = Engine()
+        engine.files = files
+        return engine
+
+    def server(engine, options):
+        assert options.model_name == files.name
+        raise ModelLoaded
+
+    monkeypatch.setattr(serve_command, "model_files", lambda args: files)
+    monkeypatch.setattr(serve_command, "build_engine", build_engine)
+    monkeypatch.setattr(serve_command, "VoiceServer", server)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ModelLoaded):
+        main(["serve", "--port", "0", "--slots", "1", "--hf-repo", "kyutai/moshiko-pytorch-bf16"])
+    assert ("serving the default model" in caplog.text) == default
+
+
 def test_a_busy_port_is_one_line_naming_the_option_before_the_model_loads(monkeypatch, capsys):
-    def build_engine(args, slots):
+    def build_engine(args, slots, files=None):
         raise AssertionError("the model was loaded before the port was checked")
 
     monkeypatch.setattr(serve_command, "build_engine", build_engine)
@@ -69,6 +98,25 @@ def test_a_port_taken_between_the_check_and_the_listen_names_the_option_too():
     line = serve_command.listen_error("127.0.0.1", 8998, OSError(errno.EADDRINUSE, "address already in use"))
     assert "--port" in line and "8998" in line
     assert "--port" not in serve_command.listen_error("example.org", 80, OSError(errno.EACCES, "Permission denied"))
+
+
+def test_the_startup_line_gives_the_page_url_with_its_token():
+    from duplex.serving.options import page_url
+
+    assert page_url("http", "0.0.0.0", 8998) == "http://localhost:8998/"
+    assert page_url("https", "example.org", 443, "a b&c") == "https://example.org:443/?token=a%20b%26c"
+
+
+def test_a_port_in_use_is_the_error_listening_would_raise():
+    from duplex.serving.options import check_port_free
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(OSError) as refused:
+            check_port_free("127.0.0.1", busy.getsockname()[1])
+    assert refused.value.errno == errno.EADDRINUSE
+    check_port_free("127.0.0.1", 0)  # any free port
 
 
 def start(command):
