@@ -7,14 +7,15 @@ import sys
 
 import torch
 
-from codec import SHIPPED_CODEC, SHIPPED_CONFIG, Mimi
+from codec import Mimi
 from codec.eval import bench as codec_bench
 
 from ..bench import codec_quality, latency, lm
+from ..bench.codec import codec_to_time
 from ..bench.fuzz import format_fuzz_report, fuzz_server
 from ..bench.serve import bench_serve, format_report
 from ..errors import UsageError
-from ..runtime.checkpoints import SHIPPED_LM, SHIPPED_LM_CONFIG, codec_config_for, codec_files, lm_config_for
+from ..runtime.checkpoints import codec_files
 from . import turns
 from .codec import config_hint
 from .common import (
@@ -48,14 +49,7 @@ def _show(table: str, caveats, report: dict, args) -> None:
 
 def run_bench_codec(args) -> int:
     device, progress = _timing(args)
-    if args.checkpoint:
-        checkpoint, config = args.checkpoint, codec_config_for(args.checkpoint, args.config)
-    elif args.config == "official":  # Kyutai's Mimi shape, random weights (the timing does not depend on them)
-        checkpoint, config = None, None
-    elif args.config:
-        checkpoint, config = None, args.config
-    else:  # the codec duplex serve runs by default
-        checkpoint, config = SHIPPED_CODEC, SHIPPED_CONFIG
+    checkpoint, config = codec_to_time(args.checkpoint, args.config)
     report = codec_bench.bench_codec(config=config, checkpoint=checkpoint, device=str(device),
                                      batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup,
                                      num_codebooks=args.num_codebooks, progress=progress)
@@ -65,11 +59,7 @@ def run_bench_codec(args) -> int:
 
 def run_bench_lm(args) -> int:
     device, progress = _timing(args)
-    checkpoint, config = args.checkpoint, args.config
-    if checkpoint is None and config is None:
-        checkpoint, config = SHIPPED_LM, SHIPPED_LM_CONFIG
-    elif checkpoint is not None and config is None:
-        config = lm_config_for(checkpoint)  # beside it, or Moshi 7B's shapes, or a ModelFilesError
+    checkpoint, config = lm.lm_to_time(args.checkpoint, args.config)
     report = lm.bench_lm(config=config, checkpoint=checkpoint, device=str(device), dtype=getattr(torch, args.dtype),
                          batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup, progress=progress)
     _show(lm.format_table(report), lm.report_caveats(report), report, args)
