@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..data.encode import ConsoleProgress, encode_corpus, format_encoded
+from ..data.synth.conversation import SynthOptions, conversations_for_hours, format_corpus, synthesize_corpus
 from ..errors import UsageError
+from .codec import load_codec
 from .common import add_codec_options, non_negative, positive, positive_float
 from .options import OptionsParser, dataclass_defaults, signature_defaults
 
@@ -27,8 +30,6 @@ def _shares(items) -> dict:
 
 
 def run_synth(args) -> int:
-    from ..data.synth.conversation import SynthOptions, conversations_for_hours, format_corpus, synthesize_corpus
-
     options = SynthOptions(min_seconds=args.min_seconds, max_seconds=args.max_seconds,
                            heldout_every=args.heldout_every, noise=args.noise,
                            level_variation=not args.no_level_variation)
@@ -48,9 +49,6 @@ def run_synth(args) -> int:
 
 
 def run_encode(args) -> int:
-    from ..data.encode import ConsoleProgress, encode_corpus, format_encoded
-    from .codec import load_codec
-
     mimi = load_codec(args)
     start = time.time()
     with ConsoleProgress() as progress:
@@ -60,8 +58,6 @@ def run_encode(args) -> int:
 
 
 def _synth_defaults() -> dict:
-    from ..data.synth.conversation import SynthOptions, synthesize_corpus
-
     defaults = {**signature_defaults(synthesize_corpus), **dataclass_defaults(SynthOptions)}
     defaults["shares"] = [f"{name}={share}" for name, share in defaults["shares"].items()]
     del defaults["workers"]  # the command's default is every core, the library's one process
