@@ -30,6 +30,7 @@ from ..serving.client import converse
 from ..serving.protocol import AUDIO, CONTROL, FRAME_SIZE, HANDSHAKE, METADATA, PING, SAMPLE_RATE, message
 from .serve import client_signal, fetch_stats, serve_here, where
 
+SLOTS = 2  # a server fuzzed here needs two: one for a hostile client, one for the health check's well-behaved one
 FAMILIES = ("malformed", "oversized", "bomb", "flood", "churn", "queue", "http")
 
 
@@ -318,6 +319,9 @@ def fuzz_server(engine=None, url: Optional[str] = None, messages: int = 3000, se
         raise ValueError("give an engine to serve or the url of a running server, not both")
     if url is not None:
         return {"url": url, **asyncio.run(fuzz(url, messages=messages, seed=seed, token=token, progress=progress))}
+    if engine.slots < SLOTS:
+        raise ValueError(f"fuzzing needs an engine of {SLOTS} slots or more (a hostile client and the health "
+                         f"check's); this one has {engine.slots}")
     before = resident_mb()
     with LogWatcher() as watcher:
         report = serve_here(engine, lambda url: fuzz(url, messages=messages, seed=seed, log_problems=watcher.take,

@@ -10,9 +10,8 @@ import torch
 from codec import Mimi
 from codec.eval import bench as codec_bench
 
-from ..bench import codec_quality, latency, lm
+from ..bench import codec_quality, fuzz, latency, lm
 from ..bench.codec import codec_to_time
-from ..bench.fuzz import format_fuzz_report, fuzz_server
 from ..bench.serve import bench_serve, format_report
 from ..errors import UsageError
 from ..runtime.checkpoints import codec_files
@@ -102,12 +101,12 @@ def run_bench_codec_quality(args) -> int:
 
 def run_bench_serve(args) -> int:
     check_report_paths(args)
-    needed = 2 if args.fuzz else args.clients
+    needed = fuzz.SLOTS if args.fuzz else args.clients
     if args.url and (args.lm or args.mimi or args.slots):
         raise UsageError("--url loads a running server: the model and --slots options are for one started here")
     if args.slots and args.slots < needed:
         raise UsageError(f"--slots {args.slots} is fewer than --clients {args.clients}" if not args.fuzz else
-                         "--fuzz needs --slots 2 or more (a hostile client and the health check's)")
+                         f"--fuzz needs --slots {fuzz.SLOTS} or more (a hostile client and the health check's)")
 
     def progress(text: str) -> None:
         print(f"duplex bench serve: {text}", file=sys.stderr)
@@ -117,15 +116,15 @@ def run_bench_serve(args) -> int:
             torch.set_num_threads(args.threads)
         engine = None if args.url else build_engine(args, args.slots or needed)
         if args.fuzz:
-            report = fuzz_server(engine, args.url, messages=args.fuzz, seed=args.seed, token=args.token,
-                                 progress=progress)
+            report = fuzz.fuzz_server(engine, args.url, messages=args.fuzz, seed=args.seed, token=args.token,
+                                      progress=progress)
         else:
             report = bench_serve(engine, args.url, clients=args.clients, seconds=args.seconds, formats=args.formats,
                                  nice=args.client_nice, token=args.token, progress=progress)
     except KeyboardInterrupt:  # the clients and the server are stopped by then
         print("duplex bench serve: interrupted (Ctrl-C): no report", file=sys.stderr)
         return 130
-    print(format_fuzz_report(report, args.fuzz) if args.fuzz else format_report(report))
+    print(fuzz.format_fuzz_report(report, args.fuzz) if args.fuzz else format_report(report))
     write_json(report, args)
     if args.fuzz:
         return 0 if report["healthy"] else 1

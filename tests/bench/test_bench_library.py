@@ -100,6 +100,13 @@ def test_fuzzing_a_server_with_a_token_is_refused_in_one_line(capsys):
     assert "requires a token is not supported" in capsys.readouterr().err
 
 
+def test_fuzzing_here_needs_two_slots():
+    with pytest.raises(ValueError, match="2 slots or more"):
+        fuzz.fuzz_server(FakeEngine(slots=1), messages=10)
+    with pytest.raises(ValueError, match="not both"):
+        fuzz.fuzz_server(FakeEngine(), "ws://127.0.0.1:9")
+
+
 def test_a_run_freezes_the_startup_objects_and_gives_them_back(tmp_path):
     """As duplex serve does, the engine is kept out of the collector's full passes while samples run; after the
     run (finished or interrupted) the caller's collector is as it was."""
