@@ -8,8 +8,8 @@ import shutil
 import sys
 
 import pytest
+from fake_engine import FakeEngine, fdb_set
 from helpers import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
-from test_turns_run import FakeEngine, _fdb_set
 
 from codec import SHIPPED_CODEC, SHIPPED_CONFIG
 from codec.eval import bench as codec_bench
@@ -117,7 +117,7 @@ def test_a_run_freezes_the_startup_objects_and_gives_them_back(tmp_path):
             frozen.append(gc.get_freeze_count())
             return super().step(frames)
 
-    source = _fdb_set(tmp_path / "set")
+    source = fdb_set(tmp_path / "set")
     assert gc.get_freeze_count() == 0
     with pytest.raises(runner.RunInterrupted):
         runner.run_samples(Recording(interrupt_at_step=5), source, tmp_path / "out")
