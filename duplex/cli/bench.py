@@ -73,9 +73,8 @@ def run_bench_latency(args) -> int:
         raise UsageError(f"unknown --model {args.model!r}: {', '.join(latency.MODELS)} (the LM presets with random "
                          "weights); or pass --lm")
     device, progress = _timing(args)
-    if device.type != "cuda" and "graphs" in args.modes:
-        print("note: CUDA graphs exist only on CUDA; on the CPU the step runs eagerly (timed once, as eager)",
-              file=sys.stderr)
+    for note in latency.device_notes(str(device), args.modes):
+        print(note, file=sys.stderr)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = latency.bench_latency(model=args.model, device=str(device), dtype=dtype,
                                    batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames,

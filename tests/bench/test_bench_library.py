@@ -13,7 +13,7 @@ from helpers import LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
 
 from codec import SHIPPED_CODEC, SHIPPED_CONFIG
 from codec.eval import bench as codec_bench
-from duplex.bench import fuzz, serve
+from duplex.bench import fuzz, latency, serve
 from duplex.bench.codec import codec_to_time
 from duplex.bench.lm import lm_to_time
 from duplex.bench.turntaking import make_set, runner, score
@@ -47,6 +47,12 @@ def test_the_lm_to_time(tmp_path):
     shutil.copy(LM_SMALL_CONFIG, tmp_path / "lm.json")
     assert lm_to_time(str(tmp_path / "lm.safetensors")) == (str(tmp_path / "lm.safetensors"),
                                                             str(tmp_path / "lm.json"))  # the config beside it
+
+
+def test_bench_latency_says_before_it_runs_that_the_cpu_has_no_graphs():
+    assert latency.device_notes("cpu", ["eager", "graphs"]) == [
+        "note: CUDA graphs exist only on CUDA; on the CPU the step runs eagerly (timed once, as eager)"]
+    assert latency.device_notes("cpu", ["eager"]) == [] and latency.device_notes("cuda:0", ["graphs"]) == []
 
 
 @pytest.mark.parametrize("call, line", [
