@@ -6,6 +6,7 @@ real weights. Inputs are low-level noise so no activation saturates or turns den
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import List, Optional, Sequence
 
@@ -83,6 +84,14 @@ def bench_codec(config: ConfigLike = None, checkpoint: Optional[str] = None, dev
         "date": time.strftime("%Y-%m-%d"),
         "results": results,
     }
+
+
+def console_progress(batch, done: int, total: int) -> None:
+    """A ``progress`` callback of the frame benchmarks for a person: ``batch B: frame D/T`` rewritten in place on a
+    terminal's stderr, ending its line at the last frame; nothing when stderr is a file or a pipe (a log would fill
+    with one line per frame)."""
+    if sys.stderr.isatty():
+        print(f"\rbatch {batch}: frame {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
 
 
 def caveats(frames: int, rows) -> List[str]:

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import logging
 import random
+import resource
 import struct
 from typing import Callable, Dict, List, Optional
 from urllib.parse import urlsplit
@@ -24,10 +25,12 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from ..errors import UsageError
 from ..serving.client import converse
 from ..serving.protocol import AUDIO, CONTROL, FRAME_SIZE, HANDSHAKE, METADATA, PING, SAMPLE_RATE, message
-from .serve import client_signal, fetch_stats
+from .serve import client_signal, fetch_stats, serve_here, where
 
+SLOTS = 2  # a server fuzzed here needs two: one for a hostile client, one for the health check's well-behaved one
 FAMILIES = ("malformed", "oversized", "bomb", "flood", "churn", "queue", "http")
 
 
@@ -286,7 +289,7 @@ async def fuzz(url: str, messages: int = 3000, seed: int = 0, families=FAMILIES,
     """Each family gets an equal share of ``messages``, then the health check (and ``log_problems()``: what the
     server logged that it should not have, when it runs in this process)."""
     if token:
-        raise ValueError("fuzzing a server that requires a token is not supported: its refusals are all one sees")
+        raise UsageError("fuzzing a server that requires a token is not supported: its refusals are all one sees")
     rng = random.Random(seed)
     share = max(10, messages // len(families))
     results = []
@@ -303,6 +306,38 @@ async def fuzz(url: str, messages: int = 3000, seed: int = 0, families=FAMILIES,
         progress and progress(f"{name}: {result['messages']} messages, {result['connections']} connections, "
                               + ("healthy" if not result["problems"] else "; ".join(result["problems"])))
     return {"seed": seed, "families": results, "healthy": all(not r["problems"] for r in results)}
+
+
+def fuzz_server(engine=None, url: Optional[str] = None, messages: int = 3000, seed: int = 0,
+                token: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> Dict:
+    """``fuzz`` against ``url`` (``token``: its token), or against a VoiceServer on ``engine`` started here on a
+    free loopback port (one waiting client at most, so that the jammed-queue family finds the queue's end). A server
+    started here is also watched for what it logs (``LogWatcher``), and the report gives this process's resident memory before
+    and after (server and fuzzer together) as ``resident_mb``: a leak shows there. From ``url``, only the health
+    checks: what that server logs cannot be seen from here."""
+    if (engine is None) == (url is None):
+        raise ValueError("give an engine to serve or the url of a running server, not both")
+    if url is not None:
+        return {"url": url, **asyncio.run(fuzz(url, messages=messages, seed=seed, token=token, progress=progress))}
+    if engine.slots < SLOTS:
+        raise ValueError(f"fuzzing needs an engine of {SLOTS} slots or more (a hostile client and the health "
+                         f"check's); this one has {engine.slots}")
+    before = resident_mb()
+    with LogWatcher() as watcher:
+        report = serve_here(engine, lambda url: fuzz(url, messages=messages, seed=seed, log_problems=watcher.take,
+                                                     progress=progress),
+                            max_waiting=1)
+    report["resident_mb"] = {"before": before, "after": resident_mb()}
+    return report
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MB (NaN where /proc is missing: not Linux)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * resource.getpagesize() / 2**20, 1)
+    except OSError:
+        return float("nan")
 
 
 class LogWatcher(logging.Handler):
@@ -336,11 +371,18 @@ class LogWatcher(logging.Handler):
         root.setLevel(self._level)
 
 
-def format_fuzz_report(report: Dict) -> str:
-    rows = [f"{'family':>10} {'messages':>8} {'connections':>11}  closes (server's code)  health"]
+def format_fuzz_report(report: Dict, messages: int) -> str:
+    """What ``duplex bench serve --fuzz MESSAGES`` prints: a title line, a row per family, the verdict and, for a
+    server started here, the resident memory."""
+    rows = [f"# serve --fuzz {messages} (seed {report['seed']}) against {where(report)}",
+            f"{'family':>10} {'messages':>8} {'connections':>11}  closes (server's code)  health"]
     for r in report["families"]:
         closes = ", ".join(f"{k}: {v}" for k, v in r["closes"].items()) or "-"
         rows.append(f"{r['family']:>10} {r['messages']:>8} {r['connections']:>11}  {closes}  "
                     + ("healthy" if not r["problems"] else "; ".join(r["problems"])))
     rows.append("healthy after every family" if report["healthy"] else "NOT healthy: see the families above")
+    if "resident_mb" in report:
+        memory = report["resident_mb"]
+        rows.append(f"resident memory of this process (server and fuzzer): {memory['before']:.0f} MB before, "
+                    f"{memory['after']:.0f} MB after")
     return "\n".join(rows)

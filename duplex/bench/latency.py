@@ -72,6 +72,14 @@ def _frames_ms(engine: Engine, frames: int, warmup: int, progress=None, label=""
     return engine.timer.summary()
 
 
+def device_notes(device: str, modes: Sequence[str]) -> List[str]:
+    """What ``bench_latency`` will do otherwise than asked on ``device``, to say before it runs: off CUDA there
+    are no CUDA graphs, and the 'graphs' mode is timed once, as eager."""
+    if torch.device(device).type != "cuda" and "graphs" in modes:
+        return ["note: CUDA graphs exist only on CUDA; on the CPU the step runs eagerly (timed once, as eager)"]
+    return []
+
+
 def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[torch.dtype] = None,
                   batch_sizes: Sequence[int] = BATCH_SIZES, modes: Sequence[str] = MODES,
                   frames: int = FRAMES, warmup: int = WARMUP, files: Optional[ModelFiles] = None,

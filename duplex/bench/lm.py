@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -12,6 +12,20 @@ from codec.utils.stats import describe_device, summary
 
 from ..model.config import LMConfig
 from ..model.lm import MoshiLM
+from ..runtime.checkpoints import SHIPPED_LM, SHIPPED_LM_CONFIG, lm_config_for
+
+
+def lm_to_time(checkpoint: Optional[str] = None, config: "LMConfig | str | None" = None
+               ) -> Tuple[Optional[str], "LMConfig | str"]:
+    """(checkpoint, config) for ``bench_lm``: neither given, the shipped LM (what ``duplex serve`` runs); a
+    checkpoint alone, with its config (beside it, or Moshi 7B's shapes for a file with its tensors:
+    ``runtime.checkpoints.lm_config_for``, which raises ``ModelFilesError`` otherwise); a config (a preset or a
+    JSON file), as given: random weights of that shape without a checkpoint."""
+    if checkpoint is None and config is None:
+        return SHIPPED_LM, SHIPPED_LM_CONFIG
+    if config is None:
+        return checkpoint, lm_config_for(checkpoint)
+    return checkpoint, config
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from ..runtime.realtime import freeze_startup_objects
 from ..serving.client import chat_url, converse
 from ..serving.protocol import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
 
@@ -191,7 +193,9 @@ def serve_here(engine, work, server_options=None, token: Optional[str] = None, *
     """Run ``work(url)`` (a coroutine function) against a VoiceServer on ``engine`` started on a free loopback
     port (``server_options`` and ``options`` as ServerOptions, host and port replaced); returns its result with
     the server's hardware and torch version. The server's own log lines below errors are silenced meanwhile:
-    the report counts what its warnings (late ticks, dropped frames) would say."""
+    the report counts what its warnings (late ticks, dropped frames) would say. As ``duplex serve`` does, what is
+    alive at the start (the engine) is kept out of the garbage collector's full passes while the server runs
+    (``runtime.realtime.freeze_startup_objects``), and given back after, so the caller's collector is as it was."""
     # Here, not at the top: client processes import this module and must not load torch (seconds each).
     import torch  # noqa: PLC0415 - keeps the client processes torch-free
 
@@ -210,8 +214,12 @@ def serve_here(engine, work, server_options=None, token: Optional[str] = None, *
         finally:
             await server.stop()
 
-    with quiet("duplex.serving"):
-        result = asyncio.run(main())
+    freeze_startup_objects()
+    try:
+        with quiet("duplex.serving"):
+            result = asyncio.run(main())
+    finally:
+        gc.unfreeze()
     return {"url": None, "hardware": describe_device(engine.device), "torch": torch.__version__, **result}
 
 
@@ -247,9 +255,16 @@ def verdict(report: dict) -> str:
         "NOT real time: " + "; ".join(problems)
 
 
+def where(report: dict) -> str:
+    """Which server a report measured: its address, or the one started here (its hardware and torch)."""
+    return report.get("url") or f"a server started here ({report['hardware']}, torch {report['torch']})"
+
+
 def format_report(report: dict) -> str:
-    """The table ``duplex bench serve`` prints."""
-    rows = [f"{'client':>6} {'format':>6} {'replies/sent':>12} {'lost':>5} {'msg/s':>6} {'late':>5} "
+    """What ``duplex bench serve`` prints: a title line, one row per client, the server's line, the verdict."""
+    rows = [f"# serve -- {report['clients_count']} x {report['seconds']:g} s ({report['formats']}) against "
+            f"{where(report)}",
+            f"{'client':>6} {'format':>6} {'replies/sent':>12} {'lost':>5} {'msg/s':>6} {'late':>5} "
             f"{'max late ms':>11}  errors"]
     for c in report["clients"]:
         if "exception" in c:

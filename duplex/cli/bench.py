@@ -3,22 +3,18 @@ benchmark, print the table it formats (figure caveats on stderr), write the JSON
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import resource
 import sys
 
 import torch
 
-from codec import SHIPPED_CODEC, SHIPPED_CONFIG, Mimi
+from codec import Mimi
 from codec.eval import bench as codec_bench
 
-from ..bench import codec_quality, latency, lm
-from ..bench.fuzz import LogWatcher, format_fuzz_report, fuzz
-from ..bench.serve import bench_serve, format_report, serve_here
+from ..bench import codec_quality, fuzz, latency, lm
+from ..bench.codec import codec_to_time
+from ..bench.serve import bench_serve, format_report
 from ..errors import UsageError
-from ..runtime.checkpoints import SHIPPED_LM, SHIPPED_LM_CONFIG, codec_config_for, codec_files, lm_config_for
-from ..runtime.realtime import freeze_startup_objects
+from ..runtime.checkpoints import codec_files
 from . import turns
 from .codec import config_hint
 from .common import (
@@ -39,12 +35,7 @@ def _timing(args):
     check_report_paths(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    def progress(batch, done, total):
-        if sys.stderr.isatty():
-            print(f"\rbatch {batch}: frame {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
-
-    return pick_device(args.device), progress
+    return pick_device(args.device), codec_bench.console_progress
 
 
 def _show(table: str, caveats, report: dict, args) -> None:
@@ -57,14 +48,7 @@ def _show(table: str, caveats, report: dict, args) -> None:
 
 def run_bench_codec(args) -> int:
     device, progress = _timing(args)
-    if args.checkpoint:
-        checkpoint, config = args.checkpoint, codec_config_for(args.checkpoint, args.config)
-    elif args.config == "official":  # Kyutai's Mimi shape, random weights (the timing does not depend on them)
-        checkpoint, config = None, None
-    elif args.config:
-        checkpoint, config = None, args.config
-    else:  # the codec duplex serve runs by default
-        checkpoint, config = SHIPPED_CODEC, SHIPPED_CONFIG
+    checkpoint, config = codec_to_time(args.checkpoint, args.config)
     report = codec_bench.bench_codec(config=config, checkpoint=checkpoint, device=str(device),
                                      batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup,
                                      num_codebooks=args.num_codebooks, progress=progress)
@@ -74,11 +58,7 @@ def run_bench_codec(args) -> int:
 
 def run_bench_lm(args) -> int:
     device, progress = _timing(args)
-    checkpoint, config = args.checkpoint, args.config
-    if checkpoint is None and config is None:
-        checkpoint, config = SHIPPED_LM, SHIPPED_LM_CONFIG
-    elif checkpoint is not None and config is None:
-        config = lm_config_for(checkpoint)  # beside it, or Moshi 7B's shapes, or a ModelFilesError
+    checkpoint, config = lm.lm_to_time(args.checkpoint, args.config)
     report = lm.bench_lm(config=config, checkpoint=checkpoint, device=str(device), dtype=getattr(torch, args.dtype),
                          batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup, progress=progress)
     _show(lm.format_table(report), lm.report_caveats(report), report, args)
@@ -93,9 +73,8 @@ def run_bench_latency(args) -> int:
         raise UsageError(f"unknown --model {args.model!r}: {', '.join(latency.MODELS)} (the LM presets with random "
                          "weights); or pass --lm")
     device, progress = _timing(args)
-    if device.type != "cuda" and "graphs" in args.modes:
-        print("note: CUDA graphs exist only on CUDA; on the CPU the step runs eagerly (timed once, as eager)",
-              file=sys.stderr)
+    for note in latency.device_notes(str(device), args.modes):
+        print(note, file=sys.stderr)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = latency.bench_latency(model=args.model, device=str(device), dtype=dtype,
                                    batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames,
@@ -121,69 +100,34 @@ def run_bench_codec_quality(args) -> int:
 
 def run_bench_serve(args) -> int:
     check_report_paths(args)
+    needed = fuzz.SLOTS if args.fuzz else args.clients
+    if args.url and (args.lm or args.mimi or args.slots):
+        raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+    if args.slots and args.slots < needed:
+        raise UsageError(f"--slots {args.slots} is fewer than --clients {args.clients}" if not args.fuzz else
+                         f"--fuzz needs --slots {fuzz.SLOTS} or more (a hostile client and the health check's)")
+
+    def progress(text: str) -> None:
+        print(f"duplex bench serve: {text}", file=sys.stderr)
+
     try:  # a server started here logs errors only meanwhile (bench.serve.serve_here)
-        report = _bench_serve(args)
+        if args.threads and not args.url:
+            torch.set_num_threads(args.threads)
+        engine = None if args.url else build_engine(args, args.slots or needed)
+        if args.fuzz:
+            report = fuzz.fuzz_server(engine, args.url, messages=args.fuzz, seed=args.seed, token=args.token,
+                                      progress=progress)
+        else:
+            report = bench_serve(engine, args.url, clients=args.clients, seconds=args.seconds, formats=args.formats,
+                                 nice=args.client_nice, token=args.token, progress=progress)
     except KeyboardInterrupt:  # the clients and the server are stopped by then
         print("duplex bench serve: interrupted (Ctrl-C): no report", file=sys.stderr)
         return 130
-    where = args.url or f"a server started here ({report['hardware']}, torch {report['torch']})"
-    if args.fuzz:
-        print(f"# serve --fuzz {args.fuzz} (seed {args.seed}) against {where}")
-        print(format_fuzz_report(report))
-        if "resident_mb" in report:
-            memory = report["resident_mb"]
-            print(f"resident memory of this process (server and fuzzer): {memory['before']:.0f} MB before, "
-                  f"{memory['after']:.0f} MB after")
-    else:
-        print(f"# serve -- {args.clients} x {args.seconds:g} s ({args.formats}) against {where}")
-        print(format_report(report))
+    print(fuzz.format_fuzz_report(report, args.fuzz) if args.fuzz else format_report(report))
     write_json(report, args)
     if args.fuzz:
         return 0 if report["healthy"] else 1
     return 1 if any("exception" in c for c in report["clients"]) else 0
-
-
-def _resident_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return round(int(f.read().split()[1]) * resource.getpagesize() / 2**20, 1)
-    except OSError:  # not Linux
-        return float("nan")
-
-
-def _bench_serve(args) -> dict:
-    def progress(text: str) -> None:
-        print(f"duplex bench serve: {text}", file=sys.stderr)
-
-    if args.url:
-        if args.lm or args.mimi or args.slots:
-            raise UsageError("--url loads a running server: the model and --slots options are for one started here")
-        if args.fuzz:  # what the server logs cannot be watched from here: the health checks only
-            return {"url": args.url, **asyncio.run(fuzz(args.url, messages=args.fuzz, seed=args.seed,
-                                                        token=args.token, progress=progress))}
-        return bench_serve(url=args.url, clients=args.clients, seconds=args.seconds, formats=args.formats,
-                           nice=args.client_nice, token=args.token, progress=progress)
-    slots = args.slots or (2 if args.fuzz else args.clients)
-    if slots < (2 if args.fuzz else args.clients):
-        raise UsageError(f"--slots {slots} is fewer than --clients {args.clients}" if not args.fuzz else
-                         "--fuzz needs --slots 2 or more (a hostile client and the health check's)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    engine = build_engine(args, slots)
-    freeze_startup_objects()  # as duplex serve does
-    try:
-        if args.fuzz:
-            before = _resident_mb()
-            with LogWatcher() as watcher:
-                report = serve_here(engine, lambda url: fuzz(url, messages=args.fuzz, seed=args.seed,
-                                                             log_problems=watcher.take, progress=progress),
-                                    max_waiting=1)
-            report["resident_mb"] = {"before": before, "after": _resident_mb()}  # server and fuzzer together
-            return report
-        return bench_serve(engine=engine, clients=args.clients, seconds=args.seconds, formats=args.formats,
-                           nice=args.client_nice, token=args.token, progress=progress)
-    finally:
-        gc.unfreeze()  # a caller of main() in the same process keeps its collector as it was
 
 
 def _add_timing_options(p, batch_sizes, what: str = "frames") -> None:

@@ -5,12 +5,15 @@ command runs (``cli/options.py``)."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
+from pathlib import Path
 
+from ..data.encode import ConsoleProgress, encode_corpus, format_encoded
+from ..data.synth.conversation import SynthOptions, conversations_for_hours, format_corpus, synthesize_corpus
 from ..errors import UsageError
+from .codec import load_codec
 from .common import add_codec_options, non_negative, positive, positive_float
 from .options import OptionsParser, dataclass_defaults, signature_defaults
 
@@ -27,18 +30,12 @@ def _shares(items) -> dict:
 
 
 def run_synth(args) -> int:
-    from ..data.synth.conversation import SynthOptions, synthesize_corpus
-
     options = SynthOptions(min_seconds=args.min_seconds, max_seconds=args.max_seconds,
                            heldout_every=args.heldout_every, noise=args.noise,
                            level_variation=not args.no_level_variation)
     if args.shares:
         options.shares = _shares(args.shares)
-    if args.hours is not None:
-        mean = (args.min_seconds + args.max_seconds) / 2 + 2.0  # conversations overshoot their target a little
-        conversations = max(1, math.ceil(args.hours * 3600 / mean))
-    else:
-        conversations = args.conversations
+    conversations = args.conversations if args.hours is None else conversations_for_hours(args.hours, options)
     start = time.time()
     try:
         rows = synthesize_corpus(args.out_dir, conversations, seed=args.seed, options=options,
@@ -47,46 +44,20 @@ def run_synth(args) -> int:
         print(f"\ninterrupted: the conversations made so far were removed ({args.out_dir} holds nothing of this run)",
               file=sys.stderr)
         raise
-    hours = sum(r["duration"] for r in rows) / 3600
-    heldout = sum(r["split"] == "heldout" for r in rows)
-    print(f"{len(rows)} conversation{'' if len(rows) == 1 else 's'} ({heldout} held out), {hours:.2f} h of audio "
-          f"in {time.time() - start:.0f} s -> {args.out_dir}", file=sys.stderr)
+    print(format_corpus(rows, time.time() - start, args.out_dir), file=sys.stderr)
     return 0
 
 
 def run_encode(args) -> int:
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from ..data.encode import encode_corpus
-    from .codec import load_codec
-
     mimi = load_codec(args)
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if sys.stderr.isatty():
-            if bar is None:
-                bar = tqdm(total=total, unit="file", desc="encoding")
-            bar.update(done - bar.n)
-
     start = time.time()
-    try:
+    with ConsoleProgress() as progress:
         encoded, skipped = encode_corpus(Path(args.corpus), mimi, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
-    print(f"{encoded} file{'s' if encoded != 1 else ''} encoded in {time.time() - start:.0f} s, {skipped} already "
-          f"encoded with this codec ({mimi.num_codebooks} codebooks) -> NAME.codes.safetensors beside each WAV",
-          file=sys.stderr)
+    print(format_encoded(encoded, skipped, time.time() - start, mimi.num_codebooks), file=sys.stderr)
     return 0
 
 
 def _synth_defaults() -> dict:
-    from ..data.synth.conversation import SynthOptions, synthesize_corpus
-
     defaults = {**signature_defaults(synthesize_corpus), **dataclass_defaults(SynthOptions)}
     defaults["shares"] = [f"{name}={share}" for name, share in defaults["shares"].items()]
     del defaults["workers"]  # the command's default is every core, the library's one process

@@ -5,10 +5,29 @@ the function) its command runs, and reads them only when that command is parsed 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from typing import Callable, Dict, Mapping, Optional
 
 from .common import Parser
+
+
+def lazy(spec: str) -> Callable[[], object]:
+    """A function returning the object ``"package.module:name"`` names, imported when it is first called: a
+    command's library code loads only when that command runs or shows its help."""
+    module, _, name = spec.partition(":")
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+def defaults_of(spec: str) -> Callable[[], Dict[str, object]]:
+    """``OptionsParser``'s ``defaults``: those of the options dataclass, or of the function, ``spec`` names
+    (``lazy``)."""
+
+    def defaults() -> Dict[str, object]:
+        target = lazy(spec)()
+        return dataclass_defaults(target) if dataclasses.is_dataclass(target) else signature_defaults(target)
+
+    return defaults
 
 
 def dataclass_defaults(options_class) -> Dict[str, object]:

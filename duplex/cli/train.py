@@ -7,62 +7,40 @@ read when the command runs (``cli/options.py``)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
 from .common import non_negative, pick_device, positive, positive_float, weight
-from .options import OptionsParser, dataclass_defaults, options_from_args, signature_defaults
+from .options import OptionsParser, defaults_of, lazy, options_from_args
+
+# Named, imported when their command runs: duplex starts without the trainers (inference never imports them).
+CODEC_OPTIONS = "duplex.training.codec:CodecTrainingOptions"
+LM_OPTIONS = "duplex.training.lm:LMTrainingOptions"
+TOKENIZER = "duplex.training.tokenizer:train_tokenizer"
 
 
-def _train(options_class, train, args) -> int:
-    """Run ``train(options, device)`` with the options dataclass filled from the parsed arguments of the same
-    names (--threads, if given, is the one process-wide setting a command may make: the user asked for it)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    train(options_from_args(options_class, args), pick_device(args.device))
-    return 0
+def _trainer(options_spec: str, train_spec: str):
+    """The run function of a trainer command: ``train(options, device)`` (both named as ``options.lazy`` takes
+    them), the options dataclass filled from the parsed arguments of the same names. --threads, if given, is the
+    one process-wide setting a command may make: the user asked for it."""
 
+    def run(args) -> int:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        train = lazy(train_spec)()
+        train(options_from_args(lazy(options_spec)(), args), pick_device(args.device))
+        return 0
 
-def run_train_codec(args) -> int:
-    from ..training.codec import CodecTrainingOptions, train_codec
-
-    return _train(CodecTrainingOptions, train_codec, args)
+    return run
 
 
 def run_train_tokenizer(args) -> int:
-    from pathlib import Path
-
-    from ..model.tokenizer import TextTokenizer
-    from ..training.tokenizer import train_tokenizer
+    from ..training.tokenizer import describe, train_tokenizer
 
     path = train_tokenizer(Path(args.data), Path(args.out), vocab_size=args.vocab_size)
-    tokenizer = TextTokenizer(path)
-    print(f"{tokenizer.vocab_size} pieces (0 EPAD/unknown, 1 BOS, 2 EOS, 3 PAD) -> {path}", file=sys.stderr)
+    print(describe(path), file=sys.stderr)
     return 0
-
-
-def run_train_lm(args) -> int:
-    from ..training.lm import LMTrainingOptions, train_lm
-
-    return _train(LMTrainingOptions, train_lm, args)
-
-
-def _codec_defaults() -> dict:
-    from ..training.codec import CodecTrainingOptions
-
-    return dataclass_defaults(CodecTrainingOptions)
-
-
-def _tokenizer_defaults() -> dict:
-    from ..training.tokenizer import train_tokenizer
-
-    return signature_defaults(train_tokenizer)
-
-
-def _lm_defaults() -> dict:
-    from ..training.lm import LMTrainingOptions
-
-    return dataclass_defaults(LMTrainingOptions)
 
 
 def add_run_options(p) -> None:
@@ -82,7 +60,7 @@ def register(commands) -> None:
     train = commands.add_parser("train", help="train models on the synthetic corpus")
     train_commands = train.add_subparsers(dest="train_command", required=True, metavar="WHAT",
                                           parser_class=OptionsParser)
-    p = train_commands.add_parser("codec", help="train a Mimi-architecture codec", defaults=_codec_defaults)
+    p = train_commands.add_parser("codec", help="train a Mimi-architecture codec", defaults=defaults_of(CODEC_OPTIONS))
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--out", required=True, help="run folder: codec.safetensors, config.json, trainer.pt, log.jsonl")
     p.add_argument("--config", help="small, official, or a config JSON (official layout)")
@@ -101,15 +79,15 @@ def register(commands) -> None:
     p.add_argument("--max-codebooks", type=positive, help="quantizer dropout trains 1..N codebooks")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_run_options(p)
-    p.set_defaults(run=run_train_codec)
+    p.set_defaults(run=_trainer(CODEC_OPTIONS, "duplex.training.codec:train_codec"))
     p = train_commands.add_parser("tokenizer", help="a SentencePiece text tokenizer on the corpus transcripts, with "
-                                  "Moshi's special ids", defaults=_tokenizer_defaults)
+                                  "Moshi's special ids", defaults=defaults_of(TOKENIZER))
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--out", required=True, metavar="PATH.model", help="the SentencePiece model to write")
     p.add_argument("--vocab-size", type=positive, help="pieces at most (a small corpus may give fewer)")
     p.set_defaults(run=run_train_tokenizer)
     p = train_commands.add_parser("lm", help="train a Moshi-architecture LM on a dataset in Kyutai's fine-tuning "
-                                  "layout (from scratch, or fine-tuning --init)", defaults=_lm_defaults)
+                                  "layout (from scratch, or fine-tuning --init)", defaults=defaults_of(LM_OPTIONS))
     p.add_argument("--data", required=True, help="dataset folder: train.jsonl (+ heldout.jsonl), stereo WAVs with "
                    "their alignments JSON and codes ('duplex data encode')")
     p.add_argument("--out", required=True, help="run folder: model.safetensors, config.json, tokenizer.model, "
@@ -134,4 +112,4 @@ def register(commands) -> None:
                    help="dtype of the exported model.safetensors")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
     add_run_options(p)
-    p.set_defaults(run=run_train_lm)
+    p.set_defaults(run=_trainer(LM_OPTIONS, "duplex.training.lm:train_lm"))

@@ -3,7 +3,6 @@ and printing only; the work, the checks and the report's format are in ``duplex.
 
 from __future__ import annotations
 
-import gc
 import sys
 from pathlib import Path
 
@@ -11,21 +10,15 @@ import torch
 
 from ..bench.turntaking import make_set, metrics, runner
 from ..bench.turntaking.plots import plot_report
-from ..bench.turntaking.score import format_table, score_dir
-from ..runtime.realtime import freeze_startup_objects
+from ..bench.turntaking.score import console_progress, format_table, score_dir
 from .common import add_model_options, build_engine, non_negative, positive
 from .reports import check_report_paths, write_json
-
-
-def _scored(done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        print(f"\rscored {done}/{total} samples", end="" if done < total else "\n", file=sys.stderr)
 
 
 def run_score(args) -> int:
     check_report_paths(args)
     report = score_dir(args.dir, backchannel_truth=args.backchannel_gt, rule=args.backchannel_rule,
-                       vad=not args.no_vad, progress=_scored)
+                       vad=not args.no_vad, progress=console_progress)
     print(format_table(report))
     write_json(report, args)
     if args.plots:
@@ -40,17 +33,12 @@ def run_run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = build_engine(args, args.slots)
-    freeze_startup_objects()
-    shown = runner.ConsoleProgress()
     try:
-        ran = runner.run_samples(engine, args.dir, args.out, seed=args.seed, progress=shown)
+        with runner.ConsoleProgress() as shown:
+            ran = runner.run_samples(engine, args.dir, args.out, seed=args.seed, progress=shown)
     except runner.RunInterrupted as e:
-        shown.close()
         print(f"duplex: {e}", file=sys.stderr)
         return 130
-    finally:
-        gc.unfreeze()
-        shown.close()
     print(runner.format_run(ran, args.slots, args.out), file=sys.stderr)
     report = score_dir(args.out, backchannel_truth=args.backchannel_gt, rule=args.backchannel_rule)
     report["run"] = {**ran, "slots": args.slots, "seed": args.seed}
@@ -62,7 +50,7 @@ def run_run(args) -> int:
 def run_make_set(args) -> int:
     counts = make_set.make_set(Path(args.corpus), Path(args.out), split=args.split, per_task=args.per_task,
                                reference=args.reference)
-    print(", ".join(f"{task}: {n}" for task, n in counts.items()) + f" samples -> {args.out}", file=sys.stderr)
+    print(make_set.format_counts(counts, args.out), file=sys.stderr)
     return 0
 
 

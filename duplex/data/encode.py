@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
 import soundfile as sf
 import torch
 from safetensors import safe_open
+from tqdm import tqdm
 
 from codec.io.audio import resample
 from codec.io.checkpoint import write_safetensors
@@ -105,6 +107,34 @@ def encode_corpus(folder: Path, mimi, progress: Optional[Callable[[int, int], No
         if progress:
             progress(i + 1, len(wavs))
     return encoded, skipped
+
+
+class ConsoleProgress:
+    """A ``progress`` callback of ``encode_corpus`` for a person: a bar of files on a terminal's stderr, nothing
+    when stderr is a file or a pipe. Use it in a ``with`` block, which ends the bar."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            if self.bar is None:
+                self.bar = tqdm(total=total, unit="file", desc="encoding")
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "ConsoleProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def format_encoded(encoded: int, skipped: int, seconds: float, num_codebooks: int) -> str:
+    """One line: what ``encode_corpus`` did (its two counts) in ``seconds``, and where the codes are."""
+    return (f"{encoded} file{'s' if encoded != 1 else ''} encoded in {seconds:.0f} s, {skipped} already encoded "
+            f"with this codec ({num_codebooks} codebooks) -> NAME{SUFFIX} beside each WAV")
 
 
 def load_stereo_codes(path: Path) -> Tuple[torch.Tensor, dict]:

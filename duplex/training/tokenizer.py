@@ -13,7 +13,7 @@ from typing import Iterator, List
 import sentencepiece as spm
 
 from ..errors import UsageError
-from ..model.tokenizer import END_OF_PAD_ID, PAD_ID
+from ..model.tokenizer import END_OF_PAD_ID, PAD_ID, TextTokenizer
 
 
 def transcripts(corpus: Path) -> List[str]:
@@ -51,3 +51,9 @@ def train_tokenizer(corpus: Path, model_path: Path, vocab_size: int = 256) -> Pa
     except RuntimeError as e:  # e.g. a vocabulary larger than the corpus can fill
         raise UsageError(f"SentencePiece could not train on {corpus}: {e}") from None
     return model_path
+
+
+def describe(model_path: Path) -> str:
+    """One line: how many pieces the tokenizer at ``model_path`` has, its special ids, and where it is."""
+    tokenizer = TextTokenizer(model_path)
+    return f"{tokenizer.vocab_size} pieces (0 EPAD/unknown, 1 BOS, 2 EOS, 3 PAD) -> {model_path}"

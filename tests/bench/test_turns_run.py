@@ -2,64 +2,16 @@
 (skipping them), a folder it did not make is refused, the ETA is never negative; and scoring in the same process
 leaves torch's thread count alone (same-seed runs repeat exactly). A stand-in engine keeps these fast."""
 
-import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import soundfile as sf
+from fake_engine import FakeEngine, fdb_set
 
 from duplex.bench.turntaking import runner
 from duplex.cli import main
 from duplex.errors import UsageError
-
-
-class FakeEngine:
-    """The engine's offline interface (open / step / close, slots): audio and text that depend only on the
-    slot's seed and frame, as the real engine's do."""
-
-    frame_size, sample_rate = 1920, 24000
-
-    def __init__(self, slots=2, interrupt_at_step=None):
-        self.slots, self.interrupt_at_step = slots, interrupt_at_step
-        self.seeds, self.opened, self.steps = {}, [], 0
-
-    @property
-    def free_slots(self):
-        return self.slots - len(self.seeds)
-
-    def open(self, seed):
-        slot = min(set(range(self.slots)) - set(self.seeds))
-        self.seeds[slot] = [seed, 0]
-        self.opened.append(seed)
-        return slot
-
-    def step(self, frames):
-        self.steps += 1
-        if self.steps == self.interrupt_at_step:
-            raise KeyboardInterrupt
-        out = {}
-        for slot in frames:
-            seed, frame = self.seeds[slot]
-            self.seeds[slot][1] += 1
-            audio = np.full(self.frame_size, 0.001 * (seed % 7), np.float32)
-            out[slot] = (audio, f" w{seed}" if frame % 5 == 1 else None)
-        return out
-
-    def close(self, slot):
-        del self.seeds[slot]
-
-
-def _fdb_set(root, seconds=(1.0, 1.6, 0.8)):
-    turn = {"text": "[TURN-TAKING]", "timestamp": [0.3, 0.5]}
-    for i, length in enumerate(seconds):
-        folder = root / "candor_turn_taking" / str(i)
-        folder.mkdir(parents=True)
-        sf.write(folder / "input.wav", np.zeros(int(length * 16000), np.float32), 16000)
-        (folder / "turn_taking.json").write_text(json.dumps([turn]))
-    return root
 
 
 def _outputs(out):
@@ -67,7 +19,7 @@ def _outputs(out):
 
 
 def test_an_interrupted_run_keeps_its_samples_and_the_same_run_resumes(tmp_path):
-    source = _fdb_set(tmp_path / "set")
+    source = fdb_set(tmp_path / "set")
     whole = tmp_path / "whole"
     runner.run_samples(FakeEngine(), source, whole, seed=5)
 
@@ -89,7 +41,7 @@ def test_an_interrupted_run_keeps_its_samples_and_the_same_run_resumes(tmp_path)
 
 
 def test_a_folder_the_run_did_not_make_is_refused(tmp_path):
-    source = _fdb_set(tmp_path / "set")
+    source = fdb_set(tmp_path / "set")
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("someone else's")
@@ -104,7 +56,7 @@ def test_a_folder_the_run_did_not_make_is_refused(tmp_path):
 
 
 def test_ctrl_c_exits_130_and_says_what_was_kept(tmp_path, capsys, monkeypatch):
-    source = _fdb_set(tmp_path / "set")
+    source = fdb_set(tmp_path / "set")
     out = tmp_path / "out"
     engines = iter([FakeEngine(interrupt_at_step=17), FakeEngine()])
     monkeypatch.setattr("duplex.cli.turns.build_engine", lambda args, slots: next(engines))

@@ -157,3 +157,8 @@ def make_set(corpus: Path, out: Path, split: str = SPLIT, per_task: int = PER_TA
     if truth:
         (out / BACKCHANNEL / "icc_gt_distribution.json").write_text(json.dumps(truth), encoding="utf-8")
     return counts
+
+
+def format_counts(counts: Dict[str, int], out: Path) -> str:
+    """One line: the samples ``make_set`` wrote per task, and where."""
+    return ", ".join(f"{task}: {n}" for task, n in counts.items()) + f" samples -> {out}"

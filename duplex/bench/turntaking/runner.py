@@ -18,6 +18,7 @@ when the run is complete.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from codec.io.audio import load_audio, resample, save_audio
 
 from ...errors import FDBError, UsageError
+from ...runtime.realtime import freeze_startup_objects
 from .fdb import INTERRUPTION, Chunk, annotation_time, find_samples, task_of, write_chunks
 from .vad import seconds_of
 
@@ -82,7 +84,7 @@ class Progress:
 
 class ConsoleProgress:
     """A ``progress`` callback for a person: a bar on a terminal, else a line every ``every`` samples; says first
-    when an earlier run's samples are skipped. ``close()`` ends the bar."""
+    when an earlier run's samples are skipped. ``close()``, or the end of a ``with`` block, ends the bar."""
 
     def __init__(self, stream=None, every: int = 10):
         self.stream = stream if stream is not None else sys.stderr
@@ -108,6 +110,12 @@ class ConsoleProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def __enter__(self) -> "ConsoleProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # before whatever the caller says next (an interruption's message) is printed
 
 
 @dataclass
@@ -178,7 +186,10 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
                 progress: Optional[Callable[[Progress], None]] = None) -> dict:
     """Run every sample under ``root`` into ``out`` (resuming an interrupted run there); returns {"samples",
     "skipped", "audio_seconds", "wall_seconds"} (``skipped``: finished by the earlier run). ``progress`` is called
-    with a ``Progress`` once before the first sample and after each. Ctrl-C raises ``RunInterrupted``."""
+    with a ``Progress`` once before the first sample and after each. Ctrl-C raises ``RunInterrupted``.
+
+    Meanwhile what is alive at the start (the engine) is kept out of the garbage collector's full passes
+    (``runtime.realtime.freeze_startup_objects``, as ``duplex serve`` does) and given back after."""
     root, out = Path(root), Path(out)
     folders = sample_folders(root)
     check_output(root, out, seed, engine.slots)
@@ -218,6 +229,7 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
         os.replace(partial, target / "output.json")
 
     queue, running = list(todo), {}
+    freeze_startup_objects()
     try:
         while queue or running:
             while queue and engine.free_slots > 0:
@@ -244,6 +256,8 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
         kept = state.skipped + state.done
         raise RunInterrupted(f"interrupted: {kept} of {len(folders)} samples finished are kept in {out}; the same "
                              "command again runs the rest") from None
+    finally:
+        gc.unfreeze()
     _copy_set_files(root, out)
     (out / MARK).unlink()
     return {"samples": len(folders), "skipped": state.skipped, "audio_seconds": state.audio_seconds,

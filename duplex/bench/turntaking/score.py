@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -145,6 +146,13 @@ def score_dir(root: Path, backchannel_truth: Optional[Path] = None, rule: str = 
                       if any(s["task"] == t for s in samples)},
             "folders": {name: aggregate(rows) for name, rows in sorted(by_folder.items())},
             "samples": samples}
+
+
+def console_progress(done: int, total: int) -> None:
+    """A ``progress`` callback of ``score_dir`` for a person: ``scored D/T samples`` rewritten in place on a
+    terminal's stderr; nothing when stderr is a file or a pipe."""
+    if sys.stderr.isatty():
+        print(f"\rscored {done}/{total} samples", end="" if done < total else "\n", file=sys.stderr)
 
 
 LEGEND = """\

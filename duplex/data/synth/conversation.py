@@ -335,6 +335,21 @@ def _write_one(index: int) -> dict:
 
 
 # What a corpus folder holds; a folder holding any of them is not written into (two runs' files would mix).
+def conversations_for_hours(hours: float, options: SynthOptions) -> int:
+    """How many conversations make about ``hours`` of audio: their mean target length, plus the 2 s by which a
+    conversation overshoots its target on average (its last turn ends after it)."""
+    mean = (options.min_seconds + options.max_seconds) / 2 + 2.0
+    return max(1, math.ceil(hours * 3600 / mean))
+
+
+def format_corpus(rows: List[dict], seconds: float, out_dir: str) -> str:
+    """One line: what ``synthesize_corpus`` wrote (its manifest ``rows``) in ``seconds``, and where."""
+    hours = sum(r["duration"] for r in rows) / 3600
+    heldout = sum(r["split"] == "heldout" for r in rows)
+    return (f"{len(rows)} conversation{'' if len(rows) == 1 else 's'} ({heldout} held out), {hours:.2f} h of audio "
+            f"in {seconds:.0f} s -> {out_dir}")
+
+
 CORPUS_FILES = ("manifest.jsonl", "train.jsonl", "heldout.jsonl", "train", "heldout")
 
 
