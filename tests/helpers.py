@@ -102,3 +102,15 @@ class Screen:
 
     def text(self):
         return "\n".join("".join(row) for row in self.rows)
+
+
+def fake_repo(cache, repo, files, revision="0123456789abcdef0123456789abcdef01234567"):
+    """The cache layout huggingface_hub reads: models--owner--name/refs/main and snapshots/REV/FILE."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+    snapshot = folder / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for name, content in files.items():
+        (snapshot / name).write_bytes(content)
+    return snapshot

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
+from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG, fake_repo
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -204,18 +204,6 @@ def test_a_text_file_as_lm_is_one_line_not_an_index_error(tmp_path, capsys, text
 
 
 # ------------------------------------------------------------------------------------------------ Hugging Face
-def fake_repo(cache, repo, files, revision="0123456789abcdef0123456789abcdef01234567"):
-    """The cache layout huggingface_hub reads: models--owner--name/refs/main and snapshots/REV/FILE."""
-    folder = cache / ("models--" + repo.replace("/", "--"))
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(revision)
-    snapshot = folder / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    for name, content in files.items():
-        (snapshot / name).write_bytes(content)
-    return snapshot
-
-
 def test_a_repository_in_the_hugging_face_cache(tmp_path):
     pytest.importorskip("huggingface_hub")
     snap = fake_repo(tmp_path, "kyutai/moshiko-pytorch-bf16", {"model.safetensors": b"lm", KYUTAI_MIMI: b"mimi",
