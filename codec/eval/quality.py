@@ -7,7 +7,6 @@ import math
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import pystoi
 import torch
 
 from ..io.audio import import_torchaudio, speech_frames
@@ -37,6 +36,8 @@ def mel_distance(estimate: np.ndarray, reference: np.ndarray, sample_rate: int =
 
 
 def stoi(estimate: np.ndarray, reference: np.ndarray, sample_rate: int = 24000) -> float:
+    import pystoi  # noqa: PLC0415  (it loads scipy.signal, over a second: only this measure needs it)
+
     return float(pystoi.stoi(reference, estimate, sample_rate, extended=False))
 
 

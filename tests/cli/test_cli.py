@@ -386,6 +386,11 @@ assert not training, training
     light = subprocess.run([sys.executable, "-c", "import sys, duplex.serving.client, duplex.bench.serve; "
                             "assert 'torch' not in sys.modules"], capture_output=True, text=True)
     assert light.returncode == 0, light.stderr
+    # `duplex --help` imports the commands' modules but not the heavy optional libraries only some commands use.
+    heavy = ("scipy", "matplotlib", "silero_vad", "sphn", "sounddevice", "huggingface_hub")
+    start = subprocess.run([sys.executable, "-c", f"import sys, duplex.cli; loaded = [m for m in {heavy!r} if m in "
+                            "sys.modules]; assert not loaded, loaded"], capture_output=True, text=True)
+    assert start.returncode == 0, start.stderr
 
 
 def test_no_arguments_prints_the_help_with_where_to_start(capsys):
