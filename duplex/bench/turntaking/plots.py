@@ -51,8 +51,10 @@ def plot_sample(folder: Path, row: dict, path: Path) -> None:
 
 def plot_overview(report: dict, path: Path) -> None:
     """TOR per task, and the latency distributions of the tasks that have one."""
+    import matplotlib  # noqa: PLC0415  optional, slow to import
     from matplotlib.figure import Figure  # noqa: PLC0415  optional, slow to import
 
+    version = tuple(int(part) for part in matplotlib.__version__.split(".")[:2])
     tasks = list(report["tasks"])
     fig = Figure(figsize=(11, 3.8))
     left, right = fig.subplots(1, 2)
@@ -69,7 +71,9 @@ def plot_overview(report: dict, path: Path) -> None:
             if values:
                 series.append((f"{_SHORT.get(t, t)}: {name.replace('_', ' ')}", values))
     if series:
-        right.boxplot([v for _, v in series], vert=False)
+        # matplotlib 3.10 names the direction `orientation` (3.11 deprecates `vert`); older releases know only `vert`.
+        horizontal = {"orientation": "horizontal"} if version >= (3, 10) else {"vert": False}
+        right.boxplot([v for _, v in series], **horizontal)
         right.set_yticks(range(1, len(series) + 1), [n for n, _ in series], fontsize=7)
         right.set_xlabel("seconds")
         right.set_xlim(left=0)
