@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import signal
 import sys
 
 import torch
@@ -13,7 +14,7 @@ from ..errors import UsageError
 from ..runtime.realtime import freeze_startup_objects
 from ..serving.options import ServerOptions, check_port_free, default_slots, tls_context, usable_cpu_cores
 from ..serving.server import VoiceServer
-from .common import add_model_options, build_engine, int_in, model_files, non_negative, pick_device, port
+from .common import add_model_options, build_engine, float_above, int_in, model_files, non_negative, pick_device, port
 from .options import options_from_args
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,17 @@ def run_serve(args) -> int:
               + (" (with the same token)" if args.token else ""), file=sys.stderr)
 
     try:
-        asyncio.run(server.serve_forever(on_ready=ready))
+        stopped_by = asyncio.run(server.serve_forever(on_ready=ready))
     except OSError as e:
         raise UsageError(listen_error(args.host, args.port, e)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # where signals cannot be handled by the event loop (Windows): no drain
+        stopped_by = signal.SIGINT
+    if stopped_by == signal.SIGINT:
         print("duplex serve: stopped (Ctrl-C)", file=sys.stderr)
-        return 130
+        return 130  # as a shell reports a program ended by Ctrl-C
+    # SIGTERM is how service managers (systemd, docker stop, Kubernetes) stop a server: a clean stop, exit 0.
+    print(f"duplex serve: stopped ({signal.Signals(stopped_by).name if stopped_by else 'cancelled'})",
+          file=sys.stderr)
     return 0
 
 
@@ -93,5 +99,9 @@ def register(commands) -> None:
                         "fewer threads leave a core to networking)")
     p.add_argument("--max-waiting", type=non_negative, default=ServerOptions.max_waiting,
                    help="clients that may wait for a free slot when all are taken (default 0: refuse at once)")
+    p.add_argument("--drain", type=float_above(0.0, True, "a number of seconds >= 0"), default=ServerOptions.drain,
+                   metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C, refuse new clients and let live conversations go on for up to this "
+                        "long before closing them (default %(default)g; a second signal closes at once)")
     p.set_defaults(run=run_serve)
 

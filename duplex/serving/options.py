@@ -34,6 +34,10 @@ class ServerOptions:
     max_opus_packets: int = 1024
     close_timeout: float = 2.0  # how long a closing handshake may take before the connection is dropped
     notice_timeout: float = 5.0  # a refused or queued client that does not take a notice within this is dropped
+    # On SIGTERM or SIGINT, live sessions may go on for this long before they are closed (1001): long enough for a
+    # reply to finish, short enough that the drain and the closing handshakes (close_timeout) fit in the 10 s
+    # ``docker stop`` waits before SIGKILL (Kubernetes waits 30 s, systemd 90 s by default).
+    drain: float = 5.0
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
     model_name: str = ""  # what the page and /api/stats say is being served

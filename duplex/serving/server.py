@@ -2,7 +2,8 @@
 
 ``GET /api/chat`` speaks Kyutai's protocol (Ogg/Opus both ways), so Kyutai's own clients work unchanged;
 ``/api/chat?format=pcm16`` is the same with raw 16-bit PCM at 24 kHz (any chunk size) for simple clients and the
-browser page at ``/``; ``/api/stats`` reports counters as JSON.
+browser page at ``/``; ``/api/stats`` reports counters as JSON; ``/health`` says "ok" (200), or "draining" (503)
+while the server stops.
 
 The server is clocked, not input-clocked: every 80 ms one engine step advances every session, with the session's
 next received frame or, when none has arrived (network jitter, a muted client), silence. So each session gets
@@ -21,6 +22,7 @@ import hmac
 import http
 import json
 import logging
+import signal
 import time
 from importlib import resources
 from typing import Dict, List, Optional
@@ -54,6 +56,8 @@ class VoiceServer:
         self.queue: List[object] = []  # connections waiting for a slot, first come first served
         self._waiters: Dict[object, Waiter] = {}
         self.connections = self.refused = 0
+        self.served = 0  # sessions opened since start-up
+        self.draining = False  # stopping: nothing is admitted, live sessions may still end on their own
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.clock = ClockStats(window=1000)  # ticks, deadline misses, engine step times (the last 1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -92,22 +96,85 @@ class VoiceServer:
         return page_url("https" if self.options.ssl_cert else "http", self.options.host, self.port, self.options.token)
 
     async def stop(self) -> None:
+        """Close every connection (live sessions and waiters get 1001, going away; handshakes under way HTTP 503),
+        then log the counters: the last word of a server whose sessions were cut, whatever stopped it."""
         if self._ticker:
             self._ticker.cancel()
         if self._server:
             self._server.close()
             await self._server.wait_closed()
         self._executor.shutdown(wait=True)
+        if self._server:
+            log.info("stopped: %s", self.summary())
 
-    async def serve_forever(self, on_ready=None) -> None:
-        """Listen and serve until cancelled; ``on_ready(port)`` runs once the socket is bound (a port already
-        in use fails before it)."""
+    def summary(self) -> str:
+        """The counters an operator wants in the log when the server stops (those of /api/stats, added up)."""
+        totals = self.stats()["totals"]
+        return (f"{self.served} session{'s' if self.served != 1 else ''} served ({self.connections} connections, "
+                f"{self.refused} refused), {self.clock.ticks} ticks, {self.clock.misses} late; frames dropped "
+                f"{totals['dropped_in']} in and {totals['dropped_out']} out, {totals['underruns']} underruns, "
+                f"{totals['bad_messages']} bad messages")
+
+    async def drain(self, timeout: float, why: str = "stopping") -> None:
+        """Stop admitting (upgrades get HTTP 503, /health says "draining"), send waiting clients away, tell live
+        sessions, and let them end on their own for up to ``timeout`` seconds; closing those left is ``stop()``'s.
+        Cancelling it ends the wait at once (a second signal)."""
+        loop = asyncio.get_running_loop()
+        self.draining = True
+        log.info("draining (%s): %d live session%s, %d waiting; closing in at most %g s", why, len(self.sessions),
+                 "" if len(self.sessions) == 1 else "s", self.waiting, timeout)
+        notice = f"the server is shutting down: this conversation ends within {timeout:g} s"
+        for session in list(self.sessions.values()):
+            session.post(error_message(notice))
+        # Waiters would never get a slot now: told at once, they can go to another server rather than wait.
+        sent_away = [asyncio.create_task(self._send_away(connection)) for connection in list(self.queue)]
+        deadline = loop.time() + timeout
+        try:
+            # Polled, not signalled: a drain lasts seconds, and _handle stays as it is.
+            while (self.sessions or not all(task.done() for task in sent_away)) and loop.time() < deadline:
+                await asyncio.sleep(min(0.1, deadline - loop.time()))
+        finally:
+            for task in sent_away:  # a waiter still not reading its notice: stop() closes it
+                task.cancel()
+        if self.sessions:
+            log.info("drain time over: closing %d live session%s", len(self.sessions),
+                     "" if len(self.sessions) == 1 else "s")
+
+    async def serve_forever(self, on_ready=None, signals=(signal.SIGTERM, signal.SIGINT)) -> Optional[int]:
+        """Listen and serve until one of ``signals`` arrives or this is cancelled; ``on_ready(port)`` runs once the
+        socket is bound (a port already in use fails before it). A signal drains (``drain``, for the options'
+        drain time; a second signal cuts it short), then stops; returns the signal's number (None: cancelled)."""
         await self.start()
+        loop = asyncio.get_running_loop()
+        received: asyncio.Future = loop.create_future()
+        drainer: Optional[asyncio.Task] = None
+
+        def on_signal(number: int) -> None:
+            if not received.done():
+                received.set_result(number)
+            elif drainer is not None:
+                log.info("%s during the drain: closing at once", signal.Signals(number).name)
+                drainer.cancel()
+
+        installed = []
+        for number in signals:
+            try:
+                loop.add_signal_handler(number, on_signal, number)
+                installed.append(number)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # Windows, or not the main thread: Ctrl-C raises KeyboardInterrupt and stops without draining
         try:
             if on_ready is not None:
                 on_ready(self.port)
-            await self._server.serve_forever()
+            number = await received
+            drainer = asyncio.create_task(self.drain(self.options.drain, signal.Signals(number).name))
+            await asyncio.wait([drainer])  # returns whether the drain ended or was cut short
+            return number
         finally:
+            if drainer is not None:  # cancelled mid-drain (KeyboardInterrupt where signals cannot be handled)
+                drainer.cancel()
+            for number in installed:
+                loop.remove_signal_handler(number)
             await self.stop()
 
     # ----------------------------------------------------------------------------------------------- HTTP
@@ -128,8 +195,15 @@ class VoiceServer:
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "text/html; charset=utf-8"
             return response
+        if path == "/health":  # no token: what load balancers and orchestrators probe (it tells nothing else)
+            if self.draining:
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+            return connection.respond(http.HTTPStatus.OK, "ok\n")
         if path in ("/api/stats", "/api/chat") and not self._authorized(request):
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid or missing token\n")
+        if path == "/api/chat" and self.draining:
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                      "the server is shutting down; try again later\n")
         if path == "/api/stats":
             response = connection.respond(http.HTTPStatus.OK, json.dumps(self.stats()))
             del response.headers["Content-Type"]
@@ -235,11 +309,25 @@ class VoiceServer:
         except (ConnectionClosed, asyncio.TimeoutError):
             connection.transport.abort()
 
+    async def _send_away(self, connection) -> None:
+        """A waiter, when the server starts to drain: say why, then close with 1001 (going away), as ``_refuse``
+        does with a full server."""
+        try:
+            await asyncio.wait_for(connection.send(error_message("the server is shutting down; try again later")),
+                                   self.options.notice_timeout)
+            await connection.close(1001, "server shutting down")
+        except (ConnectionClosed, asyncio.TimeoutError):
+            connection.transport.abort()
+
     async def _handle(self, connection) -> None:
         options = parse_query(connection.request.path)
         self.connections += 1
         slot = await self._open_slot(connection, options)
         if slot is None:
+            return
+        if self.draining:  # a waiter, or a handshake under way, that got a slot as the drain began
+            await self._engine(self.engine.close, slot)
+            await self._send_away(connection)
             return
         session = sender = None
         try:
@@ -249,6 +337,7 @@ class VoiceServer:
             log.info("session %d opened (%s)", slot, "pcm16" if options.raw else "ogg/opus")
             await connection.send(message(HANDSHAKE))
             self.sessions[slot] = session
+            self.served += 1
             budget = ReadBudget(self.options.read_messages_per_second,
                                 self.options.read_realtime_factor * 2 * self.engine.sample_rate,
                                 self.options.max_message_bytes)
