@@ -167,7 +167,10 @@ class VoiceServer:
             if on_ready is not None:
                 on_ready(self.port)
             number = await received
-            drainer = asyncio.create_task(self.drain(self.options.drain, signal.Signals(number).name))
+            why = signal.Signals(number).name
+            if (self.sessions or self.queue) and self.options.drain > 0:
+                why += "; another SIGTERM or SIGINT closes at once"
+            drainer = asyncio.create_task(self.drain(self.options.drain, why))
             await asyncio.wait([drainer])  # returns whether the drain ended or was cut short
             return number
         finally:
