@@ -24,6 +24,11 @@ class ServerOptions:
     read_queue_messages: int = 4  # received, not yet handled (a paused reader): then TCP pushes back
     max_waiting: int = 0  # clients that may wait for a free slot (0: refuse at once)
     input_buffer_frames: int = 10  # 800 ms of received audio at most (network jitter); older frames are dropped
+    # The input depth the server holds a session near (session.py, ``next_frame``): a backlog that stays above it
+    # for a whole window (not a burst that drains by itself) is dropped down to it, oldest first, so a stall or a
+    # client clock that runs fast costs the user's latency for at most about a window, not for the rest of the call.
+    input_target_frames: int = 2  # 160 ms: the jitter the network and the client's own clock add
+    input_drain_ticks: int = 25  # 2 s: the window over which the depth must stay above the target
     output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
     # How fast one connection's messages are read: past this the server stops reading it for a while, so TCP
     # pushes back on a client that floods (it would otherwise take the event loop, and the GIL, from everyone).

@@ -45,6 +45,7 @@ class SessionStats:
     steps: int = 0
     underruns: int = 0  # ticks with no received frame (silence was used)
     dropped_in: int = 0  # received frames dropped: the client sent faster than real time, or the server fell behind
+    drained_in: int = 0  # of those, dropped because the input backlog stayed above its target (next_frame)
     dropped_out: int = 0  # replies dropped because the client did not read them
     bad_messages: int = 0
 
@@ -62,7 +63,8 @@ class Session:
         self.frames: collections.deque = collections.deque()
         self._pending = np.zeros(0, dtype=np.float32)
         self._raw_leftover = b""
-        self._drop_events = 0
+        self._drop_events = self._drain_events = 0
+        self._window_ticks, self._window_min = 0, None  # the input depth's minimum over the current drain window
         self._opened = time.monotonic()  # to tell a client sending too fast from a server stepping too slowly
         # Replies waiting to be sent: (message, droppable). The Ogg/Opus stream's first message (its OpusHead and
         # OpusTags pages) is never dropped: without it a client's decoder cannot start.
@@ -176,10 +178,36 @@ class Session:
 
     def next_frame(self) -> np.ndarray:
         self.stats.steps += 1
+        self._hold_depth()
         if self.frames:
             return self.frames.popleft()
         self.stats.underruns += 1
         return np.zeros(self.frame_size, dtype=np.float32)
+
+    def _hold_depth(self) -> None:
+        """Keep the input backlog near its target. Every frame waiting in the buffer is 80 ms between the user
+        speaking and the model hearing it; after a stall (a late tick, a paused process) or with a client whose
+        clock runs fast, the buffer fills and, as each tick takes one frame and the client sends one, stays full for
+        good. So the smallest depth seen at the ticks of each window is the standing backlog: what stays above the
+        target for the whole window is dropped, oldest first; a burst that drains within the window is untouched."""
+        depth = len(self.frames)
+        self._window_min = depth if self._window_min is None else min(self._window_min, depth)
+        self._window_ticks += 1
+        if self._window_ticks < self.limits.input_drain_ticks:
+            return
+        standing = self._window_min - self.limits.input_target_frames
+        self._window_ticks, self._window_min = 0, None
+        if standing > 0:
+            for _ in range(standing):
+                self.frames.popleft()
+            self.stats.dropped_in += standing
+            self.stats.drained_in += standing
+            self._drain_events += 1
+            if worth_logging(self._drain_events):
+                log.info("session %d: its input backlog stayed above %d frames for %d ticks: dropped the %d oldest "
+                         "(%d so far), so the model hears the user %d ms sooner", self.slot,
+                         self.limits.input_target_frames, self.limits.input_drain_ticks, standing,
+                         self.stats.drained_in, standing * 1000 * self.frame_size // self.sample_rate)
 
     # ----------------------------------------------------------------------------------------------- output
     def deliver(self, audio: np.ndarray, text: Optional[str]) -> None:
