@@ -25,6 +25,10 @@ class ServerOptions:
     max_waiting: int = 0  # clients that may wait for a free slot (0: refuse at once)
     input_buffer_frames: int = 10  # 800 ms of received audio at most (network jitter); older frames are dropped
     output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
+    # A client that falls behind gets no audio older than this (s) when it reads again: older replies are dropped
+    # from its outbox (text is kept), and what sits below the outbox is bounded by send_buffer_frames.
+    reply_max_age: float = 1.0
+    send_buffer_frames: int = 4  # websockets' write buffer and the socket's send buffer, each: ~4 replies of audio
     # How fast one connection's messages are read: past this the server stops reading it for a while, so TCP
     # pushes back on a client that floods (it would otherwise take the event loop, and the GIL, from everyone).
     read_messages_per_second: float = 1000.0  # Opus clients send ~12-50 pages a second, PCM ones any chunk size
