@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 0x201 if sys.platform == "darwin" else 25)
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 _NOTSENT_AT = 144  # tcpi_notsent_bytes in Linux's struct tcp_info (since Linux 4.6; shorter answers: not known)
+_PING_EVERY = 3  # frames between the pings that tell whether the client reads (~1.5 KB/minute)
 _OPUS_FRAME_BYTES = 400  # an 80 ms Ogg/Opus page of speech as sphn encodes it: ~300 bytes, with some margin
 
 
@@ -297,18 +298,38 @@ class Session:
         return int.from_bytes(info[_NOTSENT_AT:_NOTSENT_AT + 4], sys.byteorder) if len(info) >= _NOTSENT_AT + 4 else 0
 
     async def send_loop(self) -> None:
+        pings: collections.deque = collections.deque()  # (sent at, pong future), oldest first
         while True:
             while not self.outbox:
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
+            await self._wait_while_behind(pings)
             self._drop_stale(time.monotonic())
             if not self.outbox:
                 continue
             msg = self._encoded(self.outbox.popleft())
             if msg:
                 await self.connection.send(msg)
-            while self._unsent_bytes() > self._send_limit:  # blocked below the outbox: what waits ages out
-                await asyncio.sleep(self.frame_size / self.sample_rate / 2)
+
+    async def _wait_while_behind(self, pings: collections.deque) -> None:
+        """Wait while the client is behind: the kernel holds unsent bytes over the limit (its window is closed),
+        or a WebSocket ping sent more than the max reply age ago has no pong. Every client answers pings (RFC
+        6455: browsers, Kyutai's clients, websockets), but only as far as it reads: once its process stalls or
+        its library's queue is full, the pongs stop. So a client that stops reading is found within the max age,
+        before its own receive buffer (tens of seconds of Opus) takes more; while it is behind, what waits in the
+        outbox ages out (``_queue``)."""
+        period = self.frame_size / self.sample_rate
+        while True:
+            now = time.monotonic()
+            while pings and pings[0][1].done():
+                pings.popleft()
+            if not pings or now - pings[-1][0] >= _PING_EVERY * period:
+                pong = await self.connection.ping()
+                pings.append((now, pong))
+            late = pings and now - pings[0][0] > self.limits.reply_max_age
+            if not late and self._unsent_bytes() <= self._send_limit:
+                return
+            await asyncio.sleep(period / 2)
 
 
 class _Reply:

@@ -14,6 +14,7 @@ from helpers import speech
 from websockets.asyncio.client import connect
 
 from duplex.serving import session as session_module
+from duplex.serving.client import converse
 from duplex.serving.options import ServerOptions
 from duplex.serving.protocol import AUDIO, HANDSHAKE, PING, TEXT, message, parse_query
 from duplex.serving.server import VoiceServer
@@ -41,6 +42,11 @@ class Collecting:
 
     async def send(self, msg):
         self.sent.append(msg)
+
+    async def ping(self):  # answered at once: a client that reads
+        pong = asyncio.get_running_loop().create_future()
+        pong.set_result(0.0)
+        return pong
 
 
 def send_all(session):
@@ -178,13 +184,16 @@ class SpeakingEngine:
         return {slot: (self.voice[start:start + FRAME].copy(), None) for slot in frames}
 
 
-async def pause_then_resume(port, query, pause_s):
-    """A raw WebSocket client with a small receive buffer of its own stops reading for ``pause_s``, then sends a
-    ping and reads until its echo: what came before the echo was queued before it resumed. Returns those
-    messages."""
+async def pause_then_resume(port, query, pause_s, small_client_buffers):
+    """A WebSocket client stops reading for ``pause_s``, then sends a ping and reads until its echo: what came
+    before the echo was queued before it resumed. Returns those messages. With ``small_client_buffers`` its own
+    receive buffer and message queue are small; else it is websockets' client as it comes (a 16-message queue,
+    the kernel's default receive buffer)."""
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the client's own buffer, which it controls
-    async with connect(f"ws://127.0.0.1:{port}{query}", sock=sock, max_queue=1, compression=None) as ws:
+    if small_client_buffers:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    async with connect(f"ws://127.0.0.1:{port}{query}", sock=sock, max_queue=1 if small_client_buffers else 16,
+                       compression=None) as ws:
         assert await asyncio.wait_for(ws.recv(), 5) == message(HANDSHAKE)
         await asyncio.sleep(pause_s)
         await ws.send(message(PING, b"resume"))
@@ -201,7 +210,7 @@ def api_stats(port):
         return json.loads(response.read())
 
 
-def stop_then_resume(pause_s, query, max_age=0.5):
+def stop_then_resume(pause_s, query, small_client_buffers=True, max_age=0.5):
     """Serve one client that stops reading for ``pause_s``; returns the messages it got on resuming that had
     been queued before, the server's options and /api/stats."""
     options = ServerOptions(port=0, reply_max_age=max_age)
@@ -210,7 +219,7 @@ def stop_then_resume(pause_s, query, max_age=0.5):
         server = VoiceServer(SpeakingEngine(), options)
         await server.start()
         try:
-            before = await pause_then_resume(server.port, query, pause_s)
+            before = await pause_then_resume(server.port, query, pause_s, small_client_buffers)
             return before, await asyncio.to_thread(api_stats, server.port)
         finally:
             await server.stop()
@@ -227,27 +236,49 @@ def assert_drops_counted(stats, audio, made):
 @pytest.mark.slow
 def test_a_pcm16_client_that_stops_reading_gets_at_most_about_the_max_age_of_old_audio():
     """4 s without reading (50 ticks): on resuming, the client gets no more old audio messages than the max age
-    holds plus what the sized buffers below the outbox hold, not the 50 the server made meanwhile (before: all
-    of them, from the kernel's buffers); the drops show in /api/stats."""
+    holds (twice: the time it takes to find the client stopped, the replies waiting meanwhile) plus what the
+    sized buffers below the outbox hold, not the 50 the server made meanwhile (before: all of them, from the
+    kernel's buffers); the drops show in /api/stats."""
     pause_s = 4.0
     audio, options, stats = stop_then_resume(pause_s, "/api/chat?format=pcm16")
     made = pause_s / FRAME_SECONDS
-    # the max age's ticks; the write buffer and the kernel's send buffer (a few replies each; Linux doubles the
-    # latter); the reply being sent; the client's small receive buffer and its one queued message
-    bound = options.reply_max_age / FRAME_SECONDS + 3 * options.send_buffer_frames + 4
+    # the max age's ticks, twice; the write buffer and the kernel's send buffer (a few replies each); the
+    # reply being sent; the client's small receive buffer and its one queued message
+    bound = 2 * options.reply_max_age / FRAME_SECONDS + 3 * options.send_buffer_frames + 4
     assert len(audio) <= bound < made * 0.7
     assert_drops_counted(stats, audio, made)
 
 
 @pytest.mark.slow
-def test_an_opus_client_that_stops_reading_gets_a_bounded_backlog_that_still_decodes():
-    """The same with Kyutai's Ogg/Opus: pages are ~300 bytes, so the kernel's smallest buffers (Linux's floor
-    for the send buffer, the client's receive buffer) hold a few seconds of them; what the server queues beyond
-    them is dropped by age. 8 s without reading (100 ticks): the backlog is well short of them, and the pages
-    that come still make one valid stream."""
-    pause_s = 8.0
-    audio, options, stats = stop_then_resume(pause_s, "/api/chat")
+@pytest.mark.parametrize("query", ["/api/chat", "/api/chat?format=pcm16"])
+def test_any_client_that_stops_reading_gets_a_bounded_backlog_that_still_decodes(query):
+    """websockets' client as it comes, as Kyutai's clients and browsers are: its own buffers hold 16 messages
+    and tens of seconds of Opus, which only it could make smaller; the server stops sending once its pings go
+    unanswered, so what it holds is not filled with old audio. 6 s without reading (75 ticks): the backlog is
+    the client's queue and about twice the max age, and Opus replies still make one valid stream."""
+    pause_s = 6.0
+    audio, options, stats = stop_then_resume(pause_s, query, small_client_buffers=False)
     made = pause_s / FRAME_SECONDS
-    assert len(audio) < made * 0.7
-    assert decode(audio) > 0
+    bound = 16 + 2 * options.reply_max_age / FRAME_SECONDS + 3 * options.send_buffer_frames + 4
+    assert len(audio) <= bound < made * 0.8
+    if "pcm16" not in query:
+        assert decode(audio) > 0
     assert_drops_counted(stats, audio, made)
+
+
+@pytest.mark.slow
+def test_a_client_that_reads_loses_nothing_on_loopback():
+    """Kyutai's protocol end to end (Ogg/Opus both ways) with the pings and the sized buffers: every reply of a
+    3 s conversation comes, none is dropped."""
+    async def main():
+        server = VoiceServer(SpeakingEngine(), ServerOptions(port=0))
+        await server.start()
+        try:
+            result = await converse(f"ws://127.0.0.1:{server.port}", speech(3.0))
+            return result, await asyncio.to_thread(api_stats, server.port)
+        finally:
+            await server.stop()
+
+    result, stats = asyncio.run(main())
+    assert result.complete and result.audio_messages == 38 and not result.errors  # 3 s: 38 frames of 80 ms
+    assert stats["totals"]["stale_audio_dropped"] == stats["totals"]["dropped_out"] == 0
