@@ -30,6 +30,10 @@ class ServerOptions:
     input_target_frames: int = 2  # 160 ms: the jitter the network and the client's own clock add
     input_drain_ticks: int = 25  # 2 s: the window over which the depth must stay above the target
     output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
+    # A client that falls behind gets no audio older than this (s) when it reads again: older replies are dropped
+    # from its outbox (text is kept), and what sits below the outbox is bounded by send_buffer_frames.
+    reply_max_age: float = 1.0
+    send_buffer_frames: int = 4  # websockets' write buffer and the socket's send buffer, each: ~4 replies of audio
     # How fast one connection's messages are read: past this the server stops reading it for a while, so TCP
     # pushes back on a client that floods (it would otherwise take the event loop, and the GIL, from everyone).
     read_messages_per_second: float = 1000.0  # Opus clients send ~12-50 pages a second, PCM ones any chunk size

@@ -7,6 +7,8 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import List, Optional
@@ -19,6 +21,7 @@ from .protocol import (
     CONTROL,
     KIND_NAMES,
     PING,
+    TEXT,
     OggPage,
     OggPageReader,
     SessionOptions,
@@ -30,7 +33,12 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
-_OGG_STREAM_START = b"OggS\x00\x02"  # an Ogg page with the beginning-of-stream flag: the stream's headers
+# Python names it from 3.14 on; the number is Linux's (macOS: 0x201)
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 0x201 if sys.platform == "darwin" else 25)
+_TCP_INFO = getattr(socket, "TCP_INFO", 11)
+_NOTSENT_AT = 144  # tcpi_notsent_bytes in Linux's struct tcp_info (since Linux 4.6; shorter answers: not known)
+_PING_EVERY = 3  # frames between the pings that tell whether the client reads (~1.5 KB/minute)
+_OPUS_FRAME_BYTES = 400  # an 80 ms Ogg/Opus page of speech as sphn encodes it: ~300 bytes, with some margin
 
 
 def worth_logging(count: int) -> bool:
@@ -46,7 +54,8 @@ class SessionStats:
     underruns: int = 0  # ticks with no received frame (silence was used)
     dropped_in: int = 0  # received frames dropped: the client sent faster than real time, or the server fell behind
     drained_in: int = 0  # of those, dropped because the input backlog stayed above its target (next_frame)
-    dropped_out: int = 0  # replies dropped because the client did not read them
+    dropped_out: int = 0  # replies dropped because the client did not read them (a full outbox, or too old)
+    stale_audio_dropped: int = 0  # of those, audio replies older than the max reply age when their turn came
     bad_messages: int = 0
 
 
@@ -66,11 +75,11 @@ class Session:
         self._drop_events = self._drain_events = 0
         self._window_ticks, self._window_min = 0, None  # the input depth's minimum over the current drain window
         self._opened = time.monotonic()  # to tell a client sending too fast from a server stepping too slowly
-        # Replies waiting to be sent: (message, droppable). The Ogg/Opus stream's first message (its OpusHead and
-        # OpusTags pages) is never dropped: without it a client's decoder cannot start.
+        # Replies waiting to be sent (_Reply), oldest first; audio as PCM, encoded when sent (see deliver).
         self.outbox: collections.deque = collections.deque()
         self._outbox_ready = asyncio.Event()
         self._reader = self._writer = None
+        self._socket, self._send_limit = None, 0  # set by _bound_send_buffers where TCP_INFO says what is unsent
         self.last_audio_samples = 0  # audio in the last message received (what it costs the read budget)
         if not options.raw:
             import sphn  # noqa: PLC0415 - Opus sessions only (sphn's native library): pcm16 ones work without it
@@ -78,6 +87,8 @@ class Session:
             self._pages = OggPageReader(sample_rate, server_options.max_ogg_pages, server_options.max_opus_packets)
             self._reader = sphn.OpusStreamReader(sample_rate)
             self._writer = sphn.OpusStreamWriter(sample_rate)
+        if connection is not None:
+            self._bound_send_buffers(connection)
 
     # ------------------------------------------------------------------------------------------------ input
     def receive(self, data) -> Optional[str]:
@@ -211,32 +222,149 @@ class Session:
 
     # ----------------------------------------------------------------------------------------------- output
     def deliver(self, audio: np.ndarray, text: Optional[str]) -> None:
-        """Queue the replies of one step: audio first, then text (as Kyutai's server)."""
-        if self.options.raw:
-            self.post(message(AUDIO, pcm16_bytes(audio)))
-        else:
-            pages = self._writer.append_pcm(audio)
-            if pages:
-                self.post(message(AUDIO, pages), droppable=not pages.startswith(_OGG_STREAM_START))
+        """Queue the replies of one step: audio first, then text (as Kyutai's server), stamped with the tick's
+        time. The audio stays PCM until its turn to be sent comes: only replies still fresh then are encoded, so
+        the Ogg/Opus stream a client decodes has no holes (dropping Ogg pages of one stream would break its page
+        sequence and granule positions; dropping PCM before the encoder leaves a valid stream that skips ahead)."""
+        now = time.monotonic()
+        self._queue(_Reply(now, AUDIO, audio))
         if text:
-            self.post(text_message(text))
+            self._queue(_Reply(now, TEXT, text))
 
-    def post(self, msg: bytes, droppable: bool = True) -> None:
+    def post(self, msg: bytes) -> None:
+        """Queue a message that is not a tick's reply (a ping's echo, an error notice)."""
+        self._queue(_Reply(time.monotonic(), None, msg))
+
+    def _queue(self, reply: "_Reply") -> None:
+        self._drop_stale(reply.at)
         if len(self.outbox) >= self.limits.output_queue_messages:
-            oldest = next((i for i, (_, can_drop) in enumerate(self.outbox) if can_drop), None)
-            if oldest is not None:
-                del self.outbox[oldest]
-                self.stats.dropped_out += 1
-                if worth_logging(self.stats.dropped_out):
-                    log.warning("session %d: client does not read its replies, dropped %d message(s)", self.slot,
-                                self.stats.dropped_out)
-        self.outbox.append((msg, droppable))
+            self._make_room()
+        self.outbox.append(reply)
         self._outbox_ready.set()
 
+    def _drop_stale(self, now: float) -> None:
+        """Drop the queued audio older than the max reply age (text and notices older than it stay): while a
+        send is blocked, what waits behind it is at most that old."""
+        kept = []
+        while self.outbox and now - self.outbox[0].at > self.limits.reply_max_age:
+            reply = self.outbox.popleft()
+            if reply.kind == AUDIO:
+                self.stats.stale_audio_dropped += 1
+                self._count_dropped_out()
+            else:
+                kept.append(reply)
+        self.outbox.extendleft(reversed(kept))
+
+    def _make_room(self) -> None:
+        """The outbox is full: two adjacent text pieces become one (the words a client shows are the same, so text
+        is never lost; text is small), else its oldest audio is dropped, else its oldest notice."""
+        pair = next((i for i in range(len(self.outbox) - 1)
+                     if self.outbox[i].kind == TEXT and self.outbox[i + 1].kind == TEXT), None)
+        if pair is not None:
+            first = self.outbox[pair]
+            del self.outbox[pair]
+            self.outbox[pair] = _Reply(first.at, TEXT, first.data + self.outbox[pair].data)
+            return
+        for kind in (AUDIO, None):
+            oldest = next((i for i, reply in enumerate(self.outbox) if reply.kind == kind), None)
+            if oldest is not None:
+                del self.outbox[oldest]
+                self._count_dropped_out()
+                return
+
+    def _count_dropped_out(self) -> None:
+        self.stats.dropped_out += 1
+        if worth_logging(self.stats.dropped_out):
+            log.warning("session %d: client does not read its replies, dropped %d message(s) (%d audio older than "
+                        "%.1f s)", self.slot, self.stats.dropped_out, self.stats.stale_audio_dropped,
+                        self.limits.reply_max_age)
+
+    def _encoded(self, reply: "_Reply") -> bytes:
+        """The message of a reply, made as it is sent (b"" when the Opus encoder holds it back for its page)."""
+        if reply.kind == TEXT:
+            return text_message(reply.data)
+        if reply.kind != AUDIO:
+            return reply.data
+        if self.options.raw:
+            return message(AUDIO, pcm16_bytes(reply.data))
+        pages = self._writer.append_pcm(reply.data)
+        return message(AUDIO, pages) if pages else b""
+
+    def _bound_send_buffers(self, connection) -> None:
+        """What may sit below the outbox, where nothing can be dropped any more, holds a few replies: websockets'
+        write buffer (its high-water mark; past it a send waits) and the kernel's send buffer (SO_SNDBUF, which
+        would otherwise grow to megabytes: minutes of Opus). Then a client that stops reading blocks the send
+        loop within a few replies, and what is queued meanwhile ages out of the outbox."""
+        transport = getattr(connection, "transport", None)
+        if transport is None:
+            return
+        limit = self.limits.send_buffer_frames * (1 + 2 * self.frame_size if self.options.raw else _OPUS_FRAME_BYTES)
+        transport.set_write_buffer_limits(high=limit)
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit // 2)  # Linux doubles it (its bookkeeping)
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, limit)
+        except OSError as e:  # not a TCP socket, or a system without the option: the write buffer still bounds
+            log.debug("session %d: send buffer not sized (%s)", self.slot, e)
+            return
+        # Linux checks both only when a send needs a new packet: while the peer's window is closed, sends are
+        # appended to the queue's last, unsent packet, up to ~64 KB (minutes of Opus). So the send loop reads
+        # the unsent bytes itself (TCP_INFO, Linux) and waits while they are over the limit.
+        self._socket, self._send_limit = sock, limit
+
+    def _unsent_bytes(self) -> int:
+        """Bytes the kernel holds that it has not sent (the peer's window is closed); 0 where it does not say."""
+        if self._socket is None:
+            return 0
+        try:
+            info = self._socket.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+        except OSError:
+            self._socket = None
+            return 0
+        return int.from_bytes(info[_NOTSENT_AT:_NOTSENT_AT + 4], sys.byteorder) if len(info) >= _NOTSENT_AT + 4 else 0
+
     async def send_loop(self) -> None:
+        pings: collections.deque = collections.deque()  # (sent at, pong future), oldest first
         while True:
             while not self.outbox:
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
-            msg, _ = self.outbox.popleft()
-            await self.connection.send(msg)
+            await self._wait_while_behind(pings)
+            self._drop_stale(time.monotonic())
+            if not self.outbox:
+                continue
+            msg = self._encoded(self.outbox.popleft())
+            if msg:
+                await self.connection.send(msg)
+
+    async def _wait_while_behind(self, pings: collections.deque) -> None:
+        """Wait while the client is behind: the kernel holds unsent bytes over the limit (its window is closed),
+        or a WebSocket ping sent more than the max reply age ago has no pong. Every client answers pings (RFC
+        6455: browsers, Kyutai's clients, websockets), but only as far as it reads: once its process stalls or
+        its library's queue is full, the pongs stop. So a client that stops reading is found within the max age,
+        before its own receive buffer (tens of seconds of Opus) takes more; while it is behind, what waits in the
+        outbox ages out (``_queue``)."""
+        period = self.frame_size / self.sample_rate
+        while True:
+            now = time.monotonic()
+            while pings and pings[0][1].done():
+                pings.popleft()
+            if not pings or now - pings[-1][0] >= _PING_EVERY * period:
+                pong = await self.connection.ping()
+                pings.append((now, pong))
+            late = pings and now - pings[0][0] > self.limits.reply_max_age
+            if not late and self._unsent_bytes() <= self._send_limit:
+                return
+            await asyncio.sleep(period / 2)
+
+
+class _Reply:
+    """One queued message: when its tick (or notice) came, its kind (AUDIO, TEXT or None: a message already
+    made), and its data (PCM samples, text, or the message)."""
+
+    __slots__ = ("at", "kind", "data")
+
+    def __init__(self, at: float, kind: Optional[int], data):
+        self.at, self.kind, self.data = at, kind, data

@@ -260,7 +260,7 @@ def test_query_parameters_set_the_session_sampling():
 def test_a_stalled_client_does_not_delay_others():
     """Another client gets every reply it is owed while one never reads (each session sends from its own task;
     the clock never waits for a send). That the unread replies are dropped from a bounded outbox:
-    test_a_client_that_does_not_read_keeps_the_opus_stream_headers."""
+    tests/serving/test_outbox.py."""
     async def test(server, url):
         stalled = await connect(url + "/api/chat?format=pcm16", max_queue=1)
         await handshake(stalled)  # ... and never reads again
@@ -301,6 +301,14 @@ def test_memory_is_flat_over_200_connections():
                 await handshake(ws)
                 await ws.send(frame)
 
+        # Warm up: the engine's first steps allocate its working memory (about 30 MB here, once), and a short
+        # connection may come and go between two ticks; a session that gets replies makes sure the engine stepped.
+        # Without it the figure depended on which tests ran before this one.
+        async with connect(url + "/api/chat?format=pcm16") as ws:
+            await handshake(ws)
+            for _ in range(3):
+                await ws.send(frame)
+            assert await count_audio(ws, 3) == 3
         for _ in range(20):
             await once()
         before = rss_mb()
@@ -310,7 +318,7 @@ def test_memory_is_flat_over_200_connections():
         return rss_mb() - before, server.stats()
 
     growth, stats = serve(test)
-    assert growth < 30 and stats["sessions"] == 0 and stats["connections"] == 220
+    assert growth < 30 and stats["sessions"] == 0 and stats["connections"] == 221
 
 
 @pytest.mark.slow
@@ -610,25 +618,6 @@ def test_an_opus_message_holding_seconds_of_pages_is_decoded():
     assert session.receive(message(AUDIO, pages)) is None
     assert session.stats.bad_messages == 0 and session.stats.frames_in >= 95
     assert session.last_audio_samples == len(pcm)
-
-
-def test_a_client_that_does_not_read_keeps_the_opus_stream_headers():
-    """Replies a client does not read are dropped oldest first, except the Ogg/Opus stream's first message (its
-    OpusHead/OpusTags pages): when the client reads again, its decoder can still start."""
-    import sphn
-
-    from duplex.serving.server import Session
-
-    session = Session(None, 0, parse_query("/api/chat"), 1920, 24000, ServerOptions(output_queue_messages=8))
-    pcm = speech(4.0)
-    for i in range(0, len(pcm), 1920):
-        session.deliver(pcm[i:i + 1920], None)
-    queued = [msg for msg, _ in session.outbox]
-    assert len(queued) == 8 and session.stats.dropped_out > 30
-    assert queued[0][1:].startswith(b"OggS\x00\x02") and b"OpusHead" in queued[0]
-    reader = sphn.OpusStreamReader(24000)
-    decoded = [reader.append_bytes(msg[1:]) for msg in queued]
-    assert sum(0 if d is None else len(d) for d in decoded) > 0
 
 
 class CountingReader:
