@@ -9,38 +9,156 @@ silently half-understood.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import numbers
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Union
 
 from .errors import ConfigError
+from .io.files import readable_file
+
+# A config is a few kilobytes; a file this large given as one is a checkpoint or some other file, which reading
+# whole (a 7B checkpoint is 15 GB) would only take memory and time to say "not JSON".
+MAX_CONFIG_BYTES = 16 << 20
 
 
 def _strict_fields(cls, data: Mapping[str, Any], where: str) -> dict:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a JSON object, got {shown(data)}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(names)}")
+        raise ConfigError(f"{where}: unknown key(s) {listed(unknown)}; known keys are {listed(sorted(names))}")
     return dict(data)
 
 
+def listed(names: list, limit: int = 8) -> str:
+    """``names`` as a message lists them, the first ``limit`` only (another model's config has dozens of keys, and
+    an error is one line)."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{names[:limit]}{more}"
+
+
 def read_json_config(path, error: type, what: str) -> dict:
-    """The JSON object in ``path``; missing files and bad JSON become ``error`` with a message naming them."""
+    """The JSON value in ``path`` (the caller checks that it is an object); a path that is not a readable regular
+    file (``files.readable_file``: a named pipe would block), a file too large to be a config, text that is not
+    UTF-8 or not JSON become ``error`` with a one-line message naming the file."""
+    path = readable_file(path, what, error)
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:
+        raise error(f"{what} {path} is not a config: {size} bytes, a config is a small JSON file (is it a "
+                    f"checkpoint?)")
     try:
         with open(path, "r", encoding="utf-8") as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise error(f"{what} file not found: {path}") from None
     except json.JSONDecodeError as e:
         raise error(f"{what} {path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not a JSON file: not UTF-8 text (a binary file?)") from None
+    except RecursionError:
+        raise error(f"{what} {path} is not a config: JSON nested too deeply") from None
+    except OSError as e:  # a read error after the checks (a file removed meanwhile, an I/O error)
+        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from None
+
+
+def loaded_from(path, what: str, e: Exception) -> str:
+    """The message of the config error ``e`` (one that starts with ``what``) with the file it came from named:
+    "LM config: dim must be..." read from ``path`` becomes "LM config PATH: dim must be..."."""
+    message = str(e)
+    if message.startswith(what + ":"):
+        return f"{what} {os.fspath(path)}{message[len(what):]}"
+    return f"{what} {os.fspath(path)}: {message}"
+
+
+def shown(value: Any) -> str:
+    """A JSON value as a message shows it: its kind, and short values themselves."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, numbers.Real):
+        return repr(float(value)) if isinstance(value, float) and not math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Each type a config field is declared with: (test, what the message calls it). JSON's true is not a number here
+# (Python's bool is an int), and a list may come as a tuple from Python code.
+_TYPE_CHECKS = {
+    int: (_is_int, "an integer"),
+    float: (_is_number, "a finite number"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    list: (lambda v: isinstance(v, (list, tuple)), "a list"),
+    dict: (lambda v: isinstance(v, Mapping), "an object"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> tuple:
+    """(name, type, optional) of each field of the config dataclass ``cls``, from its annotations."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        optional = typing.get_origin(kind) is Union and type(None) in args
+        if optional:
+            kind = next(a for a in args if a is not type(None))
+        out.append((f.name, kind, optional))
+    return tuple(out)
+
+
+def type_problem(config) -> Optional[str]:
+    """The first field of the config dataclass instance ``config`` whose value is not of its declared type, as
+    "NAME must be an integer, got the string 'abc'"; None when all are. Checked before any value is used: a size
+    that is a string or null would otherwise end in a TypeError deep inside the model's construction."""
+    for name, kind, optional in _field_types(type(config)):
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        if dataclasses.is_dataclass(kind):
+            test, described = (lambda v, k=kind: isinstance(v, k)), "an object"
+        else:
+            test, described = _TYPE_CHECKS[kind]
+        if not test(value):
+            return f"{name} must be {described}{' or null' if optional else ''}, got {shown(value)}"
+    return None
 
 
 def _require(cond: bool, message: str) -> None:
     if not cond:
-        raise ConfigError(message)
+        raise ConfigError(f"Mimi config: {message}")
+
+
+def _require_types(config, section: str) -> None:
+    problem = type_problem(config)
+    _require(problem is None, f"{section}{problem}")
+
+
+def _require_sizes(config, section: str, names: str, low: int = 1) -> None:
+    """Each field in ``names`` (space-separated) is at least ``low`` (sizes: a zero or negative one would only fail
+    later, inside torch, as a tensor of negative dimension)."""
+    for name in names.split():
+        value = getattr(config, name)
+        _require(value >= low, f"{section}{name} must be at least {low}, got {value}")
 
 
 @dataclass
@@ -74,6 +192,12 @@ class SEANetConfig:
         return hop
 
     def validate(self) -> None:
+        _require_types(self, "seanet.")
+        _require(all(_is_int(r) for r in self.ratios), "seanet.ratios must be a list of integers")
+        _require(len(self.ratios) > 0 and all(r > 0 for r in self.ratios), "seanet.ratios must be positive")
+        _require_sizes(self, "seanet.", "channels dimension n_filters compress dilation_base kernel_size "
+                       "residual_kernel_size last_kernel_size")
+        _require_sizes(self, "seanet.", "n_residual_layers disable_norm_outer_blocks lstm", low=0)
         _require(self.causal, "seanet.causal must be true: only causal (streaming) codecs are supported")
         _require(self.activation == "ELU", f"seanet.activation {self.activation!r} is not supported (only 'ELU')")
         # 'weight_norm' checkpoints are folded at load time, so both norms describe the same computation.
@@ -81,7 +205,6 @@ class SEANetConfig:
         _require(self.pad_mode == "constant", f"seanet.pad_mode {self.pad_mode!r} is not supported")
         _require(self.true_skip, "seanet.true_skip must be true (conv shortcuts are not supported)")
         _require(self.lstm == 0, "seanet.lstm is not supported (Mimi has no LSTM)")
-        _require(len(self.ratios) > 0 and all(int(r) > 0 for r in self.ratios), "seanet.ratios must be positive")
         _require(self.channels == 1, "seanet.channels must be 1 (mono)")
 
 
@@ -97,6 +220,8 @@ class QuantizerConfig:
     n_q_semantic: int = 1
 
     def validate(self) -> None:
+        _require_types(self, "quantizer.")
+        _require_sizes(self, "quantizer.", "dimension input_dimension output_dimension")
         _require(self.n_q_semantic == 1, "quantizer.n_q_semantic must be 1 (one semantic codebook, as in Mimi)")
         _require(1 <= self.n_q, "quantizer.n_q must be at least 1")
         _require(self.bins >= 2, "quantizer.bins must be at least 2")
@@ -128,13 +253,20 @@ class TransformerConfig:
         return self.d_model // self.num_heads
 
     def validate(self) -> None:
+        _require_types(self, "transformer.")
+        _require(all(_is_int(d) for d in self.output_dimensions),
+                 "transformer.output_dimensions must be a list of integers")
+        _require_sizes(self, "transformer.", "d_model num_heads dim_feedforward input_dimension")
+        _require_sizes(self, "transformer.", "num_layers", low=0)
+        _require(self.max_period > 0, f"transformer.max_period must be positive, got {self.max_period}")
         _require(self.causal, "transformer.causal must be true")
         _require(self.conv_layout, "transformer.conv_layout must be true")
         _require(self.gating == "none", f"transformer.gating {self.gating!r} is not supported (Mimi uses 'none')")
         _require(self.norm == "layer_norm", f"transformer.norm {self.norm!r} is not supported (Mimi: 'layer_norm')")
         _require(self.positional_embedding == "rope",
                  f"transformer.positional_embedding {self.positional_embedding!r} is not supported (Mimi: 'rope')")
-        _require(self.layer_scale is not None, "transformer.layer_scale must be set (Mimi uses LayerScale)")
+        _require(self.layer_scale is not None and self.layer_scale > 0,
+                 "transformer.layer_scale must be positive (Mimi uses LayerScale)")
         _require(self.d_model % self.num_heads == 0 and self.head_dim % 2 == 0,
                  "transformer.d_model must split into heads of even size")
         _require(self.input_dimension == self.d_model and list(self.output_dimensions) == [self.d_model],
@@ -193,18 +325,19 @@ class MimiConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MimiConfig":
-        top = _strict_fields(cls, data, "mimi config")
+        top = _strict_fields(cls, data, "Mimi config")
         for key in ("seanet", "quantizer", "transformer"):
             if key not in top:
-                raise ConfigError(f"mimi config: missing section {key!r}")
+                raise ConfigError(f"Mimi config: missing section {key!r}")
         cfg = cls(
-            sample_rate=int(top.get("sample_rate", 24000)),
-            channels=int(top.get("channels", 1)),
-            frame_rate=float(top.get("frame_rate", 12.5)),
-            seanet=SEANetConfig(**_strict_fields(SEANetConfig, top["seanet"], "mimi config 'seanet'")),
-            quantizer=QuantizerConfig(**_strict_fields(QuantizerConfig, top["quantizer"], "mimi config 'quantizer'")),
+            sample_rate=top.get("sample_rate", 24000),
+            channels=top.get("channels", 1),
+            frame_rate=top.get("frame_rate", 12.5),
+            seanet=SEANetConfig(**_strict_fields(SEANetConfig, top["seanet"], "Mimi config: section 'seanet'")),
+            quantizer=QuantizerConfig(
+                **_strict_fields(QuantizerConfig, top["quantizer"], "Mimi config: section 'quantizer'")),
             transformer=TransformerConfig(
-                **_strict_fields(TransformerConfig, top["transformer"], "mimi config 'transformer'")),
+                **_strict_fields(TransformerConfig, top["transformer"], "Mimi config: section 'transformer'")),
         )
         cfg.validate()
         return cfg
@@ -218,7 +351,11 @@ class MimiConfig:
             config.validate()
             return config
         if isinstance(config, (str, os.PathLike)):
-            return cls.from_dict(read_json_config(config, ConfigError, "mimi config"))
+            data = read_json_config(config, ConfigError, "Mimi config")
+            try:
+                return cls.from_dict(data)
+            except ConfigError as e:  # which file is wrong, not only what
+                raise ConfigError(loaded_from(config, "Mimi config", e)) from None
         return cls.from_dict(config)
 
     def to_dict(self) -> dict:
@@ -236,6 +373,9 @@ class MimiConfig:
         return data
 
     def validate(self) -> None:
+        _require_types(self, "")
+        _require_sizes(self, "", "sample_rate")
+        _require(self.frame_rate > 0, f"frame_rate must be positive, got {self.frame_rate}")
         _require(self.channels == 1, "only mono codecs are supported (channels must be 1)")
         self.seanet.validate()
         self.quantizer.validate()

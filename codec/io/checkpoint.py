@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
-from .files import write_atomically
+from .files import readable_file, write_atomically
 
 _LEGACY_CODEBOOK = {"inited": "_initialized", "cluster_size": "cluster_usage",
                     "embed_avg": "embedding_sum", "embed_sum": "embedding_sum"}
@@ -27,24 +27,20 @@ _MODULE_FORM = re.compile(r"^(?P<prefix>.*)\.(?P<kind>in_projs|out_projs)\.(?P<i
 
 def read_tensors(path: "str | os.PathLike", containers: Sequence[Sequence[str]] = (("model",),)) -> dict:
     """All tensors of a ``.safetensors`` file, or of a torch pickle (looked up under one of ``containers``)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint path is a directory, expected a file: {path}")
+    path = readable_file(path, "checkpoint", CheckpointError)
     kind = checkpoint_format(path)
     if kind == "safetensors":
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises several exception types for truncated/garbled headers
-            raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
     if kind is None:  # torch.load would unpickle text into errors such as "IndexError: pop from empty list"
-        raise CheckpointError(f"{path} is neither a safetensors file nor a readable torch checkpoint")
+        raise CheckpointError(f"checkpoint {path} is neither a safetensors file nor a readable torch checkpoint")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the first line only: torch appends paragraphs of advice about weights_only
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path} is neither a safetensors file nor a readable torch checkpoint "
+        raise CheckpointError(f"checkpoint {path} is neither a safetensors file nor a readable torch checkpoint "
                               f"({type(e).__name__}: {reason})") from None
     for chain in containers:
         inner = data
@@ -54,14 +50,15 @@ def read_tensors(path: "str | os.PathLike", containers: Sequence[Sequence[str]] 
             data = inner
             break
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} does not contain a state dict of tensors")
+        raise CheckpointError(f"checkpoint {path} does not contain a state dict of tensors")
     return dict(data)
 
 
 def checkpoint_format(path: "str | os.PathLike") -> Optional[str]:
     """What a file holds by its first bytes, whatever its name: ``"safetensors"`` (an 8-byte header length, then
-    the JSON header's ``{``), ``"torch"`` (a zip archive, or a legacy pickle's protocol byte) or None."""
-    with open(path, "rb") as f:
+    the JSON header's ``{``), ``"torch"`` (a zip archive, or a legacy pickle's protocol byte) or None. A path that
+    is not a readable regular file is a CheckpointError (``files.readable_file``: a named pipe would block here)."""
+    with open(readable_file(path, "checkpoint", CheckpointError), "rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"

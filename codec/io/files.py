@@ -1,13 +1,50 @@
-"""Writing files so that an interrupted write never leaves half a file: the content goes to a hidden temporary
-file beside the target, which is then renamed over it (a rename within one folder is atomic)."""
+"""Files at the codec's edges, both ways. Writing: an interrupted write never leaves half a file (the content goes
+to a hidden temporary file beside the target, which is then renamed over it; a rename within one folder is atomic).
+Reading: a model file is checked to be a readable regular file before it is opened (``readable_file``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Callable, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+# What a path that is not a regular file is, for the message (the others are all "not a regular file").
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def readable_file(path: PathLike, what: str, error: type) -> str:
+    """``path`` (as a string) when it names a regular file this process may read, else ``error`` with a one-line
+    message that starts with ``what`` and says what is wrong: not found (a missing file, a broken link), a folder,
+    something that is not a regular file, or a file that cannot be read.
+
+    Every model file (checkpoint, config, tokenizer) goes through this before it is opened: opening a named pipe
+    for reading blocks until some process writes to it (a command given one as its model would hang, silently), a
+    device never ends, and "not found" must only ever be said of a file that is not there."""
+    path = os.fspath(path)
+    if not path:
+        raise error(f"{what}: the path is empty")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        broken = " (a symbolic link to a missing file)" if os.path.islink(path) else ""
+        raise error(f"{what} not found: {path}{broken}") from None
+    except NotADirectoryError:
+        raise error(f"{what} not found: {path} (part of the path is a file, not a folder)") from None
+    except OSError as e:  # permission denied on a folder of the path, a name too long, a loop of links
+        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{what} {path} is a folder, expected a file")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise error(f"{what} {path} is {kind}, expected a regular file")
+    if not os.access(path, os.R_OK):
+        raise error(f"{what} {path} cannot be read (permission denied)")
+    return path
 
 
 def write_atomically(path: PathLike, write: Callable[[str], None]) -> None:

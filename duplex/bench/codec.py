@@ -19,7 +19,7 @@ def codec_to_time(checkpoint: Optional[PathLike] = None, config: Optional[PathLi
     that travels with it (``codec_config_for``); no checkpoint and ``config`` 'official', Kyutai's Mimi shape with
     random weights (the timing does not depend on the weights); a config alone, that shape with random weights;
     neither, the shipped codec."""
-    if checkpoint:
+    if checkpoint is not None:
         return str(checkpoint), codec_config_for(checkpoint, config)
     if config == OFFICIAL:
         return None, None

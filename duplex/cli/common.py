@@ -134,12 +134,14 @@ MODEL_FILE_OPTIONS = (("--lm", "lm"), ("--mimi", "mimi"), ("--tokenizer", "token
 def model_files(args) -> ModelFiles:
     """The model the options name: --hf-repo (which excludes the file options), --lm with what it does not give
     found beside it, or the shipped default model."""
-    given = [flag for flag, attr in MODEL_FILE_OPTIONS if getattr(args, attr, None)]
-    if getattr(args, "hf_repo", None):
+    # "Given" is "not None": an empty value (``--lm "$MODEL"`` with the variable unset) is a path that is wrong,
+    # never a silent fall-back to the default model.
+    given = [flag for flag, attr in MODEL_FILE_OPTIONS if getattr(args, attr, None) is not None]
+    if getattr(args, "hf_repo", None) is not None:
         if given:
             raise UsageError(f"--hf-repo gives the model files; leave out {', '.join(given)}")
         return ModelFiles.from_hf_cache(args.hf_repo)
-    if args.lm:
+    if args.lm is not None:
         return ModelFiles.for_lm(args.lm, mimi=args.mimi, tokenizer=args.tokenizer, lm_config=args.lm_config,
                                  mimi_config=args.mimi_config)
     if given:  # the shipped LM is trained on the shipped codec's codes, with its own tokenizer

@@ -11,11 +11,12 @@ aside in ``repo_extras``.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Tuple
 
-from codec.config import read_json_config
+from codec.config import listed, loaded_from, read_json_config, shown, type_problem
 
 from ..errors import LMConfigError
 
@@ -24,6 +25,10 @@ REPO_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "l
              "lm_gen_config", "tts_config", "stt_config", "model_id")
 # Accepted for compatibility, dropped as the official loader drops them.
 DROPPED_KEYS = ("depformer_causal",)
+# The types of the repository keys kept aside (Kyutai's CheckpointInfo reads the names as file names and the
+# *_config entries as keyword dicts): a wrong one is an error here, not a file name silently left unused.
+REPO_KEY_TYPES = {**{key: (str, "a string") for key in REPO_KEYS},
+                  **{key: (Mapping, "an object") for key in ("lm_gen_config", "tts_config", "stt_config")}}
 # Options whose default is the only supported value: (key, default).
 FIXED_OPTIONS = {
     "demux_second_text_stream": False, "demux_second_stream": False, "norm_emb": False, "bias_proj": False,
@@ -143,9 +148,13 @@ class LMConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LMConfig":
         if not isinstance(data, Mapping):
-            raise LMConfigError(f"LM config: expected a JSON object, got {type(data).__name__}")
+            raise LMConfigError(f"LM config: expected a JSON object, got {shown(data)}")
         data = dict(data)
         extras = {k: data.pop(k) for k in REPO_KEYS if k in data}
+        for key, value in extras.items():
+            kind, described = REPO_KEY_TYPES[key]
+            if value is not None and not isinstance(value, kind):
+                raise LMConfigError(f"LM config: {key} must be {described} or null, got {shown(value)}")
         for key in DROPPED_KEYS + FIXED_IGNORED:
             data.pop(key, None)
         for key, default in FIXED_OPTIONS.items():
@@ -156,9 +165,8 @@ class LMConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"repo_extras"}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise LMConfigError(f"LM config: unknown key(s) {unknown}")
+            raise LMConfigError(f"LM config: unknown key(s) {listed(unknown)}")
         cfg = cls(**data, repo_extras=extras)
-        cfg.delays = [int(d) for d in cfg.delays]
         cfg.validate()
         return cfg
 
@@ -176,10 +184,14 @@ class LMConfig:
         if isinstance(config, (str, os.PathLike)):
             if isinstance(config, str) and config in cls.PRESETS and not os.path.isfile(config):
                 return cls.preset(config)
-            if not os.path.exists(config) and not os.fspath(config).endswith(".json"):
-                raise LMConfigError(f"LM config {os.fspath(config)!r} is neither a file nor a preset "
-                                    f"({', '.join(cls.PRESETS)})")
-            return cls.from_dict(read_json_config(config, LMConfigError, "LM config"))
+            if os.fspath(config) and not os.path.lexists(config) and not os.fspath(config).endswith(".json"):
+                raise LMConfigError(f"LM config not found: {os.fspath(config)} (neither a file nor a preset: "
+                                    f"{', '.join(cls.PRESETS)})")
+            data = read_json_config(config, LMConfigError, "LM config")
+            try:
+                return cls.from_dict(data)
+            except LMConfigError as e:  # which file is wrong, not only what
+                raise LMConfigError(loaded_from(config, "LM config", e)) from None
         return cls.from_dict(config)
 
     def to_dict(self) -> dict:
@@ -195,6 +207,20 @@ class LMConfig:
             if not cond:
                 raise LMConfigError(f"LM config: {message}")
 
+        # Types and sizes first: every later check, and the model's construction, computes with them.
+        problem = type_problem(self)
+        require(problem is None, str(problem))
+        require(all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in self.delays),
+                "delays must be a list of integers")
+        for name in ("dim", "text_card", "n_q", "card", "num_heads", "num_layers", "depformer_dim",
+                     "depformer_dim_feedforward", "depformer_num_heads", "depformer_num_layers"):
+            require(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("hidden_scale", "max_period", "depformer_max_period"):
+            require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("existing_text_padding_id", "existing_text_end_padding_id"):  # text token ids
+            require(0 <= getattr(self, name) < self.text_card,
+                    f"{name} must be a text token id (0 to text_card - 1 = {self.text_card - 1}), got "
+                    f"{getattr(self, name)}")
         require(self.causal, "causal must be true")
         require(self.gating == "silu" and self.depformer_gating == "silu", "only 'silu' gating is supported")
         require(self.norm == "rms_norm_f32", f"norm {self.norm!r} is not supported (only 'rms_norm_f32')")

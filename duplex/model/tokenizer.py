@@ -11,6 +11,8 @@ from typing import Iterable, List, Optional, Union
 
 import sentencepiece
 
+from codec.io.files import readable_file
+
 from ..errors import TokenizerError
 
 PAD_ID = 3
@@ -21,9 +23,7 @@ _WORD_START = "\u2581"
 
 class TextTokenizer:
     def __init__(self, path: Union[str, os.PathLike], hidden_ids: Iterable[int] = (END_OF_PAD_ID, PAD_ID)):
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise TokenizerError(f"tokenizer model not found: {path}")
+        path = readable_file(path, "tokenizer model", TokenizerError)  # not found, a folder, a FIFO: one message
         self.sp = sentencepiece.SentencePieceProcessor()
         try:
             self.sp.Load(path)

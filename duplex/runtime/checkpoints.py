@@ -36,6 +36,7 @@ from safetensors import safe_open
 
 from codec import SHIPPED_CODEC, SHIPPED_CONFIG, CheckpointError, Mimi
 from codec.io.checkpoint import checkpoint_format, normalize_keys
+from codec.io.files import readable_file
 
 from ..errors import ModelFilesError
 from ..model.config import LMConfig, lm_config_beside
@@ -109,9 +110,7 @@ class ModelFiles:
                ) -> "ModelFiles":
         """An LM file and what goes with it: each file not given is the one found beside the LM (module
         docstring). Raises ModelFilesError when a file is missing or cannot be told."""
-        lm = _existing(lm, "LM checkpoint")
-        if checkpoint_format(lm) is None:
-            raise ModelFilesError(f"LM checkpoint {lm} is neither a safetensors file nor a torch checkpoint")
+        lm = _checkpoint(lm, "LM checkpoint")
         config = lm_config_for(lm, lm_config)
         cfg = LMConfig.load(config)
         if mimi is None:
@@ -208,10 +207,15 @@ class ModelFiles:
     def load(self, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None
              ) -> Tuple[MoshiLM, Mimi, Optional[TextTokenizer]]:
         """(LM, codec, tokenizer) on ``device``; the codec with the codebooks the LM reads and writes (as Kyutai's
-        loader: max(dep_q, n_q - dep_q))."""
-        lm = self.load_lm(device, dtype)
-        mimi = self.load_mimi(max(lm.config.dep_q, lm.config.user_codebooks), device)
-        return lm, mimi, self.load_tokenizer()
+        loader: max(dep_q, n_q - dep_q)). The small files are read first (the LM's config, the tokenizer, the
+        codec), the LM's weights last: a wrong codec or tokenizer is told in a second, not after minutes of
+        reading a 7B."""
+        self._check_supported()
+        _existing(self.lm, "LM checkpoint")
+        cfg = LMConfig.load(self.lm_config)
+        tokenizer = self.load_tokenizer()
+        mimi = self.load_mimi(max(cfg.dep_q, cfg.user_codebooks), device)
+        return self.load_lm(device, dtype), mimi, tokenizer
 
     def _check_supported(self) -> None:
         named = [name for name, value in (("voice prompts", self.voice_prompts), ("LoRA adapters",
@@ -230,7 +234,12 @@ def lm_config_for(lm: PathLike, lm_config: Union[None, PathLike, LMConfig, Mappi
         return LMConfig.load(lm_config)
     if lm_config is not None:
         lm_config = os.fspath(lm_config)
-        return lm_config if lm_config in LMConfig.PRESETS else _existing(lm_config, "LM config")
+        if lm_config in LMConfig.PRESETS:
+            return lm_config
+        if lm_config and not os.path.lexists(lm_config) and not lm_config.endswith(".json"):
+            raise ModelFilesError(f"LM config not found: {lm_config} (neither a file nor a preset: "
+                                  f"{', '.join(LMConfig.PRESETS)})")
+        return _existing(lm_config, "LM config")
     beside = lm_config_beside(lm)
     if beside is not None:
         return beside
@@ -327,22 +336,24 @@ def codec_files(checkpoint: Optional[PathLike] = None, config: Optional[PathLike
     """(checkpoint, config) of a codec used on its own: ``checkpoint``, else ``$DUPLEX_MIMI``, else the codec
     shipped with duplex (with its own config; ``config`` then must not be given). The config defaults to the one
     that travels with the file (``codec_config_for``)."""
-    checkpoint = checkpoint or os.environ.get(MIMI_ENV)
-    if not checkpoint:
+    what = "Mimi checkpoint"
+    if checkpoint is None and os.environ.get(MIMI_ENV):  # an empty variable is an unset one; an empty path is not
+        checkpoint, what = os.environ[MIMI_ENV], f"Mimi checkpoint (${MIMI_ENV})"
+    if checkpoint is None:
         if config is not None:
             raise ModelFilesError("a codec config describes a codec file; the shipped codec brings its own config "
                                   "(give the codec file with it)")
         return SHIPPED_CODEC, SHIPPED_CONFIG
-    checkpoint = _existing(checkpoint, "Mimi checkpoint")
+    checkpoint = _existing(checkpoint, what)
     return checkpoint, codec_config_for(checkpoint, config)
 
 
 def codec_config_for(checkpoint: Optional[PathLike], config: Optional[PathLike]) -> Optional[str]:
     """The config to load the codec file ``checkpoint`` with: ``config`` when given, else the one that travels with
     the file (``codec_config_beside``); None (the official architecture) without either."""
-    if config is not None or not checkpoint:
-        return os.fspath(config) if config is not None else None
-    return codec_config_beside(checkpoint)
+    if config is not None:
+        return _existing(config, "Mimi config")
+    return codec_config_beside(checkpoint) if checkpoint else None
 
 
 def codec_config_beside(checkpoint: PathLike) -> Optional[str]:
@@ -370,11 +381,16 @@ def unused_codec_config(checkpoint: PathLike, config: Optional[PathLike]) -> Opt
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _existing(path: PathLike, what: str) -> str:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelFilesError(f"{what} not found: {path}")
-    if os.path.isdir(path):
-        raise ModelFilesError(f"{what} {path} is a folder, expected a file")
+    """``path`` when it is a file to read (``codec.io.files.readable_file``: never a folder, and never a named pipe,
+    which opening would block on), else ModelFilesError naming ``what``."""
+    return readable_file(path, what, ModelFilesError)
+
+
+def _checkpoint(path: PathLike, what: str) -> str:
+    """``path`` when it is a file to read that holds a checkpoint by its first bytes, else ModelFilesError."""
+    path = _existing(path, what)
+    if checkpoint_format(path) is None:
+        raise ModelFilesError(f"{what} {path} is neither a safetensors file nor a torch checkpoint")
     return path
 
 

@@ -35,7 +35,11 @@ def test_the_codec_to_time(tmp_path):
     shutil.copy(MIMI_SMALL_CONFIG, tmp_path / "codec.json")  # travels with the file
     assert codec_to_time(tmp_path / "codec.safetensors") == (str(tmp_path / "codec.safetensors"),
                                                              str(tmp_path / "codec.json"))
-    assert codec_to_time(MIMI_SMALL, "other.json") == (str(MIMI_SMALL), "other.json")
+    other = tmp_path / "other.json"
+    with pytest.raises(ModelFilesError, match=f"Mimi config not found: {other}"):  # told before any timing
+        codec_to_time(MIMI_SMALL, other)
+    shutil.copy(MIMI_SMALL_CONFIG, other)
+    assert codec_to_time(MIMI_SMALL, other) == (str(MIMI_SMALL), str(other))
 
 
 def test_the_lm_to_time(tmp_path):

@@ -187,7 +187,7 @@ def test_unreadable_files(tmp_path):
         Mimi.from_checkpoint(garbage)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         Mimi.from_checkpoint(tmp_path / "nope.safetensors")
-    with pytest.raises(CheckpointError, match="directory"):
+    with pytest.raises(CheckpointError, match="is a folder"):
         Mimi.from_checkpoint(tmp_path)
 
 
