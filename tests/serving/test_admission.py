@@ -7,7 +7,7 @@ import contextlib
 import random
 
 from duplex.runtime.engine import EngineFull
-from duplex.serving.admission import Admission
+from duplex.serving.admission import Admission, Waiter
 from duplex.serving.protocol import ERROR, SessionOptions, error_message
 from duplex.serving.server import ServerOptions, VoiceServer
 
@@ -260,6 +260,23 @@ def test_a_waiter_that_does_not_read_its_notices_is_dropped_alone():
         await until(stalled.closed.is_set)  # dropped after the notice timeout
 
     asyncio.run(main())
+
+
+def test_a_waiter_that_leaves_just_after_a_notice_leaves_no_task_behind():
+    """Stopped just as its notice's send completed: the sender used to go on waiting for the next notice for good
+    (asyncio.wait_for, before Python 3.12, returned the send's result instead of the cancellation), holding its
+    connection: one task leaked per such waiter."""
+    async def main():
+        connection = FakeConnection()
+        waiter = Waiter(connection, 5.0)
+        waiter.tell(notice(1))
+        while not connection.sent:  # the send ran; the sender has not resumed yet
+            await asyncio.sleep(0)
+        waiter.stop()
+        await settle()
+        return [t.get_coro().__qualname__ for t in asyncio.all_tasks() if not t.done()]
+
+    assert asyncio.run(main()) == ["main"]
 
 
 # ------------------------------------------------------------------------------------- through the server
