@@ -274,7 +274,7 @@ def test_a_waiter_that_leaves_just_after_a_notice_leaves_no_task_behind():
             await asyncio.sleep(0)
         waiter.stop()
         await settle()
-        return [t.get_coro().__qualname__ for t in asyncio.all_tasks() if not t.done()]
+        return [t.get_coro().__name__ for t in asyncio.all_tasks() if not t.done()]
 
     assert asyncio.run(main()) == ["main"]
 
