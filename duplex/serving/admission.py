@@ -54,10 +54,6 @@ class Waiter:
         # one watcher for the whole wait, so that waiting for a turn again creates no task
         self._gone = asyncio.ensure_future(connection.wait_closed())
 
-    @property
-    def gone(self) -> bool:
-        return self._gone.done()
-
     def tell(self, notice: bytes) -> None:
         self._notice = notice
         self._ready.set()
