@@ -25,7 +25,7 @@ import logging
 import signal
 import time
 from importlib import resources
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import serve
@@ -35,7 +35,7 @@ from websockets.protocol import State
 from ..errors import UsageError
 from ..runtime.clock import ClockStats, FrameSchedule
 from ..runtime.engine import Engine, EngineFull
-from .admission import Waiter
+from .admission import Admission
 from .limits import ReadBudget
 from .options import ServerOptions, page_url, tls_context
 from .protocol import HANDSHAKE, SessionOptions, error_message, message, parse_query
@@ -53,16 +53,14 @@ class VoiceServer:
         if self.options.token is not None and not self.options.token.strip():
             raise UsageError("the token is empty, which would let anyone in; give a secret or no token")
         self.sessions: Dict[int, Session] = {}
-        self.queue: List[object] = []  # connections waiting for a slot, first come first served
-        self._waiters: Dict[object, Waiter] = {}
+        # clients waiting for a slot, first come first served; joining, leaving and a freed slot are O(1)
+        self.admission = Admission(self.options.max_waiting, self.options.notice_timeout, self._queue_notice)
         self.connections = self.refused = 0
         self.served = 0  # sessions opened since start-up
         self.draining = False  # stopping: nothing is admitted, live sessions may still end on their own
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.clock = ClockStats(window=1000)  # ticks, deadline misses, engine step times (the last 1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._slot_freed: Optional[asyncio.Condition] = None
-        self._frees = 0  # slots freed so far: a waiter compares it with what it saw before trying to open one
         self._server = None
         self._ticker: Optional[asyncio.Task] = None
         self._page = resources.files("duplex.serving").joinpath("web/index.html").read_text(encoding="utf-8")
@@ -73,7 +71,6 @@ class VoiceServer:
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self):
-        self._slot_freed = asyncio.Condition()
         ssl_context = tls_context(self.options.ssl_cert, self.options.ssl_key) if self.options.ssl_cert else None
         self._server = await serve(self._handle, self.options.host, self.options.port,
                                    process_request=self._http, max_size=self.options.max_message_bytes,
@@ -233,75 +230,47 @@ class VoiceServer:
     # ------------------------------------------------------------------------------------------ sessions
     @property
     def waiting(self) -> int:
-        return len(self.queue)
+        return self.admission.waiting
 
-    def _tell_queue_positions(self) -> None:
-        """Tell every waiting client whose place changed where it stands. Nothing here waits: each waiter's
-        notices go out from its own task (a waiter that does not read them holds up no one but itself)."""
-        for position, connection in enumerate(self.queue, start=1):
-            waiter = self._waiters.get(connection)
-            if waiter is not None and waiter.position != position:
-                waiter.position = position
-                waiter.tell(error_message(f"all {self.engine.slots} conversation slots are in use; you are "
-                                          f"number {position} in the queue"))
+    def _queue_notice(self, position: int) -> bytes:
+        return error_message(f"all {self.engine.slots} conversation slots are in use; you are number {position} "
+                             "in the queue")
 
     async def _wake_queue(self) -> None:
-        async with self._slot_freed:
-            self._frees += 1
-            self._slot_freed.notify_all()
-
-    async def _wait_for_slot_or_disconnect(self, connection, seen: int) -> bool:
-        """Wait until a slot may have been freed since the free count was ``seen`` (a slot freed while this
-        client was still being queued counts too); False if the client went away meanwhile."""
-        async def slot_freed():
-            async with self._slot_freed:
-                await self._slot_freed.wait_for(lambda: self._frees != seen)
-
-        freed = asyncio.create_task(slot_freed())
-        gone = asyncio.create_task(connection.wait_closed())
-        try:
-            await asyncio.wait({freed, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            freed.cancel()
-            gone.cancel()
-        return not gone.done() or gone.cancelled()
+        """A slot was freed: the head of the queue (only) is handed it."""
+        self.admission.slot_freed()
 
     async def _open_slot(self, connection, options: SessionOptions) -> Optional[int]:
-        waiter: Optional[Waiter] = None
+        """A slot for ``connection``, at once or after waiting in the queue; None if it was refused (the queue is
+        full) or went away while waiting. Only the head of the queue tries the engine, once a slot is handed to
+        it, so a long queue costs nothing while no slot frees up."""
+        seen = self.admission.frees
+        if not self.admission.waiting and self.engine.free_slots:  # first come, first served
+            try:
+                return await self._engine(self.engine.open, **options.sampling)
+            except EngineFull:
+                pass  # taken meanwhile
+        waiter = self.admission.join(connection, seen)
+        if waiter is None:
+            self.refused += 1
+            await self._refuse(connection, f"server full: all {self.engine.slots} conversation slots are in use; "
+                                           "try again later")
+            return None
         try:
-            while True:
-                seen = self._frees
-                if not self.queue or self.queue[0] is connection:  # first come, first served
-                    try:
-                        slot = await self._engine(self.engine.open, **options.sampling)
-                        if waiter is not None:
-                            self._leave_queue(connection, waiter)
-                            waiter = None
-                            await self._wake_queue()  # the next in line may find a free slot too
-                        return slot
-                    except EngineFull:
-                        pass
-                if waiter is None:
-                    if self.waiting >= self.options.max_waiting:
-                        self.refused += 1
-                        await self._refuse(connection, f"server full: all {self.engine.slots} conversation slots "
-                                                       "are in use; try again later")
-                        return None
-                    waiter = self._waiters[connection] = Waiter(connection, self.options.notice_timeout)
-                    self.queue.append(connection)
-                    self._tell_queue_positions()
-                if not await self._wait_for_slot_or_disconnect(connection, seen):
-                    return None  # the client left while waiting
+            while await waiter.wait_turn():
+                if not self.engine.free_slots:
+                    continue  # taken meanwhile (by a client that found the queue empty): no engine call
+                try:
+                    slot = await self._engine(self.engine.open, **options.sampling)
+                except EngineFull:
+                    continue
+                self.admission.leave(waiter, served=True)
+                if self.engine.free_slots:  # more than one slot was freed: the next in line takes one too
+                    self.admission.wake_head()
+                return slot
+            return None  # the client left while waiting
         finally:
-            if waiter is not None:
-                self._leave_queue(connection, waiter)
-                await self._wake_queue()
-
-    def _leave_queue(self, connection, waiter: "Waiter") -> None:
-        self.queue.remove(connection)
-        del self._waiters[connection]
-        waiter.stop()
-        self._tell_queue_positions()
+            self.admission.leave(waiter)  # (nothing if it was served)
 
     async def _refuse(self, connection, reason: str) -> None:
         """Say why, then close with 1013 (try again later); a client that already left is no error, and one that

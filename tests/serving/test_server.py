@@ -493,20 +493,6 @@ def test_origin_check():
     serve(test, origins=["https://good.example"])
 
 
-def test_a_slot_freed_while_a_client_is_being_queued_is_not_missed():
-    """The wake-up of a slot freed between a client's failed open and its wait must still reach it."""
-    async def test(server, url):
-        class Connection:  # a client that never leaves
-            async def wait_closed(self):
-                await asyncio.Event().wait()
-
-        seen = server._frees
-        await server._wake_queue()  # a session closes in the gap
-        assert await asyncio.wait_for(server._wait_for_slot_or_disconnect(Connection(), seen), 2)
-
-    serve(test, slots=1, max_waiting=1)
-
-
 @pytest.mark.slow
 def test_a_flooding_client_is_slowed_then_closed():
     """Messages past the per-connection budget are not read until it refills (TCP pushes back on the client), so
