@@ -97,6 +97,7 @@ class VoiceServer:
         then log the counters: the last word of a server whose sessions were cut, whatever stopped it."""
         if self._ticker:
             self._ticker.cancel()
+        self.admission.close()  # no more position notices: the waiters' connections are closed next
         if self._server:
             self._server.close()
             await self._server.wait_closed()
@@ -124,7 +125,7 @@ class VoiceServer:
         for session in list(self.sessions.values()):
             session.post(error_message(notice))
         # Waiters would never get a slot now: told at once, they can go to another server rather than wait.
-        sent_away = [asyncio.create_task(self._send_away(connection)) for connection in list(self.queue)]
+        sent_away = [asyncio.create_task(self._send_away(connection)) for connection in [waiter.connection for waiter in self.admission]]
         deadline = loop.time() + timeout
         try:
             # Polled, not signalled: a drain lasts seconds, and _handle stays as it is.
@@ -165,7 +166,7 @@ class VoiceServer:
                 on_ready(self.port)
             number = await received
             why = signal.Signals(number).name
-            if (self.sessions or self.queue) and self.options.drain > 0:
+            if (self.sessions or self.waiting) and self.options.drain > 0:
                 why += "; another SIGTERM or SIGINT closes at once"
             drainer = asyncio.create_task(self.drain(self.options.drain, why))
             await asyncio.wait([drainer])  # returns whether the drain ended or was cut short
