@@ -12,6 +12,7 @@ import torch
 
 from ..errors import UsageError
 from ..runtime.realtime import freeze_startup_objects
+from ..serving.limits import raise_open_file_limit
 from ..serving.options import ServerOptions, check_port_free, default_slots, tls_context, usable_cpu_cores
 from ..serving.server import VoiceServer
 from .common import add_model_options, build_engine, float_above, int_in, model_files, non_negative, pick_device, port
@@ -51,6 +52,9 @@ def run_serve(args) -> int:
     options.model_name = engine.files.name
     server = VoiceServer(engine, options)
     freeze_startup_objects()  # no 100+ ms garbage-collector pause in the middle of a frame later
+    before, after = raise_open_file_limit()  # a server at 1024 open files turns live users away (limits.py)
+    if after > before:
+        log.info("open files: up to %d (the soft limit was %d)", after, before)
 
     def ready(port: int) -> None:
         print(f"duplex: open {server.page_url} in a browser; Kyutai clients connect to /api/chat"

@@ -1,6 +1,6 @@
 """How fast one connection is read: a token bucket per connection (``ReadBudget``). Past it the server stops
 reading that connection for a while, so TCP pushes back on a client that floods; a client far over it is
-closed."""
+closed. And how many files the server process may hold open (``raise_open_file_limit``)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,27 @@ class ReadBudget:
     @property
     def throttled_for(self) -> float:
         return 0.0 if self._throttled_since is None else self.clock() - self._throttled_since
+
+
+def raise_open_file_limit(resource_module=None) -> "tuple[int, int]":
+    """Raise this process's soft limit of open files to its hard limit; returns (before, after).
+
+    Service managers start a process with a soft limit of 1024 files (systemd, most shells), while the hard limit
+    they allow is far higher: a server at 1024 refuses new connections, live users' reconnections among them,
+    once about a thousand half-open ones sit there. Only the soft limit moves, within what the system already
+    grants; where there is no such limit (Windows) nothing changes."""
+    if resource_module is None:
+        try:
+            import resource as resource_module  # noqa: PLC0415  (POSIX only: Windows has no such limit)
+        except ImportError:
+            return (-1, -1)
+    soft, hard = resource_module.getrlimit(resource_module.RLIMIT_NOFILE)
+    if hard == resource_module.RLIM_INFINITY or soft == hard or (soft != resource_module.RLIM_INFINITY
+                                                                 and soft > hard):
+        return (soft, soft)
+    try:
+        resource_module.setrlimit(resource_module.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # a platform that caps it lower (macOS: OPEN_MAX): keep what we have
+        return (soft, soft)
+    return (soft, hard)
+

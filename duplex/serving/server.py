@@ -25,7 +25,7 @@ import logging
 import signal
 import time
 from importlib import resources
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import serve
@@ -45,6 +45,8 @@ __all__ = ["VoiceServer", "ServerOptions", "ReadBudget", "Session", "SessionStat
 
 log = logging.getLogger(__name__)
 
+STATS_MAX_AGE = 0.25  # seconds: /api/stats is computed at most four times a second, whoever asks (_stats_json)
+
 
 class VoiceServer:
     def __init__(self, engine: Engine, options: Optional[ServerOptions] = None):
@@ -58,6 +60,8 @@ class VoiceServer:
         self.connections = self.refused = 0
         self.served = 0  # sessions opened since start-up
         self.draining = False  # stopping: nothing is admitted, live sessions may still end on their own
+        self._now = time.monotonic  # the clock of the /api/stats cache
+        self._stats_cache: Optional[Tuple[float, str]] = None
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.clock = ClockStats(window=1000)  # ticks, deadline misses, engine step times (the last 1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -206,13 +210,22 @@ class VoiceServer:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
                                       "the server is shutting down; try again later\n")
         if path == "/api/stats":
-            response = connection.respond(http.HTTPStatus.OK, json.dumps(self.stats()))
+            response = connection.respond(http.HTTPStatus.OK, self._stats_json())
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
             return response
         if path == "/api/chat":
             return None  # go on with the WebSocket handshake
         return connection.respond(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
+
+    def _stats_json(self) -> str:
+        """``stats()`` as JSON, computed at most once per ``STATS_MAX_AGE``: the HTTP handler shares the event loop
+        with the 80 ms tick, and each computation sorts up to 1000 step times, so a peer polling /api/stats as fast
+        as it can must not turn into that much work (the page polls every 2 s)."""
+        now = self._now()
+        if self._stats_cache is None or now - self._stats_cache[0] >= STATS_MAX_AGE:
+            self._stats_cache = (now, json.dumps(self.stats()))
+        return self._stats_cache[1]
 
     def stats(self) -> dict:
         """Counters since start-up; step times over the last 1000 steps; ``totals`` adds up the per-session
