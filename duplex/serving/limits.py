@@ -1,11 +1,13 @@
 """How fast one connection is read: a token bucket per connection (``ReadBudget``). Past it the server stops
 reading that connection for a while, so TCP pushes back on a client that floods; a client far over it is
-closed. And how many files the server process may hold open (``raise_open_file_limit``)."""
+closed. How many HTTP requests and WebSocket upgrades a peer, and all peers together, may make (``RateLimit``).
+And how many files the server process may hold open (``raise_open_file_limit``)."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from collections import OrderedDict
+from typing import Callable, Optional, Tuple
 
 
 class ReadBudget:
@@ -66,3 +68,46 @@ def raise_open_file_limit(resource_module=None) -> "tuple[int, int]":
         return (soft, soft)
     return (soft, hard)
 
+
+
+class RateLimit:
+    """Token buckets for requests: one per peer (its address) and one for all peers together. ``take(peer)``
+    spends a token from both and returns 0, or, when either is empty, spends nothing and returns how many seconds
+    until one refills (what ``Retry-After`` says). With ``count_total`` false only the peer's bucket counts.
+
+    The per-peer buckets are kept in least-recently-used order and at most ``max_peers`` of them: a bucket that has
+    refilled is the same as none, so the oldest ones are dropped as they refill (amortised O(1) a request), and past
+    ``max_peers`` (peers spread over many addresses) the oldest go anyway; the total bucket still holds."""
+
+    def __init__(self, per_peer: float, peer_burst: float, total: float, total_burst: float,
+                 clock: Callable[[], float] = time.monotonic, max_peers: int = 65536):
+        if min(per_peer, peer_burst, total, total_burst) <= 0:
+            raise ValueError("rates and bursts must be positive")
+        self.per_peer, self.peer_burst, self.total, self.total_burst = per_peer, peer_burst, total, total_burst
+        self.clock, self.max_peers = clock, max_peers
+        self.peers: "OrderedDict[str, Tuple[float, float]]" = OrderedDict()  # peer: (tokens, when)
+        self.all = (total_burst, clock())
+
+    @staticmethod
+    def _refill(bucket: "Tuple[float, float]", rate: float, burst: float, now: float) -> float:
+        tokens, when = bucket
+        return min(burst, tokens + max(0.0, now - when) * rate)
+
+    def take(self, peer: str, count_total: bool = True) -> float:
+        now = self.clock()
+        mine = self._refill(self.peers.get(peer, (self.peer_burst, now)), self.per_peer, self.peer_burst, now)
+        everyone = self._refill(self.all, self.total, self.total_burst, now)
+        wait = max((1.0 - mine) / self.per_peer if mine < 1.0 else 0.0,
+                   (1.0 - everyone) / self.total if everyone < 1.0 and count_total else 0.0)
+        if wait == 0.0:
+            mine, everyone = mine - 1.0, everyone - (1.0 if count_total else 0.0)
+        self.peers[peer] = (mine, now)
+        self.peers.move_to_end(peer)
+        self.all = (everyone, now)
+        while self.peers:
+            oldest, bucket = next(iter(self.peers.items()))
+            if len(self.peers) <= self.max_peers and self._refill(bucket, self.per_peer, self.peer_burst,
+                                                                  now) < self.peer_burst:
+                break
+            del self.peers[oldest]
+        return wait

@@ -47,6 +47,21 @@ class ServerOptions:
     # reply to finish, short enough that the drain and the closing handshakes (close_timeout) fit in the 10 s
     # ``docker stop`` waits before SIGKILL (Kubernetes waits 30 s, systemd 90 s by default).
     drain: float = 5.0
+    # Requests per peer (client address) and for all peers together, each a rate a second and a burst; past them
+    # a request gets 429 with Retry-After. The page asks for itself once and /api/stats every 2 s; a load test
+    # from one machine opens its sessions in a burst. Behind a reverse proxy every client is the proxy's address:
+    # raise the per-peer limits to the total ones there.
+    http_per_peer: float = 10.0  # HTTP requests (the page, /api/stats, /health, 404s) a second, per peer
+    http_peer_burst: float = 40.0
+    http_total: float = 500.0  # ... for all peers together (/health counts only per peer: probes get through)
+    http_total_burst: float = 1000.0
+    upgrades_per_peer: float = 2.0  # WebSocket upgrades (/api/chat) a second, per peer
+    upgrades_peer_burst: float = 20.0
+    upgrades_total: float = 50.0  # ... for all peers together
+    upgrades_total_burst: float = 100.0
+    # WebSocket connections handled at once (sessions, waiters, upgrades under way); more get 503 at once.
+    # None: the slots, plus max_waiting, plus 64 handshakes.
+    max_connections: Optional[int] = None
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
     model_name: str = ""  # what the page and /api/stats say is being served

@@ -22,6 +22,7 @@ import hmac
 import http
 import json
 import logging
+import math
 import signal
 import time
 from importlib import resources
@@ -36,7 +37,7 @@ from ..errors import UsageError
 from ..runtime.clock import ClockStats, FrameSchedule
 from ..runtime.engine import Engine, EngineFull
 from .admission import Admission
-from .limits import ReadBudget
+from .limits import RateLimit, ReadBudget
 from .options import ServerOptions, page_url, tls_context
 from .protocol import HANDSHAKE, SessionOptions, error_message, message, parse_query
 from .session import SESSION_COUNTERS, Session, SessionStats, worth_logging
@@ -62,6 +63,12 @@ class VoiceServer:
         self.draining = False  # stopping: nothing is admitted, live sessions may still end on their own
         self._now = time.monotonic  # the clock of the /api/stats cache
         self._stats_cache: Optional[Tuple[float, str]] = None
+        o = self.options  # request rates, per peer and in all (_rate_limited); on the clock of the stats cache
+        self._http_rate = RateLimit(o.http_per_peer, o.http_peer_burst, o.http_total, o.http_total_burst,
+                                    clock=lambda: self._now())
+        self._upgrade_rate = RateLimit(o.upgrades_per_peer, o.upgrades_peer_burst, o.upgrades_total,
+                                       o.upgrades_total_burst, clock=lambda: self._now())
+        self.rate_limited = 0  # requests answered 429
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.clock = ClockStats(window=1000)  # ticks, deadline misses, engine step times (the last 1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -193,8 +200,28 @@ class VoiceServer:
             offered = value.strip()
         return hmac.compare_digest(offered.encode(), self.options.token.encode())
 
+    def _rate_limited(self, connection, path: str):
+        """429 with Retry-After for a peer, or all peers together, past their request rate; else None. Upgrades
+        have their own budget, so a page polling /api/stats cannot use up its user's reconnections. /health is
+        limited per peer only: a flood from elsewhere must not make the orchestrator think the server is down."""
+        address = connection.remote_address
+        peer = str(address[0]) if address else ""
+        limit = self._upgrade_rate if path == "/api/chat" else self._http_rate
+        wait = limit.take(peer, count_total=path != "/health")
+        if wait == 0.0:
+            return None
+        self.rate_limited += 1
+        if worth_logging(self.rate_limited):
+            log.info("%d requests refused as too many (the last from %s)", self.rate_limited, peer)
+        response = connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS, "too many requests; try again later\n")
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
+
     def _http(self, connection, request):
         path = urlsplit(request.path).path
+        refused = self._rate_limited(connection, path)
+        if refused is not None:
+            return refused
         if path in ("/", "/index.html"):
             response = connection.respond(http.HTTPStatus.OK, self._page)
             del response.headers["Content-Type"]
@@ -235,7 +262,8 @@ class VoiceServer:
                   for name in SESSION_COUNTERS}
         return {"model": self.options.model_name, "slots": self.engine.slots, "sessions": len(sessions),
                 "free_slots": self.engine.free_slots, "waiting": self.waiting,
-                "connections": self.connections, "refused": self.refused, "ticks": self.clock.ticks,
+                "connections": self.connections, "refused": self.refused, "rate_limited": self.rate_limited,
+                "ticks": self.clock.ticks,
                 "deadline_misses": self.clock.misses,
                 "step_ms_p50": self.clock.work_percentile(50), "step_ms_p99": self.clock.work_percentile(99),
                 "totals": totals,

@@ -317,7 +317,9 @@ def test_memory_is_flat_over_200_connections():
         await asyncio.sleep(0.3)
         return rss_mb() - before, server.stats()
 
-    growth, stats = serve(test)
+    # 221 upgrades from one peer in a few seconds: over the default rate (test_network_limits.py)
+    growth, stats = serve(test, upgrades_per_peer=1e3, upgrades_peer_burst=1e3, upgrades_total=1e3,
+                          upgrades_total_burst=1e3)
     assert growth < 30 and stats["sessions"] == 0 and stats["connections"] == 221
 
 
@@ -742,7 +744,7 @@ def test_a_refused_client_that_already_left_is_not_an_error(caplog):
         return server.refused
 
     with caplog.at_level(logging.INFO):
-        refused = serve(test, slots=1)
+        refused = serve(test, slots=1, upgrades_peer_burst=100.0)  # 21 upgrades at once, over the default burst
     assert refused == 20
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
 

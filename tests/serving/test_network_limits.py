@@ -1,0 +1,110 @@
+"""The network side is bounded (issue 23, deliverable 1): request and upgrade rates per peer and in all (429 with
+Retry-After, counted), the WebSocket connections handled at once (503 past the cap, counted)."""
+
+import asyncio
+import http.client
+
+import pytest
+from helpers import serve
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from duplex.serving.limits import RateLimit
+from duplex.serving.options import ServerOptions
+from duplex.serving.protocol import HANDSHAKE, message
+
+
+def get(port, path, source="127.0.0.1"):
+    """(status, Retry-After) of a GET from ``source`` (any 127.x address is this machine on Linux)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("Retry-After")
+    finally:
+        conn.close()
+
+
+def fake_clock(server):
+    now = [1000.0]
+    server._now = lambda: now[0]
+    return now
+
+
+def test_a_peer_past_its_request_rate_gets_429_with_retry_after_and_is_counted():
+    async def test(server, url):
+        now = fake_clock(server)
+        loop = asyncio.get_running_loop()
+        answers = [await loop.run_in_executor(None, get, server.port, "/api/stats") for _ in range(4)]
+        other = await loop.run_in_executor(None, get, server.port, "/api/stats", "127.0.0.2")
+        now[0] += 1.0  # one request's worth refills
+        later = await loop.run_in_executor(None, get, server.port, "/api/stats")
+        return answers, other, later, server.stats()
+
+    answers, other, later, stats = serve(test, http_per_peer=1.0, http_peer_burst=3.0)
+    assert [status for status, _ in answers] == [200, 200, 200, 429]
+    assert answers[3][1] == "1"
+    assert other[0] == 200  # another peer has its own budget
+    assert later[0] == 200
+    assert stats["rate_limited"] == 1
+
+
+def test_all_peers_together_are_limited_but_health_probes_only_per_peer():
+    async def test(server, url):
+        fake_clock(server)
+        loop = asyncio.get_running_loop()
+        sources = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        answers = [await loop.run_in_executor(None, get, server.port, "/", source) for source in sources]
+        health = await loop.run_in_executor(None, get, server.port, "/health", "127.0.0.5")
+        return answers, health
+
+    answers, health = serve(test, http_total=1.0, http_total_burst=2.0)
+    assert [status for status, _ in answers] == [200, 200, 429]
+    assert health[0] == 200
+
+
+def test_upgrades_have_their_own_budget_so_polling_cannot_use_up_reconnections():
+    async def test(server, url):
+        fake_clock(server)
+        loop = asyncio.get_running_loop()
+        for _ in range(2):
+            async with connect(url + "/api/chat") as ws:
+                assert await asyncio.wait_for(ws.recv(), 5) == message(HANDSHAKE)
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url + "/api/chat"):
+                pass
+        stats = await loop.run_in_executor(None, get, server.port, "/api/stats")
+        return refused.value.response, stats, server.stats()["rate_limited"]
+
+    response, stats, limited = serve(test, upgrades_per_peer=1.0, upgrades_peer_burst=2.0)
+    assert response.status_code == 429 and response.headers["Retry-After"] == "1"
+    assert stats[0] == 200 and limited == 1
+
+
+def test_the_page_polling_and_a_burst_of_sessions_from_one_peer_stay_under_the_default_limits():
+    o = ServerOptions()
+    now = [0.0]
+    requests = RateLimit(o.http_per_peer, o.http_peer_burst, o.http_total, o.http_total_burst, clock=lambda: now[0])
+    upgrades = RateLimit(o.upgrades_per_peer, o.upgrades_peer_burst, o.upgrades_total, o.upgrades_total_burst,
+                         clock=lambda: now[0])
+    assert all(upgrades.take("10.0.0.1") == 0 for _ in range(16))  # a load test opens its sessions at once
+    waits = [requests.take("10.0.0.1")]  # the page
+    for _ in range(1800):  # an hour of /api/stats every 2 s, a favicon miss, and a reconnection each minute
+        now[0] += 2.0
+        waits += [requests.take("10.0.0.1"), requests.take("10.0.0.1")]
+        waits.append(upgrades.take("10.0.0.1") if len(waits) % 90 == 0 else 0.0)
+    assert max(waits) == 0.0
+
+
+def test_rate_limit_buckets_of_quiet_peers_are_forgotten_and_their_number_is_capped():
+    now = [0.0]
+    limit = RateLimit(1.0, 2.0, 1e9, 1e9, clock=lambda: now[0], max_peers=100)
+    for i in range(1000):
+        limit.take(f"10.0.{i // 256}.{i % 256}")
+    assert len(limit.peers) == 100
+    now[0] += 10.0  # every bucket refilled: the next request forgets them
+    limit.take("10.9.9.9")
+    assert list(limit.peers) == ["10.9.9.9"]
+    with pytest.raises(ValueError):
+        RateLimit(0.0, 1.0, 1.0, 1.0)
