@@ -46,6 +46,8 @@ __all__ = ["VoiceServer", "ServerOptions", "ReadBudget", "Session", "SessionStat
 
 log = logging.getLogger(__name__)
 
+# websockets' open_timeout (its default): a handshake not done by then has failed (_over_capacity forgets it)
+UPGRADE_TIMEOUT = 10.0
 STATS_MAX_AGE = 0.25  # seconds: /api/stats is computed at most four times a second, whoever asks (_stats_json)
 
 
@@ -69,6 +71,13 @@ class VoiceServer:
         self._upgrade_rate = RateLimit(o.upgrades_per_peer, o.upgrades_peer_burst, o.upgrades_total,
                                        o.upgrades_total_burst, clock=lambda: self._now())
         self.rate_limited = 0  # requests answered 429
+        # WebSocket connections handled at once: in _handle (sessions, waiters, refusals under way), and upgrades
+        # that _http let through and that are not there yet (_over_capacity); past the cap, 503 (counted)
+        self.max_connections = (o.max_connections if o.max_connections is not None
+                                else self.engine.slots + o.max_waiting + 64)
+        self._handling = 0
+        self._upgrading: Dict[object, float] = {}  # connection: when its upgrade was let through
+        self.over_capacity = 0
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.clock = ClockStats(window=1000)  # ticks, deadline misses, engine step times (the last 1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -83,12 +92,12 @@ class VoiceServer:
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self):
         ssl_context = tls_context(self.options.ssl_cert, self.options.ssl_key) if self.options.ssl_cert else None
-        self._server = await serve(self._handle, self.options.host, self.options.port,
+        self._server = await serve(self._handle_counted, self.options.host, self.options.port,
                                    process_request=self._http, max_size=self.options.max_message_bytes,
                                    # --origins restricts browsers; other clients send no Origin header
                                    origins=[*self.options.origins, None] if self.options.origins else None,
                                    ssl=ssl_context, compression=None, close_timeout=self.options.close_timeout,
-                                   max_queue=self.options.read_queue_messages)
+                                   max_queue=self.options.read_queue_messages, open_timeout=UPGRADE_TIMEOUT)
         self._ticker = asyncio.create_task(self._tick_loop())
         log.info("serving on %s://%s:%d (%d slot%s)", "https" if ssl_context else "http", self.options.host,
                  self.port, self.engine.slots, "" if self.engine.slots == 1 else "s")
@@ -217,6 +226,34 @@ class VoiceServer:
         response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return response
 
+    def _over_capacity(self, connection) -> bool:
+        """Whether one more WebSocket connection would pass ``max_connections`` (then it is counted); else it is
+        let through and counted as an upgrade under way until _handle takes it. An upgrade that failed after this
+        (a bad Origin, a client gone mid-handshake) never reaches _handle: it is forgotten once its connection has
+        closed, or after the handshake time limit, looked at only when the cap is reached."""
+        if self._handling + len(self._upgrading) >= self.max_connections:
+            now = time.monotonic()
+            for waiting, since in list(self._upgrading.items()):
+                if waiting.state is State.CLOSED or now - since > UPGRADE_TIMEOUT:
+                    del self._upgrading[waiting]
+            if self._handling + len(self._upgrading) >= self.max_connections:
+                self.over_capacity += 1
+                if worth_logging(self.over_capacity):
+                    log.warning("%d connections refused: %d handled at once already", self.over_capacity,
+                                self.max_connections)
+                return True
+        self._upgrading[connection] = time.monotonic()
+        return False
+
+    async def _handle_counted(self, connection) -> None:
+        """``_handle``, counted for ``max_connections`` from the end of the upgrade to the connection's end."""
+        self._upgrading.pop(connection, None)
+        self._handling += 1
+        try:
+            await self._handle(connection)
+        finally:
+            self._handling -= 1
+
     def _http(self, connection, request):
         path = urlsplit(request.path).path
         refused = self._rate_limited(connection, path)
@@ -242,6 +279,9 @@ class VoiceServer:
             response.headers["Content-Type"] = "application/json"
             return response
         if path == "/api/chat":
+            if self._over_capacity(connection):
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                          "too many connections; try again later\n")
             return None  # go on with the WebSocket handshake
         return connection.respond(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
 
@@ -263,6 +303,7 @@ class VoiceServer:
         return {"model": self.options.model_name, "slots": self.engine.slots, "sessions": len(sessions),
                 "free_slots": self.engine.free_slots, "waiting": self.waiting,
                 "connections": self.connections, "refused": self.refused, "rate_limited": self.rate_limited,
+                "over_capacity": self.over_capacity,
                 "ticks": self.clock.ticks,
                 "deadline_misses": self.clock.misses,
                 "step_ms_p50": self.clock.work_percentile(50), "step_ms_p99": self.clock.work_percentile(99),

@@ -108,3 +108,47 @@ def test_rate_limit_buckets_of_quiet_peers_are_forgotten_and_their_number_is_cap
     assert list(limit.peers) == ["10.9.9.9"]
     with pytest.raises(ValueError):
         RateLimit(0.0, 1.0, 1.0, 1.0)
+
+
+def test_connections_past_the_cap_get_503_at_once_and_are_counted():
+    async def test(server, url):
+        async with connect(url + "/api/chat") as live, connect(url + "/api/chat") as waiter:
+            assert await asyncio.wait_for(live.recv(), 5) == message(HANDSHAKE)
+            await asyncio.wait_for(waiter.recv(), 5)  # its place in the queue
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url + "/api/chat"):
+                    pass
+            over = server.over_capacity, server.stats()["over_capacity"]
+            await waiter.close()
+        for _ in range(50):  # both gone: there is room again
+            if not server._handling:
+                break
+            await asyncio.sleep(0.05)
+        async with connect(url + "/api/chat") as again:
+            assert await asyncio.wait_for(again.recv(), 5) == message(HANDSHAKE)
+        return refused.value.response.status_code, over
+
+    status, over = serve(test, slots=1, max_waiting=4, max_connections=2)
+    assert status == 503 and over == (1, 1)
+
+
+def test_an_upgrade_that_fails_after_the_check_does_not_hold_a_place_for_ever():
+    async def test(server, url):
+        for _ in range(3):  # a bad Origin fails the handshake after the request was let through
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url + "/api/chat", origin="https://elsewhere.example"):
+                    pass
+            assert refused.value.response.status_code == 403
+        await asyncio.sleep(0.1)
+        async with connect(url + "/api/chat", origin="https://page.example") as ws:
+            assert await asyncio.wait_for(ws.recv(), 5) == message(HANDSHAKE)
+        return server.over_capacity
+
+    assert serve(test, max_connections=1, origins=["https://page.example"]) == 0
+
+
+def test_the_default_cap_leaves_room_for_every_slot_and_waiter():
+    async def test(server, url):
+        return server.max_connections
+
+    assert serve(test, slots=2, max_waiting=10) == 2 + 10 + 64
