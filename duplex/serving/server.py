@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # websockets' open_timeout (its default): a handshake not done by then has failed (_over_capacity forgets it)
 UPGRADE_TIMEOUT = 10.0
+# what asyncio's event loop reports when accept() fails for want of file descriptors or memory (_loop_exception)
+ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 STATS_MAX_AGE = 0.25  # seconds: /api/stats is computed at most four times a second, whoever asks (_stats_json)
 
 
@@ -78,6 +80,8 @@ class VoiceServer:
         self._handling = 0
         self._upgrading: Dict[object, float] = {}  # connection: when its upgrade was let through
         self.over_capacity = 0
+        self.accept_errors = 0  # accept() failures for want of files or memory (_loop_exception)
+        self._previous_handler = None  # the event loop's exception handler before start()
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.clock = ClockStats(window=1000)  # ticks, deadline misses, engine step times (the last 1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -99,6 +103,9 @@ class VoiceServer:
                                    ssl=ssl_context, compression=None, close_timeout=self.options.close_timeout,
                                    max_queue=self.options.read_queue_messages, open_timeout=UPGRADE_TIMEOUT)
         self._ticker = asyncio.create_task(self._tick_loop())
+        loop = asyncio.get_running_loop()  # for this loop only, and put back by stop()
+        self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
         log.info("serving on %s://%s:%d (%d slot%s)", "https" if ssl_context else "http", self.options.host,
                  self.port, self.engine.slots, "" if self.engine.slots == 1 else "s")
         return self
@@ -123,6 +130,7 @@ class VoiceServer:
             await self._server.wait_closed()
         self._executor.shutdown(wait=True)
         if self._server:
+            asyncio.get_running_loop().set_exception_handler(self._previous_handler)
             log.info("stopped: %s", self.summary())
 
     def summary(self) -> str:
@@ -245,6 +253,23 @@ class VoiceServer:
         self._upgrading[connection] = time.monotonic()
         return False
 
+    def _loop_exception(self, loop, context: dict) -> None:
+        """The event loop's exception handler while serving: asyncio reports an accept() that failed for want of
+        file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) once a second, as long as it lasts, each time
+        with a traceback; that is counted, and logged the 1st, 10th, 100th time, then every 1000th. Anything else
+        goes to the handler there was before."""
+        error = context.get("exception")
+        if context.get("message") == ACCEPT_OUT_OF_RESOURCES and isinstance(error, OSError):
+            self.accept_errors += 1
+            if worth_logging(self.accept_errors):
+                log.error("cannot accept new connections: %s (%d times so far; the open-files limit or memory is "
+                          "exhausted; asyncio retries every second)", error.strerror or error, self.accept_errors)
+            return
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
     async def _handle_counted(self, connection) -> None:
         """``_handle``, counted for ``max_connections`` from the end of the upgrade to the connection's end."""
         self._upgrading.pop(connection, None)
@@ -303,7 +328,7 @@ class VoiceServer:
         return {"model": self.options.model_name, "slots": self.engine.slots, "sessions": len(sessions),
                 "free_slots": self.engine.free_slots, "waiting": self.waiting,
                 "connections": self.connections, "refused": self.refused, "rate_limited": self.rate_limited,
-                "over_capacity": self.over_capacity,
+                "over_capacity": self.over_capacity, "accept_errors": self.accept_errors,
                 "ticks": self.clock.ticks,
                 "deadline_misses": self.clock.misses,
                 "step_ms_p50": self.clock.work_percentile(50), "step_ms_p99": self.clock.work_percentile(99),

@@ -2,16 +2,19 @@
 Retry-After, counted), the WebSocket connections handled at once (503 past the cap, counted)."""
 
 import asyncio
+import errno
 import http.client
+import logging
 
 import pytest
-from helpers import serve
+from helpers import make_engine, serve
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from duplex.serving.limits import RateLimit
 from duplex.serving.options import ServerOptions
 from duplex.serving.protocol import HANDSHAKE, message
+from duplex.serving.server import VoiceServer
 
 
 def get(port, path, source="127.0.0.1"):
@@ -152,3 +155,37 @@ def test_the_default_cap_leaves_room_for_every_slot_and_waiter():
         return server.max_connections
 
     assert serve(test, slots=2, max_waiting=10) == 2 + 10 + 64
+
+
+def test_accept_errors_for_want_of_descriptors_are_counted_and_logged_rarely(caplog):
+    async def test(server, url):
+        loop = asyncio.get_running_loop()
+        with caplog.at_level(logging.INFO):
+            for _ in range(20):  # what asyncio reports once a second while out of descriptors
+                loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                             "exception": OSError(errno.EMFILE, "Too many open files")})
+            loop.call_exception_handler({"message": "something else"})
+        return server.stats()["accept_errors"], loop.get_exception_handler()
+
+    accept_errors, handler = serve(test)
+    about_files = [r for r in caplog.records if "Too many open files" in r.getMessage()]
+    assert accept_errors == 20 and len(about_files) == 2  # the 1st and the 10th
+    assert any("something else" in r.getMessage() for r in caplog.records)  # other reports still logged
+    assert handler is not None  # installed while serving
+
+
+def test_stop_puts_back_the_exception_handler_the_loop_had():
+    def mine(loop, context):
+        pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(mine)
+        server = VoiceServer(make_engine(1), ServerOptions(port=0))
+        await server.start()
+        during = loop.get_exception_handler()
+        await server.stop()
+        return during, loop.get_exception_handler()
+
+    during, after = asyncio.run(main())
+    assert during.__func__ is VoiceServer._loop_exception and after is mine
