@@ -189,3 +189,25 @@ def test_stop_puts_back_the_exception_handler_the_loop_had():
 
     during, after = asyncio.run(main())
     assert during.__func__ is VoiceServer._loop_exception and after is mine
+
+
+def test_headers_are_bounded_yet_a_browser_upgrade_fits():
+    """websockets' own limits (8 KiB lines, 128 headers; it has no per-server setting, and the process-wide ones
+    are left alone): a browser's upgrade with a 4 KiB cookie passes, longer lines or many more headers get 431.
+    A guard against a websockets upgrade that lifts them, not a change of ours."""
+    async def raw(port, extra):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(("GET /api/chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + extra
+                      + "\r\n").encode())
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        return status.split()[1]
+
+    async def test(server, url):
+        browser = "Cookie: " + "a" * 4000 + "\r\n" + "".join(f"X-Header-{i}: value\r\n" for i in range(20))
+        return [await raw(server.port, extra) for extra in
+                (browser, "Cookie: " + "a" * 9000 + "\r\n", "".join(f"X-H{i}: v\r\n" for i in range(200)))]
+
+    assert serve(test) == [b"101", b"431", b"431"]
