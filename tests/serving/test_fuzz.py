@@ -4,6 +4,7 @@ import pytest
 from helpers import serve
 
 from duplex.bench.fuzz import FAMILIES, LogWatcher, fuzz
+from duplex.bench.serve import UNLIMITED_RATES
 
 
 @pytest.mark.slow
@@ -14,7 +15,7 @@ def test_hostile_traffic_family_by_family_leaves_the_server_healthy():
         async def test(server, url):
             return await fuzz(url, messages=7000, seed=1, log_problems=watcher.take)
 
-        report = serve(test, slots=3, max_waiting=1)
+        report = serve(test, slots=3, max_waiting=1, **UNLIMITED_RATES)  # as `duplex bench serve --fuzz` runs it
     families = {r["family"]: r for r in report["families"]}
     assert list(families) == list(FAMILIES)
     for r in report["families"]:
