@@ -5,6 +5,7 @@ And how many files the server process may hold open (``raise_open_file_limit``).
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from typing import Callable, Optional, Tuple
@@ -68,6 +69,21 @@ def raise_open_file_limit(resource_module=None) -> "tuple[int, int]":
         return (soft, soft)
     return (soft, hard)
 
+
+
+def peer_key(host: str) -> str:
+    """Whose budget a request from ``host`` spends: its IPv4 address, or the /64 network of its IPv6 address (one
+    machine, one home or one cloud instance usually holds a whole /64, so per address it could spread a flood over
+    2^64 budgets); an IPv4 address mapped into IPv6 is that IPv4 address. Anything else (a Unix socket) as it is."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # no zone index (fe80::1%eth0)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class RateLimit:

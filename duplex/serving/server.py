@@ -37,7 +37,7 @@ from ..errors import UsageError
 from ..runtime.clock import ClockStats, FrameSchedule
 from ..runtime.engine import Engine, EngineFull
 from .admission import Admission
-from .limits import RateLimit, ReadBudget
+from .limits import RateLimit, ReadBudget, peer_key
 from .options import ServerOptions, page_url, tls_context
 from .protocol import HANDSHAKE, SessionOptions, error_message, message, parse_query
 from .session import SESSION_COUNTERS, Session, SessionStats, worth_logging
@@ -222,7 +222,7 @@ class VoiceServer:
         have their own budget, so a page polling /api/stats cannot use up its user's reconnections. /health is
         limited per peer only: a flood from elsewhere must not make the orchestrator think the server is down."""
         address = connection.remote_address
-        peer = str(address[0]) if address else ""
+        peer = peer_key(str(address[0])) if address else ""
         limit = self._upgrade_rate if path == "/api/chat" else self._http_rate
         wait = limit.take(peer, count_total=path != "/health")
         if wait == 0.0:

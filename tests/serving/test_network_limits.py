@@ -11,7 +11,7 @@ from helpers import make_engine, serve
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from duplex.serving.limits import RateLimit
+from duplex.serving.limits import RateLimit, peer_key
 from duplex.serving.options import ServerOptions
 from duplex.serving.protocol import HANDSHAKE, message
 from duplex.serving.server import VoiceServer
@@ -211,3 +211,10 @@ def test_headers_are_bounded_yet_a_browser_upgrade_fits():
                 (browser, "Cookie: " + "a" * 9000 + "\r\n", "".join(f"X-H{i}: v\r\n" for i in range(200)))]
 
     assert serve(test) == [b"101", b"431", b"431"]
+
+
+def test_an_ipv6_peer_is_its_slash_64_network_so_it_cannot_spread_a_flood_over_its_addresses():
+    assert peer_key("2001:db8:1:2::1") == peer_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
+    assert peer_key("::ffff:192.0.2.7") == "192.0.2.7" and peer_key("192.0.2.7") == "192.0.2.7"
+    assert peer_key("fe80::1%eth0") == "fe80::/64" and peer_key("") == ""
