@@ -305,8 +305,10 @@ class VoiceServer:
             return response
         if path == "/api/chat":
             if self._over_capacity(connection):
-                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                          "too many connections; try again later\n")
+                response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                              "too many connections; try again later\n")
+                response.headers["Retry-After"] = "5"  # about how long a refused waiter's notice may take
+                return response
             return None  # go on with the WebSocket handshake
         return connection.respond(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
 

@@ -129,10 +129,10 @@ def test_connections_past_the_cap_get_503_at_once_and_are_counted():
             await asyncio.sleep(0.05)
         async with connect(url + "/api/chat") as again:
             assert await asyncio.wait_for(again.recv(), 5) == message(HANDSHAKE)
-        return refused.value.response.status_code, over
+        return refused.value.response, over
 
-    status, over = serve(test, slots=1, max_waiting=4, max_connections=2)
-    assert status == 503 and over == (1, 1)
+    response, over = serve(test, slots=1, max_waiting=4, max_connections=2)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5" and over == (1, 1)
 
 
 def test_an_upgrade_that_fails_after_the_check_does_not_hold_a_place_for_ever():
