@@ -218,3 +218,18 @@ def test_an_ipv6_peer_is_its_slash_64_network_so_it_cannot_spread_a_flood_over_i
     assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
     assert peer_key("::ffff:192.0.2.7") == "192.0.2.7" and peer_key("192.0.2.7") == "192.0.2.7"
     assert peer_key("fe80::1%eth0") == "fe80::/64" and peer_key("") == ""
+
+
+def test_the_page_and_its_polling_get_every_answer_from_a_server_with_the_default_limits():
+    async def test(server, url):
+        now = fake_clock(server)
+        loop = asyncio.get_running_loop()
+        statuses = [(await loop.run_in_executor(None, get, server.port, "/"))[0]]
+        for _ in range(60):  # two minutes of the page's polling, with a favicon miss each time for good measure
+            now[0] += 2.0
+            statuses.append((await loop.run_in_executor(None, get, server.port, "/api/stats"))[0])
+            statuses.append((await loop.run_in_executor(None, get, server.port, "/favicon.ico"))[0])
+        return statuses, server.rate_limited
+
+    statuses, limited = serve(test)
+    assert set(statuses[::2]) == {200} and set(statuses[1::2]) == {404} and limited == 0
