@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from ..errors import UsageError
 from ..serving.client import converse
 from ..serving.protocol import AUDIO, CONTROL, FRAME_SIZE, HANDSHAKE, METADATA, PING, SAMPLE_RATE, message
-from .serve import client_signal, fetch_stats, serve_here, where
+from .serve import UNLIMITED_RATES, client_signal, fetch_stats, serve_here, where
 
 SLOTS = 2  # a server fuzzed here needs two: one for a hostile client, one for the health check's well-behaved one
 FAMILIES = ("malformed", "oversized", "bomb", "flood", "churn", "queue", "http")
@@ -326,7 +326,7 @@ def fuzz_server(engine=None, url: Optional[str] = None, messages: int = 3000, se
     with LogWatcher() as watcher:
         report = serve_here(engine, lambda url: fuzz(url, messages=messages, seed=seed, log_problems=watcher.take,
                                                      progress=progress),
-                            max_waiting=1)
+                            max_waiting=1, **UNLIMITED_RATES)
     report["resident_mb"] = {"before": before, "after": resident_mb()}
     return report
 

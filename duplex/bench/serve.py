@@ -184,14 +184,15 @@ def bench_serve(engine=None, url: Optional[str] = None, clients: int = 4, second
     if engine.slots < clients:
         raise ValueError(f"{clients} clients need {clients} slots; the engine has {engine.slots}")
     report.update(serve_here(engine, lambda url: run_clients(url, clients, seconds, formats, nice, token, progress),
-                             server_options, token=token))
+                             server_options, token=token, **UNLIMITED_RATES))
     report["verdict"] = verdict(report)
     return report
 
 
-# A benchmark's clients all come from this machine: one peer standing in for many users, which may open dozens of
-# sessions, or churn connections, at once. A server started here does not limit request rates, so that what is
-# measured is serving (the rate limits have their own tests: tests/serving/test_network_limits.py).
+# A load benchmark's clients, and the fuzzer, all come from this machine: one peer standing in for many users, which
+# may open dozens of sessions, or churn connections, at once. The servers they start here do not limit request
+# rates, so that what is measured is serving (the rate limits have their own tests:
+# tests/serving/test_network_limits.py); pass these as ``serve_here``'s options.
 UNLIMITED_RATES = {name: 1e9 for name in ("http_per_peer", "http_peer_burst", "http_total", "http_total_burst",
                                           "upgrades_per_peer", "upgrades_peer_burst", "upgrades_total",
                                           "upgrades_total_burst")}
@@ -199,7 +200,7 @@ UNLIMITED_RATES = {name: 1e9 for name in ("http_per_peer", "http_peer_burst", "h
 
 def serve_here(engine, work, server_options=None, token: Optional[str] = None, **options) -> dict:
     """Run ``work(url)`` (a coroutine function) against a VoiceServer on ``engine`` started on a free loopback
-    port (``server_options`` and ``options`` as ServerOptions, host and port replaced, rates not limited); returns its result with
+    port (``server_options`` and ``options`` as ServerOptions, host and port replaced); returns its result with
     the server's hardware and torch version. The server's own log lines below errors are silenced meanwhile:
     the report counts what its warnings (late ticks, dropped frames) would say. As ``duplex serve`` does, what is
     alive at the start (the engine) is kept out of the garbage collector's full passes while the server runs
@@ -212,7 +213,7 @@ def serve_here(engine, work, server_options=None, token: Optional[str] = None, *
     from ..serving.server import ServerOptions, VoiceServer  # noqa: PLC0415 - imports torch
 
     settings = dataclasses.replace(server_options or ServerOptions(), host="127.0.0.1", port=0, token=token,
-                                   **{**UNLIMITED_RATES, **options})
+                                   **options)
 
     async def main():
         server = VoiceServer(engine, settings)
