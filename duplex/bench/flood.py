@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import connect
 
 from ..serving.client import chat_url
-from .serve import _get, fetch_stats, run_clients, serve_here, where
+from .serve import _get, fetch_stats, format_report, run_clients, serve_here, verdict, where
 
 KINDS = ("stats", "404", "upgrade", "churn")
 PATHS = {"stats": "/api/stats", "404": "/duplex-bench-no-such-path", "upgrade": "/api/chat-no-such-path"}
@@ -220,3 +220,57 @@ def flood_verdict(report: dict) -> str:
         return f"clock kept: {late:.1%} late ticks, largest gap {gap:.0f} ms"
     return (f"clock NOT kept: {late:.1%} late ticks (goal 1%), largest gap {gap:.0f} ms (goal 200), "
             f"{c['lost']} replies lost")
+
+
+def process_resources() -> Optional[dict]:
+    """This process's resident memory (MiB) and open file descriptors, from /proc (None where there is none)."""
+    try:
+        with open("/proc/self/status") as status:
+            rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        return {"rss_mib": round(rss_kib / 1024, 1), "fds": len(os.listdir("/proc/self/fd"))}
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def soak_server(engine=None, url: Optional[str] = None, clients: int = 4, minutes: float = 15.0,
+                formats: str = "mixed", nice: int = 10, token: Optional[str] = None,
+                progress: Optional[Callable[[str], None]] = None) -> dict:
+    """``clients`` time-synchronous clients for ``minutes`` against ``url`` or a server on ``engine`` started here;
+    the load report of bench serve, plus (for a server started here, which runs in this process) its resident
+    memory and open descriptors once it listens and again once every client has left: what a long run leaks."""
+    if (engine is None) == (url is None):
+        raise ValueError("give an engine to serve or the url of a running server, not both")
+    if clients < 1 or not minutes > 0:
+        raise ValueError("clients must be >= 1 and minutes > 0")
+    seconds = minutes * 60
+    report = {"benchmark": "soak", "clients_count": clients, "seconds": seconds, "minutes": minutes,
+              "formats": formats, "client_nice": nice, "client_host": f"{platform.node()}, {os.cpu_count()} cores"}
+
+    async def work(address):
+        start = process_resources() if engine is not None else None
+        result = await run_clients(address, clients, seconds, formats, nice, token, progress)
+        end = process_resources() if engine is not None else None
+        return {**result, "server_process": {"start": start, "end": end} if start and end else None}
+
+    if url is not None:
+        report.update(url=url, **asyncio.run(work(url)))
+    else:
+        if engine.slots < clients:
+            raise ValueError(f"{clients} clients need {clients} slots; the engine has {engine.slots}")
+        report.update(serve_here(engine, work, token=token))
+    report["verdict"] = verdict(report)
+    return report
+
+
+def format_soak_report(report: dict) -> str:
+    """The bench serve table for the soak, with the server process's memory and descriptors at start and end."""
+    rows = format_report(report).splitlines()
+    rows[0] = rows[0].replace("# serve", "# soak", 1)
+    resources = report.get("server_process")
+    if resources:
+        start, end = resources["start"], resources["end"]
+        line = (f"server process: RSS {start['rss_mib']:.1f} -> {end['rss_mib']:.1f} MiB "
+                f"({end['rss_mib'] - start['rss_mib']:+.1f}), open fds {start['fds']} -> {end['fds']}")
+    else:
+        line = "server process: not measured (a server elsewhere)"
+    return "\n".join(rows[:-1] + [line, rows[-1]])

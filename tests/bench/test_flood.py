@@ -57,6 +57,9 @@ def test_bench_serve_flood_prints_the_table_and_writes_the_json(tmp_path, capsys
     (["--flood", "stats", "--clients", "2"], "leave out --clients"),
     (["--flood", "churn", "--slots", "2"], "--flood churn needs every slot taken"),
     (["--flood", "404", "--url", "ws://127.0.0.1:9", "--slots", "1"], "--url loads a running server"),
+    (["--soak", "1", "--flood", "stats"], "--soak, --flood and --fuzz are separate runs"),
+    (["--soak", "1", "--seconds", "5"], "leave out --seconds"),
+    (["--soak", "1", "--clients", "3", "--slots", "2"], "--slots 2 is fewer than --clients 3"),
 ])
 def test_bench_serve_flood_option_errors(capsys, args, words):
     assert main(["bench", "serve", *args]) == 2
@@ -77,3 +80,18 @@ def test_the_verdict_holds_a_live_session_to_the_issues_goal():
     assert flood.flood_verdict(late).startswith("clock NOT kept: 15.2% late ticks")
     gap = {"client": {**client, "max_gap_ms": 3200.0}, "server": {"ticks": 250, "late_ticks": 0}}
     assert "largest gap 3200 ms" in flood.flood_verdict(gap) and "NOT" in flood.flood_verdict(gap)
+
+
+def test_a_soak_reports_the_load_and_the_server_process_at_start_and_end(tmp_path, capsys):
+    out = tmp_path / "soak.json"
+    assert main(["bench", "serve", "--soak", "0.02", "--clients", "2", *SMALL_MODEL, "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "soak" and report["minutes"] == 0.02 and len(report["clients"]) == 2
+    assert all(c["replies"] > 0 and "exception" not in c for c in report["clients"])
+    assert report["server"]["ticks"] > 0 and report["server"]["sessions_after"] == 0
+    process = report["server_process"]
+    assert process["start"]["rss_mib"] > 0 and process["end"]["fds"] > 0
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("# soak -- 2 x 1.2 s") and lines[-2].startswith("server process: RSS ")
+    assert lines[-1] == report["verdict"]
