@@ -10,7 +10,9 @@ event loop with the live client or the server):
 - ``404``: ``GET`` of a path the server does not have;
 - ``upgrade``: WebSocket upgrades the server refuses (a path it does not have);
 - ``churn``: a client joins the admission queue (the live client holds the only slot) and leaves at once, again
-  and again (needs a server with a queue: one started here gets one).
+  and again (needs a server with a queue and every slot taken: one started here has 1 slot and a queue; against
+  a running server with a free slot the churner takes a slot instead, and with no queue each join is refused and
+  counted as failed).
 
 Flooder processes are torch-free (asyncio streams and websockets only), as the bench serve clients are.
 """
@@ -18,6 +20,7 @@ Flooder processes are torch-free (asyncio streams and websockets only), as the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -89,7 +92,7 @@ async def flood(url: str, kind: str, peers: int, stop, token: Optional[str] = No
                     ok = await _churn_once(chat)
                 else:
                     ok = await asyncio.wait_for(_http_once(host, port, request), REQUEST_TIMEOUT)
-            except (OSError, asyncio.TimeoutError, Exception):  # refused, reset, timed out: counted, flood goes on
+            except Exception:  # refused, reset, timed out, closed by the server: counted, and the flood goes on
                 ok = False
             counts["requests" if ok else "failed"] += 1
             if not ok:
@@ -131,7 +134,7 @@ async def run_flood(url: str, kind: str, peers: int, seconds: float, token: Opti
     ready, go, stop, results = context.Queue(), context.Event(), context.Event(), context.Queue()
     process = context.Process(target=_flood_main, args=(url, kind, peers, token, ready, go, stop, results),
                               daemon=True, name="bench-flooder")
-    flood_report = None
+    flood_report, live_task = None, None
     try:
         process.start()
         await _started(process, ready)
@@ -148,6 +151,10 @@ async def run_flood(url: str, kind: str, peers: int, seconds: float, token: Opti
         except queue_module.Empty:
             flood_report = {"exception": "no report: the flooder hung"}
     finally:
+        if live_task is not None and not live_task.done():  # the server stopped answering: the client stops too
+            live_task.cancel()
+            with contextlib.suppress(BaseException):
+                await live_task
         go.set()
         stop.set()
         process.join(5.0)
