@@ -63,6 +63,8 @@ def _client_report(result, frames: int, raw: bool) -> dict:
             "lost": max(0, frames - result.audio_messages), "steady_rate": round(result.steady_rate(), 3),
             "late_replies": int((late > FRAME_SECONDS * 1e3).sum()),
             "max_lateness_ms": round(float(late.max()), 1) if late.size else None,
+            "max_gap_ms": round(float(np.diff(result.reply_times).max()) * 1e3, 1)
+            if len(result.reply_times) > 1 else None,
             "errors": list(result.errors), "complete": result.complete}
 
 

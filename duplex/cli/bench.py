@@ -10,7 +10,7 @@ import torch
 from codec import Mimi
 from codec.eval import bench as codec_bench
 
-from ..bench import codec_quality, fuzz, latency, lm
+from ..bench import codec_quality, flood, fuzz, latency, lm
 from ..bench.codec import codec_to_time
 from ..bench.serve import bench_serve, format_report
 from ..errors import UsageError
@@ -98,8 +98,33 @@ def run_bench_codec_quality(args) -> int:
     return 0
 
 
+def _check_flood_options(args) -> None:
+    """--flood runs one live client of its own: the options of the plain load and of --fuzz do not apply."""
+    if args.flood_peers and not args.flood:
+        raise UsageError("--flood-peers needs --flood KIND")
+    if args.soak and (args.flood or args.fuzz):
+        raise UsageError("--soak, --flood and --fuzz are separate runs: give one of them")
+    if args.soak and args.seconds:
+        raise UsageError("--soak MINUTES sets how long the clients talk: leave out --seconds")
+    if not args.flood:
+        return
+    if args.fuzz:
+        raise UsageError("--flood and --fuzz are separate runs: give one of them")
+    if args.clients:
+        raise UsageError("--flood runs one live client of its own: leave out --clients")
+    if args.flood == "churn" and args.slots and args.slots > 1:
+        raise UsageError("--flood churn needs every slot taken by the live client: --slots 1 (the default)")
+
+
 def run_bench_serve(args) -> int:
     check_report_paths(args)
+    _check_flood_options(args)
+    args.seconds = args.seconds or (None if args.soak else 20.0)
+    if args.flood:
+        return _run_flood(args)
+    args.clients = args.clients or 4
+    if args.soak:
+        return _run_soak(args)
     needed = fuzz.SLOTS if args.fuzz else args.clients
     if args.url and (args.lm or args.mimi or args.slots):
         raise UsageError("--url loads a running server: the model and --slots options are for one started here")
@@ -127,6 +152,51 @@ def run_bench_serve(args) -> int:
     write_json(report, args)
     if args.fuzz:
         return 0 if report["healthy"] else 1
+    return 1 if any("exception" in c for c in report["clients"]) else 0
+
+
+def _run_flood(args) -> int:
+    if args.url and (args.lm or args.mimi or args.slots):
+        raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+
+    def progress(text: str) -> None:
+        print(f"duplex bench serve: {text}", file=sys.stderr)
+
+    try:
+        if args.threads and not args.url:
+            torch.set_num_threads(args.threads)
+        engine = None if args.url else build_engine(args, args.slots or 1)
+        report = flood.flood_server(engine, args.url, kind=args.flood, peers=args.flood_peers or 1,
+                                    seconds=args.seconds, token=args.token, nice=args.client_nice,
+                                    progress=progress)
+    except KeyboardInterrupt:  # the flooder, the live client and the server are stopped by then
+        print("duplex bench serve: interrupted (Ctrl-C): no report", file=sys.stderr)
+        return 130
+    print(flood.format_flood_report(report))
+    write_json(report, args)
+    return 1 if "exception" in report["client"] or "exception" in report["flood"] else 0
+
+
+def _run_soak(args) -> int:
+    if args.url and (args.lm or args.mimi or args.slots):
+        raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+    if args.slots and args.slots < args.clients:
+        raise UsageError(f"--slots {args.slots} is fewer than --clients {args.clients}")
+
+    def progress(text: str) -> None:
+        print(f"duplex bench serve: {text}", file=sys.stderr)
+
+    try:
+        if args.threads and not args.url:
+            torch.set_num_threads(args.threads)
+        engine = None if args.url else build_engine(args, args.slots or args.clients)
+        report = flood.soak_server(engine, args.url, clients=args.clients, minutes=args.soak, formats=args.formats,
+                                   nice=args.client_nice, token=args.token, progress=progress)
+    except KeyboardInterrupt:  # the clients and the server are stopped by then
+        print("duplex bench serve: interrupted (Ctrl-C): no report", file=sys.stderr)
+        return 130
+    print(flood.format_soak_report(report))
+    write_json(report, args)
     return 1 if any("exception" in c for c in report["clients"]) else 0
 
 
@@ -177,8 +247,8 @@ def register(commands) -> None:
     p.set_defaults(run=run_bench_latency)
     p = bench_commands.add_parser("serve", help="N time-synchronous clients x S seconds against a voice server: "
                                   "reply rate, late and lost replies, deadline misses, step time")
-    p.add_argument("--clients", type=positive, default=4, help="concurrent clients, one process each")
-    p.add_argument("--seconds", type=positive_float, default=20.0, help="how long every client talks")
+    p.add_argument("--clients", type=positive, help="concurrent clients, one process each (default 4)")
+    p.add_argument("--seconds", type=positive_float, help="how long every client talks (default 20)")
     p.add_argument("--format", dest="formats", choices=["mixed", "opus", "pcm16"], default="mixed",
                    help="client audio: Ogg/Opus (Kyutai's), raw pcm16, or mixed (every other client)")
     p.add_argument("--url", help="a running server to load (default: start one here on the model options)")
@@ -193,6 +263,16 @@ def register(commands) -> None:
                    help="instead of the load: N hostile messages in families (malformed, oversized, Opus bombs, "
                         "floods, connection churn, a jammed queue, HTTP garbage), a health check after each")
     p.add_argument("--seed", type=int, default=0, help="with --fuzz: the same seed sends the same messages")
+    p.add_argument("--flood", choices=flood.KINDS,
+                   help="instead of the load: one live client talks for --seconds while a flooder process sends "
+                        "GET /api/stats (stats), a missing path (404), refused WebSocket upgrades (upgrade) or "
+                        "joins and leaves the admission queue (churn); reports late ticks, the client's largest "
+                        "gap and late replies, and the flood's request rate")
+    p.add_argument("--soak", type=positive_float, metavar="MINUTES",
+                   help="the load (--clients, default 4) for MINUTES instead of --seconds, with the resident memory "
+                        "and open descriptors of a server started here when it listens and after the clients leave")
+    p.add_argument("--flood-peers", type=positive, metavar="N",
+                   help="with --flood: N concurrent flooders, each one request at a time (default 1)")
     add_model_options(p)
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.set_defaults(run=run_bench_serve)
