@@ -15,7 +15,17 @@ from ..runtime.realtime import freeze_startup_objects
 from ..serving.limits import raise_open_file_limit
 from ..serving.options import ServerOptions, check_port_free, default_slots, tls_context, usable_cpu_cores
 from ..serving.server import VoiceServer
-from .common import add_model_options, build_engine, float_above, int_in, model_files, non_negative, pick_device, port
+from .common import (
+    add_model_options,
+    build_engine,
+    float_above,
+    int_in,
+    model_files,
+    non_negative,
+    pick_device,
+    port,
+    positive_float,
+)
 from .options import options_from_args
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,11 @@ def run_serve(args) -> int:
                  "see README, \"The default model\")")
     options = options_from_args(ServerOptions, args)
     options.model_name = engine.files.name
+    # A raised rate keeps bursts of ten seconds' worth (a proxy's users reconnecting at once after a network blip).
+    if options.upgrades_per_peer > ServerOptions.upgrades_per_peer:
+        options.upgrades_peer_burst = max(options.upgrades_peer_burst, 10 * options.upgrades_per_peer)
+    if options.http_per_peer > ServerOptions.http_per_peer:
+        options.http_peer_burst = max(options.http_peer_burst, 10 * options.http_per_peer)
     server = VoiceServer(engine, options)
     freeze_startup_objects()  # no 100+ ms garbage-collector pause in the middle of a frame later
     before, after = raise_open_file_limit()  # a server at 1024 open files turns live users away (limits.py)
@@ -107,5 +122,12 @@ def register(commands) -> None:
                    metavar="SECONDS",
                    help="on SIGTERM or Ctrl-C, refuse new clients and let live conversations go on for up to this "
                         "long before closing them (default %(default)g; a second signal closes at once)")
+    # Per peer (one IP address, or one IPv6 /64): behind a reverse proxy every client is the proxy, so raise these.
+    p.add_argument("--upgrades-per-peer", type=positive_float, default=ServerOptions.upgrades_per_peer,
+                   metavar="N", help="conversations a peer may open a second (bursts of "
+                   f"{ServerOptions.upgrades_peer_burst:g}); over it: HTTP 429")
+    p.add_argument("--http-per-peer", type=positive_float, default=ServerOptions.http_per_peer, metavar="N",
+                   help=f"page and /api/stats requests a peer may make a second (bursts of "
+                   f"{ServerOptions.http_peer_burst:g}); over it: HTTP 429")
     p.set_defaults(run=run_serve)
 
