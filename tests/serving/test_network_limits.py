@@ -233,3 +233,16 @@ def test_the_page_and_its_polling_get_every_answer_from_a_server_with_the_defaul
 
     statuses, limited = serve(test)
     assert statuses[0] == 200 and set(statuses[1::2]) == {200} and set(statuses[2::2]) == {404} and limited == 0
+
+
+def test_the_per_peer_limits_are_options_of_duplex_serve():
+    """Behind a reverse proxy every client has the proxy's address: the operator raises the per-peer limits."""
+    from duplex.cli import build_parser
+    from duplex.cli.options import options_from_args
+
+    args = build_parser().parse_args(["serve", "--upgrades-per-peer", "50", "--http-per-peer", "500"])
+    options = options_from_args(ServerOptions, args)
+    assert (options.upgrades_per_peer, options.http_per_peer) == (50.0, 500.0)
+    defaults = options_from_args(ServerOptions, build_parser().parse_args(["serve"]))
+    assert (defaults.upgrades_per_peer, defaults.http_per_peer) == (ServerOptions.upgrades_per_peer,
+                                                                    ServerOptions.http_per_peer)
