@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from duplex.errors import EngineFull
+
 FIXTURES = Path(__file__).parent / "fixtures"
 MIMI_SMALL = FIXTURES / "mimi_small.safetensors"
 MIMI_SMALL_CONFIG = FIXTURES / "mimi_small_config.json"
@@ -114,3 +116,31 @@ def fake_repo(cache, repo, files, revision="0123456789abcdef0123456789abcdef0123
     for name, content in files.items():
         (snapshot / name).write_bytes(content)
     return snapshot
+
+
+class EchoEngine:
+    """Stands in for the engine in server tests: each slot's reply is the frame it was given (so the replies' order
+    is visible), and ``opens`` counts the calls of ``open`` (what admission costs)."""
+
+    frame_size, sample_rate = 1920, 24000
+
+    def __init__(self, slots):
+        self.slots, self.open_slots, self.opens = slots, set(), 0
+
+    @property
+    def free_slots(self):
+        return self.slots - len(self.open_slots)
+
+    def open(self, **options):
+        self.opens += 1
+        free = sorted(set(range(self.slots)) - self.open_slots)
+        if not free:
+            raise EngineFull("all slots are in use")
+        self.open_slots.add(free[0])
+        return free[0]
+
+    def close(self, slot):
+        self.open_slots.discard(slot)
+
+    def step(self, frames):
+        return {slot: (frame.copy(), None) for slot, frame in frames.items()}

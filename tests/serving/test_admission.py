@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import random
 
-from duplex.runtime.engine import EngineFull
+from helpers import EchoEngine
+
 from duplex.serving.admission import Admission, Waiter
 from duplex.serving.protocol import ERROR, SessionOptions, error_message
 from duplex.serving.server import ServerOptions, VoiceServer
@@ -43,28 +44,8 @@ class FakeConnection:
         return [int(m.split(b"number ")[1].split()[0]) for m in self.sent if b"in the queue" in m]
 
 
-class CountingEngine:
+class CountingEngine(EchoEngine):
     """The engine as the admission code sees it: slots to open and close, and how often ``open`` was called."""
-
-    frame_size, sample_rate = 1920, 24000
-
-    def __init__(self, slots):
-        self.slots, self.open_slots, self.opens = slots, set(), 0
-
-    @property
-    def free_slots(self):
-        return self.slots - len(self.open_slots)
-
-    def open(self, **options):
-        self.opens += 1
-        free = sorted(set(range(self.slots)) - self.open_slots)
-        if not free:
-            raise EngineFull("all slots are in use")
-        self.open_slots.add(free[0])
-        return free[0]
-
-    def close(self, slot):
-        self.open_slots.discard(slot)
 
     def step(self, frames):
         return {}

@@ -17,41 +17,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import SMALL_MODEL_ARGS
+from helpers import SMALL_MODEL_ARGS, EchoEngine
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from duplex.runtime.engine import EngineFull
 from duplex.serving.protocol import ERROR, HANDSHAKE, message
 from duplex.serving.server import ServerOptions, VoiceServer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class EchoEngine:
-    """Stands in for the engine: each slot's reply is the frame it was given."""
-
-    frame_size, sample_rate = 1920, 24000
-
-    def __init__(self, slots):
-        self.slots, self.open_slots = slots, set()
-
-    @property
-    def free_slots(self):
-        return self.slots - len(self.open_slots)
-
-    def open(self, **options):
-        free = sorted(set(range(self.slots)) - self.open_slots)
-        if not free:
-            raise EngineFull("all slots are in use")
-        self.open_slots.add(free[0])
-        return free[0]
-
-    def close(self, slot):
-        self.open_slots.discard(slot)
-
-    def step(self, frames):
-        return {slot: (frame.copy(), None) for slot, frame in frames.items()}
 
 
 def get(url):

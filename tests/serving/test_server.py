@@ -9,12 +9,11 @@ import urllib.request
 
 import numpy as np
 import pytest
-from helpers import serve, speech
+from helpers import EchoEngine, serve, speech
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from duplex.model.tokenizer import TextTokenizer
-from duplex.runtime.engine import EngineFull
 from duplex.serving.client import converse
 from duplex.serving.protocol import AUDIO, CONTROL, ERROR, HANDSHAKE, message, parse_query
 from duplex.serving.server import ServerOptions, VoiceServer
@@ -344,32 +343,6 @@ def test_concurrent_clients_in_their_own_processes_get_every_reply():
     assert server["frames_in"] == 4 * 38  # every frame sent was received ...
     assert server["dropped_in"] == 0 and server["dropped_out"] == 0 and server["bad_messages"] == 0  # ... and kept
     assert server["sessions_after"] == 0
-
-
-class EchoEngine:
-    """Stands in for the engine: each slot's reply is the frame it was given, so the replies' order is visible."""
-
-    frame_size, sample_rate = 1920, 24000
-
-    def __init__(self, slots):
-        self.slots, self.open_slots = slots, set()
-
-    @property
-    def free_slots(self):
-        return self.slots - len(self.open_slots)
-
-    def open(self, **options):
-        free = sorted(set(range(self.slots)) - self.open_slots)
-        if not free:
-            raise EngineFull("all slots are in use")
-        self.open_slots.add(free[0])
-        return free[0]
-
-    def close(self, slot):
-        self.open_slots.discard(slot)
-
-    def step(self, frames):
-        return {slot: (frame.copy(), None) for slot, frame in frames.items()}
 
 
 @pytest.mark.slow
