@@ -144,3 +144,32 @@ class EchoEngine:
 
     def step(self, frames):
         return {slot: (frame.copy(), None) for slot, frame in frames.items()}
+
+
+class FakeConnection:
+    """Stands in for a WebSocket connection: records what is sent; a ``stalled`` one never finishes a send (a
+    client that does not read, its buffers full); ``transport.abort()`` or ``leave()`` closes it."""
+
+    def __init__(self, name="", stalled=False):
+        self.name, self.stalled, self.sent, self.closed = name, stalled, [], asyncio.Event()
+        self.transport = self
+
+    async def send(self, data):
+        if self.stalled:
+            await asyncio.Event().wait()
+        self.sent.append(data)
+
+    def abort(self):
+        self.closed.set()
+
+    leave = abort
+
+    async def wait_closed(self):
+        await self.closed.wait()
+
+    async def close(self, code=1000, reason=""):
+        self.closed.set()
+
+    def positions(self):
+        """The places this client was told, in order."""
+        return [int(m.split(b"number ")[1].split()[0]) for m in self.sent if b"in the queue" in m]

@@ -17,12 +17,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import SMALL_MODEL_ARGS, EchoEngine
+from helpers import SMALL_MODEL_ARGS, EchoEngine, serve
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from duplex.serving.protocol import ERROR, HANDSHAKE, message
-from duplex.serving.server import ServerOptions, VoiceServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,15 +56,8 @@ async def errors_until_closed(ws, timeout=30.0):
 
 
 def run(test, slots=1, **options):
-    async def main():
-        server = VoiceServer(EchoEngine(slots), ServerOptions(port=0, **options))
-        await server.start()
-        try:
-            return await test(server, f"127.0.0.1:{server.port}")
-        finally:
-            await server.stop()
-
-    return asyncio.run(main())
+    """``test(server, "host:port")`` against a fresh server on the echo stand-in engine."""
+    return serve(lambda server, url: test(server, url.removeprefix("ws://")), engine=EchoEngine(slots), **options)
 
 
 def test_health_says_ok_and_draining_with_a_status_load_balancers_understand():

@@ -9,7 +9,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from helpers import EchoEngine, serve, speech
+from helpers import EchoEngine, FakeConnection, serve, speech
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -639,29 +639,6 @@ def test_opus_bombs_are_closed_and_the_other_sessions_keep_real_time():
     assert all(c is not None and c.code == 1008 for c in closes), closes  # 60 s sent at once: over budget
     assert result.complete and result.audio_messages == 38 and not result.errors
     assert stats["sessions"] == 0
-
-
-class FakeConnection:
-    """Stands in for a WebSocket connection in the admission code: records what is sent; ``stalled`` ones never
-    finish a send (a client that does not read, its buffers full); ``transport.abort()`` closes it."""
-
-    def __init__(self, stalled=False):
-        self.stalled, self.sent, self.closed = stalled, [], asyncio.Event()
-        self.transport = self
-
-    async def send(self, data):
-        if self.stalled:
-            await asyncio.Event().wait()
-        self.sent.append(data)
-
-    def abort(self):
-        self.closed.set()
-
-    async def wait_closed(self):
-        await self.closed.wait()
-
-    async def close(self, code=1000, reason=""):
-        self.closed.set()
 
 
 def test_a_waiting_client_that_never_reads_jams_nobody():
