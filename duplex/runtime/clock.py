@@ -2,8 +2,8 @@
 
 The real-time rule lives here once, as ``FrameSchedule``, a pure object that never sleeps: told when a tick's
 work ended, it says when the next tick is due and how late this one was. The offline/microphone loop
-(``FrameClock``, with ``time.sleep``) and the server's tick loop (``VoiceServer._tick_loop``, with
-``asyncio.sleep``) only wait for what it says, and count in ``ClockStats``.
+(``FrameClock``, with ``time.sleep``) and the server's clock thread (``serving.ticker.Ticker``, with
+a stop event's timed wait) only wait for what it says, and count in ``ClockStats``.
 
 The rule: tick k is due one period after tick k-1 was due, and its work must end one period after it was due. A
 tick whose work ends after that deadline is a miss, and what to do then is one policy, ``FrameSchedule.behind``:
@@ -94,7 +94,8 @@ class ClockStats:
 
     def work_percentile(self, q: float) -> Optional[float]:
         """The ``q``-th percentile of the recorded work times in ms (None before any)."""
-        return float(np.percentile(self.work_ms, q)) if self.work_ms else None
+        times = list(self.work_ms)  # one copy, taken at once: the server's clock thread appends meanwhile
+        return float(np.percentile(times, q)) if times else None
 
 
 class FrameClock:

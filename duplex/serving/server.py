@@ -10,7 +10,12 @@ next received frame or, when none has arrived (network jitter, a muted client), 
 exactly one audio message per 80 ms from its handshake on, and browser clients never hit their 10 s inactivity
 timeout. Per-session buffers are bounded both ways: audio arriving faster than real time and messages a client
 does not read fast enough are dropped (oldest first) with a counter and a log line, so a slow or stalled client
-never delays anyone else. Engine calls run on one worker thread, in order.
+never delays anyone else.
+
+Two threads: the event loop does all the network work (HTTP, handshakes, reading, Opus, sending), and the frame
+clock runs in a thread of its own (ticker.py), so no amount of requests can hold a tick back; they meet in each
+session's input buffer and one bounded queue of replies. Opening and closing slots run on a worker thread and
+take the engine's lock, as the clock's step does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from importlib import resources
 from typing import Dict, Optional, Tuple
@@ -34,13 +40,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from ..errors import UsageError
-from ..runtime.clock import ClockStats, FrameSchedule
+from ..runtime.clock import ClockStats
 from ..runtime.engine import Engine, EngineFull
 from .admission import Admission
 from .limits import RateLimit, ReadBudget, peer_key
 from .options import ServerOptions, page_url, tls_context
 from .protocol import HANDSHAKE, SessionOptions, error_message, message, parse_query
 from .session import SESSION_COUNTERS, Session, SessionStats, worth_logging
+from .ticker import Ticker
 
 __all__ = ["VoiceServer", "ServerOptions", "ReadBudget", "Session", "SessionStats", "tls_context"]
 
@@ -60,6 +67,7 @@ class VoiceServer:
         if self.options.token is not None and not self.options.token.strip():
             raise UsageError("the token is empty, which would let anyone in; give a secret or no token")
         self.sessions: Dict[int, Session] = {}
+        self._live: Tuple[Session, ...] = ()  # the sessions the clock steps: replaced as a whole (_set_session)
         # clients waiting for a slot, first come first served; joining, leaving and a freed slot are O(1)
         self.admission = Admission(self.options.max_waiting, self.options.notice_timeout, self._queue_notice)
         self.connections = self.refused = 0
@@ -85,13 +93,18 @@ class VoiceServer:
         self.closed_totals = SessionStats()  # the counters of every session that has ended, added up
         self.clock = ClockStats(window=1000)  # ticks, deadline misses, engine step times (the last 1000)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._engine_lock = threading.Lock()  # the clock's step, and opening and closing slots (_engine)
         self._server = None
-        self._ticker: Optional[asyncio.Task] = None
+        self._ticker: Optional[Ticker] = None
         self._page = resources.files("duplex.serving").joinpath("web/index.html").read_text(encoding="utf-8")
 
     async def _engine(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        """``fn`` (an engine call) on the worker thread, between two of the clock's steps."""
+        def locked():
+            with self._engine_lock:
+                return fn(*args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, locked)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self):
@@ -102,8 +115,12 @@ class VoiceServer:
                                    origins=[*self.options.origins, None] if self.options.origins else None,
                                    ssl=ssl_context, compression=None, close_timeout=self.options.close_timeout,
                                    max_queue=self.options.read_queue_messages, open_timeout=UPGRADE_TIMEOUT)
-        self._ticker = asyncio.create_task(self._tick_loop())
         loop = asyncio.get_running_loop()  # for this loop only, and put back by stop()
+        period = self.engine.frame_size / self.engine.sample_rate
+        self._ticker = Ticker(self.engine, lambda: self._live, lambda: loop.call_soon_threadsafe(self._take_replies),
+                              self.clock, self._engine_lock,
+                              max_pending=math.ceil(self.options.reply_max_age / period) + 1, period=period)
+        self._ticker.start()
         self._previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._loop_exception)
         log.info("serving on %s://%s:%d (%d slot%s)", "https" if ssl_context else "http", self.options.host,
@@ -122,8 +139,8 @@ class VoiceServer:
     async def stop(self) -> None:
         """Close every connection (live sessions and waiters get 1001, going away; handshakes under way HTTP 503),
         then log the counters: the last word of a server whose sessions were cut, whatever stopped it."""
-        if self._ticker:
-            self._ticker.cancel()
+        if self._ticker:  # the step under way ends first (its replies are not sent: the connections close next)
+            await asyncio.get_running_loop().run_in_executor(None, self._ticker.stop)
         self.admission.close()  # no more position notices: the waiters' connections are closed next
         if self._server:
             self._server.close()
@@ -418,7 +435,7 @@ class VoiceServer:
             sender = asyncio.create_task(session.send_loop())
             log.info("session %d opened (%s)", slot, "pcm16" if options.raw else "ogg/opus")
             await connection.send(message(HANDSHAKE))
-            self.sessions[slot] = session
+            self._set_session(slot, session)
             self.served += 1
             budget = ReadBudget(self.options.read_messages_per_second,
                                 self.options.read_realtime_factor * 2 * self.engine.sample_rate,
@@ -446,7 +463,7 @@ class VoiceServer:
         except Exception as e:  # a broken connection ends this session only
             log.info("session %d: connection ended (%s)", slot, type(e).__name__)
         finally:
-            self.sessions.pop(slot, None)
+            self._set_session(slot, None)
             if session is not None:  # at once: a stats() call during the awaits below must still count it
                 for name in SESSION_COUNTERS:
                     setattr(self.closed_totals, name, getattr(self.closed_totals, name) + getattr(session.stats, name))
@@ -461,33 +478,25 @@ class VoiceServer:
                 log.info("session %d closed: %s", slot, dataclasses.asdict(session.stats))
 
     # -------------------------------------------------------------------------------------------- clock
-    async def _tick_loop(self) -> None:
-        """One engine step per frame period for every session, on the schedule of runtime/clock.py."""
-        loop = asyncio.get_running_loop()
-        schedule = FrameSchedule(self.engine.frame_size / self.engine.sample_rate)
-        failures = 0
-        while True:
-            delay = schedule.wait(loop.time())
-            if delay > 0:
-                await asyncio.sleep(delay)
-            sessions = list(self.sessions.values())
-            step_ms = None
-            try:
-                if sessions:
-                    frames = {s.slot: s.next_frame() for s in sessions}
-                    t0 = time.perf_counter()
-                    outputs = await self._engine(self.engine.step, frames)
-                    step_ms = (time.perf_counter() - t0) * 1e3
-                    for s in sessions:
-                        if s.slot in outputs and self.sessions.get(s.slot) is s:
-                            audio, text = outputs[s.slot]
-                            s.deliver(audio, text)
-                failures = 0
-            except Exception:  # keep ticking: one bad frame must not stall every session
-                failures += 1
-                if worth_logging(failures):
-                    log.exception("frame step failed (%d in a row); sessions continue with the next tick", failures)
-            late = schedule.done(loop.time(), idle=not sessions)
-            self.clock.record(late, work_ms=step_ms)
-            if late and worth_logging(self.clock.misses):
-                log.warning("frame step late by %.1f ms (%d deadline misses)", late * 1e3, self.clock.misses)
+    def _set_session(self, slot: int, session: Optional[Session]) -> None:
+        """Start (or, with None, stop) stepping ``slot``'s session: the clock's thread reads ``_live``, a tuple
+        replaced as a whole, so it sees a session list from before or after, never one half changed."""
+        if session is None:
+            self.sessions.pop(slot, None)
+        else:
+            self.sessions[slot] = session
+        self._live = tuple(self.sessions.values())
+
+    def _take_replies(self) -> None:
+        """On the event loop, when the clock has replies for it: queue each tick's replies in its sessions'
+        outboxes (stamped with the tick's time, so they age from then), and count those the loop took too long to
+        take. A session that ended (or whose slot was given to another) since its tick gets nothing."""
+        pending, expired = self._ticker.take()
+        for session, count in expired.items():
+            if self.sessions.get(session.slot) is session:
+                session.count_expired(count)
+        for stamp, sessions, outputs in pending:
+            for session in sessions:
+                if session.slot in outputs and self.sessions.get(session.slot) is session:
+                    audio, text = outputs[session.slot]
+                    session.deliver(audio, text, at=stamp)

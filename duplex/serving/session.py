@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional
@@ -69,7 +70,10 @@ class Session:
         self.frame_size, self.sample_rate = frame_size, sample_rate
         self.limits = server_options
         self.stats = SessionStats()
+        # Received frames, oldest first: filled by the event loop, taken by the clock's thread (ticker.py). The
+        # lock makes each change of the buffer and of the drop counter one step for both.
         self.frames: collections.deque = collections.deque()
+        self._frames_lock = threading.Lock()
         self._pending = np.zeros(0, dtype=np.float32)
         self._raw_leftover = b""
         self._drop_events = self._drain_events = 0
@@ -161,19 +165,26 @@ class Session:
             return "audio contains non-finite samples; ignored"
         pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
         whole = pending.size // self.frame_size
-        for i in range(whole):
-            self.frames.append(pending[i * self.frame_size:(i + 1) * self.frame_size])
-            self.stats.frames_in += 1
+        new = [pending[i * self.frame_size:(i + 1) * self.frame_size] for i in range(whole)]
+        self.stats.frames_in += whole
         self._pending = pending[whole * self.frame_size:].copy()
-        excess = len(self.frames) - self.limits.input_buffer_frames
-        for _ in range(max(0, excess)):
-            self.frames.popleft()
+        with self._frames_lock:
+            self.frames.extend(new)
+            excess = len(self.frames) - self.limits.input_buffer_frames
+            for _ in range(max(0, excess)):
+                self.frames.popleft()
+            if excess > 0:
+                self.stats.dropped_in += excess
         if excess > 0:
-            self._count_dropped(excess)
+            self._log_dropped(excess)
         return None
 
     def _count_dropped(self, frames: int) -> None:
-        self.stats.dropped_in += frames
+        with self._frames_lock:
+            self.stats.dropped_in += frames
+        self._log_dropped(frames)
+
+    def _log_dropped(self, frames: int) -> None:
         self._drop_events += 1
         if worth_logging(self._drop_events):
             # Frames the client sent beyond what real time allows since the session opened: more than the buffer
@@ -188,48 +199,65 @@ class Session:
                             self.stats.dropped_in)
 
     def next_frame(self) -> np.ndarray:
+        """The frame for this tick (silence when none has arrived); called by the clock's thread."""
         self.stats.steps += 1
-        self._hold_depth()
-        if self.frames:
-            return self.frames.popleft()
+        with self._frames_lock:
+            drained = self._hold_depth()
+            frame = self.frames.popleft() if self.frames else None
+        if drained:
+            self._log_drained(drained)
+        if frame is not None:
+            return frame
         self.stats.underruns += 1
         return np.zeros(self.frame_size, dtype=np.float32)
 
-    def _hold_depth(self) -> None:
-        """Keep the input backlog near its target. Every frame waiting in the buffer is 80 ms between the user
-        speaking and the model hearing it; after a stall (a late tick, a paused process) or with a client whose
-        clock runs fast, the buffer fills and, as each tick takes one frame and the client sends one, stays full for
-        good. So the smallest depth seen at the ticks of each window is the standing backlog: what stays above the
-        target for the whole window is dropped, oldest first; a burst that drains within the window is untouched."""
+    def _hold_depth(self) -> int:
+        """Keep the input backlog near its target; returns how many frames it dropped (called with the buffer's
+        lock held). Every frame waiting in the buffer is 80 ms between the user speaking and the model hearing it;
+        after a stall (a late tick, a paused process) or with a client whose clock runs fast, the buffer fills
+        and, as each tick takes one frame and the client sends one, stays full for good. So the smallest depth
+        seen at the ticks of each window is the standing backlog: what stays above the target for the whole window
+        is dropped, oldest first; a burst that drains within the window is untouched."""
         depth = len(self.frames)
         self._window_min = depth if self._window_min is None else min(self._window_min, depth)
         self._window_ticks += 1
         if self._window_ticks < self.limits.input_drain_ticks:
-            return
+            return 0
         standing = self._window_min - self.limits.input_target_frames
         self._window_ticks, self._window_min = 0, None
-        if standing > 0:
-            for _ in range(standing):
-                self.frames.popleft()
-            self.stats.dropped_in += standing
-            self.stats.drained_in += standing
-            self._drain_events += 1
-            if worth_logging(self._drain_events):
-                log.info("session %d: its input backlog stayed above %d frames for %d ticks: dropped the %d oldest "
-                         "(%d so far), so the model hears the user %d ms sooner", self.slot,
-                         self.limits.input_target_frames, self.limits.input_drain_ticks, standing,
-                         self.stats.drained_in, standing * 1000 * self.frame_size // self.sample_rate)
+        if standing <= 0:
+            return 0
+        for _ in range(standing):
+            self.frames.popleft()
+        self.stats.dropped_in += standing
+        self.stats.drained_in += standing
+        return standing
+
+    def _log_drained(self, standing: int) -> None:
+        self._drain_events += 1
+        if worth_logging(self._drain_events):
+            log.info("session %d: its input backlog stayed above %d frames for %d ticks: dropped the %d oldest "
+                     "(%d so far), so the model hears the user %d ms sooner", self.slot,
+                     self.limits.input_target_frames, self.limits.input_drain_ticks, standing,
+                     self.stats.drained_in, standing * 1000 * self.frame_size // self.sample_rate)
 
     # ----------------------------------------------------------------------------------------------- output
-    def deliver(self, audio: np.ndarray, text: Optional[str]) -> None:
+    def deliver(self, audio: np.ndarray, text: Optional[str], at: Optional[float] = None) -> None:
         """Queue the replies of one step: audio first, then text (as Kyutai's server), stamped with the tick's
-        time. The audio stays PCM until its turn to be sent comes: only replies still fresh then are encoded, so
+        time ``at`` (``time.monotonic()``; now by default). The audio stays PCM until its turn to be sent comes: only replies still fresh then are encoded, so
         the Ogg/Opus stream a client decodes has no holes (dropping Ogg pages of one stream would break its page
         sequence and granule positions; dropping PCM before the encoder leaves a valid stream that skips ahead)."""
-        now = time.monotonic()
+        now = time.monotonic() if at is None else at
         self._queue(_Reply(now, AUDIO, audio))
         if text:
             self._queue(_Reply(now, TEXT, text))
+
+    def count_expired(self, replies: int) -> None:
+        """Replies of ticks the event loop took too long to take (ticker.py): they would have been older than the
+        max reply age; counted as stale audio dropped."""
+        for _ in range(replies):
+            self.stats.stale_audio_dropped += 1
+            self._count_dropped_out()
 
     def post(self, msg: bytes) -> None:
         """Queue a message that is not a tick's reply (a ping's echo, an error notice)."""
