@@ -30,7 +30,8 @@ DROPPED_KEYS = ("depformer_causal",)
 # The types of the repository keys kept aside (Kyutai's CheckpointInfo reads the names as file names and the
 # *_config entries as keyword dicts): a wrong one is an error here, not a file name silently left unused.
 REPO_KEY_TYPES = {**{key: (str, "a string") for key in REPO_KEYS},
-                  **{key: (Mapping, "an object") for key in ("lm_gen_config", "tts_config", "stt_config")}}
+                  **{key: (Mapping, "an object") for key in ("lm_gen_config", "tts_config", "stt_config",
+                                                               "model_id")}}  # model_id: {"sig", "epoch"}
 # Options whose default is the only supported value: (key, default).
 FIXED_OPTIONS = {
     "demux_second_text_stream": False, "demux_second_stream": False, "norm_emb": False, "bias_proj": False,
