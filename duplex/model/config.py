@@ -310,7 +310,8 @@ def _other_family(extras: Mapping[str, Any]) -> Optional[str]:
     or "hibiki"; ``tts_config`` / ``stt_config`` are set by its TTS / STT repositories), else None."""
     model_type = extras.get("model_type")
     if model_type not in (None, "moshi"):
-        what = "Kyutai's Hibiki (speech translation)" if model_type == "hibiki" else "a model of another kind"
+        what = {"hibiki": "Kyutai's Hibiki (speech translation)", "stt": "Kyutai's STT (speech to text)",
+                "tts": "Kyutai's TTS (text to speech)"}.get(model_type, "a model of another kind")
         return f"model_type {model_type!r}: {what}"
     for key, what in (("tts_config", "Kyutai's TTS"), ("stt_config", "Kyutai's STT")):
         if extras.get(key):
