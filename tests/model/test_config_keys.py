@@ -46,6 +46,19 @@ def test_forward_logits(name):
                                atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_bfloat16_generation_runs(name):
+    """bfloat16 (the default load dtype on CUDA) takes the other paths: the fused attention kernel with the grouped
+    queries, the norms in their own dtypes. Exactness is a float32 property; here, valid tokens."""
+    from safetensors.torch import load_file
+
+    io = load_file(str(KEYS / f"{name}_io.safetensors"))
+    lm = MoshiLM.from_checkpoint(KEYS / f"{name}.safetensors", config=KEYS / f"{name}.json", dtype=torch.bfloat16)
+    out = _run(lm.generator(2, seed=1), io["gen_user_tokens"], 20)
+    assert (out[:, :, 0] == -2).all() and (out[:, 1:, 1:] >= 0).all() and (out[:, 1:, 1:] < lm.config.card).all()
+    assert (out[:, 0, 1:] >= 0).all() and (out[:, 0, 1:] < lm.config.text_card).all()
+
+
 def test_grouped_heads_keep_only_kv_heads_in_the_ring():
     """kv_repeat 2: the KV ring and the depth cache hold half the heads (the memory grouped heads save)."""
     lm, io = _load("kv_repeat")
@@ -134,3 +147,31 @@ def test_newer_key_values_are_checked(change, words):
         return
     with pytest.raises(LMConfigError, match=words):
         LMConfig.from_dict({**BASE, **change})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", CASES)
+def test_cuda_matches_reference(name):
+    """On CUDA in float32 (no TF32) the same tokens and logits; in bfloat16 (the fused attention kernel with the
+    grouped queries) valid tokens."""
+    from safetensors.torch import load_file
+
+    io = load_file(str(KEYS / f"{name}_io.safetensors"))
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        lm = MoshiLM.from_checkpoint(KEYS / f"{name}.safetensors", config=KEYS / f"{name}.json", device="cuda",
+                                     dtype=torch.float32)
+        out = _run(lm.generator(2, greedy=True), io["gen_user_tokens"].cuda())
+        assert torch.equal(out.cpu(), io["gen_out"])
+        if "fwd_logits" in io:
+            fwd = lm.forward_train(io["codes"][:, :, :12].cuda())
+            torch.testing.assert_close(fwd.logits.cpu()[io["fwd_mask"]], io["fwd_logits"][io["fwd_mask"]],
+                                       atol=1e-4, rtol=0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    lm = MoshiLM.from_checkpoint(KEYS / f"{name}.safetensors", config=KEYS / f"{name}.json", device="cuda",
+                                 dtype=torch.bfloat16)
+    out = _run(lm.generator(2, seed=1), io["gen_user_tokens"].cuda(), 20).cpu()
+    assert (out[:, :, 0] == -2).all() and (out[:, 1:, 1:] >= 0).all() and (out[:, 1:, 1:] < lm.config.card).all()

@@ -4,6 +4,7 @@ mimi_name, mimi_config_name, tokenizer_name, as Kyutai's CheckpointInfo reads it
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG, fake_repo
@@ -18,6 +19,7 @@ from duplex.runtime.checkpoints import (
     SHIPPED_TOKENIZER,
     ModelFiles,
 )
+from duplex.runtime.engine import Engine
 
 pytest.importorskip("huggingface_hub")
 
@@ -110,9 +112,15 @@ def test_a_repository_of_a_newer_config_runs_exactly(tmp_path):
         "config.json": json.dumps(config).encode(), "lm.safetensors": (keys / "all.safetensors").read_bytes(),
         "mimi.safetensors": MIMI_SMALL.read_bytes(), "mimi.json": MIMI_SMALL_CONFIG.read_bytes(),
         "tok.model": tokenizer})
-    lm, mimi, _ = resolve("someone/moshi-newer", tmp_path).load(dtype=torch.float32)
+    files = resolve("someone/moshi-newer", tmp_path)
+    lm, mimi, _ = files.load(dtype=torch.float32)
     assert mimi.num_codebooks == 8
     io = load_file(str(keys / "all_io.safetensors"))
     gen = lm.generator(2, greedy=True)
     out = torch.stack([gen.step(io["gen_user_tokens"][:, :, s]) for s in range(40)], dim=-1)
     assert torch.equal(out, io["gen_out"])
+    # And the engine serves it: audio in, audio frames out.
+    engine = Engine.from_files(files, slots=2, device="cpu", dtype=torch.float32)
+    slot = engine.open(seed=3)
+    frames = [engine.step({slot: np.full(engine.frame_size, 0.01, np.float32)})[slot][0] for _ in range(4)]
+    assert all(f.shape == (engine.frame_size,) and np.isfinite(f).all() for f in frames[1:])
