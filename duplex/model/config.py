@@ -55,10 +55,8 @@ UNSUPPORTED = {
     "norm_emb": "no published dialogue checkpoint",
     "bias_proj": "no published dialogue checkpoint",
 }
-# Norms Kyutai's create_norm_fn makes (for depformer_norm): (kind, eps); kind "rms" or "layer", computed in float32
-# when the name ends in _f32 (the layer norm's eps is then 1e-8 too).
-NORMS = {"rms_norm": ("rms", 1e-5), "rms_norm_f32": ("rms", 1e-8), "layer_norm": ("layer", 1e-5),
-         "layer_norm_f32": ("layer", 1e-8)}
+# The norms Kyutai's create_norm_fn makes, for depformer_norm (built by duplex.model.layers.make_norm).
+NORMS = ("rms_norm", "rms_norm_f32", "layer_norm", "layer_norm_f32")
 # Keys of the newer options, written by ``to_dict`` only when not at their default (so files duplex writes for
 # Moshi-shaped models stay byte-identical, and Kyutai's loader never gets depformer_kv_repeat=None).
 NEWER_DEFAULTS = {"kv_repeat": 1, "depformer_kv_repeat": None, "depformer_norm": None,
