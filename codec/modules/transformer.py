@@ -84,22 +84,45 @@ def ring_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additi
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused, bias-free ``[q | k | v]`` input projection (head-major features),
-    interleaved RoPE and a windowed causal mask. Shared by Mimi and the Moshi temporal transformer."""
+    interleaved RoPE and a windowed causal mask. Shared by Mimi and the Moshi temporal transformer.
 
-    def __init__(self, dim: int, num_heads: int, context: int):
+    ``num_kv_heads`` < ``num_heads``: grouped KV heads (Kyutai's ``kv_repeat``), the projection is
+    ``[q (num_heads) | k (num_kv_heads) | v (num_kv_heads)]`` and query head h reads KV head h // kv_repeat. The
+    ring then stores only the KV heads, and a step attends with the queries of a group stacked as rows of one
+    head (no copy of the keys)."""
+
+    def __init__(self, dim: int, num_heads: int, context: int, num_kv_heads: Optional[int] = None):
         super().__init__()
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.kv_repeat = num_heads // self.num_kv_heads
         self.head_dim = dim // num_heads
         self.context = context
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_weight = nn.Parameter(torch.empty(dim + 2 * self.num_kv_heads * self.head_dim, dim))
         self.out_proj = nn.Linear(dim, dim, bias=False)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def _qkv(self, x: torch.Tensor, rotation: torch.Tensor):
         b, t, _ = x.shape
-        qkv = fast_linear(x, self.in_proj_weight).view(b, t, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
+        if self.kv_repeat == 1:
+            qkv = fast_linear(x, self.in_proj_weight).view(b, t, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
+        else:
+            qkv = fast_linear(x, self.in_proj_weight)
+            split = self.num_heads * self.head_dim
+            q = qkv[..., :split].view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
+            kv = qkv[..., split:].view(b, t, 2, self.num_kv_heads, self.head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H_kv, T, d]
         return apply_rope(q, rotation), apply_rope(k, rotation), v
+
+    def _grouped(self, q: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """Queries [B, H, T, d] -> [B, H_kv, kv_repeat * T, d] (the heads sharing a KV head as rows of it), and the
+        step mask [B, 1, T, S] repeated to match."""
+        b, _, t, d = q.shape
+        q = q.reshape(b, self.num_kv_heads, self.kv_repeat * t, d)
+        if t > 1:
+            mask = mask[:, :, None].expand(-1, -1, self.kv_repeat, -1, -1).reshape(b, 1, self.kv_repeat * t, -1)
+        return q, mask
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = y.shape
@@ -109,6 +132,8 @@ class Attention(nn.Module):
         """Offline: positions 0..T-1, windowed causal mask."""
         t = x.shape[1]
         q, k, v = self._qkv(x, rotation)
+        if self.kv_repeat > 1:  # offline (training, tests): plain repeated heads
+            k, v = k.repeat_interleave(self.kv_repeat, dim=1), v.repeat_interleave(self.kv_repeat, dim=1)
         outputs = []
         for start in range(0, t, _OFFLINE_QUERY_BLOCK):
             stop = min(t, start + _OFFLINE_QUERY_BLOCK)
@@ -121,7 +146,7 @@ class Attention(nn.Module):
 
     def new_state(self, batch: int, chunk: int, capacity: int, device=None, dtype=torch.float32) -> State:
         # ``chunk`` extra slots past the ring receive the writes of rows that are not executing (never attended).
-        shape = (batch, self.num_heads, capacity + chunk, self.head_dim)
+        shape = (batch, self.num_kv_heads, capacity + chunk, self.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype),
                 "v": torch.zeros(shape, device=device, dtype=dtype)}
 
@@ -133,11 +158,15 @@ class Attention(nn.Module):
         ring_v.scatter_(2, tables.write_index, v)
         mask = tables.mask
         cap = mask.shape[-1]
+        shape = q.shape
+        if self.kv_repeat > 1:
+            q, mask = self._grouped(q, mask)
         if mask.dtype != torch.bool and q.dtype == torch.float32:
-            return self._out(ring_attention_cpu(q, ring_k[:, :, :cap], ring_v[:, :, :cap], mask))
-        # The fused kernel keeps the scores in float32 for half-precision inputs.
-        return self._out(F.scaled_dot_product_attention(q, ring_k[:, :, :cap], ring_v[:, :, :cap],
-                                                        attn_mask=mask if mask.dtype == torch.bool else mask == 0))
+            y = ring_attention_cpu(q, ring_k[:, :, :cap], ring_v[:, :, :cap], mask)
+        else:  # the fused kernel keeps the scores in float32 for half-precision inputs
+            y = F.scaled_dot_product_attention(q, ring_k[:, :, :cap], ring_v[:, :, :cap],
+                                               attn_mask=mask if mask.dtype == torch.bool else mask == 0)
+        return self._out(y.reshape(shape) if self.kv_repeat > 1 else y)
 
 
 class TransformerLayer(nn.Module):

@@ -5,7 +5,9 @@ or a repository's ``config.json``). It is strict: unknown keys are errors. Keys 
 ignores are accepted and handled the same way: ``depformer_causal`` is discarded, ``depformer_context`` and
 ``depformer_max_period`` are recorded but unused (the depth transformer has no window and no positional
 encoding), and the non-model keys of a repository ``config.json`` (file names, ``lm_gen_config``...) are kept
-aside in ``repo_extras``.
+aside in ``repo_extras``. The newer keys of Kyutai's ``LMModel`` are supported (``kv_repeat``,
+``depformer_kv_repeat``, ``depformer_norm``, ``depformer_low_rank_embeddings``) or refused with the checkpoint
+family that uses them (``UNSUPPORTED``; docs/kyutai-compat.md, "Newer config keys").
 """
 
 from __future__ import annotations
@@ -28,15 +30,37 @@ DROPPED_KEYS = ("depformer_causal",)
 # The types of the repository keys kept aside (Kyutai's CheckpointInfo reads the names as file names and the
 # *_config entries as keyword dicts): a wrong one is an error here, not a file name silently left unused.
 REPO_KEY_TYPES = {**{key: (str, "a string") for key in REPO_KEYS},
-                  **{key: (Mapping, "an object") for key in ("lm_gen_config", "tts_config", "stt_config")}}
+                  **{key: (Mapping, "an object") for key in ("lm_gen_config", "tts_config", "stt_config",
+                                                               "model_id")}}  # model_id: {"sig", "epoch"}
 # Options whose default is the only supported value: (key, default).
 FIXED_OPTIONS = {
     "demux_second_text_stream": False, "demux_second_stream": False, "norm_emb": False, "bias_proj": False,
-    "depformer_weights_per_step_schedule": None, "depformer_low_rank_embeddings": None, "depformer_norm": None,
-    "extra_heads_num_heads": 0, "quantize": False, "conditioners": None, "fuser": None, "lora": False,
-    "cross_attention": False, "kv_repeat": 1,
+    "depformer_weights_per_step_schedule": None, "extra_heads_num_heads": 0, "quantize": False,
+    "conditioners": None, "fuser": None, "lora": False, "cross_attention": False,
 }
 FIXED_IGNORED = ("lora_rank", "lora_scaling", "extra_heads_dim")
+# Who uses each option duplex refuses, for the refusal: a user learns which kind of checkpoint it is, not only
+# that a key is unknown. (Kyutai's TTS: kyutai/tts-1.6b-en_fr; STT: kyutai/stt-*; both run Kyutai's LMModel but
+# are not dialogue models.)
+UNSUPPORTED = {
+    "demux_second_text_stream": "Kyutai's TTS models (two text streams in one)",
+    "demux_second_stream": "Kyutai's TTS models (two text streams in one)",
+    "depformer_weights_per_step_schedule": "Kyutai's TTS models (depth weights shared across codebooks)",
+    "cross_attention": "Kyutai's TTS models (cross-attention to a speaker embedding)",
+    "conditioners": "Kyutai's TTS and Hibiki models (conditioning inputs)",
+    "fuser": "Kyutai's TTS and Hibiki models (conditioning inputs)",
+    "extra_heads_num_heads": "Kyutai's STT models (voice-activity heads)",
+    "quantize": "Kyutai's int8 (q8) checkpoints, not supported yet",
+    "lora": "LoRA fine-tunes (lora_name adapters), not supported yet",
+    "norm_emb": "no published dialogue checkpoint",
+    "bias_proj": "no published dialogue checkpoint",
+}
+# The norms Kyutai's create_norm_fn makes, for depformer_norm (built by duplex.model.layers.make_norm).
+NORMS = ("rms_norm", "rms_norm_f32", "layer_norm", "layer_norm_f32")
+# Keys of the newer options, written by ``to_dict`` only when not at their default (so files duplex writes for
+# Moshi-shaped models stay byte-identical, and Kyutai's loader never gets depformer_kv_repeat=None).
+NEWER_DEFAULTS = {"kv_repeat": 1, "depformer_kv_repeat": None, "depformer_norm": None,
+                  "depformer_low_rank_embeddings": None}
 
 
 @dataclass
@@ -73,6 +97,11 @@ class LMConfig:
     depformer_weights_per_step: bool = True
     delays: list = field(default_factory=lambda: [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1])
     text_card_out: Optional[int] = None
+    # Grouped KV heads: num_heads / kv_repeat key/value heads, each shared by kv_repeat consecutive query heads.
+    kv_repeat: int = 1
+    depformer_kv_repeat: Optional[int] = None  # the depth transformer's; None: kv_repeat (Kyutai passes it on)
+    depformer_norm: Optional[str] = None  # a norm per codebook before the depth transformer's output heads
+    depformer_low_rank_embeddings: Optional[int] = None  # depth embeddings of this width, projected to depformer_dim
     repo_extras: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------- derived
@@ -93,6 +122,17 @@ class LMConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        """Key/value heads of the temporal transformer (what its KV ring stores)."""
+        return self.num_heads // self.kv_repeat
+
+    @property
+    def depformer_kv_heads(self) -> int:
+        """Key/value heads of the depth transformer."""
+        repeat = self.depformer_kv_repeat if self.depformer_kv_repeat is not None else self.kv_repeat
+        return self.depformer_num_heads // repeat
 
     @staticmethod
     def gated_hidden(dim: int, dim_feedforward: int) -> int:
@@ -155,13 +195,17 @@ class LMConfig:
             kind, described = REPO_KEY_TYPES[key]
             if value is not None and not isinstance(value, kind):
                 raise LMConfigError(f"LM config: {key} must be {described} or null, got {shown(value)}")
+        family = _other_family(extras)
+        if family:
+            raise LMConfigError(f"LM config: {family} is not a dialogue model duplex runs")
         for key in DROPPED_KEYS + FIXED_IGNORED:
             data.pop(key, None)
         for key, default in FIXED_OPTIONS.items():
             if key in data:
                 value = data.pop(key)
                 if value != default and not (default is None and value in ({}, [])):
-                    raise LMConfigError(f"LM config: {key}={value!r} is not supported (only {default!r})")
+                    raise LMConfigError(f"LM config: {key}={_brief(value)} is not supported (only "
+                                        f"{default!r}; used by {UNSUPPORTED[key]})")
         names = {f.name for f in dataclasses.fields(cls)} - {"repo_extras"}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -200,6 +244,9 @@ class LMConfig:
         extras = data.pop("repo_extras")
         if data["text_card_out"] is None:
             del data["text_card_out"]
+        for key, default in NEWER_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
         return {**data, **extras}
 
     def validate(self) -> None:
@@ -230,12 +277,44 @@ class LMConfig:
         require(self.depformer_weights_per_step, "depformer_weights_per_step must be true")
         require(self.dim % self.num_heads == 0 and self.head_dim % 2 == 0, "dim must split into even heads")
         require(self.depformer_dim % self.depformer_num_heads == 0, "depformer_dim must split into heads")
+        require(self.dep_q != 0, "dep_q = 0 (no depth transformer: Kyutai's STT models) is not supported")
         require(0 < self.dep_q <= self.n_q, "need 0 < dep_q <= n_q")
+        for name, heads in (("kv_repeat", self.num_heads), ("depformer_kv_repeat", self.depformer_num_heads)):
+            repeat = getattr(self, name)
+            require(repeat is None or (repeat >= 1 and heads % repeat == 0),
+                    f"{name} must be at least 1 and divide the {heads} heads, got {repeat}")
+        require(self.depformer_kv_repeat is not None or self.depformer_num_heads % self.kv_repeat == 0,
+                f"kv_repeat ({self.kv_repeat}, which the depth transformer inherits as Kyutai's does) must divide "
+                f"depformer_num_heads ({self.depformer_num_heads}), or give depformer_kv_repeat")
+        require(self.depformer_norm is None or self.depformer_norm in NORMS,
+                f"depformer_norm {self.depformer_norm!r} is not one of {', '.join(NORMS)}")
+        require(self.depformer_low_rank_embeddings is None or self.depformer_low_rank_embeddings >= 1,
+                f"depformer_low_rank_embeddings must be at least 1, got {self.depformer_low_rank_embeddings}")
         require(len(self.delays) == self.num_streams,
                 f"delays has {len(self.delays)} entries, expected 1 + n_q = {self.num_streams}")
         require(all(d >= 0 for d in self.delays), "delays must be non-negative")
         require(self.context > 0, "context must be positive")
         require(self.text_vocab_out == self.text_card, "text_card_out different from text_card is not supported")
+
+
+def _brief(value: Any) -> str:
+    """``value`` for a one-line message (a conditioner dict can be long)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _other_family(extras: Mapping[str, Any]) -> Optional[str]:
+    """The non-dialogue family a repository config's keys name (Kyutai's CheckpointInfo: ``model_type`` is "moshi"
+    or "hibiki"; ``tts_config`` / ``stt_config`` are set by its TTS / STT repositories), else None."""
+    model_type = extras.get("model_type")
+    if model_type not in (None, "moshi"):
+        what = {"hibiki": "Kyutai's Hibiki (speech translation)", "stt": "Kyutai's STT (speech to text)",
+                "tts": "Kyutai's TTS (text to speech)"}.get(model_type, "a model of another kind")
+        return f"model_type {model_type!r}: {what}"
+    for key, what in (("tts_config", "Kyutai's TTS"), ("stt_config", "Kyutai's STT")):
+        if extras.get(key):
+            return f"{key} is set: {what}"
+    return None
 
 
 def lm_config_beside(checkpoint: "str | os.PathLike") -> Optional[str]:

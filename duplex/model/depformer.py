@@ -19,16 +19,23 @@ from .layers import GatedFFN, RMSNorm
 
 
 class DepthAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, steps: int):
+    """``num_kv_heads`` < ``num_heads``: grouped KV heads (Kyutai's ``kv_repeat``, which the depth transformer
+    inherits unless ``depformer_kv_repeat`` is given): each step's projection is ``[q | k (num_kv_heads) | v
+    (num_kv_heads)]`` and query head h reads KV head h // kv_repeat."""
+
+    def __init__(self, dim: int, num_heads: int, steps: int, num_kv_heads: "int | None" = None):
         super().__init__()
         self.dim, self.num_heads, self.steps = dim, num_heads, steps
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.kv_repeat = num_heads // self.num_kv_heads
         self.head_dim = dim // num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(steps * 3 * dim, dim))
+        self.qkv_dim = dim + 2 * self.num_kv_heads * self.head_dim  # rows of one step's input projection
+        self.in_proj_weight = nn.Parameter(torch.empty(steps * self.qkv_dim, dim))
         self.out_proj = nn.Linear(dim, steps * dim, bias=False)  # [steps * D, D]: per-step [D, D] blocks
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def in_proj(self, k: int) -> torch.Tensor:
-        return self.in_proj_weight[k * 3 * self.dim:(k + 1) * 3 * self.dim]
+        return self.in_proj_weight[k * self.qkv_dim:(k + 1) * self.qkv_dim]
 
     def out_proj_weight(self, k: int) -> torch.Tensor:
         return self.out_proj.weight[k * self.dim:(k + 1) * self.dim]
@@ -36,9 +43,14 @@ class DepthAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher-forced: x [N, steps, D], position k uses weight set k; causal attention over the positions."""
         n, s, d = x.shape
-        w_in = self.in_proj_weight.view(self.steps, 3 * d, d)[:s]
-        qkv = torch.bmm(x.transpose(0, 1), w_in.transpose(1, 2))  # [s, N, 3D]
-        q, k, v = qkv.view(s, n, 3, self.num_heads, self.head_dim).permute(2, 1, 3, 0, 4).unbind(0)  # [N,H,s,d]
+        w_in = self.in_proj_weight.view(self.steps, self.qkv_dim, d)[:s]
+        qkv = torch.bmm(x.transpose(0, 1), w_in.transpose(1, 2))  # [s, N, qkv_dim]
+        if self.kv_repeat == 1:
+            q, k, v = qkv.view(s, n, 3, self.num_heads, self.head_dim).permute(2, 1, 3, 0, 4).unbind(0)  # [N,H,s,d]
+        else:
+            q = qkv[..., :d].reshape(s, n, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+            kv = qkv[..., d:].reshape(s, n, 2, self.num_kv_heads, self.head_dim).permute(2, 1, 3, 0, 4)
+            k, v = (t.repeat_interleave(self.kv_repeat, dim=1) for t in kv.unbind(0))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [N, H, s, d]
         y = y.permute(2, 0, 1, 3).reshape(s, n, d)
         w_out = self.out_proj.weight.view(self.steps, d, d)[:s]
@@ -47,21 +59,29 @@ class DepthAttention(nn.Module):
     def step(self, x: torch.Tensor, k: int, cache: dict) -> torch.Tensor:
         """Position ``k`` of the current time step: x [B, 1, D]; ``cache`` holds positions 0..k-1 of this step."""
         b = x.shape[0]
-        qkv = fast_linear(x, self.in_proj(k)).view(b, 1, 3, self.num_heads, self.head_dim)
-        q, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, 1, d]
+        if self.kv_repeat == 1:
+            qkv = fast_linear(x, self.in_proj(k)).view(b, 1, 3, self.num_heads, self.head_dim)
+            q, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, 1, d]
+        else:
+            qkv = fast_linear(x, self.in_proj(k))
+            # The query heads sharing a KV head as rows of it: [B, H_kv, kv_repeat, d] (no copy of the cache).
+            q = qkv[..., :self.dim].reshape(b, self.num_kv_heads, self.kv_repeat, self.head_dim)
+            key, value = qkv[..., self.dim:].reshape(b, 2, self.num_kv_heads, 1, self.head_dim).unbind(1)
         cache["k"][:, :, k:k + 1] = key
         cache["v"][:, :, k:k + 1] = value
         # Position k sees positions 0..k of this time step; the slots past k hold stale values from the previous
         # step. The reference masks them out of the whole cache; attending over the visible slots only is the
         # same softmax without a mask (half the per-call cost of the masked kernel on CPU).
         y = F.scaled_dot_product_attention(q, cache["k"][:, :, :k + 1], cache["v"][:, :, :k + 1])
+        if self.kv_repeat > 1:  # [B, H_kv, kv_repeat, d] is already head-major
+            return fast_linear(y.reshape(b, 1, self.dim), self.out_proj_weight(k))
         return fast_linear(y.transpose(1, 2).reshape(b, 1, self.dim), self.out_proj_weight(k))
 
 
 class DepthLayer(nn.Module):
-    def __init__(self, dim: int, num_heads: int, steps: int, hidden: int):
+    def __init__(self, dim: int, num_heads: int, steps: int, hidden: int, num_kv_heads: "int | None" = None):
         super().__init__()
-        self.self_attn = DepthAttention(dim, num_heads, steps)
+        self.self_attn = DepthAttention(dim, num_heads, steps, num_kv_heads)
         self.norm1 = RMSNorm(dim)
         self.norm2 = RMSNorm(dim)
         self.gating = nn.ModuleList([GatedFFN(dim, hidden) for _ in range(steps)])
@@ -77,10 +97,13 @@ class DepthLayer(nn.Module):
 
 
 class DepthTransformer(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_layers: int, steps: int, hidden: int):
+    def __init__(self, dim: int, num_heads: int, num_layers: int, steps: int, hidden: int,
+                 num_kv_heads: "int | None" = None):
         super().__init__()
         self.dim, self.num_heads, self.steps = dim, num_heads, steps
-        self.layers = nn.ModuleList([DepthLayer(dim, num_heads, steps, hidden) for _ in range(num_layers)])
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.layers = nn.ModuleList([DepthLayer(dim, num_heads, steps, hidden, num_kv_heads)
+                                     for _ in range(num_layers)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -89,7 +112,7 @@ class DepthTransformer(nn.Module):
 
     def new_cache(self, batch: int, device=None, dtype=torch.float32) -> dict:
         """Per-time-step attention cache (overwritten position by position; never needs a reset)."""
-        shape = (batch, self.num_heads, self.steps, self.dim // self.num_heads)
+        shape = (batch, self.num_kv_heads, self.steps, self.dim // self.num_heads)
         return {"layers": {str(i): {"k": torch.zeros(shape, device=device, dtype=dtype),
                                     "v": torch.zeros(shape, device=device, dtype=dtype)}
                            for i in range(len(self.layers))}}

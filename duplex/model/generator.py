@@ -17,7 +17,6 @@ import os
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from codec.modules.linear import fast_linear
 from codec.modules.state import as_row_mask, write_state, zero_rows
@@ -78,7 +77,7 @@ def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[to
 
     # 3. Temporal transformer, one position per slot.
     x = lm.embed(tokens[:, :, None], zero_token=False)
-    tables = ring_step_tables(offset, 1, state["layers"]["0"]["k"].shape[2] - 1, cfg.context, cfg.num_heads,
+    tables = ring_step_tables(offset, 1, state["layers"]["0"]["k"].shape[2] - 1, cfg.context, cfg.num_kv_heads,
                               cfg.head_dim, lm.freqs, active)
     for i, layer in enumerate(lm.layers):
         x = layer.step(x, state["layers"][str(i)], tables)
@@ -106,9 +105,9 @@ def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, te
     previous = text
     projected = fast_linear(transformer_out, scratch["depformer_in"]).view(b, 1, cfg.dep_q, -1)
     for d in range(cfg.dep_q):
-        x = projected[:, :, d] + F.embedding(previous[:, None], lm.depformer_embedding(d).weight)
+        x = projected[:, :, d] + lm.depformer_embedding(d).lookup(previous[:, None])
         h = lm.depformer.step(x, d, scratch["depth"])
-        previous = sample(fast_linear(h[:, 0], lm.linears[d].weight), audio_settings, audio_noise[d])
+        previous = sample(lm.audio_logits(d, h[:, 0]), audio_settings, audio_noise[d])
         generated.append(previous)
 
     # 6. Advance and store this step's tokens in the next column.

@@ -24,7 +24,7 @@ from .checks import check_lm_codes
 from .config import LMConfig
 from .depformer import DepthTransformer
 from .generator import LMGenerator
-from .layers import ZERO_TOKEN, RMSNorm, ScaledEmbedding, TemporalLayer
+from .layers import ZERO_TOKEN, RMSNorm, ScaledEmbedding, TemporalLayer, make_norm
 
 ConfigLike = Union[None, LMConfig, dict, str, os.PathLike]
 
@@ -68,15 +68,21 @@ class MoshiLM(nn.Module):
         self.emb = nn.ModuleList([ScaledEmbedding(cfg.card + 1, d) for _ in range(cfg.n_q)])
         self.transformer = Nest()
         self.transformer.layers = nn.ModuleList([
-            TemporalLayer(d, cfg.num_heads, cfg.context, cfg.hidden_dim) for _ in range(cfg.num_layers)])
+            TemporalLayer(d, cfg.num_heads, cfg.context, cfg.hidden_dim, cfg.num_kv_heads)
+            for _ in range(cfg.num_layers)])
         self.out_norm = RMSNorm(d)
         self.text_linear = nn.Linear(d, cfg.text_card, bias=False)
         self.depformer_in = nn.ModuleList([nn.Linear(d, dd, bias=False)
                                            for _ in range(cfg.dep_q if cfg.depformer_multi_linear else 1)])
-        self.depformer_text_emb = ScaledEmbedding(cfg.text_card + 1, dd)
-        self.depformer_emb = nn.ModuleList([ScaledEmbedding(cfg.card + 1, dd) for _ in range(cfg.dep_q - 1)])
+        rank = cfg.depformer_low_rank_embeddings
+        self.depformer_text_emb = ScaledEmbedding(cfg.text_card + 1, dd, rank)
+        self.depformer_emb = nn.ModuleList([ScaledEmbedding(cfg.card + 1, dd, rank) for _ in range(cfg.dep_q - 1)])
         self.depformer = DepthTransformer(dd, cfg.depformer_num_heads, cfg.depformer_num_layers, cfg.dep_q,
-                                          cfg.depformer_hidden_dim)
+                                          cfg.depformer_hidden_dim, cfg.depformer_kv_heads)
+        # Kyutai's depformer_norm: a norm per codebook between the depth transformer and its output head (None:
+        # none, as in Moshi 7B; Kyutai's identity modules hold no weights).
+        self.depformer_norms = (nn.ModuleList([make_norm(cfg.depformer_norm, dd) for _ in range(cfg.dep_q)])
+                                if cfg.depformer_norm else None)
         self.linears = nn.ModuleList([nn.Linear(dd, cfg.card, bias=False) for _ in range(cfg.dep_q)])
         self.register_buffer("freqs", rope_frequencies(cfg.head_dim, cfg.max_period), persistent=False)
         self.register_buffer("initial_tokens", self._initial_tokens(), persistent=False)
@@ -129,11 +135,13 @@ class MoshiLM(nn.Module):
             model = cls(cfg)
         state = {}
         for name, t in model.state_dict().items():
-            if name.endswith("alpha"):
+            if name.endswith("alpha") or (name.startswith("depformer_norms.") and name.endswith("weight")):
                 state[name] = torch.ones(t.shape, device=device, dtype=dtype)
+            elif name.startswith("depformer_norms."):  # a layer norm's bias
+                state[name] = torch.zeros(t.shape, device=device, dtype=dtype)
             else:
                 w = torch.randn(t.shape, generator=generator, device=device, dtype=dtype)
-                state[name] = w if "emb" in name else w.mul_(t.shape[-1] ** -0.5)
+                state[name] = w if "emb" in name and "low_rank" not in name else w.mul_(t.shape[-1] ** -0.5)
         model.load_state_dict(state, assign=True)
         model._rebuild_buffers()
         return model.eval()
@@ -195,6 +203,12 @@ class MoshiLM(nn.Module):
         proj = self.depformer_in[k if self.config.depformer_multi_linear else 0]
         return fast_linear(transformer_out, proj.weight) + self.depformer_embedding(k)(previous)
 
+    def audio_logits(self, k: int, depth_out: torch.Tensor) -> torch.Tensor:
+        """Logits of codebook k from the depth transformer's output at position k (its norm first, if any)."""
+        if self.depformer_norms is not None:  # [N, D] seen as [N, 1, D]: the RMS norms' scale is [1, 1, D]
+            depth_out = self.depformer_norms[k](depth_out.unsqueeze(-2)).squeeze(-2)
+        return fast_linear(depth_out, self.linears[k].weight)
+
     def depformer_in_all(self) -> torch.Tensor:
         """The projections of all depth positions stacked, [dep_q * depformer_dim, dim] (one product per step)."""
         stacked = torch.cat([self.depformer_in[k if self.config.depformer_multi_linear else 0].weight
@@ -237,7 +251,7 @@ class MoshiLM(nn.Module):
         inputs = [self.depformer_input(i, transformer_out, target[:, i])
                   for i in range(cfg.dep_q)]
         dep = self.depformer(torch.stack(inputs, dim=2).view(b * t, cfg.dep_q, -1))
-        logits = [fast_linear(dep[:, i], self.linears[i].weight).view(b, t, -1).float() for i in range(cfg.dep_q)]
+        logits = [self.audio_logits(i, dep[:, i]).view(b, t, -1).float() for i in range(cfg.dep_q)]
 
         logits, mask = _undelay(logits, cfg.delays[1:1 + cfg.dep_q])
         mask &= codes[:, 1:1 + cfg.dep_q] != ZERO_TOKEN

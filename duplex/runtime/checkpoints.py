@@ -17,7 +17,10 @@ Nothing is ever downloaded: a missing file is named with the command that fetche
   models duplex trains; ``$DUPLEX_MIMI`` overrides it). Its tokenizer is ``tokenizer.model`` beside it (a run),
   else the one a repository names;
 * a repository in the local Hugging Face cache (``ModelFiles.from_hf_cache``): its ``config.json`` names the files
-  as Kyutai's ``CheckpointInfo`` reads them, and a repository without one is Moshi 7B with Kyutai's file names;
+  as Kyutai's ``CheckpointInfo`` reads them (``moshi_name``, ``mimi_name``, ``mimi_config_name``,
+  ``tokenizer_name``, also ``hf://owner/repo/path`` in another repository), and a repository without one is Moshi
+  7B with Kyutai's file names; PersonaPlex repositories (``PERSONAPLEX_REPOS``) are read as NVIDIA's code reads
+  them: Kyutai's file names, the config from code, their ``config.json`` ignored;
 * a codec alone (``codec_files``, the ``duplex codec`` commands): a path, ``$DUPLEX_MIMI``, or the shipped codec,
   with the config that travels with the file (``codec_config_beside``).
 """
@@ -57,12 +60,22 @@ MIMI_ENV = "DUPLEX_MIMI"  # the codec to use instead of the shipped one where no
 KYUTAI_NAMES = {"moshi_name": "model.safetensors", "mimi_name": "tokenizer-e351c8d8-checkpoint125.safetensors",
                 "tokenizer_name": "tokenizer_spm_32k_3.model"}
 KYUTAI_MIMI = KYUTAI_NAMES["mimi_name"]
-# The repositories the README lists, and what they are.
+# The repositories the README lists, and what they are (any other repository in Kyutai's layout works too).
 KNOWN_REPOS = {
     "kyutai/moshiko-pytorch-bf16": "Moshiko 7B (male voice), bfloat16",
     "kyutai/moshika-pytorch-bf16": "Moshika 7B (female voice), bfloat16",
-    "nvidia/personaplex-7b-v1": "PersonaPlex 7B (NVIDIA's Moshi fine-tune)",
+    "kyutai/moshika-rl-seamless": "Moshika 7B post-trained with RL for interactivity (Kyutai, June 2026)",
+    "nvidia/personaplex-7b-v1": "PersonaPlex 7B (NVIDIA's Moshi fine-tune with voice and role prompts)",
+    "kyutai/personaplex-rl-seamless": "PersonaPlex 7B post-trained with RL for interactivity (Kyutai, June 2026)",
+    "nu-dialogue/j-moshi": "J-Moshi 7B, Japanese (Nagoya University's Moshiko fine-tune)",
+    "nu-dialogue/j-moshi-ext": "J-Moshi-ext 7B, Japanese, also trained on synthesized dialogues",
 }
+# Repositories run with NVIDIA's PersonaPlex code (its README and the RL model card say so), which takes the LM's
+# config from code (Moshi 7B with a 16-step depth transformer) and never reads the repository's config.json (its
+# server fetches the file only to count downloads); the file names are Kyutai's defaults. Their config.json is
+# therefore ignored here too, and the LM config is the PersonaPlex preset.
+PERSONAPLEX_REPOS = ("nvidia/personaplex-7b-v1", "kyutai/personaplex-rl-seamless")
+PERSONAPLEX_PRESET = "personaplex_7b"  # the LMConfig preset of NVIDIA's code's keywords, when duplex has it
 DEFAULT_SOURCE = "the default model"  # ModelFiles.source of the shipped default model
 RUN_TOKENIZER = "tokenizer.model"  # what ``duplex train lm`` writes beside its model
 
@@ -142,8 +155,9 @@ class ModelFiles:
                                   f"repositories: {', '.join(KNOWN_REPOS)} (if the name is right, fetch it with: "
                                   f"hf download {repo})")
         config_path = _cached(hub, repo, "config.json", cache)
+        persona = repo.lower() in PERSONAPLEX_REPOS
         names = dict(KYUTAI_NAMES)
-        if config_path:
+        if config_path and not persona:
             try:
                 with open(config_path, encoding="utf-8") as f:
                     config = json.load(f)
@@ -151,8 +165,11 @@ class ModelFiles:
                 raise ModelFilesError(f"{config_path}: not JSON ({e})") from None
             if isinstance(config, dict):
                 names.update({k: config[k] for k in KYUTAI_NAMES if isinstance(config.get(k), str)})
+                if isinstance(config.get("mimi_config_name"), str):  # a codec config, as CheckpointInfo reads it
+                    names["mimi_config_name"] = config["mimi_config_name"]
         wanted = {key: _split_reference(repo, names[name]) for key, name in
-                  (("lm", "moshi_name"), ("mimi", "mimi_name"), ("tokenizer", "tokenizer_name"))}
+                  (("lm", "moshi_name"), ("mimi", "mimi_name"), ("tokenizer", "tokenizer_name"),
+                   ("mimi_config", "mimi_config_name")) if name in names}
         found = {key: _cached(hub, where, name, cache) for key, (where, name) in wanted.items()}
         missing = [(where, name) for key, (where, name) in wanted.items() if found[key] is None]
         if missing:
@@ -165,7 +182,13 @@ class ModelFiles:
                                   + ", ".join(f"{w}/{n}" for w, n in missing) + "; fetch with: "
                                   + " && ".join(commands))
         # A repository without config.json is Moshi 7B (Kyutai's loader uses its built-in 7B keywords then).
-        return cls(lm=found["lm"], lm_config=config_path or "moshi_7b", mimi=found["mimi"], mimi_config=None,
+        lm_config = config_path or "moshi_7b"
+        if persona:
+            if PERSONAPLEX_PRESET not in LMConfig.PRESETS:
+                raise ModelFilesError(f"{repo}: PersonaPlex checkpoints (NVIDIA's Moshi with a 16-step depth "
+                                      "transformer) do not load in this version of duplex yet")
+            lm_config = PERSONAPLEX_PRESET
+        return cls(lm=found["lm"], lm_config=lm_config, mimi=found["mimi"], mimi_config=found.get("mimi_config"),
                    tokenizer=found["tokenizer"], source=repo)
 
     @property
