@@ -214,8 +214,9 @@ def serve_here(engine, work, server_options=None, token: Optional[str] = None, *
 
     from ..serving.server import ServerOptions, VoiceServer  # noqa: PLC0415 - imports torch
 
+    # With its front process, as ``duplex serve`` runs (a flood meets what users would run).
     settings = dataclasses.replace(server_options or ServerOptions(), host="127.0.0.1", port=0, token=token,
-                                   **options)
+                                   front=True, **options)
 
     async def main():
         server = VoiceServer(engine, settings)

@@ -62,6 +62,9 @@ class ServerOptions:
     # WebSocket connections handled at once (sessions, waiters, upgrades under way); more get 503 at once.
     # None: the slots, plus max_waiting, plus 64 handshakes.
     max_connections: Optional[int] = None
+    # The listening socket, the request heads and the rate limits in a process of their own (front.py), so that
+    # requests, however many, never take the GIL from the frame clock. ``duplex serve`` turns it on.
+    front: bool = False
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
     model_name: str = ""  # what the page and /api/stats say is being served

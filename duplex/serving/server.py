@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import hmac
 import http
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -35,13 +37,14 @@ from importlib import resources
 from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import serve, unix_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from ..errors import UsageError
 from ..runtime.clock import ClockStats
 from ..runtime.engine import Engine, EngineFull
+from . import front as front_module
 from .admission import Admission
 from .limits import RateLimit, ReadBudget, peer_key
 from .options import ServerOptions, page_url, tls_context
@@ -58,6 +61,16 @@ UPGRADE_TIMEOUT = 10.0
 # what asyncio's event loop reports when accept() fails for want of file descriptors or memory (_loop_exception)
 ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 STATS_MAX_AGE = 0.25  # seconds: /api/stats is computed at most four times a second, whoever asks (_stats_json)
+FRONT_START_TIMEOUT = 60.0  # seconds for the front process to listen (a spawned interpreter: well under 1 s)
+FRONT_NICE = 0  # added to the front's niceness
+
+
+def _read_line(stream, timeout: float) -> str:
+    """One line from a pipe within ``timeout`` seconds ("" if none came: the process ended, or hangs)."""
+    import select  # noqa: PLC0415 - only for the front's first word
+
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline().decode(errors="replace").strip() if ready else ""
 
 
 class VoiceServer:
@@ -96,6 +109,7 @@ class VoiceServer:
         self._engine_lock = threading.Lock()  # the clock's step, and opening and closing slots (_engine)
         self._server = None
         self._ticker: Optional[Ticker] = None
+        self._front = None  # (process, control pipe, shared counters, socket path, port) with options.front
         self._page = resources.files("duplex.serving").joinpath("web/index.html").read_text(encoding="utf-8")
 
     async def _engine(self, fn, *args, **kwargs):
@@ -109,12 +123,18 @@ class VoiceServer:
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self):
         ssl_context = tls_context(self.options.ssl_cert, self.options.ssl_key) if self.options.ssl_cert else None
-        self._server = await serve(self._handle_counted, self.options.host, self.options.port,
-                                   process_request=self._http, max_size=self.options.max_message_bytes,
-                                   # --origins restricts browsers; other clients send no Origin header
-                                   origins=[*self.options.origins, None] if self.options.origins else None,
-                                   ssl=ssl_context, compression=None, close_timeout=self.options.close_timeout,
-                                   max_queue=self.options.read_queue_messages, open_timeout=UPGRADE_TIMEOUT)
+        settings = dict(process_request=self._http, max_size=self.options.max_message_bytes,
+                        # --origins restricts browsers; other clients send no Origin header
+                        origins=[*self.options.origins, None] if self.options.origins else None,
+                        compression=None, close_timeout=self.options.close_timeout,
+                        max_queue=self.options.read_queue_messages, open_timeout=UPGRADE_TIMEOUT)
+        if self.options.front and front_module.unix_socket_supported():
+            path = front_module.private_socket_path()
+            self._server = await unix_serve(self._handle_counted, path, **settings)
+            await self._start_front(path)
+        else:
+            self._server = await serve(self._handle_counted, self.options.host, self.options.port, ssl=ssl_context,
+                                       **settings)
         loop = asyncio.get_running_loop()  # for this loop only, and put back by stop()
         period = self.engine.frame_size / self.engine.sample_rate
         self._ticker = Ticker(self.engine, lambda: self._live, lambda: loop.call_soon_threadsafe(self._take_replies),
@@ -129,9 +149,67 @@ class VoiceServer:
 
     @property
     def port(self) -> int:
+        if self._front is not None:
+            return self._front["port"]
         return self._server.sockets[0].getsockname()[1] if self._server else self.options.port
 
-    @property
+    async def _start_front(self, path: str) -> None:
+        """Start the front process (front.py) on the options' address, copying to ``path``; returns once it
+        listens, or raises what stopped it (OSError for the address, as listening here would)."""
+        import atexit  # noqa: PLC0415 - only a fronted server needs these
+        import subprocess  # noqa: PLC0415
+
+        o = self.options
+        rates = {"http": (o.http_per_peer, o.http_peer_burst, o.http_total, o.http_total_burst),
+                 "upgrades": (o.upgrades_per_peer, o.upgrades_peer_burst, o.upgrades_total, o.upgrades_total_burst)}
+        settings = front_module.FrontSettings(o.host, o.port, path, rates, o.ssl_cert, o.ssl_key, nice=FRONT_NICE)
+        env = dict(os.environ)  # this duplex, wherever it was imported from (a checkout on sys.path, say)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(front_module.__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        process = subprocess.Popen(front_module.command(settings), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   env=env)
+        atexit.register(process.kill)  # should this process end without stop(): no front left listening
+        self._front = {"process": process, "path": path, "port": None}
+        loop = asyncio.get_running_loop()
+        line = await loop.run_in_executor(None, _read_line, process.stdout, FRONT_START_TIMEOUT)
+        try:
+            said = json.loads(line) if line else {"error": "the front process ended without a word"}
+        except ValueError:
+            said = {"error": f"the front process said {line[:200]!r}"}
+        if "port" not in said:
+            await loop.run_in_executor(None, self._stop_front)
+            if said.get("errno") is not None:
+                raise OSError(said["errno"], said["error"])
+            raise RuntimeError(f"the server's front process failed: {said['error']}")
+        self._front["port"] = said["port"]
+
+    def _stop_front(self) -> None:
+        """Tell the front to close its connections and end (its stdin closes); wait for it a little, then kill
+        it; remove the socket's folder."""
+        front = self._front
+        if front is None:
+            return
+        process = front["process"]
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        try:
+            process.wait(5.0)
+        except Exception:  # subprocess.TimeoutExpired
+            process.kill()
+            process.wait(1.0)
+        process.stdout.close()
+        folder = os.path.dirname(front["path"])
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+    def _front_counts(self) -> Dict[str, int]:
+        if self._front is None:
+            return dict.fromkeys(front_module.COUNTERS, 0)
+        return front_module.read_counters(self._front["path"])
+
     def page_url(self) -> str:
         """The browser page's address (with the token, if one is required)."""
         return page_url("https" if self.options.ssl_cert else "http", self.options.host, self.port, self.options.token)
@@ -145,6 +223,8 @@ class VoiceServer:
         if self._server:
             self._server.close()
             await self._server.wait_closed()
+        if self._front is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._stop_front)
         self._executor.shutdown(wait=True)
         if self._server:
             asyncio.get_running_loop().set_exception_handler(self._previous_handler)
@@ -298,7 +378,7 @@ class VoiceServer:
 
     def _http(self, connection, request):
         path = urlsplit(request.path).path
-        refused = self._rate_limited(connection, path)
+        refused = None if self._front is not None else self._rate_limited(connection, path)  # else the front's
         if refused is not None:
             return refused
         if path in ("/", "/index.html"):
@@ -344,10 +424,13 @@ class VoiceServer:
         sessions = list(self.sessions.values())
         totals = {name: getattr(self.closed_totals, name) + sum(getattr(s.stats, name) for s in sessions)
                   for name in SESSION_COUNTERS}
+        front = self._front_counts()
         return {"model": self.options.model_name, "slots": self.engine.slots, "sessions": len(sessions),
                 "free_slots": self.engine.free_slots, "waiting": self.waiting,
-                "connections": self.connections, "refused": self.refused, "rate_limited": self.rate_limited,
-                "over_capacity": self.over_capacity, "accept_errors": self.accept_errors,
+                "connections": self.connections, "refused": self.refused,
+                "rate_limited": self.rate_limited + front["rate_limited"],
+                "over_capacity": self.over_capacity, "accept_errors": self.accept_errors + front["accept_errors"],
+                "front": front if self._front is not None else None,
                 "ticks": self.clock.ticks,
                 "deadline_misses": self.clock.misses,
                 "step_ms_p50": self.clock.work_percentile(50), "step_ms_p99": self.clock.work_percentile(99),
