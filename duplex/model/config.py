@@ -37,11 +37,15 @@ FIXED_OPTIONS = {
     "cross_attention": False, "kv_repeat": 1,
 }
 FIXED_IGNORED = ("lora_rank", "lora_scaling", "extra_heads_dim")
+# NVIDIA's PersonaPlex (docs/kyutai-compat.md, "PersonaPlex"): its depth transformer has a step per audio stream,
+# the user's included (dep_q == n_q = 16), while the model's and the user's streams stay 8 codebooks wide each
+# (NVIDIA's AUDIO_TOKENS_PER_STREAM). That layout is how a PersonaPlex config is told; no key names it.
+PERSONAPLEX_STREAM_CODEBOOKS = 8
 
 
 @dataclass
 class LMConfig:
-    PRESETS: ClassVar[Tuple[str, ...]] = ("moshi_7b", "small", "default")  # classmethods of these names build them
+    PRESETS: ClassVar[Tuple[str, ...]] = ("moshi_7b", "personaplex_7b", "small", "default")  # classmethods of these names build them
 
     dim: int = 4096
     text_card: int = 32000
@@ -82,9 +86,22 @@ class LMConfig:
         return 1 + self.n_q
 
     @property
+    def personaplex(self) -> bool:
+        """NVIDIA's PersonaPlex layout (dep_q == n_q): stepped as NVIDIA's ``LMGen`` steps it (the generator's
+        module docstring), and able to take system prompts (``duplex.model.prompts``)."""
+        return self.dep_q == self.n_q
+
+    @property
+    def model_codebooks(self) -> int:
+        """Audio streams the generator returns (dep_q for Kyutai's models; 8 for PersonaPlex, whose depth steps
+        past the 8th predict the user's stream and never change what is returned)."""
+        return PERSONAPLEX_STREAM_CODEBOOKS if self.personaplex else self.dep_q
+
+    @property
     def user_codebooks(self) -> int:
-        """Audio streams the generator reads from the user (n_q - dep_q = 8 for Moshi)."""
-        return self.n_q - self.dep_q
+        """Audio streams the generator reads from the user (n_q - dep_q = 8 for Moshi, n_q - 8 = 8 for
+        PersonaPlex)."""
+        return self.n_q - self.model_codebooks
 
     @property
     def max_delay(self) -> int:
@@ -116,6 +133,14 @@ class LMConfig:
     def moshi_7b(cls) -> "LMConfig":
         """Moshiko / Moshika 7B (and same-architecture fine-tunes such as PersonaPlex)."""
         cfg = cls()
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def personaplex_7b(cls) -> "LMConfig":
+        """NVIDIA's PersonaPlex 7B: Moshi 7B with a 16-step depth transformer, as NVIDIA's loader builds it
+        (``get_moshi_lm`` takes Moshi 7B's keywords from code, sets ``dep_q = 16`` and reads no config file)."""
+        cfg = cls(dep_q=16)
         cfg.validate()
         return cfg
 
@@ -231,6 +256,9 @@ class LMConfig:
         require(self.dim % self.num_heads == 0 and self.head_dim % 2 == 0, "dim must split into even heads")
         require(self.depformer_dim % self.depformer_num_heads == 0, "depformer_dim must split into heads")
         require(0 < self.dep_q <= self.n_q, "need 0 < dep_q <= n_q")
+        require(not self.personaplex or self.n_q == 2 * PERSONAPLEX_STREAM_CODEBOOKS,
+                f"dep_q == n_q is NVIDIA's PersonaPlex layout, whose streams are {PERSONAPLEX_STREAM_CODEBOOKS} "
+                f"codebooks each (n_q = {2 * PERSONAPLEX_STREAM_CODEBOOKS}); got n_q = {self.n_q}")
         require(len(self.delays) == self.num_streams,
                 f"delays has {len(self.delays)} entries, expected 1 + n_q = {self.num_streams}")
         require(all(d >= 0 for d in self.delays), "delays must be non-negative")

@@ -195,10 +195,11 @@ class MoshiLM(nn.Module):
         proj = self.depformer_in[k if self.config.depformer_multi_linear else 0]
         return fast_linear(transformer_out, proj.weight) + self.depformer_embedding(k)(previous)
 
-    def depformer_in_all(self) -> torch.Tensor:
-        """The projections of all depth positions stacked, [dep_q * depformer_dim, dim] (one product per step)."""
+    def depformer_in_all(self, steps: Optional[int] = None) -> torch.Tensor:
+        """The projections of the first ``steps`` depth positions (default all dep_q) stacked, [steps *
+        depformer_dim, dim] (one product per step)."""
         stacked = torch.cat([self.depformer_in[k if self.config.depformer_multi_linear else 0].weight
-                             for k in range(self.config.dep_q)], dim=0)
+                             for k in range(self.config.dep_q if steps is None else steps)], dim=0)
         use_wide_weight_layout([stacked])
         return stacked
 
