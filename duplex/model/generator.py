@@ -298,6 +298,11 @@ class LMGenerator:
                            as_row_mask(active, self.batch_size, self.lm.device))
 
 
+    def reset(self, mask: Optional[torch.Tensor] = None) -> None:
+        """Restart the slots where ``mask`` (bool [B]) is True at position 0; all slots when None."""
+        zero_rows(self.state, as_row_mask(mask, self.batch_size, self.lm.device))
+
+
 def load_frame(forcing: Forcing, frames, index: int, rows: torch.Tensor) -> torch.Tensor:
     """Put frame ``index`` of a prompt in ``forcing`` for the slots ``rows`` (bool [B]); returns its user codes."""
     b = rows.shape[0]
@@ -359,7 +364,3 @@ def voice_embedding_file(lm, frames) -> tuple:
     for position in range(max(0, offset - min(columns, saved_columns) + 1), offset + 1):
         saved[:, position % saved_columns] = state["cache"][0, :, position % columns].cpu()
     return torch.stack(embeddings).cpu(), saved
-
-    def reset(self, mask: Optional[torch.Tensor] = None) -> None:
-        """Restart the slots where ``mask`` (bool [B]) is True at position 0; all slots when None."""
-        zero_rows(self.state, as_row_mask(mask, self.batch_size, self.lm.device))

@@ -247,6 +247,7 @@ class Engine:
         entry = self._prompts.get(slot)
         return 0 if entry is None else len(entry[0]) - entry[1]
 
+    @torch.no_grad()
     def prepare_prompt(self, prompt: PromptFrames) -> None:
         """Step ``prompt`` now in a free slot, alone (the other slots sit the ticks out), and keep the state it
         ends in, so sessions opened with it start at once. The same batched step as a prompt stepped among
@@ -273,6 +274,7 @@ class Engine:
         while len(self.prompt_states) > self.max_prompt_states:
             self.prompt_states.pop(next(iter(self.prompt_states)))
 
+    @torch.no_grad()
     def _put_prompt_state(self, slot: int, key: str) -> None:
         kept = self.prompt_states.pop(key)
         self.prompt_states[key] = kept  # most recently used last
@@ -327,7 +329,7 @@ class Engine:
         produced = self.active & (tokens[:, 1] >= 0)
         if self.persona:  # NVIDIA decodes nothing of the prompt frames
             produced = produced & ~self.forcing.rows
-        audio = self.mimi.decode_step(tokens[:, 1:, None].clamp(min=0), self.decoder_state, produced)
+        audio = self.mimi.decode_step(tokens[:, 1:, None].clamp(0, self.mimi.cardinality - 1), self.decoder_state, produced)
         return torch.where(produced[:, None, None], audio, torch.zeros((), device=audio.device))
 
     def _run_eager(self, timed: bool) -> tuple:

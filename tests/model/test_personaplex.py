@@ -134,3 +134,13 @@ def test_prompt_refusals(lm, small_lm, io):
         P.prompt_frames(lm.config, wrong, (), P.PromptConstants(silence_tokens=(0,) * 8, sine_tokens=(0,) * 8))
     with pytest.raises(PromptError, match="NVIDIA's layout"):
         P.load_voice(VOICE_WAV.with_suffix(".missing.pt"))
+
+
+def test_a_personaplex_7b_file_is_told_by_its_tensors():
+    """NVIDIA's loader takes Moshi 7B's keywords with dep_q = 16 from code: 475 tensors against Moshi's 355."""
+    from duplex.runtime.checkpoints import ModelFiles, _preset_shapes, seven_b_preset
+
+    assert len(_preset_shapes("moshi_7b")) == 355 and len(_preset_shapes("personaplex_7b")) == 475
+    assert seven_b_preset(LM) is None  # the small file: its config beside it tells the layout
+    assert LMConfig.load(ModelFiles.for_lm(LM, mimi=FIXTURES / "mimi_small.safetensors",
+                                           mimi_config=FIXTURES / "mimi_small_config.json").lm_config).personaplex
