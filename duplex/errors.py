@@ -57,3 +57,8 @@ class FDBError(DuplexError, ValueError):
 class SoundDeviceError(DuplexError, RuntimeError):
     """A sound device that cannot be opened as asked: sounddevice or PortAudio missing, no such device, or a
     device that refuses 24 kHz mono."""
+
+
+class PromptError(DuplexError, ValueError):
+    """A system prompt that cannot be used as given (a voice file that cannot be read, or was made for another
+    model; a model without system prompts; prompt constants outside the model's vocabularies)."""

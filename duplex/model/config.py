@@ -61,11 +61,15 @@ NORMS = ("rms_norm", "rms_norm_f32", "layer_norm", "layer_norm_f32")
 # Moshi-shaped models stay byte-identical, and Kyutai's loader never gets depformer_kv_repeat=None).
 NEWER_DEFAULTS = {"kv_repeat": 1, "depformer_kv_repeat": None, "depformer_norm": None,
                   "depformer_low_rank_embeddings": None}
+# NVIDIA's PersonaPlex (docs/kyutai-compat.md, "PersonaPlex"): its depth transformer has a step per audio stream,
+# the user's included (dep_q == n_q = 16), while the model's and the user's streams stay 8 codebooks wide each
+# (NVIDIA's AUDIO_TOKENS_PER_STREAM). That layout is how a PersonaPlex config is told; no key names it.
+PERSONAPLEX_STREAM_CODEBOOKS = 8
 
 
 @dataclass
 class LMConfig:
-    PRESETS: ClassVar[Tuple[str, ...]] = ("moshi_7b", "small", "default")  # classmethods of these names build them
+    PRESETS: ClassVar[Tuple[str, ...]] = ("moshi_7b", "personaplex_7b", "small", "default")  # classmethods of these names build them
 
     dim: int = 4096
     text_card: int = 32000
@@ -111,9 +115,22 @@ class LMConfig:
         return 1 + self.n_q
 
     @property
+    def personaplex(self) -> bool:
+        """NVIDIA's PersonaPlex layout (dep_q == n_q): stepped as NVIDIA's ``LMGen`` steps it (the generator's
+        module docstring), and able to take system prompts (``duplex.model.prompts``)."""
+        return self.dep_q == self.n_q
+
+    @property
+    def model_codebooks(self) -> int:
+        """Audio streams the generator returns (dep_q for Kyutai's models; 8 for PersonaPlex, whose depth steps
+        past the 8th predict the user's stream and never change what is returned)."""
+        return PERSONAPLEX_STREAM_CODEBOOKS if self.personaplex else self.dep_q
+
+    @property
     def user_codebooks(self) -> int:
-        """Audio streams the generator reads from the user (n_q - dep_q = 8 for Moshi)."""
-        return self.n_q - self.dep_q
+        """Audio streams the generator reads from the user (n_q - dep_q = 8 for Moshi, n_q - 8 = 8 for
+        PersonaPlex)."""
+        return self.n_q - self.model_codebooks
 
     @property
     def max_delay(self) -> int:
@@ -156,6 +173,14 @@ class LMConfig:
     def moshi_7b(cls) -> "LMConfig":
         """Moshiko / Moshika 7B (and same-architecture fine-tunes such as PersonaPlex)."""
         cfg = cls()
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def personaplex_7b(cls) -> "LMConfig":
+        """NVIDIA's PersonaPlex 7B: Moshi 7B with a 16-step depth transformer, as NVIDIA's loader builds it
+        (``get_moshi_lm`` takes Moshi 7B's keywords from code, sets ``dep_q = 16`` and reads no config file)."""
+        cfg = cls(dep_q=16)
         cfg.validate()
         return cfg
 
@@ -290,6 +315,9 @@ class LMConfig:
                 f"depformer_norm {self.depformer_norm!r} is not one of {', '.join(NORMS)}")
         require(self.depformer_low_rank_embeddings is None or self.depformer_low_rank_embeddings >= 1,
                 f"depformer_low_rank_embeddings must be at least 1, got {self.depformer_low_rank_embeddings}")
+        require(not self.personaplex or self.n_q == 2 * PERSONAPLEX_STREAM_CODEBOOKS,
+                f"dep_q == n_q is NVIDIA's PersonaPlex layout, whose streams are {PERSONAPLEX_STREAM_CODEBOOKS} "
+                f"codebooks each (n_q = {2 * PERSONAPLEX_STREAM_CODEBOOKS}); got n_q = {self.n_q}")
         require(len(self.delays) == self.num_streams,
                 f"delays has {len(self.delays)} entries, expected 1 + n_q = {self.num_streams}")
         require(all(d >= 0 for d in self.delays), "delays must be non-negative")

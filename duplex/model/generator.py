@@ -9,6 +9,17 @@ Timeline of a slot (s = its step counter): the model reads text/semantic tokens 
 tokens of s-1 (acoustic delay 1), the user's semantic codes of s and acoustic codes of s-1; streams still inside
 their delay read the initial token. It returns the text and semantic tokens of s-1 with the acoustic tokens of s,
 i.e. one decodable frame, from its second step on.
+
+PersonaPlex (``cfg.personaplex``) is stepped as NVIDIA's ``LMGen`` steps it (docs/kyutai-compat.md, "PersonaPlex"),
+which differs in four ways. (1) A call first writes its inputs (the user's codes, and during a system prompt the
+model's own stream) at ``offset + delay``, then runs the model on the column of ``offset - 1``, with the column of
+``offset`` as the target: a forced ("provided") token there replaces the sampled one, in the cache and as the next
+depth step's input. So the first call after a reset runs nothing, and call t + 1 computes what Kyutai's call t
+computes: one frame more of nothing. (2) The user's stream is 8 codebooks wide and only the first 8 of the 16
+depth steps are computed: the others predict the user's stream, which is always provided, so they never change a
+returned token. (3) The attention window is ``context - 1`` past steps (NVIDIA's ring marks its oldest slot
+invalid once full). (4) A step may take an embedding instead of the embedded tokens (a replayed voice prompt).
+Its state has a ``provided`` mask beside the token cache and ``2 max_delay + 2`` columns (inputs run ahead).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from codec.modules.linear import fast_linear
 from codec.modules.state import as_row_mask, write_state, zero_rows
 from codec.modules.transformer import ring_step_tables
 
+from ..errors import PromptError
 from .checks import check_user_codes
 from .layers import UNGENERATED_TOKEN
 from .sampling import Sampling, SlotSampling, exponential_noise, sample, step_key
@@ -31,26 +43,54 @@ def new_generator_state(lm, batch: int) -> dict:
     cfg, device, dtype = lm.config, lm.device, lm.dtype
     layers = {str(i): layer.self_attn.new_state(batch, 1, cfg.context, device, dtype)
               for i, layer in enumerate(lm.layers)}
-    return {
-        "cache": torch.zeros(batch, cfg.num_streams, cfg.max_delay + 2, dtype=torch.long, device=device),
+    columns = 2 * cfg.max_delay + 2 if cfg.personaplex else cfg.max_delay + 2
+    state = {
+        "cache": torch.zeros(batch, cfg.num_streams, columns, dtype=torch.long, device=device),
         "offset": torch.zeros(batch, dtype=torch.long, device=device),
         "layers": layers,
     }
+    if cfg.personaplex:
+        state["provided"] = torch.zeros(batch, cfg.num_streams, columns, dtype=torch.bool, device=device)
+    return state
 
 
 def new_scratch(lm, batch: int) -> dict:
     """Per-generator working memory that is not conversation state: the depth transformer's per-step cache and
     its input projections stacked into one matrix (taken from the weights when the generator is made)."""
-    return {"depth": lm.depformer.new_cache(batch, lm.device, lm.dtype), "depformer_in": lm.depformer_in_all()}
+    return {"depth": lm.depformer.new_cache(batch, lm.device, lm.dtype),
+            "depformer_in": lm.depformer_in_all(lm.config.model_codebooks)}
+
+
+class Forcing:
+    """What a PersonaPlex step is given besides the user's codes (preallocated, one row per slot): ``rows`` bool
+    [B], slots whose own stream is forced this step (a system-prompt frame); ``model`` int64 [B, 1 + 8], the text
+    token and audio codes forced; ``use_embedding`` bool [B] and ``embedding`` [B, dim], slots whose step input is
+    that embedding instead of the embedded tokens (a voice prompt replayed from NVIDIA's ``.pt``)."""
+
+    def __init__(self, lm, batch: int):
+        cfg, device = lm.config, lm.device
+        self.rows = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.model = torch.zeros(batch, 1 + cfg.model_codebooks, dtype=torch.long, device=device)
+        self.use_embedding = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.embedding = torch.zeros(batch, cfg.dim, dtype=lm.dtype, device=device)
+
+    def clear(self) -> None:
+        self.rows.zero_()
+        self.use_embedding.zero_()
 
 
 def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, sampling: Sampling,
-                  active: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Advance every active slot by one frame. user_codes int64 [B, n_q - dep_q]; returns int64 [B, 1 + dep_q]
-    (text token, then the audio codes to decode), UNGENERATED_TOKEN (-2) for slots in their first step.
+                  active: Optional[torch.Tensor] = None, forcing: Optional[Forcing] = None) -> torch.Tensor:
+    """Advance every active slot by one frame. user_codes int64 [B, user_codebooks]; returns int64 [B, 1 +
+    model_codebooks] (text token, then the audio codes to decode), UNGENERATED_TOKEN (-2) for slots in their first
+    step (first two for PersonaPlex).
 
     ``scratch``: the depth transformer's per-step cache and the stacked depth input projections
-    (``new_scratch``); ``sampling``: every slot's settings and seed (``Sampling``)."""
+    (``new_scratch``); ``sampling``: every slot's settings and seed (``Sampling``); ``forcing``: PersonaPlex only,
+    the system-prompt inputs (``Forcing``)."""
+    if lm.config.personaplex:
+        transformer_out, text_logits = persona_temporal_step(lm, state, user_codes, active, forcing)
+        return persona_depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active)
     transformer_out, text_logits = temporal_step(lm, state, user_codes, active)
     return depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active)
 
@@ -124,6 +164,92 @@ def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, te
     return torch.where(warming_up, torch.full_like(out, UNGENERATED_TOKEN), out)
 
 
+def persona_temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None,
+                          forcing: Optional[Forcing] = None) -> tuple:
+    """PersonaPlex, steps 1-3 (module docstring): store this call's inputs and the initial tokens, then run the
+    temporal transformer on the column of ``offset - 1`` (nothing runs for slots at offset 0)."""
+    cfg = lm.config
+    cache, provided, offset = state["cache"], state["provided"], state["offset"]
+    b, k, columns = cache.shape
+    delays = lm.delays
+    first_user = 1 + cfg.model_codebooks
+
+    # 1. This call's inputs at their delays: the user's codes always; the model's own stream where forced.
+    given = torch.ones(b, k, dtype=torch.bool, device=cache.device)
+    inputs = user_codes
+    if forcing is not None:
+        given = torch.cat([forcing.rows[:, None].expand(b, first_user), given[:, first_user:]], dim=1)
+        inputs = torch.cat([forcing.model, user_codes], dim=1)
+    else:
+        given[:, :first_user] = False
+        inputs = torch.cat([torch.zeros(b, first_user, dtype=torch.long, device=cache.device), user_codes], dim=1)
+    at = ((offset[:, None] + delays[None, :]) % columns)[..., None]
+    new_cache = cache.scatter(2, at, torch.where(given, inputs, cache.gather(2, at)[..., 0])[..., None])
+    new_provided = provided.scatter(2, at, (provided.gather(2, at)[..., 0] | given)[..., None])
+    # 2. Streams still inside their delay hold the initial token at this call's column, provided.
+    here = (offset % columns).view(b, 1, 1).expand(b, k, 1)
+    in_delay = offset[:, None] <= delays[None, :]
+    new_cache = new_cache.scatter(2, here, torch.where(in_delay, lm.initial_tokens[None, :],
+                                                       new_cache.gather(2, here)[..., 0])[..., None])
+    new_provided = new_provided.scatter(2, here, (new_provided.gather(2, here)[..., 0] | in_delay)[..., None])
+    write_state(cache, new_cache, active)
+    write_state(provided, new_provided, active)
+
+    # 3. The temporal transformer on the column of offset - 1, at position offset - 1.
+    running = offset > 0 if active is None else active & (offset > 0)
+    read = ((offset - 1) % columns).view(b, 1, 1).expand(b, k, 1)
+    x = lm.embed(cache.gather(2, read), zero_token=False)
+    if forcing is not None:
+        x = torch.where(forcing.use_embedding[:, None, None], forcing.embedding[:, None, :].to(x.dtype), x)
+    position = (offset - 1).clamp(min=0)
+    tables = ring_step_tables(position, 1, state["layers"]["0"]["k"].shape[2] - 1, cfg.context - 1,
+                              cfg.num_heads, cfg.head_dim, lm.freqs, running)
+    for i, layer in enumerate(lm.layers):
+        x = layer.step(x, state["layers"][str(i)], tables)
+    return lm.heads_input(x)
+
+
+def persona_depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, text_logits: torch.Tensor,
+                       sampling: Sampling, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """PersonaPlex, steps 4-8: sample, with the provided tokens of the target column forced in the depth
+    transformer's inputs and kept in the cache; return the frame of ``offset - max_delay``; advance."""
+    cfg = lm.config
+    cache, provided, offset = state["cache"], state["provided"], state["offset"]
+    b, k, columns = cache.shape
+    m = cfg.model_codebooks
+    first_user = 1 + m
+    running = offset > 0 if active is None else active & (offset > 0)
+
+    target_at = (offset % columns).view(b, 1, 1).expand(b, first_user, 1)
+    target = cache[:, :first_user].gather(2, target_at)[..., 0]  # [B, 1 + m]
+    forced = provided[:, :first_user].gather(2, target_at)[..., 0]
+    key = step_key(sampling.seed, offset)
+    text_settings, audio_settings = sampling.text, sampling.audio
+    text_noise = exponential_noise(key, 0, text_settings.k_max, 1)[:, 0] if text_settings.any_sampling else None
+    audio_noise = (exponential_noise(key, 1, audio_settings.k_max, m).unbind(1)
+                   if audio_settings.any_sampling else [None] * m)
+    sampled = [sample(text_logits[:, 0], text_settings, text_noise)]
+    previous = torch.where(forced[:, 0], target[:, 0], sampled[0])
+    projected = fast_linear(transformer_out, scratch["depformer_in"]).view(b, 1, m, -1)
+    for d in range(m):
+        x = projected[:, :, d] + lm.depformer_embedding(d).lookup(previous[:, None])
+        h = lm.depformer.step(x, d, scratch["depth"])
+        sampled.append(sample(lm.audio_logits(d, h[:, 0]), audio_settings, audio_noise[d]))
+        previous = torch.where(forced[:, d + 1], target[:, d + 1], sampled[-1])
+
+    kept = torch.where(forced, target, torch.stack(sampled, dim=1))
+    new_model = cache[:, :first_user].scatter(2, target_at, kept[..., None])
+    write_state(cache[:, :first_user], new_model, running)
+    read = ((offset - 1) % columns).view(b, 1, 1).expand(b, k, 1)
+    write_state(provided, provided.scatter(2, read, torch.zeros_like(read, dtype=torch.bool)), running)
+
+    out_at = ((offset[:, None] - cfg.max_delay + lm.delays[None, :first_user]) % columns)[..., None]
+    out = new_model.gather(2, out_at)[..., 0]  # [B, 1 + m]
+    warming_up = (offset <= cfg.max_delay)[:, None]  # before advancing, as NVIDIA compares
+    write_state(offset, offset + 1, active)
+    return torch.where(warming_up, torch.full_like(out, UNGENERATED_TOKEN), out)
+
+
 class LMGenerator:
     """``lm.generator(batch_size, ...)``: slots that each hold one conversation and advance independently."""
 
@@ -147,16 +273,93 @@ class LMGenerator:
                                                   seed=(self.seed % (1 << 40)) << 20))
         self.state = new_generator_state(lm, batch_size)
         self.scratch = new_scratch(lm, batch_size)
+        self.forcing = Forcing(lm, batch_size) if cfg.personaplex else None
 
     @torch.no_grad()
     def step(self, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The user's codes for this frame, int [B, user_codebooks] -> int64 [B, 1 + dep_q] (8 and 9 for Moshi):
-        the text token, then the dep_q audio codes to decode; -2 in a slot's first step after a reset.
-        ``active`` (bool [B]): other slots do not advance."""
+        """The user's codes for this frame, int [B, user_codebooks] -> int64 [B, 1 + model_codebooks] (8 and 9
+        for Moshi and PersonaPlex): the text token, then the audio codes to decode; -2 in a slot's first step
+        after a reset (first two for PersonaPlex). ``active`` (bool [B]): other slots do not advance."""
         codes = check_user_codes(user_codes, self.lm.config, self.batch_size).to(self.lm.device)
         active = as_row_mask(active, self.batch_size, self.lm.device)
-        return generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active)
+        if self.forcing is not None:
+            self.forcing.clear()
+        return generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active, self.forcing)
+
+    @torch.no_grad()
+    def step_prompt(self, frames, active: Optional[torch.Tensor] = None) -> None:
+        """Step a PersonaPlex system prompt (``duplex.model.prompts.PromptFrames``) through the ``active`` slots
+        (all when None), frame by frame as NVIDIA's ``step_system_prompts`` does; what it returns is dropped, as
+        NVIDIA drops it. The slots should be fresh (reset), as NVIDIA's are when it prompts."""
+        if self.forcing is None:
+            raise PromptError("system prompts are PersonaPlex's: this model is not")
+        step_prompt_frames(self.lm, self.state, self.scratch, self.sampling, self.forcing, frames,
+                           as_row_mask(active, self.batch_size, self.lm.device))
+
 
     def reset(self, mask: Optional[torch.Tensor] = None) -> None:
         """Restart the slots where ``mask`` (bool [B]) is True at position 0; all slots when None."""
         zero_rows(self.state, as_row_mask(mask, self.batch_size, self.lm.device))
+
+
+def load_frame(forcing: Forcing, frames, index: int, rows: torch.Tensor) -> torch.Tensor:
+    """Put frame ``index`` of a prompt in ``forcing`` for the slots ``rows`` (bool [B]); returns its user codes."""
+    b = rows.shape[0]
+    forcing.rows.copy_(rows)
+    forcing.model.copy_(torch.where(rows[:, None], frames.model[index][None, :], forcing.model))
+    forcing.use_embedding.copy_(rows & frames.use_embedding[index])
+    forcing.embedding.copy_(torch.where(rows[:, None], frames.embedding[index][None, :].to(forcing.embedding.dtype),
+                                        forcing.embedding))
+    return frames.user[index][None, :].expand(b, -1)
+
+
+def step_prompt_frames(lm, state: dict, scratch: dict, sampling: Sampling, forcing: Forcing, frames,
+                       active: Optional[torch.Tensor] = None) -> None:
+    """Every frame of ``frames`` (``PromptFrames``, on the model's device) through the ``active`` slots, NVIDIA's
+    saved token cache put in place after frame ``frames.cache_after``."""
+    rows = torch.ones(state["offset"].shape[0], dtype=torch.bool, device=lm.device) if active is None else active
+    for i in range(len(frames)):
+        user = load_frame(forcing, frames, i, rows)
+        generate_step(lm, state, scratch, user, sampling, rows, forcing)
+        if frames.cache is not None and i + 1 == frames.cache_after:
+            put_token_cache(state, frames.cache, rows)
+    forcing.clear()
+
+
+def put_token_cache(state: dict, saved: torch.Tensor, rows: torch.Tensor) -> None:
+    """NVIDIA's token cache [K, CT] (column = position % CT) into the slots ``rows`` of ``state`` (column = position
+    % C): the positions up to each slot's offset that both rings hold, as NVIDIA's ``state.cache.copy_`` leaves
+    them after a replayed voice prompt."""
+    cache, offset = state["cache"], state["offset"]
+    columns, saved_columns = cache.shape[2], saved.shape[-1]
+    span = min(columns, saved_columns)
+    positions = offset[:, None] - span + 1 + torch.arange(span, device=offset.device)[None, :]  # [B, span]
+    values = saved.to(cache.device)[None, :, :].expand(cache.shape[0], -1, -1).gather(
+        2, (positions % saved_columns)[:, None, :].expand(-1, cache.shape[1], -1))
+    at = (positions % columns)[:, None, :].expand(-1, cache.shape[1], -1)
+    write_state(cache, cache.scatter(2, at, values), rows)
+
+
+def voice_embedding_file(lm, frames) -> tuple:
+    """(embeddings [N - 1, dim], token cache [K, max_delay + 3]) of a voice prompt's frames (``prompt_frames`` of a
+    voice given as codes, no text), as NVIDIA's ``save_voice_prompt_embeddings`` records them: the embedded input
+    of each step that runs the model, and the token cache after the last voice frame, in NVIDIA's ring layout."""
+    cfg = lm.config
+    gen = lm.generator(1, greedy=True, seed=0)
+    state = gen.state
+    columns = state["cache"].shape[2]
+    embeddings = []
+    count = frames.voice_frames
+    for i in range(count):
+        offset = int(state["offset"][0])
+        if offset > 0:
+            read = (offset - 1) % columns
+            embeddings.append(lm.embed(state["cache"][:, :, read:read + 1], zero_token=False)[0, 0])
+        user = load_frame(gen.forcing, frames, i, torch.ones(1, dtype=torch.bool, device=lm.device))
+        generate_step(lm, state, gen.scratch, user, gen.sampling, None, gen.forcing)
+    offset = int(state["offset"][0])
+    saved_columns = cfg.max_delay + 3  # NVIDIA's ring: max_delay + 3 columns
+    saved = torch.full((cfg.num_streams, saved_columns), UNGENERATED_TOKEN, dtype=torch.long)
+    for position in range(max(0, offset - min(columns, saved_columns) + 1), offset + 1):
+        saved[:, position % saved_columns] = state["cache"][0, :, position % columns].cpu()
+    return torch.stack(embeddings).cpu(), saved

@@ -209,10 +209,11 @@ class MoshiLM(nn.Module):
             depth_out = self.depformer_norms[k](depth_out.unsqueeze(-2)).squeeze(-2)
         return fast_linear(depth_out, self.linears[k].weight)
 
-    def depformer_in_all(self) -> torch.Tensor:
-        """The projections of all depth positions stacked, [dep_q * depformer_dim, dim] (one product per step)."""
+    def depformer_in_all(self, steps: Optional[int] = None) -> torch.Tensor:
+        """The projections of the first ``steps`` depth positions (default all dep_q) stacked, [steps *
+        depformer_dim, dim] (one product per step)."""
         stacked = torch.cat([self.depformer_in[k if self.config.depformer_multi_linear else 0].weight
-                             for k in range(self.config.dep_q)], dim=0)
+                             for k in range(self.config.dep_q if steps is None else steps)], dim=0)
         use_wide_weight_layout([stacked])
         return stacked
 

@@ -181,12 +181,11 @@ class ModelFiles:
             raise ModelFilesError(f"{repo}: not in the Hugging Face cache ({cache}): "
                                   + ", ".join(f"{w}/{n}" for w, n in missing) + "; fetch with: "
                                   + " && ".join(commands))
-        # A repository without config.json is Moshi 7B (Kyutai's loader uses its built-in 7B keywords then).
+        # A repository without config.json is Moshi 7B (Kyutai's loader uses its built-in 7B keywords then);
+        # PersonaPlex's is told by its name or its tensors, whatever its config.json says (NVIDIA's loader reads
+        # none).
         lm_config = config_path or "moshi_7b"
-        if persona:
-            if PERSONAPLEX_PRESET not in LMConfig.PRESETS:
-                raise ModelFilesError(f"{repo}: PersonaPlex checkpoints (NVIDIA's Moshi with a 16-step depth "
-                                      "transformer) do not load in this version of duplex yet")
+        if persona or seven_b_preset(found["lm"]) == PERSONAPLEX_PRESET:
             lm_config = PERSONAPLEX_PRESET
         return cls(lm=found["lm"], lm_config=lm_config, mimi=found["mimi"], mimi_config=found.get("mimi_config"),
                    tokenizer=found["tokenizer"], source=repo)
@@ -266,8 +265,9 @@ def lm_config_for(lm: PathLike, lm_config: Union[None, PathLike, LMConfig, Mappi
     beside = lm_config_beside(lm)
     if beside is not None:
         return beside
-    if has_moshi_7b_shapes(lm):
-        return "moshi_7b"
+    preset = seven_b_preset(lm)
+    if preset is not None:
+        return preset
     stem = os.path.splitext(os.fspath(lm))[0]
     raise ModelFilesError(f"{os.fspath(lm)}: no config beside it ({os.path.basename(stem)}.json or config.json) and "
                           f"its tensors are not Moshi 7B's: give the LM's config (a JSON file, or a preset: "
@@ -322,7 +322,43 @@ def is_moshi_7b(config: LMConfig) -> bool:
     ours = config.to_dict()
     for key in config.repo_extras:
         ours.pop(key, None)
-    return ours == LMConfig.moshi_7b().to_dict()
+    return ours in (LMConfig.moshi_7b().to_dict(), LMConfig.personaplex_7b().to_dict())
+
+
+def seven_b_preset(lm: PathLike) -> Optional[str]:
+    """``"moshi_7b"`` or ``"personaplex_7b"`` when the LM file ``lm`` holds exactly that model's tensors (names and
+    shapes; PersonaPlex's depth transformer has 16 steps: 475 tensors against Moshi's 355), from the safetensors
+    header alone; else None."""
+    shapes = _header_shapes(lm)
+    if shapes is None:
+        return None
+    for preset in ("moshi_7b", "personaplex_7b"):
+        if _normalized(shapes) == _preset_shapes(preset):
+            return preset
+    return None
+
+
+def _header_shapes(lm: PathLike) -> Optional[Dict[str, Tuple[int, ...]]]:
+    if checkpoint_format(lm) != "safetensors":
+        return None
+    try:
+        with safe_open(os.fspath(lm), framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as e:  # safetensors raises several exception types for truncated/garbled headers
+        raise CheckpointError(f"{os.fspath(lm)} is not a readable safetensors file ({type(e).__name__}: {e})") \
+            from None
+
+
+def _normalized(shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Tuple[int, ...]]:
+    meta = normalize_keys({key: torch.empty(tuple(shape), device="meta") for key, shape in shapes.items()})
+    return {key: tuple(value.shape) for key, value in meta.items()}
+
+
+@functools.lru_cache(maxsize=2)
+def _preset_shapes(preset: str) -> Dict[str, Tuple[int, ...]]:
+    with torch.device("meta"):  # the modules' shapes, no memory
+        model = MoshiLM(LMConfig.preset(preset))
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 def has_moshi_7b_shapes(lm: PathLike) -> bool:

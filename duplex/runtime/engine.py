@@ -12,6 +12,13 @@ Session timeline (as Kyutai's server): the first frame after ``open`` primes the
 tokens) and returns silence; from the second frame on every frame returns 80 ms of model audio and at most one
 text piece. Like Kyutai's server, the codec encoder treats a session's first frame as "in the past": it is not
 encoded, and the second frame is encoded from a fresh state.
+
+PersonaPlex (``lm.config.personaplex``) runs as NVIDIA's server runs it: every frame is encoded, the LM returns its
+first frame on the third call, and a session may open with a system prompt (``system_prompt``: a voice and a role
+text, docs/kyutai-compat.md "PersonaPlex"). A prompting slot steps one prompt frame per tick, inside the same
+batched step as the talking slots (its own stream forced through per-slot buffers: data, not branches), and neither
+encodes nor decodes. When its last frame is stepped, the slot's LM state is kept under the prompt's content key
+(``prompt_states``), and the next session opened with the same prompt gets a copy at once.
 """
 
 from __future__ import annotations
@@ -28,10 +35,20 @@ import torch
 from codec import Mimi
 from codec.modules.state import zero_row
 
-from ..errors import EngineFull, ModelFilesError
+from ..errors import EngineFull, ModelFilesError, PromptError
 from ..model.config import LMConfig
-from ..model.generator import depth_step, new_generator_state, new_scratch, temporal_step
+from ..model.generator import (
+    Forcing,
+    depth_step,
+    new_generator_state,
+    new_scratch,
+    persona_depth_step,
+    persona_temporal_step,
+    put_token_cache,
+    temporal_step,
+)
 from ..model.lm import MoshiLM, default_dtype
+from ..model.prompts import PromptConstants, PromptFrames, VoicePrompt, load_voice, prompt_frames, text_prompt_tokens
 from ..model.sampling import Sampling, SlotSampling
 from ..model.tokenizer import TextTokenizer
 from .checkpoints import ModelFiles, codec_config_for, lm_codec, lm_config_for, lm_tokenizer
@@ -74,11 +91,11 @@ class Engine:
         cfg = lm.config
         if lm.device != mimi.device:
             raise ValueError(f"the LM is on {lm.device} but the codec is on {mimi.device}")
-        needed = max(cfg.dep_q, cfg.user_codebooks)
+        needed = max(cfg.model_codebooks, cfg.user_codebooks)
         if needed > mimi.total_codebooks or mimi.cardinality != cfg.card:
             raise ValueError(f"the LM needs a codec with >= {needed} codebooks of {cfg.card} entries; this codec "
                              f"has {mimi.total_codebooks} of {mimi.cardinality}")
-        self.num_codebooks = needed  # as Kyutai's loader: max(dep_q, n_q - dep_q); the caller's codec is untouched
+        self.num_codebooks = needed  # as the makers' loaders: 8 for Moshi and PersonaPlex; the caller's codec is untouched
         self.lm, self.mimi, self.tokenizer = lm, mimi, tokenizer
         self.files: Optional[ModelFiles] = None  # the files it was loaded from (``from_files``), if any
         self.slots = slots
@@ -106,7 +123,17 @@ class Engine:
         with self._device_context():  # CUDA events belong to the engine's GPU
             self.timer = StageTimer(STAGES, self.device)
         # int64 [slots, 1 + dep_q] on the host: the tokens of the last step (text, then audio codes; -2: none).
-        self.last_tokens = torch.full((slots, 1 + cfg.dep_q), -2, dtype=torch.long)
+        self.last_tokens = torch.full((slots, 1 + cfg.model_codebooks), -2, dtype=torch.long)
+
+        # PersonaPlex system prompts: the per-slot forced inputs of this tick, the prompts being stepped ({slot:
+        # [frames, next index]}) and the states they end in, by content key (least recently used dropped first).
+        self.persona = cfg.personaplex
+        self.forcing = Forcing(lm, slots) if self.persona else None
+        self.prompt_user = torch.zeros(slots, cfg.user_codebooks, dtype=torch.long, device=self.device)
+        self.prompt_constants = PromptConstants()
+        self.prompt_states: "Dict[str, dict]" = {}
+        self.max_prompt_states = 8
+        self._prompts: Dict[int, list] = {}
 
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda" and not _graphs_disabled_by_env()
         self._graphs: Optional[dict] = None
@@ -169,9 +196,14 @@ class Engine:
     def free_slots(self) -> int:
         return self._in_use.count(False)
 
-    def open(self, sampling: Optional[SlotSampling] = None, **changes) -> int:
+    def open(self, sampling: Optional[SlotSampling] = None, prompt: Optional[PromptFrames] = None,
+             **changes) -> int:
         """Claim a free slot with a fresh state. ``sampling`` defaults to the engine's ``options.default``;
-        keyword arguments change single fields of it (``engine.open(temperature=0.6, seed=7)``)."""
+        keyword arguments change single fields of it (``engine.open(temperature=0.6, seed=7)``). ``prompt``
+        (PersonaPlex, ``system_prompt``): the slot starts in that persona, at once when its state is known
+        (``prompt_states``), else after stepping its frames, one per tick (``prompting``)."""
+        if prompt is not None and not self.persona:
+            raise PromptError("system prompts are PersonaPlex's: this engine's model is not")
         sampling = self.options.default if sampling is None else sampling
         _check_sampling_type(sampling)
         if changes:
@@ -184,7 +216,74 @@ class Engine:
         self.configure(slot, sampling)
         for state in (self.encoder_state, self.decoder_state, self.generator_state):
             zero_row(state, slot)  # only this slot's memory (a 7B slot's KV ring alone is ~1.6 GB)
+        self._prompts.pop(slot, None)
+        if prompt is not None:
+            if prompt.key in self.prompt_states:
+                self._put_prompt_state(slot, prompt.key)
+            else:
+                self._prompts[slot] = [prompt.to(self.device), 0]
         return slot
+
+    # ------------------------------------------------------------------------------------------ system prompts
+    def system_prompt(self, voice: Union[None, str, os.PathLike, VoicePrompt] = None, text: Optional[str] = None,
+                      constants: Optional[PromptConstants] = None) -> PromptFrames:
+        """The frames of a PersonaPlex system prompt, as NVIDIA's ``step_system_prompts`` steps them: ``voice`` an
+        audio file (normalised to -24 LUFS, encoded), NVIDIA's voice-embedding ``.pt``, or a ``VoicePrompt``;
+        ``text`` a role prompt (wrapped in ``<system>`` tags and tokenized as NVIDIA does). ``constants``: the
+        prompt-frame tokens (default ``self.prompt_constants``: NVIDIA's, for the real Mimi)."""
+        if not self.persona:
+            raise PromptError("system prompts are PersonaPlex's: this engine's model is not")
+        constants = constants or self.prompt_constants
+        if voice is not None and not isinstance(voice, VoicePrompt):
+            voice = load_voice(voice, self.mimi, self.lm.config.model_codebooks, constants)
+        if text and self.tokenizer is None:
+            raise PromptError("a text prompt needs the model's tokenizer")
+        tokens = text_prompt_tokens(self.tokenizer, text)
+        return prompt_frames(self.lm.config, voice, tokens, constants, self.lm.dtype)
+
+    def prompting(self, slot: int) -> int:
+        """How many system-prompt frames ``slot`` has left to step (0: it is talking)."""
+        self._check_slot(slot)
+        entry = self._prompts.get(slot)
+        return 0 if entry is None else len(entry[0]) - entry[1]
+
+    @torch.no_grad()
+    def prepare_prompt(self, prompt: PromptFrames) -> None:
+        """Step ``prompt`` now in a free slot, alone (the other slots sit the ticks out), and keep the state it
+        ends in, so sessions opened with it start at once. The same batched step as a prompt stepped among
+        talking slots, so the same state, bit for bit."""
+        if prompt.key in self.prompt_states:
+            return
+        slot = self.open(prompt=prompt)
+        try:
+            with self._device_context():
+                while self.prompting(slot):
+                    self._step({})
+        finally:
+            self.close(slot)
+
+    def _keep_prompt_state(self, slot: int, key: str) -> None:
+        """The LM state of ``slot`` after its prompt: every row tensor, but only the ring slots written so far."""
+        state = self.generator_state
+        written = int(state["offset"][slot])
+        kept = {name: state[name][slot].clone() for name in ("cache", "provided", "offset")}
+        kept["layers"] = {i: {kv: ring[slot, :, :min(written, ring.shape[2] - 1)].clone() for kv, ring in
+                              layer.items()} for i, layer in state["layers"].items()}
+        self.prompt_states.pop(key, None)
+        self.prompt_states[key] = kept
+        while len(self.prompt_states) > self.max_prompt_states:
+            self.prompt_states.pop(next(iter(self.prompt_states)))
+
+    @torch.no_grad()
+    def _put_prompt_state(self, slot: int, key: str) -> None:
+        kept = self.prompt_states.pop(key)
+        self.prompt_states[key] = kept  # most recently used last
+        state = self.generator_state
+        for name in ("cache", "provided", "offset"):
+            state[name][slot].copy_(kept[name])
+        for i, layer in kept["layers"].items():
+            for kv, ring in layer.items():
+                state["layers"][i][kv][slot, :, :ring.shape[1]].copy_(ring)
 
     def configure(self, slot: int, sampling: SlotSampling) -> None:
         """Set an open slot's sampling (top-k capped by the engine's ``*_top_k_max``; seed None: a random one)."""
@@ -197,6 +296,7 @@ class Engine:
     def close(self, slot: int) -> None:
         self._check_slot(slot)
         self._in_use[slot] = False
+        self._prompts.pop(slot, None)
 
     def _check_slot(self, slot) -> None:
         if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < self.slots:
@@ -208,19 +308,28 @@ class Engine:
     def _stage_encode(self) -> torch.Tensor:
         # A session's first frame is not encoded (Kyutai's server resets the encoder after it): its codes are
         # never read by the LM, which starts from initial tokens.
-        encode = self.active & (self.generator_state["offset"] != 0)
+        if self.persona:  # NVIDIA's server encodes every frame; a prompting slot has none
+            encode = self.active & ~self.forcing.rows
+        else:
+            encode = self.active & (self.generator_state["offset"] != 0)
         return self.mimi.encode_step(self.pcm_in, self.encoder_state, encode, self.num_codebooks)[..., 0]
 
     def _stage_temporal(self, user_codes: torch.Tensor) -> tuple:
+        if self.persona:
+            user_codes = torch.where(self.forcing.rows[:, None], self.prompt_user, user_codes)
+            return persona_temporal_step(self.lm, self.generator_state, user_codes, self.active, self.forcing)
         return temporal_step(self.lm, self.generator_state, user_codes, self.active)
 
     def _stage_depth(self, transformer_out: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
-        return depth_step(self.lm, self.generator_state, self.scratch, transformer_out, text_logits, self.sampling,
+        step = persona_depth_step if self.persona else depth_step
+        return step(self.lm, self.generator_state, self.scratch, transformer_out, text_logits, self.sampling,
                           self.active)
 
     def _stage_decode(self, tokens: torch.Tensor) -> torch.Tensor:
         produced = self.active & (tokens[:, 1] >= 0)
-        audio = self.mimi.decode_step(tokens[:, 1:, None].clamp(min=0), self.decoder_state, produced)
+        if self.persona:  # NVIDIA decodes nothing of the prompt frames
+            produced = produced & ~self.forcing.rows
+        audio = self.mimi.decode_step(tokens[:, 1:, None].clamp(0, self.mimi.cardinality - 1), self.decoder_state, produced)
         return torch.where(produced[:, None, None], audio, torch.zeros((), device=audio.device))
 
     def _run_eager(self, timed: bool) -> tuple:
@@ -299,6 +408,9 @@ class Engine:
         checked = {}
         for slot, frame in frames.items():
             self._check_slot(slot)
+            if slot in self._prompts:
+                raise ValueError(f"slot {slot} is still stepping its system prompt ({self.prompting(slot)} frames "
+                                 "left): it takes no audio yet")
             checked[slot] = self._check_frame(slot, frame)
         with self._device_context():
             return self._step(checked)
@@ -309,16 +421,45 @@ class Engine:
         for slot, frame in checked.items():
             self._pcm_host[slot, 0] = frame
             self._active_host[slot] = True
+        if self.persona:
+            self._load_prompt_frames()
         self.pcm_in.copy_(self._pcm_host, non_blocking=True)
         self.active.copy_(self._active_host, non_blocking=True)
         self.timer.mark()
         audio, tokens = self._run(timed=True)
         audio_host = audio.to("cpu")
         self.last_tokens = tokens.to("cpu")
+        if self._prompts:
+            self._advance_prompts()
         self.timer.mark()
         self.timer.finish()
         return {slot: (audio_host[slot, 0].numpy().copy(), self.text_piece(int(self.last_tokens[slot, 0])))
                 for slot in checked}
+
+    def _load_prompt_frames(self) -> None:
+        """This tick's frame of every prompting slot into the fixed forcing buffers (only their rows)."""
+        forcing = self.forcing
+        forcing.clear()
+        for slot, (frames, index) in self._prompts.items():
+            forcing.rows[slot] = True
+            forcing.model[slot] = frames.model[index]
+            forcing.use_embedding[slot] = frames.use_embedding[index]
+            forcing.embedding[slot] = frames.embedding[index]
+            self.prompt_user[slot] = frames.user[index]
+            self._active_host[slot] = True
+
+    def _advance_prompts(self) -> None:
+        for slot in list(self._prompts):
+            entry = self._prompts[slot]
+            frames = entry[0]
+            entry[1] += 1
+            if frames.cache is not None and entry[1] == frames.cache_after:
+                rows = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
+                rows[slot] = True
+                put_token_cache(self.generator_state, frames.cache, rows)
+            if entry[1] == len(frames):
+                del self._prompts[slot]
+                self._keep_prompt_state(slot, frames.key)
 
     def text_piece(self, token: int) -> Optional[str]:
         """What to display for a text token: the tokenizer's piece, or None (nothing, or no tokenizer)."""

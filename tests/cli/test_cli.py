@@ -227,7 +227,7 @@ def test_bench_lm_reports_json(tmp_path, capsys):
 
 def test_bench_lm_unknown_preset(capsys):
     assert main(["bench", "lm", "--config", "huge", "--frames", "1"]) == 2
-    assert "LM config not found: huge (neither a file nor a preset: moshi_7b, small, default)" in capsys.readouterr().err
+    assert "LM config not found: huge (neither a file nor a preset: moshi_7b, personaplex_7b, small, default)" in capsys.readouterr().err
     assert main(["bench", "latency", "--model", "huge", "--frames", "1"]) == 2
     assert "unknown --model 'huge': default, default-official-codec" in capsys.readouterr().err
 

@@ -189,7 +189,7 @@ def test_a_checkpoint_given_as_config_is_not_read_whole(bad, tmp_path, capsys):
 
 def test_an_lm_config_name_that_is_neither_file_nor_preset(bad, tmp_path, capsys):
     line = one_error_line(capsys, command("serve", tmp_path) + MODEL_OPTIONS["--lm-config"][0]("moshi7b"), [])
-    assert "LM config not found: moshi7b (neither a file nor a preset: moshi_7b, small, default)" in line
+    assert "LM config not found: moshi7b (neither a file nor a preset: moshi_7b, personaplex_7b, small, default)" in line
 
 
 # ------------------------------------------------------------------------------------------- config values
