@@ -35,7 +35,8 @@ from ..serving.client import chat_url, converse
 from ..serving.protocol import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
 
 FORMATS = ("mixed", "opus", "pcm16")
-COUNTERS = ("frames_in", "steps", "underruns", "dropped_in", "dropped_out", "bad_messages")
+COUNTERS = ("frames_in", "steps", "underruns", "dropped_in", "dropped_out", "bad_messages", "drained_in",
+            "late_input")
 
 
 def client_signal(index: int, seconds: float) -> np.ndarray:
@@ -94,7 +95,9 @@ def fetch_stats(url: str, token: Optional[str] = None, timeout: float = 10.0) ->
 
 
 def _server_report(before: dict, after: dict) -> dict:
-    totals = {name: after["totals"][name] - before["totals"][name] for name in COUNTERS}
+    # A counter a server does not have (an older build, measured side by side) is None.
+    totals = {name: after["totals"][name] - before["totals"][name] if name in after["totals"] else None
+              for name in COUNTERS}
     return {"slots": after["slots"], "ticks": after["ticks"] - before["ticks"],
             "late_ticks": after["deadline_misses"] - before["deadline_misses"],
             "step_ms": {"p50": after["step_ms_p50"], "p99": after["step_ms_p99"]},
@@ -292,6 +295,9 @@ def format_report(report: dict) -> str:
     rows.append(f"server: {s['ticks']} ticks, {s['late_ticks']} late (step past its 80 ms deadline), {step_text}; "
                 f"dropped {s['dropped_in']} input frames (a client too fast, or the server behind) and "
                 f"{s['dropped_out']} replies (a client too slow); {s['underruns']} underruns (no input in time: "
-                f"silence used); {s['sessions_after']} sessions left open")
+                f"silence used); {s['sessions_after']} sessions left open"
+                + ("" if s.get("late_input") is None else
+                   f"; the user heard more than 2 frames late at {s['late_input']} of {s['steps']} steps, "
+                   f"{s['drained_in']} input frames drained"))
     rows.append(verdict(report))
     return "\n".join(rows)

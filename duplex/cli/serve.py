@@ -60,6 +60,7 @@ def run_serve(args) -> int:
                  "see README, \"The default model\")")
     options = options_from_args(ServerOptions, args)
     options.model_name = engine.files.name
+    options.front = True  # requests without a token never take the GIL from the frame clock (serving/front.py)
     # A raised rate keeps bursts of ten seconds' worth (a proxy's users reconnecting at once after a network blip).
     if options.upgrades_per_peer > ServerOptions.upgrades_per_peer:
         options.upgrades_peer_burst = max(options.upgrades_peer_burst, 10 * options.upgrades_per_peer)

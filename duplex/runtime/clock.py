@@ -7,10 +7,14 @@ a stop event's timed wait) only wait for what it says, and count in ``ClockStats
 
 The rule: tick k is due one period after tick k-1 was due, and its work must end one period after it was due. A
 tick whose work ends after that deadline is a miss, and what to do then is one policy, ``FrameSchedule.behind``:
-today the schedule is re-anchored at the moment the late work ended, so the next tick starts at once but the
-ticks after it are spaced by the period again, and a stall never turns into a burst of catch-up steps. While idle
-(no one is owed a reply) a late tick is no miss, but a schedule more than a period old is dropped, so the first
-tick after an idle stretch does not start behind.
+a miss of at most ``catch_up`` periods keeps the schedule, so the next ticks run back to back until they are on
+it again (a slow step costs no tick: the clients' frames are all heard and all their replies made); a longer one
+(a stall: a paused process, a machine out of CPU for seconds) re-anchors the schedule at the moment the late work
+ended, so the next tick starts at once but the ticks after it are spaced by the period again, and a stall never
+turns into a burst of steps on stale input. ``catch_up`` is 0 (always re-anchor) unless the caller sets it; the
+server's is ``ServerOptions.catch_up_frames`` (docs/serving.md says why). While idle (no one is owed a reply) a
+late tick is no miss, but a schedule more than a period old is dropped, so the first tick after an idle stretch
+does not start behind.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ class FrameSchedule:
 
     period: float
     due: Optional[float] = None  # the next tick's due time; None until the first ``wait``
+    catch_up: float = 0.0  # periods of lateness made up by ticks back to back; later than that, re-anchored
 
     def __post_init__(self):
         if not self.period > 0:
             raise ValueError(f"the frame period must be positive, got {self.period}")
+        if not self.catch_up >= 0:
+            raise ValueError(f"catch_up must be at least 0 periods, got {self.catch_up}")
 
     def wait(self, now: float) -> float:
         """Seconds to wait from ``now`` until the next tick is due (0: due already). The first call starts the
@@ -61,8 +68,10 @@ class FrameSchedule:
 
     def behind(self, end: float, deadline: float) -> float:
         """The catch-up policy: when the next tick is due after one that ended at ``end``, past its ``deadline``.
-        Re-anchor at ``end``: the next tick at once, then the period again (no burst of catch-up steps)."""
-        return end
+        At most ``catch_up`` periods late: at its deadline, as if on time (it starts at once, and the ticks after
+        it too until the schedule is met). Later: re-anchor at ``end`` (the next tick at once, then the period
+        again; the lost ticks are not made up)."""
+        return deadline if end - deadline <= self.catch_up * self.period else end
 
 
 @dataclass

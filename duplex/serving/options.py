@@ -29,6 +29,9 @@ class ServerOptions:
     # client clock that runs fast costs the user's latency for at most about a window, not for the rest of the call.
     input_target_frames: int = 2  # 160 ms: the jitter the network and the client's own clock add
     input_drain_ticks: int = 25  # 2 s: the window over which the depth must stay above the target
+    # A tick late by at most this many periods is made up by ticks back to back (its clients' frames are all heard,
+    # all their replies made); a later one (a stall) is not: the schedule starts again from then (runtime/clock.py).
+    catch_up_frames: float = 3.0
     output_queue_messages: int = 64  # ~2.5 s of replies at most; older messages are dropped
     # A client that falls behind gets no audio older than this (s) when it reads again: older replies are dropped
     # from its outbox (text is kept), and what sits below the outbox is bounded by send_buffer_frames.

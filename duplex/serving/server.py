@@ -139,7 +139,8 @@ class VoiceServer:
         period = self.engine.frame_size / self.engine.sample_rate
         self._ticker = Ticker(self.engine, lambda: self._live, lambda: loop.call_soon_threadsafe(self._take_replies),
                               self.clock, self._engine_lock,
-                              max_pending=math.ceil(self.options.reply_max_age / period) + 1, period=period)
+                              max_pending=math.ceil(self.options.reply_max_age / period) + 1, period=period,
+                              catch_up=self.options.catch_up_frames)
         self._ticker.start()
         self._previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._loop_exception)
@@ -182,6 +183,24 @@ class VoiceServer:
                 raise OSError(said["errno"], said["error"])
             raise RuntimeError(f"the server's front process failed: {said['error']}")
         self._front["port"] = said["port"]
+        self._front["watch"] = asyncio.create_task(self._watch_front())
+
+    async def _watch_front(self) -> None:
+        """Log what the front counts, as this process logs its own: the 1st, 10th, 100th time, then every 1000th
+        (read once a second: a file read, nothing the clock notices)."""
+        said = dict.fromkeys(front_module.COUNTERS, 0)
+        lines = {"rate_limited": ("%d requests refused as too many (HTTP 429)", log.info),
+                 "heads_dropped": ("%d connections that sent no request dropped to make room for new ones",
+                                   log.warning),
+                 "accept_errors": ("cannot accept new connections (%d times so far): the open-files limit or "
+                                   "memory is exhausted", log.error)}
+        while True:
+            await asyncio.sleep(1.0)
+            counts = self._front_counts()
+            for name, (text, say) in lines.items():
+                if any(worth_logging(n) for n in range(said[name] + 1, min(counts[name], said[name] + 2000) + 1)):
+                    say(text, counts[name])
+            said = counts
 
     def _stop_front(self) -> None:
         """Tell the front to close its connections and end (its stdin closes); wait for it a little, then kill
@@ -189,6 +208,8 @@ class VoiceServer:
         front = self._front
         if front is None:
             return
+        if front.get("watch") is not None:
+            front["watch"].cancel()
         process = front["process"]
         with contextlib.suppress(OSError):
             process.stdin.close()
@@ -232,11 +253,15 @@ class VoiceServer:
 
     def summary(self) -> str:
         """The counters an operator wants in the log when the server stops (those of /api/stats, added up)."""
-        totals = self.stats()["totals"]
+        stats = self.stats()
+        totals = stats["totals"]
         return (f"{self.served} session{'s' if self.served != 1 else ''} served ({self.connections} connections, "
                 f"{self.refused} refused), {self.clock.ticks} ticks, {self.clock.misses} late; frames dropped "
-                f"{totals['dropped_in']} in and {totals['dropped_out']} out, {totals['underruns']} underruns, "
-                f"{totals['bad_messages']} bad messages")
+                f"{totals['dropped_in']} in ({totals['drained_in']} drained to hold the input near its target) and "
+                f"{totals['dropped_out']} out ({totals['stale_audio_dropped']} too old), {totals['underruns']} "
+                f"underruns, {totals['late_input']} frames heard late, {totals['bad_messages']} bad messages; "
+                f"{stats['rate_limited']} requests refused as too many, {stats['over_capacity']} connections over "
+                f"capacity")
 
     async def drain(self, timeout: float, why: str = "stopping") -> None:
         """Stop admitting (upgrades get HTTP 503, /health says "draining"), send waiting clients away, tell live
@@ -431,6 +456,7 @@ class VoiceServer:
                 "rate_limited": self.rate_limited + front["rate_limited"],
                 "over_capacity": self.over_capacity, "accept_errors": self.accept_errors + front["accept_errors"],
                 "front": front if self._front is not None else None,
+                "admission": dataclasses.asdict(self.admission.counts),
                 "ticks": self.clock.ticks,
                 "deadline_misses": self.clock.misses,
                 "step_ms_p50": self.clock.work_percentile(50), "step_ms_p99": self.clock.work_percentile(99),

@@ -53,6 +53,9 @@ class SessionStats:
     frames_in: int = 0
     steps: int = 0
     underruns: int = 0  # ticks with no received frame (silence was used)
+    # ticks whose frame had waited more than input_target_frames periods in the input buffer (frames that arrived
+    # after it were waiting too): the user was heard that much later than the target
+    late_input: int = 0
     dropped_in: int = 0  # received frames dropped: the client sent faster than real time, or the server fell behind
     drained_in: int = 0  # of those, dropped because the input backlog stayed above its target (next_frame)
     dropped_out: int = 0  # replies dropped because the client did not read them (a full outbox, or too old)
@@ -204,6 +207,8 @@ class Session:
         with self._frames_lock:
             drained = self._hold_depth()
             frame = self.frames.popleft() if self.frames else None
+            if len(self.frames) > self.limits.input_target_frames:
+                self.stats.late_input += 1
         if drained:
             self._log_drained(drained)
         if frame is not None:

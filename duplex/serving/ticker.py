@@ -36,11 +36,13 @@ class Ticker:
     ``loop.call_soon_threadsafe``) when replies wait in ``take()``."""
 
     def __init__(self, engine, live: Callable[[], Sequence], hand_off: Callable[[], None], clock: ClockStats,
-                 engine_lock: threading.Lock, max_pending: int, period: Optional[float] = None):
+                 engine_lock: threading.Lock, max_pending: int, period: Optional[float] = None,
+                 catch_up: float = 0.0):
         self.engine, self._live, self._hand_off = engine, live, hand_off
         self.clock, self.engine_lock = clock, engine_lock
         self.period = period if period is not None else engine.frame_size / engine.sample_rate
         self.max_pending = max(1, max_pending)
+        self.catch_up = catch_up  # FrameSchedule.catch_up: periods of lateness made up by ticks back to back
         self._pending: collections.deque = collections.deque()  # (stamp, sessions, outputs), oldest first
         self._expired: Dict[object, int] = {}  # session: its replies not handed over (the loop fell behind)
         self._lock = threading.Lock()  # _pending, _expired, _scheduled
@@ -65,7 +67,7 @@ class Ticker:
 
     # -------------------------------------------------------------------------------------- the clock thread
     def _run(self) -> None:
-        schedule = FrameSchedule(self.period)
+        schedule = FrameSchedule(self.period, catch_up=self.catch_up)
         now = time.monotonic
         while not self._stopping.is_set():
             delay = schedule.wait(now())

@@ -9,9 +9,9 @@ from duplex.runtime.clock import ClockStats, FrameClock, FrameSchedule, run_engi
 from duplex.runtime.realtime import freeze_startup_objects
 
 
-def run_schedule(work, idle=False, period=0.08):
+def run_schedule(work, idle=False, period=0.08, catch_up=0.0):
     """Tick a FrameSchedule on a fake clock that waits exactly as told: (start times, lateness of each tick)."""
-    schedule, t, starts, lateness = FrameSchedule(period), 0.0, [], []
+    schedule, t, starts, lateness = FrameSchedule(period, catch_up=catch_up), 0.0, [], []
     for w in work:
         t += schedule.wait(t)
         starts.append(round(t, 6))
@@ -40,6 +40,29 @@ def test_a_late_tick_reports_its_lateness_and_re_anchors():
     starts, lateness = run_schedule([0.03, 0.5, 0.03, 0.03])
     assert lateness == [0.0, 0.42, 0.0, 0.0]  # tick 1 was due at 0.08 with its deadline at 0.16, ended at 0.58
     assert starts == [0.0, 0.08, 0.58, 0.66]
+
+
+def test_a_tick_late_by_less_than_the_catch_up_limit_is_made_up_by_ticks_back_to_back():
+    """Lost time within ``catch_up`` periods is won back: the ticks after a slow one start at once until they are
+    on the schedule again, and then keep it (no tick lost: every frame heard, every reply made)."""
+    starts, lateness = run_schedule([0.03, 0.2, 0.03, 0.03, 0.03, 0.03], catch_up=3)
+    # tick 1 (deadline 0.16) ended at 0.28; ticks 2 (due 0.16) and 3 (due 0.24) start at once, one after the
+    # other, and end after their own deadlines too (0.24, 0.32): late, but not lost; tick 4 is on time again
+    assert lateness == [0.0, 0.12, 0.07, 0.02, 0.0, 0.0]
+    assert starts == [0.0, 0.08, 0.28, 0.31, 0.34, 0.4]
+
+
+def test_a_stall_past_the_catch_up_limit_re_anchors_rather_than_bursting():
+    """A stall longer than the limit (a paused process) is not made up: steps on seconds-old input would make
+    replies nobody waits for any more. The schedule starts again from the end of the stall."""
+    starts, lateness = run_schedule([0.03, 5.0, 0.03, 0.03], catch_up=3)
+    assert lateness == [0.0, 4.92, 0.0, 0.0]
+    assert starts == [0.0, 0.08, 5.08, 5.16]
+
+
+def test_catch_up_must_not_be_negative():
+    with pytest.raises(ValueError):
+        FrameSchedule(0.08, catch_up=-1)
 
 
 def test_idle_ticks_are_never_late_and_drop_a_schedule_from_long_ago():

@@ -69,3 +69,16 @@ def test_a_burst_that_drains_by_itself_loses_nothing():
         session.next_frame()
     assert session.stats.drained_in == 0 and session.stats.dropped_in == 0
     assert heard == sent
+
+
+def test_a_frame_heard_later_than_the_target_is_counted():
+    """``late_input``: ticks whose frame had waited behind more than the target depth (the user heard more than
+    that many frames late); what a soak reads to say whether input latency stayed within its target."""
+    session = raw_session(input_target_frames=2)
+    send(session, 4, 0)
+    session.next_frame()  # 3 frames arrived after it: heard 3 frames late
+    session.next_frame()  # 2: within the target
+    assert session.stats.late_input == 1
+    send(session, 1, 4)
+    session.next_frame()
+    assert session.stats.late_input == 1
