@@ -15,6 +15,7 @@ from ..bench.codec import codec_to_time
 from ..bench.serve import bench_serve, format_report
 from ..errors import UsageError
 from ..runtime.checkpoints import codec_files
+from ..serving.options import default_engine_threads, usable_cpu_cores
 from . import turns
 from .codec import config_hint
 from .common import (
@@ -136,8 +137,7 @@ def run_bench_serve(args) -> int:
         print(f"duplex bench serve: {text}", file=sys.stderr)
 
     try:  # a server started here logs errors only meanwhile (bench.serve.serve_here)
-        if args.threads and not args.url:
-            torch.set_num_threads(args.threads)
+        _server_threads(args)
         engine = None if args.url else build_engine(args, args.slots or needed)
         if args.fuzz:
             report = fuzz.fuzz_server(engine, args.url, messages=args.fuzz, seed=args.seed, token=args.token,
@@ -155,6 +155,15 @@ def run_bench_serve(args) -> int:
     return 1 if any("exception" in c for c in report["clients"]) else 0
 
 
+def _server_threads(args) -> None:
+    """The engine threads of a server started here: --threads, else what duplex serve would use."""
+    if args.url:
+        return
+    threads = args.threads or default_engine_threads(pick_device(args.device).type, usable_cpu_cores())
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def _run_flood(args) -> int:
     if args.url and (args.lm or args.mimi or args.slots):
         raise UsageError("--url loads a running server: the model and --slots options are for one started here")
@@ -163,8 +172,7 @@ def _run_flood(args) -> int:
         print(f"duplex bench serve: {text}", file=sys.stderr)
 
     try:
-        if args.threads and not args.url:
-            torch.set_num_threads(args.threads)
+        _server_threads(args)
         engine = None if args.url else build_engine(args, args.slots or 1)
         report = flood.flood_server(engine, args.url, kind=args.flood, peers=args.flood_peers or 1,
                                     seconds=args.seconds, token=args.token, nice=args.client_nice,
@@ -187,8 +195,7 @@ def _run_soak(args) -> int:
         print(f"duplex bench serve: {text}", file=sys.stderr)
 
     try:
-        if args.threads and not args.url:
-            torch.set_num_threads(args.threads)
+        _server_threads(args)
         engine = None if args.url else build_engine(args, args.slots or args.clients)
         report = flood.soak_server(engine, args.url, clients=args.clients, minutes=args.soak, formats=args.formats,
                                    nice=args.client_nice, token=args.token, progress=progress)
@@ -255,7 +262,8 @@ def register(commands) -> None:
     p.add_argument("--token", help="the server's token, if it requires one")
     p.add_argument("--slots", type=positive, help="slots of the server started here (default: --clients)")
     p.add_argument("--threads", type=non_negative, default=0,
-                   help="CPU threads of the server started here (default: torch's choice)")
+                   help="CPU threads of the server started here (default: as duplex serve, all cores but one on "
+                        "the CPU)")
     p.add_argument("--client-nice", type=int_in(0, 19, "a niceness 0-19"), default=10,
                    help="niceness of the client processes: real clients run elsewhere, so on the server's machine "
                         "they yield the CPU to it (0: equal terms)")

@@ -13,7 +13,14 @@ import torch
 from ..errors import UsageError
 from ..runtime.realtime import freeze_startup_objects
 from ..serving.limits import raise_open_file_limit
-from ..serving.options import ServerOptions, check_port_free, default_slots, tls_context, usable_cpu_cores
+from ..serving.options import (
+    ServerOptions,
+    check_port_free,
+    default_engine_threads,
+    default_slots,
+    tls_context,
+    usable_cpu_cores,
+)
 from ..serving.server import VoiceServer
 from .common import (
     add_model_options,
@@ -50,6 +57,11 @@ def run_serve(args) -> int:
         args.slots = default_slots(pick_device(args.device).type, usable_cpu_cores())
         print(f"duplex: {args.slots} slot{'s' if args.slots != 1 else ''} (default for this machine; --slots to "
               "change)", file=sys.stderr)
+    if not args.threads:
+        args.threads = default_engine_threads(pick_device(args.device).type, usable_cpu_cores())
+        if args.threads:
+            print(f"duplex: {args.threads} engine thread{'s' if args.threads != 1 else ''} (default for this "
+                  "machine: a core is left to the network; --threads to change)", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -115,8 +127,8 @@ def register(commands) -> None:
     p.add_argument("--max-message-bytes", type=int_in(1024, None, "a size in bytes >= 1024"),
                    default=ServerOptions.max_message_bytes, help="larger messages close the connection")
     p.add_argument("--threads", type=non_negative, default=0,
-                   help="CPU threads for the engine (default: torch's choice; with many sessions on few cores, "
-                        "fewer threads leave a core to networking)")
+                   help="CPU threads for the engine (default on the CPU: all cores but one, which is left to the "
+                        "network; on CUDA: torch's choice)")
     p.add_argument("--max-waiting", type=non_negative, default=ServerOptions.max_waiting,
                    help="clients that may wait for a free slot when all are taken (default 0: refuse at once)")
     p.add_argument("--drain", type=float_above(0.0, True, "a number of seconds >= 0"), default=ServerOptions.drain,

@@ -62,7 +62,6 @@ UPGRADE_TIMEOUT = 10.0
 ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 STATS_MAX_AGE = 0.25  # seconds: /api/stats is computed at most four times a second, whoever asks (_stats_json)
 FRONT_START_TIMEOUT = 60.0  # seconds for the front process to listen (a spawned interpreter: well under 1 s)
-FRONT_NICE = 0  # added to the front's niceness
 
 
 def _read_line(stream, timeout: float) -> str:
@@ -109,7 +108,8 @@ class VoiceServer:
         self._engine_lock = threading.Lock()  # the clock's step, and opening and closing slots (_engine)
         self._server = None
         self._ticker: Optional[Ticker] = None
-        self._front = None  # (process, control pipe, shared counters, socket path, port) with options.front
+        self._front = None  # {process, path (the Unix socket), port, watch (task)} with options.front
+        self._front_final: Optional[Dict[str, int]] = None  # its counters as it stopped
         self._page = resources.files("duplex.serving").joinpath("web/index.html").read_text(encoding="utf-8")
 
     async def _engine(self, fn, *args, **kwargs):
@@ -163,7 +163,7 @@ class VoiceServer:
         o = self.options
         rates = {"http": (o.http_per_peer, o.http_peer_burst, o.http_total, o.http_total_burst),
                  "upgrades": (o.upgrades_per_peer, o.upgrades_peer_burst, o.upgrades_total, o.upgrades_total_burst)}
-        settings = front_module.FrontSettings(o.host, o.port, path, rates, o.ssl_cert, o.ssl_key, nice=FRONT_NICE)
+        settings = front_module.FrontSettings(o.host, o.port, path, rates, o.ssl_cert, o.ssl_key, nice=o.front_nice)
         env = dict(os.environ)  # this duplex, wherever it was imported from (a checkout on sys.path, say)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(front_module.__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -219,6 +219,7 @@ class VoiceServer:
             process.kill()
             process.wait(1.0)
         process.stdout.close()
+        self._front_final = front_module.read_counters(front["path"])  # for the stop line, after the folder goes
         folder = os.path.dirname(front["path"])
         for name in os.listdir(folder) if os.path.isdir(folder) else []:
             with contextlib.suppress(OSError):
@@ -229,8 +230,11 @@ class VoiceServer:
     def _front_counts(self) -> Dict[str, int]:
         if self._front is None:
             return dict.fromkeys(front_module.COUNTERS, 0)
+        if self._front_final is not None:
+            return self._front_final
         return front_module.read_counters(self._front["path"])
 
+    @property
     def page_url(self) -> str:
         """The browser page's address (with the token, if one is required)."""
         return page_url("https" if self.options.ssl_cert else "http", self.options.host, self.port, self.options.token)
