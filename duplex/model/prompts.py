@@ -61,6 +61,31 @@ class PromptConstants:
             raise PromptError("prompt constants: zero_text_code must be a text token and silence_frames >= 0")
 
 
+NVIDIA_SINE_HZ, NVIDIA_SINE_AMPLITUDE = 440.0, 0.5  # NVIDIA's ``create_sinewave``: one frame, phase 0
+
+
+def codec_prompt_constants(mimi, num_codebooks: int = 8, frames: int = 25) -> PromptConstants:
+    """PromptConstants for a model on another codec than the real Mimi (duplex's default model): the codes that
+    codec gives NVIDIA's two prompt frames, as NVIDIA's constants are Mimi's codes of them: an all-zero frame
+    ("silence") and one frame of a 440 Hz sine of amplitude 0.5 from phase 0 ("sine"). Each frame is fed
+    ``frames`` times (2 s) to a fresh streaming encoder, as a prompt feeds it frame after frame; per codebook the
+    code seen most often in the second half is taken (the smallest on a tie): the fine codebooks of silence
+    quantize a residual of almost nothing and wander from frame to frame, so no single frame stands for it.
+    Deterministic: a function of the codec's weights."""
+    size = mimi.frame_size
+    t = np.arange(size, dtype=np.float64) / mimi.sample_rate
+    sine = (NVIDIA_SINE_AMPLITUDE * np.sin(2 * np.pi * NVIDIA_SINE_HZ * t)).astype(np.float32)
+    found = []
+    for frame in (np.zeros(size, dtype=np.float32), sine):
+        state = mimi.new_encoder_state(1)
+        audio = torch.from_numpy(frame).to(mimi.device).view(1, 1, -1)
+        with torch.no_grad():
+            codes = torch.cat([mimi.encode_step(audio, state, None, num_codebooks) for _ in range(frames)], dim=-1)
+        steady = codes[0, :, frames // 2:].long().cpu()  # [num_codebooks, frames - frames // 2]
+        found.append(tuple(int(torch.bincount(row).argmax()) for row in steady))
+    return PromptConstants(silence_tokens=found[0], sine_tokens=found[1])
+
+
 @dataclass(frozen=True)
 class VoicePrompt:
     """A voice prompt: the codes of a recording (``codes`` int64 [8, N]), or NVIDIA's replayable form (``embeddings``
@@ -240,9 +265,6 @@ def prompt_frames(cfg, voice: Optional[VoicePrompt] = None, text_tokens: Sequenc
                   ) -> PromptFrames:
     """The frames of NVIDIA's ``step_system_prompts`` for model config ``cfg`` (module docstring). ``text_tokens``:
     the role prompt's ids (``text_prompt_tokens``); empty for none."""
-    if not cfg.personaplex:
-        raise PromptError("system prompts are PersonaPlex's: this model is not (its depth transformer does not "
-                          "predict the user's stream)")
     constants.check(cfg)
     m, u = cfg.model_codebooks, cfg.user_codebooks
     sine = torch.tensor(constants.sine_tokens, dtype=torch.long)[:u]
@@ -286,8 +308,28 @@ def prompt_frames(cfg, voice: Optional[VoicePrompt] = None, text_tokens: Sequenc
     n = len(user)
     use = torch.tensor([e is not None for e in embeds], dtype=torch.bool)
     embedding = torch.stack([torch.zeros(cfg.dim) if e is None else e.float() for e in embeds]).to(dtype)
-    h = hashlib.sha256(repr((constants, tuple(int(t) for t in text_tokens), cfg.dim, cfg.card)).encode())
+    h = hashlib.sha256(repr((constants, tuple(int(t) for t in text_tokens), cfg.dim, cfg.card,
+                             cfg.personaplex)).encode())
     if voice is not None:
         voice.digest(h)
-    return PromptFrames(torch.stack(user), torch.stack(model), use, embedding.reshape(n, cfg.dim), cache,
-                        cache_after, h.hexdigest(), tuple(int(t) for t in text_tokens), voice_frames)
+    frames = PromptFrames(torch.stack(user), torch.stack(model), use, embedding.reshape(n, cfg.dim), cache,
+                          cache_after, h.hexdigest(), tuple(int(t) for t in text_tokens), voice_frames)
+    return frames if cfg.personaplex else kyutai_steps(frames, cfg.delays[:1 + cfg.dep_q])
+
+
+def kyutai_steps(frames: PromptFrames, delays: Sequence[int]) -> PromptFrames:
+    """NVIDIA's prompt frames re-timed for a Moshi-style model (Kyutai's step; duplex's extension, docs/offline.md).
+
+    PersonaPlex's call ``i`` writes frame ``i`` at ``i + delay`` and (from ``i = 1``) runs the model on column
+    ``i - 1`` with column ``i`` as its target; Kyutai's step ``s`` writes the user's codes at ``s + delay`` and runs
+    on column ``s`` with target ``s + 1``. So step ``s`` is call ``s + 1``: it takes user frame ``s``, forces model
+    stream ``k`` of the target to frame ``s + 1 - delay[k]``'s value, and takes the input embedding of frame
+    ``s + 1``. N frames become N - 1 steps (call 0 runs nothing, in both)."""
+    n = len(frames) - 1
+    if n < 1:
+        raise PromptError("a system prompt needs at least two frames")
+    index = torch.arange(n)[:, None] + 1 - torch.tensor(list(delays))[None, :]  # [n, 1 + dep_q]
+    model = frames.model.gather(0, index.clamp(min=0))
+    return PromptFrames(frames.user[:n].clone(), model, frames.use_embedding[1:].clone(),
+                        frames.embedding[1:].clone(), frames.cache, max(0, frames.cache_after - 1), frames.key,
+                        frames.text_tokens, max(0, frames.voice_frames - 1))
