@@ -385,6 +385,14 @@ def voice_embedding_file(lm, frames) -> tuple:
     saved = torch.full((cfg.num_streams, saved_columns), UNGENERATED_TOKEN, dtype=torch.long)
     for position in range(max(0, offset - min(columns, saved_columns) + 1), offset + 1):
         saved[:, position % saved_columns] = state["cache"][0, :, position % columns].cpu()
+    if not cfg.personaplex and count < len(frames):
+        # Kyutai's step writes a frame's inputs in its own step, NVIDIA's a step ahead, so NVIDIA's saved ring holds
+        # the last voice frame's inputs and ours does not yet: add what the next step writes (the user's codes at
+        # their delays, the forced target column), which the replay takes back from here (prompts.kyutai_steps).
+        first_user = 1 + cfg.dep_q
+        for k in range(first_user, cfg.num_streams):
+            saved[k, (offset + int(lm.delays[k])) % saved_columns] = int(frames.user[count, k - first_user])
+        saved[:first_user, (offset + 1) % saved_columns] = frames.model[count].cpu()
     if not embeddings:
         raise PromptError("a voice prompt needs at least two frames (0.16 s) to be saved as embeddings")
     return torch.stack(embeddings).cpu(), saved

@@ -35,7 +35,12 @@ from ..errors import PromptError
 
 NVIDIA_SILENCE_TOKENS = (948, 243, 1178, 546, 1736, 1030, 1978, 2008)
 NVIDIA_SINE_TOKENS = (430, 1268, 381, 1611, 1095, 1495, 56, 472)
+NVIDIA_CODEBOOK_SIZE = 2048  # the real Mimi's codebooks, which NVIDIA's token constants index
 SYSTEM_TAG = "<system>"
+# NVIDIA's assistant role: the default of its offline runner and web client, and the prompt its README gives for
+# Full-Duplex-Bench ("Use this prompt for the QA assistant focused 'User Interruption' evaluation category").
+NVIDIA_ASSISTANT_PROMPT = ("You are a wise and friendly teacher. Answer questions or provide advice in a clear and "
+                           "engaging way.")
 
 
 @dataclass(frozen=True)
@@ -314,7 +319,7 @@ def prompt_frames(cfg, voice: Optional[VoicePrompt] = None, text_tokens: Sequenc
         voice.digest(h)
     frames = PromptFrames(torch.stack(user), torch.stack(model), use, embedding.reshape(n, cfg.dim), cache,
                           cache_after, h.hexdigest(), tuple(int(t) for t in text_tokens), voice_frames)
-    return frames if cfg.personaplex else kyutai_steps(frames, cfg.delays[:1 + cfg.dep_q])
+    return frames if cfg.personaplex else kyutai_steps(frames, cfg.delays)
 
 
 def kyutai_steps(frames: PromptFrames, delays: Sequence[int]) -> PromptFrames:
@@ -324,12 +329,25 @@ def kyutai_steps(frames: PromptFrames, delays: Sequence[int]) -> PromptFrames:
     ``i - 1`` with column ``i`` as its target; Kyutai's step ``s`` writes the user's codes at ``s + delay`` and runs
     on column ``s`` with target ``s + 1``. So step ``s`` is call ``s + 1``: it takes user frame ``s``, forces model
     stream ``k`` of the target to frame ``s + 1 - delay[k]``'s value, and takes the input embedding of frame
-    ``s + 1``. N frames become N - 1 steps (call 0 runs nothing, in both)."""
+    ``s + 1``. N frames become N - 1 steps (call 0 runs nothing, in both). ``delays``: the model's, all streams.
+
+    A replayed voice (``cache``): NVIDIA's call writes its inputs before it runs, so its saved ring already holds
+    the last voice frame's; Kyutai's step after the ring is put in place writes them, so that step takes its user
+    codes and forced target from the saved ring (where ``voice_embedding_file`` records them for such a model)."""
     n = len(frames) - 1
     if n < 1:
         raise PromptError("a system prompt needs at least two frames")
-    index = torch.arange(n)[:, None] + 1 - torch.tensor(list(delays))[None, :]  # [n, 1 + dep_q]
+    m = frames.model.shape[1]
+    delays = torch.tensor(list(delays))
+    index = torch.arange(n)[:, None] + 1 - delays[None, :m]  # [n, 1 + dep_q]
     model = frames.model.gather(0, index.clamp(min=0))
-    return PromptFrames(frames.user[:n].clone(), model, frames.use_embedding[1:].clone(),
-                        frames.embedding[1:].clone(), frames.cache, max(0, frames.cache_after - 1), frames.key,
-                        frames.text_tokens, max(0, frames.voice_frames - 1))
+    user = frames.user[:n].clone()
+    cache_after = max(0, frames.cache_after - 1)
+    if frames.cache is not None and cache_after < n:
+        saved = frames.cache.long()
+        columns = saved.shape[-1]
+        at = (cache_after + delays[m:]) % columns
+        user[cache_after] = saved[m:].gather(1, at[:, None])[:, 0]
+        model[cache_after] = saved[:m, (cache_after + 1) % columns]
+    return PromptFrames(user, model, frames.use_embedding[1:].clone(), frames.embedding[1:].clone(), frames.cache,
+                        cache_after, frames.key, frames.text_tokens, max(0, frames.voice_frames - 1))

@@ -50,6 +50,7 @@ from ..model.generator import (
 )
 from ..model.lm import MoshiLM, default_dtype
 from ..model.prompts import (
+    NVIDIA_CODEBOOK_SIZE,
     PromptConstants,
     PromptFrames,
     VoicePrompt,
@@ -235,11 +236,12 @@ class Engine:
     # ------------------------------------------------------------------------------------------ system prompts
     @property
     def prompt_constants(self) -> PromptConstants:
-        """The prompt-frame tokens: NVIDIA's for PersonaPlex (codes of the real Mimi); for any other model the
-        codes its own codec gives silence and NVIDIA's sine frame (``prompts.codec_prompt_constants``, computed
+        """The prompt-frame tokens: NVIDIA's for PersonaPlex on Mimi's 2048-entry codebooks (codes of the real
+        Mimi); for any other model the codes its own codec gives silence and NVIDIA's sine frame (``prompts.codec_prompt_constants``, computed
         once), since NVIDIA's numbers mean nothing to another codec. Assignable (small test models)."""
         if self._prompt_constants is None:
-            self._prompt_constants = (PromptConstants() if self.persona
+            nvidia = self.persona and self.mimi.cardinality == NVIDIA_CODEBOOK_SIZE
+            self._prompt_constants = (PromptConstants() if nvidia
                                       else codec_prompt_constants(self.mimi, self.lm.config.model_codebooks))
         return self._prompt_constants
 
