@@ -194,14 +194,16 @@ class ModelFiles:
             lm_config = PERSONAPLEX_PRESET
         # NVIDIA's voices (voices.tgz), when the cache holds them: extracted once, beside the archive, as NVIDIA's
         # server does (never downloaded; a PersonaPlex repository without them is told when a voice is asked for).
+        # An archive that cannot be extracted stays in the list: the model still loads, and asking for a voice
+        # says why there is none (``voices.find_voice``).
         archive = _cached(hub, repo, VOICES_ARCHIVE, cache)
         voices = ()
         if archive is not None:
             try:
                 voices = (voice_folder(archive),)
             except PromptError as e:
-                raise ModelFilesError(f"{repo}: {e} (fetch it again with: hf download {repo} {VOICES_ARCHIVE})") \
-                    from None
+                log.warning("%s: %s", repo, e)
+                voices = (archive,)
         return cls(lm=found["lm"], lm_config=lm_config, mimi=found["mimi"], mimi_config=found.get("mimi_config"),
                    tokenizer=found["tokenizer"], source=repo, voice_prompts=voices)
 

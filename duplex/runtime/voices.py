@@ -110,6 +110,8 @@ def list_voices(folders: Iterable[PathLike]) -> List[str]:
     """The voice files in ``folders`` (names, sorted; ``.pt`` and audio files)."""
     names = set()
     for folder in folders:
+        if os.path.isfile(folder):  # an archive not extracted (find_voice says why)
+            folder = voice_folder(folder)
         if os.path.isdir(folder):
             names.update(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))
                          and not n.startswith("."))
@@ -123,6 +125,8 @@ def find_voice(name: PathLike, folders: Sequence[PathLike] = (), where: str = ""
     name = os.fspath(name)
     if os.path.isfile(name):
         return name
+    # An archive in the list is one that could not be extracted when the model was found: say why now.
+    folders = [voice_folder(f) if os.path.isfile(f) else f for f in map(os.fspath, folders)]
     plain = os.path.basename(name) == name and name not in ("", ".", "..")
     if plain:
         for folder in folders:

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 from helpers import fake_repo
 
-from duplex.errors import ModelFilesError, PromptError
+from duplex.errors import PromptError
 from duplex.runtime import voices
 from duplex.runtime.checkpoints import KYUTAI_NAMES, SHIPPED_VOICES, ModelFiles
 
@@ -61,14 +61,24 @@ def test_a_repository_without_its_voices_has_none_and_says_how_to_get_them(tmp_p
         voices.find_voice("NATF0.pt", files.voice_prompts)
 
 
+def test_a_broken_archive_leaves_the_model_loadable_and_is_told_when_a_voice_is_asked(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    snap = fake_repo(tmp_path, "nvidia/personaplex-7b-v1", {**KYUTAI_FILES, "voices.tgz": b"truncated"})
+    files = ModelFiles.from_hf_cache("nvidia/personaplex-7b-v1", cache_dir=str(tmp_path))
+    assert files.voice_prompts == (str(snap / "voices.tgz"),)
+    with pytest.raises(PromptError, match="voices.tgz: cannot extract its voices"):
+        voices.find_voice("NATF0.pt", files.voice_prompts)
+
+
 @pytest.mark.parametrize("entry", [
     ("../evil.pt", b"x"), ("/tmp/evil.pt", b"x"), ("voices/../../evil.pt", b"x"), ("voices/sub/../../../e", b"x")])
 def test_an_archive_reaching_outside_is_refused(tmp_path, entry):
     pytest.importorskip("huggingface_hub")
     snap = fake_repo(tmp_path, "nvidia/personaplex-7b-v1", {**KYUTAI_FILES,
                                                              "voices.tgz": _tgz(NVIDIA_ARCHIVE + [entry])})
-    with pytest.raises(ModelFilesError, match="points outside the folder"):
-        ModelFiles.from_hf_cache("nvidia/personaplex-7b-v1", cache_dir=str(tmp_path))
+    files = ModelFiles.from_hf_cache("nvidia/personaplex-7b-v1", cache_dir=str(tmp_path))
+    with pytest.raises(PromptError, match="points outside the folder"):
+        voices.find_voice("NATF0.pt", files.voice_prompts)
     assert not (snap / "voices").exists() and not (tmp_path / "evil.pt").exists()
 
 
