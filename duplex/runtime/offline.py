@@ -50,13 +50,18 @@ class OfflineRun:
 
 def nvidia_text(tokens, tokenizer) -> List[str]:
     """The text of a run as NVIDIA's ``moshi.offline`` writes ``--output-text``: for every frame the model
-    produced (``tokens`` >= 0), the token's SentencePiece piece with "▁" as a space, or "EPAD" / "PAD" for 0 / 3."""
+    produced (``tokens`` >= 0), the token's SentencePiece piece with "▁" as a space, or "EPAD" / "PAD" for 0 / 3
+    ("" for a token past the tokenizer's pieces, where NVIDIA's would fail)."""
     out = []
+    size = tokenizer.sp.GetPieceSize()
     for token in tokens:
         token = int(token)
         if token < 0:
             continue
-        out.append(NVIDIA_TEXT_NAMES.get(token) or tokenizer.sp.IdToPiece(token).replace("\u2581", " "))
+        if token in NVIDIA_TEXT_NAMES:
+            out.append(NVIDIA_TEXT_NAMES[token])
+        else:  # "": beyond the tokenizer (a test model's text vocabulary may be larger)
+            out.append(tokenizer.sp.IdToPiece(token).replace("\u2581", " ") if token < size else "")
     return out
 
 

@@ -42,10 +42,14 @@ def test_nvidias_text_layout():
     class Tok:
         class sp:
             @staticmethod
+            def GetPieceSize():
+                return 7
+
+            @staticmethod
             def IdToPiece(i):
                 return {5: "\u2581hello", 6: "lo", 1: "<s>"}[i]
 
-    assert nvidia_text([-2, -2, 0, 3, 5, 6, 1], Tok) == ["EPAD", "PAD", " hello", "lo", "<s>"]
+    assert nvidia_text([-2, -2, 0, 3, 5, 6, 1, 9], Tok) == ["EPAD", "PAD", " hello", "lo", "<s>", ""]
 
 
 def test_kyutai_steps_retime_nvidias_frames(constants):
