@@ -1,5 +1,5 @@
 """The ``duplex`` command line. Each command group lives in its own module (``codec``, ``serve``, ``client``,
-``mic``, ``data``, ``train``, ``bench``) with its parser (``register``) beside the code it runs; this module only
+``mic``, ``offline``, ``voices``, ``data``, ``train``, ``bench``) with its parser (``register``) beside the code it runs; this module only
 builds the parser from them and maps the project's own errors to one-line messages."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from codec.errors import CodecError
 
 from .. import __version__
 from ..errors import DuplexError
-from . import bench, client, codec, data, mic, serve, train
+from . import bench, client, codec, data, mic, offline, serve, train, voices
 from .common import Parser
 
-COMMANDS = (codec, serve, client, mic, data, train, bench)
+COMMANDS = (codec, serve, client, mic, offline, voices, data, train, bench)
 
 
 def build_parser() -> Parser:

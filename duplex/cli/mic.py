@@ -9,6 +9,7 @@ import torch
 from codec.io.audio import load_audio, save_audio
 
 from ..errors import UsageError
+from ..runtime.offline import PromptedEngine, run_offline
 from ..runtime.realtime import freeze_startup_objects
 from ..serving import mic
 from ..serving.terminal import LiveText
@@ -21,6 +22,7 @@ from .common import (
     positive_float,
     sound_device,
 )
+from .prompts import add_prompt_options, system_prompt
 
 
 def run_mic(args) -> int:
@@ -33,12 +35,13 @@ def run_mic(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = build_engine(args, slots=1)
+    prompt = system_prompt(args, engine)
     display = LiveText()  # the model's words and the progress line, neither erasing the other
     if args.input_file:
         pcm = load_audio(args.input_file, engine.sample_rate)[0].numpy()
         print(f"{args.input_file} ({len(pcm) / engine.sample_rate:.1f} s) through the engine "
               f"{'in real time' if args.realtime else 'as fast as it goes'}", file=sys.stderr)
-        run = mic.run_files(engine, pcm, realtime=args.realtime, display=display)
+        run = run_offline(engine, pcm, prompt=prompt, realtime=args.realtime, display=display)
         save_audio(args.output_file, torch.from_numpy(run.reply), engine.sample_rate)
         if run.interrupted:
             print(f"interrupted after {run.reply_seconds:.2f} s of {run.seconds:.2f} s: the reply so far is in "
@@ -50,7 +53,7 @@ def run_mic(args) -> int:
     print("duplex: talking (Ctrl-C to stop)" + ("; the default model is small and knows only its synthetic "
           "conversations (README, \"The default model\")" if engine.files.is_default else ""), file=sys.stderr)
     freeze_startup_objects()
-    stats = mic.run_live(engine, seconds=args.seconds, input_device=args.input_device,
+    stats = mic.run_live(engine if prompt is None else PromptedEngine(engine, prompt), seconds=args.seconds, input_device=args.input_device,
                          output_device=args.output_device, display=display)
     print(stats.summary(), file=sys.stderr)
     return 0
@@ -68,5 +71,6 @@ def register(commands) -> None:
     p.add_argument("--output-file", metavar="WAV", help="headless: write the replies here (with --input-file)")
     p.add_argument("--realtime", action="store_true", help="headless: pace the file at 80 ms per frame")
     p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
+    add_prompt_options(p, "default: NVIDIA's assistant role for PersonaPlex, none for other models")
     p.set_defaults(run=run_mic)
 

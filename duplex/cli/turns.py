@@ -12,6 +12,7 @@ from ..bench.turntaking import make_set, metrics, runner
 from ..bench.turntaking.plots import plot_report
 from ..bench.turntaking.score import console_progress, format_table, score_dir
 from .common import add_model_options, build_engine, non_negative, positive
+from .prompts import add_prompt_options, system_prompt
 from .reports import check_report_paths, write_json
 
 
@@ -33,9 +34,10 @@ def run_run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = build_engine(args, args.slots)
+    prompt = system_prompt(args, engine)
     try:
         with runner.ConsoleProgress() as shown:
-            ran = runner.run_samples(engine, args.dir, args.out, seed=args.seed, progress=shown)
+            ran = runner.run_samples(engine, args.dir, args.out, seed=args.seed, progress=shown, prompt=prompt)
     except runner.RunInterrupted as e:
         print(f"duplex: {e}", file=sys.stderr)
         return 130
@@ -73,6 +75,8 @@ def register(bench_commands) -> None:
     p.add_argument("--seed", type=int, default=runner.SEED,
                    help="sampling seed (sample i uses seed + i): same seed, same run")
     p.add_argument("--json", metavar="PATH", help="also write the report here")
+    add_prompt_options(p, "default: for PersonaPlex, NVIDIA's assistant role, the prompt its README gives for "
+                       "Full-Duplex-Bench; none for other models")
     _add_scoring_options(p, "as for score")
     p.set_defaults(run=run_run)
     p = commands.add_parser("make-set", help="FDB-layout sample folders cut from a synthetic corpus, one task folder "

@@ -20,6 +20,11 @@ depth steps are computed: the others predict the user's stream, which is always 
 returned token. (3) The attention window is ``context - 1`` past steps (NVIDIA's ring marks its oldest slot
 invalid once full). (4) A step may take an embedding instead of the embedded tokens (a replayed voice prompt).
 Its state has a ``provided`` mask beside the token cache and ``2 max_delay + 2`` columns (inputs run ahead).
+
+A Moshi-style model (Kyutai's step) can be given a system prompt too (duplex's extension, docs/offline.md): its
+step ``s`` computes what PersonaPlex's call ``s + 1`` computes, so ``prompts.prompt_frames`` hands it NVIDIA's frames
+re-timed to its steps (one step fewer), every token of the target column forced (``Forcing``), the input embedding
+replaced where given. With no slot forced the step's values are Kyutai's, bit for bit (``torch.where`` only).
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def new_scratch(lm, batch: int) -> dict:
 
 
 class Forcing:
-    """What a PersonaPlex step is given besides the user's codes (preallocated, one row per slot): ``rows`` bool
+    """What a prompted step is given besides the user's codes (preallocated, one row per slot): ``rows`` bool
     [B], slots whose own stream is forced this step (a system-prompt frame); ``model`` int64 [B, 1 + 8], the text
     token and audio codes forced; ``use_embedding`` bool [B] and ``embedding`` [B, dim], slots whose step input is
     that embedding instead of the embedded tokens (a voice prompt replayed from NVIDIA's ``.pt``)."""
@@ -91,12 +96,14 @@ def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, samp
     if lm.config.personaplex:
         transformer_out, text_logits = persona_temporal_step(lm, state, user_codes, active, forcing)
         return persona_depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active)
-    transformer_out, text_logits = temporal_step(lm, state, user_codes, active)
-    return depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active)
+    transformer_out, text_logits = temporal_step(lm, state, user_codes, active, forcing)
+    return depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active, forcing)
 
 
-def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None) -> tuple:
-    """Steps 1-3: store the user's codes, read this step's tokens, run the temporal transformer.
+def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None,
+                  forcing: Optional[Forcing] = None) -> tuple:
+    """Steps 1-3: store the user's codes, read this step's tokens, run the temporal transformer (its input replaced
+    by ``forcing.embedding`` where ``forcing.use_embedding``: a replayed voice prompt).
     Returns (transformer_out [B, 1, dim], text_logits [B, 1, text_card])."""
     cfg = lm.config
     cache, offset = state["cache"], state["offset"]
@@ -117,6 +124,8 @@ def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[to
 
     # 3. Temporal transformer, one position per slot.
     x = lm.embed(tokens[:, :, None], zero_token=False)
+    if forcing is not None:
+        x = torch.where(forcing.use_embedding[:, None, None], forcing.embedding[:, None, :].to(x.dtype), x)
     tables = ring_step_tables(offset, 1, state["layers"]["0"]["k"].shape[2] - 1, cfg.context, cfg.num_kv_heads,
                               cfg.head_dim, lm.freqs, active)
     for i, layer in enumerate(lm.layers):
@@ -125,8 +134,10 @@ def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[to
 
 
 def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, text_logits: torch.Tensor,
-               sampling: Sampling, active: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Steps 4-8: sample the text token and the audio codes, advance, return the frame to decode."""
+               sampling: Sampling, active: Optional[torch.Tensor] = None,
+               forcing: Optional[Forcing] = None) -> torch.Tensor:
+    """Steps 4-8: sample the text token and the audio codes, advance, return the frame to decode. The slots of
+    ``forcing.rows`` take ``forcing.model`` instead of what they sample (kept, and as the next depth input)."""
     cfg = lm.config
     cache, offset = state["cache"], state["offset"]
     b, _, columns = cache.shape
@@ -141,6 +152,8 @@ def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, te
     audio_noise = (exponential_noise(key, 1, audio_settings.k_max, cfg.dep_q).unbind(1)
                    if audio_settings.any_sampling else [None] * cfg.dep_q)
     text = sample(text_logits[:, 0], text_settings, text_noise)
+    if forcing is not None:
+        text = torch.where(forcing.rows, forcing.model[:, 0], text)
     generated = [text]
     previous = text
     projected = fast_linear(transformer_out, scratch["depformer_in"]).view(b, 1, cfg.dep_q, -1)
@@ -148,6 +161,8 @@ def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, te
         x = projected[:, :, d] + lm.depformer_embedding(d).lookup(previous[:, None])
         h = lm.depformer.step(x, d, scratch["depth"])
         previous = sample(lm.audio_logits(d, h[:, 0]), audio_settings, audio_noise[d])
+        if forcing is not None:
+            previous = torch.where(forcing.rows, forcing.model[:, d + 1], previous)
         generated.append(previous)
 
     # 6. Advance and store this step's tokens in the next column.
@@ -273,7 +288,7 @@ class LMGenerator:
                                                   seed=(self.seed % (1 << 40)) << 20))
         self.state = new_generator_state(lm, batch_size)
         self.scratch = new_scratch(lm, batch_size)
-        self.forcing = Forcing(lm, batch_size) if cfg.personaplex else None
+        self.forcing = Forcing(lm, batch_size)
 
     @torch.no_grad()
     def step(self, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -282,17 +297,16 @@ class LMGenerator:
         after a reset (first two for PersonaPlex). ``active`` (bool [B]): other slots do not advance."""
         codes = check_user_codes(user_codes, self.lm.config, self.batch_size).to(self.lm.device)
         active = as_row_mask(active, self.batch_size, self.lm.device)
-        if self.forcing is not None:
-            self.forcing.clear()
-        return generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active, self.forcing)
+        # Kyutai's step takes no forcing when nothing is forced (its exact operations); PersonaPlex's always does.
+        forcing = self.forcing if self.lm.config.personaplex else None
+        self.forcing.clear()
+        return generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active, forcing)
 
     @torch.no_grad()
     def step_prompt(self, frames, active: Optional[torch.Tensor] = None) -> None:
-        """Step a PersonaPlex system prompt (``duplex.model.prompts.PromptFrames``) through the ``active`` slots
-        (all when None), frame by frame as NVIDIA's ``step_system_prompts`` does; what it returns is dropped, as
-        NVIDIA drops it. The slots should be fresh (reset), as NVIDIA's are when it prompts."""
-        if self.forcing is None:
-            raise PromptError("system prompts are PersonaPlex's: this model is not")
+        """Step a system prompt (``duplex.model.prompts.PromptFrames``) through the ``active`` slots (all when
+        None), frame by frame as NVIDIA's ``step_system_prompts`` does; what it returns is dropped, as NVIDIA drops
+        it. The slots should be fresh (reset), as NVIDIA's are when it prompts."""
         step_prompt_frames(self.lm, self.state, self.scratch, self.sampling, self.forcing, frames,
                            as_row_mask(active, self.batch_size, self.lm.device))
 
@@ -343,23 +357,42 @@ def put_token_cache(state: dict, saved: torch.Tensor, rows: torch.Tensor) -> Non
 def voice_embedding_file(lm, frames) -> tuple:
     """(embeddings [N - 1, dim], token cache [K, max_delay + 3]) of a voice prompt's frames (``prompt_frames`` of a
     voice given as codes, no text), as NVIDIA's ``save_voice_prompt_embeddings`` records them: the embedded input
-    of each step that runs the model, and the token cache after the last voice frame, in NVIDIA's ring layout."""
+    of each step that runs the model, and the token cache after the last voice frame, in NVIDIA's ring layout.
+    For a Moshi-style model the same, on its re-timed frames (every step runs the model)."""
     cfg = lm.config
     gen = lm.generator(1, greedy=True, seed=0)
     state = gen.state
     columns = state["cache"].shape[2]
+    forcing = gen.forcing
     embeddings = []
     count = frames.voice_frames
     for i in range(count):
         offset = int(state["offset"][0])
-        if offset > 0:
+        user = load_frame(forcing, frames, i, torch.ones(1, dtype=torch.bool, device=lm.device))
+        if cfg.personaplex and offset > 0:
             read = (offset - 1) % columns
             embeddings.append(lm.embed(state["cache"][:, :, read:read + 1], zero_token=False)[0, 0])
-        user = load_frame(gen.forcing, frames, i, torch.ones(1, dtype=torch.bool, device=lm.device))
-        generate_step(lm, state, gen.scratch, user, gen.sampling, None, gen.forcing)
+        elif not cfg.personaplex:  # Kyutai's step reads its own column, the initial tokens inside the delays
+            tokens = state["cache"][:, :, offset % columns].clone()
+            first_user = 1 + cfg.dep_q
+            at = (offset + lm.delays[first_user:]) % columns  # this step's user codes go in first
+            tokens[:, first_user:] = torch.where(at == offset % columns, user, tokens[:, first_user:])
+            tokens = torch.where(offset <= lm.delays[None, :], lm.initial_tokens[None, :], tokens)
+            embeddings.append(lm.embed(tokens[:, :, None], zero_token=False)[0, 0])
+        generate_step(lm, state, gen.scratch, user, gen.sampling, None, forcing)
     offset = int(state["offset"][0])
     saved_columns = cfg.max_delay + 3  # NVIDIA's ring: max_delay + 3 columns
     saved = torch.full((cfg.num_streams, saved_columns), UNGENERATED_TOKEN, dtype=torch.long)
     for position in range(max(0, offset - min(columns, saved_columns) + 1), offset + 1):
         saved[:, position % saved_columns] = state["cache"][0, :, position % columns].cpu()
+    if not cfg.personaplex and count < len(frames):
+        # Kyutai's step writes a frame's inputs in its own step, NVIDIA's a step ahead, so NVIDIA's saved ring holds
+        # the last voice frame's inputs and ours does not yet: add what the next step writes (the user's codes at
+        # their delays, the forced target column), which the replay takes back from here (prompts.kyutai_steps).
+        first_user = 1 + cfg.dep_q
+        for k in range(first_user, cfg.num_streams):
+            saved[k, (offset + int(lm.delays[k])) % saved_columns] = int(frames.user[count, k - first_user])
+        saved[:first_user, (offset + 1) % saved_columns] = frames.model[count].cpu()
+    if not embeddings:
+        raise PromptError("a voice prompt needs at least two frames (0.16 s) to be saved as embeddings")
     return torch.stack(embeddings).cpu(), saved

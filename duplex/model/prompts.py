@@ -35,7 +35,12 @@ from ..errors import PromptError
 
 NVIDIA_SILENCE_TOKENS = (948, 243, 1178, 546, 1736, 1030, 1978, 2008)
 NVIDIA_SINE_TOKENS = (430, 1268, 381, 1611, 1095, 1495, 56, 472)
+NVIDIA_CODEBOOK_SIZE = 2048  # the real Mimi's codebooks, which NVIDIA's token constants index
 SYSTEM_TAG = "<system>"
+# NVIDIA's assistant role: the default of its offline runner and web client, and the prompt its README gives for
+# Full-Duplex-Bench ("Use this prompt for the QA assistant focused 'User Interruption' evaluation category").
+NVIDIA_ASSISTANT_PROMPT = ("You are a wise and friendly teacher. Answer questions or provide advice in a clear and "
+                           "engaging way.")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,31 @@ class PromptConstants:
                                   "codebooks: give a small model its own)")
         if not 0 <= self.zero_text_code < cfg.text_card or self.silence_frames < 0:
             raise PromptError("prompt constants: zero_text_code must be a text token and silence_frames >= 0")
+
+
+NVIDIA_SINE_HZ, NVIDIA_SINE_AMPLITUDE = 440.0, 0.5  # NVIDIA's ``create_sinewave``: one frame, phase 0
+
+
+def codec_prompt_constants(mimi, num_codebooks: int = 8, frames: int = 25) -> PromptConstants:
+    """PromptConstants for a model on another codec than the real Mimi (duplex's default model): the codes that
+    codec gives NVIDIA's two prompt frames, as NVIDIA's constants are Mimi's codes of them: an all-zero frame
+    ("silence") and one frame of a 440 Hz sine of amplitude 0.5 from phase 0 ("sine"). Each frame is fed
+    ``frames`` times (2 s) to a fresh streaming encoder, as a prompt feeds it frame after frame; per codebook the
+    code seen most often in the second half is taken (the smallest on a tie): the fine codebooks of silence
+    quantize a residual of almost nothing and wander from frame to frame, so no single frame stands for it.
+    Deterministic: a function of the codec's weights."""
+    size = mimi.frame_size
+    t = np.arange(size, dtype=np.float64) / mimi.sample_rate
+    sine = (NVIDIA_SINE_AMPLITUDE * np.sin(2 * np.pi * NVIDIA_SINE_HZ * t)).astype(np.float32)
+    found = []
+    for frame in (np.zeros(size, dtype=np.float32), sine):
+        state = mimi.new_encoder_state(1)
+        audio = torch.from_numpy(frame).to(mimi.device).view(1, 1, -1)
+        with torch.no_grad():
+            codes = torch.cat([mimi.encode_step(audio, state, None, num_codebooks) for _ in range(frames)], dim=-1)
+        steady = codes[0, :, frames // 2:].long().cpu()  # [num_codebooks, frames - frames // 2]
+        found.append(tuple(int(torch.bincount(row).argmax()) for row in steady))
+    return PromptConstants(silence_tokens=found[0], sine_tokens=found[1])
 
 
 @dataclass(frozen=True)
@@ -240,9 +270,6 @@ def prompt_frames(cfg, voice: Optional[VoicePrompt] = None, text_tokens: Sequenc
                   ) -> PromptFrames:
     """The frames of NVIDIA's ``step_system_prompts`` for model config ``cfg`` (module docstring). ``text_tokens``:
     the role prompt's ids (``text_prompt_tokens``); empty for none."""
-    if not cfg.personaplex:
-        raise PromptError("system prompts are PersonaPlex's: this model is not (its depth transformer does not "
-                          "predict the user's stream)")
     constants.check(cfg)
     m, u = cfg.model_codebooks, cfg.user_codebooks
     sine = torch.tensor(constants.sine_tokens, dtype=torch.long)[:u]
@@ -286,8 +313,41 @@ def prompt_frames(cfg, voice: Optional[VoicePrompt] = None, text_tokens: Sequenc
     n = len(user)
     use = torch.tensor([e is not None for e in embeds], dtype=torch.bool)
     embedding = torch.stack([torch.zeros(cfg.dim) if e is None else e.float() for e in embeds]).to(dtype)
-    h = hashlib.sha256(repr((constants, tuple(int(t) for t in text_tokens), cfg.dim, cfg.card)).encode())
+    h = hashlib.sha256(repr((constants, tuple(int(t) for t in text_tokens), cfg.dim, cfg.card,
+                             cfg.personaplex)).encode())
     if voice is not None:
         voice.digest(h)
-    return PromptFrames(torch.stack(user), torch.stack(model), use, embedding.reshape(n, cfg.dim), cache,
-                        cache_after, h.hexdigest(), tuple(int(t) for t in text_tokens), voice_frames)
+    frames = PromptFrames(torch.stack(user), torch.stack(model), use, embedding.reshape(n, cfg.dim), cache,
+                          cache_after, h.hexdigest(), tuple(int(t) for t in text_tokens), voice_frames)
+    return frames if cfg.personaplex else kyutai_steps(frames, cfg.delays)
+
+
+def kyutai_steps(frames: PromptFrames, delays: Sequence[int]) -> PromptFrames:
+    """NVIDIA's prompt frames re-timed for a Moshi-style model (Kyutai's step; duplex's extension, docs/offline.md).
+
+    PersonaPlex's call ``i`` writes frame ``i`` at ``i + delay`` and (from ``i = 1``) runs the model on column
+    ``i - 1`` with column ``i`` as its target; Kyutai's step ``s`` writes the user's codes at ``s + delay`` and runs
+    on column ``s`` with target ``s + 1``. So step ``s`` is call ``s + 1``: it takes user frame ``s``, forces model
+    stream ``k`` of the target to frame ``s + 1 - delay[k]``'s value, and takes the input embedding of frame
+    ``s + 1``. N frames become N - 1 steps (call 0 runs nothing, in both). ``delays``: the model's, all streams.
+
+    A replayed voice (``cache``): NVIDIA's call writes its inputs before it runs, so its saved ring already holds
+    the last voice frame's; Kyutai's step after the ring is put in place writes them, so that step takes its user
+    codes and forced target from the saved ring (where ``voice_embedding_file`` records them for such a model)."""
+    n = len(frames) - 1
+    if n < 1:
+        raise PromptError("a system prompt needs at least two frames")
+    m = frames.model.shape[1]
+    delays = torch.tensor(list(delays))
+    index = torch.arange(n)[:, None] + 1 - delays[None, :m]  # [n, 1 + dep_q]
+    model = frames.model.gather(0, index.clamp(min=0))
+    user = frames.user[:n].clone()
+    cache_after = max(0, frames.cache_after - 1)
+    if frames.cache is not None and cache_after < n:
+        saved = frames.cache.long()
+        columns = saved.shape[-1]
+        at = (cache_after + delays[m:]) % columns
+        user[cache_after] = saved[m:].gather(1, at[:, None])[:, 0]
+        model[cache_after] = saved[:m, (cache_after + 1) % columns]
+    return PromptFrames(user, model, frames.use_embedding[1:].clone(), frames.embedding[1:].clone(), frames.cache,
+                        cache_after, frames.key, frames.text_tokens, max(0, frames.voice_frames - 1))

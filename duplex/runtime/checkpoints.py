@@ -41,10 +41,11 @@ from codec import SHIPPED_CODEC, SHIPPED_CONFIG, CheckpointError, Mimi
 from codec.io.checkpoint import checkpoint_format, normalize_keys
 from codec.io.files import readable_file
 
-from ..errors import ModelFilesError
+from ..errors import ModelFilesError, PromptError
 from ..model.config import LMConfig, lm_config_beside
 from ..model.lm import MoshiLM, default_dtype
 from ..model.tokenizer import TextTokenizer
+from .voices import VOICES_ARCHIVE, voice_folder
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 SHIPPED_LM = os.path.join(WEIGHTS_DIR, "duplex-lm.safetensors")
 SHIPPED_LM_CONFIG = os.path.join(WEIGHTS_DIR, "duplex-lm.json")
 SHIPPED_TOKENIZER = os.path.join(WEIGHTS_DIR, "duplex-tokenizer.model")
+SHIPPED_VOICES = os.path.join(WEIGHTS_DIR, "voices")  # NVIDIA's voice names for the default model (docs/offline.md)
 MIMI_ENV = "DUPLEX_MIMI"  # the codec to use instead of the shipped one where none is given
 
 # The file names of a repository without config.json, as Kyutai's loader defaults them (docs/kyutai-compat.md §2.1).
@@ -92,8 +94,10 @@ class ModelFiles:
     (Kyutai's file); ``tokenizer`` None: the engine writes no text pieces. ``source`` says where the files came
     from, for people.
 
-    The last three fields hold the room later capabilities need (voice prompts, LoRA adapters, quantized LM
-    weights); none is implemented yet, and ``load`` refuses files that set them.
+    ``voice_prompts``: the model's voice folders (searched in order by name, ``runtime.voices.find_voice``): the
+    ``voices/`` of a PersonaPlex repository's ``voices.tgz`` (extracted once, beside it), the shipped default
+    model's ``voices/``. The last two fields hold the room later capabilities need (LoRA adapters, quantized LM
+    weights); neither is implemented yet, and ``load`` refuses files that set them.
     """
 
     lm: str
@@ -110,8 +114,9 @@ class ModelFiles:
     @classmethod
     def default(cls) -> "ModelFiles":
         """duplex's own small model, shipped with the package (every command works out of the box, offline)."""
+        voices = (SHIPPED_VOICES,) if os.path.isdir(SHIPPED_VOICES) else ()
         files = cls(lm=SHIPPED_LM, lm_config=SHIPPED_LM_CONFIG, mimi=SHIPPED_CODEC, mimi_config=SHIPPED_CONFIG,
-                    tokenizer=SHIPPED_TOKENIZER, source=DEFAULT_SOURCE)
+                    tokenizer=SHIPPED_TOKENIZER, source=DEFAULT_SOURCE, voice_prompts=voices)
         missing = [path for path in files.paths().values() if not os.path.isfile(path)]
         if missing:
             raise ModelFilesError(f"the default model is missing from this installation: {', '.join(missing)}")
@@ -187,8 +192,20 @@ class ModelFiles:
         lm_config = config_path or "moshi_7b"
         if persona or seven_b_preset(found["lm"]) == PERSONAPLEX_PRESET:
             lm_config = PERSONAPLEX_PRESET
+        # NVIDIA's voices (voices.tgz), when the cache holds them: extracted once, beside the archive, as NVIDIA's
+        # server does (never downloaded; a PersonaPlex repository without them is told when a voice is asked for).
+        # An archive that cannot be extracted stays in the list: the model still loads, and asking for a voice
+        # says why there is none (``voices.find_voice``).
+        archive = _cached(hub, repo, VOICES_ARCHIVE, cache)
+        voices = ()
+        if archive is not None:
+            try:
+                voices = (voice_folder(archive),)
+            except PromptError as e:
+                log.warning("%s: %s", repo, e)
+                voices = (archive,)
         return cls(lm=found["lm"], lm_config=lm_config, mimi=found["mimi"], mimi_config=found.get("mimi_config"),
-                   tokenizer=found["tokenizer"], source=repo)
+                   tokenizer=found["tokenizer"], source=repo, voice_prompts=voices)
 
     @property
     def is_default(self) -> bool:
@@ -240,8 +257,8 @@ class ModelFiles:
         return self.load_lm(device, dtype), mimi, tokenizer
 
     def _check_supported(self) -> None:
-        named = [name for name, value in (("voice prompts", self.voice_prompts), ("LoRA adapters",
-                 self.lora_adapters), ("quantized weights", self.quantization)) if value]
+        named = [name for name, value in (("LoRA adapters", self.lora_adapters),
+                                          ("quantized weights", self.quantization)) if value]
         if named:
             raise ModelFilesError(f"{' and '.join(named)}: not supported yet")
 

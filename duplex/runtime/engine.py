@@ -15,7 +15,8 @@ encoded, and the second frame is encoded from a fresh state.
 
 PersonaPlex (``lm.config.personaplex``) runs as NVIDIA's server runs it: every frame is encoded, the LM returns its
 first frame on the third call, and a session may open with a system prompt (``system_prompt``: a voice and a role
-text, docs/kyutai-compat.md "PersonaPlex"). A prompting slot steps one prompt frame per tick, inside the same
+text, docs/kyutai-compat.md "PersonaPlex"). Moshi-style models take the same prompts, re-timed to Kyutai's step
+(duplex's extension, docs/offline.md; ``prompts.kyutai_steps``). A prompting slot steps one prompt frame per tick, inside the same
 batched step as the talking slots (its own stream forced through per-slot buffers: data, not branches), and neither
 encodes nor decodes. When its last frame is stepped, the slot's LM state is kept under the prompt's content key
 (``prompt_states``), and the next session opened with the same prompt gets a copy at once.
@@ -48,7 +49,16 @@ from ..model.generator import (
     temporal_step,
 )
 from ..model.lm import MoshiLM, default_dtype
-from ..model.prompts import PromptConstants, PromptFrames, VoicePrompt, load_voice, prompt_frames, text_prompt_tokens
+from ..model.prompts import (
+    NVIDIA_CODEBOOK_SIZE,
+    PromptConstants,
+    PromptFrames,
+    VoicePrompt,
+    codec_prompt_constants,
+    load_voice,
+    prompt_frames,
+    text_prompt_tokens,
+)
 from ..model.sampling import Sampling, SlotSampling
 from ..model.tokenizer import TextTokenizer
 from .checkpoints import ModelFiles, codec_config_for, lm_codec, lm_config_for, lm_tokenizer
@@ -128,9 +138,10 @@ class Engine:
         # PersonaPlex system prompts: the per-slot forced inputs of this tick, the prompts being stepped ({slot:
         # [frames, next index]}) and the states they end in, by content key (least recently used dropped first).
         self.persona = cfg.personaplex
-        self.forcing = Forcing(lm, slots) if self.persona else None
+        self.forcing = Forcing(lm, slots)
+        self._forcing_set = False  # a prompt frame is in the forcing buffers (cleared on the next tick)
         self.prompt_user = torch.zeros(slots, cfg.user_codebooks, dtype=torch.long, device=self.device)
-        self.prompt_constants = PromptConstants()
+        self._prompt_constants: Optional[PromptConstants] = None
         self.prompt_states: "Dict[str, dict]" = {}
         self.max_prompt_states = 8
         self._prompts: Dict[int, list] = {}
@@ -202,8 +213,6 @@ class Engine:
         keyword arguments change single fields of it (``engine.open(temperature=0.6, seed=7)``). ``prompt``
         (PersonaPlex, ``system_prompt``): the slot starts in that persona, at once when its state is known
         (``prompt_states``), else after stepping its frames, one per tick (``prompting``)."""
-        if prompt is not None and not self.persona:
-            raise PromptError("system prompts are PersonaPlex's: this engine's model is not")
         sampling = self.options.default if sampling is None else sampling
         _check_sampling_type(sampling)
         if changes:
@@ -225,20 +234,36 @@ class Engine:
         return slot
 
     # ------------------------------------------------------------------------------------------ system prompts
+    @property
+    def prompt_constants(self) -> PromptConstants:
+        """The prompt-frame tokens: NVIDIA's for PersonaPlex on Mimi's 2048-entry codebooks (codes of the real
+        Mimi); for any other model the codes its own codec gives silence and NVIDIA's sine frame (``prompts.codec_prompt_constants``, computed
+        once), since NVIDIA's numbers mean nothing to another codec. Assignable (small test models)."""
+        if self._prompt_constants is None:
+            nvidia = self.persona and self.mimi.cardinality == NVIDIA_CODEBOOK_SIZE
+            self._prompt_constants = (PromptConstants() if nvidia
+                                      else codec_prompt_constants(self.mimi, self.lm.config.model_codebooks))
+        return self._prompt_constants
+
+    @prompt_constants.setter
+    def prompt_constants(self, constants: PromptConstants) -> None:
+        self._prompt_constants = constants
+
     def system_prompt(self, voice: Union[None, str, os.PathLike, VoicePrompt] = None, text: Optional[str] = None,
                       constants: Optional[PromptConstants] = None) -> PromptFrames:
         """The frames of a PersonaPlex system prompt, as NVIDIA's ``step_system_prompts`` steps them: ``voice`` an
         audio file (normalised to -24 LUFS, encoded), NVIDIA's voice-embedding ``.pt``, or a ``VoicePrompt``;
         ``text`` a role prompt (wrapped in ``<system>`` tags and tokenized as NVIDIA does). ``constants``: the
-        prompt-frame tokens (default ``self.prompt_constants``: NVIDIA's, for the real Mimi)."""
-        if not self.persona:
-            raise PromptError("system prompts are PersonaPlex's: this engine's model is not")
+        prompt-frame tokens (default ``self.prompt_constants``)."""
         constants = constants or self.prompt_constants
         if voice is not None and not isinstance(voice, VoicePrompt):
             voice = load_voice(voice, self.mimi, self.lm.config.model_codebooks, constants)
         if text and self.tokenizer is None:
             raise PromptError("a text prompt needs the model's tokenizer")
         tokens = text_prompt_tokens(self.tokenizer, text)
+        if not self.persona:  # duplex's extension: what a small vocabulary cannot spell (its unknown id) is left out
+            unknown = self.tokenizer.sp.unk_id() if tokens else -1
+            tokens = tuple(t for t in tokens if t != unknown)
         return prompt_frames(self.lm.config, voice, tokens, constants, self.lm.dtype)
 
     def prompting(self, slot: int) -> int:
@@ -266,7 +291,7 @@ class Engine:
         """The LM state of ``slot`` after its prompt: every row tensor, but only the ring slots written so far."""
         state = self.generator_state
         written = int(state["offset"][slot])
-        kept = {name: state[name][slot].clone() for name in ("cache", "provided", "offset")}
+        kept = {name: state[name][slot].clone() for name in ("cache", "provided", "offset") if name in state}
         kept["layers"] = {i: {kv: ring[slot, :, :min(written, ring.shape[2] - 1)].clone() for kv, ring in
                               layer.items()} for i, layer in state["layers"].items()}
         self.prompt_states.pop(key, None)
@@ -280,7 +305,8 @@ class Engine:
         self.prompt_states[key] = kept  # most recently used last
         state = self.generator_state
         for name in ("cache", "provided", "offset"):
-            state[name][slot].copy_(kept[name])
+            if name in kept:
+                state[name][slot].copy_(kept[name])
         for i, layer in kept["layers"].items():
             for kv, ring in layer.items():
                 state["layers"][i][kv][slot, :, :ring.shape[1]].copy_(ring)
@@ -311,24 +337,25 @@ class Engine:
         if self.persona:  # NVIDIA's server encodes every frame; a prompting slot has none
             encode = self.active & ~self.forcing.rows
         else:
-            encode = self.active & (self.generator_state["offset"] != 0)
+            encode = self.active & (self.generator_state["offset"] != 0) & ~self.forcing.rows
         return self.mimi.encode_step(self.pcm_in, self.encoder_state, encode, self.num_codebooks)[..., 0]
 
     def _stage_temporal(self, user_codes: torch.Tensor) -> tuple:
+        user_codes = torch.where(self.forcing.rows[:, None], self.prompt_user, user_codes)
         if self.persona:
-            user_codes = torch.where(self.forcing.rows[:, None], self.prompt_user, user_codes)
             return persona_temporal_step(self.lm, self.generator_state, user_codes, self.active, self.forcing)
-        return temporal_step(self.lm, self.generator_state, user_codes, self.active)
+        return temporal_step(self.lm, self.generator_state, user_codes, self.active, self.forcing)
 
     def _stage_depth(self, transformer_out: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
-        step = persona_depth_step if self.persona else depth_step
-        return step(self.lm, self.generator_state, self.scratch, transformer_out, text_logits, self.sampling,
-                          self.active)
+        if self.persona:
+            return persona_depth_step(self.lm, self.generator_state, self.scratch, transformer_out, text_logits,
+                                      self.sampling, self.active)
+        return depth_step(self.lm, self.generator_state, self.scratch, transformer_out, text_logits, self.sampling,
+                          self.active, self.forcing)
 
     def _stage_decode(self, tokens: torch.Tensor) -> torch.Tensor:
         produced = self.active & (tokens[:, 1] >= 0)
-        if self.persona:  # NVIDIA decodes nothing of the prompt frames
-            produced = produced & ~self.forcing.rows
+        produced = produced & ~self.forcing.rows  # NVIDIA decodes nothing of the prompt frames
         audio = self.mimi.decode_step(tokens[:, 1:, None].clamp(0, self.mimi.cardinality - 1), self.decoder_state, produced)
         return torch.where(produced[:, None, None], audio, torch.zeros((), device=audio.device))
 
@@ -421,7 +448,7 @@ class Engine:
         for slot, frame in checked.items():
             self._pcm_host[slot, 0] = frame
             self._active_host[slot] = True
-        if self.persona:
+        if self._prompts or self._forcing_set:
             self._load_prompt_frames()
         self.pcm_in.copy_(self._pcm_host, non_blocking=True)
         self.active.copy_(self._active_host, non_blocking=True)
@@ -440,6 +467,7 @@ class Engine:
         """This tick's frame of every prompting slot into the fixed forcing buffers (only their rows)."""
         forcing = self.forcing
         forcing.clear()
+        self._forcing_set = bool(self._prompts)
         for slot, (frames, index) in self._prompts.items():
             forcing.rows[slot] = True
             forcing.model[slot] = frames.model[index]

@@ -24,6 +24,7 @@ from duplex.model.config import LMConfig
 from duplex.model.lm import MoshiLM
 from duplex.runtime.checkpoints import (
     KYUTAI_MIMI,
+    SHIPPED_VOICES,
     ModelFiles,
     has_moshi_7b_shapes,
     is_moshi_7b,
@@ -53,7 +54,8 @@ def test_the_default_model_is_the_shipped_files():
     assert files.paths() == duplex.default_model_paths()
     assert (files.mimi, files.mimi_config) == (SHIPPED_CODEC, SHIPPED_CONFIG)
     assert files.lm_config.endswith("duplex-lm.json") and files.source == "the default model"
-    assert files.voice_prompts == () and files.lora_adapters == () and files.quantization is None
+    assert files.voice_prompts == (SHIPPED_VOICES,)  # NVIDIA's voice names for it (tests/runtime/test_voices.py)
+    assert files.lora_adapters == () and files.quantization is None
 
 
 def test_the_name_people_see(run):

@@ -183,10 +183,11 @@ def check_output(root: Path, out: Path, seed: int, slots: int) -> None:
 
 
 def run_samples(engine, root: Path, out: Path, seed: int = SEED,
-                progress: Optional[Callable[[Progress], None]] = None) -> dict:
+                progress: Optional[Callable[[Progress], None]] = None, prompt=None) -> dict:
     """Run every sample under ``root`` into ``out`` (resuming an interrupted run there); returns {"samples",
     "skipped", "audio_seconds", "wall_seconds"} (``skipped``: finished by the earlier run). ``progress`` is called
-    with a ``Progress`` once before the first sample and after each. Ctrl-C raises ``RunInterrupted``.
+    with a ``Progress`` once before the first sample and after each. Ctrl-C raises ``RunInterrupted``. ``prompt``:
+    a system prompt (``Engine.system_prompt``) every sample starts in; stepped once, its state copied into each slot.
 
     Meanwhile what is alive at the start (the engine) is kept out of the garbage collector's full passes
     (``runtime.realtime.freeze_startup_objects``, as ``duplex serve`` does) and given back after."""
@@ -229,12 +230,14 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
         os.replace(partial, target / "output.json")
 
     queue, running = list(todo), {}
+    if prompt is not None:
+        engine.prepare_prompt(prompt)
     freeze_startup_objects()
     try:
         while queue or running:
             while queue and engine.free_slots > 0:
                 job = load(*queue.pop(0))
-                job.slot = engine.open(seed=seed + job.index)
+                job.slot = engine.open(seed=seed + job.index, **({} if prompt is None else {"prompt": prompt}))
                 running[job.slot] = job
             outputs = engine.step({slot: job.frames[job.position] for slot, job in running.items()})
             for slot, job in list(running.items()):

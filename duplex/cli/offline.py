@@ -1,0 +1,99 @@
+"""``duplex offline IN OUT``: a recording through the model, its reply written with the input's length (the
+counterpart of NVIDIA's ``moshi.offline``; its option names where they mean the same). The work is
+``runtime.offline.run_offline``; ``duplex mic --input-file`` runs the same function."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+from codec.io.audio import load_audio, save_audio
+
+from ..errors import UsageError
+from ..runtime.offline import run_offline
+from ..serving.terminal import LiveText
+from .common import add_model_options, build_engine, check_output_path, float_above, int_in, non_negative
+from .prompts import add_prompt_options, system_prompt
+
+temperature = float_above(0.0, True, "a temperature >= 0")
+top_k = int_in(0, None, "a top-k >= 0 (0: the whole vocabulary)")
+
+
+def sampling_of(args) -> dict:
+    """The slot's sampling from the options (NVIDIA's names); --greedy is temperature 0 for text and audio; seed -1
+    (NVIDIA's "no seed") is a random one."""
+    settings = {"temperature": args.temp_audio, "text_temperature": args.temp_text, "top_k": args.topk_audio,
+                "text_top_k": args.topk_text}
+    if args.greedy:
+        settings.update(temperature=0.0, text_temperature=0.0)
+    if args.seed is not None and args.seed != -1:
+        if args.seed < 0:
+            raise UsageError(f"--seed {args.seed}: a seed is an integer >= 0 (-1: a random one)")
+        settings["seed"] = args.seed
+    return settings
+
+
+def check_input(path: str) -> None:
+    if not os.path.isfile(path):
+        raise UsageError(f"input {path}: no such file")
+
+
+def run_offline_command(args) -> int:
+    check_input(args.input)
+    check_output_path(args.output, audio=True)
+    if args.output_text:
+        check_output_path(args.output_text, audio=False)
+    settings = sampling_of(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = build_engine(args, slots=1)
+    if args.output_text and engine.tokenizer is None:
+        raise UsageError("--output-text needs the model's tokenizer (give --tokenizer)")
+    prompt = system_prompt(args, engine)
+    pcm = load_audio(args.input, engine.sample_rate)[0].numpy()
+    print(f"{args.input} ({len(pcm) / engine.sample_rate:.1f} s) through the engine "
+          f"{'in real time' if args.realtime else 'as fast as it goes'}", file=sys.stderr)
+    run = run_offline(engine, pcm, prompt=prompt, realtime=args.realtime, display=LiveText(), **settings)
+    save_audio(args.output, torch.from_numpy(run.reply), engine.sample_rate)
+    if args.output_text:
+        with open(args.output_text, "w", encoding="utf-8") as f:
+            json.dump(run.text, f, ensure_ascii=False)
+    if run.interrupted:
+        print(f"interrupted after {run.reply_seconds:.2f} s of {run.seconds:.2f} s: the reply so far is in "
+              f"{args.output}", file=sys.stderr)
+        return 130
+    text = f" and {args.output_text}" if args.output_text else ""
+    print(f"{args.input}: {run.seconds:.2f} s -> {args.output}{text}", file=sys.stderr)
+    return 0
+
+
+def add_sampling_options(p) -> None:
+    """NVIDIA's sampling options of ``moshi.offline`` (defaults Kyutai's and NVIDIA's: 0.8 / 250, 0.7 / 25)."""
+    p.add_argument("--seed", type=int, default=-1, help="sampling seed: the same seed, the same reply (-1: random)")
+    p.add_argument("--greedy", action="store_true", help="temperature 0: always the most likely token (text and "
+                   "audio), the same reply every time")
+    p.add_argument("--temp-audio", type=temperature, default=0.8, help="audio sampling temperature")
+    p.add_argument("--temp-text", type=temperature, default=0.7, help="text sampling temperature")
+    p.add_argument("--topk-audio", type=top_k, default=250, help="audio top-k")
+    p.add_argument("--topk-text", type=top_k, default=25, help="text top-k")
+
+
+def register(commands) -> None:
+    """``duplex offline``."""
+    p = commands.add_parser("offline", help="a recording through the model: the reply (same length) and its text "
+                            "(NVIDIA's moshi.offline)", description="Feed IN to the model frame by frame as a live "
+                            "stream would, after an optional system prompt (PersonaPlex's voice and role; any model), "
+                            "and write the reply to OUT, sample-aligned with IN.")
+    p.add_argument("input", metavar="IN", help="the user's recording (any audio file; resampled to 24 kHz, mono)")
+    p.add_argument("output", metavar="OUT", help="the model's reply (WAV, the input's length)")
+    p.add_argument("--output-text", metavar="JSON", help="also write the model's text here, as NVIDIA's offline "
+                   "runner does: a JSON list, one entry per frame the model produced (its piece, or EPAD / PAD)")
+    add_prompt_options(p, "default: NVIDIA's assistant role for PersonaPlex, none for other models")
+    add_sampling_options(p)
+    add_model_options(p)
+    p.add_argument("--realtime", action="store_true", help="pace the input at 80 ms per frame")
+    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(run=run_offline_command)
