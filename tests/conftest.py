@@ -76,3 +76,15 @@ def small_tokenizer_path(tmp_path_factory):
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "tok"), vocab_size=50,
                                    model_type="unigram", bos_id=1, eos_id=2, unk_id=0, pad_id=3, minloglevel=2)
     return folder / "tok.model"
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_as_they_were():
+    """Commands run in-process here (``main(["serve", ...])``) set torch's thread count, as they may in their own
+    process; the next test gets the count it would have had."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

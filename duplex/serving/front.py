@@ -209,6 +209,7 @@ class Front:
         self.copies.update((writer, backend))
         writer.transport.set_write_buffer_limits(high=COPY_BYTES)
         backend.transport.set_write_buffer_limits(high=COPY_BYTES)
+        _bound_kernel_buffer(writer)
         backend.write(head)
         directions = [asyncio.ensure_future(self._pump(reader, backend)),
                       asyncio.ensure_future(self._pump(backend_reader, writer))]
@@ -232,6 +233,20 @@ class Front:
                 await sink.drain()
         except (ConnectionError, OSError):
             return
+
+
+def _bound_kernel_buffer(writer: asyncio.StreamWriter) -> None:
+    """Keep what the kernel holds for a client that stops reading to tens of kilobytes (Linux would let the send
+    buffer grow to megabytes, minutes of Opus): then the copy waits, the server's socket fills, and the server's
+    own bounds (a few replies, a max age, session.py) decide what the client gets when it reads again."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, COPY_BYTES // 2)  # Linux doubles it
+        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_NOTSENT_LOWAT", 25), COPY_BYTES // 4)
+    except OSError:  # a system without the option: the write buffer limit still bounds the copy
+        pass
 
 
 def private_socket_path() -> str:

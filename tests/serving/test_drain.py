@@ -136,7 +136,7 @@ def test_sessions_left_when_the_drain_time_is_over_are_closed_with_1001_and_the_
     assert "drain time over: closing 1 live session" in caplog.text
     stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped: ")]
     assert stopped and re.search(r"1 session served \(1 connections, 0 refused\), \d+ ticks, \d+ late; frames "
-                                 r"dropped \d+ in and \d+ out", stopped[0])
+                                 r"dropped \d+ in .*and \d+ out", stopped[0])
 
 
 # ---------------------------------------------------------------------------------------- duplex serve
@@ -205,7 +205,7 @@ def test_sigterm_drains_refuses_newcomers_and_exits_0_when_the_last_session_ends
     assert code == 0, err
     assert "draining (SIGTERM; another SIGTERM or SIGINT closes at once): 1 live session" in err
     assert "stopped (SIGTERM)" in err
-    assert re.search(r"stopped: 1 session served .* \d+ ticks, \d+ late; frames dropped \d+ in and \d+ out", err)
+    assert re.search(r"stopped: 1 session served .* \d+ ticks, \d+ late; frames dropped \d+ in .*and \d+ out", err)
     assert "Traceback" not in err
 
 

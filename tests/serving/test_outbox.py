@@ -210,10 +210,11 @@ def api_stats(port):
         return json.loads(response.read())
 
 
-def stop_then_resume(pause_s, query, small_client_buffers=True, max_age=0.5):
+def stop_then_resume(pause_s, query, small_client_buffers=True, max_age=0.5, front=False):
     """Serve one client that stops reading for ``pause_s``; returns the messages it got on resuming that had
-    been queued before, the server's options and /api/stats."""
-    options = ServerOptions(port=0, reply_max_age=max_age)
+    been queued before, the server's options and /api/stats. ``front``: through the front process (front.py), as
+    ``duplex serve`` runs."""
+    options = ServerOptions(port=0, reply_max_age=max_age, front=front)
 
     async def main():
         server = VoiceServer(SpeakingEngine(), options)
@@ -234,13 +235,15 @@ def assert_drops_counted(stats, audio, made):
 
 
 @pytest.mark.slow
-def test_a_pcm16_client_that_stops_reading_gets_at_most_about_the_max_age_of_old_audio():
+@pytest.mark.parametrize("front", [False, True])
+def test_a_pcm16_client_that_stops_reading_gets_at_most_about_the_max_age_of_old_audio(front):
     """4 s without reading (50 ticks): on resuming, the client gets no more old audio messages than the max age
     holds (twice: the time it takes to find the client stopped, the replies waiting meanwhile) plus what the
     sized buffers below the outbox hold, not the 50 the server made meanwhile (before: all of them, from the
-    kernel's buffers); the drops show in /api/stats."""
+    kernel's buffers); the drops show in /api/stats. The same through the front: its buffers hold only what the
+    server sent before its pings went unanswered."""
     pause_s = 4.0
-    audio, options, stats = stop_then_resume(pause_s, "/api/chat?format=pcm16")
+    audio, options, stats = stop_then_resume(pause_s, "/api/chat?format=pcm16", front=front)
     made = pause_s / FRAME_SECONDS
     # the max age's ticks, twice; the write buffer and the kernel's send buffer (a few replies each); the
     # reply being sent; the client's small receive buffer and its one queued message

@@ -47,9 +47,12 @@ def test_serve_says_how_many_slots_it_chose_and_how_to_change_it(monkeypatch, ca
     with pytest.raises(ModelLoaded):
         main(["serve", "--port", "0", "--device", "cpu"])
     assert chosen == [4]
-    assert "4 slots (default for this machine; --slots to change)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "4 slots (default for this machine; --slots to change)" in err
+    # and one core is left to the network: the engine's threads are all cores but one
+    assert "1 engine thread (default for this machine: a core is left to the network; --threads to change)" in err
     with pytest.raises(ModelLoaded):
-        main(["serve", "--port", "0", "--device", "cpu", "--slots", "3"])
+        main(["serve", "--port", "0", "--device", "cpu", "--slots", "3", "--threads", "2"])
     assert chosen[-1] == 3 and "default for this machine" not in capsys.readouterr().err
 
 
