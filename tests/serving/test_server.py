@@ -416,8 +416,10 @@ def test_live_client_microphone_to_speaker():
 
 
 @pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs the openssl command")
-def test_tls(tmp_path):
-    """--ssl-cert/--ssl-key serve wss:// (a self-signed certificate made here)."""
+@pytest.mark.parametrize("front", [False, True])
+def test_tls(tmp_path, front):
+    """--ssl-cert/--ssl-key serve wss:// (a self-signed certificate made here); with the front process (as duplex
+    serve runs) TLS ends there."""
     import ssl
     import subprocess
 
@@ -433,7 +435,7 @@ def test_tls(tmp_path):
             got = await collect(ws, 0.5)
         return [m for m in got if m[:1] == bytes([AUDIO])]
 
-    assert len(serve(test, ssl_cert=str(cert), ssl_key=str(key))) >= 4
+    assert len(serve(test, ssl_cert=str(cert), ssl_key=str(key), front=front)) >= 4
 
 
 def test_tls_files_that_do_not_work_are_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
