@@ -64,6 +64,25 @@ STATS_MAX_AGE = 0.25  # seconds: /api/stats is computed at most four times a sec
 FRONT_START_TIMEOUT = 60.0  # seconds for the front process to listen (a spawned interpreter: well under 1 s)
 
 
+def _crossed(before: int, after: int) -> bool:
+    """Whether a count going from ``before`` to ``after`` passed one that ``worth_logging`` logs."""
+    return any(before < n <= after for n in (1, 10, 100)) or after // 1000 > before // 1000
+
+
+def _end_process(process) -> None:
+    """Close a front's stdin (it ends), wait a little, then kill it."""
+    import subprocess  # noqa: PLC0415 - only a fronted server needs it
+
+    with contextlib.suppress(OSError):
+        process.stdin.close()
+    try:
+        process.wait(5.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(1.0)
+    process.stdout.close()
+
+
 def _read_line(stream, timeout: float) -> str:
     """One line from a pipe within ``timeout`` seconds ("" if none came: the process ended, or hangs)."""
     import select  # noqa: PLC0415 - only for the front's first word
@@ -110,6 +129,7 @@ class VoiceServer:
         self._ticker: Optional[Ticker] = None
         self._front = None  # {process, path (the Unix socket), port, watch (task)} with options.front
         self._front_final: Optional[Dict[str, int]] = None  # its counters as it stopped
+        self._front_base: Dict[str, int] = {}  # the counters of fronts that ended (_watch_front started another)
         self._page = resources.files("duplex.serving").joinpath("web/index.html").read_text(encoding="utf-8")
 
     async def _engine(self, fn, *args, **kwargs):
@@ -157,50 +177,65 @@ class VoiceServer:
     async def _start_front(self, path: str) -> None:
         """Start the front process (front.py) on the options' address, copying to ``path``; returns once it
         listens, or raises what stopped it (OSError for the address, as listening here would)."""
+        process, port = await self._launch_front(path, self.options.port)
+        self._front = {"process": process, "path": path, "port": port}
+        self._front["watch"] = asyncio.create_task(self._watch_front())
+
+    async def _launch_front(self, path: str, port: int):
+        """One front process listening on ``port``: (process, the port it listens on)."""
         import atexit  # noqa: PLC0415 - only a fronted server needs these
         import subprocess  # noqa: PLC0415
 
         o = self.options
         rates = {"http": (o.http_per_peer, o.http_peer_burst, o.http_total, o.http_total_burst),
                  "upgrades": (o.upgrades_per_peer, o.upgrades_peer_burst, o.upgrades_total, o.upgrades_total_burst)}
-        settings = front_module.FrontSettings(o.host, o.port, path, rates, o.ssl_cert, o.ssl_key, nice=o.front_nice)
+        settings = front_module.FrontSettings(o.host, port, path, rates, o.ssl_cert, o.ssl_key, nice=o.front_nice)
         env = dict(os.environ)  # this duplex, wherever it was imported from (a checkout on sys.path, say)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(front_module.__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         process = subprocess.Popen(front_module.command(settings), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    env=env)
         atexit.register(process.kill)  # should this process end without stop(): no front left listening
-        self._front = {"process": process, "path": path, "port": None}
-        loop = asyncio.get_running_loop()
-        line = await loop.run_in_executor(None, _read_line, process.stdout, FRONT_START_TIMEOUT)
+        line = await asyncio.get_running_loop().run_in_executor(None, _read_line, process.stdout,
+                                                                FRONT_START_TIMEOUT)
         try:
             said = json.loads(line) if line else {"error": "the front process ended without a word"}
         except ValueError:
             said = {"error": f"the front process said {line[:200]!r}"}
-        if "port" not in said:
-            await loop.run_in_executor(None, self._stop_front)
-            if said.get("errno") is not None:
-                raise OSError(said["errno"], said["error"])
-            raise RuntimeError(f"the server's front process failed: {said['error']}")
-        self._front["port"] = said["port"]
-        self._front["watch"] = asyncio.create_task(self._watch_front())
+        if "port" in said:
+            return process, said["port"]
+        _end_process(process)
+        if said.get("errno") is not None:
+            raise OSError(said["errno"], said["error"])
+        raise RuntimeError(f"the server's front process failed: {said['error']}")
 
     async def _watch_front(self) -> None:
-        """Log what the front counts, as this process logs its own: the 1st, 10th, 100th time, then every 1000th
-        (read once a second: a file read, nothing the clock notices)."""
+        """Once a second: log what the front counts, as this process logs its own (the 1st, 10th, 100th time, then
+        every 1000th), and start another front should it have ended (killed, out of memory): new users must not
+        find a server that no longer listens. A file read and a poll: nothing the clock notices."""
         said = dict.fromkeys(front_module.COUNTERS, 0)
         lines = {"rate_limited": ("%d requests refused as too many (HTTP 429)", log.info),
                  "heads_dropped": ("%d connections that sent no request dropped to make room for new ones",
                                    log.warning),
                  "accept_errors": ("cannot accept new connections (%d times so far): the open-files limit or "
                                    "memory is exhausted", log.error)}
+        front = self._front
         while True:
             await asyncio.sleep(1.0)
             counts = self._front_counts()
             for name, (text, say) in lines.items():
-                if any(worth_logging(n) for n in range(said[name] + 1, min(counts[name], said[name] + 2000) + 1)):
+                if _crossed(said[name], counts[name]):
                     say(text, counts[name])
             said = counts
+            if front["process"].poll() is not None:
+                log.error("the front process ended (exit status %s), with the connections it held; starting "
+                          "another on port %d", front["process"].returncode, front["port"])
+                self._front_base = counts  # its counters go on from there
+                _end_process(front["process"])
+                try:
+                    front["process"], _ = await self._launch_front(front["path"], front["port"])
+                except (OSError, RuntimeError) as e:
+                    log.error("the front process could not start again (%s); trying again in a second", e)
 
     def _stop_front(self) -> None:
         """Tell the front to close its connections and end (its stdin closes); wait for it a little, then kill
@@ -210,16 +245,8 @@ class VoiceServer:
             return
         if front.get("watch") is not None:
             front["watch"].cancel()
-        process = front["process"]
-        with contextlib.suppress(OSError):
-            process.stdin.close()
-        try:
-            process.wait(5.0)
-        except Exception:  # subprocess.TimeoutExpired
-            process.kill()
-            process.wait(1.0)
-        process.stdout.close()
-        self._front_final = front_module.read_counters(front["path"])  # for the stop line, after the folder goes
+        _end_process(front["process"])
+        self._front_final = self._front_counts()  # for the stop line, after the folder goes
         folder = os.path.dirname(front["path"])
         for name in os.listdir(folder) if os.path.isdir(folder) else []:
             with contextlib.suppress(OSError):
@@ -232,7 +259,8 @@ class VoiceServer:
             return dict.fromkeys(front_module.COUNTERS, 0)
         if self._front_final is not None:
             return self._front_final
-        return front_module.read_counters(self._front["path"])
+        counts = front_module.read_counters(self._front["path"])
+        return {name: self._front_base.get(name, 0) + counts[name] for name in counts}
 
     @property
     def page_url(self) -> str:

@@ -178,3 +178,28 @@ def test_a_port_in_use_fails_the_start_as_listening_here_would():
 
         with pytest.raises(OSError):
             asyncio.run(main())
+
+
+def test_a_front_that_dies_is_replaced_and_the_server_listens_again():
+    """Should the front end (killed, out of memory), new users must not find a server that no longer listens: the
+    server starts another on the same port within seconds, and its counts go on."""
+    async def test(server, url):
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, get, server.port, "/health")
+        first = server._front["process"]
+        first.kill()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                answer = await loop.run_in_executor(None, get, server.port, "/health")
+                if answer.startswith(b"HTTP/1.1 200"):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "no front listening again"
+            await asyncio.sleep(0.2)
+        return first, server._front["process"], server.stats()["front"]
+
+    first, second, counts = serve_fronted(test)
+    assert second is not first
+    assert counts["accepted"] >= 2
