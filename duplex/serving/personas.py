@@ -35,7 +35,7 @@ MAX_VOICE_NAME = 255  # a file name's length on common file systems
 PROMPT_CACHE_SIZE = 32  # prompts kept by (voice file, text); each is a few KB of tokens (plus embeddings for a .pt)
 
 
-@dataclass
+@dataclass(eq=False)
 class Refusal(Exception):
     """A prompt request refused before the handshake: the HTTP status and why (one line for the client)."""
 
@@ -139,6 +139,8 @@ class PromptCache:
         if building is None:
             loop = asyncio.get_running_loop()
             building = asyncio.ensure_future(loop.run_in_executor(self._executor, self._build, voice, text))
+            # a build whose every requester left is still collected (no "exception was never retrieved")
+            building.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._building[key] = building
             try:
                 prompt = await asyncio.shield(building)
