@@ -11,6 +11,7 @@ import asyncio
 import functools
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -112,3 +113,5 @@ def test_nvidias_web_client_talks_to_duplex_with_a_chosen_voice_and_role(tmp_pat
     session, = stats["per_session"].values()
     assert session["frames_in"] >= 25 and session["bad_messages"] == 0, stats  # its microphone, as Ogg/Opus
     assert "Disconnect" in shown, shown  # still in the conversation
+    played = re.search(r"Audio played:\s*(\d+):(\d+(?:\.\d+)?)", shown)  # its own figures: it plays our Opus
+    assert played and 60 * int(played[1]) + float(played[2]) >= 0.5, shown
