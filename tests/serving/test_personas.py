@@ -226,3 +226,25 @@ def test_serve_names_a_missing_voice_folder_before_the_model_loads(tmp_path, cap
     assert main(["serve", "--port", "0", "--slots", "1", "--voice-prompt-dir", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--voice-prompt-dir" in err and "no such folder" in err
+
+
+@pytest.mark.slow
+def test_the_default_model_serves_nvidias_voice_names():
+    """Without --voice-prompt-dir the model's own voices are served: the default model's folder answers the 18 names
+    NVIDIA's client offers."""
+    from duplex.runtime.engine import Engine
+    from duplex.runtime.voices import NVIDIA_VOICE_NAMES
+
+    async def test(server, url):
+        base = url.replace("ws://", "http://")
+        _, listed = await asyncio.get_running_loop().run_in_executor(None, _get, base, "/api/voices")
+        async with connect(_chat(url, voice_prompt="NATF0.pt", text_seed=1, audio_seed=2)) as ws:
+            first = await asyncio.wait_for(ws.recv(), 60)
+            audio = sum([(await asyncio.wait_for(ws.recv(), 5))[:1] == bytes([AUDIO]) for _ in range(3)])
+        return json.loads(listed), first, audio, server.stats()["prompts"]
+
+    info, first, audio, prompts = serve(test, engine=Engine.default(slots=1))
+    assert info["voices"] == sorted(f"{name}.pt" for name in NVIDIA_VOICE_NAMES) and info["text_prompt"]
+    assert info["default_voice"] is None and info["default_text_prompt"] == ""  # not PersonaPlex: none chosen
+    assert first == message(HANDSHAKE) and audio >= 2
+    assert prompts["sessions"] == 1 and prompts["built"] == 1
