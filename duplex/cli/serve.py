@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 
@@ -46,6 +47,8 @@ def run_serve(args) -> int:
     if args.token is not None and not args.token.strip():
         raise UsageError("--token is empty (an unset variable?), which would let anyone in; give a secret, or "
                          "leave --token out")
+    if args.voice_prompt_dir is not None and not os.path.isdir(args.voice_prompt_dir):
+        raise UsageError(f"--voice-prompt-dir {args.voice_prompt_dir}: no such folder")
     if args.ssl_cert:  # before minutes of model loading, not after
         tls_context(args.ssl_cert, args.ssl_key)
     try:
@@ -120,6 +123,11 @@ def register(commands) -> None:
                    help="concurrent conversations (default: on CUDA 8; on the CPU 2 per core, 1 to 8; every slot "
                         "costs compute each frame, in use or not)")
     add_model_options(p)
+    p.add_argument("--voice-prompt-dir", metavar="DIR",
+                   help="the voices clients may ask for by file name (?voice_prompt=NATF2.pt, as NVIDIA's server and "
+                        "web client do): voice-embedding .pt files made for this model ('duplex voices make') or "
+                        "recordings (default: the model's voices: a PersonaPlex repository's voices.tgz, the default "
+                        "model's own NVIDIA-named voices)")
     p.add_argument("--token", help="clients must send this (?token=... or Authorization: Bearer ...)")
     p.add_argument("--ssl-cert", metavar="PEM", help="serve https/wss with this certificate")
     p.add_argument("--ssl-key", metavar="PEM", help="private key of --ssl-cert")

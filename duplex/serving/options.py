@@ -72,6 +72,9 @@ class ServerOptions:
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
     model_name: str = ""  # what the page and /api/stats say is being served
+    # Where the voices clients name (``voice_prompt=NATF2.pt``) are looked up; None: the model's own voice folders
+    # (``engine.files.voice_prompts``: a PersonaPlex repository's voices.tgz, the default model's voices/)
+    voice_prompt_dir: Optional[str] = None
 
 
 def tls_context(cert: str, key: Optional[str]) -> ssl_module.SSLContext:

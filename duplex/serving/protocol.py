@@ -56,20 +56,29 @@ class SessionOptions:
     raw: bool = False
     sampling: Dict[str, Union[int, float]] = field(default_factory=dict)
     token: Optional[str] = None
+    # NVIDIA's system prompt (PersonaPlex's server and web client): a voice file's name in the server's voice
+    # folder (``NATF2.pt``), and a role text (wrapped in <system> tags by the engine); None: none asked for
+    voice_prompt: Optional[str] = None
+    text_prompt: Optional[str] = None
 
 
 TEMPERATURE_RANGE = (0.0, 2.0)
 TOP_K_RANGE = (1, 500)
-SEED_RANGE = (0, 2**62)
+SEED_RANGE = (0, 2**62)  # a negative seed (NVIDIA's -1) means none: a random one
 # query name -> (SlotSampling field, type, allowed range); a new sampling setting is one more line here.
 SAMPLING_QUERY = {
     "audio_temperature": ("temperature", float, TEMPERATURE_RANGE),
     "audio_topk": ("top_k", int, TOP_K_RANGE),
     "text_temperature": ("text_temperature", float, TEMPERATURE_RANGE),
     "text_topk": ("text_top_k", int, TOP_K_RANGE),
+    # One seed drives a slot's text and audio sampling. NVIDIA's web client sends text_seed and audio_seed (random
+    # numbers per conversation), its server and offline runner take seed; Kyutai's client sends audio_seed. Later
+    # in this table wins: audio_seed over seed over text_seed.
+    "text_seed": ("seed", int, SEED_RANGE),
     "seed": ("seed", int, SEED_RANGE),
-    "audio_seed": ("seed", int, SEED_RANGE),  # Kyutai's name; wins over seed (later in this table)
+    "audio_seed": ("seed", int, SEED_RANGE),
 }
+MAX_TEXT_PROMPT_CHARS = 2000  # a role text (one token a frame, ~4 characters a token: about 40 s of prompt)
 
 
 _OGG_HEADER = 27  # "OggS", version, flags, granule (8), serial (4), sequence (4), CRC (4), segment count
@@ -179,9 +188,14 @@ def parse_query(path: str) -> SessionOptions:
     for name, (setting, cast, (low, high)) in SAMPLING_QUERY.items():
         if name in values:
             sampling.pop(setting, None)  # audio_seed given but unparsable: no seed, as Kyutai's server
+            if setting == "seed" and _number(values, name, cast, -1, high) == -1:
+                continue  # a negative seed: none (NVIDIA's -1, "random"), whatever came before it
             value = _number(values, name, cast, low, high)
             if value is not None:
                 sampling[setting] = value
     fmt = values.get("format", [""])[-1].lower()
+    voice = values.get("voice_prompt", [""])[-1]
+    text = values.get("text_prompt", [""])[-1].strip()
     return SessionOptions(raw=fmt in ("pcm16", "raw", "pcm"), sampling=sampling,
-                          token=values.get("token", [None])[-1])
+                          token=values.get("token", [None])[-1], voice_prompt=voice or None,
+                          text_prompt=text or None)

@@ -2,8 +2,13 @@
 
 ``GET /api/chat`` speaks Kyutai's protocol (Ogg/Opus both ways), so Kyutai's own clients work unchanged;
 ``/api/chat?format=pcm16`` is the same with raw 16-bit PCM at 24 kHz (any chunk size) for simple clients and the
-browser page at ``/``; ``/api/stats`` reports counters as JSON; ``/health`` says "ok" (200), or "draining" (503)
-while the server stops.
+browser page at ``/``; ``/api/stats`` reports counters as JSON; ``/api/voices`` the voices clients may name;
+``/health`` says "ok" (200), or "draining" (503) while the server stops.
+
+A client may ask for a system prompt as NVIDIA's PersonaPlex server takes one (``voice_prompt=NATF2.pt``,
+``text_prompt=...``; personas.py): it is checked and built before the WebSocket handshake (refused with an HTTP
+status and the reason), the slot steps it one frame per tick among the talking ones (or starts from its kept state
+at once), and the handshake byte is sent when it is done, as NVIDIA's server does.
 
 The server is clocked, not input-clocked: every 80 ms one engine step advances every session, with the session's
 next received frame or, when none has arrived (network jitter, a muted client), silence. So each session gets
@@ -33,6 +38,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from importlib import resources
 from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
@@ -41,14 +47,16 @@ from websockets.asyncio.server import serve, unix_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from ..errors import UsageError
+from ..errors import DuplexError, UsageError
+from ..model.prompts import NVIDIA_ASSISTANT_PROMPT
 from ..runtime.clock import ClockStats
 from ..runtime.engine import Engine, EngineFull
 from . import front as front_module
 from .admission import Admission
 from .limits import RateLimit, ReadBudget, peer_key
 from .options import ServerOptions, page_url, tls_context
-from .protocol import HANDSHAKE, SessionOptions, error_message, message, parse_query
+from .personas import PromptCache, Refusal, VoiceCatalog, describe
+from .protocol import HANDSHAKE, MAX_TEXT_PROMPT_CHARS, SessionOptions, error_message, message, parse_query
 from .session import SESSION_COUNTERS, Session, SessionStats, worth_logging
 from .ticker import Ticker
 
@@ -131,6 +139,16 @@ class VoiceServer:
         self._front_final: Optional[Dict[str, int]] = None  # its counters as it stopped
         self._front_base: Dict[str, int] = {}  # the counters of fronts that ended (_watch_front started another)
         self._page = resources.files("duplex.serving").joinpath("web/index.html").read_text(encoding="utf-8")
+        # System prompts (personas.py): the voices clients may name, the prompts built from them, what each
+        # upgrade under way asked for (dropped with its connection), and the slots stepping a prompt now
+        files = getattr(engine, "files", None)
+        folders = ((self.options.voice_prompt_dir,) if self.options.voice_prompt_dir
+                   else tuple(getattr(files, "voice_prompts", None) or ()))
+        self.voices = VoiceCatalog(folders)
+        self.prompts = PromptCache(self._build_prompt)
+        self._asked: "weakref.WeakKeyDictionary[object, _Asked]" = weakref.WeakKeyDictionary()
+        self._prompt_waits: Tuple[Tuple[int, object], ...] = ()  # (slot, finished): read by the clock's thread
+        self.prompted = self.prompts_refused = 0  # sessions opened with a system prompt; prompt requests refused
 
     async def _engine(self, fn, *args, **kwargs):
         """``fn`` (an engine call) on the worker thread, between two of the clock's steps."""
@@ -143,7 +161,7 @@ class VoiceServer:
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self):
         ssl_context = tls_context(self.options.ssl_cert, self.options.ssl_key) if self.options.ssl_cert else None
-        settings = dict(process_request=self._http, max_size=self.options.max_message_bytes,
+        settings = dict(process_request=self._process_request, max_size=self.options.max_message_bytes,
                         # --origins restricts browsers; other clients send no Origin header
                         origins=[*self.options.origins, None] if self.options.origins else None,
                         compression=None, close_timeout=self.options.close_timeout,
@@ -156,16 +174,22 @@ class VoiceServer:
             self._server = await serve(self._handle_counted, self.options.host, self.options.port, ssl=ssl_context,
                                        **settings)
         loop = asyncio.get_running_loop()  # for this loop only, and put back by stop()
+        if self.voices.folders or getattr(self.engine, "tokenizer", None) is not None:
+            # The prompt frames' tokens: for a model on another codec than the real Mimi, computed by running its
+            # codec (a second or so), here before the clock starts rather than on the first prompt's thread.
+            getattr(self.engine, "prompt_constants", None)
         period = self.engine.frame_size / self.engine.sample_rate
         self._ticker = Ticker(self.engine, lambda: self._live, lambda: loop.call_soon_threadsafe(self._take_replies),
                               self.clock, self._engine_lock,
                               max_pending=math.ceil(self.options.reply_max_age / period) + 1, period=period,
-                              catch_up=self.options.catch_up_frames)
+                              catch_up=self.options.catch_up_frames, prompting=lambda: self._prompt_waits)
         self._ticker.start()
         self._previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._loop_exception)
         log.info("serving on %s://%s:%d (%d slot%s)", "https" if ssl_context else "http", self.options.host,
                  self.port, self.engine.slots, "" if self.engine.slots == 1 else "s")
+        if self.voices.folders:
+            log.info("voice prompts: %d in %s", len(self.voices.names()), ", ".join(self.voices.folders))
         return self
 
     @property
@@ -279,6 +303,7 @@ class VoiceServer:
         if self._front is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._stop_front)
         self._executor.shutdown(wait=True)
+        self.prompts.close()
         if self._server:
             asyncio.get_running_loop().set_exception_handler(self._previous_handler)
             log.info("stopped: %s", self.summary())
@@ -447,24 +472,85 @@ class VoiceServer:
             if self.draining:
                 return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
             return connection.respond(http.HTTPStatus.OK, "ok\n")
-        if path in ("/api/stats", "/api/chat") and not self._authorized(request):
+        if path in ("/api/stats", "/api/chat", "/api/voices") and not self._authorized(request):
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid or missing token\n")
         if path == "/api/chat" and self.draining:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
                                       "the server is shutting down; try again later\n")
-        if path == "/api/stats":
-            response = connection.respond(http.HTTPStatus.OK, self._stats_json())
+        if path in ("/api/stats", "/api/voices"):
+            response = connection.respond(http.HTTPStatus.OK, self._stats_json() if path == "/api/stats"
+                                          else json.dumps(self._voices_info()))
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
             return response
         if path == "/api/chat":
+            try:
+                asked = self._prompt_asked(parse_query(request.path))
+            except Refusal as e:  # before the capacity count: a refusal costs no connection
+                self.prompts_refused += 1
+                if worth_logging(self.prompts_refused):
+                    log.info("system prompt refused (%d so far): %s", self.prompts_refused, e.reason)
+                return connection.respond(http.HTTPStatus(e.status), e.reason + "\n")
             if self._over_capacity(connection):
                 response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
                                               "too many connections; try again later\n")
                 response.headers["Retry-After"] = "5"  # about how long a refused waiter's notice may take
                 return response
+            if asked is not None:
+                self._asked[connection] = asked  # built by _process_request, before the handshake
             return None  # go on with the WebSocket handshake
         return connection.respond(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
+
+    async def _process_request(self, connection, request):
+        """``_http``, then the system prompt an upgrade asked for, built (or found built) before the handshake:
+        a voice file that cannot be used is refused as a missing one is, with an HTTP status and the reason."""
+        response = self._http(connection, request)
+        asked = self._asked.get(connection)
+        if response is not None or asked is None:
+            return response
+        try:
+            asked.frames = await self.prompts.get(asked.voice, asked.text)
+        except Exception as e:  # PromptError, AudioError: the voice file or the text does not suit the model
+            self._asked.pop(connection, None)
+            self._upgrading.pop(connection, None)
+            self.prompts_refused += 1
+            log.warning("system prompt (%s) cannot be built: %s", describe(asked.voice, asked.text), e)
+            why = str(e) if isinstance(e, DuplexError) else f"{type(e).__name__}: {e}"
+            return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR,
+                                      f"the system prompt cannot be used on this server's model: {why}\n")
+        return None
+
+    def _prompt_asked(self, options: SessionOptions) -> "Optional[_Asked]":
+        """What an upgrade's query asks for as a system prompt (None: nothing), checked; ``Refusal`` otherwise."""
+        if options.voice_prompt is None and options.text_prompt is None:
+            return None
+        text = options.text_prompt
+        if text is not None and len(text) > MAX_TEXT_PROMPT_CHARS:
+            raise Refusal(400, f"text_prompt is {len(text)} characters long; this server takes at most "
+                               f"{MAX_TEXT_PROMPT_CHARS}")
+        if text is not None and getattr(self.engine, "tokenizer", None) is None:
+            raise Refusal(400, "text_prompt: this server's model has no text tokenizer; leave text_prompt out")
+        voice = self.voices.find(options.voice_prompt) if options.voice_prompt is not None else None
+        return _Asked(voice, text)
+
+    def _build_prompt(self, voice: Optional[str], text: Optional[str]):
+        """On the prompts' own thread, without the engine's lock: the frames only (nothing of the engine's
+        state is touched; the slot steps them later, inside the clock's steps)."""
+        t0 = time.perf_counter()
+        frames = self.engine.system_prompt(voice, text)
+        log.info("system prompt built (%s): %d frames, %.0f ms", describe(voice, text), len(frames),
+                 (time.perf_counter() - t0) * 1e3)
+        return frames
+
+    def _voices_info(self) -> dict:
+        """``/api/voices``: the voice names clients may ask for, and whether role texts are taken."""
+        persona = bool(getattr(self.engine, "persona", False))
+        names = self.voices.names()
+        return {"voices": names, "text_prompt": getattr(self.engine, "tokenizer", None) is not None,
+                "max_text_prompt_chars": MAX_TEXT_PROMPT_CHARS, "personaplex": persona,
+                # what NVIDIA's web client asks for unless told otherwise (its voice only where this server has it)
+                "default_voice": "NATF0.pt" if persona and "NATF0.pt" in names else None,
+                "default_text_prompt": NVIDIA_ASSISTANT_PROMPT if persona else ""}
 
     def _stats_json(self) -> str:
         """``stats()`` as JSON, computed at most once per ``STATS_MAX_AGE``: the HTTP handler shares the event loop
@@ -489,6 +575,9 @@ class VoiceServer:
                 "over_capacity": self.over_capacity, "accept_errors": self.accept_errors + front["accept_errors"],
                 "front": front if self._front is not None else None,
                 "admission": dataclasses.asdict(self.admission.counts),
+                "prompting": len(self._prompt_waits),
+                "prompts": {"sessions": self.prompted, "built": self.prompts.built, "reused": self.prompts.hits,
+                            "refused": self.prompts_refused},
                 "ticks": self.clock.ticks,
                 "deadline_misses": self.clock.misses,
                 "step_ms_p50": self.clock.work_percentile(50), "step_ms_p99": self.clock.work_percentile(99),
@@ -508,14 +597,14 @@ class VoiceServer:
         """A slot was freed: the head of the queue (only) is handed it."""
         self.admission.slot_freed()
 
-    async def _open_slot(self, connection, options: SessionOptions) -> Optional[int]:
+    async def _open_slot(self, connection, options: SessionOptions, prompt=None) -> Optional[int]:
         """A slot for ``connection``, at once or after waiting in the queue; None if it was refused (the queue is
         full) or went away while waiting. Only the head of the queue tries the engine, once a slot is handed to
         it, so a long queue costs nothing while no slot frees up."""
         seen = self.admission.frees
         if not self.admission.waiting and self.engine.free_slots:  # first come, first served
             try:
-                return await self._engine(self.engine.open, **options.sampling)
+                return await self._engine(self.engine.open, **self._open_args(options, prompt))
             except EngineFull:
                 pass  # taken meanwhile
         waiter = self.admission.join(connection, seen)
@@ -529,7 +618,7 @@ class VoiceServer:
                 if not self.engine.free_slots:
                     continue  # taken meanwhile (by a client that found the queue empty): no engine call
                 try:
-                    slot = await self._engine(self.engine.open, **options.sampling)
+                    slot = await self._engine(self.engine.open, **self._open_args(options, prompt))
                 except EngineFull:
                     continue
                 self.admission.leave(waiter, served=True)
@@ -539,6 +628,29 @@ class VoiceServer:
             return None  # the client left while waiting
         finally:
             self.admission.leave(waiter)  # (nothing if it was served)
+
+    @staticmethod
+    def _open_args(options: SessionOptions, prompt) -> dict:
+        return dict(options.sampling, prompt=prompt) if prompt is not None else dict(options.sampling)
+
+    async def _await_prompt(self, connection, slot: int) -> bool:
+        """Until ``slot``'s system prompt is stepped (the clock steps it, one frame a tick, among the talking
+        slots): True then, False if the client left first (or the server stopped)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def finished() -> None:  # on the clock's thread
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(True))
+
+        wait = (slot, finished)
+        self._prompt_waits = self._prompt_waits + (wait,)
+        closed = asyncio.ensure_future(connection.wait_closed())
+        try:
+            await asyncio.wait([done, closed], return_when=asyncio.FIRST_COMPLETED)
+            return done.done() and connection.state is State.OPEN
+        finally:
+            closed.cancel()
+            self._prompt_waits = tuple(w for w in self._prompt_waits if w is not wait)
 
     async def _refuse(self, connection, reason: str) -> None:
         """Say why, then close with 1013 (try again later); a client that already left is no error, and one that
@@ -561,10 +673,23 @@ class VoiceServer:
 
     async def _handle(self, connection) -> None:
         options = parse_query(connection.request.path)
+        asked = self._asked.pop(connection, None)
+        prompt = asked.frames if asked is not None else None
         self.connections += 1
-        slot = await self._open_slot(connection, options)
+        slot = await self._open_slot(connection, options, prompt)
         if slot is None:
             return
+        if prompt is not None:
+            self.prompted += 1
+            left = self.engine.prompting(slot)  # 0: its state was kept, copied in as the slot opened
+            log.info("session %d: system prompt (%s): %s", slot, describe(asked.voice, asked.text),
+                     f"stepping its {left} frames" if left else "its kept state, at once")
+            # The handshake waits for the prompt, as NVIDIA's server's does; the other sessions talk meanwhile.
+            if left and not await self._await_prompt(connection, slot):
+                log.info("session %d: the client left during its system prompt", slot)
+                await self._engine(self.engine.close, slot)
+                await self._wake_queue()
+                return
         if self.draining:  # a waiter, or a handshake under way, that got a slot as the drain began
             await self._engine(self.engine.close, slot)
             await self._send_away(connection)
@@ -641,3 +766,13 @@ class VoiceServer:
                 if session.slot in outputs and self.sessions.get(session.slot) is session:
                     audio, text = outputs[session.slot]
                     session.deliver(audio, text, at=stamp)
+
+
+@dataclasses.dataclass(eq=False)
+class _Asked:
+    """The system prompt an upgrade asked for: the voice file (or None) and the role text (or None); ``frames``
+    once built."""
+
+    voice: Optional[str]
+    text: Optional[str]
+    frames: object = None

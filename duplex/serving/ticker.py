@@ -13,7 +13,9 @@ ticks. Should the event loop fall behind by more than that, the oldest tick's re
 would be older than a client may get, ``reply_max_age``); each session counts them as stale audio dropped.
 
 Engine calls from elsewhere (opening and closing slots) take ``engine_lock``, as the step does, so the engine's
-state is never changed by two threads at once.
+state is never changed by two threads at once. A slot opened with a system prompt steps one prompt frame per tick
+inside the same batched step (the engine does it) until the prompt is done; the clock tells the event loop then
+(``prompting``), and only then does the session join the live ones and get its handshake.
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ class Ticker:
 
     def __init__(self, engine, live: Callable[[], Sequence], hand_off: Callable[[], None], clock: ClockStats,
                  engine_lock: threading.Lock, max_pending: int, period: Optional[float] = None,
-                 catch_up: float = 0.0):
+                 catch_up: float = 0.0, prompting: Optional[Callable[[], Sequence]] = None):
         self.engine, self._live, self._hand_off = engine, live, hand_off
+        # (slot, finished) of the slots stepping a system prompt (a tuple replaced as a whole, as live()): the
+        # engine steps their prompt frames in every step, so the clock ticks while any is there, and calls
+        # finished() (thread-safe) at each tick that finds the slot's prompt done, read under the engine's lock
+        self._prompting = prompting or (lambda: ())
         self.clock, self.engine_lock = clock, engine_lock
         self.period = period if period is not None else engine.frame_size / engine.sample_rate
         self.max_pending = max(1, max_pending)
@@ -74,8 +80,9 @@ class Ticker:
             if delay > 0 and self._stopping.wait(delay):
                 return
             sessions = tuple(self._live())
-            work_ms = self._tick(sessions) if sessions else None
-            late = schedule.done(now(), idle=not sessions)
+            busy = bool(sessions) or bool(self._prompting())
+            work_ms = self._tick(sessions) if busy else None
+            late = schedule.done(now(), idle=not busy)
             self.clock.record(late, work_ms=work_ms)
             if late and worth_logging(self.clock.misses):
                 log.warning("frame step late by %.1f ms (%d deadline misses)", late * 1e3, self.clock.misses)
@@ -88,14 +95,22 @@ class Ticker:
             t0 = time.perf_counter()
             with self.engine_lock:
                 outputs = self.engine.step(frames)
-            work_ms = (time.perf_counter() - t0) * 1e3
+                work_ms = (time.perf_counter() - t0) * 1e3
+                # Read under the lock: a slot is closed (under it) only after its waiter has gone from the tuple.
+                finished = [done for slot, done in self._prompting() if not self.engine.prompting(slot)]
             self.failures = 0
         except Exception:
             self.failures += 1
             if worth_logging(self.failures):
                 log.exception("frame step failed (%d in a row); sessions continue with the next tick", self.failures)
             return None
-        self._give(time.monotonic(), sessions, outputs)
+        for done in finished:
+            try:
+                done()
+            except RuntimeError:  # the event loop is closed: the server is stopping
+                pass
+        if sessions:
+            self._give(time.monotonic(), sessions, outputs)
         return work_ms
 
     def _give(self, stamp: float, sessions, outputs) -> None:

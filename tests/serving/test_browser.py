@@ -395,3 +395,51 @@ def test_page_shows_turns_and_places_word_labels_apart(tmp_path, small_tokenizer
     for label in labels:  # each label at its own word's time
         frame = (label["x"] - 50) / 6
         assert frame == int(frame) and label["text"] == ("a" if int(frame) % 3 else "conversation"), label
+
+
+@pytest.mark.slow
+def test_page_picks_a_persona_from_the_servers_voices(tmp_path, small_tokenizer_path):
+    """The persona picker lists the server's voices (/api/voices), keeps the choice in the page address, and the
+    session opens with that voice and role (NVIDIA's query names): the page connects once the prompt is done."""
+    from duplex.runtime.voices import make_voice_file
+
+    wav = tmp_path / "mic.wav"
+    fake_microphone(wav)
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    for name in ("NATF2", "VARM1"):
+        make_voice_file(make_engine(1), 0.3 * np.sin(np.arange(24000) / 24000 * 2 * np.pi * (150 + len(name)))
+                        .astype(np.float32), voices / f"{name}.pt")
+    role = "hello there, how are you today?"
+
+    async def main():
+        engine = make_engine(1, tokenizer=TextTokenizer(small_tokenizer_path))
+        server = VoiceServer(engine, ServerOptions(port=0, voice_prompt_dir=str(voices)))
+        await server.start()
+        try:
+            async with Page(f"http://127.0.0.1:{server.port}/", wav, tmp_path) as page:
+                for _ in range(100):
+                    if await page.tools.evaluate("!document.getElementById('persona').hidden"):
+                        break
+                    await asyncio.sleep(0.1)
+                offered = await page.tools.evaluate(
+                    "[...document.getElementById('voice_prompt').options].map((o) => [o.value, o.textContent])")
+                picked = await page.tools.evaluate(
+                    "(() => { const v = document.getElementById('voice_prompt'), t = document.getElementById("
+                    "'text_prompt'); v.value = 'VARM1.pt'; v.onchange(); t.value = %s; t.onchange();"
+                    " return location.search; })()" % json.dumps(role))
+                await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
+                preparing = await page.wait_for_text("status", "persona", seconds=10)
+                connected = await page.wait_for_text("status", "connected", seconds=60)
+                asked = [key for key in server.prompts._kept]
+                return offered, picked, preparing, connected, asked, server.stats()["prompts"]
+        finally:
+            await server.stop()
+
+    offered, picked, preparing, connected, asked, prompts = asyncio.run(main())
+    assert offered == [["", "(none)"], ["NATF2.pt", "NATF2"], ["VARM1.pt", "VARM1"]], offered
+    assert "voice_prompt=VARM1.pt" in picked and "text_prompt=hello" in picked, picked
+    assert "preparing the persona" in preparing, preparing
+    assert connected.startswith("connected"), connected
+    assert len(asked) == 1 and asked[0][0].endswith("VARM1.pt") and asked[0][-1] == role, asked
+    assert prompts["sessions"] == 1
