@@ -6,7 +6,7 @@ conversation catches up with real time instead of lagging ever more (an "overrun
 the speaker, silence is played (an "underrun"). Both are counted and shown.
 
 sounddevice (PortAudio) is imported only when a real stream is opened, with a clear message when it is missing.
-Tests and headless runs inject a stream object or run a file through the engine (``run_files``).
+Tests inject a stream object; a file through the engine, headless, is ``runtime.offline.run_offline``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Callable, Optional, TextIO
 import numpy as np
 
 from ..errors import SoundDeviceError
-from ..runtime.clock import ClockStats, FrameClock, run_engine
 from .terminal import LiveText
 
 
@@ -167,64 +166,3 @@ def run_live(engine, seconds: Optional[float] = None, input_device=None, output_
         raise RuntimeError(f"the engine stopped: {type(session.error).__name__}: {session.error}") \
             from session.error
     return session.stats
-
-
-@dataclass
-class FileRun:
-    """What ``run_files`` produced: ``reply``, the model's audio for the ``frames`` frames done (of ``total``;
-    as long as the input when complete); ``interrupted`` when Ctrl-C stopped it early; ``clock``: late frames;
-    ``seconds`` of input and ``reply_seconds`` of reply."""
-
-    reply: np.ndarray
-    frames: int
-    total: int
-    interrupted: bool
-    clock: ClockStats
-    seconds: float = 0.0
-    reply_seconds: float = 0.0
-
-
-STATUS_EVERY_FRAMES = 12  # the progress line of run_files: about once a second of audio
-
-
-def run_files(engine, pcm: np.ndarray, realtime: bool = False,
-              on_text: Optional[Callable[[str], None]] = None,
-              on_frame: Optional[Callable[[int, int], None]] = None, display: Optional[LiveText] = None) -> FileRun:
-    """Headless: the input file through the engine frame by frame; a reply of the same length.
-
-    ``on_text(piece)`` for the model's words, ``on_frame(done, total)`` after every frame; ``display``, when
-    given, shows the words and a progress line ("[1.0 / 2.4 s]", about every second) and is closed at the end.
-    Ctrl-C (KeyboardInterrupt) stops it between two frames and returns what was done, marked ``interrupted``,
-    so the caller can keep it."""
-    frame = engine.frame_size
-    frame_seconds = frame / engine.sample_rate
-    frames = np.pad(pcm, (0, (-len(pcm)) % frame)).reshape(-1, frame).astype(np.float32)
-    slot = engine.open()
-    replies = []
-
-    def sink(tick, outputs):
-        audio, text = outputs[slot]
-        replies.append(audio)
-        done = tick + 1
-        if text and on_text:
-            on_text(text)
-        if text and display:
-            display.write(text)
-        if display and (done % STATUS_EVERY_FRAMES == 0 or done == len(frames)):
-            display.status(f"[{done * frame_seconds:.1f} / {len(frames) * frame_seconds:.1f} s]")
-        if on_frame:
-            on_frame(done, len(frames))
-
-    clock = FrameClock(frame / engine.sample_rate, realtime=realtime)
-    interrupted = False
-    try:
-        run_engine(engine, source=lambda tick: {slot: frames[tick]}, sink=sink, ticks=len(frames), clock=clock)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        engine.close(slot)
-        if display:
-            display.close()
-    reply = np.concatenate(replies)[: len(pcm)] if replies else np.zeros(0, np.float32)
-    return FileRun(reply, len(replies), len(frames), interrupted, clock.stats, len(pcm) / engine.sample_rate,
-                   len(reply) / engine.sample_rate)

@@ -224,7 +224,7 @@ def test_ctrl_c_on_the_command_keeps_the_reply_so_far(tmp_path):
     assert "interrupted after" in err and f"the reply so far is in {out}" in err, err
 
 
-def test_run_files_shows_progress_about_every_second_and_says_what_it_did():
+def test_a_file_run_shows_progress_about_every_second_and_says_what_it_did():
     import io
 
     from duplex.runtime.clock import ClockStats
@@ -235,7 +235,9 @@ def test_run_files_shows_progress_about_every_second_and_says_what_it_did():
             return True
 
     status = Status()
-    run = mic.run_files(make_engine(1), np.zeros(30 * 1920, np.float32), display=LiveText(io.StringIO(), status))
+    from duplex.runtime.offline import run_offline
+
+    run = run_offline(make_engine(1), np.zeros(30 * 1920, np.float32), display=LiveText(io.StringIO(), status))
     assert (run.frames, run.total, run.interrupted, run.seconds, run.reply_seconds) == (30, 30, False, 2.4, 2.4)
     shown = re.findall(r"\[[0-9.]+ / 2\.4 s\]", status.getvalue())
     assert shown == ["[1.0 / 2.4 s]", "[1.9 / 2.4 s]", "[2.4 / 2.4 s]"]  # frames 12, 24 and the last
