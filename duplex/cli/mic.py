@@ -6,10 +6,8 @@ import sys
 
 import torch
 
-from codec.io.audio import load_audio, save_audio
-
 from ..errors import UsageError
-from ..runtime.offline import PromptedEngine, run_offline
+from ..runtime.offline import PromptedEngine
 from ..runtime.realtime import freeze_startup_objects
 from ..serving import mic
 from ..serving.terminal import LiveText
@@ -22,6 +20,7 @@ from .common import (
     positive_float,
     sound_device,
 )
+from .offline import run_file
 from .prompts import add_prompt_options, system_prompt
 
 
@@ -38,18 +37,7 @@ def run_mic(args) -> int:
     prompt = system_prompt(args, engine)
     display = LiveText()  # the model's words and the progress line, neither erasing the other
     if args.input_file:
-        pcm = load_audio(args.input_file, engine.sample_rate)[0].numpy()
-        print(f"{args.input_file} ({len(pcm) / engine.sample_rate:.1f} s) through the engine "
-              f"{'in real time' if args.realtime else 'as fast as it goes'}", file=sys.stderr)
-        run = run_offline(engine, pcm, prompt=prompt, realtime=args.realtime, display=display)
-        save_audio(args.output_file, torch.from_numpy(run.reply), engine.sample_rate)
-        if run.interrupted:
-            print(f"interrupted after {run.reply_seconds:.2f} s of {run.seconds:.2f} s: the reply so far is in "
-                  f"{args.output_file}", file=sys.stderr)
-            return 130
-        late = f", {run.clock.lateness()}" if args.realtime else ""
-        print(f"{args.input_file}: {run.seconds:.2f} s -> {args.output_file}{late}", file=sys.stderr)
-        return 0
+        return run_file(engine, args.input_file, args.output_file, prompt, args.realtime, display)
     print("duplex: talking (Ctrl-C to stop)" + ("; the default model is small and knows only its synthetic "
           "conversations (README, \"The default model\")" if engine.files.is_default else ""), file=sys.stderr)
     freeze_startup_objects()

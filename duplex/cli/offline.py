@@ -53,20 +53,29 @@ def run_offline_command(args) -> int:
     if args.output_text and engine.tokenizer is None:
         raise UsageError("--output-text needs the model's tokenizer (give --tokenizer)")
     prompt = system_prompt(args, engine)
-    pcm = load_audio(args.input, engine.sample_rate)[0].numpy()
-    print(f"{args.input} ({len(pcm) / engine.sample_rate:.1f} s) through the engine "
-          f"{'in real time' if args.realtime else 'as fast as it goes'}", file=sys.stderr)
-    run = run_offline(engine, pcm, prompt=prompt, realtime=args.realtime, display=LiveText(), **settings)
-    save_audio(args.output, torch.from_numpy(run.reply), engine.sample_rate)
-    if args.output_text:
-        with open(args.output_text, "w", encoding="utf-8") as f:
+    return run_file(engine, args.input, args.output, prompt, args.realtime, LiveText(), args.output_text, settings)
+
+
+def run_file(engine, source: str, output: str, prompt, realtime: bool, display, output_text=None,
+             settings=None) -> int:
+    """One recording through ``engine`` into ``output`` (and its text as NVIDIA's JSON into ``output_text``), as
+    ``duplex offline`` and ``duplex mic --input-file`` do: the exit status (130 after Ctrl-C, the reply so far
+    kept)."""
+    pcm = load_audio(source, engine.sample_rate)[0].numpy()
+    print(f"{source} ({len(pcm) / engine.sample_rate:.1f} s) through the engine "
+          f"{'in real time' if realtime else 'as fast as it goes'}", file=sys.stderr)
+    run = run_offline(engine, pcm, prompt=prompt, realtime=realtime, display=display, **(settings or {}))
+    save_audio(output, torch.from_numpy(run.reply), engine.sample_rate)
+    if output_text:
+        with open(output_text, "w", encoding="utf-8") as f:
             json.dump(run.text, f, ensure_ascii=False)
     if run.interrupted:
         print(f"interrupted after {run.reply_seconds:.2f} s of {run.seconds:.2f} s: the reply so far is in "
-              f"{args.output}", file=sys.stderr)
+              f"{output}", file=sys.stderr)
         return 130
-    text = f" and {args.output_text}" if args.output_text else ""
-    print(f"{args.input}: {run.seconds:.2f} s -> {args.output}{text}", file=sys.stderr)
+    text = f" and {output_text}" if output_text else ""
+    late = f", {run.clock.lateness()}" if realtime else ""
+    print(f"{source}: {run.seconds:.2f} s -> {output}{text}{late}", file=sys.stderr)
     return 0
 
 
