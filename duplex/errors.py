@@ -62,3 +62,8 @@ class SoundDeviceError(DuplexError, RuntimeError):
 class PromptError(DuplexError, ValueError):
     """A system prompt that cannot be used as given (a voice file that cannot be read, or was made for another
     model; a model without system prompts; prompt constants outside the model's vocabularies)."""
+
+
+class FrontError(DuplexError, RuntimeError):
+    """The server's front process (serving/front.py) could not start: it ended without listening (a Python that
+    cannot import duplex, a certificate it cannot read)."""

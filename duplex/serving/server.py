@@ -47,7 +47,7 @@ from websockets.asyncio.server import serve, unix_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from ..errors import DuplexError, UsageError
+from ..errors import DuplexError, FrontError, UsageError
 from ..model.prompts import NVIDIA_ASSISTANT_PROMPT
 from ..runtime.clock import ClockStats
 from ..runtime.engine import Engine, EngineFull
@@ -231,7 +231,7 @@ class VoiceServer:
         _end_process(process)
         if said.get("errno") is not None:
             raise OSError(said["errno"], said["error"])
-        raise RuntimeError(f"the server's front process failed: {said['error']}")
+        raise FrontError(f"the server's front process did not start: {said['error']}")
 
     async def _watch_front(self) -> None:
         """Once a second: log what the front counts, as this process logs its own (the 1st, 10th, 100th time, then
@@ -258,7 +258,7 @@ class VoiceServer:
                 _end_process(front["process"])
                 try:
                     front["process"], _ = await self._launch_front(front["path"], front["port"])
-                except (OSError, RuntimeError) as e:
+                except (OSError, FrontError) as e:
                     log.error("the front process could not start again (%s); trying again in a second", e)
 
     def _stop_front(self) -> None:
