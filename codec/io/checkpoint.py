@@ -22,6 +22,7 @@ from .files import readable_file, write_atomically
 
 _LEGACY_CODEBOOK = {"inited": "_initialized", "cluster_size": "cluster_usage",
                     "embed_avg": "embedding_sum", "embed_sum": "embedding_sum"}
+_PLAIN_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MODULE_FORM = re.compile(r"^(?P<prefix>.*)\.(?P<kind>in_projs|out_projs)\.(?P<index>\d+)\.weight(?P<scb>_scb)?$")
 
 
@@ -148,16 +149,24 @@ def check_and_load(model: nn.Module, tensors: Mapping[str, torch.Tensor], what: 
                               + (_listing("missing keys", missing, limit) if missing else "")
                               + (_listing("unexpected keys", unexpected, limit) if unexpected else "")
                               + (_listing("mis-shaped keys", mis_shaped, limit) if mis_shaped else ""))
-    broken = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    broken = sorted(k for k, v in tensors.items() if v.is_floating_point() and not _finite(v))
     if broken:  # a diverged training run, a damaged file: it would only ever produce NaN audio or tokens
         where = f" {source}" if source else ""
         raise CheckpointError(f"checkpoint{where} holds non-finite values (NaN or inf) in {len(broken)} of "
                               f"{len(tensors)} tensors, e.g. {', '.join(broken[:3])}")
     cast = {}
     for key, value in tensors.items():
-        target = dtype if dtype is not None else expected[key].dtype
+        # Quantized codes (int8, float8) and their float32 row maxima (``*_scb``) keep the model's own dtypes.
+        plain = expected[key].dtype in _PLAIN_FLOATS and not key.endswith("_scb")
+        target = dtype if dtype is not None and plain else expected[key].dtype
         cast[key] = value.to(target) if value.is_floating_point() and expected[key].is_floating_point() else value
     model.load_state_dict(cast, strict=True, assign=assign)
+
+
+def _finite(value: torch.Tensor) -> bool:
+    if value.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # no isfinite kernel for float8
+        value = value.float()
+    return bool(torch.isfinite(value).all())
 
 
 def write_checkpoint_set(folder: str, weights_name: str, weights: Mapping[str, torch.Tensor], state: dict,

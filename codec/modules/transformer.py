@@ -21,6 +21,7 @@ from ..config import TransformerConfig
 from .cpu_paths import cpu_fast_path
 from .linear import fast_linear
 from .nest import Nest
+from .quantized import FP8, fp8_decode, fp8_encode, fp8_roundtrip, weight_of
 from .rope import apply_rope, rope_frequencies, rope_tables
 from .state import State, write_state
 
@@ -105,10 +106,10 @@ class Attention(nn.Module):
     def _qkv(self, x: torch.Tensor, rotation: torch.Tensor):
         b, t, _ = x.shape
         if self.kv_repeat == 1:
-            qkv = fast_linear(x, self.in_proj_weight).view(b, t, 3, self.num_heads, self.head_dim)
+            qkv = fast_linear(x, weight_of(self, "in_proj_weight")).view(b, t, 3, self.num_heads, self.head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
         else:
-            qkv = fast_linear(x, self.in_proj_weight)
+            qkv = fast_linear(x, weight_of(self, "in_proj_weight"))
             split = self.num_heads * self.head_dim
             q = qkv[..., :split].view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
             kv = qkv[..., split:].view(b, t, 2, self.num_kv_heads, self.head_dim)
@@ -126,12 +127,15 @@ class Attention(nn.Module):
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = y.shape
-        return fast_linear(y.transpose(1, 2).reshape(b, t, -1), self.out_proj.weight)
+        return fast_linear(y.transpose(1, 2).reshape(b, t, -1), weight_of(self.out_proj))
 
-    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-        """Offline: positions 0..T-1, windowed causal mask."""
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, kv_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Offline: positions 0..T-1, windowed causal mask. ``kv_dtype`` float8_e4m3fn: keys and values rounded as
+        the fp8 ring stores them (the teacher-forced view of a streaming run with that ring)."""
         t = x.shape[1]
         q, k, v = self._qkv(x, rotation)
+        if kv_dtype == FP8:
+            k, v = fp8_roundtrip(k), fp8_roundtrip(v)
         if self.kv_repeat > 1:  # offline (training, tests): plain repeated heads
             k, v = k.repeat_interleave(self.kv_repeat, dim=1), v.repeat_interleave(self.kv_repeat, dim=1)
         outputs = []
@@ -144,20 +148,43 @@ class Attention(nn.Module):
                 q[:, :, start:stop], k[:, :, k_start:stop], v[:, :, k_start:stop], attn_mask=mask))
         return self._out(torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0])
 
-    def new_state(self, batch: int, chunk: int, capacity: int, device=None, dtype=torch.float32) -> State:
+    def new_state(self, batch: int, chunk: int, capacity: int, device=None, dtype=torch.float32,
+                  kv_dtype: Optional[torch.dtype] = None) -> State:
+        """The KV ring in ``kv_dtype`` (default ``dtype``, the compute dtype). float8_e4m3fn: codes plus one scale
+        per stored vector (``k_scale``, ``v_scale``, in ``dtype``; ``quantized.fp8_encode``): half the bytes of a
+        bfloat16 ring, 1/64 more for the scales at head_dim 128."""
         # ``chunk`` extra slots past the ring receive the writes of rows that are not executing (never attended).
         shape = (batch, self.num_kv_heads, capacity + chunk, self.head_dim)
-        return {"k": torch.zeros(shape, device=device, dtype=dtype),
-                "v": torch.zeros(shape, device=device, dtype=dtype)}
+        kv_dtype = kv_dtype or dtype
+        state = {"k": torch.zeros(shape, device=device, dtype=kv_dtype),
+                 "v": torch.zeros(shape, device=device, dtype=kv_dtype)}
+        if kv_dtype == FP8:
+            state["k_scale"] = torch.zeros(shape[:-1] + (1,), device=device, dtype=dtype)
+            state["v_scale"] = torch.zeros(shape[:-1] + (1,), device=device, dtype=dtype)
+        elif kv_dtype != dtype and not kv_dtype.is_floating_point:
+            raise ValueError(f"KV ring dtype {kv_dtype}: expected a floating-point dtype or float8_e4m3fn")
+        return state
 
     def step(self, x: torch.Tensor, state: State, tables: StepTables) -> torch.Tensor:
         """Streaming: write this chunk's keys/values into the ring, then attend over the whole ring."""
         q, k, v = self._qkv(x, tables.rotation)
         ring_k, ring_v = state["k"], state["v"]
-        ring_k.scatter_(2, tables.write_index, k)
-        ring_v.scatter_(2, tables.write_index, v)
         mask = tables.mask
         cap = mask.shape[-1]
+        if "k_scale" in state:  # the fp8 ring: codes and per-vector scales written, the ring read back decoded
+            scale_index = tables.write_index[..., :1]
+            for ring, scales, new in ((ring_k, state["k_scale"], k), (ring_v, state["v_scale"], v)):
+                codes, scale = fp8_encode(new, scales.dtype)
+                # As bytes: PyTorch has no scatter kernel for float8 (same bytes, same result).
+                ring.view(torch.uint8).scatter_(2, tables.write_index, codes.view(torch.uint8))
+                scales.scatter_(2, scale_index, scale)
+            ring_k = fp8_decode(ring_k[:, :, :cap], state["k_scale"][:, :, :cap], q.dtype)
+            ring_v = fp8_decode(ring_v[:, :, :cap], state["v_scale"][:, :, :cap], q.dtype)
+        else:
+            ring_k.scatter_(2, tables.write_index, k.to(ring_k.dtype))
+            ring_v.scatter_(2, tables.write_index, v.to(ring_v.dtype))
+            if ring_k.dtype != q.dtype:  # a ring kept in another floating dtype (e.g. bfloat16 under float32)
+                ring_k, ring_v = ring_k[:, :, :cap].to(q.dtype), ring_v[:, :, :cap].to(q.dtype)
         shape = q.shape
         if self.kv_repeat > 1:
             q, mask = self._grouped(q, mask)

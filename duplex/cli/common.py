@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..runtime import devices as runtime_devices
 from ..runtime.checkpoints import ModelFiles
 from ..runtime.engine import Engine
+from ..runtime.quantization import KV_DTYPES, QUANTIZE_CHOICES, kv_dtype
 from ..serving.mic import describe_sound_devices
 
 
@@ -105,6 +106,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the frame step eagerly on CUDA")
+    add_quantization_options(p)
+
+
+def add_quantization_options(p: argparse.ArgumentParser) -> None:
+    """``--quantize`` and ``--kv-dtype``, wherever a model is loaded (docs/quantization.md)."""
+    p.add_argument("--quantize", default=None, choices=QUANTIZE_CHOICES,
+                   help="the LM's linear weights: int8 (per-row, Kyutai's q8 layout) or fp8 (e4m3), quantized at "
+                   "load (default: as the file holds them; a q8 file is int8)")
+    p.add_argument("--kv-dtype", default="auto", choices=list(KV_DTYPES),
+                   help="the temporal transformer's KV rings: auto is the LM's dtype; fp8 halves a bfloat16 ring")
 
 
 def pick_device(name: str) -> torch.device:
@@ -154,7 +165,8 @@ def build_engine(args, slots: int, files: Optional[ModelFiles] = None) -> Engine
     """The engine on the model options' files (``files``, when the caller has resolved them already)."""
     return Engine.from_files(files or model_files(args), slots=slots, device=pick_device(args.device),
                              dtype=getattr(torch, args.dtype) if args.dtype else None,
-                             cuda_graphs=not args.no_cuda_graphs)
+                             cuda_graphs=not args.no_cuda_graphs, quantize=getattr(args, "quantize", None),
+                             kv_dtype=kv_dtype(getattr(args, "kv_dtype", None)))
 
 
 def sound_device(value: str):

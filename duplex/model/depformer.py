@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codec.modules.linear import fast_linear
+from codec.modules.quantized import dense, weight_of
 
 from .layers import GatedFFN, RMSNorm
 
@@ -35,15 +36,15 @@ class DepthAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def in_proj(self, k: int) -> torch.Tensor:
-        return self.in_proj_weight[k * self.qkv_dim:(k + 1) * self.qkv_dim]
+        return weight_of(self, "in_proj_weight")[k * self.qkv_dim:(k + 1) * self.qkv_dim]
 
     def out_proj_weight(self, k: int) -> torch.Tensor:
-        return self.out_proj.weight[k * self.dim:(k + 1) * self.dim]
+        return weight_of(self.out_proj)[k * self.dim:(k + 1) * self.dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher-forced: x [N, steps, D], position k uses weight set k; causal attention over the positions."""
         n, s, d = x.shape
-        w_in = self.in_proj_weight.view(self.steps, self.qkv_dim, d)[:s]
+        w_in = dense(weight_of(self, "in_proj_weight"), x.dtype).view(self.steps, self.qkv_dim, d)[:s]
         qkv = torch.bmm(x.transpose(0, 1), w_in.transpose(1, 2))  # [s, N, qkv_dim]
         if self.kv_repeat == 1:
             q, k, v = qkv.view(s, n, 3, self.num_heads, self.head_dim).permute(2, 1, 3, 0, 4).unbind(0)  # [N,H,s,d]
@@ -53,7 +54,7 @@ class DepthAttention(nn.Module):
             k, v = (t.repeat_interleave(self.kv_repeat, dim=1) for t in kv.unbind(0))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [N, H, s, d]
         y = y.permute(2, 0, 1, 3).reshape(s, n, d)
-        w_out = self.out_proj.weight.view(self.steps, d, d)[:s]
+        w_out = dense(weight_of(self.out_proj), x.dtype).view(self.steps, d, d)[:s]
         return torch.bmm(y, w_out.transpose(1, 2)).transpose(0, 1)  # [N, s, D]
 
     def step(self, x: torch.Tensor, k: int, cache: dict) -> torch.Tensor:

@@ -44,9 +44,11 @@ from .layers import UNGENERATED_TOKEN
 from .sampling import Sampling, SlotSampling, exponential_noise, sample, step_key
 
 
-def new_generator_state(lm, batch: int) -> dict:
+def new_generator_state(lm, batch: int, kv_dtype: Optional[torch.dtype] = None) -> dict:
+    """``kv_dtype``: the temporal transformer's KV rings (default the LM's dtype; float8_e4m3fn: the fp8 ring,
+    ``codec.modules.transformer.Attention.new_state``)."""
     cfg, device, dtype = lm.config, lm.device, lm.dtype
-    layers = {str(i): layer.self_attn.new_state(batch, 1, cfg.context, device, dtype)
+    layers = {str(i): layer.self_attn.new_state(batch, 1, cfg.context, device, dtype, kv_dtype)
               for i, layer in enumerate(lm.layers)}
     columns = 2 * cfg.max_delay + 2 if cfg.personaplex else cfg.max_delay + 2
     state = {
@@ -269,7 +271,8 @@ class LMGenerator:
     """``lm.generator(batch_size, ...)``: slots that each hold one conversation and advance independently."""
 
     def __init__(self, lm, batch_size: int, greedy: bool = False, temperature: float = 0.8, top_k: int = 250,
-                 text_temperature: float = 0.7, text_top_k: int = 25, seed: Optional[int] = None):
+                 text_temperature: float = 0.7, text_top_k: int = 25, seed: Optional[int] = None,
+                 kv_dtype: Optional[torch.dtype] = None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         cfg = lm.config
@@ -286,7 +289,7 @@ class LMGenerator:
         # Each slot draws from its own stream: the generator seed combined with the slot index.
         self.sampling.set(None, requested.replace(top_k=top_k, text_top_k=text_top_k,
                                                   seed=(self.seed % (1 << 40)) << 20))
-        self.state = new_generator_state(lm, batch_size)
+        self.state = new_generator_state(lm, batch_size, kv_dtype)
         self.scratch = new_scratch(lm, batch_size)
         self.forcing = Forcing(lm, batch_size)
 

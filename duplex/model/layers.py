@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codec.modules.linear import fast_linear
+from codec.modules.quantized import weight_of
 from codec.modules.transformer import Attention, StepTables
 
 ZERO_TOKEN = -1  # embeds to an exact zero vector
@@ -72,12 +73,12 @@ class ScaledEmbedding(nn.Embedding):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         y = F.embedding(ids.clamp(min=0), self.weight)
         y = torch.where((ids == ZERO_TOKEN)[..., None], torch.zeros((), dtype=y.dtype, device=y.device), y)
-        return y if self.low_rank is None else fast_linear(y, self.low_rank.weight)
+        return y if self.low_rank is None else fast_linear(y, weight_of(self.low_rank))
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Valid ids only (no zero token): the plain lookup, then the low-rank projection if any."""
         y = F.embedding(ids, self.weight)
-        return y if self.low_rank is None else fast_linear(y, self.low_rank.weight)
+        return y if self.low_rank is None else fast_linear(y, weight_of(self.low_rank))
 
 
 class GatedFFN(nn.Module):
@@ -89,8 +90,8 @@ class GatedFFN(nn.Module):
         self.linear_out = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = fast_linear(x, self.linear_in.weight).unflatten(-1, (2, -1))
-        return fast_linear(F.silu(h[..., 0, :]) * h[..., 1, :], self.linear_out.weight)
+        h = fast_linear(x, weight_of(self.linear_in)).unflatten(-1, (2, -1))
+        return fast_linear(F.silu(h[..., 0, :]) * h[..., 1, :], weight_of(self.linear_out))
 
 
 class TemporalLayer(nn.Module):
@@ -103,8 +104,8 @@ class TemporalLayer(nn.Module):
         self.norm2 = RMSNorm(dim)
         self.gating = GatedFFN(dim, hidden)
 
-    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x), rotation)
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, kv_dtype: "torch.dtype | None" = None) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), rotation, kv_dtype)
         return x + self.gating(self.norm2(x))
 
     def step(self, x: torch.Tensor, state: dict, tables: StepTables) -> torch.Tensor:

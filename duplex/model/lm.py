@@ -14,15 +14,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.errors import CheckpointError
 from codec.io.checkpoint import check_and_load, normalize_keys, read_tensors, write_safetensors
 from codec.io.files import write_json
 from codec.modules.linear import fast_linear, use_wide_weight_layout
 from codec.modules.nest import Nest
+from codec.modules.quantized import (
+    MODES,
+    SCB,
+    cat_rows,
+    mode_of,
+    quantize_rows,
+    refresh_scales,
+    set_quantized,
+    weight_of,
+)
 from codec.modules.rope import rope_frequencies, rope_tables
+from codec.modules.transformer import Attention
 
 from .checks import check_lm_codes
 from .config import LMConfig
-from .depformer import DepthTransformer
+from .depformer import DepthAttention, DepthTransformer
 from .generator import LMGenerator
 from .layers import ZERO_TOKEN, RMSNorm, ScaledEmbedding, TemporalLayer, make_norm
 
@@ -100,7 +112,45 @@ class MoshiLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.text_linear.weight.dtype
+        """The dtype the model computes in (its norms'; quantized weights hold codes of another dtype)."""
+        return self.out_norm.alpha.dtype
+
+    @property
+    def quantization(self) -> str:
+        """``"none"``, ``"int8"`` or ``"fp8"``: the format of the linear layers' weights."""
+        weight = self.text_linear._buffers.get("weight")
+        return "none" if weight is None else mode_of(weight.dtype)
+
+    def linear_weights(self):
+        """(module, name) of every weight a quantized model holds as codes: the weights of Kyutai's ``nn.Linear``
+        layers, which its q8 files quantize (attention projections, feed-forwards, output heads, depth inputs,
+        low-rank embedding projections); never the embedding tables or the norms."""
+        for module in self.modules():
+            if isinstance(module, (Attention, DepthAttention)):
+                yield module, "in_proj_weight"
+            elif isinstance(module, nn.Linear):
+                yield module, "weight"
+
+    def quantize_(self, mode: str) -> "MoshiLM":
+        """Quantize the linear weights in place to ``mode`` (``"int8"``: per-row int8, Kyutai's q8 layout;
+        ``"fp8"``: per-row float8 e4m3), each weight replaced as soon as it is converted (one copy of one matrix
+        more at a time). Inference only: the embeddings and norms stay in the model's dtype. Returns the model."""
+        if mode not in MODES:
+            raise ValueError(f"quantization {mode!r}: expected one of {', '.join(MODES)}")
+        if self.quantization != "none":
+            raise ValueError(f"the model is already quantized ({self.quantization})")
+        compute = self.dtype
+        for module, name in list(self.linear_weights()):
+            codes, scb = quantize_rows(getattr(module, name), MODES[mode])
+            set_quantized(module, name, codes, scb, compute)
+        return self
+
+    def _quantized_layout(self, mode: str) -> None:
+        """On the meta device: the buffers a quantized file of ``mode`` fills (codes and row maxima)."""
+        for module, name in list(self.linear_weights()):
+            out, inner = getattr(module, name).shape
+            set_quantized(module, name, torch.empty(out, inner, dtype=MODES[mode], device="meta"),
+                          torch.empty(out, device="meta"), torch.float32)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -109,16 +159,36 @@ class MoshiLM(nn.Module):
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], config: ConfigLike = None,
-                        device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.bfloat16) -> "MoshiLM":
+                        device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.bfloat16,
+                        quantize: Optional[str] = None) -> "MoshiLM":
         """Load a Moshi checkpoint strictly: built on the meta device, tensors cast to ``dtype`` and assigned,
-        so a 7B load never holds two copies of the weights."""
+        so a 7B load never holds two copies of the weights.
+
+        A quantized file (Kyutai's q8, or one ``save`` wrote from a quantized model) loads as it is; ``quantize``
+        (``"int8"``, ``"fp8"``) quantizes a plain file on the host before anything goes to ``device``, so the
+        device never holds the full-precision weights. Asking for another format than a quantized file's is an
+        error (codes are not converted twice)."""
         _check_dtype(dtype)
+        if quantize not in (None, "none", *MODES):
+            raise ValueError(f"quantize={quantize!r}: expected none, {', '.join(MODES)}")
         cfg = LMConfig.load(config)
         tensors = normalize_keys(read_tensors(path, containers=(("fsdp_best_state", "model"), ("model",))))
+        stored = file_quantization(tensors)
+        if stored and quantize not in (None, "none", stored):
+            raise CheckpointError(f"{os.fspath(path)} holds {stored} weights: it cannot be loaded as {quantize} "
+                                  f"(load it as it is, or quantize the full-precision file)")
+        if stored and quantize == "none":
+            raise CheckpointError(f"{os.fspath(path)} holds {stored} weights: it cannot be loaded unquantized")
         with torch.device("meta"):
             model = cls(cfg)
+        if stored:
+            model._quantized_layout(stored)
         check_and_load(model, tensors, "Moshi LM", source=os.fspath(path), dtype=dtype)
         del tensors
+        if stored:
+            refresh_scales(model, dtype)
+        elif quantize not in (None, "none"):
+            model.quantize_(quantize)
         model._rebuild_buffers()
         return model.to(device).eval()
 
@@ -158,9 +228,14 @@ class MoshiLM(nn.Module):
             _check_dtype(dtype)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
+        # Quantized codes and their row maxima keep their own dtypes (``dtype`` applies to the other weights).
+        state = {k: v.detach().to(dtype or v.dtype if _plain_float(k, v) else v.dtype).contiguous().cpu()
+                 for k, v in self.state_dict().items()}
         write_safetensors(state, path, metadata={"format": "pt"})
-        write_json(os.path.join(folder, "config.json"), self.config.to_dict())
+        config = self.config.to_dict()
+        if self.quantization == "int8":  # what Kyutai's exporter writes for its q8 repositories
+            config["quantize"] = True
+        write_json(os.path.join(folder, "config.json"), config)
         return path
 
     def _rebuild_buffers(self) -> None:
@@ -170,11 +245,13 @@ class MoshiLM(nn.Module):
         self.delays = torch.tensor(cfg.delays, dtype=torch.long, device=device)
 
     def generator(self, batch_size: int, greedy: bool = False, temperature: float = 0.8, top_k: int = 250,
-                  text_temperature: float = 0.7, text_top_k: int = 25, seed: Optional[int] = None):
-        """A streaming generator with ``batch_size`` independent slots (see ``duplex.model.generator``)."""
+                  text_temperature: float = 0.7, text_top_k: int = 25, seed: Optional[int] = None,
+                  kv_dtype: Optional[torch.dtype] = None):
+        """A streaming generator with ``batch_size`` independent slots (see ``duplex.model.generator``); ``kv_dtype``:
+        its KV rings' dtype (default the model's; ``torch.float8_e4m3fn``: the fp8 ring)."""
         self.prepare_for_inference()
         return LMGenerator(self, batch_size, greedy=greedy, temperature=temperature, top_k=top_k,
-                           text_temperature=text_temperature, text_top_k=text_top_k, seed=seed)
+                           text_temperature=text_temperature, text_top_k=text_top_k, seed=seed, kv_dtype=kv_dtype)
 
     # ---------------------------------------------------------------------------------------------- pieces
     def embed(self, tokens: torch.Tensor, zero_token: bool = True) -> torch.Tensor:
@@ -192,7 +269,7 @@ class MoshiLM(nn.Module):
     def heads_input(self, x: torch.Tensor) -> tuple:
         """Temporal output -> (normalised output feeding both heads, text logits [B, T, text_card])."""
         out = self.out_norm(x)
-        return out, fast_linear(out, self.text_linear.weight)
+        return out, fast_linear(out, weight_of(self.text_linear))
 
     def depformer_embedding(self, k: int) -> ScaledEmbedding:
         """Embedding of the token that precedes depth position k: the text token for k = 0, else codebook k-1."""
@@ -201,20 +278,21 @@ class MoshiLM(nn.Module):
     def depformer_input(self, k: int, transformer_out: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """Input of depth position k: projection of the temporal output + embedding of the previous token."""
         proj = self.depformer_in[k if self.config.depformer_multi_linear else 0]
-        return fast_linear(transformer_out, proj.weight) + self.depformer_embedding(k)(previous)
+        return fast_linear(transformer_out, weight_of(proj)) + self.depformer_embedding(k)(previous)
 
     def audio_logits(self, k: int, depth_out: torch.Tensor) -> torch.Tensor:
         """Logits of codebook k from the depth transformer's output at position k (its norm first, if any)."""
         if self.depformer_norms is not None:  # [N, D] seen as [N, 1, D]: the RMS norms' scale is [1, 1, D]
             depth_out = self.depformer_norms[k](depth_out.unsqueeze(-2)).squeeze(-2)
-        return fast_linear(depth_out, self.linears[k].weight)
+        return fast_linear(depth_out, weight_of(self.linears[k]))
 
     def depformer_in_all(self, steps: Optional[int] = None) -> torch.Tensor:
         """The projections of the first ``steps`` depth positions (default all dep_q) stacked, [steps *
         depformer_dim, dim] (one product per step)."""
-        stacked = torch.cat([self.depformer_in[k if self.config.depformer_multi_linear else 0].weight
-                             for k in range(self.config.dep_q if steps is None else steps)], dim=0)
-        use_wide_weight_layout([stacked])
+        stacked = cat_rows([weight_of(self.depformer_in[k if self.config.depformer_multi_linear else 0])
+                            for k in range(self.config.dep_q if steps is None else steps)])
+        if isinstance(stacked, torch.Tensor):
+            use_wide_weight_layout([stacked])
         return stacked
 
     def prepare_for_inference(self) -> None:
@@ -233,8 +311,9 @@ class MoshiLM(nn.Module):
         use_wide_weight_layout(weights)
 
     # ----------------------------------------------------------------------------------------- training view
-    def forward_train(self, codes: torch.Tensor) -> LMOutput:
-        """Teacher-forced forward on codes [B, K, T] (delays applied inside; spec 2.7, "training-time view")."""
+    def forward_train(self, codes: torch.Tensor, kv_dtype: Optional[torch.dtype] = None) -> LMOutput:
+        """Teacher-forced forward on codes [B, K, T] (delays applied inside; docs/kyutai-compat.md §2.7, the
+        training-time view). ``kv_dtype`` float8_e4m3fn: keys and values rounded as the fp8 ring stores them."""
         codes = check_lm_codes(codes, self.config, "forward_train", allow_zero_token=True).to(self.device)
         cfg = self.config
         b, k, t = codes.shape
@@ -244,7 +323,7 @@ class MoshiLM(nn.Module):
         x = self.embed(delayed[:, :, :-1])
         rotation = rope_tables(torch.arange(t, device=x.device).expand(b, t), self.freqs)
         for layer in self.layers:
-            x = layer(x, rotation)
+            x = layer(x, rotation, kv_dtype)
         transformer_out, text_logits = self.heads_input(x)
 
         # Depth transformer, teacher-forced with the tokens of position t + 1.
@@ -259,6 +338,22 @@ class MoshiLM(nn.Module):
         text_logits, text_mask = _undelay([text_logits.float()], cfg.delays[:1])
         text_mask &= codes[:, :1] != ZERO_TOKEN
         return LMOutput(logits, mask, text_logits, text_mask)
+
+
+def file_quantization(tensors) -> Optional[str]:
+    """``"int8"`` or ``"fp8"`` when canonical-form ``tensors`` hold quantized linear weights (codes beside
+    ``*_scb`` row maxima), else None."""
+    for key in tensors:
+        if key.endswith(SCB):
+            codes = tensors.get(key[:-len(SCB)])
+            if codes is None or codes.dtype not in MODES.values():
+                raise CheckpointError(f"{key}: row maxima without int8 or float8 codes beside them")
+            return mode_of(codes.dtype)
+    return None
+
+
+def _plain_float(key: str, value: torch.Tensor) -> bool:
+    return value.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) and not key.endswith(SCB)
 
 
 def _shift_right(stream: torch.Tensor, delay: int, fill: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from ..errors import ModelFilesError, PromptError
 from ..model.config import LMConfig, lm_config_beside
 from ..model.lm import MoshiLM, default_dtype
 from ..model.tokenizer import TextTokenizer
+from .quantization import check_quantize
 from .voices import VOICES_ARCHIVE, voice_folder
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ class ModelFiles:
 
     ``voice_prompts``: the model's voice folders (searched in order by name, ``runtime.voices.find_voice``): the
     ``voices/`` of a PersonaPlex repository's ``voices.tgz`` (extracted once, beside it), the shipped default
-    model's ``voices/``. The last two fields hold the room later capabilities need (LoRA adapters, quantized LM
-    weights); neither is implemented yet, and ``load`` refuses files that set them.
+    model's ``voices/``. ``lora_adapters`` holds the room a later capability needs; it is not implemented yet, and
+    ``load`` refuses files that set it. How the LM's weights are quantized is a loading option (``load(...,
+    quantize=)``); a quantized file (Kyutai's q8) is told from its tensors.
     """
 
     lm: str
@@ -108,7 +110,6 @@ class ModelFiles:
     source: str = ""
     voice_prompts: Tuple[str, ...] = ()
     lora_adapters: Tuple[str, ...] = ()
-    quantization: Optional[str] = None
 
     # ------------------------------------------------------------------------------------------ constructors
     @classmethod
@@ -228,12 +229,16 @@ class ModelFiles:
         name or an ``LMConfig``)."""
         return {key: getattr(self, key) for key in ("lm", "lm_config", "mimi", "mimi_config", "tokenizer")}
 
-    def load_lm(self, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None) -> MoshiLM:
-        """The LM on ``device``; dtype None: bfloat16 on CUDA, float32 on CPU."""
+    def load_lm(self, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
+                quantize: Optional[str] = None) -> MoshiLM:
+        """The LM on ``device``; dtype None: bfloat16 on CUDA, float32 on CPU. ``quantize`` (``"int8"``, ``"fp8"``):
+        its linear weights quantized on the host before they go to ``device`` (a quantized file, such as Kyutai's
+        q8, loads as it is; ``MoshiLM.from_checkpoint``)."""
         self._check_supported()
         device = torch.device(device)
         return MoshiLM.from_checkpoint(self.lm, config=self.lm_config, device=device,
-                                       dtype=default_dtype(device) if dtype is None else dtype)
+                                       dtype=default_dtype(device) if dtype is None else dtype,
+                                       quantize=check_quantize(quantize))
 
     def load_mimi(self, num_codebooks: int = 8, device: Union[str, torch.device] = "cpu") -> Mimi:
         """The codec in float32 on ``device``, quantizing with ``num_codebooks`` codebooks."""
@@ -243,8 +248,8 @@ class ModelFiles:
     def load_tokenizer(self) -> Optional[TextTokenizer]:
         return TextTokenizer(self.tokenizer) if self.tokenizer is not None else None
 
-    def load(self, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None
-             ) -> Tuple[MoshiLM, Mimi, Optional[TextTokenizer]]:
+    def load(self, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
+             quantize: Optional[str] = None) -> Tuple[MoshiLM, Mimi, Optional[TextTokenizer]]:
         """(LM, codec, tokenizer) on ``device``; the codec with the codebooks the LM reads and writes (as Kyutai's
         loader: max(dep_q, n_q - dep_q)). The small files are read first (the LM's config, the tokenizer, the
         codec), the LM's weights last: a wrong codec or tokenizer is told in a second, not after minutes of
@@ -254,13 +259,11 @@ class ModelFiles:
         cfg = LMConfig.load(self.lm_config)
         tokenizer = self.load_tokenizer()
         mimi = self.load_mimi(max(cfg.dep_q, cfg.user_codebooks), device)
-        return self.load_lm(device, dtype), mimi, tokenizer
+        return self.load_lm(device, dtype, quantize), mimi, tokenizer
 
     def _check_supported(self) -> None:
-        named = [name for name, value in (("LoRA adapters", self.lora_adapters),
-                                          ("quantized weights", self.quantization)) if value]
-        if named:
-            raise ModelFilesError(f"{' and '.join(named)}: not supported yet")
+        if self.lora_adapters:
+            raise ModelFilesError("LoRA adapters: not supported yet")
 
 
 # ---------------------------------------------------------------------------------------------- LM files

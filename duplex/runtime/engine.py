@@ -63,6 +63,7 @@ from ..model.sampling import Sampling, SlotSampling
 from ..model.tokenizer import TextTokenizer
 from .checkpoints import ModelFiles, codec_config_for, lm_codec, lm_config_for, lm_tokenizer
 from .profiling import StageTimer
+from .quantization import describe
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def _graphs_disabled_by_env() -> bool:
 
 class Engine:
     def __init__(self, lm: MoshiLM, mimi: Mimi, tokenizer: Optional[TextTokenizer] = None, slots: int = 8,
-                 cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None):
+                 cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None,
+                 kv_dtype: Optional[torch.dtype] = None):
         if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
             raise ValueError(f"slots must be a positive integer, got {slots!r}")
         cfg = lm.config
@@ -118,7 +120,8 @@ class Engine:
         # Conversation state, one row per slot.
         self.encoder_state = mimi.new_encoder_state(slots)
         self.decoder_state = mimi.new_decoder_state(slots)
-        self.generator_state = new_generator_state(lm, slots)
+        self.kv_dtype = kv_dtype or lm.dtype  # the temporal transformer's KV rings (float8_e4m3fn: the fp8 ring)
+        self.generator_state = new_generator_state(lm, slots, self.kv_dtype)
         lm.prepare_for_inference()  # documented on the class: the CPU weight layout (values unchanged)
         self.scratch = new_scratch(lm, slots)
         self.sampling = Sampling(slots, min(opts.text_top_k_max, cfg.text_card), min(opts.top_k_max, cfg.card),
@@ -154,11 +157,14 @@ class Engine:
     @classmethod
     def from_files(cls, files: ModelFiles, slots: int = 8, device: Union[str, torch.device] = "cpu",
                    dtype: Optional[torch.dtype] = None, cuda_graphs: bool = True,
-                   sampling: Optional[SamplingOptions] = None) -> "Engine":
+                   sampling: Optional[SamplingOptions] = None, quantize: Optional[str] = None,
+                   kv_dtype: Optional[torch.dtype] = None) -> "Engine":
         """The engine on the model ``files`` name (``ModelFiles.default()``, ``.for_lm(path)``,
-        ``.from_hf_cache(repo)``). dtype None: bfloat16 on CUDA, float32 on CPU (the codec is always float32)."""
-        lm, mimi, tokenizer = files.load(device, dtype)
-        engine = cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling)
+        ``.from_hf_cache(repo)``). dtype None: bfloat16 on CUDA, float32 on CPU (the codec is always float32).
+        ``quantize`` (``"int8"``, ``"fp8"``): the LM's linear weights quantized at load (a quantized file loads as
+        it is); ``kv_dtype``: the KV rings' dtype (``torch.float8_e4m3fn``: the fp8 ring). docs/quantization.md."""
+        lm, mimi, tokenizer = files.load(device, dtype, quantize=quantize)
+        engine = cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling, kv_dtype=kv_dtype)
         engine.files = files
         return engine
 
@@ -167,7 +173,8 @@ class Engine:
                          tokenizer: Union[None, str, os.PathLike, TextTokenizer] = None, slots: int = 8,
                          device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
                          cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None,
-                         lm_config=None, mimi_config=None) -> "Engine":
+                         lm_config=None, mimi_config=None, quantize: Optional[str] = None,
+                         kv_dtype: Optional[torch.dtype] = None) -> "Engine":
         """Paths (or loaded models). A path's companions not given are found beside it as ``ModelFiles.for_lm``
         finds them: the LM's config (never assumed: Kyutai's Moshi 7B file without one is told by its shapes, or
         give ``lm_config="moshi_7b"``), its codec and its tokenizer. dtype None: bfloat16 on CUDA, float32 on CPU
@@ -176,11 +183,14 @@ class Engine:
             files = ModelFiles.for_lm(lm, mimi=mimi, tokenizer=tokenizer, lm_config=lm_config,
                                       mimi_config=mimi_config)
             return cls.from_files(files, slots=slots, device=device, dtype=dtype, cuda_graphs=cuda_graphs,
-                                  sampling=sampling)
+                                  sampling=sampling, quantize=quantize, kv_dtype=kv_dtype)
         device = torch.device(device)
         if isinstance(lm, MoshiLM):
             if mimi is None:
                 raise ModelFilesError("a loaded LM needs its codec: give the codec too")
+            if quantize not in (None, "none", lm.quantization):
+                raise ValueError(f"quantize={quantize!r} for a loaded LM: quantize it first (lm.quantize_), or give "
+                                 "its file")
         else:
             config = LMConfig.load(lm_config_for(lm, lm_config))
             if mimi is None:
@@ -188,19 +198,25 @@ class Engine:
             if tokenizer is None:
                 tokenizer = lm_tokenizer(lm, config)
             lm = MoshiLM.from_checkpoint(lm, config=config, device=device,
-                                         dtype=default_dtype(device) if dtype is None else dtype)
+                                         dtype=default_dtype(device) if dtype is None else dtype, quantize=quantize)
         if not isinstance(mimi, Mimi):
             mimi = Mimi.from_checkpoint(mimi, config=codec_config_for(mimi, mimi_config), device=device)
         if tokenizer is not None and not isinstance(tokenizer, TextTokenizer):
             tokenizer = TextTokenizer(tokenizer)
-        return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling)
+        return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling, kv_dtype=kv_dtype)
 
     @classmethod
     def default(cls, slots: int = 8, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
-                cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None) -> "Engine":
+                cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None, quantize: Optional[str] = None,
+                kv_dtype: Optional[torch.dtype] = None) -> "Engine":
         """The engine on duplex's own small default model (``ModelFiles.default()``); nothing is downloaded."""
         return cls.from_files(ModelFiles.default(), slots=slots, device=device, dtype=dtype,
-                              cuda_graphs=cuda_graphs, sampling=sampling)
+                              cuda_graphs=cuda_graphs, sampling=sampling, quantize=quantize, kv_dtype=kv_dtype)
+
+    @property
+    def quantization(self) -> dict:
+        """What runs, for people and ``/api/stats``: the LM's weights (none, int8, fp8) and its KV rings' dtype."""
+        return describe(self.lm.quantization, self.kv_dtype, self.lm.dtype)
 
     # ----------------------------------------------------------------------------------------------- slots
     @property

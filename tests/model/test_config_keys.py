@@ -116,7 +116,6 @@ BASE = json.loads((FIXTURES / "lm_small_config.json").read_text())
     ("conditioners", {"speaker_wavs": {"type": "tensor", "tensor": {"dim": 512}}}, "TTS and Hibiki"),
     ("fuser", {"cross": ["speaker_wavs"]}, "TTS and Hibiki"),
     ("extra_heads_num_heads", 4, "STT"),
-    ("quantize", True, "q8"),
     ("lora", True, "LoRA"),
     ("norm_emb", True, "no published dialogue checkpoint"),
     ("bias_proj", True, "no published dialogue checkpoint"),
@@ -130,6 +129,15 @@ def test_unsupported_keys_are_refused_with_the_family(key, value, family):
         LMConfig.from_dict({**BASE, key: value})
     message = str(e.value)
     assert "\n" not in message and key in message and family in message, message
+
+
+def test_kyutai_q8_quantize_key_is_kept_with_the_repository_keys():
+    """Kyutai's q8 repositories say ``"quantize": true`` (the weights file holds int8 codes, told from its tensors
+    too): accepted, kept aside like the file names, written back; anything but a boolean is refused."""
+    cfg = LMConfig.from_dict({**BASE, "quantize": True})
+    assert cfg.repo_extras["quantize"] is True and cfg.to_dict()["quantize"] is True
+    with pytest.raises(LMConfigError, match="quantize must be true or false"):
+        LMConfig.from_dict({**BASE, "quantize": "int8"})
 
 
 @pytest.mark.parametrize("change, words", [

@@ -38,13 +38,15 @@ def test_timeline_first_frame_silent_then_audio():
         assert np.abs(audio).max() > 0 and (eng.last_tokens[slot] >= 0).all()
 
 
-def test_slot_isolation_bit_exact():
+@pytest.mark.parametrize("quantized", [{}, {"quantize": "int8"}, {"quantize": "fp8", "kv_dtype": torch.float8_e4m3fn},
+                                       {"kv_dtype": torch.float8_e4m3fn}], ids=["plain", "int8", "fp8", "fp8-ring"])
+def test_slot_isolation_bit_exact(quantized):
     """A session's output in a busy engine (others opening, closing and skipping ticks) equals the same session
-    run alone, even when it skips ticks itself."""
+    run alone, even when it skips ticks itself; with quantized weights and the fp8 KV ring too."""
     steps = 30
     x = frames(1, steps)
 
-    alone = make_engine(slots=4)
+    alone = make_engine(slots=4, **quantized)
     for _ in range(3):
         alone.open()  # occupy slots 0-1 without ever stepping them, so the session lands on the same row
     alone.close(2)
@@ -55,7 +57,7 @@ def test_slot_isolation_bit_exact():
         solo_audio.append(alone.step({solo_slot: x[i]})[solo_slot][0])
         solo_tokens.append(alone.last_tokens[solo_slot].clone())
 
-    busy = make_engine(slots=4)
+    busy = make_engine(slots=4, **quantized)
     noise = np.random.default_rng(7)
     others = {busy.open(): 0, busy.open(): 0}
     slot = busy.open()

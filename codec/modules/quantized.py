@@ -1,0 +1,192 @@
+"""Low-bit weights and KV rings (docs/quantization.md): weight-only int8/fp8 linear layers and the fp8 KV ring's
+encoding. (Number formats, not the codec's residual vector quantizer, in ``codec.modules.quantizer``.)
+
+A quantized weight [out, in] is stored as two tensors on its module: the codes under the weight's own name
+(``int8``, or ``float8_e4m3fn``) and ``<name>_scb``, the float32 absolute maximum of each row. That is the layout of
+Kyutai's q8 checkpoints (bitsandbytes' ``int8_vectorwise_quant``: ``code = round(w * 127 / absmax)``, so
+``w ~ code * absmax / 127``), used here for fp8 too with 448 (e4m3's largest value) in place of 127. A third,
+non-persistent tensor ``<name>_scale`` holds ``absmax / qmax`` in the dtype the kernel takes, computed once at load.
+
+``weight_of(module, name)`` gives what the forward code multiplies by: the plain parameter, or a
+``QuantizedWeight`` view of the three tensors that ``fast_linear`` (``codec.modules.linear``) dispatches on. Row
+slices and row concatenations of a ``QuantizedWeight`` are quantized weights too (the depth transformer packs one
+weight set per step in one matrix).
+
+Kernels, all PyTorch's own (why not torchao: docs/quantization.md): int8 runs ``torch._weight_int8pack_mm``, the
+weight-only int8 product PyTorch ships for CPU and CUDA (on CPU with bfloat16 activations, where its kernel is
+2.9x faster than the float32 product at 7B shapes, while with float32 activations it is 4x slower); fp8 converts
+the codes to the activations' dtype and multiplies (no weight-only fp8 product exists in PyTorch; torch.compile fuses
+the conversion into the product). Where gradients are needed both use the dequantized weight (frozen base weights).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
+MODES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+SCB = "_scb"
+SCALE = "_scale"
+
+
+def mode_of(dtype: torch.dtype) -> str:
+    return {v: k for k, v in MODES.items()}[dtype]
+
+
+class QuantizedWeight:
+    """A view of a quantized weight: ``codes`` [out, in] (int8 or float8_e4m3fn), ``scb`` float32 [out] (row
+    absolute maxima), ``scale`` [out] (``scb / qmax`` in the kernel's dtype). Not a tensor: only what the forward
+    code does with a weight (``fast_linear``, row slices, ``shape``, ``dequantize``)."""
+
+    __slots__ = ("codes", "scb", "scale")
+
+    def __init__(self, codes: torch.Tensor, scb: torch.Tensor, scale: torch.Tensor):
+        self.codes, self.scb, self.scale = codes, scb, scale
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def __getitem__(self, rows: slice) -> "QuantizedWeight":
+        return QuantizedWeight(self.codes[rows], self.scb[rows], self.scale[rows])
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.codes.float() * (self.scb / QMAX[self.codes.dtype])[:, None]).to(dtype)
+
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:  # frozen base weights under training: autograd-able path
+            y = F.linear(x, self.dequantize(x.dtype))
+        elif self.codes.dtype == torch.int8:
+            rows = x.reshape(-1, x.shape[-1])
+            if self.codes.shape[1] % _KERNEL_INNER:  # outside the kernel's shapes (small test models)
+                y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
+            elif rows.dtype == torch.float32 and rows.device.type == "cpu":  # the bfloat16 kernel (docstring above)
+                y = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.codes, self.scale).to(torch.float32)
+            elif int8_kernel_works(rows.device, rows.dtype):
+                y = torch._weight_int8pack_mm(rows, self.codes, self.scale.to(rows.dtype))
+            else:  # a device or dtype PyTorch's kernel does not take: the same product, dequantized
+                y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
+            y = y.view(*x.shape[:-1], y.shape[-1])
+        else:
+            y = F.linear(x, self.codes.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if bias is None else y + bias
+
+
+_KERNEL_WORKS: dict = {}
+# torch._weight_int8pack_mm takes inner dimensions in multiples of 16 on CPU (others crash the process in torch
+# 2.11); every Moshi-family width is a multiple of 64, which is what is asked here, on every device.
+_KERNEL_INNER = 64
+
+
+def int8_kernel_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch._weight_int8pack_mm`` runs on ``device`` for ``dtype`` activations: tried once per (device,
+    dtype) on a tiny product, outside any CUDA graph capture (an error there would spoil the capture; until it has
+    been tried, a capturing caller takes the dequantized product)."""
+    key = (str(device), dtype)
+    if key not in _KERNEL_WORKS:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return False
+        try:
+            a = torch.ones(1, 64, device=device, dtype=dtype)
+            out = torch._weight_int8pack_mm(a, torch.ones(8, 64, device=device, dtype=torch.int8),
+                                            torch.ones(8, device=device, dtype=dtype))
+            _KERNEL_WORKS[key] = bool(torch.allclose(out.float().cpu(), torch.full((1, 8), 64.0)))
+        except (RuntimeError, NotImplementedError):
+            _KERNEL_WORKS[key] = False
+    return _KERNEL_WORKS[key]
+
+
+def weight_of(module: nn.Module, name: str = "weight"):
+    """``module``'s weight ``name``: the parameter itself, or a ``QuantizedWeight`` when it was quantized."""
+    buffers = module._buffers
+    if name + SCB in buffers:
+        return QuantizedWeight(buffers[name], buffers[name + SCB], buffers[name + SCALE])
+    return getattr(module, name)
+
+
+def dense(weight, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """A plain tensor of ``weight`` (dequantized in ``dtype``, default float32, when quantized)."""
+    return weight.dequantize(dtype or torch.float32) if isinstance(weight, QuantizedWeight) else weight
+
+
+def cat_rows(weights: Sequence) -> "torch.Tensor | QuantizedWeight":
+    """Weights stacked along their rows (``torch.cat(..., dim=0)`` for plain and quantized ones alike)."""
+    if isinstance(weights[0], QuantizedWeight):
+        return QuantizedWeight(torch.cat([w.codes for w in weights]), torch.cat([w.scb for w in weights]),
+                               torch.cat([w.scale for w in weights]))
+    return torch.cat(list(weights), dim=0)
+
+
+def quantize_rows(weight: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
+    """(codes, scb) of ``weight`` [out, in]. int8 as bitsandbytes' ``int8_vectorwise_quant`` computes it from the
+    float16 weight Kyutai's exporter gives it (so a q8 file written here holds the bytes Kyutai's would); fp8: the
+    row scaled to e4m3's range, rounded to nearest even by the cast."""
+    w = weight.detach().to(torch.float16).float() if dtype == torch.int8 else weight.detach().float()
+    scb = w.abs().amax(dim=1)
+    safe = torch.where(scb > 0, scb, torch.ones_like(scb))
+    scaled = w * (QMAX[dtype] / safe)[:, None]
+    if dtype == torch.int8:
+        codes = torch.round(scaled).clamp_(-127, 127).to(torch.int8)
+    else:
+        codes = scaled.clamp_(-448, 448).to(dtype)
+    return codes, scb
+
+
+def kernel_scale(scb: torch.Tensor, codes_dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.Tensor:
+    """``scb / qmax`` in the dtype the kernel multiplies with (bfloat16 for int8 with float32 activations on CPU)."""
+    scale = scb.float() / QMAX[codes_dtype]
+    if codes_dtype == torch.int8 and compute_dtype == torch.float32 and scb.device.type == "cpu":
+        return scale.to(torch.bfloat16)
+    return scale.to(compute_dtype)
+
+
+def set_quantized(module: nn.Module, name: str, codes: torch.Tensor, scb: torch.Tensor,
+                  compute_dtype: torch.dtype) -> None:
+    """Replace ``module``'s parameter ``name`` by ``codes`` and ``scb`` (persistent buffers: they are what a
+    quantized file holds) and the kernel's scale (non-persistent)."""
+    if name in module._parameters:
+        del module._parameters[name]
+    module.register_buffer(name, codes)
+    module.register_buffer(name + SCB, scb.float())
+    module.register_buffer(name + SCALE, kernel_scale(scb, codes.dtype, compute_dtype), persistent=False)
+
+
+def refresh_scales(model: nn.Module, compute_dtype: torch.dtype) -> None:
+    """Recompute every ``_scale`` from its ``_scb`` (after loading a file or moving the model)."""
+    for module in model.modules():
+        for key in list(module._buffers):
+            if key.endswith(SCB):
+                name = key[:-len(SCB)]
+                module._buffers[name + SCALE] = kernel_scale(module._buffers[key], module._buffers[name].dtype,
+                                                             compute_dtype)
+
+
+# ----------------------------------------------------------------------------------------- the fp8 KV ring
+FP8 = torch.float8_e4m3fn
+
+
+def fp8_encode(x: torch.Tensor, scale_dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
+    """(codes, scale) of vectors ``x`` [..., d]: each vector scaled by its own absolute maximum to e4m3's range
+    (no calibration; a key or value of any size keeps its 3 significant bits). ``x ~ codes * scale``."""
+    amax = x.detach().abs().amax(dim=-1, keepdim=True).float()
+    scale = torch.where(amax > 0, amax / QMAX[FP8], torch.ones_like(amax))
+    codes = (x.float() / scale).clamp_(-448, 448).to(FP8)
+    return codes, scale.to(scale_dtype)
+
+
+def fp8_decode(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return codes.to(dtype) * scale.to(dtype)
+
+
+def fp8_roundtrip(x: torch.Tensor) -> torch.Tensor:
+    """What a vector reads back from the fp8 ring (the offline, teacher-forced view of the same rounding)."""
+    codes, scale = fp8_encode(x, x.dtype)
+    return fp8_decode(codes, scale, x.dtype)
