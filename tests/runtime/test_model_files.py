@@ -55,7 +55,7 @@ def test_the_default_model_is_the_shipped_files():
     assert (files.mimi, files.mimi_config) == (SHIPPED_CODEC, SHIPPED_CONFIG)
     assert files.lm_config.endswith("duplex-lm.json") and files.source == "the default model"
     assert files.voice_prompts == (SHIPPED_VOICES,)  # NVIDIA's voice names for it (tests/runtime/test_voices.py)
-    assert files.lora_adapters == () and files.quantization is None
+    assert files.lora_adapters == ()
 
 
 def test_the_name_people_see(run):
