@@ -12,11 +12,16 @@ non-persistent tensor ``<name>_scale`` holds ``absmax / qmax`` in the dtype the 
 slices and row concatenations of a ``QuantizedWeight`` are quantized weights too (the depth transformer packs one
 weight set per step in one matrix).
 
-Kernels, all PyTorch's own (why not torchao: docs/quantization.md): int8 runs ``torch._weight_int8pack_mm``, the
-weight-only int8 product PyTorch ships for CPU and CUDA (on CPU with bfloat16 activations, where its kernel is
-2.9x faster than the float32 product at 7B shapes, while with float32 activations it is 4x slower); fp8 converts
-the codes to the activations' dtype and multiplies (no weight-only fp8 product exists in PyTorch; torch.compile fuses
-the conversion into the product). Where gradients are needed both use the dequantized weight (frozen base weights).
+Kernels, all PyTorch's own (why not torchao, and the measurements: docs/quantization.md):
+* int8 on CPU: ``torch._weight_int8pack_mm``, PyTorch's weight-only int8 product, with bfloat16 activations (2.9x
+  faster than the float32 product at 7B shapes; with float32 activations the same kernel is 4x slower).
+* int8 on CUDA: the codes converted for cuBLAS's product, then the row scales (PyTorch's CUDA int8 kernel is one
+  thread per output reading the weight rows uncoalesced). This saves memory, not time: a fused dequantizing product
+  needs torch.compile (the GPU step's issue).
+* fp8 on a GPU with fp8 matrix units (compute capability 8.9+) in bfloat16: ``torch._scaled_mm`` with per-row
+  scales, the activations coded per row to e4m3 on the fly (so one slot's codes never depend on another's);
+  elsewhere weight-only, the codes converted for the product.
+Where gradients are needed the dequantized weight is used (frozen base weights).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
+FP8 = torch.float8_e4m3fn
+QMAX = {torch.int8: 127.0, FP8: 448.0}
 MODES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 SCB = "_scb"
 SCALE = "_scale"
@@ -62,46 +68,49 @@ class QuantizedWeight:
         return (self.codes.float() * (self.scb / QMAX[self.codes.dtype])[:, None]).to(dtype)
 
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        inner = self.codes.shape[1]
         if torch.is_grad_enabled() and x.requires_grad:  # frozen base weights under training: autograd-able path
-            y = F.linear(x, self.dequantize(x.dtype))
+            y = F.linear(rows, self.dequantize(x.dtype))
         elif self.codes.dtype == torch.int8:
-            rows = x.reshape(-1, x.shape[-1])
-            if self.codes.shape[1] % _KERNEL_INNER:  # outside the kernel's shapes (small test models)
+            if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.bfloat16) and inner % 16 == 0:
+                # PyTorch's weight-only int8 kernel, with bfloat16 activations (module docstring; it takes inner
+                # sizes in multiples of 16: others crash the process in torch 2.11)
+                y = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.codes, self.scale).to(rows.dtype)
+            else:  # CUDA: PyTorch's int8 kernel is one thread per output reading uncoalesced rows; cuBLAS is faster
                 y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
-            elif rows.dtype == torch.float32 and rows.device.type == "cpu":  # the bfloat16 kernel (docstring above)
-                y = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.codes, self.scale).to(torch.float32)
-            elif int8_kernel_works(rows.device, rows.dtype):
-                y = torch._weight_int8pack_mm(rows, self.codes, self.scale.to(rows.dtype))
-            else:  # a device or dtype PyTorch's kernel does not take: the same product, dequantized
-                y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
-            y = y.view(*x.shape[:-1], y.shape[-1])
-        else:
-            y = F.linear(x, self.codes.to(x.dtype)) * self.scale.to(x.dtype)
+        elif (rows.device.type == "cuda" and rows.dtype == torch.bfloat16 and inner % 16 == 0
+              and self.codes.shape[0] % 16 == 0 and fp8_matmul_works(rows.device)):
+            # fp8 matrix units (compute capability 8.9+): the activations coded per row to e4m3 on the fly, one
+            # scaled product (cuBLASLt) with both row scales (a row's code never depends on another slot's)
+            codes, scale = fp8_encode(rows, torch.float32)
+            y = torch._scaled_mm(codes, self.codes.t(), scale, self.scale.view(1, -1), out_dtype=rows.dtype)
+        else:  # fp8 weights elsewhere: weight-only, the codes converted for the product
+            y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
+        y = y.view(*x.shape[:-1], y.shape[-1])
         return y if bias is None else y + bias
 
 
-_KERNEL_WORKS: dict = {}
-# torch._weight_int8pack_mm takes inner dimensions in multiples of 16 on CPU (others crash the process in torch
-# 2.11); every Moshi-family width is a multiple of 64, which is what is asked here, on every device.
-_KERNEL_INNER = 64
+_FP8_WORKS: dict = {}
 
 
-def int8_kernel_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``torch._weight_int8pack_mm`` runs on ``device`` for ``dtype`` activations: tried once per (device,
-    dtype) on a tiny product, outside any CUDA graph capture (an error there would spoil the capture; until it has
-    been tried, a capturing caller takes the dequantized product)."""
-    key = (str(device), dtype)
-    if key not in _KERNEL_WORKS:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+def fp8_matmul_works(device: torch.device) -> bool:
+    """Whether ``torch._scaled_mm`` with per-row scales runs on ``device`` (a GPU with fp8 matrix units): tried once
+    per device on a tiny product, never inside a CUDA graph capture (an error there would spoil it; until it has
+    been tried, a capturing caller takes the weight-only product)."""
+    key = str(device)
+    if key not in _FP8_WORKS:
+        if torch.cuda.is_current_stream_capturing():
             return False
         try:
-            a = torch.ones(1, 64, device=device, dtype=dtype)
-            out = torch._weight_int8pack_mm(a, torch.ones(8, 64, device=device, dtype=torch.int8),
-                                            torch.ones(8, device=device, dtype=dtype))
-            _KERNEL_WORKS[key] = bool(torch.allclose(out.float().cpu(), torch.full((1, 8), 64.0)))
-        except (RuntimeError, NotImplementedError):
-            _KERNEL_WORKS[key] = False
-    return _KERNEL_WORKS[key]
+            a = torch.ones(1, 32, device=device).to(FP8)
+            b = torch.ones(16, 32, device=device).to(FP8)
+            ones = torch.ones(1, 1, device=device)
+            out = torch._scaled_mm(a, b.t(), ones, torch.ones(1, 16, device=device), out_dtype=torch.bfloat16)
+            _FP8_WORKS[key] = bool(torch.allclose(out.float().cpu(), torch.full((1, 16), 32.0)))
+        except (RuntimeError, NotImplementedError, TypeError):
+            _FP8_WORKS[key] = False
+    return _FP8_WORKS[key]
 
 
 def weight_of(module: nn.Module, name: str = "weight"):
@@ -141,11 +150,12 @@ def quantize_rows(weight: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tens
 
 
 def kernel_scale(scb: torch.Tensor, codes_dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.Tensor:
-    """``scb / qmax`` in the dtype the kernel multiplies with (bfloat16 for int8 with float32 activations on CPU)."""
+    """``scb / qmax`` in the dtype the kernel multiplies with: bfloat16 for int8 with float32 activations (the CPU
+    kernel's), float32 for fp8 (the scaled product's), else the compute dtype."""
     scale = scb.float() / QMAX[codes_dtype]
-    if codes_dtype == torch.int8 and compute_dtype == torch.float32 and scb.device.type == "cpu":
-        return scale.to(torch.bfloat16)
-    return scale.to(compute_dtype)
+    if codes_dtype == FP8:
+        return scale
+    return scale.to(torch.bfloat16 if compute_dtype == torch.float32 else compute_dtype)
 
 
 def set_quantized(module: nn.Module, name: str, codes: torch.Tensor, scb: torch.Tensor,
@@ -170,7 +180,6 @@ def refresh_scales(model: nn.Module, compute_dtype: torch.dtype) -> None:
 
 
 # ----------------------------------------------------------------------------------------- the fp8 KV ring
-FP8 = torch.float8_e4m3fn
 
 
 def fp8_encode(x: torch.Tensor, scale_dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":

@@ -203,3 +203,24 @@ def test_forward_train_with_quantized_weights_is_close_to_float():
     a, b, c = ref.logits[keep], got.logits[keep], ring.logits[keep]
     assert float((a - b).abs().max()) <= 0.05 * float(a.abs().max())
     assert float((a - c).abs().max()) <= 0.1 * float(a.abs().max()) and not torch.equal(a, c)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+def test_cuda_products_are_the_products_with_the_dequantized_weight(mode):
+    """On CUDA: int8 through cuBLAS on the converted codes; fp8 through the per-row scaled product where the GPU has
+    fp8 matrix units (the activations coded per row, so bounded by e4m3's precision), else weight-only."""
+    torch.manual_seed(0)
+    w = torch.randn(256, 512, device="cuda") / 512 ** 0.5
+    codes, scb = quantize_rows(w, torch.int8 if mode == "int8" else FP8)
+    from codec.modules.quantized import kernel_scale
+
+    q = QuantizedWeight(codes, scb, kernel_scale(scb, codes.dtype, torch.bfloat16))
+    x = torch.randn(3, 512, device="cuda", dtype=torch.bfloat16)
+    got = q.linear(x).float()
+    want = F.linear(x.float(), q.dequantize())
+    tolerance = 2e-2 if mode == "int8" else 8e-2  # bfloat16 output; e4m3 activations: 3 significant bits
+    assert float((got - want).abs().max()) <= tolerance * float(want.abs().max())
+    one = q.linear(x[:1]).float()  # a row's result does not depend on the other rows (slot isolation)
+    assert torch.equal(one, q.linear(x).float()[:1]) or float((one - got[:1]).abs().max()) <= 1e-2 * float(
+        want.abs().max())
