@@ -127,8 +127,7 @@ def run_bench_serve(args) -> int:
     if args.soak:
         return _run_soak(args)
     needed = fuzz.SLOTS if args.fuzz else args.clients
-    if args.url and (args.lm or args.mimi or args.slots):
-        raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+    _check_url(args)
     if args.slots and args.slots < needed:
         raise UsageError(f"--slots {args.slots} is fewer than --clients {args.clients}" if not args.fuzz else
                          f"--fuzz needs --slots {fuzz.SLOTS} or more (a hostile client and the health check's)")
@@ -155,6 +154,26 @@ def run_bench_serve(args) -> int:
     return 1 if any("exception" in c for c in report["clients"]) else 0
 
 
+# The options of a server ``bench serve`` starts itself (add_model_options, --slots, --threads), as (flag, attribute,
+# value when not given).
+SERVER_OPTIONS = (("--hf-repo", "hf_repo", None), ("--lm", "lm", None), ("--mimi", "mimi", None),
+                  ("--tokenizer", "tokenizer", None), ("--lm-config", "lm_config", None),
+                  ("--mimi-config", "mimi_config", None), ("--dtype", "dtype", None), ("--quantize", "quantize", None),
+                  ("--kv-dtype", "kv_dtype", "auto"), ("--device", "device", "auto"), ("--slots", "slots", None),
+                  ("--threads", "threads", 0), ("--no-cuda-graphs", "no_cuda_graphs", False))
+
+
+def _check_url(args) -> None:
+    """--url loads a running server: the options of one started here (its model, quantization, slots) would be
+    silently ignored, so they are refused."""
+    if not args.url:
+        return
+    given = [flag for flag, attr, unset in SERVER_OPTIONS if getattr(args, attr, unset) != unset]
+    if given:
+        raise UsageError(f"--url loads a running server: {', '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                         "for a server started here (give them to duplex serve)")
+
+
 def _server_threads(args) -> None:
     """The engine threads of a server started here: --threads, else what duplex serve would use."""
     if args.url:
@@ -165,8 +184,7 @@ def _server_threads(args) -> None:
 
 
 def _run_flood(args) -> int:
-    if args.url and (args.lm or args.mimi or args.slots):
-        raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+    _check_url(args)
 
     def progress(text: str) -> None:
         print(f"duplex bench serve: {text}", file=sys.stderr)
@@ -186,8 +204,7 @@ def _run_flood(args) -> int:
 
 
 def _run_soak(args) -> int:
-    if args.url and (args.lm or args.mimi or args.slots):
-        raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+    _check_url(args)
     if args.slots and args.slots < args.clients:
         raise UsageError(f"--slots {args.slots} is fewer than --clients {args.clients}")
 
