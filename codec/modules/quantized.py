@@ -76,7 +76,8 @@ class QuantizedWeight:
             if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.bfloat16) and inner % 16 == 0:
                 # PyTorch's weight-only int8 kernel, with bfloat16 activations (module docstring; it takes inner
                 # sizes in multiples of 16: others crash the process in torch 2.11)
-                y = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.codes, self.scale).to(rows.dtype)
+                activations = aligned(rows.to(torch.bfloat16))  # a misaligned view crashes the kernel (below)
+                y = torch._weight_int8pack_mm(activations, self.codes, self.scale).to(rows.dtype)
             else:  # CUDA: PyTorch's int8 kernel is one thread per output reading uncoalesced rows; cuBLAS is faster
                 y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
         elif (rows.device.type == "cuda" and rows.dtype == torch.bfloat16 and inner % 16 == 0
@@ -92,6 +93,18 @@ class QuantizedWeight:
 
 
 _FP8_WORKS: dict = {}
+
+
+# torch._weight_int8pack_mm on CPU (torch 2.11) crashes the process from 4 rows on when its codes are not 16-byte
+# aligned or its activations not 32-byte aligned (tensors a safetensors file was read into sit at the file's
+# offsets; a row view of an activation at any offset). Codes are aligned once at load (``refresh_scales``), the
+# activations of a bfloat16 model per call where they are a misaligned view (new tensors always are aligned).
+_ALIGN = 64
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it at a 64-byte aligned address (what PyTorch's allocator gives every new tensor)."""
+    return t if t.data_ptr() % _ALIGN == 0 else t.clone(memory_format=torch.contiguous_format)
 
 
 def fp8_matmul_works(device: torch.device) -> bool:
@@ -170,11 +183,14 @@ def set_quantized(module: nn.Module, name: str, codes: torch.Tensor, scb: torch.
 
 
 def refresh_scales(model: nn.Module, compute_dtype: torch.dtype) -> None:
-    """Recompute every ``_scale`` from its ``_scb`` (after loading a file or moving the model)."""
+    """Recompute every ``_scale`` from its ``_scb`` (after loading a file or moving the model), and put codes read
+    from a file at aligned addresses (``aligned``: the CPU int8 kernel needs it)."""
     for module in model.modules():
         for key in list(module._buffers):
             if key.endswith(SCB):
                 name = key[:-len(SCB)]
+                if module._buffers[name].device.type == "cpu":
+                    module._buffers[name] = aligned(module._buffers[name])
                 module._buffers[name + SCALE] = kernel_scale(module._buffers[key], module._buffers[name].dtype,
                                                              compute_dtype)
 
