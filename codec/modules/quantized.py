@@ -79,7 +79,8 @@ class QuantizedWeight:
                 activations = aligned(rows.to(torch.bfloat16))  # a misaligned view crashes the kernel (below)
                 y = torch._weight_int8pack_mm(activations, self.codes, self.scale).to(rows.dtype)
             else:  # CUDA: PyTorch's int8 kernel is one thread per output reading uncoalesced rows; cuBLAS is faster
-                y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
+                scale = self.scb / QMAX[torch.int8] if rows.dtype == torch.float32 else self.scale.to(rows.dtype)
+                y = F.linear(rows, self.codes.to(rows.dtype)) * scale
         elif (rows.device.type == "cuda" and rows.dtype == torch.bfloat16 and inner % 16 == 0
               and self.codes.shape[0] % 16 == 0 and fp8_matmul_works(rows.device)):
             # fp8 matrix units (compute capability 8.9+): the activations coded per row to e4m3 on the fly, one
