@@ -52,7 +52,8 @@ def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str
     dev = torch.device(device)
     cfg = LMConfig.load(config)  # a preset name or a JSON file
     variants = list(variants or [Variant()])
-    lms = {weights: _load(cfg, checkpoint, dev, dtype, weights) for weights in dict.fromkeys(v.weights for v in variants)}
+    formats = dict.fromkeys(v.weights for v in variants)
+    lms = {weights: _load(cfg, checkpoint, dev, dtype, weights) for weights in formats}
     first = lms[variants[0].weights]
     params = sum(t.numel() for name, t in first.state_dict().items() if not name.endswith(SCB))
 
@@ -130,6 +131,5 @@ def format_table(report: dict) -> str:
 
 def report_caveats(report: dict) -> List[str]:
     """What the figures of a ``bench_lm`` report cannot mean (``codec.eval.bench.caveats``)."""
-    return caveats(report["frames"], [(f"{r.get('variant', '')} batch {r['batch_size']}".strip(), r["step_ms"]["median"],
-                                       r["step_ms"]["p90"])
-                                      for r in report["results"]])
+    return caveats(report["frames"], [(f"{r.get('variant', '')} batch {r['batch_size']}".strip(),
+                                       r["step_ms"]["median"], r["step_ms"]["p90"]) for r in report["results"]])

@@ -191,7 +191,8 @@ def state_bytes(engine: Engine) -> Dict[str, int]:
     return out
 
 
-def engine_state(lm: MoshiLM, mimi: Mimi, kv_dtype: Optional[torch.dtype] = None) -> Tuple[Dict[str, int], Dict[str, int]]:
+def engine_state(lm: MoshiLM, mimi: Mimi,
+                 kv_dtype: Optional[torch.dtype] = None) -> Tuple[Dict[str, int], Dict[str, int]]:
     """(fixed, per session) state bytes by category: meta engines of one and two slots, their difference per
     session (``lm`` and ``mimi`` on the meta device, or on any device for small models)."""
     one = state_bytes(Engine(lm, mimi, slots=1, cuda_graphs=False, kv_dtype=kv_dtype))

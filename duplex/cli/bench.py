@@ -1,5 +1,5 @@
-"""``duplex bench codec | lm | latency | memory | serve | codec-quality`` (and ``turns``, in ``turns.py``): parse, call the
-benchmark, print the table it formats (figure caveats on stderr), write the JSON with ``--json``."""
+"""``duplex bench codec | lm | latency | memory | serve | codec-quality`` (and ``turns``, in ``turns.py``): parse,
+call the benchmark, print the table it formats (figure caveats on stderr), write the JSON with ``--json``."""
 
 from __future__ import annotations
 
@@ -115,8 +115,8 @@ def run_bench_memory(args) -> int:
             raise UsageError(f"--measured {args.measured}: not a bench latency report ({e})") from None
         report["not_measured"] = "not in --measured"
     elif device.type == "cuda":
-        print(f"duplex bench memory: building the engines on {device} (batch {', '.join(map(str, args.measure_batch))})",
-              file=sys.stderr)
+        batches = ", ".join(map(str, args.measure_batch))
+        print(f"duplex bench memory: building the engines on {device} (batch {batches})", file=sys.stderr)
         memory.measure_cuda(report, args.measure_batch, str(device),
                             progress=lambda text: print(f"duplex bench memory: {text}", file=sys.stderr))
     else:
