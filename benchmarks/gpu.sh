@@ -18,7 +18,7 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/duplex-gpu}
 mkdir -p "$OUT"
 rm -f "$OUT"/latency_7b.json "$OUT"/latency_default.json "$OUT"/memory_7b.json "$OUT"/gpu_tests.txt \
-  "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_status.txt
+  "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 VARIANTS="none fp8kv int8 int8+fp8kv fp8 fp8+fp8kv"
 
@@ -76,11 +76,12 @@ if $PY -m duplex bench fidelity --help > "$OUT/fidelity_help.txt" 2>&1; then
   for model in $MODELS; do
     echo "-- duplex bench fidelity --model $model" >> "$OUT/fidelity.txt"
     timeout "$FIDELITY_LIMIT" $PY -m duplex bench fidelity --model "$model" --device "$DEVICE" "${AUDIO[@]}" \
-      "${SHORT[@]}" --json "$OUT/fidelity_$model.json" >> "$OUT/fidelity.txt" 2>&1
+      "${SHORT[@]}" --json "$OUT/fidelity_$model.json" >> "$OUT/fidelity.txt" 2> "$OUT/fidelity_$model.log"
     rc=$?
     if [ $rc -eq 0 ]; then verdicts+=("$model: see below")
     elif [ $rc -eq 124 ]; then verdicts+=("$model: timed out after $FIDELITY_LIMIT s")
     else verdicts+=("$model: failed (exit $rc; output below)"); status=1; fi
+    [ $rc -eq 0 ] || tail -5 "$OUT/fidelity_$model.log" >> "$OUT/fidelity.txt"
   done
   (IFS=';'; echo "${verdicts[*]}") | sed 's/;/; /g' > "$OUT/fidelity_status.txt"
 else
