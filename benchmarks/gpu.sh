@@ -35,7 +35,9 @@ step() { echo "== [$(( $(date +%s) - started )) s] $*"; }
 if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   step "GPU tests"
-  $PY -m pytest -q -p no:cacheprovider tests/runtime/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" | tail -4 \
+  $PY -m pytest -q -p no:cacheprovider tests/runtime/test_gpu.py \
+    tests/model/test_quantize.py::test_cuda_products_are_the_products_with_the_dequantized_weight \
+    "tests/model/test_kyutai_q8.py::test_cuda" 2>&1 | tee "$OUT/gpu_tests.txt" | tail -4 \
     || status=1
   step "the engine's frame step, Moshi 7B shapes (random weights), CUDA graphs: $VARIANTS"
   # One weight format loaded at a time; each engine timed alone with its peak memory; 128 sessions that do not
