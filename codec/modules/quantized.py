@@ -127,25 +127,63 @@ def fp8_matmul_works(device: torch.device) -> bool:
     return _FP8_WORKS[key]
 
 
+ADAPTERS = "_lora"  # a weight NAME's adapters (LoRA, duplex.model.lora) are the submodule NAME_lora of its module
+
+
 def weight_of(module: nn.Module, name: str = "weight"):
-    """``module``'s weight ``name``: the parameter itself, or a ``QuantizedWeight`` when it was quantized."""
+    """``module``'s weight ``name``: the parameter itself, a ``QuantizedWeight`` when it was quantized, and either
+    seen through its adapters (a view with ``linear``) when it has some (``duplex.model.lora``)."""
     buffers = module._buffers
     if name + SCB in buffers:
-        return QuantizedWeight(buffers[name], buffers[name + SCB], buffers[name + SCALE])
-    return getattr(module, name)
+        weight = QuantizedWeight(buffers[name], buffers[name + SCB], buffers[name + SCALE])
+    else:
+        weight = getattr(module, name)
+    adapters = module._modules.get(name + ADAPTERS)
+    return weight if adapters is None else adapters.view(weight)
 
 
 def dense(weight, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """A plain tensor of ``weight`` (dequantized in ``dtype``, default float32, when quantized)."""
-    return weight.dequantize(dtype or torch.float32) if isinstance(weight, QuantizedWeight) else weight
+    """A plain tensor of ``weight`` (dequantized, or merged with its adapters, in ``dtype`` (default float32) when
+    it is a view)."""
+    return weight if isinstance(weight, torch.Tensor) else weight.dequantize(dtype or torch.float32)
 
 
-def cat_rows(weights: Sequence) -> "torch.Tensor | QuantizedWeight":
-    """Weights stacked along their rows (``torch.cat(..., dim=0)`` for plain and quantized ones alike)."""
-    if isinstance(weights[0], QuantizedWeight):
+class RowStack:
+    """Weight views stacked along their rows where they cannot be one tensor (adapted weights): the product is each
+    one's product, side by side."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Sequence):
+        self.parts = list(parts)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((sum(p.shape[0] for p in self.parts), self.parts[0].shape[1]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.cat([dense(p, dtype) for p in self.parts])
+
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        from .linear import fast_linear  # noqa: PLC0415 - linear.py imports this module
+
+        y = torch.cat([fast_linear(x, p) for p in self.parts], dim=-1)
+        return y if bias is None else y + bias
+
+
+def cat_rows(weights: Sequence):
+    """Weights stacked along their rows (``torch.cat(..., dim=0)`` for plain and quantized ones alike; a
+    ``RowStack`` of adapted ones)."""
+    if all(isinstance(w, QuantizedWeight) for w in weights):
         return QuantizedWeight(torch.cat([w.codes for w in weights]), torch.cat([w.scb for w in weights]),
                                torch.cat([w.scale for w in weights]))
-    return torch.cat(list(weights), dim=0)
+    if all(isinstance(w, torch.Tensor) for w in weights):
+        return torch.cat(list(weights), dim=0)
+    return RowStack(weights)
 
 
 def quantize_rows(weight: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
