@@ -83,8 +83,8 @@ def test_bad_adapters_are_refused_in_one_line(tmp_path):
         "partial.safetensors": (partial, "no adapter for 1 of its 61 linear layers, e.g. text_linear"),
         "half.safetensors": ({k: v for k, v in stored.items() if k != "text_linear.lora_B.weight"},
                              "text_linear has lora_A without its pair"),
-        "other.safetensors": ({**stored, "decoder.lora_A.weight": stored["text_linear.lora_A.weight"],
-                               "decoder.lora_B.weight": stored["text_linear.lora_B.weight"]},
+        "other.safetensors": ({**stored, "decoder.lora_A.weight": stored["text_linear.lora_A.weight"].clone(),
+                               "decoder.lora_B.weight": stored["text_linear.lora_B.weight"].clone()},
                               "decoder is not a linear layer of this model"),
         "empty.safetensors": ({"emb.0.weight": torch.zeros(65, 64)}, "no adapter"),
     }
