@@ -36,7 +36,7 @@ import torch
 from codec import Mimi
 from codec.modules.state import zero_row
 
-from ..errors import EngineFull, ModelFilesError, PromptError
+from ..errors import EngineFull, LoRAError, ModelFilesError, PromptError
 from ..model.config import LMConfig
 from ..model.generator import (
     Forcing,
@@ -149,6 +149,14 @@ class Engine:
         self.max_prompt_states = 8
         self._prompts: Dict[int, list] = {}
 
+        # LoRA adapters (``lm.add_adapter``): each slot's adapter index (0: none) is data the batched step reads
+        # (``lm.route_adapters``), so slots with different adapters share one step. The LM keeps the reference: an
+        # LM with adapters serves one engine at a time.
+        self.adapter_rows = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self._slot_adapter = [0] * slots
+        if lm.adapters:
+            lm.route_adapters(self.adapter_rows)
+
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda" and not _graphs_disabled_by_env()
         self._graphs: Optional[dict] = None
         self._outputs: Optional[tuple] = None
@@ -224,27 +232,31 @@ class Engine:
         return self._in_use.count(False)
 
     def open(self, sampling: Optional[SlotSampling] = None, prompt: Optional[PromptFrames] = None,
-             **changes) -> int:
+             adapter: Union[None, int, str] = None, **changes) -> int:
         """Claim a free slot with a fresh state. ``sampling`` defaults to the engine's ``options.default``;
         keyword arguments change single fields of it (``engine.open(temperature=0.6, seed=7)``). ``prompt``
         (PersonaPlex, ``system_prompt``): the slot starts in that persona, at once when its state is known
-        (``prompt_states``), else after stepping its frames, one per tick (``prompting``)."""
+        (``prompt_states``), else after stepping its frames, one per tick (``prompting``). ``adapter``: the LoRA
+        adapter the session runs, by name or index (``adapters``; "none" or 0: the base model); default the first."""
         sampling = self.options.default if sampling is None else sampling
         _check_sampling_type(sampling)
         if changes:
             sampling = sampling.replace(**changes)  # checked here, before a slot is claimed
+        index = self.adapter_index(adapter)
         try:
             slot = self._in_use.index(False)
         except ValueError:
             raise EngineFull(f"engine full: all {self.slots} slots are in use") from None
         self._in_use[slot] = True
         self.configure(slot, sampling)
+        self._slot_adapter[slot] = index
+        self.adapter_rows[slot] = index
         for state in (self.encoder_state, self.decoder_state, self.generator_state):
             zero_row(state, slot)  # only this slot's memory (a 7B slot's KV ring alone is ~1.6 GB)
         self._prompts.pop(slot, None)
         if prompt is not None:
-            if prompt.key in self.prompt_states:
-                self._put_prompt_state(slot, prompt.key)
+            if self._state_key(prompt.key, slot) in self.prompt_states:
+                self._put_prompt_state(slot, self._state_key(prompt.key, slot))
             else:
                 self._prompts[slot] = [prompt.to(self.device), 0]
         return slot
@@ -289,13 +301,14 @@ class Engine:
         return 0 if entry is None else len(entry[0]) - entry[1]
 
     @torch.no_grad()
-    def prepare_prompt(self, prompt: PromptFrames) -> None:
+    def prepare_prompt(self, prompt: PromptFrames, adapter: Union[None, int, str] = None) -> None:
         """Step ``prompt`` now in a free slot, alone (the other slots sit the ticks out), and keep the state it
-        ends in, so sessions opened with it start at once. The same batched step as a prompt stepped among
-        talking slots, so the same state, bit for bit."""
-        if prompt.key in self.prompt_states:
+        ends in, so sessions opened with it (and ``adapter``) start at once. The same batched step as a prompt
+        stepped among talking slots, so the same state, bit for bit."""
+        key = f"{prompt.key}@{self.adapter_index(adapter)}" if self.adapters else prompt.key
+        if key in self.prompt_states:
             return
-        slot = self.open(prompt=prompt)
+        slot = self.open(prompt=prompt, adapter=adapter)
         try:
             with self._device_context():
                 while self.prompting(slot):
@@ -503,7 +516,37 @@ class Engine:
                 put_token_cache(self.generator_state, frames.cache, rows)
             if entry[1] == len(frames):
                 del self._prompts[slot]
-                self._keep_prompt_state(slot, frames.key)
+                self._keep_prompt_state(slot, self._state_key(frames.key, slot))
+
+    # ------------------------------------------------------------------------------------------ adapters
+    @property
+    def adapters(self) -> list:
+        """The LoRA adapters the engine's LM carries (names; a session picks one with ``open(adapter=)``)."""
+        return self.lm.adapters
+
+    def adapter_index(self, adapter: Union[None, int, str]) -> int:
+        """The bank index of ``adapter`` (a name, an index, "none"); None: the first adapter, or none."""
+        names = self.adapters
+        if adapter is None:
+            return 1 if names else 0
+        if adapter in (0, "none", ""):
+            return 0
+        if isinstance(adapter, int) and not isinstance(adapter, bool) and 0 < adapter <= len(names):
+            return adapter
+        if isinstance(adapter, str) and adapter in names:
+            return names.index(adapter) + 1
+        known = ", ".join(names) if names else "none loaded"
+        raise LoRAError(f"no adapter {adapter!r} on this engine (adapters: {known})")
+
+    def slot_adapter(self, slot: int) -> Optional[str]:
+        """The adapter ``slot``'s session runs (its name), or None for the base model."""
+        self._check_slot(slot)
+        index = self._slot_adapter[slot]
+        return self.adapters[index - 1] if index else None
+
+    def _state_key(self, prompt_key: str, slot: int) -> str:
+        """A kept prompt state belongs to its prompt and to the adapter it was stepped with."""
+        return f"{prompt_key}@{self._slot_adapter[slot]}" if self.adapters else prompt_key
 
     def text_piece(self, token: int) -> Optional[str]:
         """What to display for a text token: the tokenizer's piece, or None (nothing, or no tokenizer)."""

@@ -277,3 +277,49 @@ def test_default_engine_builds_without_downloads_and_runs():
     assert audio.shape == (1920,) and np.isfinite(audio).all() and (text is None or isinstance(text, str))
     summary = eng.timer.summary()
     assert set(summary) >= {"encode", "temporal", "depth", "decode", "total"}
+
+
+def _adapted_engine(slots: int):
+    from codec import Mimi
+    from duplex.model import lora
+    from duplex.model.lm import MoshiLM
+    from duplex.runtime.engine import Engine, SamplingOptions
+    from tests.helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
+
+    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32)
+    path = FIXTURES / "lora_small" / "lora.safetensors"
+    lm.add_adapter(path)
+    other = lora.read_lora(path, scaling=-1.0, targets=lora.adapted_weights(lm))
+    other.name = "inverted"
+    lm.add_adapter(other)
+    mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG)
+    return Engine(lm, mimi, slots=slots, sampling=SamplingOptions(greedy=True))
+
+
+def test_slots_with_different_adapters_in_one_batch_get_what_each_gets_alone():
+    """Per-slot LoRA adapters are data in the batched step: each session's tokens equal the same session run with
+    the others idle, whichever adapter the others run (issue 26: "per-slot adapters in one batch")."""
+    steps, choices = 12, ["lora_small", "none", "inverted"]
+    busy = _adapted_engine(3)
+    assert busy.adapters == ["lora_small", "inverted"]
+    slots = [busy.open(adapter=choice) for choice in choices]
+    assert [busy.slot_adapter(s) for s in slots] == ["lora_small", None, "inverted"]
+    x = {s: frames(20 + s, steps) for s in slots}
+    together = {s: [] for s in slots}
+    for i in range(steps):
+        busy.step({s: x[s][i] for s in slots})
+        for s in slots:
+            together[s].append(busy.last_tokens[s].clone())
+    for s, choice in zip(slots, choices):
+        alone = _adapted_engine(3)
+        for _ in range(s):
+            alone.open()
+        assert alone.open(adapter=choice) == s
+        got = []
+        for i in range(steps):
+            alone.step({s: x[s][i]})
+            got.append(alone.last_tokens[s].clone())
+        assert torch.equal(torch.stack(got), torch.stack(together[s])), choice
+    assert not torch.equal(torch.stack(together[0]), torch.stack(together[1]))  # the adapters do change the tokens
+    with pytest.raises(Exception, match="no adapter 'missing' on this engine"):
+        busy.close(slots[0]) or busy.open(adapter="missing")
