@@ -4,6 +4,7 @@ model and benchmark commands, device choice, output-path checks and the engine b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from typing import Optional
 
@@ -108,6 +109,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the frame step eagerly on CUDA")
+    p.add_argument("--lora", metavar="FILE", action="append", default=[],
+                   help="a LoRA adapter in Kyutai's layout (moshi-finetune's lora.safetensors, its rank and scaling "
+                   "from the config.json beside it); repeat for several: they share the model, each session picks "
+                   "one (default the first)")
+    p.add_argument("--fuse", action="store_true", help="merge the one --lora adapter into the weights (as "
+                   "Kyutai's server does; before --quantize)")
     add_quantization_options(p)
 
 
@@ -145,6 +152,18 @@ MODEL_FILE_OPTIONS = (("--lm", "lm"), ("--mimi", "mimi"), ("--tokenizer", "token
 
 
 def model_files(args) -> ModelFiles:
+    """The model the options name, with the --lora adapters and --fuse (``_model_files``)."""
+    files = _model_files(args)
+    adapters = tuple(getattr(args, "lora", None) or ())
+    if getattr(args, "fuse", False) and not (adapters or files.lora_adapters):
+        raise UsageError("--fuse merges a --lora adapter: give one")
+    if adapters or getattr(args, "fuse", False):
+        files = dataclasses.replace(files, lora_adapters=files.lora_adapters + adapters,
+                                    fuse_lora=bool(getattr(args, "fuse", False)))
+    return files
+
+
+def _model_files(args) -> ModelFiles:
     """The model the options name: --hf-repo (which excludes the file options), --lm with what it does not give
     found beside it, or the shipped default model."""
     # "Given" is "not None": an empty value (``--lm "$MODEL"`` with the variable unset) is a path that is wrong,

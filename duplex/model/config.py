@@ -24,7 +24,7 @@ from ..errors import LMConfigError
 
 # Keys of a repository config.json that are not LMModel arguments (Kyutai's CheckpointInfo pops them).
 REPO_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
-             "lm_gen_config", "tts_config", "stt_config", "model_id", "quantize")
+             "lm_gen_config", "tts_config", "stt_config", "model_id", "quantize", "lora", "lora_rank", "lora_scaling")
 # Accepted for compatibility, dropped as the official loader drops them.
 DROPPED_KEYS = ("depformer_causal",)
 # The types of the repository keys kept aside (Kyutai's CheckpointInfo reads the names as file names and the
@@ -33,14 +33,18 @@ REPO_KEY_TYPES = {**{key: (str, "a string") for key in REPO_KEYS},
                   **{key: (Mapping, "an object") for key in ("lm_gen_config", "tts_config", "stt_config",
                                                                "model_id")},  # model_id: {"sig", "epoch"}
                   # Kyutai's q8 repositories: the weights file holds int8 codes (told from the tensors here too)
-                  "quantize": (bool, "true or false")}
+                  "quantize": (bool, "true or false"),
+                  # LoRA (Kyutai's get_moshi_lm pops them; moshi-finetune writes them beside its adapters): the
+                  # adapter's rank and scaling, and whether the files come with an adapter (``ModelFiles``)
+                  "lora": (bool, "true or false"), "lora_rank": (int, "an integer"),
+                  "lora_scaling": ((int, float), "a number")}
 # Options whose default is the only supported value: (key, default).
 FIXED_OPTIONS = {
     "demux_second_text_stream": False, "demux_second_stream": False, "norm_emb": False, "bias_proj": False,
     "depformer_weights_per_step_schedule": None, "extra_heads_num_heads": 0,
-    "conditioners": None, "fuser": None, "lora": False, "cross_attention": False,
+    "conditioners": None, "fuser": None, "cross_attention": False,
 }
-FIXED_IGNORED = ("lora_rank", "lora_scaling", "extra_heads_dim")
+FIXED_IGNORED = ("extra_heads_dim",)
 # Who uses each option duplex refuses, for the refusal: a user learns which kind of checkpoint it is, not only
 # that a key is unknown. (Kyutai's TTS: kyutai/tts-1.6b-en_fr; STT: kyutai/stt-*; both run Kyutai's LMModel but
 # are not dialogue models.)
@@ -52,7 +56,6 @@ UNSUPPORTED = {
     "conditioners": "Kyutai's TTS and Hibiki models (conditioning inputs)",
     "fuser": "Kyutai's TTS and Hibiki models (conditioning inputs)",
     "extra_heads_num_heads": "Kyutai's STT models (voice-activity heads)",
-    "lora": "LoRA fine-tunes (lora_name adapters), not supported yet",
     "norm_emb": "no published dialogue checkpoint",
     "bias_proj": "no published dialogue checkpoint",
 }

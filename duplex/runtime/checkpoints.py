@@ -44,6 +44,7 @@ from codec.io.files import readable_file
 from ..errors import ModelFilesError, PromptError
 from ..model.config import LMConfig, lm_config_beside
 from ..model.lm import MoshiLM, default_dtype
+from ..model.lora import lora_config_beside
 from ..model.tokenizer import TextTokenizer
 from .quantization import check_quantize
 from .voices import VOICES_ARCHIVE, voice_folder
@@ -101,9 +102,10 @@ class ModelFiles:
 
     ``voice_prompts``: the model's voice folders (searched in order by name, ``runtime.voices.find_voice``): the
     ``voices/`` of a PersonaPlex repository's ``voices.tgz`` (extracted once, beside it), the shipped default
-    model's ``voices/``. ``lora_adapters`` holds the room a later capability needs; it is not implemented yet, and
-    ``load`` refuses files that set it. How the LM's weights are quantized is a loading option (``load(...,
-    quantize=)``); a quantized file (Kyutai's q8) is told from its tensors.
+    model's ``voices/``. ``lora_adapters``: LoRA adapter files in Kyutai's layout (``duplex.model.lora``; a
+    repository's ``lora_name``, or ``--lora``), added unfused (several share the weights, a session picks one), or
+    merged into the weights when ``fuse_lora`` (one adapter). How the LM's weights are quantized is a loading option
+    (``load(..., quantize=)``); a quantized file (Kyutai's q8) is told from its tensors.
     """
 
     lm: str
@@ -114,6 +116,7 @@ class ModelFiles:
     source: str = ""
     voice_prompts: Tuple[str, ...] = ()
     lora_adapters: Tuple[str, ...] = ()
+    fuse_lora: bool = False
 
     # ------------------------------------------------------------------------------------------ constructors
     @classmethod
@@ -177,9 +180,11 @@ class ModelFiles:
                 names.update({k: config[k] for k in KYUTAI_NAMES if isinstance(config.get(k), str)})
                 if isinstance(config.get("mimi_config_name"), str):  # a codec config, as CheckpointInfo reads it
                     names["mimi_config_name"] = config["mimi_config_name"]
+                if isinstance(config.get("lora_name"), str):  # an adapter, as CheckpointInfo reads it
+                    names["lora_name"] = config["lora_name"]
         wanted = {key: _split_reference(repo, names[name]) for key, name in
                   (("lm", "moshi_name"), ("mimi", "mimi_name"), ("tokenizer", "tokenizer_name"),
-                   ("mimi_config", "mimi_config_name")) if name in names}
+                   ("mimi_config", "mimi_config_name"), ("lora", "lora_name")) if name in names}
         found = {key: _cached(hub, where, name, cache) for key, (where, name) in wanted.items()}
         missing = [(where, name) for key, (where, name) in wanted.items() if found[key] is None]
         if missing:
@@ -210,7 +215,8 @@ class ModelFiles:
                 log.warning("%s: %s", repo, e)
                 voices = (archive,)
         return cls(lm=found["lm"], lm_config=lm_config, mimi=found["mimi"], mimi_config=found.get("mimi_config"),
-                   tokenizer=found["tokenizer"], source=repo, voice_prompts=voices)
+                   tokenizer=found["tokenizer"], source=repo, voice_prompts=voices,
+                   lora_adapters=(found["lora"],) if found.get("lora") else ())
 
     @property
     def is_default(self) -> bool:
@@ -238,12 +244,30 @@ class ModelFiles:
         """The LM on ``device``; dtype None: bfloat16 on CUDA, float32 on CPU. ``quantize`` (``"int8"``, ``"fp8"``):
         its linear weights quantized on the host before they go to ``device`` (a quantized file, such as Kyutai's
         q8, loads as it is; ``MoshiLM.from_checkpoint``)."""
-        self._check_supported()
         device = torch.device(device)
-        return MoshiLM.from_checkpoint(self.lm, config=self.lm_config, device=device,
-                                       dtype=default_dtype(device) if dtype is None else dtype,
-                                       # "none" asks for full-precision weights: refused for a quantized file
-                                       quantize="none" if quantize == "none" else check_quantize(quantize))
+        dtype = default_dtype(device) if dtype is None else dtype
+        # "none" asks for full-precision weights: refused for a quantized file
+        quantize = "none" if quantize == "none" else check_quantize(quantize)
+        config = LMConfig.load(self.lm_config)
+        if config.repo_extras.get("lora") and not self.lora_adapters:  # Kyutai's loader would add random adapters
+            log.warning("%s: its config says lora: true but no adapter file comes with it: running the weights as "
+                        "they are", self.lm)
+        if not self.lora_adapters:
+            return MoshiLM.from_checkpoint(self.lm, config=config, device=device, dtype=dtype, quantize=quantize)
+        rank, scaling = config.repo_extras.get("lora_rank"), config.repo_extras.get("lora_scaling")
+        if self.fuse_lora:  # merged on the host in the model's dtype, quantized after, as asked
+            if len(self.lora_adapters) > 1:
+                raise ModelFilesError(f"fusing takes one adapter, {len(self.lora_adapters)} were given")
+            lm = MoshiLM.from_checkpoint(self.lm, config=config, device="cpu", dtype=dtype)
+            lm.add_adapter(self.lora_adapters[0], *_adapter_settings(self.lora_adapters[0], rank, scaling))
+            lm.fuse_adapter_()
+            if quantize not in (None, "none"):
+                lm.quantize_(quantize)
+            return lm.to(device)
+        lm = MoshiLM.from_checkpoint(self.lm, config=config, device=device, dtype=dtype, quantize=quantize)
+        for path in self.lora_adapters:
+            lm.add_adapter(path, *_adapter_settings(path, rank, scaling))
+        return lm
 
     def load_mimi(self, num_codebooks: int = 8, device: Union[str, torch.device] = "cpu") -> Mimi:
         """The codec in float32 on ``device``, quantizing with ``num_codebooks`` codebooks."""
@@ -259,16 +283,23 @@ class ModelFiles:
         loader: max(dep_q, n_q - dep_q)). The small files are read first (the LM's config, the tokenizer, the
         codec), the LM's weights last: a wrong codec or tokenizer is told in a second, not after minutes of
         reading a 7B."""
-        self._check_supported()
         _existing(self.lm, "LM checkpoint")
+        for adapter in self.lora_adapters:
+            _existing(adapter, "LoRA adapter")
         cfg = LMConfig.load(self.lm_config)
         tokenizer = self.load_tokenizer()
         mimi = self.load_mimi(max(cfg.dep_q, cfg.user_codebooks), device)
         return self.load_lm(device, dtype, quantize), mimi, tokenizer
 
-    def _check_supported(self) -> None:
-        if self.lora_adapters:
-            raise ModelFilesError("LoRA adapters: not supported yet")
+
+
+def _adapter_settings(path: PathLike, rank, scaling) -> Tuple[Optional[int], Optional[float]]:
+    """An adapter's rank and scaling: the ``config.json`` beside it (moshi-finetune writes one) decides, else the
+    LM's config (Kyutai's loader reads them there), else the file's own rank and Kyutai's scaling 2.0."""
+    beside = lora_config_beside(path)
+    if "lora_rank" in beside or "lora_scaling" in beside:
+        return None, None  # read_lora takes them from there
+    return rank, scaling
 
 
 # ---------------------------------------------------------------------------------------------- LM files

@@ -116,7 +116,6 @@ BASE = json.loads((FIXTURES / "lm_small_config.json").read_text())
     ("conditioners", {"speaker_wavs": {"type": "tensor", "tensor": {"dim": 512}}}, "TTS and Hibiki"),
     ("fuser", {"cross": ["speaker_wavs"]}, "TTS and Hibiki"),
     ("extra_heads_num_heads", 4, "STT"),
-    ("lora", True, "LoRA"),
     ("norm_emb", True, "no published dialogue checkpoint"),
     ("bias_proj", True, "no published dialogue checkpoint"),
     ("model_type", "hibiki", "Hibiki"),

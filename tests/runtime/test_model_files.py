@@ -167,11 +167,39 @@ def test_kyutais_published_files_need_no_config(tmp_path):
     assert files.tokenizer == str(tmp_path / "tokenizer_spm_32k_3.model")
 
 
-def test_files_later_issues_add_are_refused_until_then():
+def test_lora_adapters_load_unfused_or_fused_and_quantized(caplog):
+    """``lora_adapters`` (``--lora``): unfused beside the weights (quantized ones too), or merged (``fuse_lora``)
+    before quantizing; Kyutai's ``lora: true`` without an adapter runs the weights as they are, and says so."""
+    import dataclasses
+    import logging
+
+    from duplex.errors import LoRAError
+
+    adapter = str(FIXTURES / "lora_small" / "lora.safetensors")
     files = ModelFiles(lm=str(LM_SMALL), lm_config=str(LM_SMALL_CONFIG), mimi=str(MIMI_SMALL),
-                       lora_adapters=("adapter.safetensors",))
-    with pytest.raises(ModelFilesError, match="LoRA adapters: not supported yet"):
-        files.load_lm()
+                       lora_adapters=(adapter,))
+    lm = files.load_lm()
+    assert lm.adapters == ["lora_small"] and lm.quantization == "none"
+    assert files.load_lm(quantize="int8").adapters == ["lora_small"]
+    fused = dataclasses.replace(files, fuse_lora=True).load_lm(quantize="int8")
+    assert fused.adapters == [] and fused.quantization == "int8"
+    with pytest.raises(ModelFilesError, match="fusing takes one adapter, 2 were given"):
+        dataclasses.replace(files, lora_adapters=(adapter, adapter), fuse_lora=True).load_lm()
+    with pytest.raises(ModelFilesError, match="LoRA adapter not found"):
+        dataclasses.replace(files, lora_adapters=("missing.safetensors",)).load()
+    with pytest.raises(LoRAError, match="cannot be fused into int8 weights"):
+        lora_into_quantized()
+    config = LMConfig.load(str(LM_SMALL_CONFIG)).to_dict()
+    with caplog.at_level(logging.WARNING):
+        ModelFiles(lm=str(LM_SMALL), lm_config=LMConfig.from_dict({**config, "lora": True, "lora_rank": 4}),
+                   mimi=str(MIMI_SMALL)).load_lm()
+    assert "lora: true but no adapter file comes with it" in caplog.text
+
+
+def lora_into_quantized():
+    lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, quantize="int8")
+    lm.add_adapter(FIXTURES / "lora_small" / "lora.safetensors")
+    lm.fuse_adapter_()
 
 
 # --------------------------------------------------------------------------------------- what a new user tripped on
