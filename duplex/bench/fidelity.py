@@ -135,6 +135,13 @@ def converse(lm: MoshiLM, user: torch.Tensor, frames: int, greedy: bool, seed: i
     return torch.cat([model, user[1:frames + 1, :cfg.n_q - cfg.dep_q]], dim=1).T.contiguous()
 
 
+def _entropy(logits: torch.Tensor, mask: torch.Tensor) -> List[float]:
+    """Mean entropy (nats) of logits [S, T, V] over the valid positions [S, T], per stream."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return (torch.where(mask, entropy, 0.0).sum(-1) / mask.sum(-1).clamp_min(1)).tolist()
+
+
 def _compare(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> tuple:
     """Logits [S, T, V] of two models, valid positions [S, T] -> (mean KL(reference || other), top-1 agreement)
     per stream S, as float lists."""
@@ -209,7 +216,11 @@ def measure(load: Callable[[Variant], MoshiLM], variants: Sequence[Variant], use
                         "runs": describe(variant.weights, variant.kv or model.dtype, model.dtype),
                         "teacher_forced": forced, "greedy": greedy})
         del model
-    return {"reference": describe("none", reference.dtype, reference.dtype), "results": results,
+    audio_entropy = _entropy(ref_out.logits[0], ref_out.mask[0])
+    entropy = {"text": _entropy(ref_out.text_logits[0], ref_out.text_mask[0])[0], "audio": audio_entropy,
+               "audio_mean": sum(audio_entropy) / len(audio_entropy)}
+    return {"reference": describe("none", reference.dtype, reference.dtype), "reference_entropy": entropy,
+            "results": results,
             "parameters": sum(p.numel() for p in reference.parameters()),
             "config": {"dim": reference.config.dim, "num_layers": reference.config.num_layers,
                        "text_card": reference.config.text_card, "card": reference.config.card,
@@ -265,7 +276,8 @@ def format_table(report: dict) -> str:
             f"{cfg['num_layers']} temporal layers of {cfg['dim']}), reference {ref['compute']} weights and ring, "
             f"{report['hardware']}, torch {report['torch']}, {report['date']}",
             f"# teacher-forced: {report['speech']['frames']} frames (user: speech; model: its own sampled reply); "
-            f"greedy: {report['speech']['greedy_frames']} frames",
+            f"greedy: {report['speech']['greedy_frames']} frames; the reference's mean entropy: text "
+            f"{report['reference_entropy']['text']:.2f} nats, audio {report['reference_entropy']['audio_mean']:.2f}",
             f"{'variant':<14} {'weights':>7} {'kv':>8} {'text KL':>9} {'text top1':>9} {'audio KL':>9} "
             f"{'sem KL':>9} {'audio top1':>10} {'greedy same':>11} {'1st diff':>8}"]
     for r in report["results"]:
