@@ -184,6 +184,7 @@ def greedy_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict:
             "first_divergence": int(differing[0, 0]) if len(differing) else None}
 
 
+@torch.no_grad()
 def measure(load: Callable[[Variant], MoshiLM], variants: Sequence[Variant], user: torch.Tensor,
             frames: int = FRAMES, greedy_frames: int = GREEDY_FRAMES, seed: int = SEED, progress=None) -> dict:
     """Every variant against the reference (``load(Variant("reference"))``): the conversation and the reference's
