@@ -67,3 +67,8 @@ class PromptError(DuplexError, ValueError):
 class FrontError(DuplexError, RuntimeError):
     """The server's front process (serving/front.py) could not start: it ended without listening (a Python that
     cannot import duplex, a certificate it cannot read)."""
+
+
+class LoRAError(DuplexError, ValueError):
+    """A LoRA adapter that cannot be used as given (not Kyutai's layout, another model's, a rank its config does not
+    say, fused into quantized weights)."""

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_paths import cpu_fast_path
-from .quantized import QuantizedWeight
 
 _ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 if not torch.backends.mkldnn.is_available():
@@ -34,8 +33,8 @@ _ONEDNN_BLOCKED_INNER = 2048
 
 
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` for ``weight`` [out, in] (a transposed view is fine, a ``QuantizedWeight`` too)."""
-    if isinstance(weight, QuantizedWeight):
+    """``x @ weight.T + bias`` for ``weight`` [out, in] (a transposed view is fine; a ``QuantizedWeight`` or adapted weight view too)."""
+    if not isinstance(weight, torch.Tensor):  # a view: quantized codes, adapters (codec.modules.quantized)
         return weight.linear(x, bias)
     if (_ONEDNN_LINEAR is not None and not torch.compiler.is_compiling() and cpu_fast_path(x)
             and x.dtype == torch.float32

@@ -12,11 +12,16 @@ non-persistent tensor ``<name>_scale`` holds ``absmax / qmax`` in the dtype the 
 slices and row concatenations of a ``QuantizedWeight`` are quantized weights too (the depth transformer packs one
 weight set per step in one matrix).
 
-Kernels, all PyTorch's own (why not torchao: docs/quantization.md): int8 runs ``torch._weight_int8pack_mm``, the
-weight-only int8 product PyTorch ships for CPU and CUDA (on CPU with bfloat16 activations, where its kernel is
-2.9x faster than the float32 product at 7B shapes, while with float32 activations it is 4x slower); fp8 converts
-the codes to the activations' dtype and multiplies (no weight-only fp8 product exists in PyTorch; torch.compile fuses
-the conversion into the product). Where gradients are needed both use the dequantized weight (frozen base weights).
+Kernels, all PyTorch's own (why not torchao, and the measurements: docs/quantization.md):
+* int8 on CPU: ``torch._weight_int8pack_mm``, PyTorch's weight-only int8 product, with bfloat16 activations (2.9x
+  faster than the float32 product at 7B shapes; with float32 activations the same kernel is 4x slower).
+* int8 on CUDA: the codes converted for cuBLAS's product, then the row scales (PyTorch's CUDA int8 kernel is one
+  thread per output reading the weight rows uncoalesced). This saves memory, not time: a fused dequantizing product
+  needs torch.compile (the GPU step's issue).
+* fp8 on a GPU with fp8 matrix units (compute capability 8.9+) in bfloat16: ``torch._scaled_mm`` with per-row
+  scales, the activations coded per row to e4m3 on the fly (so one slot's codes never depend on another's);
+  elsewhere weight-only, the codes converted for the product.
+Where gradients are needed the dequantized weight is used (frozen base weights).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
+FP8 = torch.float8_e4m3fn
+QMAX = {torch.int8: 127.0, FP8: 448.0}
 MODES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 SCB = "_scb"
 SCALE = "_scale"
@@ -62,67 +68,122 @@ class QuantizedWeight:
         return (self.codes.float() * (self.scb / QMAX[self.codes.dtype])[:, None]).to(dtype)
 
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        inner = self.codes.shape[1]
         if torch.is_grad_enabled() and x.requires_grad:  # frozen base weights under training: autograd-able path
-            y = F.linear(x, self.dequantize(x.dtype))
+            y = F.linear(rows, self.dequantize(x.dtype))
         elif self.codes.dtype == torch.int8:
-            rows = x.reshape(-1, x.shape[-1])
-            if self.codes.shape[1] % _KERNEL_INNER:  # outside the kernel's shapes (small test models)
-                y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
-            elif rows.dtype == torch.float32 and rows.device.type == "cpu":  # the bfloat16 kernel (docstring above)
-                y = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.codes, self.scale).to(torch.float32)
-            elif int8_kernel_works(rows.device, rows.dtype):
-                y = torch._weight_int8pack_mm(rows, self.codes, self.scale.to(rows.dtype))
-            else:  # a device or dtype PyTorch's kernel does not take: the same product, dequantized
-                y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
-            y = y.view(*x.shape[:-1], y.shape[-1])
-        else:
-            y = F.linear(x, self.codes.to(x.dtype)) * self.scale.to(x.dtype)
+            if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.bfloat16) and inner % 16 == 0:
+                # PyTorch's weight-only int8 kernel, with bfloat16 activations (module docstring; it takes inner
+                # sizes in multiples of 16: others crash the process in torch 2.11)
+                activations = aligned(rows.to(torch.bfloat16))  # a misaligned view crashes the kernel (below)
+                y = torch._weight_int8pack_mm(activations, self.codes, self.scale).to(rows.dtype)
+            else:  # CUDA: PyTorch's int8 kernel is one thread per output reading uncoalesced rows; cuBLAS is faster
+                scale = self.scb / QMAX[torch.int8] if rows.dtype == torch.float32 else self.scale.to(rows.dtype)
+                y = F.linear(rows, self.codes.to(rows.dtype)) * scale
+        elif (rows.device.type == "cuda" and rows.dtype == torch.bfloat16 and inner % 16 == 0
+              and self.codes.shape[0] % 16 == 0 and fp8_matmul_works(rows.device)):
+            # fp8 matrix units (compute capability 8.9+): the activations coded per row to e4m3 on the fly, one
+            # scaled product (cuBLASLt) with both row scales (a row's code never depends on another slot's)
+            codes, scale = fp8_encode(rows, torch.float32)
+            y = torch._scaled_mm(codes, self.codes.t(), scale, self.scale.view(1, -1), out_dtype=rows.dtype)
+        else:  # fp8 weights elsewhere: weight-only, the codes converted for the product
+            y = F.linear(rows, self.codes.to(rows.dtype)) * self.scale.to(rows.dtype)
+        y = y.view(*x.shape[:-1], y.shape[-1])
         return y if bias is None else y + bias
 
 
-_KERNEL_WORKS: dict = {}
-# torch._weight_int8pack_mm takes inner dimensions in multiples of 16 on CPU (others crash the process in torch
-# 2.11); every Moshi-family width is a multiple of 64, which is what is asked here, on every device.
-_KERNEL_INNER = 64
+_FP8_WORKS: dict = {}
 
 
-def int8_kernel_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``torch._weight_int8pack_mm`` runs on ``device`` for ``dtype`` activations: tried once per (device,
-    dtype) on a tiny product, outside any CUDA graph capture (an error there would spoil the capture; until it has
-    been tried, a capturing caller takes the dequantized product)."""
-    key = (str(device), dtype)
-    if key not in _KERNEL_WORKS:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+# torch._weight_int8pack_mm on CPU (torch 2.11) crashes the process from 4 rows on when its codes are not 16-byte
+# aligned or its activations not 32-byte aligned (tensors a safetensors file was read into sit at the file's
+# offsets; a row view of an activation at any offset). Codes are aligned once at load (``refresh_scales``), the
+# activations of a bfloat16 model per call where they are a misaligned view (new tensors always are aligned).
+_ALIGN = 64
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it at a 64-byte aligned address (what PyTorch's allocator gives every new tensor)."""
+    return t if t.data_ptr() % _ALIGN == 0 else t.clone(memory_format=torch.contiguous_format)
+
+
+def fp8_matmul_works(device: torch.device) -> bool:
+    """Whether ``torch._scaled_mm`` with per-row scales runs on ``device`` (a GPU with fp8 matrix units): tried once
+    per device on a tiny product, never inside a CUDA graph capture (an error there would spoil it; until it has
+    been tried, a capturing caller takes the weight-only product)."""
+    key = str(device)
+    if key not in _FP8_WORKS:
+        if torch.cuda.is_current_stream_capturing():
             return False
         try:
-            a = torch.ones(1, 64, device=device, dtype=dtype)
-            out = torch._weight_int8pack_mm(a, torch.ones(8, 64, device=device, dtype=torch.int8),
-                                            torch.ones(8, device=device, dtype=dtype))
-            _KERNEL_WORKS[key] = bool(torch.allclose(out.float().cpu(), torch.full((1, 8), 64.0)))
-        except (RuntimeError, NotImplementedError):
-            _KERNEL_WORKS[key] = False
-    return _KERNEL_WORKS[key]
+            a = torch.ones(1, 32, device=device).to(FP8)
+            b = torch.ones(16, 32, device=device).to(FP8)
+            ones = torch.ones(1, 1, device=device)
+            out = torch._scaled_mm(a, b.t(), ones, torch.ones(1, 16, device=device), out_dtype=torch.bfloat16)
+            _FP8_WORKS[key] = bool(torch.allclose(out.float().cpu(), torch.full((1, 16), 32.0)))
+        except (RuntimeError, NotImplementedError, TypeError):
+            _FP8_WORKS[key] = False
+    return _FP8_WORKS[key]
+
+
+ADAPTERS = "_lora"  # a weight NAME's adapters (LoRA, duplex.model.lora) are the submodule NAME_lora of its module
 
 
 def weight_of(module: nn.Module, name: str = "weight"):
-    """``module``'s weight ``name``: the parameter itself, or a ``QuantizedWeight`` when it was quantized."""
+    """``module``'s weight ``name``: the parameter itself, a ``QuantizedWeight`` when it was quantized, and either
+    seen through its adapters (a view with ``linear``) when it has some (``duplex.model.lora``)."""
     buffers = module._buffers
     if name + SCB in buffers:
-        return QuantizedWeight(buffers[name], buffers[name + SCB], buffers[name + SCALE])
-    return getattr(module, name)
+        weight = QuantizedWeight(buffers[name], buffers[name + SCB], buffers[name + SCALE])
+    else:
+        weight = getattr(module, name)
+    adapters = module._modules.get(name + ADAPTERS)
+    return weight if adapters is None else adapters.view(weight)
 
 
 def dense(weight, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """A plain tensor of ``weight`` (dequantized in ``dtype``, default float32, when quantized)."""
-    return weight.dequantize(dtype or torch.float32) if isinstance(weight, QuantizedWeight) else weight
+    """A plain tensor of ``weight`` (dequantized, or merged with its adapters, in ``dtype`` (default float32) when
+    it is a view)."""
+    return weight if isinstance(weight, torch.Tensor) else weight.dequantize(dtype or torch.float32)
 
 
-def cat_rows(weights: Sequence) -> "torch.Tensor | QuantizedWeight":
-    """Weights stacked along their rows (``torch.cat(..., dim=0)`` for plain and quantized ones alike)."""
-    if isinstance(weights[0], QuantizedWeight):
+class RowStack:
+    """Weight views stacked along their rows where they cannot be one tensor (adapted weights): the product is each
+    one's product, side by side."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Sequence):
+        self.parts = list(parts)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((sum(p.shape[0] for p in self.parts), self.parts[0].shape[1]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.cat([dense(p, dtype) for p in self.parts])
+
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        from .linear import fast_linear  # noqa: PLC0415 - linear.py imports this module
+
+        y = torch.cat([fast_linear(x, p) for p in self.parts], dim=-1)
+        return y if bias is None else y + bias
+
+
+def cat_rows(weights: Sequence):
+    """Weights stacked along their rows (``torch.cat(..., dim=0)`` for plain and quantized ones alike; a
+    ``RowStack`` of adapted ones)."""
+    if all(isinstance(w, QuantizedWeight) for w in weights):
         return QuantizedWeight(torch.cat([w.codes for w in weights]), torch.cat([w.scb for w in weights]),
                                torch.cat([w.scale for w in weights]))
-    return torch.cat(list(weights), dim=0)
+    if all(isinstance(w, torch.Tensor) for w in weights):
+        return torch.cat(list(weights), dim=0)
+    return RowStack(weights)
 
 
 def quantize_rows(weight: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -141,11 +202,12 @@ def quantize_rows(weight: torch.Tensor, dtype: torch.dtype) -> "tuple[torch.Tens
 
 
 def kernel_scale(scb: torch.Tensor, codes_dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.Tensor:
-    """``scb / qmax`` in the dtype the kernel multiplies with (bfloat16 for int8 with float32 activations on CPU)."""
+    """``scb / qmax`` in the dtype the kernel multiplies with: bfloat16 for int8 with float32 activations (the CPU
+    kernel's), float32 for fp8 (the scaled product's), else the compute dtype."""
     scale = scb.float() / QMAX[codes_dtype]
-    if codes_dtype == torch.int8 and compute_dtype == torch.float32 and scb.device.type == "cpu":
-        return scale.to(torch.bfloat16)
-    return scale.to(compute_dtype)
+    if codes_dtype == FP8:
+        return scale
+    return scale.to(torch.bfloat16 if compute_dtype == torch.float32 else compute_dtype)
 
 
 def set_quantized(module: nn.Module, name: str, codes: torch.Tensor, scb: torch.Tensor,
@@ -160,17 +222,19 @@ def set_quantized(module: nn.Module, name: str, codes: torch.Tensor, scb: torch.
 
 
 def refresh_scales(model: nn.Module, compute_dtype: torch.dtype) -> None:
-    """Recompute every ``_scale`` from its ``_scb`` (after loading a file or moving the model)."""
+    """Recompute every ``_scale`` from its ``_scb`` (after loading a file or moving the model), and put codes read
+    from a file at aligned addresses (``aligned``: the CPU int8 kernel needs it)."""
     for module in model.modules():
         for key in list(module._buffers):
             if key.endswith(SCB):
                 name = key[:-len(SCB)]
+                if module._buffers[name].device.type == "cpu":
+                    module._buffers[name] = aligned(module._buffers[name])
                 module._buffers[name + SCALE] = kernel_scale(module._buffers[key], module._buffers[name].dtype,
                                                              compute_dtype)
 
 
 # ----------------------------------------------------------------------------------------- the fp8 KV ring
-FP8 = torch.float8_e4m3fn
 
 
 def fp8_encode(x: torch.Tensor, scale_dtype: torch.dtype) -> "tuple[torch.Tensor, torch.Tensor]":

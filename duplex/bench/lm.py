@@ -8,11 +8,14 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from codec.eval.bench import BATCH_SIZES, FRAMES, RTF_NOTE, WARMUP, caveats
+from codec.modules.quantized import SCB
 from codec.utils.stats import describe_device, summary
 
 from ..model.config import LMConfig
 from ..model.lm import MoshiLM
 from ..runtime.checkpoints import SHIPPED_LM, SHIPPED_LM_CONFIG, lm_config_for
+from ..runtime.quantization import check_quantize, describe
+from .variants import Variant, baseline_of
 
 
 def lm_to_time(checkpoint: Optional[str] = None, config: "LMConfig | str | None" = None
@@ -28,17 +31,31 @@ def lm_to_time(checkpoint: Optional[str] = None, config: "LMConfig | str | None"
     return checkpoint, config
 
 
+def _load(config: LMConfig, checkpoint: Optional[str], device: torch.device, dtype: torch.dtype,
+          weights: str) -> MoshiLM:
+    """The LM to time with ``weights`` ("none": as the file holds them; "int8", "fp8": quantized at load, or, for
+    random weights, made in ``dtype`` and quantized: the same seed gives every variant the same weights)."""
+    quantize = check_quantize(weights)
+    if checkpoint:
+        return MoshiLM.from_checkpoint(checkpoint, config, device=device, dtype=dtype, quantize=quantize)
+    lm = MoshiLM.random(config, device=device, dtype=dtype)
+    return lm.quantize_(quantize) if quantize else lm
+
+
 @torch.no_grad()
 def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str] = None, device: str = "cpu",
              dtype: torch.dtype = torch.float32, batch_sizes: Sequence[int] = BATCH_SIZES, frames: int = FRAMES,
-             warmup: int = WARMUP, progress=None) -> dict:
+             warmup: int = WARMUP, progress=None, variants: Optional[Sequence[Variant]] = None) -> dict:
+    """Time ``frames`` generator steps (after ``warmup``) per batch size and variant (``bench.variants``; default:
+    the model as loaded). Every variant's model is loaded at once and their generators take turns step by step, so
+    the comparison is made in the same seconds; each result has its ``speedup`` over the baseline variant."""
     dev = torch.device(device)
     cfg = LMConfig.load(config)  # a preset name or a JSON file
-    if checkpoint:
-        lm = MoshiLM.from_checkpoint(checkpoint, cfg, device=dev, dtype=dtype)
-    else:
-        lm = MoshiLM.random(cfg, device=dev, dtype=dtype)
-    params = sum(p.numel() for p in lm.parameters())
+    variants = list(variants or [Variant()])
+    formats = dict.fromkeys(v.weights for v in variants)
+    lms = {weights: _load(cfg, checkpoint, dev, dtype, weights) for weights in formats}
+    first = lms[variants[0].weights]
+    params = sum(t.numel() for name, t in first.state_dict().items() if not name.endswith(SCB))
 
     def sync():
         if dev.type == "cuda":
@@ -46,28 +63,40 @@ def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str
 
     results = []
     for batch in batch_sizes:
-        gen = lm.generator(batch, seed=batch)
+        gens = [lms[v.weights].generator(batch, seed=batch, kv_dtype=v.kv_dtype) for v in variants]
         user = torch.randint(0, cfg.card, (warmup + frames, batch, cfg.user_codebooks),
                              generator=torch.Generator().manual_seed(batch)).to(dev)
-        step_ms = []
+        step_ms: List[List[float]] = [[] for _ in variants]
         for i in range(warmup + frames):
-            sync()
-            t0 = time.perf_counter()
-            gen.step(user[i])
-            sync()
-            if i >= warmup:
-                step_ms.append((time.perf_counter() - t0) * 1e3)
+            for gen, times in zip(gens, step_ms):
+                sync()
+                t0 = time.perf_counter()
+                gen.step(user[i])
+                sync()
+                if i >= warmup:
+                    times.append((time.perf_counter() - t0) * 1e3)
             if progress is not None:
                 progress(batch, i + 1, warmup + frames)
-        step = summary(step_ms)
-        results.append({"batch_size": batch, "step_ms": step, "ms_per_stream": step["median"] / batch,
-                        "real_time_factor": step["median"] / 80.0, "real_time": step["p99"] < 80.0})
+        for variant, times in zip(variants, step_ms):
+            lm = lms[variant.weights]
+            step = summary(times)
+            results.append({"variant": variant.name,
+                            "quantization": describe(lm.quantization, variant.kv_dtype or lm.dtype, lm.dtype),
+                            "batch_size": batch, "step_ms": step, "ms_per_stream": step["median"] / batch,
+                            "real_time_factor": step["median"] / 80.0, "real_time": step["p99"] < 80.0})
+        del gens
+    baseline = baseline_of(variants).name
+    base = {r["batch_size"]: r["step_ms"]["median"] for r in results if r["variant"] == baseline}
+    for r in results:
+        r["speedup"] = base[r["batch_size"]] / r["step_ms"]["median"]
     return {
         "benchmark": "LM generator step per frame (temporal + depth, sampling included)",
         "model": f"checkpoint {checkpoint}" if checkpoint else "random weights",
         "config": config if isinstance(config, str) else "custom",
         "parameters": params,
         "dtype": str(dtype).replace("torch.", ""),
+        "variants": [{"name": v.name, "weights": v.weights, "kv": v.kv} for v in variants],
+        "baseline": baseline,
         "device": str(dev),
         "hardware": describe_device(dev),
         "torch": torch.__version__,
@@ -78,20 +107,29 @@ def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str
 
 
 def format_table(report: dict) -> str:
-    """The report of ``bench_lm`` as a person reads it: a header line, one row per batch size, what RTF means."""
+    """The report of ``bench_lm`` as a person reads it: a header line, one row per batch size (and variant, with
+    its speedup over the baseline when there are several), what RTF means."""
+    several = len(report.get("variants", ())) > 1
     rows = [f"# {report['benchmark']} -- {report['model']}, config {report['config']} "
             f"({report['parameters'] / 1e6:.1f} M parameters), {report['dtype']}, {report['hardware']}, "
             f"torch {report['torch']}",
-            f"{'batch':>5} {'step ms':>8} {'p90 ms':>7} {'p99 ms':>7} {'ms/stream':>9} {'RTF':>6}"]
+            (f"{'variant':>12} " if several else "")
+            + f"{'batch':>5} {'step ms':>8} {'p90 ms':>7} {'p99 ms':>7} {'ms/stream':>9}"
+            + (f" {'vs ' + report['baseline']:>9}" if several else "") + f" {'RTF':>6}"]
     for r in report["results"]:
         s = r["step_ms"]
-        rows.append(f"{r['batch_size']:>5} {s['median']:>8.2f} {s['p90']:>7.2f} {s['p99']:>7.2f} "
-                    f"{r['ms_per_stream']:>9.2f} {r['real_time_factor']:>6.3f}")
+        rows.append((f"{r['variant']:>12} " if several else "")
+                    + f"{r['batch_size']:>5} {s['median']:>8.2f} {s['p90']:>7.2f} {s['p99']:>7.2f} "
+                    f"{r['ms_per_stream']:>9.2f}" + (f" {r['speedup']:>8.2f}x" if several else "")
+                    + f" {r['real_time_factor']:>6.3f}")
     rows.append(RTF_NOTE)
+    if several:
+        rows.append(f"vs {report['baseline']}: its median over the variant's (above 1: faster); the variants took "
+                    "turns step by step")
     return "\n".join(rows)
 
 
 def report_caveats(report: dict) -> List[str]:
     """What the figures of a ``bench_lm`` report cannot mean (``codec.eval.bench.caveats``)."""
-    return caveats(report["frames"], [(f"batch {r['batch_size']}", r["step_ms"]["median"], r["step_ms"]["p90"])
-                                      for r in report["results"]])
+    return caveats(report["frames"], [(f"{r.get('variant', '')} batch {r['batch_size']}".strip(),
+                                       r["step_ms"]["median"], r["step_ms"]["p90"]) for r in report["results"]])

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..runtime.realtime import freeze_startup_objects
 from ..serving.client import chat_url, converse
+from ..serving.options import quantization_text
 from ..serving.protocol import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
 
 FORMATS = ("mixed", "opus", "pcm16")
@@ -101,7 +102,9 @@ def _server_report(before: dict, after: dict) -> dict:
     return {"slots": after["slots"], "ticks": after["ticks"] - before["ticks"],
             "late_ticks": after["deadline_misses"] - before["deadline_misses"],
             "step_ms": {"p50": after["step_ms_p50"], "p99": after["step_ms_p99"]},
-            "sessions_after": after["sessions"], **totals}
+            "sessions_after": after["sessions"], **totals,
+            # what the server runs, as its /api/stats says (an older build does not say)
+            "model": after.get("model"), "quantization": after.get("quantization")}
 
 
 async def _get(q, timeout: float):
@@ -235,7 +238,8 @@ def serve_here(engine, work, server_options=None, token: Optional[str] = None, *
             result = asyncio.run(main())
     finally:
         gc.unfreeze()
-    return {"url": None, "hardware": describe_device(engine.device), "torch": torch.__version__, **result}
+    return {"url": None, "hardware": describe_device(engine.device), "torch": torch.__version__,
+            "quantization": getattr(engine, "quantization", None), **result}
 
 
 @contextlib.contextmanager
@@ -271,8 +275,13 @@ def verdict(report: dict) -> str:
 
 
 def where(report: dict) -> str:
-    """Which server a report measured: its address, or the one started here (its hardware and torch)."""
-    return report.get("url") or f"a server started here ({report['hardware']}, torch {report['torch']})"
+    """Which server a report measured: its address, or the one started here (its hardware and torch), with its
+    quantization when known ("int8 weights, fp8 KV")."""
+    quantization = quantization_text(report.get("quantization") or (report.get("server") or {}).get("quantization"))
+    if report.get("url"):
+        return report["url"] + (f" ({quantization})" if quantization else "")
+    return (f"a server started here ({report['hardware']}, torch {report['torch']}"
+            + (f", {quantization}" if quantization else "") + ")")
 
 
 def format_report(report: dict) -> str:

@@ -1,8 +1,10 @@
-"""``duplex bench codec | lm | latency | serve | codec-quality`` (and ``turns``, in ``turns.py``): parse, call the
-benchmark, print the table it formats (figure caveats on stderr), write the JSON with ``--json``."""
+"""``duplex bench codec | lm | latency | memory | serve | codec-quality`` (and ``turns``, in ``turns.py``): parse,
+call the benchmark, print the table it formats (figure caveats on stderr), write the JSON with ``--json``."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 
 import torch
@@ -10,9 +12,10 @@ import torch
 from codec import Mimi
 from codec.eval import bench as codec_bench
 
-from ..bench import codec_quality, flood, fuzz, latency, lm
+from ..bench import codec_quality, flood, fuzz, latency, lm, memory
 from ..bench.codec import codec_to_time
 from ..bench.serve import bench_serve, format_report
+from ..bench.variants import Variant, parse_variant, variants_of
 from ..errors import UsageError
 from ..runtime.checkpoints import codec_files
 from ..serving.options import default_engine_threads, usable_cpu_cores
@@ -20,6 +23,7 @@ from . import fidelity, turns
 from .codec import config_hint
 from .common import (
     add_model_options,
+    add_quantization_options,
     build_engine,
     int_in,
     model_files,
@@ -57,11 +61,22 @@ def run_bench_codec(args) -> int:
     return 0
 
 
+def _variants(args) -> list:
+    """The variants to time: --variants, else the one of --quantize and --kv-dtype (not both: one names the
+    variants, the other the single model)."""
+    if args.variants and (args.quantize or args.kv_dtype != "auto"):
+        raise UsageError("--variants names the weights and rings of each timed variant: leave out --quantize and "
+                         "--kv-dtype")
+    variants = variants_of(None, args.quantize, args.kv_dtype)
+    return list(dict.fromkeys(args.variants)) if args.variants else variants
+
+
 def run_bench_lm(args) -> int:
     device, progress = _timing(args)
     checkpoint, config = lm.lm_to_time(args.checkpoint, args.config)
     report = lm.bench_lm(config=config, checkpoint=checkpoint, device=str(device), dtype=getattr(torch, args.dtype),
-                         batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup, progress=progress)
+                         batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup, progress=progress,
+                         variants=_variants(args))
     _show(lm.format_table(report), lm.report_caveats(report), report, args)
     return 0
 
@@ -79,11 +94,35 @@ def run_bench_latency(args) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = latency.bench_latency(model=args.model, device=str(device), dtype=dtype,
                                    batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames,
-                                   warmup=args.warmup, files=files, progress=progress)
+                                   warmup=args.warmup, files=files, progress=progress, variants=_variants(args))
     if args.plot:
         latency.plot_latency(report, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
     _show(latency.format_table(report), latency.report_caveats(report), report, args)
+    return 0
+
+
+def run_bench_memory(args) -> int:
+    check_report_paths(args)
+    report = memory.memory_table(args.config, dtype=getattr(torch, args.dtype), codec_config=args.codec_config,
+                                 reserve_gib=args.reserve)
+    device = pick_device(args.device)
+    if args.measured:
+        try:
+            with open(args.measured) as f:
+                memory.from_latency(report, json.load(f))
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"--measured {args.measured}: not a bench latency report ({e})") from None
+        report["not_measured"] = "not in --measured"
+    elif device.type == "cuda":
+        batches = ", ".join(map(str, args.measure_batch))
+        print(f"duplex bench memory: building the engines on {device} (batch {batches})", file=sys.stderr)
+        memory.measure_cuda(report, args.measure_batch, str(device),
+                            progress=lambda text: print(f"duplex bench memory: {text}", file=sys.stderr))
+    else:
+        report["not_measured"] = "not measured (no GPU)"
+    print(memory.format_table(report))
+    write_json(report, args)
     return 0
 
 
@@ -127,8 +166,7 @@ def run_bench_serve(args) -> int:
     if args.soak:
         return _run_soak(args)
     needed = fuzz.SLOTS if args.fuzz else args.clients
-    if args.url and (args.lm or args.mimi or args.slots):
-        raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+    _check_url(args)
     if args.slots and args.slots < needed:
         raise UsageError(f"--slots {args.slots} is fewer than --clients {args.clients}" if not args.fuzz else
                          f"--fuzz needs --slots {fuzz.SLOTS} or more (a hostile client and the health check's)")
@@ -155,6 +193,26 @@ def run_bench_serve(args) -> int:
     return 1 if any("exception" in c for c in report["clients"]) else 0
 
 
+# The options of a server ``bench serve`` starts itself (add_model_options, --slots, --threads), as (flag, attribute,
+# value when not given).
+SERVER_OPTIONS = (("--hf-repo", "hf_repo", None), ("--lm", "lm", None), ("--mimi", "mimi", None),
+                  ("--tokenizer", "tokenizer", None), ("--lm-config", "lm_config", None),
+                  ("--mimi-config", "mimi_config", None), ("--dtype", "dtype", None), ("--quantize", "quantize", None),
+                  ("--kv-dtype", "kv_dtype", "auto"), ("--device", "device", "auto"), ("--slots", "slots", None),
+                  ("--threads", "threads", 0), ("--no-cuda-graphs", "no_cuda_graphs", False))
+
+
+def _check_url(args) -> None:
+    """--url loads a running server: the options of one started here (its model, quantization, slots) would be
+    silently ignored, so they are refused."""
+    if not args.url:
+        return
+    given = [flag for flag, attr, unset in SERVER_OPTIONS if getattr(args, attr, unset) != unset]
+    if given:
+        raise UsageError(f"--url loads a running server: {', '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                         "for a server started here (give them to duplex serve)")
+
+
 def _server_threads(args) -> None:
     """The engine threads of a server started here: --threads, else what duplex serve would use."""
     if args.url:
@@ -165,8 +223,7 @@ def _server_threads(args) -> None:
 
 
 def _run_flood(args) -> int:
-    if args.url and (args.lm or args.mimi or args.slots):
-        raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+    _check_url(args)
 
     def progress(text: str) -> None:
         print(f"duplex bench serve: {text}", file=sys.stderr)
@@ -186,8 +243,7 @@ def _run_flood(args) -> int:
 
 
 def _run_soak(args) -> int:
-    if args.url and (args.lm or args.mimi or args.slots):
-        raise UsageError("--url loads a running server: the model and --slots options are for one started here")
+    _check_url(args)
     if args.slots and args.slots < args.clients:
         raise UsageError(f"--slots {args.slots} is fewer than --clients {args.clients}")
 
@@ -217,8 +273,21 @@ def _add_timing_options(p, batch_sizes, what: str = "frames") -> None:
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
 
 
+def _variant(value: str) -> Variant:
+    try:
+        return parse_variant(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_variants_option(p, how: str) -> None:
+    p.add_argument("--variants", type=_variant, nargs="+", metavar="V",
+                   help="time several quantization variants in one run, e.g. none int8 fp8kv int8+fp8kv (weights "
+                   f"none/int8/fp8, ring dtype + 'kv', joined by '+'), each compared with none: {how}")
+
+
 def register(commands) -> None:
-    """``duplex bench codec | lm | latency | serve | turns | codec-quality``."""
+    """``duplex bench codec | lm | latency | memory | serve | turns | codec-quality``."""
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     p = bench_commands.add_parser("codec", help="streaming codec encode + decode time per 80 ms frame")
@@ -240,6 +309,8 @@ def register(commands) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights and "
                    "activations")
+    add_quantization_options(p)
+    _add_variants_option(p, "generators take turns step by step")
     _add_timing_options(p, lm.BATCH_SIZES, what="steps")
     p.set_defaults(run=run_bench_lm)
     p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
@@ -247,11 +318,31 @@ def register(commands) -> None:
                    "LM with the official Mimi architecture) or moshi_7b (7B shapes, random weights); or pass --lm "
                    "(and --mimi)")
     add_model_options(p)
+    _add_variants_option(p, "engines take turns frame by frame off CUDA; on CUDA one weight format is loaded at a "
+                         "time and its engines run one after another, each with its peak memory")
     _add_timing_options(p, latency.BATCH_SIZES)
     p.add_argument("--modes", nargs="+", default=list(latency.MODES), choices=latency.MODES,
                    help="graphs only on CUDA")
     p.add_argument("--plot", metavar="PNG", help="draw ms/frame against batch size here")
     p.set_defaults(run=run_bench_latency)
+    p = bench_commands.add_parser("memory", help="GPU memory of the engine computed from the shapes (weights per "
+                                  "format, KV ring and state per session, sessions per GPU size); checked on CUDA")
+    p.add_argument("--config", default="moshi_7b", help="moshi_7b (default), personaplex_7b, shipped (the shipped "
+                   "model), another LM preset or an LM config JSON (with the official Mimi unless --codec-config)")
+    p.add_argument("--codec-config", metavar="JSON", help="the codec's config (default: official Mimi; the shipped "
+                   "codec for --config shipped)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="the LM's compute dtype (bfloat16, as on a GPU by default)")
+    p.add_argument("--reserve", type=positive_float, default=memory.RESERVE_GIB, metavar="GIB",
+                   help="GiB kept free on every card for the CUDA context, activations and graph pools")
+    p.add_argument("--device", default="auto", help="where to check the figures: cuda builds every engine and reads "
+                   "torch.cuda.max_memory_allocated; cpu or no GPU: computed only (auto, the default: CUDA if any)")
+    p.add_argument("--measure-batch", type=positive, nargs="+", default=[1], metavar="B",
+                   help="on CUDA: the batch sizes to build and step (default 1)")
+    p.add_argument("--measured", metavar="JSON", help="check against the memory a 'bench latency --device cuda' "
+                   "report recorded instead of building engines")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    p.set_defaults(run=run_bench_memory)
     p = bench_commands.add_parser("serve", help="N time-synchronous clients x S seconds against a voice server: "
                                   "reply rate, late and lost replies, deadline misses, step time")
     p.add_argument("--clients", type=positive, help="concurrent clients, one process each (default 4)")

@@ -92,7 +92,9 @@ def add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True, stream
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-repo", metavar="REPO", help="a published model from the local Hugging Face cache (never "
-                   "downloaded): kyutai/moshiko-pytorch-bf16, kyutai/moshika-pytorch-bf16, nvidia/personaplex-7b-v1")
+                   "downloaded): kyutai/moshiko-pytorch-bf16, kyutai/moshika-pytorch-bf16, their int8 exports "
+                   "kyutai/moshiko-pytorch-q8, kyutai/moshika-pytorch-q8 (with the bf16 repository's codec and "
+                   "tokenizer), nvidia/personaplex-7b-v1")
     p.add_argument("--lm", metavar="PATH", help="Moshi LM checkpoint (default: the shipped default model)")
     p.add_argument("--mimi", metavar="PATH", help="Mimi checkpoint (with --lm; default: the codec the LM's files "
                    "name: Kyutai's Mimi beside a Moshi 7B, else the shipped codec, for models trained on it)")

@@ -19,6 +19,7 @@ from ..serving.options import (
     check_port_free,
     default_engine_threads,
     default_slots,
+    quantization_text,
     tls_context,
     usable_cpu_cores,
 )
@@ -73,6 +74,8 @@ def run_serve(args) -> int:
     if engine.files.is_default:
         log.info("serving the default model (duplex's own small model, trained on synthetic espeak conversations: "
                  "see README, \"The default model\")")
+    quantization = quantization_text(getattr(engine, "quantization", None))  # "int8 weights, fp8 KV"
+    log.info("model: %s%s", engine.files.name, f" ({quantization})" if quantization else "")
     options = options_from_args(ServerOptions, args)
     options.model_name = engine.files.name
     options.front = True  # requests without a token never take the GIL from the frame clock (serving/front.py)

@@ -3,6 +3,7 @@ and printing only; the work, the checks and the report's format are in ``duplex.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import torch
 from ..bench.turntaking import make_set, metrics, runner
 from ..bench.turntaking.plots import plot_report
 from ..bench.turntaking.score import console_progress, format_table, score_dir
-from .common import add_model_options, build_engine, non_negative, positive
+from ..model.config import LMConfig
+from ..runtime.checkpoints import ModelFiles
+from .common import add_model_options, build_engine, model_files, non_negative, pick_device, positive
 from .prompts import add_prompt_options, system_prompt
 from .reports import check_report_paths, write_json
 
@@ -28,22 +31,45 @@ def run_score(args) -> int:
     return 0
 
 
+def run_setup(args, files: ModelFiles) -> dict:
+    """What changes a run's outputs besides the set, the seed and the slot count, as known before the model loads:
+    the model's files, the system prompt options, the LM's dtype and device type, the weights' quantization and
+    the KV rings' dtype. A resumed run must have the same (``runner.check_output``)."""
+    def path(value):
+        return None if value is None else os.path.abspath(value)
+
+    config = files.lm_config
+    voice = args.voice_prompt
+    return {"model": files.name, "lm": path(files.lm),
+            "lm_config": config if isinstance(config, str) and config in LMConfig.PRESETS else
+            path(config) if isinstance(config, (str, os.PathLike)) else repr(config),
+            "mimi": path(files.mimi), "mimi_config": path(files.mimi_config), "tokenizer": path(files.tokenizer),
+            "voice_prompt": path(voice) if voice is not None and os.path.exists(voice) else voice,
+            "voice_prompt_dir": path(args.voice_prompt_dir), "text_prompt": args.text_prompt,
+            "dtype": args.dtype, "device": pick_device(args.device).type,
+            "quantize": args.quantize, "kv_dtype": args.kv_dtype}
+
+
 def run_run(args) -> int:
     check_report_paths(args)
-    runner.check_output(args.dir, args.out, args.seed, args.slots)  # before minutes of loading the model
+    files = model_files(args)
+    setup = run_setup(args, files)
+    runner.check_output(args.dir, args.out, args.seed, args.slots, setup)  # before minutes of loading the model
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = build_engine(args, args.slots)
+    engine = build_engine(args, args.slots, files)
     prompt = system_prompt(args, engine)
     try:
         with runner.ConsoleProgress() as shown:
-            ran = runner.run_samples(engine, args.dir, args.out, seed=args.seed, progress=shown, prompt=prompt)
+            ran = runner.run_samples(engine, args.dir, args.out, seed=args.seed, progress=shown, prompt=prompt,
+                                     setup=setup)
     except runner.RunInterrupted as e:
         print(f"duplex: {e}", file=sys.stderr)
         return 130
     print(runner.format_run(ran, args.slots, args.out), file=sys.stderr)
     report = score_dir(args.out, backchannel_truth=args.backchannel_gt, rule=args.backchannel_rule)
-    report["run"] = {**ran, "slots": args.slots, "seed": args.seed}
+    report["run"] = {**ran, "slots": args.slots, "seed": args.seed, "setup": setup,
+                     "quantization": getattr(engine, "quantization", None)}  # what ran (stand-ins have none)
     print(format_table(report))
     write_json(report, args)
     return 0

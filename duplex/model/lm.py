@@ -32,6 +32,7 @@ from codec.modules.quantized import (
 from codec.modules.rope import rope_frequencies, rope_tables
 from codec.modules.transformer import Attention
 
+from . import lora
 from .checks import check_lm_codes
 from .config import LMConfig
 from .depformer import DepthAttention, DepthTransformer
@@ -143,6 +144,30 @@ class MoshiLM(nn.Module):
         for module, name in list(self.linear_weights()):
             codes, scb = quantize_rows(getattr(module, name), MODES[mode])
             set_quantized(module, name, codes, scb, compute)
+        return self
+
+    # ----------------------------------------------------------------------------------------------- adapters
+    @property
+    def adapters(self) -> list:
+        """The names of the LoRA adapters on the model, in index order (index i + 1; 0 is none)."""
+        return lora.adapter_names(self)
+
+    def add_adapter(self, adapter: "Union[str, os.PathLike, lora.LoRAFile]", rank: Optional[int] = None,
+                    scaling: Optional[float] = None) -> int:
+        """Add a LoRA adapter (a file in Kyutai's layout, rank and scaling from the ``config.json`` beside it, or a
+        ``lora.LoRAFile``) beside the weights; returns its index. Unfused: the weights stay as they are (quantized
+        or not) and several adapters can share them (``route_adapters``)."""
+        if not isinstance(adapter, lora.LoRAFile):
+            adapter = lora.read_lora(adapter, rank, scaling, targets=lora.adapted_weights(self))
+        return lora.attach(self, adapter)
+
+    def route_adapters(self, rows: Optional[torch.Tensor]) -> None:
+        """Each batch row's adapter (int64 [batch], 0: none; kept by reference), or None: adapter 1 on every row."""
+        lora.route(self, rows)
+
+    def fuse_adapter_(self) -> "MoshiLM":
+        """Merge the one adapter into the weights (Kyutai's ``fuse_lora``); returns the model."""
+        lora.fuse(self)
         return self
 
     def _quantized_layout(self, mode: str) -> None:

@@ -67,6 +67,10 @@ KYUTAI_MIMI = KYUTAI_NAMES["mimi_name"]
 KNOWN_REPOS = {
     "kyutai/moshiko-pytorch-bf16": "Moshiko 7B (male voice), bfloat16",
     "kyutai/moshika-pytorch-bf16": "Moshika 7B (female voice), bfloat16",
+    # Kyutai's int8 exports of the two (scripts/export_quantized.py): model.q8.safetensors in bitsandbytes' layout,
+    # "quantize": true, and the codec and tokenizer named in the bf16 repository (hf://...), which must be cached too
+    "kyutai/moshiko-pytorch-q8": "Moshiko 7B, int8 weights (codec and tokenizer from kyutai/moshiko-pytorch-bf16)",
+    "kyutai/moshika-pytorch-q8": "Moshika 7B, int8 weights (codec and tokenizer from kyutai/moshika-pytorch-bf16)",
     "kyutai/moshika-rl-seamless": "Moshika 7B post-trained with RL for interactivity (Kyutai, June 2026)",
     "nvidia/personaplex-7b-v1": "PersonaPlex 7B (NVIDIA's Moshi fine-tune with voice and role prompts)",
     "kyutai/personaplex-rl-seamless": "PersonaPlex 7B post-trained with RL for interactivity (Kyutai, June 2026)",
@@ -238,7 +242,8 @@ class ModelFiles:
         device = torch.device(device)
         return MoshiLM.from_checkpoint(self.lm, config=self.lm_config, device=device,
                                        dtype=default_dtype(device) if dtype is None else dtype,
-                                       quantize=check_quantize(quantize))
+                                       # "none" asks for full-precision weights: refused for a quantized file
+                                       quantize="none" if quantize == "none" else check_quantize(quantize))
 
     def load_mimi(self, num_codebooks: int = 8, device: Union[str, torch.device] = "cpu") -> Mimi:
         """The codec in float32 on ``device``, quantizing with ``num_codebooks`` codebooks."""

@@ -188,7 +188,7 @@ class Engine:
         if isinstance(lm, MoshiLM):
             if mimi is None:
                 raise ModelFilesError("a loaded LM needs its codec: give the codec too")
-            if quantize not in (None, "none", lm.quantization):
+            if quantize is not None and quantize != lm.quantization:
                 raise ValueError(f"quantize={quantize!r} for a loaded LM: quantize it first (lm.quantize_), or give "
                                  "its file")
         else:

@@ -77,6 +77,16 @@ class ServerOptions:
     voice_prompt_dir: Optional[str] = None
 
 
+def quantization_text(quantization: Optional[dict]) -> str:
+    """What ``Engine.quantization`` says, for people (the server's log, the benchmarks' reports; the page words it
+    the same way): "int8 weights, fp8 KV", "bfloat16 weights, bfloat16 KV"; "" when unknown."""
+    if not quantization:
+        return ""
+    weights = quantization.get("weights")
+    weights = quantization.get("compute") if weights in (None, "none") else weights
+    return f"{weights} weights, {quantization.get('kv')} KV"
+
+
 def tls_context(cert: str, key: Optional[str]) -> ssl_module.SSLContext:
     """The server's TLS context, or a UsageError that names the file at fault."""
     for what, path in (("TLS certificate", cert), ("TLS private key", key)):

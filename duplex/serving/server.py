@@ -568,7 +568,11 @@ class VoiceServer:
         totals = {name: getattr(self.closed_totals, name) + sum(getattr(s.stats, name) for s in sessions)
                   for name in SESSION_COUNTERS}
         front = self._front_counts()
-        return {"model": self.options.model_name, "slots": self.engine.slots, "sessions": len(sessions),
+        return {"model": self.options.model_name,
+                # what runs (docs/quantization.md): {"weights": none | int8 | fp8, "kv": the KV rings' dtype,
+                # "compute": the LM's dtype}; None for a stand-in engine without a model
+                "quantization": getattr(self.engine, "quantization", None),
+                "slots": self.engine.slots, "sessions": len(sessions),
                 "free_slots": self.engine.free_slots, "waiting": self.waiting,
                 "connections": self.connections, "refused": self.refused,
                 "rate_limited": self.rate_limited + front["rate_limited"],

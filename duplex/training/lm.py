@@ -246,8 +246,11 @@ def _data(options: LMTrainingOptions, config: LMConfig, tokenizer: TextTokenizer
 
 def _model(options: LMTrainingOptions, config: LMConfig, device: torch.device) -> "tuple[MoshiLM, str]":
     if options.init and not options.resume:
-        return (MoshiLM.from_checkpoint(options.init, config, device=device, dtype=torch.float32),
-                f"from {options.init}")
+        model = MoshiLM.from_checkpoint(options.init, config, device=device, dtype=torch.float32)
+        if model.quantization != "none":  # its codes are not parameters: full fine-tuning would train only the rest
+            raise UsageError(f"{options.init} holds {model.quantization} weights, which full fine-tuning cannot "
+                             "train: start from the full-precision file")
+        return model, f"from {options.init}"
     model = MoshiLM.random(config, seed=options.seed, device=device, dtype=torch.float32)
     return model, "" if options.resume else "from random weights"
 

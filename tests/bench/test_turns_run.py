@@ -2,6 +2,7 @@
 (skipping them), a folder it did not make is refused, the ETA is never negative; and scoring in the same process
 leaves torch's thread count alone (same-seed runs repeat exactly). A stand-in engine keeps these fast."""
 
+import json
 import os
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_ctrl_c_exits_130_and_says_what_was_kept(tmp_path, capsys, monkeypatch):
     source = fdb_set(tmp_path / "set")
     out = tmp_path / "out"
     engines = iter([FakeEngine(interrupt_at_step=17), FakeEngine()])
-    monkeypatch.setattr("duplex.cli.turns.build_engine", lambda args, slots: next(engines))
+    monkeypatch.setattr("duplex.cli.turns.build_engine", lambda args, slots, files=None: next(engines))
     args = ["bench", "turns", "run", str(source), str(out), "--slots", "2", "--seed", "4"]
     assert main(args) == 130
     err = capsys.readouterr().err
@@ -92,3 +93,71 @@ def test_scoring_leaves_torchs_thread_count_alone():
                             env={**os.environ, "OMP_NUM_THREADS": "3"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "3"
+
+
+def test_a_resumed_run_must_have_the_same_setup(tmp_path):
+    """Issue 24's leftover: the model, the prompts and the quantization change the outputs as much as the seed, so
+    a resume with another of them is refused, naming what differs and how to go on."""
+    source = fdb_set(tmp_path / "set")
+    out = tmp_path / "out"
+    setup = {"model": "m", "text_prompt": None, "quantize": "int8", "kv_dtype": "fp8"}
+    with pytest.raises(runner.RunInterrupted):
+        runner.run_samples(FakeEngine(interrupt_at_step=17), source, out, seed=1, setup=setup)
+    runner.check_output(source, out, 1, 2, dict(setup))  # the same setup resumes
+    with pytest.raises(UsageError) as refused:
+        runner.check_output(source, out, 1, 2, {**setup, "quantize": None, "text_prompt": "Be brief."})
+    message = str(refused.value)
+    assert "\n" not in message and "unfinished run made with another setup" in message
+    assert "quantize 'int8' (this run: not given)" in message and "text prompt not given (this run: 'Be brief.')" \
+        in message and "model" not in message.split("setup:")[1]
+    assert message.endswith("run it again with the same options to finish it, or give a new folder")
+    with pytest.raises(UsageError, match="this run's setup is not recorded"):
+        runner.check_output(source, out, 1, 2, None)  # from Python without one
+    ran = runner.run_samples(FakeEngine(), source, out, seed=1, setup=setup)
+    assert ran["skipped"] == 1
+
+
+def test_a_mark_of_an_older_duplex_is_refused_with_what_to_do(tmp_path):
+    """A mark without a setup (written before it was recorded) cannot say what model and prompts its run used."""
+    source = fdb_set(tmp_path / "set")
+    out = tmp_path / "out"
+    with pytest.raises(runner.RunInterrupted):
+        runner.run_samples(FakeEngine(interrupt_at_step=17), source, out, seed=1)
+    mark = json.loads((out / runner.MARK).read_text())
+    del mark["setup"]
+    (out / runner.MARK).write_text(json.dumps(mark))
+    with pytest.raises(UsageError, match="made by an older duplex, which did not record its model, prompts and "
+                       "quantization, so it cannot be checked against this one: give a new folder$"):
+        runner.check_output(source, out, 1, 2, {"model": "m"})
+
+
+def test_the_command_records_its_setup_and_refuses_another_quantization(tmp_path, capsys, monkeypatch):
+    source = fdb_set(tmp_path / "set")
+    out = tmp_path / "out"
+    monkeypatch.setattr("duplex.cli.turns.build_engine",
+                        lambda args, slots, files=None: FakeEngine(interrupt_at_step=17))
+    monkeypatch.setattr("duplex.cli.turns.system_prompt", lambda args, engine: None)  # the stand-in has no model
+    args = ["bench", "turns", "run", str(source), str(out), "--slots", "2", "--device", "cpu"]
+    assert main([*args, "--quantize", "int8", "--kv-dtype", "fp8", "--text-prompt", "Be brief."]) == 130
+    setup = json.loads((out / runner.MARK).read_text())["setup"]
+    assert setup["quantize"] == "int8" and setup["kv_dtype"] == "fp8" and setup["text_prompt"] == "Be brief."
+    assert setup["model"].startswith("duplex default") and setup["device"] == "cpu"
+    capsys.readouterr()
+    assert main([*args, "--kv-dtype", "fp8", "--text-prompt", "Be brief."]) == 2  # --quantize left out
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "quantize 'int8' (this run: not given)" in err
+
+
+@pytest.mark.slow
+def test_a_real_quantized_run_reports_what_ran(tmp_path, capsys):
+    """The small fixture model, int8 weights and an fp8 ring: the report says so, beside the setup it recorded."""
+    from helpers import SMALL_MODEL_ARGS
+
+    source = fdb_set(tmp_path / "set", seconds=(0.5, 0.4))
+    report = tmp_path / "report.json"
+    assert main(["bench", "turns", "run", str(source), str(tmp_path / "out"), *SMALL_MODEL_ARGS, "--slots", "2",
+                 "--quantize", "int8", "--kv-dtype", "fp8", "--json", str(report)]) == 0
+    run = json.loads(report.read_text())["run"]
+    assert run["quantization"] == {"weights": "int8", "kv": "fp8", "compute": "float32"}
+    assert run["setup"]["quantize"] == "int8" and run["setup"]["lm"].endswith("lm_small.safetensors")
+    assert len(list((tmp_path / "out").rglob("output.wav"))) == 2

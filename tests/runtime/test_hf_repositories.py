@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURES, MIMI_SMALL, MIMI_SMALL_CONFIG, fake_repo
+from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG, fake_repo
 
+from codec import CheckpointError
 from duplex.errors import ModelFilesError
 from duplex.model.config import LMConfig
+from duplex.model.lm import MoshiLM
 from duplex.runtime.checkpoints import (
     KNOWN_REPOS,
     KYUTAI_NAMES,
@@ -124,3 +126,65 @@ def test_a_repository_of_a_newer_config_runs_exactly(tmp_path):
     slot = engine.open(seed=3)
     frames = [engine.step({slot: np.full(engine.frame_size, 0.01, np.float32)})[slot][0] for _ in range(4)]
     assert all(f.shape == (engine.frame_size,) and np.isfinite(f).all() for f in frames[1:])
+
+
+Q8_CODEC = {"tokenizer-e351c8d8-checkpoint125.safetensors": MIMI_SMALL.read_bytes(),
+            "mimi.json": MIMI_SMALL_CONFIG.read_bytes(),
+            "tokenizer_spm_32k_3.model": open(SHIPPED_TOKENIZER, "rb").read()}
+
+
+def q8_repository(cache, tmp_path, repo="kyutai/moshiko-pytorch-q8", source="kyutai/moshiko-pytorch-bf16"):
+    """A q8 repository as Kyutai's exporter (scripts/export_quantized.py) writes one: ``model.q8.safetensors``,
+    config.json with ``moshi_name`` set to it, ``"quantize": true``, and the codec and tokenizer named in the bf16
+    repository it was made from (hf://). The LM is the small fixture model quantized to int8 (Kyutai's layout);
+    the codec config is named too, as the small codec needs one."""
+    saved = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, dtype=torch.float32).quantize_("int8").save(
+        tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["quantize"] is True
+    config.update(moshi_name="model.q8.safetensors", quantize=True,
+                  mimi_name=f"hf://{source}/tokenizer-e351c8d8-checkpoint125.safetensors",
+                  mimi_config_name=f"hf://{source}/mimi.json",
+                  tokenizer_name=f"hf://{source}/tokenizer_spm_32k_3.model")
+    return fake_repo(cache, repo, {"config.json": json.dumps(config).encode(),
+                                   "model.q8.safetensors": open(saved, "rb").read()})
+
+
+def test_kyutais_q8_repositories_are_known():
+    for repo in ("kyutai/moshiko-pytorch-q8", "kyutai/moshika-pytorch-q8"):
+        assert repo in KNOWN_REPOS and "int8" in KNOWN_REPOS[repo]
+
+
+def test_a_q8_repository_loads_int8_with_the_codec_and_tokenizer_of_its_bf16_repository(tmp_path):
+    cache = tmp_path / "hub"
+    q8 = q8_repository(cache, tmp_path)
+    bf16 = fake_repo(cache, "kyutai/moshiko-pytorch-bf16", Q8_CODEC)
+    files = resolve("kyutai/moshiko-pytorch-q8", cache)
+    assert files.lm == str(q8 / "model.q8.safetensors") and files.lm_config == str(q8 / "config.json")
+    assert files.mimi == str(bf16 / "tokenizer-e351c8d8-checkpoint125.safetensors")
+    assert files.tokenizer == str(bf16 / "tokenizer_spm_32k_3.model") and files.source == "kyutai/moshiko-pytorch-q8"
+    lm = files.load_lm(dtype=torch.float32)
+    assert lm.quantization == "int8"
+    engine = Engine.from_files(files, slots=1, device="cpu", dtype=torch.float32)
+    assert engine.quantization == {"weights": "int8", "kv": "float32", "compute": "float32"}
+    slot = engine.open(seed=1)
+    audio, _ = engine.step({slot: np.full(engine.frame_size, 0.01, np.float32)})[slot]
+    assert audio.shape == (engine.frame_size,) and np.isfinite(audio).all()
+    with pytest.raises(CheckpointError, match="holds int8 weights: it cannot be loaded as fp8"):
+        files.load_lm(quantize="fp8")
+    with pytest.raises(CheckpointError, match="holds int8 weights: it cannot be loaded unquantized"):
+        files.load_lm(quantize="none")
+
+
+def test_a_q8_repository_without_its_bf16_files_names_the_bf16_repository_to_fetch(tmp_path):
+    cache = tmp_path / "hub"
+    q8_repository(cache, tmp_path, "kyutai/moshika-pytorch-q8", "kyutai/moshika-pytorch-bf16")
+    with pytest.raises(ModelFilesError) as missing:
+        resolve("kyutai/moshika-pytorch-q8", cache)
+    message = str(missing.value)
+    assert message.endswith("fetch with: hf download kyutai/moshika-pytorch-bf16 "
+                            "tokenizer-e351c8d8-checkpoint125.safetensors tokenizer_spm_32k_3.model mimi.json")
+    assert "hf download kyutai/moshika-pytorch-q8" not in message  # the q8 repository's own files are there
+    with pytest.raises(ModelFilesError, match="no files of kyutai/moshiko-pytorch-q8 .* known repositories: .*"
+                       "kyutai/moshiko-pytorch-q8, kyutai/moshika-pytorch-q8.*hf download kyutai/moshiko-pytorch-q8"):
+        resolve("kyutai/moshiko-pytorch-q8", cache)

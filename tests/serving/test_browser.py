@@ -132,6 +132,7 @@ STATE = ("({status: document.getElementById('status').textContent,"
          " inDb: document.getElementById('in-db').textContent, outDb: document.getElementById('out-db').textContent,"
          " inWidth: document.getElementById('in-fill').style.width,"
          " model: document.getElementById('model').textContent,"
+         " quantization: document.getElementById('quantization').textContent,"
          " free: document.getElementById('free').textContent, health: document.getElementById('health').textContent,"
          " recordable: !document.getElementById('record').disabled})")
 
@@ -186,6 +187,7 @@ def test_page_shows_the_conversation_and_downloads_it(tmp_path, small_tokenizer_
 
     before, state, shots, after_stop, (restarting, restarted), stats = asyncio.run(main())
     assert before["model"] == "test model" and before["free"] == "2 of 2", before
+    assert before["quantization"] == " (float32 weights, float32 KV)", before  # what /api/stats says runs
     assert state["status"].startswith("connected"), state
     assert state["received"] >= 25, state  # replies came back, one per 80 ms
     assert state["text"], state  # the model's words appear in the transcript

@@ -179,6 +179,14 @@ def test_init_loads_a_checkpoint_and_continues(dataset, tmp_path):
                                                                                           "config.json"))
 
 
+def test_init_from_quantized_weights_is_refused(dataset, tmp_path):
+    """Full fine-tuning cannot train int8 codes: a quantized --init is refused in one line, before any step."""
+    MoshiLM.random(LMConfig.load(str(dataset / "tiny.json"))).quantize_("int8").save(tmp_path / "q8")
+    with pytest.raises(UsageError, match="holds int8 weights, which full fine-tuning cannot train"):
+        train_lm(options(dataset, tmp_path / "run", init=str(tmp_path / "q8" / "model.safetensors"),
+                         config=None), torch.device("cpu"))
+
+
 def test_a_preset_is_sized_to_the_tokenizer_and_a_fixed_config_must_hold_it(dataset, tmp_path):
     from duplex.model.tokenizer import TextTokenizer
 

@@ -10,10 +10,11 @@ slots are independent of what runs beside them). Another slot count batches the 
 sampled outputs can differ in detail.
 
 A run of hours can be stopped (Ctrl-C) and taken up again: while a run is unfinished OUT holds ``MARK`` (which set,
-seed and slot count made it); a sample is finished once its ``output.json`` exists (written last, in one rename).
-Interrupted, the finished samples stay and ``RunInterrupted`` says how many; the same run again (same set, seed
-and slots) skips them. Any other non-empty OUT is refused, so that outputs of two runs never mix. The mark goes
-when the run is complete.
+seed and slot count made it, and the caller's ``setup``: whatever else changes the outputs, such as the model's
+files, the system prompt, the weights' quantization and the KV rings' dtype); a sample is finished once its
+``output.json`` exists (written last, in one rename). Interrupted, the finished samples stay and ``RunInterrupted``
+says how many; the same run again (same set, seed, slots and setup) skips them. Any other non-empty OUT is refused,
+naming what differs, so that outputs of two runs never mix. The mark goes when the run is complete.
 """
 
 from __future__ import annotations
@@ -148,8 +149,22 @@ def words_from_pieces(pieces: List[tuple], frame_seconds: float) -> List[Chunk]:
             for text, first, last in words]
 
 
-def _mark(root: Path, seed: int, slots: int) -> dict:
-    return {"source": str(root.resolve()), "seed": seed, "slots": slots}
+def _mark(root: Path, seed: int, slots: int, setup: Optional[dict] = None) -> dict:
+    # as it reads back from the file (a tuple is a list there), so that equal setups compare equal
+    return {"source": str(root.resolve()), "seed": seed, "slots": slots, "setup": json.loads(json.dumps(setup))}
+
+
+def _shown(value) -> str:
+    return "not given" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+def _setup_differences(earlier: Optional[dict], setup: Optional[dict]) -> List[str]:
+    """What differs between two runs' setups, for people: "quantize 'int8' (this run: none)"."""
+    if earlier is None or setup is None:
+        return [f"{'its' if earlier is None else 'this'} run's setup is not recorded (a run from Python without "
+                "one)"]
+    return [f"{key.replace('_', ' ')} {_shown(earlier.get(key))} (this run: {_shown(setup.get(key))})"
+            for key in dict.fromkeys([*earlier, *setup]) if earlier.get(key) != setup.get(key)]
 
 
 def sample_folders(root: Path) -> List[Path]:
@@ -162,9 +177,9 @@ def sample_folders(root: Path) -> List[Path]:
     return folders
 
 
-def check_output(root: Path, out: Path, seed: int, slots: int) -> None:
-    """Refuse ``out`` unless it is new, empty, or an unfinished run of the same set, seed and slot count (the
-    checks of ``run_samples``, to make before minutes of loading a model)."""
+def check_output(root: Path, out: Path, seed: int, slots: int, setup: Optional[dict] = None) -> None:
+    """Refuse ``out`` unless it is new, empty, or an unfinished run of the same set, seed, slot count and ``setup``
+    (the checks of ``run_samples``, to make before minutes of loading a model)."""
     root, out = Path(root), Path(out)
     sample_folders(root)
     if out.exists() and not out.is_dir():
@@ -177,25 +192,43 @@ def check_output(root: Path, out: Path, seed: int, slots: int) -> None:
         earlier = json.loads((out / MARK).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise UsageError(f"{out / MARK}: cannot read it ({e}); give a new folder for the outputs") from None
-    if earlier != _mark(root, seed, slots):
+    if not isinstance(earlier, dict):
+        raise UsageError(f"{out / MARK}: not a run's mark; give a new folder for the outputs")
+    ours = _mark(root, seed, slots, setup)
+    if any(earlier.get(key) != ours[key] for key in ("source", "seed", "slots")):
         raise UsageError(f"{out} holds an unfinished run of {earlier.get('source')} with seed {earlier.get('seed')} "
                          f"and {earlier.get('slots')} slots: run that again to finish it, or give a new folder")
+    if "setup" not in earlier:
+        # A mark written before the setup was recorded (duplex before issue 25) says nothing of the model, the
+        # prompts or the quantization its run used. It is refused rather than taken for this run's: accepting it
+        # (even only for the default setup) would be a guess, and a wrong guess mixes two models' outputs into one
+        # set of figures without a word, which is what the mark is there to prevent; refusing costs at most the
+        # rerun of one interrupted run.
+        raise UsageError(f"{out} holds an unfinished run made by an older duplex, which did not record its model, "
+                         "prompts and quantization, so it cannot be checked against this one: give a new folder")
+    if earlier["setup"] != setup:
+        raise UsageError(f"{out} holds an unfinished run made with another setup: "
+                         + "; ".join(_setup_differences(earlier["setup"], setup))
+                         + ": run it again with the same options to finish it, or give a new folder")
 
 
 def run_samples(engine, root: Path, out: Path, seed: int = SEED,
-                progress: Optional[Callable[[Progress], None]] = None, prompt=None) -> dict:
+                progress: Optional[Callable[[Progress], None]] = None, prompt=None,
+                setup: Optional[dict] = None) -> dict:
     """Run every sample under ``root`` into ``out`` (resuming an interrupted run there); returns {"samples",
     "skipped", "audio_seconds", "wall_seconds"} (``skipped``: finished by the earlier run). ``progress`` is called
     with a ``Progress`` once before the first sample and after each. Ctrl-C raises ``RunInterrupted``. ``prompt``:
     a system prompt (``Engine.system_prompt``) every sample starts in; stepped once, its state copied into each slot.
+    ``setup``: what else changes the outputs (JSON values; ``duplex bench turns run`` gives its model, prompt and
+    quantization options), recorded in the mark so that a resumed run must have the same.
 
     Meanwhile what is alive at the start (the engine) is kept out of the garbage collector's full passes
     (``runtime.realtime.freeze_startup_objects``, as ``duplex serve`` does) and given back after."""
     root, out = Path(root), Path(out)
     folders = sample_folders(root)
-    check_output(root, out, seed, engine.slots)
+    check_output(root, out, seed, engine.slots, setup)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARK).write_text(json.dumps(_mark(root, seed, engine.slots)) + "\n", encoding="utf-8")
+    (out / MARK).write_text(json.dumps(_mark(root, seed, engine.slots, setup)) + "\n", encoding="utf-8")
     todo = [(i, f) for i, f in enumerate(folders) if not (out / f.relative_to(root) / "output.json").is_file()]
     frame = engine.frame_size
     frame_seconds = frame / engine.sample_rate

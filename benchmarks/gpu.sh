@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The GPU run of the quantization issue (25) in one go, under 8 minutes on an H200, ending in ONE table
+# (benchmarks/summary.py): the engine's frame step with bf16/int8/fp8 weights x bf16/fp8 KV ring x batch 1/8/64/128
+# (Moshi 7B shapes, random weights, CUDA graphs; 128 where memory allows), the peak memory of each against the
+# computed figure (duplex bench memory), the shipped model's step, the fidelity figures (duplex bench fidelity, when
+# this checkout has it), the GPU tests, and the issue's goals checked. Record the table in docs/benchmarks.md with
+# the date, the hardware and this command.
+#
+#   bash benchmarks/gpu.sh          on a machine with CUDA (the lent device: bash .ci/device, which calls this)
+#   bash benchmarks/gpu.sh --cpu    anywhere: the same run end to end with small shapes (the shipped model, a few
+#                                   frames), the GPU-only cells marked; also what runs when CUDA is missing
+#
+# Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_default.json, memory_7b.json,
+# gpu_tests.txt, fidelity.txt, fidelity_MODEL.json, summary.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/duplex-gpu}
+mkdir -p "$OUT"
+rm -f "$OUT"/latency_7b.json "$OUT"/latency_default.json "$OUT"/memory_7b.json "$OUT"/gpu_tests.txt \
+  "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+VARIANTS="none fp8kv int8 int8+fp8kv fp8 fp8+fp8kv"
+
+if [ "${1:-}" != "--cpu" ] && $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  DEVICE=cuda
+else
+  DEVICE=cpu
+fi
+echo "$DEVICE" > "$OUT/device.txt"
+status=0
+started=$(date +%s)
+step() { echo "== [$(( $(date +%s) - started )) s] $*"; }
+
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  step "GPU tests"
+  $PY -m pytest -q -p no:cacheprovider tests/runtime/test_gpu.py \
+    tests/model/test_quantize.py::test_cuda_products_are_the_products_with_the_dequantized_weight \
+    "tests/model/test_kyutai_q8.py::test_cuda" 2>&1 | tee "$OUT/gpu_tests.txt" | tail -4 \
+    || status=1
+  step "the engine's frame step, Moshi 7B shapes (random weights), CUDA graphs: $VARIANTS"
+  # One weight format loaded at a time; each engine timed alone with its peak memory; 128 sessions that do not
+  # fit are rows marked "out of memory".
+  $PY -m duplex bench latency --model moshi_7b --device cuda --modes graphs --batch-sizes 1 8 64 128 \
+    --variants $VARIANTS --frames 30 --warmup 5 --json "$OUT/latency_7b.json" || status=1
+  step "the same, the shipped model"
+  $PY -m duplex bench latency --model default --device cuda --modes graphs --batch-sizes 1 64 \
+    --variants none int8 int8+fp8kv --frames 30 --warmup 5 --json "$OUT/latency_default.json" || status=1
+  MEASURED=(--measured "$OUT/latency_7b.json")
+  FIDELITY_LIMIT=120  # each model
+else
+  echo "no CUDA here (or --cpu): small shapes, GPU-only cells marked"
+  step "GPU tests: GPU only (skipped)"
+  step "the engine's frame step, the shipped model, CPU (eager), the variants in turns: $VARIANTS"
+  $PY -m duplex bench latency --model default --device cpu --modes eager --batch-sizes 1 2 \
+    --variants $VARIANTS --frames 3 --warmup 1 --json "$OUT/latency_default.json" || status=1
+  MEASURED=()
+  FIDELITY_LIMIT=60
+fi
+
+step "the memory table, Moshi 7B shapes (computed; checked against the runs' max_memory_allocated on CUDA)"
+$PY -m duplex bench memory --config moshi_7b --device cpu "${MEASURED[@]}" --json "$OUT/memory_7b.json" \
+  > "$OUT/memory_7b.txt" || status=1
+
+step "fidelity"
+# duplex bench fidelity (another part of issue 25): the shipped model, and on CUDA the random 7B-shaped one, each
+# with its default variants and frames (a few frames on the CPU). On the lent machine demos/fdb-synthetic (its
+# default speech) is moved out of the checkout to fit the upload: demos/hello.wav is looped instead.
+: > "$OUT/fidelity.txt"
+if $PY -m duplex bench fidelity --help > "$OUT/fidelity_help.txt" 2>&1; then
+  AUDIO=()
+  [ -d demos/fdb-synthetic ] || AUDIO=(--audio demos/hello.wav)
+  MODELS="default"
+  SHORT=(--frames 16 --greedy-frames 8)
+  if [ "$DEVICE" = cuda ]; then MODELS="default moshi_7b"; SHORT=(); fi
+  verdicts=()
+  for model in $MODELS; do
+    echo "-- duplex bench fidelity --model $model" >> "$OUT/fidelity.txt"
+    timeout "$FIDELITY_LIMIT" $PY -m duplex bench fidelity --model "$model" --device "$DEVICE" "${AUDIO[@]}" \
+      "${SHORT[@]}" --json "$OUT/fidelity_$model.json" >> "$OUT/fidelity.txt" 2> "$OUT/fidelity_$model.log"
+    rc=$?
+    if [ $rc -eq 0 ]; then verdicts+=("$model: see below")
+    elif [ $rc -eq 124 ]; then verdicts+=("$model: timed out after $FIDELITY_LIMIT s")
+    else verdicts+=("$model: failed (exit $rc; output below)"); status=1; fi
+    [ $rc -eq 0 ] || tail -5 "$OUT/fidelity_$model.log" >> "$OUT/fidelity.txt"
+  done
+  (IFS=';'; echo "${verdicts[*]}") | sed 's/;/; /g' > "$OUT/fidelity_status.txt"
+else
+  echo "not in this checkout (duplex bench fidelity --help fails)" > "$OUT/fidelity_status.txt"
+fi
+
+step "summary"
+$PY benchmarks/summary.py "$OUT" | tee "$OUT/summary.md"
+echo
+cat "$OUT/memory_7b.txt"
+step "done (exit $status)"
+exit $status

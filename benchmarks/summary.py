@@ -1,0 +1,161 @@
+"""The one table of ``benchmarks/gpu.sh``: the reports it wrote into one folder (``bench latency`` JSON for the
+7B shapes and the shipped model, ``bench memory`` JSON, the GPU tests' pytest output, ``bench fidelity``'s output)
+as one Markdown table that docs/benchmarks.md can take as it is, with the issue's goals checked. A report that is
+missing gives marked cells ("GPU only" on a machine without CUDA, "not run" otherwise).
+
+    python3 benchmarks/summary.py OUT_FOLDER
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+GIB = 1 << 30
+
+
+def _load(folder: Path, name: str) -> Optional[dict]:
+    path = folder / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _text(folder: Path, name: str) -> Optional[str]:
+    path = folder / name
+    return path.read_text().strip() if path.exists() else None
+
+
+def _key(run: dict) -> tuple:
+    q = run.get("quantization", {})
+    return q.get("weights", run.get("variant")), q.get("kv", "")
+
+
+def _step_cells(report: dict, batches: List[int]) -> Dict[tuple, List[str]]:
+    """(weights, ring) -> one cell per batch: median ms and the speedup over the baseline variant (unquantized
+    weights, the ring in the compute dtype: bfloat16 on a GPU) at that batch."""
+    baseline = report.get("baseline", "none")
+    base = {r["batch_size"]: r["total_ms"]["p50"] for r in report["runs"]
+            if "total_ms" in r and r["variant"] == baseline}
+    rows: Dict[tuple, List[str]] = {}
+    for run in report["runs"]:
+        cells = rows.setdefault(_key(run), ["-"] * len(batches))
+        i = batches.index(run["batch_size"])
+        if "total_ms" not in run:
+            cells[i] = run.get("error", "failed")
+            continue
+        ms = run["total_ms"]["p50"]
+        compared = run["batch_size"] in base and run["variant"] != baseline
+        speedup = f" ({base[run['batch_size']] / ms:.2f}x)" if compared else ""
+        note = " eager" if "note" in run else ""
+        cells[i] = f"{ms:.1f} ms{speedup}{note}"
+    return rows
+
+
+def _memory_cells(report: dict, memory: Optional[dict], batches: List[int]) -> Dict[tuple, List[str]]:
+    """(weights, ring) -> peak max_memory_allocated / computed GiB per batch (CUDA runs only)."""
+    rows: Dict[tuple, List[str]] = {}
+    computed = {}
+    if memory:
+        for m in memory.get("measured", []):
+            computed[(m["weights"], m["ring"], m["batch_size"])] = m["computed_bytes"]
+    for run in report["runs"]:
+        if "memory" not in run:
+            continue
+        cells = rows.setdefault(_key(run), ["-"] * len(batches))
+        c = computed.get((*_key(run), run["batch_size"]))
+        cells[batches.index(run["batch_size"])] = (f"{run['memory']['peak_bytes'] / GIB:.1f}"
+                                                   + (f" / {c / GIB:.1f} GiB" if c else " GiB"))
+    return rows
+
+
+def _goals(report: Optional[dict], memory: Optional[dict]) -> List[List[str]]:
+    """The issue's goals on an H200 (issue 25): met, not met, or not measured."""
+    if report is None:
+        return [[goal, "not measured (no GPU)"] for goal in (
+            "batch 1 <= 9 ms with int8 or fp8 weights", "64 sessions <= 30 ms with an fp8 ring",
+            "128 sessions fit")]
+    timed = [r for r in report["runs"] if "total_ms" in r]
+
+    def best(batch, keep):
+        runs = [r for r in timed if r["batch_size"] == batch and keep(_key(r))]
+        return min(runs, key=lambda r: r["total_ms"]["p50"]) if runs else None
+
+    out = []
+    for goal, batch, keep, limit in (
+            ("batch 1 <= 9 ms with int8 or fp8 weights", 1, lambda k: k[0] in ("int8", "fp8"), 9.0),
+            ("64 sessions <= 30 ms with an fp8 ring", 64, lambda k: k[1] == "fp8", 30.0)):
+        run = best(batch, keep)
+        if run is None:
+            out.append([goal, "not measured"])
+            continue
+        ms = run["total_ms"]["p50"]
+        out.append([goal, f"{'met' if ms <= limit else 'not met'}: best {run['variant']} {ms:.1f} ms"])
+    fits = [r for r in timed if r["batch_size"] >= 128]
+    fit_note = ""
+    if memory:
+        counts = {"+".join((row["weights"], row["ring"])): row["sessions_fit"].get("141 GB") for row in memory["rows"]}
+        fit_note = "; computed for 141 GB: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+    out.append(["128 sessions fit",
+                (f"met: {', '.join(r['variant'] for r in fits)} ran 128" if fits
+                 else "not met: no variant ran 128 sessions" if any(r["batch_size"] >= 128 for r in report["runs"])
+                 else "not measured") + fit_note])
+    return out
+
+
+def table(folder: Path) -> str:
+    device = _text(folder, "device.txt") or "cpu"
+    gpu = device == "cuda"
+    big, small = _load(folder, "latency_7b.json"), _load(folder, "latency_default.json")
+    memory = _load(folder, "memory_7b.json")
+    batches = sorted({r["batch_size"] for rep in (big, small) if rep for r in rep["runs"]}
+                     | (set() if gpu else {1, 8, 64, 128}))
+    head = next((rep for rep in (big, small) if rep), None)
+    lines = [f"duplex GPU run -- {head['date'] if head else ''}, {head['hardware'] if head else device}, torch "
+             f"{head['torch'] if head else '?'}; ms: median per 80 ms frame (x: speedup over unquantized weights "
+             "and ring at that batch); GiB: peak torch.cuda.max_memory_allocated / computed (bench memory)", "",
+             "| what | weights | ring | " + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|---|---|---|" + "---|" * len(batches)]
+
+    def row(what, key, cells):
+        lines.append(f"| {what} | {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+
+    def marked(what, text):
+        lines.append(f"| {what} | | | " + " | ".join([text] * len(batches)) + " |")
+
+    for name, rep, what in (("7b", big, "step, Moshi 7B shapes (random), " + ("CUDA graphs" if gpu else "")),
+                            ("default", small, "step, shipped model, " + ("CUDA graphs" if gpu else "eager, CPU"))):
+        if rep is None:
+            marked(what.rstrip(", "), "GPU only" if not gpu else "not run")
+            continue
+        for key, cells in _step_cells(rep, batches).items():
+            if not gpu:
+                cells = [c if c != "-" else "GPU only" for c in cells]
+            row(what, key, cells)
+        if name == "7b":
+            for key, cells in _memory_cells(rep, memory, batches).items():
+                row("peak memory, Moshi 7B shapes", key, cells)
+    if not gpu:
+        marked("peak memory (max_memory_allocated)", "GPU only")
+    if memory:
+        cards = list(memory["rows"][0]["sessions_fit"])
+        for r in memory["rows"]:
+            fits = "/".join(str(r["sessions_fit"][c]) for c in cards)
+            lines.append(f"| sessions that fit ({'/'.join(cards)}), computed, 7B | {r['weights']} | {r['ring']} | "
+                         + " | ".join([fits] + [""] * (len(batches) - 1)) + " |")
+    tests = _text(folder, "gpu_tests.txt")
+    last = tests.splitlines()[-1] if tests else None
+    verdict = (last or "not run") if gpu else "GPU only (no CUDA here)"
+    lines.append(f"| GPU tests (tests/runtime/test_gpu.py) | | | {verdict} |" + " |" * (len(batches) - 1))
+    fidelity = _text(folder, "fidelity_status.txt") or "not run"
+    lines.append(f"| fidelity (duplex bench fidelity) | | | {fidelity} |" + " |" * (len(batches) - 1))
+    for goal, verdict in _goals(big if gpu else None, memory):
+        lines.append(f"| goal (H200): {goal} | | | {verdict} |" + " |" * (len(batches) - 1))
+    fidelity_text = _text(folder, "fidelity.txt")
+    if fidelity_text:
+        lines += ["", "fidelity (bench fidelity's own table):", fidelity_text]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1])))
