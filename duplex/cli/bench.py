@@ -19,7 +19,7 @@ from ..bench.variants import Variant, parse_variant, variants_of
 from ..errors import UsageError
 from ..runtime.checkpoints import codec_files
 from ..serving.options import default_engine_threads, usable_cpu_cores
-from . import turns
+from . import fidelity, turns
 from .codec import config_hint
 from .common import (
     add_model_options,
@@ -376,6 +376,7 @@ def register(commands) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.set_defaults(run=run_bench_serve)
     turns.register(bench_commands)
+    fidelity.register(bench_commands)
     p = bench_commands.add_parser("codec-quality", help="reconstruction quality on a corpus split (JSON + PNG)")
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--split", default=codec_quality.SPLIT, help="corpus split to measure (heldout or train)")
