@@ -31,12 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from codec.io.audio import load_audio
-from codec.modules.quantized import FP8, MODES
+from codec.modules.quantized import FP8
 from codec.utils.stats import describe_device
 
 from ..model.config import LMConfig
 from ..model.lm import MoshiLM
 from ..runtime.quantization import describe
+from . import variants
 
 FRAMES = 300  # teacher-forced frames (24 s of speech)
 GREEDY_FRAMES = 40
@@ -58,16 +59,16 @@ class Variant:
 
 
 def parse_variant(name: str) -> Variant:
-    """``int8``, ``fp8``, ``fp8kv``, ``bf16`` or several joined with ``+`` (``int8+fp8kv``); ValueError otherwise."""
+    """The names of ``--variants`` of ``bench latency`` / ``bench lm`` (``bench.variants``: ``int8``, ``fp8``,
+    ``fp8kv``, ``int8+fp8kv``...), plus ``bf16`` (the unquantized model in bfloat16); ValueError otherwise."""
     parts = name.split("+")
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown or not name or len(set(parts)) != len(parts):
+    if not name or len(set(parts)) != len(parts):
         raise ValueError(f"variant {name!r}: expected parts {', '.join(PARTS)} joined with '+' (e.g. int8+fp8kv)")
-    weights = [p for p in parts if p in MODES]
-    if len(weights) > 1:
-        raise ValueError(f"variant {name!r}: one weight format at most (int8 or fp8)")
-    return Variant(name, weights[0] if weights else "none", FP8 if "fp8kv" in parts else None,
-                   torch.bfloat16 if "bf16" in parts else None)
+    rest = "+".join(p for p in parts if p != "bf16")
+    shared = variants.parse_variant(rest) if rest else variants.Variant()
+    if shared.kv not in ("auto", "fp8"):
+        raise ValueError(f"variant {name!r}: fidelity compares the fp8 ring (fp8kv) with the model's own dtype")
+    return Variant(name, shared.weights, shared.kv_dtype, torch.bfloat16 if "bf16" in parts else None)
 
 
 def variant_of(quantize: Optional[str], kv: Optional[torch.dtype]) -> Variant:
