@@ -163,6 +163,7 @@ def model_files(args) -> ModelFiles:
     if adapters or getattr(args, "fuse", False):
         files = dataclasses.replace(files, lora_adapters=files.lora_adapters + adapters,
                                     fuse_lora=bool(getattr(args, "fuse", False)))
+    files.adapter_names()  # two adapters of one name: one line now, before anything else is said
     return files
 
 

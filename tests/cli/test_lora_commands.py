@@ -96,6 +96,10 @@ def test_bad_combinations_are_one_line(tmp_path, wav, capsys, adapters):
         code = main(["offline", str(wav), str(tmp_path / "out.wav"), *SMALL_MODEL_ARGS, *extra])
         err = capsys.readouterr().err
         assert code == 2 and words in err and err.count("\n") == 1, (extra, err)
+    for extra, words in cases[:3]:  # the server says the same before its model loads
+        assert main(["serve", "--port", "0", "--slots", "1", *SMALL_MODEL_ARGS, *extra]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, (extra, err)
     for command in (["mic", "--input-file", str(wav), "--output-file", str(tmp_path / "out.wav")],
                     ["bench", "turns", "run", str(tmp_path), str(tmp_path / "out")]):
         assert main([*command, *SMALL_MODEL_ARGS, "--lora", str(ADAPTER), "--adapter", "nope"]) == 2
