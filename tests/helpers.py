@@ -21,15 +21,18 @@ SMALL_MODEL_ARGS = ["--lm", str(LM_SMALL), "--lm-config", str(LM_SMALL_CONFIG), 
                     "--mimi-config", str(MIMI_SMALL_CONFIG), "--device", "cpu"]
 
 
-def make_engine(slots: int = 2, tokenizer=None, greedy: bool = False, device: str = "cpu", quantize=None, **kwargs):
+def make_engine(slots: int = 2, tokenizer=None, greedy: bool = False, device: str = "cpu", quantize=None,
+                adapters=(), **kwargs):
     """An engine on the small reference models (the LM and codec share a 64-entry vocabulary), float32 (its linear
-    weights quantized with ``quantize``: "int8", "fp8")."""
+    weights quantized with ``quantize``: "int8", "fp8"), with the LoRA ``adapters`` (files) beside its weights."""
     from codec import Mimi
     from duplex.model.lm import MoshiLM
     from duplex.runtime.engine import Engine, SamplingOptions
 
     lm = MoshiLM.from_checkpoint(LM_SMALL, config=LM_SMALL_CONFIG, device=device, dtype=torch.float32,
                                  quantize=quantize)
+    for adapter in adapters:
+        lm.add_adapter(adapter)
     mimi = Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG, device=device)
     return Engine(lm, mimi, tokenizer=tokenizer, slots=slots, sampling=SamplingOptions(greedy=greedy), **kwargs)
 

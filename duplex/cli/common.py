@@ -157,9 +157,13 @@ def model_files(args) -> ModelFiles:
     adapters = tuple(getattr(args, "lora", None) or ())
     if getattr(args, "fuse", False) and not (adapters or files.lora_adapters):
         raise UsageError("--fuse merges a --lora adapter: give one")
+    if getattr(args, "fuse", False) and len(adapters + files.lora_adapters) > 1:
+        raise UsageError(f"--fuse merges one adapter into the weights, {len(adapters + files.lora_adapters)} were "
+                         "given: leave --fuse out to load them side by side (each session picks one)")
     if adapters or getattr(args, "fuse", False):
         files = dataclasses.replace(files, lora_adapters=files.lora_adapters + adapters,
                                     fuse_lora=bool(getattr(args, "fuse", False)))
+    files.adapter_names()  # two adapters of one name: one line now, before anything else is said
     return files
 
 

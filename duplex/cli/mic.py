@@ -16,11 +16,12 @@ from .common import (
     build_engine,
     check_output_path,
     list_sound_devices,
+    model_files,
     non_negative,
     positive_float,
     sound_device,
 )
-from .offline import run_file
+from .offline import adapter_text, add_adapter_option, chosen_adapter, run_file
 from .prompts import add_prompt_options, system_prompt
 
 
@@ -31,17 +32,21 @@ def run_mic(args) -> int:
         raise UsageError("--input-file and --output-file go together")
     if args.output_file:
         check_output_path(args.output_file, audio=True)
+    files = model_files(args)
+    adapter = chosen_adapter(args, files)
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = build_engine(args, slots=1)
+    engine = build_engine(args, slots=1, files=files)
     prompt = system_prompt(args, engine)
     display = LiveText()  # the model's words and the progress line, neither erasing the other
     if args.input_file:
-        return run_file(engine, args.input_file, args.output_file, prompt, args.realtime, display)
-    print("duplex: talking (Ctrl-C to stop)" + ("; the default model is small and knows only its synthetic "
-          "conversations (README, \"The default model\")" if engine.files.is_default else ""), file=sys.stderr)
+        return run_file(engine, args.input_file, args.output_file, prompt, args.realtime, display, adapter=adapter)
+    print(f"duplex: talking{adapter_text(engine, adapter)} (Ctrl-C to stop)" + ("; the default model is small and "
+          "knows only its synthetic conversations (README, \"The default model\")" if engine.files.is_default
+          else ""), file=sys.stderr)
     freeze_startup_objects()
-    stats = mic.run_live(engine if prompt is None else PromptedEngine(engine, prompt), seconds=args.seconds, input_device=args.input_device,
+    live = engine if prompt is None and adapter is None else PromptedEngine(engine, prompt, adapter)
+    stats = mic.run_live(live, seconds=args.seconds, input_device=args.input_device,
                          output_device=args.output_device, display=display)
     print(stats.summary(), file=sys.stderr)
     return 0
@@ -51,6 +56,7 @@ def register(commands) -> None:
     """``duplex mic``."""
     p = commands.add_parser("mic", help="live demo: talk with the engine through your microphone and speakers")
     add_model_options(p)
+    add_adapter_option(p)
     p.add_argument("--input-device", type=sound_device, help="sound input device (index or name; see --list-devices)")
     p.add_argument("--output-device", type=sound_device, help="sound output device (index or name)")
     p.add_argument("--list-devices", action="store_true", help="list sound devices and exit")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Optional
 
 import torch
 
@@ -15,7 +16,15 @@ from codec.io.audio import load_audio, save_audio
 from ..errors import UsageError
 from ..runtime.offline import run_offline
 from ..serving.terminal import LiveText
-from .common import add_model_options, build_engine, check_output_path, float_above, int_in, non_negative
+from .common import (
+    add_model_options,
+    build_engine,
+    check_output_path,
+    float_above,
+    int_in,
+    model_files,
+    non_negative,
+)
 from .prompts import add_prompt_options, system_prompt
 
 temperature = float_above(0.0, True, "a temperature >= 0")
@@ -36,6 +45,42 @@ def sampling_of(args) -> dict:
     return settings
 
 
+def add_adapter_option(p) -> None:
+    """``--adapter NAME``: which of the ``--lora`` adapters a command's sessions run (``duplex mic``, ``offline``,
+    ``bench turns run``; the server's clients pick theirs with ``?adapter=NAME``)."""
+    p.add_argument("--adapter", metavar="NAME", help="which --lora adapter to run, by name: the file's stem, or the "
+                   "folder of a lora.safetensors (moshi-finetune's checkpoint: its run's folder); 'none' runs the "
+                   "base model (default: the first --lora)")
+
+
+def chosen_adapter(args, files) -> Optional[str]:
+    """``--adapter`` checked against the model's adapters (``files``: ``common.model_files``) before the model
+    loads: one of them, or "none"; None when not given (the engine's default, the first)."""
+    name = getattr(args, "adapter", None)
+    if name is None:
+        return None
+    if files.fuse_lora:
+        raise UsageError(f"--adapter {name}: with --fuse the adapter is merged into the weights, there is none to "
+                         "pick; leave --adapter out (or --fuse, to pick among several)")
+    names = files.adapter_names()
+    if name != "none" and name not in names:
+        given = f"the adapters given are {', '.join(names)}" if names else "no --lora adapter was given"
+        raise UsageError(f"--adapter {name!r}: {given} ('none' runs the base model)")
+    return name
+
+
+def adapter_text(engine, adapter: Optional[str]) -> str:
+    """For the start line: " with adapter NAME" (or " with the base model", " with adapter NAME fused" ...)."""
+    files = getattr(engine, "files", None)
+    if files is not None and files.fuse_lora and files.lora_adapters:
+        return f" with adapter {files.adapter_names()[0]} (fused)"
+    names = list(getattr(engine, "adapters", None) or [])
+    if not names:
+        return ""
+    name = names[0] if adapter is None else adapter
+    return " with the base model" if name == "none" else f" with adapter {name}"
+
+
 def check_input(path: str) -> None:
     if not os.path.isfile(path):
         raise UsageError(f"input {path}: no such file")
@@ -47,24 +92,28 @@ def run_offline_command(args) -> int:
     if args.output_text:
         check_output_path(args.output_text, audio=False)
     settings = sampling_of(args)
+    files = model_files(args)
+    adapter = chosen_adapter(args, files)
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = build_engine(args, slots=1)
+    engine = build_engine(args, slots=1, files=files)
     if args.output_text and engine.tokenizer is None:
         raise UsageError("--output-text needs the model's tokenizer (give --tokenizer)")
     prompt = system_prompt(args, engine)
-    return run_file(engine, args.input, args.output, prompt, args.realtime, LiveText(), args.output_text, settings)
+    return run_file(engine, args.input, args.output, prompt, args.realtime, LiveText(), args.output_text, settings,
+                    adapter)
 
 
 def run_file(engine, source: str, output: str, prompt, realtime: bool, display, output_text=None,
-             settings=None) -> int:
+             settings=None, adapter: Optional[str] = None) -> int:
     """One recording through ``engine`` into ``output`` (and its text as NVIDIA's JSON into ``output_text``), as
     ``duplex offline`` and ``duplex mic --input-file`` do: the exit status (130 after Ctrl-C, the reply so far
     kept)."""
     pcm = load_audio(source, engine.sample_rate)[0].numpy()
-    print(f"{source} ({len(pcm) / engine.sample_rate:.1f} s) through the engine "
+    print(f"{source} ({len(pcm) / engine.sample_rate:.1f} s) through the engine{adapter_text(engine, adapter)} "
           f"{'in real time' if realtime else 'as fast as it goes'}", file=sys.stderr)
-    run = run_offline(engine, pcm, prompt=prompt, realtime=realtime, display=display, **(settings or {}))
+    run = run_offline(engine, pcm, prompt=prompt, realtime=realtime, display=display, adapter=adapter,
+                      **(settings or {}))
     save_audio(output, torch.from_numpy(run.reply), engine.sample_rate)
     if output_text:
         with open(output_text, "w", encoding="utf-8") as f:
@@ -103,6 +152,7 @@ def register(commands) -> None:
     add_prompt_options(p, "default: NVIDIA's assistant role for PersonaPlex, none for other models")
     add_sampling_options(p)
     add_model_options(p)
+    add_adapter_option(p)
     p.add_argument("--realtime", action="store_true", help="pace the input at 80 ms per frame")
     p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(run=run_offline_command)

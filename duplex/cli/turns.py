@@ -15,6 +15,7 @@ from ..bench.turntaking.score import console_progress, format_table, score_dir
 from ..model.config import LMConfig
 from ..runtime.checkpoints import ModelFiles
 from .common import add_model_options, build_engine, model_files, non_negative, pick_device, positive
+from .offline import add_adapter_option, chosen_adapter
 from .prompts import add_prompt_options, system_prompt
 from .reports import check_report_paths, write_json
 
@@ -34,12 +35,17 @@ def run_score(args) -> int:
 def run_setup(args, files: ModelFiles) -> dict:
     """What changes a run's outputs besides the set, the seed and the slot count, as known before the model loads:
     the model's files, the system prompt options, the LM's dtype and device type, the weights' quantization and
-    the KV rings' dtype. A resumed run must have the same (``runner.check_output``)."""
+    the KV rings' dtype; with LoRA adapters, their files, whether they are fused and the one every sample runs. A
+    resumed run must have the same (``runner.check_output``)."""
     def path(value):
         return None if value is None else os.path.abspath(value)
 
     config = files.lm_config
     voice = args.voice_prompt
+    # Recorded only with adapters: a run without them has the setup it had before adapters existed (and resumes).
+    lora = {} if not files.lora_adapters else {
+        "lora": [path(adapter) for adapter in files.lora_adapters], "fuse": files.fuse_lora,
+        "adapter": None if files.fuse_lora else (chosen_adapter(args, files) or files.adapter_names()[0])}
     return {"model": files.name, "lm": path(files.lm),
             "lm_config": config if isinstance(config, str) and config in LMConfig.PRESETS else
             path(config) if isinstance(config, (str, os.PathLike)) else repr(config),
@@ -47,12 +53,13 @@ def run_setup(args, files: ModelFiles) -> dict:
             "voice_prompt": path(voice) if voice is not None and os.path.exists(voice) else voice,
             "voice_prompt_dir": path(args.voice_prompt_dir), "text_prompt": args.text_prompt,
             "dtype": args.dtype, "device": pick_device(args.device).type,
-            "quantize": args.quantize, "kv_dtype": args.kv_dtype}
+            "quantize": args.quantize, "kv_dtype": args.kv_dtype, **lora}
 
 
 def run_run(args) -> int:
     check_report_paths(args)
     files = model_files(args)
+    adapter = chosen_adapter(args, files)
     setup = run_setup(args, files)
     runner.check_output(args.dir, args.out, args.seed, args.slots, setup)  # before minutes of loading the model
     if args.threads:
@@ -62,7 +69,7 @@ def run_run(args) -> int:
     try:
         with runner.ConsoleProgress() as shown:
             ran = runner.run_samples(engine, args.dir, args.out, seed=args.seed, progress=shown, prompt=prompt,
-                                     setup=setup)
+                                     setup=setup, adapter=adapter)
     except runner.RunInterrupted as e:
         print(f"duplex: {e}", file=sys.stderr)
         return 130
@@ -96,6 +103,7 @@ def register(bench_commands) -> None:
     p.add_argument("dir", help="a folder of FDB sample folders (each with input.wav and its annotation)")
     p.add_argument("out", help="a new folder for the outputs (DIR's layout); an interrupted run's folder resumes")
     add_model_options(p)
+    add_adapter_option(p)
     p.add_argument("--slots", type=positive, default=runner.SLOTS, help="samples run at once")
     p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=runner.SEED,

@@ -199,9 +199,25 @@ def read_lora(path: "str | os.PathLike", rank: Optional[int] = None, scaling: Op
         pairs[name] = (a, b)
     if not pairs:
         raise LoRAError(f"{path}: no adapter (lora_A / lora_B) keys")
-    return LoRAFile(pairs, rank, scaling, name=os.path.basename(os.path.dirname(os.path.abspath(path)))
-                    if os.path.basename(path) == "lora.safetensors" else os.path.splitext(os.path.basename(path))[0],
-                    extra=extra)
+    return LoRAFile(pairs, rank, scaling, name=lora_name(path), extra=extra)
+
+
+def lora_name(path: "str | os.PathLike") -> str:
+    """The name an adapter file goes by (what a session picks, what ``/api/stats`` shows): the file's stem, or for
+    moshi-finetune's ``lora.safetensors`` its folder's name; moshi-finetune's checkpoint layout
+    (``RUN/checkpoints/checkpoint_000500/consolidated/lora.safetensors``) is named after its run (``RUN``), since
+    every one of its folders is called ``consolidated``. Known from the path alone, before the file is read."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.basename(path) != "lora.safetensors":
+        return os.path.splitext(os.path.basename(path))[0]
+    folder = os.path.dirname(path)
+    if os.path.basename(folder) != "consolidated":
+        return os.path.basename(folder)
+    checkpoint = os.path.dirname(folder)
+    checkpoints = os.path.dirname(checkpoint)
+    if re.fullmatch(r"checkpoint_\d+", os.path.basename(checkpoint)) and os.path.basename(checkpoints) == "checkpoints":
+        return os.path.basename(os.path.dirname(checkpoints)) or os.path.basename(checkpoint)
+    return os.path.basename(checkpoint) or "consolidated"
 
 
 def _stacked(parts: Dict[int, torch.Tensor], steps: int, path: str, name: str, half: str) -> torch.Tensor:
@@ -249,6 +265,10 @@ def attach(lm, lora: LoRAFile) -> int:
                 else f"{unknown[0]} is not a linear layer of this model")
         raise LoRAError(f"adapter {lora.name}: {what} (an adapter for another model?)")
     n = len(adapter_names(lm))
+    label = lora.name or f"adapter {n + 1}"
+    if label in adapter_names(lm) or label == "none":  # sessions pick adapters by name; "none" is the base model
+        raise LoRAError(f"adapter {label!r}: " + ("'none' names the base model" if label == "none" else
+                        "the model already has an adapter of that name") + " (rename its file or folder)")
     if lora.extra:
         if n:
             raise LoRAError(f"adapter {lora.name} also replaces {len(lora.extra)} base tensors (moshi-finetune's "
@@ -263,7 +283,7 @@ def attach(lm, lora: LoRAFile) -> int:
         if a.shape[0] != steps or a.shape[2] != getattr(module, name).shape[1] or \
                 b.shape[1] * steps != getattr(module, name).shape[0]:
             raise LoRAError(f"adapter {lora.name}: {path} has shapes {list(a.shape)} / {list(b.shape)}, which do "
-                            f"not fit the weight {list(getattr(module, name).shape)}")
+                            f"not fit the weight {list(getattr(module, name).shape)} (an adapter for another model?)")
         bank = module._modules.get(name + LORA)
         if bank is None:
             zeros_a, zeros_b = torch.zeros_like(a), torch.zeros_like(b)
@@ -283,7 +303,7 @@ def attach(lm, lora: LoRAFile) -> int:
         with torch.no_grad():
             for key, value in lora.extra.items():
                 lm.get_parameter(key).copy_(value)
-    lm._adapter_names = adapter_names(lm) + [lora.name or f"adapter {n + 1}"]
+    lm._adapter_names = adapter_names(lm) + [label]
     return n + 1
 
 

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from safetensors import safe_open
@@ -44,7 +44,7 @@ from codec.io.files import readable_file
 from ..errors import ModelFilesError, PromptError
 from ..model.config import LMConfig, lm_config_beside
 from ..model.lm import MoshiLM, default_dtype
-from ..model.lora import lora_config_beside
+from ..model.lora import lora_config_beside, lora_name
 from ..model.tokenizer import TextTokenizer
 from .quantization import check_quantize
 from .voices import VOICES_ARCHIVE, voice_folder
@@ -277,6 +277,20 @@ class ModelFiles:
     def load_tokenizer(self) -> Optional[TextTokenizer]:
         return TextTokenizer(self.tokenizer) if self.tokenizer is not None else None
 
+    def adapter_names(self) -> List[str]:
+        """The names ``lora_adapters`` go by (``lora.lora_name``, from the paths alone), in order. A name given twice,
+        or "none" (the base model's), is refused: sessions pick an adapter by its name, so two of one name would
+        leave one out of reach (numbering them instead would make a name depend on the order of the options)."""
+        names = [lora_name(path) for path in self.lora_adapters]
+        for i, (path, name) in enumerate(zip(self.lora_adapters, names)):
+            if name == "none":
+                raise ModelFilesError(f"LoRA adapter {path} is named 'none', which means the base model: rename it")
+            if name in names[:i]:
+                raise ModelFilesError(f"LoRA adapters {self.lora_adapters[names.index(name)]} and {path} are both "
+                                      f"named {name!r} (a file's stem, or the folder of a lora.safetensors); sessions "
+                                      "pick an adapter by name: rename or copy one of them")
+        return names
+
     def load(self, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
              quantize: Optional[str] = None) -> Tuple[MoshiLM, Mimi, Optional[TextTokenizer]]:
         """(LM, codec, tokenizer) on ``device``; the codec with the codebooks the LM reads and writes (as Kyutai's
@@ -286,6 +300,7 @@ class ModelFiles:
         _existing(self.lm, "LM checkpoint")
         for adapter in self.lora_adapters:
             _existing(adapter, "LoRA adapter")
+        self.adapter_names()  # two adapters of one name: said now, not after the LM's weights are read
         cfg = LMConfig.load(self.lm_config)
         tokenizer = self.load_tokenizer()
         mimi = self.load_mimi(max(cfg.dep_q, cfg.user_codebooks), device)

@@ -16,7 +16,7 @@ sample for sample, as ``duplex mic --input-file`` always wrote it (and as Full-D
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -67,11 +67,13 @@ def nvidia_text(tokens, tokenizer) -> List[str]:
 
 def run_offline(engine, pcm: np.ndarray, prompt: Optional[PromptFrames] = None, realtime: bool = False,
                 on_text: Optional[Callable[[str], None]] = None,
-                on_frame: Optional[Callable[[int, int], None]] = None, display=None, **sampling) -> OfflineRun:
+                on_frame: Optional[Callable[[int, int], None]] = None, display=None,
+                adapter: Union[None, int, str] = None, **sampling) -> OfflineRun:
     """``pcm`` (float32 mono at the engine's rate) through one engine slot, frame by frame; the reply has the same
     length. ``prompt``: a system prompt (``engine.system_prompt``), stepped first (its state is kept, so the next run
-    with the same prompt starts at once); ``sampling``: fields of the slot's ``SlotSampling`` (``seed``,
-    ``temperature``...). ``realtime`` paces the frames at 80 ms.
+    with the same prompt starts at once); ``adapter``: the LoRA adapter the slot runs (``Engine.open``: a name,
+    "none" for the base model; default the engine's first); ``sampling``: fields of the slot's ``SlotSampling``
+    (``seed``, ``temperature``...). ``realtime`` paces the frames at 80 ms.
 
     ``on_text(piece)`` for the model's words, ``on_frame(done, total)`` after every frame; ``display`` (a
     ``serving.terminal.LiveText``), when given, shows the words and a progress line and is closed at the end.
@@ -80,9 +82,10 @@ def run_offline(engine, pcm: np.ndarray, prompt: Optional[PromptFrames] = None, 
     frame_seconds = frame / engine.sample_rate
     pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
     frames = np.pad(pcm, (0, (-len(pcm)) % frame)).reshape(-1, frame)
+    chosen = {} if adapter is None else {"adapter": adapter}  # (stand-in engines need not know of adapters)
     if prompt is not None:
-        engine.prepare_prompt(prompt)  # stepped alone once, then copied into the slot when it opens
-    slot = engine.open(prompt=prompt, **sampling)
+        engine.prepare_prompt(prompt, **chosen)  # stepped alone once, then copied into the slot when it opens
+    slot = engine.open(prompt=prompt, **chosen, **sampling)
     replies, tokens, pieces = [], [], []
 
     def sink(tick, outputs):
@@ -121,15 +124,18 @@ def run_offline(engine, pcm: np.ndarray, prompt: Optional[PromptFrames] = None, 
 
 class PromptedEngine:
     """The engine as seen by code that opens its own slots (``serving.mic.run_live``): ``open`` starts every session
-    in ``prompt``, whose state is stepped once, here, and then copied into each slot as it opens (no prompt frames
-    to wait for). Everything else is the engine's."""
+    in ``prompt`` (or none), whose state is stepped once, here, and then copied into each slot as it opens (no prompt
+    frames to wait for), with the LoRA ``adapter`` (a name, "none"; None: the engine's default). Everything else is
+    the engine's."""
 
-    def __init__(self, engine, prompt: PromptFrames):
-        engine.prepare_prompt(prompt)
+    def __init__(self, engine, prompt: Optional[PromptFrames], adapter: Union[None, int, str] = None):
+        self._chosen = {} if adapter is None else {"adapter": adapter}
+        if prompt is not None:
+            engine.prepare_prompt(prompt, **self._chosen)
         self._engine, self._prompt = engine, prompt
 
     def open(self, sampling=None, **changes) -> int:
-        return self._engine.open(sampling, prompt=self._prompt, **changes)
+        return self._engine.open(sampling, prompt=self._prompt, **{**self._chosen, **changes})
 
     def __getattr__(self, name):
         return getattr(self._engine, name)

@@ -60,6 +60,9 @@ class SessionOptions:
     # folder (``NATF2.pt``), and a role text (wrapped in <system> tags by the engine); None: none asked for
     voice_prompt: Optional[str] = None
     text_prompt: Optional[str] = None
+    # duplex's: the LoRA adapter the session runs, by name (``adapter=NAME``; "none": the base model); None: the
+    # server's default (its first adapter)
+    adapter: Optional[str] = None
 
 
 TEMPERATURE_RANGE = (0.0, 2.0)
@@ -196,6 +199,7 @@ def parse_query(path: str) -> SessionOptions:
     fmt = values.get("format", [""])[-1].lower()
     voice = values.get("voice_prompt", [""])[-1]
     text = values.get("text_prompt", [""])[-1].strip()
+    adapter = values.get("adapter", [""])[-1]
     return SessionOptions(raw=fmt in ("pcm16", "raw", "pcm"), sampling=sampling,
                           token=values.get("token", [None])[-1], voice_prompt=voice or None,
-                          text_prompt=text or None)
+                          text_prompt=text or None, adapter=adapter or None)

@@ -3,12 +3,19 @@
 ``GET /api/chat`` speaks Kyutai's protocol (Ogg/Opus both ways), so Kyutai's own clients work unchanged;
 ``/api/chat?format=pcm16`` is the same with raw 16-bit PCM at 24 kHz (any chunk size) for simple clients and the
 browser page at ``/``; ``/api/stats`` reports counters as JSON; ``/api/voices`` the voices clients may name;
-``/health`` says "ok" (200), or "draining" (503) while the server stops.
+``/api/adapters`` the LoRA adapters they may pick; ``/health`` says "ok" (200), or "draining" (503) while the server
+stops.
 
 A client may ask for a system prompt as NVIDIA's PersonaPlex server takes one (``voice_prompt=NATF2.pt``,
 ``text_prompt=...``; personas.py): it is checked and built before the WebSocket handshake (refused with an HTTP
 status and the reason), the slot steps it one frame per tick among the talking ones (or starts from its kept state
 at once), and the handshake byte is sent when it is done, as NVIDIA's server does.
+
+A client may pick one of the server's LoRA adapters (``duplex serve --lora FILE``, repeatable) by name with
+``adapter=NAME`` (``adapter=none``: the base model; without it, the first adapter): the name is checked before the
+handshake (an unknown one is refused with HTTP 404 and the names there are), and the session's slot runs that
+adapter in the same batched step as the others (docs/serving.md, "Serving adapters"). A system prompt and an adapter
+go together: the engine keeps a prompt's state per adapter.
 
 The server is clocked, not input-clocked: every 80 ms one engine step advances every session, with the session's
 next received frame or, when none has arrived (network jitter, a muted client), silence. So each session gets
@@ -149,6 +156,7 @@ class VoiceServer:
         self._asked: "weakref.WeakKeyDictionary[object, _Asked]" = weakref.WeakKeyDictionary()
         self._prompt_waits: Tuple[Tuple[int, object], ...] = ()  # (slot, finished): read by the clock's thread
         self.prompted = self.prompts_refused = 0  # sessions opened with a system prompt; prompt requests refused
+        self.adapters_refused = 0  # upgrades refused for naming an adapter the server does not have
 
     async def _engine(self, fn, *args, **kwargs):
         """``fn`` (an engine call) on the worker thread, between two of the clock's steps."""
@@ -190,6 +198,12 @@ class VoiceServer:
                  self.port, self.engine.slots, "" if self.engine.slots == 1 else "s")
         if self.voices.folders:
             log.info("voice prompts: %d in %s", len(self.voices.names()), ", ".join(self.voices.folders))
+        adapters = self._adapters_info()
+        if adapters["adapters"]:
+            log.info("LoRA adapters: %s (sessions pick one with ?adapter=NAME; the default is %s; none: the base "
+                     "model)", ", ".join(adapters["adapters"]), adapters["default"])
+        elif adapters["fused"]:
+            log.info("LoRA adapter %s fused into the weights: every session runs it", adapters["fused"])
         return self
 
     @property
@@ -472,20 +486,29 @@ class VoiceServer:
             if self.draining:
                 return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
             return connection.respond(http.HTTPStatus.OK, "ok\n")
-        if path in ("/api/stats", "/api/chat", "/api/voices") and not self._authorized(request):
+        if path in ("/api/stats", "/api/chat", "/api/voices", "/api/adapters") and not self._authorized(request):
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid or missing token\n")
         if path == "/api/chat" and self.draining:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
                                       "the server is shutting down; try again later\n")
-        if path in ("/api/stats", "/api/voices"):
+        if path in ("/api/stats", "/api/voices", "/api/adapters"):
             response = connection.respond(http.HTTPStatus.OK, self._stats_json() if path == "/api/stats"
-                                          else json.dumps(self._voices_info()))
+                                          else json.dumps(self._voices_info() if path == "/api/voices"
+                                                          else self._adapters_info()))
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
             return response
         if path == "/api/chat":
+            options = parse_query(request.path)
             try:
-                asked = self._prompt_asked(parse_query(request.path))
+                self._check_adapter(options.adapter)
+            except Refusal as e:  # before the capacity count, as a refused prompt
+                self.adapters_refused += 1
+                if worth_logging(self.adapters_refused):
+                    log.info("adapter refused (%d so far): %s", self.adapters_refused, e.reason)
+                return connection.respond(http.HTTPStatus(e.status), e.reason + "\n")
+            try:
+                asked = self._prompt_asked(options)
             except Refusal as e:  # before the capacity count: a refusal costs no connection
                 self.prompts_refused += 1
                 if worth_logging(self.prompts_refused):
@@ -542,6 +565,46 @@ class VoiceServer:
                  (time.perf_counter() - t0) * 1e3)
         return frames
 
+    def _adapter_names(self) -> list:
+        """The unfused adapters the engine carries, by name (a stand-in engine has none)."""
+        return list(getattr(self.engine, "adapters", None) or [])
+
+    def _adapters_info(self) -> dict:
+        """``/api/adapters`` (and ``lora`` in ``/api/stats``): the adapters sessions may pick by name, the one they
+        get without asking (None: the base model), and the adapter fused into the weights, if any (then every
+        session runs it and there is nothing to pick)."""
+        names = self._adapter_names()
+        files = getattr(self.engine, "files", None)
+        fused = (files.adapter_names()[0] if files is not None and getattr(files, "fuse_lora", False)
+                 and getattr(files, "lora_adapters", ()) else None)
+        return {"adapters": names, "default": names[0] if names else None, "fused": fused}
+
+    def _check_adapter(self, name: Optional[str]) -> None:
+        """The adapter an upgrade asks for (``adapter=NAME``): one the engine carries, or "none" (the base model);
+        else a ``Refusal`` (404) with the names there are."""
+        if name is None:
+            return
+        info = self._adapters_info()
+        if name in info["adapters"] or (name == "none" and info["fused"] is None) or name == info["fused"]:
+            return
+        shown = repr(name[:80])
+        if info["fused"] is not None:
+            raise Refusal(404, f"adapter {shown}: this server runs adapter {info['fused']!r} fused into its weights, "
+                               "for every session; leave adapter out")
+        if not info["adapters"]:
+            raise Refusal(404, f"adapter {shown}: this server has no LoRA adapters (duplex serve --lora FILE); leave "
+                               "adapter out")
+        raise Refusal(404, f"adapter {shown} not found; this server's adapters: {', '.join(info['adapters'])} "
+                           "(or none: the base model)")
+
+    def _session_adapter(self, slot: int) -> Optional[str]:
+        """The adapter ``slot``'s session runs (its name; None: the base model)."""
+        fused = self._adapters_info()["fused"]
+        if fused is not None:
+            return fused
+        slot_adapter = getattr(self.engine, "slot_adapter", None)
+        return slot_adapter(slot) if slot_adapter is not None else None
+
     def _voices_info(self) -> dict:
         """``/api/voices``: the voice names clients may ask for, and whether role texts are taken."""
         persona = bool(getattr(self.engine, "persona", False))
@@ -582,11 +645,16 @@ class VoiceServer:
                 "prompting": len(self._prompt_waits),
                 "prompts": {"sessions": self.prompted, "built": self.prompts.built, "reused": self.prompts.hits,
                             "refused": self.prompts_refused},
+                # LoRA adapters (docs/serving.md, "Serving adapters"): those sessions pick from, the default, the
+                # fused one; ``refused``: upgrades naming one the server does not have
+                "lora": {**self._adapters_info(), "refused": self.adapters_refused},
                 "ticks": self.clock.ticks,
                 "deadline_misses": self.clock.misses,
                 "step_ms_p50": self.clock.work_percentile(50), "step_ms_p99": self.clock.work_percentile(99),
                 "totals": totals,
-                "per_session": {str(s.slot): dataclasses.asdict(s.stats) for s in sessions}}
+                # each session's counters, and the adapter it runs (None: the base model)
+                "per_session": {str(s.slot): {**dataclasses.asdict(s.stats), "adapter": s.adapter}
+                                for s in sessions}}
 
     # ------------------------------------------------------------------------------------------ sessions
     @property
@@ -633,9 +701,14 @@ class VoiceServer:
         finally:
             self.admission.leave(waiter)  # (nothing if it was served)
 
-    @staticmethod
-    def _open_args(options: SessionOptions, prompt) -> dict:
-        return dict(options.sampling, prompt=prompt) if prompt is not None else dict(options.sampling)
+    def _open_args(self, options: SessionOptions, prompt) -> dict:
+        args = dict(options.sampling)
+        if prompt is not None:
+            args["prompt"] = prompt
+        # checked before the handshake (_check_adapter); the name of a fused adapter is what every slot runs anyway
+        if options.adapter is not None and options.adapter in (*self._adapter_names(), "none"):
+            args["adapter"] = options.adapter
+        return args
 
     async def _await_prompt(self, connection, slot: int) -> bool:
         """Until ``slot``'s system prompt is stepped (the clock steps it, one frame a tick, among the talking
@@ -702,8 +775,11 @@ class VoiceServer:
         try:
             session = Session(connection, slot, options, self.engine.frame_size, self.engine.sample_rate,
                               self.options)
+            session.adapter = self._session_adapter(slot)
             sender = asyncio.create_task(session.send_loop())
-            log.info("session %d opened (%s)", slot, "pcm16" if options.raw else "ogg/opus")
+            log.info("session %d opened (%s%s)", slot, "pcm16" if options.raw else "ogg/opus",
+                     f", adapter {session.adapter}" if session.adapter else
+                     ", the base model" if self._adapter_names() else "")
             await connection.send(message(HANDSHAKE))
             self._set_session(slot, session)
             self.served += 1

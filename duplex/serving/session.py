@@ -73,6 +73,7 @@ class Session:
         self.frame_size, self.sample_rate = frame_size, sample_rate
         self.limits = server_options
         self.stats = SessionStats()
+        self.adapter: Optional[str] = None  # the LoRA adapter it runs (its name; None: the base model)
         # Received frames, oldest first: filled by the event loop, taken by the clock's thread (ticker.py). The
         # lock makes each change of the buffer and of the drop counter one step for both.
         self.frames: collections.deque = collections.deque()

@@ -445,3 +445,53 @@ def test_page_picks_a_persona_from_the_servers_voices(tmp_path, small_tokenizer_
     assert connected.startswith("connected"), connected
     assert len(asked) == 1 and asked[0][0].endswith("VARM1.pt") and asked[0][-1] == role, asked
     assert prompts["sessions"] == 1
+
+
+@pytest.mark.slow
+def test_page_picks_an_adapter_when_the_server_has_some(tmp_path):
+    """The adapter picker (issue 26) appears only for a server with LoRA adapters, lists them (/api/adapters) with the
+    base model, starts on the server's default, keeps the choice in the page address, and the session runs it."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.helpers import FIXTURES
+
+    wav = tmp_path / "mic.wav"
+    fake_microphone(wav)
+    adapter = FIXTURES / "lora_small" / "lora.safetensors"
+    inverted = tmp_path / "inverted" / "lora.safetensors"
+    inverted.parent.mkdir()
+    save_file({k: -v if ".lora_B." in k else v for k, v in load_file(adapter).items()}, inverted)
+    shutil.copy(adapter.parent / "config.json", inverted.parent / "config.json")
+
+    async def visit(engine, pick=None):
+        server = VoiceServer(engine, ServerOptions(port=0))
+        await server.start()
+        try:
+            async with Page(f"http://127.0.0.1:{server.port}/", wav, tmp_path) as page:
+                for _ in range(30):
+                    if await page.tools.evaluate("!document.getElementById('adapter-box').hidden"):
+                        break
+                    await asyncio.sleep(0.1)
+                shown = await page.tools.evaluate("!document.getElementById('adapter-box').hidden")
+                if pick is None:
+                    return shown, None, None, None, None
+                offered = await page.tools.evaluate(
+                    "[...document.getElementById('adapter').options].map((o) => [o.value, o.textContent])")
+                default = await page.tools.evaluate("document.getElementById('adapter').value")
+                picked = await page.tools.evaluate(
+                    "(() => { const a = document.getElementById('adapter'); a.value = %s; a.onchange();"
+                    " return location.search; })()" % json.dumps(pick))
+                await page.tools.evaluate("document.getElementById('toggle').click()", gesture=True)
+                connected = await page.wait_for_text("status", "connected", seconds=30)
+                running = [s["adapter"] for s in server.stats()["per_session"].values()]
+                return shown, offered, (default, picked), connected, running
+        finally:
+            await server.stop()
+
+    shown, offered, (default, picked), connected, running = asyncio.run(
+        visit(make_engine(1, adapters=(adapter, inverted)), pick="inverted"))
+    assert shown and offered == [["lora_small", "lora_small"], ["inverted", "inverted"],
+                                 ["none", "(none: the base model)"]], offered
+    assert default == "lora_small" and "adapter=inverted" in picked, (default, picked)
+    assert connected == "connected: speak (adapter inverted)" and running == ["inverted"], (connected, running)
+    assert asyncio.run(visit(make_engine(1)))[0] is False  # no adapters: no picker

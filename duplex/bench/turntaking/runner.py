@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -214,13 +214,14 @@ def check_output(root: Path, out: Path, seed: int, slots: int, setup: Optional[d
 
 def run_samples(engine, root: Path, out: Path, seed: int = SEED,
                 progress: Optional[Callable[[Progress], None]] = None, prompt=None,
-                setup: Optional[dict] = None) -> dict:
+                setup: Optional[dict] = None, adapter: Union[None, int, str] = None) -> dict:
     """Run every sample under ``root`` into ``out`` (resuming an interrupted run there); returns {"samples",
     "skipped", "audio_seconds", "wall_seconds"} (``skipped``: finished by the earlier run). ``progress`` is called
     with a ``Progress`` once before the first sample and after each. Ctrl-C raises ``RunInterrupted``. ``prompt``:
     a system prompt (``Engine.system_prompt``) every sample starts in; stepped once, its state copied into each slot.
-    ``setup``: what else changes the outputs (JSON values; ``duplex bench turns run`` gives its model, prompt and
-    quantization options), recorded in the mark so that a resumed run must have the same.
+    ``setup``: what else changes the outputs (JSON values; ``duplex bench turns run`` gives its model, prompt,
+    quantization and LoRA options), recorded in the mark so that a resumed run must have the same. ``adapter``: the
+    LoRA adapter every sample runs (``Engine.open``: a name, "none" for the base model; None: the engine's first).
 
     Meanwhile what is alive at the start (the engine) is kept out of the garbage collector's full passes
     (``runtime.realtime.freeze_startup_objects``, as ``duplex serve`` does) and given back after."""
@@ -263,14 +264,16 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
         os.replace(partial, target / "output.json")
 
     queue, running = list(todo), {}
+    chosen = {} if adapter is None else {"adapter": adapter}  # (stand-in engines need not know of adapters)
     if prompt is not None:
-        engine.prepare_prompt(prompt)
+        engine.prepare_prompt(prompt, **chosen)
     freeze_startup_objects()
     try:
         while queue or running:
             while queue and engine.free_slots > 0:
                 job = load(*queue.pop(0))
-                job.slot = engine.open(seed=seed + job.index, **({} if prompt is None else {"prompt": prompt}))
+                job.slot = engine.open(seed=seed + job.index, **({} if prompt is None else {"prompt": prompt}),
+                                       **chosen)
                 running[job.slot] = job
             outputs = engine.step({slot: job.frames[job.position] for slot, job in running.items()})
             for slot, job in list(running.items()):
