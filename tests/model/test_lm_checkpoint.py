@@ -23,7 +23,8 @@ def test_official_loader_quirks():
     data.update(depformer_causal=True, depformer_context=8, moshi_name="model.safetensors",
                 lm_gen_config={"temp": 0.6}, lora=False)
     cfg = LMConfig.from_dict(data)
-    assert cfg.repo_extras == {"moshi_name": "model.safetensors", "lm_gen_config": {"temp": 0.6}}
+    # Kyutai's LoRA keys are kept with the repository's keys (and written back as they were)
+    assert cfg.repo_extras == {"moshi_name": "model.safetensors", "lm_gen_config": {"temp": 0.6}, "lora": False}
     assert cfg.depformer_context == 8  # kept for the record, unused: the depth transformer has no window
     assert LMConfig.from_dict(cfg.to_dict()) == cfg
     assert LMConfig.gated_hidden(64, 256) == 168  # the 21 * dim / 8 rule when dim_feedforward == 4 * dim
