@@ -325,3 +325,28 @@ def test_a_lora_step_at_moshi_7b_widths():
     # per-step projections are one weight with a step axis here
     assert len(banks) == len(lora.adapted_weights(lm)) == 39 and len(lora.adapter_state(lm)) == 2 * 53
     assert all(b[1].any() and not b[0].any() for b in banks)  # every adapter learnt; index 0 ("none") stays zero
+
+
+def test_a_personaplex_shaped_base_trains_on_both_channels(dataset, tmp_path):
+    """dep_q = n_q = 16 (PersonaPlex's depth transformer predicts both speakers): the dataset's 8 codebooks per
+    channel feed it, the loss covers all 16, the adapter has one per step for the 16 steps."""
+    MoshiLM.random(LMConfig.load(dict(TINY, dep_q=16)), seed=2).save(tmp_path / "pp")
+    train_lm(options(dataset, tmp_path / "pp" / "model.safetensors", tmp_path / "run", steps=2, eval_every=0), CPU)
+    adapter = load_file(tmp_path / "run" / "lora.safetensors")
+    assert "depformer.layers.0.gating.15.linear_in.lora_A.weight" in adapter and "linears.15.lora_B.weight" in adapter
+    assert all(math.isfinite(r["loss"]) for r in log_of(tmp_path / "run"))
+
+
+def test_init_takes_a_repository_in_the_hugging_face_cache(tmp_path, monkeypatch):
+    constants = pytest.importorskip("huggingface_hub.constants")
+    from duplex.runtime.checkpoints import KYUTAI_MIMI
+    from tests.helpers import fake_repo
+
+    snap = fake_repo(tmp_path, "kyutai/moshiko-pytorch-bf16", {"model.safetensors": b"lm", KYUTAI_MIMI: b"mimi",
+                                                               "tokenizer_spm_32k_3.model": b"spm"})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    base = resolve_init("kyutai/moshiko-pytorch-bf16")
+    assert (base.lm, base.config, base.tokenizer) == (str(snap / "model.safetensors"), "moshi_7b",
+                                                      str(snap / "tokenizer_spm_32k_3.model"))
+    with pytest.raises(UsageError, match="no files of kyutai/moshika-pytorch-bf16"):
+        resolve_init("kyutai/moshika-pytorch-bf16")
