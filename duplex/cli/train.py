@@ -6,6 +6,7 @@ read when the command runs (``cli/options.py``)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -90,13 +91,23 @@ def register(commands) -> None:
                                   "layout (from scratch, or fine-tuning --init)", defaults=defaults_of(LM_OPTIONS))
     p.add_argument("--data", required=True, help="dataset folder: train.jsonl (+ heldout.jsonl), stereo WAVs with "
                    "their alignments JSON and codes ('duplex data encode')")
-    p.add_argument("--out", required=True, help="run folder: model.safetensors, config.json, tokenizer.model, "
-                   "lm.safetensors + trainer.pt (checkpoint), log.jsonl, loss.png")
+    p.add_argument("--out", required=True, help="run folder: model.safetensors (with --lora: lora.safetensors), "
+                   "config.json, tokenizer.model, best/, the checkpoint (lm.safetensors or lora-train.safetensors, "
+                   "trainer.pt), log.jsonl, loss.png")
     p.add_argument("--tokenizer", help="SentencePiece model (default: DATA/tokenizer.model)")
     p.add_argument("--config", help="preset (default, small, moshi_7b) or a config JSON in Kyutai's keyword layout "
                    "(default: 'default', or the config beside --init)")
-    p.add_argument("--init", metavar="CHECKPOINT", help="start from this LM checkpoint (fine-tune): a Moshi 7B file, "
-                   "or a model.safetensors this command made")
+    p.add_argument("--init", metavar="MODEL", help="start from this LM (fine-tune): a checkpoint file (a Moshi 7B "
+                   "file, a model.safetensors this command made), 'default' (the shipped model), or a Hugging Face "
+                   "repository in the local cache (e.g. kyutai/moshiko-pytorch-bf16; its tokenizer comes with it)")
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter on the frozen --init (moshi-finetune's "
+                   "way): writes lora.safetensors + config.json, which Kyutai's loader and duplex's --lora read")
+    p.add_argument("--lora-rank", type=positive, help="the adapter's rank (moshi-finetune's LoraArgs)")
+    p.add_argument("--lora-scaling", type=positive_float, help="the adapter's scaling: y = xW^T + scaling (xA^T)B^T")
+    p.add_argument("--quantize", choices=["int8", "fp8"], help="with --lora: the frozen base's linear weights in "
+                   "int8 or fp8 (a 7B base in 8 GB instead of 15.4 GB)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, help="recompute each layer's "
+                   "activations in the backward pass (less memory, about a third more time; default: on with --lora)")
     p.add_argument("--batch-size", type=positive, help="segments per step")
     p.add_argument("--segment-seconds", type=positive_float, help="segment length (whole frames)")
     p.add_argument("--segments", choices=["random", "consecutive"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from codec.modules.linear import fast_linear
@@ -106,9 +107,11 @@ class DepthTransformer(nn.Module):
         self.layers = nn.ModuleList([DepthLayer(dim, num_heads, steps, hidden, num_kv_heads)
                                      for _ in range(num_layers)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """x [N, steps, D]; ``checkpoint``: gradient checkpointing per layer (``MoshiLM.forward_train``)."""
         for layer in self.layers:
-            x = layer(x)
+            x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False) if checkpoint and \
+                torch.is_grad_enabled() else layer(x)
         return x
 
     def new_cache(self, batch: int, device=None, dtype=torch.float32) -> dict:

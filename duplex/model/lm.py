@@ -12,6 +12,7 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from codec.errors import CheckpointError
@@ -336,9 +337,12 @@ class MoshiLM(nn.Module):
         use_wide_weight_layout(weights)
 
     # ----------------------------------------------------------------------------------------- training view
-    def forward_train(self, codes: torch.Tensor, kv_dtype: Optional[torch.dtype] = None) -> LMOutput:
+    def forward_train(self, codes: torch.Tensor, kv_dtype: Optional[torch.dtype] = None,
+                      checkpoint: bool = False) -> LMOutput:
         """Teacher-forced forward on codes [B, K, T] (delays applied inside; docs/kyutai-compat.md §2.7, the
-        training-time view). ``kv_dtype`` float8_e4m3fn: keys and values rounded as the fp8 ring stores them."""
+        training-time view). ``kv_dtype`` float8_e4m3fn: keys and values rounded as the fp8 ring stores them.
+        ``checkpoint``: gradient checkpointing, as Kyutai's ``gradient_checkpointing``: each temporal and depth layer
+        keeps only its input for the backward pass and runs again there (the same values; less memory, more time)."""
         codes = check_lm_codes(codes, self.config, "forward_train", allow_zero_token=True).to(self.device)
         cfg = self.config
         b, k, t = codes.shape
@@ -348,14 +352,14 @@ class MoshiLM(nn.Module):
         x = self.embed(delayed[:, :, :-1])
         rotation = rope_tables(torch.arange(t, device=x.device).expand(b, t), self.freqs)
         for layer in self.layers:
-            x = layer(x, rotation, kv_dtype)
+            x = _checkpointed(layer, x, rotation, kv_dtype) if checkpoint else layer(x, rotation, kv_dtype)
         transformer_out, text_logits = self.heads_input(x)
 
         # Depth transformer, teacher-forced with the tokens of position t + 1.
         target = delayed[:, :, 1:]
         inputs = [self.depformer_input(i, transformer_out, target[:, i])
                   for i in range(cfg.dep_q)]
-        dep = self.depformer(torch.stack(inputs, dim=2).view(b * t, cfg.dep_q, -1))
+        dep = self.depformer(torch.stack(inputs, dim=2).view(b * t, cfg.dep_q, -1), checkpoint=checkpoint)
         logits = [self.audio_logits(i, dep[:, i]).view(b, t, -1).float() for i in range(cfg.dep_q)]
 
         logits, mask = _undelay(logits, cfg.delays[1:1 + cfg.dep_q])
@@ -363,6 +367,13 @@ class MoshiLM(nn.Module):
         text_logits, text_mask = _undelay([text_logits.float()], cfg.delays[:1])
         text_mask &= codes[:, :1] != ZERO_TOKEN
         return LMOutput(logits, mask, text_logits, text_mask)
+
+
+def _checkpointed(layer: nn.Module, *inputs):
+    """``layer(*inputs)``, its activations recomputed in the backward pass (when gradients are being recorded)."""
+    if not torch.is_grad_enabled():
+        return layer(*inputs)
+    return torch.utils.checkpoint.checkpoint(layer, *inputs, use_reentrant=False)
 
 
 def file_quantization(tensors) -> Optional[str]:

@@ -6,6 +6,12 @@ with Kyutai's defaults, a one-cycle cosine schedule, gradient clipping; held-out
 that resumes exactly (the data position is part of the saved state, the rest of the loop is deterministic); the
 exported model (``model.safetensors`` in Kyutai's key layout, ``config.json`` in its keyword layout, and the
 tokenizer) rewritten at every checkpoint, so a stopped run always leaves a usable model.
+
+With ``lora`` (moshi-finetune's way, docs/lora-facts.md): the base (``init``) is frozen, optionally quantized, and
+one fresh adapter on every linear layer Kyutai adapts is trained (A kaiming-uniform, B zeros, moshi-finetune's
+initialisation); the checkpoint holds the adapter's float32 banks, the export is moshi-finetune's layout
+(``lora.safetensors`` in Kyutai's module-form keys + the base's ``config.json`` with ``lora``, ``lora_rank``,
+``lora_scaling``), which Kyutai's ``get_moshi_lm(base, lora_weights=...)`` and duplex's ``--lora`` load.
 """
 
 from __future__ import annotations
@@ -16,19 +22,20 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
-from codec.io.checkpoint import check_and_load, normalize_keys
+from codec.io.checkpoint import check_and_load, normalize_keys, write_safetensors
 from codec.io.files import write_json
 
 from ..data.lm_dataset import SegmentSource, codes_frame_rate, load_conversations
 from ..errors import DatasetError, TokenizerError, UsageError
+from ..model import lora
 from ..model.config import LMConfig, lm_config_beside
-from ..model.lm import MoshiLM
+from ..model.lm import MoshiLM, default_dtype
 from ..model.tokenizer import TextTokenizer
 from .lm_loss import LossWeights, lm_loss
 from .run import RunFolder
@@ -39,6 +46,11 @@ EXPORT_CONFIG = "config.json"
 EXPORT_TOKENIZER = "tokenizer.model"
 BEST = "best"  # the export at the lowest held-out loss so far (a run that overfits keeps its best model)
 EXPORT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# LoRA runs
+LORA_WEIGHTS = "lora-train.safetensors"  # the float32 adapter banks of the checkpoint set (the base never changes)
+LORA_EXPORT = "lora.safetensors"  # moshi-finetune's adapter file: Kyutai's module-form keys, --export-dtype
+BASE = "base.json"  # which base a LoRA run adapts (and how it was loaded): what --resume loads again
+QUANTIZE = ("int8", "fp8")
 
 
 @dataclass
@@ -47,7 +59,12 @@ class LMTrainingOptions:
     out: str
     tokenizer: Optional[str] = None  # default: DATA/tokenizer.model
     config: Optional[str] = None  # preset or JSON (default: "default", or the one beside --init)
-    init: Optional[str] = None  # a checkpoint to start from (fine-tuning)
+    init: Optional[str] = None  # the model to start from: a checkpoint, "default" (shipped), or a HF repo (cached)
+    lora: bool = False  # train one LoRA adapter on the frozen --init (moshi-finetune's defaults below)
+    lora_rank: int = 64
+    lora_scaling: float = 2.0
+    quantize: Optional[str] = None  # LoRA: the frozen base's linear weights in int8 or fp8 (a 7B on a 24 GB card)
+    gradient_checkpointing: Optional[bool] = None  # None: on with --lora (as moshi-finetune), off otherwise
     steps: int = 2000  # what the schedule is planned for
     stop_at: Optional[int] = None
     batch_size: int = 8
@@ -80,18 +97,47 @@ def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.05) -> fl
     return high + (low - high) * (math.cos(math.pi * min(pct, 1.0)) + 1) / 2
 
 
-def _resolve_config(options: LMTrainingOptions, run: RunFolder) -> "tuple[LMConfig, bool]":
+@dataclass
+class Base:
+    """The model a run starts from (``--init``): its LM file, its config (a file, a preset name, or None when none
+    was found), its tokenizer when its files name one, and what to call it."""
+
+    lm: str
+    config: "str | LMConfig | None"
+    tokenizer: Optional[str]
+    what: str
+
+
+def resolve_init(init: str) -> Base:
+    """``--init``: ``default`` (the shipped model: ``ModelFiles.default()``), an LM checkpoint file (its config
+    beside it, ``lm_config_beside``), or a Hugging Face repository in the local cache (``owner/name``:
+    ``ModelFiles.from_hf_cache``, never downloaded)."""
+    from ..runtime.checkpoints import ModelFiles  # noqa: PLC0415 - the runtime's file rules, only for --init
+
+    if init == "default":
+        files = ModelFiles.default()
+        return Base(files.lm, files.lm_config, files.tokenizer, "the default model")
+    if os.path.isfile(init):
+        return Base(init, lm_config_beside(init), None, init)
+    if init.count("/") == 1 and not init.startswith((".", "/")) and not init.endswith(".safetensors") \
+            and not os.path.exists(init):
+        files = ModelFiles.from_hf_cache(init)
+        return Base(files.lm, files.lm_config, files.tokenizer, init)
+    raise UsageError(f"--init {init}: no such file (give an LM checkpoint, 'default' for the shipped model, or a "
+                     "Hugging Face repository in the local cache, e.g. kyutai/moshiko-pytorch-bf16)")
+
+
+def _resolve_config(options: LMTrainingOptions, run: RunFolder, base: Optional[Base]) -> "tuple[LMConfig, bool]":
     """(the LM's config, whether it is a preset that may be sized to the tokenizer)."""
     if options.resume:
         return LMConfig.load(run.file(EXPORT_CONFIG)), False
     if options.config is not None:
-        return LMConfig.load(options.config), options.config in LMConfig.PRESETS
-    if options.init is not None:
-        beside = lm_config_beside(options.init)
-        if beside is None:
-            raise UsageError(f"{options.init}: no config.json beside it; name the config it was made with (a preset "
+        return LMConfig.load(options.config), options.config in LMConfig.PRESETS and base is None
+    if base is not None:
+        if base.config is None:
+            raise UsageError(f"{base.lm}: no config.json beside it; name the config it was made with (a preset "
                              "such as moshi_7b, or its JSON)")
-        return LMConfig.load(beside), False
+        return LMConfig.load(base.config), False
     return LMConfig.load("default"), True
 
 
@@ -103,18 +149,56 @@ def _fit_vocabulary(config: LMConfig, tokenizer: TextTokenizer, resizable: bool)
     elif tokenizer.vocab_size > config.text_card:
         raise UsageError(f"the tokenizer has {tokenizer.vocab_size} pieces but the LM's text vocabulary "
                          f"(text_card) only {config.text_card}")
-    if config.n_q != 2 * config.dep_q:
-        raise UsageError(f"n_q must be 2 x dep_q (the model's and the user's codebooks), got n_q {config.n_q}, "
-                         f"dep_q {config.dep_q}")
+    if config.n_q % 2 or config.dep_q not in (config.n_q // 2, config.n_q):
+        raise UsageError(f"n_q must be 2 x dep_q (the model's and the user's codebooks; or dep_q = n_q, as "
+                         f"PersonaPlex, whose depth transformer predicts both), got n_q {config.n_q}, dep_q "
+                         f"{config.dep_q}")
     return config
 
 
 def export_model(model: MoshiLM, folder: str, tokenizer_path: str, dtype: torch.dtype) -> None:
     """The usable model: ``MoshiLM.save`` (Kyutai's layout) and the tokenizer beside it."""
     model.save(folder, dtype)
+    _copy_tokenizer(tokenizer_path, folder)
+
+
+def _copy_tokenizer(tokenizer_path: str, folder: str) -> None:
     target = os.path.join(folder, EXPORT_TOKENIZER)
     if os.path.abspath(tokenizer_path) != os.path.abspath(target):
         shutil.copyfile(tokenizer_path, target)
+
+
+def lora_config(config: LMConfig, rank: int, scaling: float) -> dict:
+    """The ``config.json`` moshi-finetune writes beside an adapter: the base's config plus ``lora``, ``lora_rank``,
+    ``lora_scaling`` (what Kyutai's ``get_moshi_lm`` pops to wrap the linears)."""
+    return {**config.to_dict(), "lora": True, "lora_rank": int(rank), "lora_scaling": float(scaling)}
+
+
+def export_adapter(model: MoshiLM, folder: str, tokenizer_path: str, dtype: torch.dtype, rank: int,
+                   scaling: float) -> None:
+    """A LoRA run's export, moshi-finetune's layout: ``lora.safetensors`` (the adapter in Kyutai's module-form keys,
+    ``dtype``, no metadata), ``config.json`` (``lora_config``) and the tokenizer."""
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.to(dtype).contiguous().cpu() for k, v in lora.adapter_state(model).items()}
+    write_safetensors(state, os.path.join(folder, LORA_EXPORT))
+    write_json(os.path.join(folder, EXPORT_CONFIG), lora_config(model.config, rank, scaling))
+    _copy_tokenizer(tokenizer_path, folder)
+
+
+def fresh_adapter(model: MoshiLM, rank: int, scaling: float, seed: int = 0) -> lora.LoRAFile:
+    """A new adapter for every linear layer Kyutai adapts, initialised as moshi-finetune does: A [rank, in]
+    ``kaiming_uniform_(a=sqrt(5))`` (uniform in +-1/sqrt(in)), B [out, rank] zeros, so the adapted model starts as
+    the base. Each step of a per-step weight (the depth transformer's) gets its own A; float32, deterministic in
+    ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = {}
+    for path, (module, name, steps) in lora.adapted_weights(model).items():
+        out, inner = getattr(module, name).shape
+        a = torch.empty(steps, rank, inner)
+        for k in range(steps):
+            torch.nn.init.kaiming_uniform_(a[k], a=math.sqrt(5), generator=generator)
+        pairs[path] = (a, torch.zeros(steps, out // steps, rank))
+    return lora.LoRAFile(pairs, rank, scaling, name="trained")
 
 
 class LMTrainer:
@@ -125,22 +209,30 @@ class LMTrainer:
     def __init__(self, model: MoshiLM, options: LMTrainingOptions):
         self.model, self.options = model.train(), options
         self.weights = LossWeights(semantic=options.semantic_weight, text_padding=options.text_padding_weight)
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]  # the norms' gains: decaying them only hurts
+        # What trains: every parameter, or with LoRA the adapters only (``lora.trainable`` froze the rest)
+        self.lora = any(True for _ in lora.banks(model))
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.checkpointing = options.lora if options.gradient_checkpointing is None else options.gradient_checkpointing
+        decay = [p for p in self.params if p.dim() >= 2]  # with LoRA the adapters (decayed, as moshi-finetune does)
+        no_decay = [p for p in self.params if p.dim() < 2]  # the norms' gains: decaying them only hurts
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}],
                                            lr=options.lr, betas=(0.9, 0.95), eps=1e-8)
         self.step = 0
 
     def _autocast(self):
-        """bfloat16 autocast on CUDA (as Kyutai trains), plain float32 elsewhere."""
+        """bfloat16 autocast on CUDA (as Kyutai trains); on the CPU, plain float32, or autocast to a bfloat16 or
+        float16 (LoRA) base's dtype, so that its float32 adapters compute with it."""
         if self.model.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.model.dtype != torch.float32:
+            return torch.autocast("cpu", dtype=self.model.dtype)
         return torch.autocast("cpu", enabled=False)
 
     def _losses(self, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
         with self._autocast():
-            return lm_loss(self.model.forward_train(batch.to(self.model.device)), batch, self.weights)
+            out = self.model.forward_train(batch.to(self.model.device), checkpoint=self.checkpointing)
+            return lm_loss(out, batch, self.weights)
 
     def train_step(self, batch: torch.Tensor) -> Dict[str, float]:
         """One optimiser step on segments [B, K, T]: the learning rate, the gradient norm and the losses."""
@@ -151,7 +243,7 @@ class LMTrainer:
         losses = self._losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, o.grad_clip)
         if not bool(torch.isfinite(norm)):
             raise UsageError(f"the gradient became non-finite at step {self.step + 1} (lower the learning rate)")
         self.optimizer.step()
@@ -172,16 +264,35 @@ class LMTrainer:
         finally:
             self.model.train()
 
+    def _trained(self) -> Dict[str, torch.Tensor]:
+        """With LoRA, the adapter banks by parameter name (the base is not saved: it never changes)."""
+        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+
     def save(self, run: RunFolder, extra: Optional[dict] = None) -> None:
-        """The checkpoint set ``lm.safetensors`` (float32) + ``trainer.pt`` (step, optimizer, ``extra``)."""
+        """The checkpoint set ``lm.safetensors`` (float32) + ``trainer.pt`` (step, optimizer, ``extra``); with LoRA
+        ``lora-train.safetensors`` (the adapter banks, float32) instead of the weights."""
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(), **(extra or {})}
+        if self.lora:
+            weights = {k: v.detach().contiguous() for k, v in self._trained().items()}
+            run.save_checkpoint(LORA_WEIGHTS, weights, state, self.step)
+            return
         weights = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
         run.save_checkpoint(WEIGHTS, weights, state, self.step)
 
     def load(self, run: RunFolder) -> dict:
         """Continue from the run's checkpoint; returns its whole state (``extra`` included)."""
-        weights, state = run.load_checkpoint(WEIGHTS)
-        check_and_load(self.model, normalize_keys(weights), "LM", source=run.file(WEIGHTS), assign=False)
+        if self.lora:
+            weights, state = run.load_checkpoint(LORA_WEIGHTS)
+            trained = self._trained()
+            if set(weights) != set(trained) or any(weights[k].shape != trained[k].shape for k in trained):
+                raise UsageError(f"{run.file(LORA_WEIGHTS)}: its adapters do not fit this model (another base or "
+                                 "rank?)")
+            with torch.no_grad():
+                for key, param in trained.items():
+                    param.copy_(weights[key])
+        else:
+            weights, state = run.load_checkpoint(WEIGHTS)
+            check_and_load(self.model, normalize_keys(weights), "LM", source=run.file(WEIGHTS), assign=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         return state
@@ -236,23 +347,42 @@ def fit(trainer: LMTrainer, run: RunFolder, next_batch: Callable[[], torch.Tenso
 def _data(options: LMTrainingOptions, config: LMConfig, tokenizer: TextTokenizer, frame_rate: float):
     """(training files, held-out files, their segment sources); the held-out source is None without files."""
     data, frames = Path(options.data), max(1, round(options.segment_seconds * frame_rate))
-    train = load_conversations(data / "train.jsonl", config.dep_q, frame_rate)
-    heldout = (load_conversations(data / "heldout.jsonl", config.dep_q, frame_rate)
+    per_channel = config.n_q // 2  # the model's codebooks, then the user's
+    train = load_conversations(data / "train.jsonl", per_channel, frame_rate)
+    heldout = (load_conversations(data / "heldout.jsonl", per_channel, frame_rate)
                if options.eval_every and (data / "heldout.jsonl").is_file() else [])
     source = SegmentSource(train, tokenizer.encode, frames, frame_rate, options.segments, options.seed)
     held = SegmentSource(heldout, tokenizer.encode, frames, frame_rate, "consecutive") if heldout else None
     return train, heldout, source, held
 
 
-def _model(options: LMTrainingOptions, config: LMConfig, device: torch.device) -> "tuple[MoshiLM, str]":
-    if options.init and not options.resume:
-        model = MoshiLM.from_checkpoint(options.init, config, device=device, dtype=torch.float32)
+def _model(options: LMTrainingOptions, config: LMConfig, device: torch.device, base: Optional[Base]
+           ) -> "tuple[MoshiLM, str]":
+    """The model to train and what it is, for people. Full training: float32 (random, or ``base``'s weights).
+    LoRA: ``base`` frozen in the device's dtype (bfloat16 on CUDA, as Kyutai trains; float32 on the CPU), its linear
+    weights quantized as ``options.quantize`` asks, one fresh adapter (``fresh_adapter``) in float32 (the weights
+    AdamW updates; bf16 autocast computes with them on CUDA)."""
+    if options.lora:
+        dtype = default_dtype(device)
+        model = MoshiLM.from_checkpoint(base.lm, config, device=device, dtype=dtype, quantize=options.quantize)
+        lora.attach(model, fresh_adapter(model, options.lora_rank, options.lora_scaling, options.seed))
+        for p in lora.trainable(model):
+            p.data = p.data.float()
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) + sum(
+            b.numel() for b in model.buffers() if b.dtype in (torch.int8, torch.float8_e4m3fn))
+        trained = sum(p[1].numel() for p in model.parameters() if p.requires_grad)  # index 0 of a bank is "none"
+        return model, (f"a LoRA adapter (rank {options.lora_rank}, scaling {options.lora_scaling}, "
+                       f"{trained:,} parameters) on {base.what} ({frozen / 1e6:.1f} M frozen parameters, "
+                       f"{model.quantization if model.quantization != 'none' else str(dtype).replace('torch.', '')})")
+    if base is not None and not options.resume:
+        model = MoshiLM.from_checkpoint(base.lm, config, device=device, dtype=torch.float32)
         if model.quantization != "none":  # its codes are not parameters: full fine-tuning would train only the rest
-            raise UsageError(f"{options.init} holds {model.quantization} weights, which full fine-tuning cannot "
-                             "train: start from the full-precision file")
-        return model, f"from {options.init}"
+            raise UsageError(f"{base.lm} holds {model.quantization} weights, which full fine-tuning cannot "
+                             "train: start from the full-precision file (or train a LoRA adapter: --lora)")
+        return model, f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters from {base.what}"
     model = MoshiLM.random(config, seed=options.seed, device=device, dtype=torch.float32)
-    return model, "" if options.resume else "from random weights"
+    return model, f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters" + (
+        "" if options.resume else " from random weights")
 
 
 def plot_losses(log_path: str, png: str) -> None:
@@ -291,6 +421,34 @@ def plot_losses(log_path: str, png: str) -> None:
     fig.savefig(png, dpi=90)
 
 
+def _lora_run(options: LMTrainingOptions, run: RunFolder) -> "tuple[LMTrainingOptions, Optional[Base]]":
+    """The options and the base of this call: on resume, a LoRA run's base, rank, scaling and quantization are the
+    run's (``base.json``), whatever this call says; a new run checks that the LoRA options go together."""
+    if options.resume:
+        try:
+            with open(run.file(BASE), encoding="utf-8") as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            if options.lora:
+                raise UsageError(f"{options.out} holds a full training run, not a LoRA run: resume it without "
+                                 "--lora") from None
+            return options, None
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{run.file(BASE)}: not readable ({e})") from None
+        options = replace(options, lora=True, quantize=saved.get("quantize"), lora_rank=int(saved["lora_rank"]),
+                          lora_scaling=float(saved["lora_scaling"]))
+        return options, Base(saved["lm"], None, None, saved.get("what", saved["lm"]))
+    if options.quantize not in (None, *QUANTIZE):
+        raise UsageError(f"--quantize {options.quantize}: expected one of {', '.join(QUANTIZE)}")
+    if options.lora and not options.init:
+        raise UsageError("--lora adapts a model: name it with --init (an LM checkpoint, 'default' for the shipped "
+                         "model, or a Hugging Face repository in the local cache)")
+    if options.quantize and not options.lora:
+        raise UsageError("--quantize freezes the base's weights in a format full fine-tuning cannot train: it goes "
+                         "with --lora")
+    return options, resolve_init(options.init) if options.init else None
+
+
 def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     """Train (or resume) the run in ``options.out``; returns the step reached. After Ctrl-C the run stops at a
     step boundary, saves it, and raises KeyboardInterrupt."""
@@ -298,27 +456,35 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     if not data.is_dir():  # before the tokenizer, which would otherwise be the first thing found missing
         raise DatasetError(f"{data}: no such dataset folder")
     run = RunFolder(options.out, options.resume)
-    tokenizer_path = run.file(EXPORT_TOKENIZER) if options.resume else options.tokenizer or str(data / EXPORT_TOKENIZER)
+    options, base = _lora_run(options, run)
+    if options.resume:
+        tokenizer_path = run.file(EXPORT_TOKENIZER)
+    else:  # the base model's own tokenizer where its files name one (the shipped model, a repository)
+        tokenizer_path = options.tokenizer or (base and base.tokenizer) or str(data / EXPORT_TOKENIZER)
     if not os.path.isfile(tokenizer_path):
         raise TokenizerError(f"tokenizer not found: {tokenizer_path} (train one on the dataset's transcripts with "
                          "'duplex train tokenizer')")
     tokenizer = TextTokenizer(tokenizer_path)
-    config, resizable = _resolve_config(options, run)
+    config, resizable = _resolve_config(options, run, base)
     config = _fit_vocabulary(config, tokenizer, resizable and options.init is None)
     frame_rate = codes_frame_rate(data / "train.jsonl")
     train, heldout, source, held = _data(options, config, tokenizer, frame_rate)
-    model, what = _model(options, config, device)
+    model, what = _model(options, config, device, base)
     trainer, best = LMTrainer(model, options), BestModel(run.file(BEST), options.resume)
     if options.resume:
         source.position = tuple(trainer.load(run)["data_position"])
-        print(f"resumed {options.out} at step {trainer.step} (training options come from this call)", file=sys.stderr)
+        print(f"resumed {options.out} at step {trainer.step} (training options come from this call"
+              f"{'; the base and the adapter shape from the run' if options.lora else ''})", file=sys.stderr)
     dtype = EXPORT_DTYPES[options.export_dtype]
-    print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters {what} on "
-          f"{sum(c.frames for c in train) / frame_rate / 3600:.2f} h ({len(train)} files, {len(heldout)} held out), "
-          f"segments of {source.segment_frames} frames, {device}", file=sys.stderr)
+    print(f"training {what} on {sum(c.frames for c in train) / frame_rate / 3600:.2f} h ({len(train)} files, "
+          f"{len(heldout)} held out), segments of {source.segment_frames} frames, {device}"
+          f"{', gradient checkpointing' if trainer.checkpointing else ''}", file=sys.stderr)
 
     def export(folder: str) -> None:
-        export_model(model, folder, tokenizer_path, dtype)
+        if options.lora:
+            export_adapter(model, folder, tokenizer_path, dtype, options.lora_rank, options.lora_scaling)
+        else:
+            export_model(model, folder, tokenizer_path, dtype)
 
     def save() -> None:
         export(options.out)
@@ -330,11 +496,16 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     with run:
         run.open_log(trainer.step)
         if trainer.step == 0:
+            if options.lora:  # what --resume loads again
+                write_json(run.file(BASE), {"lm": os.path.abspath(base.lm), "what": base.what,
+                                            "quantize": options.quantize, "lora_rank": options.lora_rank,
+                                            "lora_scaling": options.lora_scaling})
             export(options.out)  # the config is there from the start
         fit(trainer, run, lambda: source.next_batch(options.batch_size), end, save, options.save_every,
             heldout=(lambda: held.all_segments(options.batch_size)) if held else None, eval_every=options.eval_every,
             on_heldout=lambda step, losses: best.offer(step, losses, export))
-    print(f"step {trainer.step} of {options.steps} after {time.time() - started:.0f} s -> {run.file(EXPORT)} "
+    written = run.file(LORA_EXPORT if options.lora else EXPORT)
+    print(f"step {trainer.step} of {options.steps} after {time.time() - started:.0f} s -> {written} "
           f"(config {run.file(EXPORT_CONFIG)}, tokenizer {run.file(EXPORT_TOKENIZER)}, losses {run.file('loss.png')})",
           file=sys.stderr)
     run.raise_if_interrupted(trainer.step)
