@@ -107,7 +107,7 @@ def test_greeting_opens_a_quiet_line(synth):
                 10 * _rms(stereo[1], rate, first["start"], first["end"])
             assert said.count("friendly") == 1  # once, at the start
         else:
-            assert turns[0]["channel"] == "user" and turns[0]["start"] < 0.3  # the user speaks at once
+            assert turns[0]["channel"] == "user" and turns[0]["start"] < 0.6  # at once (a filler first: 0.1-0.3 s later)
             assert meta["scenarios"][0]["type"] != "silence" and "friendly" not in said
     assert seen == {"greeting", "user"}
 
