@@ -32,7 +32,9 @@ def _shares(items) -> dict:
 def run_synth(args) -> int:
     options = SynthOptions(min_seconds=args.min_seconds, max_seconds=args.max_seconds,
                            heldout_every=args.heldout_every, noise=args.noise,
-                           level_variation=not args.no_level_variation)
+                           level_variation=not args.no_level_variation, assistant_voice=args.assistant_voice,
+                           assistant_rate=args.assistant_rate, assistant_pitch=args.assistant_pitch,
+                           greeting=args.greeting, greeting_share=args.greeting_share)
     if args.shares:
         options.shares = _shares(args.shares)
     conversations = args.conversations if args.hours is None else conversations_for_hours(args.hours, options)
@@ -84,6 +86,16 @@ def register(commands) -> None:
     p.add_argument("--noise", action="store_true", help="add background noise at 20-40 dB SNR")
     p.add_argument("--no-level-variation", action="store_true", help="keep every utterance at espeak's level")
     p.add_argument("--workers", type=positive, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    persona = p.add_argument_group("a persona (the data of a LoRA adapter: demos/lora-persona)")
+    persona.add_argument("--assistant-voice", metavar="VOICE[+VARIANT]", help="one espeak-ng voice for every "
+                         "assistant utterance, e.g. en-us-nyc+Annie ('espeak-ng --voices=en', 'espeak-ng "
+                         "--voices=variant') (default: a random voice per conversation)")
+    persona.add_argument("--assistant-rate", type=int, help="its rate in words per minute, with --assistant-voice")
+    persona.add_argument("--assistant-pitch", type=int, help="its pitch (0-100), with --assistant-voice")
+    persona.add_argument("--greeting", metavar="TEXT", help="the assistant opens conversations with this into a "
+                         "quiet line (default: no greeting; the corpus is then as without these options)")
+    persona.add_argument("--greeting-share", type=float, help="with --greeting: the share of conversations that "
+                         "open with it; the others open with the user speaking at once, and no greeting")
     p.set_defaults(run=run_synth)
     p = data_commands.add_parser("encode", help="cache the codec's codes of both channels of every conversation "
                                  "(resumable), for LM training")

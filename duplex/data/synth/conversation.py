@@ -13,6 +13,14 @@ Scenarios (shares configurable):
 * ``backchannel``: in a long user turn the assistant says "mhm", "yeah"... in the user's pause, then answers.
 * ``silence``: nobody speaks for 1.5-4 s.
 
+For a persona (a LoRA adapter's data: ``demos/lora-persona``), ``SynthOptions`` can fix the assistant's voice
+(``assistant_voice``, ``assistant_rate``, ``assistant_pitch``: one espeak-ng voice for every assistant utterance)
+and give it a signature ``greeting``: a share (``greeting_share``) of the conversations open with the assistant
+saying it into a quiet line, where conversations otherwise open (0.3-1.0 s in), the user starting after it as after
+any assistant turn; the others open with the user speaking at once (within 0.2 s, as the turn-taking samples of
+``duplex bench turns make-set`` do) and no greeting, so that the assistant learns to greet only a quiet line.
+With none of these set, a corpus is what it always was for its seed, byte for byte.
+
 Content comes from ``duplex.data.synth.grammar`` (answers depend on the question; follow-up questions depend on the
 previous answer). Every conversation is a deterministic function of (seed, index); every twentieth conversation
 (by default) is held out, with a user voice the training split never hears.
@@ -62,6 +70,12 @@ class SynthOptions:
     noise: bool = False
     level_variation: bool = True
     follow_up_probability: float = 0.3
+    # A persona (see the module's docstring): None keeps the corpus's random voices and openings.
+    assistant_voice: Optional[str] = None  # an espeak-ng voice, VOICE[+VARIANT], for every assistant utterance
+    assistant_rate: int = 170  # words per minute, with assistant_voice (espeak-ng's default)
+    assistant_pitch: int = 50  # 0-100, with assistant_voice (espeak-ng's default)
+    greeting: Optional[str] = None  # what the assistant opens a conversation with
+    greeting_share: float = 1.0  # of the conversations, those that open with the greeting (with greeting)
 
     def validate(self) -> None:
         unknown = sorted(set(self.shares) - set(SCENARIOS))
@@ -71,6 +85,18 @@ class SynthOptions:
             raise UsageError("scenario shares must be >= 0 and not all zero")
         if not 0 < self.min_seconds <= self.max_seconds:
             raise UsageError("need 0 < min_seconds <= max_seconds")
+        if self.assistant_voice is not None and not self.assistant_voice.strip():
+            raise UsageError("the assistant's voice is empty (an espeak-ng voice, e.g. en-us-nyc+Annie)")
+        if not 80 <= self.assistant_rate <= 450:
+            raise UsageError(f"the assistant's rate must be 80-450 words per minute, not {self.assistant_rate}")
+        if not 0 <= self.assistant_pitch <= 100:
+            raise UsageError(f"the assistant's pitch must be 0-100, not {self.assistant_pitch}")
+        if self.greeting is not None and not _words_of(self.greeting):
+            raise UsageError("the greeting has no words")
+        if not 0 <= self.greeting_share <= 1:
+            raise UsageError(f"the greeting share must be 0-1, not {self.greeting_share}")
+        if self.greeting_share < 1 and self.greeting is None:
+            raise UsageError("a greeting share needs a greeting")
 
 
 @dataclass
@@ -171,6 +197,14 @@ class Conversation:
     def silence(self, ex: Exchange) -> None:
         self.t += self.rng.uniform(1.5, 4.0)
 
+    def greet(self, greeting: str) -> None:
+        """The assistant opens the conversation with ``greeting`` at the opening time; the user's first turn
+        comes after it as after any assistant turn."""
+        start = self.t
+        _, end = self.say("assistant", _sentence(greeting, "."), self.t)
+        self.t = end + self.rng.uniform(0.4, 1.2)
+        self.scenarios.append({"type": "greeting", "topic": "greeting", "start": float(start), "end": float(self.t)})
+
     def add(self, kind: str, ex: Exchange) -> None:
         start = self.t
         getattr(self, kind)(ex)
@@ -194,6 +228,10 @@ class Conversation:
         return np.clip(stereo, -1.0, 1.0)
 
 
+def _words_of(text: str) -> List[str]:
+    return [w for w in (t.strip(",.?!;:\"") for t in text.split()) if w]
+
+
 def _sentence(text: str, mark: str) -> str:
     """``text`` ended by ``mark`` unless it already ends a sentence (no "help?." or "ahead..")."""
     return text if text.rstrip()[-1:] in (".", "?", "!") else text + mark
@@ -207,7 +245,9 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
     """Conversation ``index`` of the corpus ``seed``: (stereo float32 [2, T], metadata)."""
     rng = random.Random(f"duplex-corpus-{seed}-{index}")
     heldout = options.heldout_every > 0 and index % options.heldout_every == 0
-    assistant = _voice(rng, TRAIN_VOICES)
+    assistant = _voice(rng, TRAIN_VOICES)  # drawn even when fixed: the user's voice is the same as without
+    if options.assistant_voice is not None:
+        assistant = Voice(options.assistant_voice, options.assistant_rate, options.assistant_pitch)
     user = _voice(rng, HELDOUT_USER_VOICES if heldout else TRAIN_VOICES)
     while user.name == assistant.name:
         user = _voice(rng, TRAIN_VOICES)
@@ -215,9 +255,20 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
     target = rng.uniform(options.min_seconds, options.max_seconds)
     kinds = [k for k in SCENARIOS if options.shares.get(k, 0) > 0]
     weights = [options.shares[k] for k in kinds]
+    opening = None
+    if options.greeting is not None:
+        opening = "greeting" if rng.random() < options.greeting_share else "user"
+        if opening == "greeting":
+            conv.greet(options.greeting)
+        else:
+            conv.t = rng.uniform(0.0, 0.2)  # the user speaks at once: the line is never quiet at the start
     follow_up = None
     while conv.t < target:
-        kind = rng.choices(kinds, weights)[0]
+        if opening == "user" and not conv.scenarios and any(k != "silence" for k in kinds):
+            kind = rng.choices([k for k in kinds if k != "silence"], [w for k, w in zip(kinds, weights)
+                                                                       if k != "silence"])[0]
+        else:
+            kind = rng.choices(kinds, weights)[0]
         if follow_up is not None and kind in ("smooth", "pause", "backchannel"):
             ex, follow_up = follow_up(rng), None
         else:
@@ -228,7 +279,8 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
     meta = {
         "id": f"c{index:06d}", "split": "heldout" if heldout else "train", "sample_rate": SAMPLE_RATE,
         "duration": round(stereo.shape[1] / SAMPLE_RATE, 3), "channels": ["assistant", "user"],
-        "voices": {k: asdict(v) for k, v in conv.voices.items()}, "scenarios": conv.scenarios,
+        "voices": {k: asdict(v) for k, v in conv.voices.items()}, **({"opening": opening} if opening else {}),
+        "scenarios": conv.scenarios,
         "turns": sorted(conv.turns, key=lambda t: t["start"]),
         "text": {ch: " ".join(t["text"] for t in sorted(conv.turns, key=lambda t: t["start"]) if t["channel"] == ch)
                  for ch in ("assistant", "user")},
