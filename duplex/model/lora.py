@@ -206,11 +206,14 @@ def lora_name(path: "str | os.PathLike") -> str:
     """The name an adapter file goes by (what a session picks, what ``/api/stats`` shows): the file's stem, or for
     moshi-finetune's ``lora.safetensors`` its folder's name; moshi-finetune's checkpoint layout
     (``RUN/checkpoints/checkpoint_000500/consolidated/lora.safetensors``) is named after its run (``RUN``), since
-    every one of its folders is called ``consolidated``. Known from the path alone, before the file is read."""
+    every one of its folders is called ``consolidated``, and ``duplex train lm --lora``'s ``RUN/best/lora.safetensors``
+    after its run too. Known from the path alone, before the file is read."""
     path = os.path.abspath(os.fspath(path))
     if os.path.basename(path) != "lora.safetensors":
         return os.path.splitext(os.path.basename(path))[0]
     folder = os.path.dirname(path)
+    if os.path.basename(folder) == "best":  # duplex train lm --lora's best held-out adapter: RUN/best/
+        return os.path.basename(os.path.dirname(folder)) or "best"
     if os.path.basename(folder) != "consolidated":
         return os.path.basename(folder)
     checkpoint = os.path.dirname(folder)
