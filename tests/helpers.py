@@ -178,3 +178,17 @@ class FakeConnection:
     def positions(self):
         """The places this client was told, in order."""
         return [int(m.split(b"number ")[1].split()[0]) for m in self.sent if b"in the queue" in m]
+
+
+def kyutai_greedy(lmgen_cls, lm, user: torch.Tensor) -> torch.Tensor:
+    """Kyutai's ``LMGen`` greedy on user codes [B, 8, T], uncompiled (torch.compile costs seconds per case on the CPU
+    and gives the same tokens): int64 [B, 9, T], -2 where it returns nothing yet."""
+    from moshi.utils.compile import no_compile  # noqa: PLC0415 - Kyutai's package is optional
+
+    gen = lmgen_cls(lm, use_sampling=False)
+    columns = []
+    with gen.streaming(user.shape[0]), torch.no_grad(), no_compile():
+        for s in range(user.shape[-1]):
+            tokens = gen.step(user[:, :, s:s + 1])
+            columns.append(torch.full((user.shape[0], 9), -2) if tokens is None else tokens[:, :, 0].long())
+    return torch.stack(columns, dim=-1)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG
+from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, kyutai_greedy
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -110,23 +110,6 @@ def kyutai():
     return loaders, lm_module.LMGen
 
 
-def no_compile():
-    """Kyutai's kernels uncompiled: torch.compile costs seconds per case on the CPU and the tokens are the same."""
-    from moshi.utils.compile import no_compile  # noqa: PLC0415 - Kyutai's package is optional
-
-    return no_compile()
-
-
-def kyutai_greedy(lmgen_cls, lm, user):
-    gen = lmgen_cls(lm, use_sampling=False)
-    columns = []
-    with gen.streaming(user.shape[0]), torch.no_grad(), no_compile():
-        for s in range(user.shape[-1]):
-            tokens = gen.step(user[:, :, s:s + 1])
-            columns.append(torch.full((user.shape[0], 9), -2) if tokens is None else tokens[:, :, 0].long())
-    return torch.stack(columns, dim=-1)
-
-
 @pytest.mark.parametrize("case", ["base_out", "lora_out", "fused_out", "packed_out"])
 def test_kyutais_implementation_gives_the_recorded_tokens(kyutai, io, case):
     loaders, lmgen_cls = kyutai
@@ -148,6 +131,8 @@ def test_kyutais_checkpoint_info_applies_the_folder_as_moshi_server_does(kyutai,
     fused = info.get_moshi(device="cpu", dtype=torch.float32, fuse_lora=True)
     assert torch.equal(kyutai_greedy(lmgen_cls, fused, io["gen_user_tokens"][:, :, :12]), io["lora_out"][:, :, :12])
     lm = info.get_moshi(device="cpu", dtype=torch.float32)
+    from moshi.utils.compile import no_compile  # noqa: PLC0415 - Kyutai's package is optional
+
     with torch.no_grad(), no_compile():
         out = lm(io["fwd_codes"])
     assert torch.equal(out.mask, io["lora_fwd_mask"]) and torch.equal(out.text_mask, io["lora_fwd_text_mask"])

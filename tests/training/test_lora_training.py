@@ -24,6 +24,7 @@ from duplex.training.lm import (
     resolve_init,
     train_lm,
 )
+from tests.helpers import kyutai_greedy
 from tests.training.test_lm_training import TINY, write_dataset
 
 CPU = torch.device("cpu")
@@ -164,18 +165,6 @@ def kyutai():
         pytest.skip("not Kyutai's moshi with LoRA support")
     torch.set_num_threads(1)  # the model is tiny (conftest restores the thread count)
     return loaders, lm_module.LMGen
-
-
-def kyutai_greedy(lmgen_cls, lm, user):
-    from moshi.utils.compile import no_compile  # noqa: PLC0415 - Kyutai's package is optional
-
-    gen = lmgen_cls(lm, use_sampling=False)
-    columns = []
-    with gen.streaming(user.shape[0]), torch.no_grad(), no_compile():
-        for s in range(user.shape[-1]):
-            tokens = gen.step(user[:, :, s:s + 1])
-            columns.append(torch.full((user.shape[0], 9), -2) if tokens is None else tokens[:, :, 0].long())
-    return torch.stack(columns, dim=-1)
 
 
 def test_duplex_loads_its_adapter_back_as_trained(trained, base):
