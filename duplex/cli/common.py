@@ -14,7 +14,7 @@ from codec.io.audio import check_writable_format
 
 from ..errors import UsageError
 from ..runtime import devices as runtime_devices
-from ..runtime.checkpoints import ModelFiles
+from ..runtime.checkpoints import ModelFiles, adapter_file, shipped_adapters
 from ..runtime.engine import Engine
 from ..runtime.quantization import KV_DTYPES, QUANTIZE_CHOICES, kv_dtype
 from ..serving.mic import describe_sound_devices
@@ -111,8 +111,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the frame step eagerly on CUDA")
     p.add_argument("--lora", metavar="FILE", action="append", default=[],
                    help="a LoRA adapter in Kyutai's layout (moshi-finetune's lora.safetensors, its rank and scaling "
-                   "from the config.json beside it); repeat for several: they share the model, each session picks "
-                   "one (default the first)")
+                   "from the config.json beside it), or the name of one shipped for the default model ("
+                   f"{', '.join(shipped_adapters()) or 'none yet'}); repeat for several: they share the model, each "
+                   "session picks one (default the first)")
     p.add_argument("--fuse", action="store_true", help="merge the one --lora adapter into the weights (as "
                    "Kyutai's server does; before --quantize)")
     add_quantization_options(p)
@@ -154,7 +155,7 @@ MODEL_FILE_OPTIONS = (("--lm", "lm"), ("--mimi", "mimi"), ("--tokenizer", "token
 def model_files(args) -> ModelFiles:
     """The model the options name, with the --lora adapters and --fuse (``_model_files``)."""
     files = _model_files(args)
-    adapters = tuple(getattr(args, "lora", None) or ())
+    adapters = tuple(adapter_file(a) for a in getattr(args, "lora", None) or ())
     if getattr(args, "fuse", False) and not (adapters or files.lora_adapters):
         raise UsageError("--fuse merges a --lora adapter: give one")
     if getattr(args, "fuse", False) and len(adapters + files.lora_adapters) > 1:

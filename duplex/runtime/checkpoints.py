@@ -58,6 +58,9 @@ SHIPPED_LM = os.path.join(WEIGHTS_DIR, "duplex-lm.safetensors")
 SHIPPED_LM_CONFIG = os.path.join(WEIGHTS_DIR, "duplex-lm.json")
 SHIPPED_TOKENIZER = os.path.join(WEIGHTS_DIR, "duplex-tokenizer.model")
 SHIPPED_VOICES = os.path.join(WEIGHTS_DIR, "voices")  # NVIDIA's voice names for the default model (docs/offline.md)
+# LoRA adapters for the default model shipped with duplex, one folder each (NAME/lora.safetensors + config.json, in
+# moshi-finetune's layout): --lora NAME finds them (demos/lora-persona: how the persona adapter was made)
+SHIPPED_ADAPTERS = os.path.join(WEIGHTS_DIR, "adapters")
 MIMI_ENV = "DUPLEX_MIMI"  # the codec to use instead of the shipped one where none is given
 
 # The file names of a repository without config.json, as Kyutai's loader defaults them (docs/kyutai-compat.md §2.1).
@@ -306,6 +309,24 @@ class ModelFiles:
         mimi = self.load_mimi(max(cfg.dep_q, cfg.user_codebooks), device)
         return self.load_lm(device, dtype, quantize), mimi, tokenizer
 
+
+
+def adapter_file(name_or_path: PathLike) -> str:
+    """What ``--lora`` names: a file, or the name of an adapter shipped for the default model (``SHIPPED_ADAPTERS``;
+    a file of that name wins)."""
+    path = os.fspath(name_or_path)
+    shipped = os.path.join(SHIPPED_ADAPTERS, path, "lora.safetensors")
+    if not os.path.exists(path) and os.sep not in path and os.path.isfile(shipped):
+        return shipped
+    return path
+
+
+def shipped_adapters() -> Tuple[str, ...]:
+    """The names of the adapters shipped for the default model."""
+    if not os.path.isdir(SHIPPED_ADAPTERS):
+        return ()
+    return tuple(sorted(n for n in os.listdir(SHIPPED_ADAPTERS)
+                        if os.path.isfile(os.path.join(SHIPPED_ADAPTERS, n, "lora.safetensors"))))
 
 
 def _adapter_settings(path: PathLike, rank, scaling) -> Tuple[Optional[int], Optional[float]]:
