@@ -53,13 +53,16 @@ class Adapters(nn.Module):
     out / steps, rank], ``scaling`` [n]; adapter 0 is none (zeros). ``rows`` (set by ``MoshiLM.route_adapters``, not
     state): the adapter index of each batch row, or None for adapter 1 on every row."""
 
-    def __init__(self, a: torch.Tensor, b: torch.Tensor, scaling: torch.Tensor):
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, scaling: torch.Tensor, first: int = 1):
         super().__init__()
         self.A = nn.Parameter(a, requires_grad=False)
         self.B = nn.Parameter(b, requires_grad=False)
         self.register_buffer("scaling", scaling, persistent=False)
         self.scales: List[float] = [float(s) for s in scaling.tolist()]
         self.rows: Optional[torch.Tensor] = None
+        # The adapter rows None runs: 1 in a bank with the "none" entry; 0 in a training bank, which holds only the
+        # adapter being trained (no zero entry to carry gradients and optimizer moments for)
+        self.first = first
 
     @property
     def steps(self) -> int:
@@ -102,7 +105,8 @@ class AdaptedWeight:
         """The merged weight ``W + scaling * B @ A`` per step (adapter 1; what fusing computes)."""
         a, b = self._ab()
         w = dense(self.base, dtype)
-        delta = torch.matmul(b[1].to(dtype), a[1].to(dtype)) * self.bank.scales[1]  # [steps, out, in]
+        i = self.bank.first
+        delta = torch.matmul(b[i].to(dtype), a[i].to(dtype)) * self.bank.scales[i]  # [steps, out, in]
         return w + delta.reshape(w.shape)
 
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -112,10 +116,11 @@ class AdaptedWeight:
         a, b = self._ab()
         rows = self.bank.rows
         if rows is None:  # one adapter for every row: Kyutai's LoRALinear, operation for operation
+            i = self.bank.first
             if self.count == 1:
-                return y + F.linear(F.linear(x, a[1, 0]), b[1, 0]) * self.bank.scales[1]
-            hidden = torch.einsum("...i,sri->...sr", x, a[1])
-            delta = torch.einsum("...sr,sor->...so", hidden, b[1]) * self.bank.scales[1]
+                return y + F.linear(F.linear(x, a[i, 0]), b[i, 0]) * self.bank.scales[i]
+            hidden = torch.einsum("...i,sri->...sr", x, a[i])
+            delta = torch.einsum("...sr,sor->...so", hidden, b[i]) * self.bank.scales[i]
             return y + delta.reshape(y.shape)
         # One adapter per batch row (engine slots): gather each row's A and B; adapter 0 adds exact zeros.
         n = rows.shape[0]
@@ -253,11 +258,13 @@ def lora_config_beside(path: "str | os.PathLike") -> dict:
 
 
 # ------------------------------------------------------------------------------------------ on the model
-def attach(lm, lora: LoRAFile) -> int:
+def attach(lm, lora: LoRAFile, training: bool = False) -> int:
     """Add ``lora`` to ``lm``'s adapter banks (created on the first one); returns its index (1, 2, ...). Every linear
     Kyutai adapts must have its pair (as Kyutai's loader requires); banks of several adapters are padded to the
     largest rank with zeros (which add exact zeros). ``extra`` base tensors (ft_embed) can only come with the
-    first adapter, and replace the model's (Kyutai's loader does the same)."""
+    first adapter, and replace the model's (Kyutai's loader does the same). ``training``: the model's only adapter,
+    in banks without the "none" entry (``Adapters.first``), so its gradients and optimizer state are the adapter's
+    size; such a model cannot take another adapter or route rows."""
     from ..errors import LoRAError  # noqa: PLC0415
 
     targets = adapted_weights(lm)
@@ -288,6 +295,14 @@ def attach(lm, lora: LoRAFile) -> int:
             raise LoRAError(f"adapter {lora.name}: {path} has shapes {list(a.shape)} / {list(b.shape)}, which do "
                             f"not fit the weight {list(getattr(module, name).shape)} (an adapter for another model?)")
         bank = module._modules.get(name + LORA)
+        if bank is not None and bank.first == 0:
+            raise LoRAError("this model's adapter is being trained: it takes no other adapter")
+        if training:
+            if n:
+                raise LoRAError("an adapter to train must be the model's only one")
+            module.add_module(name + LORA, Adapters(a[None], b[None], torch.tensor([lora.scaling], device=device,
+                                                                                   dtype=dtype), first=0))
+            continue
         if bank is None:
             zeros_a, zeros_b = torch.zeros_like(a), torch.zeros_like(b)
             bank = Adapters(torch.stack([zeros_a, a]), torch.stack([zeros_b, b]),
@@ -333,6 +348,10 @@ def route(lm, rows: Optional[torch.Tensor]) -> None:
     """Give each batch row its adapter: ``rows`` int64 [batch] (0: none), kept by reference (the engine writes it
     per slot); None: adapter 1 on every row."""
     for bank in banks(lm):
+        if bank.first == 0 and rows is not None:
+            from ..errors import LoRAError  # noqa: PLC0415
+
+            raise LoRAError("a model whose adapter is being trained has no per-row adapters")
         bank.rows = rows
 
 
@@ -354,13 +373,14 @@ def fuse(lm) -> None:
             per_step = weight.shape[0] // steps
             for k in range(steps):
                 block = weight[k * per_step:(k + 1) * per_step]
-                block.copy_(block + bank.scales[1] * (bank.B[1, k] @ bank.A[1, k]))
+                i = bank.first
+                block.copy_(block + bank.scales[i] * (bank.B[i, k] @ bank.A[i, k]))
     lm._adapter_names = []
 
 
 def trainable(lm) -> List[nn.Parameter]:
-    """The parameters LoRA training updates: every bank's adapter 1 (A and B), with gradients on; the base model's
-    parameters get none."""
+    """The parameters LoRA training updates: every bank's A and B (a training bank's: ``attach(training=True)``),
+    with gradients on; the base model's parameters get none."""
     params = []
     for p in lm.parameters():
         p.requires_grad_(False)
@@ -371,12 +391,14 @@ def trainable(lm) -> List[nn.Parameter]:
     return params
 
 
-def adapter_state(lm, index: int = 1) -> Dict[str, torch.Tensor]:
-    """Adapter ``index`` in Kyutai's module form (moshi-finetune's ``lora.safetensors`` keys): per step
-    ``{path}.{k}.lora_A.weight`` for the attention projections, ``{path}.lora_A.weight`` for the other linears."""
+def adapter_state(lm, index: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Adapter ``index`` (default the first: 1, or a training bank's only one) in Kyutai's module form
+    (moshi-finetune's ``lora.safetensors`` keys): per step ``{path}.{k}.lora_A.weight`` for the attention
+    projections, ``{path}.lora_A.weight`` for the other linears."""
     out = {}
     for path, (module, name, steps) in adapted_weights(lm).items():
         bank = module._modules[name + LORA]
+        index = bank.first if index is None else index
         for k in range(steps):
             key = f"{path}.{k}" if path.endswith((".in_projs", ".out_projs")) else path
             out[f"{key}.lora_A.weight"] = bank.A[index, k].detach().contiguous()

@@ -365,12 +365,12 @@ def _model(options: LMTrainingOptions, config: LMConfig, device: torch.device, b
     if options.lora:
         dtype = default_dtype(device)
         model = MoshiLM.from_checkpoint(base.lm, config, device=device, dtype=dtype, quantize=options.quantize)
-        lora.attach(model, fresh_adapter(model, options.lora_rank, options.lora_scaling, options.seed))
+        lora.attach(model, fresh_adapter(model, options.lora_rank, options.lora_scaling, options.seed), training=True)
         for p in lora.trainable(model):
             p.data = p.data.float()
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) + sum(
             b.numel() for b in model.buffers() if b.dtype in (torch.int8, torch.float8_e4m3fn))
-        trained = sum(p[1].numel() for p in model.parameters() if p.requires_grad)  # index 0 of a bank is "none"
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return model, (f"a LoRA adapter (rank {options.lora_rank}, scaling {options.lora_scaling}, "
                        f"{trained:,} parameters) on {base.what} ({frozen / 1e6:.1f} M frozen parameters, "
                        f"{model.quantization if model.quantization != 'none' else str(dtype).replace('torch.', '')})")

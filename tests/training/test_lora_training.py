@@ -171,9 +171,9 @@ def test_duplex_loads_its_adapter_back_as_trained(trained, base):
     adapter = trained / "lora.safetensors"
     lm = MoshiLM.from_checkpoint(base, dtype=torch.float32, config=base.parent / "config.json")
     assert lm.add_adapter(adapter) == 1 and lm.adapters == ["run"]  # rank and scaling from its config.json
-    banks = load_file(trained / "lora-train.safetensors")  # the trained float32 adapter (index 1 of each bank)
+    banks = load_file(trained / "lora-train.safetensors")  # the trained float32 adapter (a training bank: it alone)
     ours = dict(lm.named_parameters())
-    assert all(torch.equal(ours[k][1], v[1]) for k, v in banks.items())
+    assert all(v.shape[0] == 1 and torch.equal(ours[k][1], v[0]) for k, v in banks.items())
     # the model the run trained, rebuilt from its checkpoint, gives the same tokens as base + adapter file
     resumed = LMTrainingOptions(data="", out=str(trained), resume=True, lora=True, lora_rank=RANK)
     model, _ = _model(resumed, lm.config, CPU, resolve_init(str(base)))
@@ -298,11 +298,12 @@ def test_a_lora_step_at_moshi_7b_widths():
     assert adapter_parameters_per_rank(LMConfig.moshi_7b()) == 3_030_272  # docs/training.md: the 7B's, per rank
     lm = seven_b_width_model()
     assert lm.quantization == "int8" and lm.dtype == torch.bfloat16 and lm.config.dim == 4096
-    lm.add_adapter(fresh_adapter(lm, 4, 2.0))
+    lora.attach(lm, fresh_adapter(lm, 4, 2.0), training=True)  # a training bank: the adapter alone, no "none"
     params = lora.trainable(lm)
     for p in params:
         p.data = p.data.float()
-    assert sum(p[1].numel() for p in params) == 4 * adapter_parameters_per_rank(lm.config)
+    assert all(p.shape[0] == 1 for p in params)
+    assert sum(p.numel() for p in params) == 4 * adapter_parameters_per_rank(lm.config)
     trainer = LMTrainer(lm, LMTrainingOptions(data="", out="", lora=True, lr=1e-3, steps=1, warmup=0.0))
     assert trainer.checkpointing
     codes = torch.randint(0, lm.config.card, (1, 17, 3), generator=torch.Generator().manual_seed(0))
@@ -313,7 +314,7 @@ def test_a_lora_step_at_moshi_7b_widths():
     # Kyutai's 53 linears (4 temporal, 4 x 8 depth, 8 + 8 heads and inputs, text_linear); the depth attention's
     # per-step projections are one weight with a step axis here
     assert len(banks) == len(lora.adapted_weights(lm)) == 39 and len(lora.adapter_state(lm)) == 2 * 53
-    assert all(b[1].any() and not b[0].any() for b in banks)  # every adapter learnt; index 0 ("none") stays zero
+    assert all(b[0].any() for b in banks)  # every adapter learnt
 
 
 def test_a_personaplex_shaped_base_trains_on_both_channels(dataset, tmp_path):
