@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import fast_linear
+
 FP8 = torch.float8_e4m3fn
 QMAX = {torch.int8: 127.0, FP8: 448.0}
 MODES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -169,8 +171,6 @@ class RowStack:
         return torch.cat([dense(p, dtype) for p in self.parts])
 
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        from .linear import fast_linear  # noqa: PLC0415 - linear.py imports this module
-
         y = torch.cat([fast_linear(x, p) for p in self.parts], dim=-1)
         return y if bias is None else y + bias
 

@@ -16,6 +16,7 @@ several personas. With ``rows`` None (one adapter: training, a generator) every 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,7 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.io.checkpoint import read_tensors
+from codec.modules.linear import fast_linear
 from codec.modules.quantized import dense
+from codec.modules.transformer import Attention
+
+from ..errors import LoRAError
+from .depformer import DepthAttention
 
 LORA = "_lora"  # the adapter bank of weight NAME is the submodule NAME_lora of the weight's module
 
@@ -110,8 +117,6 @@ class AdaptedWeight:
         return w + delta.reshape(w.shape)
 
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        from codec.modules.linear import fast_linear  # noqa: PLC0415 - codec.modules.linear dispatches to us
-
         y = fast_linear(x, self.base, bias)
         a, b = self._ab()
         rows = self.bank.rows
@@ -136,10 +141,6 @@ def adapted_weights(lm) -> Dict[str, Tuple[nn.Module, str, int]]:
     """Kyutai's module path of every linear it adapts -> (duplex module, weight name, steps): its temporal attention
     (``in_projs.0`` / ``out_projs.0``), its depth attention (``in_projs.{k}`` / ``out_projs.{k}``: one weight with a
     row block per step here), feed-forwards, heads, depth inputs, low-rank embedding projections."""
-    from codec.modules.transformer import Attention  # noqa: PLC0415 - avoids a cycle at import
-
-    from .depformer import DepthAttention  # noqa: PLC0415
-
     out = {}
     names = dict(lm.named_modules())
     for path, module in names.items():
@@ -158,10 +159,6 @@ def read_lora(path: "str | os.PathLike", rank: Optional[int] = None, scaling: Op
     ``in_proj`` / ``out_proj`` forms), with ``rank`` and ``scaling`` from its ``config.json`` when not given
     (Kyutai's defaults otherwise: 128 and 2.0). ``targets`` (``adapted_weights(lm)``) checks every key names a weight
     of that model, with the step counts to stack."""
-    from codec.io.checkpoint import read_tensors  # noqa: PLC0415
-
-    from ..errors import LoRAError  # noqa: PLC0415
-
     path = os.fspath(path)
     if rank is None or scaling is None:  # the config moshi-finetune writes beside it; else the file tells the rank
         config = lora_config_beside(path)
@@ -230,8 +227,6 @@ def lora_name(path: "str | os.PathLike") -> str:
 
 def _stacked(parts: Dict[int, torch.Tensor], steps: int, path: str, name: str, half: str) -> torch.Tensor:
     """[steps, ...] from the per-step tensors (or from one stacked tensor, key -1)."""
-    from ..errors import LoRAError  # noqa: PLC0415
-
     if -1 in parts:
         whole = parts[-1]
         if whole.shape[0] % steps:
@@ -244,8 +239,6 @@ def _stacked(parts: Dict[int, torch.Tensor], steps: int, path: str, name: str, h
 
 def lora_config_beside(path: "str | os.PathLike") -> dict:
     """The ``config.json`` beside an adapter file (moshi-finetune writes one), or {}."""
-    import json  # noqa: PLC0415
-
     beside = os.path.join(os.path.dirname(os.fspath(path)) or ".", "config.json")
     if not os.path.isfile(beside):
         return {}
@@ -265,8 +258,6 @@ def attach(lm, lora: LoRAFile, training: bool = False) -> int:
     first adapter, and replace the model's (Kyutai's loader does the same). ``training``: the model's only adapter,
     in banks without the "none" entry (``Adapters.first``), so its gradients and optimizer state are the adapter's
     size; such a model cannot take another adapter or route rows."""
-    from ..errors import LoRAError  # noqa: PLC0415
-
     targets = adapted_weights(lm)
     missing = sorted(set(targets) - set(lora.pairs))
     unknown = sorted(set(lora.pairs) - set(targets))
@@ -349,7 +340,6 @@ def route(lm, rows: Optional[torch.Tensor]) -> None:
     per slot); None: adapter 1 on every row."""
     for bank in banks(lm):
         if bank.first == 0 and rows is not None:
-            from ..errors import LoRAError  # noqa: PLC0415
 
             raise LoRAError("a model whose adapter is being trained has no per-row adapters")
         bank.rows = rows
@@ -359,8 +349,6 @@ def fuse(lm) -> None:
     """Merge ``lm``'s one adapter into its weights, as Kyutai's ``fuse_lora`` does: ``W + scaling * (B @ A)`` in
     the model's dtype, per step block, then drop the banks. Weights must not be quantized (fuse first, then
     quantize)."""
-    from ..errors import LoRAError  # noqa: PLC0415
-
     names = adapter_names(lm)
     if len(names) != 1:
         raise LoRAError(f"fusing needs exactly one adapter on the model, it has {len(names)}")
