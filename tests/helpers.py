@@ -4,6 +4,8 @@ server on an ephemeral port. (pytest fixtures live in conftest.py.)"""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +194,69 @@ def kyutai_greedy(lmgen_cls, lm, user: torch.Tensor) -> torch.Tensor:
             tokens = gen.step(user[:, :, s:s + 1])
             columns.append(torch.full((user.shape[0], 9), -2) if tokens is None else tokens[:, :, 0].long())
     return torch.stack(columns, dim=-1)
+
+
+class _FakeStream:
+    """A sound device stream for Kyutai's client: a 200 Hz tone as the microphone, a recorder as the speaker."""
+
+    def __init__(self, callback, blocksize, channels, is_input, record):
+        self.callback, self.blocksize, self.channels = callback, blocksize, channels
+        self.is_input, self.record = is_input, record
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        i = 0
+        t = np.arange(self.blocksize) / 24000
+        while not self._stop.is_set():
+            if self.is_input:
+                block = (0.3 * np.sin(2 * np.pi * 200 * (t + i * 0.08)))[:, None].astype(np.float32)
+                self.callback(block, self.blocksize, None, None)
+            else:
+                out = np.zeros((self.blocksize, self.channels), np.float32)
+                self.callback(out, self.blocksize, None, None)
+                self.record.append(out[:, 0].copy())
+            i += 1
+            time.sleep(0.08)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class KyutaiPrinter:
+    """Kyutai's client's printer, recording what it would print."""
+
+    def __init__(self):
+        self.logs, self.tokens, self.lags = [], [], 0
+
+    def log(self, level, msg):
+        self.logs.append((level, msg, time.perf_counter()))
+
+    def print_header(self):
+        pass
+
+    def print_pending(self):
+        pass
+
+    def print_token(self, token):
+        self.tokens.append(token)
+
+    def print_lag(self):
+        self.lags += 1
+
+
+def fake_sound_devices(monkeypatch, kyutai_client) -> list:
+    """Kyutai's client (``moshi.client``) with fake sound devices; returns the list the speaker records into."""
+    played = []
+    monkeypatch.setattr(kyutai_client.sd, "InputStream",
+                        lambda samplerate, channels, blocksize, callback: _FakeStream(callback, blocksize, channels,
+                                                                                     True, played))
+    monkeypatch.setattr(kyutai_client.sd, "OutputStream",
+                        lambda samplerate, channels, blocksize, callback: _FakeStream(callback, blocksize, channels,
+                                                                                     False, played))
+    return played

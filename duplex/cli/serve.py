@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
 import logging
 import os
 import signal
 import sys
+import threading
 
 import torch
 
@@ -40,7 +42,14 @@ from .options import options_from_args
 log = logging.getLogger(__name__)
 
 
+# With --ray, the default --drain: how long an engine the autoscaler removes (or the whole application, stopping)
+# lets its live conversations go on; a call rarely lasts longer (docs/scaling.md, "Scaling down").
+CLUSTER_DRAIN = 600.0
+
+
 def run_serve(args) -> int:
+    if args.drain is None:
+        args.drain = CLUSTER_DRAIN if args.ray else ServerOptions.drain
     if args.slots is not None and args.slots < 1:
         raise UsageError("--slots must be at least 1")
     if bool(args.ssl_cert) != bool(args.ssl_key):
@@ -50,13 +59,23 @@ def run_serve(args) -> int:
                          "leave --token out")
     if args.voice_prompt_dir is not None and not os.path.isdir(args.voice_prompt_dir):
         raise UsageError(f"--voice-prompt-dir {args.voice_prompt_dir}: no such folder")
+    if args.ray and args.unix_socket:
+        raise UsageError("--ray and --unix-socket do not go together (Ray's proxy listens on --host/--port)")
     if args.ssl_cert:  # before minutes of model loading, not after
         tls_context(args.ssl_cert, args.ssl_key)
-    try:
-        check_port_free(args.host, args.port)  # likewise
-    except OSError as e:
-        raise UsageError(listen_error(args.host, args.port, e)) from None
+    if not args.unix_socket:
+        try:
+            check_port_free(args.host, args.port)  # likewise
+        except OSError as e:
+            raise UsageError(listen_error(args.host, args.port, e)) from None
     files = model_files(args)  # a misspelt file or repository: one line, before anything else is said
+    if args.ray:
+        try:
+            from ..cluster import app as cluster
+        except ImportError as e:
+            raise UsageError(f"duplex serve --ray needs Ray Serve ({e.name or e} is missing): "
+                             "pip install -e \".[ray]\" (or pip install \"ray[serve]==2.60.0\")") from None
+        return cluster.run_cluster(args, files)
     if args.slots is None:
         args.slots = default_slots(pick_device(args.device).type, usable_cpu_cores())
         print(f"duplex: {args.slots} slot{'s' if args.slots != 1 else ''} (default for this machine; --slots to "
@@ -78,7 +97,9 @@ def run_serve(args) -> int:
     log.info("model: %s%s", engine.files.name, f" ({quantization})" if quantization else "")
     options = options_from_args(ServerOptions, args)
     options.model_name = engine.files.name
-    options.front = True  # requests without a token never take the GIL from the frame clock (serving/front.py)
+    # requests without a token never take the GIL from the frame clock (serving/front.py); behind a relay on a Unix
+    # socket (a Ray Serve replica, duplex/cluster/), the relay is in another process already
+    options.front = not args.unix_socket
     # A raised rate keeps bursts of ten seconds' worth (a proxy's users reconnecting at once after a network blip).
     if options.upgrades_per_peer > ServerOptions.upgrades_per_peer:
         options.upgrades_peer_burst = max(options.upgrades_peer_burst, 10 * options.upgrades_per_peer)
@@ -91,8 +112,13 @@ def run_serve(args) -> int:
         log.info("open files: up to %d (the soft limit was %d)", after, before)
 
     def ready(port: int) -> None:
-        print(f"duplex: open {server.page_url} in a browser; Kyutai clients connect to /api/chat"
-              + (" (with the same token)" if args.token else ""), file=sys.stderr)
+        if args.unix_socket:
+            print(f"duplex: listening on {args.unix_socket}", file=sys.stderr)
+        else:
+            print(f"duplex: open {server.page_url} in a browser; Kyutai clients connect to /api/chat"
+                  + (" (with the same token)" if args.token else ""), file=sys.stderr)
+        if args.lifeline:
+            threading.Thread(target=_stop_when_stdin_closes, name="lifeline", daemon=True).start()
 
     try:
         stopped_by = asyncio.run(server.serve_forever(on_ready=ready))
@@ -107,6 +133,17 @@ def run_serve(args) -> int:
     print(f"duplex serve: stopped ({signal.Signals(stopped_by).name if stopped_by else 'cancelled'})",
           file=sys.stderr)
     return 0
+
+
+def _stop_when_stdin_closes() -> None:
+    """``--lifeline``: the process that started this server ended (or closed our standard input to stop us):
+    drain and stop, as on SIGTERM."""
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except (OSError, ValueError):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def listen_error(host: str, port: int, error: OSError) -> str:
@@ -142,10 +179,12 @@ def register(commands) -> None:
                         "network; on CUDA: torch's choice)")
     p.add_argument("--max-waiting", type=non_negative, default=ServerOptions.max_waiting,
                    help="clients that may wait for a free slot when all are taken (default 0: refuse at once)")
-    p.add_argument("--drain", type=float_above(0.0, True, "a number of seconds >= 0"), default=ServerOptions.drain,
+    p.add_argument("--drain", type=float_above(0.0, True, "a number of seconds >= 0"), default=None,
                    metavar="SECONDS",
-                   help="on SIGTERM or Ctrl-C, refuse new clients and let live conversations go on for up to this "
-                        "long before closing them (default %(default)g; a second signal closes at once)")
+                   help=f"on SIGTERM or Ctrl-C, refuse new clients and let live conversations go on for up to this "
+                        f"long before closing them (default {ServerOptions.drain:g}; a second signal closes at once); "
+                        f"with --ray, also how long an engine being removed lets its conversations go on (default "
+                        f"{CLUSTER_DRAIN:g} there)")
     # Per peer (one IP address, or one IPv6 /64): behind a reverse proxy every client is the proxy, so raise these.
     p.add_argument("--upgrades-per-peer", type=positive_float, default=ServerOptions.upgrades_per_peer,
                    metavar="N", help="conversations a peer may open a second (bursts of "
@@ -153,5 +192,31 @@ def register(commands) -> None:
     p.add_argument("--http-per-peer", type=positive_float, default=ServerOptions.http_per_peer, metavar="N",
                    help=f"page and /api/stats requests a peer may make a second (bursts of "
                    f"{ServerOptions.http_peer_burst:g}); over it: HTTP 429")
-    p.set_defaults(run=run_serve)
+    p.add_argument("--unix-socket", metavar="PATH",
+                   help="listen on this Unix socket instead of --host/--port, for a relay on this machine (a Ray "
+                        "Serve replica, a reverse proxy): the peer of a request is its X-Duplex-Peer header")
+    p.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)  # stop when stdin closes (cluster/)
+    ray = p.add_argument_group("more than one engine (Ray Serve; docs/scaling.md)")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve with Ray Serve: --replicas engines (each a process with --slots slots, on a GPU of "
+                          "its own with --device cuda) behind one address; needs pip install -e \".[ray]\"")
+    ray.add_argument("--ray-address", metavar="ADDRESS",
+                     help="join this Ray cluster ('auto', or the head's host:port from 'ray start --head'; "
+                          "default: start a local one on this machine)")
+    ray.add_argument("--replicas", type=int_in(1, None, "a number of replicas >= 1"), default=1,
+                     help="engines to run (default 1); with --max-replicas, the fewest the autoscaler keeps")
+    ray.add_argument("--max-replicas", type=int_in(1, None, "a number of replicas >= 1"), default=None,
+                     help="autoscale between --replicas and this many engines on the number of conversations")
+    ray.add_argument("--spare-slots", type=non_negative, default=None,
+                     help="autoscaling keeps this many slots free for new callers, adding an engine before the last "
+                          "one fills (default: 1)")
+    ray.add_argument("--routing", choices=("spread", "pack"), default=None,
+                     help="where a new conversation goes among engines with a free slot: spread (the emptiest: the "
+                          "lowest latency; the default without autoscaling) or pack (the oldest engine first, so "
+                          "that the newest empty first and are the ones the autoscaler removes; the default with it)")
+    ray.add_argument("--gpus-per-replica", type=float_above(0.0, True, "a number >= 0"), default=None, metavar="N",
+                     help="GPUs Ray reserves for each engine (default: 1 with --device cuda, else 0)")
+    ray.add_argument("--cpus-per-replica", type=float_above(0.0, True, "a number >= 0"), default=None, metavar="N",
+                     help="CPU cores Ray reserves for each engine (default: --threads, else 1)")
+    p.set_defaults(run=run_serve, serve_parser=p)  # the parser: --ray passes its options on to each engine
 

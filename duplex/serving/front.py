@@ -38,9 +38,10 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from .limits import PEER_HEADER as _PEER_HEADER
 from .limits import RateLimit, peer_key
 
-PEER_HEADER = b"X-Duplex-Peer"
+PEER_HEADER = _PEER_HEADER.encode()
 # What a browser's WebSocket upgrade needs (its request line and ~15 headers, cookies included) with room to
 # spare; a head longer than this is answered 431 and closed.
 HEAD_BYTES = 16 * 1024

@@ -71,6 +71,11 @@ def raise_open_file_limit(resource_module=None) -> "tuple[int, int]":
 
 
 
+# The header in which a relay on the same machine names the peer it relays for (the front, front.py; a Ray Serve
+# replica, duplex/cluster/relay.py): any such header from a client is removed or replaced by the relay.
+PEER_HEADER = "X-Duplex-Peer"
+
+
 def peer_key(host: str) -> str:
     """Whose budget a request from ``host`` spends: its IPv4 address, or the /64 network of its IPv6 address (one
     machine, one home or one cloud instance usually holds a whole /64, so per address it could spread a flood over

@@ -69,6 +69,10 @@ class ServerOptions:
     # requests, however many, never take the GIL from the frame clock. ``duplex serve`` turns it on.
     front: bool = False
     front_nice: int = 0  # added to the front's niceness (Linux): the clock's process first when the cores are short
+    # Listen on this Unix socket instead of host:port, for a relay on the same machine (a Ray Serve replica,
+    # duplex/cluster/, or a reverse proxy): the peer a request comes from is then its ``X-Duplex-Peer`` header
+    # (only local processes reach the socket), and the rate limits apply to that peer as to a TCP one.
+    unix_socket: Optional[str] = None
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
     model_name: str = ""  # what the page and /api/stats say is being served

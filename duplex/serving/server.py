@@ -60,7 +60,7 @@ from ..runtime.clock import ClockStats
 from ..runtime.engine import Engine, EngineFull
 from . import front as front_module
 from .admission import Admission
-from .limits import RateLimit, ReadBudget, peer_key
+from .limits import PEER_HEADER, RateLimit, ReadBudget, peer_key
 from .options import ServerOptions, page_url, tls_context
 from .personas import PromptCache, Refusal, VoiceCatalog, describe
 from .protocol import HANDSHAKE, MAX_TEXT_PROMPT_CHARS, SessionOptions, error_message, message, parse_query
@@ -174,7 +174,9 @@ class VoiceServer:
                         origins=[*self.options.origins, None] if self.options.origins else None,
                         compression=None, close_timeout=self.options.close_timeout,
                         max_queue=self.options.read_queue_messages, open_timeout=UPGRADE_TIMEOUT)
-        if self.options.front and front_module.unix_socket_supported():
+        if self.options.unix_socket:
+            self._server = await unix_serve(self._handle_counted, self.options.unix_socket, **settings)
+        elif self.options.front and front_module.unix_socket_supported():
             path = front_module.private_socket_path()
             self._server = await unix_serve(self._handle_counted, path, **settings)
             await self._start_front(path)
@@ -194,8 +196,9 @@ class VoiceServer:
         self._ticker.start()
         self._previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._loop_exception)
-        log.info("serving on %s://%s:%d (%d slot%s)", "https" if ssl_context else "http", self.options.host,
-                 self.port, self.engine.slots, "" if self.engine.slots == 1 else "s")
+        where = (f"unix:{self.options.unix_socket}" if self.options.unix_socket else
+                 f"{'https' if ssl_context else 'http'}://{self.options.host}:{self.port}")
+        log.info("serving on %s (%d slot%s)", where, self.engine.slots, "" if self.engine.slots == 1 else "s")
         if self.voices.folders:
             log.info("voice prompts: %d in %s", len(self.voices.names()), ", ".join(self.voices.folders))
         adapters = self._adapters_info()
@@ -210,6 +213,8 @@ class VoiceServer:
     def port(self) -> int:
         if self._front is not None:
             return self._front["port"]
+        if self.options.unix_socket:
+            return self.options.port  # not listened on: what the page's address says is the relay's business
         return self._server.sockets[0].getsockname()[1] if self._server else self.options.port
 
     async def _start_front(self, path: str) -> None:
@@ -410,12 +415,19 @@ class VoiceServer:
             offered = value.strip()
         return hmac.compare_digest(offered.encode(), self.options.token.encode())
 
-    def _rate_limited(self, connection, path: str):
+    def _peer(self, connection, request) -> str:
+        """Whose budget a request spends: its address, or behind a relay on the Unix socket, the address the relay
+        names in ``X-Duplex-Peer`` (only local processes reach that socket; without the header, the relay)."""
+        if self.options.unix_socket:
+            return peer_key(request.headers.get(PEER_HEADER, "").strip())
+        address = connection.remote_address
+        return peer_key(str(address[0])) if address else ""
+
+    def _rate_limited(self, connection, request, path: str):
         """429 with Retry-After for a peer, or all peers together, past their request rate; else None. Upgrades
         have their own budget, so a page polling /api/stats cannot use up its user's reconnections. /health is
         limited per peer only: a flood from elsewhere must not make the orchestrator think the server is down."""
-        address = connection.remote_address
-        peer = peer_key(str(address[0])) if address else ""
+        peer = self._peer(connection, request)
         limit = self._upgrade_rate if path == "/api/chat" else self._http_rate
         wait = limit.take(peer, count_total=path != "/health")
         if wait == 0.0:
@@ -474,7 +486,7 @@ class VoiceServer:
 
     def _http(self, connection, request):
         path = urlsplit(request.path).path
-        refused = None if self._front is not None else self._rate_limited(connection, path)  # else the front's
+        refused = None if self._front is not None else self._rate_limited(connection, request, path)  # else the front's
         if refused is not None:
             return refused
         if path in ("/", "/index.html"):

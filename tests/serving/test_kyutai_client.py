@@ -15,71 +15,15 @@ import pytest
 kyutai_client = pytest.importorskip("moshi.client")
 pytest.importorskip("aiohttp")
 
-from helpers import make_engine  # noqa: E402
+from helpers import KyutaiPrinter, fake_sound_devices, make_engine  # noqa: E402
 
 from duplex.serving.server import ServerOptions, VoiceServer  # noqa: E402
 
 
-class _FakeStream:
-    def __init__(self, callback, blocksize, channels, is_input, record):
-        self.callback, self.blocksize, self.channels = callback, blocksize, channels
-        self.is_input, self.record = is_input, record
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        i = 0
-        t = np.arange(self.blocksize) / 24000
-        while not self._stop.is_set():
-            if self.is_input:
-                block = (0.3 * np.sin(2 * np.pi * 200 * (t + i * 0.08)))[:, None].astype(np.float32)
-                self.callback(block, self.blocksize, None, None)
-            else:
-                out = np.zeros((self.blocksize, self.channels), np.float32)
-                self.callback(out, self.blocksize, None, None)
-                self.record.append(out[:, 0].copy())
-            i += 1
-            time.sleep(0.08)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-class _Printer:
-    def __init__(self):
-        self.logs, self.tokens, self.lags = [], [], 0
-
-    def log(self, level, msg):
-        self.logs.append((level, msg, time.perf_counter()))
-
-    def print_header(self):
-        pass
-
-    def print_pending(self):
-        pass
-
-    def print_token(self, token):
-        self.tokens.append(token)
-
-    def print_lag(self):
-        self.lags += 1
-
-
 @pytest.mark.slow
 def test_kyutai_python_client_talks_to_duplex(monkeypatch):
-    played = []
-    monkeypatch.setattr(kyutai_client.sd, "InputStream",
-                        lambda samplerate, channels, blocksize, callback: _FakeStream(callback, blocksize, channels,
-                                                                                     True, played))
-    monkeypatch.setattr(kyutai_client.sd, "OutputStream",
-                        lambda samplerate, channels, blocksize, callback: _FakeStream(callback, blocksize, channels,
-                                                                                     False, played))
-    printer = _Printer()
+    played = fake_sound_devices(monkeypatch, kyutai_client)
+    printer = KyutaiPrinter()
     server_ready, port = threading.Event(), []
 
     def serve():
