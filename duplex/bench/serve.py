@@ -59,14 +59,25 @@ def lateness_ms(reply_times: List[float]) -> np.ndarray:
     return (t - t.min()) * 1e3
 
 
+def reply_delays_ms(result) -> np.ndarray:
+    """Reply k's arrival after input frame k was sent (frames go out every 80 ms from the handshake): the clock's
+    phase against the client's (0-80 ms, fixed for a session), the step, and the way back. Its median over many
+    sessions compares two paths to the same engines (a relay adds its time to every reply)."""
+    t = np.asarray(result.reply_times)
+    return (t - (result.started + FRAME_SECONDS * np.arange(len(t)))) * 1e3 if len(t) else np.zeros(0)
+
+
 def _client_report(result, frames: int, raw: bool) -> dict:
     late = lateness_ms(result.reply_times)
+    delays = reply_delays_ms(result)
     return {"format": "pcm16" if raw else "opus", "frames_sent": frames, "replies": result.audio_messages,
             "lost": max(0, frames - result.audio_messages), "steady_rate": round(result.steady_rate(), 3),
             "late_replies": int((late > FRAME_SECONDS * 1e3).sum()),
             "max_lateness_ms": round(float(late.max()), 1) if late.size else None,
             "max_gap_ms": round(float(np.diff(result.reply_times).max()) * 1e3, 1)
             if len(result.reply_times) > 1 else None,
+            "reply_delay_ms": {"p50": round(float(np.percentile(delays, 50)), 1),
+                               "p99": round(float(np.percentile(delays, 99)), 1)} if delays.size else None,
             "errors": list(result.errors), "complete": result.complete}
 
 

@@ -210,6 +210,9 @@ def register(commands) -> None:
     ray.add_argument("--spare-slots", type=non_negative, default=None,
                      help="autoscaling keeps this many slots free for new callers, adding an engine before the last "
                           "one fills (default: 1)")
+    ray.add_argument("--downscale-delay", type=float_above(0.0, True, "a number of seconds >= 0"), default=60.0,
+                     metavar="SECONDS", help="how long fewer engines must be enough before the autoscaler removes "
+                                             "one (default %(default)g)")
     ray.add_argument("--routing", choices=("spread", "pack"), default=None,
                      help="where a new conversation goes among engines with a free slot: spread (the emptiest: the "
                           "lowest latency; the default without autoscaling) or pack (the oldest engine first, so "

@@ -34,7 +34,7 @@ QUEUED = 16  # requests Ray's proxy holds when every replica is at its cap; past
 ENGINE_DRAIN = 2.0  # the engine's own --drain once Ray has waited for its conversations (they are over by then)
 # Options of ``duplex serve`` that are the cluster's, not each engine's: not passed on to the engines
 CLUSTER_OPTIONS = {"help", "host", "port", "ssl_cert", "ssl_key", "unix_socket", "lifeline", "drain", "ray",
-                   "ray_address", "replicas", "max_replicas", "spare_slots", "routing", "gpus_per_replica",
+                   "ray_address", "replicas", "max_replicas", "spare_slots", "routing", "gpus_per_replica", "downscale_delay",
                    "cpus_per_replica", "slots", "threads"}
 
 
@@ -106,7 +106,7 @@ def deployment_options(args, p: dict) -> dict:
     if p["autoscale"]:
         options["autoscaling_config"] = AutoscalingConfig(
             min_replicas=args.replicas, initial_replicas=args.replicas, max_replicas=args.max_replicas,
-            upscale_delay_s=0.0, downscale_delay_s=60.0, metrics_interval_s=1.0, look_back_period_s=2.0,
+            upscale_delay_s=0.0, downscale_delay_s=args.downscale_delay, metrics_interval_s=1.0, look_back_period_s=2.0,
             policy=AutoscalingPolicy(policy_function=SessionAutoscaler,
                                      policy_kwargs={"slots": p["slots"], "spare": p["spare"]}))
     else:

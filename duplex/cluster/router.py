@@ -15,15 +15,23 @@ odd HTTP request); every replica of one application has the same ``slots``. The 
 
 Ray tries them in this order; one that turns a request away (at ``max_ongoing_requests``) passes it to the next.
 ``order`` is the rule itself, without Ray, so that it can be tested alone.
+
+Ray's count of a replica's requests grows when a request is sent, a moment after this router picked it; callers
+arriving together (measured: five at once) would all see the same counts and go to the same replica. So a pick is
+counted at once, as *reserved*, until Ray sends the request (``on_send_request``) or ``RESERVATION`` seconds pass
+(a request that was cancelled instead).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import collections
+import time
+from typing import Dict, List, Optional, Sequence
 
 from ray.serve.request_router import FIFOMixin, RequestRouter
 
 ROUTING_PERIOD = 1.0  # seconds between Ray's readings of each replica's record_routing_stats
+RESERVATION = 2.0  # seconds a pick counts as a request on its replica before Ray has sent it
 
 
 def order(replicas: Sequence[tuple], slots: int, pack: bool) -> List[object]:
@@ -43,8 +51,28 @@ def order(replicas: Sequence[tuple], slots: int, pack: bool) -> List[object]:
 class FreeSlotRouter(FIFOMixin, RequestRouter):
     """Ray Serve's request router for duplex replicas (``request_router_kwargs``: ``slots``, ``pack``)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slots, self.pack = 1, False
+        self._reserved: Dict[object, collections.deque] = collections.defaultdict(collections.deque)
+
     def initialize_state(self, slots: int = 1, pack: bool = False, **kwargs) -> None:
         self.slots, self.pack = max(1, int(slots)), bool(pack)
+
+    def _reservations(self, replica_id) -> int:
+        picks = self._reserved.get(replica_id)
+        if not picks:
+            return 0
+        now = time.monotonic()
+        while picks and now - picks[0] > RESERVATION:
+            picks.popleft()
+        return len(picks)
+
+    def on_send_request(self, replica_id) -> None:
+        super().on_send_request(replica_id)
+        picks = self._reserved.get(replica_id)
+        if picks:
+            picks.popleft()  # Ray's own count has it now
 
     async def choose_replicas(self, candidate_replicas, pending_request: Optional[object] = None):
         if pending_request is not None:
@@ -55,6 +83,9 @@ class FreeSlotRouter(FIFOMixin, RequestRouter):
         for replica in candidate_replicas:
             stats = replica.routing_stats or {}
             meta = getattr(replica, "replica_metadata", None) or {}
-            facts.append((replica, cache.get(replica.replica_id), float(meta.get("started", 0.0)),
-                          bool(stats.get("draining"))))
-        return [[replica] for replica in order(facts, self.slots, self.pack)]
+            ongoing = (cache.get(replica.replica_id) or 0) + self._reservations(replica.replica_id)
+            facts.append((replica, ongoing, float(meta.get("started", 0.0)), bool(stats.get("draining"))))
+        ranked = order(facts, self.slots, self.pack)
+        if ranked:
+            self._reserved[ranked[0].replica_id].append(time.monotonic())
+        return [[replica] for replica in ranked]

@@ -50,6 +50,7 @@ class ClientResult:
     seconds: float = 0.0  # connection to the last reply
     stream_seconds: float = 0.0  # handshake to the last reply
     reply_times: List[float] = field(default_factory=list)  # perf_counter() of each audio message
+    started: float = 0.0  # perf_counter() at the handshake: input frame k is sent at started + k * 80 ms
     sent_samples: int = 0  # of the input, handed to the connection so far (all of it unless cut short)
     interrupted: bool = False  # Ctrl-C stopped it (``run_conversation``): the reply is cut there
 
@@ -192,7 +193,7 @@ async def converse(url: str, pcm: np.ndarray, raw: bool = False, token: Optional
     start = time.perf_counter()
     async with await _connect(url, token, raw) as ws:
         await _await_handshake(ws, handshake_timeout, on_notice)
-        t0 = time.perf_counter()
+        t0 = result.started = time.perf_counter()
         if on_progress:
             on_progress(0.0)
         reported = 0
