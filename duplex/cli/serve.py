@@ -217,6 +217,10 @@ def register(commands) -> None:
                      help="where a new conversation goes among engines with a free slot: spread (the emptiest: the "
                           "lowest latency; the default without autoscaling) or pack (the oldest engine first, so "
                           "that the newest empty first and are the ones the autoscaler removes; the default with it)")
+    ray.add_argument("--haproxy", action="store_true",
+                     help="Ray's HAProxy ingress instead of its Python proxy: clients reach the replicas through "
+                          "HAProxy (fewer milliseconds per message; HAProxy picks the replica with the fewest "
+                          "conversations); Ray installs its own HAProxy binary")
     ray.add_argument("--gpus-per-replica", type=float_above(0.0, True, "a number >= 0"), default=None, metavar="N",
                      help="GPUs Ray reserves for each engine (default: 1 with --device cuda, else 0)")
     ray.add_argument("--cpus-per-replica", type=float_above(0.0, True, "a number >= 0"), default=None, metavar="N",

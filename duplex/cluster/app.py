@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 APP_NAME = "duplex"
 HANDSHAKES = 64  # upgrades under way a replica takes beyond its slots and waiting clients (as one server's cap)
 QUEUED = 16  # requests Ray's proxy holds when every replica is at its cap; past them: 503 with Retry-After
+HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"  # Ray's switch for its HAProxy ingress (read as Ray starts)
 ENGINE_DRAIN = 2.0  # the engine's own --drain once Ray has waited for its conversations (they are over by then)
 # Options of ``duplex serve`` that are the cluster's, not each engine's: not passed on to the engines
 CLUSTER_OPTIONS = {"help", "host", "port", "ssl_cert", "ssl_key", "unix_socket", "lifeline", "drain", "ray",
                    "ray_address", "replicas", "max_replicas", "spare_slots", "routing", "gpus_per_replica", "downscale_delay",
-                   "cpus_per_replica", "slots", "threads"}
+                   "cpus_per_replica", "slots", "threads", "haproxy"}
 
 
 def engine_args(parser, args, slots: int, threads: int) -> List[str]:
@@ -76,9 +77,13 @@ def plan(args) -> dict:
     gpus = args.gpus_per_replica if args.gpus_per_replica is not None else (1.0 if device == "cuda" else 0.0)
     threads = args.threads or (0 if device == "cuda" else 1)
     cpus = args.cpus_per_replica if args.cpus_per_replica is not None else float(max(1, threads))
-    return {"device": device, "slots": slots, "threads": threads, "gpus": gpus, "cpus": cpus,
+    haproxy = args.haproxy or os.environ.get(HAPROXY_SWITCH) == "1"
+    if haproxy and args.routing == "pack":
+        raise UsageError("--routing pack needs Ray's proxy: HAProxy sends each conversation to the replica with the "
+                         "fewest (spread)")
+    return {"device": device, "slots": slots, "threads": threads, "gpus": gpus, "cpus": cpus, "haproxy": haproxy,
             "autoscale": autoscale, "spare": 1 if args.spare_slots is None else args.spare_slots,
-            "routing": args.routing or ("pack" if autoscale else "spread")}
+            "routing": "spread" if haproxy else args.routing or ("pack" if autoscale else "spread")}
 
 
 def deployment_options(args, p: dict) -> dict:
@@ -98,11 +103,12 @@ def deployment_options(args, p: dict) -> dict:
         health_check_timeout_s=30.0,
         max_constructor_retry_count=2,
         ray_actor_options={"num_cpus": p["cpus"], "num_gpus": p["gpus"]},
-        request_router_config=RequestRouterConfig(
+    )
+    if not p["haproxy"]:  # HAProxy balances by itself (leastconn: the replica with the fewest conversations)
+        options["request_router_config"] = RequestRouterConfig(
             request_router_class=FreeSlotRouter,
             request_router_kwargs={"slots": p["slots"], "pack": p["routing"] == "pack"},
-            request_routing_stats_period_s=ROUTING_PERIOD, request_routing_stats_timeout_s=5.0),
-    )
+            request_routing_stats_period_s=ROUTING_PERIOD, request_routing_stats_timeout_s=5.0)
     if p["autoscale"]:
         options["autoscaling_config"] = AutoscalingConfig(
             min_replicas=args.replicas, initial_replicas=args.replicas, max_replicas=args.max_replicas,
@@ -133,6 +139,12 @@ def run_cluster(args, files) -> int:
     p = plan(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     local = args.ray_address is None
+    if args.haproxy:
+        if not local:
+            raise UsageError("--haproxy starts a local cluster with HAProxy; on an existing cluster, start every "
+                             f"node with {HAPROXY_SWITCH}=1 (docs/scaling.md) and leave --haproxy out")
+        os.environ[HAPROXY_SWITCH] = "1"  # this process starts the cluster: Ray reads it there
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine (Ray asks otherwise)
     root = duplex_root()
     env = {"PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
     ray.init(address=args.ray_address, include_dashboard=False, runtime_env={"env_vars": env},

@@ -27,6 +27,20 @@ SOCKET_NAME = "duplex.sock"
 STDERR_LINES = 40  # the child's last lines, kept for the message when it fails to start
 
 
+def _normal_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not allowed to raise its priority: said in the log (replica.py)
+
+
+def _niceness(pid: int) -> Optional[int]:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except (OSError, AttributeError):
+        return None
+
+
 class BackendError(DuplexError):
     """The replica's engine process failed to start or stopped."""
 
@@ -48,8 +62,11 @@ class Backend:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (duplex_root(), env.get("PYTHONPATH")) if p)
         self.tail: "collections.deque[str]" = collections.deque(maxlen=STDERR_LINES)
+        # Ray starts its workers at niceness 15 (RAY_worker_niceness), and the engine would inherit it: every other
+        # process on the machine would come before its 80 ms clock. It starts at niceness 0 where this user may.
         self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, env=env)
+                                        stderr=subprocess.PIPE, env=env, preexec_fn=_normal_priority)
+        self.niceness = _niceness(self.process.pid)
         self._reader = threading.Thread(target=self._copy_stderr, name="duplex-backend-stderr", daemon=True)
         self._reader.start()
 

@@ -67,6 +67,10 @@ class DuplexReplica:
         self._reader = threading.Thread(target=self._read_stats, name="duplex-replica-stats", daemon=True)
         self._reader.start()
         log.info("replica %s: engine process %d ready on %s", self.name, self.backend.pid, self.backend.socket_path)
+        if self.backend.niceness:
+            log.warning("the engine runs at niceness %d (Ray's workers' niceness, which this user may not lower): "
+                        "other processes come before its clock; start Ray with RAY_worker_niceness=0 "
+                        "(docs/scaling.md)", self.backend.niceness)
 
     # ------------------------------------------------------------------------------------------- routes
     @app.websocket("/api/chat")
