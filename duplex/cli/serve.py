@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # With --ray, the default --drain: how long an engine the autoscaler removes (or the whole application, stopping)
 # lets its live conversations go on; a call rarely lasts longer (docs/scaling.md, "Scaling down").
-CLUSTER_DRAIN = 600.0
+CLUSTER_DRAIN = 600.0  # (duplex/cluster/app.py has the same for Ray's own tools; it cannot import this module)
 
 
 def run_serve(args) -> int:

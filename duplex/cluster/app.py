@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from typing import List
+from typing import Dict, List
 
 from ..errors import UsageError
 from ..runtime.devices import pick_device
@@ -29,6 +29,7 @@ from .router import ROUTING_PERIOD, FreeSlotRouter
 log = logging.getLogger(__name__)
 
 APP_NAME = "duplex"
+CLUSTER_DRAIN = 600.0  # the default --drain with --ray (duplex/cli/serve.py): a call rarely lasts longer
 HANDSHAKES = 64  # upgrades under way a replica takes beyond its slots and waiting clients (as one server's cap)
 QUEUED = 16  # requests Ray's proxy holds when every replica is at its cap; past them: 503 with Retry-After
 HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"  # Ray's switch for its HAProxy ingress (read as Ray starts)
@@ -128,6 +129,41 @@ def build(args, p: dict, board: str):
 
     child = engine_args(args.serve_parser, args, p["slots"], p["threads"])
     return serve.deployment(DuplexReplica, **deployment_options(args, p)).bind(child, board, args.token, args.drain)
+
+
+def application(options: Dict[str, object]):
+    """The application for Ray's own tools: ``serve run duplex.cluster.app:application replicas=2 slots=8
+    lm=/models/model.safetensors``, or a KubeRay RayService's ``import_path: duplex.cluster.app:application`` with
+    ``args`` (docs/scaling.md). ``options`` are ``duplex serve --ray``'s, by long name (``max_waiting`` or
+    ``max-waiting``); a switch takes true/false; a repeatable option (``lora``) a list or one value. Ray's HTTP
+    options (host, port, TLS) are then Ray's config's, not these."""
+    from ..cli import build_parser  # noqa: PLC0415 - the command line's own parser, so the options are the same
+    from ..cli.common import model_files  # noqa: PLC0415
+
+    parser = build_parser()
+    serve_parser = parser.parse_args(["serve"]).serve_parser
+    actions = {a.dest: a for a in serve_parser._actions if a.option_strings}
+    argv = ["serve", "--ray"]
+    for key, value in options.items():
+        action = actions.get(str(key).replace("-", "_"))
+        if action is None or action.dest in ("help", "ray"):
+            raise UsageError(f"{key}: not an option of duplex serve --ray")
+        flag = action.option_strings[-1]
+        if action.nargs == 0:  # a switch
+            if str(value).lower() in ("true", "yes", "1", "on"):
+                argv.append(flag)
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if action.nargs in ("+", "*"):
+            argv += [flag, *map(str, values)]
+        else:
+            for item in values:
+                argv += [flag, str(item)]
+    args = parser.parse_args(argv)
+    if args.drain is None:
+        args.drain = CLUSTER_DRAIN
+    model_files(args)  # a misspelt file: one line now, not a replica failing to start
+    return build(args, plan(args), board="duplex-stats")
 
 
 def run_cluster(args, files) -> int:

@@ -92,3 +92,20 @@ def test_each_engine_gets_the_serve_options_that_are_not_the_clusters():
         assert given in rest
     for cluster_only in ("--ray", "--replicas", "--port", "--host"):
         assert cluster_only not in out
+
+
+def test_rays_own_tools_get_the_same_application_from_the_same_options():
+    pytest.importorskip("ray.serve")
+    from duplex.cluster.app import application
+    from duplex.errors import UsageError
+
+    app = application({"replicas": "3", "slots": "2", "max-waiting": "1", "no_cuda_graphs": "true",
+                       "origins": ["https://a", "https://b"], "device": "cpu"})
+    deployment = app._bound_deployment
+    assert deployment.num_replicas == 3 and deployment.max_ongoing_requests == 2 + 1 + 64
+    serve_args = deployment.init_args[0]
+    assert "--no-cuda-graphs" in serve_args and serve_args[serve_args.index("--origins") + 2] == "https://b"
+    with pytest.raises(UsageError, match="not an option"):
+        application({"replica": "2"})
+    with pytest.raises(UsageError):
+        application({"lm": "/no/such/model.safetensors"})
