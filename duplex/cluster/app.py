@@ -166,6 +166,15 @@ def application(options: Dict[str, object]):
     return build(args, plan(args), board="duplex-stats")
 
 
+def _delete_quietly() -> None:
+    from ray import serve  # noqa: PLC0415 - optional
+
+    try:
+        serve.delete(APP_NAME)
+    except Exception as e:  # the cluster went away meanwhile
+        log.warning("deleting the application: %s", e)
+
+
 def run_cluster(args, files) -> int:
     """Start (or join) Ray, deploy, serve until SIGINT/SIGTERM, then stop: Ray stops routing to every replica and
     waits up to ``--drain`` for live conversations, a second signal closes at once."""
@@ -191,6 +200,7 @@ def run_cluster(args, files) -> int:
         http.update(ssl_certfile=args.ssl_cert, ssl_keyfile=args.ssl_key)
     stop = threading.Event()
     signals = {}
+    closed_at_once = False
     try:
         serve.start(http_options=http)
         what = (f"{args.replicas}-{args.max_replicas} replicas (autoscaling, {p['spare']} spare slot"
@@ -208,12 +218,19 @@ def run_cluster(args, files) -> int:
             pass
         print(f"duplex serve --ray: stopping; live conversations may go on for up to {args.drain:g} s "
               "(Ctrl-C again to close them at once)", file=sys.stderr)
+        again = threading.Event()
         for number in signals:
-            signal.signal(number, signal.default_int_handler)
-        try:
-            serve.delete(APP_NAME)
-        except KeyboardInterrupt:
-            print("duplex serve --ray: closing at once", file=sys.stderr)
+            signal.signal(number, lambda n, f: again.set())
+        # Ray stops routing to every replica and waits for their conversations (graceful_shutdown_timeout_s);
+        # on a thread, so that a second signal is heard meanwhile.
+        deleting = threading.Thread(target=_delete_quietly, name="duplex-delete", daemon=True)
+        deleting.start()
+        while deleting.is_alive() and not again.wait(0.5):
+            pass
+        if again.is_set():
+            closed_at_once = True
+            print("duplex serve --ray: closing at once" + ("" if local else " (the cluster's replicas end their "
+                  "conversations within --drain)"), file=sys.stderr)
         return 0
     finally:
         for number, previous in signals.items():
@@ -223,5 +240,6 @@ def run_cluster(args, files) -> int:
         except Exception:  # never created, or gone with the cluster
             pass
         if local:
-            serve.shutdown()
-            ray.shutdown()
+            if not closed_at_once:
+                serve.shutdown()
+            ray.shutdown()  # the replicas end with the cluster; their engines stop as their stdin closes

@@ -2,7 +2,7 @@
 
 One scenario, in order (each step needs the state the one before left): conversations split across the
 replicas; when all slots are taken, callers wait with the server's own queue notices, then are refused with its
-"server full" answer; waiters get the slots as they free; Kyutai's own client talks through Ray's ingress; an
+"server full" answer; waiters get the slots as they free; Kyutai's own clients (Python, and its web UI in headless Chromium) talk through Ray's ingress; an
 engine that dies closes its conversation with 1012 and a client reconnecting at once reaches the other replica;
 on Ctrl-C, a live conversation goes on (the drain) while new ones are turned away, and the command ends once it is
 over. Behaviour only, no timings."""
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +102,16 @@ def sessions_per_replica(base):
     return sorted(r["sessions"] for r in stats(base)["per_replica"].values())
 
 
+def kyutai_web_ui():
+    """tests/serving/test_kyutai_web_client.py's kyutai_web_client, or None without Chromium or its fixture."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
+    try:
+        import test_kyutai_web_client as web
+    finally:
+        sys.path.pop(0)
+    return web.kyutai_web_client if web.CHROMIUM and web.CLIENT.exists() else None
+
+
 @pytest.mark.slow
 def test_two_replicas_route_queue_refuse_fail_over_and_drain(monkeypatch, tmp_path):
     port = free_port()
@@ -151,6 +162,12 @@ def test_two_replicas_route_queue_refuse_fail_over_and_drain(monkeypatch, tmp_pa
                 await asyncio.wait_for(kyutai_client.run(printer, Args()), 3.5)
             assert ("info", "connected!") in [(level, m) for level, m, _ in printer.logs], printer.logs
             assert sum(abs(p).max() > 0 for p in played) >= 2  # it played the model's audio
+        # 4b. Kyutai's own web UI (built unchanged: tests/fixtures/kyutai_web_client.tgz) in headless Chromium
+        web = kyutai_web_ui()
+        if web is not None:
+            seen = await web(base, seconds=3.0)
+            assert seen["opened"] and not seen["errors"], seen
+            assert seen["sent"].get("audio", 0) >= 10 and seen["received"].get("audio", 0) >= 5, seen
         # 5. An engine dies mid-call: the caller hears 1012 and reconnects at once to the other replica
         caller = await Talker.open(url)
         assert await asyncio.wait_for(caller.handshake, 20)
