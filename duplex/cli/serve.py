@@ -192,6 +192,9 @@ def register(commands) -> None:
     p.add_argument("--http-per-peer", type=positive_float, default=ServerOptions.http_per_peer, metavar="N",
                    help=f"page and /api/stats requests a peer may make a second (bursts of "
                    f"{ServerOptions.http_peer_burst:g}); over it: HTTP 429")
+    p.add_argument("--default-adapter", metavar="NAME",
+                   help="the --lora adapter a conversation runs when it names none (?adapter=NAME), or none (the base "
+                        "model); default: the first --lora")
     p.add_argument("--unix-socket", metavar="PATH",
                    help="listen on this Unix socket instead of --host/--port, for a relay on this machine (a Ray "
                         "Serve replica, a reverse proxy): the peer of a request is its X-Duplex-Peer header")

@@ -79,6 +79,9 @@ class ServerOptions:
     # Where the voices clients name (``voice_prompt=NATF2.pt``) are looked up; None: the model's own voice folders
     # (``engine.files.voice_prompts``: a PersonaPlex repository's voices.tgz, the default model's voices/)
     voice_prompt_dir: Optional[str] = None
+    # The LoRA adapter a session runs when it names none (``adapter=``): an adapter's name, or "none" (the base
+    # model); None: the engine's first adapter
+    default_adapter: Optional[str] = None
 
 
 def quantization_text(quantization: Optional[dict]) -> str:

@@ -157,6 +157,15 @@ class VoiceServer:
         self._prompt_waits: Tuple[Tuple[int, object], ...] = ()  # (slot, finished): read by the clock's thread
         self.prompted = self.prompts_refused = 0  # sessions opened with a system prompt; prompt requests refused
         self.adapters_refused = 0  # upgrades refused for naming an adapter the server does not have
+        default = self.options.default_adapter
+        if default is not None:
+            info = self._adapters_info()
+            if info["fused"] is not None:
+                raise UsageError(f"--default-adapter: adapter {info['fused']} is fused into the weights, every "
+                                 "session runs it")
+            if default != "none" and default not in info["adapters"]:
+                raise UsageError(f"--default-adapter {default}: not one of this server's adapters ("
+                                 f"{', '.join(info['adapters']) or 'it has none: --lora FILE'}; or none)")
 
     async def _engine(self, fn, *args, **kwargs):
         """``fn`` (an engine call) on the worker thread, between two of the clock's steps."""
@@ -589,7 +598,9 @@ class VoiceServer:
         files = getattr(self.engine, "files", None)
         fused = (files.adapter_names()[0] if files is not None and getattr(files, "fuse_lora", False)
                  and getattr(files, "lora_adapters", ()) else None)
-        return {"adapters": names, "default": names[0] if names else None, "fused": fused}
+        default = self.options.default_adapter
+        default = (None if default == "none" else default) if default is not None else (names[0] if names else None)
+        return {"adapters": names, "default": default if fused is None else None, "fused": fused}
 
     def _check_adapter(self, name: Optional[str]) -> None:
         """The adapter an upgrade asks for (``adapter=NAME``): one the engine carries, or "none" (the base model);
@@ -720,6 +731,8 @@ class VoiceServer:
         # checked before the handshake (_check_adapter); the name of a fused adapter is what every slot runs anyway
         if options.adapter is not None and options.adapter in (*self._adapter_names(), "none"):
             args["adapter"] = options.adapter
+        elif options.adapter is None and self.options.default_adapter is not None and self._adapter_names():
+            args["adapter"] = self.options.default_adapter  # checked as the server started
         return args
 
     async def _await_prompt(self, connection, slot: int) -> bool:

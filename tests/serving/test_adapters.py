@@ -201,3 +201,20 @@ def test_a_fused_adapter_is_what_every_session_runs(tmp_path):
         assert status == 404 and "runs adapter 'lora_small' fused into its weights" in body
     assert len(replies) == 2 and adapter == "lora_small"
     assert lora == {"adapters": [], "default": None, "fused": "lora_small", "refused": 2}
+
+
+def test_the_server_may_default_to_another_adapter_or_the_base_model(inverted):
+    """``--default-adapter``: what a session that names no adapter runs, said in /api/adapters; checked at start."""
+    from duplex.errors import UsageError
+    from duplex.serving.server import ServerOptions, VoiceServer
+
+    async def test(server, url):
+        async with connect(_chat(url)) as ws:
+            await _replies(ws, 1)
+            return server.stats()["lora"]["default"], list(server.stats()["per_session"].values())[0]["adapter"]
+
+    for default, expected in (("inverted", "inverted"), ("none", None)):
+        said, ran = serve(test, engine=adapted_engine(1, (ADAPTER, inverted)), default_adapter=default)
+        assert said == expected and ran == expected
+    with pytest.raises(UsageError, match="not one of this server's adapters"):
+        VoiceServer(adapted_engine(1, (ADAPTER,)), ServerOptions(default_adapter="nope"))
