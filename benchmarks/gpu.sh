@@ -10,15 +10,20 @@
 #   bash benchmarks/gpu.sh --cpu    anywhere: the same run end to end with small shapes (the shipped model, a few
 #                                   frames), the GPU-only cells marked; also what runs when CUDA is missing
 #
+# Also LoRA training steps (issue 26) on a random Moshi 7B, int8 and bf16 base (duplex bench lora), each in its own
+# process with a time limit: step time, peak memory beside the computed figure (docs/training.md, "Memory").
+#
 # Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_default.json, memory_7b.json,
-# gpu_tests.txt, fidelity.txt, fidelity_MODEL.json, summary.md.
+# gpu_tests.txt, fidelity.txt, fidelity_MODEL.json, lora_7b.json (lora_default.json with --cpu), lora_status.txt,
+# summary.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/duplex-gpu}
 mkdir -p "$OUT"
 rm -f "$OUT"/latency_7b.json "$OUT"/latency_default.json "$OUT"/memory_7b.json "$OUT"/gpu_tests.txt \
-  "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt
+  "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt "$OUT"/lora_*.json \
+  "$OUT"/lora.txt "$OUT"/lora.log "$OUT"/lora_status.txt
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 VARIANTS="none fp8kv int8 int8+fp8kv fp8 fp8+fp8kv"
 
@@ -90,9 +95,35 @@ else
   echo "not in this checkout (duplex bench fidelity --help fails)" > "$OUT/fidelity_status.txt"
 fi
 
+# LoRA training steps (issue 26, deliverable 5): duplex train lm --lora's step on random codes, rank 64, gradient
+# checkpointing, batch 1 x 10 s; on CUDA a random Moshi 7B (all 32 temporal layers, the full depth transformer) with
+# an int8 base, then a bfloat16 one (15.4 GB; an out-of-memory error is recorded as a result), each in its own
+# process under its time limit (together at most 90 s); on the CPU the shipped model's shape, 2 steps.
+if [ "$DEVICE" = cuda ]; then
+  LORA_MODEL=moshi_7b; LORA_JSON=lora_7b.json; LORA_STEPS=(--steps 5 --warmup 2); LORA_LIMITS="int8:50 none:40"
+else
+  LORA_MODEL=default; LORA_JSON=lora_default.json; LORA_STEPS=(--steps 2 --warmup 1 --segment-seconds 2)
+  LORA_LIMITS="int8:30 none:30"
+fi
+step "LoRA training steps, $LORA_MODEL (random weights), rank 64: $LORA_LIMITS (base: seconds at most)"
+: > "$OUT/lora.txt"
+lora_verdicts=()
+for entry in $LORA_LIMITS; do
+  weights=${entry%%:*} limit=${entry##*:}
+  timeout "$limit" $PY -m duplex bench lora --model "$LORA_MODEL" --device "$DEVICE" --quantize "$weights" \
+    "${LORA_STEPS[@]}" --json "$OUT/$LORA_JSON" --append >> "$OUT/lora.txt" 2>> "$OUT/lora.log"
+  rc=$?
+  if [ $rc -eq 0 ]; then lora_verdicts+=("$weights: ran")
+  elif [ $rc -eq 124 ]; then lora_verdicts+=("$weights: timed out after $limit s")
+  else lora_verdicts+=("$weights: failed (exit $rc)"); status=1; tail -3 "$OUT/lora.log"; fi
+done
+(IFS=';'; echo "${lora_verdicts[*]}") | sed 's/;/; /g' > "$OUT/lora_status.txt"
+
 step "summary"
 $PY benchmarks/summary.py "$OUT" | tee "$OUT/summary.md"
 echo
 cat "$OUT/memory_7b.txt"
+echo
+cat "$OUT/lora.txt"
 step "done (exit $status)"
 exit $status

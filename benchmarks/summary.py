@@ -1,5 +1,6 @@
 """The one table of ``benchmarks/gpu.sh``: the reports it wrote into one folder (``bench latency`` JSON for the
-7B shapes and the shipped model, ``bench memory`` JSON, the GPU tests' pytest output, ``bench fidelity``'s output)
+7B shapes and the shipped model, ``bench memory`` JSON, the GPU tests' pytest output, ``bench fidelity``'s output,
+``bench lora`` JSON: LoRA training steps on a random 7B, or on the CPU the shipped model's shape)
 as one Markdown table that docs/benchmarks.md can take as it is, with the issue's goals checked. A report that is
 missing gives marked cells ("GPU only" on a machine without CUDA, "not run" otherwise).
 
@@ -103,6 +104,49 @@ def _goals(report: Optional[dict], memory: Optional[dict]) -> List[List[str]]:
     return out
 
 
+def _lora_cell(run: dict) -> str:
+    """One LoRA run: step time, frames per second, peak memory (CUDA) beside the computed figure."""
+    computed = run["computed"]["allocated"] / 1e9
+    memory = run.get("memory", {})
+    if "error" in run:
+        peak = memory.get("peak_allocated_bytes")
+        return run["error"] + (f" (peak {peak / 1e9:.1f} GB; computed {computed:.1f} GB)" if peak else "")
+    cell = (f"p50 {run['step_ms']['p50']:.0f} ms, max {run['step_ms']['max']:.0f} ms; "
+            f"{run['frames_per_s']:.0f} frames/s; loss {'finite' if run['loss_finite'] else 'NOT finite'}, base "
+            f"{'unchanged' if run['base_unchanged'] else 'CHANGED'}; ")
+    if "peak_allocated_bytes" in memory:
+        return cell + (f"peak {memory['peak_allocated_bytes'] / 1e9:.1f} GB allocated "
+                       f"({memory['peak_reserved_bytes'] / 1e9:.1f} reserved) / computed {computed:.1f} GB")
+    return cell + f"memory GPU only (computed {computed:.1f} GB)"
+
+
+def _lora_rows(folder: Path, gpu: bool) -> List[List[str]]:
+    """[what, weights, cell] for each ``bench lora`` run (and each that left no report: timed out, failed); the 7B's
+    marked "GPU only" on a machine without CUDA."""
+    rows = []
+    status = _text(folder, "lora_status.txt") or ""
+    verdicts = dict(v.split(": ", 1) for v in status.split("; ") if ": " in v)
+    for name, what, shown in (("lora_7b.json", "LoRA training step, Moshi 7B (random)", gpu),
+                              ("lora_default.json", "LoRA training step, shipped model's shape (random), CPU",
+                               not gpu)):
+        if not shown:
+            if name == "lora_7b.json":
+                rows.append([what, "", "GPU only"])
+            continue
+        report = _load(folder, name)
+        runs = report["runs"] if report else []
+        for run in runs:
+            weights = run["weights"] if run["weights"] != "none" else run["dtype"]
+            rows.append([f"{what}, rank {run['rank']}, batch {run['batch_size']} x {run['segment_seconds']:g} s",
+                         weights, _lora_cell(run)])
+        ran = {run["weights"] for run in runs}
+        missing = {w: v for w, v in verdicts.items() if w not in ran}
+        rows += [[what, w, v] for w, v in missing.items()]
+        if not runs and not missing:
+            rows.append([what, "", "not run"])
+    return rows
+
+
 def table(folder: Path) -> str:
     device = _text(folder, "device.txt") or "cpu"
     gpu = device == "cuda"
@@ -147,6 +191,11 @@ def table(folder: Path) -> str:
     last = tests.splitlines()[-1] if tests else None
     verdict = (last or "not run") if gpu else "GPU only (no CUDA here)"
     lines.append(f"| GPU tests (tests/runtime/test_gpu.py) | | | {verdict} |" + " |" * (len(batches) - 1))
+    for what, weights, cell in _lora_rows(folder, gpu):
+        if cell == "GPU only":
+            marked(what, cell)
+        else:
+            lines.append(f"| {what} |{f' {weights} ' if weights else ' '}| | {cell} |" + " |" * (len(batches) - 1))
     fidelity = _text(folder, "fidelity_status.txt") or "not run"
     lines.append(f"| fidelity (duplex bench fidelity) | | | {fidelity} |" + " |" * (len(batches) - 1))
     for goal, verdict in _goals(big if gpu else None, memory):

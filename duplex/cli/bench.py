@@ -1,10 +1,11 @@
-"""``duplex bench codec | lm | latency | memory | serve | codec-quality`` (and ``turns``, in ``turns.py``): parse,
+"""``duplex bench codec | lm | latency | memory | lora | serve | codec-quality`` (and ``turns``, in ``turns.py``): parse,
 call the benchmark, print the table it formats (figure caveats on stderr), write the JSON with ``--json``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -13,6 +14,7 @@ from codec import Mimi
 from codec.eval import bench as codec_bench
 
 from ..bench import codec_quality, flood, fuzz, latency, lm, memory
+from ..bench import lora as lora_bench
 from ..bench.codec import codec_to_time
 from ..bench.serve import bench_serve, format_report
 from ..bench.variants import Variant, parse_variant, variants_of
@@ -122,6 +124,35 @@ def run_bench_memory(args) -> int:
     else:
         report["not_measured"] = "not measured (no GPU)"
     print(memory.format_table(report))
+    write_json(report, args)
+    return 0
+
+
+def run_bench_lora(args) -> int:
+    check_report_paths(args)
+    if args.append and not args.json:
+        raise UsageError("--append adds this run to the report at --json PATH: give --json")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    previous = None
+    if args.append and os.path.exists(args.json):
+        try:
+            with open(args.json, encoding="utf-8") as f:
+                previous = json.load(f)
+            runs = previous["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"--append: {args.json} is not a bench lora report ({e})") from None
+    report = lora_bench.bench_lora(model=args.model, device=str(pick_device(args.device)), weights=args.quantize,
+                                   rank=args.lora_rank, scaling=args.lora_scaling, batch_size=args.batch_size,
+                                   segment_seconds=args.segment_seconds, steps=args.steps, warmup=args.warmup,
+                                   seed=args.seed,
+                                   progress=lambda text: print(f"duplex bench lora: {text}", file=sys.stderr))
+    print(lora_bench.format_report(report))
+    if previous is not None:
+        report["runs"] = runs + report["runs"]
+        before = previous.get("command")
+        report["command"] = [*(before if isinstance(before, list) else [before] if before else []),
+                             getattr(args, "command_line", None)]
     write_json(report, args)
     return 0
 
@@ -287,7 +318,7 @@ def _add_variants_option(p, how: str) -> None:
 
 
 def register(commands) -> None:
-    """``duplex bench codec | lm | latency | memory | serve | turns | codec-quality``."""
+    """``duplex bench codec | lm | latency | memory | lora | serve | turns | codec-quality``."""
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     p = bench_commands.add_parser("codec", help="streaming codec encode + decode time per 80 ms frame")
@@ -343,6 +374,29 @@ def register(commands) -> None:
                    "report recorded instead of building engines")
     p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     p.set_defaults(run=run_bench_memory)
+    p = bench_commands.add_parser("lora", help="LoRA training steps on a random model (duplex train lm --lora's "
+                                  "step): step time, frames/s, peak GPU memory beside the computed figure")
+    p.add_argument("--model", default="moshi_7b", help="LM preset with random weights (moshi_7b, the default: all "
+                   "32 temporal layers and the full depth transformer; personaplex_7b; small; default, the shipped "
+                   "model's shape: seconds on a CPU) or an LM config JSON")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA if any)")
+    p.add_argument("--quantize", choices=lora_bench.WEIGHTS, default="int8",
+                   help="the frozen base's linear weights (int8, the default: built directly as codes; none: the "
+                        "device's dtype, bfloat16 on CUDA)")
+    p.add_argument("--lora-rank", type=positive, default=lora_bench.RANK, metavar="R", help="adapter rank")
+    p.add_argument("--lora-scaling", type=positive_float, default=lora_bench.SCALING, metavar="S",
+                   help="adapter scaling")
+    p.add_argument("--batch-size", type=positive, default=1, help="segments per step")
+    p.add_argument("--segment-seconds", type=positive_float, default=lora_bench.SEGMENT_SECONDS,
+                   help="seconds of random codes per segment (12.5 frames a second)")
+    p.add_argument("--steps", type=positive, default=lora_bench.STEPS, help="timed steps")
+    p.add_argument("--warmup", type=non_negative, default=lora_bench.WARMUP, help="untimed steps first")
+    p.add_argument("--seed", type=int, default=0, help="the random weights, adapter and codes")
+    p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    p.add_argument("--append", action="store_true", help="add this run to the runs of the report already at --json "
+                   "(one report for several runs, each in its own process)")
+    p.set_defaults(run=run_bench_lora)
     p = bench_commands.add_parser("serve", help="N time-synchronous clients x S seconds against a voice server: "
                                   "reply rate, late and lost replies, deadline misses, step time")
     p.add_argument("--clients", type=positive, help="concurrent clients, one process each (default 4)")

@@ -201,6 +201,17 @@ def fresh_adapter(model: MoshiLM, rank: int, scaling: float, seed: int = 0) -> l
     return lora.LoRAFile(pairs, rank, scaling, name="trained")
 
 
+def add_training_adapter(model: MoshiLM, rank: int, scaling: float, seed: int = 0) -> "list[torch.nn.Parameter]":
+    """Make ``model`` a LoRA run's model: one fresh adapter (``fresh_adapter``) as its only, trainable one
+    (``lora.attach(training=True)``), its banks in float32 (the weights AdamW updates), every base parameter frozen.
+    Returns the trainable parameters."""
+    lora.attach(model, fresh_adapter(model, rank, scaling, seed), training=True)
+    params = lora.trainable(model)
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
 class LMTrainer:
     """One optimiser step per batch (AdamW with Kyutai's betas, the one-cycle schedule, gradient clipping), held-out
     losses, and checkpoints in a run folder that hold everything needed to continue exactly (the data position
@@ -365,9 +376,7 @@ def _model(options: LMTrainingOptions, config: LMConfig, device: torch.device, b
     if options.lora:
         dtype = default_dtype(device)
         model = MoshiLM.from_checkpoint(base.lm, config, device=device, dtype=dtype, quantize=options.quantize)
-        lora.attach(model, fresh_adapter(model, options.lora_rank, options.lora_scaling, options.seed), training=True)
-        for p in lora.trainable(model):
-            p.data = p.data.float()
+        add_training_adapter(model, options.lora_rank, options.lora_scaling, options.seed)
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) + sum(
             b.numel() for b in model.buffers() if b.dtype in (torch.int8, torch.float8_e4m3fn))
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)

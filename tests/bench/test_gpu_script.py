@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from duplex.bench import memory
+from duplex.bench.lora import lora_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "benchmarks" / "summary.py")
@@ -28,6 +29,15 @@ def _latency(runs):
     return {"date": "2026-12-05", "hardware": "NVIDIA H200", "torch": "2.11", "baseline": "none", "runs": runs}
 
 
+def _lora_run(weights, dtype, p50=None, peak=None):
+    run = {"model": "moshi_7b", "weights": weights, "dtype": dtype, "rank": 64, "batch_size": 1,
+           "segment_seconds": 10.0, "frames": 125, "computed": lora_memory("moshi_7b", weights, 64, 1, 125)}
+    if p50 is None:
+        return {**run, "error": "out of memory", "memory": {"peak_allocated_bytes": peak}}
+    return {**run, "step_ms": {"p50": p50, "max": p50 + 20}, "frames_per_s": 125 / p50 * 1000, "loss_finite": True,
+            "base_unchanged": True, "memory": {"peak_allocated_bytes": peak, "peak_reserved_bytes": (peak or 0) + 1e9}}
+
+
 def test_the_table_of_a_gpu_run(tmp_path):
     gib = memory.GIB
     runs = [_run("none", "none", "bfloat16", 1, 13.9, 17 * gib), _run("int8", "int8", "bfloat16", 1, 8.5, 9 * gib),
@@ -40,6 +50,9 @@ def test_the_table_of_a_gpu_run(tmp_path):
     (tmp_path / "device.txt").write_text("cuda\n")
     (tmp_path / "gpu_tests.txt").write_text("....\n18 passed in 40.0s\n")
     (tmp_path / "fidelity_status.txt").write_text("not in this checkout\n")
+    (tmp_path / "lora_7b.json").write_text(json.dumps({"runs": [_lora_run("int8", "bfloat16", 500.0, 12.9e9),
+                                                                _lora_run("fp8", "bfloat16", peak=139e9)]}))
+    (tmp_path / "lora_status.txt").write_text("int8: ran; fp8: ran; none: timed out after 40 s\n")
     table = summary.table(tmp_path)
     assert "| batch 1 | batch 64 | batch 128 |" in table
     assert "| step, Moshi 7B shapes (random), CUDA graphs | int8 | bfloat16 | 8.5 ms (1.64x) | - | - |" in table
@@ -49,7 +62,12 @@ def test_the_table_of_a_gpu_run(tmp_path):
     assert "batch 1 <= 9 ms with int8 or fp8 weights | | | met: best int8 8.5 ms" in table
     assert "64 sessions <= 30 ms with an fp8 ring | | | met: best int8+fp8kv 29.0 ms" in table
     assert "128 sessions fit | | | met: int8+fp8kv ran 128" in table
-    assert "GPU only" not in table
+    assert ("| LoRA training step, Moshi 7B (random), rank 64, batch 1 x 10 s | int8 | | p50 500 ms, max 520 ms; "
+            "250 frames/s; loss finite, base unchanged; peak 12.9 GB allocated (13.9 reserved) / computed 12.7 GB |"
+            in table)
+    assert "| fp8 | | out of memory (peak 139.0 GB; computed 12.7 GB) |" in table
+    assert "| LoRA training step, Moshi 7B (random) | none | | timed out after 40 s |" in table
+    assert "GPU only" not in table and "shipped model's shape (random), CPU" not in table
 
 
 def test_the_table_of_a_cpu_run_marks_the_gpu_cells(tmp_path):
@@ -66,3 +84,11 @@ def test_the_table_of_a_cpu_run_marks_the_gpu_cells(tmp_path):
     assert "GPU tests (tests/runtime/test_gpu.py) | | | GPU only (no CUDA here)" in table
     assert "goal (H200): 128 sessions fit | | | not measured (no GPU)" in table
     assert "fidelity (duplex bench fidelity) | | | not run" in table
+    assert "| LoRA training step, Moshi 7B (random) | | | GPU only | GPU only | GPU only | GPU only |" in table
+    assert "| LoRA training step, shipped model's shape (random), CPU | | | not run |" in table
+    cpu_run = {**_lora_run("int8", "float32", 104.0), "model": "default", "segment_seconds": 2.0}
+    del cpu_run["memory"]
+    (tmp_path / "lora_default.json").write_text(json.dumps({"runs": [cpu_run]}))
+    assert ("| LoRA training step, shipped model's shape (random), CPU, rank 64, batch 1 x 2 s | int8 | | p50 104 ms, "
+            "max 124 ms; 1202 frames/s; loss finite, base unchanged; memory GPU only (computed 12.7 GB) |"
+            in summary.table(tmp_path))

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from codec.modules.quantized import SCB, refresh_scales
+from duplex.bench.lora import adapter_parameters, random_lm
 from duplex.cli import main
 from duplex.errors import UsageError
 from duplex.model import lora
@@ -266,28 +266,12 @@ def adapter_parameters_per_rank(cfg: LMConfig) -> int:
 
 
 def seven_b_width_model(num_layers: int = 1, depformer_layers: int = 1) -> MoshiLM:
-    """A random LM of Moshi 7B's widths and vocabularies with fewer layers, its linear weights int8 (random codes
-    with row scales that keep activations O(1)), the rest bfloat16: built directly in that form (a float32 copy
-    would need 3.2 GB and a bfloat16 randn half a minute on this CPU)."""
+    """A random LM of Moshi 7B's widths and vocabularies with fewer layers, its linear weights int8, the rest
+    bfloat16: ``bench.lora.random_lm`` builds it directly in that form (a float32 copy would need 3.2 GB and a
+    bfloat16 randn half a minute on this CPU)."""
     cfg = LMConfig.moshi_7b()
     cfg.num_layers, cfg.depformer_num_layers = num_layers, depformer_layers
-    with torch.device("meta"):
-        lm = MoshiLM(cfg)
-    lm._quantized_layout("int8")
-    generator, meta, state = torch.Generator().manual_seed(0), lm.state_dict(), {}
-    for name, t in meta.items():
-        if t.dtype == torch.int8:
-            state[name] = torch.randint(-127, 128, t.shape, dtype=torch.int8, generator=generator)
-        elif name.endswith(SCB):  # codes uniform in +-127: a row maximum of sqrt(3 / in) gives unit-variance outputs
-            state[name] = torch.full(t.shape, math.sqrt(3 / meta[name[:-len(SCB)]].shape[1]))
-        elif name.endswith("alpha"):
-            state[name] = torch.ones(t.shape, dtype=torch.bfloat16)
-        else:  # embedding tables
-            state[name] = torch.empty(t.shape, dtype=torch.bfloat16).uniform_(-1.7, 1.7, generator=generator)
-    lm.load_state_dict(state, assign=True)
-    refresh_scales(lm, torch.bfloat16)
-    lm._rebuild_buffers()
-    return lm
+    return random_lm(cfg, "int8", CPU, torch.bfloat16)
 
 
 @pytest.mark.slow
@@ -296,6 +280,7 @@ def test_a_lora_step_at_moshi_7b_widths():
     frozen in int8 as on a 24 GB card, bfloat16 compute with float32 adapters, gradient checkpointing: the shapes,
     the gradients and the update, not the speed (about 10 s and 3 GB here)."""
     assert adapter_parameters_per_rank(LMConfig.moshi_7b()) == 3_030_272  # docs/training.md: the 7B's, per rank
+    assert adapter_parameters(LMConfig.moshi_7b(), 64) == 64 * 3_030_272  # what duplex bench lora computes with
     lm = seven_b_width_model()
     assert lm.quantization == "int8" and lm.dtype == torch.bfloat16 and lm.config.dim == 4096
     lora.attach(lm, fresh_adapter(lm, 4, 2.0), training=True)  # a training bank: the adapter alone, no "none"
