@@ -251,9 +251,9 @@ def main() -> int:
             process = start(options, port, log)
             try:
                 time.sleep(2)
-                report = bench(port, args.seconds, folder, f"{name}-{round_}")
+                measured = bench(port, args.seconds, folder, f"{name}-{round_}")
                 sessions = None
-                run = {"path": name, "round": round_, **summarise(report), "health_rtt_ms": health_rtt(port)}
+                run = {"path": name, "round": round_, **summarise(measured), "health_rtt_ms": health_rtt(port)}
                 if name != "direct":
                     run["per_replica_sessions_served"] = {r: v["connections"] for r, v in
                                                           stats(port)["per_replica"].items()}
