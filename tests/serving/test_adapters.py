@@ -174,7 +174,10 @@ def test_sessions_with_and_without_adapters_and_prompts_share_one_server(inverte
     reference = adapted_engine(4, (ADAPTER, inverted), tokenizer)
     frames = reference.system_prompt(None, ROLE)
     expected = _engine_replies(reference, [(None, None), ("none", None), ("inverted", frames), ("none", frames)])
-    assert got[:4] == expected
+    for i, (session, reference_replies) in enumerate(zip(got[:4], expected)):  # (said frame by frame if not)
+        assert session == reference_replies, (f"session {i}: frames "
+                                              f"{[k for k, (x, y) in enumerate(zip(session, reference_replies)) if x != y]}"
+                                              f" of {len(session)} differ from the engine's")
     assert got[4] == got[2]
     assert got[0] != got[1] and got[2] != got[3]  # the adapters change the replies
     assert per_session == {"0": "lora_small", "1": None, "2": "inverted", "3": None}
