@@ -24,7 +24,6 @@ from codec.utils.stats import describe_device, percentile
 from ..model import lora as model_lora
 from ..model.config import LMConfig
 from ..model.lm import MoshiLM, default_dtype
-from ..training.lm import LMTrainer, LMTrainingOptions, add_training_adapter
 from .memory import weight_bytes
 
 WEIGHTS = ("int8", "fp8", "none")  # the base's linear weights
@@ -172,6 +171,9 @@ def bench_lora(model: Union[str, LMConfig] = "moshi_7b", device: str = "cpu", we
     a config file or an ``LMConfig``) with its base's linear weights in ``weights``, on segments of
     ``segment_seconds`` of random codes; the report (one run: ``runs[0]``). On CUDA an out-of-memory error is a
     result (the run's ``error``), not an exception."""
+    # Training code only when a run starts: ``duplex --help`` and the inference modules never import it.
+    from ..training.lm import LMTrainer, LMTrainingOptions, add_training_adapter  # noqa: PLC0415
+
     dev = torch.device(device)
     say = progress or (lambda text: None)
     cfg = LMConfig.load(model)
