@@ -109,3 +109,19 @@ def test_rays_own_tools_get_the_same_application_from_the_same_options():
         application({"replica": "2"})
     with pytest.raises(UsageError):
         application({"lm": "/no/such/model.safetensors"})
+
+
+def test_without_ray_the_command_says_what_to_install(monkeypatch, capsys):
+    import sys
+
+    import duplex.cluster
+    from duplex.cli import main
+
+    for name in [m for m in sys.modules if m == "ray" or m.startswith(("ray.", "duplex.cluster."))]:
+        monkeypatch.delitem(sys.modules, name)  # imported by other tests: imported again here, without Ray
+        if name.startswith("duplex.cluster."):
+            monkeypatch.delattr(duplex.cluster, name.rsplit(".", 1)[1], raising=False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    assert main(["serve", "--ray", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "needs Ray Serve" in err and 'pip install -e ".[ray]"' in err and err.count("\n") == 1
