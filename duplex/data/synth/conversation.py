@@ -425,6 +425,8 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
         assistant = Voice(options.assistant_voice, options.assistant_rate, options.assistant_pitch)
     v2 = options.mix == "v2"
     if v2:
+        # espeak-ng keeps a pitch range until it is set again: the assistant's is set too, to espeak's default
+        assistant = VoiceV2(assistant.name, assistant.rate, assistant.pitch, range=50)
         user = _user_voice_v2(rng, HELDOUT_USER_VOICES if heldout else USER_VOICES_V2)
         while user.name == assistant.name:
             user = _user_voice_v2(rng, USER_VOICES_V2)
