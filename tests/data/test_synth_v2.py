@@ -49,8 +49,8 @@ def _scenarios(metas, kind):
 def test_every_scenario_of_the_mix_is_made(corpus):
     _, _, metas = corpus
     assert {s["type"] for m in metas for s in m["scenarios"]} == set(MIXES["v2"])
-    assert all(m["mix"] == "v2" and set(m["effects"]) <= {"room", "noise"} for m in metas)
-    assert any(m["effects"] for m in metas)
+    assert all(m["mix"] == "v2" and set(m["effects"]) <= {"room", "noise", "gain_db"} for m in metas)
+    assert any("room" in m["effects"] for m in metas) and any("noise" in m["effects"] for m in metas)
 
 
 def test_greetings_are_answered_with_greetings(corpus):

@@ -368,7 +368,8 @@ class ConversationV2(Conversation):
     def render(self, noise: bool) -> np.ndarray:
         """The channels as mix v1 renders them (``noise``: its noise on both), then the user channel through a room
         (half the conversations: an exponentially decaying noise tail, RT60 0.15-0.6 s) and over background noise
-        (three in four: white to brown, 10-40 dB under the speech), its peak kept under 0.9."""
+        (three in four: white to brown, 10-40 dB under the speech), at a gain of -10..+2 dB for the whole conversation,
+        its peak kept under 0.9."""
         stereo = super().render(noise)
         user = stereo[1].astype(np.float64)
         rng = self.rng
@@ -390,6 +391,9 @@ class ConversationV2(Conversation):
             hum /= max(float(np.sqrt(np.mean(hum ** 2))), 1e-9)
             user = user + level / 10 ** (snr_db / 20) * hum
             effects["noise"] = {"snr_db": round(snr_db, 1), "colour": round(colour, 3)}
+        gain_db = rng.uniform(-10.0, 2.0)  # the microphone's gain: the whole conversation louder or quieter
+        effects["gain_db"] = round(gain_db, 1)
+        user *= 10 ** (gain_db / 20)
         peak = float(np.abs(user).max()) if len(user) else 0.0
         if peak > 0.9:
             user *= 0.9 / peak
