@@ -24,7 +24,7 @@ With none of these set, a corpus is what it always was for its seed, byte for by
 ``mix`` chooses the scenarios and their content. ``"v1"`` (the default) is the corpus the shipped default model was
 trained on, unchanged. ``"v2"`` (``ConversationV2``; docs/training.md, "The second default model: data") is made
 from that model's failures: conversations that open with a greeting answered with a greeting, answers restated as
-sentences (never a reply under four words), pauses whose cue is in the words (a clause left open, "i want to
+sentences of at least five words, pauses whose cue is in the words (a clause left open, "i want to
 know, um, ...") and in the prosody (the last word slow, a continuation rise), barge-ins anywhere in a long answer
 (the assistant stops within 0.08-0.25 s), the user's own backchannels ("mhm", "right") over or after an answer
 that the assistant does not stop or answer for (``user_backchannel``), a larger grammar (``grammar.exchange_v2``),
