@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..data.encode import ConsoleProgress, encode_corpus, format_encoded
-from ..data.synth.conversation import SynthOptions, conversations_for_hours, format_corpus, synthesize_corpus
+from ..data.synth.conversation import MIXES, SynthOptions, conversations_for_hours, format_corpus, synthesize_corpus
 from ..errors import UsageError
 from .codec import load_codec
 from .common import add_codec_options, non_negative, positive, positive_float
@@ -34,7 +34,8 @@ def run_synth(args) -> int:
                            heldout_every=args.heldout_every, noise=args.noise,
                            level_variation=not args.no_level_variation, assistant_voice=args.assistant_voice,
                            assistant_rate=args.assistant_rate, assistant_pitch=args.assistant_pitch,
-                           greeting=args.greeting, greeting_share=args.greeting_share)
+                           greeting=args.greeting, greeting_share=args.greeting_share, mix=args.mix,
+                           opening_greeting=args.opening_greeting)
     if args.shares:
         options.shares = _shares(args.shares)
     conversations = args.conversations if args.hours is None else conversations_for_hours(args.hours, options)
@@ -61,7 +62,7 @@ def run_encode(args) -> int:
 
 def _synth_defaults() -> dict:
     defaults = {**signature_defaults(synthesize_corpus), **dataclass_defaults(SynthOptions)}
-    defaults["shares"] = [f"{name}={share}" for name, share in defaults["shares"].items()]
+    defaults["shares"] = None  # the mix's (--mix)
     del defaults["workers"]  # the command's default is every core, the library's one process
     return defaults
 
@@ -79,7 +80,15 @@ def register(commands) -> None:
     size.add_argument("--conversations", type=positive, default=100, help="number of conversations")
     size.add_argument("--hours", type=positive_float, help="total audio to synthesize instead")
     p.add_argument("--seed", type=int, help="same seed, same corpus")
-    p.add_argument("--shares", nargs="+", metavar="SCENARIO=SHARE", help="scenario shares")
+    mixes = "; ".join(f"{name}: {' '.join(f'{k}={v}' for k, v in shares.items())}" for name, shares in MIXES.items())
+    p.add_argument("--mix", choices=sorted(MIXES), help="the scenarios and their content: v1, the shipped default "
+                   "model's corpus; v2, the second default model's (greeting openings, answers restated as sentences, "
+                   "open-clause pauses with slow trailing words, barge-ins anywhere in an answer, the user's "
+                   "backchannels, a larger grammar, more user voices, room and noise on the user channel: "
+                   f"docs/training.md). Their shares: {mixes}")
+    p.add_argument("--shares", nargs="+", metavar="SCENARIO=SHARE", help="scenario shares (default: the mix's)")
+    p.add_argument("--opening-greeting", type=float, help="with --mix v2: the share of conversations the user opens "
+                   "with a greeting")
     p.add_argument("--heldout-every", type=non_negative, help="hold out every Nth conversation (0: none)")
     p.add_argument("--min-seconds", type=float, help="shortest conversation")
     p.add_argument("--max-seconds", type=float, help="longest conversation")

@@ -21,6 +21,15 @@ any assistant turn; the others open with the user speaking at once (within 0.2 s
 ``duplex bench turns make-set`` do) and no greeting, so that the assistant learns to greet only a quiet line.
 With none of these set, a corpus is what it always was for its seed, byte for byte.
 
+``mix`` chooses the scenarios and their content. ``"v1"`` (the default) is the corpus the shipped default model was
+trained on, unchanged. ``"v2"`` (``ConversationV2``; docs/training.md, "The second default model: data") is made
+from that model's failures: conversations that open with a greeting answered with a greeting, answers restated as
+sentences of at least five words, pauses whose cue is in the words (a clause left open, "i want to
+know, um, ...") and in the prosody (the last word slow, a continuation rise), barge-ins anywhere in a long answer
+(the assistant stops within 0.08-0.25 s), the user's own backchannels ("mhm", "right") over or after an answer
+that the assistant does not stop or answer for (``user_backchannel``), a larger grammar (``grammar.exchange_v2``),
+and a user channel with more voices, rates, pitches, pitch ranges and levels, background noise and room reverb.
+
 Content comes from ``duplex.data.synth.grammar`` (answers depend on the question; follow-up questions depend on the
 previous answer). Every conversation is a deterministic function of (seed, index); every twentieth conversation
 (by default) is held out, with a user voice the training split never hears.
@@ -36,12 +45,13 @@ import os
 import random
 import shutil
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
 import torch
+from scipy.signal import fftconvolve, lfilter
 from tqdm import tqdm
 
 from codec import MimiConfig
@@ -49,21 +59,50 @@ from codec.io.audio import resample
 
 from ...errors import DatasetError, EspeakError, UsageError
 from .espeak import Synthesizer
-from .grammar import BACKCHANNELS, FILLERS, Exchange, exchange
+from .grammar import (
+    BACKCHANNELS,
+    BACKCHANNELS_V2,
+    FILLERS,
+    FILLERS_V2,
+    LEAD_INS_V2,
+    TAILS_V2,
+    Exchange,
+    exchange,
+    exchange_v2,
+    greeting_v2,
+)
 
 SAMPLE_RATE = MimiConfig().sample_rate  # the codec's rate: what it encodes and the LM is trained on
 SCENARIOS = ("smooth", "pause", "interrupt", "backchannel", "silence")
 DEFAULT_SHARES = {"smooth": 0.35, "pause": 0.15, "interrupt": 0.15, "backchannel": 0.15, "silence": 0.2}
+SCENARIOS_V2 = SCENARIOS + ("user_backchannel",)
+MIXES = {"v1": DEFAULT_SHARES,
+         "v2": {"smooth": 0.25, "pause": 0.25, "interrupt": 0.2, "backchannel": 0.1, "user_backchannel": 0.1,
+                "silence": 0.1}}
 TRAIN_VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"]
 HELDOUT_USER_VOICES = ["en-gb-x-gbcwmd"]
 VARIANTS = ["", "+m1", "+m2", "+m3", "+m4", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt"]
+# Mix v2's user channel: more voices (espeak-ng's named variants besides the numbered ones), rates, pitches and
+# pitch ranges. The held-out user voice stays one the training split never hears (HELDOUT_USER_VOICES).
+USER_VOICES_V2 = TRAIN_VOICES + ["en-us-nyc"]
+VARIANTS_V2 = VARIANTS + ["+" + name for name in (
+    "Adam", "Alex", "Alicia", "Andrea", "Andy", "Annie", "Antonio", "Auntie", "Belinda", "Benjamin", "Caleb", "David",
+    "Ed", "Edward", "Gene", "Gustave", "Henrique", "Hugo", "Jacky", "John", "Lee", "Linda", "Marco", "Max",
+    "Michael", "Mike", "Paul", "Pedro", "Quincy", "Rob", "Robert", "Steph", "Zac", "travis", "victor", "norbert",
+    "sandro", "shelby", "grandma", "grandpa", "anika", "m5", "m6", "m8", "f5")]
 CONTEXT = ["i have a quick question", "i was doing my homework", "my friend asked me something",
            "i am trying to remember something", "this is for a quiz", "okay so listen"]
+CONTEXT_V2 = CONTEXT + ["so i was talking to my sister yesterday", "we are playing a game at school",
+                        "i was reading a book this morning", "my teacher gave us a test today",
+                        "i have been thinking about this for a while", "we had a long day at work",
+                        "there is something i never understood", "i was cooking dinner a minute ago"]
 
 
 @dataclass
 class SynthOptions:
-    shares: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
+    shares: Optional[Dict[str, float]] = None  # the scenario mix; None: the mix's (MIXES)
+    mix: str = "v1"  # "v1": the shipped default model's corpus; "v2": the second default model's (module docstring)
+    opening_greeting: float = 0.35  # mix v2: the share of conversations the user opens with a greeting
     min_seconds: float = 20.0
     max_seconds: float = 40.0
     heldout_every: int = 20  # conversation i is held out when i % heldout_every == 0 (0: none)
@@ -77,12 +116,22 @@ class SynthOptions:
     greeting: Optional[str] = None  # what the assistant opens a conversation with
     greeting_share: float = 1.0  # of the conversations, those that open with the greeting (with greeting)
 
+    def scenario_shares(self) -> Dict[str, float]:
+        """The shares in use: ``shares``, or the mix's."""
+        return dict(MIXES.get(self.mix, {}) if self.shares is None else self.shares)
+
     def validate(self) -> None:
-        unknown = sorted(set(self.shares) - set(SCENARIOS))
+        if self.mix not in MIXES:
+            raise UsageError(f"unknown mix {self.mix!r}; mixes are {list(MIXES)}")
+        scenarios = SCENARIOS_V2 if self.mix == "v2" else SCENARIOS
+        shares = self.scenario_shares()
+        unknown = sorted(set(shares) - set(scenarios))
         if unknown:
-            raise UsageError(f"unknown scenario(s) {unknown}; scenarios are {list(SCENARIOS)}")
-        if any(v < 0 for v in self.shares.values()) or sum(self.shares.values()) <= 0:
+            raise UsageError(f"unknown scenario(s) {unknown} for mix {self.mix}; its scenarios are {list(scenarios)}")
+        if any(v < 0 for v in shares.values()) or sum(shares.values()) <= 0:
             raise UsageError("scenario shares must be >= 0 and not all zero")
+        if not 0 <= self.opening_greeting <= 1:
+            raise UsageError(f"the opening greeting share must be 0-1, not {self.opening_greeting}")
         if not 0 < self.min_seconds <= self.max_seconds:
             raise UsageError("need 0 < min_seconds <= max_seconds")
         if self.assistant_voice is not None and not self.assistant_voice.strip():
@@ -106,6 +155,11 @@ class Voice:
     pitch: int
 
 
+@dataclass
+class VoiceV2(Voice):
+    range: int = 50  # espeak-ng's pitch range (0-100): flat to lively intonation
+
+
 class Conversation:
     """A two-channel timeline of utterances, built exchange by exchange."""
 
@@ -117,11 +171,14 @@ class Conversation:
         self.scenarios: List[dict] = []
         self.t = rng.uniform(0.3, 1.0)
 
-    def say(self, channel: str, text: str, start: float, cut: Optional[float] = None) -> Tuple[float, float]:
-        """Place ``text`` on ``channel`` from ``start`` (s); ``cut``: stop the audio at that time (interruption).
+    def say(self, channel: str, text: str, start: float, cut: Optional[float] = None, rate_scale: float = 1.0,
+            pitch_shift: int = 0) -> Tuple[float, float]:
+        """Place ``text`` on ``channel`` from ``start`` (s); ``cut``: stop the audio at that time (interruption);
+        ``rate_scale``, ``pitch_shift``: this utterance slower or faster, higher or lower than the voice (prosody).
         Returns (speech onset, speech end) in seconds."""
         v = self.voices[channel]
-        speech = self.synth.speak(text, voice=v.name, rate=v.rate, pitch=v.pitch)
+        speech = self.synth.speak(text, voice=v.name, rate=max(80, int(round(v.rate * rate_scale))),
+                                  pitch=min(100, max(0, v.pitch + pitch_shift)), pitch_range=getattr(v, "range", None))
         if len(speech.audio) == 0:
             return start, start
         audio = resample(torch.from_numpy(speech.audio), speech.sample_rate, SAMPLE_RATE).numpy()
@@ -137,7 +194,7 @@ class Conversation:
         if self.options.level_variation:
             # Up to +3 dB, but never past a peak of 0.9: espeak's own peaks reach 0.92, and the render's final
             # clip to [-1, 1] must not cut speech (the headroom leaves room for the optional noise).
-            gain = 10 ** (self.rng.uniform(-6.0, 3.0) / 20)
+            gain = 10 ** (self._gain_db(channel) / 20)
             peak = float(np.abs(audio).max()) if len(audio) else 0.0
             audio = audio * np.float32(min(gain, 0.9 / peak) if peak > 0 else gain)
         self.audio[channel].append((int(round(start * SAMPLE_RATE)), audio.astype(np.float32)))
@@ -148,6 +205,9 @@ class Conversation:
                            **({"interrupted": True} if cut is not None and cut < start + len(speech.audio)
                               / speech.sample_rate else {})})
         return words[0]["start"], words[-1]["end"]
+
+    def _gain_db(self, channel: str) -> float:
+        return self.rng.uniform(-6.0, 3.0)
 
     def gap(self) -> float:
         """A reply gap like people's in conversation: around 200 ms, rarely under 100 ms or over 400 ms."""
@@ -227,6 +287,120 @@ class Conversation:
                 stereo[row] += (level / 10 ** (snr_db / 20) * noise_rng.standard_normal(length)).astype(np.float32)
         return np.clip(stereo, -1.0, 1.0)
 
+class ConversationV2(Conversation):
+    """Mix v2's scenarios (the module's docstring; the why: docs/training.md, "The second default model: data")."""
+
+    def _gain_db(self, channel: str) -> float:
+        # the user at any level a microphone gives (-12..+3 dB); the assistant, one voice, about steady
+        return self.rng.uniform(-12.0, 3.0) if channel == "user" else self.rng.uniform(-3.0, 1.0)
+
+    def long_answer(self, ex: Exchange) -> str:
+        """The answer and a second sentence: room for a barge-in or a backchannel inside it."""
+        return _sentence(ex.answer, ".") + " " + self.rng.choice(TAILS_V2)
+
+    def pause(self, ex: Exchange) -> None:
+        """A clause left open, its last word slow and rising ("i want to know," / "what is seven,"), maybe a
+        filler, 0.6-3 s of silence, then the rest of the question; the assistant answers only after it."""
+        rng = self.rng
+        words = ex.question.split()
+        if len(words) < 3 or rng.random() < 0.5:
+            head, rest = rng.choice(LEAD_INS_V2).split(), ex.question
+        else:
+            split = rng.randint(1, len(words) - 1)
+            head, rest = words[:split], " ".join(words[split:])
+        head = [w.rstrip(",") for w in head]
+        last_start = self.t
+        if len(head) > 1:
+            _, end = self.say("user", " ".join(head[:-1]), self.t)
+            last_start = end + rng.uniform(0.0, 0.05)
+        _, end = self.say("user", head[-1] + ",", last_start, rate_scale=rng.uniform(0.55, 0.8),
+                          pitch_shift=rng.randint(0, 12))
+        if rng.random() < 0.6:
+            _, end = self.say("user", rng.choice(FILLERS_V2) + ",", end + rng.uniform(0.1, 0.4),
+                              rate_scale=rng.uniform(0.5, 0.75))
+        _, q_end = self.say("user", _sentence(rest, "?"), end + rng.uniform(0.6, 3.0))
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        self.t = a_end + rng.uniform(0.4, 1.2)
+
+    def interrupt(self, ex: Exchange) -> None:
+        """The user barges in anywhere in a two-sentence answer (from 0.3 s after its first word to 0.4 s before
+        its end), often with "wait," or "sorry,"; the assistant stops 0.08-0.25 s later and answers the new turn."""
+        rng = self.rng
+        _, q_end = self.say("user", _sentence(ex.question, "?"), self.t)
+        a_start = q_end + self.gap()
+        answer = self.long_answer(ex)
+        v = self.voices["assistant"]
+        speech = self.synth.speak(answer, voice=v.name, rate=v.rate, pitch=v.pitch, pitch_range=getattr(v, "range",
+                                                                                                          None))
+        planned = len(speech.audio) / speech.sample_rate
+        onset = speech.words[0].start if speech.words else 0.0
+        low = onset + 0.3
+        barge_in = a_start + rng.uniform(low, max(low, planned - 0.4))
+        cut = barge_in + rng.uniform(0.08, 0.25)
+        self.say("assistant", answer, a_start, cut=cut)
+        new = exchange_v2(rng)
+        prefix = rng.choice(["", "", "", "wait, ", "sorry, ", "no, wait, ", "actually, ", "hold on, ", "stop, "])
+        _, q2_end = self.say("user", _sentence(prefix + new.question, "?"), barge_in)
+        _, a_end = self.say("assistant", _sentence(new.answer, "."), max(q2_end, cut) + self.gap())
+        self.t = a_end + rng.uniform(0.4, 1.2)
+
+    def backchannel(self, ex: Exchange) -> None:
+        _, c_end = self.say("user", _sentence(self.rng.choice(CONTEXT_V2), "."), self.t)
+        pause = self.rng.uniform(0.6, 1.2)
+        _, bc_end = self.say("assistant", self.rng.choice(BACKCHANNELS_V2), c_end + self.rng.uniform(0.15, 0.3))
+        _, q_end = self.say("user", _sentence(ex.question, "?"), max(c_end + pause, bc_end + 0.15))
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        self.t = a_end + self.rng.uniform(0.4, 1.2)
+
+    def user_backchannel(self, ex: Exchange) -> None:
+        """The user says "mhm", "right"... over a two-sentence answer (which goes on, uncut) or just after it
+        (and the assistant does not reply): a backchannel is not a turn."""
+        rng = self.rng
+        _, q_end = self.say("user", _sentence(ex.question, "?"), self.t)
+        a_start, a_end = self.say("assistant", self.long_answer(ex), q_end + self.gap())
+        if a_end - a_start > 1.6 and rng.random() < 0.6:
+            at = rng.uniform(a_start + 0.6, a_end - 0.6)
+        else:
+            at = a_end + rng.uniform(0.15, 0.5)
+        _, bc_end = self.say("user", rng.choice(BACKCHANNELS_V2), at)
+        self.t = max(a_end, bc_end) + rng.uniform(0.6, 1.4)
+
+    def render(self, noise: bool) -> np.ndarray:
+        """The channels as mix v1 renders them (``noise``: its noise on both), then the user channel through a room
+        (half the conversations: an exponentially decaying noise tail, RT60 0.15-0.6 s) and over background noise
+        (three in four: white to brown, 10-40 dB under the speech), at a gain of -10..+2 dB for the whole conversation,
+        its peak kept under 0.9."""
+        stereo = super().render(noise)
+        user = stereo[1].astype(np.float64)
+        rng = self.rng
+        noise_rng = np.random.default_rng(rng.getrandbits(32))
+        effects = {}
+        if rng.random() < 0.5:
+            rt60, wet = rng.uniform(0.15, 0.6), rng.uniform(0.1, 0.5)
+            t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
+            tail = noise_rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+            tail *= wet / max(float(np.sqrt(np.sum(tail ** 2))), 1e-9)
+            tail[0] = 1.0
+            user = fftconvolve(user, tail)[:len(user)]
+            effects["room"] = {"rt60": round(rt60, 3), "wet": round(wet, 3)}
+        if rng.random() < 0.75:
+            speech = np.abs(user) > 1e-3
+            level = float(np.sqrt(np.mean(user[speech] ** 2))) if speech.any() else 0.05
+            snr_db, colour = rng.uniform(10.0, 40.0), rng.uniform(0.0, 0.98)
+            hum = lfilter([1.0], [1.0, -colour], noise_rng.standard_normal(len(user)))
+            hum /= max(float(np.sqrt(np.mean(hum ** 2))), 1e-9)
+            user = user + level / 10 ** (snr_db / 20) * hum
+            effects["noise"] = {"snr_db": round(snr_db, 1), "colour": round(colour, 3)}
+        gain_db = rng.uniform(-10.0, 2.0)  # the microphone's gain: the whole conversation louder or quieter
+        effects["gain_db"] = round(gain_db, 1)
+        user *= 10 ** (gain_db / 20)
+        peak = float(np.abs(user).max()) if len(user) else 0.0
+        if peak > 0.9:
+            user *= 0.9 / peak
+        stereo[1] = user.astype(np.float32)
+        self.effects = effects
+        return stereo
+
 
 def _words_of(text: str) -> List[str]:
     return [w for w in (t.strip(",.?!;:\"") for t in text.split()) if w]
@@ -241,6 +415,11 @@ def _voice(rng: random.Random, bases: List[str]) -> Voice:
     return Voice(rng.choice(bases) + rng.choice(VARIANTS), rate=rng.randint(140, 200), pitch=rng.randint(25, 75))
 
 
+def _user_voice_v2(rng: random.Random, bases: List[str]) -> VoiceV2:
+    return VoiceV2(rng.choice(bases) + rng.choice(VARIANTS_V2), rate=rng.randint(120, 230), pitch=rng.randint(10, 90),
+                   range=rng.randint(20, 100))
+
+
 def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tuple[np.ndarray, dict]:
     """Conversation ``index`` of the corpus ``seed``: (stereo float32 [2, T], metadata)."""
     rng = random.Random(f"duplex-corpus-{seed}-{index}")
@@ -248,13 +427,23 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
     assistant = _voice(rng, TRAIN_VOICES)  # drawn even when fixed: the user's voice is the same as without
     if options.assistant_voice is not None:
         assistant = Voice(options.assistant_voice, options.assistant_rate, options.assistant_pitch)
-    user = _voice(rng, HELDOUT_USER_VOICES if heldout else TRAIN_VOICES)
-    while user.name == assistant.name:
-        user = _voice(rng, TRAIN_VOICES)
-    conv = Conversation(rng, synth, assistant, user, options)
+    v2 = options.mix == "v2"
+    if v2:
+        # espeak-ng keeps a pitch range until it is set again: the assistant's is set too, to espeak's default
+        assistant = VoiceV2(assistant.name, assistant.rate, assistant.pitch, range=50)
+        user = _user_voice_v2(rng, HELDOUT_USER_VOICES if heldout else USER_VOICES_V2)
+        while user.name == assistant.name:
+            user = _user_voice_v2(rng, USER_VOICES_V2)
+    else:
+        user = _voice(rng, HELDOUT_USER_VOICES if heldout else TRAIN_VOICES)
+        while user.name == assistant.name:
+            user = _voice(rng, TRAIN_VOICES)
+    conv = (ConversationV2 if v2 else Conversation)(rng, synth, assistant, user, options)
     target = rng.uniform(options.min_seconds, options.max_seconds)
-    kinds = [k for k in SCENARIOS if options.shares.get(k, 0) > 0]
-    weights = [options.shares[k] for k in kinds]
+    shares = options.scenario_shares()
+    kinds = [k for k in (SCENARIOS_V2 if v2 else SCENARIOS) if shares.get(k, 0) > 0]
+    weights = [shares[k] for k in kinds]
+    new_exchange = exchange_v2 if v2 else exchange
     opening = None
     if options.greeting is not None:
         opening = "greeting" if rng.random() < options.greeting_share else "user"
@@ -262,6 +451,9 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
             conv.greet(options.greeting)
         else:
             conv.t = rng.uniform(0.0, 0.2)  # the user speaks at once: the line is never quiet at the start
+    elif v2 and rng.random() < options.opening_greeting:
+        conv.t = rng.uniform(0.1, 1.0)
+        conv.add("smooth", greeting_v2(rng))  # the user opens with a greeting; the assistant greets back
     follow_up = None
     while conv.t < target:
         if opening == "user" and not conv.scenarios and any(k != "silence" for k in kinds):
@@ -272,7 +464,7 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
         if follow_up is not None and kind in ("smooth", "pause", "backchannel"):
             ex, follow_up = follow_up(rng), None
         else:
-            ex = exchange(rng)
+            ex = new_exchange(rng)
             follow_up = ex.follow_up if ex.follow_up and rng.random() < options.follow_up_probability else None
         conv.add(kind, ex)
     stereo = conv.render(options.noise)
@@ -280,6 +472,7 @@ def make_conversation(index: int, seed: int, options: SynthOptions, synth) -> Tu
         "id": f"c{index:06d}", "split": "heldout" if heldout else "train", "sample_rate": SAMPLE_RATE,
         "duration": round(stereo.shape[1] / SAMPLE_RATE, 3), "channels": ["assistant", "user"],
         "voices": {k: asdict(v) for k, v in conv.voices.items()}, **({"opening": opening} if opening else {}),
+        **({"mix": "v2", "effects": conv.effects} if v2 else {}),
         "scenarios": conv.scenarios,
         "turns": sorted(conv.turns, key=lambda t: t["start"]),
         "text": {ch: " ".join(t["text"] for t in sorted(conv.turns, key=lambda t: t["start"]) if t["channel"] == ch)

@@ -1,0 +1,178 @@
+"""The second mix of the synthetic corpus (``--mix v2``): what each scenario claims is what its turns do, and the
+first mix is left as it was."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from duplex.cli import main
+
+espeak = pytest.importorskip("duplex.data.synth.espeak")
+try:
+    espeak.Synthesizer()
+except espeak.EspeakError:  # pragma: no cover - .ci/run installs espeak-ng
+    pytest.skip("needs espeak-ng (apt install espeak-ng)", allow_module_level=True)
+
+from duplex.data.synth.conversation import (  # noqa: E402
+    HELDOUT_USER_VOICES,
+    MIXES,
+    SynthOptions,
+    make_conversation,
+    synthesize_corpus,
+)
+from duplex.data.synth.grammar import BACKCHANNELS_V2, LEAD_INS_V2, TAILS_V2, exchange_v2  # noqa: E402
+from duplex.errors import UsageError  # noqa: E402
+
+V2 = dict(mix="v2", min_seconds=14, max_seconds=18)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus_v2")
+    rows = synthesize_corpus(str(out), 10, seed=4, options=SynthOptions(heldout_every=5, opening_greeting=0.5, **V2),
+                             workers=2, progress=False)
+    metas = [json.loads((out / row["json"]).read_text()) for row in rows]
+    return out, rows, metas
+
+
+def _inside(meta, scenario):
+    turns = [t for t in meta["turns"] if scenario["start"] - 1e-6 <= t["start"] < scenario["end"]]
+    return [t for t in turns if t["channel"] == "user"], [t for t in turns if t["channel"] == "assistant"]
+
+
+def _scenarios(metas, kind):
+    return [(meta, s) for meta in metas for s in meta["scenarios"] if s["type"] == kind]
+
+
+def test_every_scenario_of_the_mix_is_made(corpus):
+    _, _, metas = corpus
+    assert {s["type"] for m in metas for s in m["scenarios"]} == set(MIXES["v2"])
+    assert all(m["mix"] == "v2" and set(m["effects"]) <= {"room", "noise", "gain_db"} for m in metas)
+    assert any("room" in m["effects"] for m in metas) and any("noise" in m["effects"] for m in metas)
+
+
+def test_greetings_are_answered_with_greetings(corpus):
+    _, _, metas = corpus
+    greetings = [(m, s) for m, s in _scenarios(metas, "smooth") if s["topic"] == "greeting"]
+    openings = [m for m in metas if m["scenarios"][0]["topic"] == "greeting" and m["scenarios"][0]["type"] == "smooth"]
+    assert openings  # some conversations open with the user's greeting
+    for meta, scenario in greetings:
+        user, bot = _inside(meta, scenario)
+        if user[0]["text"].split()[0] in ("hello", "hi", "hey", "good"):
+            assert bot[0]["text"].split()[0] in ("hi", "hello", "hey", "good")
+            assert bot[0]["start"] > user[-1]["end"]
+
+
+def test_answers_are_turns(corpus):
+    """Every answer has at least four words and lasts about a second or more: Full-Duplex-Bench counts it as taking
+    the turn (it does not count under 1 s and at most 3 words)."""
+    _, _, metas = corpus
+    checked = 0
+    for meta, scenario in _scenarios(metas, "smooth") + _scenarios(metas, "pause"):
+        _, bot = _inside(meta, scenario)
+        answer = bot[-1]
+        assert len(answer["text"].split()) >= 4 and answer["end"] - answer["start"] > 0.8, answer["text"]
+        checked += 1
+    assert checked >= 5
+
+
+def test_pauses_leave_the_clause_open(corpus):
+    _, _, metas = corpus
+    pauses = _scenarios(metas, "pause")
+    assert pauses
+    for meta, scenario in pauses:
+        user, bot = _inside(meta, scenario)
+        gaps = [(b["start"] - a["end"], i) for i, (a, b) in enumerate(zip(user, user[1:]))]
+        gap, i = max(gaps)
+        assert gap >= 0.6 - 0.05
+        assert not [t for t in bot if t["start"] < user[-1]["end"]]  # nothing said in the pause
+        said = " ".join(t["text"] for t in user[:i + 1])
+        assert said.split()[-1] not in ("?",) and not said.endswith("?")
+        assert len(bot) == 1 and bot[0]["start"] > user[-1]["end"]
+
+
+def test_barge_ins_anywhere_stop_the_assistant_fast(corpus):
+    _, _, metas = corpus
+    interrupts = _scenarios(metas, "interrupt")
+    assert len(interrupts) >= 2
+    for meta, scenario in interrupts:
+        user, bot = _inside(meta, scenario)
+        cut = [t for t in bot if t.get("interrupted")]
+        assert cut, scenario
+        barge = [t for t in user if t["start"] > cut[0]["start"]][0]
+        assert 0 <= cut[0]["end"] - barge["start"] <= 0.3  # stops within 0.3 s of the barge-in
+        assert barge["start"] >= cut[0]["start"] + 0.25
+        assert bot[-1]["start"] > barge["end"] and not bot[-1].get("interrupted")  # and answers the new turn
+
+
+def test_the_users_backchannels_are_not_turns(corpus):
+    _, _, metas = corpus
+    found = _scenarios(metas, "user_backchannel")
+    assert found
+    for meta, scenario in found:
+        user, bot = _inside(meta, scenario)
+        assert user[-1]["text"] in [b.replace(",", "") for b in BACKCHANNELS_V2]
+        assert len(bot) == 1 and not bot[0].get("interrupted")  # the answer goes on; no reply to the backchannel
+        assert any(bot[0]["text"].endswith(t.rstrip(".?").replace(",", "")) for t in TAILS_V2)
+
+
+def test_user_channel_varies_and_heldout_voice(corpus):
+    out, rows, metas = corpus
+    rates, pitches = set(), set()
+    for row, meta in zip(rows, metas):
+        audio, _ = sf.read(out / row["wav"], dtype="float32")
+        assert np.abs(audio).max() < 0.95
+        user = meta["voices"]["user"]
+        assert (user["name"].split("+")[0] in HELDOUT_USER_VOICES) == (row["split"] == "heldout")
+        rates.add(user["rate"])
+        pitches.add(user["pitch"])
+    assert len(rates) > 5 and len(pitches) > 5
+
+
+def test_grammar_v2_answers_are_sentences():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(500):
+        ex = exchange_v2(rng)
+        assert len(ex.answer.replace(",", " ").split()) >= 5, ex
+    assert all(len(lead.split()) >= 1 for lead in LEAD_INS_V2)
+
+
+def test_v2_is_reproducible_and_differs_from_v1(tmp_path):
+    options = SynthOptions(min_seconds=6, max_seconds=8, heldout_every=2, mix="v2")
+    made = []
+    for name, workers in (("a", 1), ("b", 2)):
+        synthesize_corpus(str(tmp_path / name), 2, seed=3, options=options, workers=workers, progress=False)
+        made.append({p.relative_to(tmp_path / name): p.read_bytes()
+                     for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
+    assert made[0] == made[1]
+
+
+def test_mix_options_are_checked(tmp_path, capsys):
+    synth = espeak.Synthesizer()
+    _, meta = make_conversation(1, 0, SynthOptions(shares={"user_backchannel": 1}, **V2), synth)
+    assert {s["type"] for s in meta["scenarios"]} == {"user_backchannel"}
+    with pytest.raises(UsageError, match="unknown scenario"):
+        SynthOptions(shares={"user_backchannel": 1}).validate()  # not a scenario of mix v1
+    with pytest.raises(UsageError, match="unknown mix"):
+        SynthOptions(mix="v3").validate()
+    assert SynthOptions().scenario_shares() == MIXES["v1"]
+    assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "1", "--mix", "v2", "--min-seconds", "5",
+                 "--max-seconds", "6", "--shares", "smooth=1", "--opening-greeting", "1", "--workers", "1"]) == 0
+    meta = json.loads(next((tmp_path / "c").rglob("*.json")).read_text())
+    assert meta["mix"] == "v2" and meta["scenarios"][0]["topic"] == "greeting"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--help"])
+    assert "user_backchannel=0.1" in capsys.readouterr().out
+
+
+def test_make_set_cuts_a_v2_corpus(corpus, tmp_path):
+    from duplex.bench.turntaking import make_set
+
+    out, _, _ = corpus
+    counts = make_set.make_set(out, tmp_path / "set", split="train", per_task=3)
+    assert all(n > 0 for n in counts.values()), counts
