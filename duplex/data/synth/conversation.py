@@ -51,7 +51,6 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import fftconvolve, lfilter
 from tqdm import tqdm
 
 from codec import MimiConfig
@@ -370,6 +369,9 @@ class ConversationV2(Conversation):
         (half the conversations: an exponentially decaying noise tail, RT60 0.15-0.6 s) and over background noise
         (three in four: white to brown, 10-40 dB under the speech), at a gain of -10..+2 dB for the whole conversation,
         its peak kept under 0.9."""
+        # scipy only when a v2 conversation is rendered: `duplex --help` (which imports this module) stays light
+        from scipy.signal import fftconvolve, lfilter  # noqa: PLC0415
+
         stereo = super().render(noise)
         user = stereo[1].astype(np.float64)
         rng = self.rng
