@@ -17,6 +17,7 @@ from ..errors import UsageError
 from ..runtime.realtime import freeze_startup_objects
 from ..serving.limits import raise_open_file_limit
 from ..serving.options import (
+    CLUSTER_DRAIN,
     ServerOptions,
     check_port_free,
     default_engine_threads,
@@ -40,11 +41,6 @@ from .common import (
 from .options import options_from_args
 
 log = logging.getLogger(__name__)
-
-
-# With --ray, the default --drain: how long an engine the autoscaler removes (or the whole application, stopping)
-# lets its live conversations go on; a call rarely lasts longer (docs/scaling.md, "Scaling down").
-CLUSTER_DRAIN = 600.0  # (duplex/cluster/app.py has the same for Ray's own tools; it cannot import this module)
 
 
 def run_serve(args) -> int:

@@ -21,7 +21,7 @@ from typing import Dict, List
 
 from ..errors import UsageError
 from ..runtime.devices import pick_device
-from ..serving.options import default_slots, page_url, usable_cpu_cores
+from ..serving.options import CLUSTER_DRAIN, default_slots, page_url, usable_cpu_cores
 from .autoscale import SessionAutoscaler
 from .backend import duplex_root
 from .router import ROUTING_PERIOD, FreeSlotRouter
@@ -29,7 +29,6 @@ from .router import ROUTING_PERIOD, FreeSlotRouter
 log = logging.getLogger(__name__)
 
 APP_NAME = "duplex"
-CLUSTER_DRAIN = 600.0  # the default --drain with --ray (duplex/cli/serve.py): a call rarely lasts longer
 HANDSHAKES = 64  # upgrades under way a replica takes beyond its slots and waiting clients (as one server's cap)
 QUEUED = 16  # requests Ray's proxy holds when every replica is at its cap; past them: 503 with Retry-After
 HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"  # Ray's switch for its HAProxy ingress (read as Ray starts)

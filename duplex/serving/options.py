@@ -84,6 +84,11 @@ class ServerOptions:
     default_adapter: Optional[str] = None
 
 
+# With ``duplex serve --ray``, the default --drain: how long an engine the autoscaler removes (or the whole
+# application, stopping) lets its live conversations go on; a call rarely lasts longer (docs/scaling.md).
+CLUSTER_DRAIN = 600.0
+
+
 def quantization_text(quantization: Optional[dict]) -> str:
     """What ``Engine.quantization`` says, for people (the server's log, the benchmarks' reports; the page words it
     the same way): "int8 weights, fp8 KV", "bfloat16 weights, bfloat16 KV"; "" when unknown."""
