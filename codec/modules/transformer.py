@@ -35,8 +35,8 @@ class StepTables:
 
     rotation: Optional[torch.Tensor]  # complex [B, 1, T, d/2] RoPE rotations of the new positions (None: no RoPE)
     write_index: torch.Tensor  # [B, H, T, d] ring slots receiving the new keys/values
-    # [B, 1, T, capacity] which ring slots each new query may attend to: bool on accelerators (for the fused
-    # attention kernels), an additive float32 mask (0 / -inf) on CPU (see ``ring_attention_cpu``)
+    # [B, 1, T, length] which of the first ``length`` ring slots each new query may attend to: bool on accelerators
+    # (for the fused attention kernels), an additive float32 mask (0 / -inf) on CPU (see ``ring_attention_cpu``)
     mask: torch.Tensor
 
 
@@ -50,12 +50,25 @@ class LayerScale(nn.Module):
 
 
 def ring_step_tables(offset: torch.Tensor, t: int, capacity: int, context: int, num_heads: int, head_dim: int,
-                     freqs: Optional[torch.Tensor], active: Optional[torch.Tensor]) -> StepTables:
+                     freqs: Optional[torch.Tensor], active: Optional[torch.Tensor],
+                     length: Optional[int] = None) -> StepTables:
     """The shared tables of one streaming step of ``t`` positions per row, starting at ``offset`` [B] (int64).
 
     Rows where ``active`` is False write into the ``t`` spare slots after the ring (never attended) instead.
     ``freqs`` None: no rotary embedding (``rotation`` is None).
+
+    ``length`` (default ``capacity``): attend only ring slots ``0 .. length - 1`` (the mask has ``length`` columns,
+    and ``Attention.step`` reads that much of the ring). Position p is stored in slot ``p % capacity``, so until a
+    row's ring has wrapped, the slots it has written are a prefix: with ``length >= min(capacity, offset + t)`` for
+    every active row, every slot left out is one the full mask hides (never written, or written by an earlier
+    conversation), and the result is the same softmax over the same keys. The cost of a step then follows the age of
+    the oldest active conversation instead of the ring's size. Rows that are not active may see fewer keys than they
+    would (even none: a NaN output); their outputs are never kept, as for any inactive row.
     """
+    if length is None:
+        length = capacity
+    elif not 1 <= length <= capacity:
+        raise ValueError(f"attended ring length {length} outside [1, {capacity}]")
     steps = torch.arange(t, device=offset.device)
     positions = offset[:, None] + steps  # [B, T]
     rotation = rope_tables(positions, freqs) if freqs is not None else None
@@ -66,9 +79,9 @@ def ring_step_tables(offset: torch.Tensor, t: int, capacity: int, context: int, 
     # Position held by each ring slot, reconstructed from the newest written position; never-written slots
     # come out negative and are masked.
     last = positions[:, -1:]
-    delta = torch.arange(capacity, device=offset.device)[None, :] - last % capacity
-    slot_pos = torch.where(delta <= 0, last + delta, last + delta - capacity)  # [B, capacity]
-    rel = positions[:, :, None] - slot_pos[:, None, :]  # [B, T, capacity]
+    delta = torch.arange(length, device=offset.device)[None, :] - last % capacity
+    slot_pos = torch.where(delta <= 0, last + delta, last + delta - capacity)  # [B, length]
+    rel = positions[:, :, None] - slot_pos[:, None, :]  # [B, T, length]
     mask = ((slot_pos[:, None, :] >= 0) & (rel >= 0) & (rel < context))[:, None]
     if cpu_fast_path(offset):
         mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))

@@ -65,10 +65,21 @@ def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype],
     return lm, Mimi.random(None, seed=DEFAULT_SEED, device=device), f"{model} shapes, random weights"
 
 
-def _frames_ms(engines: Sequence[Engine], frames: int, warmup: int, progress=None, label="") -> List[dict]:
-    """Per-stage timings of each engine; the engines take turns frame by frame (one round: one frame of each), so
-    variants timed together see the same machine state."""
+def age_frames(engine: Engine, age: Optional[float]) -> int:
+    """The LM position the timed sessions start at: ``age`` seconds into a conversation, or (None) a full KV ring,
+    the steady state of a long conversation, where every step attends the whole ring."""
+    return engine.ring_capacity if age is None else int(round(age * 1000 / FRAME_MS))
+
+
+def _frames_ms(engines: Sequence[Engine], frames: int, warmup: int, progress=None, label="",
+               age: Optional[float] = None) -> List[dict]:
+    """Per-stage timings of each engine, its sessions ``age`` seconds into their conversations (``age_frames``);
+    the engines take turns frame by frame (one round: one frame of each), so variants timed together see the same
+    machine state."""
     slots = [[engine.open(seed=i) for i in range(engine.slots)] for engine in engines]
+    for engine, open_slots in zip(engines, slots):
+        for slot in open_slots:
+            engine.advance_to(slot, age_frames(engine, age))
     rng = np.random.default_rng(0)
     batch = engines[0].slots
     pcm = (0.05 * rng.standard_normal((8, batch, engines[0].frame_size))).astype(np.float32)
@@ -120,7 +131,7 @@ def _engine(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: int) ->
 
 
 def _timed_alone(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: int, frames: int, warmup: int,
-                 progress) -> dict:
+                 progress, age: Optional[float] = None) -> dict:
     """One engine timed on its own. On CUDA also its memory: ``torch.cuda.memory_allocated`` once built and
     ``max_memory_allocated`` over the run (both with the models, which are all that is allocated before), and an
     engine that does not fit is a run with ``"error": "out of memory"`` instead of the end of the benchmark."""
@@ -134,7 +145,7 @@ def _timed_alone(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: in
     try:
         engine = _engine(lm, mimi, variant, mode, batch)
         built = torch.cuda.memory_allocated(dev) if cuda else None
-        (summary,) = _frames_ms([engine], frames, warmup, progress, f"{variant.name} {mode} batch {batch}")
+        (summary,) = _frames_ms([engine], frames, warmup, progress, f"{variant.name} {mode} batch {batch}", age)
         run = _run(variant, engine, mode, batch, summary)
         if cuda:
             run["memory"] = {"allocated_after_build_bytes": built, "peak_bytes": torch.cuda.max_memory_allocated(dev)}
@@ -151,12 +162,13 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
                   batch_sizes: Sequence[int] = BATCH_SIZES, modes: Sequence[str] = MODES,
                   frames: int = FRAMES, warmup: int = WARMUP, files: Optional[ModelFiles] = None,
                   progress=None, variants: Optional[Sequence[Variant]] = None,
-                  interleave: Optional[bool] = None) -> dict:
+                  interleave: Optional[bool] = None, age: Optional[float] = None) -> dict:
     """Time the engine's frame step for each variant (``bench.variants``; default: the model as loaded), mode and
     batch size. ``interleave`` (default: off CUDA): every variant's models are loaded at once and their engines of
     one mode and batch size take turns frame by frame, so a comparison is made in the same seconds; otherwise (on
     CUDA, where the 7B variants do not fit together) one weight format is loaded at a time and its engines are
-    timed one after the other, each with its memory (``_timed_alone``)."""
+    timed one after the other, each with its memory (``_timed_alone``). ``age``: the sessions' age in seconds
+    when timing starts (a step attends the KV ring written so far); None: a full ring (the steady state)."""
     dev = torch.device(device)
     variants = list(variants or [Variant()])
     interleave = dev.type != "cuda" if interleave is None else interleave
@@ -178,7 +190,7 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
         for mode in modes:
             for batch in batch_sizes:
                 engines = [_engine(lms[v.weights], loaded["mimi"], v, mode, batch) for v in variants]
-                summaries = _frames_ms(engines, frames, warmup, progress, f"{mode} batch {batch}")
+                summaries = _frames_ms(engines, frames, warmup, progress, f"{mode} batch {batch}", age)
                 runs += [_run(v, e, mode, batch, s) for v, e, s in zip(variants, engines, summaries)]
                 del engines
         del lms
@@ -188,7 +200,8 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
             for variant in (v for v in variants if v.weights == weights):
                 for mode in modes:
                     for batch in batch_sizes:
-                        runs.append(_timed_alone(lm, loaded["mimi"], variant, mode, batch, frames, warmup, progress))
+                        runs.append(_timed_alone(lm, loaded["mimi"], variant, mode, batch, frames, warmup, progress,
+                                                 age))
             del lm
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -211,6 +224,7 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
         "baseline": baseline, "interleaved": interleave,
         "device": str(dev), "hardware": describe_device(dev), "torch": torch.__version__,
         "frames": frames, "warmup": warmup, "date": time.strftime("%Y-%m-%d"),
+        "age_s": age,  # None: a full KV ring
         "largest_real_time_batch": largest,
         "runs": runs,
     }
@@ -237,8 +251,9 @@ def format_table(report: dict) -> str:
     size (stage medians, total median and p99, the speedup over the baseline variant when there are several, RTF,
     latency budget), the largest real-time batch per mode, what the columns mean."""
     several = len(report.get("variants", ())) > 1
+    age = report.get("age_s")
     rows = [f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
-            f"torch {report['torch']}",
+            f"torch {report['torch']}, sessions " + ("with a full KV ring" if age is None else f"{age:g} s in"),
             (f"{'variant':>12} " if several else "") + f"{'mode':>6} {'batch':>5} "
             + " ".join(f"{s:>8}" for s in TABLE_STAGES) + f" {'total':>7} {'p99':>7}"
             + (f" {'vs ' + report['baseline']:>9}" if several else "") + f" {'RTF':>6} {'budget ms':>9}"]

@@ -12,9 +12,11 @@ from codec.modules.quantized import SCB
 from codec.utils.stats import describe_device, summary
 
 from ..model.config import LMConfig
+from ..model.generator import ring_capacity
 from ..model.lm import MoshiLM
 from ..runtime.checkpoints import SHIPPED_LM, SHIPPED_LM_CONFIG, lm_config_for
 from ..runtime.quantization import check_quantize, describe
+from ..serving.protocol import FRAME_RATE
 from .variants import Variant, baseline_of
 
 
@@ -45,10 +47,13 @@ def _load(config: LMConfig, checkpoint: Optional[str], device: torch.device, dty
 @torch.no_grad()
 def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str] = None, device: str = "cpu",
              dtype: torch.dtype = torch.float32, batch_sizes: Sequence[int] = BATCH_SIZES, frames: int = FRAMES,
-             warmup: int = WARMUP, progress=None, variants: Optional[Sequence[Variant]] = None) -> dict:
+             warmup: int = WARMUP, progress=None, variants: Optional[Sequence[Variant]] = None,
+             age: Optional[float] = None) -> dict:
     """Time ``frames`` generator steps (after ``warmup``) per batch size and variant (``bench.variants``; default:
     the model as loaded). Every variant's model is loaded at once and their generators take turns step by step, so
-    the comparison is made in the same seconds; each result has its ``speedup`` over the baseline variant."""
+    the comparison is made in the same seconds; each result has its ``speedup`` over the baseline variant.
+    ``age``: the slots start that many seconds into their conversations (a step attends the KV ring written so
+    far); None: at a full ring, the steady state."""
     dev = torch.device(device)
     cfg = LMConfig.load(config)  # a preset name or a JSON file
     variants = list(variants or [Variant()])
@@ -64,6 +69,8 @@ def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str
     results = []
     for batch in batch_sizes:
         gens = [lms[v.weights].generator(batch, seed=batch, kv_dtype=v.kv_dtype) for v in variants]
+        for gen in gens:
+            gen.advance_to(ring_capacity(gen.state) if age is None else int(round(age * FRAME_RATE)))
         user = torch.randint(0, cfg.card, (warmup + frames, batch, cfg.user_codebooks),
                              generator=torch.Generator().manual_seed(batch)).to(dev)
         step_ms: List[List[float]] = [[] for _ in variants]
@@ -100,7 +107,7 @@ def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str
         "device": str(dev),
         "hardware": describe_device(dev),
         "torch": torch.__version__,
-        "frames": frames, "warmup": warmup,
+        "frames": frames, "warmup": warmup, "age_s": age,  # None: a full KV ring
         "date": time.strftime("%Y-%m-%d"),
         "results": results,
     }
@@ -112,7 +119,8 @@ def format_table(report: dict) -> str:
     several = len(report.get("variants", ())) > 1
     rows = [f"# {report['benchmark']} -- {report['model']}, config {report['config']} "
             f"({report['parameters'] / 1e6:.1f} M parameters), {report['dtype']}, {report['hardware']}, "
-            f"torch {report['torch']}",
+            f"torch {report['torch']}, slots " + ("with a full KV ring" if report.get("age_s") is None
+                                                  else f"{report['age_s']:g} s in"),
             (f"{'variant':>12} " if several else "")
             + f"{'batch':>5} {'step ms':>8} {'p90 ms':>7} {'p99 ms':>7} {'ms/stream':>9}"
             + (f" {'vs ' + report['baseline']:>9}" if several else "") + f" {'RTF':>6}"]

@@ -13,7 +13,7 @@ import torch
 from codec import Mimi
 from codec.eval import bench as codec_bench
 
-from ..bench import codec_quality, flood, fuzz, latency, lm, memory
+from ..bench import codec_quality, flood, fuzz, kyutai, latency, lm, memory
 from ..bench import lora as lora_bench
 from ..bench.codec import codec_to_time
 from ..bench.serve import bench_serve, format_report
@@ -33,6 +33,7 @@ from .common import (
     pick_device,
     positive,
     positive_float,
+    seconds,
 )
 from .reports import check_report_paths, write_json
 
@@ -78,8 +79,20 @@ def run_bench_lm(args) -> int:
     checkpoint, config = lm.lm_to_time(args.checkpoint, args.config)
     report = lm.bench_lm(config=config, checkpoint=checkpoint, device=str(device), dtype=getattr(torch, args.dtype),
                          batch_sizes=args.batch_sizes, frames=args.frames, warmup=args.warmup, progress=progress,
-                         variants=_variants(args))
+                         variants=_variants(args), age=args.age)
     _show(lm.format_table(report), lm.report_caveats(report), report, args)
+    return 0
+
+
+def run_bench_kyutai(args) -> int:
+    _timing(args)  # checks --json and --plot too
+    report = kyutai.bench_kyutai(parts=args.parts, lm_config=args.lm_config, batch_sizes=args.batch_sizes,
+                                 frames=args.frames, warmup=args.warmup, age=args.age,
+                                 progress=codec_bench.console_progress)
+    if args.plot:
+        kyutai.plot(report, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    _show(kyutai.format_table(report), [], report, args)
     return 0
 
 
@@ -96,7 +109,8 @@ def run_bench_latency(args) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = latency.bench_latency(model=args.model, device=str(device), dtype=dtype,
                                    batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames,
-                                   warmup=args.warmup, files=files, progress=progress, variants=_variants(args))
+                                   warmup=args.warmup, files=files, progress=progress, variants=_variants(args),
+                                   age=args.age)
     if args.plot:
         latency.plot_latency(report, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
@@ -294,6 +308,12 @@ def _run_soak(args) -> int:
     return 1 if any("exception" in c for c in report["clients"]) else 0
 
 
+def _add_age_option(p) -> None:
+    p.add_argument("--age", type=seconds, metavar="SECONDS", help="time sessions this many seconds into their "
+                   "conversations (a step attends only the KV ring written so far; 30: the issue's figure); default: "
+                   "a full ring, the steady state of a long conversation")
+
+
 def _add_timing_options(p, batch_sizes, what: str = "frames") -> None:
     """The options of the benchmarks that time frames; the defaults are the benchmarks' own."""
     p.add_argument("--batch-sizes", type=positive, nargs="+", default=list(batch_sizes), metavar="B",
@@ -318,7 +338,7 @@ def _add_variants_option(p, how: str) -> None:
 
 
 def register(commands) -> None:
-    """``duplex bench codec | lm | latency | memory | lora | serve | turns | codec-quality``."""
+    """``duplex bench codec | lm | kyutai | latency | memory | lora | serve | turns | codec-quality``."""
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     p = bench_commands.add_parser("codec", help="streaming codec encode + decode time per 80 ms frame")
@@ -343,7 +363,17 @@ def register(commands) -> None:
     add_quantization_options(p)
     _add_variants_option(p, "generators take turns step by step")
     _add_timing_options(p, lm.BATCH_SIZES, what="steps")
+    _add_age_option(p)
     p.set_defaults(run=run_bench_lm)
+    p = bench_commands.add_parser("kyutai", help="ours and Kyutai's implementation side by side on the CPU, steps in "
+                                  "turns: the LM step and the codec (needs Kyutai's moshi package)")
+    p.add_argument("--parts", nargs="+", choices=kyutai.PARTS, default=list(kyutai.PARTS), help="what to time")
+    p.add_argument("--lm-config", default=kyutai.LM_CONFIG, help="the LM preset or config JSON (random weights)")
+    _add_timing_options(p, kyutai.BATCH_SIZES, what="steps of each")
+    p.set_defaults(frames=kyutai.FRAMES, warmup=kyutai.WARMUP, device="cpu")
+    _add_age_option(p)
+    p.add_argument("--plot", metavar="PNG", help="draw the side-by-side bars here")
+    p.set_defaults(run=run_bench_kyutai)
     p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
     p.add_argument("--model", default="default", help="default (shipped small model), default-official-codec (its "
                    "LM with the official Mimi architecture) or moshi_7b (7B shapes, random weights); or pass --lm "
@@ -355,6 +385,7 @@ def register(commands) -> None:
     p.add_argument("--modes", nargs="+", default=list(latency.MODES), choices=latency.MODES,
                    help="graphs only on CUDA")
     p.add_argument("--plot", metavar="PNG", help="draw ms/frame against batch size here")
+    _add_age_option(p)
     p.set_defaults(run=run_bench_latency)
     p = bench_commands.add_parser("memory", help="GPU memory of the engine computed from the shapes (weights per "
                                   "format, KV ring and state per session, sessions per GPU size); checked on CUDA")

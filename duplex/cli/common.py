@@ -74,6 +74,7 @@ non_negative = int_in(0, None, "an integer >= 0")
 positive = int_in(1, None, "an integer >= 1")
 positive_float = float_above(0.0, False, "a number > 0")
 weight = float_above(0.0, True, "a number >= 0")
+seconds = float_above(0.0, True, "a number of seconds >= 0")
 
 
 def add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True, streaming: bool = True) -> None:

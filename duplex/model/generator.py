@@ -43,6 +43,34 @@ from .checks import check_user_codes
 from .layers import UNGENERATED_TOKEN
 from .sampling import Sampling, SlotSampling, exponential_noise, sample, step_key
 
+# The ring lengths a step attends (``attended_slots``): powers of two from 64, then the whole ring. Few enough
+# sizes that each can have its own CUDA graph, fine enough that a session reads at most twice what it wrote.
+FIRST_RING_BUCKET = 64
+
+
+def ring_buckets(capacity: int) -> tuple:
+    """The attended lengths of a ring of ``capacity`` slots, ascending, the last one ``capacity``."""
+    sizes, size = [], FIRST_RING_BUCKET
+    while size < capacity:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, capacity)
+
+
+def attended_slots(newest: int, capacity: int) -> int:
+    """How much of a ring of ``capacity`` slots a step must attend when the newest position any active slot
+    writes is ``newest`` (its offset): the smallest of ``ring_buckets`` holding slots ``0 .. newest``
+    (``codec.modules.transformer.ring_step_tables``: slot ``p % capacity`` holds position p)."""
+    for size in ring_buckets(capacity):
+        if newest < size:
+            return size
+    return capacity
+
+
+def ring_capacity(state: dict) -> int:
+    """The KV ring's slot count of a generator state (its tensors hold one spare slot after the ring)."""
+    return state["layers"]["0"]["k"].shape[2] - 1
+
 
 def new_generator_state(lm, batch: int, kv_dtype: Optional[torch.dtype] = None) -> dict:
     """``kv_dtype``: the temporal transformer's KV rings (default the LM's dtype; float8_e4m3fn: the fp8 ring,
@@ -87,25 +115,28 @@ class Forcing:
 
 
 def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, sampling: Sampling,
-                  active: Optional[torch.Tensor] = None, forcing: Optional[Forcing] = None) -> torch.Tensor:
+                  active: Optional[torch.Tensor] = None, forcing: Optional[Forcing] = None,
+                  length: Optional[int] = None) -> torch.Tensor:
     """Advance every active slot by one frame. user_codes int64 [B, user_codebooks]; returns int64 [B, 1 +
     model_codebooks] (text token, then the audio codes to decode), UNGENERATED_TOKEN (-2) for slots in their first
     step (first two for PersonaPlex).
 
     ``scratch``: the depth transformer's per-step cache and the stacked depth input projections
     (``new_scratch``); ``sampling``: every slot's settings and seed (``Sampling``); ``forcing``: PersonaPlex only,
-    the system-prompt inputs (``Forcing``)."""
+    the system-prompt inputs (``Forcing``); ``length``: how much of the KV rings to attend (``attended_slots`` of
+    the largest offset among the active slots, known on the host; default the whole ring): the same values."""
     if lm.config.personaplex:
-        transformer_out, text_logits = persona_temporal_step(lm, state, user_codes, active, forcing)
+        transformer_out, text_logits = persona_temporal_step(lm, state, user_codes, active, forcing, length)
         return persona_depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active)
-    transformer_out, text_logits = temporal_step(lm, state, user_codes, active, forcing)
+    transformer_out, text_logits = temporal_step(lm, state, user_codes, active, forcing, length)
     return depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active, forcing)
 
 
 def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None,
-                  forcing: Optional[Forcing] = None) -> tuple:
+                  forcing: Optional[Forcing] = None, length: Optional[int] = None) -> tuple:
     """Steps 1-3: store the user's codes, read this step's tokens, run the temporal transformer (its input replaced
-    by ``forcing.embedding`` where ``forcing.use_embedding``: a replayed voice prompt).
+    by ``forcing.embedding`` where ``forcing.use_embedding``: a replayed voice prompt) over the first ``length``
+    slots of its KV rings (``generate_step``).
     Returns (transformer_out [B, 1, dim], text_logits [B, 1, text_card])."""
     cfg = lm.config
     cache, offset = state["cache"], state["offset"]
@@ -128,8 +159,8 @@ def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[to
     x = lm.embed(tokens[:, :, None], zero_token=False)
     if forcing is not None:
         x = torch.where(forcing.use_embedding[:, None, None], forcing.embedding[:, None, :].to(x.dtype), x)
-    tables = ring_step_tables(offset, 1, state["layers"]["0"]["k"].shape[2] - 1, cfg.context, cfg.num_kv_heads,
-                              cfg.head_dim, lm.freqs, active)
+    tables = ring_step_tables(offset, 1, ring_capacity(state), cfg.context, cfg.num_kv_heads, cfg.head_dim,
+                              lm.freqs, active, length)
     for i, layer in enumerate(lm.layers):
         x = layer.step(x, state["layers"][str(i)], tables)
     return lm.heads_input(x)
@@ -182,7 +213,7 @@ def depth_step(lm, state: dict, scratch: dict, transformer_out: torch.Tensor, te
 
 
 def persona_temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None,
-                          forcing: Optional[Forcing] = None) -> tuple:
+                          forcing: Optional[Forcing] = None, length: Optional[int] = None) -> tuple:
     """PersonaPlex, steps 1-3 (module docstring): store this call's inputs and the initial tokens, then run the
     temporal transformer on the column of ``offset - 1`` (nothing runs for slots at offset 0)."""
     cfg = lm.config
@@ -219,8 +250,8 @@ def persona_temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Opt
     if forcing is not None:
         x = torch.where(forcing.use_embedding[:, None, None], forcing.embedding[:, None, :].to(x.dtype), x)
     position = (offset - 1).clamp(min=0)
-    tables = ring_step_tables(position, 1, state["layers"]["0"]["k"].shape[2] - 1, cfg.context - 1,
-                              cfg.num_heads, cfg.head_dim, lm.freqs, running)
+    tables = ring_step_tables(position, 1, ring_capacity(state), cfg.context - 1, cfg.num_heads, cfg.head_dim,
+                              lm.freqs, running, length)
     for i, layer in enumerate(lm.layers):
         x = layer.step(x, state["layers"][str(i)], tables)
     return lm.heads_input(x)
@@ -292,6 +323,42 @@ class LMGenerator:
         self.state = new_generator_state(lm, batch_size, kv_dtype)
         self.scratch = new_scratch(lm, batch_size)
         self.forcing = Forcing(lm, batch_size)
+        # Each slot's offset as the host knows it without reading the device (None: not known, after a step whose
+        # ``active`` mask lives on an accelerator), so a step attends only the ring slots written so far.
+        self._offsets: "Optional[list]" = [0] * batch_size
+
+    def _host_rows(self, mask: Optional[torch.Tensor]) -> "Optional[list]":
+        """The rows of a mask as host booleans (all for None); None when reading them would wait for the device."""
+        if mask is None:
+            return [True] * self.batch_size
+        return mask.tolist() if mask.device.type == "cpu" else None
+
+    def _advance(self, rows: "Optional[list]", frames: int = 1) -> None:
+        if self._offsets is None or rows is None:
+            self._offsets = None
+        else:
+            self._offsets = [o + frames if r else o for o, r in zip(self._offsets, rows)]
+
+    def _length(self, rows: "Optional[list]") -> Optional[int]:
+        """The ring slots the next step of the ``rows`` slots must attend (None: the whole ring)."""
+        if self._offsets is None or rows is None:
+            return None
+        newest = max((o for o, r in zip(self._offsets, rows) if r), default=0)
+        return attended_slots(newest, ring_capacity(self.state))
+
+    def advance_to(self, frames: int, mask: Optional[torch.Tensor] = None) -> None:
+        """For benchmarks: put the slots of ``mask`` (all when None) at step ``frames``, as if that many frames had
+        passed (the token cache and KV rings keep what they hold: zeros for fresh slots). A step's cost depends on
+        the slots' positions (how much of the ring is attended), not on what the ring holds."""
+        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 0:
+            raise ValueError(f"frames must be a non-negative integer, got {frames!r}")
+        mask = as_row_mask(mask, self.batch_size, self.lm.device)
+        write_state(self.state["offset"], torch.full_like(self.state["offset"], frames), mask)
+        rows = self._host_rows(mask)
+        if self._offsets is not None and rows is not None:
+            self._offsets = [frames if r else o for o, r in zip(self._offsets, rows)]
+        else:
+            self._offsets = None
 
     @torch.no_grad()
     def step(self, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -303,20 +370,30 @@ class LMGenerator:
         # Kyutai's step takes no forcing when nothing is forced (its exact operations); PersonaPlex's always does.
         forcing = self.forcing if self.lm.config.personaplex else None
         self.forcing.clear()
-        return generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active, forcing)
+        rows = self._host_rows(active)
+        out = generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active, forcing,
+                            self._length(rows))
+        self._advance(rows)
+        return out
 
     @torch.no_grad()
     def step_prompt(self, frames, active: Optional[torch.Tensor] = None) -> None:
         """Step a system prompt (``duplex.model.prompts.PromptFrames``) through the ``active`` slots (all when
         None), frame by frame as NVIDIA's ``step_system_prompts`` does; what it returns is dropped, as NVIDIA drops
         it. The slots should be fresh (reset), as NVIDIA's are when it prompts."""
-        step_prompt_frames(self.lm, self.state, self.scratch, self.sampling, self.forcing, frames,
-                           as_row_mask(active, self.batch_size, self.lm.device))
-
+        active = as_row_mask(active, self.batch_size, self.lm.device)
+        step_prompt_frames(self.lm, self.state, self.scratch, self.sampling, self.forcing, frames, active)
+        self._advance(self._host_rows(active), len(frames))
 
     def reset(self, mask: Optional[torch.Tensor] = None) -> None:
         """Restart the slots where ``mask`` (bool [B]) is True at position 0; all slots when None."""
-        zero_rows(self.state, as_row_mask(mask, self.batch_size, self.lm.device))
+        mask = as_row_mask(mask, self.batch_size, self.lm.device)
+        zero_rows(self.state, mask)
+        if mask is None:
+            self._offsets = [0] * self.batch_size
+        elif self._offsets is not None:
+            rows = self._host_rows(mask)
+            self._offsets = None if rows is None else [0 if r else o for o, r in zip(self._offsets, rows)]
 
 
 def load_frame(forcing: Forcing, frames, index: int, rows: torch.Tensor) -> torch.Tensor:

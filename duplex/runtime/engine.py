@@ -40,12 +40,15 @@ from ..errors import EngineFull, LoRAError, ModelFilesError, PromptError
 from ..model.config import LMConfig
 from ..model.generator import (
     Forcing,
+    attended_slots,
     depth_step,
     new_generator_state,
     new_scratch,
     persona_depth_step,
     persona_temporal_step,
     put_token_cache,
+    ring_buckets,
+    ring_capacity,
     temporal_step,
 )
 from ..model.lm import MoshiLM, default_dtype
@@ -122,6 +125,13 @@ class Engine:
         self.decoder_state = mimi.new_decoder_state(slots)
         self.kv_dtype = kv_dtype or lm.dtype  # the temporal transformer's KV rings (float8_e4m3fn: the fp8 ring)
         self.generator_state = new_generator_state(lm, slots, self.kv_dtype)
+        # Each slot's LM position as the host knows it (the generator state's ``offset``, never read back): a step
+        # attends only the KV ring slots the active sessions have written, rounded up to one of a few lengths
+        # (``generator.ring_buckets``, one CUDA graph each), so a young session does not read a whole ring.
+        # ``attend_written_only = False``: every step attends the whole ring (as Kyutai's implementation does).
+        self._positions = [0] * slots
+        self.attend_written_only = True
+        self._ring_capacity = ring_capacity(self.generator_state)
         lm.prepare_for_inference()  # documented on the class: the CPU weight layout (values unchanged)
         self.scratch = new_scratch(lm, slots)
         self.sampling = Sampling(slots, min(opts.text_top_k_max, cfg.text_card), min(opts.top_k_max, cfg.card),
@@ -253,6 +263,7 @@ class Engine:
         self.adapter_rows[slot] = index
         for state in (self.encoder_state, self.decoder_state, self.generator_state):
             zero_row(state, slot)  # only this slot's memory (a 7B slot's KV ring alone is ~1.6 GB)
+        self._positions[slot] = 0
         self._prompts.pop(slot, None)
         if prompt is not None:
             if self._state_key(prompt.key, slot) in self.prompt_states:
@@ -319,10 +330,11 @@ class Engine:
     def _keep_prompt_state(self, slot: int, key: str) -> None:
         """The LM state of ``slot`` after its prompt: every row tensor, but only the ring slots written so far."""
         state = self.generator_state
-        written = int(state["offset"][slot])
+        written = self._positions[slot]
         kept = {name: state[name][slot].clone() for name in ("cache", "provided", "offset") if name in state}
         kept["layers"] = {i: {kv: ring[slot, :, :min(written, ring.shape[2] - 1)].clone() for kv, ring in
                               layer.items()} for i, layer in state["layers"].items()}
+        kept["position"] = written
         self.prompt_states.pop(key, None)
         self.prompt_states[key] = kept
         while len(self.prompt_states) > self.max_prompt_states:
@@ -339,6 +351,23 @@ class Engine:
         for i, layer in kept["layers"].items():
             for kv, ring in layer.items():
                 state["layers"][i][kv][slot, :, :ring.shape[1]].copy_(ring)
+        self._positions[slot] = kept["position"]
+
+    @torch.no_grad()
+    def advance_to(self, slot: int, frames: int) -> None:
+        """For benchmarks: the open ``slot``'s LM goes on as if ``frames`` frames had passed (its token cache and KV
+        ring keep what they hold: zeros after ``open``). A step's cost depends on the sessions' positions (how much
+        of the ring is attended), not on what the ring holds, so this times a session of any age at once."""
+        self._check_slot(slot)
+        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 0:
+            raise ValueError(f"frames must be a non-negative integer, got {frames!r}")
+        self.generator_state["offset"][slot] = frames
+        self._positions[slot] = frames
+
+    @property
+    def ring_capacity(self) -> int:
+        """The temporal transformer's KV ring, in frames (the LM's context)."""
+        return self._ring_capacity
 
     def configure(self, slot: int, sampling: SlotSampling) -> None:
         """Set an open slot's sampling (top-k capped by the engine's ``*_top_k_max``; seed None: a random one)."""
@@ -369,11 +398,12 @@ class Engine:
             encode = self.active & (self.generator_state["offset"] != 0) & ~self.forcing.rows
         return self.mimi.encode_step(self.pcm_in, self.encoder_state, encode, self.num_codebooks)[..., 0]
 
-    def _stage_temporal(self, user_codes: torch.Tensor) -> tuple:
+    def _stage_temporal(self, user_codes: torch.Tensor, length: int) -> tuple:
         user_codes = torch.where(self.forcing.rows[:, None], self.prompt_user, user_codes)
         if self.persona:
-            return persona_temporal_step(self.lm, self.generator_state, user_codes, self.active, self.forcing)
-        return temporal_step(self.lm, self.generator_state, user_codes, self.active, self.forcing)
+            return persona_temporal_step(self.lm, self.generator_state, user_codes, self.active, self.forcing,
+                                         length)
+        return temporal_step(self.lm, self.generator_state, user_codes, self.active, self.forcing, length)
 
     def _stage_depth(self, transformer_out: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
         if self.persona:
@@ -388,11 +418,19 @@ class Engine:
         audio = self.mimi.decode_step(tokens[:, 1:, None].clamp(0, self.mimi.cardinality - 1), self.decoder_state, produced)
         return torch.where(produced[:, None, None], audio, torch.zeros((), device=audio.device))
 
-    def _run_eager(self, timed: bool) -> tuple:
+    def _attended(self) -> int:
+        """The KV ring length this tick's step attends: the bucket holding every active slot's written positions
+        (host-side data: ``_positions`` and the staged ``_active_host``), or the whole ring."""
+        if not self.attend_written_only:
+            return self._ring_capacity
+        newest = max((p for p, a in zip(self._positions, self._active_host.tolist()) if a), default=0)
+        return attended_slots(newest, self._ring_capacity)
+
+    def _run_eager(self, timed: bool, length: int) -> tuple:
         codes = self._stage_encode()
         if timed:
             self.timer.mark()
-        transformer_out, text_logits = self._stage_temporal(codes)
+        transformer_out, text_logits = self._stage_temporal(codes, length)
         if timed:
             self.timer.mark()
         tokens = self._stage_depth(transformer_out, text_logits)
@@ -404,25 +442,37 @@ class Engine:
         return audio, tokens
 
     def _capture(self) -> None:
-        """Capture each stage as a CUDA graph over the fixed buffers. Warm-up and capture run with every slot
-        inactive, which leaves all conversation state unchanged."""
+        """Capture each stage as a CUDA graph over the fixed buffers, the temporal stage once per attended ring
+        length (``generator.ring_buckets``), each graph copying its outputs into the same buffers for the depth
+        stage. Warm-up and capture run with every slot inactive, which leaves all conversation state unchanged.
+        All graphs share one memory pool: in a tick they run one after another (encode, one temporal, depth,
+        decode), and what one reads from another (the codes, the temporal buffers, the tokens) stays allocated."""
         saved_active = self.active.clone()
         self.active.zero_()
+        lengths = ring_buckets(self._ring_capacity) if self.attend_written_only else (self._ring_capacity,)
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._run_eager(timed=False)
+                for length in lengths:  # every shape once before capture
+                    self._run_eager(timed=False, length=length)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graphs = {}
             g = graphs["encode"] = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 codes = self._stage_encode()
             pool = g.pool()
-            g = graphs["temporal"] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                transformer_out, text_logits = self._stage_temporal(codes)
+            transformer_out = text_logits = None
+            temporal = graphs["temporal"] = {}
+            for length in lengths:
+                g = temporal[length] = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=pool):
+                    out, logits = self._stage_temporal(codes, length)
+                    if transformer_out is None:  # the buffers the depth stage reads, made in the first capture
+                        transformer_out, text_logits = torch.empty_like(out), torch.empty_like(logits)
+                    transformer_out.copy_(out)
+                    text_logits.copy_(logits)
+                del out, logits
             g = graphs["depth"] = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=pool):
                 tokens = self._stage_depth(transformer_out, text_logits)
@@ -437,7 +487,7 @@ class Engine:
         """CUDA work (capture streams, events) must happen on the engine's GPU, which may not be the current one."""
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
-    def _run(self, timed: bool) -> tuple:
+    def _run(self, timed: bool, length: int) -> tuple:
         if self.cuda_graphs and self._graphs is None:
             try:
                 self._capture()
@@ -448,9 +498,11 @@ class Engine:
                 self.cuda_graphs = False
                 self._graphs = None
         if self._graphs is None:
-            return self._run_eager(timed)
-        for name in ("encode", "temporal", "depth", "decode"):
-            self._graphs[name].replay()
+            return self._run_eager(timed, length)
+        temporal = self._graphs["temporal"]
+        for graph in (self._graphs["encode"], temporal.get(length, temporal[max(temporal)]),
+                      self._graphs["depth"], self._graphs["decode"]):
+            graph.replay()
             if timed:
                 self.timer.mark()
         return self._outputs
@@ -482,7 +534,9 @@ class Engine:
         self.pcm_in.copy_(self._pcm_host, non_blocking=True)
         self.active.copy_(self._active_host, non_blocking=True)
         self.timer.mark()
-        audio, tokens = self._run(timed=True)
+        audio, tokens = self._run(timed=True, length=self._attended())
+        for slot, stepped in enumerate(self._active_host.tolist()):
+            self._positions[slot] += stepped  # as the step advanced the generator state's offsets
         audio_host = audio.to("cpu")
         self.last_tokens = tokens.to("cpu")
         if self._prompts:

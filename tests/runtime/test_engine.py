@@ -110,6 +110,7 @@ def test_step_with_no_active_slot_changes_no_state(generic):
     import contextlib
 
     from codec.modules.cpu_paths import generic_kernels
+    from duplex.model.generator import ring_buckets
 
     eng = make_engine(slots=3, greedy=False)
     slots = [eng.open(seed=i) for i in range(3)]
@@ -119,8 +120,8 @@ def test_step_with_no_active_slot_changes_no_state(generic):
     before = _conversation_state(eng)
     with generic_kernels() if generic else contextlib.nullcontext(), torch.no_grad():
         eng.active.zero_()
-        for _ in range(2):
-            eng._run_eager(timed=False)
+        for length in (*ring_buckets(eng.ring_capacity), eng.ring_capacity):  # as the capture runs each length
+            eng._run_eager(timed=False, length=length)
     after = _conversation_state(eng)
     assert len(before) == len(after) > 20
     assert all(torch.equal(a, b) for a, b in zip(before, after))

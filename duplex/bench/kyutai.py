@@ -1,0 +1,181 @@
+"""``duplex bench kyutai``: our step and Kyutai's (its ``moshi`` package), side by side in one run.
+
+Speeds on a shared machine drift by 25% within an hour, so a ratio is only meaningful between figures taken in the
+same minutes. Here both implementations are built once, with the same shapes and random weights of their own
+(the speed depends on the shapes only), and they take turns frame by frame: one step of ours, one of Kyutai's,
+and so on, after a few untimed steps of each. Two parts, timed separately:
+
+* ``lm``: one generator step per frame (temporal transformer, text and audio sampling, the depth transformer),
+  ours ``LMGenerator.step`` against Kyutai's ``LMGen.step`` inside ``LMGen.streaming``, the same keyword config
+  (``LMConfig.to_dict``), float32, Kyutai's defaults for sampling on both sides, its ``torch.compile`` off (as its
+  own deployment runs it on a CPU). Kyutai's step attends its whole KV ring at any age; ours attends what the
+  sessions have written, so the ratio depends on the sessions' ``age`` (None: a full ring, the steady state of a
+  long conversation, where both read everything).
+* ``codec``: one streaming encode + decode of an 80 ms frame, ours ``Mimi.encode_step``/``decode_step`` against
+  Kyutai's ``MimiModel.encode``/``decode`` inside ``MimiModel.streaming``, the official Mimi shape, 8 codebooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from codec import Mimi
+from codec.utils.stats import describe_device, summary
+
+from ..errors import DuplexError
+from ..model.config import LMConfig
+from ..model.lm import MoshiLM
+from ..serving.protocol import FRAME_RATE, FRAME_SIZE
+
+PARTS = ("lm", "codec")
+LM_CONFIG = "small"  # the shape docs/benchmarks.md has compared since the first CPU figures
+BATCH_SIZES = (1,)
+FRAMES = 40
+WARMUP = 5
+SEED = 20261205
+CODEBOOKS = 8
+
+
+class KyutaiMissing(DuplexError):
+    """Kyutai's ``moshi`` package is not installed."""
+
+
+def _moshi():
+    try:
+        from moshi.models import loaders  # noqa: PLC0415 - Kyutai's package is optional (a benchmark's reference)
+        from moshi.models.lm import LMGen  # noqa: PLC0415
+        from moshi.utils.compile import no_compile  # noqa: PLC0415
+    except ImportError as e:
+        raise KyutaiMissing(f"duplex bench kyutai needs Kyutai's moshi package (pip install moshi==0.2.13): {e}") \
+            from None
+    return loaders, LMGen, no_compile
+
+
+def _lm_pair(config: str, batch: int, age: Optional[float]) -> tuple:
+    """(our step, Kyutai's step, what closes Kyutai's streaming context) for the LM."""
+    loaders, LMGen, _ = _moshi()
+    cfg = LMConfig.load(config)
+    ours = MoshiLM.random(cfg, seed=SEED).generator(batch, seed=SEED)
+    ours.advance_to(cfg.context if age is None else int(round(age * FRAME_RATE)))
+    with torch.random.fork_rng(devices=[]):  # Kyutai's modules draw their weights from the global generator
+        torch.manual_seed(SEED)
+        theirs = LMGen(loaders.get_moshi_lm(None, lm_kwargs=cfg.to_dict(), device="cpu", dtype=torch.float32))
+    stack = contextlib.ExitStack()
+    stack.enter_context(theirs.streaming(batch))
+    codes = torch.randint(0, cfg.card, (batch, cfg.user_codebooks, 1), generator=torch.Generator().manual_seed(SEED))
+    return (lambda: ours.step(codes[:, :, 0])), (lambda: theirs.step(codes)), stack
+
+
+def _codec_pair(batch: int) -> tuple:
+    loaders, _, _ = _moshi()
+    ours = Mimi.random(None, num_codebooks=CODEBOOKS, seed=SEED)
+    encoder, decoder = ours.new_encoder_state(batch), ours.new_decoder_state(batch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        theirs = loaders.get_mimi(None, device="cpu", num_codebooks=CODEBOOKS)
+    stack = contextlib.ExitStack()
+    stack.enter_context(theirs.streaming(batch))
+    pcm = 0.05 * torch.randn(batch, 1, FRAME_SIZE, generator=torch.Generator().manual_seed(SEED))
+
+    def our_step():
+        ours.decode_step(ours.encode_step(pcm, encoder), decoder)
+
+    def their_step():
+        theirs.decode(theirs.encode(pcm))
+
+    return our_step, their_step, stack
+
+
+def _in_turns(ours: Callable, theirs: Callable, frames: int, warmup: int, progress=None, label="") -> tuple:
+    """Milliseconds of each step, the two taking turns (ours first in even rounds, Kyutai's first in odd ones, so
+    neither always runs right after the other's cache traffic)."""
+    times: List[List[float]] = [[], []]
+    for i in range(warmup + frames):
+        order = ((0, ours), (1, theirs)) if i % 2 == 0 else ((1, theirs), (0, ours))
+        for index, step in order:
+            t0 = time.perf_counter()
+            step()
+            if i >= warmup:
+                times[index].append((time.perf_counter() - t0) * 1e3)
+        if progress is not None:
+            progress(label, i + 1, warmup + frames)
+    return times[0], times[1]
+
+
+@torch.no_grad()
+def bench_kyutai(parts: Sequence[str] = PARTS, lm_config: str = LM_CONFIG, batch_sizes: Sequence[int] = BATCH_SIZES,
+                 frames: int = FRAMES, warmup: int = WARMUP, age: Optional[float] = None, progress=None) -> dict:
+    """Time our step and Kyutai's in turns (module docstring) for each part and batch size, on the CPU."""
+    _, _, no_compile = _moshi()
+    import moshi  # noqa: PLC0415 - its version, for the report (imported by _moshi already)
+
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part {unknown[0]!r}: {', '.join(PARTS)}")
+    rows = []
+    # Kyutai's sampling draws from torch's global generator: the caller's random state is given back unchanged.
+    with no_compile(), torch.random.fork_rng(devices=[]):
+        for part in parts:
+            for batch in batch_sizes:
+                ours, theirs, stack = _lm_pair(lm_config, batch, age) if part == "lm" else _codec_pair(batch)
+                with stack:
+                    ours_ms, theirs_ms = _in_turns(ours, theirs, frames, warmup, progress, f"{part} batch {batch}")
+                a, b = summary(ours_ms), summary(theirs_ms)
+                rows.append({"part": part, "batch_size": batch, "ours_ms": a, "kyutai_ms": b,
+                             "ratio": b["median"] / a["median"]})
+    return {
+        "benchmark": "ours and Kyutai's implementation, side by side (steps in turns)",
+        "lm_config": lm_config, "lm_age_s": age,  # None: a full KV ring
+        "codec": "official Mimi shape, 8 codebooks",
+        "dtype": "float32", "device": "cpu", "hardware": describe_device(torch.device("cpu")),
+        "torch": torch.__version__, "moshi": moshi.__version__,
+        "frames": frames, "warmup": warmup, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "results": rows,
+    }
+
+
+def format_table(report: dict) -> str:
+    age = report["lm_age_s"]
+    lines = [f"# {report['benchmark']} -- {report['hardware']}, torch {report['torch']}, moshi {report['moshi']}, "
+             f"{report['date']}",
+             f"# lm: config {report['lm_config']}, sessions "
+             + ("with a full KV ring" if age is None else f"{age:g} s in") + f"; codec: {report['codec']}",
+             f"{'part':>5} {'batch':>5} {'ours ms':>8} {'p99':>7} {'Kyutai ms':>9} {'p99':>7} {'ratio':>6}"]
+    for r in report["results"]:
+        a, b = r["ours_ms"], r["kyutai_ms"]
+        lines.append(f"{r['part']:>5} {r['batch_size']:>5} {a['median']:>8.2f} {a['p99']:>7.2f} "
+                     f"{b['median']:>9.2f} {b['p99']:>7.2f} {r['ratio']:>5.2f}x")
+    lines.append("ms: medians per 80 ms frame; ratio: Kyutai's median over ours (above 1: ours is faster)")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+    """Bars: ours and Kyutai's median per part and batch size, the ratio written above each pair."""
+    import matplotlib  # noqa: PLC0415 - plotting only when asked
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = report["results"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.6))
+    x = range(len(rows))
+    ours = [r["ours_ms"]["median"] for r in rows]
+    theirs = [r["kyutai_ms"]["median"] for r in rows]
+    ax.bar([i - 0.2 for i in x], ours, 0.4, label="duplex")
+    ax.bar([i + 0.2 for i in x], theirs, 0.4, label="Kyutai (moshi)")
+    for i, r in enumerate(rows):
+        ax.text(i, max(ours[i], theirs[i]) * 1.02, f"{r['ratio']:.2f}x", ha="center", va="bottom")
+    ax.set_xticks(list(x), [f"{r['part']}\nbatch {r['batch_size']}" for r in rows])
+    ax.set_ylabel("ms per 80 ms frame (median)")
+    age = report["lm_age_s"]
+    ax.set_title(f"side by side, {report['date']}; LM " + ("full ring" if age is None else f"{age:g} s in"),
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    ax.set_ylim(0, max(theirs + ours) * 1.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,41 @@
+"""``duplex bench kyutai``: ours and Kyutai's step in turns, one report (the figures themselves are not tested)."""
+
+import builtins
+import json
+
+import pytest
+import torch
+from helpers import LM_SMALL_CONFIG
+
+from duplex.bench import kyutai
+
+
+def test_side_by_side_report(tmp_path, capsys):
+    pytest.importorskip("moshi")
+    from duplex.cli import main
+
+    out, png = tmp_path / "k.json", tmp_path / "k.png"
+    state = torch.random.get_rng_state()
+    assert main(["bench", "kyutai", "--parts", "lm", "--lm-config", str(LM_SMALL_CONFIG), "--frames", "2",
+                 "--warmup", "1", "--batch-sizes", "1", "2", "--age", "3", "--json", str(out), "--plot", str(png)]) == 0
+    assert torch.equal(torch.random.get_rng_state(), state)  # Kyutai's weights drawn without touching the caller's RNG
+    report = json.loads(out.read_text())
+    assert [(r["part"], r["batch_size"]) for r in report["results"]] == [("lm", 1), ("lm", 2)]
+    assert all(r["ratio"] > 0 and len(r["ours_ms"]) and len(r["kyutai_ms"]) for r in report["results"])
+    assert report["lm_age_s"] == 3 and report["moshi"]
+    assert png.stat().st_size > 1000
+    table = capsys.readouterr().out
+    assert "Kyutai ms" in table and "3 s in" in table
+
+
+def test_without_kyutai_one_line(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_moshi(name, *args, **kwargs):
+        if name.startswith("moshi"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_moshi)
+    with pytest.raises(kyutai.KyutaiMissing, match="pip install moshi"):
+        kyutai.bench_kyutai(parts=["lm"], lm_config=str(LM_SMALL_CONFIG), frames=1, warmup=0)
