@@ -1,0 +1,130 @@
+"""Engine(compile=True): the depth stage compiled by torch.compile gives the eager engine's tokens, greedy and
+sampled (same seeds), on CPU (Inductor's C++ kernels) and on CUDA inside the engine's graphs; a stage that fails to
+compile runs eagerly after one warning; the caller's modules are left as they were.
+
+Inductor's CPU compile of even the fixture model's depth stage takes over a minute on two cores (some 40 C++
+kernels, each its own compiler run), so the CPU test compiles an engine on a smaller random LM of the fixture's
+widths (2 depth positions, 1 layer) with Inductor's scalar C++ code (``cpp.vec_isa_ok=False``, scoped to the test):
+the same graph, lowering and fusion, in fewer, faster-compiled kernels. Each test compiles from nothing (a fresh
+Inductor cache, Dynamo's cache reset), so it passes alone and its time is the real cost."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from helpers import LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
+
+from duplex.runtime import compiled as compiled_module
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# Per-slot sampling of the comparison: a greedy slot and sampled slots with their own settings and seeds.
+SLOTS = [dict(temperature=0.0, text_temperature=0.0, seed=1),
+         dict(temperature=0.8, top_k=20, text_temperature=0.7, text_top_k=10, seed=2),
+         dict(temperature=1.2, top_k=0, text_temperature=1.0, text_top_k=0, seed=3)]
+
+
+@pytest.fixture
+def fresh_compile():
+    """Nothing compiled before survives into the test: a fresh Inductor cache folder, Dynamo's caches reset."""
+    from torch._inductor.utils import fresh_cache  # noqa: PLC0415 - torch.compile's test helper, only here
+
+    torch._dynamo.reset()
+    with fresh_cache():
+        yield
+    torch._dynamo.reset()
+
+
+def _small_models(device="cpu"):
+    """A random LM of the fixture's widths with 2 depth positions and 1 layer each, and the fixture codec."""
+    from codec import Mimi
+    from duplex.model.lm import MoshiLM
+
+    config = json.loads(LM_SMALL_CONFIG.read_text())
+    config.update(n_q=4, dep_q=2, delays=[0, 0, 1, 0, 1], num_layers=1, depformer_num_layers=1)
+    return (MoshiLM.random(config, seed=0, device=device),
+            Mimi.from_checkpoint(MIMI_SMALL, config=MIMI_SMALL_CONFIG, device=device))
+
+
+def _same_tokens(a, b, ticks):
+    """Step engines ``a`` and ``b`` on the same audio (sessions of SLOTS that skip ticks): identical tokens every
+    tick; returns how many tokens were compared."""
+    slots_a = [a.open(**s) for s in SLOTS]
+    slots_b = [b.open(**s) for s in SLOTS]
+    rng = np.random.default_rng(0)
+    compared = 0
+    for tick in range(ticks):
+        x = (0.1 * rng.standard_normal((len(SLOTS), a.frame_size))).astype(np.float32)
+        active = [i for i in range(len(SLOTS)) if (tick + i) % 4 != 3]
+        a.step({slots_a[i]: x[i] for i in active})
+        b.step({slots_b[i]: x[i] for i in active})
+        assert torch.equal(a.last_tokens[slots_a][active], b.last_tokens[slots_b][active]), f"tick {tick}"
+        compared += a.last_tokens[slots_a][active].numel()
+    return compared
+
+
+def test_compiled_depth_stage_gives_the_eager_tokens_on_cpu(fresh_compile):
+    from duplex.runtime.engine import Engine
+
+    lm, mimi = _small_models()
+    modules = {name: type(m) for name, m in lm.named_modules()}
+    eager = Engine(lm, mimi, slots=4)
+    compiled = Engine(lm, mimi, slots=4, compile=True)
+    assert set(compiled.compiled) == {"depth"} and not eager.compiled
+    with torch._inductor.config.patch({"cpp.vec_isa_ok": False, "fx_graph_cache": False, "compile_threads": 1}):
+        assert _same_tokens(eager, compiled, ticks=12) > 0
+    stage = compiled.compiled["depth"]
+    assert stage.compiled and stage.error is None and stage.compile_seconds > 0  # really compiled, not the fallback
+    # The caller's LM is the module it was: nothing wrapped or replaced in it.
+    assert {name: type(m) for name, m in lm.named_modules()} == modules
+    assert "_stage_depth" not in vars(eager)
+
+
+def test_a_stage_that_fails_to_compile_runs_eagerly_after_one_warning(monkeypatch, caplog):
+    from helpers import make_engine
+
+    def failing_compile(stage, **options):
+        def run(*args):
+            raise RuntimeError("no compiler here\nsecond line")
+        return run
+
+    monkeypatch.setattr(compiled_module.torch, "compile", failing_compile)
+    eager, fallback = make_engine(3), make_engine(3, compile=True)
+    with caplog.at_level(logging.WARNING, logger="duplex.runtime.compiled"):
+        _same_tokens(eager, fallback, ticks=4)
+    stage = fallback.compiled["depth"]
+    assert not stage.compiled and stage.error == "RuntimeError: no compiler here"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "depth stage" in warnings[0].getMessage()
+
+
+def test_compile_modes():
+    from duplex.runtime.compiled import compile_mode
+
+    assert compile_mode(False) is None and compile_mode(None) is None
+    assert compile_mode(True) == "default"
+    assert compile_mode("max-autotune-no-cudagraphs") == "max-autotune-no-cudagraphs"
+    with pytest.raises(ValueError, match="CUDA graph modes"):
+        compile_mode("reduce-overhead")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("greedy", [True, False])
+def test_cuda_compiled_stage_in_graphs_equals_eager(greedy, fresh_compile):
+    """On CUDA the compiled depth stage (Triton kernels) is captured in the engine's own graph, and gives the eager
+    engine's tokens (the fixture model, float32 without TF32)."""
+    from helpers import make_engine
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        eager = make_engine(4, greedy=greedy, device="cuda", cuda_graphs=False)
+        graphed = make_engine(4, greedy=greedy, device="cuda", cuda_graphs=True, compile=True)
+        _same_tokens(eager, graphed, ticks=24)
+        assert graphed.cuda_graphs and graphed._graphs is not None  # captured, not the eager fallback
+        assert graphed.compiled["depth"].compiled and graphed.compiled["depth"].error is None
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
