@@ -96,7 +96,8 @@ def run_bench_latency(args) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     report = latency.bench_latency(model=args.model, device=str(device), dtype=dtype,
                                    batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames,
-                                   warmup=args.warmup, files=files, progress=progress, variants=_variants(args))
+                                   warmup=args.warmup, files=files, progress=progress, variants=_variants(args),
+                                   compile=args.compile)
     if args.plot:
         latency.plot_latency(report, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
@@ -230,7 +231,8 @@ SERVER_OPTIONS = (("--hf-repo", "hf_repo", None), ("--lm", "lm", None), ("--mimi
                   ("--tokenizer", "tokenizer", None), ("--lm-config", "lm_config", None),
                   ("--mimi-config", "mimi_config", None), ("--dtype", "dtype", None), ("--quantize", "quantize", None),
                   ("--kv-dtype", "kv_dtype", "auto"), ("--device", "device", "auto"), ("--slots", "slots", None),
-                  ("--threads", "threads", 0), ("--no-cuda-graphs", "no_cuda_graphs", False))
+                  ("--threads", "threads", 0), ("--no-cuda-graphs", "no_cuda_graphs", False),
+                  ("--compile", "compile", False))
 
 
 def _check_url(args) -> None:

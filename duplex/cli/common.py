@@ -109,6 +109,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the frame step eagerly on CUDA")
+    p.add_argument("--compile", action="store_true", help="compile the engine's depth stage (depth transformer and "
+                   "sampling) with torch.compile at the first step: fused kernels, the same tokens; minutes of "
+                   "compiling, and slower than eager on CPU (docs/benchmarks.md, 'Compiled stages')")
     p.add_argument("--lora", metavar="FILE", action="append", default=[],
                    help="a LoRA adapter in Kyutai's layout (moshi-finetune's lora.safetensors, its rank and scaling "
                    "from the config.json beside it), or the name of one shipped for the default model ("
@@ -192,7 +195,8 @@ def build_engine(args, slots: int, files: Optional[ModelFiles] = None) -> Engine
     return Engine.from_files(files or model_files(args), slots=slots, device=pick_device(args.device),
                              dtype=getattr(torch, args.dtype) if args.dtype else None,
                              cuda_graphs=not args.no_cuda_graphs, quantize=getattr(args, "quantize", None),
-                             kv_dtype=kv_dtype(getattr(args, "kv_dtype", None)))
+                             kv_dtype=kv_dtype(getattr(args, "kv_dtype", None)),
+                             compile=bool(getattr(args, "compile", False)))
 
 
 def sound_device(value: str):

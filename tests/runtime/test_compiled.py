@@ -128,3 +128,24 @@ def test_cuda_compiled_stage_in_graphs_equals_eager(greedy, fresh_compile):
         assert graphed.compiled["depth"].compiled and graphed.compiled["depth"].error is None
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_bench_latency_compile_builds_compiled_engines_and_says_so(monkeypatch, tmp_path, capsys):
+    """--compile reaches the engines (torch.compile replaced here by the stage itself: the option's path, not
+    Inductor), the report says what was compiled and how long it took; without it, nothing is compiled."""
+    from helpers import SMALL_MODEL_ARGS
+
+    from duplex.cli import main
+
+    monkeypatch.setattr(compiled_module.torch, "compile", lambda stage, **options: stage)
+    out = tmp_path / "latency.json"
+    args = ["bench", "latency", *SMALL_MODEL_ARGS, "--batch-sizes", "1", "--frames", "2", "--warmup", "1",
+            "--json", str(out)]
+    assert main([*args, "--compile"]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["compile"] and set(report["runs"][0]["compiled"]) == {"depth"}
+    assert isinstance(report["runs"][0]["compiled"]["depth"], float)
+    assert "depth stage compiled (torch.compile)" in table and "compiled (in the warm-up frames): eager batch 1" in table
+    assert main(args) == 0
+    assert "compiled" not in capsys.readouterr().out and "compiled" not in json.loads(out.read_text())["runs"][0]
