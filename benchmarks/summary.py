@@ -1,5 +1,6 @@
 """The one table of ``benchmarks/gpu.sh``: the reports it wrote into one folder (``bench latency`` JSON for the
-7B shapes and the shipped model, the 7B shapes again with the depth stage compiled (``--compile``), ``bench memory`` JSON, the GPU tests' pytest output, ``bench fidelity``'s output,
+7B shapes and the shipped model, the 7B shapes again with the stages compiled (``--compile``), ``bench memory``
+JSON, the GPU tests' pytest output, ``bench fidelity``'s output,
 ``bench lora`` JSON: LoRA training steps on a random 7B, or on the CPU the shipped model's shape)
 as one Markdown table that docs/benchmarks.md can take as it is, with the issue's goals checked. A report that is
 missing gives marked cells ("GPU only" on a machine without CUDA, "not run" otherwise).
@@ -56,7 +57,7 @@ def _step_cells(report: dict, batches: List[int]) -> Dict[tuple, List[str]]:
 def _compiled_cells(report: dict, uncompiled: Optional[dict], batches: List[int]) -> Dict[tuple, List[str]]:
     """(weights, ring) -> one cell per batch of a ``bench latency --compile`` report: median ms, the speedup over
     the uncompiled run of the same variant and batch (``uncompiled``), the depth stage's median beside the
-    uncompiled one, and the compile time (or that it fell back to eager)."""
+    uncompiled one, the compile time of the stages, and those that fell back to eager."""
     before = {(_key(r), r["batch_size"]): r for r in (uncompiled or {}).get("runs", []) if "total_ms" in r}
     rows: Dict[tuple, List[str]] = {}
     for run in report["runs"]:
@@ -72,11 +73,12 @@ def _compiled_cells(report: dict, uncompiled: Optional[dict], batches: List[int]
         if depth is not None:
             old = (other or {}).get("stages_ms", {}).get("depth", {}).get("p50")
             notes.append(f"depth {depth:.2f}" + (f" vs {old:.2f}" if old is not None else "") + " ms")
-        compiled = run.get("compiled", {}).get("depth")
-        if isinstance(compiled, (int, float)):
-            notes.append(f"compiled in {compiled:.0f} s")
-        elif compiled is not None:
-            notes.append(str(compiled))
+        stages = run.get("compiled", {})
+        seconds = [v for v in stages.values() if isinstance(v, (int, float))]
+        if seconds:
+            notes.append(f"{'+'.join(n for n, v in stages.items() if isinstance(v, (int, float)))} compiled in "
+                         f"{sum(seconds):.0f} s")
+        notes += [f"{name} {value}" for name, value in stages.items() if not isinstance(value, (int, float))]
         if "note" in run:
             notes.append("eager")
         cells[i] = f"{ms:.1f} ms" + (f" ({'; '.join(notes)})" if notes else "")
@@ -210,7 +212,7 @@ def table(folder: Path) -> str:
         if name == "7b":
             for key, cells in _memory_cells(rep, memory, batches).items():
                 row("peak memory, Moshi 7B shapes", key, cells)
-    what = "step, Moshi 7B shapes (random), CUDA graphs, depth stage compiled (x: over uncompiled)"
+    what = "step, Moshi 7B shapes (random), CUDA graphs, stages compiled (x: over uncompiled)"
     if compiled is None:
         marked(what, "not run" if gpu else "GPU only")
     else:

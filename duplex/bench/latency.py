@@ -1,7 +1,7 @@
 """Latency benchmark of the whole engine: per-stage and total milliseconds per 80 ms frame, by batch size and
 execution mode (eager / CUDA graphs), the largest batch that stays real time, and the latency budget. ``compile``:
-every engine with its depth stage compiled (``Engine(compile=True)``); each run then says how long that took
-(in the warm-up frames, untimed) and whether it fell back to eager.
+every engine with those stages compiled (``Engine(compile=...)``: True for all); each run then says how long
+each took (in the warm-up frames, untimed), or that it fell back to eager.
 
 Every slot of an engine of ``batch`` slots is active every frame (the worst case). Inputs are low-level noise.
 """
@@ -123,13 +123,13 @@ def _run(variant: Variant, engine: Engine, mode: str, batch: int, summary: dict)
     }
 
 
-def _engine(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: int, compile: bool = False) -> Engine:
+def _engine(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: int, compile=False) -> Engine:
     return Engine(lm, mimi, slots=batch, cuda_graphs=(mode == "graphs"), sampling=SamplingOptions(),
                   kv_dtype=variant.kv_dtype, compile=compile)
 
 
 def _timed_alone(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: int, frames: int, warmup: int,
-                 progress, compile: bool = False) -> dict:
+                 progress, compile=False) -> dict:
     """One engine timed on its own. On CUDA also its memory: ``torch.cuda.memory_allocated`` once built and
     ``max_memory_allocated`` over the run (both with the models, which are all that is allocated before), and an
     engine that does not fit is a run with ``"error": "out of memory"`` instead of the end of the benchmark."""
@@ -160,7 +160,7 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
                   batch_sizes: Sequence[int] = BATCH_SIZES, modes: Sequence[str] = MODES,
                   frames: int = FRAMES, warmup: int = WARMUP, files: Optional[ModelFiles] = None,
                   progress=None, variants: Optional[Sequence[Variant]] = None,
-                  interleave: Optional[bool] = None, compile: bool = False) -> dict:
+                  interleave: Optional[bool] = None, compile=False) -> dict:
     """Time the engine's frame step for each variant (``bench.variants``; default: the model as loaded), mode and
     batch size. ``interleave`` (default: off CUDA): every variant's models are loaded at once and their engines of
     one mode and batch size take turns frame by frame, so a comparison is made in the same seconds; otherwise (on
@@ -218,7 +218,8 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
         "lm_parameters": loaded["parameters"],
         "dtype": loaded["dtype"],
         "variants": [{"name": v.name, "weights": v.weights, "kv": v.kv} for v in variants],
-        "baseline": baseline, "interleaved": interleave, "compile": bool(compile),
+        "baseline": baseline, "interleaved": interleave,
+        "compile": next((list(r["compiled"]) for r in runs if "compiled" in r), []),
         "device": str(dev), "hardware": describe_device(dev), "torch": torch.__version__,
         "frames": frames, "warmup": warmup, "date": time.strftime("%Y-%m-%d"),
         "largest_real_time_batch": largest,
@@ -248,7 +249,8 @@ def format_table(report: dict) -> str:
     latency budget), the largest real-time batch per mode, what the columns mean."""
     several = len(report.get("variants", ())) > 1
     rows = [f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
-            f"torch {report['torch']}" + (", depth stage compiled (torch.compile)" if report.get("compile") else ""),
+            f"torch {report['torch']}"
+            + (f", compiled: {' '.join(report['compile'])} (torch.compile)" if report.get("compile") else ""),
             (f"{'variant':>12} " if several else "") + f"{'mode':>6} {'batch':>5} "
             + " ".join(f"{s:>8}" for s in TABLE_STAGES) + f" {'total':>7} {'p99':>7}"
             + (f" {'vs ' + report['baseline']:>9}" if several else "") + f" {'RTF':>6} {'budget ms':>9}"]

@@ -1,58 +1,70 @@
 """The engine's stages compiled with ``torch.compile`` (Inductor): fewer, fused kernels, the same tokens.
 
-``Engine(..., compile=True)`` (``--compile``) replaces, on that engine only, the bound stage methods named in
-``COMPILED_STAGES`` by a ``CompiledStage``: ``torch.compile`` of the engine's own bound method, made per engine,
-never by changing the LM's or the codec's modules (their parameters are inputs of the compiled graph, read as they
-are). What is compiled, and why only that (docs/benchmarks.md, "Compiled stages"):
+``Engine(..., compile=True)`` (``--compile``) replaces, on that engine only, the bound methods of the stages it
+names (``compile_plan``: the codec's encoder, the depth stage, the codec's decoder; all three for True) by a
+``CompiledStage``: ``torch.compile`` of the engine's own bound method, made per engine, never by changing the LM's
+or the codec's modules (their parameters are inputs of the compiled graph, read as they are). What is compiled, and
+why only that (docs/benchmarks.md, "Compiled stages"):
 
 * the depth stage (text sampling, the depth transformer's positions and the audio sampling, from the temporal
-  output to the tokens): hundreds of small kernels per frame, whose state writes are small (the token cache, the
-  step counters, the depth transformer's per-step cache);
-* not the temporal stage: it writes one column of every layer's KV ring in place, and the ring (1.6 GB per 7B
-  slot) is an input of the compiled graph (the lead's per-bucket attention changes it at the same time);
-* not the codec stages (see ``COMPILED_STAGES``' comment).
+  output to the tokens): a few hundred small operations per frame, whose state writes are small (the token cache,
+  the step counters, the depth transformer's per-step cache);
+* the codec's encoder and decoder stages (SEANet, the streaming transformer, the quantizer): their KV rings are
+  written in place through ``index_put_`` when compiled (``codec.modules.transformer.Attention.step``), which
+  Inductor keeps in place; a ``scatter_`` into a graph input would come back as a copy of the whole ring per step;
+* not the temporal stage: its rings are the big state (1.6 GB per 7B slot), and its attention is being changed to
+  read only what was written (issue 29's second deliverable).
 
-Compilation happens at the stage's first call (the engine's first step, or the CUDA graph capture's warm-up on
-CUDA, so the compiled stage is then captured in the engine's own graph: Inductor's mode is ``"default"`` or
+Compilation happens at a stage's first call (the engine's first step, or the CUDA graph capture's warm-up on CUDA,
+so the compiled stage is then captured in the engine's own graph: Inductor's mode is ``"default"`` or
 ``"max-autotune-no-cudagraphs"``, never its own CUDA graphs). The graph must come whole (``fullgraph=True``): a
-stage either compiles before any of it runs or raises, and any failure to compile falls back to the eager stage
-with one warning, as a failed graph capture does. The mode is given to ``torch.compile`` (scoped to that
+stage either compiles before any of it runs or raises, and a stage that fails to compile runs eagerly from then on,
+after one warning, as a failed graph capture does. The mode is given to ``torch.compile`` (scoped to that
 compilation); no global setting of torch is changed.
 
-Exactness: the compiled stage computes the same operations in fused kernels, so its floating-point values may
-differ in the last bits; the tokens are the same under greedy decoding, and with sampling for the same seeds (the
-random numbers are integer hashes of each slot's seed and step, identical in any kernel), as the tests check on
-CPU (Inductor's C++ kernels) and on CUDA.
+Exactness: a compiled stage computes the same operations in fused kernels, so its floating-point values may differ
+in the last bits; the tokens are the same under greedy decoding, and with sampling for the same seeds (the random
+numbers are integer hashes of each slot's seed and step, identical in any kernel), as the tests check on CPU
+(Inductor's C++ kernels, the depth stage) and on CUDA (every stage, inside the engine's graphs).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Optional, Tuple, Union
 
 import torch
 
 log = logging.getLogger(__name__)
 
-# The stages compiled when an engine is made with compile=True. The codec stages are not (yet): their convolution
-# and transformer states are written in place as the stage runs, which a compiled graph returns as copies.
-COMPILED_STAGES = ("depth",)
-# Inductor's modes that leave CUDA graphs to the engine (its own graph per stage): True means "default".
+CompileOption = Union[bool, str, Iterable[str], None]
+
+# The stages an engine can compile: the codec's encoder, the depth stage, the codec's decoder.
+STAGES = ("encode", "depth", "decode")
+# Inductor's modes that leave CUDA graphs to the engine (its own graph per stage).
 MODES = ("default", "max-autotune-no-cudagraphs")
 
 
-def compile_mode(compile: Union[bool, str, None]) -> Optional[str]:
-    """The Inductor mode of an engine's ``compile`` argument: None (off) for False/None, "default" for True, or
-    one of ``MODES`` by name."""
+def compile_plan(compile: CompileOption) -> Tuple[Optional[str], Tuple[str, ...]]:
+    """(Inductor mode, stages) of an engine's ``compile`` argument: False or None, nothing; True, every stage of
+    ``STAGES`` in the "default" mode; else names, each a stage of ``STAGES`` or one mode of ``MODES`` (no stage
+    named: all of them), e.g. ``"depth"``, ``("encode", "decode")``, ``"max-autotune-no-cudagraphs"``."""
     if compile is None or compile is False:
-        return None
+        return None, ()
     if compile is True:
-        return "default"
-    if isinstance(compile, str) and compile in MODES:
-        return compile
-    raise ValueError(f"compile must be True, False or one of {', '.join(MODES)}, got {compile!r} (Inductor's "
-                     "CUDA graph modes are left out: the engine captures its own graphs)")
+        return "default", STAGES
+    names = [compile] if isinstance(compile, str) else list(compile)
+    for name in names:
+        if name not in STAGES + MODES:
+            raise ValueError(f"compile: {name!r} is neither a stage ({', '.join(STAGES)}) nor a mode "
+                             f"({', '.join(MODES)}; Inductor's CUDA graph modes are left out: the engine captures "
+                             "its own graphs)")
+    modes = [n for n in names if n in MODES]
+    if len(modes) > 1:
+        raise ValueError(f"compile: one mode at most, got {', '.join(modes)}")
+    stages = tuple(n for n in STAGES if n in names) or STAGES
+    return (modes[0] if modes else "default"), stages
 
 
 class CompiledStage:
@@ -89,11 +101,12 @@ class CompiledStage:
         return out
 
 
-def compile_stages(engine, mode: str) -> dict:
-    """{name: CompiledStage} for ``COMPILED_STAGES`` of ``engine``, each put in place of the engine's own bound
-    method (``engine._stage_<name>``, an attribute of that engine only)."""
+def compile_stages(engine, compile: CompileOption) -> dict:
+    """{name: CompiledStage} for the stages ``compile`` names (``compile_plan``), each put in place of the engine's
+    own bound method (``engine._stage_<name>``, an attribute of that engine only)."""
+    mode, names = compile_plan(compile)
     stages = {}
-    for name in COMPILED_STAGES:
+    for name in names:
         attribute = f"_stage_{name}"
         stage = CompiledStage(name, getattr(engine, attribute), mode)
         setattr(engine, attribute, stage)
