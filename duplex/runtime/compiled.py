@@ -17,9 +17,10 @@ why only that (docs/benchmarks.md, "Compiled stages"):
 
 Compilation happens at a stage's first call (the engine's first step, or the CUDA graph capture's warm-up on CUDA,
 so the compiled stage is then captured in the engine's own graph: Inductor's mode is ``"default"`` or
-``"max-autotune-no-cudagraphs"``, never its own CUDA graphs). The graph must come whole (``fullgraph=True``): a
+``"max-autotune-no-cudagraphs"``, never its own CUDA graphs; half-precision values are rounded between fused
+operations as eager rounds them: ``emulate_precision_casts``). The graph must come whole (``fullgraph=True``): a
 stage either compiles before any of it runs or raises, and a stage that fails to compile runs eagerly from then on,
-after one warning, as a failed graph capture does. The mode is given to ``torch.compile`` (scoped to that
+after one warning, as a failed graph capture does. The options are given to ``torch.compile`` (scoped to that
 compilation); no global setting of torch is changed.
 
 Exactness: a compiled stage computes the same operations in fused kernels, so its floating-point values may differ
@@ -80,7 +81,10 @@ class CompiledStage:
         self.compiled = False
         self.compile_seconds: Optional[float] = None
         self.error: Optional[str] = None
-        self._function: Optional[Callable] = torch.compile(stage, fullgraph=True, dynamic=False, mode=mode)
+        # The mode's own options, and half-precision values rounded between fused operations as eager rounds them
+        # (bfloat16 on GPUs; no effect in float32), so that the logits stay the eager ones as far as can be.
+        options = {**torch._inductor.list_mode_options(mode), "emulate_precision_casts": True}
+        self._function: Optional[Callable] = torch.compile(stage, fullgraph=True, dynamic=False, options=options)
 
     def __call__(self, *args):
         if self._function is None:
