@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -17,6 +18,7 @@ from ..runtime import devices as runtime_devices
 from ..runtime.checkpoints import ModelFiles, adapter_file, shipped_adapters
 from ..runtime.compiled import MODES as COMPILE_MODES
 from ..runtime.compiled import STAGES as COMPILE_STAGES
+from ..runtime.compiled import warm_up
 from ..runtime.engine import Engine
 from ..runtime.quantization import KV_DTYPES, QUANTIZE_CHOICES, kv_dtype
 from ..serving.mic import describe_sound_devices
@@ -195,11 +197,18 @@ def _model_files(args) -> ModelFiles:
 
 def build_engine(args, slots: int, files: Optional[ModelFiles] = None) -> Engine:
     """The engine on the model options' files (``files``, when the caller has resolved them already)."""
-    return Engine.from_files(files or model_files(args), slots=slots, device=pick_device(args.device),
-                             dtype=getattr(torch, args.dtype) if args.dtype else None,
-                             cuda_graphs=not args.no_cuda_graphs, quantize=getattr(args, "quantize", None),
-                             kv_dtype=kv_dtype(getattr(args, "kv_dtype", None)),
-                             compile=compile_option(args))
+    engine = Engine.from_files(files or model_files(args), slots=slots, device=pick_device(args.device),
+                               dtype=getattr(torch, args.dtype) if args.dtype else None,
+                               cuda_graphs=not args.no_cuda_graphs, quantize=getattr(args, "quantize", None),
+                               kv_dtype=kv_dtype(getattr(args, "kv_dtype", None)),
+                               compile=compile_option(args))
+    if engine.compiled:  # now, not at the first session's first frame
+        print(f"compiling {', '.join(engine.compiled)} (torch.compile; minutes, more on a CPU) ...", file=sys.stderr)
+        seconds = warm_up(engine)
+        fallen = [f"{name} ({stage.error})" for name, stage in engine.compiled.items() if not stage.compiled]
+        print(f"compiled in {seconds:.0f} s" + (f"; running eagerly: {', '.join(fallen)}" if fallen else ""),
+              file=sys.stderr)
+    return engine
 
 
 def compile_option(args):

@@ -189,3 +189,51 @@ def test_the_rings_compiled_writes_are_the_eager_writes():
             assert torch.equal(traced(x, traced_state, active), out), f"step {step}"
             assert all(torch.equal(a, b) for a, b in zip(leaves(eager_state), leaves(traced_state))), f"step {step}"
     torch._dynamo.reset()
+
+
+def test_warm_up_compiles_and_changes_nothing_a_session_sees(monkeypatch):
+    """What a server does before taking sessions (cli/common.build_engine): one step in which no slot takes part
+    compiles the stages (torch.compile replaced here by the stage itself), is not timed, and leaves the sessions
+    as they were (their next frames equal those of an engine that was not warmed up; only the spare ring slots
+    that inactive rows write, never attended, differ)."""
+    from helpers import make_engine
+
+    from duplex.runtime.compiled import warm_up
+
+    monkeypatch.setattr(compiled_module.torch, "compile", lambda stage, **options: stage)
+    plain, warmed = make_engine(2), make_engine(2, compile=True)
+    slots = [(e.open(seed=3), e.open(seed=4)) for e in (plain, warmed)]
+    rng = np.random.default_rng(0)
+    for tick in range(6):
+        x = (0.1 * rng.standard_normal((2, plain.frame_size))).astype(np.float32)
+        if tick == 2:
+            assert warm_up(warmed) > 0
+            assert all(stage.compiled for stage in warmed.compiled.values())
+            assert all(len(v) == 2 for v in warmed.timer.history.values())  # the warm-up step is not timed
+        a = plain.step({slots[0][i]: x[i] for i in range(2)})
+        b = warmed.step({slots[1][i]: x[i] for i in range(2)})
+        assert torch.equal(plain.last_tokens, warmed.last_tokens), f"tick {tick}"
+        for i in range(2):
+            assert np.array_equal(a[slots[0][i]][0], b[slots[1][i]][0]), f"tick {tick}"
+
+
+def test_an_engine_from_the_command_line_is_compiled_before_it_serves(monkeypatch, capsys):
+    """--compile [STAGE ...] on a command that builds an engine (serve, mic, bench serve, turns run): the stages
+    named (all when none is) are compiled as the engine is built, and it says so."""
+    import argparse
+
+    from helpers import SMALL_MODEL_ARGS
+
+    from duplex.cli.common import add_model_options, build_engine
+
+    monkeypatch.setattr(compiled_module.torch, "compile", lambda stage, **options: stage)
+    parser = argparse.ArgumentParser()
+    add_model_options(parser)
+    engine = build_engine(parser.parse_args([*SMALL_MODEL_ARGS, "--compile", "depth"]), slots=1)
+    assert list(engine.compiled) == ["depth"] and engine.compiled["depth"].compiled
+    err = capsys.readouterr().err
+    assert "compiling depth (torch.compile" in err and "compiled in" in err
+    assert list(build_engine(parser.parse_args([*SMALL_MODEL_ARGS, "--compile"]), slots=1).compiled) == [
+        "encode", "depth", "decode"]
+    assert build_engine(parser.parse_args(SMALL_MODEL_ARGS), slots=1).compiled == {}
+    assert "compiling" not in capsys.readouterr().err.split("compiled in")[-1]
