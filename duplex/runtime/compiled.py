@@ -93,7 +93,7 @@ class CompiledStage:
         start = time.perf_counter()
         try:
             out = self._function(*args)
-        except Exception as e:  # noqa: BLE001 - any compile problem: keep serving, eagerly (one warning)
+        except Exception as e:  # any compile problem: keep serving, eagerly (one warning)
             self._function = None
             self.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             log.warning("compiling the %s stage failed (%s); running it eagerly", self.name, self.error)
@@ -120,7 +120,8 @@ def compile_stages(engine, compile: CompileOption) -> dict:
 
 def warm_up(engine) -> float:
     """Compile (and on CUDA capture) now, with one step in which no session takes part: every slot is inactive, so
-    no state changes (as in the graph capture's warm-up), and the step's timing is dropped. A server calls this
+    no session's state changes (as in the graph capture's warm-up; only the spare ring slots that inactive rows
+    write, never read, are written), and the step's timing is dropped. A server calls this
     before it takes sessions, so that no session's first frame waits minutes. Returns the seconds it took."""
     start = time.perf_counter()
     engine.step({})
