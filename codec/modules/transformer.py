@@ -181,8 +181,8 @@ class Attention(nn.Module):
             ring_k = fp8_decode(ring_k[:, :, :cap], state["k_scale"][:, :, :cap], q.dtype)
             ring_v = fp8_decode(ring_v[:, :, :cap], state["v_scale"][:, :, :cap], q.dtype)
         elif torch.compiler.is_compiling():
-            # The same writes as an index_put_, which Inductor does in place in the ring (a graph input); a scatter_
-            # into it comes back as a copy of the whole ring (duplex/runtime/compiled.py).
+            # Traced by torch.compile: the same writes as an index_put_, which Inductor does in place in the ring (a
+            # graph input); a scatter_ into it comes back as a copy of the whole ring, twice per layer and step.
             slots = tables.write_index[:, :1, :, 0]  # [B, 1, T]
             rows = torch.arange(slots.shape[0], device=slots.device)[:, None, None]
             heads = torch.arange(ring_k.shape[1], device=slots.device)[None, :, None]
