@@ -1,6 +1,6 @@
 """The one table of ``benchmarks/gpu.sh``: the reports it wrote into one folder (``bench latency`` JSON for the
-7B shapes and the shipped model, the 7B shapes again with the stages compiled (``--compile``), ``bench memory``
-JSON, the GPU tests' pytest output, ``bench fidelity``'s output,
+7B shapes and the shipped model, the 7B shapes again with the stages compiled (``--compile``, one report per
+batch size), ``bench memory`` JSON, the GPU tests' pytest output, ``bench fidelity``'s output,
 ``bench lora`` JSON: LoRA training steps on a random 7B, or on the CPU the shipped model's shape)
 as one Markdown table that docs/benchmarks.md can take as it is, with the issue's goals checked. A report that is
 missing gives marked cells ("GPU only" on a machine without CUDA, "not run" otherwise).
@@ -183,7 +183,8 @@ def table(folder: Path) -> str:
     device = _text(folder, "device.txt") or "cpu"
     gpu = device == "cuda"
     big, small = _load(folder, "latency_7b.json"), _load(folder, "latency_default.json")
-    compiled = _load(folder, "latency_7b_compiled.json")
+    parts = [rep for rep in (_load(folder, f"latency_7b_compiled_{b}.json") for b in (1, 64)) if rep]
+    compiled = {**parts[0], "runs": [r for rep in parts for r in rep["runs"]]} if parts else None
     memory = _load(folder, "memory_7b.json")
     batches = sorted({r["batch_size"] for rep in (big, small, compiled) if rep for r in rep["runs"]}
                      | (set() if gpu else {1, 8, 64, 128}))
