@@ -11,6 +11,7 @@ it passes alone and its time is the real cost."""
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from helpers import LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
 from duplex.runtime import compiled as compiled_module
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="Inductor's CPU kernels need a C++ compiler (g++)")
 
 # Per-slot sampling of the comparison: a greedy slot and sampled slots with their own settings and seeds.
 SLOTS = [dict(temperature=0.0, text_temperature=0.0, seed=1),
@@ -69,6 +71,7 @@ def _same_tokens(a, b, ticks, atol=None):
     return compared
 
 
+@needs_cxx
 def test_compiled_depth_stage_gives_the_eager_tokens_on_cpu(fresh_compile):
     from duplex.runtime.engine import Engine
 
