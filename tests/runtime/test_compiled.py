@@ -32,7 +32,7 @@ SLOTS = [dict(temperature=0.0, text_temperature=0.0, seed=1),
 @pytest.fixture
 def fresh_compile():
     """Nothing compiled before survives into the test: a fresh Inductor cache folder, Dynamo's caches reset."""
-    from torch._inductor.utils import fresh_cache  # noqa: PLC0415 - imports Inductor (seconds): only where a test compiles
+    from torch._inductor.utils import fresh_cache  # noqa: PLC0415 - Inductor (seconds): where a test compiles
 
     torch._dynamo.reset()
     with fresh_cache():
