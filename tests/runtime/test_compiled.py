@@ -161,7 +161,8 @@ def test_bench_latency_compile_builds_compiled_engines_and_says_so(monkeypatch, 
     table = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["compile"] == ["depth"] and isinstance(report["runs"][0]["compiled"]["depth"], float)
-    assert "compiled: depth (torch.compile)" in table and "compiled (in the warm-up frames): eager batch 1: depth" in table
+    assert "compiled: depth (torch.compile)" in table
+    assert "compiled (in the warm-up frames): eager batch 1: depth" in table
     assert main([*args, "--compile"]) == 0
     assert json.loads(out.read_text())["compile"] == ["encode", "depth", "decode"]
     assert "compiled: encode depth decode (torch.compile)" in capsys.readouterr().out
