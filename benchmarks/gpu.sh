@@ -13,16 +13,20 @@
 # Also LoRA training steps (issue 26) on a random Moshi 7B, int8 and bf16 base (duplex bench lora), each in its own
 # process with a time limit: step time, peak memory beside the computed figure (docs/training.md, "Memory").
 #
-# Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_default.json, memory_7b.json,
-# gpu_tests.txt, fidelity.txt, fidelity_MODEL.json, lora_7b.json (lora_default.json with --cpu), lora_status.txt,
-# summary.md.
+# Also (issue 29) the 7B step at batch 1 and 64 with the depth stage compiled (bench latency --compile, Inductor's
+# Triton kernels captured in the engine's CUDA graphs), beside the uncompiled rows; GPU only (on the CPU the compile
+# alone takes minutes: docs/benchmarks.md, "Compiled stages"); up to 8 minutes more.
+#
+# Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_7b_compiled_{1,64}.json, latency_default.json,
+# memory_7b.json, gpu_tests.txt, fidelity.txt, fidelity_MODEL.json, lora_7b.json (lora_default.json with --cpu),
+# lora_status.txt, summary.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/duplex-gpu}
 mkdir -p "$OUT"
-rm -f "$OUT"/latency_7b.json "$OUT"/latency_default.json "$OUT"/memory_7b.json "$OUT"/gpu_tests.txt \
-  "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt "$OUT"/lora_*.json \
+rm -f "$OUT"/latency_7b.json "$OUT"/latency_7b_compiled_*.json "$OUT"/latency_default.json "$OUT"/memory_7b.json \
+  "$OUT"/gpu_tests.txt "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt "$OUT"/lora_*.json \
   "$OUT"/lora.txt "$OUT"/lora.log "$OUT"/lora_status.txt
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 VARIANTS="none fp8kv int8 int8+fp8kv fp8 fp8+fp8kv"
@@ -42,13 +46,19 @@ if [ "$DEVICE" = cuda ]; then
   step "GPU tests"
   $PY -m pytest -q -p no:cacheprovider tests/runtime/test_gpu.py \
     tests/model/test_quantize.py::test_cuda_products_are_the_products_with_the_dequantized_weight \
-    "tests/model/test_kyutai_q8.py::test_cuda" 2>&1 | tee "$OUT/gpu_tests.txt" | tail -4 \
+    "tests/model/test_kyutai_q8.py::test_cuda" \
+    tests/runtime/test_compiled.py::test_cuda_compiled_stage_in_graphs_equals_eager 2>&1 | tee "$OUT/gpu_tests.txt" | tail -4 \
     || status=1
   step "the engine's frame step, Moshi 7B shapes (random weights), CUDA graphs: $VARIANTS"
   # One weight format loaded at a time; each engine timed alone with its peak memory; 128 sessions that do not
   # fit are rows marked "out of memory".
   $PY -m duplex bench latency --model moshi_7b --device cuda --modes graphs --batch-sizes 1 8 64 128 \
     --variants $VARIANTS --frames 30 --warmup 5 --json "$OUT/latency_7b.json" || status=1
+  step "the same with the stages compiled (torch.compile), no quantization, batch 1, then 64 (240 s at most each)"
+  for batch in 1 64; do  # one process each: a compile that runs out of time loses one row, not both
+    timeout 240 $PY -m duplex bench latency --model moshi_7b --device cuda --modes graphs --batch-sizes $batch \
+      --compile --frames 30 --warmup 5 --json "$OUT/latency_7b_compiled_$batch.json" || status=1
+  done
   step "the same, the shipped model"
   $PY -m duplex bench latency --model default --device cuda --modes graphs --batch-sizes 1 64 \
     --variants none int8 int8+fp8kv --frames 30 --warmup 5 --json "$OUT/latency_default.json" || status=1

@@ -1,5 +1,6 @@
 """The one table of ``benchmarks/gpu.sh``: the reports it wrote into one folder (``bench latency`` JSON for the
-7B shapes and the shipped model, ``bench memory`` JSON, the GPU tests' pytest output, ``bench fidelity``'s output,
+7B shapes and the shipped model, the 7B shapes again with the stages compiled (``--compile``, one report per
+batch size), ``bench memory`` JSON, the GPU tests' pytest output, ``bench fidelity``'s output,
 ``bench lora`` JSON: LoRA training steps on a random 7B, or on the CPU the shipped model's shape)
 as one Markdown table that docs/benchmarks.md can take as it is, with the issue's goals checked. A report that is
 missing gives marked cells ("GPU only" on a machine without CUDA, "not run" otherwise).
@@ -50,6 +51,37 @@ def _step_cells(report: dict, batches: List[int]) -> Dict[tuple, List[str]]:
         speedup = f" ({base[run['batch_size']] / ms:.2f}x)" if compared else ""
         note = " eager" if "note" in run else ""
         cells[i] = f"{ms:.1f} ms{speedup}{note}"
+    return rows
+
+
+def _compiled_cells(report: dict, uncompiled: Optional[dict], batches: List[int]) -> Dict[tuple, List[str]]:
+    """(weights, ring) -> one cell per batch of a ``bench latency --compile`` report: median ms, the speedup over
+    the uncompiled run of the same variant and batch (``uncompiled``), the depth stage's median beside the
+    uncompiled one, the compile time of the stages, and those that fell back to eager."""
+    before = {(_key(r), r["batch_size"]): r for r in (uncompiled or {}).get("runs", []) if "total_ms" in r}
+    rows: Dict[tuple, List[str]] = {}
+    for run in report["runs"]:
+        cells = rows.setdefault(_key(run), ["-"] * len(batches))
+        i = batches.index(run["batch_size"])
+        if "total_ms" not in run:
+            cells[i] = run.get("error", "failed")
+            continue
+        ms = run["total_ms"]["p50"]
+        other = before.get((_key(run), run["batch_size"]))
+        notes = [f"{other['total_ms']['p50'] / ms:.2f}x"] if other else []
+        depth = run.get("stages_ms", {}).get("depth", {}).get("p50")
+        if depth is not None:
+            old = (other or {}).get("stages_ms", {}).get("depth", {}).get("p50")
+            notes.append(f"depth {depth:.2f}" + (f" vs {old:.2f}" if old is not None else "") + " ms")
+        stages = run.get("compiled", {})
+        seconds = [v for v in stages.values() if isinstance(v, (int, float))]
+        if seconds:
+            notes.append(f"{'+'.join(n for n, v in stages.items() if isinstance(v, (int, float)))} compiled in "
+                         f"{sum(seconds):.0f} s")
+        notes += [f"{name} {value}" for name, value in stages.items() if not isinstance(value, (int, float))]
+        if "note" in run:
+            notes.append("eager")
+        cells[i] = f"{ms:.1f} ms" + (f" ({'; '.join(notes)})" if notes else "")
     return rows
 
 
@@ -151,8 +183,10 @@ def table(folder: Path) -> str:
     device = _text(folder, "device.txt") or "cpu"
     gpu = device == "cuda"
     big, small = _load(folder, "latency_7b.json"), _load(folder, "latency_default.json")
+    parts = [rep for rep in (_load(folder, f"latency_7b_compiled_{b}.json") for b in (1, 64)) if rep]
+    compiled = {**parts[0], "runs": [r for rep in parts for r in rep["runs"]]} if parts else None
     memory = _load(folder, "memory_7b.json")
-    batches = sorted({r["batch_size"] for rep in (big, small) if rep for r in rep["runs"]}
+    batches = sorted({r["batch_size"] for rep in (big, small, compiled) if rep for r in rep["runs"]}
                      | (set() if gpu else {1, 8, 64, 128}))
     head = next((rep for rep in (big, small) if rep), None)
     lines = [f"duplex GPU run -- {head['date'] if head else ''}, {head['hardware'] if head else device}, torch "
@@ -179,6 +213,12 @@ def table(folder: Path) -> str:
         if name == "7b":
             for key, cells in _memory_cells(rep, memory, batches).items():
                 row("peak memory, Moshi 7B shapes", key, cells)
+    what = "step, Moshi 7B shapes (random), CUDA graphs, stages compiled (x: over uncompiled)"
+    if compiled is None:
+        marked(what, "not run" if gpu else "GPU only")
+    else:
+        for key, cells in _compiled_cells(compiled, big, batches).items():
+            row(what, key, cells)
     if not gpu:
         marked("peak memory (max_memory_allocated)", "GPU only")
     if memory:

@@ -193,6 +193,14 @@ class Attention(nn.Module):
                 scales.scatter_(2, scale_index, scale)
             ring_k = fp8_decode(ring_k[:, :, :cap], state["k_scale"][:, :, :cap], q.dtype)
             ring_v = fp8_decode(ring_v[:, :, :cap], state["v_scale"][:, :, :cap], q.dtype)
+        elif torch.compiler.is_compiling():
+            # Traced by torch.compile: the same writes as an index_put_, which Inductor does in place in the ring (a
+            # graph input); a scatter_ into it comes back as a copy of the whole ring, twice per layer and step.
+            slots = tables.write_index[:, :1, :, 0]  # [B, 1, T]
+            rows = torch.arange(slots.shape[0], device=slots.device)[:, None, None]
+            heads = torch.arange(ring_k.shape[1], device=slots.device)[None, :, None]
+            ring_k.index_put_((rows, heads, slots), k.to(ring_k.dtype))
+            ring_v.index_put_((rows, heads, slots), v.to(ring_v.dtype))
         else:
             ring_k.scatter_(2, tables.write_index, k.to(ring_k.dtype))
             ring_v.scatter_(2, tables.write_index, v.to(ring_v.dtype))

@@ -1,5 +1,7 @@
 """Latency benchmark of the whole engine: per-stage and total milliseconds per 80 ms frame, by batch size and
-execution mode (eager / CUDA graphs), the largest batch that stays real time, and the latency budget.
+execution mode (eager / CUDA graphs), the largest batch that stays real time, and the latency budget. ``compile``:
+every engine with those stages compiled (``Engine(compile=...)``: True for all); each run then says how long
+each took (in the warm-up frames, untimed), or that it fell back to eager.
 
 Every slot of an engine of ``batch`` slots is active every frame (the worst case). Inputs are low-level noise.
 """
@@ -109,11 +111,18 @@ def parameter_count(lm: MoshiLM) -> int:
     return sum(t.numel() for name, t in lm.state_dict().items() if not name.endswith(SCB))
 
 
+def _compiled(engine: Engine) -> dict:
+    """What a compiled engine's stages did: {stage: compile seconds, or the error it fell back to eager on}."""
+    return {name: (round(stage.compile_seconds, 1) if stage.compiled else f"eager: {stage.error or 'not compiled'}")
+            for name, stage in engine.compiled.items()}
+
+
 def _run(variant: Variant, engine: Engine, mode: str, batch: int, summary: dict) -> dict:
     if mode == "graphs" and not engine.cuda_graphs:
         summary["note"] = "graph capture failed; these are eager timings"
     total = summary["total"]
     return {
+        **({"compiled": _compiled(engine)} if engine.compiled else {}),
         "variant": variant.name, "quantization": engine.quantization,
         "mode": mode, "batch_size": batch, "stages_ms": {k: summary[k] for k in STAGES}, "total_ms": total,
         "ms_per_stream": total["p50"] / batch, "real_time_factor": total["p50"] / FRAME_MS,
@@ -125,13 +134,13 @@ def _run(variant: Variant, engine: Engine, mode: str, batch: int, summary: dict)
     }
 
 
-def _engine(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: int) -> Engine:
+def _engine(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: int, compile=False) -> Engine:
     return Engine(lm, mimi, slots=batch, cuda_graphs=(mode == "graphs"), sampling=SamplingOptions(),
-                  kv_dtype=variant.kv_dtype)
+                  kv_dtype=variant.kv_dtype, compile=compile)
 
 
 def _timed_alone(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: int, frames: int, warmup: int,
-                 progress, age: Optional[float] = None) -> dict:
+                 progress, age: Optional[float] = None, compile=False) -> dict:
     """One engine timed on its own. On CUDA also its memory: ``torch.cuda.memory_allocated`` once built and
     ``max_memory_allocated`` over the run (both with the models, which are all that is allocated before), and an
     engine that does not fit is a run with ``"error": "out of memory"`` instead of the end of the benchmark."""
@@ -143,7 +152,7 @@ def _timed_alone(lm: MoshiLM, mimi: Mimi, variant: Variant, mode: str, batch: in
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
     try:
-        engine = _engine(lm, mimi, variant, mode, batch)
+        engine = _engine(lm, mimi, variant, mode, batch, compile)
         built = torch.cuda.memory_allocated(dev) if cuda else None
         (summary,) = _frames_ms([engine], frames, warmup, progress, f"{variant.name} {mode} batch {batch}", age)
         run = _run(variant, engine, mode, batch, summary)
@@ -162,7 +171,7 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
                   batch_sizes: Sequence[int] = BATCH_SIZES, modes: Sequence[str] = MODES,
                   frames: int = FRAMES, warmup: int = WARMUP, files: Optional[ModelFiles] = None,
                   progress=None, variants: Optional[Sequence[Variant]] = None,
-                  interleave: Optional[bool] = None, age: Optional[float] = None) -> dict:
+                  interleave: Optional[bool] = None, age: Optional[float] = None, compile=False) -> dict:
     """Time the engine's frame step for each variant (``bench.variants``; default: the model as loaded), mode and
     batch size. ``interleave`` (default: off CUDA): every variant's models are loaded at once and their engines of
     one mode and batch size take turns frame by frame, so a comparison is made in the same seconds; otherwise (on
@@ -189,7 +198,7 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
         lms = {weights: load(weights) for weights in formats}
         for mode in modes:
             for batch in batch_sizes:
-                engines = [_engine(lms[v.weights], loaded["mimi"], v, mode, batch) for v in variants]
+                engines = [_engine(lms[v.weights], loaded["mimi"], v, mode, batch, compile) for v in variants]
                 summaries = _frames_ms(engines, frames, warmup, progress, f"{mode} batch {batch}", age)
                 runs += [_run(v, e, mode, batch, s) for v, e, s in zip(variants, engines, summaries)]
                 del engines
@@ -201,7 +210,7 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
                 for mode in modes:
                     for batch in batch_sizes:
                         runs.append(_timed_alone(lm, loaded["mimi"], variant, mode, batch, frames, warmup, progress,
-                                                 age))
+                                                 age, compile))
             del lm
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -222,6 +231,7 @@ def bench_latency(model: str = "default", device: str = "cpu", dtype: Optional[t
         "dtype": loaded["dtype"],
         "variants": [{"name": v.name, "weights": v.weights, "kv": v.kv} for v in variants],
         "baseline": baseline, "interleaved": interleave,
+        "compile": next((list(r["compiled"]) for r in runs if "compiled" in r), []),
         "device": str(dev), "hardware": describe_device(dev), "torch": torch.__version__,
         "frames": frames, "warmup": warmup, "date": time.strftime("%Y-%m-%d"),
         "age_s": age,  # None: a full KV ring
@@ -253,7 +263,8 @@ def format_table(report: dict) -> str:
     several = len(report.get("variants", ())) > 1
     age = report.get("age_s")
     rows = [f"# {report['benchmark']} -- {report['model']}, {report['dtype']}, {report['hardware']}, "
-            f"torch {report['torch']}, sessions " + ("with a full KV ring" if age is None else f"{age:g} s in"),
+            f"torch {report['torch']}, sessions " + ("with a full KV ring" if age is None else f"{age:g} s in")
+            + (f", compiled: {' '.join(report['compile'])} (torch.compile)" if report.get("compile") else ""),
             (f"{'variant':>12} " if several else "") + f"{'mode':>6} {'batch':>5} "
             + " ".join(f"{s:>8}" for s in TABLE_STAGES) + f" {'total':>7} {'p99':>7}"
             + (f" {'vs ' + report['baseline']:>9}" if several else "") + f" {'RTF':>6} {'budget ms':>9}"]
@@ -270,6 +281,11 @@ def format_table(report: dict) -> str:
     rows.append(f"largest batch in real time (p99 < {FRAME_MS:.0f} ms): {largest}")
     rows.append(f"ms: medians per frame; {RTF_NOTE}; budget: {FRAME_MS:.0f} ms frame + {ACOUSTIC_DELAY_MS:.0f} ms "
                 "acoustic delay + median compute")
+    compiled = [(f"{r['variant']} " if several else "") + f"{r['mode']} batch {r['batch_size']}: "
+                + ", ".join(f"{name} {value} s" if isinstance(value, float) else f"{name} {value}"
+                            for name, value in r["compiled"].items()) for r in report["runs"] if "compiled" in r]
+    if compiled:
+        rows.append("compiled (in the warm-up frames): " + "; ".join(compiled))
     if several:
         rows.append(f"vs {report['baseline']}: its median over the variant's (above 1: faster); variants "
                     + ("timed in turns, frame by frame" if report.get("interleaved") else "timed one after another"))

@@ -27,6 +27,7 @@ from .common import (
     add_model_options,
     add_quantization_options,
     build_engine,
+    compile_option,
     int_in,
     model_files,
     non_negative,
@@ -110,7 +111,7 @@ def run_bench_latency(args) -> int:
     report = latency.bench_latency(model=args.model, device=str(device), dtype=dtype,
                                    batch_sizes=args.batch_sizes, modes=args.modes, frames=args.frames,
                                    warmup=args.warmup, files=files, progress=progress, variants=_variants(args),
-                                   age=args.age)
+                                   age=args.age, compile=compile_option(args))
     if args.plot:
         latency.plot_latency(report, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
@@ -244,7 +245,8 @@ SERVER_OPTIONS = (("--hf-repo", "hf_repo", None), ("--lm", "lm", None), ("--mimi
                   ("--tokenizer", "tokenizer", None), ("--lm-config", "lm_config", None),
                   ("--mimi-config", "mimi_config", None), ("--dtype", "dtype", None), ("--quantize", "quantize", None),
                   ("--kv-dtype", "kv_dtype", "auto"), ("--device", "device", "auto"), ("--slots", "slots", None),
-                  ("--threads", "threads", 0), ("--no-cuda-graphs", "no_cuda_graphs", False))
+                  ("--threads", "threads", 0), ("--no-cuda-graphs", "no_cuda_graphs", False),
+                  ("--compile", "compile", None))
 
 
 def _check_url(args) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -15,6 +16,9 @@ from codec.io.audio import check_writable_format
 from ..errors import UsageError
 from ..runtime import devices as runtime_devices
 from ..runtime.checkpoints import ModelFiles, adapter_file, shipped_adapters
+from ..runtime.compiled import MODES as COMPILE_MODES
+from ..runtime.compiled import STAGES as COMPILE_STAGES
+from ..runtime.compiled import warm_up
 from ..runtime.engine import Engine
 from ..runtime.quantization import KV_DTYPES, QUANTIZE_CHOICES, kv_dtype
 from ..serving.mic import describe_sound_devices
@@ -110,6 +114,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="LM dtype (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the frame step eagerly on CUDA")
+    p.add_argument("--compile", nargs="*", metavar="STAGE", choices=[*COMPILE_STAGES, *COMPILE_MODES],
+                   help="compile engine stages with torch.compile (Inductor) at the first step: fused kernels, the "
+                   f"same tokens, minutes of compiling; alone: {', '.join(COMPILE_STAGES)}; or name some, and "
+                   f"optionally a mode ({', '.join(COMPILE_MODES)}) (docs/benchmarks.md, 'Compiled stages')")
     p.add_argument("--lora", metavar="FILE", action="append", default=[],
                    help="a LoRA adapter in Kyutai's layout (moshi-finetune's lora.safetensors, its rank and scaling "
                    "from the config.json beside it), or the name of one shipped for the default model ("
@@ -190,10 +198,27 @@ def _model_files(args) -> ModelFiles:
 
 def build_engine(args, slots: int, files: Optional[ModelFiles] = None) -> Engine:
     """The engine on the model options' files (``files``, when the caller has resolved them already)."""
-    return Engine.from_files(files or model_files(args), slots=slots, device=pick_device(args.device),
-                             dtype=getattr(torch, args.dtype) if args.dtype else None,
-                             cuda_graphs=not args.no_cuda_graphs, quantize=getattr(args, "quantize", None),
-                             kv_dtype=kv_dtype(getattr(args, "kv_dtype", None)))
+    engine = Engine.from_files(files or model_files(args), slots=slots, device=pick_device(args.device),
+                               dtype=getattr(torch, args.dtype) if args.dtype else None,
+                               cuda_graphs=not args.no_cuda_graphs, quantize=getattr(args, "quantize", None),
+                               kv_dtype=kv_dtype(getattr(args, "kv_dtype", None)),
+                               compile=compile_option(args))
+    if engine.compiled:  # now, not at the first session's first frame
+        print(f"compiling {', '.join(engine.compiled)} (torch.compile; minutes, more on a CPU) ...", file=sys.stderr)
+        seconds = warm_up(engine)
+        fallen = [f"{name} ({stage.error})" for name, stage in engine.compiled.items() if not stage.compiled]
+        print(f"compiled in {seconds:.0f} s" + (f"; running eagerly: {', '.join(fallen)}" if fallen else ""),
+              file=sys.stderr)
+    return engine
+
+
+def compile_option(args):
+    """The engine's ``compile`` of a --compile option: False when not given, True (every stage) when given alone,
+    else the stages and mode it names."""
+    value = getattr(args, "compile", None)
+    if value is None:
+        return False
+    return tuple(value) or True
 
 
 def sound_device(value: str):

@@ -65,6 +65,7 @@ from ..model.prompts import (
 from ..model.sampling import Sampling, SlotSampling
 from ..model.tokenizer import TextTokenizer
 from .checkpoints import ModelFiles, codec_config_for, lm_codec, lm_config_for, lm_tokenizer
+from .compiled import CompileOption, compile_stages
 from .profiling import StageTimer
 from .quantization import describe
 
@@ -100,7 +101,7 @@ def _graphs_disabled_by_env() -> bool:
 class Engine:
     def __init__(self, lm: MoshiLM, mimi: Mimi, tokenizer: Optional[TextTokenizer] = None, slots: int = 8,
                  cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None,
-                 kv_dtype: Optional[torch.dtype] = None):
+                 kv_dtype: Optional[torch.dtype] = None, compile: CompileOption = False):
         if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
             raise ValueError(f"slots must be a positive integer, got {slots!r}")
         cfg = lm.config
@@ -170,19 +171,24 @@ class Engine:
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda" and not _graphs_disabled_by_env()
         self._graphs: Optional[dict] = None
         self._outputs: Optional[tuple] = None
+        # compile: stages compiled with torch.compile for this engine only (runtime/compiled.py; {} when off).
+        self.compiled = compile_stages(self, compile)
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
     def from_files(cls, files: ModelFiles, slots: int = 8, device: Union[str, torch.device] = "cpu",
                    dtype: Optional[torch.dtype] = None, cuda_graphs: bool = True,
                    sampling: Optional[SamplingOptions] = None, quantize: Optional[str] = None,
-                   kv_dtype: Optional[torch.dtype] = None) -> "Engine":
+                   kv_dtype: Optional[torch.dtype] = None, compile: CompileOption = False) -> "Engine":
         """The engine on the model ``files`` name (``ModelFiles.default()``, ``.for_lm(path)``,
         ``.from_hf_cache(repo)``). dtype None: bfloat16 on CUDA, float32 on CPU (the codec is always float32).
         ``quantize`` (``"int8"``, ``"fp8"``): the LM's linear weights quantized at load (a quantized file loads as
-        it is); ``kv_dtype``: the KV rings' dtype (``torch.float8_e4m3fn``: the fp8 ring). docs/quantization.md."""
+        it is); ``kv_dtype``: the KV rings' dtype (``torch.float8_e4m3fn``: the fp8 ring). docs/quantization.md.
+        ``compile``: stages compiled with torch.compile (True: encode, depth and decode; or their names, and an
+        Inductor mode: runtime/compiled.py's ``compile_plan``)."""
         lm, mimi, tokenizer = files.load(device, dtype, quantize=quantize)
-        engine = cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling, kv_dtype=kv_dtype)
+        engine = cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling, kv_dtype=kv_dtype,
+                     compile=compile)
         engine.files = files
         return engine
 
@@ -192,7 +198,7 @@ class Engine:
                          device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
                          cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None,
                          lm_config=None, mimi_config=None, quantize: Optional[str] = None,
-                         kv_dtype: Optional[torch.dtype] = None) -> "Engine":
+                         kv_dtype: Optional[torch.dtype] = None, compile: CompileOption = False) -> "Engine":
         """Paths (or loaded models). A path's companions not given are found beside it as ``ModelFiles.for_lm``
         finds them: the LM's config (never assumed: Kyutai's Moshi 7B file without one is told by its shapes, or
         give ``lm_config="moshi_7b"``), its codec and its tokenizer. dtype None: bfloat16 on CUDA, float32 on CPU
@@ -201,7 +207,7 @@ class Engine:
             files = ModelFiles.for_lm(lm, mimi=mimi, tokenizer=tokenizer, lm_config=lm_config,
                                       mimi_config=mimi_config)
             return cls.from_files(files, slots=slots, device=device, dtype=dtype, cuda_graphs=cuda_graphs,
-                                  sampling=sampling, quantize=quantize, kv_dtype=kv_dtype)
+                                  sampling=sampling, quantize=quantize, kv_dtype=kv_dtype, compile=compile)
         device = torch.device(device)
         if isinstance(lm, MoshiLM):
             if mimi is None:
@@ -221,15 +227,17 @@ class Engine:
             mimi = Mimi.from_checkpoint(mimi, config=codec_config_for(mimi, mimi_config), device=device)
         if tokenizer is not None and not isinstance(tokenizer, TextTokenizer):
             tokenizer = TextTokenizer(tokenizer)
-        return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling, kv_dtype=kv_dtype)
+        return cls(lm, mimi, tokenizer, slots=slots, cuda_graphs=cuda_graphs, sampling=sampling, kv_dtype=kv_dtype,
+                   compile=compile)
 
     @classmethod
     def default(cls, slots: int = 8, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
                 cuda_graphs: bool = True, sampling: Optional[SamplingOptions] = None, quantize: Optional[str] = None,
-                kv_dtype: Optional[torch.dtype] = None) -> "Engine":
+                kv_dtype: Optional[torch.dtype] = None, compile: CompileOption = False) -> "Engine":
         """The engine on duplex's own small default model (``ModelFiles.default()``); nothing is downloaded."""
         return cls.from_files(ModelFiles.default(), slots=slots, device=device, dtype=dtype,
-                              cuda_graphs=cuda_graphs, sampling=sampling, quantize=quantize, kv_dtype=kv_dtype)
+                              cuda_graphs=cuda_graphs, sampling=sampling, quantize=quantize, kv_dtype=kv_dtype,
+                              compile=compile)
 
     @property
     def quantization(self) -> dict:

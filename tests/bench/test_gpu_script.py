@@ -68,6 +68,32 @@ def test_the_table_of_a_gpu_run(tmp_path):
     assert "| fp8 | | out of memory (peak 139.0 GB; computed 12.7 GB) |" in table
     assert "| LoRA training step, Moshi 7B (random) | none | | timed out after 40 s |" in table
     assert "GPU only" not in table and "shipped model's shape (random), CPU" not in table
+    assert "| step, Moshi 7B shapes (random), CUDA graphs, stages compiled (x: over uncompiled) | | | not run |" \
+        in table
+
+
+def test_the_compiled_rows_of_a_gpu_run(tmp_path):
+    """bench latency --compile's runs beside the uncompiled ones: the speedup, the depth stage before and after, the
+    compile time, or the eager fallback."""
+    def staged(run, depth, compiled=None):
+        run["stages_ms"] = {"depth": {"p50": depth}}
+        if compiled is not None:
+            run["compiled"] = compiled
+        return run
+
+    uncompiled = [staged(_run("none", "none", "bfloat16", 1, 13.9, 17), 4.35),
+                  staged(_run("none", "none", "bfloat16", 64, 42.5, 117), 5.28)]
+    compiled = [staged(_run("none", "none", "bfloat16", 1, 10.0, 17), 0.5, {"encode": 40.0, "depth": 95.2}),
+                staged(_run("none", "none", "bfloat16", 64, 42.0, 117), 5.2,
+                       {"encode": 41.0, "depth": "eager: BackendCompilerFailed: x"})]
+    (tmp_path / "latency_7b.json").write_text(json.dumps(_latency(uncompiled)))
+    (tmp_path / "latency_7b_compiled_1.json").write_text(json.dumps(_latency(compiled[:1])))
+    (tmp_path / "latency_7b_compiled_64.json").write_text(json.dumps(_latency(compiled[1:])))
+    (tmp_path / "device.txt").write_text("cuda\n")
+    table = summary.table(tmp_path)
+    assert ("| step, Moshi 7B shapes (random), CUDA graphs, stages compiled (x: over uncompiled) | none | bfloat16 "
+            "| 10.0 ms (1.39x; depth 0.50 vs 4.35 ms; encode+depth compiled in 135 s) | 42.0 ms (1.01x; depth 5.20 vs "
+            "5.28 ms; encode compiled in 41 s; depth eager: BackendCompilerFailed: x) |") in table
 
 
 def test_the_table_of_a_cpu_run_marks_the_gpu_cells(tmp_path):
@@ -83,6 +109,8 @@ def test_the_table_of_a_cpu_run_marks_the_gpu_cells(tmp_path):
         in table
     assert "GPU tests (tests/runtime/test_gpu.py) | | | GPU only (no CUDA here)" in table
     assert "goal (H200): 128 sessions fit | | | not measured (no GPU)" in table
+    assert ("| step, Moshi 7B shapes (random), CUDA graphs, stages compiled (x: over uncompiled) | | | GPU only "
+            "| GPU only | GPU only | GPU only |") in table
     assert "fidelity (duplex bench fidelity) | | | not run" in table
     assert "| LoRA training step, Moshi 7B (random) | | | GPU only | GPU only | GPU only | GPU only |" in table
     assert "| LoRA training step, shipped model's shape (random), CPU | | | not run |" in table
