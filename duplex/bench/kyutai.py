@@ -28,7 +28,9 @@ from codec.utils.stats import describe_device, summary
 
 from ..errors import DuplexError
 from ..model.config import LMConfig
+from ..model.generator import depth_step
 from ..model.lm import MoshiLM
+from ..runtime.compiled import CompiledStage
 from ..serving.protocol import FRAME_RATE, FRAME_SIZE
 
 PARTS = ("lm", "codec")
@@ -55,12 +57,15 @@ def _moshi():
     return loaders, LMGen, no_compile
 
 
-def _lm_pair(config: str, batch: int, age: Optional[float]) -> tuple:
-    """(our step, Kyutai's step, what closes Kyutai's streaming context) for the LM."""
+def _lm_pair(config: str, batch: int, age: Optional[float], compile: bool = False) -> tuple:
+    """(our step, Kyutai's step, what closes Kyutai's streaming context) for the LM; ``compile``: our depth stage
+    compiled, as ``--compile depth`` runs it in the engine (compiled in the untimed steps)."""
     loaders, LMGen, _ = _moshi()
     cfg = LMConfig.load(config)
     ours = MoshiLM.random(cfg, seed=SEED).generator(batch, seed=SEED)
     ours.advance_to(cfg.context if age is None else int(round(age * FRAME_RATE)))
+    if compile:
+        ours.depth_step = CompiledStage("depth", depth_step)
     with torch.random.fork_rng(devices=[]):  # Kyutai's modules draw their weights from the global generator
         torch.manual_seed(SEED)
         theirs = LMGen(loaders.get_moshi_lm(None, lm_kwargs=cfg.to_dict(), device="cpu", dtype=torch.float32))
@@ -108,8 +113,11 @@ def _in_turns(ours: Callable, theirs: Callable, frames: int, warmup: int, progre
 
 @torch.no_grad()
 def bench_kyutai(parts: Sequence[str] = PARTS, lm_config: str = LM_CONFIG, batch_sizes: Sequence[int] = BATCH_SIZES,
-                 frames: int = FRAMES, warmup: int = WARMUP, age: Optional[float] = None, progress=None) -> dict:
-    """Time our step and Kyutai's in turns (module docstring) for each part and batch size, on the CPU."""
+                 frames: int = FRAMES, warmup: int = WARMUP, age: Optional[float] = None, progress=None,
+                 compile: bool = False) -> dict:
+    """Time our step and Kyutai's in turns (module docstring) for each part and batch size, on the CPU.
+    ``compile``: our LM's depth stage compiled (``torch.compile``; Kyutai's runs as its CPU deployment runs it,
+    uncompiled), compiled during the untimed steps (give at least one)."""
     _, _, no_compile = _moshi()
     import moshi  # noqa: PLC0415 - its version, for the report (imported by _moshi already)
 
@@ -121,7 +129,8 @@ def bench_kyutai(parts: Sequence[str] = PARTS, lm_config: str = LM_CONFIG, batch
     with no_compile(), torch.random.fork_rng(devices=[]):
         for part in parts:
             for batch in batch_sizes:
-                ours, theirs, stack = _lm_pair(lm_config, batch, age) if part == "lm" else _codec_pair(batch)
+                ours, theirs, stack = (_lm_pair(lm_config, batch, age, compile) if part == "lm"
+                                       else _codec_pair(batch))
                 with stack:
                     ours_ms, theirs_ms = _in_turns(ours, theirs, frames, warmup, progress, f"{part} batch {batch}")
                 a, b = summary(ours_ms), summary(theirs_ms)
@@ -130,6 +139,7 @@ def bench_kyutai(parts: Sequence[str] = PARTS, lm_config: str = LM_CONFIG, batch
     return {
         "benchmark": "ours and Kyutai's implementation, side by side (steps in turns)",
         "lm_config": lm_config, "lm_age_s": age,  # None: a full KV ring
+        "lm_compiled": compile,  # our depth stage compiled
         "codec": "official Mimi shape, 8 codebooks",
         "dtype": "float32", "device": "cpu", "hardware": describe_device(torch.device("cpu")),
         "torch": torch.__version__, "moshi": moshi.__version__,
@@ -143,7 +153,8 @@ def format_table(report: dict) -> str:
     lines = [f"# {report['benchmark']} -- {report['hardware']}, torch {report['torch']}, moshi {report['moshi']}, "
              f"{report['date']}",
              f"# lm: config {report['lm_config']}, sessions "
-             + ("with a full KV ring" if age is None else f"{age:g} s in") + f"; codec: {report['codec']}",
+             + ("with a full KV ring" if age is None else f"{age:g} s in")
+             + (", our depth stage compiled" if report.get("lm_compiled") else "") + f"; codec: {report['codec']}",
              f"{'part':>5} {'batch':>5} {'ours ms':>8} {'p99':>7} {'Kyutai ms':>9} {'p99':>7} {'ratio':>6}"]
     for r in report["results"]:
         a, b = r["ours_ms"], r["kyutai_ms"]

@@ -89,7 +89,7 @@ def run_bench_kyutai(args) -> int:
     _timing(args)  # checks --json and --plot too
     report = kyutai.bench_kyutai(parts=args.parts, lm_config=args.lm_config, batch_sizes=args.batch_sizes,
                                  frames=args.frames, warmup=args.warmup, age=args.age,
-                                 progress=codec_bench.console_progress)
+                                 progress=codec_bench.console_progress, compile=args.compile)
     if args.plot:
         kyutai.plot(report, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
@@ -375,6 +375,8 @@ def register(commands) -> None:
     p.set_defaults(frames=kyutai.FRAMES, warmup=kyutai.WARMUP, device="cpu")
     _add_age_option(p)
     p.add_argument("--plot", metavar="PNG", help="draw the side-by-side bars here")
+    p.add_argument("--compile", action="store_true", help="our LM's depth stage compiled (torch.compile, in the "
+                   "untimed steps; minutes on a CPU), as --compile depth runs it in the engine")
     p.set_defaults(run=run_bench_kyutai)
     p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
     p.add_argument("--model", default="default", help="default (shipped small model), default-official-codec (its "

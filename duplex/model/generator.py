@@ -116,7 +116,7 @@ class Forcing:
 
 def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, sampling: Sampling,
                   active: Optional[torch.Tensor] = None, forcing: Optional[Forcing] = None,
-                  length: Optional[int] = None) -> torch.Tensor:
+                  length: Optional[int] = None, depth=None) -> torch.Tensor:
     """Advance every active slot by one frame. user_codes int64 [B, user_codebooks]; returns int64 [B, 1 +
     model_codebooks] (text token, then the audio codes to decode), UNGENERATED_TOKEN (-2) for slots in their first
     step (first two for PersonaPlex).
@@ -124,12 +124,13 @@ def generate_step(lm, state: dict, scratch: dict, user_codes: torch.Tensor, samp
     ``scratch``: the depth transformer's per-step cache and the stacked depth input projections
     (``new_scratch``); ``sampling``: every slot's settings and seed (``Sampling``); ``forcing``: PersonaPlex only,
     the system-prompt inputs (``Forcing``); ``length``: how much of the KV rings to attend (``attended_slots`` of
-    the largest offset among the active slots, known on the host; default the whole ring): the same values."""
+    the largest offset among the active slots, known on the host; default the whole ring): the same values;
+    ``depth``: what runs Kyutai's depth stage (default ``depth_step``; e.g. a compiled ``depth_step``)."""
     if lm.config.personaplex:
         transformer_out, text_logits = persona_temporal_step(lm, state, user_codes, active, forcing, length)
         return persona_depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active)
     transformer_out, text_logits = temporal_step(lm, state, user_codes, active, forcing, length)
-    return depth_step(lm, state, scratch, transformer_out, text_logits, sampling, active, forcing)
+    return (depth or depth_step)(lm, state, scratch, transformer_out, text_logits, sampling, active, forcing)
 
 
 def temporal_step(lm, state: dict, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None,
@@ -323,6 +324,9 @@ class LMGenerator:
         self.state = new_generator_state(lm, batch_size, kv_dtype)
         self.scratch = new_scratch(lm, batch_size)
         self.forcing = Forcing(lm, batch_size)
+        # What runs the depth stage of a Moshi-style model's step: ``depth_step``, or the same function compiled
+        # (``duplex.runtime.compiled.CompiledStage("depth", depth_step)``: the same tokens, fewer kernels).
+        self.depth_step = depth_step
         # Each slot's offset as the host knows it without reading the device (None: not known, after a step whose
         # ``active`` mask lives on an accelerator), so a step attends only the ring slots written so far.
         self._offsets: "Optional[list]" = [0] * batch_size
@@ -372,7 +376,7 @@ class LMGenerator:
         self.forcing.clear()
         rows = self._host_rows(active)
         out = generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active, forcing,
-                            self._length(rows))
+                            self._length(rows), self.depth_step)
         self._advance(rows)
         return out
 

@@ -173,3 +173,18 @@ def test_cuda_graph_per_length_equals_eager_whole_ring(greedy, small_buckets):
         assert sorted(engines[1]._graphs["temporal"]) == [8, 16, 32, CONTEXT]
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_generator_depth_stage_is_replaceable():
+    """``LMGenerator.depth_step`` is what runs the depth stage (what ``bench kyutai --compile`` puts a compiled
+    ``depth_step`` in): a wrapper around it is called every step and changes nothing."""
+    from duplex.model.generator import depth_step
+
+    lm = small_lm()
+    user = torch.randint(0, lm.config.card, (6, 2, lm.config.user_codebooks), generator=torch.Generator().manual_seed(2))
+    plain, wrapped = lm.generator(2, seed=3), lm.generator(2, seed=3)
+    calls = []
+    wrapped.depth_step = lambda *args: calls.append(1) or depth_step(*args)
+    for step in range(6):
+        assert torch.equal(plain.step(user[step]), wrapped.step(user[step]))
+    assert len(calls) == 6
