@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from codec.utils.stats import describe_device
+
 from ..bench import latency
 from ..bench.turntaking import make_set, metrics, runner, scale_set
 from ..bench.turntaking.plots import plot_report
@@ -131,8 +133,11 @@ def run_run(args) -> int:
         print(f"duplex: {e}", file=sys.stderr)
         return 130
     print(runner.format_run(ran, args.slots, args.out), file=sys.stderr)
+    device = getattr(getattr(engine, "lm", None), "device", None)  # (stand-ins have no model)
     run = {**ran, "load_seconds": loaded, "seed": args.seed, "setup": setup,
-           "quantization": getattr(engine, "quantization", None)}  # what ran (stand-ins have none)
+           "quantization": getattr(engine, "quantization", None),  # what ran (stand-ins have none)
+           "hardware": describe_device(device) if device is not None else None, "torch": torch.__version__,
+           "date": time.strftime("%Y-%m-%d")}
     if files is None:
         run["note"] = RANDOM_NOTE
     print(runner.format_run_table(run))

@@ -2,8 +2,9 @@
 at Full-Duplex-Bench's scale (FDB v1: about 730 samples, 8 hours of audio) where FDB's data and a speech
 synthesizer are not at hand (a GPU machine that reaches nothing: the shipped ``demos/fdb-synthetic`` is enough).
 
-Sample i of the new set is a copy of a source sample, taken from the source's tasks in turn (the first sample of
-each task, then the second ..., cycling), so that any number of samples keeps the tasks balanced. Its
+Sample i of the new set is a copy of a source sample, the source's tasks taken in turn and each task cycling
+through its own samples (first of each task, then second of each ...), so that any number of samples keeps the
+tasks balanced. Its
 ``input.wav`` is the source recording followed by a tail of quiet noise (about -60 dBFS, Gaussian), so every
 annotation stays true: the events all lie in the recording, before the tail. The tails share out what the asked
 total length leaves after the recordings, in random proportions (Gamma(2) weights), so lengths vary as FDB's do and
@@ -48,8 +49,8 @@ class _Source:
     rate: int
 
 
-def _sources(root: Path) -> List[_Source]:
-    """The source's samples, the tasks taken in turn (first of each task, second of each, ...)."""
+def _sources(root: Path) -> List[List[_Source]]:
+    """The source's samples, a list per task (in ``TASKS``' order), each in its folders' natural order."""
     if not root.is_dir():
         raise FDBError(f"{root}: not a folder (give a set of FDB sample folders, such as demos/fdb-synthetic)")
     by_task: Dict[str, List[_Source]] = {}
@@ -70,8 +71,7 @@ def _sources(root: Path) -> List[_Source]:
     def natural(s: _Source) -> tuple:  # 2 before 10
         return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in s.folder.relative_to(root).parts)
 
-    lists = [sorted(by_task[t], key=natural) for t in TASKS if t in by_task]
-    return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
+    return [sorted(by_task[t], key=natural) for t in TASKS if t in by_task]
 
 
 def _truth(path: Path) -> Optional[dict]:
@@ -123,8 +123,9 @@ def scale_set(source: Path, out: Path, samples: int = SAMPLES, hours: float = HO
         raise UsageError(f"{out} is not empty: give a new folder for the set")
     if out.resolve().is_relative_to(source.resolve()):
         raise UsageError(f"{out} is inside {source}: give a folder outside it")
-    pool = _sources(source)
-    chosen = [pool[i % len(pool)] for i in range(samples)]
+    tasks = _sources(source)
+    # the tasks in turn, each cycling through its own samples: any number of samples keeps the tasks balanced
+    chosen = [tasks[i % len(tasks)][(i // len(tasks)) % len(tasks[i % len(tasks)])] for i in range(samples)]
     tails = tail_lengths([s.frames for s in chosen], [s.rate for s in chosen], hours * 3600.0, seed)
     truths: Dict[Path, Optional[dict]] = {}
     new_truths: Dict[Path, dict] = {}
@@ -161,7 +162,7 @@ def scale_set(source: Path, out: Path, samples: int = SAMPLES, hours: float = HO
     for folder, truth in new_truths.items():
         (folder / TRUTH).write_text(json.dumps(truth), encoding="utf-8")
     return {"samples": samples, "seconds": seconds, "tasks": {t: counts[t] for t in TASKS if t in counts},
-            "source_samples": len(pool)}
+            "source_samples": sum(map(len, tasks))}
 
 
 def format_scaled(made: dict, out: Path) -> str:
