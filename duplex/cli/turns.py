@@ -91,7 +91,10 @@ def random_model(args) -> bool:
 
 def random_setup(args) -> dict:
     """``run_setup`` of a model of random weights: its name and seed instead of files."""
-    return {"model": args.model, "weights": f"random, seed {latency.DEFAULT_SEED}",
+    weights = f"random, seed {latency.DEFAULT_SEED}"
+    if args.model == "default-official-codec":
+        weights = f"the shipped LM; the official Mimi architecture, {weights}"
+    return {"model": args.model, "weights": weights,
             "voice_prompt": args.voice_prompt, "voice_prompt_dir": args.voice_prompt_dir and
             os.path.abspath(args.voice_prompt_dir), "text_prompt": args.text_prompt, "dtype": args.dtype,
             "device": pick_device(args.device).type, "quantize": args.quantize, "kv_dtype": args.kv_dtype}
@@ -123,7 +126,8 @@ def run_run(args) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     engine = build_engine(args, args.slots, files) if files is not None else random_engine(args, args.slots)
-    prompt = system_prompt(args, engine)
+    # random weights have no tokenizer: no role text unless asked (then the engine says it needs one)
+    prompt = system_prompt(args, engine) if files is not None else system_prompt(args, engine, persona_default=None)
     loaded = time.perf_counter() - started
     try:
         with runner.ConsoleProgress() as shown:
