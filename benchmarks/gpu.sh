@@ -92,8 +92,9 @@ $PY -m duplex bench memory --config moshi_7b --device cpu "${MEASURED[@]}" --jso
 
 step "fidelity"
 # duplex bench fidelity (another part of issue 25): the shipped model, and on CUDA the random 7B-shaped one, each
-# with its default variants and frames (a few frames on the CPU). On the lent machine demos/fdb-synthetic (its
-# default speech) is moved out of the checkout to fit the upload: demos/hello.wav is looped instead.
+# with its default variants and frames (a few frames on the CPU). On the lent machine one sample per task of
+# demos/fdb-synthetic (its default speech) stays in the checkout (.ci/device --aside), looped as needed; without
+# the folder, demos/hello.wav is looped instead.
 : > "$OUT/fidelity.txt"
 if $PY -m duplex bench fidelity --help > "$OUT/fidelity_help.txt" 2>&1; then
   AUDIO=()
