@@ -156,8 +156,11 @@ def _fdb_cell(run: dict) -> str:
     """One ``bench turns run``: its size, wall time (and the model's loading), speed, steps and slots used."""
     used = run["slots_used"]
     rtf = run.get("real_time_factor")
-    return (f"{run['samples']} samples, {run['audio_seconds'] / 3600:.2f} h of audio in {run['wall_seconds']:.1f} s "
-            f"(+ {run.get('load_seconds', 0):.1f} s loading): {run['x_real_time']:.1f}x real time, RTF "
+    audio = run["audio_seconds"]
+    audio = f"{audio / 3600:.2f} h" if audio >= 360 else f"{audio:.1f} s"  # the CPU dry run's few seconds
+    speed = run["x_real_time"]
+    return (f"{run['samples']} samples, {audio} of audio in {run['wall_seconds']:.1f} s "
+            f"(+ {run.get('load_seconds', 0):.1f} s loading): {speed:.{1 if speed >= 10 else 2}f}x real time, RTF "
             f"{'-' if rtf is None else f'{rtf:.4f}'}; {run['engine_steps']} engine steps, slots used "
             f"{used['mean']:.1f} mean / {used['max']} max of {run['slots']}")
 
