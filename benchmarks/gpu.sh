@@ -17,21 +17,42 @@
 # Triton kernels captured in the engine's CUDA graphs), beside the uncompiled rows; GPU only (on the CPU the compile
 # alone takes minutes: docs/benchmarks.md, "Compiled stages"); up to 8 minutes more.
 #
-# Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_7b_compiled_{1,64}.json, latency_default.json,
-# memory_7b.json, gpu_tests.txt, fidelity.txt, fidelity_MODEL.json, lora_7b.json (lora_default.json with --cpu),
-# lora_status.txt, summary.md.
+# And FDB v1 at scale (issue 29): `duplex bench turns run` over a set of FDB v1's size (730 samples, 8 h of audio)
+# made on the machine from demos/fdb-synthetic (`bench turns scale-set`), Moshi 7B shapes (random weights), 64 slots,
+# CUDA graphs, at most $FDB_LIMIT s (default 330): wall time, real-time factor, engine steps and slots used. On
+# the CPU (--cpu) the same with the shipped model over 2 samples (11 s of audio). With it the whole run takes up to
+# about 14 minutes on an H200, more than one call of the lent device may (10): there, run it in two calls,
+#   bash benchmarks/gpu.sh --no-fdb     everything but FDB at scale (under 8 minutes)
+#   bash benchmarks/gpu.sh --fdb-only   FDB at scale alone (about 5-6 minutes), its rows in the same table
+# (FDB_SAMPLES, FDB_HOURS and FDB_LIMIT change its size and time limit.)
+#
+# Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_7b_compiled_{1,64}.json, latency_default.json, memory_7b.json,
+# gpu_tests.txt, fidelity.txt, fidelity_MODEL.json, lora_7b.json (lora_default.json with --cpu), lora_status.txt,
+# fdb_7b.json (fdb_default.json with --cpu), fdb_status.txt, summary.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/duplex-gpu}
 mkdir -p "$OUT"
 rm -f "$OUT"/latency_7b.json "$OUT"/latency_7b_compiled_*.json "$OUT"/latency_default.json "$OUT"/memory_7b.json \
-  "$OUT"/gpu_tests.txt "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt "$OUT"/lora_*.json \
-  "$OUT"/lora.txt "$OUT"/lora.log "$OUT"/lora_status.txt
+  "$OUT"/gpu_tests.txt "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt \
+  "$OUT"/lora_*.json "$OUT"/lora.txt "$OUT"/lora.log "$OUT"/lora_status.txt "$OUT"/fdb_*.json "$OUT"/fdb.txt \
+  "$OUT"/fdb.log "$OUT"/fdb_status.txt "$OUT"/fdb_set.txt
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 VARIANTS="none fp8kv int8 int8+fp8kv fp8 fp8+fp8kv"
 
-if [ "${1:-}" != "--cpu" ] && $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+CPU_ONLY=0 FDB=1 REST=1
+for arg in "$@"; do
+  case "$arg" in
+    --cpu) CPU_ONLY=1 ;;
+    --no-fdb) FDB=0 ;;
+    --fdb-only) REST=0 ;;
+    *) echo "usage: bash benchmarks/gpu.sh [--cpu] [--no-fdb | --fdb-only]" >&2; exit 2 ;;
+  esac
+done
+if [ $FDB = 0 ] && [ $REST = 0 ]; then echo "--no-fdb and --fdb-only leave nothing to run" >&2; exit 2; fi
+
+if [ $CPU_ONLY = 0 ] && $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   DEVICE=cuda
 else
   DEVICE=cpu
@@ -41,6 +62,7 @@ status=0
 started=$(date +%s)
 step() { echo "== [$(( $(date +%s) - started )) s] $*"; }
 
+if [ $REST = 1 ]; then
 if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   step "GPU tests"
@@ -80,8 +102,9 @@ $PY -m duplex bench memory --config moshi_7b --device cpu "${MEASURED[@]}" --jso
 
 step "fidelity"
 # duplex bench fidelity (another part of issue 25): the shipped model, and on CUDA the random 7B-shaped one, each
-# with its default variants and frames (a few frames on the CPU). On the lent machine demos/fdb-synthetic (its
-# default speech) is moved out of the checkout to fit the upload: demos/hello.wav is looped instead.
+# with its default variants and frames (a few frames on the CPU). On the lent machine one sample per task of
+# demos/fdb-synthetic (its default speech) stays in the checkout (.ci/device --aside), looped as needed; without
+# the folder, demos/hello.wav is looped instead.
 : > "$OUT/fidelity.txt"
 if $PY -m duplex bench fidelity --help > "$OUT/fidelity_help.txt" 2>&1; then
   AUDIO=()
@@ -128,12 +151,49 @@ for entry in $LORA_LIMITS; do
   else lora_verdicts+=("$weights: failed (exit $rc)"); status=1; tail -3 "$OUT/lora.log"; fi
 done
 (IFS=';'; echo "${lora_verdicts[*]}") | sed 's/;/; /g' > "$OUT/lora_status.txt"
+fi  # REST
+
+# FDB v1 at scale (issue 29, deliverables 3 and 5): the set made here from demos/fdb-synthetic (on the lent machine
+# .ci/device --aside leaves one sample per task of it), then run offline many at a time, without scoring (random
+# weights: their scores mean nothing; the scorer's Silero VAD is not on that machine). The time limit sends Ctrl-C
+# (SIGINT): the run stops keeping what it finished, and its last progress line says how far it got and how fast.
+if [ $FDB = 1 ]; then
+  if [ "$DEVICE" = cuda ]; then
+    FDB_MODEL=moshi_7b FDB_JSON=fdb_7b.json FDB_SLOTS=64
+    FDB_SAMPLES=${FDB_SAMPLES:-730} FDB_HOURS=${FDB_HOURS:-8} FDB_LIMIT=${FDB_LIMIT:-330}
+  else
+    FDB_MODEL=default FDB_JSON=fdb_default.json FDB_SLOTS=2
+    FDB_SAMPLES=${FDB_SAMPLES:-2} FDB_HOURS=${FDB_HOURS:-0.003} FDB_LIMIT=${FDB_LIMIT:-180}
+  fi
+  step "FDB v1 at scale: $FDB_SAMPLES samples, $FDB_HOURS h of audio (scale-set of demos/fdb-synthetic), then bench" \
+    "turns run --model $FDB_MODEL --slots $FDB_SLOTS on $DEVICE, at most $FDB_LIMIT s"
+  rm -rf "$OUT/fdb_set" "$OUT/fdb_out"
+  if $PY -m duplex bench turns scale-set demos/fdb-synthetic "$OUT/fdb_set" --samples "$FDB_SAMPLES" \
+      --hours "$FDB_HOURS" > "$OUT/fdb_set.txt" 2>&1; then
+    cat "$OUT/fdb_set.txt"
+    timeout -s INT -k 20 "$FDB_LIMIT" $PY -m duplex bench turns run "$OUT/fdb_set" "$OUT/fdb_out" \
+      --model "$FDB_MODEL" --device "$DEVICE" --slots "$FDB_SLOTS" --no-score --json "$OUT/$FDB_JSON" \
+      > "$OUT/fdb.txt" 2> "$OUT/fdb.log"
+    rc=$?
+    cat "$OUT/fdb.txt"
+    last=$(tr '\r' '\n' < "$OUT/fdb.log" | grep -E '^[0-9]+/[0-9]+ samples' | tail -1)
+    if [ $rc -eq 0 ]; then echo "ran" > "$OUT/fdb_status.txt"
+    elif [ $rc -eq 124 ] || [ $rc -eq 130 ] || [ $rc -eq 137 ]; then
+      echo "timed out after $FDB_LIMIT s (${last:-no sample finished})" > "$OUT/fdb_status.txt"
+    else echo "failed (exit $rc)" > "$OUT/fdb_status.txt"; status=1; tail -5 "$OUT/fdb.log"; fi
+  else
+    echo "scale-set failed: $(tail -1 "$OUT/fdb_set.txt")" > "$OUT/fdb_status.txt"; status=1
+  fi
+  rm -rf "$OUT/fdb_set" "$OUT/fdb_out"  # about 1 GB each at FDB's size
+fi
 
 step "summary"
 $PY benchmarks/summary.py "$OUT" | tee "$OUT/summary.md"
-echo
-cat "$OUT/memory_7b.txt"
-echo
-cat "$OUT/lora.txt"
+if [ $REST = 1 ]; then
+  echo
+  cat "$OUT/memory_7b.txt"
+  echo
+  cat "$OUT/lora.txt"
+fi
 step "done (exit $status)"
 exit $status

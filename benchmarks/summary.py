@@ -1,7 +1,8 @@
 """The one table of ``benchmarks/gpu.sh``: the reports it wrote into one folder (``bench latency`` JSON for the
 7B shapes and the shipped model, the 7B shapes again with the stages compiled (``--compile``, one report per
 batch size), ``bench memory`` JSON, the GPU tests' pytest output, ``bench fidelity``'s output,
-``bench lora`` JSON: LoRA training steps on a random 7B, or on the CPU the shipped model's shape)
+``bench lora`` JSON: LoRA training steps on a random 7B, or on the CPU the shipped model's shape; ``bench turns run``
+JSON: FDB v1 at scale, a random 7B over a v1-sized set, or on the CPU the shipped model over a few samples)
 as one Markdown table that docs/benchmarks.md can take as it is, with the issue's goals checked. A report that is
 missing gives marked cells ("GPU only" on a machine without CUDA, "not run" otherwise).
 
@@ -179,6 +180,45 @@ def _lora_rows(folder: Path, gpu: bool) -> List[List[str]]:
     return rows
 
 
+FDB_GOAL_S = 300.0  # issue 29: FDB v1 with 7B shapes end to end in under 5 minutes on an H200
+FDB_SAMPLES, FDB_HOURS = 730, 8.0  # FDB v1's size
+
+
+def _fdb_cell(run: dict) -> str:
+    """One ``bench turns run``: its size, wall time (and the model's loading), speed, steps and slots used."""
+    used = run["slots_used"]
+    rtf = run.get("real_time_factor")
+    audio = run["audio_seconds"]
+    audio = f"{audio / 3600:.2f} h" if audio >= 360 else f"{audio:.1f} s"  # the CPU dry run's few seconds
+    speed = run["x_real_time"]
+    return (f"{run['samples']} samples, {audio} of audio in {run['wall_seconds']:.1f} s "
+            f"(+ {run.get('load_seconds', 0):.1f} s loading): {speed:.{1 if speed >= 10 else 2}f}x real time, RTF "
+            f"{'-' if rtf is None else f'{rtf:.4f}'}; {run['engine_steps']} engine steps, slots used "
+            f"{used['mean']:.1f} mean / {used['max']} max of {run['slots']}")
+
+
+def _fdb_rows(folder: Path, gpu: bool) -> List[List[str]]:
+    """[what, cell] for FDB at scale (``fdb_7b.json`` on CUDA, ``fdb_default.json`` on the CPU, else the status
+    ``gpu.sh`` wrote: timed out, with how far it got, or failed), and the issue's goal."""
+    what = ("FDB v1 at scale (bench turns run), Moshi 7B shapes (random), CUDA graphs" if gpu else
+            "FDB at scale (bench turns run), CPU dry run, shipped model")
+    status = _text(folder, "fdb_status.txt")
+    report = _load(folder, "fdb_7b.json" if gpu else "fdb_default.json")
+    run = report["run"] if report else None
+    rows = [[what, _fdb_cell(run) if run else status or "not run"]]
+    if not gpu:
+        return rows + [["goal (H200): FDB v1 with 7B shapes end to end in under 5 minutes", "not measured (no GPU)"]]
+    if run is None:
+        verdict = f"not met: {status}" if status and status.startswith("timed out") else "not measured"
+    else:
+        total = run["wall_seconds"] + run.get("load_seconds", 0.0)
+        full = run["samples"] >= FDB_SAMPLES and run["audio_seconds"] >= 0.99 * FDB_HOURS * 3600
+        verdict = (f"{'met' if total < FDB_GOAL_S else 'not met'}: {total:.0f} s (run and loading)"
+                   + ("" if full else f", but over {run['samples']} samples / {run['audio_seconds'] / 3600:.2f} h, "
+                      "not FDB v1's size"))
+    return rows + [["goal (H200): FDB v1 with 7B shapes end to end in under 5 minutes", verdict]]
+
+
 def table(folder: Path) -> str:
     device = _text(folder, "device.txt") or "cpu"
     gpu = device == "cuda"
@@ -188,7 +228,8 @@ def table(folder: Path) -> str:
     memory = _load(folder, "memory_7b.json")
     batches = sorted({r["batch_size"] for rep in (big, small, compiled) if rep for r in rep["runs"]}
                      | (set() if gpu else {1, 8, 64, 128}))
-    head = next((rep for rep in (big, small) if rep), None)
+    fdb = _load(folder, "fdb_7b.json" if gpu else "fdb_default.json")
+    head = next((rep for rep in (big, small, fdb and fdb["run"]) if rep and "hardware" in rep), None)
     lines = [f"duplex GPU run -- {head['date'] if head else ''}, {head['hardware'] if head else device}, torch "
              f"{head['torch'] if head else '?'}; ms: median per 80 ms frame (x: speedup over unquantized weights "
              "and ring at that batch); GiB: peak torch.cuda.max_memory_allocated / computed (bench memory)", "",
@@ -238,8 +279,12 @@ def table(folder: Path) -> str:
             lines.append(f"| {what} |{f' {weights} ' if weights else ' '}| | {cell} |" + " |" * (len(batches) - 1))
     fidelity = _text(folder, "fidelity_status.txt") or "not run"
     lines.append(f"| fidelity (duplex bench fidelity) | | | {fidelity} |" + " |" * (len(batches) - 1))
+    fdb = _fdb_rows(folder, gpu)
+    lines.append(f"| {fdb[0][0]} | | | {fdb[0][1]} |" + " |" * (len(batches) - 1))
     for goal, verdict in _goals(big if gpu else None, memory):
         lines.append(f"| goal (H200): {goal} | | | {verdict} |" + " |" * (len(batches) - 1))
+    for what, verdict in fdb[1:]:
+        lines.append(f"| {what} | | | {verdict} |" + " |" * (len(batches) - 1))
     fidelity_text = _text(folder, "fidelity.txt")
     if fidelity_text:
         lines += ["", "fidelity (bench fidelity's own table):", fidelity_text]

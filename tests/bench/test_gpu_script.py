@@ -120,3 +120,40 @@ def test_the_table_of_a_cpu_run_marks_the_gpu_cells(tmp_path):
     assert ("| LoRA training step, shipped model's shape (random), CPU, rank 64, batch 1 x 2 s | int8 | | p50 104 ms, "
             "max 124 ms; 1202 frames/s; loss finite, base unchanged; memory GPU only (computed 12.7 GB) |"
             in summary.table(tmp_path))
+
+
+def _fdb_run(samples, hours, wall, load, hardware="NVIDIA H200"):
+    audio = hours * 3600
+    return {"run": {"samples": samples, "skipped": 0, "audio_seconds": audio, "wall_seconds": wall,
+                    "x_real_time": audio / wall, "real_time_factor": wall / audio, "engine_steps": 5700, "slots": 64,
+                    "slots_used": {"mean": 63.2, "max": 64}, "load_seconds": load, "hardware": hardware,
+                    "torch": "2.11", "date": "2026-12-05"}}
+
+
+def test_the_rows_of_fdb_at_scale(tmp_path):
+    """Issue 29: FDB v1 at scale (bench turns run's JSON), its goal checked; a run the time limit stopped says how
+    far it got; a run of the FDB rows alone (--fdb-only) still heads the table with its hardware."""
+    (tmp_path / "device.txt").write_text("cuda\n")
+    (tmp_path / "fdb_7b.json").write_text(json.dumps(_fdb_run(730, 8.0, 240.0, 25.0)))
+    (tmp_path / "fdb_status.txt").write_text("ran\n")
+    table = summary.table(tmp_path)
+    assert table.startswith("duplex GPU run -- 2026-12-05, NVIDIA H200, torch 2.11;")
+    assert ("| FDB v1 at scale (bench turns run), Moshi 7B shapes (random), CUDA graphs | | | 730 samples, 8.00 h of "
+            "audio in 240.0 s (+ 25.0 s loading): 120.0x real time, RTF 0.0083; 5700 engine steps, slots used 63.2 "
+            "mean / 64 max of 64 |" in table)
+    assert "| goal (H200): FDB v1 with 7B shapes end to end in under 5 minutes | | | met: 265 s (run and loading) |" \
+        in table
+    (tmp_path / "fdb_7b.json").write_text(json.dumps(_fdb_run(100, 1.1, 290.0, 25.0)))
+    assert "not met: 315 s (run and loading), but over 100 samples / 1.10 h, not FDB v1's size" \
+        in summary.table(tmp_path)
+    (tmp_path / "fdb_7b.json").unlink()
+    (tmp_path / "fdb_status.txt").write_text("timed out after 330 s (600/730 samples, 95.1x real time, ETA 49 s)\n")
+    table = summary.table(tmp_path)
+    assert "CUDA graphs | | | timed out after 330 s (600/730 samples, 95.1x real time, ETA 49 s) |" in table
+    assert "under 5 minutes | | | not met: timed out after 330 s" in table
+    (tmp_path / "device.txt").write_text("cpu\n")
+    (tmp_path / "fdb_default.json").write_text(json.dumps(_fdb_run(2, 0.003, 5.0, 2.0, "AMD EPYC, 2 threads")))
+    table = summary.table(tmp_path)
+    assert ("| FDB at scale (bench turns run), CPU dry run, shipped model | | | 2 samples, 10.8 s of audio in 5.0 s "
+            "(+ 2.0 s loading): 2.16x real time, RTF 0.4630;" in table)
+    assert "under 5 minutes | | | not measured (no GPU) |" in table

@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,8 +216,9 @@ def check_output(root: Path, out: Path, seed: int, slots: int, setup: Optional[d
 def run_samples(engine, root: Path, out: Path, seed: int = SEED,
                 progress: Optional[Callable[[Progress], None]] = None, prompt=None,
                 setup: Optional[dict] = None, adapter: Union[None, int, str] = None) -> dict:
-    """Run every sample under ``root`` into ``out`` (resuming an interrupted run there); returns {"samples",
-    "skipped", "audio_seconds", "wall_seconds"} (``skipped``: finished by the earlier run). ``progress`` is called
+    """Run every sample under ``root`` into ``out`` (resuming an interrupted run there); returns the run's figures
+    (``run_figures``: samples, seconds of audio and of wall time, speed, engine steps, slots used) of this call
+    (``skipped``: the samples an earlier, interrupted run had finished, not run again). ``progress`` is called
     with a ``Progress`` once before the first sample and after each. Ctrl-C raises ``RunInterrupted``. ``prompt``:
     a system prompt (``Engine.system_prompt``) every sample starts in; stepped once, its state copied into each slot.
     ``setup``: what else changes the outputs (JSON values; ``duplex bench turns run`` gives its model, prompt,
@@ -264,6 +266,7 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
         os.replace(partial, target / "output.json")
 
     queue, running = list(todo), {}
+    steps = occupied = most = 0  # engine steps, and the slots they ran: summed, at most
     chosen = {} if adapter is None else {"adapter": adapter}  # (stand-in engines need not know of adapters)
     if prompt is not None:
         engine.prepare_prompt(prompt, **chosen)
@@ -276,6 +279,9 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
                                        **chosen)
                 running[job.slot] = job
             outputs = engine.step({slot: job.frames[job.position] for slot, job in running.items()})
+            steps += 1
+            occupied += len(running)
+            most = max(most, len(running))
             for slot, job in list(running.items()):
                 audio, text = outputs[slot]
                 job.audio.append(audio)
@@ -299,8 +305,22 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
         gc.unfreeze()
     _copy_set_files(root, out)
     (out / MARK).unlink()
-    return {"samples": len(folders), "skipped": state.skipped, "audio_seconds": state.audio_seconds,
-            "wall_seconds": time.perf_counter() - start}
+    return run_figures(len(folders), state.skipped, state.audio_seconds, time.perf_counter() - start, engine.slots,
+                       steps, occupied, most)
+
+
+def run_figures(samples: int, skipped: int, audio_seconds: float, wall_seconds: float, slots: int, steps: int,
+                occupied: int, most: int) -> dict:
+    """A run's figures: ``samples`` (``skipped`` of them finished by an earlier, interrupted run), the seconds of
+    input audio run and the wall time it took, their ratio both ways (``x_real_time``: audio seconds per second;
+    ``real_time_factor``: its inverse, wall seconds per audio second), the engine's steps (80 ms frames of every
+    running sample at once) and the slots they ran: ``slots_used`` mean and max of the occupied slots over the
+    steps, of ``slots``."""
+    return {"samples": samples, "skipped": skipped, "audio_seconds": audio_seconds, "wall_seconds": wall_seconds,
+            "x_real_time": audio_seconds / wall_seconds if wall_seconds > 0 else 0.0,
+            "real_time_factor": wall_seconds / audio_seconds if audio_seconds > 0 else None,
+            "engine_steps": steps, "slots": slots,
+            "slots_used": {"mean": occupied / steps if steps else 0.0, "max": most}}
 
 
 def format_run(ran: dict, slots: int, out: Path) -> str:
@@ -309,6 +329,27 @@ def format_run(ran: dict, slots: int, out: Path) -> str:
     skipped = f" ({ran['skipped']} finished earlier)" if ran.get("skipped") else ""
     return (f"{ran['samples']} samples{skipped}, {ran['audio_seconds']:.1f} s of audio in {ran['wall_seconds']:.1f} s "
             f"({speed:.2f}x real time, {slots} slot{'' if slots == 1 else 's'}) -> {out}")
+
+
+def format_run_table(run: dict) -> str:
+    """The run's figures (``run_figures``, and ``load_seconds`` when the caller timed the model's loading) as a
+    table of one row, then what its columns mean."""
+    rtf = run.get("real_time_factor")
+    used = run["slots_used"]
+    load = run.get("load_seconds")
+    head = (f"{'samples':>7} {'audio s':>9} {'wall s':>8} {'x real time':>11} {'RTF':>7} {'steps':>7} "
+            f"{'slots used (mean / max of N)':>28}" + (f" {'load s':>7}" if load is not None else ""))
+    slots = f"{used['mean']:.1f} / {used['max']} of {run['slots']}"
+    row = (f"{run['samples'] - run.get('skipped', 0):>7} {run['audio_seconds']:>9.1f} {run['wall_seconds']:>8.1f} "
+           f"{run['x_real_time']:>10.2f}x {'-' if rtf is None else f'{rtf:.4f}':>7} {run['engine_steps']:>7} "
+           f"{slots:>28}" + (f" {load:>7.1f}" if load is not None else ""))
+    legend = ("samples: run by this command" + (f" ({run['skipped']} finished by an earlier run)"
+                                                 if run.get("skipped") else "")
+              + "; audio s: their input audio; wall s: from the first sample to the last output written (not "
+              "the scoring); x real time: audio s / wall s; RTF: wall s / audio s; steps: engine steps (one 80 ms "
+              "frame of every running sample); slots used: running samples per step"
+              + ("; load s: the model loaded and the engine built, before the run" if load is not None else ""))
+    return "\n".join([head, row, *textwrap.wrap(legend, 115)])
 
 
 def _copy_set_files(root: Path, out: Path) -> None:
