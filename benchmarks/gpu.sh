@@ -26,7 +26,8 @@
 #   bash benchmarks/gpu.sh --fdb-only   FDB at scale alone (about 5-6 minutes), its rows in the same table
 # (FDB_SAMPLES, FDB_HOURS and FDB_LIMIT change its size and time limit.)
 #
-# Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_7b_compiled_{1,64}.json, latency_default.json, memory_7b.json,
+# Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_7b_compiled_{1,64}.json, latency_7b_30s.json,
+# latency_default.json, memory_7b.json,
 # gpu_tests.txt, fidelity.txt, fidelity_MODEL.json, lora_7b.json (lora_default.json with --cpu), lora_status.txt,
 # fdb_7b.json (fdb_default.json with --cpu), fdb_status.txt, summary.md.
 set -uo pipefail
@@ -34,7 +35,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/duplex-gpu}
 mkdir -p "$OUT"
-rm -f "$OUT"/latency_7b.json "$OUT"/latency_7b_compiled_*.json "$OUT"/latency_default.json "$OUT"/memory_7b.json \
+rm -f "$OUT"/latency_7b.json "$OUT"/latency_7b_compiled_*.json "$OUT"/latency_7b_30s.json "$OUT"/latency_default.json "$OUT"/memory_7b.json \
   "$OUT"/gpu_tests.txt "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt \
   "$OUT"/lora_*.json "$OUT"/lora.txt "$OUT"/lora.log "$OUT"/lora_status.txt "$OUT"/fdb_*.json "$OUT"/fdb.txt \
   "$OUT"/fdb.log "$OUT"/fdb_status.txt "$OUT"/fdb_set.txt
@@ -69,7 +70,8 @@ if [ "$DEVICE" = cuda ]; then
   $PY -m pytest -q -p no:cacheprovider tests/runtime/test_gpu.py \
     tests/model/test_quantize.py::test_cuda_products_are_the_products_with_the_dequantized_weight \
     "tests/model/test_kyutai_q8.py::test_cuda" \
-    tests/runtime/test_compiled.py::test_cuda_compiled_stage_in_graphs_equals_eager 2>&1 | tee "$OUT/gpu_tests.txt" | tail -4 \
+    tests/runtime/test_compiled.py::test_cuda_compiled_stage_in_graphs_equals_eager \
+    tests/runtime/test_ring_length.py::test_cuda_graph_per_length_equals_eager_whole_ring 2>&1 | tee "$OUT/gpu_tests.txt" | tail -4 \
     || status=1
   step "the engine's frame step, Moshi 7B shapes (random weights), CUDA graphs: $VARIANTS"
   # One weight format loaded at a time; each engine timed alone with its peak memory; 128 sessions that do not
@@ -81,6 +83,9 @@ if [ "$DEVICE" = cuda ]; then
     timeout 240 $PY -m duplex bench latency --model moshi_7b --device cuda --modes graphs --batch-sizes $batch \
       --compile --frames 30 --warmup 5 --json "$OUT/latency_7b_compiled_$batch.json" || status=1
   done
+  step "the 7B step with the sessions 30 s into their conversations (attention over the 512 ring slots written), batch 1 and 64"
+  $PY -m duplex bench latency --model moshi_7b --device cuda --modes graphs --batch-sizes 1 64 --age 30 \
+    --frames 30 --warmup 5 --json "$OUT/latency_7b_30s.json" || status=1
   step "the same, the shipped model"
   $PY -m duplex bench latency --model default --device cuda --modes graphs --batch-sizes 1 64 \
     --variants none int8 int8+fp8kv --frames 30 --warmup 5 --json "$OUT/latency_default.json" || status=1

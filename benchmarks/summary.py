@@ -137,6 +137,27 @@ def _goals(report: Optional[dict], memory: Optional[dict]) -> List[List[str]]:
     return out
 
 
+def _goals_29(full: Optional[dict], at_30s: Optional[dict], compiled: Optional[dict]) -> List[List[str]]:
+    """Issue 29's goals on an H200: one session <= 5 ms (bfloat16: the unquantized variant, any age, compiled or
+    not), 64 sessions 30 s into their conversations <= 21 ms."""
+    goals = ("batch 1 <= 5 ms (bfloat16)", "64 sessions 30 s in <= 21 ms")
+    if full is None and at_30s is None:
+        return [[goal, "not measured (no GPU)"] for goal in goals]
+
+    def runs(*reports):  # the unquantized weights and ring (the variant "none")
+        return [r for rep in reports if rep for r in rep["runs"] if "total_ms" in r and r["variant"] == "none"]
+
+    out = []
+    for goal, batch, reports, limit in ((goals[0], 1, (full, at_30s, compiled), 5.0), (goals[1], 64, (at_30s,), 21.0)):
+        timed = [r for r in runs(*reports) if r["batch_size"] == batch]
+        if not timed:
+            out.append([goal, "not measured"])
+            continue
+        ms = min(r["total_ms"]["p50"] for r in timed)
+        out.append([goal, f"{'met' if ms <= limit else 'not met'}: {ms:.1f} ms"])
+    return out
+
+
 def _lora_cell(run: dict) -> str:
     """One LoRA run: step time, frames per second, peak memory (CUDA) beside the computed figure."""
     computed = run["computed"]["allocated"] / 1e9
@@ -225,8 +246,9 @@ def table(folder: Path) -> str:
     big, small = _load(folder, "latency_7b.json"), _load(folder, "latency_default.json")
     parts = [rep for rep in (_load(folder, f"latency_7b_compiled_{b}.json") for b in (1, 64)) if rep]
     compiled = {**parts[0], "runs": [r for rep in parts for r in rep["runs"]]} if parts else None
+    at_30s = _load(folder, "latency_7b_30s.json")
     memory = _load(folder, "memory_7b.json")
-    batches = sorted({r["batch_size"] for rep in (big, small, compiled) if rep for r in rep["runs"]}
+    batches = sorted({r["batch_size"] for rep in (big, small, compiled, at_30s) if rep for r in rep["runs"]}
                      | (set() if gpu else {1, 8, 64, 128}))
     fdb = _load(folder, "fdb_7b.json" if gpu else "fdb_default.json")
     head = next((rep for rep in (big, small, fdb and fdb["run"]) if rep and "hardware" in rep), None)
@@ -260,6 +282,12 @@ def table(folder: Path) -> str:
     else:
         for key, cells in _compiled_cells(compiled, big, batches).items():
             row(what, key, cells)
+    what = "step, Moshi 7B shapes (random), CUDA graphs, sessions 30 s in (the ring written so far)"
+    if at_30s is None:
+        marked(what, "not run" if gpu else "GPU only")
+    else:
+        for key, cells in _step_cells(at_30s, batches).items():
+            row(what, key, cells)
     if not gpu:
         marked("peak memory (max_memory_allocated)", "GPU only")
     if memory:
@@ -283,6 +311,8 @@ def table(folder: Path) -> str:
     lines.append(f"| {fdb[0][0]} | | | {fdb[0][1]} |" + " |" * (len(batches) - 1))
     for goal, verdict in _goals(big if gpu else None, memory):
         lines.append(f"| goal (H200): {goal} | | | {verdict} |" + " |" * (len(batches) - 1))
+    for goal, verdict in _goals_29(big if gpu else None, at_30s if gpu else None, compiled if gpu else None):
+        lines.append(f"| goal (H200, issue 29): {goal} | | | {verdict} |" + " |" * (len(batches) - 1))
     for what, verdict in fdb[1:]:
         lines.append(f"| {what} | | | {verdict} |" + " |" * (len(batches) - 1))
     fidelity_text = _text(folder, "fidelity.txt")

@@ -58,21 +58,23 @@ def _moshi():
 
 
 def _lm_pair(config: str, batch: int, age: Optional[float], compile: bool = False) -> tuple:
-    """(our step, Kyutai's step, what closes Kyutai's streaming context) for the LM; ``compile``: our depth stage
-    compiled, as ``--compile depth`` runs it in the engine (compiled in the untimed steps)."""
+    """(our step, Kyutai's step, what closes Kyutai's streaming context, our compiled depth stage or None) for the
+    LM; ``compile``: our depth stage compiled, as ``--compile depth`` runs it in the engine (compiled in the untimed
+    steps)."""
     loaders, LMGen, _ = _moshi()
     cfg = LMConfig.load(config)
     ours = MoshiLM.random(cfg, seed=SEED).generator(batch, seed=SEED)
     ours.advance_to(cfg.context if age is None else int(round(age * FRAME_RATE)))
-    if compile:
-        ours.depth_step = CompiledStage("depth", depth_step)
+    stage = CompiledStage("depth", depth_step) if compile else None
+    if stage is not None:
+        ours.depth_step = stage
     with torch.random.fork_rng(devices=[]):  # Kyutai's modules draw their weights from the global generator
         torch.manual_seed(SEED)
         theirs = LMGen(loaders.get_moshi_lm(None, lm_kwargs=cfg.to_dict(), device="cpu", dtype=torch.float32))
     stack = contextlib.ExitStack()
     stack.enter_context(theirs.streaming(batch))
     codes = torch.randint(0, cfg.card, (batch, cfg.user_codebooks, 1), generator=torch.Generator().manual_seed(SEED))
-    return (lambda: ours.step(codes[:, :, 0])), (lambda: theirs.step(codes)), stack
+    return (lambda: ours.step(codes[:, :, 0])), (lambda: theirs.step(codes)), stack, stage
 
 
 def _codec_pair(batch: int) -> tuple:
@@ -92,7 +94,7 @@ def _codec_pair(batch: int) -> tuple:
     def their_step():
         theirs.decode(theirs.encode(pcm))
 
-    return our_step, their_step, stack
+    return our_step, their_step, stack, None
 
 
 def _in_turns(ours: Callable, theirs: Callable, frames: int, warmup: int, progress=None, label="") -> tuple:
@@ -129,13 +131,16 @@ def bench_kyutai(parts: Sequence[str] = PARTS, lm_config: str = LM_CONFIG, batch
     with no_compile(), torch.random.fork_rng(devices=[]):
         for part in parts:
             for batch in batch_sizes:
-                ours, theirs, stack = (_lm_pair(lm_config, batch, age, compile) if part == "lm"
-                                       else _codec_pair(batch))
+                ours, theirs, stack, stage = (_lm_pair(lm_config, batch, age, compile) if part == "lm"
+                                              else _codec_pair(batch))
                 with stack:
                     ours_ms, theirs_ms = _in_turns(ours, theirs, frames, warmup, progress, f"{part} batch {batch}")
                 a, b = summary(ours_ms), summary(theirs_ms)
                 rows.append({"part": part, "batch_size": batch, "ours_ms": a, "kyutai_ms": b,
                              "ratio": b["median"] / a["median"]})
+                if stage is not None:  # whether the compile worked, and what it cost (not in the timed steps)
+                    rows[-1]["compiled"] = {"depth": stage.compiled, "seconds": stage.compile_seconds,
+                                            "error": stage.error}
     return {
         "benchmark": "ours and Kyutai's implementation, side by side (steps in turns)",
         "lm_config": lm_config, "lm_age_s": age,  # None: a full KV ring
@@ -158,8 +163,11 @@ def format_table(report: dict) -> str:
              f"{'part':>5} {'batch':>5} {'ours ms':>8} {'p99':>7} {'Kyutai ms':>9} {'p99':>7} {'ratio':>6}"]
     for r in report["results"]:
         a, b = r["ours_ms"], r["kyutai_ms"]
+        compiled = r.get("compiled")
+        note = "" if compiled is None else (f"  depth compiled in {compiled['seconds']:.0f} s" if compiled["depth"]
+                                            else f"  depth NOT compiled ({compiled['error']}): eager")
         lines.append(f"{r['part']:>5} {r['batch_size']:>5} {a['median']:>8.2f} {a['p99']:>7.2f} "
-                     f"{b['median']:>9.2f} {b['p99']:>7.2f} {r['ratio']:>5.2f}x")
+                     f"{b['median']:>9.2f} {b['p99']:>7.2f} {r['ratio']:>5.2f}x{note}")
     lines.append("ms: medians per 80 ms frame; ratio: Kyutai's median over ours (above 1: ours is faster)")
     return "\n".join(lines)
 
@@ -183,8 +191,8 @@ def plot(report: dict, path: str) -> None:
     ax.set_xticks(list(x), [f"{r['part']}\nbatch {r['batch_size']}" for r in rows])
     ax.set_ylabel("ms per 80 ms frame (median)")
     age = report["lm_age_s"]
-    ax.set_title(f"side by side, {report['date']}; LM " + ("full ring" if age is None else f"{age:g} s in"),
-                 fontsize=9)
+    ax.set_title(report.get("title") or f"side by side, {report['date']}; LM "
+                 + ("full ring" if age is None else f"{age:g} s in"), fontsize=9)
     ax.legend(fontsize=8)
     ax.set_ylim(0, max(theirs + ours) * 1.2)
     fig.tight_layout()

@@ -96,6 +96,20 @@ def test_the_compiled_rows_of_a_gpu_run(tmp_path):
             "5.28 ms; encode compiled in 41 s; depth eager: BackendCompilerFailed: x) |") in table
 
 
+def test_the_rows_and_goals_of_sessions_30_s_in(tmp_path):
+    """bench latency --age 30's runs (issue 29): their row, and the issue's two goals checked against the best
+    unquantized step at batch 1 (any age, compiled or not) and the 64 sessions 30 s in."""
+    (tmp_path / "latency_7b.json").write_text(json.dumps(_latency([_run("none", "none", "bfloat16", 1, 13.9, 17)])))
+    (tmp_path / "latency_7b_30s.json").write_text(json.dumps(_latency(
+        [_run("none", "none", "bfloat16", 1, 4.8, 17), _run("none", "none", "bfloat16", 64, 23.5, 30)])))
+    (tmp_path / "device.txt").write_text("cuda\n")
+    table = summary.table(tmp_path)
+    assert ("| step, Moshi 7B shapes (random), CUDA graphs, sessions 30 s in (the ring written so far) | none | "
+            "bfloat16 | 4.8 ms | 23.5 ms |") in table
+    assert "| goal (H200, issue 29): batch 1 <= 5 ms (bfloat16) | | | met: 4.8 ms |" in table
+    assert "| goal (H200, issue 29): 64 sessions 30 s in <= 21 ms | | | not met: 23.5 ms |" in table
+
+
 def test_the_table_of_a_cpu_run_marks_the_gpu_cells(tmp_path):
     runs = [_run("none", "none", "float32", 1, 30.0), _run("int8", "int8", "float32", 1, 20.0)]
     for r in runs:
