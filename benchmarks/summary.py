@@ -34,25 +34,29 @@ def _key(run: dict) -> tuple:
     return q.get("weights", run.get("variant")), q.get("kv", "")
 
 
+def _cells(report: dict, batches: List[int], render) -> Dict[tuple, List[str]]:
+    """(weights, ring) -> one cell per batch: ``render(run)`` for a timed run, its error for one that was not."""
+    rows: Dict[tuple, List[str]] = {}
+    for run in report["runs"]:
+        cells = rows.setdefault(_key(run), ["-"] * len(batches))
+        cells[batches.index(run["batch_size"])] = render(run) if "total_ms" in run else run.get("error", "failed")
+    return rows
+
+
 def _step_cells(report: dict, batches: List[int]) -> Dict[tuple, List[str]]:
     """(weights, ring) -> one cell per batch: median ms and the speedup over the baseline variant (unquantized
     weights, the ring in the compute dtype: bfloat16 on a GPU) at that batch."""
     baseline = report.get("baseline", "none")
     base = {r["batch_size"]: r["total_ms"]["p50"] for r in report["runs"]
             if "total_ms" in r and r["variant"] == baseline}
-    rows: Dict[tuple, List[str]] = {}
-    for run in report["runs"]:
-        cells = rows.setdefault(_key(run), ["-"] * len(batches))
-        i = batches.index(run["batch_size"])
-        if "total_ms" not in run:
-            cells[i] = run.get("error", "failed")
-            continue
+
+    def render(run):
         ms = run["total_ms"]["p50"]
         compared = run["batch_size"] in base and run["variant"] != baseline
         speedup = f" ({base[run['batch_size']] / ms:.2f}x)" if compared else ""
-        note = " eager" if "note" in run else ""
-        cells[i] = f"{ms:.1f} ms{speedup}{note}"
-    return rows
+        return f"{ms:.1f} ms{speedup}" + (" eager" if "note" in run else "")
+
+    return _cells(report, batches, render)
 
 
 def _compiled_cells(report: dict, uncompiled: Optional[dict], batches: List[int]) -> Dict[tuple, List[str]]:
@@ -60,13 +64,8 @@ def _compiled_cells(report: dict, uncompiled: Optional[dict], batches: List[int]
     the uncompiled run of the same variant and batch (``uncompiled``), the depth stage's median beside the
     uncompiled one, the compile time of the stages, and those that fell back to eager."""
     before = {(_key(r), r["batch_size"]): r for r in (uncompiled or {}).get("runs", []) if "total_ms" in r}
-    rows: Dict[tuple, List[str]] = {}
-    for run in report["runs"]:
-        cells = rows.setdefault(_key(run), ["-"] * len(batches))
-        i = batches.index(run["batch_size"])
-        if "total_ms" not in run:
-            cells[i] = run.get("error", "failed")
-            continue
+
+    def render(run):
         ms = run["total_ms"]["p50"]
         other = before.get((_key(run), run["batch_size"]))
         notes = [f"{other['total_ms']['p50'] / ms:.2f}x"] if other else []
@@ -82,8 +81,9 @@ def _compiled_cells(report: dict, uncompiled: Optional[dict], batches: List[int]
         notes += [f"{name} {value}" for name, value in stages.items() if not isinstance(value, (int, float))]
         if "note" in run:
             notes.append("eager")
-        cells[i] = f"{ms:.1f} ms" + (f" ({'; '.join(notes)})" if notes else "")
-    return rows
+        return f"{ms:.1f} ms" + (f" ({'; '.join(notes)})" if notes else "")
+
+    return _cells(report, batches, render)
 
 
 def _memory_cells(report: dict, memory: Optional[dict], batches: List[int]) -> Dict[tuple, List[str]]:
