@@ -165,3 +165,27 @@ def test_a_run_on_random_weights_of_a_named_shape(tmp_path, monkeypatch, capsys)
     assert "--model small runs random weights of that shape: leave out --lm" in capsys.readouterr().err
     assert main([*args[:4], str(tmp_path / "out2"), "--model", "tiny"]) == 2
     assert "unknown --model 'tiny'" in capsys.readouterr().err
+
+
+def test_a_set_cut_short_leaves_nothing_behind(tmp_path, monkeypatch):
+    """An error (or Ctrl-C) midway: no half-made OUT that a run could take for the whole set; the same call again
+    makes the whole set."""
+    source = _source(tmp_path / "src")
+    out = tmp_path / "scaled"
+    out.mkdir()  # an empty OUT is allowed, and stays empty after a failure
+    real_write, calls = sf.write, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(scale_set.sf, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        scale_set.scale_set(source, out, samples=6, hours=0.004)
+    assert out.is_dir() and not any(out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scaled", "src"]  # no partial folder left either
+    monkeypatch.setattr(scale_set.sf, "write", real_write)
+    assert scale_set.scale_set(source, out, samples=6, hours=0.004)["samples"] == 6
+    assert len(list(out.rglob("input.wav"))) == 6

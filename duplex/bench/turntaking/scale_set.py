@@ -20,6 +20,7 @@ recording changes what a model does after it).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,20 @@ def scale_set(source: Path, out: Path, samples: int = SAMPLES, hours: float = HO
     if out.resolve().is_relative_to(source.resolve()):
         raise UsageError(f"{out} is inside {source}: give a folder outside it")
     tasks = _sources(source)
+    # Written beside OUT and renamed to it once whole: an error or Ctrl-C midway leaves no half-made set behind
+    # (a run on one would time a set of the wrong size without saying so).
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # what an earlier, killed call left
+    try:
+        made = _write(tasks, source, partial, samples, hours, seed)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    os.replace(partial, out)  # an empty OUT is replaced
+    return made
+
+
+def _write(tasks: List[List[_Source]], source: Path, out: Path, samples: int, hours: float, seed: int) -> dict:
     # the tasks in turn, each cycling through its own samples: any number of samples keeps the tasks balanced
     chosen = [tasks[i % len(tasks)][(i // len(tasks)) % len(tasks[i % len(tasks)])] for i in range(samples)]
     tails = tail_lengths([s.frames for s in chosen], [s.rate for s in chosen], hours * 3600.0, seed)
