@@ -426,12 +426,12 @@ class Engine:
         audio = self.mimi.decode_step(tokens[:, 1:, None].clamp(0, self.mimi.cardinality - 1), self.decoder_state, produced)
         return torch.where(produced[:, None, None], audio, torch.zeros((), device=audio.device))
 
-    def _attended(self) -> int:
-        """The KV ring length this tick's step attends: the bucket holding every active slot's written positions
-        (host-side data: ``_positions`` and the staged ``_active_host``), or the whole ring."""
+    def _attended(self, stepping: list) -> int:
+        """The KV ring length this tick's step attends: the bucket holding the written positions of the slots
+        ``stepping`` (host booleans; ``_positions`` is host data too), or the whole ring."""
         if not self.attend_written_only:
             return self._ring_capacity
-        newest = max((p for p, a in zip(self._positions, self._active_host.tolist()) if a), default=0)
+        newest = max((p for p, a in zip(self._positions, stepping) if a), default=0)
         return attended_slots(newest, self._ring_capacity)
 
     def _run_eager(self, timed: bool, length: int) -> tuple:
@@ -462,8 +462,9 @@ class Engine:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                for length in lengths:  # every shape once before capture
-                    self._run_eager(timed=False, length=length)
+                for _ in range(2):  # every shape twice before capture
+                    for length in lengths:
+                        self._run_eager(timed=False, length=length)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graphs = {}
             g = graphs["encode"] = torch.cuda.CUDAGraph()
@@ -508,6 +509,7 @@ class Engine:
         if self._graphs is None:
             return self._run_eager(timed, length)
         temporal = self._graphs["temporal"]
+        # A length captured without (attend_written_only set after the capture) runs the whole ring: same values.
         for graph in (self._graphs["encode"], temporal.get(length, temporal[max(temporal)]),
                       self._graphs["depth"], self._graphs["decode"]):
             graph.replay()
@@ -542,9 +544,9 @@ class Engine:
         self.pcm_in.copy_(self._pcm_host, non_blocking=True)
         self.active.copy_(self._active_host, non_blocking=True)
         self.timer.mark()
-        audio, tokens = self._run(timed=True, length=self._attended())
-        for slot, stepped in enumerate(self._active_host.tolist()):
-            self._positions[slot] += stepped  # as the step advanced the generator state's offsets
+        stepping = self._active_host.tolist()
+        audio, tokens = self._run(timed=True, length=self._attended(stepping))
+        self._positions = [p + s for p, s in zip(self._positions, stepping)]  # as the step advanced the offsets
         audio_host = audio.to("cpu")
         self.last_tokens = tokens.to("cpu")
         if self._prompts:
