@@ -337,11 +337,13 @@ class LMGenerator:
             return [True] * self.batch_size
         return mask.tolist() if mask.device.type == "cpu" else None
 
-    def _advance(self, rows: "Optional[list]", frames: int = 1) -> None:
+    def _move(self, rows: "Optional[list]", to: Optional[int] = None, by: int = 0) -> None:
+        """The host's offsets of the ``rows`` slots set ``to`` a step, or moved on ``by`` steps; rows not known on
+        the host (a mask on an accelerator) make every offset unknown."""
         if self._offsets is None or rows is None:
             self._offsets = None
         else:
-            self._offsets = [o + frames if r else o for o, r in zip(self._offsets, rows)]
+            self._offsets = [(o + by if to is None else to) if r else o for o, r in zip(self._offsets, rows)]
 
     def _length(self, rows: "Optional[list]") -> Optional[int]:
         """The ring slots the next step of the ``rows`` slots must attend (None: the whole ring)."""
@@ -358,11 +360,7 @@ class LMGenerator:
             raise ValueError(f"frames must be a non-negative integer, got {frames!r}")
         mask = as_row_mask(mask, self.batch_size, self.lm.device)
         write_state(self.state["offset"], torch.full_like(self.state["offset"], frames), mask)
-        rows = self._host_rows(mask)
-        if self._offsets is not None and rows is not None:
-            self._offsets = [frames if r else o for o, r in zip(self._offsets, rows)]
-        else:
-            self._offsets = None
+        self._move(self._host_rows(mask), to=frames)
 
     @torch.no_grad()
     def step(self, user_codes: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -377,7 +375,7 @@ class LMGenerator:
         rows = self._host_rows(active)
         out = generate_step(self.lm, self.state, self.scratch, codes, self.sampling, active, forcing,
                             self._length(rows), self.depth_step)
-        self._advance(rows)
+        self._move(rows, by=1)
         return out
 
     @torch.no_grad()
@@ -387,17 +385,16 @@ class LMGenerator:
         it. The slots should be fresh (reset), as NVIDIA's are when it prompts."""
         active = as_row_mask(active, self.batch_size, self.lm.device)
         step_prompt_frames(self.lm, self.state, self.scratch, self.sampling, self.forcing, frames, active)
-        self._advance(self._host_rows(active), len(frames))
+        self._move(self._host_rows(active), by=len(frames))
 
     def reset(self, mask: Optional[torch.Tensor] = None) -> None:
         """Restart the slots where ``mask`` (bool [B]) is True at position 0; all slots when None."""
         mask = as_row_mask(mask, self.batch_size, self.lm.device)
         zero_rows(self.state, mask)
         if mask is None:
-            self._offsets = [0] * self.batch_size
-        elif self._offsets is not None:
-            rows = self._host_rows(mask)
-            self._offsets = None if rows is None else [0 if r else o for o, r in zip(self._offsets, rows)]
+            self._offsets = [0] * self.batch_size  # every offset known again
+        else:
+            self._move(self._host_rows(mask), to=0)
 
 
 def load_frame(forcing: Forcing, frames, index: int, rows: torch.Tensor) -> torch.Tensor:
