@@ -31,7 +31,8 @@ from ..model.config import LMConfig
 from ..model.generator import depth_step
 from ..model.lm import MoshiLM
 from ..runtime.compiled import CompiledStage
-from ..serving.protocol import FRAME_RATE, FRAME_SIZE
+from ..serving.protocol import FRAME_SIZE
+from .lm import age_frames
 
 PARTS = ("lm", "codec")
 LM_CONFIG = "small"  # the shape docs/benchmarks.md has compared since the first CPU figures
@@ -64,7 +65,7 @@ def _lm_pair(config: str, batch: int, age: Optional[float], compile: bool = Fals
     loaders, LMGen, _ = _moshi()
     cfg = LMConfig.load(config)
     ours = MoshiLM.random(cfg, seed=SEED).generator(batch, seed=SEED)
-    ours.advance_to(cfg.context if age is None else int(round(age * FRAME_RATE)))
+    ours.advance_to(age_frames(age, cfg.context))
     stage = CompiledStage("depth", depth_step) if compile else None
     if stage is not None:
         ours.depth_step = stage

@@ -24,6 +24,7 @@ from ..model.lm import MoshiLM, default_dtype
 from ..runtime.checkpoints import ModelFiles
 from ..runtime.engine import STAGES, Engine, SamplingOptions
 from ..runtime.quantization import check_quantize
+from .lm import age_frames
 from .variants import Variant, baseline_of
 
 FRAME_MS = 80.0
@@ -67,21 +68,15 @@ def load_models(model: str, device: torch.device, dtype: Optional[torch.dtype],
     return lm, Mimi.random(None, seed=DEFAULT_SEED, device=device), f"{model} shapes, random weights"
 
 
-def age_frames(engine: Engine, age: Optional[float]) -> int:
-    """The LM position the timed sessions start at: ``age`` seconds into a conversation, or (None) a full KV ring,
-    the steady state of a long conversation, where every step attends the whole ring."""
-    return engine.ring_capacity if age is None else int(round(age * 1000 / FRAME_MS))
-
-
 def _frames_ms(engines: Sequence[Engine], frames: int, warmup: int, progress=None, label="",
                age: Optional[float] = None) -> List[dict]:
-    """Per-stage timings of each engine, its sessions ``age`` seconds into their conversations (``age_frames``);
+    """Per-stage timings of each engine, its sessions ``age`` seconds into their conversations (``lm.age_frames``);
     the engines take turns frame by frame (one round: one frame of each), so variants timed together see the same
     machine state."""
     slots = [[engine.open(seed=i) for i in range(engine.slots)] for engine in engines]
     for engine, open_slots in zip(engines, slots):
         for slot in open_slots:
-            engine.advance_to(slot, age_frames(engine, age))
+            engine.advance_to(slot, age_frames(age, engine.ring_capacity))
     rng = np.random.default_rng(0)
     batch = engines[0].slots
     pcm = (0.05 * rng.standard_normal((8, batch, engines[0].frame_size))).astype(np.float32)

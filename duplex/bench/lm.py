@@ -44,6 +44,12 @@ def _load(config: LMConfig, checkpoint: Optional[str], device: torch.device, dty
     return lm.quantize_(quantize) if quantize else lm
 
 
+def age_frames(age: Optional[float], capacity: int) -> int:
+    """The LM step timed sessions start at: ``age`` seconds into a conversation, or (None) a full KV ring of
+    ``capacity`` frames, the steady state of a long conversation, where every step attends the whole ring."""
+    return capacity if age is None else int(round(age * FRAME_RATE))
+
+
 @torch.no_grad()
 def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str] = None, device: str = "cpu",
              dtype: torch.dtype = torch.float32, batch_sizes: Sequence[int] = BATCH_SIZES, frames: int = FRAMES,
@@ -70,7 +76,7 @@ def bench_lm(config: "LMConfig | str | None" = "small", checkpoint: Optional[str
     for batch in batch_sizes:
         gens = [lms[v.weights].generator(batch, seed=batch, kv_dtype=v.kv_dtype) for v in variants]
         for gen in gens:
-            gen.advance_to(ring_capacity(gen.state) if age is None else int(round(age * FRAME_RATE)))
+            gen.advance_to(age_frames(age, ring_capacity(gen.state)))
         user = torch.randint(0, cfg.card, (warmup + frames, batch, cfg.user_codebooks),
                              generator=torch.Generator().manual_seed(batch)).to(dev)
         step_ms: List[List[float]] = [[] for _ in variants]
