@@ -124,6 +124,50 @@ def test_a_folder_of_samples_scored_end_to_end(tmp_path, capsys):
     assert "smooth_turn_taking" in table and "0.667" in table and "1.000" in table
 
 
+def test_answers_are_counted_by_topic_over_all_the_questions(tmp_path, capsys):
+    """Sets made by make-set name each question's topic (source.json) and the words a right reply holds: the
+    report counts, per topic, the questions, the takeovers and the right answers (a greeting is answered right by
+    any greeting back); pause samples and samples without a topic or answer are not counted."""
+    def said(*texts):
+        return [Chunk(t, 3.6 + i * 0.3, 3.8 + i * 0.3) for i, t in enumerate(texts)]
+
+    def sample(name, topic, output, task="smooth_turn_taking", answer=("eight",)):
+        event = {"text": "[TURN-TAKING]", "timestamp": [3.0, 3.5]}
+        if answer:
+            event["answer_words"] = list(answer)
+        folder = _sample(tmp_path, task, name, ("turn_taking.json", [event]), output)
+        (folder / "source.json").write_text(json.dumps({"scenario": {"type": "smooth", "topic": topic}}))
+
+    sample("1", "arithmetic", said("five", "plus", "three", "is", "eight"))  # right
+    sample("2", "arithmetic", said("five", "plus", "three", "is", "nine"))  # a turn, wrong
+    sample("3", "arithmetic", [])  # no turn: still a question it did not answer
+    sample("4", "facts", said("a", "spider", "has", "eight", "legs"), answer=("spider", "eight"))
+    sample("5", "greeting", said("hi", "i'm", "fine", "thanks"), answer=None)  # greets back
+    sample("6", "greeting", said("it", "is", "tuesday", "today"), answer=None)  # does not
+    sample("7", "greeting", said("hello", "there", "how", "are", "you"), answer=("how", "can", "i", "help"))
+    pause = {"text": "[PAUSE]", "timestamp": [2.0, 3.5], "answer_words": ["eight"]}
+    _sample(tmp_path, "pause_handling", "1", ("pause.json", [pause]), said("is", "eight", "the", "answer"))
+    report = score_dir(tmp_path, vad=False)
+    assert report["answers"] == {"arithmetic": {"questions": 3, "takeovers": 2, "right": 1},
+                                 "facts": {"questions": 1, "takeovers": 1, "right": 1},
+                                 "greeting": {"questions": 3, "takeovers": 3, "right": 2},
+                                 "all": {"questions": 4, "takeovers": 3, "right": 2}}
+    # the takeovers' share, as before, in the task table (greetings have no known answer)
+    assert report["tasks"]["smooth_turn_taking"]["answer_accuracy"] == pytest.approx(2 / 3)
+    assert main(["bench", "turns", "score", str(tmp_path), "--no-vad"]) == 0
+    table = capsys.readouterr().out
+    assert "answers by topic" in table and "arithmetic" in table and "0.33" in table
+    # a set without topics or answers (FDB's own) reports none
+    for folder in tmp_path.rglob("source.json"):
+        folder.unlink()
+    for folder in tmp_path.rglob("*.json"):
+        if folder.name != "output.json":
+            event = json.loads(folder.read_text())
+            event[0].pop("answer_words", None)
+            folder.write_text(json.dumps(event))
+    assert "answers" not in score_dir(tmp_path, vad=False)
+
+
 def test_task_detection_and_bad_files(tmp_path, capsys):
     folder = _sample(tmp_path, "icc_backchannel", "7")
     assert task_of(folder, tmp_path) == "backchannel"

@@ -5,6 +5,10 @@ Per-sample figures: ``tor``; ``latency`` (turn-taking and interruption, takeover
 with the human distributions, ``jsd``; and from the VAD of input.wav and output.wav, ``stop_latency`` (the mean
 length of the stretches where the model speaks over the user) and ``response_latency`` (the mean time from the end
 of a user segment to the model's next start). Aggregates are means, as FDB reports them, with medians beside.
+
+Sets made by ``make-set`` also say what a right reply holds (``answer_words``) and, in ``source.json``, the topic of
+the question: the report then counts the answers by topic (``answers``: questions, takeovers, right answers; for a
+greeting, whether the reply greets back), the figures of the default model's targets (issue 28).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from .fdb import (
     task_of,
 )
 
+# A reply greets back when it holds one of these (the corpus's assistant greets with them, docs/training.md)
+GREETING_WORDS = frozenset({"hi", "hello", "hey", "morning", "afternoon", "evening", "fine", "good"})
+ANSWERED_TASKS = (TURN, INTERRUPTION)  # the questions a reply should answer as its turn (a pause's comes later)
 FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency", "answer_correct")
 ALWAYS = ("tor", "latency", "stop_latency", "response_latency")  # in every task's and sample's figures (or null)
 
@@ -48,6 +55,16 @@ def expected_answer(folder: Path, task: str) -> Optional[List[str]]:
         return None
     words = entry.get("answer_words") if isinstance(entry, dict) else None
     return [str(w).lower() for w in words] if isinstance(words, list) and words else None
+
+
+def topic_of(folder: Path) -> Optional[str]:
+    """The topic of a sample's question (``"arithmetic"``, ``"greeting"``...), where its set says (``source.json``
+    of sets made by ``make-set``)."""
+    try:
+        topic = json.loads((folder / "source.json").read_text(encoding="utf-8"))["scenario"].get("topic")
+    except (KeyError, OSError, ValueError, TypeError, AttributeError):
+        return None
+    return topic if isinstance(topic, str) else None
 
 
 def _truth_beside(folder: Path) -> Optional[dict]:
@@ -75,10 +92,17 @@ def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: st
         row["tor"] = metrics.takeover(words)
         if task != PAUSE:
             row["latency"] = metrics.latency(words, reference)
-        expected = expected_answer(folder, task)
-        if expected is not None and row["tor"]:
-            said = {w for chunk in words for w in re.findall(r"[a-z0-9']+", chunk.text.lower())}
-            row["answer_correct"] = int(all(w in said for w in expected))
+        expected, topic = expected_answer(folder, task), topic_of(folder)
+        said = {w for chunk in words for w in re.findall(r"[a-z0-9']+", chunk.text.lower())}
+        if topic is not None:
+            row["topic"] = topic
+        if topic == "greeting":  # any greeting back is right (its annotation may hold the corpus's whole reply)
+            if row["tor"]:
+                row["greeted_back"] = int(bool(said & GREETING_WORDS))
+        elif expected is not None:
+            row["answer_known"] = True
+            if row["tor"]:
+                row["answer_correct"] = int(all(w in said for w in expected))
     if has_audio and vad:
         output, rate = speech.read_mono(folder / "output.wav")
         if task == BACKCHANNEL:
@@ -142,10 +166,30 @@ def score_dir(root: Path, backchannel_truth: Optional[Path] = None, rule: str = 
     by_folder: Dict[str, List[dict]] = {}
     for s in samples:
         by_folder.setdefault(str(Path(s["path"]).parent), []).append(s)
-    return {"tasks": {t: aggregate([s for s in samples if s["task"] == t]) for t in TASKS
-                      if any(s["task"] == t for s in samples)},
-            "folders": {name: aggregate(rows) for name, rows in sorted(by_folder.items())},
-            "samples": samples}
+    report = {"tasks": {t: aggregate([s for s in samples if s["task"] == t]) for t in TASKS
+                        if any(s["task"] == t for s in samples)},
+              "folders": {name: aggregate(rows) for name, rows in sorted(by_folder.items())},
+              "samples": samples}
+    answers = answers_by_topic(samples)
+    if answers:
+        report["answers"] = answers
+    return report
+
+
+def answers_by_topic(samples: List[dict]) -> Dict[str, Dict[str, int]]:
+    """Per topic, over the smooth turn-taking and interruption samples: ``questions`` (with a known answer, or
+    greetings), ``takeovers`` (of those), ``right`` (the takeovers that carry the answer, or greet back); ``all``
+    sums the topics with a known answer (greetings apart). Empty for sets that name no topics or answers."""
+    out: Dict[str, Dict[str, int]] = {}
+    for s in samples:
+        if s["task"] not in ANSWERED_TASKS or not (s.get("answer_known") or s.get("topic") == "greeting"):
+            continue
+        for key in (s.get("topic") or "unknown", "all") if s.get("answer_known") else (s["topic"],):
+            counts = out.setdefault(key, {"questions": 0, "takeovers": 0, "right": 0})
+            counts["questions"] += 1
+            counts["takeovers"] += int(bool(s.get("tor")))
+            counts["right"] += int(s.get("answer_correct", s.get("greeted_back", 0)) or 0)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] == "all", kv[0])))
 
 
 def console_progress(done: int, total: int) -> None:
@@ -163,7 +207,9 @@ freq        backchannels (short "mhm"s) per second of audio; JSD: Jensen-Shannon
             the human distribution (0 = same; needs the distributions)
 stop s      v1.5, from the VAD: mean length of the model talking over the user (how fast it stops)
 response s  v1.5, from the VAD: mean time from the end of a user segment to the model's next start
-answers     share of takeovers whose reply holds the expected answer (sets made by make-set)
+answers     share of takeovers whose reply holds the expected answer (sets made by make-set); by topic, over
+            smooth turn-taking and interruption: the right answers among all the questions (a greeting is
+            answered right when the reply greets back)
 means over the samples; '-': no sample has that figure"""
 
 
@@ -179,6 +225,11 @@ def format_table(report: dict, legend: bool = True) -> str:
         rows.append(f"{task:<20} {t['samples']:>7} {show(t.get('tor')):>6} {show(t.get('latency')):>9} "
                     f"{show(t.get('freq')):>6} {show(t.get('jsd')):>6} {show(t.get('stop_latency')):>7} "
                     f"{show(t.get('response_latency')):>10} {show(t.get('answer_accuracy'), 2):>7}")
+    if report.get("answers"):
+        rows += ["", f"{'answers by topic':<20} {'questions':>9} {'takeovers':>9} {'right':>6} {'share':>6}"]
+        for topic, c in report["answers"].items():
+            share = c["right"] / c["questions"] if c["questions"] else None
+            rows.append(f"{topic:<20} {c['questions']:>9} {c['takeovers']:>9} {c['right']:>6} {show(share, 2):>6}")
     if legend:
         rows += ["", LEGEND]
     return "\n".join(rows)

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The shipped default model, from nothing: two stages of `duplex` commands (docs/training.md, "The default model").
+#
+#   demos/default-model/recipe.sh [OUT]     (default OUT: default-model-run)
+#
+# Stage 1 is the first default model's recipe (a v1 corpus, 20 h; 4000 steps from random weights). Stage 2 goes on
+# from stage 1's best export on a corpus made for turn-taking (the v2 mix, 16 h; 4000 steps): a fine-tune, so that
+# the second model gets the first one's compute as well as its own. Each step is skipped when its result is there,
+# and a stopped training run resumes, so running the script again after a stop (a Ctrl-C, a session that ended)
+# goes on where it was. Same seeds, same corpora, byte for byte; the training is deterministic for one machine and
+# thread count.
+#
+# On the 2-core CPU: stage 1 about 1 h (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 10 min
+# (synthesis 17 min, encoding 12 min, training about 45 min). On a GPU (DEVICE=cuda) the training steps take minutes.
+#
+# Environment:
+#   DUPLEX=duplex       the command (or: DUPLEX="python -m duplex" with the repository on PYTHONPATH)
+#   DEVICE=cpu          where the codec encodes and the LM trains (cpu, cuda, cuda:N)
+#   THREADS=0           torch CPU threads for training (0: torch's choice)
+#   ENCODE=1            0: the corpora's codes were made elsewhere (demos/default-model/gpu.sh carries them, not the
+#                       WAVs, to a GPU machine); the encoding steps are skipped
+#   UNTIL=              data: stop once both corpora are made and encoded (to train elsewhere: gpu.sh)
+#   BASE=               a model file to start stage 2 from instead of running stage 1 (the first default model's
+#                       duplex-lm.safetensors, its duplex-lm.json beside it), with
+#   BASE_TOKENIZER=     its tokenizer (the first default model's duplex-tokenizer.model)
+set -euo pipefail
+
+OUT=${1:-default-model-run}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+DUPLEX=${DUPLEX:-duplex}
+DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-0}
+ENCODE=${ENCODE:-1}
+BASE=${BASE:-}
+BASE_TOKENIZER=${BASE_TOKENIZER:-}
+CODEC="$ROOT/codec/weights/duplex-codec-small.safetensors"   # the codec the default models are trained on
+mkdir -p "$OUT"
+
+# A corpus: synthesised once (a half-made one, from a stop midway, is removed by `data synth` itself), then its
+# codes (`data encode` skips the files it already encoded).
+corpus() {  # corpus DIR SYNTH-OPTIONS...
+    local dir=$1; shift
+    [ -f "$dir/manifest.jsonl" ] || $DUPLEX data synth "$dir" "$@"
+}
+
+encode() {  # encode DIR
+    [ "$ENCODE" = 0 ] || $DUPLEX data encode "$1" --checkpoint "$CODEC" --device "$DEVICE"
+}
+
+# A training run: started, or resumed where a checkpoint is; done when its log has its last step.
+train() {  # train RUN STEPS OPTIONS...
+    local run=$1 steps=$2; shift 2
+    if [ -f "$run/trainer.pt" ]; then
+        $DUPLEX train lm --out "$run" --steps "$steps" --device "$DEVICE" --threads "$THREADS" --resume "$@"
+    else
+        $DUPLEX train lm --out "$run" --steps "$steps" --device "$DEVICE" --threads "$THREADS" "$@"
+    fi
+}
+
+if [ -n "$BASE" ] && [ -z "$BASE_TOKENIZER" ]; then
+    echo "error: BASE=$BASE needs BASE_TOKENIZER= (the tokenizer it was trained with)" >&2
+    exit 2
+fi
+
+# The data of both stages first (UNTIL=data stops there: demos/default-model/gpu.sh then carries the codes to a GPU).
+# Stage 1's corpus, v1: question-answer exchanges, pauses, interruptions, backchannels, and its tokenizer.
+if [ -z "$BASE" ]; then
+    corpus "$OUT/corpus1" --hours 20 --seed 0
+    [ -f "$OUT/corpus1/tokenizer.model" ] || \
+        $DUPLEX train tokenizer --data "$OUT/corpus1" --out "$OUT/corpus1/tokenizer.model" --vocab-size 1000
+    encode "$OUT/corpus1"
+fi
+# Stage 2's corpus, the v2 mix: greetings, answers as sentences, pauses cued by words and prosody, barge-ins anywhere,
+# the user's backchannels, many voices, room and noise on the user's channel.
+corpus "$OUT/corpus2" --hours 16 --seed 28 --mix v2 --heldout-every 40
+encode "$OUT/corpus2"
+[ "${UNTIL:-}" = data ] && exit 0
+
+# Stage 1: the first default model, from random weights.
+if [ -z "$BASE" ]; then
+    train "$OUT/lm1" 4000 --data "$OUT/corpus1" --batch-size 8 --segment-seconds 10 --lr 8e-4 --eval-every 250
+    BASE="$OUT/lm1/best/model.safetensors"
+    BASE_TOKENIZER="$OUT/lm1/best/tokenizer.model"
+fi
+# Stage 2: on from stage 1's best export, the v2 text tokenized with its own tokenizer (its text embeddings keep
+# their meaning: every v2 word is spelt with its pieces).
+cp "$BASE_TOKENIZER" "$OUT/corpus2/tokenizer.model"
+train "$OUT/lm2" 4000 --data "$OUT/corpus2" --init "$BASE" --batch-size 8 --segment-seconds 10 --lr 5e-4 \
+    --eval-every 250
+
+echo "the model: $OUT/lm2/best (model.safetensors, config.json, tokenizer.model); to ship it:"
+echo "  cp $OUT/lm2/best/model.safetensors $ROOT/duplex/weights/duplex-lm.safetensors"
+echo "  cp $OUT/lm2/best/config.json $ROOT/duplex/weights/duplex-lm.json"
+echo "  cp $OUT/lm2/best/tokenizer.model $ROOT/duplex/weights/duplex-tokenizer.model"

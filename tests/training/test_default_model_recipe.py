@@ -1,0 +1,152 @@
+"""demos/default-model/recipe.sh, the shipped default model's recipe, with a stand-in ``duplex`` that records its
+calls and writes what each would (no model, no audio): the two stages in order with the options docs/training.md
+gives, the second from the first's export and tokenizer; a second run after a stop skips what is done and resumes
+the training; a BASE without its tokenizer is refused."""
+
+import os
+import shlex
+import stat
+import subprocess
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "demos" / "default-model" / "recipe.sh"
+
+# Writes each command's result where the recipe looks for it; "train lm" stops after its first call when
+# STOP_TRAINING names its run (as a Ctrl-C would: the checkpoint is there, the export is not).
+STAND_IN = textwrap.dedent("""\
+    #!/usr/bin/env bash
+    echo "$*" >> "$CALLS"
+    arg() { local want=$1; shift; while [ $# -gt 0 ]; do [ "$1" = "$want" ] && { echo "$2"; return; }; shift; done; }
+    case "$1 $2" in
+      "data synth") mkdir -p "$3" && touch "$3/manifest.jsonl" ;;
+      "train tokenizer") touch "$(arg --out "$@")" ;;
+      "data encode") ;;
+      "train lm")
+        out=$(arg --out "$@"); mkdir -p "$out"; touch "$out/trainer.pt"
+        if [ "${STOP_TRAINING:-}" = "$out" ]; then exit 130; fi
+        mkdir -p "$out/best"; touch "$out/best/model.safetensors" "$out/best/tokenizer.model" ;;
+    esac
+""")
+
+
+def run(tmp_path, *args, **env):
+    stand_in = tmp_path / "duplex"
+    stand_in.write_text(STAND_IN)
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
+    calls = tmp_path / "calls.txt"
+    environ = {**os.environ, "DUPLEX": str(stand_in), "CALLS": str(calls), **env}
+    result = subprocess.run(["bash", str(RECIPE), *map(str, args)], env=environ, capture_output=True, text=True,
+                            timeout=60)
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    calls.unlink(missing_ok=True)
+    return result, [shlex.split(line) for line in lines]
+
+
+def option(call, name):
+    return call[call.index(name) + 1]
+
+
+def test_both_stages_in_order_the_second_from_the_firsts_export(tmp_path):
+    out = tmp_path / "run"
+    result, calls = run(tmp_path, out)
+    assert result.returncode == 0, result.stderr
+    assert [c[:2] for c in calls] == [["data", "synth"], ["train", "tokenizer"], ["data", "encode"],
+                                      ["data", "synth"], ["data", "encode"], ["train", "lm"], ["train", "lm"]]
+    synth1, _, _, synth2, encode2, train1, train2 = calls
+    assert synth1[2] == str(out / "corpus1") and option(synth1, "--seed") == "0" and "--mix" not in synth1
+    assert synth2[2] == str(out / "corpus2") and option(synth2, "--mix") == "v2" and option(synth2, "--seed") == "28"
+    assert "--init" not in train1 and "--resume" not in train1 and option(train1, "--steps") == "4000"
+    assert option(train2, "--init") == str(out / "lm1" / "best" / "model.safetensors")
+    assert option(train2, "--data") == str(out / "corpus2") and option(train2, "--out") == str(out / "lm2")
+    assert option(encode2, "--checkpoint").endswith("codec/weights/duplex-codec-small.safetensors")
+    # the second corpus is tokenized with the first model's own tokenizer (copied from its export)
+    assert (out / "corpus2" / "tokenizer.model").exists()
+    assert "lm2/best" in result.stdout
+
+
+def test_a_second_run_after_a_stop_skips_what_is_done_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    result, calls = run(tmp_path, out, STOP_TRAINING=str(out / "lm2"))
+    assert result.returncode != 0 and calls[-1][:2] == ["train", "lm"]
+    result, calls = run(tmp_path, out)
+    assert result.returncode == 0, result.stderr
+    # no synthesis again; encode runs (it skips encoded files itself); stage 1's run resumes (its checkpoint is
+    # there: resuming a finished run ends at once), and so does the stopped one
+    assert [c[:2] for c in calls] == [["data", "encode"], ["data", "encode"], ["train", "lm"], ["train", "lm"]]
+    assert "--resume" in calls[2] and "--resume" in calls[3]
+
+
+def test_until_data_makes_both_corpora_and_trains_nothing_and_encode_0_skips_the_codec(tmp_path):
+    result, calls = run(tmp_path, tmp_path / "run", UNTIL="data")
+    assert result.returncode == 0, result.stderr
+    assert [c[:2] for c in calls] == [["data", "synth"], ["train", "tokenizer"], ["data", "encode"],
+                                      ["data", "synth"], ["data", "encode"]]
+    result, calls = run(tmp_path, tmp_path / "run", ENCODE="0")  # as on the GPU machine (gpu.sh)
+    assert result.returncode == 0, result.stderr
+    assert [c[:2] for c in calls] == [["train", "lm"], ["train", "lm"]]
+
+
+def test_a_base_model_skips_stage_one_and_needs_its_tokenizer(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "duplex-lm.safetensors").touch()
+    (base / "duplex-tokenizer.model").write_text("pieces")
+    result, calls = run(tmp_path, tmp_path / "run", BASE=str(base / "duplex-lm.safetensors"))
+    assert result.returncode == 2 and "BASE_TOKENIZER" in result.stderr and calls == []
+    result, calls = run(tmp_path, tmp_path / "run", BASE=str(base / "duplex-lm.safetensors"),
+                        BASE_TOKENIZER=str(base / "duplex-tokenizer.model"))
+    assert result.returncode == 0, result.stderr
+    assert [c[:2] for c in calls] == [["data", "synth"], ["data", "encode"], ["train", "lm"]]
+    assert option(calls[-1], "--init") == str(base / "duplex-lm.safetensors")
+    assert (tmp_path / "run" / "corpus2" / "tokenizer.model").read_text() == "pieces"
+
+
+GPU = ROOT / "demos" / "default-model" / "gpu.sh"
+
+
+def fake_corpora(run_dir, encoded=True):
+    for corpus in ("corpus1", "corpus2"):
+        folder = run_dir / corpus
+        (folder / "train").mkdir(parents=True)
+        (folder / "heldout").mkdir()
+        for name in ("manifest.jsonl", "train.jsonl", "heldout.jsonl", "tokenizer.model"):
+            (folder / name).write_text(name)
+        for split in ("train", "heldout"):
+            (folder / split / "c1.wav").write_bytes(b"\0" * 1000)
+            (folder / split / "c1.json").write_text("{}")
+            if encoded:
+                (folder / split / "c1.codes.safetensors").write_bytes(b"codes")
+
+
+def test_the_gpu_pack_holds_codes_and_alignments_not_audio_and_the_gpu_run_trains_both_stages(tmp_path):
+    run_dir, pack = tmp_path / "run", tmp_path / "pack" / "corpora.tar.xz"
+    fake_corpora(run_dir, encoded=False)
+    result = subprocess.run(["bash", str(GPU), "--pack", str(run_dir)], env={**os.environ, "PACK": str(pack)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "not encoded" in result.stderr and not pack.exists()
+    for codes in ("train", "heldout"):
+        for corpus in ("corpus1", "corpus2"):
+            (run_dir / corpus / codes / "c1.codes.safetensors").write_bytes(b"codes")
+    result = subprocess.run(["bash", str(GPU), "--pack", str(run_dir)], env={**os.environ, "PACK": str(pack)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    names = subprocess.run(["tar", "-tJf", str(pack)], capture_output=True, text=True, check=True).stdout.split()
+    assert "corpus2/train/c1.codes.safetensors" in names and "corpus1/heldout/c1.json" in names
+    assert "corpus1/tokenizer.model" in names and "corpus2/manifest.jsonl" in names
+    assert not [n for n in names if n.endswith(".wav")]
+
+    # there: unpacked, both trainings (no synthesis, no encoding), the exports copied to OUT
+    stand_in = tmp_path / "duplex"
+    stand_in.write_text(STAND_IN)
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
+    out, calls = tmp_path / "out", tmp_path / "calls.txt"
+    result = subprocess.run(["bash", str(GPU)], capture_output=True, text=True, timeout=60, env={
+        **os.environ, "PACK": str(pack), "DUPLEX": str(stand_in), "CALLS": str(calls), "OUT": str(out),
+        "RUN": str(tmp_path / "there")})
+    assert result.returncode == 0, result.stderr
+    made = [shlex.split(line) for line in calls.read_text().splitlines()]
+    assert [c[:2] for c in made] == [["train", "lm"], ["train", "lm"]]
+    assert option(made[0], "--device") == "cuda"
+    assert (out / "lm1" / "best" / "model.safetensors").exists() and (out / "lm2" / "best" / "model.safetensors").exists()
