@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The shipped default model, from nothing: two stages of `duplex` commands (docs/training.md, "The default model").
+# The default model's recipe, from nothing: two stages of `duplex` commands (docs/training.md, "The default model").
 #
 #   demos/default-model/recipe.sh [OUT]     (default OUT: default-model-run)
 #
-# Stage 1 is the first default model's recipe (a v1 corpus, 20 h; 4000 steps from random weights). Stage 2 goes on
-# from stage 1's best export on a corpus made for turn-taking (the v2 mix, 16 h; 4000 steps): a fine-tune, so that
-# the second model gets the first one's compute as well as its own. Each step is skipped when its result is there,
-# and a stopped training run resumes, so running the script again after a stop (a Ctrl-C, a session that ended)
-# goes on where it was. Same seeds, same corpora, byte for byte; the training is deterministic for one machine and
-# thread count.
+# Stage 1 is the shipped default model's recipe (a v1 corpus, 20 h; 4000 steps from random weights): RUN/lm1/best
+# is the shipped model. Stage 2 is the second model's candidate (issue 28): it goes on from stage 1's best export on
+# a corpus made for turn-taking (the v2 mix, 16 h; 4000 steps), a fine-tune, so that it gets the first model's
+# compute as well as its own. Its first run was measured and not shipped (docs/training.md, "The second default
+# model: training"). Each step is skipped when its result is there, and a stopped training run resumes, so running
+# the script again after a stop (a Ctrl-C, a session that ended) goes on where it was. Same seeds, same corpora,
+# byte for byte; the training is deterministic for one machine and thread count.
 #
-# On the 2-core CPU: stage 1 about 1 h (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 10 min
-# (synthesis 17 min, encoding 12 min, training about 45 min). On a GPU (DEVICE=cuda) the training steps take minutes.
+# On the 2-core CPU: stage 1 about 1 h (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 25 min
+# (synthesis 16 min, encoding 17 min, training 50 min). On a GPU (DEVICE=cuda) the training steps take minutes.
 #
 # Environment:
 #   DUPLEX=duplex       the command (or: DUPLEX="python -m duplex" with the repository on PYTHONPATH)
@@ -88,7 +89,8 @@ cp "$BASE_TOKENIZER" "$OUT/corpus2/tokenizer.model"
 train "$OUT/lm2" 4000 --data "$OUT/corpus2" --init "$BASE" --batch-size 8 --segment-seconds 10 --lr 5e-4 \
     --eval-every 250
 
-echo "the model: $OUT/lm2/best (model.safetensors, config.json, tokenizer.model); to ship it:"
+echo "the models: $OUT/lm1/best (stage 1) and $OUT/lm2/best (stage 2), each model.safetensors, config.json and"
+echo "tokenizer.model; to ship stage 2's (once it measures better: docs/training.md):"
 echo "  cp $OUT/lm2/best/model.safetensors $ROOT/duplex/weights/duplex-lm.safetensors"
 echo "  cp $OUT/lm2/best/config.json $ROOT/duplex/weights/duplex-lm.json"
 echo "  cp $OUT/lm2/best/tokenizer.model $ROOT/duplex/weights/duplex-tokenizer.model"
