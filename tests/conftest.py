@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_CONFIG
+
+# Kyutai's moshi, the oracle of many tests, compiles a few small functions with torch.compile on their first call
+# (Inductor: 15-25 s on 2 cores, paid by whichever test calls one first); eager gives the same tokens and keeps the
+# suite inside its 10 minutes. Read when moshi is imported; a value set by the caller is kept.
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -192,8 +192,10 @@ async def pause_then_resume(port, query, pause_s, small_client_buffers):
     sock = socket.create_connection(("127.0.0.1", port))
     if small_client_buffers:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # close_timeout: with its small queue the client reads no further once it has the echo, so the server's
+    # closing frame waits in its buffers and a close handshake would time out (websockets' default: 10 s)
     async with connect(f"ws://127.0.0.1:{port}{query}", sock=sock, max_queue=1 if small_client_buffers else 16,
-                       compression=None) as ws:
+                       compression=None, close_timeout=0.5) as ws:
         assert await asyncio.wait_for(ws.recv(), 5) == message(HANDSHAKE)
         await asyncio.sleep(pause_s)
         await ws.send(message(PING, b"resume"))
