@@ -44,7 +44,9 @@ case "${1:-}" in
 --aside)
     for p in $ASIDE; do [ -e "$p" ] && mkdir -p "$PARKED/$(dirname "$p")" && mv "$p" "$PARKED/$p"; done
     # what travels: the tracked files still here, .device (the wheels) and .device-train
-    total=$( (git ls-files -z | xargs -0 -r stat -c %s 2>/dev/null; find .device .device-train -type f -exec stat -c %s {} + 2>/dev/null) \
+    # (the files set aside are still listed by git: stat skips them)
+    total=$( { git ls-files -z | xargs -0 -r stat -c %s 2>/dev/null || true
+               find .device .device-train -type f -exec stat -c %s {} + 2>/dev/null || true; } \
         | awk '{s += $1} END {print s + 0}')
     echo "travels: $((total / 1024 / 1024)) MiB of $((LIMIT / 1024 / 1024)) MiB"
     if [ "$total" -gt "$LIMIT" ]; then echo "error: over the device tool's limit" >&2; exit 1; fi
