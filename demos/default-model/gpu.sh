@@ -28,10 +28,13 @@ case "${1:-}" in
     for corpus in corpus1 corpus2; do
         [ -f "$RUN/$corpus/manifest.jsonl" ] || { echo "error: $RUN/$corpus: no corpus (run recipe.sh first)" >&2; exit 2; }
         # every conversation with its codes, or the training there would stop at the first one missing
+        # (no `head` on this pipe: closing it early would end the script through pipefail, without a word)
         missing=$(cd "$RUN/$corpus" && find train heldout -name '*.wav' | while read -r wav; do
-            [ -f "${wav%.wav}.codes.safetensors" ] || echo "$wav"; done | head -3)
+            [ -f "${wav%.wav}.codes.safetensors" ] || echo "$wav"; done)
         if [ -n "$missing" ]; then
-            echo "error: $RUN/$corpus is not encoded yet (no codes for $(echo $missing | tr '\n' ' ')...)" >&2; exit 2
+            echo "error: $RUN/$corpus is not encoded yet ($(echo "$missing" | wc -l) conversations without codes," \
+                 "e.g. $(echo "$missing" | sed -n 1p)): run the recipe until its encoding is done" >&2
+            exit 2
         fi
         (cd "$RUN" && ls "$corpus"/*.jsonl && ls "$corpus"/tokenizer.model 2>/dev/null || true) >> "$files"
         (cd "$RUN" && find "$corpus/train" "$corpus/heldout" \( -name '*.json' -o -name '*.codes.safetensors' \)) >> "$files"

@@ -12,7 +12,7 @@
 # byte for byte; the training is deterministic for one machine and thread count.
 #
 # On the 2-core CPU: stage 1 about 1 h (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 25 min
-# (synthesis 16 min, encoding 17 min, training 50 min). On a GPU (DEVICE=cuda) the training steps take minutes.
+# (synthesis 16 min, encoding 17 min, training 50 min). On a GPU (DEVICE=cuda) the training steps should take minutes (not measured yet).
 #
 # Environment:
 #   DUPLEX=duplex       the command (or: DUPLEX="python -m duplex" with the repository on PYTHONPATH)

@@ -123,9 +123,14 @@ def fake_corpora(run_dir, encoded=True):
 def test_the_gpu_pack_holds_codes_and_alignments_not_audio_and_the_gpu_run_trains_both_stages(tmp_path):
     run_dir, pack = tmp_path / "run", tmp_path / "pack" / "corpora.tar.xz"
     fake_corpora(run_dir, encoded=False)
+    for n in range(2, 12):  # many conversations without codes are refused in words too (not cut short)
+        (run_dir / "corpus1" / "train" / f"c{n}.wav").write_bytes(b"\0")
     result = subprocess.run(["bash", str(GPU), "--pack", str(run_dir)], env={**os.environ, "PACK": str(pack)},
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "not encoded" in result.stderr and not pack.exists()
+    assert result.returncode == 2 and "not encoded" in result.stderr and "12 conversations" in result.stderr
+    assert not pack.exists()
+    for n in range(2, 12):
+        (run_dir / "corpus1" / "train" / f"c{n}.wav").unlink()
     for codes in ("train", "heldout"):
         for corpus in ("corpus1", "corpus2"):
             (run_dir / corpus / codes / "c1.codes.safetensors").write_bytes(b"codes")
