@@ -5,9 +5,9 @@
 #
 # Stage 1 is the shipped default model's recipe (a v1 corpus, 20 h; 4000 steps from random weights): RUN/lm1/best
 # is the shipped model. Stage 2 is the second model's candidate (issue 28): it goes on from stage 1's best export on
-# a corpus made for turn-taking (the v2 mix, 16 h; 4000 steps), a fine-tune, so that it gets the first model's
-# compute as well as its own. Its first run was measured and not shipped (docs/training.md, "The second default
-# model: training"). Each step is skipped when its result is there, and a stopped training run resumes, so running
+# a corpus made for turn-taking (the v2 mix, 16 h) together with stage 1's corpus (4000 steps), a fine-tune, so
+# that it gets the first model's compute as well as its own. Its first run (v2 alone) forgot what v1 taught and was
+# not shipped (docs/training.md, "The second default model: training"). Each step is skipped when its result is there, and a stopped training run resumes, so running
 # the script again after a stop (a Ctrl-C, a session that ended) goes on where it was. Same seeds, same corpora,
 # byte for byte; the training is deterministic for one machine and thread count.
 #
@@ -64,13 +64,13 @@ if [ -n "$BASE" ] && [ -z "$BASE_TOKENIZER" ]; then
 fi
 
 # The data of both stages first (UNTIL=data stops there: demos/default-model/gpu.sh then carries the codes to a GPU).
-# Stage 1's corpus, v1: question-answer exchanges, pauses, interruptions, backchannels, and its tokenizer.
-if [ -z "$BASE" ]; then
-    corpus "$OUT/corpus1" --hours 20 --seed 0
-    [ -f "$OUT/corpus1/tokenizer.model" ] || \
-        $DUPLEX train tokenizer --data "$OUT/corpus1" --out "$OUT/corpus1/tokenizer.model" --vocab-size 1000
-    encode "$OUT/corpus1"
+# Stage 1's corpus, v1: question-answer exchanges, pauses, interruptions, backchannels (and, for stage 1, its
+# tokenizer). Stage 2 trains on it too, so it is made with BASE as well.
+corpus "$OUT/corpus1" --hours 20 --seed 0
+if [ -z "$BASE" ] && [ ! -f "$OUT/corpus1/tokenizer.model" ]; then
+    $DUPLEX train tokenizer --data "$OUT/corpus1" --out "$OUT/corpus1/tokenizer.model" --vocab-size 1000
 fi
+encode "$OUT/corpus1"
 # Stage 2's corpus, the v2 mix: greetings, answers as sentences, pauses cued by words and prosody, barge-ins anywhere,
 # the user's backchannels, many voices, room and noise on the user's channel.
 corpus "$OUT/corpus2" --hours 16 --seed 28 --mix v2 --heldout-every 40
@@ -83,11 +83,11 @@ if [ -z "$BASE" ]; then
     BASE="$OUT/lm1/best/model.safetensors"
     BASE_TOKENIZER="$OUT/lm1/best/tokenizer.model"
 fi
-# Stage 2: on from stage 1's best export, the v2 text tokenized with its own tokenizer (its text embeddings keep
-# their meaning: every v2 word is spelt with its pieces).
-cp "$BASE_TOKENIZER" "$OUT/corpus2/tokenizer.model"
-train "$OUT/lm2" 4000 --data "$OUT/corpus2" --init "$BASE" --batch-size 8 --segment-seconds 10 --lr 5e-4 \
-    --eval-every 250
+# Stage 2: on from stage 1's best export, on both corpora as one (v2 alone made it forget what v1 taught: yielding
+# to a barge-in on clean speech; docs/training.md), the text tokenized with stage 1's tokenizer (its text
+# embeddings keep their meaning: every v2 word is spelt with its pieces).
+train "$OUT/lm2" 4000 --data "$OUT/corpus1" --data "$OUT/corpus2" --tokenizer "$BASE_TOKENIZER" --init "$BASE" \
+    --batch-size 8 --segment-seconds 10 --lr 5e-4 --eval-every 250
 
 echo "the models: $OUT/lm1/best (stage 1) and $OUT/lm2/best (stage 2), each model.safetensors, config.json and"
 echo "tokenizer.model; to ship stage 2's (once it measures better: docs/training.md):"

@@ -89,12 +89,13 @@ def register(commands) -> None:
     p.set_defaults(run=run_train_tokenizer)
     p = train_commands.add_parser("lm", help="train a Moshi-architecture LM on a dataset in Kyutai's fine-tuning "
                                   "layout (from scratch, or fine-tuning --init)", defaults=defaults_of(LM_OPTIONS))
-    p.add_argument("--data", required=True, help="dataset folder: train.jsonl (+ heldout.jsonl), stereo WAVs with "
-                   "their alignments JSON and codes ('duplex data encode')")
+    p.add_argument("--data", required=True, action="append", help="dataset folder: train.jsonl (+ heldout.jsonl), "
+                   "stereo WAVs with their alignments JSON and codes ('duplex data encode'); give it again to train "
+                   "on several datasets as one (every file as likely; held-out losses over all their held-out files)")
     p.add_argument("--out", required=True, help="run folder: model.safetensors (with --lora: lora.safetensors), "
                    "config.json, tokenizer.model, best/, the checkpoint (lm.safetensors or lora-train.safetensors, "
                    "trainer.pt), log.jsonl, loss.png")
-    p.add_argument("--tokenizer", help="SentencePiece model (default: DATA/tokenizer.model)")
+    p.add_argument("--tokenizer", help="SentencePiece model (default: the first DATA's tokenizer.model)")
     p.add_argument("--config", help="preset (default, small, moshi_7b) or a config JSON in Kyutai's keyword layout "
                    "(default: 'default', or the config beside --init)")
     p.add_argument("--init", metavar="MODEL", help="start from this LM (fine-tune): a checkpoint file (a Moshi 7B "

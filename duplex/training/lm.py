@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
@@ -55,9 +55,9 @@ QUANTIZE = ("int8", "fp8")
 
 @dataclass
 class LMTrainingOptions:
-    data: str
+    data: Union[str, Sequence[str]]  # a dataset folder, or several trained on as one (their files together)
     out: str
-    tokenizer: Optional[str] = None  # default: DATA/tokenizer.model
+    tokenizer: Optional[str] = None  # default: the (first) dataset folder's tokenizer.model
     config: Optional[str] = None  # preset or JSON (default: "default", or the one beside --init)
     init: Optional[str] = None  # the model to start from: a checkpoint, "default" (shipped), or a HF repo (cached)
     lora: bool = False  # train one LoRA adapter on the frozen --init (moshi-finetune's defaults below)
@@ -355,13 +355,23 @@ def fit(trainer: LMTrainer, run: RunFolder, next_batch: Callable[[], torch.Tenso
             return
 
 
+def data_folders(options: LMTrainingOptions) -> List[Path]:
+    """The dataset folders of ``options.data`` (one folder, or several)."""
+    return [Path(options.data)] if isinstance(options.data, (str, os.PathLike)) else [Path(d) for d in options.data]
+
+
 def _data(options: LMTrainingOptions, config: LMConfig, tokenizer: TextTokenizer, frame_rate: float):
     """(training files, held-out files, their segment sources); the held-out source is None without files."""
-    data, frames = Path(options.data), max(1, round(options.segment_seconds * frame_rate))
+    frames = max(1, round(options.segment_seconds * frame_rate))
     per_channel = config.n_q // 2  # the model's codebooks, then the user's
-    train = load_conversations(data / "train.jsonl", per_channel, frame_rate)
-    heldout = (load_conversations(data / "heldout.jsonl", per_channel, frame_rate)
-               if options.eval_every and (data / "heldout.jsonl").is_file() else [])
+    # Several datasets are one: their files together, in the order given (one folder: as it always was), each file
+    # as likely as any other; the held-out losses are over every folder's held-out files (a fine-tune on a new
+    # corpus beside its base's shows there what it forgets).
+    train, heldout = [], []
+    for data in data_folders(options):
+        train += load_conversations(data / "train.jsonl", per_channel, frame_rate)
+        if options.eval_every and (data / "heldout.jsonl").is_file():
+            heldout += load_conversations(data / "heldout.jsonl", per_channel, frame_rate)
     source = SegmentSource(train, tokenizer.encode, frames, frame_rate, options.segments, options.seed)
     held = SegmentSource(heldout, tokenizer.encode, frames, frame_rate, "consecutive") if heldout else None
     return train, heldout, source, held
@@ -461,9 +471,13 @@ def _lora_run(options: LMTrainingOptions, run: RunFolder) -> "tuple[LMTrainingOp
 def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     """Train (or resume) the run in ``options.out``; returns the step reached. After Ctrl-C the run stops at a
     step boundary, saves it, and raises KeyboardInterrupt."""
-    data = Path(options.data)
-    if not data.is_dir():  # before the tokenizer, which would otherwise be the first thing found missing
-        raise DatasetError(f"{data}: no such dataset folder")
+    folders = data_folders(options)
+    if not folders:
+        raise UsageError("no dataset folder given")
+    for folder in folders:  # before the tokenizer, which would otherwise be the first thing found missing
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: no such dataset folder")
+    data = folders[0]  # the tokenizer's default place, and the codes' frame rate (every file is checked against it)
     run = RunFolder(options.out, options.resume)
     options, base = _lora_run(options, run)
     if options.resume:
@@ -486,7 +500,7 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
               f"{'; the base and the adapter shape from the run' if options.lora else ''})", file=sys.stderr)
     dtype = EXPORT_DTYPES[options.export_dtype]
     print(f"training {what} on {sum(c.frames for c in train) / frame_rate / 3600:.2f} h ({len(train)} files, "
-          f"{len(heldout)} held out), segments of {source.segment_frames} frames, {device}"
+          f"{len(heldout)} held out{f', from {len(folders)} datasets' if len(folders) > 1 else ''}), segments of {source.segment_frames} frames, {device}"
           f"{', gradient checkpointing' if trainer.checkpointing else ''}", file=sys.stderr)
 
     def export(folder: str) -> None:

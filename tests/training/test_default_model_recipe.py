@@ -1,6 +1,6 @@
 """demos/default-model/recipe.sh, the shipped default model's recipe, with a stand-in ``duplex`` that records its
 calls and writes what each would (no model, no audio): the two stages in order with the options docs/training.md
-gives, the second from the first's export and tokenizer; a second run after a stop skips what is done and resumes
+gives, the second from the first's export and tokenizer, on both corpora; a second run after a stop skips what is done and resumes
 the training; a BASE without its tokenizer is refused."""
 
 import os
@@ -48,6 +48,10 @@ def option(call, name):
     return call[call.index(name) + 1]
 
 
+def options_of(call, name):
+    return [call[i + 1] for i, word in enumerate(call) if word == name]
+
+
 def test_both_stages_in_order_the_second_from_the_firsts_export(tmp_path):
     out = tmp_path / "run"
     result, calls = run(tmp_path, out)
@@ -59,10 +63,11 @@ def test_both_stages_in_order_the_second_from_the_firsts_export(tmp_path):
     assert synth2[2] == str(out / "corpus2") and option(synth2, "--mix") == "v2" and option(synth2, "--seed") == "28"
     assert "--init" not in train1 and "--resume" not in train1 and option(train1, "--steps") == "4000"
     assert option(train2, "--init") == str(out / "lm1" / "best" / "model.safetensors")
-    assert option(train2, "--data") == str(out / "corpus2") and option(train2, "--out") == str(out / "lm2")
+    # stage 2 trains on both corpora (v2 alone forgot v1's lessons), tokenized with the first model's tokenizer
+    assert options_of(train2, "--data") == [str(out / "corpus1"), str(out / "corpus2")]
+    assert option(train2, "--out") == str(out / "lm2") and options_of(train1, "--data") == [str(out / "corpus1")]
+    assert option(train2, "--tokenizer") == str(out / "lm1" / "best" / "tokenizer.model")
     assert option(encode2, "--checkpoint").endswith("codec/weights/duplex-codec-small.safetensors")
-    # the second corpus is tokenized with the first model's own tokenizer (copied from its export)
-    assert (out / "corpus2" / "tokenizer.model").exists()
     assert "lm2/best" in result.stdout
 
 
@@ -98,9 +103,12 @@ def test_a_base_model_skips_stage_one_and_needs_its_tokenizer(tmp_path):
     result, calls = run(tmp_path, tmp_path / "run", BASE=str(base / "duplex-lm.safetensors"),
                         BASE_TOKENIZER=str(base / "duplex-tokenizer.model"))
     assert result.returncode == 0, result.stderr
-    assert [c[:2] for c in calls] == [["data", "synth"], ["data", "encode"], ["train", "lm"]]
+    # both corpora (stage 2 trains on both), no tokenizer trained, stage 2 only, from the base and its tokenizer
+    assert [c[:2] for c in calls] == [["data", "synth"], ["data", "encode"], ["data", "synth"], ["data", "encode"],
+                                      ["train", "lm"]]
     assert option(calls[-1], "--init") == str(base / "duplex-lm.safetensors")
-    assert (tmp_path / "run" / "corpus2" / "tokenizer.model").read_text() == "pieces"
+    assert option(calls[-1], "--tokenizer") == str(base / "duplex-tokenizer.model")
+    assert options_of(calls[-1], "--data") == [str(tmp_path / "run" / c) for c in ("corpus1", "corpus2")]
 
 
 GPU = ROOT / "demos" / "default-model" / "gpu.sh"

@@ -229,6 +229,28 @@ def test_a_missing_data_folder_is_named_before_the_tokenizer(tmp_path, capsys):
     assert code == 2 and "nowhere: no such dataset folder" in err and "tokenizer" not in err
 
 
+def test_several_datasets_train_as_one(dataset, tmp_path, small_tokenizer_path, capsys):
+    # A fine-tune on a new corpus beside its base's (the default model's stage 2): --data twice is both folders'
+    # files, their held-out files together; a missing second folder is named before anything runs.
+    other = write_dataset(tmp_path / "other", small_tokenizer_path, files=2, seed=1)
+    code = main(["train", "lm", "--data", str(dataset), "--data", str(other), "--out", str(tmp_path / "both"),
+                 "--config", str(dataset / "tiny.json"), "--steps", "2", "--batch-size", "2", "--segment-seconds",
+                 "2", "--eval-every", "2", "--device", "cpu"])
+    assert code == 0 and "(5 files, 2 held out, from 2 datasets)" in capsys.readouterr().err
+    from duplex.training.lm import _data, data_folders
+
+    both = LMTrainingOptions(**{**vars(options(dataset, tmp_path / "x")), "data": [str(dataset), str(other)]})
+    assert data_folders(both) == [dataset, other] and data_folders(options(dataset, tmp_path / "y")) == [dataset]
+    from duplex.model.tokenizer import TextTokenizer
+
+    train, heldout, _, _ = _data(both, LMConfig.load(str(dataset / "tiny.json")),
+                                 TextTokenizer(small_tokenizer_path), 12.5)
+    assert [c.path.parent.parent.name for c in train] == ["data"] * 3 + ["other"] * 2 and len(heldout) == 2
+    code = main(["train", "lm", "--data", str(dataset), "--data", str(tmp_path / "nowhere"), "--out",
+                 str(tmp_path / "run"), "--device", "cpu"])
+    assert code == 2 and "nowhere: no such dataset folder" in capsys.readouterr().err
+
+
 def test_held_out_losses_are_shown_when_evaluated(dataset, tmp_path, capsys):
     train_lm(options(dataset, tmp_path / "run", steps=4, eval_every=2, save_every=4), torch.device("cpu"))
     err = capsys.readouterr().err
