@@ -121,6 +121,9 @@ def run_run(args) -> int:
         files = model_files(args)
         adapter = chosen_adapter(args, files)
         setup = run_setup(args, files)
+        if files.tokenizer is None:  # the scores count words: without them every turn looks missed
+            print(f"warning: no tokenizer found for {files.lm} (give --tokenizer): its text stream is not read, so "
+                  "the figures that count words (TOR, latencies, answers) see none", file=sys.stderr)
     runner.check_output(args.dir, args.out, args.seed, args.slots, setup)  # before minutes of loading the model
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,7 +15,8 @@ Nothing is ever downloaded: a missing file is named with the command that fetche
   silently taken for a 7B. Its codec is the one its files name: a repository ``config.json``'s ``mimi_name``;
   Kyutai's Mimi beside a Moshi 7B (it was trained on that codec's codes); else the shipped codec (the codec of the
   models duplex trains; ``$DUPLEX_MIMI`` overrides it). Its tokenizer is ``tokenizer.model`` beside it (a run),
-  else the one a repository names;
+  else the one a repository names, else ``duplex-tokenizer.model`` beside ``duplex-lm.safetensors`` (the shipped
+  files, or a copy of them, given by path);
 * a repository in the local Hugging Face cache (``ModelFiles.from_hf_cache``): its ``config.json`` names the files
   as Kyutai's ``CheckpointInfo`` reads them (``moshi_name``, ``mimi_name``, ``mimi_config_name``,
   ``tokenizer_name``, also ``hf://owner/repo/path`` in another repository), and a repository without one is Moshi
@@ -393,14 +394,18 @@ def lm_codec(lm: PathLike, cfg: LMConfig) -> Tuple[str, Optional[str]]:
 
 def lm_tokenizer(lm: PathLike, cfg: LMConfig) -> Optional[str]:
     """The tokenizer of the LM file ``lm`` of config ``cfg`` when none is given: ``tokenizer.model`` beside it (a
-    ``duplex train lm`` run), else the one its repository config names, or Kyutai's for a Moshi 7B, when beside
-    it; else None."""
+    ``duplex train lm`` run), else the one its repository config names, or Kyutai's for a Moshi 7B, or the
+    shipped name beside the shipped LM's name, when beside it; else None."""
     folder = os.path.dirname(os.fspath(lm)) or "."
     candidates = [RUN_TOKENIZER]
     if isinstance(cfg.repo_extras.get("tokenizer_name"), str):
         candidates.append(cfg.repo_extras["tokenizer_name"])
     elif is_moshi_7b(cfg):
         candidates.append(KYUTAI_NAMES["tokenizer_name"])
+    elif os.path.basename(os.fspath(lm)) == os.path.basename(SHIPPED_LM):
+        # the shipped layout (duplex-lm.safetensors, .json, duplex-tokenizer.model): `--lm` naming the shipped file
+        # would otherwise run it without its text stream
+        candidates.append(os.path.basename(SHIPPED_TOKENIZER))
     for name in candidates:
         path = os.path.join(folder, name)
         if os.path.isfile(path):

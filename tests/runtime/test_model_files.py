@@ -24,6 +24,8 @@ from duplex.model.config import LMConfig
 from duplex.model.lm import MoshiLM
 from duplex.runtime.checkpoints import (
     KYUTAI_MIMI,
+    SHIPPED_LM,
+    SHIPPED_TOKENIZER,
     SHIPPED_VOICES,
     ModelFiles,
     has_moshi_7b_shapes,
@@ -78,6 +80,18 @@ def test_an_lm_file_finds_its_config_and_tokenizer_beside_it(run):
     assert files.mimi_config == str(run / "codec.json")  # the codec's NAME.json beside it
     # a duplex-trained LM (not a Moshi 7B) goes with the codec duplex trains its models on
     assert ModelFiles.for_lm(run / "model.safetensors").mimi == SHIPPED_CODEC
+
+
+def test_the_shipped_files_given_by_path_find_their_tokenizer(tmp_path):
+    # `--lm duplex/weights/duplex-lm.safetensors` (or a copy of the folder) runs as the default model does, its
+    # text stream included; another name in that folder does not borrow the shipped tokenizer
+    assert ModelFiles.for_lm(SHIPPED_LM).tokenizer == SHIPPED_TOKENIZER
+    for name in ("duplex-lm.safetensors", "duplex-lm.json", "duplex-tokenizer.model"):
+        shutil.copy(os.path.join(os.path.dirname(SHIPPED_LM), name), tmp_path / name)
+    assert ModelFiles.for_lm(tmp_path / "duplex-lm.safetensors").tokenizer == str(tmp_path / "duplex-tokenizer.model")
+    shutil.copy(tmp_path / "duplex-lm.safetensors", tmp_path / "other.safetensors")
+    shutil.copy(tmp_path / "duplex-lm.json", tmp_path / "other.json")
+    assert ModelFiles.for_lm(tmp_path / "other.safetensors").tokenizer is None
 
 
 def test_an_lm_file_without_config_is_never_taken_for_a_7b(tmp_path):
