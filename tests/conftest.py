@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -12,6 +13,13 @@ from helpers import FIXTURES, LM_SMALL, LM_SMALL_CONFIG, MIMI_SMALL, MIMI_SMALL_
 # (Inductor: 15-25 s on 2 cores, paid by whichever test calls one first); eager gives the same tokens and keeps the
 # suite inside its 10 minutes. Read when moshi is imported; a value set by the caller is kept.
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+# A suite started in the background without job control (`bash .ci/run &` in a script, some CI agents) inherits
+# SIGINT ignored, and so would every command it starts (an ignored signal stays ignored across exec): the Ctrl-C tests
+# would see their commands run on to the end. Ctrl-C is given back to the suite, and so to its children (a handled
+# signal is the default one after exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
