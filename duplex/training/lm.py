@@ -499,8 +499,9 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
         print(f"resumed {options.out} at step {trainer.step} (training options come from this call"
               f"{'; the base and the adapter shape from the run' if options.lora else ''})", file=sys.stderr)
     dtype = EXPORT_DTYPES[options.export_dtype]
+    sources = f", from {len(folders)} datasets" if len(folders) > 1 else ""
     print(f"training {what} on {sum(c.frames for c in train) / frame_rate / 3600:.2f} h ({len(train)} files, "
-          f"{len(heldout)} held out{f', from {len(folders)} datasets' if len(folders) > 1 else ''}), segments of {source.segment_frames} frames, {device}"
+          f"{len(heldout)} held out{sources}), segments of {source.segment_frames} frames, {device}"
           f"{', gradient checkpointing' if trainer.checkpointing else ''}", file=sys.stderr)
 
     def export(folder: str) -> None:
