@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -93,13 +94,27 @@ def small_tokenizer_path(tmp_path_factory):
     return folder / "tok.model"
 
 
+def _threads_of_a_new_thread() -> int:
+    """The thread count a thread started now computes with: torch keeps the last ``set_num_threads`` of any thread
+    as the process's, and each new thread takes it (the asking thread keeps its own)."""
+    import torch
+
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads_as_they_were():
     """Commands run in-process here (``main(["serve", ...])``) set torch's thread count, as they may in their own
-    process; the next test gets the count it would have had."""
+    process, on this thread or another (a server's); the next test gets the count it would have had, here and in
+    the threads it starts (a server's clock thread computing with another count than a reference engine stepped
+    here gives other float sums: tests/serving/test_adapters.py compares them bit for bit)."""
     import torch
 
-    before = torch.get_num_threads()
+    before, before_new = torch.get_num_threads(), _threads_of_a_new_thread()
     yield
-    if torch.get_num_threads() != before:
+    if torch.get_num_threads() != before or _threads_of_a_new_thread() != before_new:
         torch.set_num_threads(before)
