@@ -176,3 +176,39 @@ def test_make_set_cuts_a_v2_corpus(corpus, tmp_path):
     out, _, _ = corpus
     counts = make_set.make_set(out, tmp_path / "set", split="train", per_task=3)
     assert all(n > 0 for n in counts.values()), counts
+
+
+def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gain(tmp_path, capsys):
+    made = {}
+    for name, effects in (("default", True), ("clean", False)):
+        rows = synthesize_corpus(str(tmp_path / name), 6, seed=5, options=SynthOptions(user_effects=effects, **V2),
+                                 workers=2, progress=False)
+        made[name] = [(sf.read(tmp_path / name / row["wav"], dtype="float32")[0].T,
+                       json.loads((tmp_path / name / row["json"]).read_text())) for row in rows]
+    noisy = []
+    for (stereo, meta), (clean_stereo, clean_meta) in zip(made["default"], made["clean"]):
+        assert clean_meta["effects"] == {}
+        # the same words, voices and timings, and the same assistant channel: the option changes the user's sound only
+        assert {k: v for k, v in clean_meta.items() if k != "effects"} == {k: v for k, v in meta.items()
+                                                                            if k != "effects"}
+        assert np.array_equal(clean_stereo[0], stereo[0])
+        # nothing on the clean user channel outside the user's utterances (no noise floor, no room tail)
+        outside = _outside_user_turns(meta, stereo.shape[1])
+        assert np.abs(clean_stereo[1][outside]).max() < 1e-3
+        if "noise" in meta["effects"]:
+            noisy.append(np.abs(stereo[1][outside]).max())
+    assert noisy and min(noisy) > 1e-3  # where the default adds noise, it is there outside the utterances
+    with pytest.raises(UsageError, match="--mix v2"):
+        SynthOptions(user_effects=False).validate()
+    assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "1", "--clean-user-channel"]) == 2
+    assert "--mix v2" in capsys.readouterr().err
+
+
+def _outside_user_turns(meta, length):
+    """A mask of the samples away from every user turn (50 ms before it, 250 ms after: a turn's last word can
+    sound up to about 0.1 s past its end in the corpus's timings)."""
+    outside = np.ones(length, bool)
+    for turn in meta["turns"]:
+        if turn["channel"] == "user":
+            outside[max(0, int(turn["start"] * 24000) - 1200):int(turn["end"] * 24000) + 6000] = False
+    return outside

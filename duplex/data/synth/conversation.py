@@ -107,6 +107,10 @@ class SynthOptions:
     heldout_every: int = 20  # conversation i is held out when i % heldout_every == 0 (0: none)
     noise: bool = False
     level_variation: bool = True
+    # mix v2: the user channel's room, background noise and microphone gain. False leaves them out with every
+    # random draw kept, so the corpus is the same conversations (words, voices, timings) with a clean user channel:
+    # an ablation of the sound alone (docs/training.md, "The third candidate").
+    user_effects: bool = True
     follow_up_probability: float = 0.3
     # A persona (see the module's docstring): None keeps the corpus's random voices and openings.
     assistant_voice: Optional[str] = None  # an espeak-ng voice, VOICE[+VARIANT], for every assistant utterance
@@ -145,6 +149,8 @@ class SynthOptions:
             raise UsageError(f"the greeting share must be 0-1, not {self.greeting_share}")
         if self.greeting_share < 1 and self.greeting is None:
             raise UsageError("a greeting share needs a greeting")
+        if not self.user_effects and self.mix != "v2":
+            raise UsageError("a clean user channel is an option of --mix v2 (v1 has no room, noise or gain on it)")
 
 
 @dataclass
@@ -383,19 +389,22 @@ class ConversationV2(Conversation):
             tail = noise_rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
             tail *= wet / max(float(np.sqrt(np.sum(tail ** 2))), 1e-9)
             tail[0] = 1.0
-            user = fftconvolve(user, tail)[:len(user)]
-            effects["room"] = {"rt60": round(rt60, 3), "wet": round(wet, 3)}
+            if self.options.user_effects:
+                user = fftconvolve(user, tail)[:len(user)]
+                effects["room"] = {"rt60": round(rt60, 3), "wet": round(wet, 3)}
         if rng.random() < 0.75:
             speech = np.abs(user) > 1e-3
             level = float(np.sqrt(np.mean(user[speech] ** 2))) if speech.any() else 0.05
             snr_db, colour = rng.uniform(10.0, 40.0), rng.uniform(0.0, 0.98)
             hum = lfilter([1.0], [1.0, -colour], noise_rng.standard_normal(len(user)))
             hum /= max(float(np.sqrt(np.mean(hum ** 2))), 1e-9)
-            user = user + level / 10 ** (snr_db / 20) * hum
-            effects["noise"] = {"snr_db": round(snr_db, 1), "colour": round(colour, 3)}
+            if self.options.user_effects:
+                user = user + level / 10 ** (snr_db / 20) * hum
+                effects["noise"] = {"snr_db": round(snr_db, 1), "colour": round(colour, 3)}
         gain_db = rng.uniform(-10.0, 2.0)  # the microphone's gain: the whole conversation louder or quieter
-        effects["gain_db"] = round(gain_db, 1)
-        user *= 10 ** (gain_db / 20)
+        if self.options.user_effects:
+            effects["gain_db"] = round(gain_db, 1)
+            user *= 10 ** (gain_db / 20)
         peak = float(np.abs(user).max()) if len(user) else 0.0
         if peak > 0.9:
             user *= 0.9 / peak
