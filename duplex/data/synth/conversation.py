@@ -374,7 +374,7 @@ class ConversationV2(Conversation):
         """The channels as mix v1 renders them (``noise``: its noise on both), then the user channel through a room
         (half the conversations: an exponentially decaying noise tail, RT60 0.15-0.6 s) and over background noise
         (three in four: white to brown, 10-40 dB under the speech), at a gain of -10..+2 dB for the whole conversation,
-        its peak kept under 0.9."""
+        its peak kept under 0.9; none of the three with ``options.user_effects`` off."""
         # scipy only when a v2 conversation is rendered: `duplex --help` (which imports this module) stays light
         from scipy.signal import fftconvolve, lfilter  # noqa: PLC0415
 
@@ -383,26 +383,29 @@ class ConversationV2(Conversation):
         rng = self.rng
         noise_rng = np.random.default_rng(rng.getrandbits(32))
         effects = {}
+        # Without the user effects (--clean-user-channel) every draw from rng is still made, so the conversation stays
+        # the same; only what would be applied is skipped.
+        apply = self.options.user_effects
         if rng.random() < 0.5:
             rt60, wet = rng.uniform(0.15, 0.6), rng.uniform(0.1, 0.5)
-            t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
-            tail = noise_rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
-            tail *= wet / max(float(np.sqrt(np.sum(tail ** 2))), 1e-9)
-            tail[0] = 1.0
-            if self.options.user_effects:
+            if apply:
+                t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
+                tail = noise_rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+                tail *= wet / max(float(np.sqrt(np.sum(tail ** 2))), 1e-9)
+                tail[0] = 1.0
                 user = fftconvolve(user, tail)[:len(user)]
                 effects["room"] = {"rt60": round(rt60, 3), "wet": round(wet, 3)}
         if rng.random() < 0.75:
-            speech = np.abs(user) > 1e-3
-            level = float(np.sqrt(np.mean(user[speech] ** 2))) if speech.any() else 0.05
             snr_db, colour = rng.uniform(10.0, 40.0), rng.uniform(0.0, 0.98)
-            hum = lfilter([1.0], [1.0, -colour], noise_rng.standard_normal(len(user)))
-            hum /= max(float(np.sqrt(np.mean(hum ** 2))), 1e-9)
-            if self.options.user_effects:
+            if apply:
+                speech = np.abs(user) > 1e-3
+                level = float(np.sqrt(np.mean(user[speech] ** 2))) if speech.any() else 0.05
+                hum = lfilter([1.0], [1.0, -colour], noise_rng.standard_normal(len(user)))
+                hum /= max(float(np.sqrt(np.mean(hum ** 2))), 1e-9)
                 user = user + level / 10 ** (snr_db / 20) * hum
                 effects["noise"] = {"snr_db": round(snr_db, 1), "colour": round(colour, 3)}
         gain_db = rng.uniform(-10.0, 2.0)  # the microphone's gain: the whole conversation louder or quieter
-        if self.options.user_effects:
+        if apply:
             effects["gain_db"] = round(gain_db, 1)
             user *= 10 ** (gain_db / 20)
         peak = float(np.abs(user).max()) if len(user) else 0.0
