@@ -24,6 +24,12 @@
 # about 14 minutes on an H200, more than one call of the lent device may (10): there, run it in two calls,
 #   bash benchmarks/gpu.sh --no-fdb     everything but FDB at scale (under 8 minutes)
 #   bash benchmarks/gpu.sh --fdb-only   FDB at scale alone (about 5-6 minutes), its rows in the same table
+# A lent machine gives a session 15 minutes in all, its start included, which the whole run does not fit. Then:
+#   bash benchmarks/gpu.sh --quick      issue 29's rows alone, within QUICK_LIMIT s (default 420): the GPU tests, the
+#                                       7B step (bf16) at batch 1/8/64 with a full ring and 30 s in, Kyutai's frame
+#                                       step in the same call (benchmarks/kyutai_gpu.py, when its moshi package is
+#                                       there), and the step compiled at batch 1 for the time left
+#   bash benchmarks/gpu.sh --fdb-only   right after it, on the same warm machine (FDB_LIMIT to fit what is left)
 # (FDB_SAMPLES, FDB_HOURS and FDB_LIMIT change its size and time limit.)
 #
 # Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_7b_compiled_{1,64}.json, latency_7b_30s.json,
@@ -38,17 +44,18 @@ mkdir -p "$OUT"
 rm -f "$OUT"/latency_7b.json "$OUT"/latency_7b_compiled_*.json "$OUT"/latency_7b_30s.json "$OUT"/latency_default.json "$OUT"/memory_7b.json \
   "$OUT"/gpu_tests.txt "$OUT"/fidelity.txt "$OUT"/fidelity_*.json "$OUT"/fidelity_*.log "$OUT"/fidelity_status.txt \
   "$OUT"/lora_*.json "$OUT"/lora.txt "$OUT"/lora.log "$OUT"/lora_status.txt "$OUT"/fdb_*.json "$OUT"/fdb.txt \
-  "$OUT"/fdb.log "$OUT"/fdb_status.txt "$OUT"/fdb_set.txt
+  "$OUT"/fdb.log "$OUT"/fdb_status.txt "$OUT"/fdb_set.txt "$OUT"/kyutai_*.json "$OUT"/kyutai.log
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 VARIANTS="none fp8kv int8 int8+fp8kv fp8 fp8+fp8kv"
 
-CPU_ONLY=0 FDB=1 REST=1
+CPU_ONLY=0 FDB=1 REST=1 QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --cpu) CPU_ONLY=1 ;;
     --no-fdb) FDB=0 ;;
+    --quick) QUICK=1 FDB=0 ;;
     --fdb-only) REST=0 ;;
-    *) echo "usage: bash benchmarks/gpu.sh [--cpu] [--no-fdb | --fdb-only]" >&2; exit 2 ;;
+    *) echo "usage: bash benchmarks/gpu.sh [--cpu] [--no-fdb | --fdb-only | --quick]" >&2; exit 2 ;;
   esac
 done
 if [ $FDB = 0 ] && [ $REST = 0 ]; then echo "--no-fdb and --fdb-only leave nothing to run" >&2; exit 2; fi
@@ -62,6 +69,48 @@ echo "$DEVICE" > "$OUT/device.txt"
 status=0
 started=$(date +%s)
 step() { echo "== [$(( $(date +%s) - started )) s] $*"; }
+
+# issue 29's rows in one short call (--quick): each step under its own limit, and none starts past QUICK_LIMIT
+if [ $QUICK = 1 ]; then
+  QUICK_LIMIT=${QUICK_LIMIT:-420}
+  left() { local l=$(( QUICK_LIMIT - ($(date +%s) - started) )); [ $l -lt "$1" ] && echo $l || echo "$1"; }
+  if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    BIG=moshi_7b; BATCHES="1 8 64"; AGED="1 64"; KSHAPE=7b; MODES=graphs; FRAMES=(--frames 30 --warmup 5)
+  else
+    echo "no CUDA here (or --cpu): the shipped model's shape, a few frames, GPU-only rows marked"
+    BIG=default; BATCHES="1 2"; AGED="1 2"; KSHAPE=small; MODES=eager; FRAMES=(--frames 3 --warmup 1)
+  fi
+  step "GPU tests (exactness: CUDA graphs, compiled stages, the per-length graphs)"
+  if [ "$DEVICE" = cuda ]; then
+    timeout "$(left 150)" $PY -m pytest -q -p no:cacheprovider tests/runtime/test_gpu.py \
+      tests/runtime/test_compiled.py::test_cuda_compiled_stage_in_graphs_equals_eager \
+      tests/runtime/test_ring_length.py::test_cuda_graph_per_length_equals_eager_whole_ring 2>&1 \
+      | tee "$OUT/gpu_tests.txt" | tail -4 || status=1
+  fi
+  step "the step, $BIG (bf16 on CUDA), full ring, batch $BATCHES"
+  timeout "$(left 150)" $PY -m duplex bench latency --model $BIG --device $DEVICE --modes $MODES \
+    --batch-sizes $BATCHES "${FRAMES[@]}" --json "$OUT/latency_7b.json" || status=1
+  step "the same, sessions 30 s in, batch $AGED"
+  timeout "$(left 120)" $PY -m duplex bench latency --model $BIG --device $DEVICE --modes $MODES \
+    --batch-sizes $AGED --age 30 "${FRAMES[@]}" --json "$OUT/latency_7b_30s.json" || status=1
+  step "Kyutai's frame step (moshi 0.2.13), same machine, same call, batch $AGED"
+  if $PY -c "import moshi" 2>/dev/null; then
+    timeout "$(left 120)" $PY benchmarks/kyutai_gpu.py --shape $KSHAPE --batch-sizes $AGED \
+      --frames "${FRAMES[1]}" --warmup 10 --json "$OUT/kyutai_$KSHAPE.json" 2> "$OUT/kyutai.log" || status=1
+  else
+    echo "Kyutai's moshi is not installed here: row not run"
+  fi
+  if [ "$DEVICE" = cuda ] && [ "$(left 999)" -gt 60 ]; then
+    step "the step compiled (torch.compile in the CUDA graphs), batch 1, 30 s in, $(left 999) s at most"
+    timeout "$(left 999)" $PY -m duplex bench latency --model $BIG --device cuda --modes graphs --batch-sizes 1 \
+      --age 30 --compile "${FRAMES[@]}" --json "$OUT/latency_7b_compiled_1.json" || status=1
+  fi
+  step "summary"
+  $PY benchmarks/summary.py "$OUT" | tee "$OUT/summary.md"
+  step "done (exit $status)"
+  exit $status
+fi
 
 if [ $REST = 1 ]; then
 if [ "$DEVICE" = cuda ]; then

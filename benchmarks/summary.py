@@ -240,6 +240,22 @@ def _fdb_rows(folder: Path, gpu: bool) -> List[List[str]]:
     return rows + [["goal (H200): FDB v1 with 7B shapes end to end in under 5 minutes", verdict]]
 
 
+def _kyutai_rows(kyutai: dict, ours: List[Optional[dict]], batches: List[int]) -> List[List[str]]:
+    """Kyutai's frame step (benchmarks/kyutai_gpu.py, same call) per batch, then ours over it (the unquantized
+    variant; Kyutai's attends its whole ring at any age, so ours full-ring and 30 s in are both set beside it)."""
+    theirs = {r["batch_size"]: r["total_ms"]["p50"] for r in kyutai["runs"] if "total_ms" in r}
+    rows = [[f"Kyutai's frame step ({kyutai['implementation']}, its CUDA graphs), same call"]
+            + [f"{theirs[b]:.1f} ms" if b in theirs else "-" for b in batches]]
+    for label, rep in zip(("full ring", "30 s in"), ours):
+        if rep is None:
+            continue
+        mine = {r["batch_size"]: r["total_ms"]["p50"] for r in rep["runs"]
+                if "total_ms" in r and r.get("variant", "none") == "none"}
+        rows.append([f"Kyutai's time / ours ({label}): speedup of ours"]
+                    + [f"{theirs[b] / mine[b]:.2f}x" if b in theirs and b in mine else "-" for b in batches])
+    return rows
+
+
 def table(folder: Path) -> str:
     device = _text(folder, "device.txt") or "cpu"
     gpu = device == "cuda"
@@ -248,7 +264,8 @@ def table(folder: Path) -> str:
     compiled = {**parts[0], "runs": [r for rep in parts for r in rep["runs"]]} if parts else None
     at_30s = _load(folder, "latency_7b_30s.json")
     memory = _load(folder, "memory_7b.json")
-    batches = sorted({r["batch_size"] for rep in (big, small, compiled, at_30s) if rep for r in rep["runs"]}
+    kyutai = _load(folder, "kyutai_7b.json" if gpu else "kyutai_small.json")
+    batches = sorted({r["batch_size"] for rep in (big, small, compiled, at_30s, kyutai) if rep for r in rep["runs"]}
                      | (set() if gpu else {1, 8, 64, 128}))
     fdb = _load(folder, "fdb_7b.json" if gpu else "fdb_default.json")
     head = next((rep for rep in (big, small, fdb and fdb["run"]) if rep and "hardware" in rep), None)
@@ -288,6 +305,9 @@ def table(folder: Path) -> str:
     else:
         for key, cells in _step_cells(at_30s, batches).items():
             row(what, key, cells)
+    if kyutai:
+        for cells in _kyutai_rows(kyutai, [big, at_30s], batches):
+            lines.append(f"| {cells[0]} | | | " + " | ".join(cells[1:]) + " |")
     if not gpu:
         marked("peak memory (max_memory_allocated)", "GPU only")
     if memory:

@@ -110,6 +110,22 @@ def test_the_rows_and_goals_of_sessions_30_s_in(tmp_path):
     assert "| goal (H200, issue 29): 64 sessions 30 s in <= 21 ms | | | not met: 23.5 ms |" in table
 
 
+def test_the_rows_of_kyutai_s_frame_step_in_the_same_call(tmp_path):
+    """--quick's side-by-side (benchmarks/kyutai_gpu.py's report): Kyutai's frame step per batch, then its time over
+    ours, full ring and 30 s in; a batch Kyutai's run lost (out of memory) is a dash, not a ratio."""
+    (tmp_path / "latency_7b.json").write_text(json.dumps(_latency(
+        [_run("none", "none", "bfloat16", 1, 10.0, 17), _run("none", "none", "bfloat16", 64, 40.0, 117)])))
+    (tmp_path / "latency_7b_30s.json").write_text(json.dumps(_latency([_run("none", "none", "bfloat16", 1, 8.0, 17)])))
+    (tmp_path / "kyutai_7b.json").write_text(json.dumps(
+        {"implementation": "moshi 0.2.13", "runs": [{"batch_size": 1, "total_ms": {"p50": 16.0, "p99": 17.0}},
+                                                    {"batch_size": 64, "error": "OutOfMemoryError()"}]}))
+    (tmp_path / "device.txt").write_text("cuda\n")
+    table = summary.table(tmp_path)
+    assert "| Kyutai's frame step (moshi 0.2.13, its CUDA graphs), same call | | | 16.0 ms | - |" in table
+    assert "| Kyutai's time / ours (full ring): speedup of ours | | | 1.60x | - |" in table
+    assert "| Kyutai's time / ours (30 s in): speedup of ours | | | 2.00x | - |" in table
+
+
 def test_the_table_of_a_cpu_run_marks_the_gpu_cells(tmp_path):
     runs = [_run("none", "none", "float32", 1, 30.0), _run("int8", "int8", "float32", 1, 20.0)]
     for r in runs:
