@@ -189,3 +189,29 @@ def test_a_random_codec_leaves_the_global_random_state_alone():
     torch.manual_seed(5)
     Mimi.random(MIMI_SMALL_CONFIG, seed=1)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("kernel,stride", [(16, 8), (8, 4), (10, 5), (4, 2), (7, 3), (12, 4)])
+@pytest.mark.parametrize("batch,steps", [(1, 1), (1, 2), (3, 5), (8, 17)])
+def test_transposed_convolution_fast_path_is_fold_bit_for_bit(kernel, stride, batch, steps):
+    """The CPU path of StreamingConvTranspose1d: for SEANet's kernels (twice the stride) it sums each output's two
+    contributions itself instead of F.fold; the sums are fold's bit for bit, and both are the transposed
+    convolution (other kernels still fold)."""
+    import torch.nn.functional as F
+
+    from codec.modules.conv import StreamingConvTranspose1d
+    from codec.modules.linear import fast_linear
+
+    torch.manual_seed(kernel * 100 + steps)
+    conv = StreamingConvTranspose1d(6, 5, kernel, stride=stride)
+    x = torch.randn(batch, 6, steps)
+    with torch.no_grad():
+        ours = conv._convtr(x)
+        c = conv.convtr.convtr
+        z = fast_linear(x.transpose(1, 2).reshape(batch * steps, 6), c.weight.view(6, -1).t())  # as the module
+        folded = F.fold(z.view(batch, steps, -1).transpose(1, 2), output_size=(1, (steps - 1) * stride + kernel),
+                        kernel_size=(1, kernel), stride=(1, stride)).squeeze(2) + c.bias[:, None]
+        reference = F.conv_transpose1d(x, c.weight, c.bias, stride)
+    assert ours.shape == reference.shape == (batch, 5, (steps - 1) * stride + kernel)
+    assert torch.equal(ours, folded)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
