@@ -30,6 +30,7 @@
 #                                       step in the same call (benchmarks/kyutai_gpu.py, when its moshi package is
 #                                       there), and the step compiled at batch 1 for the time left
 #   bash benchmarks/gpu.sh --fdb-only   right after it, on the same warm machine (FDB_LIMIT to fit what is left)
+# (--cpu --quick checks the script here: the shipped model eager in the 7B rows' files, Kyutai's 512 x 8 shape.)
 # (FDB_SAMPLES, FDB_HOURS and FDB_LIMIT change its size and time limit.)
 #
 # Reports go to $OUT (default /tmp/duplex-gpu): latency_7b.json, latency_7b_compiled_{1,64}.json, latency_7b_30s.json,
