@@ -74,7 +74,8 @@ step() { echo "== [$(( $(date +%s) - started )) s] $*"; }
 # issue 29's rows in one short call (--quick): each step under its own limit, and none starts past QUICK_LIMIT
 if [ $QUICK = 1 ]; then
   QUICK_LIMIT=${QUICK_LIMIT:-420}
-  left() { local l=$(( QUICK_LIMIT - ($(date +%s) - started) )); [ $l -lt "$1" ] && echo $l || echo "$1"; }
+  # seconds a step may take: its own limit, or what is left of QUICK_LIMIT, at least 1 (timeout 0 means no limit)
+  left() { local l=$(( QUICK_LIMIT - ($(date +%s) - started) )); [ $l -lt 1 ] && l=1; [ $l -lt "$1" ] && echo $l || echo "$1"; }
   if [ "$DEVICE" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     BIG=moshi_7b; BATCHES="1 8 64"; AGED="1 64"; KSHAPE=7b; MODES=graphs; FRAMES=(--frames 30 --warmup 5)
