@@ -6,7 +6,7 @@ side-by-side row (benchmarks/gpu.sh): Mimi encode -> ``LMGen.step`` -> Mimi deco
 Kyutai's step attends its whole KV ring at any age, so one figure per batch size stands for every age.
 
     python benchmarks/kyutai_gpu.py --shape 7b --batch-sizes 1 64 --json OUT.json
-    (--shape small: 512 x 8 layers, float32, the CPU bar's shape; runs on the CPU too, for checking the script)
+    (--shape small: our `small` preset, float32, the CPU bar's shape; runs on the CPU too, for checking the script)
 
 A batch that fails (out of memory) is a row with its error; a missing ``moshi`` package is a one-line error.
 """
@@ -21,32 +21,23 @@ import time
 
 import torch
 
+from duplex.bench import kyutai
+from duplex.model.config import LMConfig
+
+PRESETS = {"7b": "moshi_7b", "small": "small"}  # --shape -> our LM preset (the same shape on both sides)
+
 
 def _models(shape: str, device: str):
+    """Kyutai's Mimi (official shape, 8 codebooks) and LM (our preset's keyword config, as ``duplex bench kyutai``
+    builds it), random weights, built by its own loaders."""
     try:
-        from moshi.models import loaders  # noqa: PLC0415 - Kyutai's package: the reference, optional
-        from moshi.models.compression import MimiModel  # noqa: PLC0415
-        from moshi.models.lm import LMGen, LMModel  # noqa: PLC0415
-        from moshi.modules import SEANetDecoder, SEANetEncoder, transformer  # noqa: PLC0415
-        from moshi.quantization import SplitResidualVectorQuantizer  # noqa: PLC0415
-    except ImportError as e:
-        sys.exit(f"error: Kyutai's moshi package is needed (pip install --no-deps moshi==0.2.13): {e}")
-    cfg = loaders._mimi_config
-    encoder, decoder = SEANetEncoder(**cfg["seanet"]), SEANetDecoder(**cfg["seanet"])
-    mimi = MimiModel(encoder, decoder, SplitResidualVectorQuantizer(**cfg["quantizer"]), channels=cfg["channels"],
-                     sample_rate=cfg["sample_rate"], frame_rate=cfg["frame_rate"],
-                     encoder_frame_rate=cfg["sample_rate"] / encoder.hop_length, causal=True,
-                     resample_method="conv",
-                     encoder_transformer=transformer.ProjectedTransformer(device=device, **cfg["transformer"]),
-                     decoder_transformer=transformer.ProjectedTransformer(device=device, **cfg["transformer"]))
-    mimi = mimi.to(device).eval()
-    mimi.set_num_codebooks(8)
-    kwargs = dict(loaders._lm_kwargs)
+        loaders, LMGen, _ = kyutai._moshi()
+    except kyutai.KyutaiMissing as e:
+        sys.exit(f"error: {e}")
+    mimi = loaders.get_mimi(None, device=device, num_codebooks=8).eval()
     dtype = torch.bfloat16 if shape == "7b" else torch.float32
-    if shape == "small":
-        kwargs.update(dim=512, num_heads=8, num_layers=8, depformer_dim=256, depformer_num_heads=4,
-                      depformer_num_layers=2, depformer_dim_feedforward=int(4.125 * 256))
-    lm = LMModel(device=device, dtype=dtype, **kwargs).eval()
+    lm = loaders.get_moshi_lm(None, lm_kwargs=LMConfig.load(PRESETS[shape]).to_dict(), device=device,
+                              dtype=dtype).eval()
     # Kyutai's server's sampling settings
     return mimi, LMGen(lm, temp=0.8, temp_text=0.7, top_k=250, top_k_text=25), lm
 
