@@ -35,7 +35,8 @@ def run_synth(args) -> int:
                            level_variation=not args.no_level_variation, assistant_voice=args.assistant_voice,
                            assistant_rate=args.assistant_rate, assistant_pitch=args.assistant_pitch,
                            greeting=args.greeting, greeting_share=args.greeting_share, mix=args.mix,
-                           opening_greeting=args.opening_greeting, user_effects=not args.clean_user_channel)
+                           opening_greeting=args.opening_greeting,
+                           clean_user_share=1.0 if args.clean_user_channel else args.clean_user_share)
     if args.shares:
         options.shares = _shares(args.shares)
     conversations = args.conversations if args.hours is None else conversations_for_hours(args.hours, options)
@@ -94,8 +95,13 @@ def register(commands) -> None:
     p.add_argument("--max-seconds", type=float, help="longest conversation")
     p.add_argument("--noise", action="store_true", help="add background noise at 20-40 dB SNR")
     p.add_argument("--no-level-variation", action="store_true", help="keep every utterance at espeak's level")
-    p.add_argument("--clean-user-channel", action="store_true", help="with --mix v2: no room, background noise or "
-                   "microphone gain on the user channel; the same conversations otherwise (an ablation of the sound)")
+    clean = p.add_mutually_exclusive_group()
+    clean.add_argument("--clean-user-channel", action="store_true", help="with --mix v2: no room, background noise "
+                       "or microphone gain on the user channel; the same conversations otherwise (an ablation of "
+                       "the sound)")
+    clean.add_argument("--clean-user-share", type=float, default=0.0, metavar="SHARE",
+                       help="with --mix v2: the share (0-1) of conversations with a clean user channel, the others "
+                       "with room, noise and gain; the same conversations at any share")
     p.add_argument("--workers", type=positive, default=os.cpu_count() or 1, help="processes (default: all cores)")
     persona = p.add_argument_group("a persona (the data of a LoRA adapter: demos/lora-persona)")
     persona.add_argument("--assistant-voice", metavar="VOICE[+VARIANT]", help="one espeak-ng voice for every "

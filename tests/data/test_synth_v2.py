@@ -178,10 +178,10 @@ def test_make_set_cuts_a_v2_corpus(corpus, tmp_path):
     assert all(n > 0 for n in counts.values()), counts
 
 
-def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gain(tmp_path, capsys):
+def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gain_at_any_share(tmp_path, capsys):
     made = {}
-    for name, effects in (("default", True), ("clean", False)):
-        rows = synthesize_corpus(str(tmp_path / name), 6, seed=5, options=SynthOptions(user_effects=effects, **V2),
+    for name, share in (("default", 0.0), ("clean", 1.0), ("half", 0.5)):
+        rows = synthesize_corpus(str(tmp_path / name), 6, seed=5, options=SynthOptions(clean_user_share=share, **V2),
                                  workers=2, progress=False)
         made[name] = [(sf.read(tmp_path / name / row["wav"], dtype="float32")[0].T,
                        json.loads((tmp_path / name / row["json"]).read_text())) for row in rows]
@@ -198,10 +198,23 @@ def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gai
         if "noise" in meta["effects"]:
             noisy.append(np.abs(stereo[1][outside]).max())
     assert noisy and min(noisy) > 1e-3  # where the default adds noise, it is there outside the utterances
+    # at a share between 0 and 1, each conversation is one of the two, channel for channel, and both kinds occur
+    kinds = []
+    for (stereo, meta), (clean, _), (half, half_meta) in zip(made["default"], made["clean"], made["half"]):
+        kind = "clean" if half_meta["effects"] == {} else "noisy"
+        assert np.array_equal(half, clean if kind == "clean" else stereo)
+        assert half_meta == (meta if kind == "noisy" else {**meta, "effects": {}})
+        kinds.append(kind)
+    assert set(kinds) == {"clean", "noisy"}, kinds
     with pytest.raises(UsageError, match="--mix v2"):
-        SynthOptions(user_effects=False).validate()
+        SynthOptions(clean_user_share=1.0).validate()
+    with pytest.raises(UsageError, match="0-1"):
+        SynthOptions(clean_user_share=1.5, mix="v2").validate()
     assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "1", "--clean-user-channel"]) == 2
     assert "--mix v2" in capsys.readouterr().err
+    assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "1", "--mix", "v2",
+                 "--clean-user-share", "-0.1"]) == 2
+    assert "0-1" in capsys.readouterr().err
 
 
 def _outside_user_turns(meta, length):

@@ -107,10 +107,11 @@ class SynthOptions:
     heldout_every: int = 20  # conversation i is held out when i % heldout_every == 0 (0: none)
     noise: bool = False
     level_variation: bool = True
-    # mix v2: the user channel's room, background noise and microphone gain. False leaves them out with every
-    # random draw kept, so the corpus is the same conversations (words, voices, timings) with a clean user channel:
-    # an ablation of the sound alone (docs/training.md, "The third candidate").
-    user_effects: bool = True
+    # mix v2: the share of conversations whose user channel is left clean (no room, background noise or microphone
+    # gain). Every random draw is kept, so the corpus is the same conversations (words, voices, timings) at any share:
+    # 1 is an ablation of the sound alone (docs/training.md, "The fourth candidate"), between 0 and 1 a corpus where
+    # sound on the user channel is sometimes a turn and sometimes noise ("The fifth candidate").
+    clean_user_share: float = 0.0
     follow_up_probability: float = 0.3
     # A persona (see the module's docstring): None keeps the corpus's random voices and openings.
     assistant_voice: Optional[str] = None  # an espeak-ng voice, VOICE[+VARIANT], for every assistant utterance
@@ -149,7 +150,9 @@ class SynthOptions:
             raise UsageError(f"the greeting share must be 0-1, not {self.greeting_share}")
         if self.greeting_share < 1 and self.greeting is None:
             raise UsageError("a greeting share needs a greeting")
-        if not self.user_effects and self.mix != "v2":
+        if not 0 <= self.clean_user_share <= 1:
+            raise UsageError(f"the clean user channel's share must be 0-1, not {self.clean_user_share}")
+        if self.clean_user_share > 0 and self.mix != "v2":
             raise UsageError("a clean user channel is an option of --mix v2 (v1 has no room, noise or gain on it)")
 
 
@@ -374,7 +377,7 @@ class ConversationV2(Conversation):
         """The channels as mix v1 renders them (``noise``: its noise on both), then the user channel through a room
         (half the conversations: an exponentially decaying noise tail, RT60 0.15-0.6 s) and over background noise
         (three in four: white to brown, 10-40 dB under the speech), at a gain of -10..+2 dB for the whole conversation,
-        its peak kept under 0.9; none of the three with ``options.user_effects`` off."""
+        its peak kept under 0.9; none of the three in the share ``options.clean_user_share`` of conversations."""
         # scipy only when a v2 conversation is rendered: `duplex --help` (which imports this module) stays light
         from scipy.signal import fftconvolve, lfilter  # noqa: PLC0415
 
@@ -382,30 +385,32 @@ class ConversationV2(Conversation):
         user = stereo[1].astype(np.float64)
         rng = self.rng
         noise_rng = np.random.default_rng(rng.getrandbits(32))
-        effects = {}
-        # Without the user effects (--clean-user-channel) every draw from rng is still made, so the conversation stays
-        # the same; only what would be applied is skipped.
-        apply = self.options.user_effects
-        if rng.random() < 0.5:
-            rt60, wet = rng.uniform(0.15, 0.6), rng.uniform(0.1, 0.5)
-            if apply:
-                t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
-                tail = noise_rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
-                tail *= wet / max(float(np.sqrt(np.sum(tail ** 2))), 1e-9)
-                tail[0] = 1.0
-                user = fftconvolve(user, tail)[:len(user)]
-                effects["room"] = {"rt60": round(rt60, 3), "wet": round(wet, 3)}
-        if rng.random() < 0.75:
-            snr_db, colour = rng.uniform(10.0, 40.0), rng.uniform(0.0, 0.98)
-            if apply:
-                speech = np.abs(user) > 1e-3
-                level = float(np.sqrt(np.mean(user[speech] ** 2))) if speech.any() else 0.05
-                hum = lfilter([1.0], [1.0, -colour], noise_rng.standard_normal(len(user)))
-                hum /= max(float(np.sqrt(np.mean(hum ** 2))), 1e-9)
-                user = user + level / 10 ** (snr_db / 20) * hum
-                effects["noise"] = {"snr_db": round(snr_db, 1), "colour": round(colour, 3)}
+        # Every draw is made first, in the order the corpora of earlier runs were made with, and whether to apply
+        # them is drawn last (only at a share strictly between 0 and 1): a clean conversation is the same
+        # conversation, and a corpus made at share 0 or 1 is bit for bit the one made before the share existed.
+        room = (rng.uniform(0.15, 0.6), rng.uniform(0.1, 0.5)) if rng.random() < 0.5 else None
+        hiss = (rng.uniform(10.0, 40.0), rng.uniform(0.0, 0.98)) if rng.random() < 0.75 else None
         gain_db = rng.uniform(-10.0, 2.0)  # the microphone's gain: the whole conversation louder or quieter
-        if apply:
+        share = self.options.clean_user_share
+        clean = share >= 1 or (share > 0 and rng.random() < share)
+        effects = {}
+        if room is not None and not clean:
+            rt60, wet = room
+            t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
+            tail = noise_rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+            tail *= wet / max(float(np.sqrt(np.sum(tail ** 2))), 1e-9)
+            tail[0] = 1.0
+            user = fftconvolve(user, tail)[:len(user)]
+            effects["room"] = {"rt60": round(rt60, 3), "wet": round(wet, 3)}
+        if hiss is not None and not clean:
+            snr_db, colour = hiss
+            speech = np.abs(user) > 1e-3
+            level = float(np.sqrt(np.mean(user[speech] ** 2))) if speech.any() else 0.05
+            hum = lfilter([1.0], [1.0, -colour], noise_rng.standard_normal(len(user)))
+            hum /= max(float(np.sqrt(np.mean(hum ** 2))), 1e-9)
+            user = user + level / 10 ** (snr_db / 20) * hum
+            effects["noise"] = {"snr_db": round(snr_db, 1), "colour": round(colour, 3)}
+        if not clean:
             effects["gain_db"] = round(gain_db, 1)
             user *= 10 ** (gain_db / 20)
         peak = float(np.abs(user).max()) if len(user) else 0.0
