@@ -59,7 +59,7 @@ def _moshi():
 
 
 def _lm_pair(config: str, batch: int, age: Optional[float], compile: bool = False) -> tuple:
-    """(our step, Kyutai's step, what closes Kyutai's streaming context, our compiled depth stage or None) for the
+    """(our step, Kyutai's step, what closes Kyutai's streaming context, [our compiled depth stage] or None) for the
     LM; ``compile``: our depth stage compiled, as ``--compile depth`` runs it in the engine (compiled in the untimed
     steps)."""
     loaders, LMGen, _ = _moshi()
@@ -69,6 +69,7 @@ def _lm_pair(config: str, batch: int, age: Optional[float], compile: bool = Fals
     stage = CompiledStage("depth", depth_step) if compile else None
     if stage is not None:
         ours.depth_step = stage
+        stage = [stage]
     with torch.random.fork_rng(devices=[]):  # Kyutai's modules draw their weights from the global generator
         torch.manual_seed(SEED)
         theirs = LMGen(loaders.get_moshi_lm(None, lm_kwargs=cfg.to_dict(), device="cpu", dtype=torch.float32))
@@ -78,10 +79,17 @@ def _lm_pair(config: str, batch: int, age: Optional[float], compile: bool = Fals
     return (lambda: ours.step(codes[:, :, 0])), (lambda: theirs.step(codes)), stack, stage
 
 
-def _codec_pair(batch: int) -> tuple:
+def _codec_pair(batch: int, compile: bool = False) -> tuple:
+    """(our step, Kyutai's step, what closes Kyutai's streaming context, our compiled stages or None) for the codec;
+    ``compile``: our encoder and decoder steps compiled, as ``--compile encode decode`` runs them in the engine."""
     loaders, _, _ = _moshi()
     ours = Mimi.random(None, num_codebooks=CODEBOOKS, seed=SEED)
     encoder, decoder = ours.new_encoder_state(batch), ours.new_decoder_state(batch)
+    encode, decode = ours.encode_step, ours.decode_step
+    stages = None
+    if compile:
+        encode, decode = CompiledStage("encode", encode), CompiledStage("decode", decode)
+        stages = [encode, decode]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         theirs = loaders.get_mimi(None, device="cpu", num_codebooks=CODEBOOKS)
@@ -90,12 +98,12 @@ def _codec_pair(batch: int) -> tuple:
     pcm = 0.05 * torch.randn(batch, 1, FRAME_SIZE, generator=torch.Generator().manual_seed(SEED))
 
     def our_step():
-        ours.decode_step(ours.encode_step(pcm, encoder), decoder)
+        decode(encode(pcm, encoder), decoder)
 
     def their_step():
         theirs.decode(theirs.encode(pcm))
 
-    return our_step, their_step, stack, None
+    return our_step, their_step, stack, stages
 
 
 def _in_turns(ours: Callable, theirs: Callable, frames: int, warmup: int, progress=None, label="") -> tuple:
@@ -119,8 +127,9 @@ def bench_kyutai(parts: Sequence[str] = PARTS, lm_config: str = LM_CONFIG, batch
                  frames: int = FRAMES, warmup: int = WARMUP, age: Optional[float] = None, progress=None,
                  compile: bool = False) -> dict:
     """Time our step and Kyutai's in turns (module docstring) for each part and batch size, on the CPU.
-    ``compile``: our LM's depth stage compiled (``torch.compile``; Kyutai's runs as its CPU deployment runs it,
-    uncompiled), compiled during the untimed steps (give at least one)."""
+    ``compile``: our LM's depth stage and our codec's encoder and decoder steps compiled (``torch.compile``, as the
+    engine's ``--compile`` runs them; Kyutai's run as its CPU deployment runs them, uncompiled), compiled during the
+    untimed steps (give at least one)."""
     _, _, no_compile = _moshi()
     import moshi  # noqa: PLC0415 - its version, for the report (imported by _moshi already)
 
@@ -132,20 +141,21 @@ def bench_kyutai(parts: Sequence[str] = PARTS, lm_config: str = LM_CONFIG, batch
     with no_compile(), torch.random.fork_rng(devices=[]):
         for part in parts:
             for batch in batch_sizes:
-                ours, theirs, stack, stage = (_lm_pair(lm_config, batch, age, compile) if part == "lm"
-                                              else _codec_pair(batch))
+                ours, theirs, stack, stages = (_lm_pair(lm_config, batch, age, compile) if part == "lm"
+                                               else _codec_pair(batch, compile))
                 with stack:
                     ours_ms, theirs_ms = _in_turns(ours, theirs, frames, warmup, progress, f"{part} batch {batch}")
                 a, b = summary(ours_ms), summary(theirs_ms)
                 rows.append({"part": part, "batch_size": batch, "ours_ms": a, "kyutai_ms": b,
                              "ratio": b["median"] / a["median"]})
-                if stage is not None:  # whether the compile worked, and what it cost (not in the timed steps)
-                    rows[-1]["compiled"] = {"depth": stage.compiled, "seconds": stage.compile_seconds,
-                                            "error": stage.error}
+                if stages:  # whether each compile worked, and what it cost (not in the timed steps)
+                    rows[-1]["compiled"] = {stage.name: {"compiled": stage.compiled, "seconds": stage.compile_seconds,
+                                                         "error": stage.error} for stage in stages}
     return {
         "benchmark": "ours and Kyutai's implementation, side by side (steps in turns)",
         "lm_config": lm_config, "lm_age_s": age,  # None: a full KV ring
         "lm_compiled": compile,  # our depth stage compiled
+        "codec_compiled": compile,  # our encoder and decoder steps compiled
         "codec": "official Mimi shape, 8 codebooks",
         "dtype": "float32", "device": "cpu", "hardware": describe_device(torch.device("cpu")),
         "torch": torch.__version__, "moshi": moshi.__version__,
@@ -160,13 +170,14 @@ def format_table(report: dict) -> str:
              f"{report['date']}",
              f"# lm: config {report['lm_config']}, sessions "
              + ("with a full KV ring" if age is None else f"{age:g} s in")
-             + (", our depth stage compiled" if report.get("lm_compiled") else "") + f"; codec: {report['codec']}",
+             + (", our depth stage compiled" if report.get("lm_compiled") else "") + f"; codec: {report['codec']}"
+             + (", our encoder and decoder compiled" if report.get("codec_compiled") else ""),
              f"{'part':>5} {'batch':>5} {'ours ms':>8} {'p99':>7} {'Kyutai ms':>9} {'p99':>7} {'ratio':>6}"]
     for r in report["results"]:
         a, b = r["ours_ms"], r["kyutai_ms"]
-        compiled = r.get("compiled")
-        note = "" if compiled is None else (f"  depth compiled in {compiled['seconds']:.0f} s" if compiled["depth"]
-                                            else f"  depth NOT compiled ({compiled['error']}): eager")
+        note = "".join(f"  {name} compiled in {c['seconds']:.0f} s" if c["compiled"]
+                       else f"  {name} NOT compiled ({c['error']}): eager"
+                       for name, c in r.get("compiled", {}).items())
         lines.append(f"{r['part']:>5} {r['batch_size']:>5} {a['median']:>8.2f} {a['p99']:>7.2f} "
                      f"{b['median']:>9.2f} {b['p99']:>7.2f} {r['ratio']:>5.2f}x{note}")
     lines.append("ms: medians per 80 ms frame; ratio: Kyutai's median over ours (above 1: ours is faster)")

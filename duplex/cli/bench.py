@@ -375,8 +375,9 @@ def register(commands) -> None:
     p.set_defaults(frames=kyutai.FRAMES, warmup=kyutai.WARMUP, device="cpu")
     _add_age_option(p)
     p.add_argument("--plot", metavar="PNG", help="draw the side-by-side bars here")
-    p.add_argument("--compile", action="store_true", help="our LM's depth stage compiled (torch.compile, in the "
-                   "untimed steps; minutes on a CPU), as --compile depth runs it in the engine")
+    p.add_argument("--compile", action="store_true", help="our LM's depth stage and our codec's encoder and decoder "
+                   "compiled (torch.compile, in the untimed steps; minutes on a CPU), as --compile runs them in the "
+                   "engine")
     p.set_defaults(run=run_bench_kyutai)
     p = bench_commands.add_parser("latency", help="whole-engine ms per frame by stage and batch size (JSON + plot)")
     p.add_argument("--model", default="default", help="default (shipped small model), default-official-codec (its "
