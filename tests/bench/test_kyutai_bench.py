@@ -39,3 +39,20 @@ def test_without_kyutai_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_moshi)
     with pytest.raises(kyutai.KyutaiMissing, match="pip install moshi"):
         kyutai.bench_kyutai(parts=["lm"], lm_config=str(LM_SMALL_CONFIG), frames=1, warmup=0)
+
+
+def test_compiled_stages_in_the_table():
+    """Each compiled stage of a row is named with its compile time, or as eager with the reason it failed."""
+    ms = {"median": 10.0, "p99": 12.0}
+    report = {"benchmark": "b", "hardware": "cpu", "torch": "t", "moshi": "m", "date": "d", "lm_config": "small",
+              "lm_age_s": None, "lm_compiled": True, "codec_compiled": True, "codec": "official Mimi shape",
+              "results": [
+                  {"part": "lm", "batch_size": 1, "ours_ms": ms, "kyutai_ms": ms, "ratio": 1.0,
+                   "compiled": {"depth": {"compiled": True, "seconds": 61.2, "error": None}}},
+                  {"part": "codec", "batch_size": 8, "ours_ms": ms, "kyutai_ms": ms, "ratio": 1.0,
+                   "compiled": {"encode": {"compiled": True, "seconds": 120.4, "error": None},
+                                "decode": {"compiled": False, "seconds": None, "error": "Unsupported: x"}}}]}
+    table = kyutai.format_table(report)
+    assert "depth compiled in 61 s" in table
+    assert "encode compiled in 120 s  decode NOT compiled (Unsupported: x): eager" in table
+    assert "our depth stage compiled" in table and "our encoder and decoder compiled" in table
