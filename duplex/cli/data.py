@@ -36,7 +36,8 @@ def run_synth(args) -> int:
                            assistant_rate=args.assistant_rate, assistant_pitch=args.assistant_pitch,
                            greeting=args.greeting, greeting_share=args.greeting_share, mix=args.mix,
                            opening_greeting=args.opening_greeting,
-                           clean_user_share=1.0 if args.clean_user_channel else args.clean_user_share)
+                           clean_user_share=1.0 if args.clean_user_channel else args.clean_user_share,
+                           user_noise_snr=tuple(args.user_noise_snr))
     if args.shares:
         options.shares = _shares(args.shares)
     conversations = args.conversations if args.hours is None else conversations_for_hours(args.hours, options)
@@ -99,6 +100,9 @@ def register(commands) -> None:
     clean.add_argument("--clean-user-channel", action="store_true", help="with --mix v2: no room, background noise "
                        "or microphone gain on the user channel; the same conversations otherwise (an ablation of "
                        "the sound)")
+    p.add_argument("--user-noise-snr", type=float, nargs=2, default=(10.0, 40.0), metavar=("LOW", "HIGH"),
+                   help="with --mix v2: the user channel's background noise this many dB under the speech, drawn per "
+                   "conversation (default 10 40); the same conversations at any range")
     clean.add_argument("--clean-user-share", type=float, default=0.0, metavar="SHARE",
                        help="with --mix v2: the share (0-1) of conversations with a clean user channel, the others "
                        "with room, noise and gain; the same conversations at any share")

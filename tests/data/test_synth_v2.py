@@ -225,3 +225,34 @@ def _outside_user_turns(meta, length):
         if turn["channel"] == "user":
             outside[max(0, int(turn["start"] * 24000) - 1200):int(turn["end"] * 24000) + 6000] = False
     return outside
+
+
+def test_the_user_noise_level_changes_the_noise_and_nothing_else(tmp_path, capsys):
+    made = {}
+    for name, snr in (("default", (10.0, 40.0)), ("quiet", (45.0, 45.0))):
+        rows = synthesize_corpus(str(tmp_path / name), 4, seed=5, options=SynthOptions(user_noise_snr=snr, **V2),
+                                 workers=2, progress=False)
+        made[name] = [(sf.read(tmp_path / name / row["wav"], dtype="float32")[0].T,
+                       json.loads((tmp_path / name / row["json"]).read_text())) for row in rows]
+    noisy = 0
+    for (stereo, meta), (quiet, quiet_meta) in zip(made["default"], made["quiet"]):
+        assert {k: v for k, v in quiet_meta.items() if k != "effects"} == {k: v for k, v in meta.items()
+                                                                            if k != "effects"}
+        assert np.array_equal(quiet[0], stereo[0])  # the assistant's channel, byte for byte
+        assert quiet_meta["effects"].keys() == meta["effects"].keys()  # the same draws: room, noise and gain or not
+        if "noise" in meta["effects"]:
+            noisy += 1
+            assert quiet_meta["effects"]["noise"]["snr_db"] == 45.0
+            assert quiet_meta["effects"]["noise"]["colour"] == meta["effects"]["noise"]["colour"]
+            assert 10.0 <= meta["effects"]["noise"]["snr_db"] <= 40.0
+            outside = _outside_user_turns(meta, stereo.shape[1])
+            # the noise floor between the user's utterances is lower (45 dB under the speech, at most 40 before)
+            assert np.sqrt(np.mean(quiet[1][outside] ** 2)) < np.sqrt(np.mean(stereo[1][outside] ** 2))
+    assert noisy
+    with pytest.raises(UsageError, match="LOW <= HIGH"):
+        SynthOptions(user_noise_snr=(30.0, 20.0), **V2).validate()
+    with pytest.raises(UsageError, match="--mix v2"):
+        SynthOptions(user_noise_snr=(20.0, 30.0)).validate()
+    assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "1", "--mix", "v2",
+                 "--user-noise-snr", "40", "nan"]) == 2
+    assert "LOW <= HIGH" in capsys.readouterr().err

@@ -112,6 +112,9 @@ class SynthOptions:
     # 1 is an ablation of the sound alone (docs/training.md, "The fourth candidate"), between 0 and 1 a corpus where
     # sound on the user channel is sometimes a turn and sometimes noise ("The fifth candidate").
     clean_user_share: float = 0.0
+    # mix v2: how far under the speech the user channel's background noise lies (dB, drawn per conversation). The
+    # same one draw at any range, so changing it changes the noise's level and nothing else.
+    user_noise_snr: Tuple[float, float] = (10.0, 40.0)
     follow_up_probability: float = 0.3
     # A persona (see the module's docstring): None keeps the corpus's random voices and openings.
     assistant_voice: Optional[str] = None  # an espeak-ng voice, VOICE[+VARIANT], for every assistant utterance
@@ -152,6 +155,11 @@ class SynthOptions:
             raise UsageError("a greeting share needs a greeting")
         if not 0 <= self.clean_user_share <= 1:
             raise UsageError(f"the clean user channel's share must be 0-1, not {self.clean_user_share}")
+        low, high = self.user_noise_snr
+        if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+            raise UsageError(f"the user channel's noise SNR range must be 0 <= LOW <= HIGH dB, not {low} {high}")
+        if tuple(self.user_noise_snr) != (10.0, 40.0) and self.mix != "v2":
+            raise UsageError("the user channel's noise level is an option of --mix v2 (v1 has no noise on it)")
         if self.clean_user_share > 0 and self.mix != "v2":
             raise UsageError("a clean user channel is an option of --mix v2 (v1 has no room, noise or gain on it)")
 
@@ -376,7 +384,7 @@ class ConversationV2(Conversation):
     def render(self, noise: bool) -> np.ndarray:
         """The channels as mix v1 renders them (``noise``: its noise on both), then the user channel through a room
         (half the conversations: an exponentially decaying noise tail, RT60 0.15-0.6 s) and over background noise
-        (three in four: white to brown, 10-40 dB under the speech), at a gain of -10..+2 dB for the whole conversation,
+        (three in four: white to brown, 10-40 dB under the speech, ``options.user_noise_snr``), at a gain of -10..+2 dB for the whole conversation,
         its peak kept under 0.9; none of the three in the share ``options.clean_user_share`` of conversations."""
         # scipy only when a v2 conversation is rendered: `duplex --help` (which imports this module) stays light
         from scipy.signal import fftconvolve, lfilter  # noqa: PLC0415
@@ -389,7 +397,7 @@ class ConversationV2(Conversation):
         # them is drawn last (only at a share strictly between 0 and 1): a clean conversation is the same
         # conversation, and a corpus made at share 0 or 1 is bit for bit the one made before the share existed.
         room = (rng.uniform(0.15, 0.6), rng.uniform(0.1, 0.5)) if rng.random() < 0.5 else None
-        hiss = (rng.uniform(10.0, 40.0), rng.uniform(0.0, 0.98)) if rng.random() < 0.75 else None
+        hiss = (rng.uniform(*self.options.user_noise_snr), rng.uniform(0.0, 0.98)) if rng.random() < 0.75 else None
         gain_db = rng.uniform(-10.0, 2.0)  # the microphone's gain: the whole conversation louder or quieter
         share = self.options.clean_user_share
         clean = share >= 1 or (share > 0 and rng.random() < share)
