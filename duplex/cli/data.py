@@ -100,12 +100,12 @@ def register(commands) -> None:
     clean.add_argument("--clean-user-channel", action="store_true", help="with --mix v2: no room, background noise "
                        "or microphone gain on the user channel; the same conversations otherwise (an ablation of "
                        "the sound)")
-    p.add_argument("--user-noise-snr", type=float, nargs=2, default=(10.0, 40.0), metavar=("LOW", "HIGH"),
-                   help="with --mix v2: the user channel's background noise this many dB under the speech, drawn per "
-                   "conversation (default 10 40); the same conversations at any range")
     clean.add_argument("--clean-user-share", type=float, default=0.0, metavar="SHARE",
                        help="with --mix v2: the share (0-1) of conversations with a clean user channel, the others "
                        "with room, noise and gain; the same conversations at any share")
+    p.add_argument("--user-noise-snr", type=float, nargs=2, default=(10.0, 40.0), metavar=("LOW", "HIGH"),
+                   help="with --mix v2: the user channel's background noise this many dB under the speech, drawn per "
+                   "conversation (default 10 40); the same conversations at any range")
     p.add_argument("--workers", type=positive, default=os.cpu_count() or 1, help="processes (default: all cores)")
     persona = p.add_argument_group("a persona (the data of a LoRA adapter: demos/lora-persona)")
     persona.add_argument("--assistant-voice", metavar="VOICE[+VARIANT]", help="one espeak-ng voice for every "

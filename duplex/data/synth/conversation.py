@@ -384,8 +384,9 @@ class ConversationV2(Conversation):
     def render(self, noise: bool) -> np.ndarray:
         """The channels as mix v1 renders them (``noise``: its noise on both), then the user channel through a room
         (half the conversations: an exponentially decaying noise tail, RT60 0.15-0.6 s) and over background noise
-        (three in four: white to brown, 10-40 dB under the speech, ``options.user_noise_snr``), at a gain of -10..+2 dB for the whole conversation,
-        its peak kept under 0.9; none of the three in the share ``options.clean_user_share`` of conversations."""
+        (three in four: white to brown, 10-40 dB under the speech, ``options.user_noise_snr``), at a gain of
+        -10..+2 dB for the whole conversation, its peak kept under 0.9; none of the three in the share
+        ``options.clean_user_share`` of the conversations."""
         # scipy only when a v2 conversation is rendered: `duplex --help` (which imports this module) stays light
         from scipy.signal import fftconvolve, lfilter  # noqa: PLC0415
 
