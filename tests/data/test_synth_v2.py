@@ -181,7 +181,7 @@ def test_make_set_cuts_a_v2_corpus(corpus, tmp_path):
 def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gain_at_any_share(tmp_path, capsys):
     made = {}
     for name, share in (("default", 0.0), ("clean", 1.0), ("half", 0.5)):
-        rows = synthesize_corpus(str(tmp_path / name), 6, seed=5, options=SynthOptions(clean_user_share=share, **V2),
+        rows = synthesize_corpus(str(tmp_path / name), 4, seed=5, options=SynthOptions(clean_user_share=share, **V2),
                                  workers=2, progress=False)
         made[name] = [(sf.read(tmp_path / name / row["wav"], dtype="float32")[0].T,
                        json.loads((tmp_path / name / row["json"]).read_text())) for row in rows]
