@@ -28,8 +28,8 @@ if not torch.backends.mkldnn.is_available():
 # Between _ONEDNN_ROW_BLOCK and _ONEDNN_BLOCKED_MAX_ROWS rows (the weight-bound regime; above it the product is
 # compute-bound and one call is efficient), inner dimensions up to _ONEDNN_BLOCKED_INNER run in blocks of rows, for
 # a row-major weight only: a column-major one (the wide layout, a transposed convolution's matrix) is faster in one
-# call (2026-12-05, 16 rows: 1024 -> 8192 2.18 ms in one call against 3.04 in blocks, 512 -> 2048 0.18 against 0.23;
-# 32 rows: 0.34 against 0.46).
+# call (2026-12-05, the 2-vCPU EPYC, each product alone; 16 rows: 1024 -> 8192 2.18 ms in one call against 3.04 in
+# blocks, 512 -> 2048 0.18 against 0.23; 32 rows: 0.34 against 0.46).
 _ONEDNN_ROW_BLOCK = 8
 _ONEDNN_BLOCKED_MAX_ROWS = 64
 _ONEDNN_BLOCKED_INNER = 2048

@@ -66,17 +66,16 @@ def _lm_pair(config: str, batch: int, age: Optional[float], compile: bool = Fals
     cfg = LMConfig.load(config)
     ours = MoshiLM.random(cfg, seed=SEED).generator(batch, seed=SEED)
     ours.advance_to(age_frames(age, cfg.context))
-    stage = CompiledStage("depth", depth_step) if compile else None
-    if stage is not None:
-        ours.depth_step = stage
-        stage = [stage]
+    stages = [CompiledStage("depth", depth_step)] if compile else None
+    if stages:
+        ours.depth_step = stages[0]
     with torch.random.fork_rng(devices=[]):  # Kyutai's modules draw their weights from the global generator
         torch.manual_seed(SEED)
         theirs = LMGen(loaders.get_moshi_lm(None, lm_kwargs=cfg.to_dict(), device="cpu", dtype=torch.float32))
     stack = contextlib.ExitStack()
     stack.enter_context(theirs.streaming(batch))
     codes = torch.randint(0, cfg.card, (batch, cfg.user_codebooks, 1), generator=torch.Generator().manual_seed(SEED))
-    return (lambda: ours.step(codes[:, :, 0])), (lambda: theirs.step(codes)), stack, stage
+    return (lambda: ours.step(codes[:, :, 0])), (lambda: theirs.step(codes)), stack, stages
 
 
 def _codec_pair(batch: int, compile: bool = False) -> tuple:

@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 
 from ..data.encode import ConsoleProgress, encode_corpus, format_encoded
-from ..data.synth.conversation import MIXES, SynthOptions, conversations_for_hours, format_corpus, synthesize_corpus
+from ..data.synth.conversation import (
+    MIXES,
+    USER_NOISE_SNR,
+    SynthOptions,
+    conversations_for_hours,
+    format_corpus,
+    synthesize_corpus,
+)
 from ..errors import UsageError
 from .codec import load_codec
 from .common import add_codec_options, non_negative, positive, positive_float
@@ -103,9 +110,9 @@ def register(commands) -> None:
     clean.add_argument("--clean-user-share", type=float, default=0.0, metavar="SHARE",
                        help="with --mix v2: the share (0-1) of conversations with a clean user channel, the others "
                        "with room, noise and gain; the same conversations at any share")
-    p.add_argument("--user-noise-snr", type=float, nargs=2, default=(10.0, 40.0), metavar=("LOW", "HIGH"),
+    p.add_argument("--user-noise-snr", type=float, nargs=2, default=USER_NOISE_SNR, metavar=("LOW", "HIGH"),
                    help="with --mix v2: the user channel's background noise this many dB under the speech, drawn per "
-                   "conversation (default 10 40); the same conversations at any range")
+                   "conversation (default %(default)s); the same conversations at any range")
     p.add_argument("--workers", type=positive, default=os.cpu_count() or 1, help="processes (default: all cores)")
     persona = p.add_argument_group("a persona (the data of a LoRA adapter: demos/lora-persona)")
     persona.add_argument("--assistant-voice", metavar="VOICE[+VARIANT]", help="one espeak-ng voice for every "

@@ -80,6 +80,8 @@ MIXES = {"v1": DEFAULT_SHARES,
                 "silence": 0.1}}
 TRAIN_VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"]
 HELDOUT_USER_VOICES = ["en-gb-x-gbcwmd"]
+# mix v2: how far under the speech the user channel's background noise lies, dB (SynthOptions.user_noise_snr)
+USER_NOISE_SNR = (10.0, 40.0)
 VARIANTS = ["", "+m1", "+m2", "+m3", "+m4", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt"]
 # Mix v2's user channel: more voices (espeak-ng's named variants besides the numbered ones), rates, pitches and
 # pitch ranges. The held-out user voice stays one the training split never hears (HELDOUT_USER_VOICES).
@@ -114,7 +116,7 @@ class SynthOptions:
     clean_user_share: float = 0.0
     # mix v2: how far under the speech the user channel's background noise lies (dB, drawn per conversation). The
     # same one draw at any range, so changing it changes the noise's level and nothing else.
-    user_noise_snr: Tuple[float, float] = (10.0, 40.0)
+    user_noise_snr: Tuple[float, float] = USER_NOISE_SNR
     follow_up_probability: float = 0.3
     # A persona (see the module's docstring): None keeps the corpus's random voices and openings.
     assistant_voice: Optional[str] = None  # an espeak-ng voice, VOICE[+VARIANT], for every assistant utterance
@@ -158,7 +160,7 @@ class SynthOptions:
         low, high = self.user_noise_snr
         if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
             raise UsageError(f"the user channel's noise SNR range must be 0 <= LOW <= HIGH dB, not {low} {high}")
-        if tuple(self.user_noise_snr) != (10.0, 40.0) and self.mix != "v2":
+        if tuple(self.user_noise_snr) != USER_NOISE_SNR and self.mix != "v2":
             raise UsageError("the user channel's noise level is an option of --mix v2 (v1 has no noise on it)")
         if self.clean_user_share > 0 and self.mix != "v2":
             raise UsageError("a clean user channel is an option of --mix v2 (v1 has no room, noise or gain on it)")
