@@ -1,4 +1,4 @@
-"""``duplex bench turns run | make-set | scale-set | score``: the turn-taking benchmark (Full-Duplex-Bench
+"""``duplex bench turns run | make-set | scale-set | score | compare``: the turn-taking benchmark (Full-Duplex-Bench
 compatible). Parsing and printing only; the work, the checks and the report's format are in
 ``duplex.bench.turntaking``."""
 
@@ -14,7 +14,7 @@ import torch
 from codec.utils.stats import describe_device
 
 from ..bench import latency
-from ..bench.turntaking import make_set, metrics, runner, scale_set
+from ..bench.turntaking import compare, make_set, metrics, runner, scale_set
 from ..bench.turntaking.plots import plot_report
 from ..bench.turntaking.score import console_progress, format_table, score_dir
 from ..errors import UsageError
@@ -141,7 +141,7 @@ def run_run(args) -> int:
         return 130
     print(runner.format_run(ran, args.slots, args.out), file=sys.stderr)
     device = getattr(getattr(engine, "lm", None), "device", None)  # (stand-ins have no model)
-    run = {**ran, "load_seconds": loaded, "seed": args.seed, "setup": setup,
+    run = {**ran, "set": str(Path(args.dir).resolve()), "load_seconds": loaded, "seed": args.seed, "setup": setup,
            "quantization": getattr(engine, "quantization", None),  # what ran (stand-ins have none)
            "hardware": describe_device(device) if device is not None else None, "torch": torch.__version__,
            "date": time.strftime("%Y-%m-%d")}
@@ -159,6 +159,14 @@ def run_run(args) -> int:
         print(format_table(report))
     report["run"] = run
     write_json(report, args)
+    return 0
+
+
+def run_compare(args) -> int:
+    check_report_paths(args)
+    rows = compare.compare(compare.load(args.reports))
+    print(compare.format_markdown(rows))
+    write_json(compare.as_json(rows), args)
     return 0
 
 
@@ -182,7 +190,7 @@ def _add_scoring_options(p, rule_help: str) -> None:
 
 
 def register(bench_commands) -> None:
-    """``duplex bench turns run | make-set | scale-set | score``."""
+    """``duplex bench turns run | make-set | scale-set | score | compare``."""
     turns = bench_commands.add_parser("turns", help="the turn-taking benchmark (Full-Duplex-Bench compatible)")
     commands = turns.add_subparsers(dest="turns_command", required=True, metavar="ACTION")
     p = commands.add_parser("run", help="run the model over FDB sample folders (many at once, offline), write "
@@ -233,3 +241,8 @@ def register(bench_commands) -> None:
     p.add_argument("--no-vad", action="store_true", help="words only: no backchannel or v1.5 timing figures")
     p.add_argument("--plots", metavar="DIR", help="write a timeline PNG per sample and overview.png here")
     p.set_defaults(run=run_score)
+    p = commands.add_parser("compare", help="'run' reports side by side: one row per set and model, the mean over "
+                            "their runs (seeds), with the default model's targets (a markdown table)")
+    p.add_argument("reports", nargs="+", metavar="REPORT", help="JSON reports written by 'run --json'")
+    p.add_argument("--json", metavar="PATH", help="also write the rows here")
+    p.set_defaults(run=run_compare)

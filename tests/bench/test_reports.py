@@ -33,7 +33,7 @@ def test_bench_latency_prints_a_table_not_a_dict(capsys):
     assert "largest batch in real time (p99 < 80 ms): eager" in out
 
 
-@pytest.mark.parametrize("column", ["TOR", "latency s", "freq", "JSD", "stop s", "response s", "answers"])
+@pytest.mark.parametrize("column", ["TOR", "latency s", "freq", "JSD", "stop s", "response s", "answers", "early"])
 def test_the_turn_table_explains_its_columns(column):
     report = {"tasks": {"smooth_turn_taking": {"samples": 2, "tor": 0.5, "latency": 0.4}}}
     table = format_table(report)

@@ -160,6 +160,7 @@ def test_a_real_quantized_run_reports_what_ran(tmp_path, capsys):
     run = json.loads(report.read_text())["run"]
     assert run["quantization"] == {"weights": "int8", "kv": "fp8", "compute": "float32"}
     assert run["setup"]["quantize"] == "int8" and run["setup"]["lm"].endswith("lm_small.safetensors")
+    assert run["set"] == str(source.resolve())  # what `bench turns compare` groups the runs by
     assert len(list((tmp_path / "out").rglob("output.wav"))) == 2
     # the fixture model has no tokenizer: said, since every figure that counts words then sees none
     assert "warning: no tokenizer found for" in capsys.readouterr().err

@@ -37,6 +37,15 @@ def test_latency_is_clipped_at_zero_and_only_for_takeovers():
     assert metrics.words_after(answer, 3.9) == answer[1:]
 
 
+def test_talking_early_is_two_words_well_before_the_end_of_the_turn():
+    """The turn ends at 3.0 s: one stray word before 2.7 s is allowed, two are speaking over the question; words
+    in the last 0.3 s of the turn are an early start, not talking over."""
+    assert metrics.talks_early([], 3.0) == 0
+    assert metrics.talks_early(words((1.0, 1.2), (3.1, 3.4), (3.5, 3.8)), 3.0) == 0  # one stray word
+    assert metrics.talks_early(words((1.0, 1.2), (2.0, 2.2), (3.1, 3.4)), 3.0) == 1  # two, while the user asks
+    assert metrics.talks_early(words((2.75, 2.9), (2.95, 3.1), (3.2, 3.4)), 3.0) == 0  # within 0.3 s of the end
+
+
 def test_backchannel_rules_current_and_published():
     said = words((1.0, 1.3), (5.0, 5.2), (5.3, 5.5), (5.6, 5.8), (5.9, 6.1))
     short, talk = (1.0, 1.4), (4.9, 6.2)  # "mhm" (one word, 0.4 s); four words in 1.3 s: a takeover
@@ -109,6 +118,8 @@ def test_a_folder_of_samples_scored_end_to_end(tmp_path, capsys):
     assert tasks["smooth_turn_taking"]["latency"] == pytest.approx(1.0)  # mean of 0.5 and 1.5, takeovers only
     assert tasks["smooth_turn_taking"]["latency_median"] == pytest.approx(1.0)
     assert tasks["pause_handling"]["tor"] == 0.5 and tasks["pause_handling"]["latency"] is None  # FDB has none
+    assert tasks["smooth_turn_taking"]["talks_early"] == 0.0  # nobody spoke while the user asked
+    assert "talks_early" not in tasks["pause_handling"] and "talks_early" not in tasks["user_interruption"]
     assert all({"samples", "tor", "latency", "stop_latency", "response_latency"} <= set(t) for t in tasks.values())
     assert all({"path", "task", "tor", "latency"} <= set(s) for s in report["samples"])
     assert tasks["user_interruption"]["tor"] == 1 and tasks["user_interruption"]["latency"] == pytest.approx(0.3)

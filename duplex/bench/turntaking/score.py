@@ -1,7 +1,8 @@
 """``duplex bench turns score DIR``: Full-Duplex-Bench v1 figures (and v1.5 VAD timing) of the sample folders under
 DIR that hold a model's ``output.wav`` and/or ``output.json``, per sample, per folder and per task.
 
-Per-sample figures: ``tor``; ``latency`` (turn-taking and interruption, takeovers only); backchannel ``freq`` and,
+Per-sample figures: ``tor``; ``latency`` (turn-taking and interruption, takeovers only); ``talks_early`` (smooth
+turn-taking: words while the user still asks, ``metrics.talks_early``); backchannel ``freq`` and,
 with the human distributions, ``jsd``; and from the VAD of input.wav and output.wav, ``stop_latency`` (the mean
 length of the stretches where the model speaks over the user) and ``response_latency`` (the mean time from the end
 of a user segment to the model's next start). Aggregates are means, as FDB reports them, with medians beside.
@@ -38,7 +39,8 @@ from .fdb import (
 # A reply greets back when it holds one of these (the corpus's assistant greets with them, docs/training.md)
 GREETING_WORDS = frozenset({"hi", "hello", "hey", "morning", "afternoon", "evening", "fine", "good"})
 ANSWERED_TASKS = (TURN, INTERRUPTION)  # the questions a reply should answer as its turn (a pause's comes later)
-FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency", "answer_correct")
+FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency", "answer_correct", "talks_early")
+SHARES = ("tor", "talks_early")  # 0/1 per sample: their mean is a share, with no median beside it
 ALWAYS = ("tor", "latency", "stop_latency", "response_latency")  # in every task's and sample's figures (or null)
 
 
@@ -92,6 +94,8 @@ def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: st
         row["tor"] = metrics.takeover(words)
         if task != PAUSE:
             row["latency"] = metrics.latency(words, reference)
+        if task == TURN:
+            row["talks_early"] = metrics.talks_early(words, reference)
         expected, topic = expected_answer(folder, task), topic_of(folder)
         said = {w for chunk in words for w in re.findall(r"[a-z0-9']+", chunk.text.lower())}
         if topic is not None:
@@ -135,7 +139,7 @@ def aggregate(rows: List[dict]) -> dict:
             out["answer_accuracy"] = stats["mean"]
             continue
         out[name] = stats["mean"]
-        if name != "tor":
+        if name not in SHARES:
             out[f"{name}_median"] = stats["median"]
     return out
 
@@ -210,6 +214,8 @@ response s  v1.5, from the VAD: mean time from the end of a user segment to the 
 answers     share of takeovers whose reply holds the expected answer (sets made by make-set); by topic, over
             smooth turn-taking and interruption: the right answers among all the questions (a greeting is
             answered right when the reply greets back)
+early       smooth turn-taking: share of samples where the model says 2+ words more than 0.3 s before the end
+            of the user's turn (it speaks while the user still asks; FDB's TOR counts that as a turn taken)
 means over the samples; '-': no sample has that figure"""
 
 
@@ -220,11 +226,12 @@ def format_table(report: dict, legend: bool = True) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     rows = [f"{'task':<20} {'samples':>7} {'TOR':>6} {'latency s':>9} {'freq':>6} {'JSD':>6} {'stop s':>7} "
-            f"{'response s':>10} {'answers':>7}"]
+            f"{'response s':>10} {'answers':>7} {'early':>6}"]
     for task, t in report["tasks"].items():
         rows.append(f"{task:<20} {t['samples']:>7} {show(t.get('tor')):>6} {show(t.get('latency')):>9} "
                     f"{show(t.get('freq')):>6} {show(t.get('jsd')):>6} {show(t.get('stop_latency')):>7} "
-                    f"{show(t.get('response_latency')):>10} {show(t.get('answer_accuracy'), 2):>7}")
+                    f"{show(t.get('response_latency')):>10} {show(t.get('answer_accuracy'), 2):>7} "
+                    f"{show(t.get('talks_early'), 2):>6}")
     if report.get("answers"):
         rows += ["", f"{'answers by topic':<20} {'questions':>9} {'takeovers':>9} {'right':>6} {'share':>6}"]
         for topic, c in report["answers"].items():
