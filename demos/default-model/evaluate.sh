@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # A default-model candidate's turn-taking figures, measured as docs/training.md measures every candidate: three
-# sets (a v1-mix and a v2-mix set cut from corpora of seeds no model was trained on, with the held-out user voice,
-# and the shipped set demos/fdb-synthetic), each run with sampling seeds 0, 1 and 2 (on 20 samples a seed alone
-# moves a TOR by up to 0.3), and FDB's real examples with seed 0 when given; then the table of means.
+# sets (v1set and v2set, a v1-mix and a v2-mix set cut from corpora of seeds no model was trained on, with the
+# held-out user voice, and the shipped set demos/fdb-synthetic), each run with sampling seeds 0, 1 and 2 (on 20
+# samples a seed alone moves a TOR by up to 0.3), and FDB's real examples with seed 0 when given; then the table of
+# means (`duplex bench turns compare`).
 #
 #   demos/default-model/evaluate.sh MODEL OUT [FDB_EXAMPLES]
 #
 # MODEL: an LM file with its config.json and tokenizer.model beside it (a training run's RUN/lm2/best/model.safetensors)
 #        or "default" (the shipped default model, as `duplex serve` runs it)
-# OUT: where the runs go (OUT/SET-SEED/ and its report OUT/SET-SEED.json); a run whose report is there is skipped,
-#      so the script goes on where it stopped
+# OUT: where the runs go (OUT/SET-SEED/ and its report OUT/SET-SEED.json), for this MODEL only (OUT/model says
+#      which); a run whose report is there is skipped and a stopped one resumes, so the script goes on where it was
 # FDB_EXAMPLES: a folder of Full-Duplex-Bench sample folders (e.g. v1_v1.5/evaluation/example_data of
 #      DanielLin94144/Full-Duplex-Bench, inputs and annotations), run once with seed 0
 #
-# To compare with another model's runs: duplex bench turns compare OUT/*.json OTHER/*.json
+# Beside the recorded runs of the earlier models: duplex bench turns compare OUT/*.json \
+#     benchmarks/results/turns-second-model-candidate-2026-12-05.json   (its "first" rows: the shipped model)
 #
 # Environment:
-#   DUPLEX=duplex   the command (or: DUPLEX="python -m duplex" with the repository on PYTHONPATH)
+#   DUPLEX=duplex   the command (or: DUPLEX="python -m duplex" with the repository on PYTHONPATH; split at spaces)
 #   SETS=OUT/sets   where the two fresh-seed sets are made once (about 10 min on 2 cores) and kept; give the same
 #                   SETS to every evaluation, or each remakes them (the same samples: same seeds, same generator)
 #   THREADS=2       torch CPU threads (the figures of docs/training.md: 2; another count sums in another order, so
@@ -37,6 +39,7 @@ MARK=.duplex-turns-run.json  # what an unfinished run leaves in its folder (dupl
 model=()
 if [ "$MODEL" != default ]; then
     [ -f "$MODEL" ] || { echo "error: $MODEL: no such model file (or give 'default')" >&2; exit 2; }
+    MODEL=$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")
     model=(--lm "$MODEL")
 fi
 if [ -n "$FDB" ] && [ ! -d "$FDB" ]; then
@@ -44,32 +47,45 @@ if [ -n "$FDB" ] && [ ! -d "$FDB" ]; then
     exit 2
 fi
 mkdir -p "$OUT" "$SETS"
+# One model's runs per OUT: reports of another model in it would be skipped as done, and mixed into the table.
+if [ -f "$OUT/model" ] && [ "$(cat "$OUT/model")" != "$MODEL" ]; then
+    echo "error: $OUT holds the runs of $(cat "$OUT/model"), not $MODEL: give another OUT" >&2
+    exit 2
+fi
+echo "$MODEL" > "$OUT/model"
 
-# The fresh-seed sets: 80 conversations each, every one held out (the held-out user voice), cut into 20 samples a task.
+# The fresh-seed sets: 80 conversations each, every one held out (the held-out user voice), cut into 20 samples a
+# task; a set is made under NAME.part and named NAME once whole, so a stop midway leaves nothing taken for done.
 fresh_set() {  # fresh_set NAME SEED SYNTH-OPTIONS...
     local name=$1 seed=$2; shift 2
     [ -d "$SETS/$name" ] && return
+    # (`data synth` removes a corpus it did not finish itself)
     [ -f "$SETS/corpus-$name/manifest.jsonl" ] ||
-        $DUPLEX data synth "$SETS/corpus-$name" --conversations 80 --heldout-every 1 --seed "$seed" "$@"
-    $DUPLEX bench turns make-set "$SETS/corpus-$name" "$SETS/$name" --per-task 20
+        $DUPLEX data synth "$SETS/corpus-$name" --conversations 80 --heldout-every 1 --seed "$seed" ${1+"$@"}
+    rm -rf "${SETS:?}/$name.part"
+    $DUPLEX bench turns make-set "$SETS/corpus-$name" "$SETS/$name.part" --per-task 20
+    mv "$SETS/$name.part" "$SETS/$name"
 }
-fresh_set set-v1 2801
-fresh_set set-v2 2802 --mix v2
+fresh_set v1set 2801
+fresh_set v2set 2802 --mix v2
 
 run() {  # run SET-DIR NAME SEED
     local report="$OUT/$2-$3.json"
     [ -f "$report" ] && return
     # a run stopped midway (its mark still there) resumes by itself; a finished one whose report is missing is remade
     if [ -d "$OUT/$2-$3" ] && [ ! -f "$OUT/$2-$3/$MARK" ]; then rm -rf "${OUT:?}/$2-$3"; fi
-    $DUPLEX bench turns run "$1" "$OUT/$2-$3" --slots 8 --threads "$THREADS" --seed "$3" "${model[@]}" \
-        --json "$report.part" > "$OUT/$2-$3.log" 2>&1
+    if ! $DUPLEX bench turns run "$1" "$OUT/$2-$3" --slots 8 --threads "$THREADS" --seed "$3" \
+            ${model[@]+"${model[@]}"} --json "$report.part" > "$OUT/$2-$3.log" 2>&1; then
+        echo "error: the run of $2 with seed $3 stopped: $OUT/$2-$3.log says why (the same command again resumes it)" >&2
+        exit 1
+    fi
     mv "$report.part" "$report"  # the report is there only once the run is whole
     echo "$2 seed $3 done"
 }
 for seed in $SEEDS; do
-    run "$SETS/set-v1" set-v1 "$seed"
-    run "$SETS/set-v2" set-v2 "$seed"
-    run "$ROOT/demos/fdb-synthetic" fdb-synthetic "$seed"
+    run "$SETS/v1set" v1set "$seed"
+    run "$SETS/v2set" v2set "$seed"
+    run "$ROOT/demos/fdb-synthetic" shipped "$seed"
 done
 [ -z "$FDB" ] || run "$FDB" fdb-examples 0
 

@@ -38,13 +38,14 @@ from ..model.config import LMConfig
 from ..model.lm import MoshiLM
 from ..runtime.quantization import describe
 from . import variants
+from .turntaking.fdb import SHIPPED_SET
 
 FRAMES = 300  # teacher-forced frames (24 s of speech)
 GREEDY_FRAMES = 40
 SEED = 0
 DEFAULT_VARIANTS = ("int8", "fp8", "fp8kv", "int8+fp8kv")
 PARTS = ("int8", "fp8", "fp8kv", "bf16")
-DEMO_SET = Path(__file__).resolve().parents[2] / "demos" / "fdb-synthetic"
+DEMO_SET = SHIPPED_SET
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,14 @@ def register(bench_commands) -> None:
     p.add_argument("--plots", metavar="DIR", help="write a timeline PNG per sample and overview.png here")
     p.set_defaults(run=run_score)
     p = commands.add_parser("compare", help="'run' reports side by side: one row per set and model, the mean over "
-                            "their runs (seeds), with the default model's targets (a markdown table)")
-    p.add_argument("reports", nargs="+", metavar="REPORT", help="JSON reports written by 'run --json'")
+                            "their runs (seeds), with the default model's targets (a markdown table)",
+                            description="One markdown row per set and model: the task figures are means over their "
+                            "runs (the sampling seeds; a run without a figure, e.g. no takeover and so no latency, is "
+                            "left out of that mean), the answers are summed over the runs, and 'talks early' is the "
+                            "share of smooth turn-taking samples with 2 or more words more than 0.3 s before the end "
+                            "of the user's turn. Issue 28's targets are the last row. Reads 'run --json' reports and "
+                            "the result bundles of benchmarks/results (their 'runs').")
+    p.add_argument("reports", nargs="+", metavar="REPORT", help="JSON reports written by 'run --json', or result "
+                   "bundles of benchmarks/results")
     p.add_argument("--json", metavar="PATH", help="also write the rows here")
     p.set_defaults(run=run_compare)

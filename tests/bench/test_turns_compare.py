@@ -13,27 +13,24 @@ from pathlib import Path
 import pytest
 
 from duplex.bench.turntaking import compare
-from duplex.bench.turntaking.fdb import FDBError
+from duplex.bench.turntaking.fdb import SHIPPED_SET, FDBError
+from duplex.runtime.checkpoints import SHIPPED_LM
 from duplex.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EVALUATE = ROOT / "demos" / "default-model" / "evaluate.sh"
 
 
-def report(path, set_dir, lm, seed, smooth_tor, pause_tor, early=None, right=(0, 4), command=False):
+def report(path, set_dir, lm, seed, smooth_tor, pause_tor, early=None, right=(0, 4)):
     smooth = {"samples": 20, "tor": smooth_tor, "latency": 0.2 if smooth_tor else None, "stop_latency": 0.5}
     if early is not None:
         smooth["talks_early"] = early
-    run = {"seed": seed, "setup": {"lm": lm}}
+    run = {"seed": seed, "setup": {"lm": lm}, "set": set_dir}
     doc = {"tasks": {"smooth_turn_taking": smooth, "pause_handling": {"samples": 20, "tor": pause_tor},
                      "user_interruption": {"samples": 20, "tor": 0.5, "latency": None, "stop_latency": 0.75}},
            "answers": {"arithmetic": {"questions": right[1], "takeovers": 2, "right": right[0]},
                        "all": {"questions": right[1], "takeovers": 2, "right": right[0]}},
            "run": run}
-    if command:  # a report of before run.set: the set is read from the command line
-        doc["command"] = f"duplex bench turns run {set_dir} out --seed {seed}"
-    else:
-        run["set"] = set_dir
     path.write_text(json.dumps(doc))
     return str(path)
 
@@ -42,11 +39,11 @@ def test_runs_of_one_set_and_model_become_one_row_of_means(tmp_path, capsys):
     first, second = "/runs/first/lm/model.safetensors", "/runs/second/lm2/best/model.safetensors"
     paths = [report(tmp_path / "a0.json", "/sets/set-v1", first, 0, 0.6, 0.5, early=0.1, right=(1, 4)),
              report(tmp_path / "a1.json", "/sets/set-v1", first, 1, 0.8, 0.3, early=0.3, right=(2, 4)),
-             report(tmp_path / "b0.json", "/sets/set-v1/", second, 0, 0.0, 0.2, command=True),
-             report(tmp_path / "c0.json", "/sets/fdb-synthetic", first, 0, 1.0, 0.0)]
+             report(tmp_path / "b0.json", "/sets/set-v1/", second, 0, 0.0, 0.2),
+             report(tmp_path / "c0.json", str(SHIPPED_SET), first, 0, 1.0, 0.0)]
     rows = compare.compare(compare.load(paths))
     assert [(r.set, r.model, r.seeds) for r in rows] == [("set-v1", first, [0, 1]), ("set-v1", second, [0]),
-                                                         ("fdb-synthetic", first, [0])]
+                                                         ("shipped", first, [0])]
     v1 = rows[0]
     assert v1.figures["smooth_turn_taking/tor"] == pytest.approx(0.7)
     assert v1.figures["pause_handling/tor"] == pytest.approx(0.4)
@@ -60,9 +57,22 @@ def test_runs_of_one_set_and_model_become_one_row_of_means(tmp_path, capsys):
     assert table[0].startswith("| set | model | runs | smooth TOR")
     assert table[2].startswith("| set-v1 | first/lm | 2 | 0.70 | 0.20 | 0.40 | 0.50 | - | 0.50 | 0.75 | 0.20 | 3 of 8 |")
     assert table[3].startswith("| set-v1 | second/lm2/best | 1 | 0.00 | - | 0.20 |")
-    assert table[5].startswith("| target | | | >= 0.95 | <= 0.30 | <= 0.30 | >= 0.95 |")
+    assert table[5].startswith("| target | | | >= 0.95 | <= 0.30 | <= 0.30 | >= 0.95 |  |  | <= 0.30 |")
     written = json.loads((tmp_path / "rows.json").read_text())
     assert [r["seeds"] for r in written["rows"]] == [[0, 1], [0], [0]]
+
+
+def test_result_bundles_and_the_default_model_sit_beside_new_runs(tmp_path):
+    """benchmarks/results keeps earlier models' runs as bundles ({"runs": [...]}, sets and models by name): they
+    compare with new reports, whose shipped set and shipped model take the bundles' names."""
+    bundle = ROOT / "benchmarks" / "results" / "turns-second-model-candidate-2026-12-05.json"
+    ours = report(tmp_path / "d0.json", str(SHIPPED_SET), SHIPPED_LM, 0, 0.5, 0.5)
+    rows = compare.compare(compare.load([str(bundle), ours]))
+    shipped = [r for r in rows if r.set == "shipped"]
+    assert [(r.model, len(r.seeds)) for r in shipped] == [("first", 3), ("candidate", 3), ("default", 1)]
+    assert shipped[0].figures["smooth_turn_taking/tor"] == pytest.approx(0.69, abs=0.005)  # docs/training.md's
+    assert {r.set for r in rows} == {"v1set", "v2set", "shipped", "fdb3"}
+    assert compare.model_names(rows) == {"first": "first", "candidate": "candidate", "default": "default"}
 
 
 def test_what_is_not_a_run_report_is_one_line(tmp_path):
@@ -72,9 +82,12 @@ def test_what_is_not_a_run_report_is_one_line(tmp_path):
     (tmp_path / "score.json").write_text(json.dumps({"tasks": {}}))  # a `score` report: no run
     with pytest.raises(FDBError, match="not a 'duplex bench turns run --json' report"):
         compare.load([str(tmp_path / "score.json")])
-    (tmp_path / "where.json").write_text(json.dumps({"tasks": {}, "run": {}}))
+    (tmp_path / "where.json").write_text(json.dumps({"tasks": {}, "run": {}}))  # a report of before run.set
     with pytest.raises(FDBError, match="does not say which set"):
         compare.load([str(tmp_path / "where.json")])
+    (tmp_path / "bundle.json").write_text(json.dumps({"runs": [{"set": "v1set", "tasks": {}}]}))
+    with pytest.raises(FDBError, match="run 0 of the bundle has no set, model and tasks"):
+        compare.load([str(tmp_path / "bundle.json")])
     assert main(["bench", "turns", "compare", str(tmp_path / "missing.json")]) != 0
 
 
@@ -85,7 +98,8 @@ STAND_IN = textwrap.dedent("""\
     arg() { local want=$1; shift; while [ $# -gt 0 ]; do [ "$1" = "$want" ] && { echo "$2"; return; }; shift; done; }
     case "$1 $2 ${3:-}" in
       "data synth "*) mkdir -p "$3" && touch "$3/manifest.jsonl" ;;
-      "bench turns make-set") mkdir -p "$5" ;;
+      "bench turns make-set")
+        mkdir -p "$5"; if [ "${FAIL_SET:-}" = "$5" ]; then exit 130; fi ;;
       "bench turns run")
         if [ "${FAIL_RUN:-}" = "$5" ]; then mkdir -p "$5"; touch "$5/.duplex-turns-run.json"; exit 130; fi
         mkdir -p "$5"; echo '{}' > "$(arg --json "$@")" ;;
@@ -109,29 +123,39 @@ def evaluate(tmp_path, *args, **env):
 def test_evaluate_makes_the_sets_once_runs_every_set_and_seed_and_resumes(tmp_path):
     model = tmp_path / "model.safetensors"
     model.touch()
-    out, fdb = tmp_path / "eval", tmp_path / "fdb"
+    out, fdb, sets = tmp_path / "eval", tmp_path / "fdb", tmp_path / "eval" / "sets"
     fdb.mkdir()
-    result, calls = evaluate(tmp_path, model, out, fdb, FAIL_RUN=str(out / "fdb-synthetic-1"))
-    assert result.returncode != 0  # a run stopped: the script stops with it
+    # a stop while the second set is cut: the first set is kept, the half-made one is not taken for done
+    result, calls = evaluate(tmp_path, model, out, fdb, FAIL_SET=str(sets / "v2set.part"))
+    assert result.returncode != 0 and (sets / "v1set").is_dir() and not (sets / "v2set").exists()
     synths = [c for c in calls if c[:2] == ["data", "synth"]]
-    assert [(c[2], c[c.index("--seed") + 1], "--mix" in c) for c in synths] == [
-        (str(out / "sets" / "corpus-set-v1"), "2801", False), (str(out / "sets" / "corpus-set-v2"), "2802", True)]
+    assert [(Path(c[2]).name, c[c.index("--seed") + 1], "--mix" in c) for c in synths] == [
+        ("corpus-v1set", "2801", False), ("corpus-v2set", "2802", True)]
     assert all(c[c.index("--conversations") + 1] == "80" and c[c.index("--heldout-every") + 1] == "1" for c in synths)
+    # again, and a run stops: the script stops with it and says where to look
+    result, calls = evaluate(tmp_path, model, out, fdb, FAIL_RUN=str(out / "shipped-1"))
+    assert result.returncode == 1
+    assert "the run of shipped with seed 1 stopped" in result.stderr and "shipped-1.log" in result.stderr
+    assert not [c for c in calls if c[:2] == ["data", "synth"]]  # both corpora were whole
+    assert [c[3:5] for c in calls if c[2:3] == ["make-set"]] == [[str(sets / "corpus-v2set"), str(sets / "v2set.part")]]
     runs = [c for c in calls if c[:3] == ["bench", "turns", "run"]]
     assert all(c[c.index("--lm") + 1] == str(model) and c[c.index("--threads") + 1] == "2" for c in runs)
     assert [(Path(c[4]).name, c[c.index("--seed") + 1]) for c in runs] == [
-        ("set-v1-0", "0"), ("set-v2-0", "0"), ("fdb-synthetic-0", "0"), ("set-v1-1", "1"), ("set-v2-1", "1"),
-        ("fdb-synthetic-1", "1")]
-    assert runs[2][3] == str(ROOT / "demos" / "fdb-synthetic")
+        ("v1set-0", "0"), ("v2set-0", "0"), ("shipped-0", "0"), ("v1set-1", "1"), ("v2set-1", "1"), ("shipped-1", "1")]
+    assert runs[0][3] == str(sets / "v1set") and runs[2][3] == str(ROOT / "demos" / "fdb-synthetic")
     # again: no set made again, the finished runs skipped, the stopped one resumed (its folder kept), the rest run
     result, calls = evaluate(tmp_path, model, out, fdb)
     assert result.returncode == 0, result.stderr
     assert not [c for c in calls if c[:2] == ["data", "synth"] or c[2:3] == ["make-set"]]
     runs = [c for c in calls if c[:3] == ["bench", "turns", "run"]]
-    assert [Path(c[4]).name for c in runs] == ["fdb-synthetic-1", "set-v1-2", "set-v2-2", "fdb-synthetic-2",
-                                               "fdb-examples-0"]
+    assert [Path(c[4]).name for c in runs] == ["shipped-1", "v1set-2", "v2set-2", "shipped-2", "fdb-examples-0"]
     assert runs[-1][3] == str(fdb) and calls[-1][:3] == ["bench", "turns", "compare"]
     assert len(calls[-1]) == 3 + 10  # every report: 3 sets x 3 seeds and the FDB examples
+    # another model's runs do not go into this OUT
+    other = tmp_path / "other.safetensors"
+    other.touch()
+    result, calls = evaluate(tmp_path, other, out)
+    assert result.returncode == 2 and f"holds the runs of {model}" in result.stderr and not calls
 
 
 def test_evaluate_refuses_a_missing_model_and_runs_the_default_model_without_lm(tmp_path):

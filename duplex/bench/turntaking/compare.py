@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .fdb import INTERRUPTION, PAUSE, TURN, FDBError
+from ...runtime.checkpoints import SHIPPED_LM
+from .fdb import INTERRUPTION, PAUSE, SHIPPED_SET, TURN, FDBError
 
 # (column, task, figure): the task figures of a row, in the order of docs/training.md's tables
-COLUMNS = (("smooth TOR", TURN, "tor"), ("latency s", TURN, "latency"), ("pause TOR", PAUSE, "tor"),
-           ("interruption TOR", INTERRUPTION, "tor"), ("latency s", INTERRUPTION, "latency"),
+COLUMNS = (("smooth TOR", TURN, "tor"), ("latency s (smooth)", TURN, "latency"), ("pause TOR", PAUSE, "tor"),
+           ("interruption TOR", INTERRUPTION, "tor"), ("latency s (interruption)", INTERRUPTION, "latency"),
            ("stop s (smooth)", TURN, "stop_latency"), ("stop s (interruption)", INTERRUPTION, "stop_latency"),
            ("talks early", TURN, "talks_early"))
 # (column, topic): answer counts, summed over the runs
@@ -40,39 +40,50 @@ class Row:
     answers: Dict[str, Tuple[int, int]] = field(default_factory=dict)  # topic -> (right, questions), summed
 
 
-def _set_of(report: dict, path: Path) -> str:
-    """The set a report ran: the ``set`` its run records, else the set folder of its command line (reports of
-    before that field), as the folder's name."""
-    run = report.get("run") or {}
-    where = run.get("set")
-    if where is None:
-        try:
-            words = shlex.split(report.get("command") or "")
-            where = words[words.index("run") + 1]
-        except (ValueError, IndexError):
-            raise FDBError(f"{path}: the report does not say which set it ran (no run.set, no command line)") from None
-    return os.path.basename(os.path.normpath(str(where)))
+def _set_name(where: str) -> str:
+    """A set's name in the table: its folder's name; the shipped set (``demos/fdb-synthetic``) is ``shipped``, as
+    the result bundles of benchmarks/results call it."""
+    where = os.path.normpath(str(where))
+    if os.path.realpath(where) == os.path.realpath(SHIPPED_SET):
+        return "shipped"
+    return os.path.basename(where)
 
 
-def _model_of(report: dict) -> str:
-    """The LM file a report ran (``run.setup.lm``), or the random shape it timed (``--model``)."""
-    setup = (report.get("run") or {}).get("setup") or {}
-    return str(setup.get("lm") or setup.get("model") or "?")
+def _model_name(setup: dict) -> str:
+    """The LM file a report ran (``run.setup.lm``; ``default`` for the shipped default model), or the random shape
+    it timed (``--model``)."""
+    lm = setup.get("lm")
+    if lm and os.path.realpath(str(lm)) == os.path.realpath(SHIPPED_LM):
+        return "default"
+    return str(lm or setup.get("model") or "?")
 
 
 def load(paths: Sequence[str]) -> List[Tuple[str, str, dict]]:
-    """(set, model, report) of each ``bench turns run --json`` report; a file that is not one is a one-line
-    ``FDBError``."""
+    """(set, model, report) of each run: a ``bench turns run --json`` report is one run; a result bundle of
+    benchmarks/results (``{"runs": [{"model", "set", "seed", "tasks", "answers"}, ...]}``) holds several, named as
+    it names them. A file that is neither is a one-line ``FDBError``."""
     loaded = []
     for name in paths:
         path = Path(name)
         try:
-            report = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise FDBError(f"{path}: cannot read the report ({e})") from None
-        if not isinstance(report, dict) or not isinstance(report.get("tasks"), dict) or "run" not in report:
-            raise FDBError(f"{path}: not a 'duplex bench turns run --json' report (no tasks and run)")
-        loaded.append((_set_of(report, path), _model_of(report), report))
+        if isinstance(doc, dict) and isinstance(doc.get("runs"), list):
+            for i, run in enumerate(doc["runs"]):
+                if not (isinstance(run, dict) and isinstance(run.get("tasks"), dict) and run.get("set")
+                        and run.get("model")):
+                    raise FDBError(f"{path}: run {i} of the bundle has no set, model and tasks")
+                report = {"tasks": run["tasks"], "answers": run.get("answers"), "run": {"seed": run.get("seed")}}
+                loaded.append((str(run["set"]), str(run["model"]), report))
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), dict) or not isinstance(doc.get("run"), dict):
+            raise FDBError(f"{path}: not a 'duplex bench turns run --json' report (no tasks and run) nor a bundle of "
+                           "runs")
+        if not doc["run"].get("set"):
+            raise FDBError(f"{path}: the report does not say which set it ran (reports of duplex before 2026-12-06 "
+                           "do not): run it again")
+        loaded.append((_set_name(doc["run"]["set"]), _model_name(doc["run"].get("setup") or {}), doc))
     if not loaded:
         raise FDBError("no reports to compare")
     return loaded
@@ -102,12 +113,17 @@ def compare(loaded: Sequence[Tuple[str, str, dict]]) -> List[Row]:
 
 
 def model_names(rows: Sequence[Row]) -> Dict[str, str]:
-    """A short name per model (its file's folder path from where the models' paths part, e.g. ``lm2/best``)."""
-    paths = list(dict.fromkeys(r.model for r in rows))
+    """A short name per model: a file's folder path from where the models' paths part (e.g. ``lm2/best``); a name
+    that is not a path (a bundle's ``first``, ``default``) as it is."""
+    models = list(dict.fromkeys(r.model for r in rows))
+    names = {m: m for m in models if os.sep not in m}
+    paths = [m for m in models if os.sep in m]
+    if not paths:
+        return names
     if len(paths) == 1:
-        return {paths[0]: os.path.basename(os.path.dirname(paths[0])) or paths[0]}
+        names[paths[0]] = os.path.basename(os.path.dirname(paths[0])) or paths[0]
+        return names
     common = os.path.commonpath([os.path.dirname(p) for p in paths]) if all(os.path.isabs(p) for p in paths) else ""
-    names = {}
     for p in paths:
         short = os.path.relpath(os.path.dirname(p), common) if common else os.path.dirname(p)
         names[p] = p if short in ("", ".") else short
@@ -129,7 +145,7 @@ def format_markdown(rows: Sequence[Row]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("| target | | | " + " | ".join(TARGETS) + " |")
     lines.append("")
-    lines += [f"{name}: {path}" for path, name in names.items()]
+    lines += [f"{name}: {path}" for path, name in names.items() if name != path]
     lines.append("means over each pair's runs (seeds); answers: right of the questions with a known answer, summed "
                  "over the runs; talks early: share of smooth samples with 2+ words 0.3 s before the turn's end")
     return "\n".join(lines)

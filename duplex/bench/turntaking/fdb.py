@@ -21,6 +21,8 @@ from ...errors import FDBError
 PAUSE, TURN, INTERRUPTION, BACKCHANNEL = "pause_handling", "smooth_turn_taking", "user_interruption", "backchannel"
 TASKS = (PAUSE, TURN, INTERRUPTION, BACKCHANNEL)
 ANNOTATIONS = {PAUSE: "pause.json", TURN: "turn_taking.json", INTERRUPTION: "interrupt.json"}
+# The set that ships with duplex (README, "The shipped set"): 48 held-out samples of its synthetic corpus
+SHIPPED_SET = Path(__file__).resolve().parents[3] / "demos" / "fdb-synthetic"
 
 
 

@@ -35,7 +35,7 @@ Segment = Tuple[float, float]
 TURN_SECONDS, TURN_WORDS = 1.0, 3  # FDB's turn_duration_threshold and turn_num_words_threshold
 BACKCHANNEL_LONG, BACKCHANNEL_WINDOW, BACKCHANNEL_EPS = 3.0, 0.2, 1e-10
 USER_GAP, MODEL_GAP = 0.6, 0.5  # v1.5: segments closer than this are one
-EARLY_SECONDS, EARLY_WORDS = 0.3, 1  # talks_early: more than this many words this long before the turn's end
+EARLY_SECONDS, EARLY_WORDS_ALLOWED = 0.3, 1  # talks_early: more words than this this long before the turn's end
 RULES = ("current", "published")  # which short segments count as backchannels (the module's docstring)
 
 
@@ -60,11 +60,12 @@ def latency(words: Sequence[Chunk], reference: float) -> Optional[float]:
 
 
 def talks_early(words: Sequence[Chunk], end_of_turn: float) -> int:
-    """1 if the model starts more than ``EARLY_WORDS`` words over ``EARLY_SECONDS`` before the end of the user's
-    turn, else 0: it speaks while the user is still asking (duplex's own figure, not FDB's: FDB's smooth
+    """1 if the model starts more than ``EARLY_WORDS_ALLOWED`` words over ``EARLY_SECONDS`` before the end of the
+    user's turn, else 0: it speaks while the user is still asking (duplex's own figure, not FDB's: FDB's smooth
     turn-taking TOR counts such a reply as a turn taken). The rule of the shipped model's behaviour test
-    (tests/runtime/test_default_model.py), which allows one early word (a breath, a stray piece)."""
-    return int(sum(w.start < end_of_turn - EARLY_SECONDS for w in words) > EARLY_WORDS)
+    (tests/runtime/test_default_model.py, which counts the text stream's pieces as they come; here the words of
+    output.json), which allows one early word (a breath, a stray piece)."""
+    return int(sum(w.start < end_of_turn - EARLY_SECONDS for w in words) > EARLY_WORDS_ALLOWED)
 
 
 def words_after(words: Sequence[Chunk], time: float) -> List[Chunk]:
