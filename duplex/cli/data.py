@@ -44,7 +44,7 @@ def run_synth(args) -> int:
                            greeting=args.greeting, greeting_share=args.greeting_share, mix=args.mix,
                            opening_greeting=args.opening_greeting,
                            clean_user_share=1.0 if args.clean_user_channel else args.clean_user_share,
-                           user_noise_snr=tuple(args.user_noise_snr))
+                           user_noise_snr=tuple(args.user_noise_snr), user_room=not args.no_user_room)
     if args.shares:
         options.shares = _shares(args.shares)
     conversations = args.conversations if args.hours is None else conversations_for_hours(args.hours, options)
@@ -113,6 +113,8 @@ def register(commands) -> None:
     p.add_argument("--user-noise-snr", type=float, nargs=2, default=USER_NOISE_SNR, metavar=("LOW", "HIGH"),
                    help="with --mix v2: the user channel's background noise this many dB under the speech, drawn per "
                    "conversation (default %(default)s); the same conversations at any range")
+    p.add_argument("--no-user-room", action="store_true", help="with --mix v2: no room reverb on the user channel "
+                   "(its noise and gain kept); the same conversations otherwise")
     p.add_argument("--workers", type=positive, default=os.cpu_count() or 1, help="processes (default: all cores)")
     persona = p.add_argument_group("a persona (the data of a LoRA adapter: demos/lora-persona)")
     persona.add_argument("--assistant-voice", metavar="VOICE[+VARIANT]", help="one espeak-ng voice for every "

@@ -256,3 +256,29 @@ def test_the_user_noise_level_changes_the_noise_and_nothing_else(tmp_path, capsy
     assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "1", "--mix", "v2",
                  "--user-noise-snr", "40", "nan"]) == 2
     assert "LOW <= HIGH" in capsys.readouterr().err
+
+
+def test_no_user_room_leaves_out_the_reverb_and_nothing_else(tmp_path, capsys):
+    made = {}
+    for name, room in (("default", True), ("dry", False)):
+        rows = synthesize_corpus(str(tmp_path / name), 4, seed=5, options=SynthOptions(user_room=room, **V2),
+                                 workers=2, progress=False)
+        made[name] = [(sf.read(tmp_path / name / row["wav"], dtype="float32")[0].T,
+                       json.loads((tmp_path / name / row["json"]).read_text())) for row in rows]
+    rooms = 0
+    for (stereo, meta), (dry, dry_meta) in zip(made["default"], made["dry"]):
+        assert {k: v for k, v in dry_meta.items() if k != "effects"} == {k: v for k, v in meta.items()
+                                                                          if k != "effects"}
+        assert np.array_equal(dry[0], stereo[0])  # the assistant's channel, byte for byte
+        # the same noise and gain, drawn alike; the room only where the default has one, and then not applied
+        assert dry_meta["effects"] == {k: v for k, v in meta["effects"].items() if k != "room"}
+        if "room" in meta["effects"]:
+            rooms += 1
+            assert not np.array_equal(dry[1], stereo[1])
+        else:
+            assert np.array_equal(dry[1], stereo[1])
+    assert rooms
+    with pytest.raises(UsageError, match="--mix v2"):
+        SynthOptions(user_room=False).validate()
+    assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "1", "--no-user-room"]) == 2
+    assert "--mix v2" in capsys.readouterr().err

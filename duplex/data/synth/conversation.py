@@ -117,6 +117,10 @@ class SynthOptions:
     # mix v2: how far under the speech the user channel's background noise lies (dB, drawn per conversation). The
     # same one draw at any range, so changing it changes the noise's level and nothing else.
     user_noise_snr: Tuple[float, float] = USER_NOISE_SNR
+    # mix v2: False leaves out the room (the reverb tail after every user utterance in half the conversations) and
+    # keeps the noise and the gain; the same draws, so the same conversations (docs/training.md, "The seventh
+    # candidate").
+    user_room: bool = True
     follow_up_probability: float = 0.3
     # A persona (see the module's docstring): None keeps the corpus's random voices and openings.
     assistant_voice: Optional[str] = None  # an espeak-ng voice, VOICE[+VARIANT], for every assistant utterance
@@ -162,6 +166,8 @@ class SynthOptions:
             raise UsageError(f"the user channel's noise SNR range must be 0 <= LOW <= HIGH dB, not {low} {high}")
         if tuple(self.user_noise_snr) != USER_NOISE_SNR and self.mix != "v2":
             raise UsageError("the user channel's noise level is an option of --mix v2 (v1 has no noise on it)")
+        if not self.user_room and self.mix != "v2":
+            raise UsageError("leaving out the user channel's room is an option of --mix v2 (v1 has no room on it)")
         if self.clean_user_share > 0 and self.mix != "v2":
             raise UsageError("a clean user channel is an option of --mix v2 (v1 has no room, noise or gain on it)")
 
@@ -388,7 +394,7 @@ class ConversationV2(Conversation):
         (half the conversations: an exponentially decaying noise tail, RT60 0.15-0.6 s) and over background noise
         (three in four: white to brown, 10-40 dB under the speech, ``options.user_noise_snr``), at a gain of
         -10..+2 dB for the whole conversation, its peak kept under 0.9; none of the three in the share
-        ``options.clean_user_share`` of the conversations."""
+        ``options.clean_user_share`` of the conversations, no room with ``options.user_room`` False."""
         # scipy only when a v2 conversation is rendered: `duplex --help` (which imports this module) stays light
         from scipy.signal import fftconvolve, lfilter  # noqa: PLC0415
 
@@ -405,7 +411,7 @@ class ConversationV2(Conversation):
         share = self.options.clean_user_share
         clean = share >= 1 or (share > 0 and rng.random() < share)
         effects = {}
-        if room is not None and not clean:
+        if room is not None and not clean and self.options.user_room:
             rt60, wet = room
             t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
             tail = noise_rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
