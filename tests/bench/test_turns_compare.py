@@ -14,8 +14,8 @@ import pytest
 
 from duplex.bench.turntaking import compare
 from duplex.bench.turntaking.fdb import SHIPPED_SET, FDBError
-from duplex.runtime.checkpoints import SHIPPED_LM
 from duplex.cli import main
+from duplex.runtime.checkpoints import SHIPPED_LM
 
 ROOT = Path(__file__).resolve().parents[2]
 EVALUATE = ROOT / "demos" / "default-model" / "evaluate.sh"
