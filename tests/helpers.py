@@ -4,6 +4,10 @@ server on an ephemeral port. (pytest fixtures live in conftest.py.)"""
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
+import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -260,3 +264,19 @@ def fake_sound_devices(monkeypatch, kyutai_client) -> list:
                         lambda samplerate, channels, blocksize, callback: _FakeStream(callback, blocksize, channels,
                                                                                      False, played))
     return played
+
+
+def run_with_stand_in(script, stand_in: str, tmp_path, *args, **env):
+    """Run the bash ``script`` with ``args``, its ``$DUPLEX`` a stand-in (the bash source ``stand_in``, which appends
+    each call to ``$CALLS``): (the finished process, each call's words). For the demos' scripts, whose own logic
+    (what runs in which order, what is skipped on a second run) is tested without any model or audio."""
+    command = tmp_path / "duplex"
+    command.write_text(stand_in)
+    command.chmod(command.stat().st_mode | stat.S_IXUSR)
+    calls = tmp_path / "calls.txt"
+    environ = {**os.environ, "DUPLEX": str(command), "CALLS": str(calls), **env}
+    result = subprocess.run(["bash", str(script), *map(str, args)], env=environ, capture_output=True, text=True,
+                            timeout=60)
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    calls.unlink(missing_ok=True)
+    return result, [shlex.split(line) for line in lines]

@@ -3,14 +3,11 @@ their seeds, the answer counts summed, the targets below; and demos/default-mode
 runs, with a stand-in ``duplex`` that records its calls."""
 
 import json
-import os
-import shlex
-import stat
-import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import run_with_stand_in
 
 from duplex.bench.turntaking import compare
 from duplex.bench.turntaking.fdb import SHIPPED_SET, FDBError
@@ -108,16 +105,7 @@ STAND_IN = textwrap.dedent("""\
 
 
 def evaluate(tmp_path, *args, **env):
-    stand_in = tmp_path / "duplex"
-    stand_in.write_text(STAND_IN)
-    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
-    calls = tmp_path / "calls.txt"
-    environ = {**os.environ, "DUPLEX": str(stand_in), "CALLS": str(calls), **env}
-    result = subprocess.run(["bash", str(EVALUATE), *map(str, args)], env=environ, capture_output=True, text=True,
-                            timeout=60)
-    lines = calls.read_text().splitlines() if calls.exists() else []
-    calls.unlink(missing_ok=True)
-    return result, [shlex.split(line) for line in lines]
+    return run_with_stand_in(EVALUATE, STAND_IN, tmp_path, *args, **env)
 
 
 def test_evaluate_makes_the_sets_once_runs_every_set_and_seed_and_resumes(tmp_path):

@@ -179,12 +179,8 @@ def test_make_set_cuts_a_v2_corpus(corpus, tmp_path):
 
 
 def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gain_at_any_share(tmp_path, capsys):
-    made = {}
-    for name, share in (("default", 0.0), ("clean", 1.0), ("half", 0.5)):
-        rows = synthesize_corpus(str(tmp_path / name), 4, seed=5, options=SynthOptions(clean_user_share=share, **V2),
-                                 workers=2, progress=False)
-        made[name] = [(sf.read(tmp_path / name / row["wav"], dtype="float32")[0].T,
-                       json.loads((tmp_path / name / row["json"]).read_text())) for row in rows]
+    made = _made(tmp_path, default={"clean_user_share": 0.0}, clean={"clean_user_share": 1.0},
+                 half={"clean_user_share": 0.5})
     noisy = []
     for (stereo, meta), (clean_stereo, clean_meta) in zip(made["default"], made["clean"]):
         assert clean_meta["effects"] == {}
@@ -217,6 +213,17 @@ def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gai
     assert "0-1" in capsys.readouterr().err
 
 
+def _made(tmp_path, **variants):
+    """{name: [(stereo [2, T], metadata), ...]}: 4 conversations of seed 5 per variant (SynthOptions' fields)."""
+    made = {}
+    for name, fields in variants.items():
+        rows = synthesize_corpus(str(tmp_path / name), 4, seed=5, options=SynthOptions(**fields, **V2), workers=2,
+                                 progress=False)
+        made[name] = [(sf.read(tmp_path / name / row["wav"], dtype="float32")[0].T,
+                       json.loads((tmp_path / name / row["json"]).read_text())) for row in rows]
+    return made
+
+
 def _outside_user_turns(meta, length):
     """A mask of the samples away from every user turn (50 ms before it, 250 ms after: a turn's last word can
     sound up to about 0.1 s past its end in the corpus's timings)."""
@@ -228,12 +235,7 @@ def _outside_user_turns(meta, length):
 
 
 def test_the_user_noise_level_changes_the_noise_and_nothing_else(tmp_path, capsys):
-    made = {}
-    for name, snr in (("default", (10.0, 40.0)), ("quiet", (45.0, 45.0))):
-        rows = synthesize_corpus(str(tmp_path / name), 4, seed=5, options=SynthOptions(user_noise_snr=snr, **V2),
-                                 workers=2, progress=False)
-        made[name] = [(sf.read(tmp_path / name / row["wav"], dtype="float32")[0].T,
-                       json.loads((tmp_path / name / row["json"]).read_text())) for row in rows]
+    made = _made(tmp_path, default={"user_noise_snr": (10.0, 40.0)}, quiet={"user_noise_snr": (45.0, 45.0)})
     noisy = 0
     for (stereo, meta), (quiet, quiet_meta) in zip(made["default"], made["quiet"]):
         assert {k: v for k, v in quiet_meta.items() if k != "effects"} == {k: v for k, v in meta.items()
@@ -259,12 +261,7 @@ def test_the_user_noise_level_changes_the_noise_and_nothing_else(tmp_path, capsy
 
 
 def test_no_user_room_leaves_out_the_reverb_and_nothing_else(tmp_path, capsys):
-    made = {}
-    for name, room in (("default", True), ("dry", False)):
-        rows = synthesize_corpus(str(tmp_path / name), 4, seed=5, options=SynthOptions(user_room=room, **V2),
-                                 workers=2, progress=False)
-        made[name] = [(sf.read(tmp_path / name / row["wav"], dtype="float32")[0].T,
-                       json.loads((tmp_path / name / row["json"]).read_text())) for row in rows]
+    made = _made(tmp_path, default={}, dry={"user_room": False})
     rooms = 0
     for (stereo, meta), (dry, dry_meta) in zip(made["default"], made["dry"]):
         assert {k: v for k, v in dry_meta.items() if k != "effects"} == {k: v for k, v in meta.items()

@@ -10,6 +10,8 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+from helpers import run_with_stand_in
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "demos" / "default-model" / "recipe.sh"
 
@@ -32,16 +34,7 @@ STAND_IN = textwrap.dedent("""\
 
 
 def run(tmp_path, *args, **env):
-    stand_in = tmp_path / "duplex"
-    stand_in.write_text(STAND_IN)
-    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
-    calls = tmp_path / "calls.txt"
-    environ = {**os.environ, "DUPLEX": str(stand_in), "CALLS": str(calls), **env}
-    result = subprocess.run(["bash", str(RECIPE), *map(str, args)], env=environ, capture_output=True, text=True,
-                            timeout=60)
-    lines = calls.read_text().splitlines() if calls.exists() else []
-    calls.unlink(missing_ok=True)
-    return result, [shlex.split(line) for line in lines]
+    return run_with_stand_in(RECIPE, STAND_IN, tmp_path, *args, **env)
 
 
 def option(call, name):
