@@ -14,6 +14,7 @@ import torch
 from codec.io.audio import load_audio, save_audio
 
 from ..errors import UsageError
+from ..model.sampling import SlotSampling
 from ..runtime.offline import run_offline
 from ..serving.terminal import LiveText
 from .common import (
@@ -31,13 +32,20 @@ temperature = float_above(0.0, True, "a temperature >= 0")
 top_k = int_in(0, None, "a top-k >= 0 (0: the whole vocabulary)")
 
 
-def sampling_of(args) -> dict:
-    """The slot's sampling from the options (NVIDIA's names); --greedy is temperature 0 for text and audio; seed -1
-    (NVIDIA's "no seed") is a random one."""
+def sampling_settings(args) -> dict:
+    """The temperatures and top-k of the sampling options (NVIDIA's names; ``SlotSampling``'s fields); --greedy is
+    temperature 0 for text and audio."""
     settings = {"temperature": args.temp_audio, "text_temperature": args.temp_text, "top_k": args.topk_audio,
                 "text_top_k": args.topk_text}
     if args.greedy:
         settings.update(temperature=0.0, text_temperature=0.0)
+    return settings
+
+
+def sampling_of(args) -> dict:
+    """The slot's sampling from the options (``sampling_settings``) and ``--seed``: -1 (NVIDIA's "no seed") is a
+    random one."""
+    settings = sampling_settings(args)
     if args.seed is not None and args.seed != -1:
         if args.seed < 0:
             raise UsageError(f"--seed {args.seed}: a seed is an integer >= 0 (-1: a random one)")
@@ -128,15 +136,19 @@ def run_file(engine, source: str, output: str, prompt, realtime: bool, display, 
     return 0
 
 
-def add_sampling_options(p) -> None:
-    """NVIDIA's sampling options of ``moshi.offline`` (defaults Kyutai's and NVIDIA's: 0.8 / 250, 0.7 / 25)."""
-    p.add_argument("--seed", type=int, default=-1, help="sampling seed: the same seed, the same reply (-1: random)")
+def add_sampling_options(p, seed: bool = True) -> None:
+    """NVIDIA's sampling options of ``moshi.offline`` (defaults Kyutai's and NVIDIA's: 0.8 / 250, 0.7 / 25);
+    ``seed`` False: without ``--seed`` (a command that seeds its own way)."""
+    if seed:
+        p.add_argument("--seed", type=int, default=-1, help="sampling seed: the same seed, the same reply (-1: random)")
     p.add_argument("--greedy", action="store_true", help="temperature 0: always the most likely token (text and "
                    "audio), the same reply every time")
-    p.add_argument("--temp-audio", type=temperature, default=0.8, help="audio sampling temperature")
-    p.add_argument("--temp-text", type=temperature, default=0.7, help="text sampling temperature")
-    p.add_argument("--topk-audio", type=top_k, default=250, help="audio top-k")
-    p.add_argument("--topk-text", type=top_k, default=25, help="text top-k")
+    p.add_argument("--temp-audio", type=temperature, default=SlotSampling.temperature,
+                   help="audio sampling temperature")
+    p.add_argument("--temp-text", type=temperature, default=SlotSampling.text_temperature,
+                   help="text sampling temperature")
+    p.add_argument("--topk-audio", type=top_k, default=SlotSampling.top_k, help="audio top-k")
+    p.add_argument("--topk-text", type=top_k, default=SlotSampling.text_top_k, help="text top-k")
 
 
 def register(commands) -> None:

@@ -19,6 +19,7 @@ from ..bench.turntaking.plots import plot_report
 from ..bench.turntaking.score import console_progress, format_table, score_dir
 from ..errors import UsageError
 from ..model.config import LMConfig
+from ..model.sampling import SlotSampling
 from ..runtime.checkpoints import ModelFiles
 from ..runtime.engine import Engine
 from ..runtime.quantization import kv_dtype
@@ -32,7 +33,7 @@ from .common import (
     positive,
     positive_float,
 )
-from .offline import add_adapter_option, chosen_adapter
+from .offline import add_adapter_option, add_sampling_options, chosen_adapter, sampling_settings
 from .prompts import add_prompt_options, system_prompt
 from .reports import check_report_paths, write_json
 
@@ -71,6 +72,13 @@ def run_setup(args, files: ModelFiles) -> dict:
             "voice_prompt_dir": path(args.voice_prompt_dir), "text_prompt": args.text_prompt,
             "dtype": args.dtype, "device": pick_device(args.device).type,
             "quantize": args.quantize, "kv_dtype": args.kv_dtype, **lora}
+
+
+def run_sampling(args) -> dict:
+    """The sampling options that differ from the engine's defaults (Kyutai's), as ``Engine.open`` changes: every
+    sample's slot samples so, with its own seed (``--seed`` + its index)."""
+    default = SlotSampling()
+    return {name: value for name, value in sampling_settings(args).items() if getattr(default, name) != value}
 
 
 def random_model(args) -> bool:
@@ -124,6 +132,9 @@ def run_run(args) -> int:
         if files.tokenizer is None:  # the scores count words: without them every turn looks missed
             print(f"warning: no tokenizer found for {files.lm} (give --tokenizer): its text stream is not read, so "
                   "the figures that count words (TOR, latencies, answers) see none", file=sys.stderr)
+    sampling = run_sampling(args)
+    if sampling:  # recorded only when not the defaults: a default run has the setup it had before the options
+        setup["sampling"] = sampling
     runner.check_output(args.dir, args.out, args.seed, args.slots, setup)  # before minutes of loading the model
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,7 +146,7 @@ def run_run(args) -> int:
     try:
         with runner.ConsoleProgress() as shown:
             ran = runner.run_samples(engine, args.dir, args.out, seed=args.seed, progress=shown, prompt=prompt,
-                                     setup=setup, adapter=adapter)
+                                     setup=setup, adapter=adapter, sampling=sampling)
     except runner.RunInterrupted as e:
         print(f"duplex: {e}", file=sys.stderr)
         return 130
@@ -208,6 +219,7 @@ def register(bench_commands) -> None:
     p.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=runner.SEED,
                    help="sampling seed (sample i uses seed + i): same seed, same run")
+    add_sampling_options(p, seed=False)
     p.add_argument("--json", metavar="PATH", help="also write the report here")
     add_prompt_options(p, "default: for PersonaPlex, NVIDIA's assistant role, the prompt its README gives for "
                        "Full-Duplex-Bench; none for other models")

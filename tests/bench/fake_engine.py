@@ -16,15 +16,17 @@ class FakeEngine:
     def __init__(self, slots=2, interrupt_at_step=None):
         self.slots, self.interrupt_at_step = slots, interrupt_at_step
         self.seeds, self.opened, self.steps = {}, [], 0
+        self.sampling = []  # each open's sampling changes (temperatures, top-k)
 
     @property
     def free_slots(self):
         return self.slots - len(self.seeds)
 
-    def open(self, seed):
+    def open(self, seed, **sampling):
         slot = min(set(range(self.slots)) - set(self.seeds))
         self.seeds[slot] = [seed, 0]
         self.opened.append(seed)
+        self.sampling.append(sampling)
         return slot
 
     def step(self, frames):

@@ -72,6 +72,19 @@ def test_result_bundles_and_the_default_model_sit_beside_new_runs(tmp_path):
     assert compare.model_names(rows) == {"first": "first", "candidate": "candidate", "default": "default"}
 
 
+def test_runs_with_other_sampling_are_rows_of_their_own_and_names_stay_distinct():
+    rows = [compare.Row("s", m) for m in ("/r/a/lm2/best/model.safetensors",
+                                          "/r/a/lm2/best/model.safetensors [text_temperature 0.3]",
+                                          "/r/b/lm2/best/model.safetensors", "first")]
+    assert list(compare.model_names(rows).values()) == ["a/lm2/best", "a/lm2/best [text_temperature 0.3]",
+                                                        "b/lm2/best", "first"]
+    same_folder = [compare.Row("s", "/r/x/one.safetensors"), compare.Row("s", "/r/x/two.safetensors")]
+    assert compare.model_names(same_folder) == {r.model: r.model for r in same_folder}  # "x" twice would hide which
+    setup = {"lm": "/r/a/model.safetensors", "sampling": {"text_temperature": 0.3, "top_k": 100}}
+    assert compare._model_name(setup) == "/r/a/model.safetensors [text_temperature 0.3, top_k 100]"
+    assert compare._model_name({"lm": SHIPPED_LM}) == "default"
+
+
 def test_what_is_not_a_run_report_is_one_line(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(FDBError, match="cannot read the report"):

@@ -148,6 +148,35 @@ def test_the_command_records_its_setup_and_refuses_another_quantization(tmp_path
     assert err.count("\n") == 1 and "quantize 'int8' (this run: not given)" in err
 
 
+def test_sampling_options_reach_every_sample_and_are_part_of_the_setup(tmp_path, capsys, monkeypatch):
+    """--temp-text, --topk-audio ... (duplex offline's options) change every sample's slot, with its own seed; the
+    setup records what differs from the defaults, so a run resumes only with the same, and a default run records
+    none (its setup is the one of before the options)."""
+    source = fdb_set(tmp_path / "set")
+    engines = []
+
+    def engine(args, slots, files=None):
+        engines.append(FakeEngine(interrupt_at_step=17))
+        return engines[-1]
+
+    monkeypatch.setattr("duplex.cli.turns.build_engine", engine)
+    monkeypatch.setattr("duplex.cli.turns.system_prompt", lambda args, engine: None)
+    monkeypatch.setattr("duplex.cli.turns.score_dir", lambda *a, **k: {"tasks": {}})
+    args = ["bench", "turns", "run", str(source), str(tmp_path / "out"), "--slots", "2", "--seed", "3"]
+    assert main([*args, "--temp-text", "0.3", "--topk-audio", "100", "--temp-audio", "0.8"]) == 130
+    setup = json.loads((tmp_path / "out" / runner.MARK).read_text())["setup"]
+    assert setup["sampling"] == {"text_temperature": 0.3, "top_k": 100}  # 0.8 is the default: not recorded
+    assert engines[-1].sampling[0] == {"text_temperature": 0.3, "top_k": 100} and engines[-1].opened[:2] == [3, 4]
+    capsys.readouterr()
+    assert main([*args, "--temp-text", "0.5"]) == 2  # another sampling: not this run
+    assert "sampling" in capsys.readouterr().err
+    assert main([*args[:4], str(tmp_path / "greedy"), "--slots", "2", "--greedy"]) == 130
+    assert engines[-1].sampling[0] == {"temperature": 0.0, "text_temperature": 0.0}
+    assert main([*args[:4], str(tmp_path / "plain"), "--slots", "2"]) == 130
+    assert "sampling" not in json.loads((tmp_path / "plain" / runner.MARK).read_text())["setup"]
+    assert engines[-1].sampling[0] == {}
+
+
 @pytest.mark.slow
 def test_a_real_quantized_run_reports_what_ran(tmp_path, capsys):
     """The small fixture model, int8 weights and an fp8 ring: the report says so, beside the setup it recorded."""

@@ -51,11 +51,17 @@ def _set_name(where: str) -> str:
 
 def _model_name(setup: dict) -> str:
     """The LM file a report ran (``run.setup.lm``; ``default`` for the shipped default model), or the random shape
-    it timed (``--model``)."""
+    it timed (``--model``); then, in brackets, the sampling it changed from the defaults (``--temp-text`` ...), so
+    that runs of one model with other sampling are rows of their own."""
     lm = setup.get("lm")
     if lm and os.path.realpath(str(lm)) == os.path.realpath(SHIPPED_LM):
-        return "default"
-    return str(lm or setup.get("model") or "?")
+        name = "default"
+    else:
+        name = str(lm or setup.get("model") or "?")
+    sampling = setup.get("sampling") or {}
+    if sampling:
+        name += " [" + ", ".join(f"{key} {value}" for key, value in sorted(sampling.items())) + "]"
+    return name
 
 
 def load(paths: Sequence[str]) -> List[Tuple[str, str, dict]]:
@@ -116,18 +122,19 @@ def model_names(rows: Sequence[Row]) -> Dict[str, str]:
     """A short name per model: a file's folder path from where the models' paths part (e.g. ``lm2/best``); a name
     that is not a path (a bundle's ``first``, ``default``) as it is."""
     models = list(dict.fromkeys(r.model for r in rows))
-    names = {m: m for m in models if os.sep not in m}
-    paths = [m for m in models if os.sep in m]
-    if not paths:
+    names = {m: m for m in models if os.sep not in m.split(" [")[0]}
+    files = {m: m.split(" [")[0] for m in models if m not in names}  # the model, its file (without the sampling)
+    if not files:
         return names
-    if len(paths) == 1:
-        names[paths[0]] = os.path.basename(os.path.dirname(paths[0])) or paths[0]
-        return names
-    common = os.path.commonpath([os.path.dirname(p) for p in paths]) if all(os.path.isabs(p) for p in paths) else ""
-    for p in paths:
-        short = os.path.relpath(os.path.dirname(p), common) if common else os.path.dirname(p)
-        names[p] = p if short in ("", ".") else short
-    return names
+    folders = [os.path.dirname(f) for f in files.values()]
+    common = ""
+    if len(set(folders)) > 1 and all(os.path.isabs(f) for f in folders):
+        common = os.path.commonpath(folders)
+    for model, file in files.items():
+        short = os.path.relpath(os.path.dirname(file), common) if common else os.path.basename(os.path.dirname(file))
+        names[model] = (file if short in ("", ".") else short) + model[len(file):]
+    shown = [names[m] for m in models]
+    return {m: m if shown.count(names[m]) > 1 else names[m] for m in models}  # two files of one folder: in full
 
 
 def format_markdown(rows: Sequence[Row]) -> str:

@@ -215,7 +215,8 @@ def check_output(root: Path, out: Path, seed: int, slots: int, setup: Optional[d
 
 def run_samples(engine, root: Path, out: Path, seed: int = SEED,
                 progress: Optional[Callable[[Progress], None]] = None, prompt=None,
-                setup: Optional[dict] = None, adapter: Union[None, int, str] = None) -> dict:
+                setup: Optional[dict] = None, adapter: Union[None, int, str] = None,
+                sampling: Optional[dict] = None) -> dict:
     """Run every sample under ``root`` into ``out`` (resuming an interrupted run there); returns the run's figures
     (``run_figures``: samples, seconds of audio and of wall time, speed, engine steps, slots used) of this call
     (``skipped``: the samples an earlier, interrupted run had finished, not run again). ``progress`` is called
@@ -224,6 +225,8 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
     ``setup``: what else changes the outputs (JSON values; ``duplex bench turns run`` gives its model, prompt,
     quantization and LoRA options), recorded in the mark so that a resumed run must have the same. ``adapter``: the
     LoRA adapter every sample runs (``Engine.open``: a name, "none" for the base model; None: the engine's first).
+    ``sampling``: ``SlotSampling`` fields every sample's slot changes from the engine's default (temperatures, top-k;
+    the seed is ``seed`` + the sample's index).
 
     Meanwhile what is alive at the start (the engine) is kept out of the garbage collector's full passes
     (``runtime.realtime.freeze_startup_objects``, as ``duplex serve`` does) and given back after."""
@@ -276,7 +279,7 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
             while queue and engine.free_slots > 0:
                 job = load(*queue.pop(0))
                 job.slot = engine.open(seed=seed + job.index, **({} if prompt is None else {"prompt": prompt}),
-                                       **chosen)
+                                       **chosen, **(sampling or {}))
                 running[job.slot] = job
             outputs = engine.step({slot: job.frames[job.position] for slot, job in running.items()})
             steps += 1
