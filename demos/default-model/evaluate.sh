@@ -24,6 +24,8 @@
 #   THREADS=2       torch CPU threads (the figures of docs/training.md: 2; another count sums in another order, so
 #                   samples differ here and there)
 #   SEEDS="0 1 2"   the sampling seeds of each set
+#   OPTIONS=        more options of every `bench turns run`, split at spaces (e.g. "--temp-text 0.3": the sampling
+#                   options; such runs go to an OUT of their own, which OUT/model names with them)
 set -euo pipefail
 
 MODEL=${1:?usage: evaluate.sh MODEL OUT [FDB_EXAMPLES]}
@@ -34,6 +36,7 @@ DUPLEX=${DUPLEX:-duplex}
 SETS=${SETS:-$OUT/sets}
 THREADS=${THREADS:-2}
 SEEDS=${SEEDS:-0 1 2}
+read -r -a options <<< "${OPTIONS:-}"
 MARK=.duplex-turns-run.json  # what an unfinished run leaves in its folder (duplex.bench.turntaking.runner.MARK)
 
 model=()
@@ -48,11 +51,12 @@ if [ -n "$FDB" ] && [ ! -d "$FDB" ]; then
 fi
 mkdir -p "$OUT" "$SETS"
 # One model's runs per OUT: reports of another model in it would be skipped as done, and mixed into the table.
-if [ -f "$OUT/model" ] && [ "$(cat "$OUT/model")" != "$MODEL" ]; then
-    echo "error: $OUT holds the runs of $(cat "$OUT/model"), not $MODEL: give another OUT" >&2
+WHAT="$MODEL${options[*]+ ${options[*]}}"
+if [ -f "$OUT/model" ] && [ "$(cat "$OUT/model")" != "$WHAT" ]; then
+    echo "error: $OUT holds the runs of $(cat "$OUT/model"), not $WHAT: give another OUT" >&2
     exit 2
 fi
-echo "$MODEL" > "$OUT/model"
+echo "$WHAT" > "$OUT/model"
 
 # The fresh-seed sets: 80 conversations each, every one held out (the held-out user voice), cut into 20 samples a
 # task; a set is made under NAME.part and named NAME once whole, so a stop midway leaves nothing taken for done.
@@ -75,7 +79,7 @@ run() {  # run SET-DIR NAME SEED
     # a run stopped midway (its mark still there) resumes by itself; a finished one whose report is missing is remade
     if [ -d "$OUT/$2-$3" ] && [ ! -f "$OUT/$2-$3/$MARK" ]; then rm -rf "${OUT:?}/$2-$3"; fi
     if ! $DUPLEX bench turns run "$1" "$OUT/$2-$3" --slots 8 --threads "$THREADS" --seed "$3" \
-            ${model[@]+"${model[@]}"} --json "$report.part" > "$OUT/$2-$3.log" 2>&1; then
+            ${model[@]+"${model[@]}"} ${options[@]+"${options[@]}"} --json "$report.part" > "$OUT/$2-$3.log" 2>&1; then
         echo "error: the run of $2 with seed $3 stopped: $OUT/$2-$3.log says why (the same command again resumes it)" >&2
         exit 1
     fi

@@ -166,3 +166,9 @@ def test_evaluate_refuses_a_missing_model_and_runs_the_default_model_without_lm(
     assert result.returncode == 0, result.stderr
     runs = [c for c in calls if c[:3] == ["bench", "turns", "run"]]
     assert len(runs) == 3 and not any("--lm" in c for c in runs)
+    # more options for every run (sampling): an OUT of their own
+    result, calls = evaluate(tmp_path, "default", tmp_path / "eval", SEEDS="0", OPTIONS="--temp-text 0.3")
+    assert result.returncode == 2 and "not default --temp-text 0.3" in result.stderr
+    result, calls = evaluate(tmp_path, "default", tmp_path / "cool", SEEDS="0", OPTIONS="--temp-text 0.3")
+    runs = [c for c in calls if c[:3] == ["bench", "turns", "run"]]
+    assert result.returncode == 0 and all(c[c.index("--temp-text") + 1] == "0.3" for c in runs) and len(runs) == 3
