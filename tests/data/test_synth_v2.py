@@ -178,9 +178,9 @@ def test_make_set_cuts_a_v2_corpus(corpus, tmp_path):
     assert all(n > 0 for n in counts.values()), counts
 
 
-def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gain_at_any_share(tmp_path, capsys):
-    made = _made(tmp_path, default={"clean_user_share": 0.0}, clean={"clean_user_share": 1.0},
-                 half={"clean_user_share": 0.5})
+def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gain_at_any_share(tmp_path, capsys,
+                                                                                               default_v2):
+    made = {"default": default_v2, **_made(tmp_path, clean={"clean_user_share": 1.0}, half={"clean_user_share": 0.5})}
     noisy = []
     for (stereo, meta), (clean_stereo, clean_meta) in zip(made["default"], made["clean"]):
         assert clean_meta["effects"] == {}
@@ -213,6 +213,12 @@ def test_a_clean_user_channel_is_the_same_conversation_without_room_noise_or_gai
     assert "0-1" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def default_v2(tmp_path_factory):
+    """The default options' version of ``_made``'s conversations (what each variant is compared with), made once."""
+    return _made(tmp_path_factory.mktemp("default_v2"), default={})["default"]
+
+
 def _made(tmp_path, **variants):
     """{name: [(stereo [2, T], metadata), ...]}: 4 conversations of seed 5 per variant (SynthOptions' fields)."""
     made = {}
@@ -234,8 +240,8 @@ def _outside_user_turns(meta, length):
     return outside
 
 
-def test_the_user_noise_level_changes_the_noise_and_nothing_else(tmp_path, capsys):
-    made = _made(tmp_path, default={"user_noise_snr": (10.0, 40.0)}, quiet={"user_noise_snr": (45.0, 45.0)})
+def test_the_user_noise_level_changes_the_noise_and_nothing_else(tmp_path, capsys, default_v2):
+    made = {"default": default_v2, **_made(tmp_path, quiet={"user_noise_snr": (45.0, 45.0)})}
     noisy = 0
     for (stereo, meta), (quiet, quiet_meta) in zip(made["default"], made["quiet"]):
         assert {k: v for k, v in quiet_meta.items() if k != "effects"} == {k: v for k, v in meta.items()
@@ -260,8 +266,8 @@ def test_the_user_noise_level_changes_the_noise_and_nothing_else(tmp_path, capsy
     assert "LOW <= HIGH" in capsys.readouterr().err
 
 
-def test_no_user_room_leaves_out_the_reverb_and_nothing_else(tmp_path, capsys):
-    made = _made(tmp_path, default={}, dry={"user_room": False})
+def test_no_user_room_leaves_out_the_reverb_and_nothing_else(tmp_path, capsys, default_v2):
+    made = {"default": default_v2, **_made(tmp_path, dry={"user_room": False})}
     rooms = 0
     for (stereo, meta), (dry, dry_meta) in zip(made["default"], made["dry"]):
         assert {k: v for k, v in dry_meta.items() if k != "effects"} == {k: v for k, v in meta.items()
