@@ -45,6 +45,15 @@ if [ "$MODEL" != default ]; then
     MODEL=$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")
     model=(--lm "$MODEL")
 fi
+# The options this script sets itself stay its own (a second --seed would make three runs of one seed, a --json
+# another report than the one it waits for).
+for option in ${options[@]+"${options[@]}"}; do
+    case "$option" in
+    --seed|--seed=*|--json|--json=*|--lm|--lm=*|--slots|--slots=*|--threads|--threads=*)
+        echo "error: OPTIONS: ${option%%=*} is set by evaluate.sh itself (SEEDS=, THREADS=, MODEL)" >&2
+        exit 2 ;;
+    esac
+done
 if [ -n "$FDB" ] && [ ! -d "$FDB" ]; then
     echo "error: $FDB: no such folder of FDB samples" >&2
     exit 2
@@ -80,7 +89,8 @@ run() {  # run SET-DIR NAME SEED
     if [ -d "$OUT/$2-$3" ] && [ ! -f "$OUT/$2-$3/$MARK" ]; then rm -rf "${OUT:?}/$2-$3"; fi
     if ! $DUPLEX bench turns run "$1" "$OUT/$2-$3" --slots 8 --threads "$THREADS" --seed "$3" \
             ${model[@]+"${model[@]}"} ${options[@]+"${options[@]}"} --json "$report.part" > "$OUT/$2-$3.log" 2>&1; then
-        echo "error: the run of $2 with seed $3 stopped: $OUT/$2-$3.log says why (the same command again resumes it)" >&2
+        echo "error: the run of $2 with seed $3 stopped: $OUT/$2-$3.log says why (the same command again resumes it;" \
+             "a run that stopped after its last sample, while scoring, is made again)" >&2
         exit 1
     fi
     mv "$report.part" "$report"  # the report is there only once the run is whole
@@ -93,4 +103,9 @@ for seed in $SEEDS; do
 done
 [ -z "$FDB" ] || run "$FDB" fdb-examples 0
 
-$DUPLEX bench turns compare "$OUT"/*.json
+# the table of this script's own reports (not any other JSON left in OUT)
+reports=()
+for report in "$OUT"/v1set-*.json "$OUT"/v2set-*.json "$OUT"/shipped-*.json "$OUT"/fdb-examples-*.json; do
+    [ -f "$report" ] && reports+=("$report")
+done
+$DUPLEX bench turns compare "${reports[@]}"

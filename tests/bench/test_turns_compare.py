@@ -98,6 +98,17 @@ def test_what_is_not_a_run_report_is_one_line(tmp_path):
     (tmp_path / "bundle.json").write_text(json.dumps({"runs": [{"set": "v1set", "tasks": {}}]}))
     with pytest.raises(FDBError, match="run 0 of the bundle has no set, model and tasks"):
         compare.load([str(tmp_path / "bundle.json")])
+    for bad, message in (({"smooth_turn_taking": None}, "is not a table"), ({"pause_handling": {"tor": "x"}}, "not a number")):
+        (tmp_path / "odd.json").write_text(json.dumps({"runs": [{"set": "s", "model": "m", "tasks": bad}]}))
+        with pytest.raises(FDBError, match=message):
+            compare.load([str(tmp_path / "odd.json")])
+    (tmp_path / "odd.json").write_text(json.dumps({"runs": [{"set": "s", "model": "m", "tasks": {},
+                                                             "answers": {"all": {"right": 1}}}]}))
+    with pytest.raises(FDBError, match="no right and questions"):
+        compare.load([str(tmp_path / "odd.json")])
+    (tmp_path / "twice.json").write_text(json.dumps({"runs": [{"set": "s", "model": "m", "seed": 0, "tasks": {}}] * 2}))
+    with pytest.raises(FDBError, match="given twice"):
+        compare.load([str(tmp_path / "twice.json")])
     assert main(["bench", "turns", "compare", str(tmp_path / "missing.json")]) != 0
 
 
@@ -152,6 +163,9 @@ def test_evaluate_makes_the_sets_once_runs_every_set_and_seed_and_resumes(tmp_pa
     assert [Path(c[4]).name for c in runs] == ["shipped-1", "v1set-2", "v2set-2", "shipped-2", "fdb-examples-0"]
     assert runs[-1][3] == str(fdb) and calls[-1][:3] == ["bench", "turns", "compare"]
     assert len(calls[-1]) == 3 + 10  # every report: 3 sets x 3 seeds and the FDB examples
+    (out / "table.json").write_text("{}")  # another JSON in OUT is not one of the reports
+    result, calls = evaluate(tmp_path, model, out, fdb)
+    assert result.returncode == 0 and calls == [calls[-1]] and len(calls[-1]) == 3 + 10
     # another model's runs do not go into this OUT
     other = tmp_path / "other.safetensors"
     other.touch()
@@ -172,3 +186,7 @@ def test_evaluate_refuses_a_missing_model_and_runs_the_default_model_without_lm(
     result, calls = evaluate(tmp_path, "default", tmp_path / "cool", SEEDS="0", OPTIONS="--temp-text 0.3")
     runs = [c for c in calls if c[:3] == ["bench", "turns", "run"]]
     assert result.returncode == 0 and all(c[c.index("--temp-text") + 1] == "0.3" for c in runs) and len(runs) == 3
+    # but not the options the script sets itself
+    for option in ("--seed 5", "--threads=1"):
+        result, calls = evaluate(tmp_path, "default", tmp_path / "own", OPTIONS=option)
+        assert result.returncode == 2 and "set by evaluate.sh itself" in result.stderr and not calls

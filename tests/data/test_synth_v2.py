@@ -230,13 +230,13 @@ def _made(tmp_path, **variants):
     return made
 
 
-def _outside_user_turns(meta, length):
-    """A mask of the samples away from every user turn (50 ms before it, 250 ms after: a turn's last word can
-    sound up to about 0.1 s past its end in the corpus's timings)."""
+def _outside_user_turns(meta, length, tail_s=0.25):
+    """A mask of the samples away from every user turn (50 ms before it, ``tail_s`` after: a turn's last word can
+    sound up to about 0.1 s past its end in the corpus's timings, and a room's reverb up to 0.6 s)."""
     outside = np.ones(length, bool)
     for turn in meta["turns"]:
         if turn["channel"] == "user":
-            outside[max(0, int(turn["start"] * 24000) - 1200):int(turn["end"] * 24000) + 6000] = False
+            outside[max(0, int(turn["start"] * 24000) - 1200):int((turn["end"] + tail_s) * 24000)] = False
     return outside
 
 
@@ -268,7 +268,7 @@ def test_the_user_noise_level_changes_the_noise_and_nothing_else(tmp_path, capsy
 
 def test_no_user_room_leaves_out_the_reverb_and_nothing_else(tmp_path, capsys, default_v2):
     made = {"default": default_v2, **_made(tmp_path, dry={"user_room": False})}
-    rooms = 0
+    rooms = both = 0
     for (stereo, meta), (dry, dry_meta) in zip(made["default"], made["dry"]):
         assert {k: v for k, v in dry_meta.items() if k != "effects"} == {k: v for k, v in meta.items()
                                                                           if k != "effects"}
@@ -278,9 +278,13 @@ def test_no_user_room_leaves_out_the_reverb_and_nothing_else(tmp_path, capsys, d
         if "room" in meta["effects"]:
             rooms += 1
             assert not np.array_equal(dry[1], stereo[1])
+            if "noise" in meta["effects"]:  # the same noise waveform (its level follows the speech, room or not)
+                away = _outside_user_turns(meta, stereo.shape[1], tail_s=0.7)
+                both += 1
+                assert np.corrcoef(dry[1][away], stereo[1][away])[0, 1] > 0.999
         else:
             assert np.array_equal(dry[1], stereo[1])
-    assert rooms
+    assert rooms and both
     with pytest.raises(UsageError, match="--mix v2"):
         SynthOptions(user_room=False).validate()
     assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "1", "--no-user-room"]) == 2

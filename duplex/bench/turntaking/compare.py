@@ -64,6 +64,25 @@ def _model_name(setup: dict) -> str:
     return name
 
 
+def _check(report: dict, where: str) -> dict:
+    """``report`` when its task figures are numbers (or absent) and its answers counts; else a one-line FDBError."""
+    for task, figures in report["tasks"].items():
+        if not isinstance(figures, dict):
+            raise FDBError(f"{where}: task {task!r} is not a table of figures")
+        for _, column_task, figure in COLUMNS:
+            value = figures.get(figure) if task == column_task else None
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise FDBError(f"{where}: {task} {figure} is not a number ({value!r})")
+    answers = report.get("answers")
+    if answers is not None and not isinstance(answers, dict):
+        raise FDBError(f"{where}: its answers are not a table by topic")
+    for topic, counts in (answers or {}).items():
+        if counts and not (isinstance(counts, dict) and all(isinstance(counts.get(k), int)
+                                                            for k in ("right", "questions"))):
+            raise FDBError(f"{where}: answers {topic!r} has no right and questions counts")
+    return report
+
+
 def load(paths: Sequence[str]) -> List[Tuple[str, str, dict]]:
     """(set, model, report) of each run: a ``bench turns run --json`` report is one run; a result bundle of
     benchmarks/results (``{"runs": [{"model", "set", "seed", "tasks", "answers"}, ...]}``) holds several, named as
@@ -81,7 +100,7 @@ def load(paths: Sequence[str]) -> List[Tuple[str, str, dict]]:
                         and run.get("model")):
                     raise FDBError(f"{path}: run {i} of the bundle has no set, model and tasks")
                 report = {"tasks": run["tasks"], "answers": run.get("answers"), "run": {"seed": run.get("seed")}}
-                loaded.append((str(run["set"]), str(run["model"]), report))
+                loaded.append((str(run["set"]), str(run["model"]), _check(report, f"{path}: run {i}")))
             continue
         if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), dict) or not isinstance(doc.get("run"), dict):
             raise FDBError(f"{path}: not a 'duplex bench turns run --json' report (no tasks and run) nor a bundle of "
@@ -89,9 +108,16 @@ def load(paths: Sequence[str]) -> List[Tuple[str, str, dict]]:
         if not doc["run"].get("set"):
             raise FDBError(f"{path}: the report does not say which set it ran (reports of duplex before 2026-12-06 "
                            "do not): run it again")
-        loaded.append((_set_name(doc["run"]["set"]), _model_name(doc["run"].get("setup") or {}), doc))
+        loaded.append((_set_name(doc["run"]["set"]), _model_name(doc["run"].get("setup") or {}), _check(doc, str(path))))
     if not loaded:
         raise FDBError("no reports to compare")
+    # one run given twice (a report and the bundle it went into, two OUTs of one model) would count twice
+    seen = set()
+    for set_name, model, report in loaded:
+        seed = (report.get("run") or {}).get("seed")
+        if seed is not None and (set_name, model, seed) in seen:
+            raise FDBError(f"the run of {model} on {set_name} with seed {seed} is given twice")
+        seen.add((set_name, model, seed))
     return loaded
 
 

@@ -118,8 +118,8 @@ class SynthOptions:
     # same one draw at any range, so changing it changes the noise's level and nothing else.
     user_noise_snr: Tuple[float, float] = USER_NOISE_SNR
     # mix v2: False leaves out the room (the reverb tail after every user utterance in half the conversations) and
-    # keeps the noise and the gain; the same draws, so the same conversations (docs/training.md, "The seventh
-    # candidate").
+    # keeps the noise and the gain; the same draws (the room's tail is drawn and not applied), so the same
+    # conversations with the same noise (docs/training.md, "The second default model: data").
     user_room: bool = True
     follow_up_probability: float = 0.3
     # A persona (see the module's docstring): None keeps the corpus's random voices and openings.
@@ -411,14 +411,16 @@ class ConversationV2(Conversation):
         share = self.options.clean_user_share
         clean = share >= 1 or (share > 0 and rng.random() < share)
         effects = {}
-        if room is not None and not clean and self.options.user_room:
+        if room is not None and not clean:
             rt60, wet = room
             t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
+            # drawn even when the room is left out (`user_room` False), so the noise after it is the same noise
             tail = noise_rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
-            tail *= wet / max(float(np.sqrt(np.sum(tail ** 2))), 1e-9)
-            tail[0] = 1.0
-            user = fftconvolve(user, tail)[:len(user)]
-            effects["room"] = {"rt60": round(rt60, 3), "wet": round(wet, 3)}
+            if self.options.user_room:
+                tail *= wet / max(float(np.sqrt(np.sum(tail ** 2))), 1e-9)
+                tail[0] = 1.0
+                user = fftconvolve(user, tail)[:len(user)]
+                effects["room"] = {"rt60": round(rt60, 3), "wet": round(wet, 3)}
         if hiss is not None and not clean:
             snr_db, colour = hiss
             speech = np.abs(user) > 1e-3
