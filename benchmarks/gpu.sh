@@ -25,10 +25,11 @@
 #   bash benchmarks/gpu.sh --no-fdb     everything but FDB at scale (under 8 minutes)
 #   bash benchmarks/gpu.sh --fdb-only   FDB at scale alone (about 5-6 minutes), its rows in the same table
 # A lent machine gives a session 15 minutes in all, its start included, which the whole run does not fit. Then:
-#   bash benchmarks/gpu.sh --quick      issue 29's rows alone, within QUICK_LIMIT s (default 420): the GPU tests, the
-#                                       7B step (bf16) at batch 1/8/64 with a full ring and 30 s in, Kyutai's frame
+#   bash benchmarks/gpu.sh --quick      issue 29's rows alone, within QUICK_LIMIT s (default 360): the GPU tests, the
+#                                       7B step (bf16) at batch 1/8/64 with a full ring and 30 s in (32 for 64 on a
+#                                       GPU under 130 GB, an H100), the step compiled at batch 1, and Kyutai's frame
 #                                       step in the same call (benchmarks/kyutai_gpu.py, when its moshi package is
-#                                       there), and the step compiled at batch 1 for the time left
+#                                       there)
 #   bash benchmarks/gpu.sh --fdb-only   right after it, on the same warm machine (FDB_LIMIT to fit what is left)
 # (--cpu --quick checks the script here: the shipped model eager in the 7B rows' files, Kyutai's 512 x 8 shape.)
 # (FDB_SAMPLES, FDB_HOURS and FDB_LIMIT change its size and time limit.)
@@ -70,15 +71,25 @@ echo "$DEVICE" > "$OUT/device.txt"
 status=0
 started=$(date +%s)
 step() { echo "== [$(( $(date +%s) - started )) s] $*"; }
+# The most 7B sessions (bf16 weights, a full bf16 ring each) this GPU holds: 64 need about 118 GB (15.4 GB of weights
+# and 1.6 GB per ring: docs/quantization.md), which an H200 (141 GB) has and an H100 (80 GB) has not: there, 32.
+MOST=64
+if [ "$DEVICE" = cuda ]; then
+  mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -dc 0-9)
+  if [ -n "$mib" ] && [ "$mib" -lt 130000 ]; then
+    MOST=32
+    echo "this GPU has $mib MiB: the 64-session rows need about 118 GB, so they run with $MOST sessions"
+  fi
+fi
 
 # issue 29's rows in one short call (--quick): each step under its own limit, and none starts past QUICK_LIMIT
 if [ $QUICK = 1 ]; then
-  QUICK_LIMIT=${QUICK_LIMIT:-420}
+  QUICK_LIMIT=${QUICK_LIMIT:-360}  # with the machine's start (1-2 min) and the FDB call after it: 15 minutes
   # seconds a step may take: its own limit, or what is left of QUICK_LIMIT, at least 1 (timeout 0 means no limit)
   left() { local l=$(( QUICK_LIMIT - ($(date +%s) - started) )); [ $l -lt 1 ] && l=1; [ $l -lt "$1" ] && echo $l || echo "$1"; }
   if [ "$DEVICE" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    BIG=moshi_7b; BATCHES="1 8 64"; AGED="1 64"; KSHAPE=7b; MODES=graphs; FRAMES=(--frames 30 --warmup 5)
+    BIG=moshi_7b; BATCHES="1 8 $MOST"; AGED="1 $MOST"; KSHAPE=7b; MODES=graphs; FRAMES=(--frames 30 --warmup 5)
   else
     echo "no CUDA here (or --cpu): the shipped model's shape, a few frames, GPU-only rows marked"
     BIG=default; BATCHES="1 2"; AGED="1 2"; KSHAPE=small; MODES=eager; FRAMES=(--frames 3 --warmup 1)
@@ -98,18 +109,20 @@ if [ $QUICK = 1 ]; then
   step "the same, sessions 30 s in, batch $AGED"
   timeout "$(left 120)" $PY -m duplex bench latency --model $BIG --device $DEVICE --modes $MODES \
     --batch-sizes $AGED --age 30 "${FRAMES[@]}" --json "$OUT/latency_7b_30s.json" || status=1
+  # the compiled step before Kyutai's (the 12-04 run measured Kyutai's already; the compiled step never ran on a
+  # GPU), each under its own limit so that one that overruns leaves the other its time
+  if [ "$DEVICE" = cuda ] && [ "$(left 999)" -gt 90 ]; then
+    # a full ring, as the uncompiled row its speedup is taken over
+    step "the step compiled (torch.compile in the CUDA graphs), batch 1, $(left 150) s at most"
+    timeout "$(left 150)" $PY -m duplex bench latency --model $BIG --device cuda --modes graphs --batch-sizes 1 \
+      --compile "${FRAMES[@]}" --json "$OUT/latency_7b_compiled_1.json" || status=1
+  fi
   step "Kyutai's frame step (moshi 0.2.13), same machine, same call, batch $AGED"
   if $PY -c "import moshi" 2>/dev/null; then
     timeout "$(left 120)" $PY benchmarks/kyutai_gpu.py --shape $KSHAPE --batch-sizes $AGED \
       --frames "${FRAMES[1]}" --warmup 10 --json "$OUT/kyutai_$KSHAPE.json" 2> "$OUT/kyutai.log" || status=1
   else
     echo "Kyutai's moshi is not installed here: row not run"
-  fi
-  if [ "$DEVICE" = cuda ] && [ "$(left 999)" -gt 60 ]; then
-    # a full ring, as the uncompiled row its speedup is taken over
-    step "the step compiled (torch.compile in the CUDA graphs), batch 1, $(left 999) s at most"
-    timeout "$(left 999)" $PY -m duplex bench latency --model $BIG --device cuda --modes graphs --batch-sizes 1 \
-      --compile "${FRAMES[@]}" --json "$OUT/latency_7b_compiled_1.json" || status=1
   fi
   step "summary"
   $PY benchmarks/summary.py "$OUT" | tee "$OUT/summary.md"
@@ -218,7 +231,7 @@ fi  # REST
 # (SIGINT): the run stops keeping what it finished, and its last progress line says how far it got and how fast.
 if [ $FDB = 1 ]; then
   if [ "$DEVICE" = cuda ]; then
-    FDB_MODEL=moshi_7b FDB_JSON=fdb_7b.json FDB_SLOTS=64
+    FDB_MODEL=moshi_7b FDB_JSON=fdb_7b.json FDB_SLOTS=$MOST
     FDB_SAMPLES=${FDB_SAMPLES:-730} FDB_HOURS=${FDB_HOURS:-8} FDB_LIMIT=${FDB_LIMIT:-330}
   else
     FDB_MODEL=default FDB_JSON=fdb_default.json FDB_SLOTS=2
@@ -226,11 +239,14 @@ if [ $FDB = 1 ]; then
   fi
   step "FDB v1 at scale: $FDB_SAMPLES samples, $FDB_HOURS h of audio (scale-set of demos/fdb-synthetic), then bench" \
     "turns run --model $FDB_MODEL --slots $FDB_SLOTS on $DEVICE, at most $FDB_LIMIT s"
-  rm -rf "$OUT/fdb_set" "$OUT/fdb_out"
-  if $PY -m duplex bench turns scale-set demos/fdb-synthetic "$OUT/fdb_set" --samples "$FDB_SAMPLES" \
+  # the set and the run's outputs (about 1 GB each) outside $OUT: a run stopped by the device tool's own limit
+  # would otherwise leave them where the reports come back from
+  FDB_WORK=${FDB_WORK:-/tmp/duplex-fdb}
+  rm -rf "$FDB_WORK" && mkdir -p "$FDB_WORK"
+  if $PY -m duplex bench turns scale-set demos/fdb-synthetic "$FDB_WORK/set" --samples "$FDB_SAMPLES" \
       --hours "$FDB_HOURS" > "$OUT/fdb_set.txt" 2>&1; then
     cat "$OUT/fdb_set.txt"
-    timeout -s INT -k 20 "$FDB_LIMIT" $PY -m duplex bench turns run "$OUT/fdb_set" "$OUT/fdb_out" \
+    timeout -s INT -k 20 "$FDB_LIMIT" $PY -m duplex bench turns run "$FDB_WORK/set" "$FDB_WORK/out" \
       --model "$FDB_MODEL" --device "$DEVICE" --slots "$FDB_SLOTS" --no-score --json "$OUT/$FDB_JSON" \
       > "$OUT/fdb.txt" 2> "$OUT/fdb.log"
     rc=$?
@@ -243,7 +259,7 @@ if [ $FDB = 1 ]; then
   else
     echo "scale-set failed: $(tail -1 "$OUT/fdb_set.txt")" > "$OUT/fdb_status.txt"; status=1
   fi
-  rm -rf "$OUT/fdb_set" "$OUT/fdb_out"  # about 1 GB each at FDB's size
+  rm -rf "$FDB_WORK"
 fi
 
 step "summary"

@@ -10,9 +10,14 @@
 #                                                           shipped weights, the tests, the docs), so that all that
 #                                                           travels stays under the device tool's 64 MiB
 #   machine:  run(command="bash .ci/device --train-default-model", carry=[".device", ".device-train"], timeout_s=540)
-#   here:     bash demos/default-model/gpu.sh --back        then the runs are under the reply's files_at: lm1/ and
-#                                                           lm2/ (best/, model.safetensors, config.json,
-#                                                           tokenizer.model, log.jsonl, loss.png); ship lm2/best as
+#   here:     bash demos/default-model/gpu.sh --back        what was set aside comes back
+#   here:     bash demos/default-model/gpu.sh --unpack FILES_AT RUN
+#                                                           the reply's files (runs.tar.00, .01, ...: the device tool
+#                                                           brings back at most 8 files of 16 MiB, 64 MiB in all)
+#                                                           joined and unpacked into RUN: lm2/best (model.safetensors,
+#                                                           config.json, tokenizer.model) and both runs' log.jsonl and
+#                                                           loss.png; lm1's export (38 MB more) stays there, as it is
+#                                                           the shipped model's reproduction. Ship lm2/best as
 #                                                           recipe.sh says
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,6 +63,15 @@ case "${1:-}" in
     for p in $ASIDE; do [ -e "$PARKED/$p" ] && mv "$PARKED/$p" "$p"; done
     exit 0
     ;;
+--unpack)
+    FROM=${2:?usage: gpu.sh --unpack FILES_AT RUN}
+    RUN=${3:?usage: gpu.sh --unpack FILES_AT RUN}
+    parts=("$FROM"/runs.tar.[0-9][0-9])
+    [ -f "${parts[0]}" ] || { echo "error: $FROM: no runs.tar.NN parts (did the training there end?)" >&2; exit 2; }
+    mkdir -p "$RUN"
+    cat "${parts[@]}" | tar -xf - -C "$RUN"
+    echo "$RUN: $(cd "$RUN" && find lm1 lm2 -type f 2>/dev/null | sort | tr '\n' ' ')"
+    ;;
 "")  # on the GPU machine (.ci/device --train-default-model installs the missing packages first)
     OUT=${OUT:-/tmp/duplex-train}
     RUN=${RUN:-/tmp/default-model-run}
@@ -68,16 +82,19 @@ case "${1:-}" in
     status=0
     ENCODE=0 DEVICE=${DEVICE:-cuda} DUPLEX=${DUPLEX:-python3 -m duplex} bash demos/default-model/recipe.sh "$RUN" \
         || status=$?
-    # what was made comes back, finished or not (the checkpoints, hundreds of MB, stay there)
-    for run in lm1 lm2; do
-        [ -d "$RUN/$run" ] || continue
-        mkdir -p "$OUT/$run"
-        for f in best model.safetensors config.json tokenizer.model log.jsonl loss.png; do
-            [ -e "$RUN/$run/$f" ] && cp -r "$RUN/$run/$f" "$OUT/$run/"
-        done
+    # What was made comes back, finished or not, as one tar in parts of 15 MiB (the device tool returns at most 8
+    # files of 16 MiB, 64 MiB in all): stage 2's export and both runs' logs and loss curves; the checkpoints
+    # (hundreds of MB) and stage 1's export (the shipped model's reproduction, 38 MB more than fits) stay there.
+    wanted=()
+    for f in lm1/log.jsonl lm1/loss.png lm2/best lm2/log.jsonl lm2/loss.png; do
+        [ -e "$RUN/$f" ] && wanted+=("$f")
     done
+    if [ ${#wanted[@]} -gt 0 ]; then
+        tar -cf - -C "$RUN" "${wanted[@]}" | split -b 15M -d -a 2 - "$OUT/runs.tar."
+        ls -l "$OUT"
+    fi
     exit $status
     ;;
 *)
-    echo "usage: gpu.sh [--pack RUN | --aside | --back]" >&2; exit 2 ;;
+    echo "usage: gpu.sh [--pack RUN | --aside | --back | --unpack FILES_AT RUN]" >&2; exit 2 ;;
 esac

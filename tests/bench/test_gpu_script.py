@@ -108,6 +108,10 @@ def test_the_rows_and_goals_of_sessions_30_s_in(tmp_path):
             "bfloat16 | 4.8 ms | 23.5 ms |") in table
     assert "| goal (H200, issue 29): batch 1 <= 5 ms (bfloat16) | | | met: 4.8 ms |" in table
     assert "| goal (H200, issue 29): 64 sessions 30 s in <= 21 ms | | | not met: 23.5 ms |" in table
+    (tmp_path / "latency_7b_30s.json").write_text(json.dumps(_latency(  # an H100 holds 32 sessions (gpu.sh)
+        [_run("none", "none", "bfloat16", 1, 4.8, 17), _run("none", "none", "bfloat16", 32, 15.5, 30)])))
+    assert "64 sessions 30 s in <= 21 ms | | | not measured: this GPU held 32 sessions (15.5 ms at 32) |" in \
+        summary.table(tmp_path)
 
 
 def test_the_rows_of_kyutai_s_frame_step_in_the_same_call(tmp_path):
@@ -181,6 +185,9 @@ def test_the_rows_of_fdb_at_scale(tmp_path):
     table = summary.table(tmp_path)
     assert "CUDA graphs | | | timed out after 330 s (600/730 samples, 95.1x real time, ETA 49 s) |" in table
     assert "under 5 minutes | | | not met: timed out after 330 s" in table
+    (tmp_path / "fdb_status.txt").write_text("timed out after 240 s (500/730 samples, 95.1x real time, ETA 80 s)\n")
+    assert "| not measured: timed out after 240 s (500/730 samples, 95.1x real time, ETA 80 s), a limit under the " \
+        "goal's 300 s |" in summary.table(tmp_path)
     (tmp_path / "device.txt").write_text("cpu\n")
     (tmp_path / "fdb_default.json").write_text(json.dumps(_fdb_run(2, 0.003, 5.0, 2.0, "AMD EPYC, 2 threads")))
     table = summary.table(tmp_path)

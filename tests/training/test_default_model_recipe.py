@@ -155,4 +155,13 @@ def test_the_gpu_pack_holds_codes_and_alignments_not_audio_and_the_gpu_run_train
     made = [shlex.split(line) for line in calls.read_text().splitlines()]
     assert [c[:2] for c in made] == [["train", "lm"], ["train", "lm"]]
     assert option(made[0], "--device") == "cuda"
-    assert (out / "lm1" / "best" / "model.safetensors").exists() and (out / "lm2" / "best" / "model.safetensors").exists()
+    # what comes back: one tar in parts the device tool returns (at most 8 files of 16 MiB), unpacked here
+    assert sorted(p.name for p in out.iterdir()) == ["runs.tar.00"]
+    result = subprocess.run(["bash", str(GPU), "--unpack", str(out), str(tmp_path / "back")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "back" / "lm2" / "best" / "model.safetensors").exists()
+    assert not (tmp_path / "back" / "lm1" / "best").exists()
+    result = subprocess.run(["bash", str(GPU), "--unpack", str(tmp_path / "nothing"), str(tmp_path / "back")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "no runs.tar.NN parts" in result.stderr
