@@ -122,6 +122,9 @@ def register(commands) -> None:
     p.add_argument("--text-padding-weight", type=weight, help="loss weight of text PAD/EPAD targets")
     p.add_argument("--export-dtype", choices=["bfloat16", "float16", "float32"],
                    help="dtype of the exported model.safetensors")
+    p.add_argument("--autocast", choices=["auto", "bfloat16", "off"], help="auto: bfloat16 autocast on CUDA (as "
+                   "Kyutai trains), float32 on the CPU; bfloat16: autocast on the CPU too (faster where the CPU has "
+                   "bfloat16 instructions, e.g. AVX512-BF16); off: float32")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
     add_run_options(p)
     p.set_defaults(run=_trainer(LM_OPTIONS, "duplex.training.lm:train_lm"))

@@ -77,6 +77,10 @@ class LMTrainingOptions:
     semantic_weight: float = 100.0
     text_padding_weight: float = 0.5
     export_dtype: str = "bfloat16"
+    # "auto": bfloat16 autocast on CUDA (as Kyutai trains), float32 on the CPU; "bfloat16": autocast on the CPU too
+    # (1.45x a step for the 384 x 6 shape on the 2-vCPU Zen 4, which has AVX512-BF16: docs/training.md, "Stage 3");
+    # "off": float32 everywhere
+    autocast: str = "auto"
     seed: int = 0
     resume: bool = False
     save_every: int = 250
@@ -232,13 +236,16 @@ class LMTrainer:
         self.step = 0
 
     def _autocast(self):
-        """bfloat16 autocast on CUDA (as Kyutai trains); on the CPU, plain float32, or autocast to a bfloat16 or
-        float16 (LoRA) base's dtype, so that its float32 adapters compute with it."""
-        if self.model.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if self.model.dtype != torch.float32:
+        """``options.autocast``: "auto", bfloat16 autocast on CUDA (as Kyutai trains) and on the CPU plain float32;
+        "bfloat16", autocast on the CPU too; "off", float32. A bfloat16 or float16 (LoRA) base on the CPU always
+        autocasts to its dtype, so that its float32 adapters compute with it."""
+        device = self.model.device.type
+        mode = self.options.autocast
+        if device == "cpu" and self.model.dtype != torch.float32:
             return torch.autocast("cpu", dtype=self.model.dtype)
-        return torch.autocast("cpu", enabled=False)
+        if mode == "bfloat16" or (mode == "auto" and device == "cuda"):
+            return torch.autocast(device, dtype=torch.bfloat16)
+        return torch.autocast(device, enabled=False)
 
     def _losses(self, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
         with self._autocast():

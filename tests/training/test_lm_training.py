@@ -163,6 +163,16 @@ def test_loss_decreases_and_resume_is_exact(dataset, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_bfloat16_autocast_trains_on_the_cpu_when_asked(dataset, tmp_path):
+    losses = {}
+    for mode in ("auto", "bfloat16"):
+        train_lm(options(dataset, tmp_path / mode, steps=2, eval_every=0, autocast=mode), torch.device("cpu"))
+        log = [json.loads(line) for line in (tmp_path / mode / "log.jsonl").read_text().splitlines()]
+        losses[mode] = log[0]["loss"]
+    # the same first batch, computed in bfloat16: close to float32's loss, not equal to it
+    assert losses["bfloat16"] != losses["auto"] and math.isclose(losses["bfloat16"], losses["auto"], rel_tol=0.05)
+
+
 def test_init_loads_a_checkpoint_and_continues(dataset, tmp_path):
     train_lm(options(dataset, tmp_path / "first", steps=16), torch.device("cpu"))
     first = [json.loads(line) for line in (tmp_path / "first" / "log.jsonl").read_text().splitlines()]
