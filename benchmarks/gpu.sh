@@ -146,12 +146,12 @@ if [ "$DEVICE" = cuda ]; then
   $PY -m duplex bench latency --model moshi_7b --device cuda --modes graphs --batch-sizes 1 8 64 128 \
     --variants $VARIANTS --frames 30 --warmup 5 --json "$OUT/latency_7b.json" || status=1
   step "the same with the stages compiled (torch.compile), no quantization, batch 1, then 64 (240 s at most each)"
-  for batch in 1 64; do  # one process each: a compile that runs out of time loses one row, not both
+  for batch in 1 $MOST; do  # one process each: a compile that runs out of time loses one row, not both
     timeout 240 $PY -m duplex bench latency --model moshi_7b --device cuda --modes graphs --batch-sizes $batch \
       --compile --frames 30 --warmup 5 --json "$OUT/latency_7b_compiled_$batch.json" || status=1
   done
   step "the 7B step with the sessions 30 s into their conversations (attention over the 512 ring slots written), batch 1 and 64"
-  $PY -m duplex bench latency --model moshi_7b --device cuda --modes graphs --batch-sizes 1 64 --age 30 \
+  $PY -m duplex bench latency --model moshi_7b --device cuda --modes graphs --batch-sizes 1 $MOST --age 30 \
     --frames 30 --warmup 5 --json "$OUT/latency_7b_30s.json" || status=1
   step "the same, the shipped model"
   $PY -m duplex bench latency --model default --device cuda --modes graphs --batch-sizes 1 64 \
@@ -243,9 +243,15 @@ if [ $FDB = 1 ]; then
   # would otherwise leave them where the reports come back from
   FDB_WORK=${FDB_WORK:-/tmp/duplex-fdb}
   rm -rf "$FDB_WORK" && mkdir -p "$FDB_WORK"
-  if $PY -m duplex bench turns scale-set demos/fdb-synthetic "$FDB_WORK/set" --samples "$FDB_SAMPLES" \
-      --hours "$FDB_HOURS" > "$OUT/fdb_set.txt" 2>&1; then
+  # FDB_LIMIT bounds the set's making and the run together (the device call's time is what it must fit); the run
+  # gets what is left, and its status says that limit
+  fdb_started=$(date +%s)
+  if timeout "$FDB_LIMIT" $PY -m duplex bench turns scale-set demos/fdb-synthetic "$FDB_WORK/set" \
+      --samples "$FDB_SAMPLES" --hours "$FDB_HOURS" > "$OUT/fdb_set.txt" 2>&1; then
     cat "$OUT/fdb_set.txt"
+    FDB_LIMIT=$(( FDB_LIMIT - ($(date +%s) - fdb_started) ))
+    [ "$FDB_LIMIT" -lt 1 ] && FDB_LIMIT=1
+    echo "the run: at most $FDB_LIMIT s"
     timeout -s INT -k 20 "$FDB_LIMIT" $PY -m duplex bench turns run "$FDB_WORK/set" "$FDB_WORK/out" \
       --model "$FDB_MODEL" --device "$DEVICE" --slots "$FDB_SLOTS" --no-score --json "$OUT/$FDB_JSON" \
       > "$OUT/fdb.txt" 2> "$OUT/fdb.log"

@@ -47,12 +47,16 @@ if [ "$MODEL" != default ]; then
 fi
 # The options this script sets itself stay its own (a second --seed would make three runs of one seed, a --json
 # another report than the one it waits for).
+# (argparse takes an option's prefix too: --thr is --threads)
 for option in ${options[@]+"${options[@]}"}; do
-    case "$option" in
-    --seed|--seed=*|--json|--json=*|--lm|--lm=*|--slots|--slots=*|--threads|--threads=*)
-        echo "error: OPTIONS: ${option%%=*} is set by evaluate.sh itself (SEEDS=, THREADS=, MODEL)" >&2
-        exit 2 ;;
-    esac
+    name=${option%%=*}
+    case "$name" in --?*) ;; *) continue ;; esac
+    for own in --seed --json --lm --slots --threads; do
+        case "$own" in
+        "$name"*) echo "error: OPTIONS: $name is $own, which evaluate.sh sets itself (SEEDS=, THREADS=, MODEL)" >&2
+                  exit 2 ;;
+        esac
+    done
 done
 if [ -n "$FDB" ] && [ ! -d "$FDB" ]; then
     echo "error: $FDB: no such folder of FDB samples" >&2

@@ -124,7 +124,8 @@ def register(commands) -> None:
                    help="dtype of the exported model.safetensors")
     p.add_argument("--autocast", choices=["auto", "bfloat16", "off"], help="auto: bfloat16 autocast on CUDA (as "
                    "Kyutai trains), float32 on the CPU; bfloat16: autocast on the CPU too (faster where the CPU has "
-                   "bfloat16 instructions, e.g. AVX512-BF16); off: float32")
+                   "bfloat16 instructions, e.g. AVX512-BF16); off: float32 (a bfloat16 LoRA base computes in bfloat16 "
+                   "in any mode); --resume says when it differs from the run's")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (bf16 autocast on CUDA)")
     add_run_options(p)
     p.set_defaults(run=_trainer(LM_OPTIONS, "duplex.training.lm:train_lm"))

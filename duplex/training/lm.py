@@ -51,6 +51,7 @@ LORA_WEIGHTS = "lora-train.safetensors"  # the float32 adapter banks of the chec
 LORA_EXPORT = "lora.safetensors"  # moshi-finetune's adapter file: Kyutai's module-form keys, --export-dtype
 BASE = "base.json"  # which base a LoRA run adapts (and how it was loaded): what --resume loads again
 QUANTIZE = ("int8", "fp8")
+AUTOCAST = ("auto", "bfloat16", "off")  # LMTrainingOptions.autocast
 
 
 @dataclass
@@ -237,12 +238,12 @@ class LMTrainer:
 
     def _autocast(self):
         """``options.autocast``: "auto", bfloat16 autocast on CUDA (as Kyutai trains) and on the CPU plain float32;
-        "bfloat16", autocast on the CPU too; "off", float32. A bfloat16 or float16 (LoRA) base on the CPU always
-        autocasts to its dtype, so that its float32 adapters compute with it."""
+        "bfloat16", autocast on the CPU too; "off", float32. A bfloat16 or float16 (LoRA) base always autocasts to
+        its dtype, so that its float32 adapters compute with it."""
         device = self.model.device.type
         mode = self.options.autocast
-        if device == "cpu" and self.model.dtype != torch.float32:
-            return torch.autocast("cpu", dtype=self.model.dtype)
+        if self.model.dtype != torch.float32:  # a half-precision (LoRA) base computes in its dtype, any mode
+            return torch.autocast(device, dtype=self.model.dtype)
         if mode == "bfloat16" or (mode == "auto" and device == "cuda"):
             return torch.autocast(device, dtype=torch.bfloat16)
         return torch.autocast(device, enabled=False)
@@ -478,6 +479,8 @@ def _lora_run(options: LMTrainingOptions, run: RunFolder) -> "tuple[LMTrainingOp
 def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     """Train (or resume) the run in ``options.out``; returns the step reached. After Ctrl-C the run stops at a
     step boundary, saves it, and raises KeyboardInterrupt."""
+    if options.autocast not in AUTOCAST:
+        raise UsageError(f"autocast must be one of {', '.join(AUTOCAST)}, got {options.autocast!r}")
     folders = data_folders(options)
     if not folders:
         raise UsageError("no dataset folder given")
@@ -502,9 +505,14 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     model, what = _model(options, config, device, base)
     trainer, best = LMTrainer(model, options), BestModel(run.file(BEST), options.resume)
     if options.resume:
-        source.position = tuple(trainer.load(run)["data_position"])
+        state = trainer.load(run)
+        source.position = tuple(state["data_position"])
         print(f"resumed {options.out} at step {trainer.step} (training options come from this call"
               f"{'; the base and the adapter shape from the run' if options.lora else ''})", file=sys.stderr)
+        before = (state.get("options") or {}).get("autocast", "auto")
+        if before != options.autocast:  # the precision is one to keep through a run: say when it changes
+            print(f"note: --autocast {options.autocast} from here; the run's steps so far used {before}",
+                  file=sys.stderr)
     dtype = EXPORT_DTYPES[options.export_dtype]
     sources = f", from {len(folders)} datasets" if len(folders) > 1 else ""
     print(f"training {what} on {sum(c.frames for c in train) / frame_rate / 3600:.2f} h ({len(train)} files, "

@@ -85,7 +85,7 @@ def test_runs_with_other_sampling_are_rows_of_their_own_and_names_stay_distinct(
     assert compare._model_name({"lm": SHIPPED_LM}) == "default"
 
 
-def test_what_is_not_a_run_report_is_one_line(tmp_path):
+def test_what_is_not_a_run_report_is_one_line(tmp_path, caplog):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(FDBError, match="cannot read the report"):
         compare.load([str(tmp_path / "bad.json")])
@@ -107,8 +107,11 @@ def test_what_is_not_a_run_report_is_one_line(tmp_path):
     with pytest.raises(FDBError, match="no right and questions"):
         compare.load([str(tmp_path / "odd.json")])
     (tmp_path / "twice.json").write_text(json.dumps({"runs": [{"set": "s", "model": "m", "seed": 0, "tasks": {}}] * 2}))
-    with pytest.raises(FDBError, match="given twice"):
-        compare.load([str(tmp_path / "twice.json")])
+    with pytest.raises(FDBError, match="a report is given twice"):
+        compare.load([str(tmp_path / "twice.json"), str(tmp_path / "twice.json")])
+    with caplog.at_level("WARNING"):
+        assert len(compare.load([str(tmp_path / "twice.json")])) == 2
+    assert "more than one run of m on s with seed 0" in caplog.text
     assert main(["bench", "turns", "compare", str(tmp_path / "missing.json")]) != 0
 
 
@@ -187,6 +190,6 @@ def test_evaluate_refuses_a_missing_model_and_runs_the_default_model_without_lm(
     runs = [c for c in calls if c[:3] == ["bench", "turns", "run"]]
     assert result.returncode == 0 and all(c[c.index("--temp-text") + 1] == "0.3" for c in runs) and len(runs) == 3
     # but not the options the script sets itself
-    for option in ("--seed 5", "--threads=1"):
+    for option in ("--seed 5", "--threads=1", "--thr 1"):
         result, calls = evaluate(tmp_path, "default", tmp_path / "own", OPTIONS=option)
-        assert result.returncode == 2 and "set by evaluate.sh itself" in result.stderr and not calls
+        assert result.returncode == 2 and "which evaluate.sh sets itself" in result.stderr and not calls

@@ -163,7 +163,7 @@ def test_loss_decreases_and_resume_is_exact(dataset, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_bfloat16_autocast_trains_on_the_cpu_when_asked(dataset, tmp_path):
+def test_bfloat16_autocast_trains_on_the_cpu_when_asked(dataset, tmp_path, capsys):
     losses = {}
     for mode in ("auto", "bfloat16"):
         train_lm(options(dataset, tmp_path / mode, steps=2, eval_every=0, autocast=mode), torch.device("cpu"))
@@ -171,6 +171,12 @@ def test_bfloat16_autocast_trains_on_the_cpu_when_asked(dataset, tmp_path):
         losses[mode] = log[0]["loss"]
     # the same first batch, computed in bfloat16: close to float32's loss, not equal to it
     assert losses["bfloat16"] != losses["auto"] and math.isclose(losses["bfloat16"], losses["auto"], rel_tol=0.05)
+    # resumed in another precision: said
+    capsys.readouterr()
+    train_lm(options(dataset, tmp_path / "bfloat16", steps=3, eval_every=0, resume=True), torch.device("cpu"))
+    assert "note: --autocast auto from here; the run's steps so far used bfloat16" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="autocast must be one of"):
+        train_lm(options(dataset, tmp_path / "odd", autocast="bf16"), torch.device("cpu"))
 
 
 def test_init_loads_a_checkpoint_and_continues(dataset, tmp_path):

@@ -10,6 +10,7 @@ latency with no takeover, is left out of that mean); the answer counts are sums 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ...runtime.checkpoints import SHIPPED_LM
 from .fdb import INTERRUPTION, PAUSE, SHIPPED_SET, TURN, FDBError
+
+log = logging.getLogger(__name__)
 
 # (column, task, figure): the task figures of a row, in the order of docs/training.md's tables
 COLUMNS = (("smooth TOR", TURN, "tor"), ("latency s (smooth)", TURN, "latency"), ("pause TOR", PAUSE, "tor"),
@@ -88,6 +91,8 @@ def load(paths: Sequence[str]) -> List[Tuple[str, str, dict]]:
     benchmarks/results (``{"runs": [{"model", "set", "seed", "tasks", "answers"}, ...]}``) holds several, named as
     it names them. A file that is neither is a one-line ``FDBError``."""
     loaded = []
+    if len(set(map(os.path.realpath, paths))) < len(paths):
+        raise FDBError("a report is given twice")
     for name in paths:
         path = Path(name)
         try:
@@ -111,13 +116,18 @@ def load(paths: Sequence[str]) -> List[Tuple[str, str, dict]]:
         loaded.append((_set_name(doc["run"]["set"]), _model_name(doc["run"].get("setup") or {}), _check(doc, str(path))))
     if not loaded:
         raise FDBError("no reports to compare")
-    # one run given twice (a report and the bundle it went into, two OUTs of one model) would count twice
-    seen = set()
+    # Runs of one model, set and seed from several files (bundles that both name the shipped model "first", two
+    # OUTs run with other thread counts) are averaged as any runs are; said, since one run given twice would count
+    # twice.
+    seen, repeated = set(), []
     for set_name, model, report in loaded:
-        seed = (report.get("run") or {}).get("seed")
-        if seed is not None and (set_name, model, seed) in seen:
-            raise FDBError(f"the run of {model} on {set_name} with seed {seed} is given twice")
-        seen.add((set_name, model, seed))
+        key = (set_name, model, (report.get("run") or {}).get("seed"))
+        if key[2] is not None and key in seen:
+            repeated.append(f"{model} on {set_name} with seed {key[2]}")
+        seen.add(key)
+    if repeated:
+        log.warning("more than one run of %s%s (each counted in the means)", repeated[0],
+                    f" and {len(repeated) - 1} more" if len(repeated) > 1 else "")
     return loaded
 
 
