@@ -137,8 +137,8 @@ def test_a_folder_of_samples_scored_end_to_end(tmp_path, capsys):
 
 def test_answers_are_counted_by_topic_over_all_the_questions(tmp_path, capsys):
     """Sets made by make-set name each question's topic (source.json) and the words a right reply holds: the
-    report counts, per topic, the questions, the takeovers and the right answers (a greeting is answered right by
-    any greeting back); pause samples and samples without a topic or answer are not counted."""
+    report counts, per topic, the questions, the takeovers and the right answers (a greeting or a closing is
+    answered right by any reply in kind); pause samples and samples without a topic or answer are not counted."""
     def said(*texts):
         return [Chunk(t, 3.6 + i * 0.3, 3.8 + i * 0.3) for i, t in enumerate(texts)]
 
@@ -156,12 +156,13 @@ def test_answers_are_counted_by_topic_over_all_the_questions(tmp_path, capsys):
     sample("5", "greeting", said("hi", "i'm", "fine", "thanks"), answer=None)  # greets back
     sample("6", "greeting", said("it", "is", "tuesday", "today"), answer=None)  # does not
     sample("7", "greeting", said("hello", "there", "how", "are", "you"), answer=("how", "can", "i", "help"))
+    sample("8", "greeting", said("you", "are", "welcome", "any", "time"), answer=None)  # a closing, in kind
     pause = {"text": "[PAUSE]", "timestamp": [2.0, 3.5], "answer_words": ["eight"]}
     _sample(tmp_path, "pause_handling", "1", ("pause.json", [pause]), said("is", "eight", "the", "answer"))
     report = score_dir(tmp_path, vad=False)
     assert report["answers"] == {"arithmetic": {"questions": 3, "takeovers": 2, "right": 1},
                                  "facts": {"questions": 1, "takeovers": 1, "right": 1},
-                                 "greeting": {"questions": 3, "takeovers": 3, "right": 2},
+                                 "greeting": {"questions": 4, "takeovers": 4, "right": 3},
                                  "all": {"questions": 4, "takeovers": 3, "right": 2}}
     # the takeovers' share, as before, in the task table (greetings have no known answer)
     assert report["tasks"]["smooth_turn_taking"]["answer_accuracy"] == pytest.approx(2 / 3)

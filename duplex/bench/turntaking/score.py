@@ -36,8 +36,12 @@ from .fdb import (
     task_of,
 )
 
-# A reply greets back when it holds one of these (the corpus's assistant greets with them, docs/training.md)
-GREETING_WORDS = frozenset({"hi", "hello", "hey", "morning", "afternoon", "evening", "fine", "good"})
+# A reply in kind to the corpus's "greeting" topic, which holds greetings ("hello", "good morning"), presence checks
+# ("hey, are you there": "yes, i am here") and closings ("thanks a lot": "you are welcome"; "goodbye": "goodbye,
+# talk to you soon"): before 2026-12-06 only greeting words counted, so a reply exactly as the corpus's to a closing
+# or a presence check was scored wrong (5 of the 9 such questions of the v1 set, 1 of 6 of the v2 set).
+GREETING_WORDS = frozenset({"hi", "hello", "hey", "morning", "afternoon", "evening", "fine", "good",
+                            "welcome", "bye", "goodbye", "here", "listening"})
 ANSWERED_TASKS = (TURN, INTERRUPTION)  # the questions a reply should answer as its turn (a pause's comes later)
 FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency", "answer_correct", "talks_early")
 SHARES = ("tor", "talks_early")  # 0/1 per sample: their mean is a share, with no median beside it
@@ -100,7 +104,7 @@ def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: st
         said = {w for chunk in words for w in re.findall(r"[a-z0-9']+", chunk.text.lower())}
         if topic is not None:
             row["topic"] = topic
-        if topic == "greeting":  # any greeting back is right (its annotation may hold the corpus's whole reply)
+        if topic == "greeting":  # any reply in kind is right (its annotation may hold the corpus's whole reply)
             if row["tor"]:
                 row["greeted_back"] = int(bool(said & GREETING_WORDS))
         elif expected is not None:
