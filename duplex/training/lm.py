@@ -80,7 +80,7 @@ class LMTrainingOptions:
     export_dtype: str = "bfloat16"
     # "auto": bfloat16 autocast on CUDA (as Kyutai trains), float32 on the CPU; "bfloat16": autocast on the CPU too
     # (1.45x a step for the 384 x 6 shape on the 2-vCPU Zen 4, which has AVX512-BF16: docs/training.md, "Stage 3");
-    # "off": float32 everywhere
+    # "off": float32 (a half-precision LoRA base computes in its own dtype in any mode)
     autocast: str = "auto"
     seed: int = 0
     resume: bool = False
