@@ -11,8 +11,15 @@
 # the script again after a stop (a Ctrl-C, a session that ended) goes on where it was. Same seeds, same corpora,
 # byte for byte; the training is deterministic for one machine and thread count.
 #
+# Stage 3 (STAGES=3, or "1 2 3") is a larger model from random weights (temporal 384 x 6, depth 192 x 1: lm3.json
+# beside this script, 33.8 M parameters) on 61.5 h: stage 1's corpus and two more v2 corpora (the noise 25-45 dB
+# under the speech; one without the room, one with it), 12000 steps in bfloat16 autocast, stage 1's tokenizer
+# (docs/training.md, "Stage 3: a larger model"); it needs stage 1's tokenizer only, not its training.
+#
 # On the 2-core CPU: stage 1 about 1 h (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 25 min
-# (synthesis 16 min, encoding 17 min, training 50 min). On a GPU (DEVICE=cuda) the training steps should take minutes (not measured yet).
+# (synthesis 16 min, encoding 17 min, training 50 min), stage 3 about 4 h (synthesis 19 + 40 min, encoding 21 + 30
+# min, training about 2.3 h): a run over several sessions. On a GPU (DEVICE=cuda) the training steps should take
+# minutes (not measured yet).
 #
 # Environment:
 #   DUPLEX=duplex       the command (or: DUPLEX="python -m duplex" with the repository on PYTHONPATH)
@@ -23,7 +30,8 @@
 #   UNTIL=              data: stop once both corpora are made and encoded (to train elsewhere: gpu.sh)
 #   BASE=               a model file to start stage 2 from instead of running stage 1 (the first default model's
 #                       duplex-lm.safetensors, its duplex-lm.json beside it), with
-#   BASE_TOKENIZER=     its tokenizer (the first default model's duplex-tokenizer.model)
+#   BASE_TOKENIZER=     its tokenizer (the first default model's duplex-tokenizer.model; stage 3 uses it too)
+#   STAGES="1 2"        which stages run: 1, 2 and 3 in any set (stage 2 runs stage 1 first unless BASE is given)
 set -euo pipefail
 
 OUT=${1:-default-model-run}
@@ -58,6 +66,11 @@ train() {  # train RUN STEPS OPTIONS...
     fi
 }
 
+STAGES=" ${STAGES:-1 2} "
+for stage in $STAGES; do
+    case "$stage" in 1|2|3) ;; *) echo "error: STAGES: $stage is not a stage (1, 2, 3)" >&2; exit 2 ;; esac
+done
+wants() { [[ "$STAGES" == *" $1 "* ]]; }
 if [ -n "$BASE" ] && [ -z "$BASE_TOKENIZER" ]; then
     echo "error: BASE=$BASE needs BASE_TOKENIZER= (the tokenizer it was trained with)" >&2
     exit 2
@@ -73,12 +86,23 @@ fi
 encode "$OUT/corpus1"
 # Stage 2's corpus, the v2 mix: greetings, answers as sentences, pauses cued by words and prosody, barge-ins anywhere,
 # the user's backchannels, many voices, room and noise on the user's channel.
-corpus "$OUT/corpus2" --hours 16 --seed 28 --mix v2 --heldout-every 40
-encode "$OUT/corpus2"
+if wants 2; then
+    corpus "$OUT/corpus2" --hours 16 --seed 28 --mix v2 --heldout-every 40
+    encode "$OUT/corpus2"
+fi
+# Stage 3's two more: the v2 mix with the background noise 25-45 dB under the speech (10-40 talked over the user
+# longer, docs/training.md), the room left out of one (seed 28: stage 2's conversations) and kept in the other
+# (seed 29, new conversations).
+if wants 3; then
+    corpus "$OUT/corpus2-dry" --hours 16 --seed 28 --mix v2 --heldout-every 40 --user-noise-snr 25 45 --no-user-room
+    encode "$OUT/corpus2-dry"
+    corpus "$OUT/corpus3" --hours 24 --seed 29 --mix v2 --heldout-every 40 --user-noise-snr 25 45
+    encode "$OUT/corpus3"
+fi
 [ "${UNTIL:-}" = data ] && exit 0
 
 # Stage 1: the first default model, from random weights.
-if [ -z "$BASE" ]; then
+if [ -z "$BASE" ] && { wants 1 || wants 2; }; then
     train "$OUT/lm1" 4000 --data "$OUT/corpus1" --batch-size 8 --segment-seconds 10 --lr 8e-4 --eval-every 250
     BASE="$OUT/lm1/best/model.safetensors"
     BASE_TOKENIZER="$OUT/lm1/best/tokenizer.model"
@@ -86,11 +110,21 @@ fi
 # Stage 2: on from stage 1's best export, on both corpora as one (v2 alone made it forget what v1 taught: yielding
 # to a barge-in on clean speech; docs/training.md), the text tokenized with stage 1's tokenizer (its text
 # embeddings keep their meaning: every v2 word is spelt with its pieces).
-train "$OUT/lm2" 4000 --data "$OUT/corpus1" --data "$OUT/corpus2" --tokenizer "$BASE_TOKENIZER" --init "$BASE" \
-    --batch-size 8 --segment-seconds 10 --lr 5e-4 --eval-every 250
+if wants 2; then
+    train "$OUT/lm2" 4000 --data "$OUT/corpus1" --data "$OUT/corpus2" --tokenizer "$BASE_TOKENIZER" --init "$BASE" \
+        --batch-size 8 --segment-seconds 10 --lr 5e-4 --eval-every 250
+fi
+# Stage 3: the larger model, from random weights on the three corpora, with stage 1's tokenizer (the one its corpus
+# trained, which stage 1's export carries), lr 6e-4 (stage 1's 8e-4 lowered for the 1.5x width), in bfloat16 autocast.
+if wants 3; then
+    train "$OUT/lm3" 12000 --data "$OUT/corpus1" --data "$OUT/corpus2-dry" --data "$OUT/corpus3" \
+        --tokenizer "${BASE_TOKENIZER:-$OUT/corpus1/tokenizer.model}" --config "$ROOT/demos/default-model/lm3.json" \
+        --batch-size 8 --segment-seconds 10 --lr 6e-4 --eval-every 500 --autocast bfloat16
+fi
 
-echo "the models: $OUT/lm1/best (stage 1) and $OUT/lm2/best (stage 2), each model.safetensors, config.json and"
-echo "tokenizer.model; to ship stage 2's (once it measures better: docs/training.md):"
-echo "  cp $OUT/lm2/best/model.safetensors $ROOT/duplex/weights/duplex-lm.safetensors"
-echo "  cp $OUT/lm2/best/config.json $ROOT/duplex/weights/duplex-lm.json"
-echo "  cp $OUT/lm2/best/tokenizer.model $ROOT/duplex/weights/duplex-tokenizer.model"
+last=$(for stage in $STAGES; do echo "$stage"; done | sort | tail -1)
+echo "the models: $OUT/lmN/best for the stages run ($STAGES), each model.safetensors, config.json and"
+echo "tokenizer.model; to ship stage $last's (once it measures better: docs/training.md):"
+echo "  cp $OUT/lm$last/best/model.safetensors $ROOT/duplex/weights/duplex-lm.safetensors"
+echo "  cp $OUT/lm$last/best/config.json $ROOT/duplex/weights/duplex-lm.json"
+echo "  cp $OUT/lm$last/best/tokenizer.model $ROOT/duplex/weights/duplex-tokenizer.model"

@@ -3,6 +3,7 @@ calls and writes what each would (no model, no audio): the two stages in order w
 gives, the second from the first's export and tokenizer, on both corpora; a second run after a stop skips what is done and resumes
 the training; a BASE without its tokenizer is refused."""
 
+import json
 import os
 import shlex
 import stat
@@ -102,6 +103,32 @@ def test_a_base_model_skips_stage_one_and_needs_its_tokenizer(tmp_path):
     assert option(calls[-1], "--init") == str(base / "duplex-lm.safetensors")
     assert option(calls[-1], "--tokenizer") == str(base / "duplex-tokenizer.model")
     assert options_of(calls[-1], "--data") == [str(tmp_path / "run" / c) for c in ("corpus1", "corpus2")]
+
+
+def test_stage_three_alone_makes_its_corpora_and_trains_the_larger_model_with_stage_ones_tokenizer(tmp_path):
+    out = tmp_path / "run"
+    result, calls = run(tmp_path, out, STAGES="3")
+    assert result.returncode == 0, result.stderr
+    assert [c[:2] for c in calls] == [["data", "synth"], ["train", "tokenizer"], ["data", "encode"],
+                                      ["data", "synth"], ["data", "encode"], ["data", "synth"], ["data", "encode"],
+                                      ["train", "lm"]]
+    dry, more, train = calls[3], calls[5], calls[-1]
+    assert dry[2] == str(out / "corpus2-dry") and option(dry, "--seed") == "28" and "--no-user-room" in dry
+    assert more[2] == str(out / "corpus3") and option(more, "--seed") == "29" and "--no-user-room" not in more
+    assert option(dry, "--user-noise-snr") == option(more, "--user-noise-snr") == "25"
+    assert options_of(train, "--data") == [str(out / c) for c in ("corpus1", "corpus2-dry", "corpus3")]
+    assert option(train, "--out") == str(out / "lm3") and option(train, "--steps") == "12000" and "--init" not in train
+    assert option(train, "--tokenizer") == str(out / "corpus1" / "tokenizer.model")
+    assert option(train, "--autocast") == "bfloat16" and "lm3/best" in result.stdout
+    # its shape: the shipped model's config with the sizes changed (a shape Kyutai's LMModel builds)
+    from duplex.model.config import LMConfig
+    shipped, larger = (json.loads(p.read_text()) for p in (ROOT / "duplex" / "weights" / "duplex-lm.json",
+                                                           Path(option(train, "--config"))))
+    assert {k for k in larger if larger[k] != shipped[k]} == {"dim", "num_heads", "depformer_dim",
+                                                               "depformer_num_heads", "depformer_dim_feedforward"}
+    assert LMConfig.load(option(train, "--config")).dim == 384
+    result, calls = run(tmp_path, tmp_path / "other", STAGES="1 4")
+    assert result.returncode == 2 and "4 is not a stage" in result.stderr and calls == []
 
 
 GPU = ROOT / "demos" / "default-model" / "gpu.sh"
