@@ -12,13 +12,13 @@
 # byte for byte; the training is deterministic for one machine and thread count.
 #
 # Stage 3 (STAGES=3, or "1 2 3") is a larger model from random weights (temporal 384 x 6, depth 192 x 1: lm3.json
-# beside this script, 33.8 M parameters) on 61.5 h: stage 1's corpus and two more v2 corpora (the noise 25-45 dB
+# beside this script, 33.8 M parameters) on 62.9 h: stage 1's corpus and two more v2 corpora (the noise 25-45 dB
 # under the speech; one without the room, one with it), 12000 steps in bfloat16 autocast, stage 1's tokenizer
 # (docs/training.md, "Stage 3: a larger model"); it needs stage 1's tokenizer only, not its training.
 #
 # On the 2-core CPU: stage 1 about 1 h (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 25 min
 # (synthesis 16 min, encoding 17 min, training 50 min), stage 3 about 4 h (synthesis 19 + 40 min, encoding 21 + 30
-# min, training about 2.3 h): a run over several sessions. On a GPU (DEVICE=cuda) the training steps should take
+# min, training about 2.7 h): a run over several sessions. On a GPU (DEVICE=cuda) the training steps should take
 # minutes (not measured yet).
 #
 # Environment:
