@@ -17,7 +17,7 @@
 # (docs/training.md, "Stage 3: a larger model"); it needs stage 1's tokenizer only, not its training.
 #
 # On the 2-core CPU: stage 1 about 1 h (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 25 min
-# (synthesis 16 min, encoding 17 min, training 50 min), stage 3 about 4 h (synthesis 19 + 40 min, encoding 21 + 30
+# (synthesis 16 min, encoding 17 min, training 50 min), stage 3 about 4 h (synthesis 18 + 25 min, encoding 21 + 30
 # min, training about 2.7 h): a run over several sessions. On a GPU (DEVICE=cuda) the training steps should take
 # minutes (not measured yet).
 #
