@@ -358,7 +358,7 @@ def register(commands) -> None:
     p.add_argument("--config", default=None,
                    help="preset (default, small, moshi_7b: random weights of that shape) or a JSON config in the "
                    "official keyword layout (default: the shipped LM; with --checkpoint, the config beside it)")
-    p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: random weights)")
+    p.add_argument("--checkpoint", metavar="PATH", help="time real weights (default: the shipped LM; with --config alone, random weights)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights and "
                    "activations")
