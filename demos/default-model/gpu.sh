@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The default model's recipe (recipe.sh) with its training on a lent GPU machine: the corpora are made and encoded
-# here (espeak-ng and the WAVs stay here), their codes travel (int16, 1.4 MB per hour of conversation), the two
-# training runs take minutes there, and their exports come back.
+# here (espeak-ng and the WAVs stay here), their codes travel (int16, 1.4 MB per hour of conversation, about half
+# that in xz), the training runs take minutes there, and their exports come back.
 #
-#   here:     UNTIL=data demos/default-model/recipe.sh RUN  both corpora, made and encoded (about 35 min on 2 cores)
-#   here:     bash demos/default-model/gpu.sh --pack RUN    both corpora's manifests, alignments and codes (no WAVs)
-#                                                           into .device-train/corpora.tar.xz, which git ignores
+#   here:     UNTIL=data demos/default-model/recipe.sh RUN  the corpora, made and encoded (stages 1 and 2: about 35
+#                                                           min on 2 cores; STAGES=3: about 1 h 40 min more)
+#   here:     bash demos/default-model/gpu.sh --pack RUN    the corpora's manifests, alignments and codes (no WAVs)
+#                                                           into .device-train/corpora.tar.xz, which git ignores,
+#                                                           with the stages to run there (STAGES=, as recipe.sh:
+#                                                           "1 2" by default; for 3, BASE_TOKENIZER= the tokenizer
+#                                                           stage 3 trains with travels too, or RUN/corpus1's)
 #   here:     bash demos/default-model/gpu.sh --aside       what the training does not read leaves the checkout (the
 #                                                           shipped weights, the tests, the docs), so that all that
 #                                                           travels stays under the device tool's 64 MiB
@@ -14,23 +18,51 @@
 #   here:     bash demos/default-model/gpu.sh --unpack FILES_AT RUN
 #                                                           the reply's files (runs.tar.00, .01, ...: the device tool
 #                                                           brings back at most 8 files of 16 MiB, 64 MiB in all)
-#                                                           joined and unpacked into RUN: lm2/best (model.safetensors,
-#                                                           config.json, tokenizer.model) and both runs' log.jsonl and
-#                                                           loss.png; lm1's export (38 MB more) stays there, as it is
-#                                                           the shipped model's reproduction. Ship lm2/best as
-#                                                           recipe.sh says
+#                                                           joined and unpacked into RUN: the last stage's best export
+#                                                           (lm2/best or lm3/best: model.safetensors, config.json,
+#                                                           tokenizer.model) and every run's log.jsonl and loss.png;
+#                                                           lm1's export (38 MB more) stays there when stage 2 ran,
+#                                                           as it is the shipped model's reproduction. Ship the best
+#                                                           export as recipe.sh says
+# There the training has TRAIN_LIMIT seconds (default 420), then stops as a Ctrl-C stops it (the step it is in ends;
+# its best export so far is kept), so that what was made is packed and comes back within the call's time.
 set -euo pipefail
+CALLER=$PWD
+here() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER/$1" ;; esac; }  # a path given, from where it was given
 cd "$(dirname "$0")/../.."
 PACK=${PACK:-.device-train/corpora.tar.xz}   # (PACK=: elsewhere, as the tests do)
 PARKED=../duplex-device-aside-train
 ASIDE="duplex/weights codec/weights tests docs demos/fdb-synthetic demos/lora-persona demos/hello.wav"
 LIMIT=$((64 * 1024 * 1024))
 
+# The corpora the stages read (recipe.sh's folder names): stage 3 trains on corpus1 with its two own corpora.
+corpora_of() {  # corpora_of "STAGES"
+    local stages=" $1 " list=""
+    for stage in $1; do
+        case "$stage" in 1|2|3) ;; *) echo "error: STAGES: $stage is not a stage (1, 2, 3)" >&2; return 2 ;; esac
+    done
+    list="corpus1"
+    [[ "$stages" == *" 2 "* ]] && list="$list corpus2"
+    [[ "$stages" == *" 3 "* ]] && list="$list corpus2-dry corpus3"
+    echo "$list"
+}
+
 case "${1:-}" in
 --pack)
-    RUN=${2:?usage: gpu.sh --pack RUN}
+    RUN=$(here "${2:?usage: gpu.sh --pack RUN}")
+    STAGES=${STAGES:-1 2}
+    corpora=$(corpora_of "$STAGES")
+    BASE_TOKENIZER=${BASE_TOKENIZER:-}
+    [ -z "$BASE_TOKENIZER" ] || BASE_TOKENIZER=$(here "$BASE_TOKENIZER")
+    if [[ " $STAGES " == *" 3 "* ]] && [ -z "$BASE_TOKENIZER" ] && [[ " $STAGES " != *" 1 "* ]] \
+            && [ ! -f "$RUN/corpus1/tokenizer.model" ]; then
+        echo "error: stage 3 trains with stage 1's tokenizer: give BASE_TOKENIZER= (the shipped" \
+             "duplex/weights/duplex-tokenizer.model), or run stage 1's data first ($RUN/corpus1/tokenizer.model)" >&2
+        exit 2
+    fi
+    [ -z "$BASE_TOKENIZER" ] || [ -f "$BASE_TOKENIZER" ] || { echo "error: BASE_TOKENIZER=$BASE_TOKENIZER: no such file" >&2; exit 2; }
     files=$(mktemp)
-    for corpus in corpus1 corpus2; do
+    for corpus in $corpora; do
         [ -f "$RUN/$corpus/manifest.jsonl" ] || { echo "error: $RUN/$corpus: no corpus (run recipe.sh first)" >&2; exit 2; }
         # every conversation with its codes, or the training there would stop at the first one missing
         # (no `head` on this pipe: closing it early would end the script through pipefail, without a word)
@@ -44,9 +76,13 @@ case "${1:-}" in
         (cd "$RUN" && ls "$corpus"/*.jsonl && ls "$corpus"/tokenizer.model 2>/dev/null || true) >> "$files"
         (cd "$RUN" && find "$corpus/train" "$corpus/heldout" \( -name '*.json' -o -name '*.codes.safetensors' \)) >> "$files"
     done
+    # what the machine runs: the stages, and the tokenizer stage 3 trains with (the machine has no duplex/weights)
+    meta=$(mktemp -d)
+    echo "$STAGES" > "$meta/stages"
+    [ -z "$BASE_TOKENIZER" ] || cp "$BASE_TOKENIZER" "$meta/base-tokenizer.model"
     mkdir -p "$(dirname "$PACK")"
-    XZ_OPT="-6 -T0" tar -cJf "$PACK" -C "$RUN" -T "$files"
-    rm -f "$files"
+    XZ_OPT="-6 -T0" tar -cJf "$PACK" -C "$meta" $(cd "$meta" && ls) -C "$RUN" -T "$files"
+    rm -rf "$files" "$meta"
     echo "$PACK: $(du -h "$PACK" | cut -f1) ($(tar -tJf "$PACK" | wc -l) files)"
     ;;
 --aside)
@@ -64,13 +100,15 @@ case "${1:-}" in
     exit 0
     ;;
 --unpack)
-    FROM=${2:?usage: gpu.sh --unpack FILES_AT RUN}
-    RUN=${3:?usage: gpu.sh --unpack FILES_AT RUN}
+    FROM=$(here "${2:?usage: gpu.sh --unpack FILES_AT RUN}")
+    RUN=$(here "${3:?usage: gpu.sh --unpack FILES_AT RUN}")
     parts=("$FROM"/runs.tar.[0-9][0-9])
     [ -f "${parts[0]}" ] || { echo "error: $FROM: no runs.tar.NN parts (did the training there end?)" >&2; exit 2; }
     mkdir -p "$RUN"
-    cat "${parts[@]}" | tar -xf - -C "$RUN"
-    echo "$RUN: $(cd "$RUN" && find lm1 lm2 -type f 2>/dev/null | sort | tr '\n' ' ')"
+    # xz-compressed since stage 3 (its export alone is 67.5 MB; an older reply's plain tar reads the same way)
+    cat "${parts[@]}" | python3 -c 'import sys, tarfile
+tarfile.open(fileobj=sys.stdin.buffer, mode="r|*").extractall(sys.argv[1], filter="data")' "$RUN"
+    echo "$RUN: $(cd "$RUN" && find lm1 lm2 lm3 -type f 2>/dev/null | sort | tr '\n' ' ')"
     ;;
 "")  # on the GPU machine (.ci/device --train-default-model installs the missing packages first)
     OUT=${OUT:-/tmp/duplex-train}
@@ -79,18 +117,31 @@ case "${1:-}" in
     mkdir -p "$RUN" "$OUT"
     # Python's tarfile reads xz whether or not the machine has the xz program
     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' "$PACK" "$RUN"
+    STAGES=$(cat "$RUN/stages" 2>/dev/null || echo "1 2")  # a pack from before the stages travelled: 1 and 2
+    base=()
+    [ -f "$RUN/base-tokenizer.model" ] && base=(BASE_TOKENIZER="$RUN/base-tokenizer.model")
     status=0
-    ENCODE=0 DEVICE=${DEVICE:-cuda} DUPLEX=${DUPLEX:-python3 -m duplex} bash demos/default-model/recipe.sh "$RUN" \
-        || status=$?
-    # What was made comes back, finished or not, as one tar in parts of 15 MiB (the device tool returns at most 8
-    # files of 16 MiB, 64 MiB in all): stage 2's export and both runs' logs and loss curves; the checkpoints
-    # (hundreds of MB) and stage 1's export (the shipped model's reproduction, 38 MB more than fits) stay there.
-    wanted=()
-    for f in lm1/log.jsonl lm1/loss.png lm2/best lm2/log.jsonl lm2/loss.png; do
-        [ -e "$RUN/$f" ] && wanted+=("$f")
+    # timeout signals its whole process group: the training ends its step and saves, as after a Ctrl-C
+    env "${base[@]}" STAGES="$STAGES" ENCODE=0 DEVICE="${DEVICE:-cuda}" DUPLEX="${DUPLEX:-python3 -m duplex}" \
+        timeout -s INT -k 60 "${TRAIN_LIMIT:-420}" bash demos/default-model/recipe.sh "$RUN" || status=$?
+    [ $status -eq 124 ] && echo "the training stopped at TRAIN_LIMIT=${TRAIN_LIMIT:-420} s; its best export so far comes back"
+    # What was made comes back, finished or not, as one xz tar in parts of 15 MiB (the device tool returns at most 8
+    # files of 16 MiB, 64 MiB in all): the last stage's best export and every run's log and loss curve; the
+    # checkpoints (hundreds of MB) and stage 1's export when stage 2 ran (the shipped model's reproduction, 38 MB
+    # more) stay there. xz's fastest preset: stage 3's 67.5 MB export is 49.6 MB in it (preset 6 gains 2 MB for 2.6x
+    # the time).
+    # (the last stage's, or, when the time ran out before it exported, the stage before it's)
+    wanted=() last=
+    for stage in 1 2 3; do
+        for f in lm$stage/log.jsonl lm$stage/loss.png; do [ -e "$RUN/$f" ] && wanted+=("$f"); done
+        [ -e "$RUN/lm$stage/best" ] && last=$stage
     done
+    [ -n "$last" ] && wanted+=("lm$last/best")
     if [ ${#wanted[@]} -gt 0 ]; then
-        tar -cf - -C "$RUN" "${wanted[@]}" | split -b 15M -d -a 2 - "$OUT/runs.tar."
+        tar -cf - -C "$RUN" "${wanted[@]}" \
+            | python3 -c 'import lzma, shutil, sys
+with lzma.LZMAFile(sys.stdout.buffer, "w", preset=1) as packed: shutil.copyfileobj(sys.stdin.buffer, packed)' \
+            | split -b 15M -d -a 2 - "$OUT/runs.tar."
         ls -l "$OUT"
     fi
     exit $status

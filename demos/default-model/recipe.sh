@@ -19,7 +19,7 @@
 # On the 2-core CPU: stage 1 about 1 h (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 25 min
 # (synthesis 16 min, encoding 17 min, training 50 min), stage 3 about 4 h (synthesis 18 + 25 min, encoding 21 + 30
 # min, training about 2.7 h): a run over several sessions. On a GPU (DEVICE=cuda) the training steps should take
-# minutes (not measured yet).
+# minutes (not measured yet); gpu.sh beside this script runs them on a lent GPU machine, any stages.
 #
 # Environment:
 #   DUPLEX=duplex       the command (or: DUPLEX="python -m duplex" with the repository on PYTHONPATH)
@@ -80,7 +80,9 @@ fi
 # Stage 1's corpus, v1: question-answer exchanges, pauses, interruptions, backchannels (and, for stage 1, its
 # tokenizer). Stage 2 trains on it too, so it is made with BASE as well.
 corpus "$OUT/corpus1" --hours 20 --seed 0
-if [ -z "$BASE" ] && [ ! -f "$OUT/corpus1/tokenizer.model" ]; then
+# its tokenizer: stage 1's (and so stage 2's without BASE), and stage 3's unless BASE_TOKENIZER gives it
+if { { [ -z "$BASE" ] && { wants 1 || wants 2; }; } || { wants 3 && [ -z "$BASE_TOKENIZER" ]; }; } \
+        && [ ! -f "$OUT/corpus1/tokenizer.model" ]; then
     $DUPLEX train tokenizer --data "$OUT/corpus1" --out "$OUT/corpus1/tokenizer.model" --vocab-size 1000
 fi
 encode "$OUT/corpus1"

@@ -134,8 +134,8 @@ def test_stage_three_alone_makes_its_corpora_and_trains_the_larger_model_with_st
 GPU = ROOT / "demos" / "default-model" / "gpu.sh"
 
 
-def fake_corpora(run_dir, encoded=True):
-    for corpus in ("corpus1", "corpus2"):
+def fake_corpora(run_dir, encoded=True, corpora=("corpus1", "corpus2")):
+    for corpus in corpora:
         folder = run_dir / corpus
         (folder / "train").mkdir(parents=True)
         (folder / "heldout").mkdir()
@@ -192,3 +192,70 @@ def test_the_gpu_pack_holds_codes_and_alignments_not_audio_and_the_gpu_run_train
     result = subprocess.run(["bash", str(GPU), "--unpack", str(tmp_path / "nothing"), str(tmp_path / "back")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "no runs.tar.NN parts" in result.stderr
+
+
+def test_stage_three_on_a_gpu_packs_its_three_corpora_and_the_tokenizer_and_brings_back_its_export(tmp_path):
+    """STAGES=3: the pack holds corpus1, corpus2-dry and corpus3 (not stage 2's corpus2), the stages and the
+    tokenizer stage 3 trains with (the machine has no duplex/weights); there, one training run, lm3, with that
+    tokenizer; its export comes back xz-compressed (67.5 MB would not fit the device tool's 64 MiB) and unpacks."""
+    run_dir, pack = tmp_path / "run", tmp_path / "pack" / "corpora.tar.xz"
+    fake_corpora(run_dir, corpora=("corpus1", "corpus2", "corpus2-dry", "corpus3"))
+    (run_dir / "corpus1" / "tokenizer.model").unlink()
+    env = {**os.environ, "PACK": str(pack), "STAGES": "3"}
+    result = subprocess.run(["bash", str(GPU), "--pack", str(run_dir)], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "BASE_TOKENIZER" in result.stderr and not pack.exists()
+    tokenizer = tmp_path / "shipped-tokenizer.model"
+    tokenizer.write_text("the shipped tokenizer")
+    result = subprocess.run(["bash", str(GPU), "--pack", "run"], env={**env, "BASE_TOKENIZER": str(tokenizer)},
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)  # a relative RUN too
+    assert result.returncode == 0, result.stderr
+    names = subprocess.run(["tar", "-tJf", str(pack)], capture_output=True, text=True, check=True).stdout.split()
+    assert {"stages", "base-tokenizer.model", "corpus3/train/c1.codes.safetensors",
+            "corpus2-dry/heldout/c1.json", "corpus1/manifest.jsonl"} <= set(names)
+    assert not [n for n in names if n.startswith("corpus2/") or n.endswith(".wav")]
+
+    there, out, calls = tmp_path / "there", tmp_path / "out", tmp_path / "calls.txt"
+    stand_in = tmp_path / "duplex"
+    stand_in.write_text(STAND_IN)
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
+    result = subprocess.run(["bash", str(GPU)], capture_output=True, text=True, timeout=60, env={
+        **os.environ, "PACK": str(pack), "DUPLEX": str(stand_in), "CALLS": str(calls), "OUT": str(out),
+        "RUN": str(there)})
+    assert result.returncode == 0, result.stderr
+    made = [shlex.split(line) for line in calls.read_text().splitlines()]
+    assert [c[:2] for c in made] == [["train", "lm"]]  # no tokenizer trained: the shipped one travelled
+    assert option(made[0], "--out") == str(there / "lm3") and option(made[0], "--device") == "cuda"
+    assert option(made[0], "--tokenizer") == str(there / "base-tokenizer.model")
+    back = tmp_path / "back"
+    result = subprocess.run(["bash", str(GPU), "--unpack", str(out), str(back)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (back / "lm3" / "best" / "model.safetensors").exists()
+    with open(out / "runs.tar.00", "rb") as f:
+        assert f.read(6) == b"\xfd7zXZ\x00"
+
+
+def test_the_gpu_training_stops_at_its_limit_and_what_it_made_still_comes_back(tmp_path):
+    """TRAIN_LIMIT: the training there is stopped as a Ctrl-C stops it, in time for its best export so far to be
+    packed and returned within the device call."""
+    run_dir, pack = tmp_path / "run", tmp_path / "pack" / "corpora.tar.xz"
+    fake_corpora(run_dir)
+    result = subprocess.run(["bash", str(GPU), "--pack", str(run_dir)], env={**os.environ, "PACK": str(pack)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    slow = STAND_IN.replace('mkdir -p "$out/best"; touch "$out/best/model.safetensors" "$out/best/tokenizer.model" ;;',
+                            'mkdir -p "$out/best"; touch "$out/best/model.safetensors"; sleep 30 ;;')
+    assert slow != STAND_IN
+    stand_in = tmp_path / "duplex"
+    stand_in.write_text(slow)
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(GPU)], capture_output=True, text=True, timeout=60, env={
+        **os.environ, "PACK": str(pack), "DUPLEX": str(stand_in), "CALLS": str(tmp_path / "calls.txt"),
+        "OUT": str(out), "RUN": str(tmp_path / "there"), "TRAIN_LIMIT": "2"})
+    assert result.returncode == 124 and "stopped at TRAIN_LIMIT=2 s" in result.stdout
+    result = subprocess.run(["bash", str(GPU), "--unpack", str(out), str(tmp_path / "back")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "back" / "lm1" / "best" / "model.safetensors").exists()  # the last stage that ran
