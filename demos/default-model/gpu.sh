@@ -18,14 +18,17 @@
 #   here:     bash demos/default-model/gpu.sh --unpack FILES_AT RUN
 #                                                           the reply's files (runs.tar.00, .01, ...: the device tool
 #                                                           brings back at most 8 files of 16 MiB, 64 MiB in all)
-#                                                           joined and unpacked into RUN: the last stage's best export
-#                                                           (lm2/best or lm3/best: model.safetensors, config.json,
-#                                                           tokenizer.model) and every run's log.jsonl and loss.png;
-#                                                           lm1's export (38 MB more) stays there when stage 2 ran,
-#                                                           as it is the shipped model's reproduction. Ship the best
-#                                                           export as recipe.sh says
-# There the training has TRAIN_LIMIT seconds (default 420), then stops as a Ctrl-C stops it (the step it is in ends;
-# its best export so far is kept), so that what was made is packed and comes back within the call's time.
+#                                                           joined and unpacked into RUN: the best export of the last
+#                                                           stage that exported (lm1/best, lm2/best or lm3/best:
+#                                                           model.safetensors, config.json, tokenizer.model) and every
+#                                                           run's log.jsonl and loss.png; an earlier stage's export
+#                                                           stays there (lm1's, 38 MB, is the shipped model's
+#                                                           reproduction). Ship the best export as recipe.sh says
+# There the stages are the pack's (STAGES given on the machine is not read) and the training has TRAIN_LIMIT seconds
+# (default 420; TRAIN_LIMIT=N bash .ci/device --train-default-model), then stops as a Ctrl-C stops it (the step it is
+# in ends; its best export so far is kept) and the call exits 3, so that what was made is packed and comes back
+# within the call's time. A second call while the machine is still warm resumes the training (RUN stays there); a
+# fresh machine starts it over. PACK, and RUN and OUT there, are relative to the repository's root.
 set -euo pipefail
 CALLER=$PWD
 here() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER/$1" ;; esac; }  # a path given, from where it was given
@@ -54,8 +57,9 @@ case "${1:-}" in
     corpora=$(corpora_of "$STAGES")
     BASE_TOKENIZER=${BASE_TOKENIZER:-}
     [ -z "$BASE_TOKENIZER" ] || BASE_TOKENIZER=$(here "$BASE_TOKENIZER")
+    # (with stage 1 or 2 the machine trains stage 1's tokenizer itself, as recipe.sh does)
     if [[ " $STAGES " == *" 3 "* ]] && [ -z "$BASE_TOKENIZER" ] && [[ " $STAGES " != *" 1 "* ]] \
-            && [ ! -f "$RUN/corpus1/tokenizer.model" ]; then
+            && [[ " $STAGES " != *" 2 "* ]] && [ ! -f "$RUN/corpus1/tokenizer.model" ]; then
         echo "error: stage 3 trains with stage 1's tokenizer: give BASE_TOKENIZER= (the shipped" \
              "duplex/weights/duplex-tokenizer.model), or run stage 1's data first ($RUN/corpus1/tokenizer.model)" >&2
         exit 2
@@ -81,7 +85,7 @@ case "${1:-}" in
     echo "$STAGES" > "$meta/stages"
     [ -z "$BASE_TOKENIZER" ] || cp "$BASE_TOKENIZER" "$meta/base-tokenizer.model"
     mkdir -p "$(dirname "$PACK")"
-    XZ_OPT="-6 -T0" tar -cJf "$PACK" -C "$meta" $(cd "$meta" && ls) -C "$RUN" -T "$files"
+    XZ_OPT="-6 -T0" tar -cJf "$PACK" -C "$meta" stages ${BASE_TOKENIZER:+base-tokenizer.model} -C "$RUN" -T "$files"
     rm -rf "$files" "$meta"
     echo "$PACK: $(du -h "$PACK" | cut -f1) ($(tar -tJf "$PACK" | wc -l) files)"
     ;;
@@ -104,6 +108,11 @@ case "${1:-}" in
     RUN=$(here "${3:?usage: gpu.sh --unpack FILES_AT RUN}")
     parts=("$FROM"/runs.tar.[0-9][0-9])
     [ -f "${parts[0]}" ] || { echo "error: $FROM: no runs.tar.NN parts (did the training there end?)" >&2; exit 2; }
+    # every part, in order (the device tool leaves out what is over its limits: a gap would unpack as garbage)
+    for i in "${!parts[@]}"; do
+        [ "${parts[$i]}" = "$FROM/runs.tar.$(printf %02d "$i")" ] \
+            || { echo "error: $FROM: runs.tar.$(printf %02d "$i") is missing (the reply is incomplete)" >&2; exit 2; }
+    done
     mkdir -p "$RUN"
     # xz-compressed since stage 3 (its export alone is 67.5 MB; an older reply's plain tar reads the same way)
     cat "${parts[@]}" | python3 -c 'import sys, tarfile
@@ -115,6 +124,9 @@ tarfile.open(fileobj=sys.stdin.buffer, mode="r|*").extractall(sys.argv[1], filte
     RUN=${RUN:-/tmp/default-model-run}
     [ -f "$PACK" ] || { echo "error: no $PACK (bash demos/default-model/gpu.sh --pack RUN, here)" >&2; exit 2; }
     mkdir -p "$RUN" "$OUT"
+    # (a machine still warm from an earlier call keeps RUN, so that a second call resumes its training: what that
+    # call's pack said is not this one's)
+    rm -f "$RUN/stages" "$RUN/base-tokenizer.model" "$OUT"/runs.tar.*
     # Python's tarfile reads xz whether or not the machine has the xz program
     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' "$PACK" "$RUN"
     STAGES=$(cat "$RUN/stages" 2>/dev/null || echo "1 2")  # a pack from before the stages travelled: 1 and 2
@@ -124,15 +136,25 @@ tarfile.open(fileobj=sys.stdin.buffer, mode="r|*").extractall(sys.argv[1], filte
     # timeout signals its whole process group: the training ends its step and saves, as after a Ctrl-C
     env "${base[@]}" STAGES="$STAGES" ENCODE=0 DEVICE="${DEVICE:-cuda}" DUPLEX="${DUPLEX:-python3 -m duplex}" \
         timeout -s INT -k 60 "${TRAIN_LIMIT:-420}" bash demos/default-model/recipe.sh "$RUN" || status=$?
-    [ $status -eq 124 ] && echo "the training stopped at TRAIN_LIMIT=${TRAIN_LIMIT:-420} s; its best export so far comes back"
+    # (not 124 or 137 for the device tool, which reads those as its own time limit cutting the call)
+    if [ $status -eq 124 ]; then
+        echo "the training stopped at TRAIN_LIMIT=${TRAIN_LIMIT:-420} s; its best export so far comes back"; status=3
+    elif [ $status -eq 137 ]; then
+        echo "warning: the training did not stop within 60 s of TRAIN_LIMIT and was killed: an export being" \
+             "written then may be incomplete (its step.json says which step it is)" >&2; status=4
+    fi
     # What was made comes back, finished or not, as one xz tar in parts of 15 MiB (the device tool returns at most 8
     # files of 16 MiB, 64 MiB in all): the last stage's best export and every run's log and loss curve; the
     # checkpoints (hundreds of MB) and stage 1's export when stage 2 ran (the shipped model's reproduction, 38 MB
     # more) stay there. xz's fastest preset: stage 3's 67.5 MB export is 49.6 MB in it (preset 6 gains 2 MB for 2.6x
     # the time).
-    # (the last stage's, or, when the time ran out before it exported, the stage before it's)
+    # (the last stage's, or, when the time ran out before it exported, the stage before it's; of this call's
+    # stages only, stage 2 running stage 1 first)
+    ran=" $STAGES "
+    [[ "$ran" == *" 2 "* ]] && ran="$ran 1 "
     wanted=() last=
     for stage in 1 2 3; do
+        [[ "$ran" == *" $stage "* ]] || continue
         for f in lm$stage/log.jsonl lm$stage/loss.png; do [ -e "$RUN/$f" ] && wanted+=("$f"); done
         [ -e "$RUN/lm$stage/best" ] && last=$stage
     done
@@ -143,6 +165,11 @@ tarfile.open(fileobj=sys.stdin.buffer, mode="r|*").extractall(sys.argv[1], filte
 with lzma.LZMAFile(sys.stdout.buffer, "w", preset=1) as packed: shutil.copyfileobj(sys.stdin.buffer, packed)' \
             | split -b 15M -d -a 2 - "$OUT/runs.tar."
         ls -l "$OUT"
+        size=$(cat "$OUT"/runs.tar.* | wc -c)
+        if [ "$size" -gt "$LIMIT" ]; then
+            echo "warning: $((size / 1024 / 1024)) MiB to bring back, over the device tool's 64 MiB: the reply will" \
+                 "be incomplete" >&2
+        fi
     fi
     exit $status
     ;;

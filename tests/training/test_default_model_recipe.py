@@ -235,6 +235,24 @@ def test_stage_three_on_a_gpu_packs_its_three_corpora_and_the_tokenizer_and_brin
     with open(out / "runs.tar.00", "rb") as f:
         assert f.read(6) == b"\xfd7zXZ\x00"
 
+    # a second call on the still-warm machine (RUN kept), stages 1 and 2: its own export comes back, not lm3's
+    result = subprocess.run(["bash", str(GPU), "--pack", str(run_dir)], env={**os.environ, "PACK": str(pack)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out2 = tmp_path / "out2"
+    result = subprocess.run(["bash", str(GPU)], capture_output=True, text=True, timeout=60, env={
+        **os.environ, "PACK": str(pack), "DUPLEX": str(stand_in), "CALLS": str(calls), "OUT": str(out2),
+        "RUN": str(there)})
+    assert result.returncode == 0, result.stderr
+    again = tmp_path / "again"
+    subprocess.run(["bash", str(GPU), "--unpack", str(out2), str(again)], check=True, capture_output=True, timeout=60)
+    assert (again / "lm2" / "best").exists() and not (again / "lm3").exists()
+    # a reply with a part missing is refused in words, not unpacked as garbage
+    (out2 / "runs.tar.02").write_bytes(b"x")
+    result = subprocess.run(["bash", str(GPU), "--unpack", str(out2), str(tmp_path / "gap")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "runs.tar.01 is missing" in result.stderr
+
 
 def test_the_gpu_training_stops_at_its_limit_and_what_it_made_still_comes_back(tmp_path):
     """TRAIN_LIMIT: the training there is stopped as a Ctrl-C stops it, in time for its best export so far to be
@@ -254,7 +272,7 @@ def test_the_gpu_training_stops_at_its_limit_and_what_it_made_still_comes_back(t
     result = subprocess.run(["bash", str(GPU)], capture_output=True, text=True, timeout=60, env={
         **os.environ, "PACK": str(pack), "DUPLEX": str(stand_in), "CALLS": str(tmp_path / "calls.txt"),
         "OUT": str(out), "RUN": str(tmp_path / "there"), "TRAIN_LIMIT": "2"})
-    assert result.returncode == 124 and "stopped at TRAIN_LIMIT=2 s" in result.stdout
+    assert result.returncode == 3 and "stopped at TRAIN_LIMIT=2 s" in result.stdout  # not 124: the device tool's
     result = subprocess.run(["bash", str(GPU), "--unpack", str(out), str(tmp_path / "back")], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
