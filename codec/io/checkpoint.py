@@ -172,13 +172,20 @@ def _finite(value: torch.Tensor) -> bool:
 def write_checkpoint_set(folder: str, weights_name: str, weights: Mapping[str, torch.Tensor], state: dict,
                          step: int, state_name: str = "trainer.pt") -> None:
     """A training checkpoint: the weights (safetensors, stamped with ``step``) and the trainer's state (a torch
-    file holding ``step``), each written whole and renamed into place. The stamps let ``read_checkpoint_set``
-    tell a save cut short between the two files (weights of one step, optimizer of another) from a whole one."""
+    file holding ``step``). Both are written whole to temporary files before either is renamed into place, and
+    the two renames follow each other at once, so a save cut short while writing (a kill, an exception) leaves the
+    previous pair as it was. The weights are renamed first: ``state_name`` is what marks a folder as holding a run,
+    so a first save cut short between the renames leaves no run behind, and the stamps let ``read_checkpoint_set``
+    tell such a pair (weights of one step, optimizer of another) from a whole one."""
     os.makedirs(folder, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-    write_safetensors(tensors, os.path.join(folder, weights_name), metadata={"step": str(step)})
-    write_atomically(os.path.join(folder, state_name),
-                     lambda temporary: torch.save({**state, "step": step}, temporary))
+
+    def write_both(state_temporary: str) -> None:
+        torch.save({**state, "step": step}, state_temporary)
+        # the weights' own write_atomically writes them whole and renames them; the state's rename comes next
+        write_safetensors(tensors, os.path.join(folder, weights_name), metadata={"step": str(step)})
+
+    write_atomically(os.path.join(folder, state_name), write_both)
 
 
 def read_checkpoint_set(folder: str, weights_name: str, state_name: str = "trainer.pt") -> "tuple[dict, dict]":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -24,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from codec import MimiConfig
+from codec.io.files import readable_file
 
 from ..errors import DatasetError, UsageError
 from .encode import codes_path, load_stereo_codes
@@ -44,13 +46,27 @@ class Conversation:
         return self.codes.shape[-1]
 
 
+def _read_text(path: Path, what: str, missing: str) -> str:
+    """The UTF-8 text of a dataset file; a DatasetError naming it when it is ``missing`` (that message), not a
+    readable regular file (a folder in its place, permission denied, a named pipe that would block) or not
+    UTF-8."""
+    if not os.path.lexists(path):  # readable_file says the rest (a folder, a broken link, permission denied)
+        raise DatasetError(f"{path}: {missing}")
+    readable_file(path, what, DatasetError)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: the {what} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # what readable_file could not foresee (a file removed meanwhile, an I/O error)
+        raise DatasetError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+
+
 def read_manifest(path: Path) -> List[Tuple[Path, float]]:
     """(WAV path, duration) per line of a Kyutai-layout manifest."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: manifest not found")
+    text = _read_text(path, "manifest", "manifest not found")
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -58,6 +74,8 @@ def read_manifest(path: Path) -> List[Tuple[Path, float]]:
             wav, duration = entry["path"], float(entry["duration"])
         except (ValueError, TypeError, KeyError):
             raise DatasetError(f"{path}, line {number}: expected {{\"path\": ..., \"duration\": seconds}}") from None
+        if not isinstance(wav, str) or not wav.strip():  # a number or a list would only fail later, as a traceback
+            raise DatasetError(f"{path}, line {number}: \"path\" must be a file name, got {wav!r:.80}")
         if not math.isfinite(duration) or duration <= 0:
             raise DatasetError(f"{path}, line {number}: duration must be a positive number of seconds")
         entries.append((path.parent / wav, duration))
@@ -69,11 +87,10 @@ def read_manifest(path: Path) -> List[Tuple[Path, float]]:
 def read_alignments(path: Path) -> List[Word]:
     """The model's words (``SPEAKER_MAIN``) of an alignments JSON, sorted by start; words with start >= end are
     dropped, as Kyutai's reader drops them."""
+    text = _read_text(Path(path), "alignments file",
+                      "no alignments file beside the WAV (the model's words with their times)")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no alignments file beside the WAV (the model's words with their times)") \
-            from None
+        data = json.loads(text)
     except ValueError as e:
         raise DatasetError(f"{path}: not JSON ({e})") from None
     entries = data.get("alignments") if isinstance(data, dict) else None
@@ -106,8 +123,10 @@ def codes_frame_rate(manifest: Path) -> float:
 
 
 def load_conversations(manifest: Path, codebooks: int, frame_rate: float,
-                       progress: Optional[Callable[[int, int], None]] = None) -> List[Conversation]:
-    """Every file of ``manifest`` with its cached codes (the first ``codebooks`` of each channel) and words."""
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       card: Optional[int] = None) -> List[Conversation]:
+    """Every file of ``manifest`` with its cached codes (the first ``codebooks`` of each channel) and words; with
+    ``card`` (the LM's codebook size) the codes must lie in -1..card-1 (-1: the zero token)."""
     entries = read_manifest(manifest)
     conversations = []
     for i, (wav, duration) in enumerate(entries):
@@ -124,7 +143,13 @@ def load_conversations(manifest: Path, codebooks: int, frame_rate: float,
             raise DatasetError(f"{codes_path(wav)}: codes at {meta['frame_rate']} Hz, the LM runs at {frame_rate} Hz")
         # The manifest's duration decides the length, as in Kyutai's reader (never past the codes).
         frames = min(codes.shape[-1], math.ceil(duration * frame_rate))
-        conversations.append(Conversation(wav, codes[:, :codebooks, :frames].to(torch.int16).contiguous(),
+        codes = codes[:, :codebooks, :frames]
+        # Another codec's codes (a larger codebook) would only fail at the first step, as an IndexError; checked
+        # before the int16 cast, which would wrap large values
+        if card is not None and codes.numel() and not (-1 <= int(codes.min()) and int(codes.max()) < card):
+            raise DatasetError(f"{codes_path(wav)}: codes from {int(codes.min())} to {int(codes.max())}, the LM's "
+                               f"codebooks hold 0..{card - 1} (encoded with another codec? encode with the LM's)")
+        conversations.append(Conversation(wav, codes.to(torch.int16).contiguous(),
                                           read_alignments(wav.with_suffix(".json"))))
         if progress:
             progress(i + 1, len(entries))

@@ -90,9 +90,10 @@ def train_codec(options: CodecTrainingOptions, device: torch.device) -> int:
             progress(record["step"], heldout=record.get("heldout"), loss=record["loss"], mel=record["mel"])
 
         def save() -> None:
-            trainer.save(options.out)
-            # the inference file (float16, what duplex ships): loads with --config codec-fp16.json
-            export_for_inference(trainer.mimi, run.file("codec-fp16.safetensors"))
+            with run.saving():  # a second Ctrl-C waits for the checkpoint and the inference file
+                trainer.save(options.out)
+                # the inference file (float16, what duplex ships): loads with --config codec-fp16.json
+                export_for_inference(trainer.mimi, run.file("codec-fp16.safetensors"))
 
         fit(trainer, lambda: train.batch(options.batch_size, samples, trainer.generator,
                                          speech=options.crops == "speech").to(device),

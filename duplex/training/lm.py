@@ -16,6 +16,7 @@ initialisation); the checkpoint holds the adapter's float32 banks, the export is
 
 from __future__ import annotations
 
+import filecmp
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 import torch
 
 from codec.io.checkpoint import check_and_load, normalize_keys, write_safetensors
-from codec.io.files import write_json
+from codec.io.files import write_atomically, write_json
 
 from ..data.lm_dataset import SegmentSource, codes_frame_rate, load_conversations
 from ..errors import DatasetError, TokenizerError, UsageError
@@ -51,6 +52,11 @@ LORA_WEIGHTS = "lora-train.safetensors"  # the float32 adapter banks of the chec
 LORA_EXPORT = "lora.safetensors"  # moshi-finetune's adapter file: Kyutai's module-form keys, --export-dtype
 BASE = "base.json"  # which base a LoRA run adapts (and how it was loaded): what --resume loads again
 QUANTIZE = ("int8", "fp8")
+# What a run is planned with: --resume refuses other values (a resumed run must go on as it began). The rest may
+# change: --stop-at, --save-every, --eval-every, --export-dtype, --autocast (noted), --threads, --device, the
+# --data paths; the config, the tokenizer and a LoRA run's base and adapter shape come from the run.
+RUN_SHAPING = ("steps", "seed", "batch_size", "segment_seconds", "segments", "lr", "warmup", "weight_decay",
+               "grad_clip", "semantic_weight", "text_padding_weight")
 AUTOCAST = ("auto", "bfloat16", "off")  # LMTrainingOptions.autocast
 
 
@@ -168,9 +174,14 @@ def export_model(model: MoshiLM, folder: str, tokenizer_path: str, dtype: torch.
 
 
 def _copy_tokenizer(tokenizer_path: str, folder: str) -> None:
+    """The tokenizer beside the export: copied whole (``write_atomically``), and only when it is missing or
+    differs, since every save exports and a stop while rewriting it in place would leave a broken tokenizer."""
     target = os.path.join(folder, EXPORT_TOKENIZER)
-    if os.path.abspath(tokenizer_path) != os.path.abspath(target):
-        shutil.copyfile(tokenizer_path, target)
+    if os.path.abspath(tokenizer_path) == os.path.abspath(target):
+        return
+    if os.path.isfile(target) and filecmp.cmp(tokenizer_path, target, shallow=False):
+        return
+    write_atomically(target, lambda temporary: shutil.copyfile(tokenizer_path, temporary))
 
 
 def lora_config(config: LMConfig, rank: int, scaling: float) -> dict:
@@ -377,9 +388,9 @@ def _data(options: LMTrainingOptions, config: LMConfig, tokenizer: TextTokenizer
     # corpus beside its base's shows there what it forgets).
     train, heldout = [], []
     for data in data_folders(options):
-        train += load_conversations(data / "train.jsonl", per_channel, frame_rate)
+        train += load_conversations(data / "train.jsonl", per_channel, frame_rate, card=config.card)
         if options.eval_every and (data / "heldout.jsonl").is_file():
-            heldout += load_conversations(data / "heldout.jsonl", per_channel, frame_rate)
+            heldout += load_conversations(data / "heldout.jsonl", per_channel, frame_rate, card=config.card)
     source = SegmentSource(train, tokenizer.encode, frames, frame_rate, options.segments, options.seed)
     held = SegmentSource(heldout, tokenizer.encode, frames, frame_rate, "consecutive") if heldout else None
     return train, heldout, source, held
@@ -476,6 +487,25 @@ def _lora_run(options: LMTrainingOptions, run: RunFolder) -> "tuple[LMTrainingOp
     return options, resolve_init(options.init) if options.init else None
 
 
+def _and(items: List[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def check_resumed_options(options: LMTrainingOptions, saved: Optional[dict]) -> None:
+    """A UsageError naming the run-shaping options (``RUN_SHAPING``) this call gives other values than the run was
+    planned with (``saved``: the options its checkpoint holds); options an older run did not save are not checked.
+    Taking this call's values would change the run silently: another --steps replans the learning-rate schedule
+    (or ends the run at once), another --seed or --batch-size another data order."""
+    saved = saved or {}
+    differ = [name for name in RUN_SHAPING if name in saved and saved[name] != getattr(options, name)]
+    if differ:
+        def given(values) -> str:
+            return _and([f"--{name.replace('_', '-')} {values(name)}" for name in differ])
+
+        raise UsageError(f"--resume: this run was planned with {given(lambda name: saved[name])}; this call gives "
+                         f"{given(lambda name: getattr(options, name))} (give the run's values to go on)")
+
+
 def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     """Train (or resume) the run in ``options.out``; returns the step reached. After Ctrl-C the run stops at a
     step boundary, saves it, and raises KeyboardInterrupt."""
@@ -506,9 +536,11 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     trainer, best = LMTrainer(model, options), BestModel(run.file(BEST), options.resume)
     if options.resume:
         state = trainer.load(run)
+        check_resumed_options(options, state.get("options"))
         source.position = tuple(state["data_position"])
-        print(f"resumed {options.out} at step {trainer.step} (training options come from this call"
-              f"{'; the base and the adapter shape from the run' if options.lora else ''})", file=sys.stderr)
+        print(f"resumed {options.out} at step {trainer.step} (with the run's training options"
+              f"{', base and adapter shape' if options.lora else ''}; --stop-at, --save-every, --eval-every, "
+              "--export-dtype and --autocast from this call)", file=sys.stderr)
         before = (state.get("options") or {}).get("autocast", "auto")
         if before != options.autocast:  # the precision is one to keep through a run: say when it changes
             print(f"note: --autocast {options.autocast} from here; the run's steps so far used {before}",
@@ -526,8 +558,9 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
             export_model(model, folder, tokenizer_path, dtype)
 
     def save() -> None:
-        export(options.out)
-        trainer.save(run, {"data_position": list(source.position), "options": asdict(options)})
+        with run.saving():  # the export and the checkpoint together: a second Ctrl-C waits for both
+            export(options.out)
+            trainer.save(run, {"data_position": list(source.position), "options": asdict(options)})
         plot_losses(run.file("log.jsonl"), run.file("loss.png"))
 
     end = min(options.steps, options.stop_at) if options.stop_at else options.steps

@@ -5,10 +5,13 @@
 * ``log.jsonl`` gets one JSON record per step, flushed (followable with ``tail -f``); on resume, what was logged
   after the last checkpoint (the steps a crash lost) is dropped, since they are redone.
 * Progress: a bar on a terminal, a line every so often otherwise.
-* Ctrl-C ends the run at the next step boundary, so what is saved is a whole step; a second Ctrl-C stops at once.
-* Checkpoints are sets of two files, weights (safetensors) and the trainer's state, each written whole and renamed
-  into place and both stamped with their step, so a save cut short between them is told apart on resume
-  (``save_checkpoint`` / ``load_checkpoint``; the codec trainer writes the same sets itself).
+* Ctrl-C ends the run at the next step boundary, so what is saved is a whole step; a second Ctrl-C stops at once,
+  or during a save (``saving``) as soon as the save is written: a run stopped halfway through a save is worse off
+  than one stopped a few seconds later.
+* Checkpoints are sets of two files, weights (safetensors) and the trainer's state, both written whole before
+  either is renamed into place and both stamped with their step, so a save cut short leaves the previous set, and
+  one cut between the two renames is told apart on resume (``save_checkpoint`` / ``load_checkpoint``; the codec
+  trainer writes the same sets itself).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
@@ -56,6 +60,8 @@ class RunFolder:
         self._stop = threading.Event()
         self._interrupted = False  # the stop came from Ctrl-C (not from request_stop)
         self._previous_handler = None
+        self._saving = 0  # how many ``saving`` blocks are open (a trainer's save holds save_checkpoint's)
+        self._deferred = False  # a second Ctrl-C came during a save: raised when the save ends
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -78,8 +84,22 @@ class RunFolder:
         self._log.flush()
 
     # ----------------------------------------------------------------------------------------- checkpoints
+    @contextmanager
+    def saving(self):
+        """A save in progress: a second Ctrl-C in it stops the run once the block ends, not halfway through."""
+        self._saving += 1
+        try:
+            yield
+        finally:
+            self._saving -= 1
+        # not in the finally: an error of the save itself is what to report, not the Ctrl-C that came meanwhile
+        if not self._saving and self._deferred:
+            self._deferred = False
+            raise KeyboardInterrupt
+
     def save_checkpoint(self, weights_name: str, weights, state: dict, step: int) -> None:
-        write_checkpoint_set(self.path, weights_name, weights, state, step, state_name=self.marker)
+        with self.saving():
+            write_checkpoint_set(self.path, weights_name, weights, state, step, state_name=self.marker)
 
     def load_checkpoint(self, weights_name: str) -> "tuple[dict, dict]":
         """(weights, state); a CheckpointError names a missing or broken file or a pair from two steps."""
@@ -119,12 +139,18 @@ class RunFolder:
         return self._stop.is_set()
 
     def __enter__(self) -> "RunFolder":
-        """Ctrl-C (SIGINT) asks the loop to stop at the next step boundary; a second one stops at once."""
+        """Ctrl-C (SIGINT) asks the loop to stop at the next step boundary; a second one stops at once, or during
+        a save as soon as it is written."""
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.getsignal(signal.SIGINT)
 
             def handler(signum, frame):
                 if self._stop.is_set():
+                    if self._saving:
+                        if not self._deferred:
+                            print("\nstopping as soon as the checkpoint is written", file=sys.stderr)
+                        self._deferred = True
+                        return
                     raise KeyboardInterrupt
                 self._stop.set()
                 self._interrupted = True

@@ -59,6 +59,22 @@ def test_runs_of_one_set_and_model_become_one_row_of_means(tmp_path, capsys):
     assert [r["seeds"] for r in written["rows"]] == [[0, 1], [0], [0]]
 
 
+def test_the_latency_over_runs_is_over_every_takeover_not_a_mean_of_means(tmp_path):
+    """One run with 1 takeover at 2.0 s, one with 11 at 0.2 s: the latency over both is 0.35 s (12 takeovers), not
+    1.1 s; TOR and the other figures stay means of the runs' means (every run has the same samples)."""
+    paths = []
+    for seed, (tor, latency) in enumerate([(1 / 12, 2.0), (11 / 12, 0.2)]):
+        doc = {"tasks": {"smooth_turn_taking": {"samples": 12, "tor": tor, "latency": latency, "stop_latency": 0.5 * (seed + 1)}},
+               "run": {"seed": seed, "setup": {"lm": "/m/lm.safetensors"}, "set": "/sets/v1set"}}
+        path = tmp_path / f"r{seed}.json"
+        path.write_text(json.dumps(doc))
+        paths.append(str(path))
+    row = compare.compare(compare.load(paths))[0]
+    assert row.figures["smooth_turn_taking/latency"] == pytest.approx((2.0 + 11 * 0.2) / 12)
+    assert row.figures["smooth_turn_taking/tor"] == pytest.approx(0.5)
+    assert row.figures["smooth_turn_taking/stop_latency"] == pytest.approx(0.75)
+
+
 def test_result_bundles_and_the_default_model_sit_beside_new_runs(tmp_path):
     """benchmarks/results keeps earlier models' runs as bundles ({"runs": [...]}, sets and models by name): they
     compare with new reports, whose shipped set and shipped model take the bundles' names."""

@@ -180,6 +180,61 @@ def test_answers_are_counted_by_topic_over_all_the_questions(tmp_path, capsys):
     assert "answers" not in score_dir(tmp_path, vad=False)
 
 
+def test_answer_keys_are_words_in_a_row_of_the_reply_and_an_interruption_has_its_barge_ins_topic(tmp_path):
+    """Sets made since 2026-12-06 name each reply's topic and key (what a right reply says in a row): "is two" for
+    two plus zero ("zero is two") is not in "two plus zero is zero" although "two" is; "thirteen" is not "three"; letters count in
+    their order; digits, "equals" and contractions say the same. An interruption's answer is scored under the
+    barge-in's own topic (before, source.json's: the first question's); an older set's interruption answers, whose
+    topic is not known, are not scored."""
+    def said(text):
+        return [Chunk(t, 3.6 + i * 0.3, 3.8 + i * 0.3) for i, t in enumerate(text.split())]
+
+    def sample(name, key, output, topic="arithmetic"):
+        event = {"text": "[TURN-TAKING]", "timestamp": [3.0, 3.5], "answer": "the corpus's reply",
+                 "answer_topic": topic, "answer_key": key}
+        folder = _sample(tmp_path, "smooth_turn_taking", name, ("turn_taking.json", [event]), output)
+        (folder / "source.json").write_text(json.dumps({"scenario": {"type": "smooth", "topic": "facts"}}))
+
+    sample("1", ["zero", "is", "two"], said("two plus zero is zero"))  # wrong, though it says "two"
+    sample("2", ["zero", "is", "two"], said("two plus zero equals two"))  # right
+    sample("3", ["is", "two"], said("oh well it's 2"))  # right: the contraction and the digit
+    sample("4", ["is", "three"], said("ten minus seven is thirteen"))  # wrong: whole words
+    sample("5", ["twenty", "eight"], said("it will be 28"), topic="time")  # right
+    sample("6", list("green"), said("green is spelled g, r, e, e, n."), topic="spelling")  # right
+    sample("7", list("green"), said("green is spelled g, r, e, n, e"), topic="spelling")  # wrong order
+    sample("8", None, said("hello there how can i help"), topic="greeting")  # greets back
+    barge = {"context": "what is two plus two", "interrupt": "wait, what day comes after monday",
+             "timestamp": [3.0, 3.5], "answer": "the day after monday is tuesday", "answer_topic": "dates",
+             "answer_key": ["is", "tuesday"]}
+    folder = _sample(tmp_path, "user_interruption", "1", ("interrupt.json", [barge]),
+                     said("the day after monday is tuesday"))
+    (folder / "source.json").write_text(json.dumps({"scenario": {"type": "interrupt", "topic": "arithmetic"}}))
+    old = {"context": "what is two plus two", "interrupt": "how do you spell cat", "timestamp": [3.0, 3.5],
+           "answer_words": ["spelled", "c", "a", "t"]}
+    folder = _sample(tmp_path, "user_interruption", "2", ("interrupt.json", [old]), said("cat is spelled c a t"))
+    (folder / "source.json").write_text(json.dumps({"scenario": {"type": "interrupt", "topic": "arithmetic"}}))
+    report = score_dir(tmp_path, vad=False)
+    rows = {s["path"]: s for s in report["samples"]}
+    assert [rows[f"smooth_turn_taking/{i}"].get("answer_correct") for i in range(1, 8)] == [0, 1, 1, 0, 1, 1, 0]
+    assert rows["smooth_turn_taking/8"]["greeted_back"] == 1
+    assert rows["user_interruption/1"]["topic"] == "dates" and rows["user_interruption/1"]["answer_correct"] == 1
+    assert "answer_known" not in rows["user_interruption/2"]
+    assert report["answers"]["arithmetic"] == {"questions": 4, "takeovers": 4, "right": 2}
+    assert report["answers"]["dates"] == {"questions": 1, "takeovers": 1, "right": 1}
+
+
+def test_a_space_piece_alone_starts_the_next_word():
+    """SentencePiece spells a word its vocabulary lacks as a space piece, then the word's pieces ("of japan":
+    "▁of", "▁", "j", "a", "p", "an"): that is two words, not "ofjapan" (which no answer key matches)."""
+    from duplex.bench.turntaking.runner import words_from_pieces
+
+    pieces = [(1, " the"), (2, " capital"), (3, " of"), (4, " "), (5, "j"), (6, "a"), (7, "p"), (8, "an"),
+              (9, " is"), (10, " "), (11, "to"), (12, "k"), (13, "y"), (14, "o")]
+    got = words_from_pieces(pieces, 0.08)
+    assert [w.text for w in got] == ["the", "capital", "of", "japan", "is", "tokyo"]
+    assert (got[3].start, got[3].end) == (0.4, 0.72)  # from the space's next piece to its last
+
+
 def test_task_detection_and_bad_files(tmp_path, capsys):
     folder = _sample(tmp_path, "icc_backchannel", "7")
     assert task_of(folder, tmp_path) == "backchannel"
@@ -313,12 +368,15 @@ def test_the_corpus_scored_as_a_model_gives_the_timings_it_was_made_with(corpus,
             if row["tor"]:  # the reply starts at the annotated time: the latency is the corpus's gap
                 assert row["latency"] == pytest.approx(event["timestamp"][1] - event["timestamp"][0], abs=2e-3)
                 assert low - 2e-3 <= row["latency"] <= high + 2e-3
-            if "answer_words" in event and row["tor"]:
+            if event.get("answer_key") and row["tor"]:
                 assert row["answer_correct"] == 1  # the corpus's reply carries its own answer
         if row["task"] == "pause_handling":
             assert row["tor"] == 0  # the corpus's assistant waits through the pause
         if row["task"] == "user_interruption":
             assert row["tor"] == 1 and low - 2e-3 <= row["latency"] <= high + 2e-3  # it answers the barge-in
+            event = json.loads((folder / "interrupt.json").read_text())[0]
+            if event.get("answer_key"):
+                assert row["answer_correct"] == 1  # the barge-in's own answer, by its own key
     tasks = report["tasks"]
     assert set(tasks) == {"smooth_turn_taking", "pause_handling", "user_interruption", "backchannel"}
     assert tasks["backchannel"]["jsd"] is not None and tasks["backchannel"]["tor"] == 0

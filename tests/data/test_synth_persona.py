@@ -50,10 +50,19 @@ def _espeak_version() -> str:
 
 
 def _tree_sha256(folder) -> str:
+    """The files' hash, each conversation's metadata as it was before its replies kept their question's topic and
+    key (2026-12-06: fields added to the turns, nothing else changed)."""
     h = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         h.update(str(path.relative_to(folder)).encode())
-        h.update(path.read_bytes())
+        data = path.read_bytes()
+        if path.suffix == ".json" and path.name.startswith("c"):
+            meta = json.loads(data)
+            for turn in meta["turns"]:
+                turn.pop("topic", None)
+                turn.pop("key", None)
+            data = json.dumps(meta, indent=1).encode()
+        h.update(data)
     return h.hexdigest()
 
 

@@ -289,3 +289,33 @@ def test_no_user_room_leaves_out_the_reverb_and_nothing_else(tmp_path, capsys, d
         SynthOptions(user_room=False).validate()
     assert main(["data", "synth", str(tmp_path / "c"), "--conversations", "1", "--no-user-room"]) == 2
     assert "--mix v2" in capsys.readouterr().err
+
+
+def test_each_reply_keeps_its_questions_topic_and_key_and_a_set_scores_a_barge_in_by_its_own(corpus, tmp_path):
+    """Every reply to a question keeps that exchange's topic and key with its turn (what `bench turns make-set`
+    writes as the answer): whole replies hold their own key; an interruption's annotation has the barge-in's topic,
+    the one of the reply after it, not the scenario's (the first question's)."""
+    from duplex.bench.turntaking.make_set import make_set
+    from duplex.bench.turntaking.score import holds, said_words
+
+    out, rows, metas = corpus
+    replies = [t for m in metas for t in m["turns"] if t["channel"] == "assistant" and "topic" in t]
+    assert replies and {t["topic"] for t in replies} >= {"arithmetic", "facts"}
+    for turn in replies:
+        if turn["key"] and not turn.get("interrupted"):
+            assert holds(said_words(turn["text"]), turn["key"]), turn
+    made = make_set(out, tmp_path / "set", split="train")
+    assert made["user_interruption"] > 0
+    checked = 0
+    for folder in (tmp_path / "set" / "user_interruption").iterdir():
+        entry = json.loads((folder / "interrupt.json").read_text())[0]
+        source = json.loads((folder / "source.json").read_text())
+        meta = next(m for m in metas if m["id"] == source["conversation"])
+        start = source["scenario"]["start"]
+        barge = entry["timestamp"][0] + start
+        reply = next(t for t in sorted(meta["turns"], key=lambda t: t["start"])
+                     if t["channel"] == "assistant" and t["start"] >= barge)
+        if "answer_topic" in entry:
+            assert entry["answer_topic"] == reply["topic"] and entry["answer_key"] == reply["key"]
+            checked += 1
+    assert checked > 0

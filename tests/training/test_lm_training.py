@@ -103,6 +103,40 @@ def test_damaged_datasets_are_named(tmp_path, dataset):
         load_conversations(dataset / "train.jsonl", 8, 12.5)
 
 
+@pytest.mark.parametrize("damage, words", [
+    ("folder", "train.jsonl is a folder, expected a file"),
+    ("latin-1", "train.jsonl: the manifest is not UTF-8 text"),
+    ("path", 'train.jsonl, line 1: "path" must be a file name, got 5'),
+    ("alignments folder", "train0.json is a folder, expected a file"),
+    ("alignments latin-1", "train0.json: the alignments file is not UTF-8 text"),
+])
+def test_unreadable_dataset_files_are_named_in_one_line(dataset, damage, words):
+    manifest, alignments = dataset / "train.jsonl", dataset / "audio" / "train0.json"
+    if damage == "folder":
+        manifest.unlink()
+        manifest.mkdir()
+    elif damage == "latin-1":
+        manifest.write_bytes('{"path": "audio/train0.wav", "duration": 6} # caf\xe9\n'.encode("latin-1"))
+    elif damage == "path":
+        manifest.write_text('{"path": 5, "duration": 6}\n')
+    elif damage == "alignments folder":
+        alignments.unlink()
+        alignments.mkdir()
+    else:
+        alignments.write_bytes('{"alignments": [["caf\xe9", [0.1, 0.4], "SPEAKER_MAIN"]]}'.encode("latin-1"))
+    with pytest.raises(DatasetError, match=words):
+        load_conversations(manifest, 8, 12.5)
+
+
+def test_codes_of_another_codec_are_named_before_the_first_step(tmp_path, small_tokenizer_path):
+    # codes of a 64-entry codec for an LM whose codebooks hold 32: an IndexError at step 1 otherwise
+    dataset = write_dataset(tmp_path / "data", small_tokenizer_path, card=64)
+    with pytest.raises(DatasetError, match=r"train0.codes.safetensors: codes from 0 to \d+, the LM's codebooks hold "
+                                           r"0..31"):
+        train_lm(options(dataset, tmp_path / "run"), torch.device("cpu"))
+    assert not (tmp_path / "run" / "trainer.pt").exists()
+
+
 def test_loss_weights_semantic_and_text_padding():
     # Two positions, a text PAD target and a word target; the semantic codebook counts 100x.
     text_logits = torch.zeros(1, 1, 2, 8)
@@ -163,10 +197,50 @@ def test_loss_decreases_and_resume_is_exact(dataset, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_refuses_other_run_shaping_options(dataset, tmp_path, capsys):
+    """A resumed run goes on as planned: another --steps (a default one, say) or --lr is refused, naming the run's
+    values and the call's, before any step; what may change (--stop-at, --save-every, --eval-every, the paths)
+    does."""
+    run = tmp_path / "run"
+    train_lm(options(dataset, run, steps=6, stop_at=2, eval_every=0), torch.device("cpu"))
+    before = (run / "trainer.pt").read_bytes()
+    with pytest.raises(UsageError, match=r"^--resume: this run was planned with --steps 6 and --lr 0.003; this call "
+                                         r"gives --steps 2000 and --lr 0.0005 \(give the run's values to go on\)$"):
+        train_lm(LMTrainingOptions(data=str(dataset), out=str(run), batch_size=2, segment_seconds=2.0, resume=True),
+                 torch.device("cpu"))
+    with pytest.raises(UsageError, match="planned with --seed 0; this call gives --seed 1"):
+        train_lm(options(dataset, run, steps=6, eval_every=0, seed=1, resume=True), torch.device("cpu"))
+    assert (run / "trainer.pt").read_bytes() == before
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    train_lm(options(dataset, run, steps=6, stop_at=4, eval_every=2, save_every=3, data=[str(dataset)],
+                     resume=True), torch.device("cpu"))
+    assert "resumed" in capsys.readouterr().err
+    assert torch.load(run / "trainer.pt", weights_only=False)["step"] == 4
+
+
+def test_the_tokenizer_is_copied_whole_and_only_when_it_differs(dataset, tmp_path, small_tokenizer_path):
+    from duplex.training.lm import export_model
+
+    model = MoshiLM.random(LMConfig.load(str(dataset / "tiny.json")))
+    folder, copy = tmp_path / "out", tmp_path / "out" / "tokenizer.model"
+    export_model(model, str(folder), small_tokenizer_path, torch.float32)
+    assert copy.read_bytes() == open(small_tokenizer_path, "rb").read()
+    os.utime(copy, (1, 1))
+    export_model(model, str(folder), small_tokenizer_path, torch.float32)  # every save exports: not rewritten
+    assert copy.stat().st_mtime == 1
+    copy.write_bytes(b"another tokenizer")
+    inode = copy.stat().st_ino
+    export_model(model, str(folder), small_tokenizer_path, torch.float32)
+    # replaced by a rename (a whole new file), not rewritten in place
+    assert copy.read_bytes() == open(small_tokenizer_path, "rb").read() and copy.stat().st_ino != inode
+
+
 def test_bfloat16_autocast_trains_on_the_cpu_when_asked(dataset, tmp_path, capsys):
     losses = {}
     for mode in ("auto", "bfloat16"):
-        train_lm(options(dataset, tmp_path / mode, steps=2, eval_every=0, autocast=mode), torch.device("cpu"))
+        train_lm(options(dataset, tmp_path / mode, steps=3, stop_at=2, eval_every=0, autocast=mode),
+                 torch.device("cpu"))
         log = [json.loads(line) for line in (tmp_path / mode / "log.jsonl").read_text().splitlines()]
         losses[mode] = log[0]["loss"]
     # the same first batch, computed in bfloat16: close to float32's loss, not equal to it

@@ -78,3 +78,47 @@ def test_the_progress_line_never_shows_a_negative_eta(tmp_path, capsys):
     update = RunFolder(str(tmp_path), resume=False).progress(total=2, initial=0, every=1)
     update(3, loss=1.0)  # a step past the planned total
     assert "(ETA 0 min 0 s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cut", ["state", "weights"])
+def test_a_save_cut_short_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch, cut):
+    """A kill or an exception while either file of a checkpoint is written leaves the last whole set, which
+    resumes (not weights of the new step beside the trainer's state of the old one)."""
+    import codec.io.checkpoint as checkpoint
+
+    run = RunFolder(str(tmp_path), resume=False)
+    run.save_checkpoint("model.safetensors", {"w": torch.ones(2)}, {"optimizer": {}}, step=7)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if cut == "state":
+        monkeypatch.setattr(torch, "save", killed)
+    else:
+        monkeypatch.setattr(checkpoint, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.save_checkpoint("model.safetensors", {"w": torch.zeros(2)}, {"optimizer": {}}, step=8)
+    monkeypatch.undo()
+    loaded, state = RunFolder(str(tmp_path), resume=True).load_checkpoint("model.safetensors")
+    assert state["step"] == 7 and torch.equal(loaded["w"], torch.ones(2))
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "trainer.pt"]  # no temporary file left
+
+
+def test_a_second_ctrl_c_during_a_save_stops_once_the_save_is_written(tmp_path, monkeypatch, capsys):
+    """A run stopped halfway through a save could not resume: the second Ctrl-C waits for the save's end."""
+    save, calls = torch.save, []
+
+    def save_with_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the trainer's state is written
+        save(*args, **kwargs)
+
+    with RunFolder(str(tmp_path), resume=False) as run:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: stop at the next step boundary
+        monkeypatch.setattr(torch, "save", save_with_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            run.save_checkpoint("model.safetensors", {"w": torch.ones(2)}, {"optimizer": {}}, step=3)
+        monkeypatch.undo()
+    assert calls and "stopping as soon as the checkpoint is written" in capsys.readouterr().err
+    loaded, state = RunFolder(str(tmp_path), resume=True).load_checkpoint("model.safetensors")
+    assert state["step"] == 3 and torch.equal(loaded["w"], torch.ones(2))

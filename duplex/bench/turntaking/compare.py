@@ -4,7 +4,9 @@ model), each the mean over that pair's runs (sampling seeds), with the default m
 This is how a default-model candidate is judged (docs/training.md; ``demos/default-model/evaluate.sh`` makes the
 runs): the same sets, never trained on, run with several seeds, because on 20 samples a seed alone moves a TOR by
 up to 0.3. Task figures are means over the runs of each run's mean (a figure a run does not have, such as a
-latency with no takeover, is left out of that mean); the answer counts are sums over the runs.
+latency with no takeover, is left out of that mean), but for the latencies of the model's first words, which are
+means over every takeover of the runs (a run's mean weighted by its takeovers, samples x TOR: before 2026-12-06 a
+run with one takeover weighed as much as one with eleven); the answer counts are sums over the runs.
 """
 
 from __future__ import annotations
@@ -131,6 +133,19 @@ def load(paths: Sequence[str]) -> List[Tuple[str, str, dict]]:
     return loaded
 
 
+def _over_runs(tasks: List[dict], figure: str) -> Optional[float]:
+    """A task's ``figure`` over runs: a latency of first words over every takeover (each run's mean weighted by
+    its takeovers, samples x TOR), any other figure the mean of the runs' means."""
+    have = [t for t in tasks if t.get(figure) is not None]
+    if not have:
+        return None
+    if figure == "latency":
+        weights = [t.get("samples", 0) * (t.get("tor") or 0) for t in have]
+        if sum(weights) > 0:
+            return sum(w * t[figure] for w, t in zip(weights, have)) / sum(weights)
+    return mean(t[figure] for t in have)
+
+
 def compare(loaded: Sequence[Tuple[str, str, dict]]) -> List[Row]:
     """One ``Row`` per (set, model), in the order first seen, the sets together."""
     groups: Dict[Tuple[str, str], List[dict]] = {}
@@ -142,9 +157,7 @@ def compare(loaded: Sequence[Tuple[str, str, dict]]) -> List[Row]:
         reports = groups[key]
         row = Row(key[0], key[1], seeds=[(r.get("run") or {}).get("seed") for r in reports])
         for _, task, figure in COLUMNS:
-            values = [r["tasks"].get(task, {}).get(figure) for r in reports]
-            values = [v for v in values if v is not None]
-            row.figures[f"{task}/{figure}"] = mean(values) if values else None
+            row.figures[f"{task}/{figure}"] = _over_runs([r["tasks"].get(task, {}) for r in reports], figure)
         for _, topic in ANSWERS:
             counts = [(r.get("answers") or {}).get(topic) for r in reports]
             counts = [c for c in counts if c]

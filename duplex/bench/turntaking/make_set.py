@@ -12,9 +12,11 @@ Each sample is the user channel of one scenario, 16 kHz mono, its times relative
 * ``backchannel/`` (``backchannel``): the user's statement and the pause after it, up to the next question;
   ``icc_gt_distribution.json`` holds, per sample, the 0.2 s histogram of the corpus's own backchannel.
 
-The annotations add ``"answer"`` (the corpus's reply) and ``"answer_words"`` (its words that are not in the
-question: the information the reply must carry) where the reply is knowable (arithmetic, dates, times, spelling,
-facts). With ``reference=True`` each sample also gets the corpus's own assistant channel as ``output.wav`` and its
+The annotations add ``"answer"`` (the corpus's reply), ``"answer_topic"`` (the topic of the question that reply
+answers: for an interruption, the barge-in's, not the first question's) and ``"answer_key"`` (the words a right
+reply says in a row, ``grammar.Exchange.key``: "is thirteen", the new time, the letters in order; null for a
+greeting, which is scored by kind). Corpora made before 2026-12-06 keep no key with their turns: their sets get
+``"answer_words"`` instead (the reply's words that are not in the question), which the scorer still reads. With ``reference=True`` each sample also gets the corpus's own assistant channel as ``output.wav`` and its
 words as ``output.json``: scoring that gives the timings the corpus was made with.
 """
 
@@ -50,6 +52,18 @@ def answer_words(question: str, answer: str) -> List[str]:
     return [w for w in _words(answer) if w not in asked]
 
 
+def _answer(reply: dict, question: str, topic: Optional[str]) -> dict:
+    """The annotation's answer fields for the assistant turn ``reply``: its exchange's topic and key where the corpus
+    keeps them with the turn, else (older corpora) the scenario's topic and the words not in ``question``."""
+    if "topic" in reply:
+        if reply["topic"] not in KNOWN_ANSWERS and reply["topic"] != "greeting":
+            return {}
+        return {"answer": reply["text"], "answer_topic": reply["topic"], "answer_key": reply.get("key")}
+    if topic not in KNOWN_ANSWERS:
+        return {}
+    return {"answer": reply["text"], "answer_words": answer_words(question, reply["text"])}
+
+
 def _turns_in(meta: dict, start: float, end: float, channel: str) -> List[dict]:
     return [t for t in meta["turns"] if t["channel"] == channel and start <= t["start"] < end]
 
@@ -66,12 +80,11 @@ def _sample(kind: str, meta: dict, scenario: dict) -> Optional[dict]:
     user, assistant = _turns_in(meta, start, end, "user"), _turns_in(meta, start, end, "assistant")
     if not user or not assistant:
         return None
-    known = scenario.get("topic") in KNOWN_ANSWERS
+    topic = scenario.get("topic")
     if kind == "smooth":
         question, reply = user[-1], assistant[0]
         entry = {"text": "[TURN-TAKING]", "timestamp": [question["end"] - start, reply["start"] - start]}
-        if known:
-            entry.update(answer=reply["text"], answer_words=answer_words(question["text"], reply["text"]))
+        entry.update(_answer(reply, question["text"], topic))
         return {"window": (start, end), "file": "turn_taking.json", "annotation": [entry], "reference": assistant}
     if kind == "pause":
         if len(user) < 2:
@@ -81,9 +94,7 @@ def _sample(kind: str, meta: dict, scenario: dict) -> Optional[dict]:
         pause_start = before[-1]["end"] if before else start
         cut = min(resumed["end"], resumed["start"] + 0.7)
         entry = {"text": "[PAUSE]", "timestamp": [pause_start - start, resumed["start"] - start]}
-        if known:
-            question = " ".join(t["text"] for t in user)
-            entry.update(answer=assistant[-1]["text"], answer_words=answer_words(question, assistant[-1]["text"]))
+        entry.update(_answer(assistant[-1], " ".join(t["text"] for t in user), topic))
         return {"window": (start, cut), "file": "pause.json", "annotation": [entry],
                 "reference": [t for t in assistant if t["start"] < cut]}
     if kind == "interrupt":
@@ -93,8 +104,8 @@ def _sample(kind: str, meta: dict, scenario: dict) -> Optional[dict]:
         entry = {"context": first["text"], "interrupt": barge["text"],
                  "timestamp": [barge["start"] - start, barge["end"] - start]}
         later = [t for t in assistant if t["start"] >= barge["start"]]
-        if later:
-            entry.update(answer=later[0]["text"], answer_words=answer_words(barge["text"], later[0]["text"]))
+        if later:  # the barge-in's own question: its topic, not the scenario's (the first question's)
+            entry.update(_answer(later[0], barge["text"], topic if "topic" in later[0] else None))
         return {"window": (start, end), "file": "interrupt.json", "annotation": [entry], "reference": assistant}
     if kind == "backchannel":
         if len(user) < 2:

@@ -135,17 +135,22 @@ class _Job:
 
 def words_from_pieces(pieces: List[tuple], frame_seconds: float) -> List[Chunk]:
     """Words from (frame, piece) pairs: a piece that starts with a space starts a word; a word spans the frames of
-    its pieces."""
+    its pieces. A piece that is a space alone (SentencePiece spells a word its vocabulary lacks as "▁" then the
+    word's pieces: "of japan" is "▁of", "▁", "j", "a", "p", "an") starts the next word, unless that is
+    punctuation only ("there", "▁", "!" is "there!")."""
     words: List[List] = []
+    space = False  # a space alone came last: the next piece with a letter or a digit starts a word
     for frame, piece in pieces:
-        if piece.startswith(" ") or not words:
-            text = piece.strip()
-            if not text:
-                continue
+        text = piece.strip()
+        if not text:
+            space = space or bool(piece)
+            continue
+        if piece.startswith(" ") or not words or (space and any(c.isalnum() for c in text)):
             words.append([text, frame, frame])
         else:
             words[-1][0] += piece
             words[-1][2] = frame
+        space = False
     return [Chunk(text, round(first * frame_seconds, 3), round((last + 1) * frame_seconds, 3))
             for text, first, last in words]
 

@@ -7,9 +7,10 @@ with the human distributions, ``jsd``; and from the VAD of input.wav and output.
 length of the stretches where the model speaks over the user) and ``response_latency`` (the mean time from the end
 of a user segment to the model's next start). Aggregates are means, as FDB reports them, with medians beside.
 
-Sets made by ``make-set`` also say what a right reply holds (``answer_words``) and, in ``source.json``, the topic of
-the question: the report then counts the answers by topic (``answers``: questions, takeovers, right answers; for a
-greeting, whether the reply greets back), the figures of the default model's targets (issue 28).
+Sets made by ``make-set`` also say what a right reply holds and the topic of its question (``answer_key`` and
+``answer_topic``; sets made before 2026-12-06: ``answer_words`` and ``source.json``'s topic): the report then counts
+the answers by topic (``answers``: questions, takeovers, right answers; for a greeting, whether the reply greets
+back), the figures of the default model's targets (issue 28).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from ...data.synth.grammar import number_words
 from . import metrics
 from . import vad as speech
 from .fdb import (
@@ -52,15 +54,52 @@ def _mean(values) -> Optional[float]:
     return None if not values else sum(values) / len(values)
 
 
-def expected_answer(folder: Path, task: str) -> Optional[List[str]]:
-    """The words a right reply must contain, where the annotation says (``"answer_words"``: sets made by
-    ``make-set``; FDB's own annotations have none)."""
+_WORD = re.compile(r"[a-z0-9']+")
+# Said otherwise, the same: "equals" is the corpus's other "is"; a contraction is its two words; a number in digits
+# is its words (the text stream may write "13" where the corpus says "thirteen").
+_SAME = {"equals": ("is",), "it's": ("it", "is"), "that's": ("that", "is"), "what's": ("what", "is"),
+         "it'll": ("it", "will"), "there's": ("there", "is"), "i'm": ("i", "am")}
+
+
+def said_words(text: str) -> List[str]:
+    """A reply's words as the answer keys spell them (lower case, contractions and digits written out)."""
+    words: List[str] = []
+    for word in _WORD.findall(text.lower()):
+        if word.isdigit() and len(word) < 4:
+            words.extend(number_words(int(word)).split())
+        else:
+            words.extend(_SAME.get(word, (word,)))
+    return words
+
+
+def holds(words: List[str], key: List[str]) -> bool:
+    """Whether ``key`` occurs in ``words`` as words in a row (whole words: "thirteen" is not "three")."""
+    n = len(key)
+    return n > 0 and any(words[i:i + n] == key for i in range(len(words) - n + 1))
+
+
+def expected_answer(folder: Path, task: str) -> Optional[dict]:
+    """What a right reply holds, where the annotation says: ``{"topic", "key"}`` (``answer_topic`` and
+    ``answer_key`` of sets made by ``make-set`` since 2026-12-06; a greeting's key is None) or, from older sets,
+    ``{"topic", "words"}`` (``answer_words``, each to be said anywhere, with ``source.json``'s topic; not for an
+    interruption, whose barge-in's topic those sets do not keep). None where nothing is known (FDB's own
+    annotations)."""
     try:
         entry = json.loads((folder / ANNOTATIONS[task]).read_text(encoding="utf-8"))[0]
     except (KeyError, OSError, ValueError, IndexError, TypeError):
         return None
-    words = entry.get("answer_words") if isinstance(entry, dict) else None
-    return [str(w).lower() for w in words] if isinstance(words, list) and words else None
+    if not isinstance(entry, dict):
+        return None
+    if isinstance(entry.get("answer_topic"), str):
+        key = entry.get("answer_key")
+        if isinstance(key, list) and key:
+            return {"topic": entry["answer_topic"], "key": [str(w).lower() for w in key]}
+        return {"topic": entry["answer_topic"], "key": None}
+    words = entry.get("answer_words")
+    topic = topic_of(folder)
+    if task == INTERRUPTION or not isinstance(words, list) or not words:
+        return {"topic": "greeting", "key": None} if topic == "greeting" and task != INTERRUPTION else None
+    return {"topic": topic, "words": [str(w).lower() for w in words]}
 
 
 def topic_of(folder: Path) -> Optional[str]:
@@ -100,17 +139,19 @@ def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: st
             row["latency"] = metrics.latency(words, reference)
         if task == TURN:
             row["talks_early"] = metrics.talks_early(words, reference)
-        expected, topic = expected_answer(folder, task), topic_of(folder)
-        said = {w for chunk in words for w in re.findall(r"[a-z0-9']+", chunk.text.lower())}
+        expected = expected_answer(folder, task)
+        topic = expected["topic"] if expected else topic_of(folder)
+        said = said_words(" ".join(chunk.text for chunk in words))
         if topic is not None:
             row["topic"] = topic
         if topic == "greeting":  # any reply in kind is right (its annotation may hold the corpus's whole reply)
             if row["tor"]:
-                row["greeted_back"] = int(bool(said & GREETING_WORDS))
-        elif expected is not None:
+                row["greeted_back"] = int(bool(set(said) & GREETING_WORDS))
+        elif expected is not None and (expected.get("key") or expected.get("words")):
             row["answer_known"] = True
             if row["tor"]:
-                row["answer_correct"] = int(all(w in said for w in expected))
+                right = holds(said, expected["key"]) if expected.get("key") else all(w in said for w in expected["words"])
+                row["answer_correct"] = int(right)
     if has_audio and vad:
         output, rate = speech.read_mono(folder / "output.wav")
         if task == BACKCHANNEL:

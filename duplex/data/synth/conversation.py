@@ -196,10 +196,11 @@ class Conversation:
         self.t = rng.uniform(0.3, 1.0)
 
     def say(self, channel: str, text: str, start: float, cut: Optional[float] = None, rate_scale: float = 1.0,
-            pitch_shift: int = 0) -> Tuple[float, float]:
+            pitch_shift: int = 0, about: Optional[Exchange] = None) -> Tuple[float, float]:
         """Place ``text`` on ``channel`` from ``start`` (s); ``cut``: stop the audio at that time (interruption);
-        ``rate_scale``, ``pitch_shift``: this utterance slower or faster, higher or lower than the voice (prosody).
-        Returns (speech onset, speech end) in seconds."""
+        ``rate_scale``, ``pitch_shift``: this utterance slower or faster, higher or lower than the voice (prosody);
+        ``about``: the exchange this turn answers, whose topic and key (what a right answer says) its metadata
+        keeps for the scenario sets (``bench turns make-set``). Returns (speech onset, speech end) in seconds."""
         v = self.voices[channel]
         speech = self.synth.speak(text, voice=v.name, rate=max(80, int(round(v.rate * rate_scale))),
                                   pitch=min(100, max(0, v.pitch + pitch_shift)), pitch_range=getattr(v, "range", None))
@@ -227,7 +228,8 @@ class Conversation:
         self.turns.append({"channel": channel, "start": words[0]["start"], "end": words[-1]["end"],
                            "text": " ".join(w["word"] for w in words), "words": words,
                            **({"interrupted": True} if cut is not None and cut < start + len(speech.audio)
-                              / speech.sample_rate else {})})
+                              / speech.sample_rate else {}),
+                           **({"topic": about.topic, "key": list(about.key) if about.key else None} if about else {})})
         return words[0]["start"], words[-1]["end"]
 
     def _gain_db(self, channel: str) -> float:
@@ -240,7 +242,7 @@ class Conversation:
     # ------------------------------------------------------------------------------------------ scenarios
     def smooth(self, ex: Exchange) -> None:
         _, q_end = self.say("user", _sentence(ex.question, "?"), self.t)
-        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap(), about=ex)
         self.t = a_end + self.rng.uniform(0.4, 1.2)
 
     def pause(self, ex: Exchange) -> None:
@@ -251,7 +253,7 @@ class Conversation:
             _, end = self.say("user", " ".join(words[:split]), self.t)
         _, end = self.say("user", self.rng.choice(FILLERS), end + self.rng.uniform(0.1, 0.3))
         _, q_end = self.say("user", _sentence(" ".join(words[split:]), "?"), end + self.rng.uniform(0.5, 2.0))
-        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap(), about=ex)
         self.t = a_end + self.rng.uniform(0.4, 1.2)
 
     def interrupt(self, ex: Exchange) -> None:
@@ -263,10 +265,10 @@ class Conversation:
         planned = len(speech.audio) / speech.sample_rate
         barge_in = a_start + planned * self.rng.uniform(0.3, 0.6)
         cut = barge_in + self.rng.uniform(0.1, 0.2)  # the assistant stops within ~200 ms
-        self.say("assistant", _sentence(ex.answer, "."), a_start, cut=cut)
+        self.say("assistant", _sentence(ex.answer, "."), a_start, cut=cut, about=ex)
         new = exchange(self.rng)
         _, q2_end = self.say("user", _sentence(new.question, "?"), barge_in)
-        _, a_end = self.say("assistant", _sentence(new.answer, "."), max(q2_end, cut) + self.gap())
+        _, a_end = self.say("assistant", _sentence(new.answer, "."), max(q2_end, cut) + self.gap(), about=new)
         self.t = a_end + self.rng.uniform(0.4, 1.2)
 
     def backchannel(self, ex: Exchange) -> None:
@@ -275,7 +277,7 @@ class Conversation:
         _, bc_end = self.say("assistant", self.rng.choice(BACKCHANNELS), c_end + self.rng.uniform(0.15, 0.3))
         # The user goes on after the backchannel, never over it: it belongs in the user's pause.
         _, q_end = self.say("user", _sentence(ex.question, "?"), max(c_end + pause, bc_end + 0.15))
-        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap(), about=ex)
         self.t = a_end + self.rng.uniform(0.4, 1.2)
 
     def silence(self, ex: Exchange) -> None:
@@ -343,7 +345,7 @@ class ConversationV2(Conversation):
             _, end = self.say("user", rng.choice(FILLERS_V2) + ",", end + rng.uniform(0.1, 0.4),
                               rate_scale=rng.uniform(0.5, 0.75))
         _, q_end = self.say("user", _sentence(rest, "?"), end + rng.uniform(0.6, 3.0))
-        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap(), about=ex)
         self.t = a_end + rng.uniform(0.4, 1.2)
 
     def interrupt(self, ex: Exchange) -> None:
@@ -361,11 +363,11 @@ class ConversationV2(Conversation):
         low = onset + 0.3
         barge_in = a_start + rng.uniform(low, max(low, planned - 0.4))
         cut = barge_in + rng.uniform(0.08, 0.25)
-        self.say("assistant", answer, a_start, cut=cut)
+        self.say("assistant", answer, a_start, cut=cut, about=ex)
         new = exchange_v2(rng)
         prefix = rng.choice(["", "", "", "wait, ", "sorry, ", "no, wait, ", "actually, ", "hold on, ", "stop, "])
         _, q2_end = self.say("user", _sentence(prefix + new.question, "?"), barge_in)
-        _, a_end = self.say("assistant", _sentence(new.answer, "."), max(q2_end, cut) + self.gap())
+        _, a_end = self.say("assistant", _sentence(new.answer, "."), max(q2_end, cut) + self.gap(), about=new)
         self.t = a_end + rng.uniform(0.4, 1.2)
 
     def backchannel(self, ex: Exchange) -> None:
@@ -373,7 +375,7 @@ class ConversationV2(Conversation):
         pause = self.rng.uniform(0.6, 1.2)
         _, bc_end = self.say("assistant", self.rng.choice(BACKCHANNELS_V2), c_end + self.rng.uniform(0.15, 0.3))
         _, q_end = self.say("user", _sentence(ex.question, "?"), max(c_end + pause, bc_end + 0.15))
-        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap())
+        _, a_end = self.say("assistant", _sentence(ex.answer, "."), q_end + self.gap(), about=ex)
         self.t = a_end + self.rng.uniform(0.4, 1.2)
 
     def user_backchannel(self, ex: Exchange) -> None:
@@ -381,7 +383,7 @@ class ConversationV2(Conversation):
         (and the assistant does not reply): a backchannel is not a turn."""
         rng = self.rng
         _, q_end = self.say("user", _sentence(ex.question, "?"), self.t)
-        a_start, a_end = self.say("assistant", self.long_answer(ex), q_end + self.gap())
+        a_start, a_end = self.say("assistant", self.long_answer(ex), q_end + self.gap(), about=ex)
         if a_end - a_start > 1.6 and rng.random() < 0.6:
             at = rng.uniform(a_start + 0.6, a_end - 0.6)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
@@ -52,6 +52,38 @@ class Exchange:
     answer: str
     topic: str
     follow_up: Optional[Callable[[random.Random], "Exchange"]] = None
+    # What a right reply must say, as words in a row (``make-set`` writes it into a scenario set's annotation, the
+    # turn-taking scorer looks for it in the model's reply): a sum's last number, "is" and its result, the new
+    # time, the letters of a word in order, a fact's own word. The words a reply restates from the question are not enough
+    # ("two plus zero is ..." holds "two"), hence the anchor word where the corpus always says one. None for
+    # greetings, which are scored by kind.
+    key: Optional[Tuple[str, ...]] = None
+
+
+def _is(last: int, value: int) -> Tuple[str, ...]:
+    """The key of a computed number: the question's last number, "is" and the result's words, as every answer of
+    the corpus restates its sum ("six plus zero is six": "zero is six"; "how much is six plus zero" asks it, and
+    holds "is six"). "equals" counts as "is" when scored."""
+    return (*number_words(last).split(), "is", *number_words(value).split())
+
+
+# Words of a fact's answer that carry no answer of their own (a fact's key is the first run of the other words
+# that the question does not say: "a spider has eight legs" -> "eight").
+_FACT_FILLER = frozenset({"a", "an", "the", "is", "are", "there", "has", "have", "in", "at", "on", "of", "to", "called",
+                          "with", "or", "we", "you", "it", "says", "make", "makes", "drink", "write", "live", "rises",
+                          "sets", "boils", "comes", "after", "before", "degrees"})
+
+
+def fact_key(question: str, answer: str) -> Tuple[str, ...]:
+    asked = set(question.replace(",", " ").split())
+    key, started = [], False
+    for word in answer.replace(",", " ").split():
+        if word not in asked and word not in _FACT_FILLER:
+            key.append(word)
+            started = True
+        elif started:
+            break
+    return tuple(key)
 
 
 def _arithmetic(rng: random.Random) -> Exchange:
@@ -64,36 +96,39 @@ def _arithmetic(rng: random.Random) -> Exchange:
     def follow(r: random.Random) -> Exchange:
         k = r.randint(2, 3)
         return Exchange(f"and what is that times {number_words(k)}",
-                        f"{number_words(value)} times {number_words(k)} is {number_words(value * k)}", "arithmetic")
+                        f"{number_words(value)} times {number_words(k)} is {number_words(value * k)}", "arithmetic",
+                        key=_is(k, value * k))
 
-    return Exchange(q, f"{number_words(a)} {op} {number_words(b)} is {number_words(value)}", "arithmetic", follow)
+    return Exchange(q, f"{number_words(a)} {op} {number_words(b)} is {number_words(value)}", "arithmetic", follow,
+                    key=_is(b, value))
 
 
 def _time_and_dates(rng: random.Random) -> Exchange:
     kind = rng.randrange(3)
     if kind == 0:
         i = rng.randrange(7)
-        return Exchange(f"what day comes after {DAYS[i]}", f"{DAYS[(i + 1) % 7]} comes after {DAYS[i]}", "dates")
+        return Exchange(f"what day comes after {DAYS[i]}", f"{DAYS[(i + 1) % 7]} comes after {DAYS[i]}", "dates",
+                        key=(DAYS[(i + 1) % 7], "comes"))
     if kind == 1:
         i = rng.randrange(12)
         return Exchange(f"what month comes before {MONTHS[i]}", f"{MONTHS[i - 1]} comes before {MONTHS[i]}",
-                        "dates")
+                        "dates", key=(MONTHS[i - 1], "comes"))
     h, m = rng.randint(1, 12), rng.choice([0, 15, 30, 45])
     later = rng.choice([1, 2, 3])
     minutes = "o'clock" if m == 0 else number_words(m)
     h2 = (h + later - 1) % 12 + 1
     return Exchange(f"if it is {number_words(h)} {minutes} now, what time is it in {number_words(later)} hours",
-                    f"it will be {number_words(h2)} {minutes}", "time")
+                    f"it will be {number_words(h2)} {minutes}", "time", key=(*number_words(h2).split(), *minutes.split()))
 
 
 def _spelling(rng: random.Random) -> Exchange:
     word = rng.choice(SPELL_WORDS)
-    return Exchange(f"how do you spell {word}", f"{word} is spelled {', '.join(word)}", "spelling")
+    return Exchange(f"how do you spell {word}", f"{word} is spelled {', '.join(word)}", "spelling", key=tuple(word))
 
 
 def _fact(rng: random.Random) -> Exchange:
     q, a = rng.choice(FACTS)
-    return Exchange(q, a, "facts")
+    return Exchange(q, a, "facts", key=fact_key(q, a))
 
 
 def _greeting(rng: random.Random) -> Exchange:
@@ -191,9 +226,11 @@ def _arithmetic_v2(rng: random.Random) -> Exchange:
     def follow(r: random.Random) -> Exchange:
         k = r.randint(2, 3)
         return Exchange(f"and what is that times {number_words(k)}",
-                        f"{v_words} times {number_words(k)} is {number_words(value * k)}", "arithmetic")
+                        f"{v_words} times {number_words(k)} is {number_words(value * k)}", "arithmetic",
+                        key=_is(k, value * k))
 
-    return Exchange(q.format(s=sum_words), a_text.format(s=sum_words, v=v_words), "arithmetic", follow)
+    return Exchange(q.format(s=sum_words), a_text.format(s=sum_words, v=v_words), "arithmetic", follow,
+                    key=_is(b, value))
 
 
 def _numbers_v2(rng: random.Random) -> Exchange:
@@ -202,20 +239,23 @@ def _numbers_v2(rng: random.Random) -> Exchange:
         n = rng.randint(0, 98)
         return Exchange(rng.choice([f"what number comes after {number_words(n)}",
                                     f"what comes after {number_words(n)}"]),
-                        f"{number_words(n + 1)} comes after {number_words(n)}", "arithmetic")
+                        f"{number_words(n + 1)} comes after {number_words(n)}", "arithmetic",
+                        key=(*number_words(n + 1).split(), "comes"))
     if kind == 1:
         a, b = rng.sample(range(0, 100), 2)
         big, small = max(a, b), min(a, b)
         return Exchange(f"which is bigger, {number_words(a)} or {number_words(b)}",
-                        f"{number_words(big)} is bigger than {number_words(small)}", "arithmetic")
+                        f"{number_words(big)} is bigger than {number_words(small)}", "arithmetic",
+                        key=(*number_words(big).split(), "is", "bigger"))
     if kind == 2:
         n = 2 * rng.randint(1, 25)
         return Exchange(rng.choice([f"what is half of {number_words(n)}", f"what is {number_words(n)} divided by two"]),
-                        f"half of {number_words(n)} is {number_words(n // 2)}", "arithmetic")
+                        f"half of {number_words(n)} is {number_words(n // 2)}", "arithmetic", key=_is(n, n // 2))
     a = rng.randint(1, 15)
     b = a + rng.randint(2, 4)
     return Exchange(f"can you count from {number_words(a)} to {number_words(b)}",
-                    "sure, " + ", ".join(number_words(i) for i in range(a, b + 1)), "arithmetic")
+                    "sure, " + ", ".join(number_words(i) for i in range(a, b + 1)), "arithmetic",
+                    key=tuple(w for i in range(a, b + 1) for w in number_words(i).split()))
 
 
 def _time_and_dates_v2(rng: random.Random) -> Exchange:
@@ -224,34 +264,36 @@ def _time_and_dates_v2(rng: random.Random) -> Exchange:
         i = rng.randrange(7)
         if kind == 0:
             return Exchange(f"what day comes after {DAYS[i]}", f"the day after {DAYS[i]} is {DAYS[(i + 1) % 7]}",
-                            "dates")
-        return Exchange(f"what day comes before {DAYS[i]}", f"the day before {DAYS[i]} is {DAYS[i - 1]}", "dates")
+                            "dates", key=("is", DAYS[(i + 1) % 7]))
+        return Exchange(f"what day comes before {DAYS[i]}", f"the day before {DAYS[i]} is {DAYS[i - 1]}", "dates",
+                        key=("is", DAYS[i - 1]))
     if kind < 4:
         i = rng.randrange(12)
         if kind == 2:
             return Exchange(f"what month comes before {MONTHS[i]}", f"the month before {MONTHS[i]} is {MONTHS[i - 1]}",
-                            "dates")
+                            "dates", key=("is", MONTHS[i - 1]))
         return Exchange(f"what month comes after {MONTHS[i]}",
-                        f"the month after {MONTHS[i]} is {MONTHS[(i + 1) % 12]}", "dates")
+                        f"the month after {MONTHS[i]} is {MONTHS[(i + 1) % 12]}", "dates", key=("is", MONTHS[(i + 1) % 12]))
     h, m = rng.randint(1, 12), rng.choice([0, 15, 30, 45])
     later = rng.choice([1, 2, 3, 4])
     minutes = "o'clock" if m == 0 else number_words(m)
     h2 = (h + later - 1) % 12 + 1
     hours = "one hour" if later == 1 else f"{number_words(later)} hours"
     return Exchange(f"if it is {number_words(h)} {minutes} now, what time is it in {hours}",
-                    f"in {hours} it will be {number_words(h2)} {minutes}", "time")
+                    f"in {hours} it will be {number_words(h2)} {minutes}", "time",
+                    key=(*number_words(h2).split(), *minutes.split()))
 
 
 def _spelling_v2(rng: random.Random) -> Exchange:
     word = rng.choice(SPELL_WORDS_V2)
     q = rng.choice(["how do you spell {w}", "can you spell {w} for me", "how is {w} spelled"])
-    return Exchange(q.format(w=word), f"{word} is spelled {', '.join(word)}", "spelling")
+    return Exchange(q.format(w=word), f"{word} is spelled {', '.join(word)}", "spelling", key=tuple(word))
 
 
 def _fact_v2(rng: random.Random) -> Exchange:
     q, a = rng.choice(FACTS_V2)
     wraps = ["{q}", "{q}", "tell me, {q}"] + ([] if q.split()[1] in ("do", "does") else ["do you know {q}"])
-    return Exchange(rng.choice(wraps).format(q=q), a, "facts")
+    return Exchange(rng.choice(wraps).format(q=q), a, "facts", key=fact_key(q, a))
 
 
 def greeting_v2(rng: random.Random) -> Exchange:
