@@ -14,8 +14,9 @@
 # FDB_EXAMPLES: a folder of Full-Duplex-Bench sample folders (e.g. v1_v1.5/evaluation/example_data of
 #      DanielLin94144/Full-Duplex-Bench, inputs and annotations), run once with seed 0
 #
-# Beside the recorded runs of the earlier models: duplex bench turns compare OUT/*.json \
-#     benchmarks/results/turns-second-model-candidate-2026-12-05.json   (its "first" rows: the shipped model)
+# Beside the shipped model's runs: duplex bench turns compare OUT/*.json \
+#     benchmarks/results/turns-first-model-fdb-timing-2026-12-06.json   (measured as this script measures today:
+#     the output one frame later, answers by their keys; the bundles before it were measured otherwise)
 #
 # Environment:
 #   DUPLEX=duplex   the command (or: DUPLEX="python -m duplex" with the repository on PYTHONPATH; split at spaces)

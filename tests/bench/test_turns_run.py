@@ -193,3 +193,19 @@ def test_a_real_quantized_run_reports_what_ran(tmp_path, capsys):
     assert len(list((tmp_path / "out").rglob("output.wav"))) == 2
     # the fixture model has no tokenizer: said, since every figure that counts words then sees none
     assert "warning: no tokenizer found for" in capsys.readouterr().err
+
+
+def test_what_step_k_makes_is_placed_as_a_live_listener_hears_it_one_frame_later(tmp_path):
+    """Step k's output needs input frame k whole: it is heard from 0.08 (k + 1) s on, as FDB's own Moshi client
+    records it (one frame of silence first). The stand-in writes a word at step 1, 6, 11 (frame % 5 == 1) and
+    audio from step 0: the first word starts at 0.16 s, the output audio after 0.08 s of silence."""
+    import soundfile as sf
+
+    source = fdb_set(tmp_path / "set", seconds=(1.0,))
+    runner.run_samples(FakeEngine(slots=1), source, tmp_path / "out", seed=3)
+    sample = tmp_path / "out" / "candor_turn_taking" / "0"
+    words = json.loads((sample / "output.json").read_text())["chunks"]
+    assert [w["timestamp"][0] for w in words] == pytest.approx([0.16, 0.56, 0.96])
+    audio, rate = sf.read(sample / "output.wav", dtype="float32")
+    assert rate == 16000 and len(audio) == 16000  # exactly as long as the input
+    assert abs(audio[: int(0.07 * rate)]).max() == 0 and abs(audio[int(0.1 * rate):]).min() > 0

@@ -2,8 +2,12 @@
 slot takes the next sample when its current one ends), writing OUT in DIR's layout: the sample's files copied,
 ``output.wav`` (16 kHz mono, time-synchronous with the input and exactly as long, as FDB's scorer expects) and
 ``output.json`` (FDB's ASR format) made from the model's own text stream: a word per run of text pieces, timed by
-the frames that emitted them (frame k spans [0.08 k, 0.08 (k + 1)) s). For user-interruption samples only the
-words that start after the interruption's end are kept, as FDB's ASR step transcribes only that audio.
+the frames that emitted them. What the engine makes at step k can be heard only once input frame k has come in
+whole, so it is placed as a live conversation hears it, one frame later: [0.08 (k + 1), 0.08 (k + 2)) s, audio and
+words alike, as Full-Duplex-Bench's own Moshi client records it (``SKIP_FRAMES = 1``: the output file starts with
+one frame of silence). Runs before 2026-12-06 placed step k at [0.08 k, ...): their latencies read 0.08 s shorter.
+For user-interruption samples only the words that start after the interruption's end are kept, as FDB's ASR step
+transcribes only that audio.
 
 With the same ``seed`` and slot count a run is repeated exactly (sample i samples with ``seed`` + i; the engine's
 slots are independent of what runs beside them). Another slot count batches the arithmetic differently, so the
@@ -43,6 +47,7 @@ from .fdb import INTERRUPTION, Chunk, annotation_time, find_samples, task_of, wr
 from .vad import seconds_of
 
 OUTPUT_RATE = 16000
+OUTPUT_DELAY_FRAMES = 1  # step k is heard from frame k + 1 on (FDB's moshi client: SKIP_FRAMES = 1)
 SLOTS = 4  # samples run at once, unless the caller says
 SEED = 0  # sample i samples with SEED + i
 MARK = ".duplex-turns-run.json"  # in OUT while its run is unfinished
@@ -260,12 +265,12 @@ def run_samples(engine, root: Path, out: Path, seed: int = SEED,
         for item in job.folder.iterdir():
             if item.is_file() and item.name not in ("output.wav", "output.json"):
                 shutil.copy2(item, target / item.name)
-        audio = np.concatenate(job.audio) if job.audio else np.zeros(0, np.float32)
+        audio = np.concatenate([np.zeros(OUTPUT_DELAY_FRAMES * frame, np.float32), *job.audio])
         length = int(round(job.input_seconds * OUTPUT_RATE))
         audio16 = resample(torch.from_numpy(audio)[None], engine.sample_rate, OUTPUT_RATE)[0]
         audio16 = torch.nn.functional.pad(audio16, (0, max(0, length - audio16.shape[-1])))[:length]
         save_audio(target / "output.wav", audio16, OUTPUT_RATE)
-        words = words_from_pieces(job.pieces, frame_seconds)
+        words = words_from_pieces([(k + OUTPUT_DELAY_FRAMES, piece) for k, piece in job.pieces], frame_seconds)
         if job.task == INTERRUPTION:
             end = annotation_time(job.folder, INTERRUPTION)
             words = [w for w in words if w.start >= end]
