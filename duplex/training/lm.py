@@ -330,18 +330,29 @@ class LMTrainer:
 
 class BestModel:
     """The export at the lowest held-out loss so far, in its own folder with ``step.json`` (a run that overfits
-    keeps its best model)."""
+    keeps its best model). A new best is written whole beside it (``best.new``) and then takes its place, so the
+    folder never holds one step's weights under another's step.json (a stop while writing leaves the last one)."""
 
     def __init__(self, folder: str, resume: bool):
         self.folder = folder
+        old = folder + ".old"
+        if not os.path.isdir(folder) and os.path.isdir(old):  # stopped between the two renames of ``offer``
+            os.replace(old, folder)
         self.loss = _best_heldout(folder) if resume else float("inf")
 
     def offer(self, step: int, heldout: dict, export: Callable[[str], None]) -> None:
         if heldout["loss"] < self.loss:
             self.loss = heldout["loss"]
-            os.makedirs(self.folder, exist_ok=True)
-            export(self.folder)
-            write_json(os.path.join(self.folder, "step.json"), {"step": step, "heldout": heldout})
+            new, old = self.folder + ".new", self.folder + ".old"
+            shutil.rmtree(new, ignore_errors=True)
+            os.makedirs(new)
+            export(new)
+            write_json(os.path.join(new, "step.json"), {"step": step, "heldout": heldout})
+            shutil.rmtree(old, ignore_errors=True)
+            if os.path.isdir(self.folder):
+                os.replace(self.folder, old)
+            os.replace(new, self.folder)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _best_heldout(folder: str) -> float:

@@ -385,3 +385,26 @@ def test_moshi_lm_save_writes_kyutais_layout_into_a_folder_or_a_file(tmp_path):
     named = model.save(tmp_path / "other" / "tiny.safetensors")  # the model's own dtype
     back = MoshiLM.from_checkpoint(named, tmp_path / "other" / "config.json", dtype=torch.float32).state_dict()
     assert all(torch.equal(back[k], ours[k]) for k in ours)
+
+
+def test_a_new_best_model_takes_the_place_of_the_last_whole(tmp_path):
+    """best/ is replaced whole: a stop while the new one is written leaves the last one as it was (weights and
+    step.json of one step), and a stop between the two renames is put right when the run resumes."""
+    from duplex.training.lm import BestModel
+
+    def export(folder, text):
+        with open(os.path.join(folder, "model.safetensors"), "w") as f:
+            f.write(text)
+
+    best = BestModel(str(tmp_path / "best"), resume=False)
+    best.offer(100, {"loss": 3.0}, lambda folder: export(folder, "step 100"))
+    with pytest.raises(RuntimeError):
+        best.offer(200, {"loss": 2.0}, lambda folder: (_ for _ in ()).throw(RuntimeError("stopped while writing")))
+    assert (tmp_path / "best" / "model.safetensors").read_text() == "step 100"
+    assert json.loads((tmp_path / "best" / "step.json").read_text())["step"] == 100
+    best.offer(300, {"loss": 1.5}, lambda folder: export(folder, "step 300"))
+    assert (tmp_path / "best" / "model.safetensors").read_text() == "step 300"
+    assert not (tmp_path / "best.new").exists() and not (tmp_path / "best.old").exists()
+    os.replace(tmp_path / "best", tmp_path / "best.old")  # as if stopped between the renames
+    assert BestModel(str(tmp_path / "best"), resume=True).loss == 1.5
+    assert (tmp_path / "best" / "model.safetensors").read_text() == "step 300"
