@@ -203,6 +203,8 @@ def test_answer_keys_are_words_in_a_row_of_the_reply_and_an_interruption_has_its
     sample("6", list("green"), said("green is spelled g, r, e, e, n."), topic="spelling")  # right
     sample("7", list("green"), said("green is spelled g, r, e, n, e"), topic="spelling")  # wrong order
     sample("8", None, said("hello there how can i help"), topic="greeting")  # greets back
+    sample("9", None, said("good is spelled g o o d"), topic="greeting")  # not a greeting
+    sample("10", None, said("bread yes i am here go ahead"), topic="greeting")  # not one that opens with it
     barge = {"context": "what is two plus two", "interrupt": "wait, what day comes after monday",
              "timestamp": [3.0, 3.5], "answer": "the day after monday is tuesday", "answer_topic": "dates",
              "answer_key": ["is", "tuesday"]}
@@ -216,7 +218,7 @@ def test_answer_keys_are_words_in_a_row_of_the_reply_and_an_interruption_has_its
     report = score_dir(tmp_path, vad=False)
     rows = {s["path"]: s for s in report["samples"]}
     assert [rows[f"smooth_turn_taking/{i}"].get("answer_correct") for i in range(1, 8)] == [0, 1, 1, 0, 1, 1, 0]
-    assert rows["smooth_turn_taking/8"]["greeted_back"] == 1
+    assert [rows[f"smooth_turn_taking/{i}"]["greeted_back"] for i in (8, 9, 10)] == [1, 0, 0]
     assert rows["user_interruption/1"]["topic"] == "dates" and rows["user_interruption/1"]["answer_correct"] == 1
     assert "answer_known" not in rows["user_interruption/2"]
     assert report["answers"]["arithmetic"] == {"questions": 4, "takeovers": 4, "right": 2}

@@ -42,8 +42,12 @@ from .fdb import (
 # ("hey, are you there": "yes, i am here") and closings ("thanks a lot": "you are welcome"; "goodbye": "goodbye,
 # talk to you soon"): before 2026-12-06 only greeting words counted, so a reply exactly as the corpus's to a closing
 # or a presence check was scored wrong (5 of the 9 such questions of the v1 set, 1 of 6 of the v2 set).
-GREETING_WORDS = frozenset({"hi", "hello", "hey", "morning", "afternoon", "evening", "fine", "good",
+# A reply in kind opens with it: one of these among its first GREETING_OPENING words (since 2026-12-06; before,
+# anywhere, and "good" alone counted: "good is spelled g o o d" and "it is a good question" greeted back). "good"
+# counts through the word after it (good morning, afternoon, evening).
+GREETING_WORDS = frozenset({"hi", "hello", "hey", "morning", "afternoon", "evening", "fine",
                             "welcome", "bye", "goodbye", "here", "listening"})
+GREETING_OPENING = 4  # "yes, i am here": the fourth
 ANSWERED_TASKS = (TURN, INTERRUPTION)  # the questions a reply should answer as its turn (a pause's comes later)
 FIGURES = ("tor", "latency", "freq", "jsd", "stop_latency", "response_latency", "answer_correct", "talks_early")
 SHARES = ("tor", "talks_early")  # 0/1 per sample: their mean is a share, with no median beside it
@@ -146,7 +150,7 @@ def score_sample(folder: Path, task: str, truth: Optional[dict] = None, rule: st
             row["topic"] = topic
         if topic == "greeting":  # any reply in kind is right (its annotation may hold the corpus's whole reply)
             if row["tor"]:
-                row["greeted_back"] = int(bool(set(said) & GREETING_WORDS))
+                row["greeted_back"] = int(bool(set(said[:GREETING_OPENING]) & GREETING_WORDS))
         elif expected is not None and (expected.get("key") or expected.get("words")):
             row["answer_known"] = True
             if row["tor"]:
