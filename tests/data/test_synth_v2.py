@@ -306,6 +306,19 @@ def test_each_reply_keeps_its_questions_topic_and_key_and_a_set_scores_a_barge_i
             assert holds(said_words(turn["text"]), turn["key"]), turn
     made = make_set(out, tmp_path / "set", split="train")
     assert made["user_interruption"] > 0
+    # a late reply still has room: MIN_TAIL s after the question or the barge-in, silence added where needed
+    from duplex.bench.turntaking.make_set import MIN_TAIL
+    for task, file, index in (("smooth_turn_taking", "turn_taking.json", 0), ("user_interruption", "interrupt.json", 1)):
+        for folder in (tmp_path / "set" / task).iterdir():
+            event = json.loads((folder / file).read_text())[0]["timestamp"][index]
+            assert sf.info(folder / "input.wav").duration >= event + MIN_TAIL - 1e-3
+    for folder in (tmp_path / "set" / "pause_handling").iterdir():  # a pause sample ends as it did, no silence
+        source = json.loads((folder / "source.json").read_text())
+        meta = next(m for m in metas if m["id"] == source["conversation"])
+        resumed = [t for t in meta["turns"] if t["channel"] == "user"
+                   and source["scenario"]["start"] <= t["start"] < source["scenario"]["end"]][-1]
+        cut = min(resumed["end"], resumed["start"] + 0.7) - source["scenario"]["start"]
+        assert abs(sf.info(folder / "input.wav").duration - cut) < 0.01
     checked = 0
     for folder in (tmp_path / "set" / "user_interruption").iterdir():
         entry = json.loads((folder / "interrupt.json").read_text())[0]

@@ -4,11 +4,13 @@ task folder per scenario, so that our model is measured on turn-taking whose tru
 Each sample is the user channel of one scenario, 16 kHz mono, its times relative to the scenario's start:
 
 * ``smooth_turn_taking/`` (corpus ``smooth``): the user's question, then silence until the scenario ends (the
-  corpus's reply and a short gap); ``turn_taking.json`` [user's turn end, reply start].
+  corpus's reply and a short gap) and at least ``MIN_TAIL`` s after the question; ``turn_taking.json`` [user's
+  turn end, reply start].
 * ``pause_handling/`` (``pause``): the user's hesitant question cut 0.7 s after the pause ends (as FDB's pause
   samples end shortly after the user resumes); ``pause.json`` [pause start, pause end].
 * ``user_interruption/`` (``interrupt``): the question, the silence in which a reply would start, the user's
-  barge-in and the rest of the scenario; ``interrupt.json`` with the context, the interruption and its times.
+  barge-in and the rest of the scenario, at least ``MIN_TAIL`` s after the barge-in; ``interrupt.json`` with the
+  context, the interruption and its times.
 * ``backchannel/`` (``backchannel``): the user's statement and the pause after it, up to the next question;
   ``icc_gt_distribution.json`` holds, per sample, the 0.2 s histogram of the corpus's own backchannel.
 
@@ -38,6 +40,10 @@ from .fdb import BACKCHANNEL, INTERRUPTION, PAUSE, TURN, Chunk, write_chunks
 from .metrics import segment_histogram
 
 RATE = 16000
+# Smooth turn-taking and interruption samples last at least this long after the user's turn (or the barge-in) ends,
+# silence added where the scenario ends sooner: a reply that starts late still has room to count as a turn (FDB v1's
+# own samples give seconds more; before 2026-12-06 ours ended with the scenario, 1.7-4.8 s after the turn).
+MIN_TAIL = 4.0
 SPLIT, PER_TASK = "heldout", 20  # the conversations a set is cut from, and its samples per task at most
 KNOWN_ANSWERS = ("arithmetic", "dates", "time", "spelling", "facts")
 FOLDERS = {"smooth": TURN, "pause": PAUSE, "interrupt": INTERRUPTION, "backchannel": BACKCHANNEL}
@@ -85,7 +91,8 @@ def _sample(kind: str, meta: dict, scenario: dict) -> Optional[dict]:
         question, reply = user[-1], assistant[0]
         entry = {"text": "[TURN-TAKING]", "timestamp": [question["end"] - start, reply["start"] - start]}
         entry.update(_answer(reply, question["text"], topic))
-        return {"window": (start, end), "file": "turn_taking.json", "annotation": [entry], "reference": assistant}
+        return {"window": (start, end), "file": "turn_taking.json", "annotation": [entry], "reference": assistant,
+                "tail_from": question["end"]}
     if kind == "pause":
         if len(user) < 2:
             return None
@@ -106,7 +113,8 @@ def _sample(kind: str, meta: dict, scenario: dict) -> Optional[dict]:
         later = [t for t in assistant if t["start"] >= barge["start"]]
         if later:  # the barge-in's own question: its topic, not the scenario's (the first question's)
             entry.update(_answer(later[0], barge["text"], topic if "topic" in later[0] else None))
-        return {"window": (start, end), "file": "interrupt.json", "annotation": [entry], "reference": assistant}
+        return {"window": (start, end), "file": "interrupt.json", "annotation": [entry], "reference": assistant,
+                "tail_from": barge["end"]}
     if kind == "backchannel":
         if len(user) < 2:
             return None
@@ -152,7 +160,10 @@ def make_set(corpus: Path, out: Path, split: str = SPLIT, per_task: int = PER_TA
             name = str(counts[task])
             folder = out / task / name
             folder.mkdir(parents=True, exist_ok=True)
-            sf.write(folder / "input.wav", _cut(user_channel, rate, start, end), RATE, subtype="PCM_16")
+            # the silence after the scenario that MIN_TAIL asks for (none for pauses and backchannels)
+            pad = max(0, int(round((cut["tail_from"] + MIN_TAIL - end) * RATE))) if "tail_from" in cut else 0
+            sf.write(folder / "input.wav", np.pad(_cut(user_channel, rate, start, end), (0, pad)), RATE,
+                     subtype="PCM_16")
             if cut["file"]:
                 (folder / cut["file"]).write_text(json.dumps(cut["annotation"], indent=1), encoding="utf-8")
             (folder / "source.json").write_text(json.dumps({"conversation": meta["id"], "scenario": scenario},
@@ -160,7 +171,8 @@ def make_set(corpus: Path, out: Path, split: str = SPLIT, per_task: int = PER_TA
             if task == BACKCHANNEL:
                 truth[name] = _histogram(cut["reference"], start, end - start)
             if reference:
-                sf.write(folder / "output.wav", _cut(assistant_channel, rate, start, end), RATE, subtype="PCM_16")
+                sf.write(folder / "output.wav", np.pad(_cut(assistant_channel, rate, start, end), (0, pad)), RATE,
+                         subtype="PCM_16")
                 words = [Chunk(w["word"], round(w["start"] - start, 3), round(w["end"] - start, 3))
                          for t in cut["reference"] for w in t["words"] if w["start"] < end]
                 write_chunks(folder / "output.json", words)
