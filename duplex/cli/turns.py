@@ -40,6 +40,9 @@ from .reports import check_report_paths, write_json
 
 def run_score(args) -> int:
     check_report_paths(args)
+    if (Path(args.dir) / runner.MARK).is_file():  # figures of part of a run read like a whole run's otherwise
+        print(f"note: {args.dir} holds an unfinished run (bench turns run again to finish it): these figures are of "
+              "the samples finished so far", file=sys.stderr)
     report = score_dir(args.dir, backchannel_truth=args.backchannel_gt, rule=args.backchannel_rule,
                        vad=not args.no_vad, progress=console_progress)
     print(format_table(report))

@@ -19,7 +19,7 @@ def _outputs(out):
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("output.*"))}
 
 
-def test_an_interrupted_run_keeps_its_samples_and_the_same_run_resumes(tmp_path):
+def test_an_interrupted_run_keeps_its_samples_and_the_same_run_resumes(tmp_path, capsys):
     source = fdb_set(tmp_path / "set")
     whole = tmp_path / "whole"
     runner.run_samples(FakeEngine(), source, whole, seed=5)
@@ -28,6 +28,9 @@ def test_an_interrupted_run_keeps_its_samples_and_the_same_run_resumes(tmp_path)
     with pytest.raises(runner.RunInterrupted, match=r"interrupted: 1 of 3 samples finished are kept in .*out"):
         runner.run_samples(FakeEngine(interrupt_at_step=17), source, out, seed=5)  # sample 0 ends at frame 13
     assert (out / runner.MARK).is_file() and len(list(out.rglob("output.json"))) == 1
+    # scoring it meanwhile says the figures are of part of the run
+    assert main(["bench", "turns", "score", str(out), "--no-vad"]) == 0
+    assert "holds an unfinished run" in capsys.readouterr().err
 
     seen = []
     engine = FakeEngine()
