@@ -340,7 +340,10 @@ def test_concurrent_clients_in_their_own_processes_get_every_reply():
         assert c["frames_sent"] == 38 and c["replies"] == 38 and c["lost"] == 0 and c["complete"]
         assert not c["errors"]
     server = report["server"]
-    assert server["frames_in"] == 4 * 38  # every frame sent was received ...
+    # every frame sent was received, but one still on its way when its client left: the server, on time, stepped
+    # on an underrun for it (counted, a reply of silence), the client had its 38 replies and closed (seen once in
+    # a full suite on 2 loaded cores: 150 of 152)
+    assert 4 * 38 - server["underruns"] <= server["frames_in"] <= 4 * 38
     assert server["dropped_in"] == 0 and server["dropped_out"] == 0 and server["bad_messages"] == 0  # ... and kept
     assert server["sessions_after"] == 0
 
