@@ -197,9 +197,8 @@ class SegmentSource:
         q = conv.codes.shape[1]
         out = torch.full((1 + 2 * q, t), -1, dtype=torch.long)
         length = max(0, min(t, conv.frames - start))
-        offset = start / self.frame_rate
-        words = [(w, s - offset, e - offset) for w, s, e in conv.words]
-        out[0, :length] = torch.tensor(text_stream(words, length, self._tokenize, self.frame_rate), dtype=torch.long)
+        out[0, :length] = torch.tensor(text_stream(conv.words, length, self._tokenize, self.frame_rate,
+                                                   first_frame=start), dtype=torch.long)
         out[1:1 + q, :length] = conv.codes[0, :, start:start + length]
         out[1 + q:, :length] = conv.codes[1, :, start:start + length]
         return out

@@ -18,16 +18,24 @@ Word = Tuple[str, float, float]  # (text, start s, end s)
 
 
 def text_stream(words: Iterable[Word], num_frames: int, tokenize: Callable[[str], Sequence[int]],
-                frame_rate: float, pad_id: int = PAD_ID, end_of_pad_id: int = END_OF_PAD_ID) -> List[int]:
-    """The ``num_frames`` text tokens of a segment whose words are ``words`` (times relative to the segment's
-    start; words starting outside ``[0, num_frames / frame_rate)`` and words with start >= end are left out)."""
-    kept = sorted(((w, s, e) for w, s, e in words if s < e and 0 <= s and math.floor(s * frame_rate) < num_frames),
+                frame_rate: float, pad_id: int = PAD_ID, end_of_pad_id: int = END_OF_PAD_ID,
+                first_frame: int = 0) -> List[int]:
+    """The ``num_frames`` text tokens of the segment that starts at frame ``first_frame`` of a file whose words are
+    ``words`` (times in the file; words starting outside the segment and words with start >= end are left out).
+
+    A word's frame is taken in the whole file, then the segment's first frame subtracted: shifting the times in
+    seconds first and flooring after would put a word that starts on a frame boundary one frame early whenever
+    the subtraction rounds down (about 2% of words in random crops)."""
+    def frame(start: float) -> int:
+        return math.floor(start * frame_rate) - first_frame
+
+    kept = sorted(((w, s, e) for w, s, e in words if s < e and 0 <= s and 0 <= frame(s) < num_frames),
                   key=lambda word: word[1])
     stream = [pad_id] * num_frames
     for i, (word, start, _) in enumerate(kept):
-        first = math.floor(start * frame_rate)
+        first = frame(start)
         # The next word's start frame cuts this word's tokens short (Kyutai's default, not its "shift" variant).
-        limit = math.floor(kept[i + 1][1] * frame_rate) if i + 1 < len(kept) else num_frames
+        limit = frame(kept[i + 1][1]) if i + 1 < len(kept) else num_frames
         tokens = list(tokenize(word))[:max(0, limit - first)]
         if not tokens:
             continue

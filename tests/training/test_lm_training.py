@@ -90,6 +90,19 @@ def test_random_segments_lie_inside_the_file_and_repeat_with_the_seed(dataset):
     assert torch.equal(a.next_batch(4), b.next_batch(4)) and a.position == (0, 4)
 
 
+def test_a_crop_places_each_word_in_the_frame_it_has_in_the_whole_file(dataset):
+    # A word at 0.24 s (frame 3) in a crop from frame 1: shifting by 0.08 s in floats and flooring gives frame 1,
+    # not 2 (0.16 * 12.5 = 1.9999...); the word's frame in the file less the crop's first frame is exact
+    convs = load_conversations(dataset / "train.jsonl", 8, 12.5)
+    conv = convs[0]
+    conv.words[:] = [("a", 0.24, 0.3), ("b", 1.2, 1.3), ("c", 2.4, 2.5)]  # frames 3, 15, 30 in the file
+    source = SegmentSource([conv], lambda w: [7], 40, 12.5, "random")
+    assert math.floor((0.24 - 1 / 12.5) * 12.5) == 1  # what the shift in seconds gave
+    for start in range(0, 3):
+        row = source.segment(0, start)[0].tolist()
+        assert [i for i, t in enumerate(row) if t == 7] == [3 - start, 15 - start, 30 - start]
+
+
 def test_damaged_datasets_are_named(tmp_path, dataset):
     (tmp_path / "bad.jsonl").write_text('{"path": "x.wav"}\n')
     with pytest.raises(DatasetError, match="line 1"):
