@@ -7,13 +7,14 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 from codec import Mimi
 from codec.eval import bench as codec_bench
 
-from ..bench import codec_quality, flood, fuzz, kyutai, latency, lm, memory
+from ..bench import codec_quality, flood, fuzz, kyutai, latency, lm, memory, teacher_forced
 from ..bench import lora as lora_bench
 from ..bench.codec import codec_to_time
 from ..bench.serve import bench_serve, format_report
@@ -168,6 +169,24 @@ def run_bench_lora(args) -> int:
         before = previous.get("command")
         report["command"] = [*(before if isinstance(before, list) else [before] if before else []),
                              getattr(args, "command_line", None)]
+    write_json(report, args)
+    return 0
+
+
+def run_bench_teacher_forced(args) -> int:
+    check_report_paths(args)
+    manifest = Path(args.data) / f"{args.split}.jsonl"
+    if not manifest.is_file():
+        raise UsageError(f"{manifest}: no such manifest (--data: a corpus folder made by 'duplex data synth' and "
+                         "encoded by 'duplex data encode' with the LM's codec; --split: heldout or train)")
+    files = model_files(args)
+    tokenizer = files.load_tokenizer()
+    if tokenizer is None:
+        raise UsageError(f"{files.lm}: no tokenizer beside it; give --tokenizer")
+    lm = files.load_lm(pick_device(args.device), dtype=torch.float32)
+    report = teacher_forced.teacher_forced(lm, tokenizer.encode, manifest, args.max_files)
+    report.update(lm=str(files.lm), data=str(args.data), split=args.split)
+    print(teacher_forced.format_summary(report))
     write_json(report, args)
     return 0
 
@@ -467,6 +486,21 @@ def register(commands) -> None:
     p.set_defaults(run=run_bench_serve)
     turns.register(bench_commands)
     fidelity.register(bench_commands)
+    p = bench_commands.add_parser("teacher-forced", help="an LM's predictions of a corpus's reply words given the "
+                                  "true past (word tokens, answer keys by topic): whether it learnt the answers, "
+                                  "apart from its timing")
+    p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth', encoded with the LM's "
+                   "codec ('duplex data encode')")
+    p.add_argument("--split", default="heldout", help="corpus split (heldout or train)")
+    p.add_argument("--lm", metavar="PATH", help="LM checkpoint (default: the shipped default model)")
+    p.add_argument("--tokenizer", metavar="PATH", help="its tokenizer (default: tokenizer.model beside it)")
+    p.add_argument("--lm-config", metavar="JSON", help="its config (default: NAME.json or config.json beside it)")
+    p.add_argument("--lora", metavar="FILE", action="append", default=[], help="a LoRA adapter to apply")
+    p.add_argument("--max-files", type=positive, default=teacher_forced.MAX_FILES,
+                   help="conversations to read at most")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    p.set_defaults(run=run_bench_teacher_forced, hf_repo=None, mimi=None, mimi_config=None)
     p = bench_commands.add_parser("codec-quality", help="reconstruction quality on a corpus split (JSON + PNG)")
     p.add_argument("--data", required=True, help="corpus folder made by 'duplex data synth'")
     p.add_argument("--split", default=codec_quality.SPLIT, help="corpus split to measure (heldout or train)")
