@@ -105,3 +105,25 @@ def test_the_command_measures_a_checkpoint_and_names_a_missing_split(corpus, sma
     assert "1 conversations, teacher-forced" in capsys.readouterr().out
     assert main(["bench", "teacher-forced", "--data", str(corpus), "--split", "train", "--lm", str(lm)]) == 2
     assert "train.jsonl: no such manifest" in capsys.readouterr().err
+
+
+def test_the_listening_experiment_fine_tunes_and_exports_a_plain_lm(corpus, small_tokenizer_path, tmp_path, capsys):
+    # demos/default-model/listening.py: two steps with the user transcription head, then the export is measured
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "listening", Path(__file__).parents[2] / "demos" / "default-model" / "listening.py")
+    listening = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(listening)
+    (corpus / "train.jsonl").write_text((corpus / "heldout.jsonl").read_text())
+    init = tmp_path / "init"
+    MoshiLM(TINY).save(init)
+    (init / "tokenizer.model").write_bytes(small_tokenizer_path.read_bytes())
+    assert [w for w, _, _ in listening.user_words(corpus / "heldout" / "c0.wav")] == "what is two plus two".split()
+    listening.main(["--init", str(init), "--data", str(corpus), "--out", str(tmp_path / "out"), "--steps", "2",
+                    "--batch-size", "2", "--segment-seconds", "4"])
+    log = capsys.readouterr().out
+    assert "step 2: loss" in log and "user transcription 0.0000" not in log
+    assert main(["bench", "teacher-forced", "--data", str(corpus), "--lm", str(tmp_path / "out" / "model.safetensors"),
+                 "--device", "cpu"]) == 0
