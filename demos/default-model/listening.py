@@ -30,9 +30,13 @@ HEARD_AFTER = 0.16  # s after a user word's end: two frames, its codes with the 
 
 def user_words(wav: Path):
     """The user's words of a corpus file of ``duplex data synth``, each moved to when it has been heard."""
-    meta = json.loads(Path(wav).with_suffix(".json").read_text(encoding="utf-8"))
-    return [(w["word"], w["end"] + HEARD_AFTER, w["end"] + HEARD_AFTER + 0.04)
-            for turn in meta["turns"] if turn["channel"] == "user" for w in turn["words"]]
+    path = Path(wav).with_suffix(".json")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        return [(w["word"], w["end"] + HEARD_AFTER, w["end"] + HEARD_AFTER + 0.04)
+                for turn in meta["turns"] if turn["channel"] == "user" for w in turn["words"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {path}: not a corpus file of 'duplex data synth' with the user's words ({e!r})")
 
 
 def main(argv=None):
@@ -50,6 +54,10 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     init, data = Path(args.init), Path(args.data)
+    for path in (init / "model.safetensors", init / "config.json", init / "tokenizer.model", data / "train.jsonl"):
+        if not path.is_file():
+            raise SystemExit(f"error: {path} not found (--init: an export folder of 'duplex train lm'; --data: a "
+                             "corpus of 'duplex data synth', encoded)")
     model = MoshiLM.from_checkpoint(init / "model.safetensors", json.loads((init / "config.json").read_text()),
                                     dtype=torch.float32)
     model.train()
@@ -70,6 +78,17 @@ def main(argv=None):
     model.heads_input = heads_input  # on this instance only, removed before saving
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    try:
+        train(args, model, head, hidden, opt, params, source, convs, users, tok, rate, frames)
+    except KeyboardInterrupt:  # an experiment's run: nothing half-made is left behind
+        raise SystemExit("interrupted: nothing saved") from None
+    del model.heads_input
+    model.save(args.out, dtype=torch.bfloat16)
+    (Path(args.out) / "tokenizer.model").write_bytes((init / "tokenizer.model").read_bytes())
+    print(f"saved {args.out}")
+
+
+def train(args, model, head, hidden, opt, params, source, convs, users, tok, rate, frames):
     epoch, index, started = 0, 0, time.time()
     for step in range(1, args.steps + 1):
         rows, targets = [], []
@@ -101,10 +120,6 @@ def main(argv=None):
         if step % 25 == 0 or step == args.steps:
             print(f"step {step}: loss {losses['loss'].item():.4f} text {losses['text'].item():.4f} "
                   f"user transcription {aux.item():.4f} ({(time.time() - started) / step:.2f} s a step)", flush=True)
-    del model.heads_input
-    model.save(args.out, dtype=torch.bfloat16)
-    (Path(args.out) / "tokenizer.model").write_bytes((init / "tokenizer.model").read_bytes())
-    print(f"saved {args.out}")
 
 
 if __name__ == "__main__":
