@@ -29,7 +29,8 @@ from ..data.lm_dataset import Conversation, DatasetError, SegmentSource, codes_f
 from ..data.synth.grammar import number_words
 from ..model.tokenizer import END_OF_PAD_ID, PAD_ID
 
-NUMBER_WORDS = frozenset(w for n in range(1000) for w in number_words(n).split())
+# the words of numbers, less the "and" of "one hundred and five", which is no number where it stands alone
+NUMBER_WORDS = frozenset(w for n in range(1000) for w in number_words(n).split()) - {"and"}
 OPERATORS = ("plus", "minus", "times")
 MAX_FILES = 80
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from codec.io.checkpoint import write_safetensors
-from duplex.bench.teacher_forced import format_summary, reply_key, teacher_forced
+from duplex.bench.teacher_forced import NUMBER_WORDS, format_summary, reply_key, teacher_forced
 from duplex.cli import main
 from duplex.data.encode import STEREO_CODES_FORMAT, codes_path
 from duplex.data.lm_dataset import DatasetError
@@ -74,6 +74,8 @@ def test_reply_keys_are_the_turns_own_or_an_arithmetic_replys_result():
     # a corpus made before keys were kept: the last number, "is" and the result
     assert reply_key({"words": _words("twenty seven plus three is thirty", 0)}) == [3, 4, 5]
     assert reply_key({"words": _words("the sky is blue", 0)}) is None
+    # "and" ("one hundred and five") is no number of its own: a reply opening with it has not restated the sum
+    assert "and" not in NUMBER_WORDS and {"hundred", "thirty", "zero"} <= NUMBER_WORDS
     assert reply_key({"words": _words("hello there", 0), "topic": "greeting", "key": None}) is None
 
 
