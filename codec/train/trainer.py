@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from ..model import Mimi
 from ..modules.quantizer import Codebook, ResidualVectorQuantizer
 from .discriminator import MultiPeriodDiscriminator, discriminator_loss, feature_matching_loss, generator_loss
 from .losses import MultiScaleMelLoss
+from .transcript import TranscriptHead, character_error_rate, greedy_transcripts, transcript_loss
+
+Batch = Union[torch.Tensor, Tuple[torch.Tensor, Sequence[str]]]  # crops, or (crops, each crop's words)
 
 
 @dataclass
@@ -55,6 +58,10 @@ class TrainConfig:
     adversarial_weight: float = 0.0
     feature_matching_weight: float = 0.0
     discriminator_lr: float = 2e-4
+    # Optional transcript distillation (codec.train.transcript): the first codebook's output must be spelt by a
+    # training-only CTC head, the words of each crop given by the corpus. 0 disables it.
+    transcript_weight: float = 0.0
+    transcript_lr: float = 1e-3  # the head's own AdamW, constant (like the discriminator's): it starts from nothing
 
     @property
     def adversarial(self) -> bool:
@@ -177,8 +184,9 @@ def _quantize_train(rvq: ResidualVectorQuantizer, latent: torch.Tensor, n_q: int
 
 
 def forward_train(mimi: Mimi, pcm: torch.Tensor, n_q: int, cfg: TrainConfig, generator: torch.Generator,
-                  update_codebooks: bool = True, bypass: bool = False):
-    """pcm [B, 1, T] (T a multiple of the frame) -> (reconstruction [B, 1, T], commitment loss, codes)."""
+                  update_codebooks: bool = True, bypass: bool = False, with_first: bool = False):
+    """pcm [B, 1, T] (T a multiple of the frame) -> (reconstruction [B, 1, T], commitment loss, codes), and with
+    ``with_first`` the first codebook's output [B, D, frames] (what transcript distillation reads) after them."""
     x = mimi.encoder_transformer(mimi.encoder(pcm))
     if mimi.downsample is not None:
         x = mimi.downsample.conv(x)
@@ -196,7 +204,8 @@ def forward_train(mimi: Mimi, pcm: torch.Tensor, n_q: int, cfg: TrainConfig, gen
             _quantize_train(q.rvq_rest, x, 0, cfg, generator, True, n_update=rest_levels)
     if mimi.upsample is not None:
         out = mimi.upsample.convtr(out)
-    return mimi.decoder(mimi.decoder_transformer(out)), commit, codes
+    reconstruction = mimi.decoder(mimi.decoder_transformer(out))
+    return (reconstruction, commit, codes, semantic) if with_first else (reconstruction, commit, codes)
 
 
 # -------------------------------------------------------------------------------------------------- losses
@@ -217,33 +226,55 @@ class CodecTrainer:
             self.discriminator = MultiPeriodDiscriminator().to(mimi.device)
             self.discriminator_optimizer = torch.optim.AdamW(self.discriminator.parameters(),
                                                              lr=self.cfg.discriminator_lr, betas=self.cfg.betas)
+        self.transcript_head = self.transcript_optimizer = None
+        if self.cfg.transcript_weight > 0:
+            dim = mimi.quantizer.rvq_first.output_proj.weight.shape[0]
+            with torch.random.fork_rng(devices=[]):  # its initialisation leaves the caller's RNG alone
+                torch.manual_seed(seed)
+                self.transcript_head = TranscriptHead(dim).to(mimi.device)
+            self.transcript_optimizer = torch.optim.AdamW(self.transcript_head.parameters(),
+                                                          lr=self.cfg.transcript_lr, betas=self.cfg.betas)
 
-    def train_step(self, pcm: torch.Tensor) -> Dict[str, float]:
+    def train_step(self, pcm: torch.Tensor, texts: Optional[Sequence[str]] = None) -> Dict[str, float]:
+        """One step on crops ``pcm`` [B, 1, T]; ``texts``: each crop's words, needed with transcript distillation."""
         cfg = self.cfg
+        if self.transcript_head is not None and (texts is None or len(texts) != pcm.shape[0]):
+            raise ValueError("transcript_weight > 0: train_step needs the words of each crop (texts)")
         low, high = cfg.min_codebooks, min(cfg.max_codebooks, self.mimi.total_codebooks)
         n_q = int(torch.randint(low, high + 1, (1,), generator=self.generator))  # quantizer dropout
         warming_up = self.step < cfg.warmup_unquantized_steps
-        estimate, commit, _ = forward_train(self.mimi, pcm, high if warming_up else n_q, cfg, self.generator,
-                                            bypass=warming_up)
+        estimate, commit, _, first = forward_train(self.mimi, pcm, high if warming_up else n_q, cfg,
+                                                   self.generator, bypass=warming_up, with_first=True)
         mel = self.mel(estimate, pcm, cfg.linear_mel_weight)
         wave = F.l1_loss(estimate, pcm)
         loss = cfg.mel_weight * mel + cfg.waveform_weight * wave + cfg.commitment_weight * commit
+        transcript = None
+        if self.transcript_head is not None:
+            transcript = transcript_loss(self.transcript_head, first, texts)
+            loss = loss + cfg.transcript_weight * transcript
         adversarial = self.discriminator is not None and not warming_up
         if adversarial:
             gan = self._adversarial_terms(estimate, pcm)
             loss = loss + cfg.adversarial_weight * gan["adversarial"] + cfg.feature_matching_weight * gan[
                 "feature_matching"]
+        optimizers = [o for o in (self.optimizer, self.transcript_optimizer) if o is not None]
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr_at(self.step)
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.mimi.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        if self.transcript_head is not None:
+            torch.nn.utils.clip_grad_norm_(self.transcript_head.parameters(), cfg.grad_clip)
+        for optimizer in optimizers:
+            optimizer.step()
         self.step += 1
         logged = {"loss": loss.item(), "mel": mel.item(), "waveform": wave.item(), "commitment": commit.item(),
                   "codebooks": 0 if warming_up else n_q, "grad_norm": float(norm), "lr": cfg.lr_at(self.step - 1)}
         if adversarial:
             logged.update({name: float(value.detach()) for name, value in gan.items()})
+        if transcript is not None:
+            logged["transcript"] = transcript.item()
         return logged
 
     def _adversarial_terms(self, estimate: torch.Tensor, pcm: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -266,17 +297,28 @@ class CodecTrainer:
             d.requires_grad_(True)
 
     @torch.no_grad()
-    def evaluate(self, pcm: torch.Tensor, n_q: int = 8) -> Dict[str, float]:
+    def evaluate(self, pcm: torch.Tensor, n_q: int = 8, texts: Optional[Sequence[str]] = None) -> Dict[str, float]:
+        """Held-out losses on ``pcm``; with transcript distillation and ``texts``, also its loss and the head's
+        character error rate (how readable the first codebook is)."""
         self.mimi.eval()
+        head = self.transcript_head
+        if head is not None:
+            head.eval()
         try:
             # During the unquantized warm-up the codebooks are not started yet: measure what is being trained.
-            estimate, commit, _ = forward_train(self.mimi, pcm, n_q, self.cfg, self.generator,
-                                                update_codebooks=False,
-                                                bypass=self.step < self.cfg.warmup_unquantized_steps)
-            return {"mel": float(self.mel(estimate, pcm)), "waveform": float(F.l1_loss(estimate, pcm)),
-                    "commitment": float(commit)}
+            estimate, commit, _, first = forward_train(self.mimi, pcm, n_q, self.cfg, self.generator,
+                                                       update_codebooks=False, with_first=True,
+                                                       bypass=self.step < self.cfg.warmup_unquantized_steps)
+            out = {"mel": float(self.mel(estimate, pcm)), "waveform": float(F.l1_loss(estimate, pcm)),
+                   "commitment": float(commit)}
+            if head is not None and texts is not None:
+                out["transcript"] = float(transcript_loss(head, first, texts))
+                out["transcript_cer"] = character_error_rate(texts, greedy_transcripts(head, first))
+            return out
         finally:
             self.mimi.train()
+            if head is not None:
+                head.train()
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def save(self, folder: str, extra: Optional[dict] = None) -> None:
@@ -287,6 +329,9 @@ class CodecTrainer:
         if self.discriminator is not None:
             state["discriminator"] = self.discriminator.state_dict()
             state["discriminator_optimizer"] = self.discriminator_optimizer.state_dict()
+        if self.transcript_head is not None:  # training-only, like the discriminator: never in the codec's file
+            state["transcript_head"] = self.transcript_head.state_dict()
+            state["transcript_optimizer"] = self.transcript_optimizer.state_dict()
         os.makedirs(folder, exist_ok=True)
         write_json(os.path.join(folder, "config.json"), self.mimi.config.to_official_dict())
         write_checkpoint_set(folder, "codec.safetensors", self.mimi.state_dict(), state, self.step)
@@ -302,25 +347,35 @@ class CodecTrainer:
         if self.discriminator is not None and "discriminator" in state:
             self.discriminator.load_state_dict(state["discriminator"])
             self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+        if self.transcript_head is not None and "transcript_head" in state:  # else it starts fresh
+            self.transcript_head.load_state_dict(state["transcript_head"])
+            self.transcript_optimizer.load_state_dict(state["transcript_optimizer"])
         return state.get("extra", {})
 
 
-def fit(trainer: CodecTrainer, next_batch: Callable[[], torch.Tensor], end: int, save: Callable[[], None],
+def fit(trainer: CodecTrainer, next_batch: Callable[[], Batch], end: int, save: Callable[[], None],
         save_every: int, log: Callable[[dict], None] = lambda record: None,
-        eval_batch: Optional[torch.Tensor] = None, eval_every: int = 0,
+        eval_batch: Optional[Batch] = None, eval_every: int = 0,
         stop_requested: Callable[[], bool] = lambda: False) -> None:
     """Train until ``trainer.step`` reaches ``end``: one optimiser step per ``next_batch()``, held-out losses on
     ``eval_batch`` every ``eval_every`` steps (at the codebook count inference uses, at most what is trained), one
     ``log(record)`` per step, ``save()`` every ``save_every`` steps, at the end, and when ``stop_requested()``
-    says so between two steps (Ctrl-C: what is saved is always a whole step)."""
+    says so between two steps (Ctrl-C: what is saved is always a whole step). A batch is crops [B, 1, T], or
+    (crops, each crop's words) for transcript distillation."""
     n_q_eval = min(trainer.mimi.num_codebooks, trainer.cfg.max_codebooks)
     while trainer.step < end:
-        record = {"step": trainer.step + 1, **trainer.train_step(next_batch())}
+        pcm, texts = _split(next_batch())
+        record = {"step": trainer.step + 1, **trainer.train_step(pcm, texts)}
         if eval_batch is not None and eval_every and trainer.step % eval_every == 0:
-            record["heldout"] = trainer.evaluate(eval_batch, n_q=n_q_eval)
+            pcm, texts = _split(eval_batch)
+            record["heldout"] = trainer.evaluate(pcm, n_q=n_q_eval, texts=texts)
         log(record)
         stopping = stop_requested()
         if trainer.step % save_every == 0 or trainer.step == end or stopping:
             save()
         if stopping:
             return
+
+
+def _split(batch: Batch) -> Tuple[torch.Tensor, Optional[Sequence[str]]]:
+    return batch if isinstance(batch, tuple) else (batch, None)

@@ -32,6 +32,7 @@
 #                       duplex-lm.safetensors, its duplex-lm.json beside it), with
 #   BASE_TOKENIZER=     its tokenizer (the first default model's duplex-tokenizer.model; stage 3 uses it too)
 #   STAGES="1 2"        which stages run: 1, 2 and 3 in any set (stage 2 runs stage 1 first unless BASE is given)
+#   CODEC=              the codec file to encode with (default: the shipped codec/weights/duplex-codec-small.safetensors)
 set -euo pipefail
 
 OUT=${1:-default-model-run}
@@ -42,7 +43,9 @@ THREADS=${THREADS:-0}
 ENCODE=${ENCODE:-1}
 BASE=${BASE:-}
 BASE_TOKENIZER=${BASE_TOKENIZER:-}
-CODEC="$ROOT/codec/weights/duplex-codec-small.safetensors"   # the codec the default models are trained on
+# the codec the corpora are encoded with: the shipped one, which the default models are trained on (another one for
+# an experiment, e.g. a codec distilled from the transcripts: docs/training.md, "Are the user's words in the codes?")
+CODEC=${CODEC:-"$ROOT/codec/weights/duplex-codec-small.safetensors"}
 mkdir -p "$OUT"
 
 # A corpus: synthesised once (a half-made one, from a stop midway, is removed by `data synth` itself), then its

@@ -75,6 +75,12 @@ def register(commands) -> None:
                    help="weight of the multi-period discriminator's hinge loss (0: no discriminator)")
     p.add_argument("--feature-matching-weight", type=weight,
                    help="weight of the discriminator feature-matching loss (0: off)")
+    p.add_argument("--transcript-weight", type=weight,
+                   help="weight of the transcript distillation loss: a training-only CTC head must spell each crop's "
+                        "words from the first codebook, so its codes carry them (0: off; needs a corpus of "
+                        "'duplex data synth', which knows its words)")
+    p.add_argument("--init", help="start from this codec checkpoint (fine-tuning; with --config when it is not "
+                                  "the small shape) instead of random weights")
     p.add_argument("--crops", choices=["speech", "any"],
                    help="speech: every training crop contains speech; any: uniform crops")
     p.add_argument("--max-codebooks", type=positive, help="quantizer dropout trains 1..N codebooks")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import soundfile as sf
@@ -23,6 +23,20 @@ from ..errors import DatasetError
 SAMPLE_RATE = MimiConfig().sample_rate
 FRAME = MimiConfig().frame_size
 CHANNELS = ("assistant", "user")  # channel 0, channel 1
+
+
+def channel_words(meta: dict, channel: int, rate: int = SAMPLE_RATE) -> List[Tuple[int, int, str]]:
+    """(first sample, end sample, word) of each word of ``channel``'s transcript, in time order."""
+    words = [(int(w["start"] * rate), int(np.ceil(w["end"] * rate)), str(w["word"]))
+             for turn in meta.get("turns", []) if turn.get("channel") == CHANNELS[channel]
+             for w in turn.get("words", [])]
+    return sorted(words)
+
+
+def crop_text(words: List[Tuple[int, int, str]], start: int, samples: int) -> str:
+    """The words of a crop [start, start + samples): those whose middle lies inside it (a word cut at an edge
+    counts on the side that holds most of it)."""
+    return " ".join(w for a, b, w in words if start <= (a + b) // 2 < start + samples)
 
 
 def word_frames(meta: dict, samples: int, channel: int, rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -59,6 +73,7 @@ class CorpusAudio:
                 rows.append(row)
         self.clips: List[np.ndarray] = []
         self.speech_masks: List[np.ndarray] = []  # per clip, bool per frame (the last frame may be partial)
+        self.words: List[Optional[List[Tuple[int, int, str]]]] = []  # per clip, its transcript (None: unknown)
         for row in rows:
             if row["split"] != split:
                 continue
@@ -77,6 +92,7 @@ class CorpusAudio:
             for c in range(audio.shape[1]):
                 clip = np.ascontiguousarray(audio[:, c])
                 self.clips.append(clip)
+                self.words.append(channel_words(meta, c) if meta is not None and c < len(CHANNELS) else None)
                 self.speech_masks.append(
                     word_frames(meta, len(clip), c) if meta is not None and c < len(CHANNELS)
                     else speech_frames(clip.astype(np.float32) / 32768.0, FRAME, -(-len(clip) // FRAME)))
@@ -100,32 +116,50 @@ class CorpusAudio:
     def seconds(self) -> float:
         return float(self.lengths.sum()) / SAMPLE_RATE
 
-    def batch(self, batch_size: int, samples: int, generator: torch.Generator, speech: bool = False) -> torch.Tensor:
+    @property
+    def transcribed(self) -> bool:
+        """Whether every clip has its transcript (what ``batch(..., words=True)`` needs)."""
+        return all(w is not None for w in self.words)
+
+    def batch(self, batch_size: int, samples: int, generator: torch.Generator, speech: bool = False,
+              words: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, List[str]]]:
         """float32 [batch_size, 1, samples]: crops drawn with ``generator`` (so a resumed run draws the same).
-        ``speech``: every crop contains a speech frame drawn uniformly from all of them, at a random place."""
+        ``speech``: every crop contains a speech frame drawn uniformly from all of them, at a random place.
+        ``words``: (crops, each crop's words as one string), for the codec's transcript loss; the crops are the
+        same as without it."""
+        if words and not self.transcribed:
+            raise DatasetError("this corpus has channels without a transcript (no conversation .json); the "
+                               "transcript loss needs a corpus of 'duplex data synth'")
         if speech and len(self.speech_frames):
-            return self._speech_batch(batch_size, samples, generator)
+            places = self._speech_places(batch_size, samples, generator)
+        else:
+            places = self._uniform_places(batch_size, samples, generator)
+        out = torch.zeros(batch_size, 1, samples)
+        for row, (clip_index, start) in enumerate(places):
+            piece = torch.from_numpy(self.clips[clip_index][start:start + samples].astype(np.float32) / 32768.0)
+            out[row, 0, :len(piece)] = piece
+        if not words:
+            return out
+        return out, [crop_text(self.words[c], start, samples) for c, start in places]
+
+    def _uniform_places(self, batch_size: int, samples: int, generator: torch.Generator) -> List[Tuple[int, int]]:
         weights = torch.from_numpy(np.maximum(self.lengths - samples, 1.0))
         picks = torch.multinomial(weights, batch_size, replacement=True, generator=generator).tolist()
-        out = torch.zeros(batch_size, 1, samples)
-        for row, clip_index in enumerate(picks):
+        places = []
+        for clip_index in picks:
             clip = self.clips[clip_index]
-            start = int(torch.randint(0, max(1, len(clip) - samples), (1,), generator=generator))
-            piece = torch.from_numpy(clip[start:start + samples].astype(np.float32) / 32768.0)
-            out[row, 0, :len(piece)] = piece
-        return out
+            places.append((clip_index, int(torch.randint(0, max(1, len(clip) - samples), (1,), generator=generator))))
+        return places
 
-    def _speech_batch(self, batch_size: int, samples: int, generator: torch.Generator) -> torch.Tensor:
-        out = torch.zeros(batch_size, 1, samples)
+    def _speech_places(self, batch_size: int, samples: int, generator: torch.Generator) -> List[Tuple[int, int]]:
         picks = torch.randint(0, len(self.speech_frames), (batch_size,), generator=generator).tolist()
         offsets = torch.randint(0, max(1, samples - FRAME), (batch_size,), generator=generator).tolist()
-        for row, (pick, offset) in enumerate(zip(picks, offsets)):
+        places = []
+        for pick, offset in zip(picks, offsets):
             clip_index, frame = self.speech_frames[pick]
             clip = self.clips[int(clip_index)]
-            start = min(max(0, int(frame) * FRAME - offset), max(0, len(clip) - samples))
-            piece = torch.from_numpy(clip[start:start + samples].astype(np.float32) / 32768.0)
-            out[row, 0, :len(piece)] = piece
-        return out
+            places.append((int(clip_index), min(max(0, int(frame) * FRAME - offset), max(0, len(clip) - samples))))
+        return places
 
 
 def _read_json(path: str):

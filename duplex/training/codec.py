@@ -33,6 +33,8 @@ class CodecTrainingOptions:
     linear_mel_weight: float = 0.0
     adversarial_weight: float = 0.0
     feature_matching_weight: float = 0.0
+    transcript_weight: float = 0.0  # transcript distillation of the first codebook (codec.train.transcript)
+    init: Optional[str] = None  # start from this codec checkpoint (its config.json beside it, or --config)
     crops: str = "speech"  # speech: every crop holds speech; any: uniform crops
     max_codebooks: int = 8
     seed: int = 0
@@ -61,20 +63,30 @@ def train_codec(options: CodecTrainingOptions, device: torch.device) -> int:
     with torch.random.fork_rng(devices=[]):  # the modules' default initialisation, seeded without touching ours
         torch.manual_seed(options.seed)
         mimi = Mimi(config, num_codebooks=min(8, config.quantizer.n_q))
-    if not options.resume:
+    if options.init and not options.resume:  # fine-tune: its weights in float32 (a float16 export loads too)
+        mimi = Mimi.from_checkpoint(options.init, config, num_codebooks=mimi.num_codebooks).train()
+    elif not options.resume:
         init_for_training(mimi, seed=options.seed)
     mimi = mimi.to(device)
     mimi.refresh_derived()
     cfg = TrainConfig(learning_rate=options.lr, max_codebooks=min(options.max_codebooks, config.quantizer.n_q),
                       lr_schedule=options.lr_schedule, total_steps=options.steps,
                       linear_mel_weight=options.linear_mel_weight, adversarial_weight=options.adversarial_weight,
-                      feature_matching_weight=options.feature_matching_weight)
+                      feature_matching_weight=options.feature_matching_weight,
+                      transcript_weight=options.transcript_weight,
+                      # a codec that is already trained needs no unquantized warm-up (its codebooks would drift)
+                      **({"warmup_unquantized_steps": 0} if options.init else {}))
     trainer = CodecTrainer(mimi, cfg, seed=options.seed)
     if options.resume:
         trainer.load(options.out)
         print(f"resumed {options.out} at step {trainer.step} (training options come from this call)",
               file=sys.stderr)
-    eval_batch = (heldout.batch(8, samples, torch.Generator().manual_seed(1234), speech=True).to(device)
+    words = options.transcript_weight > 0
+
+    def on_device(batch):
+        return (batch[0].to(device), batch[1]) if words else batch.to(device)
+
+    eval_batch = (on_device(heldout.batch(8, samples, torch.Generator().manual_seed(1234), speech=True, words=words))
                   if heldout else None)
     print(f"training on {train.seconds / 3600:.2f} h ({len(train.clips)} channels, "
           f"{train.speech_seconds / 3600:.2f} h of speech frames), "
@@ -95,8 +107,8 @@ def train_codec(options: CodecTrainingOptions, device: torch.device) -> int:
                 # the inference file (float16, what duplex ships): loads with --config codec-fp16.json
                 export_for_inference(trainer.mimi, run.file("codec-fp16.safetensors"))
 
-        fit(trainer, lambda: train.batch(options.batch_size, samples, trainer.generator,
-                                         speech=options.crops == "speech").to(device),
+        fit(trainer, lambda: on_device(train.batch(options.batch_size, samples, trainer.generator,
+                                                   speech=options.crops == "speech", words=words)),
             end, save, options.save_every, log=log, eval_batch=eval_batch, eval_every=options.eval_every,
             stop_requested=run.stop_requested)
     print(f"step {trainer.step} of {options.steps} after {time.time() - start:.0f} s -> "

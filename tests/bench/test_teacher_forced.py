@@ -129,3 +129,26 @@ def test_the_listening_experiment_fine_tunes_and_exports_a_plain_lm(corpus, smal
     assert "step 2: loss" in log and "user transcription 0.0000" not in log
     assert main(["bench", "teacher-forced", "--data", str(corpus), "--lm", str(tmp_path / "out" / "model.safetensors"),
                  "--device", "cpu"]) == 0
+
+
+def test_the_codes_probe_reads_user_turns_and_reports_word_error_rates(corpus, tmp_path, capsys):
+    # demos/default-model/probe.py: a CTC reader of the user's turns from the codes (issue 28's diagnosis)
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "probe", Path(__file__).parents[2] / "demos" / "default-model" / "probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    (corpus / "train.jsonl").write_text((corpus / "heldout.jsonl").read_text())
+    turns = probe.user_turns(corpus / "train.jsonl", "codes1")
+    assert [words for _, words in turns] == ["what is two plus two".split()] and turns[0][0].shape[0] == 1
+    assert probe.edit_distance("a b c".split(), "a c d".split()) == 2
+    report = tmp_path / "probe.json"
+    probe.main(["--data", str(corpus), "--test", str(corpus), "--features", "codes", "codes1", "--steps", "2",
+                "--batch-size", "2", "--dim", "8", "--acoustic-dropout", "0.5", "--json", str(report)])
+    runs = json.loads(report.read_text())["runs"]
+    assert [r["feature"] for r in runs] == ["codes", "codes1"]
+    assert all(0 <= r[split]["wer"] and r[split]["number_words"] == 2 for r in runs
+               for split in ("heldout", "test", "train_sample"))
+    assert "codes1, heldout: WER" in capsys.readouterr().out
