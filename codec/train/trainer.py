@@ -343,6 +343,11 @@ class CodecTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.generator.set_state(state["generator"])
+        # The warm-up belongs to how the run started (none for a fine-tune of a trained codec), not to this call:
+        # a resumed fine-tune must not go back to bypassing its quantizer.
+        saved = state.get("train_config", {})
+        if "warmup_unquantized_steps" in saved:
+            self.cfg.warmup_unquantized_steps = saved["warmup_unquantized_steps"]
         # A run that adds the discriminator to a checkpoint made without one starts it fresh.
         if self.discriminator is not None and "discriminator" in state:
             self.discriminator.load_state_dict(state["discriminator"])

@@ -34,7 +34,7 @@ class CodecTrainingOptions:
     adversarial_weight: float = 0.0
     feature_matching_weight: float = 0.0
     transcript_weight: float = 0.0  # transcript distillation of the first codebook (codec.train.transcript)
-    init: Optional[str] = None  # start from this codec checkpoint (its config.json beside it, or --config)
+    init: Optional[str] = None  # start from this codec checkpoint, of the shape --config gives
     crops: str = "speech"  # speech: every crop holds speech; any: uniform crops
     max_codebooks: int = 8
     seed: int = 0

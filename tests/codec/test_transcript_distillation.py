@@ -134,6 +134,11 @@ def test_train_codec_with_the_transcript_loss_from_a_checkpoint(tmp_path):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert "transcript" in log[0] and "transcript_cer" in log[1]["heldout"]
     assert log[0]["codebooks"] > 0  # a trained codec skips the unquantized warm-up
+    # resumed without --init, the fine-tune keeps its quantizer (no warm-up from the start's options)
+    assert main(["train", "codec", "--data", str(tmp_path / "corpus"), "--out", str(run), "--transcript-weight", "1",
+                 "--steps", "3", "--batch-size", "2", "--segment-seconds", "0.4", "--eval-every", "0", "--lr",
+                 "1e-12", "--device", "cpu", "--resume"]) == 0
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["codebooks"] > 0
     start, end = (Mimi.from_checkpoint(p / "codec.safetensors", config=str(MIMI_SMALL_CONFIG)) for p in (init, run))
     for a, b in zip(start.encoder.parameters(), end.encoder.parameters()):  # started from --init (lr ~0)
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
