@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import Mapping
 
 import torch
 from safetensors import safe_open
@@ -20,6 +21,17 @@ CODES_FORMAT = "duplex-codes/1"
 def codec_fingerprint(config: MimiConfig) -> str:
     """Names the codec's configuration (not its weights): codes from a codec of another shape are refused."""
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Names a codec's weights (its ``state_dict()``): two codecs of one configuration trained apart, or one and its
+    fine-tune, make other codes from the same audio, which ``codec_fingerprint`` cannot tell apart."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{value.dtype}:{tuple(tensors[name].shape)};".encode())
+        digest.update(value.view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
 
 
 def save_codes(path: str, codes: torch.Tensor, config: MimiConfig, num_samples: int) -> None:

@@ -81,6 +81,14 @@ weight = float_above(0.0, True, "a number >= 0")
 seconds = float_above(0.0, True, "a number of seconds >= 0")
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    value = weight(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
 def add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True, streaming: bool = True) -> None:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="Mimi checkpoint (.safetensors); default: $DUPLEX_MIMI, else the codec shipped with duplex")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .common import non_negative, pick_device, positive, positive_float, weight
+from .common import non_negative, pick_device, positive, positive_float, probability, weight
 from .options import OptionsParser, defaults_of, lazy, options_from_args
 
 # Named, imported when their command runs: duplex starts without the trainers (inference never imports them).
@@ -126,6 +126,10 @@ def register(commands) -> None:
     p.add_argument("--grad-clip", type=positive_float, help="gradient norm clip")
     p.add_argument("--semantic-weight", type=weight, help="loss weight of the semantic codebook")
     p.add_argument("--text-padding-weight", type=weight, help="loss weight of text PAD/EPAD targets")
+    p.add_argument("--user-acoustic-dropout", type=probability, metavar="SHARE",
+                   help="leave the user's acoustic codebooks (all but its first) out of this share of the training "
+                   "segments, so the model also follows the user from the semantic codebook alone (0: off, as Kyutai "
+                   "trains)")
     p.add_argument("--export-dtype", choices=["bfloat16", "float16", "float32"],
                    help="dtype of the exported model.safetensors")
     p.add_argument("--autocast", choices=["auto", "bfloat16", "off"], help="auto: bfloat16 autocast on CUDA (as "

@@ -4,8 +4,10 @@ beside each WAV (``NAME.codes.safetensors``), so that LM training does not run t
 The conversations are those the Kyutai-layout manifests of DIR list (every ``*.jsonl`` whose lines are
 ``{"path", "duration"}``: our corpus's ``train.jsonl`` and ``heldout.jsonl``, or a user's own dataset). Each codes
 file holds int16 ``codes`` [2, K, S] (channel 0, the model's, then channel 1, the user's), encoded offline at the
-codec's rate, with the codec's fingerprint and the audio's length in its metadata. A file whose codes are already
-there for this codec is skipped, so an interrupted run resumes where it stopped; each file is written whole.
+codec's rate, with the codec's fingerprints (its configuration's and its weights') and the audio's length in its
+metadata. A file whose codes are already there for this codec is skipped, so an interrupted run resumes where it
+stopped; codes another codec made (another shape, or the same shape trained otherwise) are made again; each file is
+written whole.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tqdm import tqdm
 
 from codec.io.audio import resample
 from codec.io.checkpoint import write_safetensors
-from codec.io.codes import codec_fingerprint
+from codec.io.codes import codec_fingerprint, weights_fingerprint
 
 from ..errors import EncodeError
 
@@ -62,17 +64,22 @@ def codes_path(wav: Path) -> Path:
     return wav.with_name(wav.stem + SUFFIX)
 
 
-def _done(path: Path, fingerprint: str) -> bool:
+def codec_identity(mimi) -> dict:
+    """What a codes file records of the codec that made it: its configuration's and its weights' fingerprints."""
+    return {"codec": codec_fingerprint(mimi.config), "codec_weights": weights_fingerprint(mimi.state_dict())}
+
+
+def _done(path: Path, identity: dict) -> bool:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            return meta.get("codec") == fingerprint and meta.get("format") == STEREO_CODES_FORMAT and \
-                "codes" in f.keys()
+            return all(meta.get(k) == v for k, v in identity.items()) and \
+                meta.get("format") == STEREO_CODES_FORMAT and "codes" in f.keys()
     except Exception:  # missing, cut short, not safetensors: encode it (again)
         return False
 
 
-def encode_file(mimi, wav: Path, out: Path, fingerprint: str) -> None:
+def encode_file(mimi, wav: Path, out: Path, identity: dict) -> None:
     try:
         data, rate = sf.read(str(wav), dtype="float32", always_2d=True)
     except Exception as e:
@@ -86,23 +93,23 @@ def encode_file(mimi, wav: Path, out: Path, fingerprint: str) -> None:
     with torch.no_grad():
         codes = mimi.encode(pcm[:, None].to(mimi.device))  # the two channels as a batch of two
     write_safetensors({"codes": codes.to(torch.int16).cpu().contiguous()}, str(out), metadata={
-        "format": STEREO_CODES_FORMAT, "codec": fingerprint, "num_samples": str(pcm.shape[-1]),
+        "format": STEREO_CODES_FORMAT, **identity, "num_samples": str(pcm.shape[-1]),
         "sample_rate": str(mimi.sample_rate), "frame_rate": str(mimi.frame_rate), "channels": "model,user"})
 
 
 def encode_corpus(folder: Path, mimi, progress: Optional[Callable[[int, int], None]] = None) -> Tuple[int, int]:
     """Encode what is not encoded yet; returns (encoded now, already there)."""
-    fingerprint = codec_fingerprint(mimi.config)
+    identity = codec_identity(mimi)
     wavs: List[Path] = [wav for wav, _ in manifest_entries(Path(folder))]
     encoded = skipped = 0
     for i, wav in enumerate(wavs):
         out = codes_path(wav)
-        if _done(out, fingerprint):
+        if _done(out, identity):
             skipped += 1
         else:
             if not wav.is_file():
                 raise EncodeError(f"{wav}: listed in a manifest but not found")
-            encode_file(mimi, wav, out, fingerprint)
+            encode_file(mimi, wav, out, identity)
             encoded += 1
         if progress:
             progress(i + 1, len(wavs))

@@ -40,6 +40,7 @@ class Conversation:
     path: Path  # the WAV
     codes: torch.Tensor  # int16 [2, Q, S]: model, user
     words: List[Word]  # the model's words, sorted by start
+    codec: Optional[str] = None  # the fingerprint of the weights of the codec that made the codes, where recorded
 
     @property
     def frames(self) -> int:
@@ -150,10 +151,25 @@ def load_conversations(manifest: Path, codebooks: int, frame_rate: float,
             raise DatasetError(f"{codes_path(wav)}: codes from {int(codes.min())} to {int(codes.max())}, the LM's "
                                f"codebooks hold 0..{card - 1} (encoded with another codec? encode with the LM's)")
         conversations.append(Conversation(wav, codes.to(torch.int16).contiguous(),
-                                          read_alignments(wav.with_suffix(".json"))))
+                                          read_alignments(wav.with_suffix(".json")), meta.get("codec_weights")))
         if progress:
             progress(i + 1, len(entries))
     return conversations
+
+
+def check_one_codec(conversations: Sequence[Conversation]) -> None:
+    """A DatasetError when the codes were made by codecs of other weights (datasets encoded apart, one of them with
+    another codec of the same shape): an LM learns one codec's codes, and the codec it will run with is one. Files
+    that do not record their codec's weights (encoded before duplex recorded them, or by other tools) pass."""
+    first = {}
+    for conv in conversations:
+        if conv.codec is not None:
+            first.setdefault(conv.codec, conv.path)
+            if len(first) > 1:
+                (a, path_a), (b, path_b) = list(first.items())[:2]
+                raise DatasetError(f"the codes were made by two codecs: {codes_path(path_a)} by codec weights {a}, "
+                                   f"{codes_path(path_b)} by {b} (encode every dataset with the LM's codec: "
+                                   "'duplex data encode DIR --checkpoint CODEC')")
 
 
 class SegmentSource:

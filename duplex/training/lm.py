@@ -32,10 +32,11 @@ import torch
 from codec.io.checkpoint import check_and_load, normalize_keys, write_safetensors
 from codec.io.files import write_atomically, write_json
 
-from ..data.lm_dataset import SegmentSource, codes_frame_rate, load_conversations
+from ..data.lm_dataset import SegmentSource, check_one_codec, codes_frame_rate, load_conversations
 from ..errors import DatasetError, TokenizerError, UsageError
 from ..model import lora
 from ..model.config import LMConfig, lm_config_beside
+from ..model.layers import ZERO_TOKEN
 from ..model.lm import MoshiLM, default_dtype
 from ..model.tokenizer import TextTokenizer
 from .lm_loss import LossWeights, lm_loss
@@ -56,7 +57,7 @@ QUANTIZE = ("int8", "fp8")
 # change: --stop-at, --save-every, --eval-every, --export-dtype, --autocast (noted), --threads, --device, the
 # --data paths; the config, the tokenizer and a LoRA run's base and adapter shape come from the run.
 RUN_SHAPING = ("steps", "seed", "batch_size", "segment_seconds", "segments", "lr", "warmup", "weight_decay",
-               "grad_clip", "semantic_weight", "text_padding_weight")
+               "grad_clip", "semantic_weight", "text_padding_weight", "user_acoustic_dropout")
 AUTOCAST = ("auto", "bfloat16", "off")  # LMTrainingOptions.autocast
 
 
@@ -83,6 +84,11 @@ class LMTrainingOptions:
     grad_clip: float = 1.0
     semantic_weight: float = 100.0
     text_padding_weight: float = 0.5
+    # The share of training segments whose user acoustic codebooks (all the user's but the first) are left out of the
+    # input (ZERO_TOKEN: no embedding), so the model must also follow the user from the semantic codebook alone,
+    # which a transcript-distilled codec makes carry the words; with all 8 it can learn each training voice's sound
+    # by heart instead (docs/training.md, "Are the user's words in the codes?"). 0: off, Kyutai's training.
+    user_acoustic_dropout: float = 0.0
     export_dtype: str = "bfloat16"
     # "auto": bfloat16 autocast on CUDA (as Kyutai trains), float32 on the CPU; "bfloat16": autocast on the CPU too
     # (1.45x a step for the 384 x 6 shape on the 2-vCPU Zen 4, which has AVX512-BF16: docs/training.md, "Stage 3");
@@ -228,6 +234,22 @@ def add_training_adapter(model: MoshiLM, rank: int, scaling: float, seed: int = 
     return params
 
 
+def drop_user_acoustic(codes: torch.Tensor, n_q: int, share: float, generator: torch.Generator) -> torch.Tensor:
+    """``codes`` [B, K, T] with the user's acoustic codebooks (rows 2 + n_q/2 .. n_q: the user's codebooks but its
+    first) set to ZERO_TOKEN in each segment drawn with probability ``share`` (a new tensor; ``codes`` is left as it
+    is). ZERO_TOKEN embeds to nothing, as Kyutai's ``ScaledEmbedding`` does for -1, and where a depth transformer
+    predicts the user's codebooks too (dep_q = n_q) those targets are masked out of the loss."""
+    if share <= 0:
+        return codes
+    drop = torch.rand(codes.shape[0], generator=generator) < share
+    if not bool(drop.any()):
+        return codes
+    out = codes.clone()
+    rows = slice(2 + n_q // 2, 1 + n_q)
+    out[drop.to(codes.device), rows] = ZERO_TOKEN
+    return out
+
+
 class LMTrainer:
     """One optimiser step per batch (AdamW with Kyutai's betas, the one-cycle schedule, gradient clipping), held-out
     losses, and checkpoints in a run folder that hold everything needed to continue exactly (the data position
@@ -270,6 +292,9 @@ class LMTrainer:
         lr = one_cycle_lr(self.step, o.steps, o.lr, o.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if o.user_acoustic_dropout > 0:  # drawn from (seed, step) alone, so a resumed run draws the same
+            generator = torch.Generator().manual_seed(o.seed * 1_000_003 + self.step)
+            batch = drop_user_acoustic(batch, self.model.config.n_q, o.user_acoustic_dropout, generator)
         losses = self._losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -402,6 +427,7 @@ def _data(options: LMTrainingOptions, config: LMConfig, tokenizer: TextTokenizer
         train += load_conversations(data / "train.jsonl", per_channel, frame_rate, card=config.card)
         if options.eval_every and (data / "heldout.jsonl").is_file():
             heldout += load_conversations(data / "heldout.jsonl", per_channel, frame_rate, card=config.card)
+    check_one_codec(train + heldout)
     source = SegmentSource(train, tokenizer.encode, frames, frame_rate, options.segments, options.seed)
     held = SegmentSource(heldout, tokenizer.encode, frames, frame_rate, "consecutive") if heldout else None
     return train, heldout, source, held
@@ -522,6 +548,9 @@ def train_lm(options: LMTrainingOptions, device: torch.device) -> int:
     step boundary, saves it, and raises KeyboardInterrupt."""
     if options.autocast not in AUTOCAST:
         raise UsageError(f"autocast must be one of {', '.join(AUTOCAST)}, got {options.autocast!r}")
+    if not 0 <= options.user_acoustic_dropout <= 1:
+        raise UsageError(f"user_acoustic_dropout is a share of the segments, from 0 to 1, got "
+                         f"{options.user_acoustic_dropout}")
     folders = data_folders(options)
     if not folders:
         raise UsageError("no dataset folder given")

@@ -351,6 +351,21 @@ def test_encode_caches_both_channels_and_resumes(corpus, capsys):
     assert "1 file encoded" in err and f"{len(rows) - 1} already encoded" in err  # only what was missing
     assert main(["data", "encode", str(out.parent), *codec]) == 2
     assert "no manifest of" in capsys.readouterr().err
+    # a codec of the same shape with other weights (another training run, a fine-tune) makes other codes: all again
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(MIMI_SMALL))
+    name = sorted(k for k in tensors if k.endswith("weight"))[0]
+    tensors[name] = tensors[name] * 1.5
+    other = out.parent / "other-codec.safetensors"
+    save_file(tensors, str(other))
+    other_codec = ["--checkpoint", str(other), "--config", str(MIMI_SMALL_CONFIG), "--device", "cpu"]
+    assert main(["data", "encode", str(out), *other_codec]) == 0
+    assert f"{len(rows)} files encoded" in capsys.readouterr().err
+    assert load_stereo_codes(codes_path(first))[1]["codec_weights"] != meta["codec_weights"]
+    assert main(["data", "encode", str(out), *codec]) == 0  # and back: the corpus as the other tests know it
+    assert f"{len(rows)} files encoded" in capsys.readouterr().err
+    assert torch.equal(load_stereo_codes(codes_path(first))[0], expected)
 
 
 def test_train_tokenizer_on_the_transcripts(corpus, tmp_path, capsys):

@@ -16,7 +16,7 @@ from duplex.data.lm_dataset import DatasetError, SegmentSource, load_conversatio
 from duplex.errors import UsageError
 from duplex.model.config import LMConfig
 from duplex.model.lm import LMOutput, MoshiLM
-from duplex.training.lm import LMTrainingOptions, one_cycle_lr, train_lm
+from duplex.training.lm import LMTrainer, LMTrainingOptions, drop_user_acoustic, one_cycle_lr, train_lm
 from duplex.training.lm_loss import LossWeights, lm_loss
 
 TINY = {"dim": 32, "num_heads": 2, "num_layers": 2, "context": 40, "text_card": 64, "card": 32,
@@ -150,6 +150,30 @@ def test_codes_of_another_codec_are_named_before_the_first_step(tmp_path, small_
     assert not (tmp_path / "run" / "trainer.pt").exists()
 
 
+def test_codes_of_two_codecs_of_one_shape_are_refused_before_the_first_step(tmp_path, small_tokenizer_path):
+    """Two datasets encoded apart, one with another codec of the same shape (a fine-tuned one): the LM would learn
+    two codecs' codes as one. Files that do not record the weights (older ones, other tools') pass."""
+    from safetensors import safe_open
+
+    from codec.io.checkpoint import write_safetensors
+
+    first = write_dataset(tmp_path / "a", small_tokenizer_path)
+    second = write_dataset(tmp_path / "b", small_tokenizer_path, seed=1)
+    train_lm(options(first, tmp_path / "unrecorded", data=[str(first), str(second)], steps=1, eval_every=0),
+             torch.device("cpu"))
+    for folder, weights in ((first, "aaaa"), (second, "bbbb")):
+        for path in sorted((folder / "audio").glob("*.codes.safetensors")):
+            with safe_open(str(path), framework="pt") as f:
+                codes, meta = f.get_tensor("codes"), f.metadata()
+            write_safetensors({"codes": codes}, path, metadata={**meta, "codec_weights": weights})
+    train_lm(options(first, tmp_path / "one", steps=1, eval_every=0), torch.device("cpu"))
+    with pytest.raises(DatasetError, match=r"^the codes were made by two codecs: .*a/audio/train0.codes.safetensors "
+                                           r"by codec weights aaaa, .*b/audio/train0.codes.safetensors by bbbb "
+                                           r"\(encode every dataset with the LM's codec"):
+        train_lm(options(first, tmp_path / "two", data=[str(first), str(second)]), torch.device("cpu"))
+    assert not (tmp_path / "two" / "trainer.pt").exists()
+
+
 def test_loss_weights_semantic_and_text_padding():
     # Two positions, a text PAD target and a word target; the semantic codebook counts 100x.
     text_logits = torch.zeros(1, 1, 2, 8)
@@ -230,6 +254,50 @@ def test_resume_refuses_other_run_shaping_options(dataset, tmp_path, capsys):
                      resume=True), torch.device("cpu"))
     assert "resumed" in capsys.readouterr().err
     assert torch.load(run / "trainer.pt", weights_only=False)["step"] == 4
+
+
+def test_user_acoustic_dropout_leaves_out_the_users_acoustic_codebooks_of_drawn_segments():
+    codes = torch.randint(0, 32, (64, 17, 5))
+    kept = codes.clone()
+    out = drop_user_acoustic(codes, 16, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(codes, kept)  # the caller's batch is left as it is
+    dropped = (out[:, 10:] == -1).flatten(1).all(1)
+    assert 16 < int(dropped.sum()) < 48  # about half the segments
+    assert torch.equal(out[~dropped], codes[~dropped])
+    assert torch.equal(out[:, :10], codes[:, :10])  # text, the model's 8, the user's semantic codebook: all kept
+    assert torch.equal(out, drop_user_acoustic(codes, 16, 0.5, torch.Generator().manual_seed(0)))
+    assert drop_user_acoustic(codes, 16, 0.0, torch.Generator()) is codes
+    assert (drop_user_acoustic(codes, 16, 1.0, torch.Generator())[:, 10:] == -1).all()
+    assert (drop_user_acoustic(codes[:, :9], 8, 1.0, torch.Generator())[:, 6:] == -1).all()  # 4 + 4 codebooks
+
+
+def test_user_acoustic_dropout_trains_resumes_exactly_and_never_touches_held_out_losses(dataset, tmp_path,
+                                                                                     monkeypatch):
+    seen = []  # (a training batch?, the batch the loss saw)
+    losses = LMTrainer._losses
+    monkeypatch.setattr(LMTrainer, "_losses",
+                        lambda self, batch: (seen.append((torch.is_grad_enabled(), batch.clone())),
+                                             losses(self, batch))[1])
+    train_lm(options(dataset, tmp_path / "straight", steps=6, eval_every=3, save_every=3,
+                     user_acoustic_dropout=0.5), torch.device("cpu"))
+    training = [b for grad, b in seen if grad]
+    held = [b for grad, b in seen if not grad]
+    assert len(training) == 6 and held
+    assert any((b[:, 10:] == -1).flatten(1).all(1).any() for b in training)  # some segments lost them
+    for b in held:  # held-out segments keep every codebook (-1 only where a segment is padded past its file's end)
+        assert torch.equal(b[:, 10:] == -1, (b[:, 9:10] == -1).expand_as(b[:, 10:]))
+    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    train_lm(options(dataset, tmp_path / "split", steps=6, stop_at=2, eval_every=3, save_every=3,
+                     user_acoustic_dropout=0.5), torch.device("cpu"))
+    with pytest.raises(UsageError, match="planned with --user-acoustic-dropout 0.5; this call gives "
+                                         "--user-acoustic-dropout 0.0"):
+        train_lm(options(dataset, tmp_path / "split", steps=6, resume=True), torch.device("cpu"))
+    train_lm(options(dataset, tmp_path / "split", steps=6, eval_every=3, save_every=3, user_acoustic_dropout=0.5,
+                     resume=True), torch.device("cpu"))
+    resumed = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in log]
+    with pytest.raises(UsageError, match="from 0 to 1, got 1.5"):
+        train_lm(options(dataset, tmp_path / "bad", user_acoustic_dropout=1.5), torch.device("cpu"))
 
 
 def test_the_tokenizer_is_copied_whole_and_only_when_it_differs(dataset, tmp_path, small_tokenizer_path):
