@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The default model's recipe, from nothing: two stages of `duplex` commands (docs/training.md, "The default model").
+# The default model's recipe, from nothing: stages of `duplex` commands (docs/training.md, "The default model").
 #
 #   demos/default-model/recipe.sh [OUT]     (default OUT: default-model-run)
 #
-# Stage 1 is the shipped default model's recipe (a v1 corpus, 20 h; 4000 steps from random weights): RUN/lm1/best
-# is the shipped model. Stage 2 is the second model's candidate (issue 28): it goes on from stage 1's best export on
-# a corpus made for turn-taking (the v2 mix, 16 h) together with stage 1's corpus (4000 steps), a fine-tune, so
+# Stage 1 is the shipped default model's recipe (a v1 corpus, 20 h; 4000 steps from random weights, on the codes of
+# the shipped codec): RUN/lm1/best is the shipped model. The shipped codec is the codec stage's (STAGES="codec 1",
+# from nothing: the first codec, 6500 steps on a 3 h corpus, then 1200 steps of transcript distillation on another
+# 3 h corpus, so that its first codebook carries the words: docs/training.md, "The second default model ships"); the
+# stages after it then encode with it. Stage 2 is a candidate successor (issue 28): it goes on from stage 1's best
+# export on a corpus made for turn-taking (the v2 mix, 16 h) together with stage 1's corpus (4000 steps), a fine-tune, so
 # that it gets the first model's compute as well as its own. Its first run (v2 alone) forgot what v1 taught and was
 # not shipped (docs/training.md, "The second default model: training"). Each step is skipped when its result is there, and a stopped training run resumes, so running
 # the script again after a stop (a Ctrl-C, a session that ended) goes on where it was. Same seeds, same corpora,
@@ -16,8 +19,9 @@
 # under the speech; one without the room, one with it), 12000 steps in bfloat16 autocast, stage 1's tokenizer
 # (docs/training.md, "Stage 3: a larger model"); it needs stage 1's tokenizer only, not its training.
 #
-# On the 2-core CPU: stage 1 about 1 h (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 25 min
-# (synthesis 16 min, encoding 17 min, training 50 min), stage 3 about 4 h (synthesis 18 + 25 min, encoding 21 + 30
+# On the 2-core CPU: the codec stage about 2 h (synthesis 2 x 15 s, training 99 + 11 min), stage 1 about 1 h
+# (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 25 min (synthesis 16 min, encoding 17 min,
+# training 50 min), stage 3 about 4 h (synthesis 18 + 25 min, encoding 21 + 30
 # min, training about 2.7 h): a run over several sessions. On a GPU (DEVICE=cuda) the training steps should take
 # minutes (not measured yet); gpu.sh beside this script runs them on a lent GPU machine, any stages.
 #
@@ -31,8 +35,10 @@
 #   BASE=               a model file to start stage 2 from instead of running stage 1 (the first default model's
 #                       duplex-lm.safetensors, its duplex-lm.json beside it), with
 #   BASE_TOKENIZER=     its tokenizer (the first default model's duplex-tokenizer.model; stage 3 uses it too)
-#   STAGES="1 2"        which stages run: 1, 2 and 3 in any set (stage 2 runs stage 1 first unless BASE is given)
-#   CODEC=              the codec file to encode with (default: the shipped codec/weights/duplex-codec-small.safetensors)
+#   STAGES="1 2"        which stages run: codec, 1, 2 and 3 in any set (stage 2 runs stage 1 first unless BASE is
+#                       given)
+#   CODEC=              the codec file to encode with (default: the codec stage's RUN/codec-words/codec-fp16.safetensors
+#                       when it runs, else the shipped codec/weights/duplex-codec-small.safetensors, which is that file)
 set -euo pipefail
 
 OUT=${1:-default-model-run}
@@ -43,9 +49,6 @@ THREADS=${THREADS:-0}
 ENCODE=${ENCODE:-1}
 BASE=${BASE:-}
 BASE_TOKENIZER=${BASE_TOKENIZER:-}
-# the codec the corpora are encoded with: the shipped one, which the default models are trained on (another one for
-# an experiment, e.g. a codec distilled from the transcripts: docs/training.md, "Are the user's words in the codes?")
-CODEC=${CODEC:-"$ROOT/codec/weights/duplex-codec-small.safetensors"}
 mkdir -p "$OUT"
 
 # A corpus: synthesised once (a half-made one, from a stop midway, is removed by `data synth` itself), then its
@@ -69,11 +72,35 @@ train() {  # train RUN STEPS OPTIONS...
     fi
 }
 
+# A codec training run: started, or resumed where a checkpoint is (with the same options: a run goes on as planned).
+train_codec() {  # train_codec RUN STEPS OPTIONS...
+    local run=$1 steps=$2; shift 2
+    if [ -f "$run/trainer.pt" ]; then
+        $DUPLEX train codec --out "$run" --steps "$steps" --device "$DEVICE" --threads "$THREADS" --resume "$@"
+    else
+        $DUPLEX train codec --out "$run" --steps "$steps" --device "$DEVICE" --threads "$THREADS" "$@"
+    fi
+}
+
 STAGES=" ${STAGES:-1 2} "
 for stage in $STAGES; do
-    case "$stage" in 1|2|3) ;; *) echo "error: STAGES: $stage is not a stage (1, 2, 3)" >&2; exit 2 ;; esac
+    case "$stage" in codec|1|2|3) ;; *) echo "error: STAGES: $stage is not a stage (codec, 1, 2, 3)" >&2; exit 2 ;; esac
 done
 wants() { [[ "$STAGES" == *" $1 "* ]]; }
+
+# The codec stage: the shipped codec from nothing. The first codec (README, "Training your own codec"), then its
+# fine-tune with the transcript head (docs/training.md: a first codebook that carries the words), on a corpus of
+# another seed.
+if wants codec; then
+    corpus "$OUT/codec-corpus" --hours 3 --seed 0
+    train_codec "$OUT/codec" 6500 --data "$OUT/codec-corpus" --lr 3e-4
+    corpus "$OUT/codec-words-corpus" --hours 3 --seed 41 --heldout-every 8
+    train_codec "$OUT/codec-words" 1200 --data "$OUT/codec-words-corpus" --init "$OUT/codec/codec-fp16.safetensors" \
+        --transcript-weight 0.25 --lr 1e-4 --lr-schedule constant
+    CODEC=${CODEC:-"$OUT/codec-words/codec-fp16.safetensors"}
+fi
+# the codec the corpora are encoded with: the shipped one (the codec stage's), which the default model is trained on
+CODEC=${CODEC:-"$ROOT/codec/weights/duplex-codec-small.safetensors"}
 if [ -n "$BASE" ] && [ -z "$BASE_TOKENIZER" ]; then
     echo "error: BASE=$BASE needs BASE_TOKENIZER= (the tokenizer it was trained with)" >&2
     exit 2
@@ -82,13 +109,15 @@ fi
 # The data of both stages first (UNTIL=data stops there: demos/default-model/gpu.sh then carries the codes to a GPU).
 # Stage 1's corpus, v1: question-answer exchanges, pauses, interruptions, backchannels (and, for stage 1, its
 # tokenizer). Stage 2 trains on it too, so it is made with BASE as well.
-corpus "$OUT/corpus1" --hours 20 --seed 0
-# its tokenizer: stage 1's (and so stage 2's without BASE), and stage 3's unless BASE_TOKENIZER gives it
-if { { [ -z "$BASE" ] && { wants 1 || wants 2; }; } || { wants 3 && [ -z "$BASE_TOKENIZER" ]; }; } \
-        && [ ! -f "$OUT/corpus1/tokenizer.model" ]; then
-    $DUPLEX train tokenizer --data "$OUT/corpus1" --out "$OUT/corpus1/tokenizer.model" --vocab-size 1000
+if wants 1 || wants 2 || wants 3; then
+    corpus "$OUT/corpus1" --hours 20 --seed 0
+    # its tokenizer: stage 1's (and so stage 2's without BASE), and stage 3's unless BASE_TOKENIZER gives it
+    if { { [ -z "$BASE" ] && { wants 1 || wants 2; }; } || { wants 3 && [ -z "$BASE_TOKENIZER" ]; }; } \
+            && [ ! -f "$OUT/corpus1/tokenizer.model" ]; then
+        $DUPLEX train tokenizer --data "$OUT/corpus1" --out "$OUT/corpus1/tokenizer.model" --vocab-size 1000
+    fi
+    encode "$OUT/corpus1"
 fi
-encode "$OUT/corpus1"
 # Stage 2's corpus, the v2 mix: greetings, answers as sentences, pauses cued by words and prosody, barge-ins anywhere,
 # the user's backchannels, many voices, room and noise on the user's channel.
 if wants 2; then
@@ -127,7 +156,14 @@ if wants 3; then
         --batch-size 8 --segment-seconds 10 --lr 6e-4 --eval-every 500 --autocast bfloat16
 fi
 
-last=$(for stage in $STAGES; do echo "$stage"; done | sort | tail -1)
+if [ "$STAGES" = " codec " ]; then
+    echo "the codec: $CODEC (and its config beside it, .json); to ship it (the default model must then be trained"
+    echo "on its codes: stage 1):"
+    echo "  cp $CODEC $ROOT/codec/weights/duplex-codec-small.safetensors"
+    echo "  cp ${CODEC%.safetensors}.json $ROOT/codec/weights/duplex-codec-small.json"
+    exit 0
+fi
+last=$(for stage in $STAGES; do echo "$stage"; done | grep -v codec | sort | tail -1)
 echo "the models: $OUT/lmN/best for the stages run ($STAGES), each model.safetensors, config.json and"
 echo "tokenizer.model; to ship stage $last's (once it measures better: docs/training.md):"
 echo "  cp $OUT/lm$last/best/model.safetensors $ROOT/duplex/weights/duplex-lm.safetensors"

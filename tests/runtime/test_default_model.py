@@ -70,8 +70,9 @@ def _conversation(engine, folder: str, tail_seconds: float = 2.0):
 
 @pytest.mark.slow
 def test_the_default_model_waits_for_the_end_of_the_turn_then_answers():
-    """On held-out samples of the shipped set (a user voice training never heard): no words while the user asks,
-    words within a second of the end of the user's turn, and audio with them."""
+    """On held-out samples of the shipped set (a user voice training never heard): at most one word while the user
+    asks (a backchannel such as "mhm", which is listening, not taking the turn; the turn-taking benchmark's "talks
+    early" is two words or more), words within a second of the end of the user's turn, and audio with them."""
     from duplex import Engine
 
     engine = Engine.default(slots=1)
@@ -83,7 +84,9 @@ def test_the_default_model_waits_for_the_end_of_the_turn_then_answers():
         pieces, audio = _conversation(engine, folder)
         early = [p for t, p in pieces if t < end - 0.3]
         prompt = [t for t, p in pieces if end - 0.3 <= t <= end + 1.0]
-        assert len(early) <= 1, (name, end, pieces)  # it listens while the user speaks
+        # words, not pieces: a piece that starts with a space starts a word (" m" "hm" is one word, "mhm")
+        words = sum(1 for i, p in enumerate(early) if i == 0 or p.startswith(" "))
+        assert words <= 1, (name, end, pieces)  # it listens while the user speaks
         if prompt:
             answered += 1
             reply = audio[int(prompt[0] * 24000):int((prompt[0] + 1.0) * 24000)]

@@ -26,6 +26,8 @@ STAND_IN = textwrap.dedent("""\
       "data synth") mkdir -p "$3" && touch "$3/manifest.jsonl" ;;
       "train tokenizer") touch "$(arg --out "$@")" ;;
       "data encode") ;;
+      "train codec")
+        out=$(arg --out "$@"); mkdir -p "$out"; touch "$out/trainer.pt" "$out/codec-fp16.safetensors" ;;
       "train lm")
         out=$(arg --out "$@"); mkdir -p "$out"; touch "$out/trainer.pt"
         if [ "${STOP_TRAINING:-}" = "$out" ]; then exit 130; fi
@@ -128,7 +130,32 @@ def test_stage_three_alone_makes_its_corpora_and_trains_the_larger_model_with_st
                                                                "depformer_num_heads", "depformer_dim_feedforward"}
     assert LMConfig.load(option(train, "--config")).dim == 384
     result, calls = run(tmp_path, tmp_path / "other", STAGES="1 4")
-    assert result.returncode == 2 and "4 is not a stage" in result.stderr and calls == []
+    assert result.returncode == 2 and "4 is not a stage (codec, 1, 2, 3)" in result.stderr and calls == []
+
+
+def test_the_codec_stage_makes_the_shipped_codec_from_nothing_and_stage_one_encodes_with_it(tmp_path):
+    """The first codec, then its transcript distillation from that codec's export on a corpus of another seed; the
+    stages after it encode with the distilled codec; run again, both codec runs resume (nothing is made twice)."""
+    out = tmp_path / "run"
+    result, calls = run(tmp_path, out, STAGES="codec 1")
+    assert result.returncode == 0, result.stderr
+    assert [c[:2] for c in calls] == [["data", "synth"], ["train", "codec"], ["data", "synth"], ["train", "codec"],
+                                      ["data", "synth"], ["train", "tokenizer"], ["data", "encode"], ["train", "lm"]]
+    synth, first, words_synth, words, _, _, encode, _ = calls
+    assert synth[2] == str(out / "codec-corpus") and option(synth, "--seed") == "0" and option(synth, "--hours") == "3"
+    assert option(first, "--data") == str(out / "codec-corpus") and option(first, "--steps") == "6500"
+    assert "--init" not in first and "--transcript-weight" not in first
+    assert words_synth[2] == str(out / "codec-words-corpus") and option(words_synth, "--seed") == "41"
+    assert option(words, "--init") == str(out / "codec" / "codec-fp16.safetensors")
+    assert option(words, "--transcript-weight") == "0.25" and option(words, "--steps") == "1200"
+    assert option(words, "--data") == str(out / "codec-words-corpus")
+    assert option(encode, "--checkpoint") == str(out / "codec-words" / "codec-fp16.safetensors")
+    assert "lm1/best" in result.stdout
+    result, calls = run(tmp_path, out, STAGES="codec")
+    assert result.returncode == 0, result.stderr
+    assert [c[:2] for c in calls] == [["train", "codec"], ["train", "codec"]]
+    assert all("--resume" in c for c in calls)
+    assert "codec/weights/duplex-codec-small.safetensors" in result.stdout and "duplex-lm" not in result.stdout
 
 
 GPU = ROOT / "demos" / "default-model" / "gpu.sh"
