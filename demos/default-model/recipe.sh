@@ -62,25 +62,17 @@ encode() {  # encode DIR
     [ "$ENCODE" = 0 ] || $DUPLEX data encode "$1" --checkpoint "$CODEC" --device "$DEVICE"
 }
 
-# A training run: started, or resumed where a checkpoint is; done when its log has its last step.
-train() {  # train RUN STEPS OPTIONS...
-    local run=$1 steps=$2; shift 2
-    if [ -f "$run/trainer.pt" ]; then
-        $DUPLEX train lm --out "$run" --steps "$steps" --device "$DEVICE" --threads "$THREADS" --resume "$@"
-    else
-        $DUPLEX train lm --out "$run" --steps "$steps" --device "$DEVICE" --threads "$THREADS" "$@"
-    fi
+# A training run (WHAT: lm or codec): started, or resumed where a checkpoint is, with the same options (a run goes on
+# as planned); done when its log has its last step.
+run_training() {  # run_training WHAT RUN STEPS OPTIONS...
+    local what=$1 run=$2 steps=$3; shift 3
+    local resume=()
+    [ -f "$run/trainer.pt" ] && resume=(--resume)
+    $DUPLEX train "$what" --out "$run" --steps "$steps" --device "$DEVICE" --threads "$THREADS" \
+        ${resume[@]+"${resume[@]}"} "$@"
 }
-
-# A codec training run: started, or resumed where a checkpoint is (with the same options: a run goes on as planned).
-train_codec() {  # train_codec RUN STEPS OPTIONS...
-    local run=$1 steps=$2; shift 2
-    if [ -f "$run/trainer.pt" ]; then
-        $DUPLEX train codec --out "$run" --steps "$steps" --device "$DEVICE" --threads "$THREADS" --resume "$@"
-    else
-        $DUPLEX train codec --out "$run" --steps "$steps" --device "$DEVICE" --threads "$THREADS" "$@"
-    fi
-}
+train() { run_training lm "$@"; }  # train RUN STEPS OPTIONS...
+train_codec() { run_training codec "$@"; }  # train_codec RUN STEPS OPTIONS...
 
 STAGES=" ${STAGES:-1 2} "
 for stage in $STAGES; do
