@@ -10,7 +10,7 @@
 # stages after it then encode with it. Stage 2 is a candidate successor (issue 28): it goes on from stage 1's best
 # export on a corpus made for turn-taking (the v2 mix, 16 h) together with stage 1's corpus (4000 steps), a fine-tune, so
 # that it gets the first model's compute as well as its own. Its first run (v2 alone) forgot what v1 taught and was
-# not shipped (docs/training.md, "The second default model: training"). Each step is skipped when its result is there, and a stopped training run resumes, so running
+# not shipped (docs/training.md, "Fine-tuned candidates on the v2 mix"). Each step is skipped when its result is there, and a stopped training run resumes, so running
 # the script again after a stop (a Ctrl-C, a session that ended) goes on where it was. Same seeds, same corpora,
 # byte for byte; the training is deterministic for one machine and thread count.
 #
@@ -23,7 +23,8 @@
 # (synthesis 2 min, encoding 15 min, training 42 min), stage 2 about 1 h 25 min (synthesis 16 min, encoding 17 min,
 # training 50 min), stage 3 about 4 h (synthesis 18 + 25 min, encoding 21 + 30
 # min, training about 2.7 h): a run over several sessions. On a GPU (DEVICE=cuda) the training steps should take
-# minutes (not measured yet); gpu.sh beside this script runs them on a lent GPU machine, any stages.
+# minutes (not measured yet); gpu.sh beside this script runs stages 1-3 on a lent GPU machine (the codec stage runs
+# here: UNTIL=data with STAGES="codec 1" trains the codec on this machine first, about 2 h).
 #
 # Environment:
 #   DUPLEX=duplex       the command (or: DUPLEX="python -m duplex" with the repository on PYTHONPATH)
@@ -148,16 +149,16 @@ if wants 3; then
         --batch-size 8 --segment-seconds 10 --lr 6e-4 --eval-every 500 --autocast bfloat16
 fi
 
-if [ "$STAGES" = " codec " ]; then
-    echo "the codec: $CODEC (and its config beside it, .json); to ship it (the default model must then be trained"
-    echo "on its codes: stage 1):"
+if wants codec; then
+    echo "the codec: $CODEC (its config beside it, .json); to ship it (with an LM trained on its codes: stage 1):"
     echo "  cp $CODEC $ROOT/codec/weights/duplex-codec-small.safetensors"
     echo "  cp ${CODEC%.safetensors}.json $ROOT/codec/weights/duplex-codec-small.json"
-    exit 0
 fi
+wants 1 || wants 2 || wants 3 || exit 0
 last=$(for stage in $STAGES; do echo "$stage"; done | grep -v codec | sort | tail -1)
 echo "the models: $OUT/lmN/best for the stages run ($STAGES), each model.safetensors, config.json and"
-echo "tokenizer.model; to ship stage $last's (once it measures better: docs/training.md):"
+echo "tokenizer.model; to ship stage $last's (once it measures better: docs/training.md; with the codec its corpora"
+echo "were encoded with, $CODEC):"
 echo "  cp $OUT/lm$last/best/model.safetensors $ROOT/duplex/weights/duplex-lm.safetensors"
 echo "  cp $OUT/lm$last/best/config.json $ROOT/duplex/weights/duplex-lm.json"
 echo "  cp $OUT/lm$last/best/tokenizer.model $ROOT/duplex/weights/duplex-tokenizer.model"

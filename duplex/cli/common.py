@@ -83,8 +83,11 @@ seconds = float_above(0.0, True, "a number of seconds >= 0")
 
 def probability(text: str) -> float:
     """An argparse type: a number from 0 to 1."""
-    value = weight(text)
-    if value > 1:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
     return value
 

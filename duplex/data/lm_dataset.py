@@ -40,7 +40,7 @@ class Conversation:
     path: Path  # the WAV
     codes: torch.Tensor  # int16 [2, Q, S]: model, user
     words: List[Word]  # the model's words, sorted by start
-    codec: Optional[str] = None  # the fingerprint of the weights of the codec that made the codes, where recorded
+    codec_weights: Optional[str] = None  # the fingerprint of the weights of the codec that made the codes, if recorded
 
     @property
     def frames(self) -> int:
@@ -157,19 +157,27 @@ def load_conversations(manifest: Path, codebooks: int, frame_rate: float,
     return conversations
 
 
-def check_one_codec(conversations: Sequence[Conversation]) -> None:
+def check_one_codec(conversations: Sequence[Conversation]) -> Optional[str]:
     """A DatasetError when the codes were made by codecs of other weights (datasets encoded apart, one of them with
     another codec of the same shape): an LM learns one codec's codes, and the codec it will run with is one. Files
-    that do not record their codec's weights (encoded before duplex recorded them, or by other tools) pass."""
-    first = {}
+    that do not record their codec's weights (encoded before duplex recorded them, or by other tools) cannot be
+    checked: beside files that do, the returned note says so (None when there is nothing to say)."""
+    first, unrecorded = {}, None
     for conv in conversations:
-        if conv.codec is not None:
-            first.setdefault(conv.codec, conv.path)
-            if len(first) > 1:
-                (a, path_a), (b, path_b) = list(first.items())[:2]
-                raise DatasetError(f"the codes were made by two codecs: {codes_path(path_a)} by codec weights {a}, "
-                                   f"{codes_path(path_b)} by {b} (encode every dataset with the LM's codec: "
-                                   "'duplex data encode DIR --checkpoint CODEC')")
+        if conv.codec_weights is None:
+            unrecorded = unrecorded or conv.path
+            continue
+        first.setdefault(conv.codec_weights, conv.path)
+        if len(first) > 1:
+            (a, path_a), (b, path_b) = list(first.items())[:2]
+            raise DatasetError(f"the codes were made by two codecs: {codes_path(path_a)} by codec weights {a}, "
+                               f"{codes_path(path_b)} by {b} (encode every dataset with the LM's codec: "
+                               "'duplex data encode DIR --checkpoint CODEC')")
+    if first and unrecorded is not None:
+        return (f"note: {codes_path(unrecorded)} (and maybe others) does not record which codec's weights made it, "
+                "the other files do: if it was not the same codec, encode it again ('duplex data encode DIR "
+                "--checkpoint CODEC' records it)")
+    return None
 
 
 class SegmentSource:

@@ -427,7 +427,9 @@ def _data(options: LMTrainingOptions, config: LMConfig, tokenizer: TextTokenizer
         train += load_conversations(data / "train.jsonl", per_channel, frame_rate, card=config.card)
         if options.eval_every and (data / "heldout.jsonl").is_file():
             heldout += load_conversations(data / "heldout.jsonl", per_channel, frame_rate, card=config.card)
-    check_one_codec(train + heldout)
+    note = check_one_codec(train + heldout)
+    if note:
+        print(note, file=sys.stderr)
     source = SegmentSource(train, tokenizer.encode, frames, frame_rate, options.segments, options.seed)
     held = SegmentSource(heldout, tokenizer.encode, frames, frame_rate, "consecutive") if heldout else None
     return train, heldout, source, held

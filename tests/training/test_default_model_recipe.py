@@ -151,11 +151,13 @@ def test_the_codec_stage_makes_the_shipped_codec_from_nothing_and_stage_one_enco
     assert option(words, "--data") == str(out / "codec-words-corpus")
     assert option(encode, "--checkpoint") == str(out / "codec-words" / "codec-fp16.safetensors")
     assert "lm1/best" in result.stdout
-    result, calls = run(tmp_path, out, STAGES="codec")
-    assert result.returncode == 0, result.stderr
-    assert [c[:2] for c in calls] == [["train", "codec"], ["train", "codec"]]
-    assert all("--resume" in c for c in calls)
-    assert "codec/weights/duplex-codec-small.safetensors" in result.stdout and "duplex-lm" not in result.stdout
+    assert "codec/weights/duplex-codec-small.safetensors" in result.stdout  # both to ship, together
+    for stages in ("codec", "codec ", "codec codec"):
+        result, calls = run(tmp_path, out, STAGES=stages)
+        assert result.returncode == 0, result.stderr
+        assert [c[:2] for c in calls] == [["train", "codec"], ["train", "codec"]]
+        assert all("--resume" in c for c in calls)
+        assert "codec/weights/duplex-codec-small.safetensors" in result.stdout and "duplex-lm" not in result.stdout
 
 
 GPU = ROOT / "demos" / "default-model" / "gpu.sh"

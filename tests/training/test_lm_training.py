@@ -150,9 +150,10 @@ def test_codes_of_another_codec_are_named_before_the_first_step(tmp_path, small_
     assert not (tmp_path / "run" / "trainer.pt").exists()
 
 
-def test_codes_of_two_codecs_of_one_shape_are_refused_before_the_first_step(tmp_path, small_tokenizer_path):
+def test_codes_of_two_codecs_of_one_shape_are_refused_before_the_first_step(tmp_path, small_tokenizer_path, capsys):
     """Two datasets encoded apart, one with another codec of the same shape (a fine-tuned one): the LM would learn
-    two codecs' codes as one. Files that do not record the weights (older ones, other tools') pass."""
+    two codecs' codes as one. Files that do not record the weights (older ones, other tools') pass, with a note when
+    others do."""
     from safetensors import safe_open
 
     from codec.io.checkpoint import write_safetensors
@@ -167,6 +168,12 @@ def test_codes_of_two_codecs_of_one_shape_are_refused_before_the_first_step(tmp_
                 codes, meta = f.get_tensor("codes"), f.metadata()
             write_safetensors({"codes": codes}, path, metadata={**meta, "codec_weights": weights})
     train_lm(options(first, tmp_path / "one", steps=1, eval_every=0), torch.device("cpu"))
+    assert "does not record" not in capsys.readouterr().err
+    unrecorded = write_dataset(tmp_path / "c", small_tokenizer_path, seed=2)
+    train_lm(options(first, tmp_path / "mixed", data=[str(first), str(unrecorded)], steps=1, eval_every=0),
+             torch.device("cpu"))
+    assert "c/audio/train0.codes.safetensors (and maybe others) does not record which codec's weights made it" in \
+        capsys.readouterr().err
     with pytest.raises(DatasetError, match=r"^the codes were made by two codecs: .*a/audio/train0.codes.safetensors "
                                            r"by codec weights aaaa, .*b/audio/train0.codes.safetensors by bbbb "
                                            r"\(encode every dataset with the LM's codec"):

@@ -63,8 +63,8 @@ def talks_early(words: Sequence[Chunk], end_of_turn: float) -> int:
     """1 if the model starts more than ``EARLY_WORDS_ALLOWED`` words over ``EARLY_SECONDS`` before the end of the
     user's turn, else 0: it speaks while the user is still asking (duplex's own figure, not FDB's: FDB's smooth
     turn-taking TOR counts such a reply as a turn taken). The rule of the shipped model's behaviour test
-    (tests/runtime/test_default_model.py, which counts the text stream's pieces as they come; here the words of
-    output.json), which allows one early word (a breath, a stray piece)."""
+    (tests/runtime/test_default_model.py, which counts the words of the text stream's pieces as they come; here the
+    words of output.json), which allows one early word (a breath, a backchannel such as "mhm")."""
     return int(sum(w.start < end_of_turn - EARLY_SECONDS for w in words) > EARLY_WORDS_ALLOWED)
 
 

@@ -22,7 +22,7 @@ any assistant turn; the others open with the user speaking at once (within 0.2 s
 With none of these set, a corpus is what it always was for its seed, byte for byte.
 
 ``mix`` chooses the scenarios and their content. ``"v1"`` (the default) is the corpus the shipped default model was
-trained on, unchanged. ``"v2"`` (``ConversationV2``; docs/training.md, "The second default model: data") is made
+trained on, unchanged. ``"v2"`` (``ConversationV2``; docs/training.md, "Turn-taking data: the v2 mix") is made
 from that model's failures: conversations that open with a greeting answered with a greeting, answers restated as
 sentences of at least five words, pauses whose cue is in the words (a clause left open, "i want to
 know, um, ...") and in the prosody (the last word slow, a continuation rise), barge-ins anywhere in a long answer
@@ -119,7 +119,7 @@ class SynthOptions:
     user_noise_snr: Tuple[float, float] = USER_NOISE_SNR
     # mix v2: False leaves out the room (the reverb tail after every user utterance in half the conversations) and
     # keeps the noise and the gain; the same draws (the room's tail is drawn and not applied), so the same
-    # conversations with the same noise (docs/training.md, "The second default model: data").
+    # conversations with the same noise (docs/training.md, "Turn-taking data: the v2 mix").
     user_room: bool = True
     follow_up_probability: float = 0.3
     # A persona (see the module's docstring): None keeps the corpus's random voices and openings.
@@ -314,7 +314,7 @@ class Conversation:
         return np.clip(stereo, -1.0, 1.0)
 
 class ConversationV2(Conversation):
-    """Mix v2's scenarios (the module's docstring; the why: docs/training.md, "The second default model: data")."""
+    """Mix v2's scenarios (the module's docstring; the why: docs/training.md, "Turn-taking data: the v2 mix")."""
 
     def _gain_db(self, channel: str) -> float:
         # the user at any level a microphone gives (-12..+3 dB); the assistant, one voice, about steady

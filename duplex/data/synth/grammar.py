@@ -144,7 +144,7 @@ def exchange(rng: random.Random) -> Exchange:
 
 
 # --------------------------------------------------------------------------------------------- the second mix
-# ``exchange_v2`` (the corpus's mix "v2", docs/training.md "The second default model: data"): more topics, more
+# ``exchange_v2`` (the corpus's mix "v2", docs/training.md "Turn-taking data: the v2 mix"): more topics, more
 # phrasings, more numbers, and answers that restate the question as a sentence of at least four words (a reply of
 # one to three words under a second is not a turn for Full-Duplex-Bench). ``exchange`` above is left as it was:
 # the mix "v1" corpus stays what it was for its seed.
