@@ -58,15 +58,15 @@ def int_in(low: int, high: Optional[int], what: str):
     return parse
 
 
-def float_above(low: float, inclusive: bool, what: str):
-    """An argparse type: a finite number above ``low`` (or equal to it when ``inclusive``)."""
+def float_above(low: float, inclusive: bool, what: str, high: float = float("inf")):
+    """An argparse type: a finite number above ``low`` (or equal to it when ``inclusive``), at most ``high``."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = float("nan")
-        if not (value > low or (inclusive and value == low)) or value == float("inf"):
+        if not (value > low or (inclusive and value == low)) or value == float("inf") or value > high:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
 
@@ -79,17 +79,7 @@ positive = int_in(1, None, "an integer >= 1")
 positive_float = float_above(0.0, False, "a number > 0")
 weight = float_above(0.0, True, "a number >= 0")
 seconds = float_above(0.0, True, "a number of seconds >= 0")
-
-
-def probability(text: str) -> float:
-    """An argparse type: a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
-    return value
+probability = float_above(0.0, True, "a number from 0 to 1", high=1.0)
 
 
 def add_codec_options(p: argparse.ArgumentParser, codebooks: bool = True, streaming: bool = True) -> None:
