@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..kernels import gemv_op
 from .cpu_paths import cpu_fast_path
 
 _ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
@@ -44,13 +45,32 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
             and weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
         rows = x.numel() // x.shape[-1]
+        if rows == 1 and bias is None and weight.stride(1) == 1 and x.stride(-1) == 1:
+            gemv = gemv_op()
+            if gemv is not None:  # one row against a row-major weight: our own loop (codec/kernels)
+                return gemv(x, weight)
         if not (_ONEDNN_ROW_BLOCK < rows <= _ONEDNN_BLOCKED_MAX_ROWS and weight.shape[1] <= _ONEDNN_BLOCKED_INNER
                 and weight.stride(1) == 1):
             return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
         flat = x.reshape(rows, x.shape[-1])
         blocks = [_ONEDNN_LINEAR(block, weight, bias, "none", [], "") for block in flat.split(_ONEDNN_ROW_BLOCK)]
         return torch.cat(blocks).view(*x.shape[:-1], weight.shape[0])
+    if (torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and bias is None and x.numel() == x.shape[-1] and weight.stride(1) == 1 and x.stride(-1) == 1
+            and not torch.is_grad_enabled()):
+        gemv = gemv_op()
+        if gemv is not None:  # the same kernel as the eager step's, called from the compiled graph
+            return gemv(x, weight)
     return F.linear(x, weight, bias)
+
+
+def own_kernels_for(weight: torch.Tensor) -> bool:
+    """Whether one-row products against ``weight`` (a CPU float32 weight, row-major) take our own kernel
+    (``codec.kernels``: built and loaded on this machine). It streams a row-major weight faster than oneDNN streams
+    either layout, so an inference layout then keeps the weights row-major, except the largest (the LM's text head,
+    which oneDNN reads column-major at the memory's speed)."""
+    return (isinstance(weight, torch.Tensor) and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and gemv_op() is not None)
 
 
 def use_wide_weight_layout(weights) -> int:

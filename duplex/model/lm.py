@@ -18,7 +18,7 @@ from torch import nn
 from codec.errors import CheckpointError
 from codec.io.checkpoint import check_and_load, normalize_keys, read_tensors, write_safetensors
 from codec.io.files import write_json
-from codec.modules.linear import fast_linear, use_wide_weight_layout
+from codec.modules.linear import fast_linear, own_kernels_for, use_wide_weight_layout
 from codec.modules.nest import Nest
 from codec.modules.quantized import (
     MODES,
@@ -317,23 +317,26 @@ class MoshiLM(nn.Module):
         depformer_dim, dim] (one product per step)."""
         stacked = cat_rows([weight_of(self.depformer_in[k if self.config.depformer_multi_linear else 0])
                             for k in range(self.config.dep_q if steps is None else steps)])
-        if isinstance(stacked, torch.Tensor):
+        if isinstance(stacked, torch.Tensor) and not own_kernels_for(stacked):
             use_wide_weight_layout([stacked])
         return stacked
 
     def prepare_for_inference(self) -> None:
         """The explicit inference step: on CPU in float32, store the wide linear weights (text head, fused q/k/v,
         FFN inputs, audio heads) column-major, which oneDNN streams faster for a few rows
-        (``codec.modules.linear``). Values, shapes and Parameter objects are unchanged, and ``state_dict()`` still
+        (``codec.modules.linear``); where our own one-row kernel is loaded (``own_kernels_for``), only the text
+        head, and the others stay row-major for that kernel. Values, shapes and Parameter objects are unchanged, and ``state_dict()`` still
         gives contiguous tensors (safetensors saves it as it is). ``generator()`` and ``Engine`` call this. A
         no-op when training, on other devices and dtypes, and when already done."""
         if self.training:
             return
-        weights = [self.text_linear.weight] + [head.weight for head in self.linears]
-        for layer in self.layers:
-            weights += [layer.self_attn.in_proj_weight, layer.gating.linear_in.weight]
-        for layer in self.depformer.layers:
-            weights += [ffn.linear_in.weight for ffn in layer.gating]
+        weights = [self.text_linear.weight]
+        if not own_kernels_for(self.text_linear.weight):
+            weights += [head.weight for head in self.linears]
+            for layer in self.layers:
+                weights += [layer.self_attn.in_proj_weight, layer.gating.linear_in.weight]
+            for layer in self.depformer.layers:
+                weights += [ffn.linear_in.weight for ffn in layer.gating]
         use_wide_weight_layout(weights)
 
     # ----------------------------------------------------------------------------------------- training view
