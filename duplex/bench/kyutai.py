@@ -24,6 +24,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from codec import Mimi
+from codec.kernels import cpu_kernels
 from codec.utils.stats import describe_device, summary
 
 from ..errors import DuplexError
@@ -156,6 +157,7 @@ def bench_kyutai(parts: Sequence[str] = PARTS, lm_config: str = LM_CONFIG, batch
         "lm_compiled": compile,  # our depth stage compiled
         "codec_compiled": compile,  # our encoder and decoder steps compiled
         "codec": "official Mimi shape, 8 codebooks",
+        "cpu_kernels": cpu_kernels() is not None,  # our own CPU kernels (codec/kernels) built and used
         "dtype": "float32", "device": "cpu", "hardware": describe_device(torch.device("cpu")),
         "torch": torch.__version__, "moshi": moshi.__version__,
         "frames": frames, "warmup": warmup, "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -170,7 +172,8 @@ def format_table(report: dict) -> str:
              f"# lm: config {report['lm_config']}, sessions "
              + ("with a full KV ring" if age is None else f"{age:g} s in")
              + (", our depth stage compiled" if report.get("lm_compiled") else "") + f"; codec: {report['codec']}"
-             + (", our encoder and decoder compiled" if report.get("codec_compiled") else ""),
+             + (", our encoder and decoder compiled" if report.get("codec_compiled") else "")
+             + {True: "; our own CPU kernels", False: "; PyTorch's kernels only"}.get(report.get("cpu_kernels"), ""),
              f"{'part':>5} {'batch':>5} {'ours ms':>8} {'p99':>7} {'Kyutai ms':>9} {'p99':>7} {'ratio':>6}"]
     for r in report["results"]:
         a, b = r["ours_ms"], r["kyutai_ms"]

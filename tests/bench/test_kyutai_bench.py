@@ -26,6 +26,11 @@ def test_side_by_side_report(tmp_path, capsys):
     assert png.stat().st_size > 1000
     table = capsys.readouterr().out
     assert "Kyutai ms" in table and "3 s in" in table
+    # Which of our kernels ran: our own CPU kernels where this machine built them (codec/kernels), else PyTorch's.
+    from codec.kernels import cpu_kernels
+
+    assert report["cpu_kernels"] == (cpu_kernels() is not None)
+    assert ("our own CPU kernels" if report["cpu_kernels"] else "PyTorch's kernels only") in table
 
 
 def test_without_kyutai_one_line(monkeypatch):
