@@ -1,14 +1,14 @@
 """Own CPU kernels (``cpu.cpp``), built on this machine at first use and loaded as PyTorch operators.
 
 Where the library's kernels fall short on the streaming hot path, measured (docs/benchmarks.md, "Own CPU
-kernels"), a few loops are written by hand: ``torch.ops.duplex_cpu.ring_attention`` (a few queries against a long
-KV ring). Everything else stays PyTorch's.
+kernels"), two loops are written by hand: ``torch.ops.duplex_cpu.ring_attention`` (a few queries against a long
+KV ring) and ``torch.ops.duplex_cpu.gemv`` (one row against a row-major weight). Everything else stays PyTorch's.
 
 ``cpu_kernels()`` returns the operator namespace, or None where the kernels cannot be had: the environment
 variable ``DUPLEX_CPU_KERNELS=0``, no C++ compiler, a failed build or load (one warning says why). Callers then
 take the library's route, with the same results up to the last bits.
 
-The build: one ``c++`` run (about 10-20 s) with PyTorch's own include and library paths
+The build: one ``c++`` run (about 5 s on the 2-vCPU machine of docs/benchmarks.md) with PyTorch's own include and library paths
 (``torch.utils.cpp_extension``), ``-O3 -march=native`` (the kernels are built for this CPU: the file's name holds
 a fingerprint of the source, PyTorch's version, the compiler flags and this CPU's model and flags, so a cache shared
 between machines never loads another CPU's build). Not ``torch.utils.cpp_extension.load``: its build lock waits
@@ -24,6 +24,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,7 @@ def _compiler() -> Optional[str]:
 def library_path() -> Path:
     """Where this machine's build of the kernels lives (or will)."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(FLAGS).encode(), _cpu_identity().encode(),
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), str(torch.version.git_version).encode(), " ".join(FLAGS).encode(), _cpu_identity().encode(),
                  sys.version.encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -96,22 +97,40 @@ def _command(compiler: str, output: Path) -> list:
 
 
 def build(path: Path) -> None:
-    """Compile ``cpu.cpp`` into ``path`` (written under a temporary name, renamed when complete)."""
+    """Compile ``cpu.cpp`` into ``path`` (written under a temporary name, renamed when complete). The compiler runs
+    in its own process group, so a build past its time limit is stopped whole (the driver and what it started)."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (c++, g++ or clang++; or set CXX)")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
         partial = Path(tmp) / path.name
+        process = subprocess.Popen(_command(compiler, partial), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)
         try:
-            done = subprocess.run(_command(compiler, partial), capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+            output, _ = process.communicate(timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
             raise RuntimeError(f"the C++ build took more than {BUILD_TIMEOUT_S} s") from None
-        if done.returncode != 0:
-            lines = [line for line in (done.stderr or done.stdout).splitlines() if "error" in line] or \
-                (done.stderr or done.stdout).splitlines()[-1:]
-            raise RuntimeError(f"the C++ build failed: {lines[0].strip() if lines else done.returncode}")
+        except BaseException:  # Ctrl-C: the build goes with us
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+        if process.returncode != 0:
+            lines = [line for line in output.splitlines() if "error" in line] or output.splitlines()[-1:]
+            raise RuntimeError(f"the C++ build failed: {lines[0].strip() if lines else process.returncode}")
         os.replace(partial, path)
+
+
+def _registered():
+    """``torch.ops.duplex_cpu`` if this process already holds the kernels (a library defines its operators once
+    per process), else None."""
+    try:
+        getattr(torch.ops, NAMESPACE).gemv.default  # noqa: B018 (the lookup is the check)
+        return getattr(torch.ops, NAMESPACE)
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _register_fakes() -> None:
@@ -125,24 +144,43 @@ def _register_fakes() -> None:
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+def _load():
+    """Load this machine's build, building it first if missing; a cached file that does not load (damaged, or
+    another build's) is removed and built again, once."""
+    path = library_path()
+    built = False
+    if not path.exists():
+        log.info("building duplex's CPU kernels for this machine (once): %s", path)
+        build(path)
+        built = True
+    try:
+        torch.ops.load_library(str(path))
+    except Exception as e:
+        if built:
+            raise
+        log.info("the cached build %s does not load (%s); building it again", path, e)
+        path.unlink(missing_ok=True)
+        build(path)
+        torch.ops.load_library(str(path))
+    _register_fakes()
+    return getattr(torch.ops, NAMESPACE)
+
+
 def cpu_kernels():
     """``torch.ops.duplex_cpu`` once this machine's build is loaded (built now if missing); None when the kernels
-    are switched off or cannot be built or loaded (one warning, then the library's route for good)."""
+    are switched off or cannot be built or loaded (one warning, then the library's route for good).
+
+    Nothing is built or loaded while torch.compile traces (the answer so far is read); ``CompiledStage`` and the
+    model's inference preparation call this first, so a traced graph takes the route the eager step takes."""
     global _loaded, _tried
-    if _tried:
+    if _tried or torch.compiler.is_compiling():
         return _loaded
     with _lock:
         if _tried:
             return _loaded
         if enabled():
             try:
-                path = library_path()
-                if not path.exists():
-                    log.info("building duplex's CPU kernels for this machine (once): %s", path)
-                    build(path)
-                torch.ops.load_library(str(path))
-                _register_fakes()
-                _loaded = getattr(torch.ops, NAMESPACE)
+                _loaded = _registered() or _load()
             except Exception as e:  # any failure: the library's kernels serve instead
                 log.warning("duplex's own CPU kernels are not available (%s); using PyTorch's", e)
                 _loaded = None

@@ -72,7 +72,7 @@ at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
               "ring_attention: unit stride on the last dimension expected");
   at::Tensor out = at::empty({B, H, R, d}, q.options());
   if (L == 0 || out.numel() == 0) {
-    return out.fill_(std::numeric_limits<float>::quiet_NaN());  // softmax over nothing, as PyTorch gives
+    return out.zero_();  // no slot: PyTorch's route gives the empty product, zeros
   }
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
@@ -87,7 +87,8 @@ at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
   // One (row of the batch, head) per task: its keys and values are one contiguous stretch of the ring each.
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(L);
+    thread_local std::vector<float> scores;  // grows to the longest ring once per thread, then is reused
+    if (static_cast<int64_t>(scores.size()) < L) scores.resize(L);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const float* K = kp + b * ks0 + h * ks1;
@@ -114,7 +115,7 @@ at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
           const float p = scores[j];
           axpy(o, p, V + j * vs2, d);
         }
-        const float inv = 1.0f / total;  // all slots masked: 0 * inf = NaN, as PyTorch's softmax gives
+        const float inv = 1.0f / total;  // all slots masked: exp(-inf - -inf) = NaN, as PyTorch's softmax gives
         for (int64_t i = 0; i < d; ++i) o[i] *= inv;
       }
     }
@@ -127,7 +128,8 @@ at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
 //   y = x @ weight.T for one row x [..., in] and a row-major weight [out, in] (rows may be strided: a slice of a
 //   packed matrix), float32: a dot product per output, the outputs split between the threads. At batch 1 each of
 //   a step's ~100 products reads its weight once; oneDNN takes 13-17 us for a 512 x 512 matrix in cache where this
-//   loop takes 7, and the LM step's products come out 2.3 ms faster at batch 1 (docs/benchmarks.md).
+//   loop takes 7; in the LM step at batch 1 the temporal stage and the depth stage each come out about 1 ms faster
+//   (docs/benchmarks.md, "Own CPU kernels").
 at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1) && x.numel() == weight.size(1),
               "gemv: one row x [..., in] and weight [out, in] expected");

@@ -36,31 +36,33 @@ _ONEDNN_BLOCKED_MAX_ROWS = 64
 _ONEDNN_BLOCKED_INNER = 2048
 
 
+def _no_gradient(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
+
+
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ weight.T + bias`` for ``weight`` [out, in] (a transposed view is fine; a ``QuantizedWeight`` or adapted weight view too)."""
     if not isinstance(weight, torch.Tensor):  # a view: quantized codes, adapters (codec.modules.quantized)
         return weight.linear(x, bias)
+    # One row against a row-major weight: our own loop (codec/kernels), eager and in a compiled graph alike (the same
+    # condition on both sides, so a compiled stage multiplies as the eager one does; under tracing the thread's
+    # generic_kernels() switch is read once, when the graph is made).
+    if (bias is None and cpu_fast_path(x) and x.dtype == weight.dtype == torch.float32 and x.numel() == x.shape[-1]
+            and x.stride(-1) == 1 and weight.stride(1) == 1 and _no_gradient(x, weight)):
+        gemv = gemv_op()
+        if gemv is not None:
+            return gemv(x, weight)
     if (_ONEDNN_LINEAR is not None and not torch.compiler.is_compiling() and cpu_fast_path(x)
             and x.dtype == torch.float32
             and weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
+            and _no_gradient(x, weight)):
         rows = x.numel() // x.shape[-1]
-        if rows == 1 and bias is None and weight.stride(1) == 1 and x.stride(-1) == 1:
-            gemv = gemv_op()
-            if gemv is not None:  # one row against a row-major weight: our own loop (codec/kernels)
-                return gemv(x, weight)
         if not (_ONEDNN_ROW_BLOCK < rows <= _ONEDNN_BLOCKED_MAX_ROWS and weight.shape[1] <= _ONEDNN_BLOCKED_INNER
                 and weight.stride(1) == 1):
             return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
         flat = x.reshape(rows, x.shape[-1])
         blocks = [_ONEDNN_LINEAR(block, weight, bias, "none", [], "") for block in flat.split(_ONEDNN_ROW_BLOCK)]
         return torch.cat(blocks).view(*x.shape[:-1], weight.shape[0])
-    if (torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and bias is None and x.numel() == x.shape[-1] and weight.stride(1) == 1 and x.stride(-1) == 1
-            and not torch.is_grad_enabled()):
-        gemv = gemv_op()
-        if gemv is not None:  # the same kernel as the eager step's, called from the compiled graph
-            return gemv(x, weight)
     return F.linear(x, weight, bias)
 
 

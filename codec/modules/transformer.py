@@ -89,14 +89,27 @@ def ring_step_tables(offset: torch.Tensor, t: int, capacity: int, context: int, 
     return StepTables(rotation, write_index, mask)
 
 
+def _own_kernel_computes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether ``duplex_cpu::ring_attention`` computes this case (else PyTorch's route, which also broadcasts and
+    differentiates): CPU float32, no gradient wanted, q [B, H, R, d], k and v [B, H, L, d], mask [B, 1, R or 1, L],
+    unit strides on the last dimension."""
+    tensors = (q, k, v, mask)
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 4 and t.stride(-1) == 1
+                for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            and k.shape == v.shape and k.shape[:2] == q.shape[:2] and k.shape[3] == q.shape[3]
+            and mask.shape[0] == q.shape[0] and mask.shape[1] == 1 and mask.shape[2] in (1, q.shape[2])
+            and mask.shape[3] == k.shape[2])
+
+
 def ring_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d) + mask) v`` as two batched products. For a few queries against a long ring this
     is 7-25% faster on CPU than PyTorch's fused attention, which converts a boolean mask on every call and walks
     the keys in small blocks (docs/benchmarks.md)."""
-    kernel = ring_attention_op()
-    if (kernel is not None and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
-            and q.stride(-1) == k.stride(-1) == v.stride(-1) == additive_mask.stride(-1) == 1):
-        return kernel(q, k, v, additive_mask)  # one pass over the keys and one over the values (codec/kernels)
+    if _own_kernel_computes(q, k, v, additive_mask):
+        kernel = ring_attention_op()
+        if kernel is not None:  # one pass over the keys and one over the values (codec/kernels)
+            return kernel(q, k, v, additive_mask)
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).add_(additive_mask)
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 

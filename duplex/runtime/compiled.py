@@ -37,6 +37,8 @@ from typing import Callable, Iterable, Optional, Tuple, Union
 
 import torch
 
+from codec.kernels import cpu_kernels
+
 log = logging.getLogger(__name__)
 
 CompileOption = Union[bool, str, Iterable[str], None]
@@ -75,6 +77,7 @@ class CompiledStage:
     ``compile_seconds``: how long the first call took (tracing, Inductor and the C++ or Triton compilers)."""
 
     def __init__(self, name: str, stage: Callable, mode: str = "default"):
+        cpu_kernels()  # loaded (or found missing) before tracing: the graph then takes the eager step's kernels
         self.name = name
         self.eager = stage
         self.mode = mode

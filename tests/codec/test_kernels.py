@@ -62,6 +62,31 @@ def test_ring_attention_over_no_visible_slot_is_nan_as_pytorchs():
 
 
 @needs_kernels
+def test_ring_attention_over_no_slot_is_zeros_as_pytorchs():
+    q, k = torch.randn(1, 2, 1, 8), torch.zeros(1, 2, 0, 8)
+    mask = torch.zeros(1, 1, 1, 0)
+    assert torch.equal(kernels.ring_attention(q, k, k, mask), _reference_attention(q, k, k, mask))
+
+
+def test_what_the_kernel_does_not_compute_takes_pytorchs_route():
+    """A mask broadcast over the batch, a gradient wanted through the values: the library's route, as before."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = torch.randn(3, 2, 2, 1, 6, 8, generator=g)
+    mask = torch.zeros(1, 1, 1, 6)
+    torch.testing.assert_close(ring_attention_cpu(q, k, v, mask), _reference_attention(q, k, v, mask))
+    v = v[0:1].clone().requires_grad_(True)
+    ring_attention_cpu(q[0:1], k[0:1], v, mask).sum().backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+
+
+def test_a_machine_with_a_compiler_builds_them():
+    """So a change that breaks cpu.cpp fails here instead of quietly skipping the tests above."""
+    if kernels_module._compiler() is None or not kernels_module.enabled():
+        pytest.skip("no C++ compiler (or DUPLEX_CPU_KERNELS=0): PyTorch's kernels serve")
+    assert kernels is not None
+
+
+@needs_kernels
 def test_ring_attention_refuses_what_it_does_not_compute():
     q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8)
     with pytest.raises(RuntimeError, match="mask"):
@@ -111,7 +136,8 @@ def test_the_hot_path_takes_the_kernels_for_what_they_compute():
 
 
 def _fresh(monkeypatch, tmp_path):
-    """The loader as if nothing had been tried in this process, with its cache in ``tmp_path``."""
+    """The loader as if nothing had been tried or loaded in this process, with its cache in ``tmp_path``."""
+    monkeypatch.setattr(kernels_module, "_registered", lambda: None)
     monkeypatch.setattr(kernels_module, "_tried", False)
     monkeypatch.setattr(kernels_module, "_loaded", None)
     monkeypatch.setenv("DUPLEX_KERNEL_CACHE", str(tmp_path))
@@ -148,3 +174,54 @@ def test_a_build_is_for_this_source_torch_and_cpu(monkeypatch, tmp_path):
     assert here.parent == tmp_path and here.name.startswith("duplex_cpu-") and here.suffix == ".so"
     monkeypatch.setattr(kernels_module, "_cpu_identity", lambda: "flags: another cpu")
     assert library_path() != here  # a cache shared with another machine never loads this one's build
+
+
+@needs_kernels
+def test_a_compiled_graph_multiplies_as_the_eager_step(monkeypatch):
+    def product(x, w):
+        return fast_linear(x, w)
+
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(1, 1, 64, generator=g), torch.randn(48, 64, generator=g)
+    with torch.no_grad():
+        traced = torch.compile(product, fullgraph=True, backend="eager")
+        assert torch.equal(traced(x, w), product(x, w))  # the same kernel: the same bits
+        # Not yet loaded when tracing starts: nothing is built while tracing (the library's route, whole graph)...
+        torch._dynamo.reset()
+        monkeypatch.setattr(kernels_module, "_tried", False)
+        monkeypatch.setattr(kernels_module, "_loaded", None)
+        traced = torch.compile(product, fullgraph=True, backend="eager")
+        torch.testing.assert_close(traced(x, w), x @ w.T)
+        assert not kernels_module._tried
+        # ... and a compiled stage loads them before it traces.
+        from duplex.runtime.compiled import CompiledStage
+
+        CompiledStage("depth", product)
+        assert kernels_module._tried and kernels_module._loaded is not None
+    torch._dynamo.reset()
+
+
+@needs_kernels
+def test_asking_again_in_the_same_process_finds_them_loaded(monkeypatch, caplog):
+    monkeypatch.setattr(kernels_module, "_tried", False)
+    monkeypatch.setattr(kernels_module, "_loaded", None)
+    with caplog.at_level(logging.WARNING, logger="codec.kernels"):
+        assert cpu_kernels() is not None
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@needs_kernels
+def test_a_damaged_cached_build_is_built_again(tmp_path):
+    """In a fresh process (a library's operators load once per process): a cache file that does not load is
+    replaced by a new build, which serves."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DUPLEX_KERNEL_CACHE": str(tmp_path)}
+    env.pop("DUPLEX_CPU_KERNELS", None)
+    code = ("from codec.kernels import cpu_kernels, library_path; import sys; p = library_path(); "
+            "p.parent.mkdir(parents=True, exist_ok=True); p.write_bytes(b'not a library'); "
+            "sys.exit(0 if cpu_kernels() is not None and p.stat().st_size > 1000 else 1)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
