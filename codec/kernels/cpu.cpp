@@ -5,7 +5,8 @@
 //   [B, H, L, d] (any strides with a unit stride on d), mask [B, 1, R or 1, L] additive (0 / -inf), out [B, H, R, d].
 //   PyTorch's route (two batched products around a softmax, codec.modules.transformer.ring_attention_cpu) reads the
 //   ring at 31-38 GB/s on the 2-vCPU EPYC where this loop reads it at 43-50 (docs/benchmarks.md, "Own CPU
-//   kernels"): one pass over the keys, one over the values, the scores of a row kept in the core's cache.
+//   kernels"): one pass over the keys, one over the values, for all R rows, the scores kept in the core's cache.
+//   duplex calls it for one row per head (codec/modules/transformer.py says why).
 //
 // Exactness: every sum runs in the order of the ring slots (the dot products over d are vectorised the same way
 // for every slot), and a masked slot adds exactly 0 to the softmax's sum and to the output; so attending the first
@@ -85,38 +86,47 @@ at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   const int64_t qs0 = q.stride(0), qs1 = q.stride(1), qs2 = q.stride(2);
   const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
   const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
-  // One (row of the batch, head) per task: its keys and values are one contiguous stretch of the ring each.
+  // One (row of the batch, head) per task: its keys and values are one contiguous stretch of the ring each, read
+  // once for all R query rows (each key and each value is used by every row while it is in the core's cache).
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> scores;  // grows to the longest ring once per thread, then is reused
-    if (static_cast<int64_t>(scores.size()) < L) scores.resize(L);
+    thread_local std::vector<float> buffer;  // R x L scores; grows once per thread, then is reused
+    if (static_cast<int64_t>(buffer.size()) < R * L) buffer.resize(R * L);
+    float* scores = buffer.data();
+    std::vector<float> top(R), total(R);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const float* K = kp + b * ks0 + h * ks1;
       const float* V = vp + b * vs0 + h * vs1;
+      const float* Q = qp + b * qs0 + h * qs1;
+      const float* M = mp + b * mask_batch_stride;
+      std::fill(top.begin(), top.end(), -std::numeric_limits<float>::infinity());
+      for (int64_t j = 0; j < L; ++j) {
+        const float* kj = K + j * ks2;
+        for (int64_t r = 0; r < R; ++r) {
+          const float s = dot(Q + r * qs2, kj, d) * scale + M[r * mask_row_stride + j];
+          scores[r * L + j] = s;
+          top[r] = s > top[r] ? s : top[r];
+        }
+      }
       for (int64_t r = 0; r < R; ++r) {
-        const float* qr = qp + b * qs0 + h * qs1 + r * qs2;
-        const float* M = mp + b * mask_batch_stride + r * mask_row_stride;
-        float top = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < L; ++j) {
-          const float* kj = K + j * ks2;
-          const float s = dot(qr, kj, d) * scale + M[j];
-          scores[j] = s;
-          top = s > top ? s : top;
-        }
-        float total = 0.0f;
+        float sum = 0.0f;
+        float* row = scores + r * L;
         for (int64_t j = 0; j < L; ++j) {  // in slot order: a masked slot adds exp(-inf) = 0
-          const float e = std::exp(scores[j] - top);
-          scores[j] = e;
-          total += e;
+          const float e = std::exp(row[j] - top[r]);
+          row[j] = e;
+          sum += e;
         }
-        float* o = op + ((b * H + h) * R + r) * d;
-        for (int64_t i = 0; i < d; ++i) o[i] = 0.0f;
-        for (int64_t j = 0; j < L; ++j) {
-          const float p = scores[j];
-          axpy(o, p, V + j * vs2, d);
-        }
-        const float inv = 1.0f / total;  // all slots masked: exp(-inf - -inf) = NaN, as PyTorch's softmax gives
-        for (int64_t i = 0; i < d; ++i) o[i] *= inv;
+        total[r] = sum;
+      }
+      float* O = op + (b * H + h) * R * d;
+      for (int64_t i = 0; i < R * d; ++i) O[i] = 0.0f;
+      for (int64_t j = 0; j < L; ++j) {
+        const float* vj = V + j * vs2;
+        for (int64_t r = 0; r < R; ++r) axpy(O + r * d, scores[r * L + j], vj, d);
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        const float inv = 1.0f / total[r];  // all slots masked: exp(-inf - -inf) = NaN, as PyTorch's softmax gives
+        for (int64_t i = 0; i < d; ++i) O[r * d + i] *= inv;
       }
     }
   });

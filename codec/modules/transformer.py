@@ -90,14 +90,15 @@ def ring_step_tables(offset: torch.Tensor, t: int, capacity: int, context: int, 
 
 
 def _own_kernel_computes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> bool:
-    """Whether ``duplex_cpu::ring_attention`` computes this case (else PyTorch's route, which also broadcasts and
-    differentiates): CPU float32, no gradient wanted, q [B, H, R, d], k and v [B, H, L, d], mask [B, 1, R or 1, L],
-    unit strides on the last dimension."""
+    """Whether ``duplex_cpu::ring_attention`` takes this case (else PyTorch's route, which also broadcasts and
+    differentiates): CPU float32, no gradient wanted, one query row per head (q [B, H, 1, d]: the LM's step; at 2+
+    rows, as in the codec's transformers at 25 Hz or grouped KV heads, PyTorch's batched products are as fast or
+    faster, docs/benchmarks.md), k and v [B, H, L, d], mask [B, 1, 1, L], unit strides on the last dimension."""
     tensors = (q, k, v, mask)
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 4 and t.stride(-1) == 1
                 for t in tensors)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-            and k.shape == v.shape and k.shape[:2] == q.shape[:2] and k.shape[3] == q.shape[3]
+            and q.shape[2] == 1 and k.shape == v.shape and k.shape[:2] == q.shape[:2] and k.shape[3] == q.shape[3]
             and mask.shape[0] == q.shape[0] and mask.shape[1] == 1 and mask.shape[2] in (1, q.shape[2])
             and mask.shape[3] == k.shape[2])
 
