@@ -104,9 +104,10 @@ def _own_kernel_computes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
 
 
 def ring_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d) + mask) v`` as two batched products. For a few queries against a long ring this
-    is 7-25% faster on CPU than PyTorch's fused attention, which converts a boolean mask on every call and walks
-    the keys in small blocks (docs/benchmarks.md)."""
+    """``softmax(q k^T / sqrt(d) + mask) v``: our own kernel where it is loaded and takes the case (one query row
+    per head, ``_own_kernel_computes``), else two batched products. For a few queries against a long ring the
+    products are 7-25% faster on CPU than PyTorch's fused attention, which converts a boolean mask on every call
+    and walks the keys in small blocks; the kernel reads the ring faster still (docs/benchmarks.md)."""
     if _own_kernel_computes(q, k, v, additive_mask):
         kernel = ring_attention_op()
         if kernel is not None:  # one pass over the keys and one over the values (codec/kernels)

@@ -325,9 +325,9 @@ class MoshiLM(nn.Module):
         """The explicit inference step: on CPU in float32, store the wide linear weights (text head, fused q/k/v,
         FFN inputs, audio heads) column-major, which oneDNN streams faster for a few rows
         (``codec.modules.linear``); where our own one-row kernel is loaded (``own_kernels_for``), only the text
-        head, and the others stay row-major for that kernel. Values, shapes and Parameter objects are unchanged, and ``state_dict()`` still
-        gives contiguous tensors (safetensors saves it as it is). ``generator()`` and ``Engine`` call this. A
-        no-op when training, on other devices and dtypes, and when already done."""
+        head, and the others stay row-major for that kernel. Values, shapes and Parameter objects are unchanged,
+        and ``state_dict()`` still gives contiguous tensors (safetensors saves it as it is). ``generator()`` and
+        ``Engine`` call this. A no-op when training, on other devices and dtypes, and when already done."""
         if self.training:
             return
         weights = [self.text_linear.weight]
