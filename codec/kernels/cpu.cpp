@@ -89,17 +89,19 @@ at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   // One (row of the batch, head) per task: its keys and values are one contiguous stretch of the ring each, read
   // once for all R query rows (each key and each value is used by every row while it is in the core's cache).
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> buffer;  // R x L scores; grows once per thread, then is reused
-    if (static_cast<int64_t>(buffer.size()) < R * L) buffer.resize(R * L);
+    // R x L scores, then R maxima and R sums: grows once per thread, then is reused (nothing allocated per step).
+    thread_local std::vector<float> buffer;
+    if (static_cast<int64_t>(buffer.size()) < R * (L + 2)) buffer.resize(R * (L + 2));
     float* scores = buffer.data();
-    std::vector<float> top(R), total(R);
+    float* top = scores + R * L;
+    float* total = top + R;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const float* K = kp + b * ks0 + h * ks1;
       const float* V = vp + b * vs0 + h * vs1;
       const float* Q = qp + b * qs0 + h * qs1;
       const float* M = mp + b * mask_batch_stride;
-      std::fill(top.begin(), top.end(), -std::numeric_limits<float>::infinity());
+      std::fill(top, top + R, -std::numeric_limits<float>::infinity());
       for (int64_t j = 0; j < L; ++j) {
         const float* kj = K + j * ks2;
         for (int64_t r = 0; r < R; ++r) {
