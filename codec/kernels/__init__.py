@@ -8,8 +8,8 @@ KV ring) and ``torch.ops.duplex_cpu.gemv`` (one row against a row-major weight).
 variable ``DUPLEX_CPU_KERNELS=0``, no C++ compiler, a failed build or load (one warning says why). Callers then
 take the library's route, with the same results up to the last bits.
 
-The build: one ``c++`` run (about 5 s on the 2-vCPU machine of docs/benchmarks.md) with PyTorch's own include and library paths
-(``torch.utils.cpp_extension``), ``-O3 -march=native`` (the kernels are built for this CPU: the file's name holds
+The build: one ``c++`` run (about 5 s on the 2-vCPU machine of docs/benchmarks.md) with PyTorch's own include and
+library paths (``torch.utils.cpp_extension``), ``-O3 -march=native`` (the kernels are built for this CPU: the file's name holds
 a fingerprint of the source, PyTorch's version, the compiler flags and this CPU's model and flags, so a cache shared
 between machines never loads another CPU's build). Not ``torch.utils.cpp_extension.load``: its build lock waits
 forever on a lock file that an interrupted build left behind; here the compiler runs with a time limit, writes to a
@@ -27,12 +27,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from ..io.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -96,31 +97,32 @@ def _command(compiler: str, output: Path) -> list:
             *libraries, *rpath, "-lc10", "-ltorch_cpu"]
 
 
+def _compile(compiler: str, output: str) -> None:
+    """One compiler run into ``output``, in its own process group, so a build past its time limit (or interrupted
+    by Ctrl-C) is stopped whole: the driver and what it started."""
+    process = subprocess.Popen(_command(compiler, Path(output)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        text, _ = process.communicate(timeout=BUILD_TIMEOUT_S)
+    except BaseException as e:  # the time limit, or Ctrl-C: the build goes with us
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise RuntimeError(f"the C++ build took more than {BUILD_TIMEOUT_S} s") from None
+        raise
+    if process.returncode != 0:
+        lines = [line for line in text.splitlines() if "error" in line] or text.splitlines()[-1:]
+        raise RuntimeError(f"the C++ build failed: {lines[0].strip() if lines else process.returncode}")
+
+
 def build(path: Path) -> None:
-    """Compile ``cpu.cpp`` into ``path`` (written under a temporary name, renamed when complete). The compiler runs
-    in its own process group, so a build past its time limit is stopped whole (the driver and what it started)."""
+    """Compile ``cpu.cpp`` into ``path``: written under a temporary name and renamed when complete
+    (``codec.io.files.write_atomically``, which also removes what a failed build left)."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (c++, g++ or clang++; or set CXX)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
-        partial = Path(tmp) / path.name
-        process = subprocess.Popen(_command(compiler, partial), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
-        try:
-            output, _ = process.communicate(timeout=BUILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise RuntimeError(f"the C++ build took more than {BUILD_TIMEOUT_S} s") from None
-        except BaseException:  # Ctrl-C: the build goes with us
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise
-        if process.returncode != 0:
-            lines = [line for line in output.splitlines() if "error" in line] or output.splitlines()[-1:]
-            raise RuntimeError(f"the C++ build failed: {lines[0].strip() if lines else process.returncode}")
-        os.replace(partial, path)
+    write_atomically(path, lambda temporary: _compile(compiler, temporary))
 
 
 def _registered():
